@@ -1,0 +1,33 @@
+//! CoAP for delivering firmware to child devices: the block option codec,
+//! the message layer, Block1 push and Block2 serving.
+//!
+//! Everything is sans-IO. A driver owns one UDP socket and one
+//! [`Exchanges`] (the message layer: message ids, tokens, retransmission,
+//! deduplication, RFC 7252 §4). Above it sit two block-wise engines
+//! (RFC 7959):
+//! - [`Block1Push`]: the gateway PUTs an image to a child, one block in
+//!   flight, reading the bytes by offset so memory stays constant;
+//! - [`serve_block2`]: the gateway answers a child's Block2 GETs of a
+//!   package, statelessly, for pull delivery.
+//!
+//! # Layout
+//! - [`block`]: Block1/Block2 option values on `u32` and the uint codec.
+//! - [`msg`]: strict decoding over `coap_lite::Packet`, codes, option access.
+//! - [`exchange`]: the confirmable-exchange engine.
+//! - [`push`]: the Block1 push engine.
+//! - [`serve`]: the Block2 server.
+//!
+//! coap-lite is used for the packet layer only: its `BlockValue` wraps
+//! silently past block 4095 (children.md §6.1), so Block options are put in
+//! and read back as raw option bytes through [`block::BlockOpt`].
+
+pub mod block;
+pub mod exchange;
+pub mod msg;
+
+pub use block::{BlockError, BlockOpt};
+pub use coap_lite::{CoapOption, MessageType, Packet};
+pub use exchange::{
+    ExchangeConfig, ExchangeEvent, Exchanges, IncomingRequest, RequestId, Transmit,
+};
+pub use msg::Code;
