@@ -1,0 +1,44 @@
+//! MCUmgr SMP (Simple Management Protocol): the header, CBOR bodies, serial
+//! framing, and the engines that upload and activate an image on a child.
+//!
+//! Sources: zephyr `doc/services/device_mgmt/smp_protocol.rst`,
+//! `smp_groups/smp_group_0.rst`, `smp_groups/smp_group_1.rst`,
+//! `smp_transport.rst`; the Zephyr server in
+//! `subsys/mgmt/mcumgr/grp/img_mgmt/src/`; children.md §4 summarises them.
+//!
+//! # Layout
+//! - [`header`]: the 8-byte header, groups, command ids.
+//! - [`message`]: CBOR request and response bodies, v1 `rc` / v2 `err` errors.
+//! - [`serial`]: `len | message | CRC` in base64 lines, streaming decoder.
+//! - [`upload`]: the image upload engine, driven by the device's `off`.
+//! - [`activate`]: test, reset, read back the version, confirm.
+//! - [`result`]: SMP and engine errors mapped to IoTDA result codes.
+//! - [`sim`]: a device-side SMP engine with Zephyr's rules, for simulators.
+//!
+//! # Driving an engine over a serial port
+//! Engines speak whole SMP messages; the driver frames them:
+//! ```text
+//! loop {
+//!     while let Some(msg) = engine.poll_transmit() { port.write_all(&serial::encode(&msg, serial::MAX_LINE)) }
+//!     while let Some(req) = upload.poll_read() { upload.handle_data(req.offset, &file[req], now) }
+//!     while let Some(ev) = engine.poll_event() { report(ev) }
+//!     wait for port bytes or engine.poll_timeout():
+//!       bytes   → decoder.handle_bytes / poll_event → engine.handle_message(&msg, now)
+//!       timeout → engine.handle_timeout(now)
+//! }
+//! ```
+
+mod cbor;
+mod exchange;
+
+pub mod activate;
+pub mod header;
+pub mod message;
+pub mod result;
+pub mod serial;
+pub mod sim;
+pub mod upload;
+
+pub use cbor::BodyError;
+pub use header::{Header, HeaderError, Op, SmpVersion, HEADER_LEN};
+pub use message::SmpErr;

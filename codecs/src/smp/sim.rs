@@ -1,0 +1,542 @@
+//! A simulated SMP device: the server side of image upload, image state,
+//! reset and params, following Zephyr's rules. Pure, like the engines: a
+//! driver in `src/sim` runs it on a pty; tests pair it with the client
+//! engines in simulated time.
+//!
+//! Rules and their sources:
+//! - Upload (`zephyr_img_mgmt.c` `img_mgmt_upload_inspect`, `img_mgmt.c`
+//!   `img_mgmt_upload`): a request without `off` gets INVALID_OFFSET. At
+//!   `off` 0 a non-empty `sha` equal to the session's resumes (nothing is
+//!   written; the answer is the session's `off`); otherwise a new session
+//!   starts, which needs `len` (INVALID_LENGTH), `len` ≤ slot size
+//!   (INVALID_IMAGE_TOO_LARGE), `sha` ≤ 32 bytes (INVALID_HASH), at least
+//!   32 bytes of data (INVALID_IMAGE_HEADER) starting with the MCUboot
+//!   magic 0x96f3b83d little-endian (INVALID_IMAGE_HEADER_MAGIC). A wrong
+//!   `off` is dropped and answered with the expected one; data past `len`
+//!   is INVALID_IMAGE_DATA_OVERRUN. The final answer carries `match` when
+//!   [`SimConfig::image_check`] is on (`CONFIG_IMG_ENABLE_IMAGE_CHECK`).
+//! - Messages longer than `buf_size - 4` are dropped unanswered (the netbuf
+//!   cannot hold them; smpclient `transport/serial/encoded.py`).
+//! - The version comes from the uploaded image's MCUboot header
+//!   (mcuboot `boot/bootutil/include/bootutil/image.h` `struct image_header`:
+//!   `ih_ver` at offset 20 = major u8, minor u8, revision u16 LE, build u32
+//!   LE), formatted as Zephyr's `img_mgmt_ver_str` does: `major.minor.rev`,
+//!   plus `.build` when the build is non-zero.
+//! - Image state (`img_mgmt_state.c`): test marks the secondary pending;
+//!   confirm with no hash or the active hash confirms the running image.
+//!   Reset answers first, then the device is silent for
+//!   [`SimConfig::reboot_time`]. At boot (MCUboot `docs/design.md`, swap):
+//!   a pending secondary is swapped in unconfirmed; an unconfirmed primary
+//!   is reverted.
+//! - The `hash` the state list reports is the SHA-256 of the uploaded file,
+//!   a stand-in for MCUboot's `IMAGE_TLV_SHA256` (which hashes the header,
+//!   body and protected TLVs only).
+//! - With SMP v1 requests, image errors go through Zephyr's lossy
+//!   `img_mgmt_translate_error_code`; codes outside the cases it lists are
+//!   reported as EUNKNOWN [inference].
+//!
+//! Memory is constant in the image size: the session keeps the header, a
+//! running SHA-256 and the offset, not the image.
+
+use super::header::{build_message, command, group, split_message, Header, Op, SmpVersion};
+use super::message::{self, img_err, mgmt_err, ImageSlot, Params, SmpErr, UploadResponse};
+use super::serial::PACKET_OVERHEAD;
+use crate::time::Instant;
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// MCUboot's `IMAGE_MAGIC` (`image.h`), little-endian at header offset 0.
+pub const MCUBOOT_MAGIC: u32 = 0x96f3_b83d;
+/// `sizeof(struct image_header)`.
+pub const MCUBOOT_HEADER_LEN: usize = 32;
+
+/// An MCUboot image version (`struct image_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImageVersion {
+    /// `iv_major`.
+    pub major: u8,
+    /// `iv_minor`.
+    pub minor: u8,
+    /// `iv_revision`.
+    pub revision: u16,
+    /// `iv_build_num`.
+    pub build: u32,
+}
+
+impl std::fmt::Display for ImageVersion {
+    /// Zephyr `img_mgmt_ver_str`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.revision)?;
+        if self.build != 0 {
+            write!(f, ".{}", self.build)?;
+        }
+        Ok(())
+    }
+}
+
+/// A 32-byte MCUboot header with `hdr_size` 32 and `img_size` `body_len`.
+pub fn mcuboot_header(version: ImageVersion, body_len: u32) -> [u8; MCUBOOT_HEADER_LEN] {
+    let mut h = [0u8; MCUBOOT_HEADER_LEN];
+    h[0..4].copy_from_slice(&MCUBOOT_MAGIC.to_le_bytes());
+    h[8..10].copy_from_slice(&(MCUBOOT_HEADER_LEN as u16).to_le_bytes());
+    h[12..16].copy_from_slice(&body_len.to_le_bytes());
+    h[20] = version.major;
+    h[21] = version.minor;
+    h[22..24].copy_from_slice(&version.revision.to_le_bytes());
+    h[24..28].copy_from_slice(&version.build.to_le_bytes());
+    h
+}
+
+/// The version in an MCUboot header, if `bytes` starts with one.
+pub fn header_version(bytes: &[u8]) -> Option<ImageVersion> {
+    let h = bytes.get(..MCUBOOT_HEADER_LEN)?;
+    if u32::from_le_bytes([h[0], h[1], h[2], h[3]]) != MCUBOOT_MAGIC {
+        return None;
+    }
+    Some(ImageVersion {
+        major: h[20],
+        minor: h[21],
+        revision: u16::from_le_bytes([h[22], h[23]]),
+        build: u32::from_le_bytes([h[24], h[25], h[26], h[27]]),
+    })
+}
+
+/// Simulated device settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// `CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE`: 384.
+    pub buf_size: u64,
+    /// `CONFIG_MCUMGR_TRANSPORT_NETBUF_COUNT`: 4.
+    pub buf_count: u64,
+    /// Whether MCUmgr params is compiled in (`CONFIG_MCUMGR_GRP_OS_MCUMGR_PARAMS`).
+    pub params: bool,
+    /// Secondary slot size: 256 KiB.
+    pub slot_size: u64,
+    /// `CONFIG_IMG_ENABLE_IMAGE_CHECK`: final answer carries `match`.
+    pub image_check: bool,
+    /// Version of the image running at start.
+    pub running: ImageVersion,
+    /// Silence after a reset: 3 s.
+    pub reboot_time: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            buf_size: 384,
+            buf_count: 4,
+            params: true,
+            slot_size: 256 * 1024,
+            image_check: true,
+            running: ImageVersion {
+                major: 1,
+                minor: 0,
+                revision: 0,
+                build: 0,
+            },
+            reboot_time: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the simulated device did, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimEvent {
+    /// A request was dropped without an answer (too long or not a request).
+    Dropped {
+        /// Why.
+        reason: &'static str,
+    },
+    /// An upload session started (a new `sha`, or none).
+    UploadStarted {
+        /// Image length.
+        len: u64,
+    },
+    /// An off-0 request resumed the session at `off`.
+    UploadResumed {
+        /// Where the session continues.
+        off: u64,
+    },
+    /// The whole image is written to the secondary slot.
+    UploadComplete {
+        /// Its version.
+        version: String,
+    },
+    /// The device answered a reset and went silent.
+    Resetting,
+    /// The device booted.
+    Booted {
+        /// Version now running.
+        version: String,
+        /// Whether the boot reverted an unconfirmed test image.
+        reverted: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    version: ImageVersion,
+    hash: Vec<u8>,
+    confirmed: bool,
+    pending: bool,
+    permanent: bool,
+}
+
+#[derive(Debug)]
+struct Session {
+    len: u64,
+    off: u64,
+    sha: Vec<u8>,
+    header: Vec<u8>,
+    hasher: Sha256,
+}
+
+/// The simulated device. Call order: [`SimDevice::handle_message`] for each
+/// request, then drain [`SimDevice::poll_transmit`] and
+/// [`SimDevice::poll_event`]; call [`SimDevice::handle_timeout`] at
+/// [`SimDevice::poll_timeout`] (the end of a reboot).
+#[derive(Debug)]
+pub struct SimDevice {
+    config: SimConfig,
+    primary: Slot,
+    secondary: Option<Slot>,
+    session: Option<Session>,
+    rebooting_until: Option<Instant>,
+    out: VecDeque<Vec<u8>>,
+    events: VecDeque<SimEvent>,
+}
+
+impl SimDevice {
+    /// A device running `config.running`, confirmed, with an empty secondary slot.
+    pub fn new(config: SimConfig) -> SimDevice {
+        let running = config.running;
+        SimDevice {
+            config,
+            primary: Slot {
+                version: running,
+                hash: Sha256::digest(running.to_string().as_bytes()).to_vec(),
+                confirmed: true,
+                pending: false,
+                permanent: false,
+            },
+            secondary: None,
+            session: None,
+            rebooting_until: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The version running now, as the state list reports it.
+    pub fn running_version(&self) -> String {
+        self.primary.version.to_string()
+    }
+
+    /// Whether the running image is confirmed.
+    pub fn running_confirmed(&self) -> bool {
+        self.primary.confirmed
+    }
+
+    /// Power-cycles the device now: the upload session (RAM) is lost.
+    pub fn power_cycle(&mut self, now: Instant) {
+        self.out.clear();
+        self.session = None;
+        self.rebooting_until = Some(now);
+        self.handle_timeout(now);
+    }
+
+    /// A request from the client (header + CBOR, unframed).
+    pub fn handle_message(&mut self, msg: &[u8], now: Instant) {
+        if self.rebooting_until.is_some_and(|t| now < t) {
+            return; // Not running: nothing reads the UART.
+        }
+        if msg.len() as u64 > self.config.buf_size.saturating_sub(PACKET_OVERHEAD as u64) {
+            return self.events.push_back(SimEvent::Dropped {
+                reason: "longer than buf_size - 4",
+            });
+        }
+        let Ok((h, body)) = split_message(msg) else {
+            return self.events.push_back(SimEvent::Dropped {
+                reason: "bad header",
+            });
+        };
+        let Some(rsp_op) = h.op.response() else {
+            return self.events.push_back(SimEvent::Dropped {
+                reason: "not a request",
+            });
+        };
+        let answer = match (h.group, h.id, h.op) {
+            (group::OS, command::OS_ECHO, Op::Write) => match message::decode_echo(body) {
+                Ok(d) => Ok(message::echo_response_body(&d)),
+                Err(_) => Err(SmpErr::Legacy {
+                    rc: mgmt_err::EINVAL,
+                }),
+            },
+            (group::OS, command::OS_PARAMS, Op::Read) if self.config.params => {
+                Ok(message::encode_params(Params {
+                    buf_size: self.config.buf_size,
+                    buf_count: self.config.buf_count,
+                }))
+            }
+            (group::OS, command::OS_RESET, Op::Write) => {
+                self.rebooting_until = Some(now + self.config.reboot_time);
+                self.events.push_back(SimEvent::Resetting);
+                Ok(message::empty_body())
+            }
+            (group::IMAGE, command::IMAGE_UPLOAD, Op::Write) => self.upload(body),
+            (group::IMAGE, command::IMAGE_STATE, Op::Read) => Ok(self.state_body()),
+            (group::IMAGE, command::IMAGE_STATE, Op::Write) => self.state_write(body),
+            _ => Err(SmpErr::Legacy {
+                rc: mgmt_err::ENOTSUP,
+            }),
+        };
+        let body = match answer {
+            Ok(b) => b,
+            Err(e) => message::encode_error(self.err_for(h, e)),
+        };
+        self.out.push_back(build_message(
+            rsp_op, h.version, h.group, h.seq, h.id, &body,
+        ));
+    }
+
+    /// Ends a reboot when its time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(until) = self.rebooting_until else {
+            return;
+        };
+        if now < until {
+            return;
+        }
+        self.rebooting_until = None;
+        self.session = None;
+        let mut reverted = false;
+        if !self.primary.confirmed {
+            // MCUboot reverts a test image that was not confirmed.
+            if let Some(old) = self.secondary.take() {
+                let test = std::mem::replace(&mut self.primary, old);
+                self.primary.confirmed = true;
+                self.secondary = Some(Slot {
+                    confirmed: false,
+                    pending: false,
+                    ..test
+                });
+                reverted = true;
+            }
+        } else if let Some(new) = self.secondary.take_if(|s| s.pending) {
+            let old = std::mem::replace(&mut self.primary, new);
+            self.primary.confirmed = self.primary.permanent;
+            self.primary.pending = false;
+            self.primary.permanent = false;
+            self.secondary = Some(Slot {
+                pending: false,
+                ..old
+            });
+        }
+        self.events.push_back(SimEvent::Booted {
+            version: self.running_version(),
+            reverted,
+        });
+    }
+
+    /// The next answer to write.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+
+    /// The end of the current reboot, if rebooting.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.rebooting_until
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<SimEvent> {
+        self.events.pop_front()
+    }
+
+    /// v2 requests get group errors; v1 requests get Zephyr's translation.
+    fn err_for(&self, h: Header, e: SmpErr) -> SmpErr {
+        match (h.version, e) {
+            (SmpVersion::V1, SmpErr::Group { group: 1, rc }) => SmpErr::Legacy {
+                rc: legacy_of_image(rc),
+            },
+            (SmpVersion::V1, SmpErr::Group { .. }) => SmpErr::Legacy {
+                rc: mgmt_err::EUNKNOWN,
+            },
+            _ => e,
+        }
+    }
+
+    fn upload(&mut self, body: &[u8]) -> Result<Vec<u8>, SmpErr> {
+        let img = |rc| SmpErr::Group {
+            group: group::IMAGE,
+            rc,
+        };
+        let req = message::decode_upload_request(body).map_err(|_| SmpErr::Legacy {
+            rc: mgmt_err::EINVAL,
+        })?;
+        let off = req.off.ok_or(img(img_err::INVALID_OFFSET))?;
+        if off == 0 {
+            let sha = req.sha.clone().unwrap_or_default();
+            if let Some(s) = self
+                .session
+                .as_ref()
+                .filter(|s| !sha.is_empty() && s.sha == sha)
+            {
+                let off = s.off;
+                self.events.push_back(SimEvent::UploadResumed { off });
+                return Ok(message::encode_upload_response(UploadResponse {
+                    off,
+                    matched: None,
+                }));
+            }
+            let len = req.len.ok_or(img(img_err::INVALID_LENGTH))?;
+            if sha.len() > 32 {
+                return Err(img(img_err::INVALID_HASH));
+            }
+            if req.data.len() < MCUBOOT_HEADER_LEN {
+                return Err(img(img_err::INVALID_IMAGE_HEADER));
+            }
+            if header_version(&req.data).is_none() {
+                return Err(img(img_err::INVALID_IMAGE_HEADER_MAGIC));
+            }
+            if len > self.config.slot_size {
+                return Err(img(img_err::INVALID_IMAGE_TOO_LARGE));
+            }
+            if self.config.image_check && sha.len() == 32 {
+                if let Some(s) = self.secondary.as_ref().filter(|s| s.hash == sha) {
+                    // The slot already holds this image: jump to the end.
+                    let _ = s;
+                    let r = UploadResponse {
+                        off: len,
+                        matched: Some(true),
+                    };
+                    return Ok(message::encode_upload_response(r));
+                }
+            }
+            self.secondary = None; // erased
+            self.session = Some(Session {
+                len,
+                off: 0,
+                sha,
+                header: req.data[..MCUBOOT_HEADER_LEN].to_vec(),
+                hasher: Sha256::new(),
+            });
+            self.events.push_back(SimEvent::UploadStarted { len });
+        }
+        let Some(s) = self.session.as_mut() else {
+            // No session: the expected offset is 0.
+            return Ok(message::encode_upload_response(UploadResponse {
+                off: 0,
+                matched: None,
+            }));
+        };
+        if off != s.off {
+            let r = UploadResponse {
+                off: s.off,
+                matched: None,
+            };
+            return Ok(message::encode_upload_response(r));
+        }
+        if off + req.data.len() as u64 > s.len {
+            self.session = None;
+            return Err(img(img_err::INVALID_IMAGE_DATA_OVERRUN));
+        }
+        s.hasher.update(&req.data);
+        s.off += req.data.len() as u64;
+        let mut matched = None;
+        let off = s.off;
+        if s.off == s.len {
+            let s = self.session.take().expect("session checked above");
+            let hash = s.hasher.finalize().to_vec();
+            if self.config.image_check && s.sha.len() == 32 {
+                matched = Some(hash == s.sha);
+            }
+            let version = header_version(&s.header).unwrap_or_default();
+            self.events.push_back(SimEvent::UploadComplete {
+                version: version.to_string(),
+            });
+            self.secondary = Some(Slot {
+                version,
+                hash,
+                confirmed: false,
+                pending: false,
+                permanent: false,
+            });
+        }
+        Ok(message::encode_upload_response(UploadResponse {
+            off,
+            matched,
+        }))
+    }
+
+    fn state_body(&self) -> Vec<u8> {
+        let mut list = vec![ImageSlot {
+            image: 0,
+            slot: 0,
+            version: self.primary.version.to_string(),
+            hash: self.primary.hash.clone(),
+            bootable: true,
+            pending: false,
+            confirmed: self.primary.confirmed,
+            active: true,
+            permanent: false,
+        }];
+        if let Some(s) = &self.secondary {
+            list.push(ImageSlot {
+                image: 0,
+                slot: 1,
+                version: s.version.to_string(),
+                hash: s.hash.clone(),
+                bootable: true,
+                pending: s.pending,
+                confirmed: false,
+                active: false,
+                permanent: s.permanent,
+            });
+        }
+        message::encode_state_response(&list)
+    }
+
+    fn state_write(&mut self, body: &[u8]) -> Result<Vec<u8>, SmpErr> {
+        let img = |rc| SmpErr::Group {
+            group: group::IMAGE,
+            rc,
+        };
+        let (hash, confirm) = message::decode_state_write(body).map_err(|_| SmpErr::Legacy {
+            rc: mgmt_err::EINVAL,
+        })?;
+        let is_primary = hash.as_ref().is_none_or(|h| *h == self.primary.hash);
+        if confirm && is_primary {
+            self.primary.confirmed = true;
+        } else if let Some(s) = self
+            .secondary
+            .as_mut()
+            .filter(|s| hash.as_ref() == Some(&s.hash))
+        {
+            s.pending = true;
+            s.permanent = confirm;
+        } else if is_primary {
+            // Zephyr: IMG_MGMT_ERR_IMAGE_SETTING_TEST_TO_ACTIVE_DENIED.
+            return Err(img(33));
+        } else {
+            // img_mgmt_find_by_hash failed.
+            return Err(img(8));
+        }
+        Ok(self.state_body())
+    }
+}
+
+/// Zephyr `img_mgmt.c` `img_mgmt_translate_error_code`, for SMP v1 clients.
+fn legacy_of_image(rc: i64) -> i64 {
+    match rc {
+        3 | 4 => 5,                         // NO_IMAGE, NO_TLVS → ENOENT
+        9 | 27 | 28 => mgmt_err::EBADSTATE, // NO_FREE_SLOT, CURRENT_VERSION_IS_NEWER, IMAGE_ALREADY_PENDING
+        15 => mgmt_err::ENOMEM,             // NO_FREE_MEMORY
+        14 | 19 | 20 | 21 | 22 | 24 | 25 => mgmt_err::EINVAL,
+        _ => mgmt_err::EUNKNOWN,
+    }
+}
