@@ -24,6 +24,9 @@
 pub mod block;
 pub mod exchange;
 pub mod msg;
+pub mod push;
+pub mod serve;
+pub mod source;
 
 pub use block::{BlockError, BlockOpt};
 pub use coap_lite::{CoapOption, MessageType, Packet};
@@ -31,3 +34,6 @@ pub use exchange::{
     ExchangeConfig, ExchangeEvent, Exchanges, IncomingRequest, RequestId, Transmit,
 };
 pub use msg::Code;
+pub use push::{Block1Push, PushConfig, PushEvent, PushFailure, TransportFailure};
+pub use serve::{serve_block2, Block2Reply, PackageInfo, PackageStore, ServeConfig, ServedBlock};
+pub use source::{ReadAt, ReadError};
