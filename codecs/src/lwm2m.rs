@@ -234,12 +234,12 @@ impl UpdateResult {
     /// - 2..=8 follow iotda.md §9 exactly (4 → 6 and 7 → 255 are marked
     ///   INFERRED there).
     /// - 9 Unsupported protocol → 255 "internal exception" class
-    ///   [INFERRED]: the gateway chose a URI scheme the child does not list
+    ///   (inferred): the gateway chose a URI scheme the child does not list
     ///   in /5/0/8, a gateway-side fault like 7 Invalid URI, and IoTDA has no
     ///   closer code.
-    /// - 10 Cancelled → 255 [INFERRED]: cancelled on the child's side, no
+    /// - 10 Cancelled → 255 (inferred): cancelled on the child's side, no
     ///   IoTDA code says so.
-    /// - 11 Deferred → 1 "device in use" [INFERRED]: the child postponed the
+    /// - 11 Deferred → 1 "device in use" (inferred): the child postponed the
     ///   update, which is the platform's notion of a busy device.
     /// - 1 Success → 0; 0 Initial → 255, since a finished procedure that
     ///   still reads 0 never reported a result. The gateway reports success

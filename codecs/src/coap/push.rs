@@ -148,7 +148,7 @@ impl PushFailure {
     /// The IoTDA `result_code` and `description` for this failure
     /// (iotda.md §9): "too large" is result 5 (insufficient storage), a lost
     /// child is 6 (download timeout), anything else 255 (internal
-    /// exception) [INFERRED: IoTDA has no code for protocol errors].
+    /// exception) (inferred: IoTDA has no code for protocol errors).
     pub fn to_iotda(&self) -> (u16, &'static str) {
         match self {
             PushFailure::TooLarge { .. } => UpdateResult::NotEnoughStorage.to_iotda(),

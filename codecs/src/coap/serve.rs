@@ -25,7 +25,7 @@
 //! - 4.04 for unknown resources, 4.05 for methods other than GET, 4.00 for
 //!   SZX 7 (RFC 7959 §2.2), 4.02 for a malformed or repeated Block2 or an
 //!   unknown critical option (RFC 7252 §5.4.1, §5.4.5), 4.02 for a block
-//!   past the end [INFERRED: RFC 7959 names no code; libcoap answers 4.02].
+//!   past the end (inferred: RFC 7959 names no code; libcoap answers 4.02).
 
 use coap_lite::{CoapOption, Packet};
 

@@ -1,0 +1,1055 @@
+//! The LwM2M firmware-update procedure for one child, sans-IO: read the
+//! version, deliver the package (pull through /5/0/1 or push through
+//! /5/0/0), execute /5/0/2, and confirm the new version across the reboot.
+//!
+//! The procedure is the gateway's half of children.md §3 "How a gateway
+//! drives a CoAP child", built on the Firmware Update object (OMA 5.xml,
+//! [`crate::lwm2m`]):
+//! 1. `GET /3/0/3`: already at the target version → finished, nothing sent.
+//! 2. Pull: `PUT /5/0/1` the Package URI (text/plain), then poll `/5/0/3`
+//!    until State 2 (Downloaded), reading `/5/0/5` whenever it is not 2 to
+//!    catch a failed download. The child fetches the package with Block2
+//!    from the gateway's server ([`super::serve_block2`]); the driver
+//!    reports served blocks with [`UpdateProcedure::note_served`] for
+//!    progress.
+//!    Push: Block1 `PUT /5/0/0`, Content-Format 42 ([`super::Block1Push`]),
+//!    then the same poll of `/5/0/3` until State 2.
+//! 3. `POST /5/0/2` (Execute). A child may reboot before it answers, so a
+//!    lost answer is not a failure.
+//! 4. Poll `/3/0/3` through the reboot until it equals the target version;
+//!    each time it does not, `/5/0/5` tells whether the update failed.
+//!    Success is reported only after the version was read back (DESIGN.md).
+//! 5. A transient failure (connection lost, integrity, no answer) is retried
+//!    after resetting the child with an empty `/5/0/1` (5.xml: "Writing an
+//!    empty string to the Package URI resets the state machine").
+//!
+//! # Call order
+//! Like [`super::Block1Push`]: [`UpdateProcedure::poll_request`] gives a
+//! request when one is due; the driver starts it on its
+//! [`super::Exchanges`] and feeds the outcome back with
+//! [`UpdateProcedure::handle_response`] or
+//! [`UpdateProcedure::handle_failure`]. Between polls it sleeps until
+//! [`UpdateProcedure::poll_timeout`] and calls
+//! [`UpdateProcedure::handle_timeout`]. Events come from
+//! [`UpdateProcedure::poll_event`].
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use coap_lite::{CoapOption, Packet};
+
+use super::msg::{self, Code};
+use super::push::{
+    Block1Push, PushConfig, PushConfigError, PushEvent, PushFailure, TransportFailure,
+};
+use super::serve::ServedBlock;
+use super::source::{ReadAt, ReadError};
+use crate::lwm2m::{self, Path, State, UpdateResult, ValueError};
+use crate::time::Instant;
+
+/// How the package reaches the child (/5/0/9, children.md §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The child downloads from this Package URI (`coap://<gw>/fw/<sha256>`,
+    /// see [`lwm2m::package_uri`]).
+    Pull {
+        /// The URI written to /5/0/1.
+        uri: String,
+    },
+    /// The gateway writes /5/0/0 with Block1.
+    Push {
+        /// First block size exponent, 0..=6.
+        szx: u8,
+        /// Bytes the child acknowledged before a gateway restart.
+        resume_offset: u32,
+    },
+}
+
+/// One child's update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateConfig {
+    /// The version the child must report in /3/0/3 afterwards.
+    pub target_version: String,
+    /// Package length in bytes.
+    pub total_len: u32,
+    /// Pull or push.
+    pub delivery: Delivery,
+    /// Pause between two reads of a polled resource.
+    pub poll_interval: Duration,
+    /// Longest time from starting the delivery to State 2.
+    pub download_timeout: Duration,
+    /// Longest time from Execute to reading the target version.
+    pub update_timeout: Duration,
+    /// Deliveries tried in all (1: no retry).
+    pub max_attempts: u32,
+}
+
+impl UpdateConfig {
+    /// Defaults for a child on a local network: poll every 5 s, 30 min to
+    /// download, 10 min to install and reboot, 2 attempts.
+    pub fn new(target_version: impl Into<String>, total_len: u32, delivery: Delivery) -> Self {
+        UpdateConfig {
+            target_version: target_version.into(),
+            total_len,
+            delivery,
+            poll_interval: Duration::from_secs(5),
+            download_timeout: Duration::from_secs(30 * 60),
+            update_timeout: Duration::from_secs(10 * 60),
+            max_attempts: 2,
+        }
+    }
+}
+
+/// An [`UpdateConfig`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateConfigError {
+    /// The push settings are invalid.
+    #[error(transparent)]
+    Push(#[from] PushConfigError),
+    /// /5/0/1 holds at most 255 bytes (5.xml: String 0..255).
+    #[error("package URI of {0} bytes, at most 255")]
+    UriTooLong(usize),
+    /// Zero attempts would never deliver anything.
+    #[error("max_attempts is zero")]
+    NoAttempts,
+    /// A zero poll interval would poll in a busy loop.
+    #[error("poll_interval is zero")]
+    ZeroPollInterval,
+}
+
+/// Why an update failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateFailure {
+    /// The child reported a failure in /5/0/5.
+    #[error("child reports update result {0:?}")]
+    Child(UpdateResult),
+    /// The Block1 push failed.
+    #[error("push failed: {0}")]
+    Push(PushFailure),
+    /// The child answered a request with an error code.
+    #[error("{path} answered {code}")]
+    Rejected {
+        /// The resource.
+        path: Path,
+        /// The response code.
+        code: Code,
+    },
+    /// The child did not answer (no ACK, no response, or RST).
+    #[error("child unreachable during {0}")]
+    Unreachable(Path),
+    /// A resource value that does not parse.
+    #[error("{path}: {error}")]
+    BadValue {
+        /// The resource.
+        path: Path,
+        /// Why.
+        error: ValueError,
+    },
+    /// State 2 was not reached within `download_timeout`.
+    #[error("download not finished in time")]
+    DownloadTimeout,
+    /// The target version was not read back within `update_timeout`.
+    #[error("new version not seen in time")]
+    UpdateTimeout,
+    /// The child says it updated, but reports another version.
+    #[error("child updated but reports version {0:?}")]
+    WrongVersion(String),
+}
+
+impl UpdateFailure {
+    /// The IoTDA `result_code` and `description` (iotda.md §4.6, §9).
+    /// Child results use [`UpdateResult::to_iotda`]; a push failure uses
+    /// [`PushFailure::to_iotda`]; a download timeout is 6; an install that
+    /// never shows the new version is 10 "Firmware update failed"
+    /// (inferred); an unreachable child is 6 while delivering
+    /// (inferred: the closest code), and anything else 255.
+    pub fn to_iotda(&self) -> (u16, &'static str) {
+        match self {
+            UpdateFailure::Child(r) => r.to_iotda(),
+            UpdateFailure::Push(p) => p.to_iotda(),
+            UpdateFailure::DownloadTimeout => UpdateResult::ConnectionLost.to_iotda(),
+            UpdateFailure::UpdateTimeout | UpdateFailure::WrongVersion(_) => {
+                UpdateResult::UpdateFailed.to_iotda()
+            }
+            UpdateFailure::Unreachable(p) if *p != Path::FIRMWARE_VERSION => {
+                UpdateResult::ConnectionLost.to_iotda()
+            }
+            _ => (255, "internal exception"),
+        }
+    }
+
+    /// Worth another attempt after a reset: the failure may not repeat
+    /// (lost connection, corrupted transfer, a silent child, a timeout).
+    fn transient(&self) -> bool {
+        match self {
+            UpdateFailure::Child(r) => matches!(
+                r,
+                UpdateResult::OutOfMemory
+                    | UpdateResult::ConnectionLost
+                    | UpdateResult::IntegrityFailure
+            ),
+            UpdateFailure::Push(p) => matches!(
+                p,
+                PushFailure::Unreachable
+                    | PushFailure::NoResponse
+                    | PushFailure::Reset
+                    | PushFailure::TooManyRestarts(_)
+            ),
+            UpdateFailure::Unreachable(_) | UpdateFailure::DownloadTimeout => true,
+            _ => false,
+        }
+    }
+}
+
+/// How the procedure ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The child already ran the target version; nothing was delivered.
+    AlreadyCurrent,
+    /// The child reports the target version after the update.
+    Updated,
+    /// The update failed for good.
+    Failed(UpdateFailure),
+}
+
+/// Where the procedure is, for status displays and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading /3/0/3 before anything else.
+    Checking,
+    /// Resetting /5/0/1 before a retry.
+    Resetting,
+    /// The package is on its way.
+    Delivering,
+    /// State 2: the child holds the whole package.
+    Downloaded,
+    /// Execute sent; waiting for the new version.
+    Updating,
+}
+
+/// What the procedure reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateEvent {
+    /// The version read from /3/0/3 before the update.
+    CurrentVersion(String),
+    /// A new phase began.
+    Phase(Phase),
+    /// Bytes delivered so far (push: acknowledged; pull: served).
+    Progress {
+        /// Bytes delivered.
+        delivered: u32,
+        /// Package length.
+        total: u32,
+    },
+    /// A transient failure; the procedure resets the child and tries again.
+    Retrying {
+        /// The attempt about to start (2 for the first retry).
+        attempt: u32,
+        /// What failed.
+        cause: UpdateFailure,
+    },
+    /// The end.
+    Finished(Outcome),
+}
+
+#[derive(Debug)]
+enum Step {
+    ReadVersion,
+    Reset,
+    WriteUri,
+    Pushing(Box<Block1Push>),
+    PollState,
+    PollResult,
+    Execute,
+    VerifyVersion,
+    VerifyResult,
+    Finished,
+}
+
+/// The update procedure of one child (see the module doc).
+#[derive(Debug)]
+pub struct UpdateProcedure {
+    cfg: UpdateConfig,
+    step: Step,
+    in_flight: bool,
+    wait_until: Option<Instant>,
+    deadline: Option<Instant>,
+    attempt: u32,
+    delivered: u32,
+    /// The version last read while verifying, and how often /5/0/5 said
+    /// "success" next to a version other than the target.
+    last_version: String,
+    success_mismatches: u32,
+    events: VecDeque<UpdateEvent>,
+}
+
+impl UpdateProcedure {
+    /// A procedure that starts by reading /3/0/3.
+    pub fn new(cfg: UpdateConfig) -> Result<Self, UpdateConfigError> {
+        if cfg.max_attempts == 0 {
+            return Err(UpdateConfigError::NoAttempts);
+        }
+        if cfg.poll_interval.is_zero() {
+            return Err(UpdateConfigError::ZeroPollInterval);
+        }
+        match &cfg.delivery {
+            Delivery::Pull { uri } if uri.len() > 255 => {
+                return Err(UpdateConfigError::UriTooLong(uri.len()))
+            }
+            Delivery::Pull { .. } => {}
+            Delivery::Push { szx, resume_offset } => {
+                // Validate now rather than when the push starts.
+                Block1Push::new(push_config(&cfg, *szx, *resume_offset))?;
+            }
+        }
+        let mut events = VecDeque::new();
+        events.push_back(UpdateEvent::Phase(Phase::Checking));
+        Ok(UpdateProcedure {
+            cfg,
+            step: Step::ReadVersion,
+            in_flight: false,
+            wait_until: None,
+            deadline: None,
+            attempt: 1,
+            delivered: 0,
+            last_version: String::new(),
+            success_mismatches: 0,
+            events,
+        })
+    }
+
+    /// Finished: nothing more will be sent.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.step, Step::Finished)
+    }
+
+    /// Bytes the push has acknowledged, to journal for a resume; `None` when
+    /// not pushing.
+    pub fn push_acked(&self) -> Option<u32> {
+        match &self.step {
+            Step::Pushing(p) => Some(p.acked()),
+            _ => None,
+        }
+    }
+
+    /// The next request, when one is due at `now` and none is in flight.
+    /// Reads one block of `image` while pushing (pull never reads it).
+    #[must_use = "the request must be sent"]
+    pub fn poll_request<R: ReadAt + ?Sized>(
+        &mut self,
+        now: Instant,
+        image: &mut R,
+    ) -> Result<Option<Packet>, ReadError> {
+        if self.in_flight || self.wait_until.is_some_and(|w| now < w) {
+            return Ok(None);
+        }
+        self.wait_until = None;
+        if self.check_deadline(now) {
+            return Ok(None);
+        }
+        if let Step::Pushing(push) = &mut self.step {
+            let req = push.poll_request(image)?;
+            self.drain_push_at(now);
+            if req.is_some() {
+                self.in_flight = true;
+            }
+            return Ok(req);
+        }
+        let req = match &self.step {
+            Step::Finished | Step::Pushing(_) => return Ok(None),
+            Step::ReadVersion | Step::VerifyVersion => get(Path::FIRMWARE_VERSION),
+            Step::PollState => get(Path::STATE),
+            Step::PollResult | Step::VerifyResult => get(Path::UPDATE_RESULT),
+            Step::Reset => write_uri(""),
+            Step::WriteUri => match &self.cfg.delivery {
+                Delivery::Pull { uri } => write_uri(uri),
+                Delivery::Push { .. } => return Ok(None),
+            },
+            // LwM2M Execute is a CoAP POST (OMA TS Transport §8.4.2.4).
+            Step::Execute => msg::request(Code::POST, &Path::UPDATE.segments()),
+        };
+        self.in_flight = true;
+        Ok(Some(req))
+    }
+
+    /// The response to the request in flight.
+    pub fn handle_response(&mut self, response: &Packet, now: Instant) {
+        if !std::mem::take(&mut self.in_flight) {
+            return;
+        }
+        let code = msg::code(response);
+        if let Step::Pushing(push) = &mut self.step {
+            push.handle_response(response);
+            self.drain_push_at(now);
+            return;
+        }
+        let path = self.current_path();
+        if !code.is_success() {
+            match self.step {
+                // Booting children may answer 5.03 or 4.04 for a while.
+                Step::VerifyVersion | Step::VerifyResult => self.wait(now, Step::VerifyVersion),
+                _ => self.fail(UpdateFailure::Rejected { path, code }, now),
+            }
+            return;
+        }
+        let payload = &response.payload;
+        match self.step {
+            Step::ReadVersion => match lwm2m::parse_text(payload) {
+                Ok(v) => {
+                    let v = v.trim().to_string();
+                    self.events
+                        .push_back(UpdateEvent::CurrentVersion(v.clone()));
+                    if v == self.cfg.target_version {
+                        self.finish(Outcome::AlreadyCurrent);
+                    } else {
+                        self.start_delivery(now);
+                    }
+                }
+                Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
+            },
+            Step::Reset => self.start_delivery(now),
+            Step::WriteUri => self.wait(now, Step::PollState),
+            Step::PollState => match State::from_plain_text(payload) {
+                Ok(State::Downloaded) => {
+                    self.delivered = self.cfg.total_len;
+                    self.events.push_back(UpdateEvent::Phase(Phase::Downloaded));
+                    self.deadline = None;
+                    self.step = Step::Execute;
+                }
+                Ok(_) => self.step = Step::PollResult,
+                Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
+            },
+            Step::PollResult => match UpdateResult::from_plain_text(payload) {
+                Ok(r) if r.is_failure() => self.fail(UpdateFailure::Child(r), now),
+                Ok(_) => self.wait(now, Step::PollState),
+                Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
+            },
+            Step::Execute => self.start_verify(now),
+            Step::VerifyVersion => match lwm2m::parse_text(payload) {
+                Ok(v) if v.trim() == self.cfg.target_version => self.finish(Outcome::Updated),
+                Ok(v) => {
+                    self.last_version = v.trim().to_string();
+                    self.step = Step::VerifyResult;
+                }
+                Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
+            },
+            Step::VerifyResult => match UpdateResult::from_plain_text(payload) {
+                Ok(r) if r.is_failure() => self.fail(UpdateFailure::Child(r), now),
+                // 5.xml: result 1 is "updated successfully", yet the
+                // version differs. Read once more after a pause in case
+                // /3/0/3 lags; twice means another image was installed.
+                Ok(UpdateResult::Success) => {
+                    self.success_mismatches += 1;
+                    if self.success_mismatches >= 2 {
+                        let v = std::mem::take(&mut self.last_version);
+                        self.fail(UpdateFailure::WrongVersion(v), now);
+                    } else {
+                        self.wait(now, Step::VerifyVersion);
+                    }
+                }
+                Ok(_) => self.wait(now, Step::VerifyVersion),
+                Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
+            },
+            Step::Pushing(_) | Step::Finished => {}
+        }
+    }
+
+    /// The request in flight got no response.
+    pub fn handle_failure(&mut self, why: TransportFailure, now: Instant) {
+        if !std::mem::take(&mut self.in_flight) {
+            return;
+        }
+        if let Step::Pushing(push) = &mut self.step {
+            push.handle_failure(why);
+            self.drain_push_at(now);
+            return;
+        }
+        match self.step {
+            // A child may reboot before answering Execute (children.md §3
+            // step 6 polls "across the reboot"), and is silent while it
+            // reboots.
+            Step::Execute => self.start_verify(now),
+            Step::VerifyVersion | Step::VerifyResult => self.wait(now, Step::VerifyVersion),
+            _ => {
+                let path = self.current_path();
+                self.fail(UpdateFailure::Unreachable(path), now)
+            }
+        }
+    }
+
+    /// A block of the package went to this child (pull delivery progress,
+    /// from [`super::serve_block2`]'s reply).
+    pub fn note_served(&mut self, block: &ServedBlock) {
+        if !matches!(
+            self.step,
+            Step::PollState | Step::PollResult | Step::WriteUri
+        ) {
+            return;
+        }
+        let end = block
+            .offset
+            .saturating_add(block.len)
+            .min(self.cfg.total_len);
+        if end > self.delivered {
+            self.delivered = end;
+            self.events.push_back(UpdateEvent::Progress {
+                delivered: end,
+                total: self.cfg.total_len,
+            });
+        }
+    }
+
+    /// Ends a pause or a phase whose time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.wait_until.is_some_and(|w| now >= w) {
+            self.wait_until = None;
+        }
+        if !self.in_flight {
+            self.check_deadline(now);
+        }
+    }
+
+    /// When [`UpdateProcedure::handle_timeout`] is next due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.in_flight || self.is_finished() {
+            return None;
+        }
+        match (self.wait_until, self.deadline) {
+            (Some(w), Some(d)) => Some(w.min(d)),
+            (w, d) => w.or(d),
+        }
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<UpdateEvent> {
+        self.events.pop_front()
+    }
+
+    fn current_path(&self) -> Path {
+        match self.step {
+            Step::ReadVersion | Step::VerifyVersion => Path::FIRMWARE_VERSION,
+            Step::Reset | Step::WriteUri => Path::PACKAGE_URI,
+            Step::Pushing(_) => Path::PACKAGE,
+            Step::PollState => Path::STATE,
+            Step::PollResult | Step::VerifyResult => Path::UPDATE_RESULT,
+            Step::Execute => Path::UPDATE,
+            Step::Finished => Path::STATE,
+        }
+    }
+
+    fn start_delivery(&mut self, now: Instant) {
+        self.events.push_back(UpdateEvent::Phase(Phase::Delivering));
+        self.deadline = Some(now + self.cfg.download_timeout);
+        self.delivered = 0;
+        self.step = match &self.cfg.delivery {
+            Delivery::Pull { .. } => Step::WriteUri,
+            Delivery::Push { szx, resume_offset } => {
+                // Only the first attempt resumes; a retry follows a reset.
+                let resume = if self.attempt == 1 { *resume_offset } else { 0 };
+                match Block1Push::new(push_config(&self.cfg, *szx, resume)) {
+                    Ok(p) => Step::Pushing(Box::new(p)),
+                    // Checked in `new`; unreachable in practice, but a
+                    // failure is the honest answer if it happens.
+                    Err(_) => {
+                        self.fail(UpdateFailure::Push(PushFailure::TooManyBlocks), now);
+                        return;
+                    }
+                }
+            }
+        };
+    }
+
+    fn start_verify(&mut self, now: Instant) {
+        self.events.push_back(UpdateEvent::Phase(Phase::Updating));
+        self.deadline = Some(now + self.cfg.update_timeout);
+        self.wait(now, Step::VerifyVersion);
+    }
+
+    fn wait(&mut self, now: Instant, next: Step) {
+        self.step = next;
+        self.wait_until = Some(now + self.cfg.poll_interval);
+    }
+
+    fn check_deadline(&mut self, now: Instant) -> bool {
+        if self.deadline.is_none_or(|d| now < d) || self.is_finished() {
+            return false;
+        }
+        let failure = match self.step {
+            Step::VerifyVersion | Step::VerifyResult => UpdateFailure::UpdateTimeout,
+            _ => UpdateFailure::DownloadTimeout,
+        };
+        self.fail(failure, now);
+        true
+    }
+
+    fn drain_push_at(&mut self, now: Instant) {
+        let Step::Pushing(push) = &mut self.step else {
+            return;
+        };
+        let mut end = None;
+        while let Some(e) = push.poll_event() {
+            match e {
+                PushEvent::Progress { acked, total } => {
+                    self.delivered = acked;
+                    self.events.push_back(UpdateEvent::Progress {
+                        delivered: acked,
+                        total,
+                    });
+                }
+                PushEvent::Done(_) => end = Some(Ok(())),
+                PushEvent::Failed(f) => end = Some(Err(f)),
+                PushEvent::BlockSize { .. } | PushEvent::Restarted { .. } => {}
+            }
+        }
+        match end {
+            // 5.xml: a complete Package write gives State 2; poll to see it,
+            // since some children verify the image first.
+            Some(Ok(())) => self.step = Step::PollState,
+            Some(Err(f)) => self.fail(UpdateFailure::Push(f), now),
+            None => {}
+        }
+    }
+
+    fn fail(&mut self, failure: UpdateFailure, now: Instant) {
+        self.in_flight = false;
+        self.wait_until = None;
+        if failure.transient() && self.attempt < self.cfg.max_attempts {
+            self.attempt += 1;
+            self.events.push_back(UpdateEvent::Retrying {
+                attempt: self.attempt,
+                cause: failure,
+            });
+            self.events.push_back(UpdateEvent::Phase(Phase::Resetting));
+            self.deadline = None;
+            // Reset after a pause, so a child that just failed settles.
+            self.wait(now, Step::Reset);
+            return;
+        }
+        self.finish(Outcome::Failed(failure));
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.step = Step::Finished;
+        self.in_flight = false;
+        self.wait_until = None;
+        self.deadline = None;
+        self.events.push_back(UpdateEvent::Finished(outcome));
+    }
+}
+
+fn push_config(cfg: &UpdateConfig, szx: u8, resume_offset: u32) -> PushConfig {
+    PushConfig {
+        szx,
+        resume_offset,
+        ..PushConfig::lwm2m_package(cfg.total_len)
+    }
+}
+
+fn get(path: Path) -> Packet {
+    msg::request(Code::GET, &path.segments())
+}
+
+/// `PUT /5/0/1` with a text/plain URI (children.md §3 step 2; Content-Format
+/// 0 works for a single-resource write in LwM2M 1.0/1.1).
+fn write_uri(uri: &str) -> Packet {
+    let mut p = msg::request(Code::PUT, &Path::PACKAGE_URI.segments());
+    msg::set_uint(&mut p, CoapOption::ContentFormat, msg::TEXT_PLAIN);
+    p.payload = uri.as_bytes().to_vec();
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coap::block::BlockOpt;
+    use crate::coap::msg::{block1, uri_path};
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    fn answer(code: Code, payload: &str) -> Packet {
+        let mut p = Packet::new();
+        msg::set_code(&mut p, code);
+        p.payload = payload.as_bytes().to_vec();
+        p
+    }
+
+    fn content(payload: &str) -> Packet {
+        answer(Code::CONTENT, payload)
+    }
+
+    fn pull_cfg() -> UpdateConfig {
+        let uri = lwm2m::package_uri("10.0.0.1:5683", "ab");
+        UpdateConfig {
+            poll_interval: Duration::from_secs(1),
+            ..UpdateConfig::new("2.0", 100, Delivery::Pull { uri })
+        }
+    }
+
+    /// (method, path, payload) of the next request at `now`.
+    fn next(u: &mut UpdateProcedure, now: u64) -> (Code, String, Vec<u8>) {
+        let mut img: Vec<u8> = (0..=255).cycle().take(100).collect();
+        let r = u
+            .poll_request(at(now), &mut img)
+            .unwrap()
+            .expect("a request");
+        assert_eq!(
+            u.poll_request(at(now), &mut img).unwrap(),
+            None,
+            "one at a time"
+        );
+        (msg::code(&r), uri_path(&r).unwrap().join("/"), r.payload)
+    }
+
+    fn none(u: &mut UpdateProcedure, now: u64) {
+        let mut img = vec![0u8; 100];
+        assert_eq!(u.poll_request(at(now), &mut img).unwrap(), None);
+    }
+
+    fn finished(u: &mut UpdateProcedure) -> Option<Outcome> {
+        std::iter::from_fn(|| u.poll_event()).find_map(|e| match e {
+            UpdateEvent::Finished(o) => Some(o),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn pull_update_end_to_end() {
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        assert_eq!(next(&mut u, 0).1, "3/0/3");
+        u.handle_response(&content("1.0"), at(10));
+        let (code, path, body) = next(&mut u, 10);
+        assert_eq!((code, path.as_str()), (Code::PUT, "5/0/1"));
+        assert_eq!(body, b"coap://10.0.0.1:5683/fw/ab");
+        u.handle_response(&answer(Code::CHANGED, ""), at(20));
+        // Polling waits one interval.
+        none(&mut u, 500);
+        assert_eq!(u.poll_timeout(), Some(at(1020)));
+        u.handle_timeout(at(1020));
+        assert_eq!(next(&mut u, 1020).1, "5/0/3");
+        u.handle_response(&content("1"), at(1030));
+        u.note_served(&ServedBlock {
+            name: "ab".into(),
+            num: 0,
+            szx: 2,
+            offset: 0,
+            len: 64,
+            last: false,
+            total: 100,
+        });
+        assert_eq!(next(&mut u, 1030).1, "5/0/5");
+        u.handle_response(&content("0"), at(1040));
+        assert_eq!(next(&mut u, 2040).1, "5/0/3");
+        u.handle_response(&content("2"), at(2050));
+        let (code, path, _) = next(&mut u, 2050);
+        assert_eq!((code, path.as_str()), (Code::POST, "5/0/2"));
+        // The child reboots before answering Execute: not a failure.
+        u.handle_failure(TransportFailure::GaveUp, at(95_000));
+        assert_eq!(next(&mut u, 96_000).1, "3/0/3");
+        u.handle_failure(TransportFailure::GaveUp, at(190_000));
+        assert_eq!(next(&mut u, 191_000).1, "3/0/3");
+        u.handle_response(&content("1.0"), at(191_010));
+        assert_eq!(next(&mut u, 191_010).1, "5/0/5");
+        u.handle_response(&content("0"), at(191_020));
+        assert_eq!(next(&mut u, 192_020).1, "3/0/3");
+        u.handle_response(&content("2.0"), at(192_030));
+        let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![
+                UpdateEvent::Phase(Phase::Checking),
+                UpdateEvent::CurrentVersion("1.0".into()),
+                UpdateEvent::Phase(Phase::Delivering),
+                UpdateEvent::Progress {
+                    delivered: 64,
+                    total: 100
+                },
+                UpdateEvent::Phase(Phase::Downloaded),
+                UpdateEvent::Phase(Phase::Updating),
+                UpdateEvent::Finished(Outcome::Updated),
+            ]
+        );
+        assert!(u.is_finished());
+        none(&mut u, 999_999);
+    }
+
+    #[test]
+    fn already_current_sends_nothing_more() {
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("2.0\n"), at(1));
+        assert_eq!(finished(&mut u), Some(Outcome::AlreadyCurrent));
+        none(&mut u, 10);
+    }
+
+    #[test]
+    fn download_failure_result_is_mapped_and_permanent_ones_not_retried() {
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("0"), at(1000));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("2"), at(1000)); // not enough storage
+        let out = finished(&mut u).unwrap();
+        assert_eq!(
+            out,
+            Outcome::Failed(UpdateFailure::Child(UpdateResult::NotEnoughStorage))
+        );
+        let Outcome::Failed(f) = out else {
+            unreachable!()
+        };
+        assert_eq!(
+            f.to_iotda(),
+            (5, "Not enough storage for the new firmware package")
+        );
+    }
+
+    #[test]
+    fn transient_failure_resets_uri_then_retries() {
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("0"), at(1000));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("4"), at(1000)); // connection lost
+        let (code, path, body) = next(&mut u, 2000);
+        assert_eq!(
+            (code, path.as_str(), body.as_slice()),
+            (Code::PUT, "5/0/1", &b""[..])
+        );
+        u.handle_response(&answer(Code::CHANGED, ""), at(2000));
+        let (_, path, body) = next(&mut u, 2000);
+        assert_eq!(
+            (path.as_str(), body.as_slice()),
+            ("5/0/1", &b"coap://10.0.0.1:5683/fw/ab"[..])
+        );
+        let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
+        assert!(events.contains(&UpdateEvent::Retrying {
+            attempt: 2,
+            cause: UpdateFailure::Child(UpdateResult::ConnectionLost)
+        }));
+        // The second failure is final (max_attempts 2).
+        u.handle_failure(TransportFailure::GaveUp, at(3000));
+        assert_eq!(
+            finished(&mut u),
+            Some(Outcome::Failed(UpdateFailure::Unreachable(
+                Path::PACKAGE_URI
+            )))
+        );
+    }
+
+    #[test]
+    fn download_timeout() {
+        let cfg = UpdateConfig {
+            download_timeout: Duration::from_secs(5),
+            ..pull_cfg()
+        };
+        let mut u = UpdateProcedure::new(UpdateConfig {
+            max_attempts: 1,
+            ..cfg
+        })
+        .unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        let mut now = 1000;
+        while !u.is_finished() {
+            assert!(now < 20_000, "the deadline must end the polling");
+            u.handle_timeout(at(now));
+            let mut img = vec![];
+            if let Some(r) = u.poll_request(at(now), &mut img).unwrap() {
+                let is_state = uri_path(&r).unwrap() == ["5", "0", "3"];
+                u.handle_response(&content(if is_state { "1" } else { "0" }), at(now));
+            }
+            now += 500;
+        }
+        let out = finished(&mut u).unwrap();
+        assert_eq!(out, Outcome::Failed(UpdateFailure::DownloadTimeout));
+        assert!(now <= 6500);
+    }
+
+    #[test]
+    fn update_failure_after_execute_and_wrong_version() {
+        let run = |result: &str| {
+            let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+            let _ = next(&mut u, 0);
+            u.handle_response(&content("1.0"), at(0));
+            let _ = next(&mut u, 0);
+            u.handle_response(&answer(Code::CHANGED, ""), at(0));
+            let _ = next(&mut u, 1000);
+            u.handle_response(&content("2"), at(1000));
+            let _ = next(&mut u, 1000);
+            u.handle_response(&answer(Code::CHANGED, ""), at(1000));
+            let _ = next(&mut u, 2000);
+            u.handle_response(&content("1.0"), at(2000));
+            let _ = next(&mut u, 2000);
+            u.handle_response(&content(result), at(2000));
+            u
+        };
+        let mut u = run("8");
+        assert_eq!(
+            finished(&mut u),
+            Some(Outcome::Failed(UpdateFailure::Child(
+                UpdateResult::UpdateFailed
+            )))
+        );
+        // Result 1 next to the old version, twice: another image runs.
+        let mut u = run("1");
+        assert_eq!(next(&mut u, 3000).1, "3/0/3");
+        u.handle_response(&content("1.0"), at(3000));
+        assert_eq!(next(&mut u, 3000).1, "5/0/5");
+        u.handle_response(&content("1"), at(3000));
+        let out = Some(Outcome::Failed(UpdateFailure::WrongVersion("1.0".into())));
+        assert_eq!(finished(&mut u), out);
+        // Result 0 (still installing) keeps reading until the deadline.
+        let mut u = run("0");
+        assert_eq!(next(&mut u, 3000).1, "3/0/3");
+        u.handle_failure(TransportFailure::GaveUp, at(3000));
+        u.handle_timeout(at(2000 + 600_000));
+        assert_eq!(
+            finished(&mut u),
+            Some(Outcome::Failed(UpdateFailure::UpdateTimeout))
+        );
+        assert_eq!(UpdateFailure::UpdateTimeout.to_iotda().0, 10);
+    }
+
+    #[test]
+    fn execute_rejected_is_a_failure() {
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("2"), at(1000));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&answer(Code::METHOD_NOT_ALLOWED, ""), at(1000));
+        assert_eq!(
+            finished(&mut u),
+            Some(Outcome::Failed(UpdateFailure::Rejected {
+                path: Path::UPDATE,
+                code: Code::METHOD_NOT_ALLOWED
+            }))
+        );
+    }
+
+    #[test]
+    fn push_delivery_goes_through_block1() {
+        let cfg = UpdateConfig {
+            poll_interval: Duration::from_secs(1),
+            ..UpdateConfig::new(
+                "2.0",
+                100,
+                Delivery::Push {
+                    szx: 2,
+                    resume_offset: 0,
+                },
+            )
+        };
+        let mut u = UpdateProcedure::new(cfg).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let mut img: Vec<u8> = (0..100).collect();
+        let r = u.poll_request(at(0), &mut img).unwrap().unwrap();
+        assert_eq!(uri_path(&r).unwrap(), ["5", "0", "0"]);
+        assert_eq!(
+            block1(&r).unwrap(),
+            Some(BlockOpt {
+                num: 0,
+                more: true,
+                szx: 2
+            })
+        );
+        let mut cont = answer(Code::CONTINUE, "");
+        msg::set_block1(
+            &mut cont,
+            BlockOpt {
+                num: 0,
+                more: true,
+                szx: 2,
+            },
+        );
+        u.handle_response(&cont, at(10));
+        assert_eq!(u.push_acked(), Some(64));
+        let r = u.poll_request(at(10), &mut img).unwrap().unwrap();
+        assert_eq!(
+            block1(&r).unwrap(),
+            Some(BlockOpt {
+                num: 1,
+                more: false,
+                szx: 2
+            })
+        );
+        u.handle_response(&answer(Code::CHANGED, ""), at(20));
+        assert_eq!(next(&mut u, 20).1, "5/0/3");
+        u.handle_response(&content("2"), at(30));
+        assert_eq!(next(&mut u, 30).1, "5/0/2");
+        let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
+        assert!(events.contains(&UpdateEvent::Progress {
+            delivered: 100,
+            total: 100
+        }));
+    }
+
+    #[test]
+    fn push_too_large_is_iotda_5() {
+        let cfg = UpdateConfig::new(
+            "2.0",
+            100,
+            Delivery::Push {
+                szx: 2,
+                resume_offset: 0,
+            },
+        );
+        let mut u = UpdateProcedure::new(cfg).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        let mut r = answer(Code::REQUEST_ENTITY_TOO_LARGE, "");
+        msg::set_uint(&mut r, CoapOption::Size1, 50);
+        u.handle_response(&r, at(0));
+        let Some(Outcome::Failed(f)) = finished(&mut u) else {
+            panic!("no failure")
+        };
+        assert_eq!(f.to_iotda().0, 5);
+    }
+
+    #[test]
+    fn config_errors() {
+        let long = "x".repeat(256);
+        assert_eq!(
+            UpdateProcedure::new(UpdateConfig::new("2", 1, Delivery::Pull { uri: long }))
+                .unwrap_err(),
+            UpdateConfigError::UriTooLong(256)
+        );
+        assert!(matches!(
+            UpdateProcedure::new(UpdateConfig::new(
+                "2",
+                0,
+                Delivery::Push {
+                    szx: 2,
+                    resume_offset: 0
+                }
+            )),
+            Err(UpdateConfigError::Push(_))
+        ));
+        let cfg = UpdateConfig {
+            max_attempts: 0,
+            ..pull_cfg()
+        };
+        assert_eq!(
+            UpdateProcedure::new(cfg).unwrap_err(),
+            UpdateConfigError::NoAttempts
+        );
+    }
+}
