@@ -29,6 +29,10 @@ pub const CONTINUE: [u8; 2] = [0x04, 0x14];
 /// `buf_size - 4` (children.md §4.4, verified by smpclient `encoded.py`).
 pub const PACKET_OVERHEAD: usize = 4;
 
+/// The longest SMP message a packet carries: `total_len` (u16) counts the
+/// message and the 2-byte CRC.
+pub const MAX_MESSAGE: usize = u16::MAX as usize - 2;
+
 const CRC: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
 
 /// CRC-16/XMODEM (poly 0x1021, init 0, no reflection): Zephyr's
@@ -41,10 +45,9 @@ pub fn crc16(data: &[u8]) -> u16 {
 /// (use [`MAX_LINE`]). Lines shorter than 7 bytes cannot carry a 4-character
 /// base64 group, so `line_len` is raised to 7.
 ///
-/// # Panics
-/// Never; messages longer than 65533 bytes do not fit the length field and
-/// are encoded with a truncated length, so callers keep messages below it
-/// (the engines size them by `buf_size`).
+/// Messages longer than [`MAX_MESSAGE`] do not fit the length field; their
+/// length saturates and a peer drops the packet. The engines never build
+/// such messages (they size every message by `buf_size`).
 pub fn encode(msg: &[u8], line_len: usize) -> Vec<u8> {
     let total_len = u16::try_from(msg.len() + 2).unwrap_or(u16::MAX);
     let mut packet = Vec::with_capacity(msg.len() + 4);

@@ -406,16 +406,14 @@ impl SimDevice {
             if len > self.config.slot_size {
                 return Err(img(img_err::INVALID_IMAGE_TOO_LARGE));
             }
-            if self.config.image_check && sha.len() == 32 {
-                if let Some(s) = self.secondary.as_ref().filter(|s| s.hash == sha) {
-                    // The slot already holds this image: jump to the end.
-                    let _ = s;
-                    let r = UploadResponse {
-                        off: len,
-                        matched: Some(true),
-                    };
-                    return Ok(message::encode_upload_response(r));
-                }
+            let holds_it = self.secondary.as_ref().is_some_and(|s| s.hash == sha);
+            if self.config.image_check && sha.len() == 32 && holds_it {
+                // The slot already holds this image: jump to the end.
+                let r = UploadResponse {
+                    off: len,
+                    matched: Some(true),
+                };
+                return Ok(message::encode_upload_response(r));
             }
             self.secondary = None; // erased
             self.session = Some(Session {
@@ -538,5 +536,175 @@ fn legacy_of_image(rc: i64) -> i64 {
         15 => mgmt_err::ENOMEM,             // NO_FREE_MEMORY
         14 | 19 | 20 | 21 | 22 | 24 | 25 => mgmt_err::EINVAL,
         _ => mgmt_err::EUNKNOWN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(dev: &mut SimDevice, op: Op, grp: u16, id: u8, body: &[u8]) -> Vec<u8> {
+        let msg = build_message(op, SmpVersion::V2, grp, 9, id, body);
+        dev.handle_message(&msg, Instant::ZERO);
+        let rsp = dev.poll_transmit().expect("an answer");
+        let (h, b) = split_message(&rsp).unwrap();
+        assert_eq!(
+            (h.op, h.seq, h.group, h.id),
+            (op.response().unwrap(), 9, grp, id)
+        );
+        b.to_vec()
+    }
+
+    fn upload(
+        dev: &mut SimDevice,
+        req: message::UploadRequest<'_>,
+    ) -> Result<UploadResponse, SmpErr> {
+        let b = request(
+            dev,
+            Op::Write,
+            group::IMAGE,
+            command::IMAGE_UPLOAD,
+            &req.encode(),
+        );
+        message::upload_response(&b).unwrap()
+    }
+
+    fn first<'a>(data: &'a [u8], sha: &'a [u8], len: u64) -> message::UploadRequest<'a> {
+        message::UploadRequest {
+            image: Some(0),
+            len: Some(len),
+            off: 0,
+            sha: Some(sha),
+            data,
+            upgrade: None,
+        }
+    }
+
+    fn at(off: u64, data: &[u8]) -> message::UploadRequest<'_> {
+        message::UploadRequest {
+            image: None,
+            len: None,
+            off,
+            sha: None,
+            data,
+            upgrade: None,
+        }
+    }
+
+    fn ok(off: u64, matched: Option<bool>) -> Result<UploadResponse, SmpErr> {
+        Ok(UploadResponse { off, matched })
+    }
+
+    #[test]
+    fn zephyr_upload_rules() {
+        let v = ImageVersion {
+            major: 2,
+            minor: 1,
+            revision: 300,
+            build: 7,
+        };
+        let mut img = mcuboot_header(v, 68).to_vec();
+        img.extend([0x55; 68]);
+        let sha: Vec<u8> = Sha256::digest(&img).to_vec();
+        let mut dev = SimDevice::new(SimConfig::default());
+        let img_err = |rc| Err(SmpErr::Group { group: 1, rc });
+        // Too short, bad magic, no len, no off, too large.
+        assert_eq!(upload(&mut dev, first(&img[..31], &sha, 100)), img_err(22));
+        let mut bad = img.clone();
+        bad[3] = 0;
+        assert_eq!(upload(&mut dev, first(&bad[..40], &sha, 100)), img_err(23));
+        let mut no_len = first(&img[..40], &sha, 100);
+        no_len.len = None;
+        assert_eq!(upload(&mut dev, no_len), img_err(21));
+        let body = [0xa1, 0x64, b'd', b'a', b't', b'a', 0x40];
+        let b = request(
+            &mut dev,
+            Op::Write,
+            group::IMAGE,
+            command::IMAGE_UPLOAD,
+            &body,
+        );
+        assert_eq!(message::upload_response(&b).unwrap(), img_err(20));
+        assert_eq!(
+            upload(&mut dev, first(&img[..40], &sha, 1 << 30)),
+            img_err(30)
+        );
+        // A good first chunk, a wrong off resynced, resume by sha, an overrun.
+        assert_eq!(upload(&mut dev, first(&img[..40], &sha, 100)), ok(40, None));
+        assert_eq!(upload(&mut dev, at(50, &img[50..60])), ok(40, None));
+        assert_eq!(upload(&mut dev, first(&img[..40], &sha, 100)), ok(40, None));
+        let mut long = img.clone();
+        long.push(0);
+        assert_eq!(upload(&mut dev, at(40, &long[40..])), img_err(31));
+        // The overrun ended the session: start again and finish with match.
+        assert_eq!(upload(&mut dev, first(&img[..40], &sha, 100)), ok(40, None));
+        assert_eq!(upload(&mut dev, at(40, &img[40..])), ok(100, Some(true)));
+        let b = request(
+            &mut dev,
+            Op::Read,
+            group::IMAGE,
+            command::IMAGE_STATE,
+            &[0xa0],
+        );
+        let list = message::state_response(&b).unwrap().unwrap();
+        assert_eq!(list[1].version, "2.1.300.7");
+        assert_eq!(list[1].hash, sha);
+        // The same image again: the slot already holds it.
+        assert_eq!(
+            upload(&mut dev, first(&img[..40], &sha, 100)),
+            ok(100, Some(true))
+        );
+    }
+
+    #[test]
+    fn drops_messages_longer_than_buf_size_minus_4() {
+        let mut dev = SimDevice::new(SimConfig {
+            buf_size: 64,
+            ..SimConfig::default()
+        });
+        let echo = |n| message::echo_request(&"e".repeat(n));
+        let fits = build_message(Op::Write, SmpVersion::V2, 0, 0, 0, &echo(47));
+        assert_eq!(fits.len(), 60);
+        dev.handle_message(&fits, Instant::ZERO);
+        assert!(dev.poll_transmit().is_some());
+        let long = build_message(Op::Write, SmpVersion::V2, 0, 0, 0, &echo(48));
+        dev.handle_message(&long, Instant::ZERO);
+        assert!(dev.poll_transmit().is_none());
+        assert_eq!(
+            dev.poll_event(),
+            Some(SimEvent::Dropped {
+                reason: "longer than buf_size - 4"
+            })
+        );
+    }
+
+    #[test]
+    fn params_unknown_commands_and_v1_errors() {
+        let mut dev = SimDevice::new(SimConfig {
+            params: false,
+            ..SimConfig::default()
+        });
+        let b = request(&mut dev, Op::Read, group::OS, command::OS_PARAMS, &[0xa0]);
+        assert_eq!(
+            message::params_response(&b),
+            Ok(Err(SmpErr::Legacy { rc: 8 }))
+        );
+        let msg = build_message(
+            Op::Write,
+            SmpVersion::V1,
+            group::IMAGE,
+            1,
+            command::IMAGE_UPLOAD,
+            &[0xa0],
+        );
+        dev.handle_message(&msg, Instant::ZERO);
+        let rsp = dev.poll_transmit().unwrap();
+        let (h, b) = split_message(&rsp).unwrap();
+        assert_eq!(h.version, SmpVersion::V1);
+        // INVALID_OFFSET reaches a v1 client as EINVAL.
+        assert_eq!(
+            message::upload_response(b),
+            Ok(Err(SmpErr::Legacy { rc: 3 }))
+        );
     }
 }

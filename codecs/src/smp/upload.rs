@@ -38,7 +38,7 @@
 use super::exchange::{Exchange, Timeout};
 use super::header::{command, group, Op, SmpVersion, HEADER_LEN};
 use super::message::{self, SmpErr, UploadRequest};
-use super::serial::PACKET_OVERHEAD;
+use super::serial::{MAX_MESSAGE, PACKET_OVERHEAD};
 use super::BodyError;
 use crate::time::Instant;
 use std::collections::VecDeque;
@@ -287,7 +287,7 @@ impl Upload {
 
     /// A message from the device (header + CBOR, already unframed).
     /// Messages that do not answer the request in flight are ignored.
-    pub fn handle_message(&mut self, msg: &[u8], now: Instant) {
+    pub fn handle_message(&mut self, msg: &[u8], _now: Instant) {
         let Some(body) = self.exchange.handle_message(msg) else {
             return;
         };
@@ -302,7 +302,7 @@ impl Upload {
                     _ => self.use_buf_size(self.config.default_buf_size, false),
                 }
             }
-            Phase::Sending { off, len } => self.on_upload_answer(off, len, body, now),
+            Phase::Sending { off, len } => self.on_upload_answer(off, len, body),
             Phase::AwaitData { .. } | Phase::Finished => {}
         }
     }
@@ -411,8 +411,8 @@ impl Upload {
         let max_body = self
             .buf_size
             .saturating_sub(self.config.transport_overhead)
-            .saturating_sub(HEADER_LEN)
-            .min(usize::from(u16::MAX));
+            .min(MAX_MESSAGE)
+            .saturating_sub(HEADER_LEN);
         let room = message::max_data_len(&self.request_at(off, &[]), max_body).unwrap_or(0);
         let remaining = usize::try_from(self.len - off).unwrap_or(usize::MAX);
         let need = if off == 0 {
@@ -432,7 +432,7 @@ impl Upload {
         self.phase = Phase::AwaitData { off, len };
     }
 
-    fn on_upload_answer(&mut self, sent_off: u64, sent_len: usize, body: &[u8], _now: Instant) {
+    fn on_upload_answer(&mut self, sent_off: u64, sent_len: usize, body: &[u8]) {
         let r = match message::upload_response(body) {
             Err(e) => return self.fail(UploadError::Malformed(e)),
             Ok(Err(e)) => return self.fail(UploadError::Device(e)),
