@@ -291,6 +291,27 @@ def main():
     c.step(None, at_ms=21000, expect="failed timeout off=0 attempts=2")
     c.write()
 
+    # 13. A duplicated answer: the copy carries an old sequence number and is ignored.
+    c, img, sha = upload_case("upload_duplicate_answer", "exchange matching: an answer counts only for the request in flight (same op+1, group, id, seq)")
+    params_steps(c, 128)
+    d0, req0 = chunk(img, sha, 0, 128, 1)
+    c.step("first chunk", out=req0)
+    c.step("answer delivered twice", inp=upload_rsp(1, {"off": d0}), fault="duplicate", expect=f"progress {d0}/{len(img)}")
+    _, req1 = chunk(img, sha, d0, 128, 2)
+    c.step("one next chunk only", out=req1)
+    c.write()
+
+    # 14. SMP v1 headers (vouch mcumgr-client and Go newtmgr send v1 on serial).
+    c, img, sha = upload_case("upload_smp_v1", "smp_protocol.rst: Ver 0b00 is SMP v1; the device answers in the request's version", config={"version": "v1"})
+    v1 = H.Version.V1
+    c.step("params read, v1 header (byte 0 = 00)", at_ms=0, out=bytes(MCUMgrParametersReadRequest(sequence=0, version=v1)))
+    c.step(None, inp=rsp(1, 0, 6, 0, {"buf_size": 384, "buf_count": 4}, version=0), expect="buf_size 384 device")
+    req = bytes(ImageUploadWriteRequest(off=0, data=img, len=len(img), sha=sha, image=0, sequence=1, version=v1))
+    assert len(req) <= 380
+    c.step("the whole image in one v1 write (byte 0 = 02)", out=req)
+    c.step(None, inp=upload_rsp(1, {"off": len(img)}, version=0), expect=[f"progress {len(img)}/{len(img)}", "done"])
+    c.write()
+
     activate_cases()
 
 
