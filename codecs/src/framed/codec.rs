@@ -143,6 +143,16 @@ impl Decoder {
         self.buf.clear();
     }
 
+    /// Gives up on a frame that started but never completed: noise that
+    /// looked like a sync word and a length can announce more bytes than
+    /// will ever come, hiding real frames behind it. Called when a reply
+    /// timed out; the search resumes one byte further on.
+    pub fn skip_stalled(&mut self) {
+        if !self.buf.is_empty() && self.buf.starts_with(&self.framing.sync) {
+            self.buf.drain(..1);
+        }
+    }
+
     /// The next frame, or what was discarded instead; `None` when more bytes
     /// are needed.
     #[allow(clippy::should_implement_trait)]

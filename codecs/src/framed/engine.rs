@@ -339,6 +339,11 @@ pub struct Engine {
     /// Highest offset the child acknowledged.
     acked: u32,
     recoveries: u32,
+    /// Activation was not confirmed (no reply, or a refusal of a repeated
+    /// activate): the failure to report if the version read back is wrong.
+    doubt: Option<(u8, Option<u32>, String)>,
+    /// Activate requests sent.
+    activate_sends: u32,
     finished: bool,
     stats: Stats,
 }
@@ -388,6 +393,8 @@ impl Engine {
             offset: 0,
             acked: 0,
             recoveries: 0,
+            doubt: None,
+            activate_sends: 0,
             finished: false,
             stats: Stats::default(),
         }
@@ -445,13 +452,17 @@ impl Engine {
         while !bytes.is_empty() {
             let n = self.decoder.push(bytes);
             bytes = &bytes[n..];
-            while let Some(r) = self.decoder.next() {
-                match r {
-                    Ok(frame) => self.on_frame(frame, now),
-                    Err(DecodeError::Garbage(n)) => self.stats.garbage_bytes += n as u64,
-                    Err(DecodeError::BadLength(_)) => self.stats.bad_lengths += 1,
-                    Err(DecodeError::BadCrc { .. }) => self.stats.crc_errors += 1,
-                }
+            self.drain_decoder(now);
+        }
+    }
+
+    fn drain_decoder(&mut self, now: Instant) {
+        while let Some(r) = self.decoder.next() {
+            match r {
+                Ok(frame) => self.on_frame(frame, now),
+                Err(DecodeError::Garbage(n)) => self.stats.garbage_bytes += n as u64,
+                Err(DecodeError::BadLength(_)) => self.stats.bad_lengths += 1,
+                Err(DecodeError::BadCrc { .. }) => self.stats.crc_errors += 1,
             }
         }
     }
@@ -502,6 +513,18 @@ impl Engine {
             return;
         }
         let kind = p.kind;
+        if !p.backing_off {
+            // A reply is overdue: maybe a false frame start is holding the
+            // decoder; look past it before sending again.
+            self.decoder.skip_stalled();
+            self.drain_decoder(now);
+            if self.finished || self.pending.as_ref().is_none_or(|p| now < p.deadline) {
+                return;
+            }
+        }
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
         let msg = self.profile.message(kind).expect("pending message exists");
         let (timeout, retries) = (msg.timeout, msg.retries);
         if p.backing_off || p.attempts <= retries {
@@ -523,9 +546,17 @@ impl Engine {
             return;
         }
         let attempts = p.attempts;
+        if self.step == Step::Activate {
+            // The child may have rebooted into the new image without a
+            // word: the version read back decides.
+            self.pending = None;
+            let detail = format!("no reply to activate after {attempts} attempts");
+            self.doubt = Some((result_code::INSTALL_FAIL, None, detail));
+            self.activated(now);
+            return;
+        }
         let (code, what) = match self.step {
             Step::VersionBefore => (result_code::INNER_ERROR, "version_query"),
-            Step::Activate => (result_code::INSTALL_FAIL, "activate"),
             Step::VersionAfter => (result_code::INSTALL_FAIL, "version_query after activation"),
             _ => (result_code::DOWNLOAD_TIMEOUT, kind.name()),
         };
@@ -593,6 +624,9 @@ impl Engine {
             return;
         }
         self.write(frame.clone());
+        if kind == MessageKind::Activate {
+            self.activate_sends += 1;
+        }
         if msg.reply.is_none() {
             // An activate the child answers by rebooting.
             self.pending = None;
@@ -696,7 +730,17 @@ impl Engine {
             StatusAction::Fail { result_code } => {
                 let s = values.status.unwrap_or_default();
                 let detail = format!("{kind} answered with status {s} (0x{s:x})");
-                self.fail(result_code, values.status, detail, None);
+                let attempts = self.pending.as_ref().map_or(1, |p| p.attempts);
+                if kind == MessageKind::Activate && attempts > 1 {
+                    // The first activate may have worked and its reply been
+                    // lost: a child that already rebooted refuses a second
+                    // one. Only the version read back can tell.
+                    self.pending = None;
+                    self.doubt = Some((result_code, values.status, detail));
+                    self.activated(now);
+                } else {
+                    self.fail(result_code, values.status, detail, None);
+                }
             }
         }
     }
@@ -762,8 +806,17 @@ impl Engine {
             (_, MessageKind::Activate) => self.activated(now),
             (Step::VersionAfter, MessageKind::VersionQuery) => {
                 let v = values.version.unwrap_or_default();
+                let unanswered = self
+                    .profile
+                    .message(MessageKind::Activate)
+                    .filter(|m| m.reply.is_none())
+                    .map(|m| m.retries);
                 if v == self.image.version {
                     self.finish(Outcome::Upgraded { version: v });
+                } else if unanswered.is_some_and(|retries| self.activate_sends <= retries) {
+                    // An activate without a reply may have been lost on the
+                    // line: the child still answers, with the old version.
+                    self.send(MessageKind::Activate, now);
                 } else if self.reboot_deadline.is_some_and(|d| now < d) {
                     // Maybe not rebooted yet: ask again after a timeout.
                     let wait = self
@@ -773,11 +826,18 @@ impl Engine {
                     self.step = Step::Settle;
                     self.settle_until = Some(now + wait);
                 } else {
-                    let detail = format!(
+                    let mut detail = format!(
                         "child runs {v:?} after activation, expected {:?}",
                         self.image.version
                     );
-                    self.fail(result_code::INSTALL_FAIL, None, detail, Some(v));
+                    let (code, status) = match self.doubt.take() {
+                        Some((code, status, why)) => {
+                            detail = format!("{detail} ({why})");
+                            (code, status)
+                        }
+                        None => (result_code::INSTALL_FAIL, None),
+                    };
+                    self.fail(code, status, detail, Some(v));
                 }
             }
             (_, MessageKind::VersionQuery) => {}

@@ -60,7 +60,7 @@ impl DeviceConfig {
             version: version.to_string(),
             capacity: 1 << 20,
             persist_session: true,
-            reboot_time: Duration::from_millis(1500),
+            reboot_time: Duration::from_millis(500),
             activate_delay: Duration::from_millis(50),
             reboot_at_offset: None,
             inject: Vec::new(),
@@ -100,6 +100,9 @@ pub struct Device {
     chunk_offsets: Vec<u32>,
     reboots: u32,
     reboot_fault_done: bool,
+    installed: Option<Vec<u8>>,
+    /// `activate` was accepted: the next reboot installs the session.
+    activating: bool,
 }
 
 impl Device {
@@ -118,6 +121,8 @@ impl Device {
             chunk_offsets: Vec::new(),
             reboots: 0,
             reboot_fault_done: false,
+            installed: None,
+            activating: false,
         }
     }
 
@@ -129,6 +134,11 @@ impl Device {
     /// The bytes received in the current update session.
     pub fn received(&self) -> Option<&[u8]> {
         self.session.as_ref().map(|s| &s.image[..])
+    }
+
+    /// The image it booted into at its last successful activation.
+    pub fn installed(&self) -> Option<&[u8]> {
+        self.installed.as_deref()
     }
 
     /// Requests of `kind` handled so far (while online).
@@ -203,13 +213,14 @@ impl Device {
         self.decoder.clear();
         self.transmit.clear();
         self.offline_until = Some(now + self.config.reboot_time);
-        let activating = self.session.as_ref().is_some_and(|s| s.verified);
+        let activating = std::mem::take(&mut self.activating)
+            && self.session.as_ref().is_some_and(|s| s.verified);
         if activating {
+            let s = self.session.take().expect("checked");
             if !self.config.install_fails {
-                let s = self.session.as_ref().expect("checked");
-                self.version = s.version.clone().unwrap_or_else(|| "installed".into());
+                self.version = s.version.unwrap_or_else(|| "installed".into());
+                self.installed = Some(s.image);
             }
-            self.session = None;
         } else if !self.config.persist_session {
             self.session = None;
         }
@@ -293,6 +304,7 @@ impl Device {
                     let verified = self.session.as_ref().is_some_and(|s| s.verified);
                     if verified {
                         reply.status = Some(self.ok());
+                        self.activating = true;
                         reboot_later = true;
                     } else {
                         reply.status = Some(self.status(StatusAction::Fail {
