@@ -2,8 +2,9 @@
 //! sans-IO engines, one test per file (format: `fixtures/coap/README.md`).
 //!
 //! The harness plays the driver: it wires an `Exchanges` to a `Block1Push`
-//! (engine = "push") or to `serve_block2` (engine = "serve") exactly as the
-//! daemon does, feeds the file's `in` datagrams and time, and checks every
+//! (engine = "push"), to `serve_block2` (engine = "serve") or to an
+//! `UpdateProcedure` plus `serve_block2` (engine = "update") as the daemon
+//! does, feeds the file's `in` datagrams and time, and checks every
 //! datagram the engines emit against the file's `out` steps and every event
 //! against its `expect` steps. Nothing may be emitted that the file does not
 //! list, and a step budget turns a looping engine into a failure.
@@ -14,10 +15,14 @@ use std::time::Duration;
 
 use otabridge_codecs::coap::{
     push::{PushConfig, RestartReason, TransportFailure},
-    serve_block2, Block1Push, ExchangeConfig, ExchangeEvent, Exchanges, PackageInfo, PackageStore,
-    PushEvent, PushFailure, ReadAt, ReadError, RequestId, ServeConfig,
+    serve_block2,
+    update::Phase,
+    Block1Push, Delivery, ExchangeConfig, ExchangeEvent, Exchanges, Outcome, PackageInfo,
+    PackageStore, Packet, PushEvent, PushFailure, ReadAt, ReadError, RequestId, ServeConfig,
+    UpdateConfig, UpdateEvent, UpdateProcedure,
 };
 use otabridge_codecs::hex;
+use otabridge_codecs::lwm2m;
 use otabridge_codecs::time::Instant;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -39,6 +44,7 @@ struct Case {
     exchange: ExchangeToml,
     push: Option<PushToml>,
     serve: Option<ServeToml>,
+    update: Option<UpdateToml>,
     step: Vec<Step>,
     /// Only in `broken/`: the error the harness must report.
     must_fail: Option<String>,
@@ -94,6 +100,38 @@ fn default_prefix() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct UpdateToml {
+    target_version: String,
+    /// "pull" or "push".
+    delivery: String,
+    package_len: u32,
+    /// Pull: the gateway's `host:port` in the Package URI.
+    #[serde(default = "default_gateway")]
+    gateway: String,
+    /// Pull: largest block the gateway serves.
+    #[serde(default = "default_max_szx")]
+    max_szx: u8,
+    /// Push: first block size.
+    #[serde(default = "default_max_szx")]
+    szx: u8,
+    #[serde(default)]
+    resume_offset: u32,
+    poll_interval_ms: Option<u64>,
+    download_timeout_ms: Option<u64>,
+    update_timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+}
+
+fn default_gateway() -> String {
+    "192.168.10.1:5683".into()
+}
+
+fn default_max_szx() -> u8 {
+    6
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Step {
     at_ms: Option<u64>,
     #[serde(rename = "in")]
@@ -129,22 +167,23 @@ impl PackageStore for Store {
     }
 }
 
-enum Engine {
-    Push {
-        push: Block1Push,
-        image: Vec<u8>,
-        in_flight: Option<RequestId>,
-    },
-    Serve {
-        config: ServeConfig,
-        store: Store,
-    },
+/// The gateway's client side: what sends requests to the child.
+enum Client {
+    Nothing,
+    Push(Box<Block1Push>),
+    Update(Box<UpdateProcedure>),
 }
 
 struct Run {
     now: Instant,
     exchanges: Exchanges<u8>,
-    engine: Engine,
+    client: Client,
+    /// The request of `client` in flight on `exchanges`.
+    in_flight: Option<RequestId>,
+    /// The image the client pushes (read by offset).
+    image: Vec<u8>,
+    /// The gateway's Block2 server, when the child pulls.
+    server: Option<(ServeConfig, Store)>,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<String>,
     ignore: Vec<String>,
@@ -181,6 +220,32 @@ fn push_event(e: PushEvent) -> String {
     }
 }
 
+fn update_event(e: UpdateEvent) -> String {
+    match e {
+        UpdateEvent::CurrentVersion(v) => format!("version {v}"),
+        UpdateEvent::Phase(p) => format!(
+            "phase {}",
+            match p {
+                Phase::Checking => "checking",
+                Phase::Resetting => "resetting",
+                Phase::Delivering => "delivering",
+                Phase::Downloaded => "downloaded",
+                Phase::Updating => "updating",
+            }
+        ),
+        UpdateEvent::Progress { delivered, total } => format!("progress {delivered}/{total}"),
+        UpdateEvent::Retrying { attempt, cause } => {
+            format!("retrying attempt={attempt} iotda={}", cause.to_iotda().0)
+        }
+        UpdateEvent::Finished(Outcome::Updated) => "finished updated".into(),
+        UpdateEvent::Finished(Outcome::AlreadyCurrent) => "finished already_current".into(),
+        UpdateEvent::Finished(Outcome::Failed(f)) => {
+            let (code, text) = f.to_iotda();
+            format!("finished failed iotda={code} {text}")
+        }
+    }
+}
+
 impl Run {
     fn tick(&mut self) -> Result<(), String> {
         self.steps += 1;
@@ -206,21 +271,20 @@ impl Run {
         loop {
             self.tick()?;
             let mut progressed = false;
-            if let Engine::Push {
-                push,
-                image,
-                in_flight,
-            } = &mut self.engine
-            {
-                if in_flight.is_none() {
-                    if let Some(req) = push.poll_request(image).map_err(|e| e.to_string())? {
-                        let id = self
-                            .exchanges
-                            .start_request(CHILD, req, self.now)
-                            .map_err(|e| format!("start_request: {e}"))?;
-                        *in_flight = Some(id);
-                        progressed = true;
-                    }
+            if self.in_flight.is_none() {
+                let req = match &mut self.client {
+                    Client::Nothing => Ok(None),
+                    Client::Push(p) => p.poll_request(&mut self.image),
+                    Client::Update(u) => u.poll_request(self.now, &mut self.image),
+                }
+                .map_err(|e| e.to_string())?;
+                if let Some(req) = req {
+                    let id = self
+                        .exchanges
+                        .start_request(CHILD, req, self.now)
+                        .map_err(|e| format!("start_request: {e}"))?;
+                    self.in_flight = Some(id);
+                    progressed = true;
                 }
             }
             while let Some(t) = self.exchanges.poll_transmit() {
@@ -232,12 +296,18 @@ impl Run {
                 progressed = true;
                 self.on_exchange_event(ev)?;
             }
-            if let Engine::Push { push, .. } = &mut self.engine {
-                let evs: Vec<_> = std::iter::from_fn(|| push.poll_event()).collect();
-                for e in evs {
-                    progressed = true;
-                    self.record(push_event(e));
-                }
+            let events: Vec<String> = match &mut self.client {
+                Client::Nothing => Vec::new(),
+                Client::Push(p) => std::iter::from_fn(|| p.poll_event())
+                    .map(push_event)
+                    .collect(),
+                Client::Update(u) => std::iter::from_fn(|| u.poll_event())
+                    .map(update_event)
+                    .collect(),
+            };
+            for e in events {
+                progressed = true;
+                self.record(e);
             }
             if !progressed {
                 return Ok(());
@@ -245,50 +315,63 @@ impl Run {
         }
     }
 
+    fn on_response(&mut self, response: &Packet) {
+        match &mut self.client {
+            Client::Nothing => {}
+            Client::Push(p) => p.handle_response(response),
+            Client::Update(u) => u.handle_response(response, self.now),
+        }
+    }
+
+    fn on_failure(&mut self, why: TransportFailure) {
+        match &mut self.client {
+            Client::Nothing => {}
+            Client::Push(p) => p.handle_failure(why),
+            Client::Update(u) => u.handle_failure(why, self.now),
+        }
+    }
+
     fn on_exchange_event(&mut self, ev: ExchangeEvent<u8>) -> Result<(), String> {
-        match (&mut self.engine, ev) {
-            (
-                Engine::Push {
-                    push, in_flight, ..
-                },
-                ev,
-            ) => {
-                let failure = match ev {
-                    ExchangeEvent::Response { id, response, .. } if Some(id) == *in_flight => {
-                        *in_flight = None;
-                        push.handle_response(&response);
-                        return Ok(());
-                    }
-                    ExchangeEvent::GaveUp { id, .. } if Some(id) == *in_flight => {
-                        TransportFailure::GaveUp
-                    }
-                    ExchangeEvent::TimedOut { id, .. } if Some(id) == *in_flight => {
-                        TransportFailure::TimedOut
-                    }
-                    ExchangeEvent::Reset { id, .. } if Some(id) == *in_flight => {
-                        TransportFailure::Reset
-                    }
-                    other => return Err(format!("unexpected exchange event {other:?}")),
+        let mine = |id: RequestId, in_flight: Option<RequestId>| Some(id) == in_flight;
+        match ev {
+            ExchangeEvent::Request(req) => {
+                let Some((config, store)) = &mut self.server else {
+                    return Err(format!(
+                        "the child sent a request and nothing serves: {req:?}"
+                    ));
                 };
-                *in_flight = None;
-                push.handle_failure(failure);
-            }
-            (Engine::Serve { config, store }, ExchangeEvent::Request(req)) => {
                 let reply = serve_block2(config, &req.packet, store);
-                if let Some(b) = reply.served {
+                if let Some(b) = &reply.served {
                     let last = if b.last { " last" } else { "" };
                     self.record(format!(
                         "served num={} szx={} offset={} len={}{last}",
                         b.num, b.szx, b.offset, b.len
                     ));
+                    if let Client::Update(u) = &mut self.client {
+                        u.note_served(b);
+                    }
                 }
                 self.exchanges
                     .respond(&req, reply.response, self.now)
                     .map_err(|e| format!("respond: {e}"))?;
             }
-            (Engine::Serve { .. }, other) => {
-                return Err(format!("unexpected exchange event {other:?}"))
+            ExchangeEvent::Response { id, response, .. } if mine(id, self.in_flight) => {
+                self.in_flight = None;
+                self.on_response(&response);
             }
+            ExchangeEvent::GaveUp { id, .. } if mine(id, self.in_flight) => {
+                self.in_flight = None;
+                self.on_failure(TransportFailure::GaveUp);
+            }
+            ExchangeEvent::TimedOut { id, .. } if mine(id, self.in_flight) => {
+                self.in_flight = None;
+                self.on_failure(TransportFailure::TimedOut);
+            }
+            ExchangeEvent::Reset { id, .. } if mine(id, self.in_flight) => {
+                self.in_flight = None;
+                self.on_failure(TransportFailure::Reset);
+            }
+            other => return Err(format!("unexpected exchange event {other:?}")),
         }
         Ok(())
     }
@@ -338,39 +421,93 @@ fn build(case: &Case) -> Result<Run, String> {
         ..d
     };
     let exchanges = Exchanges::new(config).map_err(|e| format!("[exchange]: {e}"))?;
-    let engine = match (case.engine.as_str(), &case.push, &case.serve) {
-        ("push", Some(p), None) => {
+    let package = |len: u32| {
+        let data = pattern(len);
+        let sha256: [u8; 32] = Sha256::digest(&data).into();
+        let name: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+        Store { name, data, sha256 }
+    };
+    let tables = (&case.push, &case.serve, &case.update);
+    let (client, image, server) = match (case.engine.as_str(), tables) {
+        ("push", (Some(p), None, None)) => {
+            let request_tag = p.request_tag.as_deref().map(hex::parse).transpose();
             let cfg = PushConfig {
-                path: p.path.split('/').filter(|s| !s.is_empty()).map(String::from).collect(),
+                path: p
+                    .path
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
                 total_len: p.image_len,
                 szx: p.szx,
                 content_format: p.content_format,
-                request_tag: p.request_tag.as_deref().map(hex::parse).transpose().map_err(|e| format!("[push] request_tag: {e}"))?,
+                request_tag: request_tag.map_err(|e| format!("[push] request_tag: {e}"))?,
                 resume_offset: p.resume_offset,
                 max_restarts: p.max_restarts,
             };
             let push = Block1Push::new(cfg).map_err(|e| format!("[push]: {e}"))?;
-            Engine::Push { push, image: pattern(p.image_len), in_flight: None }
+            (Client::Push(Box::new(push)), pattern(p.image_len), None)
         }
-        ("serve", None, Some(s)) => {
-            let data = pattern(s.package_len);
-            let sha256: [u8; 32] = Sha256::digest(&data).into();
-            let name: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
-            Engine::Serve {
-                config: ServeConfig { prefix: s.prefix.clone(), max_szx: s.max_szx },
-                store: Store { name, data, sha256 },
-            }
+        ("serve", (None, Some(s), None)) => {
+            let config = ServeConfig {
+                prefix: s.prefix.clone(),
+                max_szx: s.max_szx,
+            };
+            (
+                Client::Nothing,
+                Vec::new(),
+                Some((config, package(s.package_len))),
+            )
         }
-        (e, _, _) => {
+        ("update", (None, None, Some(u))) => {
+            let store = package(u.package_len);
+            let (delivery, server) = match u.delivery.as_str() {
+                "pull" => {
+                    let uri = lwm2m::package_uri(&u.gateway, &store.name);
+                    let config = ServeConfig {
+                        prefix: "fw".into(),
+                        max_szx: u.max_szx,
+                    };
+                    (Delivery::Pull { uri }, Some((config, store)))
+                }
+                "push" => (
+                    Delivery::Push {
+                        szx: u.szx,
+                        resume_offset: u.resume_offset,
+                    },
+                    None,
+                ),
+                other => return Err(format!("[update] delivery = \"{other}\": pull or push")),
+            };
+            let d = UpdateConfig::new(u.target_version.clone(), u.package_len, delivery);
+            let ms = |v: Option<u64>, dflt: Duration| v.map(Duration::from_millis).unwrap_or(dflt);
+            let cfg = UpdateConfig {
+                poll_interval: ms(u.poll_interval_ms, d.poll_interval),
+                download_timeout: ms(u.download_timeout_ms, d.download_timeout),
+                update_timeout: ms(u.update_timeout_ms, d.update_timeout),
+                max_attempts: u.max_attempts.unwrap_or(d.max_attempts),
+                ..d
+            };
+            let procedure = UpdateProcedure::new(cfg).map_err(|e| format!("[update]: {e}"))?;
+            (
+                Client::Update(Box::new(procedure)),
+                pattern(u.package_len),
+                server,
+            )
+        }
+        (e, _) => {
             return Err(format!(
-                "engine = \"{e}\" needs exactly its own table: [push] for \"push\", [serve] for \"serve\""
+                "engine = \"{e}\" needs exactly its own table: [push], [serve] or [update]"
             ))
         }
     };
     Ok(Run {
         now: Instant::ZERO,
         exchanges,
-        engine,
+        client,
+        in_flight: None,
+        image,
+        server,
         out: VecDeque::new(),
         events: VecDeque::new(),
         ignore: case.ignore_events.clone(),
@@ -403,6 +540,11 @@ fn replay(case: &Case) -> Result<(), String> {
             run.now = t;
             if run.exchanges.poll_timeout().is_some_and(|d| d <= t) {
                 run.exchanges.handle_timeout(t);
+            }
+            if let Client::Update(u) = &mut run.client {
+                if u.poll_timeout().is_some_and(|d| d <= t) {
+                    u.handle_timeout(t);
+                }
             }
             run.pump().map_err(ctx)?;
         }
