@@ -426,6 +426,29 @@ mod tests {
     }
 
     proptest! {
+        /// A client pulling block after block, at any size, gets exactly the
+        /// package (the Zephyr pull loop, children.md §2.3).
+        #[test]
+        fn sequential_pull_reassembles_the_package(len in 1usize..6000, szx in 0u8..=6, max in 0u8..=6) {
+            let mut s = store(len);
+            let cfg = ServeConfig { max_szx: max, ..ServeConfig::default() };
+            let mut got = Vec::new();
+            let mut size_szx = szx;
+            for _ in 0..10_000 {
+                let num = (got.len() as u32) / szx_to_size(size_szx);
+                let r = serve_block2(&cfg, &get(num, size_szx), &mut s);
+                let b = block2(&r.response).unwrap().unwrap();
+                prop_assert_eq!(b.offset(), got.len() as u64);
+                got.extend_from_slice(&r.response.payload);
+                // RFC 7959 §2.4: continue with the size the server chose.
+                size_szx = b.szx;
+                if !b.more {
+                    break;
+                }
+            }
+            prop_assert_eq!(got, s.data);
+        }
+
         #[test]
         fn any_block_request_is_answered_in_bounds(num in 0..=MAX_NUM, szx in 0u8..=6, len in 0usize..5000, max in 0u8..=6) {
             let mut s = store(len);

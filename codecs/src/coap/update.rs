@@ -1052,4 +1052,52 @@ mod tests {
             UpdateConfigError::NoAttempts
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the child answers, and whether it answers at all, the
+        /// procedure never panics and ends within its deadlines.
+        #[test]
+        fn any_child_behaviour_terminates(
+            answers in proptest::collection::vec((0usize..12, 0usize..9), 1..200),
+            push in proptest::bool::ANY,
+        ) {
+            const CODES: [Code; 12] = [
+                Code::CONTENT, Code::CONTENT, Code::CONTENT, Code::CHANGED, Code::CONTINUE,
+                Code::CREATED, Code::NOT_FOUND, Code::BAD_REQUEST, Code::METHOD_NOT_ALLOWED,
+                Code::REQUEST_ENTITY_INCOMPLETE, Code::REQUEST_ENTITY_TOO_LARGE, Code(0xa3),
+            ];
+            const BODIES: [&str; 9] = ["0", "1", "2", "3", "5", "8", "1.0", "2.0", "x"];
+            let delivery = if push {
+                Delivery::Push { szx: 0, resume_offset: 0 }
+            } else {
+                Delivery::Pull { uri: "coap://gw/fw/x".into() }
+            };
+            let cfg = UpdateConfig {
+                poll_interval: Duration::from_secs(5),
+                download_timeout: Duration::from_secs(60),
+                update_timeout: Duration::from_secs(60),
+                ..UpdateConfig::new("2.0", 40, delivery)
+            };
+            let mut u = UpdateProcedure::new(cfg).unwrap();
+            let mut img = vec![0u8; 40];
+            let mut now = 0u64;
+            for i in 0..2_000usize {
+                if u.is_finished() {
+                    break;
+                }
+                u.handle_timeout(at(now));
+                if u.poll_request(at(now), &mut img).unwrap().is_some() {
+                    let (c, b) = answers[i % answers.len()];
+                    if c == 11 && b == 8 {
+                        u.handle_failure(TransportFailure::GaveUp, at(now));
+                    } else {
+                        u.handle_response(&answer(CODES[c], BODIES[b]), at(now));
+                    }
+                }
+                now += 2_500;
+            }
+            proptest::prop_assert!(u.is_finished(), "still running at {} ms", now);
+            proptest::prop_assert!(finished(&mut u).is_some());
+        }
+    }
 }
