@@ -23,7 +23,7 @@
 
 use std::cmp::Ordering;
 
-/// How [`matches`] compares.
+/// How [`matches()`] compares.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
 )]

@@ -33,7 +33,7 @@
 //!   body and protected TLVs only).
 //! - With SMP v1 requests, image errors go through Zephyr's lossy
 //!   `img_mgmt_translate_error_code`; codes outside the cases it lists are
-//!   reported as EUNKNOWN [inference].
+//!   reported as EUNKNOWN (an inference).
 //!
 //! Memory is constant in the image size: the session keeps the header, a
 //! running SHA-256 and the offset, not the image.

@@ -353,6 +353,16 @@ def activate_cases():
             )
         c.write()
 
+    # A gateway restarted after the reset: the target already runs, unconfirmed.
+    c = Case("activate_already_active", "activate", "activate.rs step 1: the target already running (test boot) only needs the confirm")
+    c.table("activate", target="1.2.3")
+    running = dict(new, slot=0, active=True)
+    c.step("image state read", at_ms=0, out=bytes(ImageStatesReadRequest(sequence=0)))
+    c.step("1.2.3 runs, not confirmed", inp=state_rsp(1, 0, [running, dict(old, slot=1, active=False)]), expect="already_active 1.2.3")
+    c.step("confirm", out=bytes(ImageStatesWriteRequest(hash=new["hash"], confirm=True, sequence=1)))
+    c.step(None, inp=state_rsp(3, 1, [dict(running, confirmed=True)]), expect="done 1.2.3")
+    c.write()
+
 
 if __name__ == "__main__":
     sys.exit(main())
