@@ -1006,8 +1006,7 @@ struct RawMessages {
 #[serde(deny_unknown_fields)]
 struct RawMessage {
     command: Spanned<i64>,
-    #[serde(default)]
-    request: Vec<Spanned<RawField>>,
+    request: Option<Spanned<Vec<Spanned<RawField>>>>,
     reply_command: Option<Spanned<i64>>,
     reply: Option<Spanned<Vec<Spanned<RawField>>>>,
     timeout_ms: Option<Spanned<i64>>,
@@ -1519,12 +1518,17 @@ fn parse_messages(cx: &Cx<'_>, raw: &RawMessages) -> Res<Messages> {
         };
 
         let [req_allowed, req_required, rep_allowed, rep_required] = kind.vocabulary();
+        let no_fields = Vec::new();
+        let (raw_request, request_span) = match &m.request {
+            Some(r) => (r.get_ref(), r.span()),
+            None => (&no_fields, rm.span()),
+        };
         let request = parse_fields(
             cx,
             kind,
             "request",
-            &m.request,
-            &rm.span(),
+            raw_request,
+            &request_span,
             req_allowed,
             req_required,
         )?;
@@ -1574,7 +1578,7 @@ fn parse_messages(cx: &Cx<'_>, raw: &RawMessages) -> Res<Messages> {
 
         // The data length prefix must carry a whole chunk.
         if kind == MessageKind::Chunk {
-            for (f, rf) in message.request.iter().zip(&m.request) {
+            for (f, rf) in message.request.iter().zip(raw_request) {
                 if let (FieldName::Data, FieldType::Bytes(BytesLen::Prefix(t))) = (f.name, &f.ty) {
                     if max_chunk > t.max() as usize {
                         return Err(cx.err(
