@@ -19,6 +19,11 @@
 //!
 //! Time only enters through the `now` arguments, randomness through the
 //! seed in [`ExchangeConfig`].
+//!
+//! NSTART (RFC 7252 §4.7, default 1: one outstanding interaction per peer)
+//! is kept by the layers above: [`super::Block1Push`] and
+//! [`super::UpdateProcedure`] have at most one request in flight, and a
+//! driver runs one of them per child.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
@@ -442,8 +447,11 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
             // A piggybacked response with another token still acknowledges
             // the message (matched by message id, §4.2) but is not ours.
             let o = &mut self.outstanding[i];
-            o.acked = true;
-            o.deadline = now + self.config.response_timeout;
+            if !o.acked {
+                // A duplicate empty ACK must not extend the wait.
+                o.acked = true;
+                o.deadline = now + self.config.response_timeout;
+            }
             return;
         }
         let o = self.outstanding.remove(i);
@@ -824,6 +832,17 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_empty_ack_does_not_extend_the_wait() {
+        let mut e = engine();
+        e.start_request(PEER, request(Code::GET, &["x"]), at(0))
+            .unwrap();
+        e.handle_datagram(PEER, &h("60 00 10 00"), at(100)).unwrap();
+        e.handle_datagram(PEER, &h("60 00 10 00"), at(9000))
+            .unwrap();
+        assert_eq!(e.poll_timeout(), Some(at(100 + 247_000)));
+    }
+
+    #[test]
     fn missing_separate_response_times_out() {
         let mut e = engine();
         let id = e
@@ -975,24 +994,63 @@ mod tests {
         ));
     }
 
+    /// Datagrams that mostly look like CoAP: version 1, a real type and
+    /// code, a message id and token near the ones in flight, random rest.
+    fn coapish() -> impl Strategy<Value = Vec<u8>> {
+        (
+            0u8..4,
+            prop_oneof![
+                Just(0x00u8),
+                Just(0x01),
+                Just(0x45),
+                Just(0x5f),
+                Just(0x84),
+                any::<u8>()
+            ],
+            0x0ffeu16..0x1004,
+            prop_oneof![
+                Just(vec![0xa0u8]),
+                Just(vec![0xa1]),
+                proptest::collection::vec(any::<u8>(), 0..9)
+            ],
+            proptest::collection::vec(any::<u8>(), 0..24),
+        )
+            .prop_map(|(t, code, mid, token, rest)| {
+                let mut d = vec![0x40 | t << 4 | token.len() as u8, code];
+                d.extend_from_slice(&mid.to_be_bytes());
+                d.extend_from_slice(&token);
+                d.extend_from_slice(&rest);
+                d
+            })
+    }
+
     proptest! {
         #[test]
         fn arbitrary_datagrams_never_panic(
-            dgrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..8)
+            dgrams in proptest::collection::vec(
+                prop_oneof![proptest::collection::vec(any::<u8>(), 0..40), coapish()],
+                1..12,
+            )
         ) {
             let mut e = engine();
             e.start_request(PEER, request(Code::GET, &["x"]), at(0)).unwrap();
+            e.start_request(PEER, request(Code::PUT, &["y"]), at(0)).unwrap();
             for (i, d) in dgrams.iter().enumerate() {
-                let _ = e.handle_datagram(PEER, d, at(i as u64 * 1000));
+                let now = at(i as u64 * 1000);
+                let _ = e.handle_datagram(PEER, d, now);
                 while let Some(ev) = e.poll_event() {
                     if let ExchangeEvent::Request(r) = ev {
                         let mut resp = Packet::new();
                         msg::set_code(&mut resp, Code::CONTENT);
-                        let _ = e.respond(&r, resp, at(0));
+                        prop_assert!(e.respond(&r, resp, now).is_ok());
                     }
                 }
-                e.handle_timeout(at(i as u64 * 1000));
-                let _ = drain(&mut e);
+                e.handle_timeout(now);
+                for t in std::iter::from_fn(|| e.poll_transmit()) {
+                    // Everything the engine sends is itself valid CoAP.
+                    prop_assert!(msg::decode(&t.bytes).is_ok(), "sent {:02x?}", t.bytes);
+                }
+                prop_assert!(e.in_flight() <= 2);
             }
         }
     }
