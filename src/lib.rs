@@ -1,1 +1,26 @@
+//! otabridge: upgrades the firmware of non-MQTT child devices behind a
+//! Huawei Cloud IoTDA gateway.
+//!
+//! # Layout
+//! A module uses the ones above it in this list, never the ones below
+//! (`shared/DESIGN.md`, "Layout"):
+//! - `otabridge_codecs` (the `codecs/` crate): pure wire formats and engines.
+//! - [`config`]: the TOML configuration, validated with errors naming the key.
+//! - [`journal`]: the SQLite journal (outbox, children, jobs, packages).
+//! - [`tls`], [`backoff`]: TLS material and retry pacing, shared by drivers.
+//! - [`platform`]: the MQTT session to IoTDA and the durable outbox.
+//! - [`child`]: the `Child` trait and one driver per transport.
+//! - [`ota`]: event dispatch and the per-child upgrade jobs.
+//! - [`daemon`]: wires the above together for `otabridge run`.
+//! - [`sim`]: simulators (broker, platform, children) for tests and the demo.
+#![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod child;
+pub mod config;
+pub mod daemon;
+pub mod journal;
+pub mod ota;
+pub mod platform;
+pub mod sim;
+pub mod tls;

@@ -1,1 +1,184 @@
-fn main() {}
+//! The `otabridge` command line. Everything here is argument handling; the
+//! work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use otabridge::config::Config;
+use otabridge_codecs::iotda::{Credentials, EventTime, SignatureType};
+
+/// Upgrades the firmware of child devices behind a Huawei Cloud IoTDA gateway.
+#[derive(Debug, Parser)]
+#[command(name = "otabridge", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground until SIGINT or SIGTERM.
+    Run {
+        /// The configuration file (see docs/config.md).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a complete scenario against an embedded simulated platform.
+    Demo {
+        /// Simulated children behind the gateway.
+        #[arg(long, default_value_t = 4)]
+        children: usize,
+        /// Seed for everything random in the scenario.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Print each child's state from the journal (works while the daemon runs).
+    Status {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the MQTT client id, username and password IoTDA expects.
+    Credentials {
+        /// The device id.
+        #[arg(long)]
+        device_id: String,
+        /// The device secret.
+        #[arg(long)]
+        secret: String,
+        /// UTC hour as yyyyMMddHH; default: now.
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Signature type 1 (the platform checks the timestamp) instead of 0.
+        #[arg(long)]
+        verify_timestamp: bool,
+    },
+}
+
+fn init_logs(format: LogFormat, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn load(config: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(config).map_err(|e| {
+        eprintln!("otabridge: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            init_logs(cli.log_format, "info,rumqttc=warn");
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("otabridge: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(otabridge::daemon::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e @ otabridge::daemon::StartError::Child(_)) => {
+                    eprintln!("otabridge: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("otabridge: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Demo { children, seed } => {
+            init_logs(cli.log_format, "warn,rumqttd=off,rumqttc=error");
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("otabridge: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let opts = otabridge::sim::demo::DemoOptions { children, seed, state_dir: None };
+            match rt.block_on(otabridge::sim::demo::run(opts)) {
+                Ok(rows) if rows.iter().all(|r| r.version.is_some()) => ExitCode::SUCCESS,
+                Ok(_) => {
+                    eprintln!("otabridge demo: some children did not report");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("otabridge demo: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Status { config, json } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match otabridge::ota::status::print(&cfg, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("otabridge: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Credentials { device_id, secret, timestamp, verify_timestamp } => {
+            let sig = if verify_timestamp {
+                SignatureType::TimestampCheck
+            } else {
+                SignatureType::NoTimestampCheck
+            };
+            let now = match timestamp {
+                None => EventTime::from_unix(otabridge::platform::now_unix()),
+                Some(ts) => match EventTime::parse(&format!(
+                    "{}T{}0000Z",
+                    ts.get(..8).unwrap_or(""),
+                    ts.get(8..).unwrap_or("")
+                )) {
+                    Ok(t) if ts.len() == 10 => t,
+                    _ => {
+                        eprintln!("otabridge: --timestamp: '{ts}' is not yyyyMMddHH (UTC)");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let c = Credentials::with_secret(&device_id, &secret, sig, now);
+            println!("client_id: {}", c.client_id);
+            println!("username:  {}", c.username);
+            println!("password:  {}", c.password.unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+    }
+}

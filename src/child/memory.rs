@@ -1,0 +1,226 @@
+//! An in-process simulated child: a firmware slot in memory.
+//!
+//! It behaves like a well-mannered device: delivery writes the package into a
+//! staging slot in chunks (hashing as it goes, so memory stays constant),
+//! activation checks the staged image is whole and its SHA-256 matches, then
+//! "reboots" into the package's version. Tests switch it offline, make it
+//! reject activation, or slow it down.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::{BoxFuture, Child, ChildError, Package, Progress};
+
+/// Chunk size of a simulated delivery.
+const CHUNK: usize = 4096;
+
+#[derive(Debug)]
+struct State {
+    version: String,
+    online: bool,
+    /// Bytes of the staged image received, and their running hash.
+    staged_len: u64,
+    staged_hash: Sha256,
+    staged_sha: Option<String>,
+    /// Per-chunk delay, to make progress visible in demos.
+    chunk_delay: Duration,
+    /// Activation fails with this (result code, description).
+    reject_activation: Option<(u16, String)>,
+    activations: u32,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct MemoryChild {
+    device_id: String,
+    state: Mutex<State>,
+}
+
+impl MemoryChild {
+    /// A child running `version`, online.
+    pub fn new(device_id: &str, version: &str) -> Self {
+        MemoryChild {
+            device_id: device_id.to_owned(),
+            state: Mutex::new(State {
+                version: version.to_owned(),
+                online: true,
+                staged_len: 0,
+                staged_hash: Sha256::new(),
+                staged_sha: None,
+                chunk_delay: Duration::ZERO,
+                reject_activation: None,
+                activations: 0,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the child on or off the network.
+    pub fn set_online(&self, online: bool) {
+        self.state().online = online;
+    }
+
+    /// Slows delivery down by `d` per 4 KiB chunk.
+    pub fn set_chunk_delay(&self, d: Duration) {
+        self.state().chunk_delay = d;
+    }
+
+    /// Makes the next activations fail with `result_code` and `description`.
+    pub fn reject_activation(&self, result_code: u16, description: &str) {
+        self.state().reject_activation = Some((result_code, description.to_owned()));
+    }
+
+    /// How many times an image was activated.
+    pub fn activations(&self) -> u32 {
+        self.state().activations
+    }
+
+    /// The running version.
+    pub fn version(&self) -> String {
+        self.state().version.clone()
+    }
+
+    fn check_online(&self) -> Result<(), ChildError> {
+        if self.state().online {
+            Ok(())
+        } else {
+            Err(ChildError::Unreachable(format!("{} is offline", self.device_id)))
+        }
+    }
+}
+
+impl Child for MemoryChild {
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    fn transport(&self) -> &'static str {
+        "sim"
+    }
+
+    fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
+        Box::pin(async move {
+            self.check_online()?;
+            Ok(self.state().version.clone())
+        })
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        package: &'a Package,
+        resume_from: u64,
+        progress: Progress<'a>,
+    ) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(async move {
+            self.check_online()?;
+            // A staged image of another package, or a resume point we do not
+            // hold, restarts from zero: like a device, we trust our own slot.
+            let start = {
+                let mut s = self.state();
+                if s.staged_sha.as_deref() != Some(&package.sha256) || resume_from != s.staged_len {
+                    s.staged_len = 0;
+                    s.staged_hash = Sha256::new();
+                    s.staged_sha = Some(package.sha256.clone());
+                }
+                s.staged_len
+            };
+            let mut file = tokio::fs::File::open(&package.path)
+                .await
+                .map_err(|e| ChildError::Io(format!("{}: {e}", package.path.display())))?;
+            if start > 0 {
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| ChildError::Io(e.to_string()))?;
+            }
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = file.read(&mut buf).await.map_err(|e| ChildError::Io(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                let delay = {
+                    let mut s = self.state();
+                    if !s.online {
+                        return Err(ChildError::Unreachable(format!(
+                            "{} went offline at byte {}",
+                            self.device_id, s.staged_len
+                        )));
+                    }
+                    s.staged_hash.update(&buf[..n]);
+                    s.staged_len += n as u64;
+                    progress(s.staged_len);
+                    s.chunk_delay
+                };
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(async move {
+            self.check_online()?;
+            let mut s = self.state();
+            if let Some((result_code, description)) = s.reject_activation.clone() {
+                return Err(ChildError::Rejected { result_code, description });
+            }
+            let digest = format!("{:x}", s.staged_hash.clone().finalize());
+            if s.staged_len != package.size || !digest.eq_ignore_ascii_case(&package.sha256) {
+                return Err(ChildError::Rejected {
+                    result_code: otabridge_codecs::iotda::result::CHECK_FAIL,
+                    description: otabridge_codecs::iotda::result::DESC_INTEGRITY.into(),
+                });
+            }
+            s.version = package.version.clone();
+            s.activations += 1;
+            s.staged_len = 0;
+            s.staged_hash = Sha256::new();
+            s.staged_sha = None;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[tokio::test]
+    async fn deliver_resume_and_activate() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("pkg");
+        std::fs::write(&path, &data).unwrap();
+        let pkg = Package {
+            path,
+            size: data.len() as u64,
+            sha256: format!("{:x}", Sha256::digest(&data)),
+            version: "2.0".into(),
+        };
+        let child = MemoryChild::new("c", "1.0");
+        let seen = AtomicU64::new(0);
+        let progress = |n: u64| seen.store(n, Ordering::SeqCst);
+        child.deliver(&pkg, 0, &progress).await.unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 10_000);
+        // Delivering again from the end is a no-op resume.
+        child.deliver(&pkg, 10_000, &progress).await.unwrap();
+        child.activate(&pkg).await.unwrap();
+        assert_eq!(child.read_version().await.unwrap(), "2.0");
+        assert_eq!(child.activations(), 1);
+        // Nothing staged any more: activating again is an integrity failure.
+        let e = child.activate(&pkg).await.unwrap_err();
+        assert!(matches!(e, ChildError::Rejected { result_code: 7, .. }), "{e}");
+        child.set_online(false);
+        assert!(child.read_version().await.unwrap_err().is_transient());
+    }
+}

@@ -1,0 +1,724 @@
+//! The configuration file (TOML), validated with errors that name the key.
+//!
+//! The file format is a contract (`shared/DESIGN.md`, "Configuration"); the
+//! reference with every key, its default and its meaning is
+//! `docs/config.md`. Unknown keys are errors. Secrets are kept in [`Secret`],
+//! whose `Debug` prints `<redacted>`, so no log line can carry them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used: which file, which key, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("config {file}: {key}: {message}")]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The dotted key path (`platform.url`, `child[2].baud`), or the line.
+        key: String,
+        /// What is wrong, with the line and column.
+        message: String,
+    },
+    /// A key's value is not acceptable.
+    #[error("config {file}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The dotted key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A secret value: printed as `<redacted>` by `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    platform: RawPlatform,
+    state: StateConfig,
+    #[serde(default)]
+    download: DownloadConfig,
+    #[serde(default)]
+    coap: CoapConfig,
+    #[serde(default)]
+    ota: OtaConfig,
+    #[serde(default, rename = "child")]
+    children: Vec<RawChild>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlatform {
+    url: String,
+    device_id: String,
+    secret: Option<Secret>,
+    secret_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    verify_timestamp: bool,
+    #[serde(default = "default_keepalive")]
+    keepalive_secs: u64,
+    #[serde(default = "default_rate")]
+    max_messages_per_sec: u32,
+    fw_version: Option<String>,
+}
+
+fn default_keepalive() -> u64 {
+    120
+}
+fn default_rate() -> u32 {
+    50
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Holds `journal.sqlite` and `packages/`.
+    pub dir: PathBuf,
+}
+
+/// `[download]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadConfig {
+    /// Extra trust roots (PEM) for package URLs, added to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Largest package accepted, in bytes (default 256 MiB).
+    pub max_package_bytes: u64,
+    /// Accept `http://` package URLs (default false).
+    pub allow_http: bool,
+    /// Check the server name in the certificate (default true). IoTDA's v1
+    /// URLs name a bare IP address; `false` still verifies the chain.
+    pub verify_hostname: bool,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            ca_file: None,
+            max_package_bytes: 256 * 1024 * 1024,
+            allow_http: false,
+            verify_hostname: true,
+        }
+    }
+}
+
+/// `[coap]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoapConfig {
+    /// Our CoAP endpoint: requests to children and the Block2 package server.
+    pub listen: SocketAddr,
+    /// Address written into /5/0/1; default: the local address the child is
+    /// reached from.
+    pub advertise: Option<SocketAddr>,
+    /// Concurrent transfers on the CoAP network (default 8).
+    pub max_concurrent_transfers: usize,
+}
+
+impl Default for CoapConfig {
+    fn default() -> Self {
+        CoapConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5683)),
+            advertise: None,
+            max_concurrent_transfers: 8,
+        }
+    }
+}
+
+/// `[ota]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaConfig {
+    /// Upgrade jobs running at once across all transports (default 16).
+    pub max_concurrent_jobs: usize,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        OtaConfig { max_concurrent_jobs: 16 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChild {
+    device_id: String,
+    transport: String,
+    address: Option<String>,
+    delivery: Option<String>,
+    port: Option<PathBuf>,
+    baud: Option<u32>,
+    protocol: Option<String>,
+    version: Option<String>,
+    online: Option<bool>,
+}
+
+/// How the gateway authenticates to the platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// HMAC password from the device secret.
+    Secret(Secret),
+    /// X.509 client certificate (PEM files).
+    Certificate {
+        /// Certificate chain.
+        cert_file: PathBuf,
+        /// Private key.
+        key_file: PathBuf,
+    },
+}
+
+/// `[platform]`, validated.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// `mqtts://` (true) or `mqtt://` (false).
+    pub tls: bool,
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (default 8883 for mqtts, 1883 for mqtt).
+    pub port: u16,
+    /// The gateway's IoTDA device id.
+    pub device_id: String,
+    /// Secret or certificate.
+    pub auth: Auth,
+    /// Trust roots for the broker (PEM); default: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client id signature type 1 (timestamp checked) instead of 0.
+    pub verify_timestamp: bool,
+    /// MQTT keepalive (default 120 s, as every IoTDA SDK uses).
+    pub keepalive_secs: u64,
+    /// Upstream messages per second (IoTDA allows 50 per connection).
+    pub max_messages_per_sec: u32,
+    /// The gateway's own firmware version, for `version_query` on itself.
+    pub fw_version: Option<String>,
+}
+
+/// CoAP delivery direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The child fetches the package from our Block2 server.
+    Pull,
+    /// We write the package to /5/0/0 with Block1.
+    Push,
+}
+
+/// Serial child protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialProtocol {
+    /// MCUmgr SMP over the console framing.
+    Smp,
+    /// A manufacturer's protocol described by a profile.
+    Framed(String),
+}
+
+/// How a child is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// LwM2M over CoAP/UDP.
+    Coap {
+        /// The child's CoAP endpoint.
+        address: SocketAddr,
+        /// Pull or push.
+        delivery: Delivery,
+    },
+    /// A serial line.
+    Serial {
+        /// The device node, e.g. `/dev/ttyUSB0`.
+        port: PathBuf,
+        /// Line rate.
+        baud: u32,
+        /// The protocol on the line.
+        protocol: SerialProtocol,
+    },
+    /// An in-process simulated child, for bench tests of the platform link
+    /// without hardware.
+    Simulated {
+        /// The version it reports.
+        version: String,
+        /// Whether its health check passes.
+        online: bool,
+    },
+}
+
+/// One `[[child]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildConfig {
+    /// Its IoTDA device id (`object_device_id`).
+    pub device_id: String,
+    /// How it is reached.
+    pub transport: Transport,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// `[platform]`.
+    pub platform: PlatformConfig,
+    /// `[state]`.
+    pub state: StateConfig,
+    /// `[download]`.
+    pub download: DownloadConfig,
+    /// `[coap]`.
+    pub coap: CoapConfig,
+    /// `[ota]`.
+    pub ota: OtaConfig,
+    /// `[[child]]`, in file order.
+    pub children: Vec<ChildConfig>,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// Renders serde_path_to_error's path as `child[1].baud`.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            serde_path_to_error::Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+            }
+            serde_path_to_error::Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            serde_path_to_error::Segment::Enum { variant } => {
+                out.push_str(&format!("::{variant}"));
+            }
+            serde_path_to_error::Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    if out.is_empty() {
+        "(top level)".into()
+    } else {
+        out
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+        Config::parse(&text, file)
+    }
+
+    /// Validates configuration text; `file` names it in errors and anchors
+    /// relative paths (`secret_file`, ...) is not done: paths are used as
+    /// written, relative to the working directory.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_path(e.path());
+            let inner = e.into_inner();
+            let at = inner
+                .span()
+                .map(|s| {
+                    let (l, c) = line_col(text, s.start);
+                    format!(" (line {l}, column {c})")
+                })
+                .unwrap_or_default();
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                key,
+                message: format!("{}{at}", inner.message().trim_end()),
+            }
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+
+        let p = raw.platform;
+        let (tls, rest) = if let Some(r) = p.url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = p.url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(invalid(
+                "platform.url",
+                format!("'{}' must start with mqtt:// or mqtts://", p.url),
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = split_host_port(rest, if tls { 8883 } else { 1883 })
+            .map_err(|m| invalid("platform.url", format!("'{}': {m}", p.url)))?;
+        if p.device_id.trim().is_empty() || p.device_id.contains(['/', '+', '#']) {
+            return Err(invalid(
+                "platform.device_id",
+                "must be a non-empty IoTDA device id without '/', '+' or '#'".into(),
+            ));
+        }
+        let auth = match (&p.secret, &p.secret_file, &p.cert_file, &p.key_file) {
+            (Some(s), None, None, None) => {
+                if s.expose().is_empty() {
+                    return Err(invalid("platform.secret", "is empty".into()));
+                }
+                Auth::Secret(s.clone())
+            }
+            (None, Some(f), None, None) => {
+                let s = std::fs::read_to_string(f).map_err(|e| {
+                    invalid("platform.secret_file", format!("cannot read {}: {e}", f.display()))
+                })?;
+                let s = s.trim_end_matches(['\r', '\n']).to_owned();
+                if s.is_empty() {
+                    return Err(invalid(
+                        "platform.secret_file",
+                        format!("{} is empty", f.display()),
+                    ));
+                }
+                Auth::Secret(Secret(s))
+            }
+            (None, None, Some(c), Some(k)) => {
+                if !tls {
+                    return Err(invalid(
+                        "platform.cert_file",
+                        "certificate authentication needs an mqtts:// url".into(),
+                    ));
+                }
+                Auth::Certificate { cert_file: c.clone(), key_file: k.clone() }
+            }
+            (None, None, Some(_), None) => {
+                return Err(invalid("platform.key_file", "cert_file needs key_file".into()))
+            }
+            (None, None, None, Some(_)) => {
+                return Err(invalid("platform.cert_file", "key_file needs cert_file".into()))
+            }
+            (None, None, None, None) => {
+                return Err(invalid(
+                    "platform.secret",
+                    "one of secret, secret_file, or cert_file + key_file is required".into(),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "platform.secret",
+                    "give only one of secret, secret_file, or cert_file + key_file".into(),
+                ))
+            }
+        };
+        if !(1..=65535).contains(&p.keepalive_secs) {
+            return Err(invalid("platform.keepalive_secs", "must be 1..=65535".into()));
+        }
+        if p.max_messages_per_sec == 0 {
+            return Err(invalid("platform.max_messages_per_sec", "must be at least 1".into()));
+        }
+        let platform = PlatformConfig {
+            tls,
+            host,
+            port,
+            device_id: p.device_id,
+            auth,
+            ca_file: p.ca_file,
+            verify_timestamp: p.verify_timestamp,
+            keepalive_secs: p.keepalive_secs,
+            max_messages_per_sec: p.max_messages_per_sec,
+            fw_version: p.fw_version,
+        };
+
+        if raw.download.max_package_bytes == 0 {
+            return Err(invalid("download.max_package_bytes", "must be at least 1".into()));
+        }
+        if raw.coap.max_concurrent_transfers == 0 {
+            return Err(invalid("coap.max_concurrent_transfers", "must be at least 1".into()));
+        }
+        if raw.ota.max_concurrent_jobs == 0 {
+            return Err(invalid("ota.max_concurrent_jobs", "must be at least 1".into()));
+        }
+
+        let mut children = Vec::with_capacity(raw.children.len());
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in raw.children.into_iter().enumerate() {
+            let k = |name: &str| format!("child[{i}].{name}");
+            if c.device_id.trim().is_empty() {
+                return Err(invalid(&k("device_id"), "is empty".into()));
+            }
+            if c.device_id == platform.device_id {
+                return Err(invalid(&k("device_id"), "is the gateway's own device id".into()));
+            }
+            if !seen.insert(c.device_id.clone()) {
+                return Err(invalid(
+                    &k("device_id"),
+                    format!("'{}' is configured twice", c.device_id),
+                ));
+            }
+            let forbid = |present: bool, name: &str| -> Result<(), ConfigError> {
+                if present {
+                    Err(invalid(
+                        &k(name),
+                        format!("does not apply to transport = \"{}\"", c.transport),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            let require = |name: &str| {
+                invalid(&k(name), format!("is required for transport = \"{}\"", c.transport))
+            };
+            let transport = match c.transport.as_str() {
+                "coap" => {
+                    forbid(c.port.is_some(), "port")?;
+                    forbid(c.baud.is_some(), "baud")?;
+                    forbid(c.protocol.is_some(), "protocol")?;
+                    forbid(c.version.is_some(), "version")?;
+                    forbid(c.online.is_some(), "online")?;
+                    let a = c.address.as_deref().ok_or_else(|| require("address"))?;
+                    let address = a.parse::<SocketAddr>().map_err(|_| {
+                        invalid(&k("address"), format!("'{a}' is not an ip:port address"))
+                    })?;
+                    let delivery = match c.delivery.as_deref().unwrap_or("pull") {
+                        "pull" => Delivery::Pull,
+                        "push" => Delivery::Push,
+                        other => {
+                            return Err(invalid(
+                                &k("delivery"),
+                                format!("'{other}' is not pull or push"),
+                            ))
+                        }
+                    };
+                    Transport::Coap { address, delivery }
+                }
+                "serial" => {
+                    forbid(c.address.is_some(), "address")?;
+                    forbid(c.delivery.is_some(), "delivery")?;
+                    forbid(c.version.is_some(), "version")?;
+                    forbid(c.online.is_some(), "online")?;
+                    let port = c.port.clone().ok_or_else(|| require("port"))?;
+                    let baud = c.baud.unwrap_or(115_200);
+                    if baud == 0 {
+                        return Err(invalid(&k("baud"), "must be positive".into()));
+                    }
+                    let protocol = match c.protocol.as_deref().unwrap_or("smp") {
+                        "smp" => SerialProtocol::Smp,
+                        other => match other.strip_prefix("framed:") {
+                            Some(name) if !name.is_empty() => {
+                                SerialProtocol::Framed(name.to_owned())
+                            }
+                            _ => {
+                                return Err(invalid(
+                                    &k("protocol"),
+                                    format!("'{other}' is not smp or framed:<profile>"),
+                                ))
+                            }
+                        },
+                    };
+                    Transport::Serial { port, baud, protocol }
+                }
+                "sim" => {
+                    forbid(c.address.is_some(), "address")?;
+                    forbid(c.delivery.is_some(), "delivery")?;
+                    forbid(c.port.is_some(), "port")?;
+                    forbid(c.baud.is_some(), "baud")?;
+                    forbid(c.protocol.is_some(), "protocol")?;
+                    Transport::Simulated {
+                        version: c.version.clone().ok_or_else(|| require("version"))?,
+                        online: c.online.unwrap_or(true),
+                    }
+                }
+                other => {
+                    return Err(invalid(
+                        &k("transport"),
+                        format!("'{other}' is not coap, serial or sim"),
+                    ))
+                }
+            };
+            children.push(ChildConfig { device_id: c.device_id, transport });
+        }
+
+        Ok(Config {
+            file: file.to_owned(),
+            platform,
+            state: raw.state,
+            download: raw.download,
+            coap: raw.coap,
+            ota: raw.ota,
+            children,
+        })
+    }
+}
+
+/// Splits `host[:port]` or `[v6]:port`.
+fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), &'static str> {
+    if s.is_empty() {
+        return Err("no host");
+    }
+    if s.contains('/') || s.contains('@') {
+        return Err("expected scheme://host[:port] with no path or user");
+    }
+    let (host, port) = if let Some(v6) = s.strip_prefix('[') {
+        let (h, rest) = v6.split_once(']').ok_or("unclosed '['")?;
+        (h.to_owned(), rest.strip_prefix(':'))
+    } else if let Some((h, p)) = s.rsplit_once(':') {
+        (h.to_owned(), Some(p))
+    } else {
+        (s.to_owned(), None)
+    };
+    if host.is_empty() {
+        return Err("no host");
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or("bad port")?,
+    };
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[platform]
+url = "mqtts://iot-mqtts.example.com"
+device_id = "gw-product_gw01"
+secret = "hunter2"
+
+[state]
+dir = "/var/lib/otabridge"
+
+[[child]]
+device_id = "prod_node01"
+transport = "coap"
+address = "192.168.10.21:5683"
+
+[[child]]
+device_id = "prod_node02"
+transport = "serial"
+port = "/dev/ttyUSB0"
+baud = 115200
+protocol = "framed:acme"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/otabridge.toml"))
+    }
+
+    #[test]
+    fn the_design_example_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert!(c.platform.tls);
+        assert_eq!(c.platform.port, 8883);
+        assert_eq!(c.platform.keepalive_secs, 120);
+        assert_eq!(c.platform.max_messages_per_sec, 50);
+        assert_eq!(c.download.max_package_bytes, 268_435_456);
+        assert!(c.download.verify_hostname);
+        assert_eq!(
+            c.children[0].transport,
+            Transport::Coap { address: "192.168.10.21:5683".parse().unwrap(), delivery: Delivery::Pull }
+        );
+        assert_eq!(
+            c.children[1].transport,
+            Transport::Serial {
+                port: "/dev/ttyUSB0".into(),
+                baud: 115_200,
+                protocol: SerialProtocol::Framed("acme".into())
+            }
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = parse(GOOD).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_file() {
+        let e = err(&GOOD.replace("secret = \"hunter2\"", "secret = \"x\"\nsecrte = 1"));
+        assert!(e.starts_with("config /etc/otabridge.toml: platform"), "{e}");
+        assert!(e.contains("unknown field `secrte`"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+        let e = err(&GOOD.replace("baud = 115200", "baud = \"fast\""));
+        assert!(e.contains("child[1].baud"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            ("mqtts://iot-mqtts.example.com", "http://x", "platform.url"),
+            ("secret = \"hunter2\"", "", "platform.secret"),
+            ("secret = \"hunter2\"", "secret = \"a\"\ncert_file = \"c\"", "platform.secret"),
+            ("secret = \"hunter2\"", "cert_file = \"c\"", "platform.key_file"),
+            ("192.168.10.21:5683", "not-an-address", "child[0].address"),
+            ("transport = \"coap\"", "transport = \"zigbee\"", "child[0].transport"),
+            ("protocol = \"framed:acme\"", "protocol = \"modbus\"", "child[1].protocol"),
+            ("port = \"/dev/ttyUSB0\"", "", "child[1].port"),
+            ("prod_node02", "prod_node01", "child[1].device_id"),
+            ("prod_node02", "gw-product_gw01", "child[1].device_id"),
+        ];
+        for (from, to, key) in cases {
+            let e = err(&GOOD.replace(from, to));
+            assert!(e.contains(&format!(": {key}: ")), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("h:1", 2), Ok(("h".into(), 1)));
+        assert_eq!(split_host_port("h", 2), Ok(("h".into(), 2)));
+        assert_eq!(split_host_port("[::1]:9", 2), Ok(("::1".into(), 9)));
+        assert!(split_host_port("h:0", 2).is_err());
+        assert!(split_host_port("h/x", 2).is_err());
+    }
+}

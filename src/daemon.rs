@@ -1,0 +1,117 @@
+//! `otabridge run`: the gateway daemon, wired from a configuration.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::child::{self, Child};
+use crate::config::Config;
+use crate::journal::{Journal, JournalError};
+use crate::ota::Gateway;
+use crate::platform::{Platform, Session};
+use crate::tls::TlsError;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The platform's TLS material is unusable.
+    #[error("platform TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// A configured child has a transport this build cannot drive.
+    #[error(transparent)]
+    Child(#[from] child::Unsupported),
+}
+
+/// A running gateway's parts, for tests and the demo.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// The platform handle (outbox, link state).
+    pub platform: Platform,
+    /// The children, in configuration order.
+    pub children: Vec<Arc<dyn Child>>,
+}
+
+/// Builds the children from the configuration.
+pub fn children(cfg: &Config) -> Result<Vec<Arc<dyn Child>>, child::Unsupported> {
+    cfg.children.iter().map(child::from_config).collect()
+}
+
+/// Runs the gateway until `shutdown` completes, with `children` (built from
+/// the configuration, or given by a test or the demo).
+pub async fn run_with(
+    cfg: Config,
+    children: Vec<Arc<dyn Child>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    started: Option<tokio::sync::oneshot::Sender<Handles>>,
+) -> Result<(), StartError> {
+    let journal = Journal::open_shared(&cfg.state.dir)?;
+    let platform = Platform::new(&cfg.platform.device_id, journal.clone());
+    let pending = crate::journal::lock(&journal).outbox_len()?;
+    if pending > 0 {
+        info!(pending, "reports from an earlier run are still queued; they will be sent first");
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let seed = std::process::id() as u64 ^ crate::platform::now_unix() as u64;
+    let session = Session::new(cfg.platform.clone(), platform.clone(), tx, seed)?;
+    let gateway = Gateway::new(platform.clone(), children.clone(), cfg.platform.fw_version.clone());
+    if let Some(s) = started {
+        let _ = s.send(Handles { platform: platform.clone(), children });
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let gw = tokio::spawn(gateway.run(rx, stopped(stop_rx.clone())));
+    let sess = tokio::spawn(session.run(stopped(stop_rx)));
+    shutdown.await;
+    info!("stopping");
+    let _ = stop_tx.send(true);
+    if let Err(e) = sess.await {
+        warn!("session task: {e}");
+    }
+    if let Err(e) = gw.await {
+        warn!("gateway task: {e}");
+    }
+    Ok(())
+}
+
+/// Runs the gateway described by `cfg` until SIGINT or SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let kids = children(&cfg)?;
+    info!(
+        device_id = %cfg.platform.device_id, children = kids.len(),
+        config = %cfg.file.display(), "otabridge starting"
+    );
+    run_with(cfg, kids, shutdown_signal(), None).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term_fut = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term_fut => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

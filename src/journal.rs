@@ -1,0 +1,356 @@
+//! The journal: one SQLite file (`state.dir/journal.sqlite`) that holds
+//! everything the gateway must not forget across a power loss.
+//!
+//! - `outbox`: every upstream report, written before it is published and
+//!   deleted only after the broker's PUBACK.
+//! - `children`: what the gateway last learnt of each child (version, online),
+//!   for `otabridge status`.
+//! - `meta`: small key/value facts (the child-list version from the platform).
+//!
+//! The database runs in WAL mode with `synchronous = FULL`: a committed
+//! transaction survives a power cut, and `otabridge status` can read while the
+//! daemon writes. Later issues add their tables through [`MIGRATIONS`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+/// The journal's file name inside `state.dir`.
+pub const FILE_NAME: &str = "journal.sqlite";
+
+/// A journal operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The state directory could not be created.
+    #[error("cannot create state directory {dir}: {source}")]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite failed (open, schema, or a statement).
+    #[error("journal {file}: {source}")]
+    Sqlite {
+        /// The journal file.
+        file: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The journal was written by a newer otabridge.
+    #[error("journal {file} has schema version {found}; this otabridge knows up to {known}")]
+    TooNew {
+        /// The journal file.
+        file: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts them.
+const MIGRATIONS: &[&str] = &[
+    // 1: outbox, children, meta.
+    "CREATE TABLE outbox (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         topic TEXT NOT NULL,
+         payload BLOB NOT NULL,
+         created_unix INTEGER NOT NULL
+     );
+     CREATE TABLE children (
+         device_id TEXT PRIMARY KEY,
+         transport TEXT NOT NULL,
+         version TEXT,
+         online INTEGER NOT NULL DEFAULT 0,
+         last_seen_unix INTEGER,
+         last_error TEXT
+     );
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+/// One queued upstream report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its position in the queue: reports are sent in id order.
+    pub id: i64,
+    /// MQTT topic.
+    pub topic: String,
+    /// MQTT payload (JSON).
+    pub payload: Vec<u8>,
+}
+
+/// What the journal knows of one child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildRow {
+    /// Its IoTDA device id.
+    pub device_id: String,
+    /// `coap`, `serial` or `sim`.
+    pub transport: String,
+    /// Last version read from it.
+    pub version: Option<String>,
+    /// Last health check passed.
+    pub online: bool,
+    /// When it last answered.
+    pub last_seen_unix: Option<i64>,
+    /// Why it last failed to answer.
+    pub last_error: Option<String>,
+}
+
+/// The open journal.
+#[derive(Debug)]
+pub struct Journal {
+    conn: Connection,
+    file: PathBuf,
+}
+
+/// A journal shared by the daemon's tasks. Every operation is one short
+/// transaction, so holding the lock never waits on I/O beyond one fsync.
+pub type SharedJournal = Arc<Mutex<Journal>>;
+
+/// Locks a shared journal; a poisoned lock (a panic while holding it) still
+/// yields the journal, whose state SQLite keeps consistent by itself.
+pub fn lock(j: &SharedJournal) -> MutexGuard<'_, Journal> {
+    j.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::CreateDir {
+            dir: state_dir.to_owned(),
+            source,
+        })?;
+        let file = state_dir.join(FILE_NAME);
+        let err = |source| JournalError::Sqlite { file: file.clone(), source };
+        let conn = Connection::open(&file).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        let mut j = Journal { conn, file };
+        j.migrate()?;
+        Ok(j)
+    }
+
+    /// Opens an existing journal read-only (for `otabridge status`, while the
+    /// daemon runs).
+    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
+        let file = state_dir.join(FILE_NAME);
+        let err = |source| JournalError::Sqlite { file: file.clone(), source };
+        let conn = Connection::open_with_flags(
+            &file,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        Ok(Journal { conn, file })
+    }
+
+    /// Opens the journal for sharing between tasks.
+    pub fn open_shared(state_dir: &Path) -> Result<SharedJournal, JournalError> {
+        Ok(Arc::new(Mutex::new(Journal::open(state_dir)?)))
+    }
+
+    fn err(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite { file: self.file.clone(), source }
+    }
+
+    fn migrate(&mut self) -> Result<(), JournalError> {
+        let version: i64 =
+            self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(JournalError::TooNew { file: self.file.clone(), found: version, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction().map_err(|e| JournalError::Sqlite {
+                file: self.file.clone(),
+                source: e,
+            })?;
+            tx.execute_batch(sql)
+                .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
+                .and_then(|_| tx.commit())
+                .map_err(|source| JournalError::Sqlite { file: self.file.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// The journal file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Appends a report to the outbox (durable when this returns).
+    pub fn outbox_push(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now_unix: i64,
+    ) -> Result<i64, JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO outbox (topic, payload, created_unix) VALUES (?1, ?2, ?3)",
+                params![topic, payload, now_unix],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Up to `limit` queued reports with an id above `after`, oldest first.
+    pub fn outbox_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxEntry>, JournalError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, topic, payload FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![after, limit as i64], |r| {
+                Ok(OutboxEntry { id: r.get(0)?, topic: r.get(1)?, payload: r.get(2)? })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Removes a report the broker acknowledged.
+    pub fn outbox_delete(&mut self, id: i64) -> Result<(), JournalError> {
+        self.conn.execute("DELETE FROM outbox WHERE id = ?1", [id]).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Reports still waiting for a PUBACK.
+    pub fn outbox_len(&self) -> Result<u64, JournalError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a child's health check (and the version read, when one was).
+    pub fn child_seen(
+        &mut self,
+        device_id: &str,
+        transport: &str,
+        version: Option<&str>,
+        online: bool,
+        error: Option<&str>,
+        now_unix: i64,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO children (device_id, transport, version, online, last_seen_unix, last_error)
+                 VALUES (?1, ?2, ?3, ?4, CASE WHEN ?4 THEN ?5 END, ?6)
+                 ON CONFLICT(device_id) DO UPDATE SET
+                   transport = excluded.transport,
+                   version = COALESCE(excluded.version, children.version),
+                   online = excluded.online,
+                   last_seen_unix = COALESCE(excluded.last_seen_unix, children.last_seen_unix),
+                   last_error = excluded.last_error",
+                params![device_id, transport, version, online, now_unix, error],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every child the journal knows, by device id.
+    pub fn children(&self) -> Result<Vec<ChildRow>, JournalError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT device_id, transport, version, online, last_seen_unix, last_error
+                 FROM children ORDER BY device_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ChildRow {
+                    device_id: r.get(0)?,
+                    transport: r.get(1)?,
+                    version: r.get(2)?,
+                    online: r.get(3)?,
+                    last_seen_unix: r.get(4)?,
+                    last_error: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Reads a `meta` value.
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>, JournalError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Writes a `meta` value.
+    pub fn meta_set(&mut self, key: &str, value: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The connection, for modules that keep their own tables.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_survives_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            for i in 0..5 {
+                j.outbox_push("t", format!("m{i}").as_bytes(), 0).unwrap();
+            }
+            j.outbox_delete(2).unwrap();
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        let all = j.outbox_after(0, 100).unwrap();
+        let names: Vec<_> = all.iter().map(|e| String::from_utf8(e.payload.clone()).unwrap()).collect();
+        assert_eq!(names, ["m0", "m2", "m3", "m4"]);
+        assert_eq!(j.outbox_after(3, 1).unwrap()[0].id, 4);
+        assert_eq!(j.outbox_len().unwrap(), 4);
+    }
+
+    #[test]
+    fn children_keep_last_known_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.child_seen("c1", "sim", Some("1.0"), true, None, 100).unwrap();
+        j.child_seen("c1", "sim", None, false, Some("timeout"), 200).unwrap();
+        let rows = j.children().unwrap();
+        assert_eq!(rows[0].version.as_deref(), Some("1.0"));
+        assert!(!rows[0].online);
+        assert_eq!(rows[0].last_seen_unix, Some(100));
+        assert_eq!(rows[0].last_error.as_deref(), Some("timeout"));
+        let ro = Journal::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.children().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            j.conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let e = Journal::open(dir.path()).unwrap_err();
+        assert!(matches!(e, JournalError::TooNew { found: 99, .. }), "{e}");
+    }
+}

@@ -1,0 +1,285 @@
+//! The gateway's brain: it takes what the platform sends, finds which device
+//! it is for, and answers through the children.
+//!
+//! - [`Gateway`] dispatches inbound events: by `object_device_id` (absent or
+//!   the gateway's own id: the gateway; otherwise the configured child), then
+//!   by service and event type (iotda.md §3, §8). An unknown child or a
+//!   malformed payload is logged with its topic and dropped; nothing else
+//!   stops.
+//! - On every connect it announces each child ONLINE or OFFLINE from a health
+//!   check, in batches of at most 100 (iotda.md §5.4).
+//! - `version_query` is answered with `version_report`, read through the child,
+//!   within the platform's 3-minute window (iotda.md §4.2–4.3).
+
+pub mod status;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use otabridge_codecs::iotda::event::{
+    DeviceStatus, Status, UpdateStatus, VersionReport, MAX_STATUSES_PER_EVENT,
+};
+use otabridge_codecs::iotda::{event, topic, Event, Incoming};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::child::Child;
+use crate::journal;
+use crate::platform::{now_unix, Inbound, Platform};
+
+/// The largest event payload IoTDA sends (iotda.md §1.3: 1 MB per publish).
+pub const MAX_EVENT_PAYLOAD: usize = 1024 * 1024;
+
+/// How long a health check may take before the child counts as OFFLINE.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the gateway keeps trying to read a child's version for a
+/// `version_query`: the platform waits 3 minutes (iotda.md §4.1), so stop
+/// well before that.
+const VERSION_QUERY_BUDGET: Duration = Duration::from_secs(150);
+
+/// Dispatches platform events to the gateway itself and to its children.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    platform: Platform,
+    children: Arc<HashMap<String, Arc<dyn Child>>>,
+    /// Configuration order, for stable status batches.
+    order: Arc<Vec<String>>,
+    fw_version: Option<String>,
+}
+
+impl Gateway {
+    /// A gateway reporting through `platform`, driving `children`.
+    pub fn new(
+        platform: Platform,
+        children: Vec<Arc<dyn Child>>,
+        fw_version: Option<String>,
+    ) -> Self {
+        let order = children.iter().map(|c| c.device_id().to_owned()).collect();
+        let children = children.into_iter().map(|c| (c.device_id().to_owned(), c)).collect();
+        Gateway {
+            platform,
+            children: Arc::new(children),
+            order: Arc::new(order),
+            fw_version,
+        }
+    }
+
+    /// Handles inbound traffic until the session closes the channel or
+    /// `shutdown` completes.
+    pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let msg = tokio::select! {
+                m = inbound.recv() => match m { Some(m) => m, None => return },
+                _ = &mut shutdown => return,
+            };
+            match msg {
+                Inbound::Connected => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.announce_children().await });
+                }
+                Inbound::Message { topic, payload } => self.on_message(&topic, payload),
+            }
+        }
+    }
+
+    /// Health-checks every child and reports ONLINE/OFFLINE upstream.
+    pub async fn announce_children(&self) {
+        let checks = self.order.iter().map(|id| {
+            let child = self.children[id].clone();
+            async move {
+                let r = match tokio::time::timeout(HEALTH_TIMEOUT, child.read_version()).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+                };
+                (child, r)
+            }
+        });
+        let results = futures_join_all(checks).await;
+        let mut statuses = Vec::with_capacity(results.len());
+        for (child, r) in results {
+            let (online, version, error) = match &r {
+                Ok(v) => (true, Some(v.as_str()), None),
+                Err(e) => (false, None, Some(e.as_str())),
+            };
+            if let Some(e) = error {
+                warn!(child = child.device_id(), "health check failed: {e}");
+            }
+            if let Err(e) = journal::lock(self.platform.journal()).child_seen(
+                child.device_id(),
+                child.transport(),
+                version,
+                online,
+                error,
+                now_unix(),
+            ) {
+                warn!("journal: {e}");
+            }
+            statuses.push(DeviceStatus {
+                device_id: child.device_id().to_owned(),
+                status: if online { Status::Online } else { Status::Offline },
+            });
+        }
+        for batch in statuses.chunks(MAX_STATUSES_PER_EVENT) {
+            let ev = Event::UpdateStatus(UpdateStatus { device_statuses: batch.to_vec() });
+            if let Err(e) = self.platform.report(None, &ev) {
+                warn!("cannot queue sub_device_update_status: {e}");
+            }
+        }
+    }
+
+    fn on_message(&self, topic_name: &str, payload: Bytes) {
+        let kind = match topic::classify(self.platform.gateway_id(), topic_name) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(topic = topic_name, "dropped: {e}");
+                return;
+            }
+        };
+        if payload.len() > MAX_EVENT_PAYLOAD {
+            warn!(
+                topic = topic_name,
+                bytes = payload.len(),
+                "dropped: payload larger than IoTDA's 1 MB publish limit"
+            );
+            return;
+        }
+        match kind {
+            topic::Downstream::Events => match event::parse(&payload) {
+                Ok(events) => {
+                    for inc in events {
+                        self.dispatch(topic_name, inc);
+                    }
+                }
+                Err(e) => warn!(topic = topic_name, "dropped malformed event: {e}"),
+            },
+            other => debug!(topic = topic_name, ?other, "not handled by otabridge; ignored"),
+        }
+    }
+
+    fn dispatch(&self, topic_name: &str, inc: Incoming) {
+        let gw = self.platform.gateway_id();
+        let target = match inc.object_device_id.as_deref() {
+            None => None,
+            Some(id) if id == gw => None,
+            Some(id) => match self.children.get(id) {
+                Some(c) => Some(c.clone()),
+                None => {
+                    let (s, t) = inc.event.kind();
+                    warn!(topic = topic_name, child = id, "dropped {s} {t}: unknown child");
+                    return;
+                }
+            },
+        };
+        match inc.event {
+            Event::VersionQuery(_) => match target {
+                Some(child) => {
+                    let platform = self.platform.clone();
+                    tokio::spawn(answer_version_query(platform, child));
+                }
+                None => self.report_own_version(),
+            },
+            Event::UpdateStatusResponse(r) => {
+                for f in &r.failed_devices {
+                    warn!(
+                        child = f.device_id.as_deref().unwrap_or("?"),
+                        "platform refused a child status: {} {}", f.error_code, f.error_msg
+                    );
+                }
+            }
+            Event::AddSubDeviceNotify(n) | Event::DeleteSubDeviceNotify(n) => {
+                if let Err(e) = journal::lock(self.platform.journal())
+                    .meta_set("sub_device_version", &n.version.to_string())
+                {
+                    warn!("journal: {e}");
+                }
+                info!(
+                    devices = n.devices.len(),
+                    "child list changed on the platform; otabridge drives the children in its config"
+                );
+            }
+            Event::Unknown { service_id, event_type, .. } => {
+                info!(topic = topic_name, "event {service_id} {event_type} is not handled; ignored");
+            }
+            other => {
+                let (s, t) = other.kind();
+                info!(topic = topic_name, "event {s} {t} is not handled by this build; ignored");
+            }
+        }
+    }
+
+    /// The gateway's own versions: otabridge's as software, the configured
+    /// firmware version when there is one.
+    fn report_own_version(&self) {
+        let ev = Event::VersionReport(VersionReport {
+            sw_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            fw_version: self.fw_version.clone(),
+        });
+        if let Err(e) = self.platform.report(None, &ev) {
+            warn!("cannot queue version_report: {e}");
+        }
+    }
+}
+
+/// Reads the child's version, retrying within the platform's window, and
+/// reports it. A child that never answers gets no report: the platform then
+/// shows "Waiting for report device firmware version timeout", which is true.
+async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
+    let id = child.device_id().to_owned();
+    let deadline = tokio::time::Instant::now() + VERSION_QUERY_BUDGET;
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(20), now_unix() as u64);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let r = tokio::time::timeout(left.min(HEALTH_TIMEOUT), child.read_version()).await;
+        match r {
+            Ok(Ok(v)) => {
+                let _ = journal::lock(platform.journal()).child_seen(
+                    &id,
+                    child.transport(),
+                    Some(&v),
+                    true,
+                    None,
+                    now_unix(),
+                );
+                // The SDKs put the same value in both fields ([JAVA]
+                // OTAService.reportVersion); the platform compares the one that
+                // matches the task (firmware or software).
+                let ev = Event::VersionReport(VersionReport {
+                    sw_version: Some(v.clone()),
+                    fw_version: Some(v),
+                });
+                if let Err(e) = platform.report(Some(&id), &ev) {
+                    warn!(child = %id, "cannot queue version_report: {e}");
+                }
+                return;
+            }
+            Ok(Err(e)) => debug!(child = %id, "version read failed: {e}"),
+            Err(_) => debug!(child = %id, "version read timed out"),
+        }
+        let wait = backoff.next_delay();
+        if tokio::time::Instant::now() + wait >= deadline {
+            warn!(child = %id, "no version for version_query within {VERSION_QUERY_BUDGET:?}; not reported");
+            return;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("a health check task panicked"));
+    }
+    out
+}

@@ -1,0 +1,101 @@
+//! The link to IoTDA: one MQTT session as the gateway device, and the durable
+//! outbox every upstream report goes through.
+//!
+//! - [`Platform`] is the handle the rest of the daemon uses: `report()` writes
+//!   an event to the journal's outbox and wakes the session. It never blocks
+//!   on the network and never loses a report to a disconnect or a crash.
+//! - [`Session`] owns the connection: connect (TLS, credentials), subscribe,
+//!   publish the outbox in order at QoS 1, delete each row when its PUBACK
+//!   arrives, hand inbound publishes to the daemon, and reconnect with backoff.
+//!
+//! Each connection gets a fresh rumqttc `EventLoop` with a clean session, so
+//! no state leaks between connections: after a reconnect or a restart the
+//! outbox is simply sent again from its oldest row (at-least-once, as QoS 1).
+
+mod session;
+
+pub use session::{Inbound, Session};
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use otabridge_codecs::iotda::{event, topic, Event, EventTime};
+use tokio::sync::{watch, Notify};
+
+use crate::journal::{self, JournalError, SharedJournal};
+
+/// Seconds since the Unix epoch from the system clock.
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Whether the session is connected, as the daemon and `status` see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Not connected (starting, backing off, or refused).
+    Down,
+    /// CONNACK received.
+    Up,
+}
+
+#[derive(Debug)]
+struct Inner {
+    device_id: String,
+    journal: SharedJournal,
+    wake: Notify,
+    link: watch::Sender<LinkState>,
+}
+
+/// The daemon's handle on the platform link. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Platform {
+    inner: Arc<Inner>,
+}
+
+impl Platform {
+    /// A handle for gateway `device_id`, queueing into `journal`.
+    pub fn new(device_id: &str, journal: SharedJournal) -> Self {
+        Platform {
+            inner: Arc::new(Inner {
+                device_id: device_id.to_owned(),
+                journal,
+                wake: Notify::new(),
+                link: watch::Sender::new(LinkState::Down),
+            }),
+        }
+    }
+
+    /// The gateway's device id.
+    pub fn gateway_id(&self) -> &str {
+        &self.inner.device_id
+    }
+
+    /// The journal the outbox lives in.
+    pub fn journal(&self) -> &SharedJournal {
+        &self.inner.journal
+    }
+
+    /// Queues an event for the platform: durable when this returns.
+    /// `object_device_id` is the child's id, or `None` for the gateway itself.
+    pub fn report(&self, object_device_id: Option<&str>, ev: &Event) -> Result<(), JournalError> {
+        let now = now_unix();
+        let payload = event::encode(object_device_id, ev, EventTime::from_unix(now), None);
+        let topic = topic::events_up(&self.inner.device_id);
+        journal::lock(&self.inner.journal).outbox_push(&topic, &payload, now)?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Follows the link state.
+    pub fn link_state(&self) -> watch::Receiver<LinkState> {
+        self.inner.link.subscribe()
+    }
+
+    fn set_link(&self, s: LinkState) {
+        self.inner.link.send_replace(s);
+    }
+
+    async fn woken(&self) {
+        self.inner.wake.notified().await
+    }
+}

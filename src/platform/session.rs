@@ -1,0 +1,358 @@
+//! The MQTT session loop: connect, subscribe, drain the outbox, reconnect.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use otabridge_codecs::iotda::{topic, Credentials, EventTime, SignatureType};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
+    Packet, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::{now_unix, LinkState, Platform};
+use crate::backoff::Backoff;
+use crate::config::{Auth, PlatformConfig};
+use crate::journal::{self, OutboxEntry};
+use crate::tls::{self, TlsError};
+
+/// Reports handed to rumqttc and not yet acknowledged, at most.
+const WINDOW: usize = 32;
+/// The largest inbound publish accepted on the wire. IoTDA caps payloads at
+/// 1 MB (iotda.md §1.3); anything larger is refused by rumqttc, and payloads
+/// between the platform limit and this one reach the daemon to be logged.
+const MAX_INBOUND_PACKET: usize = 2 * 1024 * 1024;
+
+/// What the session hands to the daemon.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// A CONNACK arrived: the daemon announces its children's states.
+    Connected,
+    /// A publish on one of the gateway's topics.
+    Message {
+        /// Its topic.
+        topic: String,
+        /// Its payload.
+        payload: Bytes,
+    },
+}
+
+/// Why one connection ended.
+#[derive(Debug)]
+enum Ended {
+    /// The shutdown future completed.
+    Shutdown,
+    /// The broker refused the credentials.
+    Refused(ConnectReturnCode),
+    /// Any other failure: network, TLS, protocol.
+    Failed(String),
+}
+
+/// Owns the connection to the platform. Run it with [`Session::run`].
+#[derive(Debug)]
+pub struct Session {
+    cfg: PlatformConfig,
+    platform: Platform,
+    inbound: mpsc::Sender<Inbound>,
+    backoff: Backoff,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    min_backoff: Duration,
+}
+
+/// A token bucket: `rate` messages per second, bursts of at most `rate`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        Bucket { rate: f64::from(rate), tokens: f64::from(rate), at: Instant::now() }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
+        self.at = now;
+    }
+
+    fn try_take(&mut self) -> bool {
+        self.refill();
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn next_token_at(&self) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.at + Duration::from_secs_f64(missing / self.rate)
+    }
+}
+
+impl Session {
+    /// A session for `cfg`, reporting through `platform`, handing inbound
+    /// publishes to `inbound`. TLS material is loaded here, so a bad
+    /// `ca_file` or key fails at start-up, not at the first connect.
+    pub fn new(
+        cfg: PlatformConfig,
+        platform: Platform,
+        inbound: mpsc::Sender<Inbound>,
+        seed: u64,
+    ) -> Result<Self, TlsError> {
+        let tls = if cfg.tls {
+            let roots = tls::roots(cfg.ca_file.as_deref())?;
+            let client_auth = match &cfg.auth {
+                Auth::Certificate { cert_file, key_file } => {
+                    Some((tls::load_certs(cert_file)?, tls::load_key(key_file)?))
+                }
+                Auth::Secret(_) => None,
+            };
+            Some(Arc::new(tls::client_config(roots, client_auth)?))
+        } else {
+            None
+        };
+        Ok(Session {
+            cfg,
+            platform,
+            inbound,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30), seed),
+            tls,
+            min_backoff: Duration::from_secs(1),
+        })
+    }
+
+    /// Overrides the backoff bounds (tests use short ones).
+    pub fn with_backoff(mut self, min: Duration, max: Duration, seed: u64) -> Self {
+        self.backoff = Backoff::new(min, max, seed);
+        self.min_backoff = min;
+        self
+    }
+
+    fn options(&self) -> MqttOptions {
+        let sig = if self.cfg.verify_timestamp {
+            SignatureType::TimestampCheck
+        } else {
+            SignatureType::NoTimestampCheck
+        };
+        let now = EventTime::from_unix(now_unix());
+        let creds = match &self.cfg.auth {
+            Auth::Secret(s) => Credentials::with_secret(&self.cfg.device_id, s.expose(), sig, now),
+            Auth::Certificate { .. } => {
+                Credentials::with_certificate(&self.cfg.device_id, sig, now)
+            }
+        };
+        let mut o = MqttOptions::new(creds.client_id.clone(), &self.cfg.host, self.cfg.port);
+        o.set_keep_alive(Duration::from_secs(self.cfg.keepalive_secs));
+        o.set_clean_session(true);
+        o.set_max_packet_size(MAX_INBOUND_PACKET, 1024 * 1024 + 4096);
+        o.set_inflight(WINDOW as u16);
+        match creds.password {
+            Some(p) => o.set_credentials(creds.username, p),
+            // X.509: username only, as the SDKs do (iotda.md §1.2).
+            None => o.set_credentials(creds.username, ""),
+        };
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+        }
+        o
+    }
+
+    /// Runs until `shutdown` completes: connects, serves, and reconnects with
+    /// exponential backoff and jitter (1 s to 30 s); refused credentials are
+    /// retried at the slowest interval.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let ended = self.connection(&mut shutdown).await;
+            self.platform.set_link(LinkState::Down);
+            let delay = match ended {
+                Ended::Shutdown => return,
+                Ended::Refused(code) => {
+                    error!(
+                        device_id = %self.cfg.device_id,
+                        "platform refused the connection ({code:?}): check platform.device_id and \
+                         the secret or certificate; retrying at the slowest interval"
+                    );
+                    self.backoff.slowest()
+                }
+                Ended::Failed(why) => {
+                    let d = self.backoff.next_delay();
+                    warn!("platform connection lost: {why}; reconnecting in {:.1} s", d.as_secs_f64());
+                    d
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut shutdown => return,
+            }
+        }
+    }
+
+    async fn connection(&mut self, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> Ended {
+        let opts = self.options();
+        let client_id = opts.client_id();
+        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        // Wait for the CONNACK before anything else.
+        let connack = tokio::select! {
+            r = eventloop.poll() => r,
+            _ = &mut *shutdown => return Ended::Shutdown,
+        };
+        match connack {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {}
+            Ok(other) => return Ended::Failed(format!("expected CONNACK, got {other:?}")),
+            Err(ConnectionError::ConnectionRefused(code)) => return Ended::Refused(code),
+            Err(e) => return Ended::Failed(e.to_string()),
+        }
+        info!(
+            host = %self.cfg.host, port = self.cfg.port, %client_id,
+            "connected to the platform"
+        );
+        self.backoff.reset();
+        self.platform.set_link(LinkState::Up);
+        for t in topic::subscriptions(&self.cfg.device_id) {
+            if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
+                return Ended::Failed(format!("subscribe: {e}"));
+            }
+        }
+        if self.inbound.send(Inbound::Connected).await.is_err() {
+            return Ended::Shutdown;
+        }
+        let ended = self.serve(&client, &mut eventloop, shutdown).await;
+        if matches!(ended, Ended::Shutdown) {
+            // Say goodbye so the broker does not wait for the keepalive.
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+        }
+        ended
+    }
+
+    /// The connected phase: publish the outbox, route acks and publishes.
+    async fn serve(
+        &mut self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Ended {
+        let journal = self.platform.journal().clone();
+        let mut bucket = Bucket::new(self.cfg.max_messages_per_sec);
+        // Outbox rows read but not yet handed to rumqttc.
+        let mut queued: VecDeque<OutboxEntry> = VecDeque::new();
+        // The highest outbox id read in this connection.
+        let mut read_up_to: i64 = 0;
+        // Ids handed to rumqttc, waiting for their packet id, in order:
+        // rumqttc emits `Outgoing::Publish(pkid)` in the order it was given
+        // the publishes, and only this task publishes.
+        let mut awaiting_pkid: VecDeque<i64> = VecDeque::new();
+        let mut inflight: HashMap<u16, i64> = HashMap::new();
+        let mut outbox_drained = false;
+        loop {
+            // Hand as many reports to rumqttc as the window and rate allow.
+            let mut rate_wait = None;
+            while awaiting_pkid.len() + inflight.len() < WINDOW {
+                if queued.is_empty() && !outbox_drained {
+                    match journal::lock(&journal).outbox_after(read_up_to, WINDOW) {
+                        Ok(rows) => {
+                            outbox_drained = rows.len() < WINDOW;
+                            if let Some(last) = rows.last() {
+                                read_up_to = last.id;
+                            }
+                            queued.extend(rows);
+                        }
+                        Err(e) => return Ended::Failed(format!("reading the outbox: {e}")),
+                    }
+                }
+                let Some(next) = queued.front() else { break };
+                if !bucket.try_take() {
+                    rate_wait = Some(bucket.next_token_at());
+                    break;
+                }
+                match client.try_publish(next.topic.clone(), QoS::AtLeastOnce, false, next.payload.clone()) {
+                    Ok(()) => {
+                        awaiting_pkid.push_back(next.id);
+                        queued.pop_front();
+                    }
+                    // The request channel is full: wait for the event loop.
+                    Err(_) => break,
+                }
+            }
+            let rate_sleep = async {
+                match rate_wait {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(id) = awaiting_pkid.pop_front() {
+                            inflight.insert(pkid, id);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(id) = inflight.remove(&ack.pkid) {
+                            if let Err(e) = journal::lock(&journal).outbox_delete(id) {
+                                return Ended::Failed(format!("updating the outbox: {e}"));
+                            }
+                            debug!(id, "report acknowledged");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let msg = Inbound::Message { topic: p.topic.clone(), payload: p.payload };
+                        if self.inbound.send(msg).await.is_err() {
+                            return Ended::Shutdown;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        for rc in &ack.return_codes {
+                            if matches!(rc, rumqttc::SubscribeReasonCode::Failure) {
+                                warn!("the platform refused a subscription (pkid {})", ack.pkid);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(ConnectionError::ConnectionRefused(code)) => return Ended::Refused(code),
+                    Err(e) => return Ended::Failed(e.to_string()),
+                },
+                _ = self.platform.woken() => {
+                    // New reports: read the outbox again.
+                    outbox_drained = false;
+                }
+                _ = rate_sleep => {}
+                _ = &mut *shutdown => return Ended::Shutdown,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_paces_to_the_rate() {
+        let mut b = Bucket::new(50);
+        let mut sent = 0;
+        let start = Instant::now();
+        while sent < 150 {
+            if b.try_take() {
+                sent += 1;
+            } else {
+                tokio::time::sleep_until(b.next_token_at()).await;
+            }
+        }
+        // 50 at once, then 100 more at 50/s: two seconds of paced sending.
+        let took = Instant::now() - start;
+        assert!(took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100), "{took:?}");
+    }
+}

@@ -1,0 +1,11 @@
+//! Simulators for tests, the demo and integrators' bench setups. Each speaks
+//! the real wire protocol over real sockets.
+//!
+//! - [`broker`]: rumqttd in-process on a free port.
+//! - [`platform`]: IoTDA's device access point (credentials, TLS, `$oc`
+//!   topics, connection cuts) and its application side (events, reports).
+//! - [`demo`]: `otabridge demo`, the whole story on an embedded default.
+
+pub mod broker;
+pub mod demo;
+pub mod platform;
