@@ -324,7 +324,11 @@ struct RawService {
 fn paras<T: for<'de> Deserialize<'de>>(raw: &RawService) -> Result<T, EventError> {
     // An absent or null `paras` reads as an empty object, so that types whose
     // fields are all optional (version_query) accept it.
-    let v = if raw.paras.is_null() { Value::Object(Map::new()) } else { raw.paras.clone() };
+    let v = if raw.paras.is_null() {
+        Value::Object(Map::new())
+    } else {
+        raw.paras.clone()
+    };
     serde_json::from_value(v).map_err(|source| EventError::Paras {
         service_id: raw.service_id.clone(),
         event_type: raw.event_type.clone(),
@@ -335,7 +339,11 @@ fn paras<T: for<'de> Deserialize<'de>>(raw: &RawService) -> Result<T, EventError
 impl Event {
     fn from_raw(raw: &RawService) -> Result<Event, EventError> {
         let upgrade = |kind, v2| -> Result<Event, EventError> {
-            Ok(Event::Upgrade { kind, v2, upgrade: paras(raw)? })
+            Ok(Event::Upgrade {
+                kind,
+                v2,
+                upgrade: paras(raw)?,
+            })
         };
         Ok(match (raw.service_id.as_str(), raw.event_type.as_str()) {
             (SERVICE_OTA, "version_query") => Event::VersionQuery(paras(raw)?),
@@ -396,9 +404,10 @@ impl Event {
             ),
             Event::ProgressReport(_) => (SERVICE_OTA, "upgrade_progress_report"),
             Event::UpdateStatus(_) => (SERVICE_SUB_DEVICE_MANAGER, "sub_device_update_status"),
-            Event::UpdateStatusResponse(_) => {
-                (SERVICE_SUB_DEVICE_MANAGER, "sub_device_update_status_response")
-            }
+            Event::UpdateStatusResponse(_) => (
+                SERVICE_SUB_DEVICE_MANAGER,
+                "sub_device_update_status_response",
+            ),
             Event::AddSubDeviceNotify(_) => (SERVICE_SUB_DEVICE_MANAGER, "add_sub_device_notify"),
             Event::DeleteSubDeviceNotify(_) => {
                 (SERVICE_SUB_DEVICE_MANAGER, "delete_sub_device_notify")
@@ -410,7 +419,11 @@ impl Event {
             Event::DeleteSubDeviceResponse(_) => {
                 (SERVICE_SUB_DEVICE_MANAGER, "delete_sub_device_response")
             }
-            Event::Unknown { service_id, event_type, .. } => (service_id, event_type),
+            Event::Unknown {
+                service_id,
+                event_type,
+                ..
+            } => (service_id, event_type),
         }
     }
 
@@ -456,7 +469,11 @@ pub fn parse(payload: &[u8]) -> Result<Vec<Incoming>, EventError> {
                     .as_ref()
                     .and_then(Value::as_str)
                     .and_then(|t| EventTime::parse(t).ok()),
-                event_id: raw.event_id.as_ref().and_then(Value::as_str).map(str::to_owned),
+                event_id: raw
+                    .event_id
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 event: Event::from_raw(raw)?,
             })
         })
@@ -507,11 +524,19 @@ mod tests {
   "task_id":"65d31bf2581ed33a42a58d76","sub_device_count":2,"task_ext_info":{"device_type":"DDC"},"future_field":[1]}}]}"#;
         let inc = one(msg);
         assert_eq!(inc.object_device_id.as_deref(), Some("child1"));
-        assert_eq!(inc.event_time, Some(EventTime::parse("20151212T121212Z").unwrap()));
-        let Event::Upgrade { kind, v2, upgrade } = inc.event else { panic!("not an upgrade") };
+        assert_eq!(
+            inc.event_time,
+            Some(EventTime::parse("20151212T121212Z").unwrap())
+        );
+        let Event::Upgrade { kind, v2, upgrade } = inc.event else {
+            panic!("not an upgrade")
+        };
         assert_eq!((kind, v2), (UpgradeKind::Firmware, false));
         assert_eq!(upgrade.file_size, 81_362_928);
-        assert_eq!(upgrade.access_token.as_deref(), Some("595124473f866b033dfa1f"));
+        assert_eq!(
+            upgrade.access_token.as_deref(),
+            Some("595124473f866b033dfa1f")
+        );
         assert_eq!(upgrade.sub_device_count, Some(2));
         assert!(upgrade.task_ext_info.unwrap().is_object());
     }
@@ -520,7 +545,9 @@ mod tests {
     fn file_size_above_4_gib_is_kept() {
         let msg = r#"{"services":[{"service_id":"$ota","event_type":"software_upgrade_v2",
             "paras":{"version":"2","url":"https://obs/x?sig=1","file_size":5000000000,"file_name":"a"}}]}"#;
-        let Event::Upgrade { upgrade, kind, v2 } = one(msg).event else { panic!() };
+        let Event::Upgrade { upgrade, kind, v2 } = one(msg).event else {
+            panic!()
+        };
         assert_eq!((kind, v2), (UpgradeKind::Software, true));
         assert_eq!(upgrade.file_size, 5_000_000_000);
         assert_eq!(upgrade.sign, None);
@@ -528,14 +555,19 @@ mod tests {
 
     #[test]
     fn both_status_response_names_are_accepted() {
-        for et in ["sub_device_update_status", "sub_device_update_status_response"] {
+        for et in [
+            "sub_device_update_status",
+            "sub_device_update_status_response",
+        ] {
             let msg = format!(
                 r#"{{"object_device_id":"gw","services":[{{"service_id":"$sub_device_manager","event_type":"{et}",
                 "event_id":"40cc","paras":{{"successful_devices":[{{"device_id":"c1","status":"ONLINE"}}],
                 "failed_devices":[{{"device_id":"c2","error_code":"XXX","error_msg":"no"}}]}}}}]}}"#
             );
             let inc = one(&msg);
-            let Event::UpdateStatusResponse(r) = inc.event else { panic!("{et}") };
+            let Event::UpdateStatusResponse(r) = inc.event else {
+                panic!("{et}")
+            };
             assert_eq!(r.successful_devices[0].status, Status::Online);
             assert_eq!(r.failed_devices[0].device_id.as_deref(), Some("c2"));
         }
@@ -543,14 +575,21 @@ mod tests {
 
     #[test]
     fn unknown_event_types_are_reported_not_errors() {
-        let inc = one(r#"{"services":[{"service_id":"$time_sync","event_type":"time_sync_response","paras":{"a":1}}]}"#);
-        assert!(matches!(inc.event, Event::Unknown { ref event_type, .. } if event_type == "time_sync_response"));
+        let inc = one(
+            r#"{"services":[{"service_id":"$time_sync","event_type":"time_sync_response","paras":{"a":1}}]}"#,
+        );
+        assert!(
+            matches!(inc.event, Event::Unknown { ref event_type, .. } if event_type == "time_sync_response")
+        );
     }
 
     #[test]
     fn specific_errors() {
         assert!(matches!(parse(b"{not json"), Err(EventError::Envelope(_))));
-        assert!(matches!(parse(br#"{"services":[]}"#), Err(EventError::NoServices)));
+        assert!(matches!(
+            parse(br#"{"services":[]}"#),
+            Err(EventError::NoServices)
+        ));
         let err = parse(
             br#"{"services":[{"service_id":"$ota","event_type":"firmware_upgrade","paras":{"version":"1","url":"u","file_size":"big"}}]}"#,
         )
@@ -566,7 +605,9 @@ mod tests {
 
     #[test]
     fn version_query_without_paras_and_bad_time() {
-        let inc = one(r#"{"services":[{"service_id":"$ota","event_type":"version_query","event_time":"yesterday"}]}"#);
+        let inc = one(
+            r#"{"services":[{"service_id":"$ota","event_type":"version_query","event_time":"yesterday"}]}"#,
+        );
         assert_eq!(inc.event, Event::VersionQuery(VersionQuery::default()));
         assert_eq!(inc.event_time, None);
     }
@@ -590,9 +631,14 @@ mod tests {
         );
         assert_eq!(one(std::str::from_utf8(&bytes).unwrap()).event, ev);
         let status = Event::UpdateStatus(UpdateStatus {
-            device_statuses: vec![DeviceStatus { device_id: "c".into(), status: Status::Offline }],
+            device_statuses: vec![DeviceStatus {
+                device_id: "c".into(),
+                status: Status::Offline,
+            }],
         });
-        let round = parse(&encode(None, &status, t, Some("e1"))).unwrap().remove(0);
+        let round = parse(&encode(None, &status, t, Some("e1")))
+            .unwrap()
+            .remove(0);
         assert_eq!(round.event, status);
         assert_eq!(round.event_id.as_deref(), Some("e1"));
     }

@@ -62,7 +62,14 @@ impl Civil {
         let days = secs.div_euclid(86_400);
         let rem = secs.rem_euclid(86_400) as u32;
         let (year, month, day) = civil_from_days(days);
-        Civil { year, month, day, hour: rem / 3600, minute: rem / 60 % 60, second: rem % 60 }
+        Civil {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem / 60 % 60,
+            second: rem % 60,
+        }
     }
 }
 
@@ -142,10 +149,16 @@ mod tests {
         assert_eq!(t.to_string(), "20151213T121212Z");
         assert_eq!(EventTime::parse("20151213T121212Z").unwrap(), t);
         // `date -u -d @1704164400 +%Y%m%d%H` prints 2024010203.
-        assert_eq!(EventTime::from_unix(1_704_164_400).client_id_timestamp(), "2024010203");
+        assert_eq!(
+            EventTime::from_unix(1_704_164_400).client_id_timestamp(),
+            "2024010203"
+        );
         assert_eq!(EventTime::from_unix(0).to_string(), "19700101T000000Z");
         // A leap day.
-        assert_eq!(EventTime::parse("20240229T235959Z").unwrap().to_string(), "20240229T235959Z");
+        assert_eq!(
+            EventTime::parse("20240229T235959Z").unwrap().to_string(),
+            "20240229T235959Z"
+        );
     }
 
     #[test]

@@ -105,13 +105,20 @@ mod tests {
     #[test]
     fn topics_and_classification() {
         assert_eq!(events_up("gw"), "$oc/devices/gw/sys/events/up");
-        assert_eq!(classify("gw", "$oc/devices/gw/sys/events/down"), Ok(Downstream::Events));
+        assert_eq!(
+            classify("gw", "$oc/devices/gw/sys/events/down"),
+            Ok(Downstream::Events)
+        );
         assert_eq!(
             classify("gw", "$oc/devices/gw/sys/commands/request_id=abc123"),
-            Ok(Downstream::Command { request_id: "abc123".into() })
+            Ok(Downstream::Command {
+                request_id: "abc123".into()
+            })
         );
         assert!(classify("gw", "$oc/devices/other/sys/events/down").is_err());
         assert_eq!(subscriptions("gw").len(), 6);
-        assert!(subscriptions("gw").iter().all(|t| t.starts_with("$oc/devices/gw/sys/")));
+        assert!(subscriptions("gw")
+            .iter()
+            .all(|t| t.starts_with("$oc/devices/gw/sys/")));
     }
 }
