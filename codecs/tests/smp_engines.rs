@@ -7,7 +7,7 @@ use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::serial::{self, DecodeEvent, Decoder};
 use otabridge_codecs::smp::sim::{mcuboot_header, ImageVersion, SimConfig, SimDevice, SimEvent};
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
-use otabridge_codecs::smp::SmpErr;
+use otabridge_codecs::smp::{Engine, SmpErr};
 use otabridge_codecs::time::Instant;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -79,71 +79,25 @@ fn messages(events: Vec<DecodeEvent>, bad_crc: &mut usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Either engine, so one loop drives both.
-trait Engine {
-    type Event: std::fmt::Debug + Clone;
-    fn transmit(&mut self) -> Option<Vec<u8>>;
+/// The upload engine reads image bytes; activation reads none.
+trait Feed: Engine<Event: std::fmt::Debug + Clone> {
     fn read(&mut self, _img: &[u8], _now: Instant) {}
-    fn message(&mut self, msg: &[u8], now: Instant);
-    fn timeout(&mut self) -> Option<Instant>;
-    fn fire(&mut self, now: Instant);
-    fn event(&mut self) -> Option<Self::Event>;
-    fn finished(&self) -> bool;
 }
 
-impl Engine for Upload {
-    type Event = UploadEvent;
-    fn transmit(&mut self) -> Option<Vec<u8>> {
-        self.poll_transmit()
-    }
+impl Feed for Upload {
     fn read(&mut self, img: &[u8], now: Instant) {
         while let Some(r) = self.poll_read() {
             let start = r.offset as usize;
             self.handle_data(r.offset, &img[start..start + r.len], now);
         }
     }
-    fn message(&mut self, msg: &[u8], now: Instant) {
-        self.handle_message(msg, now)
-    }
-    fn timeout(&mut self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now)
-    }
-    fn event(&mut self) -> Option<UploadEvent> {
-        self.poll_event()
-    }
-    fn finished(&self) -> bool {
-        self.is_finished()
-    }
 }
 
-impl Engine for Activate {
-    type Event = ActivateEvent;
-    fn transmit(&mut self) -> Option<Vec<u8>> {
-        self.poll_transmit()
-    }
-    fn message(&mut self, msg: &[u8], now: Instant) {
-        self.handle_message(msg, now)
-    }
-    fn timeout(&mut self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn fire(&mut self, now: Instant) {
-        self.handle_timeout(now)
-    }
-    fn event(&mut self) -> Option<ActivateEvent> {
-        self.poll_event()
-    }
-    fn finished(&self) -> bool {
-        self.is_finished()
-    }
-}
+impl Feed for Activate {}
 
 /// Runs `engine` against `dev` until it finishes, or until `stop_after`
 /// gateway messages were sent. Returns its events and the end time.
-fn drive<E: Engine>(
+fn drive<E: Feed>(
     engine: &mut E,
     dev: &mut SimDevice,
     link: &mut Link,
@@ -156,7 +110,7 @@ fn drive<E: Engine>(
     for _ in 0..STEP_BUDGET {
         let mut busy = false;
         engine.read(img, now);
-        while let Some(msg) = engine.transmit() {
+        while let Some(msg) = engine.poll_transmit() {
             busy = true;
             for m in link.gw_to_dev(msg) {
                 dev.handle_message(&m, now);
@@ -168,27 +122,27 @@ fn drive<E: Engine>(
         while let Some(msg) = dev.poll_transmit() {
             busy = true;
             for m in link.dev_to_gw(msg) {
-                engine.message(&m, now);
+                engine.handle_message(&m, now);
             }
         }
         while let Some(e) = dev.poll_event() {
             sim_events.push(e);
         }
-        while let Some(e) = engine.event() {
+        while let Some(e) = engine.poll_event() {
             busy = true;
             events.push(e);
         }
-        if engine.finished() {
+        if engine.is_finished() {
             return (events, sim_events, now);
         }
         if !busy {
-            let next = [engine.timeout(), dev.poll_timeout()]
+            let next = [engine.poll_timeout(), dev.poll_timeout()]
                 .into_iter()
                 .flatten()
                 .min();
             now = next.expect("engine waits for nothing");
             dev.handle_timeout(now);
-            engine.fire(now);
+            engine.handle_timeout(now);
         }
     }
     panic!("step budget exhausted");

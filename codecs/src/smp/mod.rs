@@ -40,5 +40,58 @@ pub mod sim;
 pub mod upload;
 
 pub use cbor::BodyError;
+
+use crate::time::Instant;
+
+/// What the upload and activation engines have in common, so one serial
+/// driver loop runs either (the call order is on each engine's type).
+pub trait Engine {
+    /// The engine's event type.
+    type Event;
+    /// A message from the device (header + CBOR, unframed).
+    fn handle_message(&mut self, msg: &[u8], now: Instant);
+    /// Call when `now` reaches [`Engine::poll_timeout`].
+    fn handle_timeout(&mut self, now: Instant);
+    /// The next message to write.
+    #[must_use]
+    fn poll_transmit(&mut self) -> Option<Vec<u8>>;
+    /// When to call [`Engine::handle_timeout`].
+    #[must_use]
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The next event.
+    #[must_use]
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    /// Whether the engine ended (done or failed).
+    fn is_finished(&self) -> bool;
+}
+
+macro_rules! impl_engine {
+    ($t:ty, $ev:ty) => {
+        impl Engine for $t {
+            type Event = $ev;
+            fn handle_message(&mut self, msg: &[u8], now: Instant) {
+                <$t>::handle_message(self, msg, now)
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+                <$t>::poll_transmit(self)
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn poll_event(&mut self) -> Option<$ev> {
+                <$t>::poll_event(self)
+            }
+            fn is_finished(&self) -> bool {
+                <$t>::is_finished(self)
+            }
+        }
+    };
+}
+
+impl_engine!(upload::Upload, upload::UploadEvent);
+impl_engine!(activate::Activate, activate::ActivateEvent);
 pub use header::{Header, HeaderError, Op, SmpVersion, HEADER_LEN};
 pub use message::SmpErr;
