@@ -5,7 +5,9 @@
 //! - [`platform`]: IoTDA's device access point (credentials, TLS, `$oc`
 //!   topics, connection cuts) and its application side (events, reports).
 //! - [`demo`]: `otabridge demo`, the whole story on an embedded default.
+//! - [`testbed`]: broker, edge, platform and a gateway in one call.
 
 pub mod broker;
 pub mod demo;
 pub mod platform;
+pub mod testbed;
