@@ -239,6 +239,15 @@ fn cases() -> Vec<Case> {
             at: None,
         },
         Case {
+            what: "a CRC-32 in 16 bits",
+            edits: &[(
+                "  { name = \"crc32\", type = \"u32le\" },",
+                "  { name = \"crc32\", type = \"u16le\" },",
+            )],
+            kind: |k| matches!(k, K::FieldTypeMismatch { name, .. } if name == "crc32"),
+            at: None,
+        },
+        Case {
             what: "prefix on an integer",
             edits: &[("  { name = \"size\", type = \"u32le\" },", "  { name = \"size\", type = \"u32le\", prefix = \"u8\" },")],
             kind: |k| matches!(k, K::FieldKeyNotAllowed { key: "prefix", applies_to: "bytes" }),

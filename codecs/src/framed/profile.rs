@@ -1730,22 +1730,15 @@ fn parse_fields(
 
         // The type must fit the meaning.
         let expected = match (name, &ty) {
+            (FieldName::Crc32, FieldType::Uint(UintType::U32Le | UintType::U32Be)) => None,
+            (FieldName::Crc32, _) => Some("u32le or u32be (a CRC-32 has 32 bits)"),
             (
-                FieldName::Status
-                | FieldName::Size
-                | FieldName::Crc32
-                | FieldName::Offset
-                | FieldName::ChunkSize,
+                FieldName::Status | FieldName::Size | FieldName::Offset | FieldName::ChunkSize,
                 FieldType::Uint(_),
             ) => None,
-            (
-                FieldName::Status
-                | FieldName::Size
-                | FieldName::Crc32
-                | FieldName::Offset
-                | FieldName::ChunkSize,
-                _,
-            ) => Some("an unsigned integer type (u8, u16le, u16be, u32le, u32be)"),
+            (FieldName::Status | FieldName::Size | FieldName::Offset | FieldName::ChunkSize, _) => {
+                Some("an unsigned integer type (u8, u16le, u16be, u32le, u32be)")
+            }
             (FieldName::Version | FieldName::Data, FieldType::Bytes(_)) => None,
             (FieldName::Version | FieldName::Data, _) => Some("of type `bytes`"),
             (FieldName::Sha256, FieldType::Bytes(BytesLen::Fixed(32))) => None,
