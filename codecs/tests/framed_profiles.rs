@@ -287,6 +287,19 @@ fn cases() -> Vec<Case> {
             at: Some("  { name = \"data\""),
         },
         Case {
+            what: "chunk_size field narrower than max_chunk",
+            edits: &[
+                (
+                    "  { name = \"version\", type = \"bytes\", prefix = \"u8\" },\n]\nreply_command = 0x90",
+                    "  { name = \"version\", type = \"bytes\", prefix = \"u8\" },\n  { name = \"chunk_size\", type = \"u8\" },\n]\nreply_command = 0x90",
+                ),
+                ("max_chunk = 128", "max_chunk = 300"),
+                ("prefix = \"u8\" },\n]\nreply_command = 0x92", "prefix = \"u16le\" },\n]\nreply_command = 0x92"),
+            ],
+            kind: |k| matches!(k, K::ChunkSizeFieldTooNarrow { max_chunk: 300, limit: 255 }),
+            at: Some("  { name = \"chunk_size\""),
+        },
+        Case {
             what: "no image digest anywhere",
             edits: &[
                 ("  { name = \"crc32\", type = \"u32le\" },\n  { name = \"version\"", "  { name = \"_crc\", type = \"u32le\" },\n  { name = \"version\""),

@@ -911,6 +911,14 @@ pub enum ProfileErrorKind {
         /// The prefix's maximum.
         limit: u32,
     },
+    /// A `chunk_size` field too narrow for `max_chunk`.
+    #[error("`max_chunk` = {max_chunk} does not fit the `chunk_size` field (at most {limit})")]
+    ChunkSizeFieldTooNarrow {
+        /// The chunk size.
+        max_chunk: usize,
+        /// The field's maximum.
+        limit: u32,
+    },
     /// Neither begin nor verify carries crc32 or sha256.
     #[error("neither `begin.request` nor `verify.request` carries `crc32` or `sha256`: the image could not be verified")]
     NoIntegrity,
@@ -1222,6 +1230,29 @@ impl Profile {
             }
         }
         framing.max_payload = max_payload;
+
+        // A `chunk_size` field must carry `max_chunk`.
+        let begin = messages[MessageKind::Begin.index()].as_ref();
+        let raw_begin = raw
+            .messages
+            .begin
+            .as_ref()
+            .and_then(|b| b.get_ref().request.as_ref());
+        if let (Some(m), Some(rb)) = (begin, raw_begin) {
+            for (f, rf) in m.request.iter().zip(rb.get_ref()) {
+                if let (FieldName::ChunkSize, FieldType::Uint(t)) = (f.name, &f.ty) {
+                    if max_chunk > t.max() as usize {
+                        return Err(cx.err(
+                            &rf.span(),
+                            ProfileErrorKind::ChunkSizeFieldTooNarrow {
+                                max_chunk,
+                                limit: t.max(),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
 
         Ok(Profile {
             name,
