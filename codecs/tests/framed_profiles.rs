@@ -442,3 +442,29 @@ fn optional_parts_have_defaults() {
     assert_eq!((chunk.timeout.as_millis(), chunk.retries), (1000, 3));
     assert_eq!(p.recovery.max_recoveries, 5);
 }
+
+#[test]
+fn mangled_profiles_never_panic_and_errors_point_inside_the_file() {
+    use otabridge_codecs::rng::Rng;
+    const ALPHABET: &[u8] = b" \n=[]{}\",.#-_0123456789abcdefxz";
+    for (name, base) in profile::BUILTIN {
+        let mut rng = Rng::new(0x00f2_a3ed);
+        for _ in 0..1500 {
+            let mut text = base.as_bytes().to_vec();
+            for _ in 0..rng.range_inclusive(1, 4) {
+                let at = rng.range_inclusive(0, text.len() as u64 - 1) as usize;
+                let len = rng.range_inclusive(0, 6) as usize;
+                let end = (at + len).min(text.len());
+                let with: Vec<u8> = (0..rng.range_inclusive(0, 6))
+                    .map(|_| ALPHABET[rng.range_inclusive(0, ALPHABET.len() as u64 - 1) as usize])
+                    .collect();
+                text.splice(at..end, with);
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            if let Err(e) = Profile::parse(&text, name) {
+                let lines = text.lines().count().max(1);
+                assert!(e.line >= 1 && e.line <= lines + 1, "{e} (of {lines} lines)");
+            }
+        }
+    }
+}
