@@ -183,7 +183,9 @@ pub struct OtaConfig {
 
 impl Default for OtaConfig {
     fn default() -> Self {
-        OtaConfig { max_concurrent_jobs: 16 }
+        OtaConfig {
+            max_concurrent_jobs: 16,
+        }
     }
 }
 
@@ -352,8 +354,10 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
         Config::parse(&text, file)
     }
 
@@ -413,7 +417,10 @@ impl Config {
             }
             (None, Some(f), None, None) => {
                 let s = std::fs::read_to_string(f).map_err(|e| {
-                    invalid("platform.secret_file", format!("cannot read {}: {e}", f.display()))
+                    invalid(
+                        "platform.secret_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
                 })?;
                 let s = s.trim_end_matches(['\r', '\n']).to_owned();
                 if s.is_empty() {
@@ -431,13 +438,22 @@ impl Config {
                         "certificate authentication needs an mqtts:// url".into(),
                     ));
                 }
-                Auth::Certificate { cert_file: c.clone(), key_file: k.clone() }
+                Auth::Certificate {
+                    cert_file: c.clone(),
+                    key_file: k.clone(),
+                }
             }
             (None, None, Some(_), None) => {
-                return Err(invalid("platform.key_file", "cert_file needs key_file".into()))
+                return Err(invalid(
+                    "platform.key_file",
+                    "cert_file needs key_file".into(),
+                ))
             }
             (None, None, None, Some(_)) => {
-                return Err(invalid("platform.cert_file", "key_file needs cert_file".into()))
+                return Err(invalid(
+                    "platform.cert_file",
+                    "key_file needs cert_file".into(),
+                ))
             }
             (None, None, None, None) => {
                 return Err(invalid(
@@ -453,10 +469,16 @@ impl Config {
             }
         };
         if !(1..=65535).contains(&p.keepalive_secs) {
-            return Err(invalid("platform.keepalive_secs", "must be 1..=65535".into()));
+            return Err(invalid(
+                "platform.keepalive_secs",
+                "must be 1..=65535".into(),
+            ));
         }
         if p.max_messages_per_sec == 0 {
-            return Err(invalid("platform.max_messages_per_sec", "must be at least 1".into()));
+            return Err(invalid(
+                "platform.max_messages_per_sec",
+                "must be at least 1".into(),
+            ));
         }
         let platform = PlatformConfig {
             tls,
@@ -472,13 +494,22 @@ impl Config {
         };
 
         if raw.download.max_package_bytes == 0 {
-            return Err(invalid("download.max_package_bytes", "must be at least 1".into()));
+            return Err(invalid(
+                "download.max_package_bytes",
+                "must be at least 1".into(),
+            ));
         }
         if raw.coap.max_concurrent_transfers == 0 {
-            return Err(invalid("coap.max_concurrent_transfers", "must be at least 1".into()));
+            return Err(invalid(
+                "coap.max_concurrent_transfers",
+                "must be at least 1".into(),
+            ));
         }
         if raw.ota.max_concurrent_jobs == 0 {
-            return Err(invalid("ota.max_concurrent_jobs", "must be at least 1".into()));
+            return Err(invalid(
+                "ota.max_concurrent_jobs",
+                "must be at least 1".into(),
+            ));
         }
 
         let mut children = Vec::with_capacity(raw.children.len());
@@ -489,7 +520,10 @@ impl Config {
                 return Err(invalid(&k("device_id"), "is empty".into()));
             }
             if c.device_id == platform.device_id {
-                return Err(invalid(&k("device_id"), "is the gateway's own device id".into()));
+                return Err(invalid(
+                    &k("device_id"),
+                    "is the gateway's own device id".into(),
+                ));
             }
             if !seen.insert(c.device_id.clone()) {
                 return Err(invalid(
@@ -508,7 +542,10 @@ impl Config {
                 }
             };
             let require = |name: &str| {
-                invalid(&k(name), format!("is required for transport = \"{}\"", c.transport))
+                invalid(
+                    &k(name),
+                    format!("is required for transport = \"{}\"", c.transport),
+                )
             };
             let transport = match c.transport.as_str() {
                 "coap" => {
@@ -557,7 +594,11 @@ impl Config {
                             }
                         },
                     };
-                    Transport::Serial { port, baud, protocol }
+                    Transport::Serial {
+                        port,
+                        baud,
+                        protocol,
+                    }
                 }
                 "sim" => {
                     forbid(c.address.is_some(), "address")?;
@@ -577,7 +618,10 @@ impl Config {
                     ))
                 }
             };
-            children.push(ChildConfig { device_id: c.device_id, transport });
+            children.push(ChildConfig {
+                device_id: c.device_id,
+                transport,
+            });
         }
 
         Ok(Config {
@@ -659,7 +703,10 @@ protocol = "framed:acme"
         assert!(c.download.verify_hostname);
         assert_eq!(
             c.children[0].transport,
-            Transport::Coap { address: "192.168.10.21:5683".parse().unwrap(), delivery: Delivery::Pull }
+            Transport::Coap {
+                address: "192.168.10.21:5683".parse().unwrap(),
+                delivery: Delivery::Pull
+            }
         );
         assert_eq!(
             c.children[1].transport,
@@ -698,11 +745,27 @@ protocol = "framed:acme"
         let cases = [
             ("mqtts://iot-mqtts.example.com", "http://x", "platform.url"),
             ("secret = \"hunter2\"", "", "platform.secret"),
-            ("secret = \"hunter2\"", "secret = \"a\"\ncert_file = \"c\"", "platform.secret"),
-            ("secret = \"hunter2\"", "cert_file = \"c\"", "platform.key_file"),
+            (
+                "secret = \"hunter2\"",
+                "secret = \"a\"\ncert_file = \"c\"",
+                "platform.secret",
+            ),
+            (
+                "secret = \"hunter2\"",
+                "cert_file = \"c\"",
+                "platform.key_file",
+            ),
             ("192.168.10.21:5683", "not-an-address", "child[0].address"),
-            ("transport = \"coap\"", "transport = \"zigbee\"", "child[0].transport"),
-            ("protocol = \"framed:acme\"", "protocol = \"modbus\"", "child[1].protocol"),
+            (
+                "transport = \"coap\"",
+                "transport = \"zigbee\"",
+                "child[0].transport",
+            ),
+            (
+                "protocol = \"framed:acme\"",
+                "protocol = \"modbus\"",
+                "child[1].protocol",
+            ),
             ("port = \"/dev/ttyUSB0\"", "", "child[1].port"),
             ("prod_node02", "prod_node01", "child[1].device_id"),
             ("prod_node02", "gw-product_gw01", "child[1].device_id"),

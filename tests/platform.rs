@@ -27,7 +27,9 @@ impl Logs {
         let w = logs.clone();
         let sub = tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_env_filter(std::env::var("TEST_LOG").unwrap_or("info,rumqttd=off,rumqttc=off".into()))
+            .with_env_filter(
+                std::env::var("TEST_LOG").unwrap_or("info,rumqttd=off,rumqttc=off".into()),
+            )
             .with_writer(move || w.clone())
             .finish();
         (logs.clone(), tracing::subscriber::set_default(sub))
@@ -59,9 +61,14 @@ impl Write for Logs {
 }
 
 fn kids(specs: &[(&str, &str)]) -> (Vec<Arc<MemoryChild>>, Vec<Arc<dyn Child>>) {
-    let concrete: Vec<Arc<MemoryChild>> =
-        specs.iter().map(|(id, v)| Arc::new(MemoryChild::new(id, v))).collect();
-    let dynamic = concrete.iter().map(|c| c.clone() as Arc<dyn Child>).collect();
+    let concrete: Vec<Arc<MemoryChild>> = specs
+        .iter()
+        .map(|(id, v)| Arc::new(MemoryChild::new(id, v)))
+        .collect();
+    let dynamic = concrete
+        .iter()
+        .map(|c| c.clone() as Arc<dyn Child>)
+        .collect();
     (concrete, dynamic)
 }
 
@@ -70,7 +77,10 @@ async fn connect_statuses(tb: &mut Testbed) -> Vec<(String, Status)> {
     tb.wait_for(T, |r| {
         r.events.as_ref()?.iter().find_map(|i| match &i.event {
             Event::UpdateStatus(s) => Some(
-                s.device_statuses.iter().map(|d| (d.device_id.clone(), d.status)).collect(),
+                s.device_statuses
+                    .iter()
+                    .map(|d| (d.device_id.clone(), d.status))
+                    .collect(),
             ),
             _ => None,
         })
@@ -106,10 +116,18 @@ async fn statuses_on_connect_and_exact_version_reports() {
     let statuses = connect_statuses(&mut tb).await;
     assert_eq!(
         statuses,
-        vec![("p_node1".into(), Status::Online), ("p_node2".into(), Status::Offline)]
+        vec![
+            ("p_node1".into(), Status::Online),
+            ("p_node2".into(), Status::Offline)
+        ]
     );
 
-    tb.send(Some("p_node1"), &Event::VersionQuery(VersionQuery::default())).await.unwrap();
+    tb.send(
+        Some("p_node1"),
+        &Event::VersionQuery(VersionQuery::default()),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         version_report_json(&mut tb, "p_node1").await,
         json!({"object_device_id":"p_node1","services":[{"service_id":"$ota",
@@ -118,7 +136,9 @@ async fn statuses_on_connect_and_exact_version_reports() {
     );
 
     // The gateway itself: no object_device_id, otabridge's own version.
-    tb.send(None, &Event::VersionQuery(VersionQuery::default())).await.unwrap();
+    tb.send(None, &Event::VersionQuery(VersionQuery::default()))
+        .await
+        .unwrap();
     let own = tb
         .wait_for(T, |r| {
             let v = normalise(&r.payload).ok()?;
@@ -128,10 +148,16 @@ async fn statuses_on_connect_and_exact_version_reports() {
         })
         .await
         .expect("no version_report for the gateway");
-    assert_eq!(own["services"][0]["paras"]["sw_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        own["services"][0]["paras"]["sw_version"],
+        env!("CARGO_PKG_VERSION")
+    );
 
     // The journal recorded what the health checks saw.
-    let rows = Journal::open_read_only(&tb.state_dir).unwrap().children().unwrap();
+    let rows = Journal::open_read_only(&tb.state_dir)
+        .unwrap()
+        .children()
+        .unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows[0].online && !rows[1].online);
     tb.stop_gateway().await.unwrap();
@@ -145,7 +171,12 @@ async fn an_offline_child_that_comes_back_is_answered_within_the_window() {
     concrete[0].set_online(false);
     tb.start_gateway(children).await.unwrap();
     connect_statuses(&mut tb).await;
-    tb.send(Some("p_late"), &Event::VersionQuery(VersionQuery::default())).await.unwrap();
+    tb.send(
+        Some("p_late"),
+        &Event::VersionQuery(VersionQuery::default()),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     concrete[0].set_online(true);
     let v = version_report_json(&mut tb, "p_late").await;
@@ -163,8 +194,16 @@ async fn bad_input_is_logged_specifically_and_the_session_goes_on() {
     connect_statuses(&mut tb).await;
 
     let down = "sys/events/down";
-    tb.platform.send_raw(GATEWAY_ID, down, "{not json").await.unwrap();
-    assert!(logs.wait_for("dropped malformed event: malformed event envelope").await, "{}", logs.text());
+    tb.platform
+        .send_raw(GATEWAY_ID, down, "{not json")
+        .await
+        .unwrap();
+    assert!(
+        logs.wait_for("dropped malformed event: malformed event envelope")
+            .await,
+        "{}",
+        logs.text()
+    );
     tb.platform
         .send_raw(
             GATEWAY_ID,
@@ -173,13 +212,32 @@ async fn bad_input_is_logged_specifically_and_the_session_goes_on() {
         )
         .await
         .unwrap();
-    assert!(logs.wait_for("$ota firmware_upgrade: bad paras: invalid type").await, "{}", logs.text());
-    tb.send(Some("ghost"), &Event::VersionQuery(VersionQuery::default())).await.unwrap();
-    assert!(logs.wait_for("child=\"ghost\"").await && logs.wait_for("unknown child").await, "{}", logs.text());
+    assert!(
+        logs.wait_for("$ota firmware_upgrade: bad paras: invalid type")
+            .await,
+        "{}",
+        logs.text()
+    );
+    tb.send(Some("ghost"), &Event::VersionQuery(VersionQuery::default()))
+        .await
+        .unwrap();
+    assert!(
+        logs.wait_for("child=\"ghost\"").await && logs.wait_for("unknown child").await,
+        "{}",
+        logs.text()
+    );
     // rumqttd does not pass a publish this large on to its subscribers, so
     // the edge puts it on the gateway's connection itself.
-    tb.edge.inject(&format!("$oc/devices/{GATEWAY_ID}/{down}"), vec![b'{'; 1024 * 1024 + 1]);
-    assert!(logs.wait_for("payload larger than IoTDA's 1 MB publish limit").await, "{}", logs.text());
+    tb.edge.inject(
+        &format!("$oc/devices/{GATEWAY_ID}/{down}"),
+        vec![b'{'; 1024 * 1024 + 1],
+    );
+    assert!(
+        logs.wait_for("payload larger than IoTDA's 1 MB publish limit")
+            .await,
+        "{}",
+        logs.text()
+    );
     tb.platform
         .send_raw(
             GATEWAY_ID,
@@ -188,12 +246,27 @@ async fn bad_input_is_logged_specifically_and_the_session_goes_on() {
         )
         .await
         .unwrap();
-    assert!(logs.wait_for("event $time_sync time_sync_response is not handled").await, "{}", logs.text());
+    assert!(
+        logs.wait_for("event $time_sync time_sync_response is not handled")
+            .await,
+        "{}",
+        logs.text()
+    );
 
     // The session went on: same connection, and a query still gets answered.
-    tb.send(Some("p_node1"), &Event::VersionQuery(VersionQuery::default())).await.unwrap();
+    tb.send(
+        Some("p_node1"),
+        &Event::VersionQuery(VersionQuery::default()),
+    )
+    .await
+    .unwrap();
     version_report_json(&mut tb, "p_node1").await;
-    assert_eq!(tb.edge.connects(), 1, "the gateway reconnected: {}", logs.text());
+    assert_eq!(
+        tb.edge.connects(),
+        1,
+        "the gateway reconnected: {}",
+        logs.text()
+    );
     tb.stop_gateway().await.unwrap();
 }
 
@@ -258,8 +331,16 @@ async fn reports_made_during_cuts_arrive_after_reconnect_in_order() {
         }
     }
     assert_eq!(firsts, (0..60).collect::<Vec<_>>());
-    assert!(tb.edge.connects() >= 4, "expected reconnects: {}", tb.edge.connects());
-    assert!(logs.text().contains("platform connection lost"), "{}", logs.text());
+    assert!(
+        tb.edge.connects() >= 4,
+        "expected reconnects: {}",
+        tb.edge.connects()
+    );
+    assert!(
+        logs.text().contains("platform connection lost"),
+        "{}",
+        logs.text()
+    );
     // Every PUBACK deleted its row.
     let h2 = h.platform.clone();
     for _ in 0..200 {
@@ -268,7 +349,10 @@ async fn reports_made_during_cuts_arrive_after_reconnect_in_order() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(otabridge::journal::lock(h2.journal()).outbox_len().unwrap(), 0);
+    assert_eq!(
+        otabridge::journal::lock(h2.journal()).outbox_len().unwrap(),
+        0
+    );
     tb.stop_gateway().await.unwrap();
 }
 
@@ -286,13 +370,20 @@ async fn reports_left_in_the_outbox_are_sent_after_a_restart() {
         h.platform.report(Some("p_node1"), &progress(i)).unwrap();
     }
     tb.stop_gateway().await.unwrap();
-    assert_eq!(Journal::open(&tb.state_dir).unwrap().outbox_len().unwrap(), 5);
+    assert_eq!(
+        Journal::open(&tb.state_dir).unwrap().outbox_len().unwrap(),
+        5
+    );
 
     // Second run, same state directory, reachable platform.
     tb.start_gateway(children).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 5 {
-        let r = tb.platform.recv(T).await.expect("queued reports not sent after restart");
+        let r = tb
+            .platform
+            .recv(T)
+            .await
+            .expect("queued reports not sent after restart");
         if let Some(p) = progress_of(&r) {
             got.push(p);
         }
@@ -306,11 +397,19 @@ async fn refused_credentials_are_logged_and_not_hammered() {
     let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
     let mut tb = Testbed::new(dir.path()).await.unwrap();
-    tb.edge.register(GATEWAY_ID, DeviceAuth::Secret("another-secret".into()));
+    tb.edge
+        .register(GATEWAY_ID, DeviceAuth::Secret("another-secret".into()));
     let (_c, children) = kids(&[("p_node1", "1.0")]);
     tb.start_gateway(children).await.unwrap();
-    assert!(logs.wait_for("platform refused the connection (BadUserNamePassword)").await, "{}", logs.text());
-    assert!(logs.text().contains("check platform.device_id and the secret"));
+    assert!(
+        logs.wait_for("platform refused the connection (BadUserNamePassword)")
+            .await,
+        "{}",
+        logs.text()
+    );
+    assert!(logs
+        .text()
+        .contains("check platform.device_id and the secret"));
     // The next try waits at the slowest interval (15 to 30 s), not 1 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(tb.edge.refused(), 1);
@@ -322,9 +421,13 @@ async fn refused_credentials_are_logged_and_not_hammered() {
 async fn status_reports_are_batched_by_100() {
     let dir = tempfile::tempdir().unwrap();
     let mut tb = Testbed::new(dir.path()).await.unwrap();
-    let specs: Vec<(String, String)> =
-        (0..150).map(|i| (format!("p_n{i:03}"), "1.0".to_owned())).collect();
-    let refs: Vec<(&str, &str)> = specs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let specs: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("p_n{i:03}"), "1.0".to_owned()))
+        .collect();
+    let refs: Vec<(&str, &str)> = specs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let (_c, children) = kids(&refs);
     tb.start_gateway(children).await.unwrap();
     let first = connect_statuses(&mut tb).await;

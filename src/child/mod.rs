@@ -115,11 +115,13 @@ pub fn from_config(c: &ChildConfig) -> Result<Arc<dyn Child>, Unsupported> {
             child.set_online(*online);
             Ok(Arc::new(child))
         }
-        Transport::Coap { .. } => {
-            Err(Unsupported { device_id: c.device_id.clone(), transport: "coap" })
-        }
-        Transport::Serial { .. } => {
-            Err(Unsupported { device_id: c.device_id.clone(), transport: "serial" })
-        }
+        Transport::Coap { .. } => Err(Unsupported {
+            device_id: c.device_id.clone(),
+            transport: "coap",
+        }),
+        Transport::Serial { .. } => Err(Unsupported {
+            device_id: c.device_id.clone(),
+            transport: "serial",
+        }),
     }
 }

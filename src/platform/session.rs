@@ -74,7 +74,11 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u32) -> Self {
-        Bucket { rate: f64::from(rate), tokens: f64::from(rate), at: Instant::now() }
+        Bucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: Instant::now(),
+        }
     }
 
     fn refill(&mut self) {
@@ -113,9 +117,10 @@ impl Session {
         let tls = if cfg.tls {
             let roots = tls::roots(cfg.ca_file.as_deref())?;
             let client_auth = match &cfg.auth {
-                Auth::Certificate { cert_file, key_file } => {
-                    Some((tls::load_certs(cert_file)?, tls::load_key(key_file)?))
-                }
+                Auth::Certificate {
+                    cert_file,
+                    key_file,
+                } => Some((tls::load_certs(cert_file)?, tls::load_key(key_file)?)),
                 Auth::Secret(_) => None,
             };
             Some(Arc::new(tls::client_config(roots, client_auth)?))
@@ -163,7 +168,9 @@ impl Session {
             None => o.set_credentials(creds.username, ""),
         };
         if let Some(tls) = &self.tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
         }
         o
     }
@@ -188,7 +195,10 @@ impl Session {
                 }
                 Ended::Failed(why) => {
                     let d = self.backoff.next_delay();
-                    warn!("platform connection lost: {why}; reconnecting in {:.1} s", d.as_secs_f64());
+                    warn!(
+                        "platform connection lost: {why}; reconnecting in {:.1} s",
+                        d.as_secs_f64()
+                    );
                     d
                 }
             };
@@ -219,11 +229,13 @@ impl Session {
             "connected to the platform"
         );
         self.backoff.reset();
-        self.platform.set_link(LinkState::Up);
-        for t in topic::subscriptions(&self.cfg.device_id) {
-            if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
-                return Ended::Failed(format!("subscribe: {e}"));
-            }
+        // One SUBSCRIBE for every topic; the link counts as up when its
+        // SUBACK arrives, so that nothing sent to us after that is lost.
+        let filters = topic::subscriptions(&self.cfg.device_id)
+            .into_iter()
+            .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+        if let Err(e) = client.try_subscribe_many(filters) {
+            return Ended::Failed(format!("subscribe: {e}"));
         }
         if self.inbound.send(Inbound::Connected).await.is_err() {
             return Ended::Shutdown;
@@ -277,7 +289,12 @@ impl Session {
                     rate_wait = Some(bucket.next_token_at());
                     break;
                 }
-                match client.try_publish(next.topic.clone(), QoS::AtLeastOnce, false, next.payload.clone()) {
+                match client.try_publish(
+                    next.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    next.payload.clone(),
+                ) {
                     Ok(()) => {
                         awaiting_pkid.push_back(next.id);
                         queued.pop_front();
@@ -314,6 +331,7 @@ impl Session {
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        self.platform.set_link(LinkState::Up);
                         for rc in &ack.return_codes {
                             if matches!(rc, rumqttc::SubscribeReasonCode::Failure) {
                                 warn!("the platform refused a subscription (pkid {})", ack.pkid);
@@ -353,6 +371,9 @@ mod tests {
         }
         // 50 at once, then 100 more at 50/s: two seconds of paced sending.
         let took = Instant::now() - start;
-        assert!(took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100),
+            "{took:?}"
+        );
     }
 }

@@ -81,7 +81,12 @@ impl Testbed {
 
     /// The configuration a gateway of this bench uses.
     pub fn config(&self, extra: &str) -> anyhow::Result<Config> {
-        let text = config_text(self.edge.addr().port(), &self.ca_file, &self.state_dir, extra);
+        let text = config_text(
+            self.edge.addr().port(),
+            &self.ca_file,
+            &self.state_dir,
+            extra,
+        );
         Ok(Config::parse(&text, Path::new("testbed.toml"))?)
     }
 
@@ -109,12 +114,19 @@ impl Testbed {
                 anyhow::bail!("the gateway stopped before it started");
             }
         };
-        self.gateway = Some(RunningGateway { stop, task, handles: handles.clone() });
+        self.gateway = Some(RunningGateway {
+            stop,
+            task,
+            handles: handles.clone(),
+        });
         Ok(handles)
     }
 
     /// Starts a gateway on this bench's default configuration.
-    pub async fn start_gateway(&mut self, children: Vec<Arc<dyn Child>>) -> anyhow::Result<Handles> {
+    pub async fn start_gateway(
+        &mut self,
+        children: Vec<Arc<dyn Child>>,
+    ) -> anyhow::Result<Handles> {
         let cfg = self.config("")?;
         self.start_gateway_with(cfg, children).await
     }
@@ -125,6 +137,24 @@ impl Testbed {
             let _ = g.stop.send(());
             g.task.await??;
         }
+        Ok(())
+    }
+
+    /// Waits until the running gateway is connected and subscribed.
+    pub async fn wait_connected(&self, within: Duration) -> anyhow::Result<()> {
+        let h = self
+            .handles()
+            .ok_or_else(|| anyhow::anyhow!("no gateway running"))?;
+        let mut rx = h.platform.link_state();
+        let up = tokio::time::timeout(
+            within,
+            rx.wait_for(|s| *s == crate::platform::LinkState::Up),
+        )
+        .await;
+        anyhow::ensure!(
+            matches!(up, Ok(Ok(_))),
+            "the gateway did not connect within {within:?}"
+        );
         Ok(())
     }
 
