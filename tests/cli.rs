@@ -87,3 +87,15 @@ fn status_reads_the_journal_without_a_daemon() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().nth(1).unwrap().starts_with("p_a"), "{text}");
 }
+
+#[test]
+fn the_example_configurations_are_valid() {
+    let bench = otabridge::config::Config::load(std::path::Path::new("examples/bench.toml"));
+    assert!(bench.is_ok(), "{:?}", bench.err());
+    // The IoTDA example reads its secret from a file that exists on a real
+    // gateway only; everything before that key must be valid.
+    let e = otabridge::config::Config::load(std::path::Path::new("examples/iotda.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("platform.secret_file: cannot read /etc/otabridge/secret"), "{e}");
+}
