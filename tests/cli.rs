@@ -97,5 +97,8 @@ fn the_example_configurations_are_valid() {
     let e = otabridge::config::Config::load(std::path::Path::new("examples/iotda.toml"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("platform.secret_file: cannot read /etc/otabridge/secret"), "{e}");
+    assert!(
+        e.contains("platform.secret_file: cannot read /etc/otabridge/secret"),
+        "{e}"
+    );
 }
