@@ -53,6 +53,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download a package with the gateway's own download code (resumable;
+    /// checks reachability, TLS settings and speed from this box).
+    Download {
+        /// The configuration file ([state] dir and [download] settings).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The package URL.
+        url: String,
+        /// Bearer token (IoTDA v1 URLs).
+        #[arg(long)]
+        token: Option<String>,
+        /// Expected SHA-256 (64 hex); the download fails if the file differs.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Expected size in bytes.
+        #[arg(long)]
+        size: Option<u64>,
+    },
     /// Print the MQTT client id, username and password IoTDA expects.
     Credentials {
         /// The device id.
@@ -73,7 +91,9 @@ enum Command {
 fn init_logs(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -81,7 +101,9 @@ fn init_logs(format: LogFormat, default: &str) {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn load(config: &std::path::Path) -> Result<Config, ExitCode> {
@@ -128,7 +150,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let opts = otabridge::sim::demo::DemoOptions { children, seed, state_dir: None };
+            let opts = otabridge::sim::demo::DemoOptions {
+                children,
+                seed,
+                state_dir: None,
+            };
             match rt.block_on(otabridge::sim::demo::run(opts)) {
                 Ok(rows) if rows.iter().all(|r| r.version.is_some()) => ExitCode::SUCCESS,
                 Ok(_) => {
@@ -154,7 +180,60 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Credentials { device_id, secret, timestamp, verify_timestamp } => {
+        Command::Download {
+            config,
+            url,
+            token,
+            sha256,
+            size,
+        } => {
+            init_logs(cli.log_format, "warn");
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("otabridge: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let args = otabridge::package::cli::DownloadArgs {
+                url,
+                token,
+                sha256,
+                size,
+                progress_every: std::time::Duration::from_secs(1),
+            };
+            match rt.block_on(otabridge::package::cli::download(&cfg, args)) {
+                Ok(s) => {
+                    println!(
+                        "ok: {} bytes, sha256 {}, {:.2} s, {:.1} MiB/s{}",
+                        s.size,
+                        s.sha256,
+                        s.elapsed.as_secs_f64(),
+                        s.throughput() / (1024.0 * 1024.0),
+                        if s.resumed_from > 0 {
+                            format!(" (resumed at byte {})", s.resumed_from)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("otabridge download: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Command::Credentials {
+            device_id,
+            secret,
+            timestamp,
+            verify_timestamp,
+        } => {
             let sig = if verify_timestamp {
                 SignatureType::TimestampCheck
             } else {
