@@ -177,6 +177,11 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
                 elapsed: started.elapsed(),
             })
         }
+        Err(error @ DownloadError::Store(_)) => {
+            // The disk or the journal failed, or another process holds the
+            // `.part` file: keep the claim (and that process's file).
+            Err(CliError::Download { error })
+        }
         Err(error) => {
             // A failed download left nothing behind; forget the claim too.
             store.release(JOB, &key);
