@@ -71,6 +71,23 @@ const MIGRATIONS: &[&str] = &[
          last_error TEXT
      );
      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: the package store (src/package): one row per package in
+    // `state.dir/packages/`, with the length of its `.part` file known to be
+    // on disk, and the jobs that need it.
+    "CREATE TABLE packages (
+         key TEXT PRIMARY KEY,
+         size INTEGER,
+         durable_len INTEGER NOT NULL DEFAULT 0,
+         validator TEXT,
+         verified INTEGER NOT NULL DEFAULT 0,
+         sha256 TEXT,
+         updated_unix INTEGER NOT NULL
+     );
+     CREATE TABLE package_claims (
+         key TEXT NOT NULL,
+         job TEXT NOT NULL,
+         PRIMARY KEY (key, job)
+     );",
 ];
 
 /// One queued upstream report.
