@@ -35,14 +35,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run a complete scenario against an embedded simulated platform.
+    /// Run a batch upgrade against an embedded, simulated IoTDA.
     Demo {
         /// Simulated children behind the gateway.
         #[arg(long, default_value_t = 4)]
         children: usize,
-        /// Seed for everything random in the scenario.
+        /// Firmware image size in bytes.
+        #[arg(long, default_value_t = 256 * 1024)]
+        image_size: u64,
+        /// Seed for the image and everything random in the scenario.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Do not give the second child a package that fails its sign check.
+        #[arg(long)]
+        no_bad_sign: bool,
+        /// Keep the third child offline (it ends with result 6).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print each child's state from the journal (works while the daemon runs).
     Status {
@@ -188,7 +197,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { children, seed } => {
+        Command::Demo {
+            children,
+            image_size,
+            seed,
+            no_bad_sign,
+            offline,
+        } => {
             init_logs(cli.log_format, "warn,rumqttd=off,rumqttc=error");
             let rt = match runtime() {
                 Ok(rt) => rt,
@@ -199,13 +214,16 @@ fn main() -> ExitCode {
             };
             let opts = otabridge::sim::demo::DemoOptions {
                 children,
+                image_size,
                 seed,
+                bad_sign: !no_bad_sign,
+                offline,
                 state_dir: None,
             };
             match rt.block_on(otabridge::sim::demo::run(opts)) {
-                Ok(rows) if rows.iter().all(|r| r.version.is_some()) => ExitCode::SUCCESS,
+                Ok(rows) if rows.iter().all(|r| r.as_expected()) => ExitCode::SUCCESS,
                 Ok(_) => {
-                    eprintln!("otabridge demo: some children did not report");
+                    eprintln!("otabridge demo: some children did not end as expected");
                     ExitCode::from(1)
                 }
                 Err(e) => {

@@ -1,32 +1,41 @@
-//! `otabridge demo`: the gateway against a simulated IoTDA, all in-process.
+//! `otabridge demo`: a batch upgrade against a simulated IoTDA, all
+//! in-process and over real sockets.
 //!
-//! It starts rumqttd, the simulated device access point (TLS with a fresh CA,
-//! IoTDA credential checks), the platform's application side, and a gateway
-//! with simulated children; then the platform asks every child for its
-//! version, as IoTDA does before an upgrade, and the demo prints what each
-//! child reported through the gateway.
+//! It starts rumqttd behind the simulated IoTDA access point (TLS with a
+//! fresh CA, IoTDA credential checks), the platform's application side, the
+//! HTTPS package server, and a gateway with simulated children. The platform
+//! then does what IoTDA does for a batch task: it queries every child's
+//! version, sends one `firmware_upgrade` per child (same task, same
+//! package), and follows the progress reports until each child has a
+//! terminal one. The demo prints live progress and a final table, and
+//! succeeds when every child ended as the scenario expects.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use otabridge_codecs::iotda::event::VersionQuery;
-use otabridge_codecs::iotda::Event;
+use otabridge_codecs::iotda::event::{ProgressReport, VersionQuery};
+use otabridge_codecs::iotda::{result, Event, Upgrade, UpgradeKind};
 
-use super::broker::LocalBroker;
-use super::platform::{DeviceAuth, Edge, SimPlatform, TestPki};
+use super::package_server::{Access, PackageServer, Source};
+use super::testbed::{Testbed, GATEWAY_ID};
 use crate::child::memory::MemoryChild;
 use crate::child::Child;
-use crate::config::Config;
 
 /// Demo settings.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Simulated children behind the gateway.
     pub children: usize,
-    /// Seed for everything random in the scenario.
+    /// Firmware image size in bytes.
+    pub image_size: u64,
+    /// Seed for the image content and everything random.
     pub seed: u64,
+    /// Give one child a package whose sign does not match (expect result 7).
+    pub bad_sign: bool,
+    /// Keep one child offline (expect result 6 after the retries).
+    pub offline: bool,
     /// Where the demo keeps its state; a fresh temporary directory if unset.
     pub state_dir: Option<PathBuf>,
 }
@@ -35,25 +44,59 @@ impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
             children: 4,
+            image_size: 256 * 1024,
             seed: 1,
+            bad_sign: true,
+            offline: false,
             state_dir: None,
         }
     }
 }
 
-/// What one child reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How one child ended.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DemoRow {
     /// The child.
     pub device_id: String,
     /// Its transport.
     pub transport: String,
-    /// The version it reported, if it did.
-    pub version: Option<String>,
+    /// Version before.
+    pub from: String,
+    /// Version reported in the terminal report.
+    pub to: String,
+    /// Result code of the terminal report (`None`: none arrived).
+    pub result_code: Option<u16>,
+    /// The result the scenario expects.
+    pub expected: u16,
+    /// Its description.
+    pub description: String,
+    /// Seconds from the upgrade event to the terminal report.
+    pub seconds: f64,
+    /// Bytes of the package.
+    pub bytes: u64,
 }
 
-const GATEWAY_ID: &str = "demo-product_gw01";
-const SECRET: &str = "demo-secret";
+impl DemoRow {
+    /// Ended as the scenario expects.
+    pub fn as_expected(&self) -> bool {
+        self.result_code == Some(self.expected)
+    }
+}
+
+const TARGET: &str = "2.0.0";
+
+struct Planned {
+    id: String,
+    child: Arc<dyn Child>,
+    from: String,
+    expected: u16,
+    bad_sign: bool,
+}
+
+fn bar(p: u8) -> String {
+    let full = usize::from(p.min(100)) / 5;
+    format!("{}{}", "#".repeat(full), ".".repeat(20 - full))
+}
 
 /// Runs the demo; returns one row per child. Errors are setup failures.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
@@ -66,85 +109,63 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             tmp.0.clone()
         }
     };
+    let mut tb = Testbed::new(&dir).await?;
+    let server = PackageServer::start(&["127.0.0.1", "localhost"]).await?;
+    let pkg_ca = dir.join("package-ca.pem");
+    std::fs::write(&pkg_ca, server.ca_pem())?;
     println!(
-        "otabridge demo: gateway {GATEWAY_ID}, {} simulated children",
-        opts.children
+        "otabridge demo: gateway {GATEWAY_ID}; IoTDA simulated on mqtts://{} (rumqttd behind a TLS edge); packages on https://{}",
+        tb.edge.addr(),
+        server.addr()
     );
 
-    let broker = LocalBroker::start()?;
-    let pki = TestPki::new(&["localhost", "127.0.0.1"])?;
-    let edge = Edge::start(broker, Some(pki.server.clone())).await?;
-    edge.register(GATEWAY_ID, DeviceAuth::Secret(SECRET.into()));
-    let mut platform = SimPlatform::connect(broker).await?;
-    println!(
-        "  platform: MQTTS on {} (rumqttd behind a simulated IoTDA edge)",
-        edge.addr()
-    );
-
-    let ca = dir.join("demo-ca.pem");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(&ca, &pki.ca_pem)?;
-    let state = dir.join("state");
-    let text = format!(
-        "[platform]\nurl = \"mqtts://localhost:{}\"\ndevice_id = \"{GATEWAY_ID}\"\nsecret = \"{SECRET}\"\nca_file = {:?}\n\n[state]\ndir = {:?}\n",
-        edge.addr().port(),
-        ca.display().to_string(),
-        state.display().to_string(),
-    );
-    let cfg = Config::parse(&text, &dir.join("demo.toml"))?;
-
-    let children: Vec<Arc<dyn Child>> = (0..opts.children)
-        .map(|i| {
-            let version = format!("1.{}.{}", opts.seed % 10, i);
-            Arc::new(MemoryChild::new(
-                &format!("demo-product_node{:02}", i + 1),
-                &version,
-            )) as Arc<dyn Child>
-        })
-        .collect();
-    let ids: Vec<String> = children.iter().map(|c| c.device_id().to_owned()).collect();
-    let transports: BTreeMap<String, String> = children
-        .iter()
-        .map(|c| (c.device_id().to_owned(), c.transport().to_owned()))
-        .collect();
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gw = tokio::spawn(crate::daemon::run_with(
-        cfg,
-        children,
-        async move {
-            let _ = stop_rx.await;
-        },
-        None,
-    ));
-
-    // The gateway announces its children when it connects.
-    let mut online = 0;
-    while online < opts.children {
-        let Some(r) = platform.recv(Duration::from_secs(20)).await else {
-            anyhow::bail!("the gateway did not announce its children within 20 s");
-        };
-        for inc in r.events.unwrap_or_default() {
-            if let Event::UpdateStatus(s) = inc.event {
-                online += s.device_statuses.len();
-            }
+    // The children and what each is expected to end with.
+    let mut plan: Vec<Planned> = Vec::new();
+    for i in 0..opts.children.max(1) {
+        let id = format!("demo-product_node{:02}", i + 1);
+        let from = format!("1.{}.{}", opts.seed % 10, i);
+        let child = Arc::new(MemoryChild::new(&id, &from));
+        child.set_chunk_delay(Duration::from_millis(2));
+        let mut expected = result::SUCCESS;
+        let mut bad_sign = false;
+        if opts.bad_sign && i == 1 {
+            bad_sign = true;
+            expected = result::CHECK_FAIL;
         }
+        if opts.offline && i == 2 {
+            child.set_online(false);
+            expected = result::DOWNLOAD_TIMEOUT;
+        }
+        plan.push(Planned {
+            id,
+            child,
+            from,
+            expected,
+            bad_sign,
+        });
     }
-    println!("  gateway connected and announced {online} children");
+    let cfg = tb.config(&format!(
+        "[download]\nca_file = {:?}\n[ota]\nmax_retries = 2\nretry_min_ms = 200\nretry_max_ms = 1000\nversion_read_timeout_secs = 2\n",
+        pkg_ca.display().to_string()
+    ))?;
+    let children: Vec<Arc<dyn Child>> = plan.iter().map(|p| p.child.clone()).collect();
+    tb.start_gateway_with(cfg, children).await?;
+    tb.wait_connected(Duration::from_secs(20)).await?;
+    println!("gateway connected; {} children announced", plan.len());
 
-    for id in &ids {
-        platform
-            .send(
-                GATEWAY_ID,
-                Some(id),
-                &Event::VersionQuery(VersionQuery::default()),
-            )
+    // 1. Version query, as IoTDA does before a task.
+    for p in &plan {
+        tb.send(Some(&p.id), &Event::VersionQuery(VersionQuery::default()))
             .await?;
     }
     let mut versions: BTreeMap<String, String> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while versions.len() < ids.len() && Instant::now() < deadline {
-        let Some(r) = platform.recv(Duration::from_secs(1)).await else {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let online = plan
+        .iter()
+        .filter(|p| p.expected != result::DOWNLOAD_TIMEOUT)
+        .count();
+    while versions.len() < online && Instant::now() < deadline {
+        let Some(r) = tb.platform.recv(Duration::from_millis(500)).await else {
             continue;
         };
         for inc in r.events.unwrap_or_default() {
@@ -155,30 +176,151 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             }
         }
     }
-    let _ = stop_tx.send(());
-    gw.await??;
 
-    let rows: Vec<DemoRow> = ids
+    // 2. One batch task: the same package for every child.
+    let served = server.add(
+        "fw-2.0.0",
+        Source::Generated {
+            len: opts.image_size,
+            seed: opts.seed,
+        },
+        Access::Bearer,
+    )?;
+    let bad = server.add(
+        "fw-2.0.0-tampered",
+        Source::Generated {
+            len: opts.image_size,
+            seed: opts.seed + 1,
+        },
+        Access::Bearer,
+    )?;
+    println!(
+        "task demo-task-1: firmware {TARGET}, {} bytes, sha256 {}…",
+        served.size,
+        &served.sha256[..16]
+    );
+    let mut sent_at: BTreeMap<String, Instant> = BTreeMap::new();
+    for p in &plan {
+        let (url, sign) = if p.bad_sign {
+            // The platform's sign is another package's: the bytes will not
+            // match it.
+            (served.url.clone(), bad.sha256.clone())
+        } else {
+            (served.url.clone(), served.sha256.clone())
+        };
+        let up = Upgrade {
+            version: TARGET.into(),
+            url,
+            file_size: served.size,
+            file_name: "firmware.bin".into(),
+            access_token: Some(server.issue_token(Duration::from_secs(3600))),
+            expires: Some(86_400),
+            sign: Some(sign),
+            custom_info: None,
+            task_id: Some("demo-task-1".into()),
+            sub_device_count: Some(plan.len() as u32),
+            task_ext_info: None,
+        };
+        let ev = Event::Upgrade {
+            kind: UpgradeKind::Firmware,
+            v2: false,
+            upgrade: up,
+        };
+        tb.send(Some(&p.id), &ev).await?;
+        sent_at.insert(p.id.clone(), Instant::now());
+    }
+
+    // 3. Follow the reports until every child has a terminal one.
+    let mut last: BTreeMap<String, (ProgressReport, Instant)> = BTreeMap::new();
+    let terminal = |r: &ProgressReport| r.result_code != 0 || r.progress == Some(100);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline
+        && !plan
+            .iter()
+            .all(|p| last.get(&p.id).is_some_and(|(r, _)| terminal(r)))
+    {
+        let Some(r) = tb.platform.recv(Duration::from_millis(500)).await else {
+            continue;
+        };
+        for inc in r.events.unwrap_or_default() {
+            if let (Some(id), Event::ProgressReport(rep)) = (inc.object_device_id, inc.event) {
+                let p = rep.progress.unwrap_or(0);
+                let status = if rep.result_code == 0 {
+                    rep.description.clone().unwrap_or_default()
+                } else {
+                    format!(
+                        "result {} {}",
+                        rep.result_code,
+                        rep.description.clone().unwrap_or_default()
+                    )
+                };
+                println!("  {id:<24} [{}] {p:>3}%  {status}", bar(p));
+                last.insert(id, (rep, Instant::now()));
+            }
+        }
+    }
+    tb.stop_gateway().await?;
+
+    let rows: Vec<DemoRow> = plan
         .iter()
-        .map(|id| DemoRow {
-            device_id: id.clone(),
-            transport: transports[id].clone(),
-            version: versions.get(id).cloned(),
+        .map(|p| {
+            let (rep, at) = match last.get(&p.id) {
+                Some((r, t)) if terminal(r) => (Some(r.clone()), *t),
+                _ => (None, Instant::now()),
+            };
+            DemoRow {
+                device_id: p.id.clone(),
+                transport: p.child.transport().to_owned(),
+                from: versions
+                    .get(&p.id)
+                    .cloned()
+                    .unwrap_or_else(|| p.from.clone()),
+                to: rep.as_ref().map(|r| r.version.clone()).unwrap_or_default(),
+                result_code: rep.as_ref().map(|r| r.result_code),
+                expected: p.expected,
+                description: rep
+                    .and_then(|r| r.description)
+                    .unwrap_or_else(|| "(no report)".into()),
+                seconds: at.saturating_duration_since(sent_at[&p.id]).as_secs_f64(),
+                bytes: served.size,
+            }
         })
         .collect();
+    let downloads = server
+        .requests()
+        .iter()
+        .filter(|q| q.package == "fw-2.0.0")
+        .count();
+
     println!();
-    println!("{:<26} {:<9} {:<10}", "child", "transport", "version");
+    println!(
+        "{:<24} {:<9} {:<18} {:>6} {:>8} {:>9}  {}",
+        "child", "transport", "from -> to", "result", "time", "bytes", "description"
+    );
     for r in &rows {
         println!(
-            "{:<26} {:<9} {:<10}",
+            "{:<24} {:<9} {:<18} {:>6} {:>7.1}s {:>9}  {}{}",
             r.device_id,
             r.transport,
-            r.version.as_deref().unwrap_or("(no report)")
+            format!(
+                "{} -> {}",
+                r.from,
+                if r.to.is_empty() { "?" } else { &r.to }
+            ),
+            r.result_code.map_or("-".into(), |c| c.to_string()),
+            r.seconds,
+            r.bytes,
+            r.description,
+            if r.as_expected() {
+                ""
+            } else {
+                "   << NOT AS EXPECTED"
+            }
         );
     }
+    let ok = rows.iter().filter(|r| r.as_expected()).count();
     println!(
-        "\n{} of {} children reported in {:.1} s",
-        versions.len(),
+        "\n{ok} of {} children ended as expected; {downloads} package download(s) in all (one per distinct sign); {:.1} s in all",
         rows.len(),
         started.elapsed().as_secs_f64()
     );
