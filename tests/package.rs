@@ -598,6 +598,61 @@ async fn opening_the_store_removes_packages_no_job_claims() {
     assert_eq!(env.journal_rows(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_the_last_claim_mid_download_cancels_and_removes_it() {
+    let env = Env::new().await;
+    let s = env.add("p1", 4 * MIB, Access::Open);
+    env.server.set_faults(Faults {
+        stall_at: Some(MIB),
+        ..Faults::default()
+    });
+    let store = env.store();
+    let wait = store.acquire("j", &request(&s, None));
+    let mut progress = wait.progress();
+    let mut got = 0;
+    for _ in 0..2000 {
+        if let otabridge::package::DownloadState::Downloading { received, .. } =
+            *progress.borrow_and_update()
+        {
+            got = received;
+        }
+        if got >= MIB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(got, MIB);
+    store.release("j", &s.sha256);
+    assert_eq!(wait.ready().await.unwrap_err(), DownloadError::Cancelled);
+    assert!(env.files().is_empty(), "{:?}", env.files());
+    assert_eq!(env.journal_rows(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_are_served_from_files_too() {
+    let env = Env::new().await;
+    let file = env.dir.path().join("firmware.bin");
+    let mut content = vec![0u8; 700_001];
+    otabridge::sim::package_server::generate(99, 0, &mut content);
+    std::fs::write(&file, &content).unwrap();
+    let s = env
+        .server
+        .add("f1", Source::File(file), Access::Open)
+        .unwrap();
+    assert_eq!(s.size, 700_001);
+    env.server.set_faults(Faults {
+        cut_at: [123_456].into_iter().collect(),
+        ..Faults::default()
+    });
+    let p = env
+        .store()
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&p.path).unwrap(), content);
+}
+
 // ---- the real binary -------------------------------------------------------
 
 fn write_config(env: &Env) -> PathBuf {

@@ -368,7 +368,7 @@ impl Ctx<'_> {
             clone
                 .sync_data()
                 .map_err(|e| io_err("cannot fsync", &path, e))?;
-            db::put_progress(&journal, &key, size, len, validator.as_deref())?;
+            db::update_progress(&journal, &key, size, len, validator.as_deref())?;
             Ok(len)
         }));
         Ok(())
