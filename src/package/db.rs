@@ -93,7 +93,13 @@ pub(crate) fn update_progress(
         .execute(
             "UPDATE packages SET size = ?2, durable_len = ?3, validator = ?4, updated_unix = ?5
              WHERE key = ?1 AND verified = 0",
-            params![key, size.map(|s| s as i64), durable_len as i64, validator, now_unix()],
+            params![
+                key,
+                size.map(|s| s as i64),
+                durable_len as i64,
+                validator,
+                now_unix()
+            ],
         )
         .map_err(store_err)?;
     Ok(())
