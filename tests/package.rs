@@ -571,6 +571,39 @@ async fn after_a_crash_the_part_is_truncated_to_the_journaled_length() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_but_unverified_part_is_checked_with_one_416() {
+    // Killed after the last checkpoint but before the rename: every byte is
+    // journaled; the resume asks for bytes=size-, gets 416, and verifies.
+    let env = Env::new().await;
+    let size = 200_000u64;
+    let s = env.add("p1", size, Access::Open);
+    std::fs::create_dir_all(env.packages()).unwrap();
+    let mut content = vec![0u8; size as usize];
+    otabridge::sim::package_server::generate(size ^ 0x5eed, 0, &mut content);
+    std::fs::write(env.packages().join(format!("{}.part", s.sha256)), &content).unwrap();
+    journal::lock(&env.journal)
+        .connection()
+        .execute_batch(&format!(
+            "INSERT INTO packages (key, size, durable_len, verified, updated_unix)
+             VALUES ('{k}', {size}, {size}, 0, 0);
+             INSERT INTO package_claims (key, job) VALUES ('{k}', 'j');",
+            k = s.sha256
+        ))
+        .unwrap();
+    let wait = env.store().acquire("j", &request(&s, None));
+    let progress = wait.progress();
+    let p = wait.ready().await.unwrap();
+    assert_eq!(sha256_file(&p.path), s.sha256);
+    assert!(matches!(&*progress.borrow(), otabridge::package::DownloadState::Ready(q) if *q == p));
+    let reqs = env.server.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(
+        (reqs[0].range_start, reqs[0].status, reqs[0].bytes),
+        (Some(size), 416, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_the_store_removes_packages_no_job_claims() {
     let env = Env::new().await;
     let s = env.add("p1", 1000, Access::Open);
