@@ -364,7 +364,7 @@ async fn a_token_that_expires_mid_download_fails_cleanly() {
         ..Faults::default()
     });
     let mut opts = fast();
-    opts.read_timeout = Duration::from_millis(500);
+    opts.read_timeout = Duration::from_secs(1);
     let store = env.store_with(&env.cfg(), opts);
     let wait = store.acquire("j", &request(&s, Some(&token)));
     let mut stalled = false;
@@ -459,7 +459,7 @@ async fn a_stalled_body_resumes_after_the_read_timeout() {
         ..Faults::default()
     });
     let mut opts = fast();
-    opts.read_timeout = Duration::from_millis(300);
+    opts.read_timeout = Duration::from_secs(1);
     let p = env
         .store_with(&env.cfg(), opts)
         .acquire("j", &request(&s, None))
