@@ -210,11 +210,19 @@ async fn bench(throughput_mib: u64, rss_mib: Vec<u64>, runs: usize) -> Result<()
         }
     }
     let best = |v: &[Duration]| *v.iter().min().expect("runs >= 1");
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
     let (o, c) = (mibps(p.size, best(&ob)), mibps(p.size, best(&cu)));
-    println!("throughput, {throughput_mib} MiB, best of {runs}:");
-    println!("  otabridge download: {o:.1} MiB/s");
-    println!("  curl:               {c:.1} MiB/s");
-    println!("  ratio otabridge/curl: {:.2}", o / c);
+    let (om, cm) = (
+        mibps(p.size, median(&mut ob)),
+        mibps(p.size, median(&mut cu)),
+    );
+    println!("throughput, {throughput_mib} MiB package, {runs} runs each (best / median):");
+    println!("  otabridge download: {o:7.1} / {om:7.1} MiB/s");
+    println!("  curl:               {c:7.1} / {cm:7.1} MiB/s");
+    println!("  ratio otabridge/curl: {:.2} / {:.2}", o / c, om / cm);
 
     println!("peak RSS of `otabridge download` (ru_maxrss):");
     for mib in rss_mib {

@@ -128,7 +128,7 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
     let mut rx = wait.progress();
     let printer = tokio::spawn(async move {
         let mut last = Instant::now();
-        let mut last_bytes = None;
+        let mut last_bytes = Some(resumed_from);
         while rx.changed().await.is_ok() {
             let state = rx.borrow_and_update().clone();
             let DownloadState::Downloading {

@@ -79,6 +79,32 @@ pub(crate) fn put_progress(
     Ok(())
 }
 
+/// Records a checkpoint. Only updates: a package released (and its row
+/// deleted) while a checkpoint was in flight stays forgotten.
+pub(crate) fn update_progress(
+    j: &SharedJournal,
+    key: &str,
+    size: Option<u64>,
+    durable_len: u64,
+    validator: Option<&str>,
+) -> Result<(), DownloadError> {
+    let mut g = journal::lock(j);
+    g.connection()
+        .execute(
+            "UPDATE packages SET size = ?2, durable_len = ?3, validator = ?4, updated_unix = ?5
+             WHERE key = ?1 AND verified = 0",
+            params![
+                key,
+                size.map(|s| s as i64),
+                durable_len as i64,
+                validator,
+                now_unix()
+            ],
+        )
+        .map_err(store_err)?;
+    Ok(())
+}
+
 /// Marks a package complete and verified.
 pub(crate) fn put_verified(
     j: &SharedJournal,

@@ -22,6 +22,7 @@
 //! after each cut but still completes.
 
 use std::fs::File;
+use std::future::Future as _;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -368,7 +369,7 @@ impl Ctx<'_> {
             clone
                 .sync_data()
                 .map_err(|e| io_err("cannot fsync", &path, e))?;
-            db::put_progress(&journal, &key, size, len, validator.as_deref())?;
+            db::update_progress(&journal, &key, size, len, validator.as_deref())?;
             Ok(len)
         }));
         Ok(())
@@ -733,8 +734,6 @@ fn futures_now(h: JoinHandle<Result<u64, DownloadError>>) -> Result<u64, Downloa
         std::task::Poll::Pending => Err(DownloadError::Store("checkpoint not finished".into())),
     }
 }
-
-use std::future::Future as _;
 
 /// The SHA-256 state after the first `len` bytes of the file (after a
 /// restart, the hash of the part already on disk).

@@ -464,3 +464,69 @@ impl PackageWait {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade(expires: Option<u64>) -> Upgrade {
+        Upgrade {
+            version: "v1.2".into(),
+            url: "https://100.93.28.202:8943/iodm/dev/v2.0/upgradefile/x?sig=secret".into(),
+            file_size: 81362928,
+            file_name: "../../etc/passwd".into(),
+            access_token: Some("595124473f866b033dfa1f".into()),
+            expires,
+            sign: Some("595124473F866B033DFA1F7E831C8C99A12F6143F392DFA996A819010842C99D".into()),
+            custom_info: None,
+            task_id: None,
+            sub_device_count: None,
+            task_ext_info: None,
+        }
+    }
+
+    #[test]
+    fn requests_from_events() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let r = PackageRequest::from_upgrade(&upgrade(Some(3600)), false, t0);
+        assert_eq!(r.deadline, t0 + Duration::from_secs(3600));
+        assert_eq!(
+            r.token.as_ref().map(Secret::expose),
+            Some("595124473f866b033dfa1f")
+        );
+        assert_eq!(r.size, Some(81362928));
+        // The store's name is the sign, lower case; never the file name.
+        assert_eq!(r.key().unwrap(), upgrade(None).sign.unwrap().to_lowercase());
+        // At most 24 h, and 24 h when the event says nothing.
+        let r = PackageRequest::from_upgrade(&upgrade(Some(10 * 86400)), false, t0);
+        assert_eq!(r.deadline, t0 + DEFAULT_VALIDITY);
+        let r = PackageRequest::from_upgrade(&upgrade(None), true, t0);
+        assert_eq!(r.deadline, t0 + DEFAULT_VALIDITY);
+        assert!(r.token.is_none(), "v2 URLs are pre-signed: no header");
+        let dbg = format!("{r:?}");
+        assert!(
+            !dbg.contains("sig=secret") && !dbg.contains("595124473f866b033dfa1f\""),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn signs_are_checked_and_unsigned_packages_get_a_url_key() {
+        assert!(matches!(
+            normalize_sha256("abc"),
+            Err(DownloadError::InvalidSign(_))
+        ));
+        assert!(normalize_sha256(&"g".repeat(64)).is_err());
+        assert_eq!(normalize_sha256(&"AB".repeat(32)).unwrap(), "ab".repeat(32));
+        let mut r = PackageRequest::from_upgrade(&upgrade(None), true, SystemTime::UNIX_EPOCH);
+        r.sha256 = None;
+        let k = r.key().unwrap();
+        assert_eq!(k.len(), 64);
+        r.url = r.url.replace("sig=secret", "sig=other");
+        assert_eq!(
+            r.key().unwrap(),
+            k,
+            "the query (signature) does not change the key"
+        );
+    }
+}

@@ -163,15 +163,30 @@ pub fn generate(seed: u64, offset: u64, buf: &mut [u8]) {
     }
 }
 
-fn read_source(source: &Source, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-    match source {
-        Source::Generated { seed, .. } => {
-            generate(*seed, offset, buf);
-            Ok(())
-        }
-        Source::File(path) => {
-            use std::os::unix::fs::FileExt;
-            std::fs::File::open(path)?.read_exact_at(buf, offset)
+/// An open source: the file is opened once per response.
+enum Reader {
+    File(std::fs::File),
+    Generated(u64),
+}
+
+impl Reader {
+    fn open(source: &Source) -> std::io::Result<Reader> {
+        Ok(match source {
+            Source::File(path) => Reader::File(std::fs::File::open(path)?),
+            Source::Generated { seed, .. } => Reader::Generated(*seed),
+        })
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Reader::Generated(seed) => {
+                generate(*seed, offset, buf);
+                Ok(())
+            }
+            Reader::File(f) => {
+                use std::os::unix::fs::FileExt;
+                f.read_exact_at(buf, offset)
+            }
         }
     }
 }
@@ -182,12 +197,13 @@ pub fn describe(source: &Source) -> std::io::Result<(u64, String)> {
         Source::Generated { len, .. } => *len,
         Source::File(p) => std::fs::metadata(p)?.len(),
     };
+    let reader = Reader::open(source)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1024 * 1024];
     let mut off = 0;
     while off < size {
         let n = ((size - off) as usize).min(buf.len());
-        read_source(source, off, &mut buf[..n])?;
+        reader.read_at(off, &mut buf[..n])?;
         h.update(&buf[..n]);
         off += n as u64;
     }
@@ -506,6 +522,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         Some(bps) => ((bps / 20) as usize).clamp(512, CHUNK),
         None => CHUNK,
     };
+    let reader = Reader::open(&source)?;
     let mut buf = vec![0u8; chunk];
     let started = Instant::now();
     let mut pos = from;
@@ -534,7 +551,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some(c) = cut.or(stall) {
             n = (c - pos) as usize;
         }
-        read_source(&source, pos, &mut buf[..n])?;
+        reader.read_at(pos, &mut buf[..n])?;
         if let Some(c) = faults.corrupt_at {
             if c >= pos && c < pos + n as u64 {
                 buf[(c - pos) as usize] ^= 0xff;
