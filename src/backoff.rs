@@ -19,12 +19,20 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff between `min` and `max`, its jitter seeded by `seed`.
     pub fn new(min: Duration, max: Duration, seed: u64) -> Self {
-        Backoff { min, max, attempt: 0, rng: rand::rngs::SmallRng::seed_from_u64(seed) }
+        Backoff {
+            min,
+            max,
+            attempt: 0,
+            rng: rand::rngs::SmallRng::seed_from_u64(seed),
+        }
     }
 
     /// The delay before the next attempt; each call doubles the step.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.min.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let step = self
+            .min
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         self.jitter(step)
     }

@@ -53,14 +53,24 @@ pub async fn run_with(
     let platform = Platform::new(&cfg.platform.device_id, journal.clone());
     let pending = crate::journal::lock(&journal).outbox_len()?;
     if pending > 0 {
-        info!(pending, "reports from an earlier run are still queued; they will be sent first");
+        info!(
+            pending,
+            "reports from an earlier run are still queued; they will be sent first"
+        );
     }
     let (tx, rx) = mpsc::channel(256);
     let seed = std::process::id() as u64 ^ crate::platform::now_unix() as u64;
     let session = Session::new(cfg.platform.clone(), platform.clone(), tx, seed)?;
-    let gateway = Gateway::new(platform.clone(), children.clone(), cfg.platform.fw_version.clone());
+    let gateway = Gateway::new(
+        platform.clone(),
+        children.clone(),
+        cfg.platform.fw_version.clone(),
+    );
     if let Some(s) = started {
-        let _ = s.send(Handles { platform: platform.clone(), children });
+        let _ = s.send(Handles {
+            platform: platform.clone(),
+            children,
+        });
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -126,11 +126,16 @@ impl Journal {
             source,
         })?;
         let file = state_dir.join(FILE_NAME);
-        let err = |source| JournalError::Sqlite { file: file.clone(), source };
+        let err = |source| JournalError::Sqlite {
+            file: file.clone(),
+            source,
+        };
         let conn = Connection::open(&file).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
         let mut j = Journal { conn, file };
         j.migrate()?;
         Ok(j)
@@ -140,7 +145,10 @@ impl Journal {
     /// daemon runs).
     pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
         let file = state_dir.join(FILE_NAME);
-        let err = |source| JournalError::Sqlite { file: file.clone(), source };
+        let err = |source| JournalError::Sqlite {
+            file: file.clone(),
+            source,
+        };
         let conn = Connection::open_with_flags(
             &file,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -156,15 +164,24 @@ impl Journal {
     }
 
     fn err(&self, source: rusqlite::Error) -> JournalError {
-        JournalError::Sqlite { file: self.file.clone(), source }
+        JournalError::Sqlite {
+            file: self.file.clone(),
+            source,
+        }
     }
 
     fn migrate(&mut self) -> Result<(), JournalError> {
-        let version: i64 =
-            self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
-            return Err(JournalError::TooNew { file: self.file.clone(), found: version, known });
+            return Err(JournalError::TooNew {
+                file: self.file.clone(),
+                found: version,
+                known,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = self.conn.transaction().map_err(|e| JournalError::Sqlite {
@@ -174,7 +191,10 @@ impl Journal {
             tx.execute_batch(sql)
                 .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
                 .and_then(|_| tx.commit())
-                .map_err(|source| JournalError::Sqlite { file: self.file.clone(), source })?;
+                .map_err(|source| JournalError::Sqlite {
+                    file: self.file.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -210,7 +230,11 @@ impl Journal {
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map(params![after, limit as i64], |r| {
-                Ok(OutboxEntry { id: r.get(0)?, topic: r.get(1)?, payload: r.get(2)? })
+                Ok(OutboxEntry {
+                    id: r.get(0)?,
+                    topic: r.get(1)?,
+                    payload: r.get(2)?,
+                })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
@@ -218,7 +242,9 @@ impl Journal {
 
     /// Removes a report the broker acknowledged.
     pub fn outbox_delete(&mut self, id: i64) -> Result<(), JournalError> {
-        self.conn.execute("DELETE FROM outbox WHERE id = ?1", [id]).map_err(|e| self.err(e))?;
+        self.conn
+            .execute("DELETE FROM outbox WHERE id = ?1", [id])
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -322,7 +348,10 @@ mod tests {
         }
         let j = Journal::open(dir.path()).unwrap();
         let all = j.outbox_after(0, 100).unwrap();
-        let names: Vec<_> = all.iter().map(|e| String::from_utf8(e.payload.clone()).unwrap()).collect();
+        let names: Vec<_> = all
+            .iter()
+            .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+            .collect();
         assert_eq!(names, ["m0", "m2", "m3", "m4"]);
         assert_eq!(j.outbox_after(3, 1).unwrap()[0].id, 4);
         assert_eq!(j.outbox_len().unwrap(), 4);
@@ -332,8 +361,10 @@ mod tests {
     fn children_keep_last_known_version() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();
-        j.child_seen("c1", "sim", Some("1.0"), true, None, 100).unwrap();
-        j.child_seen("c1", "sim", None, false, Some("timeout"), 200).unwrap();
+        j.child_seen("c1", "sim", Some("1.0"), true, None, 100)
+            .unwrap();
+        j.child_seen("c1", "sim", None, false, Some("timeout"), 200)
+            .unwrap();
         let rows = j.children().unwrap();
         assert_eq!(rows[0].version.as_deref(), Some("1.0"));
         assert!(!rows[0].online);

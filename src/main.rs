@@ -73,7 +73,9 @@ enum Command {
 fn init_logs(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -81,7 +83,9 @@ fn init_logs(format: LogFormat, default: &str) {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn load(config: &std::path::Path) -> Result<Config, ExitCode> {
@@ -128,7 +132,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let opts = otabridge::sim::demo::DemoOptions { children, seed, state_dir: None };
+            let opts = otabridge::sim::demo::DemoOptions {
+                children,
+                seed,
+                state_dir: None,
+            };
             match rt.block_on(otabridge::sim::demo::run(opts)) {
                 Ok(rows) if rows.iter().all(|r| r.version.is_some()) => ExitCode::SUCCESS,
                 Ok(_) => {
@@ -154,7 +162,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Credentials { device_id, secret, timestamp, verify_timestamp } => {
+        Command::Credentials {
+            device_id,
+            secret,
+            timestamp,
+            verify_timestamp,
+        } => {
             let sig = if verify_timestamp {
                 SignatureType::TimestampCheck
             } else {

@@ -38,7 +38,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError::Pem { file: file.display().to_string(), message };
+    let err = |message: String| TlsError::Pem {
+        file: file.display().to_string(),
+        message,
+    };
     let certs = CertificateDer::pem_file_iter(file)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -51,8 +54,10 @@ pub fn load_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(file)
-        .map_err(|e| TlsError::Pem { file: file.display().to_string(), message: e.to_string() })
+    PrivateKeyDer::from_pem_file(file).map_err(|e| TlsError::Pem {
+        file: file.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Trust roots: the PEM file when given, else the system's roots.
@@ -121,7 +126,8 @@ pub fn client_config_any_name(roots: RootCertStore) -> Result<ClientConfig, TlsE
         .with_safe_default_protocol_versions()?
         .with_root_certificates(RootCertStore::empty())
         .with_no_client_auth();
-    cfg.dangerous().set_certificate_verifier(Arc::new(ChainOnly { inner }));
+    cfg.dangerous()
+        .set_certificate_verifier(Arc::new(ChainOnly { inner }));
     Ok(cfg)
 }
 
@@ -140,7 +146,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Ok(v) => Ok(v),
             // Only a name mismatch is forgiven; every chain error stands.
             Err(rustls::Error::InvalidCertificate(

@@ -27,7 +27,9 @@ pub fn parse(text: &str) -> Result<Vec<u8>, HexError> {
             if ch.is_whitespace() {
                 continue;
             }
-            let v = ch.to_digit(16).ok_or(HexError::BadChar { line: n + 1, ch })? as u8;
+            let v = ch
+                .to_digit(16)
+                .ok_or(HexError::BadChar { line: n + 1, ch })? as u8;
             match high.take() {
                 None => high = Some(v),
                 Some(h) => out.push(h << 4 | v),

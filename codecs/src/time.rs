@@ -36,7 +36,9 @@ impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Instant { millis: self.millis.saturating_add(ms) }
+        Instant {
+            millis: self.millis.saturating_add(ms),
+        }
     }
 }
 
@@ -44,7 +46,9 @@ impl Sub<Duration> for Instant {
     type Output = Instant;
     fn sub(self, d: Duration) -> Instant {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Instant { millis: self.millis.saturating_sub(ms) }
+        Instant {
+            millis: self.millis.saturating_sub(ms),
+        }
     }
 }
 
@@ -57,7 +61,13 @@ mod tests {
         let t = Instant::from_millis(1500);
         assert_eq!((t + Duration::from_secs(2)).as_millis(), 3500);
         assert_eq!((t - Duration::from_secs(2)).as_millis(), 0);
-        assert_eq!(t.saturating_duration_since(Instant::from_millis(2000)), Duration::ZERO);
-        assert_eq!(t.saturating_duration_since(Instant::ZERO), Duration::from_millis(1500));
+        assert_eq!(
+            t.saturating_duration_since(Instant::from_millis(2000)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            t.saturating_duration_since(Instant::ZERO),
+            Duration::from_millis(1500)
+        );
     }
 }

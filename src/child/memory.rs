@@ -90,7 +90,10 @@ impl MemoryChild {
         if self.state().online {
             Ok(())
         } else {
-            Err(ChildError::Unreachable(format!("{} is offline", self.device_id)))
+            Err(ChildError::Unreachable(format!(
+                "{} is offline",
+                self.device_id
+            )))
         }
     }
 }
@@ -141,7 +144,10 @@ impl Child for MemoryChild {
             }
             let mut buf = vec![0u8; CHUNK];
             loop {
-                let n = file.read(&mut buf).await.map_err(|e| ChildError::Io(e.to_string()))?;
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| ChildError::Io(e.to_string()))?;
                 if n == 0 {
                     break;
                 }
@@ -171,7 +177,10 @@ impl Child for MemoryChild {
             self.check_online()?;
             let mut s = self.state();
             if let Some((result_code, description)) = s.reject_activation.clone() {
-                return Err(ChildError::Rejected { result_code, description });
+                return Err(ChildError::Rejected {
+                    result_code,
+                    description,
+                });
             }
             let digest = format!("{:x}", s.staged_hash.clone().finalize());
             if s.staged_len != package.size || !digest.eq_ignore_ascii_case(&package.sha256) {
@@ -219,7 +228,10 @@ mod tests {
         assert_eq!(child.activations(), 1);
         // Nothing staged any more: activating again is an integrity failure.
         let e = child.activate(&pkg).await.unwrap_err();
-        assert!(matches!(e, ChildError::Rejected { result_code: 7, .. }), "{e}");
+        assert!(
+            matches!(e, ChildError::Rejected { result_code: 7, .. }),
+            "{e}"
+        );
         child.set_online(false);
         assert!(child.read_version().await.unwrap_err().is_transient());
     }

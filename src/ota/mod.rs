@@ -59,7 +59,10 @@ impl Gateway {
         fw_version: Option<String>,
     ) -> Self {
         let order = children.iter().map(|c| c.device_id().to_owned()).collect();
-        let children = children.into_iter().map(|c| (c.device_id().to_owned(), c)).collect();
+        let children = children
+            .into_iter()
+            .map(|c| (c.device_id().to_owned(), c))
+            .collect();
         Gateway {
             platform,
             children: Arc::new(children),
@@ -70,7 +73,11 @@ impl Gateway {
 
     /// Handles inbound traffic until the session closes the channel or
     /// `shutdown` completes.
-    pub async fn run(self, mut inbound: mpsc::Receiver<Inbound>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(
+        self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
             let msg = tokio::select! {
@@ -121,11 +128,17 @@ impl Gateway {
             }
             statuses.push(DeviceStatus {
                 device_id: child.device_id().to_owned(),
-                status: if online { Status::Online } else { Status::Offline },
+                status: if online {
+                    Status::Online
+                } else {
+                    Status::Offline
+                },
             });
         }
         for batch in statuses.chunks(MAX_STATUSES_PER_EVENT) {
-            let ev = Event::UpdateStatus(UpdateStatus { device_statuses: batch.to_vec() });
+            let ev = Event::UpdateStatus(UpdateStatus {
+                device_statuses: batch.to_vec(),
+            });
             if let Err(e) = self.platform.report(None, &ev) {
                 warn!("cannot queue sub_device_update_status: {e}");
             }
@@ -157,7 +170,11 @@ impl Gateway {
                 }
                 Err(e) => warn!(topic = topic_name, "dropped malformed event: {e}"),
             },
-            other => debug!(topic = topic_name, ?other, "not handled by otabridge; ignored"),
+            other => debug!(
+                topic = topic_name,
+                ?other,
+                "not handled by otabridge; ignored"
+            ),
         }
     }
 
@@ -170,7 +187,11 @@ impl Gateway {
                 Some(c) => Some(c.clone()),
                 None => {
                     let (s, t) = inc.event.kind();
-                    warn!(topic = topic_name, child = id, "dropped {s} {t}: unknown child");
+                    warn!(
+                        topic = topic_name,
+                        child = id,
+                        "dropped {s} {t}: unknown child"
+                    );
                     return;
                 }
             },
@@ -202,12 +223,22 @@ impl Gateway {
                     "child list changed on the platform; otabridge drives the children in its config"
                 );
             }
-            Event::Unknown { service_id, event_type, .. } => {
-                info!(topic = topic_name, "event {service_id} {event_type} is not handled; ignored");
+            Event::Unknown {
+                service_id,
+                event_type,
+                ..
+            } => {
+                info!(
+                    topic = topic_name,
+                    "event {service_id} {event_type} is not handled; ignored"
+                );
             }
             other => {
                 let (s, t) = other.kind();
-                info!(topic = topic_name, "event {s} {t} is not handled by this build; ignored");
+                info!(
+                    topic = topic_name,
+                    "event {s} {t} is not handled by this build; ignored"
+                );
             }
         }
     }
@@ -231,8 +262,11 @@ impl Gateway {
 async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
     let id = child.device_id().to_owned();
     let deadline = tokio::time::Instant::now() + VERSION_QUERY_BUDGET;
-    let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(20), now_unix() as u64);
+    let mut backoff = crate::backoff::Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(20),
+        now_unix() as u64,
+    );
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let r = tokio::time::timeout(left.min(HEALTH_TIMEOUT), child.read_version()).await;
@@ -271,9 +305,9 @@ async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
 }
 
 /// Runs futures concurrently and collects their outputs in order.
-async fn futures_join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();

@@ -56,10 +56,16 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
 pub fn print(cfg: &Config, json: bool) -> Result<(), JournalError> {
     let all = collect(cfg)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&all).expect("status serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("status serialises")
+        );
         return Ok(());
     }
-    println!("{:<28} {:<9} {:<12} {:<8} last error", "child", "transport", "version", "online");
+    println!(
+        "{:<28} {:<9} {:<12} {:<8} last error",
+        "child", "transport", "version", "online"
+    );
     for s in &all {
         println!(
             "{:<28} {:<9} {:<12} {:<8} {}",

@@ -26,7 +26,10 @@ use crate::journal::{self, JournalError, SharedJournal};
 
 /// Seconds since the Unix epoch from the system clock.
 pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Whether the session is connected, as the daemon and `status` see it.

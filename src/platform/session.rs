@@ -74,7 +74,11 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u32) -> Self {
-        Bucket { rate: f64::from(rate), tokens: f64::from(rate), at: Instant::now() }
+        Bucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: Instant::now(),
+        }
     }
 
     fn refill(&mut self) {
@@ -113,9 +117,10 @@ impl Session {
         let tls = if cfg.tls {
             let roots = tls::roots(cfg.ca_file.as_deref())?;
             let client_auth = match &cfg.auth {
-                Auth::Certificate { cert_file, key_file } => {
-                    Some((tls::load_certs(cert_file)?, tls::load_key(key_file)?))
-                }
+                Auth::Certificate {
+                    cert_file,
+                    key_file,
+                } => Some((tls::load_certs(cert_file)?, tls::load_key(key_file)?)),
                 Auth::Secret(_) => None,
             };
             Some(Arc::new(tls::client_config(roots, client_auth)?))
@@ -163,7 +168,9 @@ impl Session {
             None => o.set_credentials(creds.username, ""),
         };
         if let Some(tls) = &self.tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
         }
         o
     }
@@ -188,7 +195,10 @@ impl Session {
                 }
                 Ended::Failed(why) => {
                     let d = self.backoff.next_delay();
-                    warn!("platform connection lost: {why}; reconnecting in {:.1} s", d.as_secs_f64());
+                    warn!(
+                        "platform connection lost: {why}; reconnecting in {:.1} s",
+                        d.as_secs_f64()
+                    );
                     d
                 }
             };
@@ -277,7 +287,12 @@ impl Session {
                     rate_wait = Some(bucket.next_token_at());
                     break;
                 }
-                match client.try_publish(next.topic.clone(), QoS::AtLeastOnce, false, next.payload.clone()) {
+                match client.try_publish(
+                    next.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    next.payload.clone(),
+                ) {
                     Ok(()) => {
                         awaiting_pkid.push_back(next.id);
                         queued.pop_front();
@@ -353,6 +368,9 @@ mod tests {
         }
         // 50 at once, then 100 more at 50/s: two seconds of paced sending.
         let took = Instant::now() - start;
-        assert!(took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100),
+            "{took:?}"
+        );
     }
 }

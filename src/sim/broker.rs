@@ -57,18 +57,22 @@ impl LocalBroker {
             v4: Some(HashMap::from([("v4".to_owned(), server)])),
             ..Default::default()
         };
-        std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
-            let mut broker = Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!("in-process broker stopped: {e}");
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || {
+                let mut broker = Broker::new(config);
+                if let Err(e) = broker.start() {
+                    tracing::error!("in-process broker stopped: {e}");
+                }
+            })?;
         for _ in 0..500 {
             if std::net::TcpStream::connect(addr).is_ok() {
                 return Ok(LocalBroker { addr });
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err(std::io::Error::other(format!("in-process broker did not listen on {addr}")))
+        Err(std::io::Error::other(format!(
+            "in-process broker did not listen on {addr}"
+        )))
     }
 }

@@ -33,7 +33,11 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { children: 4, seed: 1, state_dir: None }
+        DemoOptions {
+            children: 4,
+            seed: 1,
+            state_dir: None,
+        }
     }
 }
 
@@ -62,14 +66,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             tmp.0.clone()
         }
     };
-    println!("otabridge demo: gateway {GATEWAY_ID}, {} simulated children", opts.children);
+    println!(
+        "otabridge demo: gateway {GATEWAY_ID}, {} simulated children",
+        opts.children
+    );
 
     let broker = LocalBroker::start()?;
     let pki = TestPki::new(&["localhost", "127.0.0.1"])?;
     let edge = Edge::start(broker, Some(pki.server.clone())).await?;
     edge.register(GATEWAY_ID, DeviceAuth::Secret(SECRET.into()));
     let mut platform = SimPlatform::connect(broker).await?;
-    println!("  platform: MQTTS on {} (rumqttd behind a simulated IoTDA edge)", edge.addr());
+    println!(
+        "  platform: MQTTS on {} (rumqttd behind a simulated IoTDA edge)",
+        edge.addr()
+    );
 
     let ca = dir.join("demo-ca.pem");
     std::fs::create_dir_all(&dir)?;
@@ -86,13 +96,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     let children: Vec<Arc<dyn Child>> = (0..opts.children)
         .map(|i| {
             let version = format!("1.{}.{}", opts.seed % 10, i);
-            Arc::new(MemoryChild::new(&format!("demo-product_node{:02}", i + 1), &version))
-                as Arc<dyn Child>
+            Arc::new(MemoryChild::new(
+                &format!("demo-product_node{:02}", i + 1),
+                &version,
+            )) as Arc<dyn Child>
         })
         .collect();
     let ids: Vec<String> = children.iter().map(|c| c.device_id().to_owned()).collect();
-    let transports: BTreeMap<String, String> =
-        children.iter().map(|c| (c.device_id().to_owned(), c.transport().to_owned())).collect();
+    let transports: BTreeMap<String, String> = children
+        .iter()
+        .map(|c| (c.device_id().to_owned(), c.transport().to_owned()))
+        .collect();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gw = tokio::spawn(crate::daemon::run_with(
@@ -119,12 +133,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     println!("  gateway connected and announced {online} children");
 
     for id in &ids {
-        platform.send(GATEWAY_ID, Some(id), &Event::VersionQuery(VersionQuery::default())).await?;
+        platform
+            .send(
+                GATEWAY_ID,
+                Some(id),
+                &Event::VersionQuery(VersionQuery::default()),
+            )
+            .await?;
     }
     let mut versions: BTreeMap<String, String> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while versions.len() < ids.len() && Instant::now() < deadline {
-        let Some(r) = platform.recv(Duration::from_secs(1)).await else { continue };
+        let Some(r) = platform.recv(Duration::from_secs(1)).await else {
+            continue;
+        };
         for inc in r.events.unwrap_or_default() {
             if let (Some(id), Event::VersionReport(v)) = (inc.object_device_id, inc.event) {
                 let v = v.fw_version.or(v.sw_version).unwrap_or_default();

@@ -99,12 +99,16 @@ async fn read_packet<R: AsyncRead + Unpin>(
 
 async fn write_packet<W: AsyncWrite + Unpin>(w: &mut W, p: &Packet) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    p.write(&mut out, MAX_PACKET).map_err(|e| std::io::Error::other(format!("MQTT: {e:?}")))?;
+    p.write(&mut out, MAX_PACKET)
+        .map_err(|e| std::io::Error::other(format!("MQTT: {e:?}")))?;
     w.write_all(&out).await
 }
 
 /// Checks CONNECT as IoTDA does (iotda.md §1.1–1.2).
-fn check_connect(devices: &HashMap<String, DeviceAuth>, c: &rumqttc::Connect) -> Result<(), String> {
+fn check_connect(
+    devices: &HashMap<String, DeviceAuth>,
+    c: &rumqttc::Connect,
+) -> Result<(), String> {
     let login = c.login.as_ref().ok_or("no username")?;
     let auth = devices.get(&login.username).ok_or("unknown device")?;
     let rest = c
@@ -150,12 +154,17 @@ impl Edge {
     ) -> std::io::Result<Edge> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let edge = Edge { addr, state: Arc::default() };
+        let edge = Edge {
+            addr,
+            state: Arc::default(),
+        };
         let me = edge.clone();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         tokio::spawn(async move {
             loop {
-                let Ok((sock, peer)) = listener.accept().await else { continue };
+                let Ok((sock, peer)) = listener.accept().await else {
+                    continue;
+                };
                 let me2 = me.clone();
                 let acceptor = acceptor.clone();
                 let task = tokio::spawn(async move {
@@ -185,7 +194,11 @@ impl Edge {
 
     /// Registers a device and how it authenticates.
     pub fn register(&self, device_id: &str, auth: DeviceAuth) {
-        self.state.lock().unwrap().devices.insert(device_id.to_owned(), auth);
+        self.state
+            .lock()
+            .unwrap()
+            .devices
+            .insert(device_id.to_owned(), auth);
     }
 
     /// Drops every live connection at once, as a broken uplink would.
@@ -222,7 +235,9 @@ impl Edge {
         }
         let (mut cr, mut cw) = tokio::io::split(client);
         let mut cbuf = BytesMut::new();
-        let Some(first) = read_packet(&mut cr, &mut cbuf).await? else { return Ok(()) };
+        let Some(first) = read_packet(&mut cr, &mut cbuf).await? else {
+            return Ok(());
+        };
         let Packet::Connect(connect) = &first else {
             return Err(std::io::Error::other("first packet is not CONNECT"));
         };
@@ -242,7 +257,9 @@ impl Edge {
         write_packet(&mut bw, &first).await?;
         let up = async move {
             loop {
-                let Some(mut p) = read_packet(&mut cr, &mut cbuf).await? else { break };
+                let Some(mut p) = read_packet(&mut cr, &mut cbuf).await? else {
+                    break;
+                };
                 match &mut p {
                     Packet::Publish(pb) => pb.topic = to_broker(&pb.topic),
                     Packet::Subscribe(s) => {
@@ -264,7 +281,9 @@ impl Edge {
         let down = async move {
             let mut bbuf = BytesMut::new();
             loop {
-                let Some(mut p) = read_packet(&mut br, &mut bbuf).await? else { break };
+                let Some(mut p) = read_packet(&mut br, &mut bbuf).await? else {
+                    break;
+                };
                 if let Packet::Publish(pb) = &mut p {
                     pb.topic = to_iotda(&pb.topic);
                 }
@@ -315,7 +334,11 @@ impl SimPlatform {
                     }
                     Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
                         let events = event::parse(&p.payload).ok();
-                        let r = Received { topic: to_iotda(&p.topic), payload: p.payload, events };
+                        let r = Received {
+                            topic: to_iotda(&p.topic),
+                            payload: p.payload,
+                            events,
+                        };
                         if tx.send(r).is_err() {
                             return;
                         }
@@ -366,7 +389,10 @@ impl SimPlatform {
 
     /// The next report from any gateway, waiting at most `within`.
     pub async fn recv(&mut self, within: Duration) -> Option<Received> {
-        tokio::time::timeout(within, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -395,7 +421,9 @@ impl TestPki {
         let ca_key = rcgen::KeyPair::generate()?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "otabridge test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "otabridge test CA");
         let ca = ca_params.self_signed(&ca_key)?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let srv_key = rcgen::KeyPair::generate()?;
@@ -420,14 +448,20 @@ impl TestPki {
             builder.with_no_client_auth()
         };
         let server = builder.with_single_cert(chain, key)?;
-        Ok(TestPki { ca_pem: ca.pem(), server: Arc::new(server), issuer })
+        Ok(TestPki {
+            ca_pem: ca.pem(),
+            server: Arc::new(server),
+            issuer,
+        })
     }
 
     /// A client certificate and key (PEM) signed by this CA.
     pub fn client_cert(&self, cn: &str) -> Result<(String, String), rcgen::Error> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }

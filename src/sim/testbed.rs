@@ -81,7 +81,12 @@ impl Testbed {
 
     /// The configuration a gateway of this bench uses.
     pub fn config(&self, extra: &str) -> anyhow::Result<Config> {
-        let text = config_text(self.edge.addr().port(), &self.ca_file, &self.state_dir, extra);
+        let text = config_text(
+            self.edge.addr().port(),
+            &self.ca_file,
+            &self.state_dir,
+            extra,
+        );
         Ok(Config::parse(&text, Path::new("testbed.toml"))?)
     }
 
@@ -109,12 +114,19 @@ impl Testbed {
                 anyhow::bail!("the gateway stopped before it started");
             }
         };
-        self.gateway = Some(RunningGateway { stop, task, handles: handles.clone() });
+        self.gateway = Some(RunningGateway {
+            stop,
+            task,
+            handles: handles.clone(),
+        });
         Ok(handles)
     }
 
     /// Starts a gateway on this bench's default configuration.
-    pub async fn start_gateway(&mut self, children: Vec<Arc<dyn Child>>) -> anyhow::Result<Handles> {
+    pub async fn start_gateway(
+        &mut self,
+        children: Vec<Arc<dyn Child>>,
+    ) -> anyhow::Result<Handles> {
         let cfg = self.config("")?;
         self.start_gateway_with(cfg, children).await
     }
