@@ -6,8 +6,10 @@
 //!   topics, connection cuts) and its application side (events, reports).
 //! - [`demo`]: `otabridge demo`, the whole story on an embedded default.
 //! - [`testbed`]: broker, edge, platform and a gateway in one call.
+//! - [`smp_child`]: an MCUmgr/SMP device on a pty, with faults at the seam.
 
 pub mod broker;
 pub mod demo;
 pub mod platform;
+pub mod smp_child;
 pub mod testbed;
