@@ -334,10 +334,17 @@ pub fn mcuboot_image(version: ImageVersion, len: usize, seed: u64) -> Vec<u8> {
     img
 }
 
-/// Seconds per byte on the line, for pacing.
-fn pace(free_at: &mut tokio::time::Instant, n: usize, rate: f64) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    *free_at = (*free_at).max(now) + Duration::from_secs_f64(n as f64 / rate);
+/// When `n` bytes handed to the line at `at` have crossed it: the line is
+/// busy until `free_at`, then carries `rate` bytes per second. `at` is taken
+/// once per batch of bytes, before any sleeping, so a late timer wake-up
+/// does not add to the next bytes' time (they were already waiting).
+fn pace(
+    free_at: &mut tokio::time::Instant,
+    at: tokio::time::Instant,
+    n: usize,
+    rate: f64,
+) -> tokio::time::Instant {
+    *free_at = (*free_at).max(at) + Duration::from_secs_f64(n as f64 / rate);
     *free_at
 }
 
@@ -365,9 +372,10 @@ async fn rx_loop(
             .unwrap_or_else(|p| p.into_inner())
             .stats
             .rx_bytes += n as u64;
+        let at = tokio::time::Instant::now();
         for seg in buf[..n].split_inclusive(|&b| b == b'\n') {
             if let Some(rate) = rate {
-                tokio::time::sleep_until(pace(&mut free_at, seg.len(), rate)).await;
+                tokio::time::sleep_until(pace(&mut free_at, at, seg.len(), rate)).await;
             }
             if to_device.send(seg.to_vec()).await.is_err() {
                 return;
@@ -379,14 +387,14 @@ async fn rx_loop(
 /// Device → driver, paced like [`rx_loop`].
 async fn tx_loop(
     mut wr: tokio::io::WriteHalf<SerialStream>,
-    mut from_device: mpsc::Receiver<Vec<u8>>,
+    mut from_device: mpsc::Receiver<(tokio::time::Instant, Vec<u8>)>,
     rate: Option<f64>,
     shared: Arc<Mutex<Shared>>,
 ) {
     let mut free_at = tokio::time::Instant::now();
-    while let Some(bytes) = from_device.recv().await {
+    while let Some((at, bytes)) = from_device.recv().await {
         if let Some(rate) = rate {
-            tokio::time::sleep_until(pace(&mut free_at, bytes.len(), rate)).await;
+            tokio::time::sleep_until(pace(&mut free_at, at, bytes.len(), rate)).await;
         }
         shared
             .lock()
@@ -394,7 +402,8 @@ async fn tx_loop(
             .stats
             .tx_bytes += bytes.len() as u64;
         // write_all: the pty buffer takes what fits and the rest follows.
-        if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+        // No flush: on tokio-serial it is a blocking tcdrain (see the driver's `Link::send`).
+        if wr.write_all(&bytes).await.is_err() {
             debug!("smp-child: write to the pty failed");
         }
     }
@@ -413,7 +422,8 @@ struct Device {
     faults: Faults,
     rng: Rng,
     shared: Arc<Mutex<Shared>>,
-    out: mpsc::Sender<Vec<u8>>,
+    /// To the line, stamped with when the device wrote it.
+    out: mpsc::Sender<(tokio::time::Instant, Vec<u8>)>,
     origin: tokio::time::Instant,
     /// After a power cycle: nothing reads the UART until then.
     silent_until: Option<tokio::time::Instant>,
@@ -526,7 +536,7 @@ impl Device {
                     let boot = self.faults.boot_time;
                     tokio::spawn(async move {
                         tokio::time::sleep(boot).await;
-                        let _ = out.send(banner).await;
+                        let _ = out.send((tokio::time::Instant::now(), banner)).await;
                     });
                     return;
                 }
@@ -564,14 +574,15 @@ impl Device {
         if self.rng.next_f64() < self.faults.noise {
             let line = NOISE[(self.rng.next_u32() as usize) % NOISE.len()];
             self.shared().stats.noise_lines += 1;
-            let _ = self.out.send(line.as_bytes().to_vec()).await;
+            let stamped = (tokio::time::Instant::now(), line.as_bytes().to_vec());
+            let _ = self.out.send(stamped).await;
         }
         let mut framed = serial::encode(&rsp, serial::MAX_LINE);
         if self.rng.next_f64() < self.faults.corrupt_crc {
             corrupt_crc(&mut framed, rsp.len() + 4);
             self.shared().stats.corrupted += 1;
         }
-        let _ = self.out.send(framed).await;
+        let _ = self.out.send((tokio::time::Instant::now(), framed)).await;
     }
 }
 

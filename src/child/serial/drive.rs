@@ -56,14 +56,21 @@ impl Driven for Upload {
 impl Driven for Activate {}
 impl Driven for StateRead {}
 
-/// The package file, read one chunk at a time (memory stays at one chunk
-/// whatever the image size).
+/// Bytes read from the package at a time: chunks are served from this
+/// window, so a file read (a trip through tokio's blocking pool) happens
+/// once per window, not once per chunk; memory stays bounded per child.
+const WINDOW: usize = 64 * 1024;
+
+/// The package file, read a bounded window at a time.
 #[derive(Debug)]
 pub struct ImageFile {
     path: PathBuf,
     file: tokio::fs::File,
+    /// File offset of `window[0]`.
+    start: u64,
+    window: Vec<u8>,
+    /// Where the file's cursor is.
     pos: u64,
-    buf: Vec<u8>,
 }
 
 impl ImageFile {
@@ -78,26 +85,60 @@ impl ImageFile {
         Ok(ImageFile {
             path: path.to_owned(),
             file,
+            start: 0,
+            window: Vec::new(),
             pos: 0,
-            buf: Vec::new(),
         })
     }
 
+    /// The `req.len` bytes at `req.offset` (the engine never asks past the
+    /// image's length; a shorter file is an error).
     async fn read(&mut self, req: ReadRequest) -> Result<&[u8], DriveError> {
-        let err = |source| DriveError::Image {
-            path: self.path.clone(),
-            source,
-        };
-        if self.pos != req.offset {
-            self.file
-                .seek(SeekFrom::Start(req.offset))
-                .await
-                .map_err(err)?;
+        let end = req.offset + req.len as u64;
+        let held = self.start + self.window.len() as u64;
+        if req.offset < self.start || end > held {
+            let err = |source| DriveError::Image {
+                path: self.path.clone(),
+                source,
+            };
+            if self.pos != req.offset {
+                self.file
+                    .seek(SeekFrom::Start(req.offset))
+                    .await
+                    .map_err(err)?;
+            }
+            self.window.resize(WINDOW.max(req.len), 0);
+            let mut filled = 0;
+            while filled < self.window.len() {
+                let n = self
+                    .file
+                    .read(&mut self.window[filled..])
+                    .await
+                    .map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            self.window.truncate(filled);
+            self.start = req.offset;
+            self.pos = req.offset + filled as u64;
+            if filled < req.len {
+                let source = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} bytes at {} asked for; the file ends first",
+                        req.len, req.offset
+                    ),
+                );
+                return Err(DriveError::Image {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
         }
-        self.buf.resize(req.len, 0);
-        self.file.read_exact(&mut self.buf).await.map_err(err)?;
-        self.pos = req.offset + req.len as u64;
-        Ok(&self.buf)
+        let from = usize::try_from(req.offset - self.start).unwrap_or(usize::MAX);
+        Ok(&self.window[from..from + req.len])
     }
 }
 
@@ -203,5 +244,41 @@ pub async fn drive<E: Driven>(
                 engine.handle_timeout(clock.now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn image_reads_across_windows_and_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut f = ImageFile::open(&path).await.unwrap();
+        for (offset, len) in [
+            (0, 300),
+            (65_400, 500),
+            (131_000, 2048),
+            (100, 50),
+            (199_990, 10),
+        ] {
+            let got = f.read(ReadRequest { offset, len }).await.unwrap().to_vec();
+            assert_eq!(
+                got,
+                &data[offset as usize..offset as usize + len],
+                "{offset}"
+            );
+        }
+        let e = f
+            .read(ReadRequest {
+                offset: 199_995,
+                len: 10,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DriveError::Image { .. }), "{e}");
     }
 }

@@ -175,14 +175,14 @@ impl Link<'_> {
     }
 
     /// Writes one framed packet. `write_all`, never `write`: a UART driver
-    /// takes what fits in its buffer and returns a short count.
+    /// takes what fits in its buffer and returns a short count. No `flush`:
+    /// tokio-serial 5.5's `poll_flush` calls `tcdrain`, which blocks the
+    /// runtime thread until the UART has sent everything (mio-serial
+    /// `impl Write for SerialStream`); the kernel sends the bytes anyway.
     pub async fn send(&mut self, seq: u8, bytes: &[u8]) -> Result<(), PortError> {
         self.state.next_seq = seq.wrapping_add(1);
         let r = match self.state.stream.as_mut() {
-            Some(s) => match s.write_all(bytes).await {
-                Ok(()) => s.flush().await,
-                Err(e) => Err(e),
-            },
+            Some(s) => s.write_all(bytes).await,
             None => {
                 return Err(PortError::Closed {
                     path: self.port.path.clone(),
