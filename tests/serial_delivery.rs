@@ -8,7 +8,7 @@ use std::time::Duration;
 use otabridge::child::{Child, ChildError};
 use otabridge::sim::smp_child::{Faults, SmpChild, SmpChildOptions};
 use otabridge_codecs::smp::result;
-use otabridge_codecs::smp::sim::SimConfig;
+use otabridge_codecs::smp::sim::{SimConfig, SimEvent};
 use serial_support::{child, image, options, package, Seen};
 
 fn sim(faults: &str, seed: u64) -> SmpChild {
@@ -50,6 +50,15 @@ async fn clean_line_delivers_activates_and_reads_back() {
         ("2.0.0".to_owned(), true),
         "confirmed after the read-back"
     );
+    // Activating again (a gateway that restarted after the reset) finds the
+    // target running and confirmed, and succeeds without another reset.
+    c.activate(&pkg).await.unwrap();
+    let resets = sim
+        .events()
+        .iter()
+        .filter(|e| matches!(e, SimEvent::Resetting))
+        .count();
+    assert_eq!(resets, 1);
 }
 
 /// Every fault but the reboot at once, with a fixed seed: the image still
@@ -185,8 +194,17 @@ async fn a_silent_device_is_unreachable() {
     let mut o = options();
     o.timeout = Duration::from_millis(200);
     o.retries = 1;
-    let c = otabridge::child::serial::SerialChild::new("node", sim.path(), 115_200, o);
+    let c = otabridge::child::serial::SerialChild::new("node", sim.path(), 115_200, o.clone());
     let e = c.read_version().await.unwrap_err();
     assert!(matches!(e, ChildError::Unreachable(_)), "{e}");
     assert!(sim.stats().dropped >= 2);
+    // A delivery to it: params unanswered (fallback to 384), then the first
+    // chunk unanswered: silence, not a verdict on the image.
+    o.first_timeout = Duration::from_millis(300);
+    let c = otabridge::child::serial::SerialChild::new("node2", sim.path(), 115_200, o);
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path(), "fw", &image("2.0.0", 2_000, 9), "2.0.0");
+    let e = c.deliver(&pkg, 0, &|_| {}).await.unwrap_err();
+    assert!(matches!(e, ChildError::Unreachable(_)), "{e}");
+    assert!(e.to_string().contains("off 0"), "{e}");
 }
