@@ -413,6 +413,19 @@ mod tests {
     }
 
     #[test]
+    fn two_names_of_one_device_share_the_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("ttyUSB9");
+        std::fs::write(&node, b"").unwrap();
+        let link = dir.path().join("by-id-usb-acme");
+        std::os::unix::fs::symlink(&node, &link).unwrap();
+        let o = SerialOptions::default();
+        let a = SerialChild::new("a", &node, 9600, o.clone());
+        let b = SerialChild::new("b", &link, 9600, o);
+        assert!(Arc::ptr_eq(a.port(), b.port()));
+    }
+
+    #[test]
     fn activation_budget_follows_the_reboot_timeout() {
         let o = SerialOptions {
             reboot_timeout: std::time::Duration::from_secs(60),

@@ -82,9 +82,13 @@ impl SharedPort {
     /// one. The first driver's line settings win (the configuration checks
     /// children on one port agree).
     pub fn get(path: &Path, line: LineSettings) -> Arc<SharedPort> {
+        // One device may have several names (`/dev/ttyUSB0` and its
+        // `/dev/serial/by-id/...` link): key by the resolved node, so both
+        // names share one lock instead of the second failing on the flock.
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         let mut map = registry().lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, w| w.strong_count() > 0);
-        if let Some(p) = map.get(path).and_then(Weak::upgrade) {
+        if let Some(p) = map.get(&key).and_then(Weak::upgrade) {
             if p.line != line {
                 tracing::warn!(
                     port = %path.display(),
@@ -99,7 +103,7 @@ impl SharedPort {
             line,
             state: tokio::sync::Mutex::new(PortState::default()),
         });
-        map.insert(path.to_owned(), Arc::downgrade(&p));
+        map.insert(key, Arc::downgrade(&p));
         p
     }
 
