@@ -180,12 +180,39 @@ impl Default for CoapConfig {
 pub struct OtaConfig {
     /// Upgrade jobs running at once across all transports (default 16).
     pub max_concurrent_jobs: usize,
+    /// Transient failures (child silent, timeouts) tolerated per phase
+    /// before a job fails (default 5).
+    pub max_retries: u32,
+    /// Compare versions byte for byte instead of normalised ("V1.2" equals
+    /// "1.2.0" when normalised; default false).
+    pub exact_versions: bool,
+    /// Reading a child's version (default 30 s).
+    pub version_read_timeout_secs: u64,
+    /// Until the first delivery progress of an attempt: flash erase happens
+    /// here (default 120 s).
+    pub first_chunk_timeout_secs: u64,
+    /// Between two delivery progress updates (default 60 s).
+    pub chunk_timeout_secs: u64,
+    /// Activation including the child's reboot (default 600 s).
+    pub activation_timeout_secs: u64,
+    /// First retry backoff step in milliseconds (default 2000).
+    pub retry_min_ms: u64,
+    /// Retry backoff cap in milliseconds (default 60000).
+    pub retry_max_ms: u64,
 }
 
 impl Default for OtaConfig {
     fn default() -> Self {
         OtaConfig {
             max_concurrent_jobs: 16,
+            max_retries: 5,
+            exact_versions: false,
+            version_read_timeout_secs: 30,
+            first_chunk_timeout_secs: 120,
+            chunk_timeout_secs: 60,
+            activation_timeout_secs: 600,
+            retry_min_ms: 2000,
+            retry_max_ms: 60_000,
         }
     }
 }
@@ -629,10 +656,23 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if raw.ota.max_concurrent_jobs == 0 {
+        let o = &raw.ota;
+        for (key, v) in [
+            ("ota.max_concurrent_jobs", o.max_concurrent_jobs as u64),
+            ("ota.version_read_timeout_secs", o.version_read_timeout_secs),
+            ("ota.first_chunk_timeout_secs", o.first_chunk_timeout_secs),
+            ("ota.chunk_timeout_secs", o.chunk_timeout_secs),
+            ("ota.activation_timeout_secs", o.activation_timeout_secs),
+            ("ota.retry_min_ms", o.retry_min_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if o.retry_max_ms < o.retry_min_ms {
             return Err(invalid(
-                "ota.max_concurrent_jobs",
-                "must be at least 1".into(),
+                "ota.retry_max_ms",
+                "must not be below ota.retry_min_ms".into(),
             ));
         }
 

@@ -9,7 +9,9 @@ use tracing::{info, warn};
 use crate::child::{self, Child};
 use crate::config::Config;
 use crate::journal::{Journal, JournalError};
+use crate::ota::engine::Engine;
 use crate::ota::Gateway;
+use crate::package::{PackageStore, StoreError};
 use crate::platform::{Platform, Session};
 use crate::tls::TlsError;
 
@@ -22,6 +24,9 @@ pub enum StartError {
     /// The platform's TLS material is unusable.
     #[error("platform TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The package store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A configured child has a transport this build cannot drive.
     #[error(transparent)]
     Child(#[from] child::Unsupported),
@@ -61,11 +66,18 @@ pub async fn run_with(
     let (tx, rx) = mpsc::channel(256);
     let seed = std::process::id() as u64 ^ crate::platform::now_unix() as u64;
     let session = Session::new(cfg.platform.clone(), platform.clone(), tx, seed)?;
+    let store = PackageStore::open(
+        &cfg.state.dir.join(crate::package::DIR_NAME),
+        journal.clone(),
+        &cfg.download,
+    )?;
+    let engine = Engine::new(platform.clone(), store, &children, &cfg.ota);
     let gateway = Gateway::new(
         platform.clone(),
         children.clone(),
         cfg.platform.fw_version.clone(),
-    );
+    )
+    .with_engine(engine.clone());
     if let Some(s) = started {
         let _ = s.send(Handles {
             platform: platform.clone(),
@@ -77,10 +89,12 @@ pub async fn run_with(
         let _ = rx.wait_for(|s| *s).await;
     };
     let gw = tokio::spawn(gateway.run(rx, stopped(stop_rx.clone())));
+    engine.resume();
     let sess = tokio::spawn(session.run(stopped(stop_rx)));
     shutdown.await;
     info!("stopping");
     let _ = stop_tx.send(true);
+    engine.shutdown();
     if let Err(e) = sess.await {
         warn!("session task: {e}");
     }

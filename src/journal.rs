@@ -71,6 +71,49 @@ const MIGRATIONS: &[&str] = &[
          last_error TEXT
      );
      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: the package store (src/package): one row per package in
+    // `state.dir/packages/`, with the length of its `.part` file known to be
+    // on disk, and the jobs that need it.
+    "CREATE TABLE packages (
+         key TEXT PRIMARY KEY,
+         size INTEGER,
+         durable_len INTEGER NOT NULL DEFAULT 0,
+         validator TEXT,
+         verified INTEGER NOT NULL DEFAULT 0,
+         sha256 TEXT,
+         updated_unix INTEGER NOT NULL
+     );
+     CREATE TABLE package_claims (
+         key TEXT NOT NULL,
+         job TEXT NOT NULL,
+         PRIMARY KEY (key, job)
+     );",
+    // 3: upgrade jobs (src/ota): one row per child upgrade, the state machine
+    // persisted at every transition and delivery checkpoint. `event` keeps the
+    // upgrade paras (JSON) so a restarted gateway can fetch the package again.
+    "CREATE TABLE jobs (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         device_id TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         v2 INTEGER NOT NULL,
+         event TEXT NOT NULL,
+         received_unix INTEGER NOT NULL,
+         deadline_unix INTEGER NOT NULL,
+         target TEXT NOT NULL,
+         sign TEXT,
+         size INTEGER NOT NULL,
+         phase TEXT NOT NULL,
+         acked_offset INTEGER NOT NULL DEFAULT 0,
+         retries INTEGER NOT NULL DEFAULT 0,
+         current_version TEXT,
+         result_code INTEGER,
+         description TEXT,
+         last_report_pct INTEGER,
+         last_report_unix INTEGER,
+         activations INTEGER NOT NULL DEFAULT 0,
+         updated_unix INTEGER NOT NULL
+     );
+     CREATE INDEX jobs_by_device ON jobs (device_id, id);",
 ];
 
 /// One queued upstream report.

@@ -9,6 +9,7 @@
 //! - [`journal`]: the SQLite journal (outbox, children, jobs, packages).
 //! - [`tls`], [`backoff`]: TLS material and retry pacing, shared by drivers.
 //! - [`platform`]: the MQTT session to IoTDA and the durable outbox.
+//! - [`package`]: resumable HTTPS downloads into the verified package store.
 //! - [`child`]: the `Child` trait and one driver per transport.
 //! - [`ota`]: event dispatch and the per-child upgrade jobs.
 //! - [`daemon`]: wires the above together for `otabridge run`.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod journal;
 pub mod ota;
+pub mod package;
 pub mod platform;
 pub mod sim;
 pub mod tls;

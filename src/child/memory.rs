@@ -29,7 +29,11 @@ struct State {
     chunk_delay: Duration,
     /// Activation fails with this (result code, description).
     reject_activation: Option<(u16, String)>,
+    /// The largest image its slot holds.
+    capacity: Option<u64>,
     activations: u32,
+    /// The `resume_from` of every delivery asked of it.
+    delivery_starts: Vec<u64>,
 }
 
 /// See the module documentation.
@@ -52,7 +56,9 @@ impl MemoryChild {
                 staged_sha: None,
                 chunk_delay: Duration::ZERO,
                 reject_activation: None,
+                capacity: None,
                 activations: 0,
+                delivery_starts: Vec::new(),
             }),
         }
     }
@@ -76,9 +82,20 @@ impl MemoryChild {
         self.state().reject_activation = Some((result_code, description.to_owned()));
     }
 
+    /// Makes the slot hold at most `bytes`: larger packages are refused
+    /// with result 5, as LwM2M result 2 / SMP "image too large" would be.
+    pub fn set_capacity(&self, bytes: u64) {
+        self.state().capacity = Some(bytes);
+    }
+
     /// How many times an image was activated.
     pub fn activations(&self) -> u32 {
         self.state().activations
+    }
+
+    /// The resume offset the gateway asked for, per delivery attempt.
+    pub fn delivery_starts(&self) -> Vec<u64> {
+        self.state().delivery_starts.clone()
     }
 
     /// The running version.
@@ -122,6 +139,13 @@ impl Child for MemoryChild {
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
             self.check_online()?;
+            self.state().delivery_starts.push(resume_from);
+            if self.state().capacity.is_some_and(|c| package.size > c) {
+                return Err(ChildError::Rejected {
+                    result_code: otabridge_codecs::iotda::result::LOW_SPACE,
+                    description: otabridge_codecs::iotda::result::DESC_NO_STORAGE.into(),
+                });
+            }
             // A staged image of another package, or a resume point we do not
             // hold, restarts from zero: like a device, we trust our own slot.
             let start = {

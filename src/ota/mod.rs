@@ -11,6 +11,9 @@
 //! - `version_query` is answered with `version_report`, read through the child,
 //!   within the platform's 3-minute window (iotda.md §4.2–4.3).
 
+pub mod engine;
+pub mod job;
+pub mod jobs_db;
 pub mod status;
 
 use std::collections::HashMap;
@@ -49,6 +52,7 @@ pub struct Gateway {
     /// Configuration order, for stable status batches.
     order: Arc<Vec<String>>,
     fw_version: Option<String>,
+    engine: Option<engine::Engine>,
 }
 
 impl Gateway {
@@ -68,7 +72,14 @@ impl Gateway {
             children: Arc::new(children),
             order: Arc::new(order),
             fw_version,
+            engine: None,
         }
+    }
+
+    /// Hands upgrade events to `engine`.
+    pub fn with_engine(mut self, engine: engine::Engine) -> Self {
+        self.engine = Some(engine);
+        self
     }
 
     /// Handles inbound traffic until the session closes the channel or
@@ -203,6 +214,31 @@ impl Gateway {
                     tokio::spawn(answer_version_query(platform, child));
                 }
                 None => self.report_own_version(),
+            },
+            Event::Upgrade { kind, v2, upgrade } => match (target, &self.engine) {
+                (Some(child), Some(engine)) => engine.submit(child.device_id(), kind, v2, upgrade),
+                (Some(child), None) => {
+                    warn!(
+                        child = child.device_id(),
+                        "upgrade event dropped: no upgrade engine"
+                    );
+                }
+                (None, _) => {
+                    // The gateway's own firmware is the box vendor's business.
+                    warn!(topic = topic_name, "upgrade of the gateway itself refused");
+                    let r = otabridge_codecs::iotda::event::ProgressReport {
+                        result_code: otabridge_codecs::iotda::result::UNKNOWN_TYPE,
+                        progress: None,
+                        version: self.fw_version.clone().unwrap_or_default(),
+                        description: Some(
+                            "otabridge upgrades child devices; it does not install packages on the gateway"
+                                .into(),
+                        ),
+                    };
+                    if let Err(e) = self.platform.report(None, &Event::ProgressReport(r)) {
+                        warn!("cannot queue upgrade_progress_report: {e}");
+                    }
+                }
             },
             Event::UpdateStatusResponse(r) => {
                 for f in &r.failed_devices {

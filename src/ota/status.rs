@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use super::job::Limits;
+use super::jobs_db;
 use crate::config::{Config, Transport};
 use crate::journal::{Journal, JournalError};
 
@@ -21,35 +23,83 @@ pub struct ChildStatus {
     pub last_seen_unix: Option<i64>,
     /// Last error, if it did not answer.
     pub last_error: Option<String>,
+    /// The latest upgrade job, if any.
+    pub job: Option<JobStatus>,
+}
+
+/// A child's latest upgrade job.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JobStatus {
+    /// Journal id.
+    pub id: i64,
+    /// Target version.
+    pub target: String,
+    /// queued, downloading, delivering, activating, verifying, succeeded, failed.
+    pub phase: String,
+    /// Bytes the child acknowledged (last checkpoint).
+    pub offset: u64,
+    /// Package size.
+    pub size: u64,
+    /// Transient failures in the current phase.
+    pub retries: u32,
+    /// Result code once finished.
+    pub result_code: Option<u16>,
+    /// Result description once finished.
+    pub description: Option<String>,
+}
+
+fn transport_name(t: &Transport) -> &'static str {
+    match t {
+        Transport::Coap { .. } => "coap",
+        Transport::Serial { .. } => "serial",
+        Transport::Simulated { .. } => "sim",
+    }
 }
 
 /// The state of every configured child (configuration order).
 pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
-    let rows = if cfg.state.dir.join(crate::journal::FILE_NAME).exists() {
-        Journal::open_read_only(&cfg.state.dir)?.children()?
-    } else {
-        Vec::new()
-    };
-    Ok(cfg
-        .children
-        .iter()
-        .map(|c| {
-            let transport = match c.transport {
-                Transport::Coap { .. } => "coap",
-                Transport::Serial { .. } => "serial",
-                Transport::Simulated { .. } => "sim",
-            };
-            let row = rows.iter().find(|r| r.device_id == c.device_id);
-            ChildStatus {
+    if !cfg.state.dir.join(crate::journal::FILE_NAME).exists() {
+        return Ok(cfg
+            .children
+            .iter()
+            .map(|c| ChildStatus {
                 device_id: c.device_id.clone(),
-                transport: transport.to_owned(),
-                version: row.and_then(|r| r.version.clone()),
-                online: row.is_some_and(|r| r.online),
-                last_seen_unix: row.and_then(|r| r.last_seen_unix),
-                last_error: row.and_then(|r| r.last_error.clone()),
-            }
-        })
-        .collect())
+                transport: transport_name(&c.transport).to_owned(),
+                version: None,
+                online: false,
+                last_seen_unix: None,
+                last_error: None,
+                job: None,
+            })
+            .collect());
+    }
+    let mut j = Journal::open_read_only(&cfg.state.dir)?;
+    let rows = j.children()?;
+    let mut out = Vec::with_capacity(cfg.children.len());
+    for c in &cfg.children {
+        let row = rows.iter().find(|r| r.device_id == c.device_id);
+        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), Default::default())?
+            .map(|r| JobStatus {
+                id: r.id,
+                target: r.upgrade.version.clone(),
+                phase: r.machine.phase.as_str().to_owned(),
+                offset: r.machine.offset,
+                size: r.machine.size,
+                retries: r.machine.retries,
+                result_code: r.machine.result.as_ref().map(|(c, _)| *c),
+                description: r.machine.result.map(|(_, d)| d),
+            });
+        out.push(ChildStatus {
+            device_id: c.device_id.clone(),
+            transport: transport_name(&c.transport).to_owned(),
+            version: row.and_then(|r| r.version.clone()),
+            online: row.is_some_and(|r| r.online),
+            last_seen_unix: row.and_then(|r| r.last_seen_unix),
+            last_error: row.and_then(|r| r.last_error.clone()),
+            job,
+        });
+    }
+    Ok(out)
 }
 
 /// Prints the status table (or JSON) to stdout.
@@ -63,17 +113,35 @@ pub fn print(cfg: &Config, json: bool) -> Result<(), JournalError> {
         return Ok(());
     }
     println!(
-        "{:<28} {:<9} {:<12} {:<8} last error",
-        "child", "transport", "version", "online"
+        "{:<28} {:<9} {:<12} {:<6} {:<24} {:>21} {:>7}  last result",
+        "child", "transport", "version", "online", "job", "offset/size", "retries"
     );
     for s in &all {
+        let (phase, progress, retries, mut last) = match &s.job {
+            Some(j) => (
+                format!("{} -> {}", j.phase, j.target),
+                format!("{}/{}", j.offset, j.size),
+                j.retries.to_string(),
+                match (&j.result_code, &j.description) {
+                    (Some(c), Some(d)) => format!("{c} {d}"),
+                    _ => String::new(),
+                },
+            ),
+            None => ("-".into(), "-".into(), "-".into(), String::new()),
+        };
+        if last.is_empty() {
+            last = s.last_error.clone().unwrap_or_default();
+        }
         println!(
-            "{:<28} {:<9} {:<12} {:<8} {}",
+            "{:<28} {:<9} {:<12} {:<6} {:<24} {:>21} {:>7}  {}",
             s.device_id,
             s.transport,
             s.version.as_deref().unwrap_or("-"),
             if s.online { "yes" } else { "no" },
-            s.last_error.as_deref().unwrap_or("")
+            phase,
+            progress,
+            retries,
+            last
         );
     }
     Ok(())

@@ -229,11 +229,13 @@ impl Session {
             "connected to the platform"
         );
         self.backoff.reset();
-        self.platform.set_link(LinkState::Up);
-        for t in topic::subscriptions(&self.cfg.device_id) {
-            if let Err(e) = client.try_subscribe(t, QoS::AtLeastOnce) {
-                return Ended::Failed(format!("subscribe: {e}"));
-            }
+        // One SUBSCRIBE for every topic; the link counts as up when its
+        // SUBACK arrives, so that nothing sent to us after that is lost.
+        let filters = topic::subscriptions(&self.cfg.device_id)
+            .into_iter()
+            .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+        if let Err(e) = client.try_subscribe_many(filters) {
+            return Ended::Failed(format!("subscribe: {e}"));
         }
         if self.inbound.send(Inbound::Connected).await.is_err() {
             return Ended::Shutdown;
@@ -329,6 +331,7 @@ impl Session {
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        self.platform.set_link(LinkState::Up);
                         for rc in &ack.return_codes {
                             if matches!(rc, rumqttc::SubscribeReasonCode::Failure) {
                                 warn!("the platform refused a subscription (pkid {})", ack.pkid);

@@ -4,12 +4,14 @@
 //! - [`broker`]: rumqttd in-process on a free port.
 //! - [`platform`]: IoTDA's device access point (credentials, TLS, `$oc`
 //!   topics, connection cuts) and its application side (events, reports).
+//! - [`package_server`]: IoTDA's HTTPS package download (tokens, Range, faults).
 //! - [`demo`]: `otabridge demo`, the whole story on an embedded default.
 //! - [`testbed`]: broker, edge, platform and a gateway in one call.
 //! - [`smp_child`]: an MCUmgr/SMP device on a pty, with faults at the seam.
 
 pub mod broker;
 pub mod demo;
+pub mod package_server;
 pub mod platform;
 pub mod smp_child;
 pub mod testbed;

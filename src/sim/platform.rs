@@ -68,6 +68,7 @@ pub enum DeviceAuth {
 struct EdgeState {
     devices: HashMap<String, DeviceAuth>,
     live: Vec<JoinHandle<()>>,
+    injectors: Vec<mpsc::UnboundedSender<Packet>>,
     refuse_until: Option<tokio::time::Instant>,
     connects: u32,
     refused: u32,
@@ -209,6 +210,18 @@ impl Edge {
         }
     }
 
+    /// Publishes `payload` on `topic` (QoS 0) straight down every live
+    /// gateway connection, bypassing the broker: for payloads a broker would
+    /// refuse or split, such as oversized events.
+    pub fn inject(&self, topic: &str, payload: impl Into<Bytes>) {
+        let payload = payload.into();
+        let mut st = self.state.lock().unwrap();
+        st.injectors.retain(|tx| {
+            let p = rumqttc::Publish::from_bytes(topic, QoS::AtMostOnce, payload.clone());
+            tx.send(Packet::Publish(p)).is_ok()
+        });
+    }
+
     /// Closes new connections without an answer for `d`.
     pub fn refuse_for(&self, d: Duration) {
         self.state.lock().unwrap().refuse_until = Some(tokio::time::Instant::now() + d);
@@ -255,6 +268,8 @@ impl Edge {
         upstream.set_nodelay(true)?;
         let (mut br, mut bw) = upstream.into_split();
         write_packet(&mut bw, &first).await?;
+        let (inject_tx, mut inject_rx) = mpsc::unbounded_channel();
+        self.state.lock().unwrap().injectors.push(inject_tx);
         let up = async move {
             loop {
                 let Some(mut p) = read_packet(&mut cr, &mut cbuf).await? else {
@@ -281,12 +296,18 @@ impl Edge {
         let down = async move {
             let mut bbuf = BytesMut::new();
             loop {
-                let Some(mut p) = read_packet(&mut br, &mut bbuf).await? else {
-                    break;
+                let p = tokio::select! {
+                    p = read_packet(&mut br, &mut bbuf) => match p? {
+                        Some(mut p) => {
+                            if let Packet::Publish(pb) = &mut p {
+                                pb.topic = to_iotda(&pb.topic);
+                            }
+                            p
+                        }
+                        None => break,
+                    },
+                    Some(p) = inject_rx.recv() => p,
                 };
-                if let Packet::Publish(pb) = &mut p {
-                    pb.topic = to_iotda(&pb.topic);
-                }
                 write_packet(&mut cw, &p).await?;
             }
             Ok::<_, std::io::Error>(())
@@ -351,8 +372,22 @@ impl SimPlatform {
                 }
             }
         });
+        // Everything devices send upstream (iotda.md §2), not the platform's
+        // own downstream publishes.
+        let ups = [
+            "oc/devices/+/sys/events/up",
+            "oc/devices/+/sys/messages/up",
+            "oc/devices/+/sys/properties/report",
+            "oc/devices/+/sys/gateway/sub_devices/properties/report",
+            "oc/devices/+/sys/commands/response/#",
+            "oc/devices/+/sys/properties/set/response/#",
+            "oc/devices/+/sys/properties/get/response/#",
+        ];
         client
-            .subscribe("oc/devices/+/sys/#", QoS::AtLeastOnce)
+            .subscribe_many(
+                ups.iter()
+                    .map(|t| rumqttc::SubscribeFilter::new(t.to_string(), QoS::AtLeastOnce)),
+            )
             .await
             .map_err(std::io::Error::other)?;
         tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())

@@ -140,6 +140,24 @@ impl Testbed {
         Ok(())
     }
 
+    /// Waits until the running gateway is connected and subscribed.
+    pub async fn wait_connected(&self, within: Duration) -> anyhow::Result<()> {
+        let h = self
+            .handles()
+            .ok_or_else(|| anyhow::anyhow!("no gateway running"))?;
+        let mut rx = h.platform.link_state();
+        let up = tokio::time::timeout(
+            within,
+            rx.wait_for(|s| *s == crate::platform::LinkState::Up),
+        )
+        .await;
+        anyhow::ensure!(
+            matches!(up, Ok(Ok(_))),
+            "the gateway did not connect within {within:?}"
+        );
+        Ok(())
+    }
+
     /// The running gateway's handles.
     pub fn handles(&self) -> Option<&Handles> {
         self.gateway.as_ref().map(|g| &g.handles)

@@ -1,0 +1,664 @@
+//! One child's upgrade job as a pure state machine: no I/O, no clock.
+//!
+//! ```text
+//! queued ──version read──► downloading ──► delivering(offset) ──► activating ──► verifying ──► succeeded
+//!   │ already at target ─────────────────────────────────────────────────────────────────────► succeeded
+//!   └─ any phase: a rejection, retries exhausted, or the deadline ──────────────────────────► failed(code)
+//! ```
+//!
+//! The driver (`super::engine`) asks [`Machine::work`] what to do next,
+//! does it, and feeds the result back with [`Machine::handle`], which returns
+//! whether to persist the job and the report to queue, if any. Progress is
+//! reported at most once per 10 percentage points or per 30 s; a terminal
+//! report is always sent, with the version read back from the child on
+//! success (iotda.md §4.6) and the failure description of iotda.md §9 on
+//! failure.
+
+use otabridge_codecs::iotda::event::ProgressReport;
+use otabridge_codecs::iotda::result;
+use otabridge_codecs::version::{self, Mode};
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; the child's version is read first.
+    Queued,
+    /// Waiting for the shared package download.
+    Downloading,
+    /// Sending the package to the child from `offset`.
+    Delivering,
+    /// The child holds the image; make it the running one.
+    Activating,
+    /// Reading the version back after the reboot.
+    Verifying,
+    /// Done: the child runs the target version.
+    Succeeded,
+    /// Done: reported with a result code.
+    Failed,
+}
+
+impl Phase {
+    /// The name stored in the journal and shown by `otabridge status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Queued => "queued",
+            Phase::Downloading => "downloading",
+            Phase::Delivering => "delivering",
+            Phase::Activating => "activating",
+            Phase::Verifying => "verifying",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Parses a journal value.
+    pub fn parse(s: &str) -> Option<Phase> {
+        Some(match s {
+            "queued" => Phase::Queued,
+            "downloading" => Phase::Downloading,
+            "delivering" => Phase::Delivering,
+            "activating" => Phase::Activating,
+            "verifying" => Phase::Verifying,
+            "succeeded" => Phase::Succeeded,
+            "failed" => Phase::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Succeeded or failed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Read the child's running version.
+    ReadVersion,
+    /// Wait for the package (shared download).
+    Download,
+    /// Deliver the package from this offset.
+    Deliver {
+        /// Resume offset (the last checkpoint).
+        from: u64,
+    },
+    /// Read the version, and activate only if it is not the target yet: a
+    /// job resumed after a crash never activates twice blindly.
+    Activate,
+    /// Nothing: the job is over.
+    Done,
+}
+
+/// What happened, fed back into the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The child reported this running version.
+    Version(String),
+    /// The package is downloaded and verified.
+    Downloaded,
+    /// The package could not be had (result code and description).
+    DownloadFailed {
+        /// IoTDA result code.
+        code: u16,
+        /// Failure description.
+        description: String,
+    },
+    /// The child acknowledged bytes up to this offset.
+    Progress(u64),
+    /// The child holds the whole image.
+    Delivered,
+    /// The activation command was accepted (the child rebooted).
+    Activated,
+    /// The child did not answer or answered garbage: retry after a backoff.
+    Transient(String),
+    /// The child refused; retrying will not help.
+    Rejected {
+        /// IoTDA result code.
+        code: u16,
+        /// Failure description.
+        description: String,
+    },
+    /// The job's deadline passed.
+    DeadlinePassed,
+}
+
+/// What the driver must do after an input.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Effects {
+    /// Write the job to the journal now.
+    pub persist: bool,
+    /// Queue this report upstream.
+    pub report: Option<ProgressReport>,
+    /// Back off before the next [`Machine::work`] (a transient failure).
+    pub backoff: bool,
+}
+
+/// Limits of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Transient failures tolerated per phase before the job fails.
+    pub max_retries: u32,
+    /// Checkpoint the delivery offset at least every this many bytes...
+    pub checkpoint_bytes: u64,
+    /// ...or this many seconds.
+    pub checkpoint_secs: i64,
+    /// Report progress when it grew by this many points...
+    pub report_points: u8,
+    /// ...or this many seconds passed.
+    pub report_secs: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_retries: 5,
+            checkpoint_bytes: 64 * 1024,
+            checkpoint_secs: 2,
+            report_points: 10,
+            report_secs: 30,
+        }
+    }
+}
+
+/// The job's state; everything here is persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// Current phase.
+    pub phase: Phase,
+    /// The version to reach.
+    pub target: String,
+    /// Package size.
+    pub size: u64,
+    /// Delivery offset at the last checkpoint.
+    pub offset: u64,
+    /// Transient failures in the current phase.
+    pub retries: u32,
+    /// The version the child ran when the job started (or last read).
+    pub current_version: Option<String>,
+    /// Result once terminal: code and description.
+    pub result: Option<(u16, String)>,
+    /// How versions are compared.
+    pub mode: Mode,
+    /// The last progress reported and when (Unix seconds).
+    pub last_report: Option<(u8, i64)>,
+    /// When the offset was last checkpointed (Unix seconds).
+    pub last_checkpoint: i64,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl Machine {
+    /// A new job towards `target` for a package of `size` bytes.
+    pub fn new(target: &str, size: u64, mode: Mode, limits: Limits) -> Self {
+        Machine {
+            phase: Phase::Queued,
+            target: target.to_owned(),
+            size,
+            offset: 0,
+            retries: 0,
+            current_version: None,
+            result: None,
+            mode,
+            last_report: None,
+            last_checkpoint: 0,
+            limits,
+        }
+    }
+
+    /// What to do next.
+    pub fn work(&self) -> Work {
+        match self.phase {
+            Phase::Queued | Phase::Verifying => Work::ReadVersion,
+            Phase::Downloading => Work::Download,
+            Phase::Delivering => Work::Deliver { from: self.offset },
+            Phase::Activating => Work::Activate,
+            Phase::Succeeded | Phase::Failed => Work::Done,
+        }
+    }
+
+    /// Overall progress, 0–99 while running: the download is the first
+    /// fifth, delivery up to 95, activation and read-back the rest.
+    pub fn progress(&self) -> u8 {
+        match self.phase {
+            Phase::Queued => 0,
+            Phase::Downloading => 0,
+            Phase::Delivering => {
+                let frac = if self.size == 0 {
+                    1.0
+                } else {
+                    self.offset as f64 / self.size as f64
+                };
+                (20.0 + 75.0 * frac.min(1.0)) as u8
+            }
+            Phase::Activating => 96,
+            Phase::Verifying => 98,
+            Phase::Succeeded => 100,
+            Phase::Failed => self.last_report.map_or(0, |(p, _)| p),
+        }
+    }
+
+    fn is_target(&self, v: &str) -> bool {
+        version::matches(&self.target, v, self.mode)
+    }
+
+    fn version_for_report(&self) -> String {
+        self.current_version.clone().unwrap_or_default()
+    }
+
+    fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.retries = 0;
+    }
+
+    fn succeed(&mut self, version: String, description: &str, now: i64) -> Effects {
+        self.enter(Phase::Succeeded);
+        self.current_version = Some(version.clone());
+        self.result = Some((result::SUCCESS, description.to_owned()));
+        self.last_report = Some((100, now));
+        Effects {
+            persist: true,
+            report: Some(ProgressReport {
+                result_code: result::SUCCESS,
+                progress: Some(100),
+                version,
+                description: Some(description.to_owned()),
+            }),
+            backoff: false,
+        }
+    }
+
+    fn fail(&mut self, code: u16, description: String) -> Effects {
+        let progress = self.progress();
+        self.enter(Phase::Failed);
+        self.result = Some((code, description.clone()));
+        Effects {
+            persist: true,
+            report: Some(ProgressReport {
+                result_code: code,
+                progress: Some(progress),
+                version: self.version_for_report(),
+                description: Some(description),
+            }),
+            backoff: false,
+        }
+    }
+
+    /// A progress report, if enough changed since the last one.
+    fn maybe_report(&mut self, now: i64, force: bool) -> Option<ProgressReport> {
+        let p = self.progress();
+        let due = match self.last_report {
+            None => true,
+            Some((last, at)) => {
+                force
+                    || p >= last.saturating_add(self.limits.report_points)
+                    || (p != last && now - at >= self.limits.report_secs)
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.last_report = Some((p, now));
+        Some(ProgressReport {
+            result_code: result::SUCCESS,
+            progress: Some(p),
+            version: self.version_for_report(),
+            description: Some(self.phase.as_str().to_owned()),
+        })
+    }
+
+    fn transition(&mut self, phase: Phase, now: i64) -> Effects {
+        self.enter(phase);
+        // Checkpoint intervals count from the start of the phase.
+        self.last_checkpoint = now;
+        Effects {
+            persist: true,
+            report: self.maybe_report(now, false),
+            backoff: false,
+        }
+    }
+
+    /// Feeds one input at Unix time `now`.
+    pub fn handle(&mut self, input: Input, now: i64) -> Effects {
+        if self.phase.is_terminal() {
+            return Effects::default();
+        }
+        match input {
+            Input::DeadlinePassed => {
+                let (code, what) = match self.phase {
+                    Phase::Queued | Phase::Downloading | Phase::Delivering => {
+                        (result::DOWNLOAD_TIMEOUT, "the package was not delivered")
+                    }
+                    _ => (result::INSTALL_FAIL, "the new version was not confirmed"),
+                };
+                self.fail(
+                    code,
+                    format!("Deadline passed: {what} within 24 h of the event"),
+                )
+            }
+            Input::Rejected { code, description } => self.fail(code, description),
+            Input::Transient(why) => {
+                self.retries += 1;
+                if self.retries > self.limits.max_retries {
+                    let description = match self.phase {
+                        Phase::Verifying | Phase::Activating => format!(
+                            "{}: the child did not come back after the update ({why})",
+                            result::DESC_UPDATE_FAILED
+                        ),
+                        _ => format!("{}: {why}", result::DESC_CONNECTION_LOST),
+                    };
+                    let code = match self.phase {
+                        Phase::Verifying | Phase::Activating => result::INSTALL_FAIL,
+                        _ => result::DOWNLOAD_TIMEOUT,
+                    };
+                    self.fail(code, description)
+                } else {
+                    Effects {
+                        persist: true,
+                        report: None,
+                        backoff: true,
+                    }
+                }
+            }
+            Input::Version(v) => match self.phase {
+                Phase::Queued => {
+                    if self.is_target(&v) {
+                        self.succeed(v, "already at the target version", now)
+                    } else {
+                        self.current_version = Some(v);
+                        self.transition(Phase::Downloading, now)
+                    }
+                }
+                Phase::Activating => {
+                    // Read before activating: the image is already running
+                    // (a restart after the activation took effect).
+                    if self.is_target(&v) {
+                        self.succeed(v, "upgrade success", now)
+                    } else {
+                        self.current_version = Some(v);
+                        Effects::default()
+                    }
+                }
+                Phase::Verifying => {
+                    if self.is_target(&v) {
+                        self.succeed(v, "upgrade success", now)
+                    } else {
+                        // The child answers with another version after the
+                        // reboot: MCUboot reverted or the image did not take.
+                        self.current_version = Some(v.clone());
+                        self.retries += 1;
+                        if self.retries > self.limits.max_retries.min(2) {
+                            self.fail(
+                                result::INSTALL_FAIL,
+                                format!(
+                                    "{}: the child runs {v} after the update, not {}",
+                                    result::DESC_UPDATE_FAILED,
+                                    self.target
+                                ),
+                            )
+                        } else {
+                            Effects {
+                                persist: true,
+                                report: None,
+                                backoff: true,
+                            }
+                        }
+                    }
+                }
+                _ => Effects::default(),
+            },
+            Input::Downloaded => match self.phase {
+                Phase::Downloading => self.transition(Phase::Delivering, now),
+                _ => Effects::default(),
+            },
+            Input::DownloadFailed { code, description } => self.fail(code, description),
+            Input::Progress(off) => {
+                if self.phase != Phase::Delivering {
+                    return Effects::default();
+                }
+                let off = off.min(self.size);
+                let grew = off.saturating_sub(self.offset);
+                let persist = grew >= self.limits.checkpoint_bytes
+                    || (grew > 0 && now - self.last_checkpoint >= self.limits.checkpoint_secs)
+                    || off < self.offset;
+                if persist {
+                    self.offset = off;
+                    self.last_checkpoint = now;
+                    // Progress is being made: earlier failures are forgiven.
+                    self.retries = 0;
+                }
+                let report = if persist {
+                    self.maybe_report(now, false)
+                } else {
+                    None
+                };
+                Effects {
+                    persist,
+                    report,
+                    backoff: false,
+                }
+            }
+            Input::Delivered => match self.phase {
+                Phase::Delivering => {
+                    self.offset = self.size;
+                    self.last_checkpoint = now;
+                    self.transition(Phase::Activating, now)
+                }
+                _ => Effects::default(),
+            },
+            Input::Activated => match self.phase {
+                Phase::Activating => self.transition(Phase::Verifying, now),
+                _ => Effects::default(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m() -> Machine {
+        Machine::new("V2.0.0", 1_000_000, Mode::Normalised, Limits::default())
+    }
+
+    fn code(e: &Effects) -> Option<u16> {
+        e.report.as_ref().map(|r| r.result_code)
+    }
+
+    #[test]
+    fn happy_path_reports_and_checkpoints() {
+        let mut j = m();
+        assert_eq!(j.work(), Work::ReadVersion);
+        let e = j.handle(Input::Version("1.0.0".into()), 0);
+        assert_eq!((j.phase, e.persist), (Phase::Downloading, true));
+        assert_eq!(e.report.unwrap().progress, Some(0));
+        assert_eq!(j.work(), Work::Download);
+        j.handle(Input::Downloaded, 1);
+        assert_eq!(j.work(), Work::Deliver { from: 0 });
+        // Small steps within 2 s are neither persisted nor reported.
+        let e = j.handle(Input::Progress(1000), 1);
+        assert_eq!(e, Effects::default());
+        // 64 KiB: a checkpoint.
+        let e = j.handle(Input::Progress(70_000), 1);
+        assert!(e.persist);
+        assert_eq!(j.offset, 70_000);
+        // Two seconds later any growth is a checkpoint.
+        let e = j.handle(Input::Progress(70_001), 3);
+        assert!(e.persist);
+        // Reports at most every 10 points.
+        let mut reported = vec![];
+        for off in (0..=1_000_000).step_by(50_000) {
+            if let Some(r) = j.handle(Input::Progress(off), 3).report {
+                reported.push(r.progress.unwrap());
+            }
+        }
+        for w in reported.windows(2) {
+            assert!(w[1] >= w[0] + 10, "{reported:?}");
+        }
+        assert!(reported.iter().all(|p| *p < 100));
+        j.handle(Input::Delivered, 4);
+        assert_eq!(j.work(), Work::Activate);
+        j.handle(Input::Version("1.0.0".into()), 4); // read before activating
+        assert_eq!(j.phase, Phase::Activating);
+        j.handle(Input::Activated, 5);
+        assert_eq!(j.work(), Work::ReadVersion);
+        let e = j.handle(Input::Version("v2.0".into()), 6);
+        assert_eq!(j.phase, Phase::Succeeded);
+        let r = e.report.unwrap();
+        assert_eq!(
+            (r.result_code, r.progress, r.version.as_str()),
+            (0, Some(100), "v2.0")
+        );
+        assert_eq!(j.work(), Work::Done);
+        // Terminal: nothing more happens.
+        assert_eq!(j.handle(Input::DeadlinePassed, 7), Effects::default());
+    }
+
+    #[test]
+    fn already_at_target_succeeds_without_download() {
+        let mut j = m();
+        let e = j.handle(Input::Version("2.0".into()), 0);
+        assert_eq!(j.phase, Phase::Succeeded);
+        let r = e.report.unwrap();
+        assert_eq!(
+            (r.result_code, r.progress, r.version.as_str()),
+            (0, Some(100), "2.0")
+        );
+    }
+
+    #[test]
+    fn a_resumed_activation_reads_first() {
+        let mut j = m();
+        j.phase = Phase::Activating;
+        assert_eq!(j.work(), Work::Activate);
+        let e = j.handle(Input::Version("2.0.0".into()), 0);
+        assert_eq!((j.phase, code(&e)), (Phase::Succeeded, Some(0)));
+    }
+
+    #[test]
+    fn failures_by_phase() {
+        // (phase, input, expected code)
+        let table: Vec<(Phase, Input, u16)> = vec![
+            (
+                Phase::Downloading,
+                Input::DownloadFailed {
+                    code: 7,
+                    description: result::DESC_INTEGRITY.into(),
+                },
+                7,
+            ),
+            (
+                Phase::Delivering,
+                Input::Rejected {
+                    code: 5,
+                    description: "x".into(),
+                },
+                5,
+            ),
+            (Phase::Queued, Input::DeadlinePassed, 6),
+            (Phase::Delivering, Input::DeadlinePassed, 6),
+            (Phase::Activating, Input::DeadlinePassed, 10),
+            (Phase::Verifying, Input::DeadlinePassed, 10),
+            (
+                Phase::Activating,
+                Input::Rejected {
+                    code: 10,
+                    description: "y".into(),
+                },
+                10,
+            ),
+        ];
+        for (phase, input, want) in table {
+            let mut j = m();
+            j.phase = phase;
+            j.current_version = Some("1.0".into());
+            let e = j.handle(input.clone(), 0);
+            assert_eq!(j.phase, Phase::Failed, "{phase:?} {input:?}");
+            let r = e.report.unwrap();
+            assert_eq!(r.result_code, want, "{phase:?} {input:?}");
+            assert_eq!(r.version, "1.0");
+            assert!(r.description.is_some());
+        }
+    }
+
+    #[test]
+    fn transient_failures_retry_up_to_the_cap() {
+        for (phase, want) in [
+            (Phase::Queued, 6),
+            (Phase::Delivering, 6),
+            (Phase::Verifying, 10),
+        ] {
+            let mut j = m();
+            j.phase = phase;
+            for i in 0..5 {
+                let e = j.handle(Input::Transient("timeout".into()), i);
+                assert!(e.backoff && e.report.is_none(), "{phase:?} try {i}");
+                assert_eq!(j.phase, phase);
+            }
+            let e = j.handle(Input::Transient("timeout".into()), 9);
+            assert_eq!(
+                (j.phase, code(&e)),
+                (Phase::Failed, Some(want)),
+                "{phase:?}"
+            );
+            assert!(e.report.unwrap().description.unwrap().contains("timeout"));
+        }
+    }
+
+    #[test]
+    fn progress_forgives_earlier_failures() {
+        let mut j = m();
+        j.phase = Phase::Delivering;
+        for _ in 0..5 {
+            j.handle(Input::Transient("lost".into()), 0);
+        }
+        j.handle(Input::Progress(100_000), 1);
+        assert_eq!(j.retries, 0);
+        let e = j.handle(Input::Transient("lost".into()), 2);
+        assert!(e.backoff);
+        assert_eq!(j.phase, Phase::Delivering);
+    }
+
+    #[test]
+    fn a_reverted_image_fails_with_the_running_version() {
+        let mut j = m();
+        j.phase = Phase::Verifying;
+        j.handle(Input::Version("1.0".into()), 0);
+        j.handle(Input::Version("1.0".into()), 1);
+        let e = j.handle(Input::Version("1.0".into()), 2);
+        let r = e.report.unwrap();
+        assert_eq!((r.result_code, r.version.as_str()), (10, "1.0"));
+        assert!(r
+            .description
+            .unwrap()
+            .starts_with(result::DESC_UPDATE_FAILED));
+    }
+
+    #[test]
+    fn slow_progress_is_reported_every_30_seconds() {
+        let mut j = m();
+        j.phase = Phase::Delivering;
+        j.last_report = Some((20, 0));
+        let e = j.handle(Input::Progress(70_000), 10);
+        assert!(e.persist && e.report.is_none());
+        let e = j.handle(Input::Progress(140_000), 31);
+        assert_eq!(e.report.unwrap().progress, Some(30));
+    }
+
+    #[test]
+    fn phases_round_trip_their_names() {
+        for p in [
+            Phase::Queued,
+            Phase::Downloading,
+            Phase::Delivering,
+            Phase::Activating,
+            Phase::Verifying,
+            Phase::Succeeded,
+            Phase::Failed,
+        ] {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Phase::parse("bogus"), None);
+    }
+}

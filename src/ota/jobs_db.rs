@@ -1,0 +1,183 @@
+//! The `jobs` table: one row per child upgrade (journal migration 3).
+
+use otabridge_codecs::iotda::{Upgrade, UpgradeKind};
+use otabridge_codecs::version::Mode;
+use rusqlite::{params, OptionalExtension};
+
+use super::job::{Limits, Machine, Phase};
+use crate::journal::{Journal, JournalError};
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// Row id.
+    pub id: i64,
+    /// The child.
+    pub device_id: String,
+    /// Firmware or software.
+    pub kind: UpgradeKind,
+    /// `_v2` event (pre-signed URL, no token).
+    pub v2: bool,
+    /// The event's paras.
+    pub upgrade: Upgrade,
+    /// When the event arrived (Unix seconds).
+    pub received_unix: i64,
+    /// When the job must have ended (Unix seconds).
+    pub deadline_unix: i64,
+    /// The state machine.
+    pub machine: Machine,
+    /// Activation commands sent so far.
+    pub activations: u32,
+}
+
+fn kind_str(k: UpgradeKind) -> &'static str {
+    match k {
+        UpgradeKind::Firmware => "firmware",
+        UpgradeKind::Software => "software",
+    }
+}
+
+fn sql_err(j: &mut Journal, e: rusqlite::Error) -> JournalError {
+    JournalError::Sqlite {
+        file: j.file().to_owned(),
+        source: e,
+    }
+}
+
+/// Inserts a new queued job; returns its id.
+pub fn insert(
+    j: &mut Journal,
+    device_id: &str,
+    kind: UpgradeKind,
+    v2: bool,
+    upgrade: &Upgrade,
+    received_unix: i64,
+    deadline_unix: i64,
+) -> Result<i64, JournalError> {
+    let event = serde_json::to_string(upgrade).expect("upgrade paras serialise");
+    let r = j.connection().execute(
+        "INSERT INTO jobs (device_id, kind, v2, event, received_unix, deadline_unix, target, sign,
+                           size, phase, updated_unix)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?5)",
+        params![
+            device_id,
+            kind_str(kind),
+            v2,
+            event,
+            received_unix,
+            deadline_unix,
+            upgrade.version,
+            upgrade.sign,
+            upgrade.file_size as i64
+        ],
+    );
+    match r {
+        Ok(_) => Ok(j.connection().last_insert_rowid()),
+        Err(e) => Err(sql_err(j, e)),
+    }
+}
+
+/// Writes the machine's state (and the activation count).
+pub fn save(
+    j: &mut Journal,
+    id: i64,
+    m: &Machine,
+    activations: u32,
+    now: i64,
+) -> Result<(), JournalError> {
+    let (code, desc) = match &m.result {
+        Some((c, d)) => (Some(*c), Some(d.clone())),
+        None => (None, None),
+    };
+    let r = j.connection().execute(
+        "UPDATE jobs SET phase = ?2, acked_offset = ?3, retries = ?4, current_version = ?5,
+             result_code = ?6, description = ?7, last_report_pct = ?8, last_report_unix = ?9,
+             activations = ?10, updated_unix = ?11
+         WHERE id = ?1",
+        params![
+            id,
+            m.phase.as_str(),
+            m.offset as i64,
+            m.retries,
+            m.current_version,
+            code,
+            desc,
+            m.last_report.map(|(p, _)| p),
+            m.last_report.map(|(_, t)| t),
+            activations,
+            now
+        ],
+    );
+    r.map(|_| ()).map_err(|e| sql_err(j, e))
+}
+
+fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Result<JobRow> {
+    let event: String = r.get("event")?;
+    let upgrade: Upgrade = serde_json::from_str(&event).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let phase: String = r.get("phase")?;
+    let mut m = Machine::new(
+        &r.get::<_, String>("target")?,
+        r.get::<_, i64>("size")? as u64,
+        mode,
+        limits,
+    );
+    m.phase = Phase::parse(&phase).unwrap_or(Phase::Failed);
+    m.offset = r.get::<_, i64>("acked_offset")? as u64;
+    m.retries = r.get("retries")?;
+    m.current_version = r.get("current_version")?;
+    let code: Option<u16> = r.get("result_code")?;
+    let desc: Option<String> = r.get("description")?;
+    m.result = code.map(|c| (c, desc.unwrap_or_default()));
+    let pct: Option<u8> = r.get("last_report_pct")?;
+    let at: Option<i64> = r.get("last_report_unix")?;
+    m.last_report = pct.zip(at);
+    m.last_checkpoint = r.get("updated_unix")?;
+    Ok(JobRow {
+        id: r.get("id")?,
+        device_id: r.get("device_id")?,
+        kind: if r.get::<_, String>("kind")? == "software" {
+            UpgradeKind::Software
+        } else {
+            UpgradeKind::Firmware
+        },
+        v2: r.get("v2")?,
+        upgrade,
+        received_unix: r.get("received_unix")?,
+        deadline_unix: r.get("deadline_unix")?,
+        machine: m,
+        activations: r.get("activations")?,
+    })
+}
+
+/// Jobs not yet succeeded or failed, oldest first.
+pub fn active(j: &mut Journal, limits: Limits, mode: Mode) -> Result<Vec<JobRow>, JournalError> {
+    let file = j.file().to_owned();
+    let conn = j.connection();
+    let read = || -> rusqlite::Result<Vec<JobRow>> {
+        let mut st = conn
+            .prepare("SELECT * FROM jobs WHERE phase NOT IN ('succeeded', 'failed') ORDER BY id")?;
+        let rows = st.query_map([], |r| row_to_job(r, limits, mode))?;
+        rows.collect()
+    };
+    read().map_err(|source| JournalError::Sqlite { file, source })
+}
+
+/// The latest job of a child, if any.
+pub fn latest(
+    j: &mut Journal,
+    device_id: &str,
+    limits: Limits,
+    mode: Mode,
+) -> Result<Option<JobRow>, JournalError> {
+    let r = j
+        .connection()
+        .query_row(
+            "SELECT * FROM jobs WHERE device_id = ?1 ORDER BY id DESC LIMIT 1",
+            [device_id],
+            |r| row_to_job(r, limits, mode),
+        )
+        .optional();
+    r.map_err(|e| sql_err(j, e))
+}

@@ -1,0 +1,191 @@
+//! `otabridge download --config FILE URL [--token T] [--sha256 HEX] [--size N]`:
+//! the gateway's own download path from the command line, so that an
+//! operator can check reachability, TLS settings and speed from the box.
+//!
+//! It uses the package store in `state.dir/packages` like the daemon: an
+//! interrupted run resumes when run again. After a successful check the
+//! package is released (and so removed): the command verifies, it does not
+//! stock packages.
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{db, DownloadError, DownloadState, PackageRequest, PackageStore, StoreError};
+use crate::config::{Config, Secret};
+use crate::journal::Journal;
+
+/// The claim `otabridge download` holds while it runs (and keeps after an
+/// interruption, so that the next run resumes).
+pub const JOB: &str = "cli:download";
+
+/// What `otabridge download` was asked.
+#[derive(Debug, Clone)]
+pub struct DownloadArgs {
+    /// The package URL.
+    pub url: String,
+    /// Bearer token (v1 URLs).
+    pub token: Option<String>,
+    /// Expected SHA-256 (64 hex).
+    pub sha256: Option<String>,
+    /// Expected size in bytes.
+    pub size: Option<u64>,
+    /// Print progress to stderr about this often.
+    pub progress_every: Duration,
+}
+
+/// The outcome of a successful run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Package size.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Bytes already on disk from an earlier run.
+    pub resumed_from: u64,
+    /// Time this run took.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Bytes per second fetched by this run.
+    pub fn throughput(&self) -> f64 {
+        (self.size - self.resumed_from) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Why `otabridge download` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The arguments or the configuration cannot be used (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The download failed (exit 1), with the report a job would send.
+    #[error("{error} (result_code {code}: {description})", code = error.result_code(), description = error.description())]
+    Download {
+        /// Why.
+        error: DownloadError,
+    },
+    /// The state directory could not be used (exit 1).
+    #[error("{0}")]
+    State(String),
+}
+
+impl CliError {
+    /// The process exit code: 2 for bad usage or configuration, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Download { .. } | CliError::State(_) => 1,
+        }
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Runs the download, printing progress to stderr.
+pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliError> {
+    let req = PackageRequest {
+        url: args.url.clone(),
+        token: args.token.clone().map(Secret::new),
+        size: args.size,
+        sha256: args.sha256.clone(),
+        version: String::new(),
+        deadline: SystemTime::now() + super::DEFAULT_VALIDITY,
+    };
+    let key = req
+        .key()
+        .map_err(|e| CliError::Usage(format!("--sha256: {e}")))?;
+    super::http::parse_url(&req.url, cfg.download.allow_http)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let journal =
+        Journal::open_shared(&cfg.state.dir).map_err(|e| CliError::State(e.to_string()))?;
+    let store = PackageStore::open(
+        &cfg.state.dir.join(super::DIR_NAME),
+        journal.clone(),
+        &cfg.download,
+    )
+    .map_err(|e| match e {
+        StoreError::Setup(DownloadError::Tls(m)) => CliError::Usage(format!(
+            "config {}: download.ca_file: {m}",
+            cfg.file.display()
+        )),
+        e => CliError::State(e.to_string()),
+    })?;
+    let resumed_from = db::get(&journal, &key)
+        .map_err(|e| CliError::State(e.to_string()))?
+        .filter(|r| !r.verified)
+        .map_or(0, |r| r.durable_len);
+    if resumed_from > 0 {
+        eprintln!(
+            "resuming at byte {resumed_from} ({:.1} MiB)",
+            mib(resumed_from)
+        );
+    }
+    let started = Instant::now();
+    let wait = store.acquire(JOB, &req);
+    let mut rx = wait.progress();
+    let printer = tokio::spawn(async move {
+        let mut last = Instant::now();
+        let mut last_bytes = None;
+        while rx.changed().await.is_ok() {
+            let state = rx.borrow_and_update().clone();
+            let DownloadState::Downloading {
+                received,
+                durable,
+                size,
+            } = state
+            else {
+                break;
+            };
+            if last.elapsed() < args.progress_every {
+                continue;
+            }
+            let rate = last_bytes
+                .map(|b: u64| received.saturating_sub(b) as f64 / last.elapsed().as_secs_f64())
+                .unwrap_or(0.0);
+            let of = size
+                .map(|s| {
+                    format!(
+                        " of {:.1} MiB ({:.0}%)",
+                        mib(s),
+                        received as f64 * 100.0 / s.max(1) as f64
+                    )
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "{:.1} MiB{of}, {:.1} MiB on disk, {:.1} MiB/s",
+                mib(received),
+                mib(durable),
+                rate / (1024.0 * 1024.0)
+            );
+            let _ = std::io::stderr().flush();
+            last = Instant::now();
+            last_bytes = Some(received);
+        }
+    });
+    let r = wait.ready().await;
+    printer.abort();
+    match r {
+        Ok(p) => {
+            store.release(JOB, &key);
+            Ok(Summary {
+                size: p.size,
+                sha256: p.sha256,
+                resumed_from,
+                elapsed: started.elapsed(),
+            })
+        }
+        Err(error @ DownloadError::Store(_)) => {
+            // The disk or the journal failed, or another process holds the
+            // `.part` file: keep the claim (and that process's file).
+            Err(CliError::Download { error })
+        }
+        Err(error) => {
+            // A failed download left nothing behind; forget the claim too.
+            store.release(JOB, &key);
+            Err(CliError::Download { error })
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The package store's rows in the journal (`packages`, `package_claims`,
+//! migration 2 in [`crate::journal`]).
+
+use rusqlite::{params, OptionalExtension};
+
+use super::DownloadError;
+use crate::journal::{self, SharedJournal};
+
+/// What the journal knows of one package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Row {
+    /// Announced (or learnt) size.
+    pub(crate) size: Option<u64>,
+    /// Bytes of `<key>.part` known to be on disk (fsynced before recorded).
+    pub(crate) durable_len: u64,
+    /// The ETag or Last-Modified of the partial content, for `If-Range`.
+    pub(crate) validator: Option<String>,
+    /// `<key>` is complete and verified.
+    pub(crate) verified: bool,
+    /// The SHA-256 of the verified file.
+    pub(crate) sha256: Option<String>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn store_err(e: impl std::fmt::Display) -> DownloadError {
+    DownloadError::Store(format!("journal: {e}"))
+}
+
+pub(crate) fn get(j: &SharedJournal, key: &str) -> Result<Option<Row>, DownloadError> {
+    let mut g = journal::lock(j);
+    g.connection()
+        .query_row(
+            "SELECT size, durable_len, validator, verified, sha256 FROM packages WHERE key = ?1",
+            [key],
+            |r| {
+                Ok(Row {
+                    size: r.get::<_, Option<i64>>(0)?.map(|v| v as u64),
+                    durable_len: r.get::<_, i64>(1)? as u64,
+                    validator: r.get(2)?,
+                    verified: r.get(3)?,
+                    sha256: r.get(4)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(store_err)
+}
+
+/// Writes the row for a package being downloaded.
+pub(crate) fn put_progress(
+    j: &SharedJournal,
+    key: &str,
+    size: Option<u64>,
+    durable_len: u64,
+    validator: Option<&str>,
+) -> Result<(), DownloadError> {
+    let mut g = journal::lock(j);
+    g.connection()
+        .execute(
+            "INSERT INTO packages (key, size, durable_len, validator, verified, updated_unix)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5)
+             ON CONFLICT(key) DO UPDATE SET size = excluded.size,
+               durable_len = excluded.durable_len, validator = excluded.validator,
+               verified = 0, updated_unix = excluded.updated_unix",
+            params![
+                key,
+                size.map(|s| s as i64),
+                durable_len as i64,
+                validator,
+                now_unix()
+            ],
+        )
+        .map_err(store_err)?;
+    Ok(())
+}
+
+/// Marks a package complete and verified.
+pub(crate) fn put_verified(
+    j: &SharedJournal,
+    key: &str,
+    size: u64,
+    sha256: &str,
+) -> Result<(), DownloadError> {
+    let mut g = journal::lock(j);
+    g.connection()
+        .execute(
+            "INSERT INTO packages (key, size, durable_len, verified, sha256, updated_unix)
+             VALUES (?1, ?2, ?2, 1, ?3, ?4)
+             ON CONFLICT(key) DO UPDATE SET size = excluded.size,
+               durable_len = excluded.durable_len, verified = 1, sha256 = excluded.sha256,
+               updated_unix = excluded.updated_unix",
+            params![key, size as i64, sha256, now_unix()],
+        )
+        .map_err(store_err)?;
+    Ok(())
+}
+
+pub(crate) fn delete(j: &SharedJournal, key: &str) -> Result<(), DownloadError> {
+    let mut g = journal::lock(j);
+    g.connection()
+        .execute("DELETE FROM packages WHERE key = ?1", [key])
+        .map_err(store_err)?;
+    Ok(())
+}
+
+pub(crate) fn claim(j: &SharedJournal, key: &str, job: &str) -> Result<(), DownloadError> {
+    let mut g = journal::lock(j);
+    g.connection()
+        .execute(
+            "INSERT OR IGNORE INTO package_claims (key, job) VALUES (?1, ?2)",
+            params![key, job],
+        )
+        .map_err(store_err)?;
+    Ok(())
+}
+
+/// Drops a claim; returns how many claims on `key` remain.
+pub(crate) fn unclaim(j: &SharedJournal, key: &str, job: &str) -> Result<u64, DownloadError> {
+    let mut g = journal::lock(j);
+    let c = g.connection();
+    c.execute(
+        "DELETE FROM package_claims WHERE key = ?1 AND job = ?2",
+        params![key, job],
+    )
+    .map_err(store_err)?;
+    c.query_row(
+        "SELECT COUNT(*) FROM package_claims WHERE key = ?1",
+        [key],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+    .map_err(store_err)
+}
+
+/// Every claim, as (key, job).
+pub(crate) fn claims(j: &SharedJournal) -> Result<Vec<(String, String)>, DownloadError> {
+    let mut g = journal::lock(j);
+    let c = g.connection();
+    let mut st = c
+        .prepare("SELECT key, job FROM package_claims ORDER BY key, job")
+        .map_err(store_err)?;
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(store_err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(store_err)
+}
+
+/// Deletes the rows of packages no job claims; returns their keys.
+pub(crate) fn delete_unclaimed(j: &SharedJournal) -> Result<Vec<String>, DownloadError> {
+    let mut g = journal::lock(j);
+    let tx = g.connection().transaction().map_err(store_err)?;
+    let keys = {
+        let mut st = tx
+            .prepare("SELECT key FROM packages WHERE key NOT IN (SELECT key FROM package_claims)")
+            .map_err(store_err)?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(store_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(store_err)?
+    };
+    tx.execute(
+        "DELETE FROM packages WHERE key NOT IN (SELECT key FROM package_claims)",
+        [],
+    )
+    .map_err(store_err)?;
+    tx.commit().map_err(store_err)?;
+    Ok(keys)
+}

@@ -1,0 +1,201 @@
+//! Why a package could not be obtained, with the IoTDA result code and the
+//! failure description the OTA engine reports for every child that needed it.
+
+use otabridge_codecs::iotda::result;
+
+/// A download (or a wait on one) that failed for good. Transient failures
+/// (a dropped connection, a stalled body, a 5xx) are retried inside the
+/// downloader and only surface as [`DownloadError::Timeout`] once the
+/// deadline has passed.
+///
+/// Cloneable, because every job waiting on the same package gets the same
+/// error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadError {
+    /// The URL cannot be used: not `https://` (or `http://` without
+    /// `download.allow_http`), malformed, or the server says it does not exist.
+    #[error("invalid package URL: {0}")]
+    InvalidUrl(String),
+    /// `sign` is not 64 hex characters.
+    #[error("invalid sign (expected 64 hex characters of SHA-256): {0:?}")]
+    InvalidSign(String),
+    /// `file_size` is above `download.max_package_bytes`.
+    #[error("package of {size} bytes is above download.max_package_bytes = {max}")]
+    TooLargeForConfig {
+        /// The announced size.
+        size: u64,
+        /// The configured limit.
+        max: u64,
+    },
+    /// Not enough free disk space for the rest of the package plus a margin.
+    #[error(
+        "package needs {needed} more bytes but the disk has {available} free (margin {margin})"
+    )]
+    NoSpace {
+        /// Bytes still to download.
+        needed: u64,
+        /// Free bytes for unprivileged users on the package store's disk.
+        available: u64,
+        /// Bytes kept free beyond the package.
+        margin: u64,
+    },
+    /// The server sent more bytes than `file_size`, or declared a length that
+    /// disagrees with it.
+    #[error("server's length disagrees with file_size {expected}: {detail}")]
+    LengthMismatch {
+        /// The announced `file_size`.
+        expected: u64,
+        /// What the server said or did.
+        detail: String,
+    },
+    /// The whole file arrived but its SHA-256 is not `sign`. The file is deleted.
+    #[error("SHA-256 of the downloaded package is {actual}, the event's sign is {expected}")]
+    Integrity {
+        /// The event's sign (lower case).
+        expected: String,
+        /// What the file hashes to.
+        actual: String,
+    },
+    /// The server refused the token (401/403) several times in a row: it has
+    /// expired or was revoked; only a new upgrade event brings a new one.
+    #[error("the server refused the download token with HTTP {status} {attempts} times")]
+    TokenRejected {
+        /// The last status (401 or 403).
+        status: u16,
+        /// Consecutive refusals.
+        attempts: u32,
+    },
+    /// The server answered with an error status that retrying will not fix.
+    #[error("the server answered HTTP {status}")]
+    HttpStatus {
+        /// The status code.
+        status: u16,
+    },
+    /// The deadline (24 h after the event, or the token's expiry) passed while
+    /// the download kept failing; the last failure is kept.
+    #[error("download deadline passed after {attempts} attempts; last failure: {last}")]
+    Timeout {
+        /// Attempts made.
+        attempts: u32,
+        /// The last transient failure.
+        last: String,
+    },
+    /// The server's certificate failed verification (unknown CA, expired,
+    /// or a name mismatch while `download.verify_hostname` is on). Retrying
+    /// does not change a certificate, so this fails at once.
+    #[error("server certificate refused: {0}")]
+    Certificate(String),
+    /// The TLS configuration (`download.ca_file`) cannot be used.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The package store's disk or journal failed.
+    #[error("package store: {0}")]
+    Store(String),
+    /// No job needs the package any more: it was released while downloading.
+    #[error("the download was cancelled: no job needs the package any more")]
+    Cancelled,
+}
+
+impl DownloadError {
+    /// The `upgrade_progress_report` result code (iotda.md §4.6, §9).
+    pub fn result_code(&self) -> u16 {
+        match self {
+            DownloadError::TooLargeForConfig { .. } | DownloadError::NoSpace { .. } => {
+                result::LOW_SPACE
+            }
+            DownloadError::LengthMismatch { .. } | DownloadError::Integrity { .. } => {
+                result::CHECK_FAIL
+            }
+            DownloadError::TokenRejected { .. }
+            | DownloadError::Certificate(_)
+            | DownloadError::HttpStatus { .. }
+            | DownloadError::Timeout { .. } => result::DOWNLOAD_TIMEOUT,
+            DownloadError::InvalidUrl(_)
+            | DownloadError::InvalidSign(_)
+            | DownloadError::Tls(_)
+            | DownloadError::Store(_)
+            | DownloadError::Cancelled => result::INNER_ERROR,
+        }
+    }
+
+    /// The `description` for the report: the platform's own wording for the
+    /// cause (iotda.md §9), followed by the specific reason where the wording
+    /// alone would mislead an operator (a refused token is not a lost
+    /// connection, and only a new upgrade task fixes it).
+    pub fn description(&self) -> String {
+        match self {
+            DownloadError::TooLargeForConfig { .. } | DownloadError::NoSpace { .. } => {
+                result::DESC_NO_STORAGE.to_owned()
+            }
+            DownloadError::LengthMismatch { .. } | DownloadError::Integrity { .. } => {
+                result::DESC_INTEGRITY.to_owned()
+            }
+            DownloadError::TokenRejected { status, .. } => format!(
+                "{}: the download token was refused (HTTP {status}); it has expired or is no \
+                 longer valid, a new upgrade task is needed",
+                result::DESC_CONNECTION_LOST
+            ),
+            DownloadError::HttpStatus { .. } | DownloadError::Timeout { .. } => {
+                result::DESC_CONNECTION_LOST.to_owned()
+            }
+            DownloadError::InvalidUrl(_) | DownloadError::InvalidSign(_) => {
+                result::DESC_INVALID_URI.to_owned()
+            }
+            DownloadError::Certificate(_) => format!("{}: {self}", result::DESC_CONNECTION_LOST),
+            DownloadError::Tls(_) | DownloadError::Store(_) | DownloadError::Cancelled => {
+                self.to_string()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_descriptions_follow_iotda_section_9() {
+        let e = DownloadError::NoSpace {
+            needed: 1,
+            available: 0,
+            margin: 0,
+        };
+        assert_eq!(
+            (e.result_code(), e.description().as_str()),
+            (5, result::DESC_NO_STORAGE)
+        );
+        let e = DownloadError::Integrity {
+            expected: "a".into(),
+            actual: "b".into(),
+        };
+        assert_eq!(
+            (e.result_code(), e.description().as_str()),
+            (7, result::DESC_INTEGRITY)
+        );
+        let e = DownloadError::LengthMismatch {
+            expected: 1,
+            detail: "x".into(),
+        };
+        assert_eq!(e.result_code(), 7);
+        let e = DownloadError::TokenRejected {
+            status: 403,
+            attempts: 3,
+        };
+        assert_eq!(e.result_code(), 6);
+        assert!(e.description().starts_with(result::DESC_CONNECTION_LOST));
+        assert!(e.description().contains("token"), "{}", e.description());
+        let e = DownloadError::Timeout {
+            attempts: 9,
+            last: "reset".into(),
+        };
+        assert_eq!(
+            (e.result_code(), e.description().as_str()),
+            (6, result::DESC_CONNECTION_LOST)
+        );
+        let e = DownloadError::InvalidUrl("http://x".into());
+        assert_eq!(
+            (e.result_code(), e.description().as_str()),
+            (255, result::DESC_INVALID_URI)
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! One HTTP/1.1 GET over TLS (or plain TCP when allowed): hyper's
+//! connection-level client on tokio-rustls with the ring provider.
+//!
+//! Each attempt opens its own connection: a download is one long GET, and a
+//! resume after a failure needs a fresh connection anyway. hyper's
+//! `client::conn` API (rather than a pooled client) keeps the dependency
+//! tree small and lets the downloader own every timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::DownloadError;
+use crate::config::DownloadConfig;
+
+/// Where a package URL points, checked.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// `https` (true) or `http` (false).
+    pub(crate) https: bool,
+    /// Host name or address (IPv6 without brackets).
+    pub(crate) host: String,
+    /// Port (default 443 or 80).
+    pub(crate) port: u16,
+    /// The `Host` header value (`authority` of the URL).
+    pub(crate) authority: String,
+    /// The request target (path and query).
+    pub(crate) path_and_query: String,
+}
+
+impl std::fmt::Debug for Target {
+    // The query of a pre-signed URL carries credentials: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&format!(
+            "{}://{}{}",
+            if self.https { "https" } else { "http" },
+            self.authority,
+            self.path_and_query
+        )))
+    }
+}
+
+/// The URL without its query string, for logs and errors (a pre-signed OBS
+/// URL carries its signature in the query, iotda.md §4.5).
+pub fn redact_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?<redacted>"),
+        None => url.to_owned(),
+    }
+}
+
+/// Parses and checks a package URL: `https://` always, `http://` only with
+/// `download.allow_http`.
+pub(crate) fn parse_url(url: &str, allow_http: bool) -> Result<Target, DownloadError> {
+    let bad = |why: &str| DownloadError::InvalidUrl(format!("{}: {why}", redact_url(url)));
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") if allow_http => false,
+        Some("http") => return Err(bad("http:// is refused (set download.allow_http = true)")),
+        _ => return Err(bad("only https:// URLs are accepted")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("user information in the URL is not supported"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    Ok(Target {
+        https,
+        host,
+        port,
+        authority: authority.as_str().to_owned(),
+        path_and_query,
+    })
+}
+
+/// A stream hyper can drive: TCP or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Why one request failed before a response head arrived.
+#[derive(Debug)]
+pub(crate) enum FetchError {
+    /// Connection refused, reset, timed out, DNS failed, ...: retry later.
+    Transient(String),
+    /// The certificate was refused: a retry gets the same certificate.
+    Certificate(String),
+}
+
+/// A response whose body is still streaming, and the task driving its
+/// connection (aborted when this is dropped, so a stalled connection cannot
+/// outlive the attempt that gave up on it).
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    pub(crate) response: Response<Incoming>,
+    conn: JoinHandle<()>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// The download client: TLS settings from `[download]`.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpClient {
+    tls: Arc<ClientConfig>,
+    connect_timeout: Duration,
+}
+
+impl HttpClient {
+    /// Builds the TLS configuration: the system roots plus `download.ca_file`;
+    /// with `verify_hostname = false`, the chain is still verified but the
+    /// name is not (iotda.md §4.7: v1 URLs name a bare IP address).
+    pub(crate) fn new(
+        cfg: &DownloadConfig,
+        connect_timeout: Duration,
+    ) -> Result<HttpClient, DownloadError> {
+        let tls_err = |e: crate::tls::TlsError| DownloadError::Tls(e.to_string());
+        let roots = crate::tls::system_roots_plus(cfg.ca_file.as_deref()).map_err(tls_err)?;
+        let mut tls = if cfg.verify_hostname {
+            crate::tls::client_config(roots, None).map_err(tls_err)?
+        } else {
+            crate::tls::client_config_any_name(roots).map_err(tls_err)?
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(HttpClient {
+            tls: Arc::new(tls),
+            connect_timeout,
+        })
+    }
+
+    /// Sends `GET target` with `headers` and returns once the response head
+    /// has arrived (within the connect timeout, counted from the start).
+    pub(crate) async fn get(
+        &self,
+        target: &Target,
+        headers: HeaderMap,
+    ) -> Result<Exchange, FetchError> {
+        let fut = self.get_inner(target, headers);
+        match tokio::time::timeout(self.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Transient(format!(
+                "no response head within {:?}",
+                self.connect_timeout
+            ))),
+        }
+    }
+
+    async fn get_inner(&self, target: &Target, headers: HeaderMap) -> Result<Exchange, FetchError> {
+        let transient = |what: &str, e: &dyn std::fmt::Display| {
+            FetchError::Transient(format!("{what} {}:{}: {e}", target.host, target.port))
+        };
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| transient("connect to", &e))?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = if target.https {
+            let name = ServerName::try_from(target.host.clone()).map_err(|e| {
+                FetchError::Certificate(format!(
+                    "'{}' is not a valid server name: {e}",
+                    target.host
+                ))
+            })?;
+            let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+            match connector.connect(name, tcp).await {
+                Ok(s) => Box::new(s),
+                Err(e) => {
+                    let cert = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .filter(|r| {
+                            matches!(
+                                r,
+                                rustls::Error::InvalidCertificate(_)
+                                    | rustls::Error::NoCertificatesPresented
+                            )
+                        })
+                        .map(|r| r.to_string());
+                    return Err(match cert {
+                        Some(c) => {
+                            FetchError::Certificate(format!("{}:{}: {c}", target.host, target.port))
+                        }
+                        None => transient("TLS handshake with", &e),
+                    });
+                }
+            }
+        } else {
+            Box::new(tcp)
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+                .await
+                .map_err(|e| transient("HTTP handshake with", &e))?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::get(target.path_and_query.as_str())
+            .body(Empty::new())
+            .map_err(|e| transient("request to", &e))?;
+        *req.headers_mut() = headers;
+        let response = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                conn.abort();
+                return Err(transient("request to", &e));
+            }
+        };
+        Ok(Exchange { response, conn })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        let t = parse_url("https://100.93.28.202:8943/iodm/dev/v2.0/x?a=b", false).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("100.93.28.202", 8943));
+        assert_eq!(t.path_and_query, "/iodm/dev/v2.0/x?a=b");
+        assert_eq!(
+            format!("{t:?}"),
+            "https://100.93.28.202:8943/iodm/dev/v2.0/x?<redacted>"
+        );
+        let t = parse_url("https://[::1]/p", false).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 443));
+        assert!(matches!(
+            parse_url("http://h/p", false),
+            Err(DownloadError::InvalidUrl(_))
+        ));
+        assert!(!parse_url("http://h/p", true).unwrap().https);
+        assert!(parse_url("ftp://h/p", true).is_err());
+        assert!(parse_url("https://u:p@h/p", true).is_err());
+        assert!(parse_url("not a url", true).is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! The command line's contract: exit codes and messages (DESIGN.md, CLI).
+
+use std::process::Command;
+
+fn otabridge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_otabridge"))
+}
+
+#[test]
+fn a_bad_config_exits_2_and_names_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[platform]\nurl = \"mqtts://h\"\ndevice_id = \"gw\"\nsecret = \"s\"\nkeepalive = 3\n[state]\ndir = \"/tmp/x\"\n",
+    )
+    .unwrap();
+    for sub in ["run", "status"] {
+        let out = otabridge()
+            .args([sub, "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(
+            err.contains("platform") && err.contains("keepalive"),
+            "{err}"
+        );
+    }
+    let out = otabridge()
+        .args(["run", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = otabridge().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn status_reads_the_journal_without_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    {
+        let mut j = otabridge::journal::Journal::open(&state).unwrap();
+        j.child_seen("p_a", "sim", Some("1.2"), true, None, 100)
+            .unwrap();
+    }
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[platform]\nurl = \"mqtt://127.0.0.1:1\"\ndevice_id = \"gw\"\nsecret = \"s\"\n[state]\ndir = {:?}\n\
+             [[child]]\ndevice_id = \"p_a\"\ntransport = \"sim\"\nversion = \"1.2\"\n\
+             [[child]]\ndevice_id = \"p_b\"\ntransport = \"sim\"\nversion = \"9\"\n",
+            state.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = otabridge()
+        .args(["status", "--json", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["device_id"], "p_a");
+    assert_eq!(v[0]["version"], "1.2");
+    assert_eq!(v[0]["online"], true);
+    assert_eq!(v[1]["device_id"], "p_b");
+    assert_eq!(v[1]["online"], false);
+    let out = otabridge()
+        .args(["status", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().nth(1).unwrap().starts_with("p_a"), "{text}");
+}
+
+#[test]
+fn the_example_configurations_are_valid() {
+    let bench = otabridge::config::Config::load(std::path::Path::new("examples/bench.toml"));
+    assert!(bench.is_ok(), "{:?}", bench.err());
+    // The IoTDA example reads its secret from a file that exists on a real
+    // gateway only; everything before that key must be valid.
+    let e = otabridge::config::Config::load(std::path::Path::new("examples/iotda.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("platform.secret_file: cannot read /etc/otabridge/secret"),
+        "{e}"
+    );
+}

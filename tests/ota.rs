@@ -1,0 +1,331 @@
+//! The OTA engine end to end: simulated IoTDA (rumqttd behind the TLS edge),
+//! the HTTPS package server, a real journal and package store, and
+//! in-process children. The exact report sequence of each child is asserted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use otabridge::child::memory::MemoryChild;
+use otabridge::child::Child;
+use otabridge::sim::package_server::{Access, PackageServer, Source};
+use otabridge::sim::testbed::Testbed;
+use otabridge_codecs::iotda::event::ProgressReport;
+use otabridge_codecs::iotda::{result, Event, Upgrade, UpgradeKind};
+
+const SIZE: u64 = 256 * 1024;
+
+struct Bench {
+    tb: Testbed,
+    server: PackageServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn bench(extra: &str) -> (Bench, otabridge::config::Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let tb = Testbed::new(dir.path()).await.unwrap();
+    let server = PackageServer::start(&["127.0.0.1", "localhost"])
+        .await
+        .unwrap();
+    let ca = dir.path().join("pkg-ca.pem");
+    std::fs::write(&ca, server.ca_pem()).unwrap();
+    let cfg = tb
+        .config(&format!(
+            "[download]\nca_file = {:?}\nmax_package_bytes = 1048576\n\n[ota]\nmax_retries = 2\n\
+             retry_min_ms = 20\nretry_max_ms = 100\nversion_read_timeout_secs = 1\n{extra}",
+            ca.display().to_string()
+        ))
+        .unwrap();
+    (
+        Bench {
+            tb,
+            server,
+            _dir: dir,
+        },
+        cfg,
+    )
+}
+
+fn upgrade(server: &PackageServer, id: &str, seed: u64, version: &str) -> Upgrade {
+    let served = server
+        .add(id, Source::Generated { len: SIZE, seed }, Access::Bearer)
+        .unwrap();
+    Upgrade {
+        version: version.into(),
+        url: served.url,
+        file_size: served.size,
+        file_name: "fw.bin".into(),
+        access_token: Some(server.issue_token(Duration::from_secs(3600))),
+        expires: Some(86_400),
+        sign: Some(served.sha256.to_uppercase()),
+        custom_info: None,
+        task_id: Some("task-1".into()),
+        sub_device_count: Some(7),
+        task_ext_info: None,
+    }
+}
+
+fn firmware(up: &Upgrade) -> Event {
+    Event::Upgrade {
+        kind: UpgradeKind::Firmware,
+        v2: false,
+        upgrade: up.clone(),
+    }
+}
+
+/// Collects progress reports per child until every child in `ids` has a
+/// terminal one (result != 0 or progress 100).
+async fn reports_until_done(
+    tb: &mut Testbed,
+    ids: &[&str],
+) -> BTreeMap<String, Vec<ProgressReport>> {
+    let mut by_child: BTreeMap<String, Vec<ProgressReport>> = BTreeMap::new();
+    let done = |v: &Vec<ProgressReport>| {
+        v.last()
+            .is_some_and(|r| r.result_code != 0 || r.progress == Some(100))
+    };
+    while !ids.iter().all(|id| by_child.get(*id).is_some_and(done)) {
+        let Some(r) = tb.platform.recv(Duration::from_secs(30)).await else {
+            panic!("reports stopped; so far: {by_child:#?}");
+        };
+        for inc in r.events.unwrap_or_default() {
+            if let (Some(id), Event::ProgressReport(p)) = (inc.object_device_id, inc.event) {
+                by_child.entry(id).or_default().push(p);
+            }
+        }
+    }
+    by_child
+}
+
+fn seq(v: &[ProgressReport]) -> Vec<(u16, u8)> {
+    v.iter()
+        .map(|r| (r.result_code, r.progress.unwrap_or(255)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_upgrade_reports_the_truth_for_every_child() {
+    let (mut b, cfg) = bench("").await;
+    let ok: Vec<Arc<MemoryChild>> = (1..=3)
+        .map(|i| Arc::new(MemoryChild::new(&format!("p_ok{i}"), "1.0.0")))
+        .collect();
+    let bad_sign = Arc::new(MemoryChild::new("p_badsign", "1.0.0"));
+    let small = Arc::new(MemoryChild::new("p_small", "1.0.0"));
+    small.set_capacity(64 * 1024);
+    let offline = Arc::new(MemoryChild::new("p_offline", "1.0.0"));
+    offline.set_online(false);
+    let current = Arc::new(MemoryChild::new("p_current", "V2.0.0"));
+    let mut all: Vec<Arc<dyn Child>> = ok.iter().map(|c| c.clone() as Arc<dyn Child>).collect();
+    for c in [&bad_sign, &small, &offline, &current] {
+        all.push(c.clone() as Arc<dyn Child>);
+    }
+    b.tb.start_gateway_with(cfg, all).await.unwrap();
+    b.tb.wait_connected(Duration::from_secs(20)).await.unwrap();
+
+    let good = upgrade(&b.server, "fw-2.0.0", 7, "2.0.0");
+    let mut wrong = upgrade(&b.server, "fw-2.0.0-b", 8, "2.0.0");
+    wrong.sign = Some("00".repeat(32));
+    for c in [
+        "p_ok1",
+        "p_ok2",
+        "p_ok3",
+        "p_small",
+        "p_offline",
+        "p_current",
+    ] {
+        b.tb.send(Some(c), &firmware(&good)).await.unwrap();
+    }
+    b.tb.send(Some("p_badsign"), &firmware(&wrong))
+        .await
+        .unwrap();
+
+    let ids = [
+        "p_ok1",
+        "p_ok2",
+        "p_ok3",
+        "p_badsign",
+        "p_small",
+        "p_offline",
+        "p_current",
+    ];
+    let reports = reports_until_done(&mut b.tb, &ids).await;
+
+    // 256 KiB in 4 KiB chunks, checkpointed every 64 KiB: 20 + 75 * k/4.
+    for id in ["p_ok1", "p_ok2", "p_ok3"] {
+        let r = &reports[id];
+        assert_eq!(
+            seq(r),
+            vec![
+                (0, 0),
+                (0, 20),
+                (0, 38),
+                (0, 57),
+                (0, 76),
+                (0, 95),
+                (0, 100)
+            ],
+            "{id}"
+        );
+        assert!(r[..6].iter().all(|p| p.version == "1.0.0"), "{id}: {r:?}");
+        assert_eq!(
+            r[6].version, "2.0.0",
+            "{id}: success carries the version read back"
+        );
+    }
+    for c in &ok {
+        assert_eq!((c.version(), c.activations()), ("2.0.0".to_owned(), 1));
+    }
+    let r = &reports["p_badsign"];
+    assert_eq!(seq(r), vec![(0, 0), (result::CHECK_FAIL, 0)]);
+    assert_eq!(r[1].description.as_deref(), Some(result::DESC_INTEGRITY));
+    assert_eq!(bad_sign.activations(), 0);
+    let r = &reports["p_small"];
+    assert_eq!(seq(r), vec![(0, 0), (0, 20), (result::LOW_SPACE, 20)]);
+    assert_eq!(r[2].description.as_deref(), Some(result::DESC_NO_STORAGE));
+    let r = &reports["p_offline"];
+    assert_eq!(seq(r), vec![(result::DOWNLOAD_TIMEOUT, 0)]);
+    assert!(
+        r[0].description
+            .as_deref()
+            .unwrap()
+            .starts_with(result::DESC_CONNECTION_LOST),
+        "{r:?}"
+    );
+    let r = &reports["p_current"];
+    assert_eq!(seq(r), vec![(0, 100)]);
+    assert_eq!(r[0].version, "V2.0.0");
+
+    // One download for the three children (and the storage-refusing one) of
+    // the shared package; the offline and current children fetched nothing.
+    let fetched: Vec<_> = b
+        .server
+        .requests()
+        .into_iter()
+        .filter(|q| q.package == "fw-2.0.0")
+        .collect();
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    assert_eq!(fetched[0].bytes, SIZE);
+
+    // Finished jobs released the packages: the store is empty again.
+    let pkgs = b.tb.state_dir.join("packages");
+    for _ in 0..100 {
+        if std::fs::read_dir(&pkgs).map(|d| d.count()).unwrap_or(0) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(std::fs::read_dir(&pkgs).unwrap().count(), 0);
+    b.tb.stop_gateway().await.unwrap();
+}
+
+#[tokio::test]
+async fn redelivery_is_ignored_and_a_different_task_conflicts() {
+    let (mut b, cfg) = bench("").await;
+    let slow = Arc::new(MemoryChild::new("p_slow", "1.0.0"));
+    slow.set_chunk_delay(Duration::from_millis(20));
+    b.tb.start_gateway_with(cfg, vec![slow.clone() as Arc<dyn Child>])
+        .await
+        .unwrap();
+    b.tb.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let first = upgrade(&b.server, "fw-a", 1, "2.0.0");
+    let other = upgrade(&b.server, "fw-b", 2, "3.0.0");
+    b.tb.send(Some("p_slow"), &firmware(&first)).await.unwrap();
+    // Wait until the job is delivering, then send a redelivery of the same
+    // event and a different task.
+    let until_delivering =
+        b.tb.wait_for(Duration::from_secs(20), |r| {
+            r.events.as_ref()?.iter().find_map(|i| match &i.event {
+                Event::ProgressReport(p) if p.progress == Some(20) => Some(()),
+                _ => None,
+            })
+        })
+        .await;
+    assert!(until_delivering.is_some());
+    b.tb.send(Some("p_slow"), &firmware(&first)).await.unwrap();
+    b.tb.send(Some("p_slow"), &firmware(&other)).await.unwrap();
+    // The conflict is answered at once (result 1); the running job goes on.
+    let before = reports_until_done(&mut b.tb, &["p_slow"])
+        .await
+        .remove("p_slow")
+        .unwrap();
+    let (conflict, running) = before.split_last().unwrap();
+    assert_eq!(conflict.result_code, result::BUSY, "{before:?}");
+    assert!(conflict
+        .description
+        .as_deref()
+        .unwrap()
+        .starts_with("Task Conflict"));
+    assert_eq!(conflict.version, "1.0.0");
+    let after = reports_until_done(&mut b.tb, &["p_slow"])
+        .await
+        .remove("p_slow")
+        .unwrap();
+    assert!(
+        running.iter().chain(&after).all(|r| r.result_code == 0),
+        "{after:?}"
+    );
+    assert_eq!(after.last().unwrap().version, "2.0.0");
+    assert_eq!(
+        slow.activations(),
+        1,
+        "the redelivered event started no second job"
+    );
+    b.tb.stop_gateway().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_mid_delivery_resumes_from_the_checkpoint() {
+    let (mut b, cfg) = bench("").await;
+    let child = Arc::new(MemoryChild::new("p_resume", "1.0.0"));
+    child.set_chunk_delay(Duration::from_millis(15));
+    b.tb.start_gateway_with(cfg.clone(), vec![child.clone() as Arc<dyn Child>])
+        .await
+        .unwrap();
+    b.tb.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let up = upgrade(&b.server, "fw-r", 3, "2.0.0");
+    b.tb.send(Some("p_resume"), &firmware(&up)).await.unwrap();
+    // Stop the gateway after the first checkpoint (progress 38: 64 KiB).
+    let reached =
+        b.tb.wait_for(Duration::from_secs(20), |r| {
+            r.events.as_ref()?.iter().find_map(|i| match &i.event {
+                Event::ProgressReport(p) if p.progress == Some(38) => Some(()),
+                _ => None,
+            })
+        })
+        .await;
+    assert!(reached.is_some());
+    b.tb.stop_gateway().await.unwrap();
+    let offset: i64 = rusqlite::Connection::open(b.tb.state_dir.join("journal.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT acked_offset FROM jobs WHERE device_id = 'p_resume'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(offset >= 64 * 1024, "checkpoint {offset}");
+
+    // Start again with the same state: the job resumes, from the checkpoint.
+    b.tb.start_gateway_with(cfg, vec![child.clone() as Arc<dyn Child>])
+        .await
+        .unwrap();
+    let done = reports_until_done(&mut b.tb, &["p_resume"]).await;
+    let last = done["p_resume"].last().unwrap().clone();
+    assert_eq!(
+        (last.result_code, last.progress, last.version.as_str()),
+        (0, Some(100), "2.0.0")
+    );
+    assert_eq!(child.activations(), 1);
+    // The package was fetched once: the second run found it verified on disk.
+    assert_eq!(
+        b.server
+            .requests()
+            .iter()
+            .filter(|q| q.package == "fw-r")
+            .count(),
+        1
+    );
+    // The second delivery was asked to resume at the journaled checkpoint.
+    assert_eq!(child.delivery_starts(), vec![0, offset as u64]);
+    b.tb.stop_gateway().await.unwrap();
+}

@@ -1,0 +1,743 @@
+//! The package store and resumable downloader against the simulated package
+//! server: real sockets, real TLS with generated certificates, a real SQLite
+//! journal. Deterministic: port 0, seeded randomness, bounded loops; no
+//! assertion depends on how long anything took.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use otabridge::config::{DownloadConfig, Secret};
+use otabridge::journal::{self, Journal, SharedJournal};
+use otabridge::package::{DownloadError, DownloadOptions, PackageRequest, PackageStore, DIR_NAME};
+use otabridge::sim::package_server::{Access, Faults, PackageServer, Served, Source};
+use otabridge_codecs::iotda::result;
+use rand::{Rng, SeedableRng};
+
+const MIB: u64 = 1024 * 1024;
+
+struct Env {
+    dir: tempfile::TempDir,
+    server: PackageServer,
+    ca: PathBuf,
+    journal: SharedJournal,
+}
+
+impl Env {
+    async fn new() -> Env {
+        Env::with_server(PackageServer::start(&["127.0.0.1"]).await.unwrap())
+    }
+
+    fn with_server(server: PackageServer) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let pem = match server.ca_pem() {
+            // A plain http:// server has no CA; any valid one will do.
+            "" => {
+                otabridge::sim::platform::TestPki::new(&["x"])
+                    .unwrap()
+                    .ca_pem
+            }
+            pem => pem.to_owned(),
+        };
+        std::fs::write(&ca, pem).unwrap();
+        let journal = Journal::open_shared(&dir.path().join("state")).unwrap();
+        Env {
+            dir,
+            server,
+            ca,
+            journal,
+        }
+    }
+
+    fn cfg(&self) -> DownloadConfig {
+        DownloadConfig {
+            ca_file: Some(self.ca.clone()),
+            max_package_bytes: 64 * MIB,
+            allow_http: false,
+            verify_hostname: true,
+        }
+    }
+
+    fn packages(&self) -> PathBuf {
+        self.dir.path().join("state").join(DIR_NAME)
+    }
+
+    fn store_with(&self, cfg: &DownloadConfig, opts: DownloadOptions) -> PackageStore {
+        PackageStore::with_options(&self.packages(), self.journal.clone(), cfg, opts).unwrap()
+    }
+
+    fn store(&self) -> PackageStore {
+        self.store_with(&self.cfg(), fast())
+    }
+
+    fn add(&self, id: &str, len: u64, access: Access) -> Served {
+        self.server
+            .add(
+                id,
+                Source::Generated {
+                    len,
+                    seed: len ^ 0x5eed,
+                },
+                access,
+            )
+            .unwrap()
+    }
+
+    /// Names of the files in the store.
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.packages())
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn journal_rows(&self) -> i64 {
+        journal::lock(&self.journal)
+            .connection()
+            .query_row("SELECT COUNT(*) FROM packages", [], |r| r.get(0))
+            .unwrap()
+    }
+}
+
+/// Short timeouts and backoffs for tests.
+fn fast() -> DownloadOptions {
+    DownloadOptions {
+        connect_timeout: Duration::from_secs(10),
+        read_timeout: Duration::from_secs(10),
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(40),
+        auth_attempts: 3,
+        checkpoint_bytes: 64 * 1024,
+        checkpoint_interval: Duration::from_secs(2),
+        free_space_margin: MIB,
+        seed: 7,
+    }
+}
+
+fn request(s: &Served, token: Option<&str>) -> PackageRequest {
+    PackageRequest {
+        url: s.url.clone(),
+        token: token.map(Secret::new),
+        size: Some(s.size),
+        sha256: Some(s.sha256.to_uppercase()),
+        version: "2.0".into(),
+        deadline: SystemTime::now() + Duration::from_secs(600),
+    }
+}
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+/// A failure ends with the right code and description and leaves nothing.
+fn assert_failed_clean(env: &Env, e: &DownloadError, code: u16, description: &str) {
+    assert_eq!(e.result_code(), code, "{e}");
+    assert!(
+        e.description().starts_with(description),
+        "{e}: {}",
+        e.description()
+    );
+    assert_eq!(env.files(), Vec::<String>::new(), "{e}");
+    assert_eq!(env.journal_rows(), 0, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuts_at_random_offsets_resume_exactly_where_each_stopped() {
+    let env = Env::new().await;
+    let size = 3 * MIB + 12345;
+    let s = env.add("p1", size, Access::Bearer);
+    let token = env.server.issue_token(Duration::from_secs(3600));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261127);
+    let mut cuts: Vec<u64> = (0..25).map(|_| rng.random_range(1..size)).collect();
+    cuts.sort();
+    cuts.dedup();
+    env.server.set_faults(Faults {
+        cut_at: cuts.iter().copied().collect(),
+        ..Faults::default()
+    });
+
+    let store = env.store();
+    let p = store
+        .acquire("job1", &request(&s, Some(&token)))
+        .ready()
+        .await
+        .unwrap();
+    assert_eq!(p.size, size);
+    assert_eq!(p.sha256, s.sha256);
+    assert_eq!(p.version, "2.0");
+    assert_eq!(sha256_file(&p.path), s.sha256);
+    assert_eq!(p.path, env.packages().join(&s.sha256));
+
+    let reqs = env.server.requests();
+    assert_eq!(reqs.len(), cuts.len() + 1, "{reqs:?}");
+    assert_eq!(reqs[0].range_start, None);
+    for (i, r) in reqs.iter().enumerate().skip(1) {
+        // Each resume starts at the byte where the previous response was cut.
+        assert_eq!(r.range_start, Some(cuts[i - 1]), "request {i}: {reqs:?}");
+        assert_eq!(r.status, 206);
+        assert_eq!(
+            r.if_range.as_deref(),
+            Some(format!("\"{}\"", &s.sha256[..16]).as_str())
+        );
+    }
+    // Not one byte was fetched twice.
+    assert_eq!(env.server.bytes_served(), size);
+    assert_eq!(env.files(), vec![s.sha256.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_of_the_same_package_share_one_download() {
+    let env = Env::new().await;
+    let s = env.add("p1", 2 * MIB, Access::Bearer);
+    let token = env.server.issue_token(Duration::from_secs(3600));
+    env.server.set_faults(Faults {
+        throttle: Some(8 * MIB),
+        ..Faults::default()
+    });
+    let store = env.store();
+    let a = store.acquire("child-a", &request(&s, Some(&token)));
+    // The second job's event carries the sign in another case.
+    let mut r2 = request(&s, Some(&token));
+    r2.sha256 = Some(s.sha256.to_lowercase());
+    let b = store.acquire("child-b", &r2);
+    assert_eq!(a.key(), b.key());
+    let (pa, pb) = tokio::join!(a.ready(), b.ready());
+    let (pa, pb) = (pa.unwrap(), pb.unwrap());
+    assert_eq!(pa.path, pb.path);
+    assert_eq!(
+        env.server.requests().len(),
+        1,
+        "{:?}",
+        env.server.requests()
+    );
+    // A third job after the download finished reads the same file.
+    let pc = store
+        .acquire("child-c", &request(&s, Some(&token)))
+        .ready()
+        .await
+        .unwrap();
+    assert_eq!(pc.path, pa.path);
+    assert_eq!(env.server.requests().len(), 1);
+
+    store.release("child-a", &s.sha256);
+    store.release("child-c", &s.sha256);
+    assert!(pa.path.exists(), "child-b still needs it");
+    store.release("child-b", &s.sha256);
+    assert!(!pa.path.exists());
+    assert_eq!(env.journal_rows(), 0);
+    assert!(store.claims().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_ignores_range_still_delivers_the_whole_package() {
+    let env = Env::new().await;
+    let size = MIB + 7;
+    let s = env.add("p1", size, Access::Open);
+    env.server.set_faults(Faults {
+        ignore_range: true,
+        cut_at: [size / 3, size / 2].into_iter().collect(),
+        ..Faults::default()
+    });
+    let p = env
+        .store()
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap();
+    assert_eq!(sha256_file(&p.path), s.sha256);
+    let reqs = env.server.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert_eq!(reqs[1].range_start, Some(size / 3));
+    assert_eq!(
+        reqs[1].status, 200,
+        "the server answered the range with the whole body"
+    );
+    // The whole body came again from byte 0 and was cut at size / 2.
+    assert_eq!(reqs[2].range_start, Some(size / 2));
+    assert_eq!(env.files(), vec![s.sha256.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_that_disagrees_with_file_size_is_refused() {
+    let env = Env::new().await;
+    let s = env.add("p1", MIB, Access::Open);
+    env.server.set_faults(Faults {
+        declared_size: Some(MIB + 1),
+        ..Faults::default()
+    });
+    let e = env
+        .store()
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DownloadError::LengthMismatch { .. }), "{e}");
+    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_bytes_than_file_size_stops_the_download() {
+    let env = Env::new().await;
+    let s = env.add("p1", MIB, Access::Open);
+    // No Content-Length: the only way to notice is to count.
+    env.server.set_faults(Faults {
+        no_length: true,
+        ..Faults::default()
+    });
+    let mut req = request(&s, None);
+    req.size = Some(MIB - 100);
+    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    assert!(matches!(e, DownloadError::LengthMismatch { .. }), "{e}");
+    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
+    assert!(env.server.bytes_served() <= MIB, "it stopped reading");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_sign_or_corrupted_bytes_fail_the_integrity_check() {
+    let env = Env::new().await;
+    let s = env.add("p1", MIB, Access::Open);
+    let mut req = request(&s, None);
+    req.sha256 = Some("ab".repeat(32));
+    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    assert_eq!(e.description(), result::DESC_INTEGRITY);
+    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
+
+    env.server.set_faults(Faults {
+        corrupt_at: Some(4242),
+        ..Faults::default()
+    });
+    let e = env
+        .store()
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DownloadError::Integrity { .. }), "{e}");
+    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_fails_with_code_6_after_a_few_tries() {
+    let env = Env::new().await;
+    let s = env.add("p1", MIB, Access::Bearer);
+    let token = env.server.issue_token(Duration::from_secs(3600));
+    env.server.expire_tokens();
+    let e = env
+        .store()
+        .acquire("j", &request(&s, Some(&token)))
+        .ready()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DownloadError::TokenRejected {
+                status: 403,
+                attempts: 3
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.description().contains("token"), "{}", e.description());
+    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    let reqs = env.server.requests();
+    assert_eq!(reqs.len(), 3);
+    assert!(reqs.iter().all(|r| r.status == 403 && r.bytes == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_mid_download_fails_cleanly() {
+    let env = Env::new().await;
+    let size = 2 * MIB;
+    let s = env.add("p1", size, Access::Bearer);
+    let token = env.server.issue_token(Duration::from_secs(3600));
+    // The body stalls at 1 MiB; the token expires meanwhile; the resume
+    // after the read timeout is refused.
+    env.server.set_faults(Faults {
+        stall_at: Some(MIB),
+        ..Faults::default()
+    });
+    let mut opts = fast();
+    opts.read_timeout = Duration::from_millis(500);
+    let store = env.store_with(&env.cfg(), opts);
+    let wait = store.acquire("j", &request(&s, Some(&token)));
+    let mut stalled = false;
+    for _ in 0..2000 {
+        if env
+            .server
+            .requests()
+            .first()
+            .is_some_and(|r| r.bytes == MIB)
+        {
+            stalled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(stalled);
+    env.server.expire_tokens();
+    let e = wait.ready().await.unwrap_err();
+    assert!(
+        matches!(e, DownloadError::TokenRejected { status: 403, .. }),
+        "{e}"
+    );
+    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    let reqs = env.server.requests();
+    assert_eq!(reqs.len(), 4, "{reqs:?}");
+    assert!(
+        reqs[1..]
+            .iter()
+            .all(|r| r.status == 403 && r.range_start == Some(MIB)),
+        "{reqs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_file_size_is_refused_before_any_byte() {
+    let env = Env::new().await;
+    let s = env.add("p1", MIB, Access::Open);
+    let mut req = request(&s, None);
+    req.size = Some(64 * MIB + 1);
+    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    assert!(matches!(e, DownloadError::TooLargeForConfig { .. }), "{e}");
+    assert_failed_clean(&env, &e, 5, result::DESC_NO_STORAGE);
+
+    // Within the configured limit but beyond the free disk space.
+    let mut cfg = env.cfg();
+    cfg.max_package_bytes = u64::MAX;
+    req.size = Some(u64::MAX / 2);
+    let e = env
+        .store_with(&cfg, fast())
+        .acquire("j", &req)
+        .ready()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DownloadError::NoSpace { .. }), "{e}");
+    assert_failed_clean(&env, &e, 5, result::DESC_NO_STORAGE);
+    assert!(env.server.requests().is_empty(), "nothing was fetched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_url_is_refused_unless_allowed() {
+    let env = Env::with_server(PackageServer::start_plain().await.unwrap());
+    let s = env.add("p1", 100_000, Access::Open);
+    assert!(s.url.starts_with("http://"));
+    let e = env
+        .store()
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DownloadError::InvalidUrl(_)), "{e}");
+    assert_failed_clean(&env, &e, 255, result::DESC_INVALID_URI);
+    assert!(env.server.requests().is_empty());
+
+    let mut cfg = env.cfg();
+    cfg.allow_http = true;
+    let p = env
+        .store_with(&cfg, fast())
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap();
+    assert_eq!(sha256_file(&p.path), s.sha256);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_resumes_after_the_read_timeout() {
+    let env = Env::new().await;
+    let size = MIB;
+    let s = env.add("p1", size, Access::Open);
+    env.server.set_faults(Faults {
+        stall_at: Some(300_000),
+        ..Faults::default()
+    });
+    let mut opts = fast();
+    opts.read_timeout = Duration::from_millis(300);
+    let p = env
+        .store_with(&env.cfg(), opts)
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap();
+    assert_eq!(sha256_file(&p.path), s.sha256);
+    let reqs = env.server.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].range_start, Some(300_000));
+    assert_eq!(env.server.bytes_served(), size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_past_the_deadline_end_with_code_6() {
+    let env = Env::new().await;
+    let s = env.add("p1", MIB, Access::Open);
+    env.server.set_faults(Faults {
+        status: Some(503),
+        ..Faults::default()
+    });
+    let mut req = request(&s, None);
+    req.deadline = SystemTime::now() + Duration::from_millis(300);
+    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    assert!(matches!(e, DownloadError::Timeout { .. }), "{e}");
+    assert!(e.to_string().contains("HTTP 503"), "{e}");
+    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    assert!(env.server.requests().len() >= 2, "it retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_always_verified_and_only_the_name_check_is_optional() {
+    // The certificate names a host, the URL an IP address (IoTDA v1).
+    let env = Env::with_server(PackageServer::start(&["iotda.example"]).await.unwrap());
+    let s = env.add("p1", 100_000, Access::Open);
+    let e = env
+        .store()
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DownloadError::Certificate(_)), "{e}");
+    assert_eq!(e.result_code(), 6);
+    assert_eq!(env.server.requests().len(), 0);
+
+    let mut cfg = env.cfg();
+    cfg.verify_hostname = false;
+    let p = env
+        .store_with(&cfg, fast())
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap();
+    assert_eq!(sha256_file(&p.path), s.sha256);
+
+    // Without the right CA the chain fails, name check or not.
+    let other = otabridge::sim::platform::TestPki::new(&["127.0.0.1"]).unwrap();
+    let other_ca = env.dir.path().join("other.pem");
+    std::fs::write(&other_ca, &other.ca_pem).unwrap();
+    cfg.ca_file = Some(other_ca);
+    let s2 = env.add("p2", 1000, Access::Open);
+    let e = env
+        .store_with(&cfg, fast())
+        .acquire("j2", &request(&s2, None))
+        .ready()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DownloadError::Certificate(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_the_part_is_truncated_to_the_journaled_length() {
+    let env = Env::new().await;
+    let size = MIB;
+    let s = env.add("p1", size, Access::Open);
+    let journaled = 300_000u64;
+    std::fs::create_dir_all(env.packages()).unwrap();
+    // The file holds the journaled prefix plus bytes that never made it to
+    // the journal (they may be garbage after a power cut).
+    let mut content = vec![0u8; journaled as usize + 5000];
+    otabridge::sim::package_server::generate(size ^ 0x5eed, 0, &mut content[..journaled as usize]);
+    content[journaled as usize..].fill(0xee);
+    std::fs::write(env.packages().join(format!("{}.part", s.sha256)), &content).unwrap();
+    journal::lock(&env.journal)
+        .connection()
+        .execute_batch(&format!(
+            "INSERT INTO packages (key, size, durable_len, validator, verified, updated_unix)
+             VALUES ('{k}', {size}, {journaled}, '\"{v}\"', 0, 0);
+             INSERT INTO package_claims (key, job) VALUES ('{k}', 'j');",
+            k = s.sha256,
+            v = &s.sha256[..16]
+        ))
+        .unwrap();
+    let store = env.store();
+    assert_eq!(
+        store.claims().unwrap(),
+        vec![(s.sha256.clone(), "j".to_owned())]
+    );
+    let p = store
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap();
+    assert_eq!(sha256_file(&p.path), s.sha256);
+    let reqs = env.server.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].range_start, Some(journaled));
+    assert_eq!(env.server.bytes_served(), size - journaled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_the_store_removes_packages_no_job_claims() {
+    let env = Env::new().await;
+    let s = env.add("p1", 1000, Access::Open);
+    let store = env.store();
+    store
+        .acquire("j", &request(&s, None))
+        .ready()
+        .await
+        .unwrap();
+    std::fs::write(
+        env.packages().join(format!("{}.part", "cd".repeat(32))),
+        b"x",
+    )
+    .unwrap();
+    drop(store);
+    // Still claimed by "j": kept; the stray .part is removed.
+    env.store();
+    assert_eq!(env.files(), vec![s.sha256.clone()]);
+    journal::lock(&env.journal)
+        .connection()
+        .execute("DELETE FROM package_claims", [])
+        .unwrap();
+    env.store();
+    assert!(env.files().is_empty());
+    assert_eq!(env.journal_rows(), 0);
+}
+
+// ---- the real binary -------------------------------------------------------
+
+fn write_config(env: &Env) -> PathBuf {
+    let cfg = env.dir.path().join("otabridge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[platform]\nurl = \"mqtts://127.0.0.1:8883\"\ndevice_id = \"gw_1\"\nsecret = \"s\"\n\n\
+             [state]\ndir = \"{}\"\n\n[download]\nca_file = \"{}\"\nmax_package_bytes = {}\n",
+            env.dir.path().join("state").display(),
+            env.ca.display(),
+            64 * MIB
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn durable_len(state: &Path, key: &str) -> Option<u64> {
+    let mut j = Journal::open_read_only(state).ok()?;
+    j.connection()
+        .query_row(
+            "SELECT durable_len FROM packages WHERE key = ?1",
+            [key],
+            |r| r.get::<_, i64>(0),
+        )
+        .ok()
+        .map(|v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_download_command_resumes_from_the_journaled_length() {
+    let env = Env::new().await;
+    let size = 6 * MIB;
+    let s = env.add("p1", size, Access::Bearer);
+    let token = env.server.issue_token(Duration::from_secs(3600));
+    // Slow enough that the kill lands mid-transfer, after a checkpoint.
+    env.server.set_faults(Faults {
+        throttle: Some(MIB),
+        ..Faults::default()
+    });
+    let cfg = write_config(&env);
+    let args = |c: &mut Command| {
+        c.arg("download")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(&s.url)
+            .args([
+                "--token",
+                &token,
+                "--sha256",
+                &s.sha256,
+                "--size",
+                &size.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otabridge"));
+    args(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let state = env.dir.path().join("state");
+    let mut seen = None;
+    for _ in 0..1200 {
+        if let Some(n) = durable_len(&state, &s.sha256).filter(|&n| n > 0) {
+            seen = Some(n);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen.is_some(), "no checkpoint was journaled");
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait().unwrap();
+    let journaled = durable_len(&state, &s.sha256).unwrap();
+    assert!(journaled > 0 && journaled < size, "{journaled}");
+    let served_before = env.server.bytes_served();
+    assert!(served_before >= journaled);
+
+    env.server.set_faults(Faults::default());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otabridge"));
+    args(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("resumed at byte {journaled}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&s.sha256), "{stdout}");
+    let reqs = env.server.requests();
+    let last = reqs.last().unwrap();
+    assert_eq!(last.range_start, Some(journaled), "{reqs:?}");
+    assert_eq!(last.bytes, size - journaled);
+    // The command checks and does not keep: the store is empty again.
+    assert!(env.files().is_empty(), "{:?}", env.files());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_download_command_exits_with_the_reason() {
+    let env = Env::new().await;
+    let s = env.add("p1", 200_000, Access::Open);
+    let cfg = write_config(&env);
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))
+            .arg("download")
+            .arg("--config")
+            .arg(&cfg)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[&s.url, "--sha256", "xyz"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--sha256"), "{err}");
+    let plain = s.url.replacen("https://", "http://", 1);
+    let (code, err) = run(&[&plain]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("allow_http"), "{err}");
+    let wrong = "0".repeat(64);
+    let (code, err) = run(&[&s.url, "--sha256", &wrong]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("result_code 7"), "{err}");
+    assert!(err.contains(result::DESC_INTEGRITY), "{err}");
+    let (code, err) = run(&[&s.url, "--sha256", &s.sha256, "--size", "200000"]);
+    assert_eq!(code, Some(0), "{err}");
+    let missing = std::fs::write(env.dir.path().join("bad.toml"), "nope");
+    missing.unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["download", "--config"])
+        .arg(env.dir.path().join("bad.toml"))
+        .arg(&s.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
