@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -228,6 +229,15 @@ struct RawChild {
     protocol: Option<String>,
     version: Option<String>,
     online: Option<bool>,
+    // Serial line and SMP tuning (docs/serial.md).
+    framing: Option<String>,
+    version_compare: Option<String>,
+    buf_size: Option<u32>,
+    timeout_ms: Option<u64>,
+    first_timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    reboot_wait_ms: Option<u64>,
+    reboot_timeout_ms: Option<u64>,
 }
 
 /// How the gateway authenticates to the platform.
@@ -287,6 +297,118 @@ pub enum SerialProtocol {
     Framed(String),
 }
 
+/// Parity bit of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    /// No parity bit (`N`).
+    None,
+    /// Even parity (`E`).
+    Even,
+    /// Odd parity (`O`).
+    Odd,
+}
+
+/// Character framing of a serial line, written `8N1` in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// Data bits, 5 to 8.
+    pub data_bits: u8,
+    /// Parity.
+    pub parity: Parity,
+    /// Stop bits, 1 or 2.
+    pub stop_bits: u8,
+}
+
+impl Framing {
+    /// 8 data bits, no parity, 1 stop bit: what Zephyr's console UART uses.
+    pub const EIGHT_N_ONE: Framing = Framing {
+        data_bits: 8,
+        parity: Parity::None,
+        stop_bits: 1,
+    };
+
+    /// Parses `8N1`, `7E1`, `8O2`, ...
+    pub fn parse(s: &str) -> Option<Framing> {
+        let b = s.as_bytes();
+        if b.len() != 3 {
+            return None;
+        }
+        let data_bits = match b[0] {
+            d @ b'5'..=b'8' => d - b'0',
+            _ => return None,
+        };
+        let parity = match b[1].to_ascii_uppercase() {
+            b'N' => Parity::None,
+            b'E' => Parity::Even,
+            b'O' => Parity::Odd,
+            _ => return None,
+        };
+        let stop_bits = match b[2] {
+            s @ (b'1' | b'2') => s - b'0',
+            _ => return None,
+        };
+        Some(Framing {
+            data_bits,
+            parity,
+            stop_bits,
+        })
+    }
+
+    /// Bits on the wire per character: start bit, data, parity, stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+}
+
+/// Serial line and SMP settings of one child; [`Default`] gives the values
+/// documented per field (docs/serial.md lists the keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialOptions {
+    /// `framing`: character framing (default 8N1).
+    pub framing: Framing,
+    /// `version_compare`: how the version read back after activation is
+    /// compared with the target (default normalised).
+    pub version_compare: otabridge_codecs::version::Mode,
+    /// `buf_size`: the device's SMP buffer; when set, MCUmgr params is not
+    /// asked (for devices built without it). Default: ask the device.
+    pub buf_size: Option<usize>,
+    /// `timeout_ms`: wait for an answer (default 2500).
+    pub timeout: Duration,
+    /// `first_timeout_ms`: wait for the answer to the first chunk, which
+    /// may erase the slot (default 40000).
+    pub first_timeout: Duration,
+    /// `retries`: extra attempts per request (default 4).
+    pub retries: u32,
+    /// `reboot_wait_ms`: silence after the reset before asking (default 5000).
+    pub reboot_wait: Duration,
+    /// `reboot_timeout_ms`: how long to keep asking after the reset for the
+    /// device to come back (default 60000).
+    pub reboot_timeout: Duration,
+}
+
+impl Default for SerialOptions {
+    fn default() -> Self {
+        SerialOptions {
+            framing: Framing::EIGHT_N_ONE,
+            version_compare: otabridge_codecs::version::Mode::Normalised,
+            buf_size: None,
+            timeout: Duration::from_millis(2500),
+            first_timeout: Duration::from_secs(40),
+            retries: 4,
+            reboot_wait: Duration::from_secs(5),
+            reboot_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Smallest `buf_size` accepted: the first chunk (about 90 bytes of header
+/// and CBOR) must still carry the 32-byte MCUboot header.
+pub const MIN_BUF_SIZE: u32 = 128;
+/// Largest `buf_size` accepted: the upload engine's `max_buf_size`.
+pub const MAX_BUF_SIZE: u32 = 4096;
+
 /// How a child is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
@@ -305,6 +427,8 @@ pub enum Transport {
         baud: u32,
         /// The protocol on the line.
         protocol: SerialProtocol,
+        /// Line framing, timeouts and SMP tuning.
+        options: SerialOptions,
     },
     /// An in-process simulated child, for bench tests of the platform link
     /// without hardware.
@@ -554,6 +678,8 @@ impl Config {
 
         let mut children = Vec::with_capacity(raw.children.len());
         let mut seen = std::collections::HashSet::new();
+        // Children sharing a port (an RS-485 bus) share its line settings.
+        let mut serial_ports = std::collections::HashMap::new();
         for (i, c) in raw.children.into_iter().enumerate() {
             let k = |name: &str| format!("child[{i}].{name}");
             if c.device_id.trim().is_empty() {
@@ -594,6 +720,7 @@ impl Config {
                     forbid(c.protocol.is_some(), "protocol")?;
                     forbid(c.version.is_some(), "version")?;
                     forbid(c.online.is_some(), "online")?;
+                    forbid_serial_keys(&c, &forbid)?;
                     let a = c.address.as_deref().ok_or_else(|| require("address"))?;
                     let address = a.parse::<SocketAddr>().map_err(|_| {
                         invalid(&k("address"), format!("'{a}' is not an ip:port address"))
@@ -634,10 +761,24 @@ impl Config {
                             }
                         },
                     };
+                    let options = serial_options(&c, &invalid, &k)?;
+                    if let Some((j, other)) = serial_ports.get(&port) {
+                        if *other != (baud, options.framing) {
+                            return Err(invalid(
+                                &k("baud"),
+                                format!(
+                                    "{} is shared with child[{j}], whose baud or framing differs",
+                                    port.display()
+                                ),
+                            ));
+                        }
+                    }
+                    serial_ports.insert(port.clone(), (i, (baud, options.framing)));
                     Transport::Serial {
                         port,
                         baud,
                         protocol,
+                        options,
                     }
                 }
                 "sim" => {
@@ -646,6 +787,7 @@ impl Config {
                     forbid(c.port.is_some(), "port")?;
                     forbid(c.baud.is_some(), "baud")?;
                     forbid(c.protocol.is_some(), "protocol")?;
+                    forbid_serial_keys(&c, &forbid)?;
                     Transport::Simulated {
                         version: c.version.clone().ok_or_else(|| require("version"))?,
                         online: c.online.unwrap_or(true),
@@ -674,6 +816,87 @@ impl Config {
             children,
         })
     }
+}
+
+/// Keys that only apply to `transport = "serial"`.
+fn forbid_serial_keys(
+    c: &RawChild,
+    forbid: &dyn Fn(bool, &str) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    forbid(c.framing.is_some(), "framing")?;
+    forbid(c.version_compare.is_some(), "version_compare")?;
+    forbid(c.buf_size.is_some(), "buf_size")?;
+    forbid(c.timeout_ms.is_some(), "timeout_ms")?;
+    forbid(c.first_timeout_ms.is_some(), "first_timeout_ms")?;
+    forbid(c.retries.is_some(), "retries")?;
+    forbid(c.reboot_wait_ms.is_some(), "reboot_wait_ms")?;
+    forbid(c.reboot_timeout_ms.is_some(), "reboot_timeout_ms")
+}
+
+/// Validates the serial tuning keys of one child.
+fn serial_options(
+    c: &RawChild,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    k: &dyn Fn(&str) -> String,
+) -> Result<SerialOptions, ConfigError> {
+    use otabridge_codecs::version::Mode;
+    let d = SerialOptions::default();
+    let framing = match c.framing.as_deref() {
+        None => d.framing,
+        Some(f) => Framing::parse(f).ok_or_else(|| {
+            invalid(
+                &k("framing"),
+                format!("'{f}' is not like 8N1 (data bits 5-8, N/E/O, stop 1-2)"),
+            )
+        })?,
+    };
+    let version_compare = match c.version_compare.as_deref() {
+        None => d.version_compare,
+        Some("normalised") => Mode::Normalised,
+        Some("exact") => Mode::Exact,
+        Some(o) => {
+            return Err(invalid(
+                &k("version_compare"),
+                format!("'{o}' is not normalised or exact"),
+            ))
+        }
+    };
+    let buf_size = match c.buf_size {
+        None => None,
+        Some(b) if (MIN_BUF_SIZE..=MAX_BUF_SIZE).contains(&b) => Some(b as usize),
+        Some(b) => {
+            return Err(invalid(
+                &k("buf_size"),
+                format!("{b} is outside {MIN_BUF_SIZE}..={MAX_BUF_SIZE}"),
+            ))
+        }
+    };
+    // Every wait must be positive and bounded (an hour is beyond any erase
+    // or MCUboot swap), so a typo cannot hang a job.
+    let ms = |v: Option<u64>, name: &str, default: Duration| match v {
+        None => Ok(default),
+        Some(ms) if (1..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        Some(ms) => Err(invalid(&k(name), format!("{ms} is outside 1..=3600000 ms"))),
+    };
+    let timeout = ms(c.timeout_ms, "timeout_ms", d.timeout)?;
+    let first_timeout = ms(c.first_timeout_ms, "first_timeout_ms", d.first_timeout)?;
+    let reboot_wait = ms(c.reboot_wait_ms, "reboot_wait_ms", d.reboot_wait)?;
+    let reboot_timeout = ms(c.reboot_timeout_ms, "reboot_timeout_ms", d.reboot_timeout)?;
+    let retries = match c.retries {
+        None => d.retries,
+        Some(r) if r <= 100 => r,
+        Some(r) => return Err(invalid(&k("retries"), format!("{r} is above 100"))),
+    };
+    Ok(SerialOptions {
+        framing,
+        version_compare,
+        buf_size,
+        timeout,
+        first_timeout,
+        retries,
+        reboot_wait,
+        reboot_timeout,
+    })
 }
 
 /// Splits `host[:port]` or `[v6]:port`.
@@ -753,9 +976,92 @@ protocol = "framed:acme"
             Transport::Serial {
                 port: "/dev/ttyUSB0".into(),
                 baud: 115_200,
-                protocol: SerialProtocol::Framed("acme".into())
+                protocol: SerialProtocol::Framed("acme".into()),
+                options: SerialOptions::default(),
             }
         );
+    }
+
+    #[test]
+    fn serial_keys_parse() {
+        let text = GOOD.replace(
+            "protocol = \"framed:acme\"",
+            "protocol = \"smp\"\nframing = \"7e2\"\nversion_compare = \"exact\"\n\
+             buf_size = 2048\ntimeout_ms = 300\nfirst_timeout_ms = 9000\nretries = 2\n\
+             reboot_wait_ms = 100\nreboot_timeout_ms = 20000",
+        );
+        let c = parse(&text).unwrap();
+        let Transport::Serial {
+            protocol, options, ..
+        } = &c.children[1].transport
+        else {
+            panic!("not serial");
+        };
+        assert_eq!(*protocol, SerialProtocol::Smp);
+        assert_eq!(
+            *options,
+            SerialOptions {
+                framing: Framing {
+                    data_bits: 7,
+                    parity: Parity::Even,
+                    stop_bits: 2
+                },
+                version_compare: otabridge_codecs::version::Mode::Exact,
+                buf_size: Some(2048),
+                timeout: Duration::from_millis(300),
+                first_timeout: Duration::from_secs(9),
+                retries: 2,
+                reboot_wait: Duration::from_millis(100),
+                reboot_timeout: Duration::from_secs(20),
+            }
+        );
+        assert_eq!(options.framing.bits_per_char(), 11);
+        assert_eq!(Framing::EIGHT_N_ONE.bits_per_char(), 10);
+    }
+
+    #[test]
+    fn serial_key_errors_name_the_key() {
+        let serial = |extra: &str| {
+            GOOD.replace(
+                "protocol = \"framed:acme\"",
+                &format!("protocol = \"smp\"\n{extra}"),
+            )
+        };
+        let cases = [
+            ("framing = \"9N1\"", "child[1].framing"),
+            ("framing = \"8X1\"", "child[1].framing"),
+            ("framing = \"8N3\"", "child[1].framing"),
+            ("version_compare = \"fuzzy\"", "child[1].version_compare"),
+            ("buf_size = 64", "child[1].buf_size"),
+            ("buf_size = 5000", "child[1].buf_size"),
+            ("timeout_ms = 0", "child[1].timeout_ms"),
+            ("first_timeout_ms = 3600001", "child[1].first_timeout_ms"),
+            ("retries = 101", "child[1].retries"),
+            ("reboot_wait_ms = 0", "child[1].reboot_wait_ms"),
+            ("reboot_timeout_ms = 0", "child[1].reboot_timeout_ms"),
+        ];
+        for (line, key) in cases {
+            let e = err(&serial(line));
+            assert!(e.contains(&format!(": {key}: ")), "{key}: {e}");
+        }
+        // Serial keys on another transport.
+        let e = err(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\nbuf_size = 512",
+        ));
+        assert!(e.contains(": child[0].buf_size: does not apply"), "{e}");
+        // Two children on one port must agree on the line settings.
+        let bus = format!(
+            "{}\n[[child]]\ndevice_id = \"prod_node03\"\ntransport = \"serial\"\n\
+             port = \"/dev/ttyUSB0\"\nbaud = 9600\n",
+            serial("")
+        );
+        let e = err(&bus);
+        assert!(
+            e.contains(": child[2].baud: /dev/ttyUSB0 is shared with child[1]"),
+            "{e}"
+        );
+        assert!(parse(&bus.replace("baud = 9600", "baud = 115200")).is_ok());
     }
 
     #[test]

@@ -104,6 +104,25 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum SimCommand {
+    /// An MCUmgr/SMP device on a pty; prints the pty path, runs until Ctrl-C.
+    SmpChild {
+        /// The version the device runs at start (major.minor.revision[.build]).
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        /// Faults, e.g. drop=0.05,crc=0.02,noise=0.1,erase-ms=1500,reboot-at=65536,pace=115200
+        /// (see docs/serial.md).
+        #[arg(long, default_value = "")]
+        faults: String,
+        /// Seed for every random fault decision.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The device's SMP buffer (CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE).
+        #[arg(long, default_value_t = 384)]
+        buf_size: u64,
+        /// Silence after a reset, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        reboot_ms: u64,
+    },
     /// An IoTDA-like HTTPS package server (v1 URL shape, Bearer token,
     /// Range/ETag, faults) serving one package until Ctrl-C.
     PackageServer {
@@ -293,21 +312,75 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Sim { which } => {
+        Command::Sim {
+            which:
+                SimCommand::SmpChild {
+                    version,
+                    faults,
+                    seed,
+                    buf_size,
+                    reboot_ms,
+                },
+        } => {
+            use otabridge::sim::smp_child::{parse_version, Faults, SmpChild, SmpChildOptions};
             init_logs(cli.log_format, "info");
-            let SimCommand::PackageServer {
-                file,
-                generate,
-                id,
-                names,
-                ca_out,
-                plain,
-                open,
-                token_ttl,
-                throttle,
-                cut_at,
-                ignore_range,
-            } = which;
+            let Some(running) = parse_version(&version) else {
+                eprintln!("otabridge: --version: '{version}' is not major.minor.revision[.build]");
+                return ExitCode::from(2);
+            };
+            let faults = match faults.parse::<Faults>() {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("otabridge: --faults: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("otabridge: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let mut opts = SmpChildOptions {
+                faults,
+                seed,
+                ..SmpChildOptions::default()
+            };
+            opts.device.running = running;
+            opts.device.buf_size = buf_size;
+            opts.device.reboot_time = std::time::Duration::from_millis(reboot_ms);
+            rt.block_on(async move {
+                let sim = match SmpChild::spawn(opts) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("otabridge: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                println!("{}", sim.path().display());
+                let _ = tokio::signal::ctrl_c().await;
+                eprintln!("{:?}", sim.stats());
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Sim {
+            which:
+                SimCommand::PackageServer {
+                    file,
+                    generate,
+                    id,
+                    names,
+                    ca_out,
+                    plain,
+                    open,
+                    token_ttl,
+                    throttle,
+                    cut_at,
+                    ignore_range,
+                },
+        } => {
+            init_logs(cli.log_format, "info");
             use otabridge::sim::package_server::{run_standalone, Faults, Standalone};
             let opts = Standalone {
                 file,

@@ -5,18 +5,20 @@
 //! progress, activate the new image, and read the version back. Drivers:
 //! - [`memory`]: an in-process simulated child (`transport = "sim"`), for
 //!   bench tests of the platform link and the engine without hardware.
+//! - [`serial`]: MCUmgr/SMP children on a serial port (`protocol = "smp"`).
 //!
 //! CoAP (LwM2M) and serial (SMP, framed profiles) drivers implement the same
 //! trait on top of the `otabridge-codecs` engines.
 
 pub mod memory;
+pub mod serial;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::{ChildConfig, Transport};
+use crate::config::{ChildConfig, SerialProtocol, Transport};
 
 /// A boxed future, so that `dyn Child` works across transports.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -119,7 +121,21 @@ pub fn from_config(c: &ChildConfig) -> Result<Arc<dyn Child>, Unsupported> {
             device_id: c.device_id.clone(),
             transport: "coap",
         }),
-        Transport::Serial { .. } => Err(Unsupported {
+        Transport::Serial {
+            port,
+            baud,
+            protocol: SerialProtocol::Smp,
+            options,
+        } => Ok(Arc::new(serial::SerialChild::new(
+            &c.device_id,
+            port,
+            *baud,
+            options.clone(),
+        ))),
+        Transport::Serial {
+            protocol: SerialProtocol::Framed(_),
+            ..
+        } => Err(Unsupported {
             device_id: c.device_id.clone(),
             transport: "serial",
         }),

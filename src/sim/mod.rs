@@ -7,9 +7,11 @@
 //! - [`package_server`]: IoTDA's HTTPS package download (tokens, Range, faults).
 //! - [`demo`]: `otabridge demo`, the whole story on an embedded default.
 //! - [`testbed`]: broker, edge, platform and a gateway in one call.
+//! - [`smp_child`]: an MCUmgr/SMP device on a pty, with faults at the seam.
 
 pub mod broker;
 pub mod demo;
 pub mod package_server;
 pub mod platform;
+pub mod smp_child;
 pub mod testbed;
