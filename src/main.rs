@@ -37,9 +37,12 @@ enum Command {
     },
     /// Run a batch upgrade against an embedded, simulated IoTDA.
     Demo {
-        /// Simulated children behind the gateway.
+        /// Simulated in-process children behind the gateway.
         #[arg(long, default_value_t = 4)]
         children: usize,
+        /// Simulated MCUmgr/SMP children, each on a pty.
+        #[arg(long, default_value_t = 2)]
+        smp_children: usize,
         /// Firmware image size in bytes.
         #[arg(long, default_value_t = 256 * 1024)]
         image_size: u64,
@@ -218,6 +221,7 @@ fn main() -> ExitCode {
         }
         Command::Demo {
             children,
+            smp_children,
             image_size,
             seed,
             no_bad_sign,
@@ -233,6 +237,7 @@ fn main() -> ExitCode {
             };
             let opts = otabridge::sim::demo::DemoOptions {
                 children,
+                smp_children,
                 image_size,
                 seed,
                 bad_sign: !no_bad_sign,

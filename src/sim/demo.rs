@@ -26,8 +26,10 @@ use crate::child::Child;
 /// Demo settings.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Simulated children behind the gateway.
+    /// Simulated in-process children behind the gateway.
     pub children: usize,
+    /// Simulated MCUmgr/SMP children, each on its own pty.
+    pub smp_children: usize,
     /// Firmware image size in bytes.
     pub image_size: u64,
     /// Seed for the image content and everything random.
@@ -44,6 +46,7 @@ impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
             children: 4,
+            smp_children: 2,
             image_size: 256 * 1024,
             seed: 1,
             bad_sign: true,
@@ -91,6 +94,8 @@ struct Planned {
     from: String,
     expected: u16,
     bad_sign: bool,
+    /// Which package: the plain image or the MCUboot one.
+    mcuboot: bool,
 }
 
 fn bar(p: u8) -> String {
@@ -142,6 +147,33 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             from,
             expected,
             bad_sign,
+            mcuboot: false,
+        });
+    }
+    // SMP children run MCUboot: their package is a signed-format image whose
+    // header carries the version, on its own pty each.
+    let mut smp_sims = Vec::new();
+    for i in 0..opts.smp_children {
+        let id = format!("demo-product_mcu{:02}", i + 1);
+        let from = "1.0.0".to_owned();
+        let mut sim_opts = super::smp_child::SmpChildOptions::default();
+        sim_opts.device.running = super::smp_child::parse_version(&from).expect("a valid version");
+        sim_opts.seed = opts.seed + i as u64;
+        let sim = super::smp_child::SmpChild::spawn(sim_opts)?;
+        let child = Arc::new(crate::child::serial::SerialChild::new(
+            &id,
+            sim.path(),
+            115_200,
+            crate::config::SerialOptions::default(),
+        ));
+        smp_sims.push(sim);
+        plan.push(Planned {
+            id,
+            child,
+            from,
+            expected: result::SUCCESS,
+            bad_sign: false,
+            mcuboot: true,
         });
     }
     let cfg = tb.config(&format!(
@@ -194,14 +226,30 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
         },
         Access::Bearer,
     )?;
+    let image = super::smp_child::mcuboot_image(
+        super::smp_child::parse_version(TARGET).expect("a valid version"),
+        opts.image_size as usize,
+        opts.seed,
+    );
+    let mcuboot_file = dir.join("fw-2.0.0-mcuboot.bin");
+    std::fs::write(&mcuboot_file, &image)?;
+    let mcuboot = server.add(
+        "fw-2.0.0-mcuboot",
+        Source::File(mcuboot_file),
+        Access::Bearer,
+    )?;
     println!(
-        "task demo-task-1: firmware {TARGET}, {} bytes, sha256 {}…",
+        "task demo-task-1: firmware {TARGET}: {} bytes, sha256 {}... (MCUboot image for SMP children: sha256 {}...)",
         served.size,
-        &served.sha256[..16]
+        &served.sha256[..16],
+        &mcuboot.sha256[..16]
     );
     let mut sent_at: BTreeMap<String, Instant> = BTreeMap::new();
     for p in &plan {
-        let (url, sign) = if p.bad_sign {
+        let pkg = if p.mcuboot { &mcuboot } else { &served };
+        let (url, sign) = if p.mcuboot {
+            (pkg.url.clone(), pkg.sha256.clone())
+        } else if p.bad_sign {
             // The platform's sign is another package's: the bytes will not
             // match it.
             (served.url.clone(), bad.sha256.clone())
@@ -211,7 +259,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
         let up = Upgrade {
             version: TARGET.into(),
             url,
-            file_size: served.size,
+            file_size: pkg.size,
             file_name: "firmware.bin".into(),
             access_token: Some(server.issue_token(Duration::from_secs(3600))),
             expires: Some(86_400),
@@ -260,6 +308,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
         }
     }
     tb.stop_gateway().await?;
+    drop(smp_sims);
 
     let rows: Vec<DemoRow> = plan
         .iter()
@@ -282,7 +331,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
                     .and_then(|r| r.description)
                     .unwrap_or_else(|| "(no report)".into()),
                 seconds: at.saturating_duration_since(sent_at[&p.id]).as_secs_f64(),
-                bytes: served.size,
+                bytes: if p.mcuboot { mcuboot.size } else { served.size },
             }
         })
         .collect();
@@ -320,7 +369,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     }
     let ok = rows.iter().filter(|r| r.as_expected()).count();
     println!(
-        "\n{ok} of {} children ended as expected; {downloads} package download(s) in all (one per distinct sign); {:.1} s in all",
+        "\n{ok} of {} children ended as expected; the package server answered {downloads} download request(s); {:.1} s in all",
         rows.len(),
         started.elapsed().as_secs_f64()
     );
