@@ -343,8 +343,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
 
     println!();
     println!(
-        "{:<24} {:<9} {:<18} {:>6} {:>8} {:>9}  {}",
-        "child", "transport", "from -> to", "result", "time", "bytes", "description"
+        "{:<24} {:<9} {:<18} {:>6} {:>8} {:>9}  description",
+        "child", "transport", "from -> to", "result", "time", "bytes"
     );
     for r in &rows {
         println!(
