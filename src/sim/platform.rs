@@ -422,6 +422,11 @@ impl SimPlatform {
             .map_err(std::io::Error::other)
     }
 
+    /// A report already received, without waiting.
+    pub fn try_recv(&mut self) -> Option<Received> {
+        self.rx.try_recv().ok()
+    }
+
     /// The next report from any gateway, waiting at most `within`.
     pub async fn recv(&mut self, within: Duration) -> Option<Received> {
         tokio::time::timeout(within, self.rx.recv())
