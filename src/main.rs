@@ -178,10 +178,15 @@ fn init_logs(format: LogFormat, default: &str) {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// The tokio runtime, or exit status 1 with the reason on stderr.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+        .map_err(|e| {
+            eprintln!("otabridge: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
 }
 
 fn load(config: &std::path::Path) -> Result<Config, ExitCode> {
@@ -202,10 +207,7 @@ fn main() -> ExitCode {
             };
             let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("otabridge: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match rt.block_on(otabridge::daemon::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -230,10 +232,7 @@ fn main() -> ExitCode {
             init_logs(cli.log_format, "warn,rumqttd=off,rumqttc=error");
             let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("otabridge: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let opts = otabridge::sim::demo::DemoOptions {
                 children,
@@ -283,10 +282,7 @@ fn main() -> ExitCode {
             };
             let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("otabridge: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let args = otabridge::package::cli::DownloadArgs {
                 url,
@@ -342,10 +338,7 @@ fn main() -> ExitCode {
             };
             let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("otabridge: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let mut opts = SmpChildOptions {
                 faults,
@@ -405,10 +398,7 @@ fn main() -> ExitCode {
             };
             let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("otabridge: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
