@@ -239,6 +239,15 @@ fn cases() -> Vec<Case> {
             at: None,
         },
         Case {
+            what: "a CRC-32 in 16 bits",
+            edits: &[(
+                "  { name = \"crc32\", type = \"u32le\" },",
+                "  { name = \"crc32\", type = \"u16le\" },",
+            )],
+            kind: |k| matches!(k, K::FieldTypeMismatch { name, .. } if name == "crc32"),
+            at: None,
+        },
+        Case {
             what: "prefix on an integer",
             edits: &[("  { name = \"size\", type = \"u32le\" },", "  { name = \"size\", type = \"u32le\", prefix = \"u8\" },")],
             kind: |k| matches!(k, K::FieldKeyNotAllowed { key: "prefix", applies_to: "bytes" }),
@@ -276,6 +285,19 @@ fn cases() -> Vec<Case> {
             edits: &[("max_chunk = 128", "max_chunk = 256")],
             kind: |k| matches!(k, K::ChunkTooLargeForPrefix { max_chunk: 256, limit: 255 }),
             at: Some("  { name = \"data\""),
+        },
+        Case {
+            what: "chunk_size field narrower than max_chunk",
+            edits: &[
+                (
+                    "  { name = \"version\", type = \"bytes\", prefix = \"u8\" },\n]\nreply_command = 0x90",
+                    "  { name = \"version\", type = \"bytes\", prefix = \"u8\" },\n  { name = \"chunk_size\", type = \"u8\" },\n]\nreply_command = 0x90",
+                ),
+                ("max_chunk = 128", "max_chunk = 300"),
+                ("prefix = \"u8\" },\n]\nreply_command = 0x92", "prefix = \"u16le\" },\n]\nreply_command = 0x92"),
+            ],
+            kind: |k| matches!(k, K::ChunkSizeFieldTooNarrow { max_chunk: 300, limit: 255 }),
+            at: Some("  { name = \"chunk_size\""),
         },
         Case {
             what: "no image digest anywhere",
@@ -419,4 +441,30 @@ fn optional_parts_have_defaults() {
     let chunk = p.message(profile::MessageKind::Chunk).unwrap();
     assert_eq!((chunk.timeout.as_millis(), chunk.retries), (1000, 3));
     assert_eq!(p.recovery.max_recoveries, 5);
+}
+
+#[test]
+fn mangled_profiles_never_panic_and_errors_point_inside_the_file() {
+    use otabridge_codecs::rng::Rng;
+    const ALPHABET: &[u8] = b" \n=[]{}\",.#-_0123456789abcdefxz";
+    for (name, base) in profile::BUILTIN {
+        let mut rng = Rng::new(0x00f2_a3ed);
+        for _ in 0..1500 {
+            let mut text = base.as_bytes().to_vec();
+            for _ in 0..rng.range_inclusive(1, 4) {
+                let at = rng.range_inclusive(0, text.len() as u64 - 1) as usize;
+                let len = rng.range_inclusive(0, 6) as usize;
+                let end = (at + len).min(text.len());
+                let with: Vec<u8> = (0..rng.range_inclusive(0, 6))
+                    .map(|_| ALPHABET[rng.range_inclusive(0, ALPHABET.len() as u64 - 1) as usize])
+                    .collect();
+                text.splice(at..end, with);
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            if let Err(e) = Profile::parse(&text, name) {
+                let lines = text.lines().count().max(1);
+                assert!(e.line >= 1 && e.line <= lines + 1, "{e} (of {lines} lines)");
+            }
+        }
+    }
 }

@@ -292,6 +292,14 @@ pub fn request<S: AsRef<str>>(method: Code, path: &[S]) -> Packet {
     p
 }
 
+/// A response with `code` and nothing else, for the exchange engine to
+/// complete (type, message id, token) in [`super::Exchanges::respond`].
+pub fn response(code: Code) -> Packet {
+    let mut p = Packet::new();
+    set_code(&mut p, code);
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +391,13 @@ mod tests {
         assert_eq!(block2(&p), Err(OptionError::Repeated(23)));
         p.add_option(CoapOption::Size2, vec![1, 2, 3, 4, 5]);
         assert_eq!(size2(&p), Err(OptionError::BadLength(28, 5)));
+    }
+
+    #[test]
+    fn bare_response() {
+        let p = response(Code::NOT_FOUND);
+        assert_eq!(code(&p), Code::NOT_FOUND);
+        assert!(p.payload.is_empty() && p.options().next().is_none());
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub fn serve_block2<S: PackageStore + ?Sized>(
     match serve(config, request, store) {
         Ok(reply) => reply,
         Err(code) => Block2Reply {
-            response: error(code),
+            response: msg::response(code),
             served: None,
         },
     }
@@ -210,12 +210,6 @@ fn serve<S: PackageStore + ?Sized>(
             total,
         }),
     })
-}
-
-fn error(code: Code) -> Packet {
-    let mut p = Packet::new();
-    msg::set_code(&mut p, code);
-    p
 }
 
 #[cfg(test)]

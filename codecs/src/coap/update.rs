@@ -318,6 +318,24 @@ impl UpdateProcedure {
         })
     }
 
+    /// The current phase, for status displays (`otabridge status`).
+    pub fn phase(&self) -> Phase {
+        match self.step {
+            Step::ReadVersion => Phase::Checking,
+            Step::Reset => Phase::Resetting,
+            Step::WriteUri | Step::Pushing(_) | Step::PollState | Step::PollResult => {
+                Phase::Delivering
+            }
+            Step::Execute => Phase::Downloaded,
+            Step::VerifyVersion | Step::VerifyResult | Step::Finished => Phase::Updating,
+        }
+    }
+
+    /// Bytes delivered so far and the package length.
+    pub fn progress(&self) -> (u32, u32) {
+        (self.delivered, self.cfg.total_len)
+    }
+
     /// Finished: nothing more will be sent.
     pub fn is_finished(&self) -> bool {
         matches!(self.step, Step::Finished)
@@ -719,8 +737,10 @@ mod tests {
     #[test]
     fn pull_update_end_to_end() {
         let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        assert_eq!(u.phase(), Phase::Checking);
         assert_eq!(next(&mut u, 0).1, "3/0/3");
         u.handle_response(&content("1.0"), at(10));
+        assert_eq!(u.phase(), Phase::Delivering);
         let (code, path, body) = next(&mut u, 10);
         assert_eq!((code, path.as_str()), (Code::PUT, "5/0/1"));
         assert_eq!(body, b"coap://10.0.0.1:5683/fw/ab");
@@ -773,6 +793,7 @@ mod tests {
             ]
         );
         assert!(u.is_finished());
+        assert_eq!(u.progress(), (100, 100));
         none(&mut u, 999_999);
     }
 

@@ -519,6 +519,12 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x00f2_a3ed_c0de),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
         #[test]
         fn decoder_never_panics_and_stays_bounded(
             bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),

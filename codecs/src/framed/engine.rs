@@ -336,7 +336,7 @@ pub struct Engine {
     data_request: Option<DataRequest>,
     /// Offset of the chunk being sent (or requested).
     offset: u32,
-    /// Highest offset the child acknowledged.
+    /// The offset the child last acknowledged.
     acked: u32,
     recoveries: u32,
     /// Activation was not confirmed (no reply, or a refusal of a repeated
@@ -442,7 +442,8 @@ impl Engine {
         self.stats
     }
 
-    /// The highest offset the child acknowledged.
+    /// The offset the child last acknowledged: where a later upgrade of the
+    /// same image would resume.
     pub fn acknowledged(&self) -> u32 {
         self.acked
     }
@@ -791,6 +792,20 @@ impl Engine {
                     self.fail(result_code::INNER_ERROR, None, detail, None);
                     return;
                 }
+                if next < self.offset {
+                    // The child moved back: allowed (it knows its flash),
+                    // but bounded like any other recovery.
+                    self.recoveries += 1;
+                    self.stats.recoveries += 1;
+                    if self.recoveries > self.profile.recovery.max_recoveries {
+                        let detail = format!(
+                            "gave up after {} recoveries (child moved back to offset {next})",
+                            self.profile.recovery.max_recoveries
+                        );
+                        self.fail(result_code::DOWNLOAD_TIMEOUT, None, detail, None);
+                        return;
+                    }
+                }
                 if next > self.acked {
                     self.events
                         .push_back(Event::Progress { offset: next, size });
@@ -944,4 +959,109 @@ fn check_fits(profile: &Profile, image: &ImageInfo) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framed::profile::builtin;
+
+    /// Answers every request of `e` with `reply(kind, request values)`.
+    fn converse(
+        e: &mut Engine,
+        image: &[u8],
+        mut reply: impl FnMut(MessageKind, &Values) -> Values,
+    ) {
+        let p = Arc::clone(&e.profile);
+        let mut dec = Decoder::new(&p.framing);
+        for _ in 0..1000 {
+            if let Some(r) = e.poll_data_request() {
+                let end = r.offset as usize + r.len;
+                e.handle_data(r.offset, &image[r.offset as usize..end], Instant::ZERO)
+                    .unwrap();
+            }
+            let Some(bytes) = e.poll_transmit() else {
+                return;
+            };
+            dec.push(&bytes);
+            let frame = dec.next().unwrap().unwrap();
+            let m = p.message_by_request(frame.command).unwrap();
+            let req = codec::decode_payload(&m.request, &frame.payload).unwrap();
+            let Some(r) = &m.reply else { continue };
+            let mut payload = Vec::new();
+            codec::encode_payload(&r.fields, &reply(m.kind, &req), &mut payload).unwrap();
+            let mut out = Vec::new();
+            codec::encode(&p.framing, r.command, frame.seq, &payload, &mut out).unwrap();
+            e.handle_input(&out, Instant::ZERO);
+        }
+        panic!("endless conversation");
+    }
+
+    #[test]
+    fn a_child_that_keeps_moving_back_is_given_up_on() {
+        let p = Arc::new(builtin("nordlys-uart").unwrap().unwrap());
+        let image = vec![7u8; 3000];
+        let upgrade = Upgrade {
+            image: ImageInfo::of(&image, "2.0"),
+            skip_if_current: false,
+            seed: 0,
+        };
+        let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
+        let mut chunks = 0;
+        converse(&mut e, &image, |kind, req| {
+            if kind == MessageKind::Chunk {
+                chunks += 1;
+            }
+            Values {
+                status: Some(0),
+                version: Some("1.0".into()),
+                // Acknowledge each chunk, then ask for offset 0 again.
+                offset: Some(match req.offset {
+                    Some(0) => 1024,
+                    _ => 0,
+                }),
+                ..Values::default()
+            }
+        });
+        let mut last = None;
+        while let Some(ev) = e.poll_event() {
+            last = Some(ev);
+        }
+        let Some(Event::Finished(Outcome::Failed(f))) = last else {
+            panic!("{last:?}")
+        };
+        assert_eq!(f.result_code, result_code::DOWNLOAD_TIMEOUT);
+        assert_eq!(
+            e.stats().recoveries,
+            u64::from(p.recovery.max_recoveries) + 1
+        );
+        assert_eq!(chunks, 2 * (p.recovery.max_recoveries + 1));
+    }
+
+    #[test]
+    fn a_child_naming_an_offset_beyond_the_image_is_refused() {
+        let p = Arc::new(builtin("nordlys-uart").unwrap().unwrap());
+        let image = vec![1u8; 100];
+        let upgrade = Upgrade {
+            image: ImageInfo::of(&image, "2.0"),
+            skip_if_current: false,
+            seed: 0,
+        };
+        let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
+        converse(&mut e, &image, |_, _| Values {
+            status: Some(0),
+            version: Some("1.0".into()),
+            offset: Some(101),
+            ..Values::default()
+        });
+        let events: Vec<Event> = std::iter::from_fn(|| e.poll_event()).collect();
+        let Some(Event::Finished(Outcome::Failed(f))) = events.last() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (f.result_code, f.step),
+            (result_code::INNER_ERROR, MessageKind::OffsetQuery)
+        );
+        assert!(f.detail.contains("101"), "{}", f.detail);
+    }
 }

@@ -15,8 +15,16 @@
 //!   sync word after garbage, and the payload field codec.
 //! - [`engine`]: the gateway side, a sans-IO upgrade engine for any valid
 //!   profile ([`engine::Engine`]).
-//! - [`sim`]: the child side, a sans-IO device that plays any profile, and a
-//!   lossy link that injects drops, corruption and noise at the byte seam.
+//! - [`sim`]: the child side, a sans-IO device that plays any profile, a
+//!   lossy link that injects drops, corruption and noise at the byte seam,
+//!   and [`sim::FaultyChild`], the two together for a pty driver.
+//!
+//! # For a serial driver
+//! Load the profile ([`profile::builtin`] or [`Profile::parse`] on a user
+//! file's text), compute the package's [`ImageDigest`] piece by piece, make an
+//! [`Engine`] and drive it as its documentation says; report
+//! [`Outcome::result_code`] and the failure's `description` to IoTDA, and
+//! journal [`Engine::acknowledged`] as the child's offset.
 //!
 //! Nothing here reads a file, a clock or a global random source: profile text
 //! comes in with its file name, time comes in as [`crate::time::Instant`] and
@@ -32,7 +40,7 @@ pub use engine::{DataRequest, Engine, Event, ImageInfo, Outcome, Upgrade};
 pub use profile::{MessageKind, Profile, ProfileError, ProfileErrorKind};
 
 /// IoTDA `result_code` values used by this module, from
-/// `protocols/iotda.md` §4.6 ([DOC:iot_06_v5_3031]).
+/// `protocols/iotda.md` §4.6 (IoTDA API page `iot_06_v5_3031`).
 pub mod result_code {
     /// Success.
     pub const SUCCESS: u8 = 0;

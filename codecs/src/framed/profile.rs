@@ -911,6 +911,14 @@ pub enum ProfileErrorKind {
         /// The prefix's maximum.
         limit: u32,
     },
+    /// A `chunk_size` field too narrow for `max_chunk`.
+    #[error("`max_chunk` = {max_chunk} does not fit the `chunk_size` field (at most {limit})")]
+    ChunkSizeFieldTooNarrow {
+        /// The chunk size.
+        max_chunk: usize,
+        /// The field's maximum.
+        limit: u32,
+    },
     /// Neither begin nor verify carries crc32 or sha256.
     #[error("neither `begin.request` nor `verify.request` carries `crc32` or `sha256`: the image could not be verified")]
     NoIntegrity,
@@ -1222,6 +1230,29 @@ impl Profile {
             }
         }
         framing.max_payload = max_payload;
+
+        // A `chunk_size` field must carry `max_chunk`.
+        let begin = messages[MessageKind::Begin.index()].as_ref();
+        let raw_begin = raw
+            .messages
+            .begin
+            .as_ref()
+            .and_then(|b| b.get_ref().request.as_ref());
+        if let (Some(m), Some(rb)) = (begin, raw_begin) {
+            for (f, rf) in m.request.iter().zip(rb.get_ref()) {
+                if let (FieldName::ChunkSize, FieldType::Uint(t)) = (f.name, &f.ty) {
+                    if max_chunk > t.max() as usize {
+                        return Err(cx.err(
+                            &rf.span(),
+                            ProfileErrorKind::ChunkSizeFieldTooNarrow {
+                                max_chunk,
+                                limit: t.max(),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
 
         Ok(Profile {
             name,
@@ -1730,22 +1761,15 @@ fn parse_fields(
 
         // The type must fit the meaning.
         let expected = match (name, &ty) {
+            (FieldName::Crc32, FieldType::Uint(UintType::U32Le | UintType::U32Be)) => None,
+            (FieldName::Crc32, _) => Some("u32le or u32be (a CRC-32 has 32 bits)"),
             (
-                FieldName::Status
-                | FieldName::Size
-                | FieldName::Crc32
-                | FieldName::Offset
-                | FieldName::ChunkSize,
+                FieldName::Status | FieldName::Size | FieldName::Offset | FieldName::ChunkSize,
                 FieldType::Uint(_),
             ) => None,
-            (
-                FieldName::Status
-                | FieldName::Size
-                | FieldName::Crc32
-                | FieldName::Offset
-                | FieldName::ChunkSize,
-                _,
-            ) => Some("an unsigned integer type (u8, u16le, u16be, u32le, u32be)"),
+            (FieldName::Status | FieldName::Size | FieldName::Offset | FieldName::ChunkSize, _) => {
+                Some("an unsigned integer type (u8, u16le, u16be, u32le, u32be)")
+            }
             (FieldName::Version | FieldName::Data, FieldType::Bytes(_)) => None,
             (FieldName::Version | FieldName::Data, _) => Some("of type `bytes`"),
             (FieldName::Sha256, FieldType::Bytes(BytesLen::Fixed(32))) => None,

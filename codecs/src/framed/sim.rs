@@ -498,3 +498,142 @@ impl Link {
         out
     }
 }
+
+/// A simulated child behind a faulty line: the one object a pty or socket
+/// driver runs. Bytes from the gateway pass the inbound [`Link`] (its faults
+/// apply per read the driver passes in), replies pass the outbound one (per
+/// frame).
+#[derive(Debug)]
+pub struct FaultyChild {
+    device: Device,
+    inbound: Link,
+    outbound: Link,
+}
+
+impl FaultyChild {
+    /// `device` behind links injecting `faults` both ways, seeded by `seed`.
+    pub fn new(device: Device, faults: LinkFaults, seed: u64) -> Self {
+        FaultyChild {
+            device,
+            inbound: Link::new(faults, seed),
+            outbound: Link::new(faults, seed ^ 0xA5A5_A5A5_A5A5_A5A5),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// What the two links did: (inbound, outbound).
+    pub fn link_stats(&self) -> (LinkStats, LinkStats) {
+        (self.inbound.stats(), self.outbound.stats())
+    }
+
+    /// Bytes the gateway wrote.
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+        let carried = self.inbound.carry(bytes);
+        self.device.handle_input(&carried, now);
+    }
+
+    /// The next bytes to write towards the gateway (a dropped reply is
+    /// skipped).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        while let Some(frame) = self.device.poll_transmit() {
+            let carried = self.outbound.carry(&frame);
+            if !carried.is_empty() {
+                return Some(carried);
+            }
+        }
+        None
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.device.poll_timeout()
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.device.handle_timeout(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framed::engine::{Engine, Event, ImageInfo, Outcome, Upgrade};
+    use crate::framed::profile::builtin;
+
+    #[test]
+    fn a_faulty_child_still_gets_the_image_and_the_faults_happen() {
+        for name in ["acme-rs485", "nordlys-uart"] {
+            let p = Arc::new(builtin(name).unwrap().unwrap());
+            let image: Vec<u8> = (0..20_000u32).map(|i| (i * 31 % 256) as u8).collect();
+            let upgrade = Upgrade {
+                image: ImageInfo::of(&image, "3.0"),
+                skip_if_current: false,
+                seed: 1,
+            };
+            let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
+            let faults = LinkFaults {
+                drop: 0.03,
+                corrupt: 0.03,
+                noise: 0.1,
+                max_noise: 8,
+            };
+            let mut child = FaultyChild::new(
+                Device::new(Arc::clone(&p), DeviceConfig::new("2.0")),
+                faults,
+                9,
+            );
+            let mut now = Instant::ZERO;
+            let outcome = 'run: loop {
+                if let Some(r) = e.poll_data_request() {
+                    let end = r.offset as usize + r.len;
+                    e.handle_data(r.offset, &image[r.offset as usize..end], now)
+                        .unwrap();
+                }
+                while let Some(b) = e.poll_transmit() {
+                    child.handle_input(&b, now);
+                }
+                while let Some(b) = child.poll_transmit() {
+                    e.handle_input(&b, now);
+                }
+                while let Some(ev) = e.poll_event() {
+                    if let Event::Finished(o) = ev {
+                        break 'run o;
+                    }
+                }
+                if e.poll_data_request().is_some() {
+                    continue;
+                }
+                let next = [e.poll_timeout(), child.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap();
+                now = now.max(next);
+                e.handle_timeout(now);
+                child.handle_timeout(now);
+                assert!(now.as_millis() < 3_600_000, "{name}: runaway");
+            };
+            assert_eq!(
+                outcome,
+                Outcome::Upgraded {
+                    version: "3.0".into()
+                },
+                "{name}"
+            );
+            assert_eq!(child.device().installed(), Some(&image[..]));
+            let (i, o) = child.link_stats();
+            assert!(
+                i.dropped + o.dropped > 0 && i.corrupted + o.corrupted > 0,
+                "{name}"
+            );
+            assert!(i.noisy + o.noisy > 0, "{name}");
+        }
+    }
+}
