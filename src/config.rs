@@ -776,7 +776,7 @@ impl Config {
             if !d.is_dir() {
                 return Err(invalid(
                     "profiles.dir",
-                    format!("{} is not a readable directory", d.display()),
+                    format!("{} is not a directory", d.display()),
                 ));
             }
         }
