@@ -316,3 +316,49 @@ async fn silence_is_unreachable() {
         assert!(e.is_transient(), "{name}: {e}");
     }
 }
+
+/// A line paced to 115200 baud and a child that erases for 400 ms on
+/// `begin`: the transfer takes at least the wire time (a lower bound, which
+/// load cannot break) and arrives intact.
+#[tokio::test]
+async fn a_paced_line_and_a_slow_erase() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = profile("nordlys-uart");
+    let img = image(12_000, 30);
+    let pkg = package(dir.path(), &img, "2.0.0");
+    let sim = sim(&p, "pace=115200,erase-ms=400", 6);
+    let c = driver("node", &sim, &p);
+    let started = std::time::Instant::now();
+    c.deliver(&pkg, 0, &|_| {}).await.unwrap();
+    let took = started.elapsed();
+    // 12 000 image bytes at 11 520 bytes/s, plus the erase.
+    assert!(took.as_millis() >= 1_040 + 400, "{took:?}");
+    assert_eq!(
+        sim.inspect(|s| s.device().received().map(<[u8]>::to_vec)),
+        Some(img)
+    );
+}
+
+/// A child whose update session lives in RAM loses it in the reboot: the
+/// driver begins again and sends from 0, and the image still arrives whole.
+#[tokio::test]
+async fn a_child_that_loses_its_session_gets_the_image_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = profile("nordlys-uart");
+    let img = image(10_000, 31);
+    let pkg = package(dir.path(), &img, "2.0.0");
+    let mut o = FramedChildOptions::new(Arc::clone(&p), "1.0.0");
+    o.faults = "reboot-at=5000,boot-ms=100".parse().unwrap();
+    o.device.persist_session = false;
+    let sim = FramedChildSim::spawn(o).unwrap();
+    let c = driver("node", &sim, &p);
+    c.deliver(&pkg, 0, &|_| {}).await.unwrap();
+    sim.inspect(|s| {
+        let d = s.device();
+        assert_eq!(d.received(), Some(&img[..]));
+        assert_eq!(d.reboots(), 1);
+        let zeros = d.chunk_offsets().iter().filter(|&&o| o == 0).count();
+        assert!(zeros >= 2, "sent from 0 twice: {:?}", d.chunk_offsets());
+        assert!(d.requests(MessageKind::Begin) >= 2);
+    });
+}
