@@ -289,7 +289,7 @@ pub enum SerialProtocol {
 /// The profile of a `protocol = "framed:<name>"` child, loaded and validated
 /// when the configuration is, so a broken profile stops `otabridge run` at
 /// start instead of failing the first upgrade.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct FramedProfile {
     /// The name after `framed:`.
     pub name: String,
@@ -297,6 +297,16 @@ pub struct FramedProfile {
     pub file: Option<PathBuf>,
     /// The validated profile.
     pub profile: Arc<Profile>,
+}
+
+/// Name and origin only: the whole profile would bury a logged config.
+impl fmt::Debug for FramedProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FramedProfile")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why `framed:<name>` names no usable profile.

@@ -19,7 +19,8 @@
 //!   the version back: success only when it equals the target. A child that
 //!   already runs the target (activated before a gateway restart) is done.
 //!   A profile without `offset_query` cannot say where the child is, so
-//!   there the transfer is repeated from 0 first (`codecs/profiles/README.md`).
+//!   there the transfer is repeated from 0 first, unless its chunk reply
+//!   names the next offset (`codecs/profiles/README.md`).
 //!
 //! Failures: a failure the child reported (a `fail` status, busy until the
 //! retries ran out, a wrong version after activation) is
