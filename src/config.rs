@@ -5,11 +5,14 @@
 //! `docs/config.md`. Unknown keys are errors. Secrets are kept in [`Secret`],
 //! whose `Debug` prints `<redacted>`, so no log line can carry them.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use otabridge_codecs::framed::profile::{self, Profile};
 use serde::Deserialize;
 
 /// A configuration that cannot be used: which file, which key, and why.
@@ -87,6 +90,8 @@ struct RawConfig {
     coap: CoapConfig,
     #[serde(default)]
     ota: OtaConfig,
+    #[serde(default)]
+    profiles: ProfilesConfig,
     #[serde(default, rename = "child")]
     children: Vec<RawChild>,
 }
@@ -217,6 +222,17 @@ impl Default for OtaConfig {
     }
 }
 
+/// `[profiles]`: where user profiles for `protocol = "framed:<name>"` live
+/// (docs/framed.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    /// A directory of `<name>.toml` profile files (default: none, only the
+    /// built-in profiles). A file here shadows a built-in profile of the same
+    /// name, so an integrator can adjust one without a new release.
+    pub dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawChild {
@@ -294,7 +310,135 @@ pub enum SerialProtocol {
     /// MCUmgr SMP over the console framing.
     Smp,
     /// A manufacturer's protocol described by a profile.
-    Framed(String),
+    Framed(FramedProfile),
+}
+
+/// The profile of a `protocol = "framed:<name>"` child, loaded and validated
+/// when the configuration is, so a broken profile stops `otabridge run` at
+/// start instead of failing the first upgrade.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FramedProfile {
+    /// The name after `framed:`.
+    pub name: String,
+    /// The user profile file it came from; `None` for a built-in profile.
+    pub file: Option<PathBuf>,
+    /// The validated profile.
+    pub profile: Arc<Profile>,
+}
+
+/// Name and origin only: the whole profile would bury a logged config.
+impl fmt::Debug for FramedProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FramedProfile")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why `framed:<name>` names no usable profile.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileLookupError {
+    /// Not a profile name at all (so it cannot be a file name either).
+    #[error("'{0}' is not a profile name (1 to 64 of a-z, 0-9 and '-')")]
+    BadName(String),
+    /// Neither a user file nor a built-in profile has this name.
+    #[error("no profile '{name}': built-in profiles are {builtin}; {where_}")]
+    Unknown {
+        /// The name.
+        name: String,
+        /// The built-in names, comma separated.
+        builtin: String,
+        /// Where user profiles were looked for.
+        where_: String,
+    },
+    /// The user profile file could not be read.
+    #[error("cannot read profile {file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The profile is invalid; the message is `file:line: what is wrong`.
+    #[error("invalid profile {0}")]
+    Invalid(#[from] profile::ProfileError),
+    /// The file's `[protocol] name` is not its file name, so logs and
+    /// `otabridge status` would name another protocol than the config.
+    #[error("{file}:{line}: [protocol] name is '{found}', but the file is named for '{name}'")]
+    NameMismatch {
+        /// The file.
+        file: String,
+        /// The line of `name =` (1 if not found).
+        line: usize,
+        /// The name in the file.
+        found: String,
+        /// The name the child asked for.
+        name: String,
+    },
+}
+
+/// Finds the profile `name`: `<dir>/<name>.toml` if `dir` is given and has
+/// that file, else the built-in profile of that name. Used by the
+/// configuration and by `otabridge sim framed-child`.
+pub fn find_profile(name: &str, dir: Option<&Path>) -> Result<FramedProfile, ProfileLookupError> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return Err(ProfileLookupError::BadName(name.to_owned()));
+    }
+    if let Some(dir) = dir {
+        let file = dir.join(format!("{name}.toml"));
+        if file.exists() {
+            let text =
+                std::fs::read_to_string(&file).map_err(|source| ProfileLookupError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
+            let shown = file.display().to_string();
+            let p = Profile::parse(&text, &shown)?;
+            if p.name != name {
+                let line = text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with("name") && l.contains(&p.name))
+                    .map_or(1, |i| i + 1);
+                return Err(ProfileLookupError::NameMismatch {
+                    file: shown,
+                    line,
+                    found: p.name,
+                    name: name.to_owned(),
+                });
+            }
+            return Ok(FramedProfile {
+                name: name.to_owned(),
+                file: Some(file),
+                profile: Arc::new(p),
+            });
+        }
+    }
+    match profile::builtin(name) {
+        Some(p) => Ok(FramedProfile {
+            name: name.to_owned(),
+            file: None,
+            profile: Arc::new(p?),
+        }),
+        None => Err(ProfileLookupError::Unknown {
+            name: name.to_owned(),
+            builtin: profile::BUILTIN
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+            where_: match dir {
+                Some(d) => format!("{} has no {name}.toml", d.display()),
+                None => "no [profiles] dir is configured for user profiles".to_owned(),
+            },
+        }),
+    }
 }
 
 /// Parity bit of a serial line.
@@ -464,6 +608,8 @@ pub struct Config {
     pub coap: CoapConfig,
     /// `[ota]`.
     pub ota: OtaConfig,
+    /// `[profiles]`.
+    pub profiles: ProfilesConfig,
     /// `[[child]]`, in file order.
     pub children: Vec<ChildConfig>,
 }
@@ -676,6 +822,18 @@ impl Config {
             ));
         }
 
+        if let Some(d) = &raw.profiles.dir {
+            if !d.is_dir() {
+                return Err(invalid(
+                    "profiles.dir",
+                    format!("{} is not a directory", d.display()),
+                ));
+            }
+        }
+        // Each profile is read and validated once, however many children
+        // on however many ports use it.
+        let mut profiles: HashMap<String, FramedProfile> = HashMap::new();
+
         let mut children = Vec::with_capacity(raw.children.len());
         let mut seen = std::collections::HashSet::new();
         // Children sharing a port (an RS-485 bus) share its line settings.
@@ -751,7 +909,14 @@ impl Config {
                         "smp" => SerialProtocol::Smp,
                         other => match other.strip_prefix("framed:") {
                             Some(name) if !name.is_empty() => {
-                                SerialProtocol::Framed(name.to_owned())
+                                let found = match profiles.get(name) {
+                                    Some(p) => p.clone(),
+                                    None => find_profile(name, raw.profiles.dir.as_deref())
+                                        .map_err(|e| invalid(&k("protocol"), e.to_string()))?,
+                                };
+                                profiles.insert(name.to_owned(), found.clone());
+                                forbid_smp_keys(&c, other, &invalid, &k)?;
+                                SerialProtocol::Framed(found)
                             }
                             _ => {
                                 return Err(invalid(
@@ -813,6 +978,7 @@ impl Config {
             download: raw.download,
             coap: raw.coap,
             ota: raw.ota,
+            profiles: raw.profiles,
             children,
         })
     }
@@ -831,6 +997,34 @@ fn forbid_serial_keys(
     forbid(c.retries.is_some(), "retries")?;
     forbid(c.reboot_wait_ms.is_some(), "reboot_wait_ms")?;
     forbid(c.reboot_timeout_ms.is_some(), "reboot_timeout_ms")
+}
+
+/// SMP tuning keys that a framed child must not have: its profile sets every
+/// timeout and retry, so a key here would be silently ignored.
+fn forbid_smp_keys(
+    c: &RawChild,
+    protocol: &str,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    k: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let keys = [
+        (c.version_compare.is_some(), "version_compare"),
+        (c.buf_size.is_some(), "buf_size"),
+        (c.timeout_ms.is_some(), "timeout_ms"),
+        (c.first_timeout_ms.is_some(), "first_timeout_ms"),
+        (c.retries.is_some(), "retries"),
+        (c.reboot_wait_ms.is_some(), "reboot_wait_ms"),
+        (c.reboot_timeout_ms.is_some(), "reboot_timeout_ms"),
+    ];
+    match keys.iter().find(|(present, _)| *present) {
+        Some((_, key)) => Err(invalid(
+            &k(key),
+            format!(
+                "does not apply to protocol = \"{protocol}\" (the profile sets its timeouts and retries)"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Validates the serial tuning keys of one child.
@@ -948,7 +1142,7 @@ device_id = "prod_node02"
 transport = "serial"
 port = "/dev/ttyUSB0"
 baud = 115200
-protocol = "framed:acme"
+protocol = "framed:acme-rs485"
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -976,7 +1170,7 @@ protocol = "framed:acme"
             Transport::Serial {
                 port: "/dev/ttyUSB0".into(),
                 baud: 115_200,
-                protocol: SerialProtocol::Framed("acme".into()),
+                protocol: SerialProtocol::Framed(find_profile("acme-rs485", None).unwrap()),
                 options: SerialOptions::default(),
             }
         );
@@ -985,7 +1179,7 @@ protocol = "framed:acme"
     #[test]
     fn serial_keys_parse() {
         let text = GOOD.replace(
-            "protocol = \"framed:acme\"",
+            "protocol = \"framed:acme-rs485\"",
             "protocol = \"smp\"\nframing = \"7e2\"\nversion_compare = \"exact\"\n\
              buf_size = 2048\ntimeout_ms = 300\nfirst_timeout_ms = 9000\nretries = 2\n\
              reboot_wait_ms = 100\nreboot_timeout_ms = 20000",
@@ -1023,7 +1217,7 @@ protocol = "framed:acme"
     fn serial_key_errors_name_the_key() {
         let serial = |extra: &str| {
             GOOD.replace(
-                "protocol = \"framed:acme\"",
+                "protocol = \"framed:acme-rs485\"",
                 &format!("protocol = \"smp\"\n{extra}"),
             )
         };
@@ -1108,7 +1302,7 @@ protocol = "framed:acme"
                 "child[0].transport",
             ),
             (
-                "protocol = \"framed:acme\"",
+                "protocol = \"framed:acme-rs485\"",
                 "protocol = \"modbus\"",
                 "child[1].protocol",
             ),
@@ -1120,6 +1314,94 @@ protocol = "framed:acme"
             let e = err(&GOOD.replace(from, to));
             assert!(e.contains(&format!(": {key}: ")), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn framed_profiles_resolve_and_errors_name_key_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let with_dir = |protocol: &str| {
+            GOOD.replace("framed:acme-rs485", protocol)
+                .replace("[state]", &format!("[profiles]\ndir = \"{d}\"\n\n[state]"))
+        };
+        // Built-in by name, with or without a directory.
+        let c = parse(GOOD).unwrap();
+        let Transport::Serial {
+            protocol: SerialProtocol::Framed(f),
+            ..
+        } = &c.children[1].transport
+        else {
+            panic!("not framed");
+        };
+        assert_eq!((f.name.as_str(), f.file.as_deref()), ("acme-rs485", None));
+        assert_eq!(f.profile.name, "acme-rs485");
+        // A user file shadows the built-in of its name.
+        let acme = profile::builtin_text("acme-rs485").unwrap();
+        std::fs::write(dir.path().join("acme-rs485.toml"), acme).unwrap();
+        let c = parse(&with_dir("framed:acme-rs485")).unwrap();
+        let Transport::Serial {
+            protocol: SerialProtocol::Framed(f),
+            ..
+        } = &c.children[1].transport
+        else {
+            panic!("not framed");
+        };
+        assert_eq!(f.file, Some(dir.path().join("acme-rs485.toml")));
+
+        // Unknown names list what exists and where it looked.
+        let e = err(&GOOD.replace("framed:acme-rs485", "framed:acme"));
+        assert!(e.contains(": child[1].protocol: no profile 'acme'"), "{e}");
+        assert!(e.contains("acme-rs485, nordlys-uart"), "{e}");
+        assert!(e.contains("no [profiles] dir"), "{e}");
+        let e = err(&with_dir("framed:th40"));
+        assert!(e.contains(&format!("{d} has no th40.toml")), "{e}");
+        let e = err(&GOOD.replace("framed:acme-rs485", "framed:../etc/x"));
+        assert!(
+            e.contains(": child[1].protocol: '../etc/x' is not a profile name"),
+            "{e}"
+        );
+
+        // An invalid user profile: the key, the file and the line.
+        let bad = acme.replace("crc16-modbus", "crc-16");
+        let line = bad.lines().position(|l| l.contains("crc-16")).unwrap() + 1;
+        std::fs::write(
+            dir.path().join("th40.toml"),
+            bad.replace("\"acme-rs485\"", "\"th40\""),
+        )
+        .unwrap();
+        let e = err(&with_dir("framed:th40"));
+        let file = dir.path().join("th40.toml").display().to_string();
+        assert!(e.contains(": child[1].protocol: invalid profile "), "{e}");
+        assert!(
+            e.contains(&format!("{file}:{line}: unknown CRC algorithm")),
+            "{e}"
+        );
+
+        // A file named for one protocol that calls itself another.
+        std::fs::write(dir.path().join("th41.toml"), acme).unwrap();
+        let e = err(&with_dir("framed:th41"));
+        assert!(e.contains(": child[1].protocol: "), "{e}");
+        assert!(
+            e.contains("th41.toml:10: [protocol] name is 'acme-rs485'"),
+            "{e}"
+        );
+
+        // The directory itself must exist.
+        let e = err(&GOOD.replace("[state]", "[profiles]\ndir = \"/nonexistent/x\"\n[state]"));
+        assert!(e.contains(": profiles.dir: /nonexistent/x is not"), "{e}");
+        let e = err(&GOOD.replace("[state]", "[profiles]\ndri = \"/\"\n[state]"));
+        assert!(
+            e.contains("profiles") && e.contains("unknown field `dri`"),
+            "{e}"
+        );
+
+        // SMP tuning does not apply to a framed child; the line framing does.
+        let e = err(&GOOD.replace("baud = 115200", "baud = 115200\ntimeout_ms = 300"));
+        assert!(
+            e.contains(": child[1].timeout_ms: does not apply to protocol = \"framed:acme-rs485\""),
+            "{e}"
+        );
+        assert!(parse(&GOOD.replace("baud = 115200", "baud = 9600\nframing = \"8E1\"")).is_ok());
     }
 
     #[test]

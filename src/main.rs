@@ -107,6 +107,36 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum SimCommand {
+    /// A child speaking a framed profile on a pty; prints the pty path, runs
+    /// until Ctrl-C (see docs/framed.md).
+    FramedChild {
+        /// A built-in profile name, or a profile file (a path with '/' or
+        /// ending in .toml).
+        #[arg(long)]
+        profile: String,
+        /// The version the child runs at start.
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        /// Faults, e.g. drop=0.05,crc=0.02,noise=0.1,erase-ms=1500,reboot-at=65536,pace=115200.
+        #[arg(long, default_value = "")]
+        faults: String,
+        /// Seed for every random fault decision.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The child's flash slot in bytes; a larger image is refused.
+        #[arg(long, default_value_t = 1 << 20)]
+        capacity: u32,
+        /// A reboot loses the update session (RAM only) instead of keeping it.
+        #[arg(long)]
+        lose_session: bool,
+        /// After activation, boot the old image again (a failed install).
+        #[arg(long)]
+        install_fails: bool,
+        /// Answer the NTH request of KIND with STATUS, e.g. begin:1:0x10;
+        /// repeatable.
+        #[arg(long = "inject", value_name = "KIND:NTH:STATUS")]
+        injections: Vec<String>,
+    },
     /// An MCUmgr/SMP device on a pty; prints the pty path, runs until Ctrl-C.
     SmpChild {
         /// The version the device runs at start (major.minor.revision[.build]).
@@ -410,6 +440,69 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Sim {
+            which:
+                SimCommand::FramedChild {
+                    profile,
+                    version,
+                    faults,
+                    seed,
+                    capacity,
+                    lose_session,
+                    install_fails,
+                    injections,
+                },
+        } => {
+            use otabridge::sim::framed_child::{
+                load_profile, parse_injection, Faults, FramedChildOptions, FramedChildSim,
+            };
+            init_logs(cli.log_format, "info");
+            let profile = match load_profile(&profile) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("otabridge: --profile: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut opts = FramedChildOptions::new(profile, &version);
+            opts.faults = match faults.parse::<Faults>() {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("otabridge: --faults: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            for i in &injections {
+                match parse_injection(i) {
+                    Ok(inj) => opts.device.inject.push(inj),
+                    Err(e) => {
+                        eprintln!("otabridge: --inject: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            opts.seed = seed;
+            opts.device.capacity = capacity;
+            opts.device.persist_session = !lose_session;
+            opts.device.install_fails = install_fails;
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            rt.block_on(async move {
+                let sim = match FramedChildSim::spawn(opts) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("otabridge: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                println!("{}", sim.path().display());
+                let _ = tokio::signal::ctrl_c().await;
+                eprintln!("{}", sim.summary());
+                ExitCode::SUCCESS
+            })
         }
         Command::Credentials {
             device_id,

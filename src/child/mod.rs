@@ -6,10 +6,13 @@
 //! - [`memory`]: an in-process simulated child (`transport = "sim"`), for
 //!   bench tests of the platform link and the engine without hardware.
 //! - [`serial`]: MCUmgr/SMP children on a serial port (`protocol = "smp"`).
+//! - [`framed`]: children speaking a manufacturer's protocol described by a
+//!   profile, on a serial port (`protocol = "framed:<profile>"`).
 //!
 //! CoAP (LwM2M) and serial (SMP, framed profiles) drivers implement the same
 //! trait on top of the `otabridge-codecs` engines.
 
+pub mod framed;
 pub mod memory;
 pub mod serial;
 
@@ -133,11 +136,16 @@ pub fn from_config(c: &ChildConfig) -> Result<Arc<dyn Child>, Unsupported> {
             options.clone(),
         ))),
         Transport::Serial {
-            protocol: SerialProtocol::Framed(_),
-            ..
-        } => Err(Unsupported {
-            device_id: c.device_id.clone(),
-            transport: "serial",
-        }),
+            port,
+            baud,
+            protocol: SerialProtocol::Framed(p),
+            options,
+        } => Ok(Arc::new(framed::FramedChild::new(
+            &c.device_id,
+            port,
+            *baud,
+            options.framing,
+            Arc::clone(&p.profile),
+        ))),
     }
 }

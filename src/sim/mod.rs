@@ -8,9 +8,11 @@
 //! - [`demo`]: `otabridge demo`, the whole story on an embedded default.
 //! - [`testbed`]: broker, edge, platform and a gateway in one call.
 //! - [`smp_child`]: an MCUmgr/SMP device on a pty, with faults at the seam.
+//! - [`framed_child`]: a device speaking any framed profile on a pty, with faults.
 
 pub mod broker;
 pub mod demo;
+pub mod framed_child;
 pub mod package_server;
 pub mod platform;
 pub mod smp_child;
