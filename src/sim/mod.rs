@@ -2,12 +2,14 @@
 //! the real wire protocol over real sockets.
 //!
 //! - [`broker`]: rumqttd in-process on a free port.
+//! - [`coap_child`]: an LwM2M child over CoAP/UDP with socket-seam faults.
 //! - [`platform`]: IoTDA's device access point (credentials, TLS, `$oc`
 //!   topics, connection cuts) and its application side (events, reports).
 //! - [`demo`]: `otabridge demo`, the whole story on an embedded default.
 //! - [`testbed`]: broker, edge, platform and a gateway in one call.
 
 pub mod broker;
+pub mod coap_child;
 pub mod demo;
 pub mod platform;
 pub mod testbed;
