@@ -481,3 +481,88 @@ async fn already_current_child_gets_nothing() {
     })
     .await
 }
+
+/// Heavier: bigger images, more loss, several seeds, both directions.
+/// `cargo test --test coap_sim -- --ignored`.
+#[tokio::test]
+#[ignore]
+async fn many_seeds_under_heavy_faults() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        for seed in 1..=4u64 {
+            for delivery in [Delivery::Push, Delivery::Pull] {
+                let pkg = package(dir.path(), 200 * 1024 + seed as usize, seed as u8);
+                let faults = Faults {
+                    loss_pct: 30.0,
+                    duplicate_pct: 15.0,
+                    reorder_pct: 15.0,
+                    delay: Duration::from_millis(2),
+                    reboot_after_blocks: Some(50 + seed as u32),
+                };
+                let sim = CoapChildSim::start(sim_options(seed * 1000, faults))
+                    .await
+                    .unwrap();
+                let mut net_options = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), seed);
+                net_options.exchange = ExchangeConfig {
+                    max_retransmit: 10,
+                    ..exchange(seed)
+                };
+                let net = CoapNetwork::bind(net_options).unwrap();
+                let child = CoapChild::new("heavy", sim.addr(), delivery, net, child_options());
+                let progress = upgrade(&child, &pkg).await.unwrap();
+                assert_eq!(progress, pkg.size, "seed {seed} {delivery:?}");
+                assert_eq!(
+                    sim.last_image_sha256().as_deref(),
+                    Some(pkg.sha256.as_str())
+                );
+                assert_eq!(sim.version(), "2.0");
+            }
+        }
+    })
+    .await
+}
+
+/// `otabridge sim coap-child` for integrators: it starts, answers /3/0/3
+/// with its --version, and refuses a bad option with exit code 2.
+#[tokio::test]
+async fn sim_coap_child_command() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let exe = env!("CARGO_BIN_EXE_otabridge");
+    let st = Command::new(exe)
+        .args(["sim", "coap-child", "--block-size", "8"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(2));
+    let mut p = Command::new(exe)
+        .args([
+            "sim",
+            "coap-child",
+            "--listen",
+            "127.0.0.1:0",
+            "--version",
+            "7.1",
+            "--loss",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(p.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .nth(4)
+        .expect("address in the first line")
+        .parse()
+        .unwrap();
+    let child = CoapChild::new("cli", addr, Delivery::Pull, network(131), child_options());
+    let v = bounded(child.read_version()).await;
+    let _ = p.kill();
+    let _ = p.wait();
+    assert_eq!(v.unwrap(), "7.1");
+}

@@ -39,6 +39,12 @@ use crate::config::CoapConfig;
 /// and then fail to decode, which is the right answer for them.
 const MAX_DATAGRAM: usize = 1500;
 
+/// Receive buffer asked for the shared socket. With many children at once
+/// (one response in flight each) the default 208 KiB overflows and the
+/// kernel drops datagrams, each costing a 2-3 s retransmission timeout;
+/// the kernel caps the request at `net.core.rmem_max`.
+const RECV_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Pending served-block notices per pull watcher; more are dropped, which
 /// only makes progress coarser (the next block carries a larger offset).
 const WATCH_QUEUE: usize = 64;
@@ -219,9 +225,19 @@ impl CoapNetwork {
             addr: options.listen,
             source,
         };
-        // Bound with std so that `from_config` (synchronous) can build it.
-        let std_socket = std::net::UdpSocket::bind(options.listen).map_err(bind_err)?;
-        std_socket.set_nonblocking(true).map_err(bind_err)?;
+        // Bound without tokio so that `from_config` (synchronous) can build it.
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(options.listen),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .map_err(bind_err)?;
+        if let Err(e) = s.set_recv_buffer_size(RECV_BUFFER) {
+            debug!("coap socket: receive buffer stays at the default: {e}");
+        }
+        s.bind(&options.listen.into()).map_err(bind_err)?;
+        s.set_nonblocking(true).map_err(bind_err)?;
+        let std_socket: std::net::UdpSocket = s.into();
         let socket = UdpSocket::from_std(std_socket).map_err(bind_err)?;
         let local = socket.local_addr().map_err(bind_err)?;
         let (tx, rx) = mpsc::unbounded_channel();
