@@ -27,9 +27,10 @@ pub enum StartError {
     /// The package store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A configured child has a transport this build cannot drive.
+    /// A configured child cannot be driven: no driver for its transport,
+    /// or the shared CoAP endpoint cannot be opened.
     #[error(transparent)]
-    Child(#[from] child::Unsupported),
+    Child(#[from] child::BuildError),
 }
 
 /// A running gateway's parts, for tests and the demo.
@@ -41,9 +42,15 @@ pub struct Handles {
     pub children: Vec<Arc<dyn Child>>,
 }
 
-/// Builds the children from the configuration.
-pub fn children(cfg: &Config) -> Result<Vec<Arc<dyn Child>>, child::Unsupported> {
-    cfg.children.iter().map(child::from_config).collect()
+/// Builds the children from the configuration; CoAP children share one
+/// network (socket and Block2 server on `coap.listen`), opened only when a
+/// CoAP child is configured.
+pub fn children(cfg: &Config) -> Result<Vec<Arc<dyn Child>>, child::BuildError> {
+    let mut nets = child::Networks::new(&cfg.coap);
+    cfg.children
+        .iter()
+        .map(|c| child::from_config(c, &mut nets))
+        .collect()
 }
 
 /// Runs the gateway until `shutdown` completes, with `children` (built from

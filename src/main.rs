@@ -107,6 +107,53 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum SimCommand {
+    /// An LwM2M child over CoAP/UDP (see docs/coap.md): /3/0/3 and /5, push
+    /// and pull, with faults at its socket.
+    CoapChild {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:5683")]
+        listen: std::net::SocketAddr,
+        /// The running firmware version (/3/0/3).
+        #[arg(long, default_value = "1.0")]
+        version: String,
+        /// The version any whole image carries; without it, only --image
+        /// SHAs are accepted and others fail the integrity check (result 5).
+        #[arg(long)]
+        next_version: Option<String>,
+        /// An accepted image and its version, as SHA256=VERSION (repeatable).
+        #[arg(long = "image", value_name = "SHA256=VERSION")]
+        images: Vec<String>,
+        /// Datagrams lost, in percent (both directions).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Datagrams duplicated, in percent.
+        #[arg(long, default_value_t = 0.0)]
+        duplicate: f64,
+        /// Datagrams reordered (held back), in percent.
+        #[arg(long, default_value_t = 0.0)]
+        reorder: f64,
+        /// Delay added to every datagram, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Reboot once after this many image blocks, losing the transfer.
+        #[arg(long)]
+        reboot_after_blocks: Option<u32>,
+        /// Preferred block size in bytes (16..=1024, a power of two).
+        #[arg(long, default_value_t = 1024)]
+        block_size: u32,
+        /// How long a reboot keeps the child silent, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        reboot_ms: u64,
+        /// Report this /5/0/5 result instead of State 2 when an image is whole.
+        #[arg(long)]
+        fail_download: Option<i64>,
+        /// Report this /5/0/5 result after Execute and keep the old version.
+        #[arg(long)]
+        fail_update: Option<i64>,
+        /// Seed of every random choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// A child speaking a framed profile on a pty; prints the pty path, runs
     /// until Ctrl-C (see docs/framed.md).
     FramedChild {
@@ -535,5 +582,113 @@ fn main() -> ExitCode {
             println!("password:  {}", c.password.unwrap_or_default());
             ExitCode::SUCCESS
         }
+        Command::Sim {
+            which: which @ SimCommand::CoapChild { .. },
+        } => {
+            init_logs(cli.log_format, "info");
+            match sim(which) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("otabridge sim: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// `otabridge sim ...`: runs until SIGINT or SIGTERM.
+fn sim(which: SimCommand) -> anyhow::Result<ExitCode> {
+    use otabridge::sim::coap_child::{CoapChildSim, Faults, SimOptions};
+    use otabridge_codecs::lwm2m::UpdateResult;
+    match which {
+        SimCommand::CoapChild {
+            listen,
+            version,
+            next_version,
+            images,
+            loss,
+            duplicate,
+            reorder,
+            delay_ms,
+            reboot_after_blocks,
+            block_size,
+            reboot_ms,
+            fail_download,
+            fail_update,
+            seed,
+        } => {
+            let usage = |m: String| {
+                eprintln!("otabridge sim coap-child: {m}");
+                Ok(ExitCode::from(2))
+            };
+            let Some(szx) = otabridge_codecs::coap::block::size_to_szx(block_size) else {
+                return usage(format!(
+                    "--block-size {block_size}: not 16, 32, ... or 1024"
+                ));
+            };
+            let mut opts = SimOptions::new(&version, "");
+            opts.any_image_version = next_version;
+            for i in &images {
+                let Some((sha, v)) = i.split_once('=') else {
+                    return usage(format!("--image {i}: expected SHA256=VERSION"));
+                };
+                opts.images.insert(sha.to_ascii_lowercase(), v.to_owned());
+            }
+            for (name, pct) in [
+                ("--loss", loss),
+                ("--duplicate", duplicate),
+                ("--reorder", reorder),
+            ] {
+                if !(0.0..=100.0).contains(&pct) {
+                    return usage(format!("{name} {pct}: not a percentage"));
+                }
+            }
+            let result = |name: &str, v: Option<i64>| -> Result<Option<UpdateResult>, String> {
+                v.map(|v| UpdateResult::from_value(v).map_err(|e| format!("{name}: {e}")))
+                    .transpose()
+            };
+            let (fail_download, fail_update) = match (
+                result("--fail-download", fail_download),
+                result("--fail-update", fail_update),
+            ) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(m), _) | (_, Err(m)) => return usage(m),
+            };
+            opts.listen = listen;
+            opts.preferred_szx = szx;
+            opts.reboot_time = std::time::Duration::from_millis(reboot_ms);
+            opts.seed = seed;
+            opts.faults = Faults {
+                loss_pct: loss,
+                duplicate_pct: duplicate,
+                reorder_pct: reorder,
+                delay: std::time::Duration::from_millis(delay_ms),
+                reboot_after_blocks,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let sim = CoapChildSim::start(opts).await?;
+                sim.set_download_failure(fail_download);
+                sim.set_update_failure(fail_update);
+                println!("coap child listening on {} running {}", sim.addr(), sim.version());
+                otabridge::daemon::shutdown_signal().await;
+                let st = sim.stats();
+                println!(
+                    "stopped: version {}, {} images, {} blocks, {} reboots, {} dropped, {} duplicated",
+                    sim.version(),
+                    st.images,
+                    st.blocks,
+                    st.reboots,
+                    st.dropped,
+                    st.duplicated
+                );
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
+        // The other simulators have their own arms in `main`.
+        other => anyhow::bail!("not a CoAP simulator: {other:?}"),
     }
 }

@@ -89,7 +89,7 @@ async fn a_user_profile_from_the_config_delivers_on_a_pty() {
     assert_eq!(f.file.as_deref(), Some(file.as_path()));
     assert_eq!(*f.profile, *p);
 
-    let c = child::from_config(&cfg.children[1]).unwrap();
+    let c = child::from_config(&cfg.children[1], &mut child::Networks::new(&cfg.coap)).unwrap();
     assert_eq!(c.transport(), "serial");
     assert_eq!(c.read_version().await.unwrap(), "0.9");
     let img: Vec<u8> = (0..3_000u32).map(|i| (i * 7 + 3) as u8).collect();

@@ -8,10 +8,13 @@
 //! - [`serial`]: MCUmgr/SMP children on a serial port (`protocol = "smp"`).
 //! - [`framed`]: children speaking a manufacturer's protocol described by a
 //!   profile, on a serial port (`protocol = "framed:<profile>"`).
+//! - [`coap`]: LwM2M children over CoAP/UDP, all on one shared
+//!   [`coap::CoapNetwork`] (socket, message layer, Block2 package server).
 //!
-//! CoAP (LwM2M) and serial (SMP, framed profiles) drivers implement the same
-//! trait on top of the `otabridge-codecs` engines.
+//! Serial (SMP, framed profiles) drivers implement the same trait on top of
+//! the `otabridge-codecs` engines.
 
+pub mod coap;
 pub mod framed;
 pub mod memory;
 pub mod serial;
@@ -21,7 +24,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::{ChildConfig, SerialProtocol, Transport};
+use crate::config::{ChildConfig, CoapConfig, SerialProtocol, Transport};
 
 /// A boxed future, so that `dyn Child` works across transports.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -112,18 +115,77 @@ pub struct Unsupported {
     pub transport: &'static str,
 }
 
-/// Builds the driver for one configured child.
-pub fn from_config(c: &ChildConfig) -> Result<Arc<dyn Child>, Unsupported> {
+/// Why [`from_config`] could not build a child's driver.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The transport has no driver in this build.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    /// The shared CoAP endpoint (`coap.listen`) could not be opened.
+    #[error(transparent)]
+    Coap(#[from] coap::BindError),
+}
+
+/// What drivers share across children: the CoAP network is created on the
+/// first CoAP child and reused by every other one (one socket, one message
+/// layer, one Block2 server).
+#[derive(Debug)]
+pub struct Networks {
+    coap_options: coap::NetworkOptions,
+    coap_child: coap::ChildOptions,
+    coap: Option<coap::CoapNetwork>,
+}
+
+impl Networks {
+    /// Networks opened on demand from `[coap]`.
+    pub fn new(c: &CoapConfig) -> Self {
+        Networks {
+            coap_options: coap::NetworkOptions::from_config(c),
+            coap_child: coap::ChildOptions::default(),
+            coap: None,
+        }
+    }
+
+    /// Networks that use an already open CoAP network and these child
+    /// settings (tests, the demo).
+    pub fn with_coap(net: coap::CoapNetwork, child: coap::ChildOptions) -> Self {
+        Networks {
+            coap_options: coap::NetworkOptions::new(net.local_addr(), 0),
+            coap_child: child,
+            coap: Some(net),
+        }
+    }
+
+    /// The CoAP network, bound on first use (needs a tokio runtime).
+    pub fn coap(&mut self) -> Result<coap::CoapNetwork, coap::BindError> {
+        if let Some(n) = &self.coap {
+            return Ok(n.clone());
+        }
+        let n = coap::CoapNetwork::bind(self.coap_options.clone())?;
+        self.coap = Some(n.clone());
+        Ok(n)
+    }
+}
+
+/// Builds the driver for one configured child; CoAP children share the
+/// network in `nets`.
+pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child>, BuildError> {
     match &c.transport {
         Transport::Simulated { version, online } => {
             let child = memory::MemoryChild::new(&c.device_id, version);
             child.set_online(*online);
             Ok(Arc::new(child))
         }
-        Transport::Coap { .. } => Err(Unsupported {
-            device_id: c.device_id.clone(),
-            transport: "coap",
-        }),
+        Transport::Coap { address, delivery } => {
+            let net = nets.coap()?;
+            Ok(Arc::new(coap::CoapChild::new(
+                &c.device_id,
+                *address,
+                *delivery,
+                net,
+                nets.coap_child.clone(),
+            )))
+        }
         Transport::Serial {
             port,
             baud,
@@ -147,5 +209,49 @@ pub fn from_config(c: &ChildConfig) -> Result<Arc<dyn Child>, Unsupported> {
             options.framing,
             Arc::clone(&p.profile),
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Delivery;
+
+    #[tokio::test]
+    async fn coap_children_share_one_network_opened_on_demand() {
+        let coap = CoapConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..CoapConfig::default()
+        };
+        let mut nets = Networks::new(&coap);
+        let sim = ChildConfig {
+            device_id: "s".into(),
+            transport: Transport::Simulated {
+                version: "1".into(),
+                online: true,
+            },
+        };
+        from_config(&sim, &mut nets).unwrap();
+        assert!(nets.coap.is_none(), "no CoAP child, no socket");
+        let coap_child = |id: &str, port: u16| ChildConfig {
+            device_id: id.into(),
+            transport: Transport::Coap {
+                address: ([127, 0, 0, 1], port).into(),
+                delivery: Delivery::Pull,
+            },
+        };
+        let a = from_config(&coap_child("a", 5701), &mut nets).unwrap();
+        let first = nets.coap().unwrap().local_addr();
+        let b = from_config(&coap_child("b", 5702), &mut nets).unwrap();
+        assert_eq!(nets.coap().unwrap().local_addr(), first);
+        assert_eq!((a.transport(), b.transport()), ("coap", "coap"));
+        // A second network on the same address cannot bind: the error names
+        // the key.
+        let mut clash = Networks::new(&CoapConfig {
+            listen: first,
+            ..CoapConfig::default()
+        });
+        let e = from_config(&coap_child("c", 5703), &mut clash).unwrap_err();
+        assert!(e.to_string().starts_with("coap.listen"), "{e}");
     }
 }

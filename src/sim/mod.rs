@@ -2,6 +2,7 @@
 //! the real wire protocol over real sockets.
 //!
 //! - [`broker`]: rumqttd in-process on a free port.
+//! - [`coap_child`]: an LwM2M child over CoAP/UDP with socket-seam faults.
 //! - [`platform`]: IoTDA's device access point (credentials, TLS, `$oc`
 //!   topics, connection cuts) and its application side (events, reports).
 //! - [`package_server`]: IoTDA's HTTPS package download (tokens, Range, faults).
@@ -11,6 +12,7 @@
 //! - [`framed_child`]: a device speaking any framed profile on a pty, with faults.
 
 pub mod broker;
+pub mod coap_child;
 pub mod demo;
 pub mod framed_child;
 pub mod package_server;

@@ -111,6 +111,9 @@ pub enum ConfigError {
     ZeroDedup,
 }
 
+/// Peers whose message id sequence is remembered (see `alloc_mid`).
+const MAX_MID_PEERS: usize = 65_536;
+
 /// Identifies a request started with [`Exchanges::start_request`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
@@ -230,7 +233,12 @@ struct Seen {
 pub struct Exchanges<P> {
     config: ExchangeConfig,
     rng: Rng,
+    /// Where every peer's message id sequence starts.
     next_mid: u16,
+    /// The next message id per peer: RFC 7252 §4.4 forbids reusing an id
+    /// with the same endpoint within EXCHANGE_LIFETIME, and one counter
+    /// shared by hundreds of children wraps within that time.
+    mids: HashMap<P, u16>,
     next_token: Option<u64>,
     next_id: u64,
     outstanding: Vec<Outstanding<P>>,
@@ -265,6 +273,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
             config,
             rng,
             next_mid,
+            mids: HashMap::new(),
             next_id: 0,
             outstanding: Vec::new(),
             seen: HashMap::new(),
@@ -291,7 +300,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
         if !c.is_request() {
             return Err(RequestError::NotARequest(c));
         }
-        let mid = self.alloc_mid();
+        let mid = self.alloc_mid(&peer);
         let token = self.alloc_token(&peer);
         request.header.set_type(MessageType::Confirmable);
         request.header.message_id = mid;
@@ -347,7 +356,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
             response.header.message_id = request.packet.header.message_id;
         } else {
             response.header.set_type(MessageType::NonConfirmable);
-            response.header.message_id = self.alloc_mid();
+            response.header.message_id = self.alloc_mid(&request.peer);
         }
         response.set_token(request.packet.get_token().to_vec());
         let bytes = msg::encode(&response, self.config.max_message_size)?;
@@ -571,10 +580,16 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
         Duration::from_millis(base.saturating_add(self.rng.range_inclusive(0, spread)))
     }
 
-    fn alloc_mid(&mut self) -> u16 {
-        // RFC 7252 §4.4: sequential ids from a random start.
-        let mid = self.next_mid;
-        self.next_mid = self.next_mid.wrapping_add(1);
+    fn alloc_mid(&mut self, peer: &P) -> u16 {
+        // RFC 7252 §4.4: sequential ids from a random start, per peer.
+        if self.mids.len() >= MAX_MID_PEERS && !self.mids.contains_key(peer) {
+            // Bounded memory against spoofed sources (NON requests): the
+            // sequences restart, still from the random start.
+            self.mids.clear();
+        }
+        let next = self.mids.entry(peer.clone()).or_insert(self.next_mid);
+        let mid = *next;
+        *next = next.wrapping_add(1);
         mid
     }
 
@@ -739,6 +754,28 @@ mod tests {
             Some(ExchangeEvent::GaveUp { id, peer: PEER })
         );
         assert_eq!(e.poll_timeout(), None);
+    }
+
+    #[test]
+    fn message_ids_are_sequential_per_peer() {
+        // 500 children and 256 blocks each wrap one shared 16-bit counter
+        // well within EXCHANGE_LIFETIME; a child would then take a new
+        // request for a duplicate (RFC 7252 §4.4, §4.5).
+        let mut e = engine();
+        let mid = |e: &mut Exchanges<u8>, peer: u8| {
+            let id = e
+                .start_request(peer, request(Code::GET, &["x"]), at(0))
+                .unwrap();
+            let bytes = e.poll_transmit().unwrap().bytes;
+            e.cancel(id);
+            u16::from_be_bytes([bytes[2], bytes[3]])
+        };
+        assert_eq!(mid(&mut e, 1), 0x1000);
+        for _ in 0..70_000 {
+            let _ = mid(&mut e, 2);
+        }
+        assert_eq!(mid(&mut e, 1), 0x1001, "peer 1's sequence is its own");
+        assert_eq!(mid(&mut e, 3), 0x1000);
     }
 
     #[test]

@@ -261,6 +261,10 @@ enum Step {
     PollState,
     PollResult,
     Execute,
+    /// Execute got an error response: read /3/0/3 once before believing it,
+    /// since a retransmitted Execute may have reached the child after it
+    /// rebooted into the target (its deduplication memory gone, State 0).
+    ConfirmRefusal(Code),
     VerifyVersion,
     VerifyResult,
     Finished,
@@ -326,7 +330,7 @@ impl UpdateProcedure {
             Step::WriteUri | Step::Pushing(_) | Step::PollState | Step::PollResult => {
                 Phase::Delivering
             }
-            Step::Execute => Phase::Downloaded,
+            Step::Execute | Step::ConfirmRefusal(_) => Phase::Downloaded,
             Step::VerifyVersion | Step::VerifyResult | Step::Finished => Phase::Updating,
         }
     }
@@ -375,7 +379,9 @@ impl UpdateProcedure {
         }
         let req = match &self.step {
             Step::Finished | Step::Pushing(_) => return Ok(None),
-            Step::ReadVersion | Step::VerifyVersion => get(Path::FIRMWARE_VERSION),
+            Step::ReadVersion | Step::VerifyVersion | Step::ConfirmRefusal(_) => {
+                get(Path::FIRMWARE_VERSION)
+            }
             Step::PollState => get(Path::STATE),
             Step::PollResult | Step::VerifyResult => get(Path::UPDATE_RESULT),
             Step::Reset => write_uri(""),
@@ -406,6 +412,8 @@ impl UpdateProcedure {
             match self.step {
                 // Booting children may answer 5.03 or 4.04 for a while.
                 Step::VerifyVersion | Step::VerifyResult => self.wait(now, Step::VerifyVersion),
+                Step::Execute => self.step = Step::ConfirmRefusal(code),
+                Step::ConfirmRefusal(refused) => self.refused(refused, now),
                 _ => self.fail(UpdateFailure::Rejected { path, code }, now),
             }
             return;
@@ -443,6 +451,10 @@ impl UpdateProcedure {
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
             },
             Step::Execute => self.start_verify(now),
+            Step::ConfirmRefusal(refused) => match lwm2m::parse_text(payload) {
+                Ok(v) if v.trim() == self.cfg.target_version => self.finish(Outcome::Updated),
+                _ => self.refused(refused, now),
+            },
             Step::VerifyVersion => match lwm2m::parse_text(payload) {
                 Ok(v) if v.trim() == self.cfg.target_version => self.finish(Outcome::Updated),
                 Ok(v) => {
@@ -488,6 +500,7 @@ impl UpdateProcedure {
             // reboots.
             Step::Execute => self.start_verify(now),
             Step::VerifyVersion | Step::VerifyResult => self.wait(now, Step::VerifyVersion),
+            Step::ConfirmRefusal(refused) => self.refused(refused, now),
             _ => {
                 let path = self.current_path();
                 self.fail(UpdateFailure::Unreachable(path), now)
@@ -547,7 +560,9 @@ impl UpdateProcedure {
 
     fn current_path(&self) -> Path {
         match self.step {
-            Step::ReadVersion | Step::VerifyVersion => Path::FIRMWARE_VERSION,
+            Step::ReadVersion | Step::VerifyVersion | Step::ConfirmRefusal(_) => {
+                Path::FIRMWARE_VERSION
+            }
             Step::Reset | Step::WriteUri => Path::PACKAGE_URI,
             Step::Pushing(_) => Path::PACKAGE,
             Step::PollState => Path::STATE,
@@ -577,6 +592,15 @@ impl UpdateProcedure {
                 }
             }
         };
+    }
+
+    /// Execute was refused with `code` and the version is not the target.
+    fn refused(&mut self, code: Code, now: Instant) {
+        let failure = UpdateFailure::Rejected {
+            path: Path::UPDATE,
+            code,
+        };
+        self.fail(failure, now);
     }
 
     fn start_verify(&mut self, now: Instant) {
@@ -955,6 +979,9 @@ mod tests {
         u.handle_response(&content("2"), at(1000));
         let _ = next(&mut u, 1000);
         u.handle_response(&answer(Code::METHOD_NOT_ALLOWED, ""), at(1000));
+        // One read of the version before believing the refusal.
+        assert_eq!(next(&mut u, 1000).1, "3/0/3");
+        u.handle_response(&content("1.0"), at(1010));
         assert_eq!(
             finished(&mut u),
             Some(Outcome::Failed(UpdateFailure::Rejected {
@@ -962,6 +989,25 @@ mod tests {
                 code: Code::METHOD_NOT_ALLOWED
             }))
         );
+    }
+
+    #[test]
+    fn execute_refused_after_the_reboot_is_a_success_if_the_target_runs() {
+        // The ACK of Execute was lost, the child rebooted into the target
+        // and forgot the exchange; our retransmission finds it in State 0
+        // and gets 4.05. The version read decides.
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("2"), at(1000));
+        assert_eq!(next(&mut u, 1000).1, "5/0/2");
+        u.handle_response(&answer(Code::METHOD_NOT_ALLOWED, ""), at(9000));
+        assert_eq!(next(&mut u, 9000).1, "3/0/3");
+        u.handle_response(&content("2.0"), at(9010));
+        assert_eq!(finished(&mut u), Some(Outcome::Updated));
     }
 
     #[test]

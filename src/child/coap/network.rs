@@ -1,0 +1,739 @@
+//! The CoAP network: one UDP socket for every CoAP child and for the Block2
+//! package server, driven by one task that owns the codecs' [`Exchanges`].
+//!
+//! Why one socket: children answer requests from the address they were sent
+//! from, and a pull child fetches its package from the address written into
+//! /5/0/1, so the gateway has one CoAP endpoint (`coap.listen`) and
+//! demultiplexes by peer address (the exchange engine matches responses by
+//! token and peer, RFC 7252 §5.3.2). Why one task: the message layer
+//! (message ids, retransmission, deduplication) is one state machine per
+//! endpoint; children talk to it through a channel and wait on a oneshot.
+//!
+//! The task loop is the driver loop of `otabridge_codecs::coap` (its module
+//! doc): datagrams and timeouts in, responses to the waiting children and
+//! Block2 answers out. Nothing in it grows with a package's size: Block2
+//! blocks are read from the package file by offset (`pread`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use otabridge_codecs::coap::{
+    msg, serve_block2, Block1Push, Code, ExchangeConfig, ExchangeEvent, Exchanges, PackageInfo,
+    PackageStore, Packet, PushConfig, PushEvent, PushFailure, ReadAt, ReadError, RequestId,
+    ServeConfig, ServedBlock, TransportFailure,
+};
+use otabridge_codecs::time::Instant as EngineInstant;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use crate::config::CoapConfig;
+
+/// The largest datagram read from the socket: a 1024-byte block plus
+/// header and options fits in 1152 (RFC 7252 §4.6); bigger ones are cut
+/// and then fail to decode, which is the right answer for them.
+const MAX_DATAGRAM: usize = 1500;
+
+/// Receive buffer asked for the shared socket. With many children at once
+/// (one response in flight each) the default 208 KiB overflows and the
+/// kernel drops datagrams, each costing a 2-3 s retransmission timeout;
+/// the kernel caps the request at `net.core.rmem_max`.
+const RECV_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Pending served-block notices per pull watcher; more are dropped, which
+/// only makes progress coarser (the next block carries a larger offset).
+const WATCH_QUEUE: usize = 64;
+
+/// How the network behaves; [`NetworkOptions::from_config`] gives the
+/// daemon's values, tests shorten the timers.
+#[derive(Debug, Clone)]
+pub struct NetworkOptions {
+    /// The local endpoint (`coap.listen`); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address written into /5/0/1 (`coap.advertise`); `None`: the local
+    /// address the child is reached from, with our port.
+    pub advertise: Option<SocketAddr>,
+    /// Transfers running at once on this network (`coap.max_concurrent_transfers`).
+    pub max_concurrent_transfers: usize,
+    /// The message layer's timers, retransmission and seed (RFC 7252 §4.8
+    /// defaults).
+    pub exchange: ExchangeConfig,
+    /// The largest Block2 size served, as SZX 0..=6.
+    pub max_block_szx: u8,
+}
+
+impl NetworkOptions {
+    /// The options of `[coap]`, RFC 7252 timing, a seed from the clock so
+    /// that two gateways do not start with the same message ids.
+    pub fn from_config(c: &CoapConfig) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id());
+        NetworkOptions {
+            listen: c.listen,
+            advertise: c.advertise,
+            max_concurrent_transfers: c.max_concurrent_transfers,
+            exchange: ExchangeConfig {
+                seed,
+                ..ExchangeConfig::default()
+            },
+            max_block_szx: 6,
+        }
+    }
+
+    /// Options for a network on `listen` with RFC 7252 timing and `seed`.
+    pub fn new(listen: SocketAddr, seed: u64) -> Self {
+        NetworkOptions {
+            listen,
+            advertise: None,
+            max_concurrent_transfers: 8,
+            exchange: ExchangeConfig {
+                seed,
+                ..ExchangeConfig::default()
+            },
+            max_block_szx: 6,
+        }
+    }
+}
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The socket could not be bound (address in use, no permission).
+    #[error("coap.listen {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange settings are unusable.
+    #[error("coap exchange settings: {0}")]
+    Exchange(String),
+    /// `max_concurrent_transfers` is zero.
+    #[error("coap.max_concurrent_transfers must be at least 1")]
+    NoTransfers,
+}
+
+/// Why one request got no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The message layer gave up: no ACK, no separate response, or RST.
+    #[error("no response ({0:?})")]
+    Transport(TransportFailure),
+    /// The request could not be encoded (too large for a datagram).
+    #[error("request refused by the message layer: {0}")]
+    Encode(String),
+    /// The network task has stopped.
+    #[error("the CoAP network is shut down")]
+    Closed,
+}
+
+/// Why [`CoapNetwork::push_file`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushFileError {
+    /// The file could not be opened or is too large for Block1 (4 GiB).
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The push configuration is unusable.
+    #[error("push settings: {0}")]
+    Config(String),
+    /// Reading a block failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The peer refused or the transfer failed (RFC 7959 terms).
+    #[error("push failed: {0}")]
+    Failed(PushFailure),
+    /// The network stopped.
+    #[error("the CoAP network is shut down")]
+    Closed,
+}
+
+enum Cmd {
+    Request {
+        peer: SocketAddr,
+        packet: Packet,
+        reply: oneshot::Sender<Result<Packet, RequestError>>,
+    },
+}
+
+/// A package being served, opened once; blocks are read by offset.
+#[derive(Debug)]
+struct Served {
+    file: Arc<File>,
+    info: PackageInfo,
+    refs: usize,
+}
+
+#[derive(Debug)]
+struct Watcher {
+    peer: SocketAddr,
+    name: String,
+    tx: mpsc::Sender<ServedBlock>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    packages: HashMap<String, Served>,
+    watchers: HashMap<u64, Watcher>,
+    next_watch: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    local: SocketAddr,
+    advertise: Option<SocketAddr>,
+    transfers: Arc<Semaphore>,
+    shared: Arc<Mutex<Shared>>,
+    origin: tokio::time::Instant,
+}
+
+/// A handle on the CoAP network; clones share the socket and the task. The
+/// task stops when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct CoapNetwork {
+    inner: Arc<Inner>,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CoapNetwork {
+    /// Binds the socket and starts the network task (needs a tokio runtime).
+    pub fn bind(options: NetworkOptions) -> Result<Self, BindError> {
+        if options.max_concurrent_transfers == 0 {
+            return Err(BindError::NoTransfers);
+        }
+        let exchanges = Exchanges::new(options.exchange.clone())
+            .map_err(|e| BindError::Exchange(e.to_string()))?;
+        let bind_err = |source| BindError::Bind {
+            addr: options.listen,
+            source,
+        };
+        // Bound without tokio so that `from_config` (synchronous) can build it.
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(options.listen),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .map_err(bind_err)?;
+        if let Err(e) = s.set_recv_buffer_size(RECV_BUFFER) {
+            debug!("coap socket: receive buffer stays at the default: {e}");
+        }
+        s.bind(&options.listen.into()).map_err(bind_err)?;
+        s.set_nonblocking(true).map_err(bind_err)?;
+        let std_socket: std::net::UdpSocket = s.into();
+        let socket = UdpSocket::from_std(std_socket).map_err(bind_err)?;
+        let local = socket.local_addr().map_err(bind_err)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let origin = tokio::time::Instant::now();
+        let serve = ServeConfig {
+            max_szx: options.max_block_szx,
+            ..ServeConfig::default()
+        };
+        tokio::spawn(run(socket, exchanges, rx, shared.clone(), serve, origin));
+        Ok(CoapNetwork {
+            inner: Arc::new(Inner {
+                cmds: tx,
+                local,
+                advertise: options.advertise,
+                transfers: Arc::new(Semaphore::new(options.max_concurrent_transfers)),
+                shared,
+                origin,
+            }),
+        })
+    }
+
+    /// The bound local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// The engine clock's `now`.
+    pub fn now(&self) -> EngineInstant {
+        engine_now(self.inner.origin)
+    }
+
+    /// The tokio instant of an engine instant.
+    pub fn at(&self, t: EngineInstant) -> tokio::time::Instant {
+        self.inner.origin + Duration::from_millis(t.as_millis())
+    }
+
+    /// Waits for a transfer slot (`coap.max_concurrent_transfers`).
+    pub async fn transfer_permit(&self) -> OwnedSemaphorePermit {
+        // The semaphore is never closed, so acquiring cannot fail.
+        self.inner
+            .transfers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the transfer semaphore is never closed")
+    }
+
+    /// The `host:port` a child at `child` should fetch packages from:
+    /// `coap.advertise`, else the local address the kernel routes to the
+    /// child from (found by connecting a throwaway UDP socket), with our port.
+    pub fn gateway_for(&self, child: SocketAddr) -> std::io::Result<SocketAddr> {
+        if let Some(a) = self.inner.advertise {
+            return Ok(a);
+        }
+        let ip = self.inner.local.ip();
+        if !ip.is_unspecified() {
+            return Ok(self.inner.local);
+        }
+        let any: SocketAddr = match child.ip() {
+            IpAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let probe = std::net::UdpSocket::bind(any)?;
+        probe.connect(child)?;
+        Ok(SocketAddr::new(
+            probe.local_addr()?.ip(),
+            self.inner.local.port(),
+        ))
+    }
+
+    /// Sends `packet` to `peer` as a confirmable request and waits for the
+    /// response (retransmitting per RFC 7252 §4.2 meanwhile).
+    pub async fn request(&self, peer: SocketAddr, packet: Packet) -> Result<Packet, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .cmds
+            .send(Cmd::Request {
+                peer,
+                packet,
+                reply,
+            })
+            .map_err(|_| RequestError::Closed)?;
+        rx.await.map_err(|_| RequestError::Closed)?
+    }
+
+    /// Serves `path` as `/fw/<sha256>` until the guard is dropped. The file
+    /// is opened now (the store may delete it later; the open file stays).
+    pub fn serve_package(&self, sha256_hex: &str, path: &Path) -> std::io::Result<PackageGuard> {
+        let sha = parse_sha(sha256_hex).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "sha256 is not 64 hex digits",
+            )
+        })?;
+        let name = sha256_hex.to_ascii_lowercase();
+        let mut s = lock(&self.inner.shared);
+        if let Some(p) = s.packages.get_mut(&name) {
+            p.refs += 1;
+        } else {
+            let file = File::open(path)?;
+            let len = u32::try_from(file.metadata()?.len()).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "package above 4 GiB")
+            })?;
+            s.packages.insert(
+                name.clone(),
+                Served {
+                    file: Arc::new(file),
+                    info: PackageInfo { len, sha256: sha },
+                    refs: 1,
+                },
+            );
+        }
+        Ok(PackageGuard {
+            shared: self.inner.shared.clone(),
+            name,
+        })
+    }
+
+    /// Reports every block of package `sha256_hex` served to `peer` (or,
+    /// when the child fetches from another port, to its IP address) until
+    /// the returned watch is dropped.
+    pub fn watch_served(&self, peer: SocketAddr, sha256_hex: &str) -> ServedWatch {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let mut s = lock(&self.inner.shared);
+        let id = s.next_watch;
+        s.next_watch += 1;
+        s.watchers.insert(
+            id,
+            Watcher {
+                peer,
+                name: sha256_hex.to_ascii_lowercase(),
+                tx,
+            },
+        );
+        ServedWatch {
+            shared: self.inner.shared.clone(),
+            id,
+            rx,
+        }
+    }
+
+    /// Pushes a file to `peer`'s resource `path` with Block1 (RFC 7959
+    /// §2.3), one block in flight, starting at `resume_offset` (4.08 falls
+    /// back to 0). `progress` gets the bytes acknowledged. Returns the final
+    /// response code. Used for plain CoAP servers (interop tests, benches);
+    /// LwM2M children go through [`super::CoapChild`].
+    pub async fn push_file(
+        &self,
+        peer: SocketAddr,
+        path: &[&str],
+        file: &Path,
+        szx: u8,
+        resume_offset: u32,
+        progress: &(dyn Fn(u32) + Send + Sync),
+    ) -> Result<Code, PushFileError> {
+        let ferr = |message: String| PushFileError::File {
+            path: file.display().to_string(),
+            message,
+        };
+        let f = File::open(file).map_err(|e| ferr(e.to_string()))?;
+        let len = f.metadata().map_err(|e| ferr(e.to_string()))?.len();
+        let total_len = u32::try_from(len).map_err(|_| ferr("larger than 4 GiB".into()))?;
+        let mut image = FileImage(f);
+        let mut push = Block1Push::new(PushConfig {
+            path: path.iter().map(|s| s.to_string()).collect(),
+            total_len,
+            szx,
+            content_format: Some(msg::OCTET_STREAM),
+            request_tag: None,
+            resume_offset,
+            max_restarts: 3,
+        })
+        .map_err(|e| PushFileError::Config(e.to_string()))?;
+        loop {
+            while let Some(ev) = push.poll_event() {
+                match ev {
+                    PushEvent::Progress { acked, .. } => progress(acked),
+                    PushEvent::Done(code) => return Ok(code),
+                    PushEvent::Failed(f) => return Err(PushFileError::Failed(f)),
+                    PushEvent::BlockSize { szx } => {
+                        debug!(%peer, szx, "peer prefers smaller blocks")
+                    }
+                    PushEvent::Restarted { reason, szx } => {
+                        debug!(%peer, ?reason, szx, "push restarts at block 0")
+                    }
+                }
+            }
+            let Some(req) = push.poll_request(&mut image)? else {
+                // Not finished, nothing to send: cannot happen with one
+                // request in flight at a time, but never spin.
+                return Err(PushFileError::Failed(PushFailure::Protocol(
+                    "push engine stalled".into(),
+                )));
+            };
+            match self.request(peer, req).await {
+                Ok(resp) => push.handle_response(&resp),
+                Err(RequestError::Transport(t)) => push.handle_failure(t),
+                Err(RequestError::Encode(e)) => return Err(PushFileError::Config(e)),
+                Err(RequestError::Closed) => return Err(PushFileError::Closed),
+            }
+        }
+    }
+}
+
+/// Keeps a package served; dropping it stops serving once no transfer needs it.
+#[derive(Debug)]
+pub struct PackageGuard {
+    shared: Arc<Mutex<Shared>>,
+    name: String,
+}
+
+impl Drop for PackageGuard {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        if let Some(p) = s.packages.get_mut(&self.name) {
+            p.refs -= 1;
+            if p.refs == 0 {
+                s.packages.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// Served-block notices for one pull transfer (see [`CoapNetwork::watch_served`]).
+#[derive(Debug)]
+pub struct ServedWatch {
+    shared: Arc<Mutex<Shared>>,
+    id: u64,
+    rx: mpsc::Receiver<ServedBlock>,
+}
+
+impl ServedWatch {
+    /// The next block served; pends forever once the network stopped.
+    pub async fn next(&mut self) -> ServedBlock {
+        match self.rx.recv().await {
+            Some(b) => b,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for ServedWatch {
+    fn drop(&mut self) {
+        lock(&self.shared).watchers.remove(&self.id);
+    }
+}
+
+/// An image file read by offset with `pread`: constant memory, no seek
+/// state shared between readers.
+#[derive(Debug)]
+pub struct FileImage(pub File);
+
+impl ReadAt for FileImage {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        self.0.read_exact_at(buf, offset).map_err(|e| ReadError {
+            offset,
+            len: buf.len(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn parse_sha(hex_str: &str) -> Option<[u8; 32]> {
+    let v = hex::decode(hex_str).ok()?;
+    v.try_into().ok()
+}
+
+fn engine_now(origin: tokio::time::Instant) -> EngineInstant {
+    EngineInstant::from_millis(origin.elapsed().as_millis() as u64)
+}
+
+/// The package store the Block2 server reads: the registered packages.
+struct Store<'a>(&'a Shared);
+
+impl PackageStore for Store<'_> {
+    fn lookup(&mut self, name: &str) -> Option<PackageInfo> {
+        self.0.packages.get(name).map(|p| p.info)
+    }
+    fn read_at(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let len = buf.len();
+        let fail = |reason: String| ReadError {
+            offset,
+            len,
+            reason,
+        };
+        let p = self
+            .0
+            .packages
+            .get(name)
+            .ok_or_else(|| fail("not served".into()))?;
+        p.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// The network task (see the module doc).
+async fn run(
+    socket: UdpSocket,
+    mut ex: Exchanges<SocketAddr>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    shared: Arc<Mutex<Shared>>,
+    serve: ServeConfig,
+    origin: tokio::time::Instant,
+) {
+    let mut waiting: HashMap<RequestId, oneshot::Sender<Result<Packet, RequestError>>> =
+        HashMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let deadline = ex
+            .poll_timeout()
+            .map(|t| origin + Duration::from_millis(t.as_millis()));
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                // Every handle is gone: nobody can wait for anything.
+                None => break,
+                Some(Cmd::Request { peer, packet, reply }) => {
+                    match ex.start_request(peer, packet, engine_now(origin)) {
+                        Ok(id) => {
+                            waiting.insert(id, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(RequestError::Encode(e.to_string())));
+                        }
+                    }
+                }
+            },
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, peer)) => {
+                    if let Err(e) = ex.handle_datagram(peer, &buf[..n], engine_now(origin)) {
+                        debug!(%peer, "undecodable datagram: {e}");
+                    }
+                }
+                // Linux reports an ICMP error of an earlier send here; the
+                // exchange's retransmission timer handles the silence.
+                Err(e) => debug!("coap socket: {e}"),
+            },
+            _ = sleep_until_opt(deadline) => {
+                ex.handle_timeout(engine_now(origin));
+                // Callers that stopped waiting (a dropped delivery) free
+                // their exchange, so it is not retransmitted for nothing.
+                waiting.retain(|id, tx| {
+                    if tx.is_closed() {
+                        ex.cancel(*id);
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+        }
+        let now = engine_now(origin);
+        while let Some(ev) = ex.poll_event() {
+            match ev {
+                ExchangeEvent::Response { id, response, .. } => {
+                    if let Some(tx) = waiting.remove(&id) {
+                        let _ = tx.send(Ok(response));
+                    }
+                }
+                ExchangeEvent::GaveUp { id, .. } => {
+                    fail(&mut waiting, id, TransportFailure::GaveUp)
+                }
+                ExchangeEvent::TimedOut { id, .. } => {
+                    fail(&mut waiting, id, TransportFailure::TimedOut)
+                }
+                ExchangeEvent::Reset { id, .. } => fail(&mut waiting, id, TransportFailure::Reset),
+                ExchangeEvent::Request(req) => {
+                    let (response, served) = {
+                        let s = lock(&shared);
+                        let reply = serve_block2(&serve, &req.packet, &mut Store(&s));
+                        if let Some(b) = &reply.served {
+                            notify(&s, req.peer, b);
+                        }
+                        (reply.response, reply.served)
+                    };
+                    if served.is_none() {
+                        debug!(peer = %req.peer, code = %msg::code(&response), "request not served");
+                    }
+                    if let Err(e) = ex.respond(&req, response, now) {
+                        warn!(peer = %req.peer, "cannot answer: {e}");
+                    }
+                }
+            }
+        }
+        while let Some(t) = ex.poll_transmit() {
+            if let Err(e) = socket.send_to(&t.bytes, t.peer).await {
+                // A send error is a lost datagram; retransmission covers it.
+                debug!(peer = %t.peer, "send: {e}");
+            }
+        }
+    }
+}
+
+fn fail(
+    waiting: &mut HashMap<RequestId, oneshot::Sender<Result<Packet, RequestError>>>,
+    id: RequestId,
+    why: TransportFailure,
+) {
+    if let Some(tx) = waiting.remove(&id) {
+        let _ = tx.send(Err(RequestError::Transport(why)));
+    }
+}
+
+/// Tells the watcher of this transfer: the exact peer first; otherwise the
+/// only watcher of this package on the peer's IP (a child may fetch from a
+/// client port other than its LwM2M port).
+fn notify(s: &Shared, peer: SocketAddr, b: &ServedBlock) {
+    let exact = s
+        .watchers
+        .values()
+        .find(|w| w.peer == peer && w.name == b.name);
+    let target = exact.or_else(|| {
+        let mut same_ip = s
+            .watchers
+            .values()
+            .filter(|w| w.peer.ip() == peer.ip() && w.name == b.name);
+        match (same_ip.next(), same_ip.next()) {
+            (Some(w), None) => Some(w),
+            _ => None,
+        }
+    });
+    if let Some(w) = target {
+        let _ = w.tx.try_send(b.clone());
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha_must_be_64_hex_digits() {
+        assert!(parse_sha(&"ab".repeat(32)).is_some());
+        assert!(parse_sha("ab").is_none());
+        assert!(parse_sha(&"zz".repeat(32)).is_none());
+    }
+
+    #[tokio::test]
+    async fn unknown_packages_get_4_04_and_served_ones_blocks() {
+        let net =
+            CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 1)).unwrap();
+        let client =
+            CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 2)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let file = dir.path().join("pkg");
+        std::fs::write(&file, &data).unwrap();
+        let sha = "11".repeat(32);
+        let get = |num: u32| {
+            let mut p = msg::request(Code::GET, &["fw", sha.as_str()]);
+            msg::set_block2(
+                &mut p,
+                otabridge_codecs::coap::BlockOpt {
+                    num,
+                    more: false,
+                    szx: 6,
+                },
+            );
+            p
+        };
+        let r = client.request(net.local_addr(), get(0)).await.unwrap();
+        assert_eq!(msg::code(&r), Code::NOT_FOUND);
+        let guard = net.serve_package(&sha, &file).unwrap();
+        let mut watch = net.watch_served(client.local_addr(), &sha);
+        let r = client.request(net.local_addr(), get(2)).await.unwrap();
+        assert_eq!(msg::code(&r), Code::CONTENT);
+        assert_eq!(r.payload, data[2048..]);
+        let b = watch.next().await;
+        assert_eq!((b.offset, b.len, b.last), (2048, 952, true));
+        drop(guard);
+        let r = client.request(net.local_addr(), get(0)).await.unwrap();
+        assert_eq!(msg::code(&r), Code::NOT_FOUND, "no longer served");
+    }
+
+    #[tokio::test]
+    async fn silent_peer_is_a_transport_failure() {
+        let mut o = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 3);
+        o.exchange.ack_timeout = Duration::from_millis(10);
+        o.exchange.max_retransmit = 1;
+        let net = CoapNetwork::bind(o).unwrap();
+        // A bound socket that never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let r = net
+            .request(
+                silent.local_addr().unwrap(),
+                msg::request(Code::GET, &["3", "0", "3"]),
+            )
+            .await;
+        assert_eq!(r, Err(RequestError::Transport(TransportFailure::GaveUp)));
+    }
+}

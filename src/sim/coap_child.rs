@@ -1,0 +1,846 @@
+//! A simulated LwM2M child on its own UDP socket: /3/0/3 and the Firmware
+//! Update object /5 (OMA 5.xml, children.md §3), push and pull, with fault
+//! injection at the socket seam.
+//!
+//! - Push: Block1 `PUT /5/0/0` is reassembled in order (RFC 7959 §2.3) with
+//!   a configurable preferred block size (answered in the 2.31's Block1); a
+//!   block past what it holds gets 4.08 (§2.9.2), an image above
+//!   `max_image` 4.13 with Size1 (§2.9.3).
+//! - Pull: a `PUT /5/0/1` URI starts Block2 GETs to it (Size2: 0 on the
+//!   first, as Zephyr's pull context does, children.md §2.3), checking the
+//!   ETag stays the same.
+//! - The image is hashed as it arrives, never stored, so 500 simulated
+//!   children fit in a few MiB. A whole image whose SHA-256 maps to a
+//!   version (or any image, with `any_image_version`) gives State 2;
+//!   otherwise result 5 (integrity failure).
+//! - Execute `/5/0/2` in State 2 answers 2.04, then the device "reboots"
+//!   (silent for `reboot_time`, message-layer memory lost) into the new
+//!   version with result 1, or keeps its version and reports the result set
+//!   with [`CoapChildSim::set_update_failure`].
+//!
+//! Faults sit between the device and its socket (smoltcp's seam): loss,
+//! duplication, reordering (an extra random delay lets later datagrams
+//! overtake) and delay apply to both directions; a reboot after N blocks
+//! loses the transfer in progress. All randomness comes from `seed`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use otabridge_codecs::coap::{
+    block::szx_to_size, msg, BlockOpt, CoapOption, Code, ExchangeConfig, ExchangeEvent, Exchanges,
+    IncomingRequest, Packet, RequestId,
+};
+use otabridge_codecs::lwm2m::{State, UpdateResult};
+use otabridge_codecs::rng::Rng;
+use otabridge_codecs::time::Instant;
+use sha2::{Digest, Sha256};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+/// Faults injected at the socket seam (both directions).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Datagrams dropped, in percent.
+    pub loss_pct: f64,
+    /// Datagrams sent twice, in percent.
+    pub duplicate_pct: f64,
+    /// Datagrams held back by a random extra delay (so that later ones
+    /// overtake them), in percent.
+    pub reorder_pct: f64,
+    /// Delay added to every datagram.
+    pub delay: Duration,
+    /// Reboot once after this many image blocks were received (push or
+    /// pull), losing the transfer in progress.
+    pub reboot_after_blocks: Option<u32>,
+}
+
+/// How the simulated child behaves.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The running firmware version (/3/0/3).
+    pub version: String,
+    /// SHA-256 (hex) of each image the child accepts, and the version it
+    /// carries.
+    pub images: HashMap<String, String>,
+    /// The version any other whole image carries; `None`: other images fail
+    /// the integrity check (result 5).
+    pub any_image_version: Option<String>,
+    /// Preferred block size exponent: pushed blocks larger than this are
+    /// answered with this size (RFC 7959 §2.3); pulls ask for it.
+    pub preferred_szx: u8,
+    /// Largest image accepted (4.13 with Size1 above it).
+    pub max_image: u32,
+    /// How long a reboot keeps the child silent.
+    pub reboot_time: Duration,
+    /// Socket-seam faults.
+    pub faults: Faults,
+    /// Seed of every random choice (faults, message ids, tokens, jitter).
+    pub seed: u64,
+    /// The child's message layer for its own pull requests (timers).
+    pub exchange: ExchangeConfig,
+}
+
+impl SimOptions {
+    /// A child on 127.0.0.1 running `version`, accepting any image as
+    /// `next_version`, 1024-byte blocks, no faults.
+    pub fn new(version: &str, next_version: &str) -> Self {
+        SimOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            version: version.into(),
+            images: HashMap::new(),
+            any_image_version: Some(next_version.into()),
+            preferred_szx: 6,
+            max_image: 64 * 1024 * 1024,
+            reboot_time: Duration::from_millis(200),
+            faults: Faults::default(),
+            seed: 1,
+            exchange: ExchangeConfig::default(),
+        }
+    }
+}
+
+/// Counters for tests and the bench.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Image blocks taken (push) or fetched (pull), duplicates excluded.
+    pub blocks: u64,
+    /// Transfers started from byte 0 (a push's block 0, a pull's URI).
+    pub starts: u32,
+    /// Block1 requests refused with 4.08.
+    pub incomplete: u32,
+    /// Reboots (updates and faults).
+    pub reboots: u32,
+    /// Datagrams the seam dropped.
+    pub dropped: u64,
+    /// Datagrams the seam duplicated.
+    pub duplicated: u64,
+    /// Whole images received.
+    pub images: u32,
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The socket could not be bound.
+    #[error("coap child sim: bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange settings are invalid.
+    #[error("coap child sim: {0}")]
+    Config(String),
+}
+
+#[derive(Debug)]
+struct Pull {
+    server: SocketAddr,
+    path: Vec<String>,
+    szx: u8,
+    etag: Option<Vec<u8>>,
+    request: Option<RequestId>,
+}
+
+#[derive(Debug)]
+struct Transfer {
+    hasher: Sha256,
+    received: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dir {
+    In,
+    Out,
+}
+
+/// A datagram waiting at the seam: due time, sequence (ties keep their
+/// order), direction, peer, bytes.
+type Queued = Reverse<(Instant, u64, Dir, SocketAddr, Vec<u8>)>;
+
+/// The device behind the seam.
+#[derive(Debug)]
+struct Device {
+    opts: SimOptions,
+    version: String,
+    state: State,
+    result: UpdateResult,
+    ex: Exchanges<SocketAddr>,
+    transfer: Option<Transfer>,
+    pull: Option<Pull>,
+    /// The whole image: its SHA-256 and the version it carries.
+    staged: Option<(String, Option<String>)>,
+    last_image: Option<String>,
+    /// Until when the device is rebooting (deaf and mute), and what it
+    /// comes back as.
+    rebooting: Option<(Instant, Reboot)>,
+    download_failure: Option<UpdateResult>,
+    update_failure: Option<UpdateResult>,
+    stats: SimStats,
+    rng: Rng,
+    seq: u64,
+    queue: BinaryHeap<Queued>,
+    exchange_seed: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Reboot {
+    /// A fault: the transfer is lost; `result` is what /5/0/5 says after.
+    Crash { result: UpdateResult },
+    /// An update: run `version` or fail with `failure`.
+    Update {
+        version: Option<String>,
+        failure: Option<UpdateResult>,
+    },
+}
+
+fn lock(m: &Mutex<Device>) -> MutexGuard<'_, Device> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running simulated child; dropping it stops the child.
+#[derive(Debug)]
+pub struct CoapChildSim {
+    addr: SocketAddr,
+    device: Arc<Mutex<Device>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl CoapChildSim {
+    /// Binds the socket and starts the child (needs a tokio runtime).
+    pub async fn start(opts: SimOptions) -> Result<Self, SimError> {
+        let bind_err = |source| SimError::Bind {
+            addr: opts.listen,
+            source,
+        };
+        let socket = UdpSocket::bind(opts.listen).await.map_err(bind_err)?;
+        let addr = socket.local_addr().map_err(bind_err)?;
+        let mut rng = Rng::new(opts.seed);
+        let exchange_seed = rng.next_u64();
+        let ex = Exchanges::new(ExchangeConfig {
+            seed: exchange_seed,
+            ..opts.exchange.clone()
+        })
+        .map_err(|e| SimError::Config(e.to_string()))?;
+        let device = Arc::new(Mutex::new(Device {
+            version: opts.version.clone(),
+            state: State::Idle,
+            result: UpdateResult::Initial,
+            ex,
+            transfer: None,
+            pull: None,
+            staged: None,
+            last_image: None,
+            rebooting: None,
+            download_failure: None,
+            update_failure: None,
+            stats: SimStats::default(),
+            rng,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            exchange_seed,
+            opts,
+        }));
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(run(socket, device.clone(), stopped));
+        Ok(CoapChildSim {
+            addr,
+            device,
+            stop: Some(stop),
+        })
+    }
+
+    /// The child's CoAP endpoint.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The running version.
+    pub fn version(&self) -> String {
+        lock(&self.device).version.clone()
+    }
+
+    /// /5/0/3 and /5/0/5 now.
+    pub fn fw_state(&self) -> (State, UpdateResult) {
+        let d = lock(&self.device);
+        (d.state, d.result)
+    }
+
+    /// SHA-256 (hex) of the last whole image received.
+    pub fn last_image_sha256(&self) -> Option<String> {
+        lock(&self.device).last_image.clone()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SimStats {
+        lock(&self.device).stats.clone()
+    }
+
+    /// From now on a whole image reports `result` in /5/0/5 instead of
+    /// State 2 (`None`: back to normal).
+    pub fn set_download_failure(&self, result: Option<UpdateResult>) {
+        lock(&self.device).download_failure = result;
+    }
+
+    /// From now on Execute reboots into the old version and reports
+    /// `result` (`None`: back to normal).
+    pub fn set_update_failure(&self, result: Option<UpdateResult>) {
+        lock(&self.device).update_failure = result;
+    }
+
+    /// Replaces the socket faults.
+    pub fn set_faults(&self, faults: Faults) {
+        lock(&self.device).opts.faults = faults;
+    }
+
+    /// Makes a whole image with this SHA-256 carry `version`.
+    pub fn add_image(&self, sha256_hex: &str, version: &str) {
+        lock(&self.device)
+            .opts
+            .images
+            .insert(sha256_hex.to_ascii_lowercase(), version.into());
+    }
+}
+
+impl Drop for CoapChildSim {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn run(socket: UdpSocket, device: Arc<Mutex<Device>>, mut stopped: oneshot::Receiver<()>) {
+    let origin = tokio::time::Instant::now();
+    let now = || Instant::from_millis(origin.elapsed().as_millis() as u64);
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let wake = lock(&device).next_wake();
+        let wake = wake.map(|t| origin + Duration::from_millis(t.as_millis()));
+        tokio::select! {
+            _ = &mut stopped => return,
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, peer)) = r {
+                    lock(&device).seam(Dir::In, peer, buf[..n].to_vec(), now());
+                }
+            }
+            _ = async {
+                match wake {
+                    Some(w) => tokio::time::sleep_until(w).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let out = lock(&device).step(now());
+        for (peer, bytes) in out {
+            // A failed send is one more lost datagram.
+            let _ = socket.send_to(&bytes, peer).await;
+        }
+    }
+}
+
+impl Device {
+    fn next_wake(&self) -> Option<Instant> {
+        [
+            self.queue.peek().map(|Reverse(e)| e.0),
+            self.ex.poll_timeout(),
+            self.rebooting.as_ref().map(|r| r.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// A datagram crossing the seam: dropped, duplicated, delayed.
+    fn seam(&mut self, dir: Dir, peer: SocketAddr, bytes: Vec<u8>, now: Instant) {
+        let f = self.opts.faults.clone();
+        if self.rng.next_f64() * 100.0 < f.loss_pct {
+            self.stats.dropped += 1;
+            return;
+        }
+        let copies = if self.rng.next_f64() * 100.0 < f.duplicate_pct {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = f.delay;
+            if self.rng.next_f64() * 100.0 < f.reorder_pct {
+                let extra = self
+                    .rng
+                    .range_inclusive(1, 20 + 2 * f.delay.as_millis() as u64);
+                delay += Duration::from_millis(extra);
+            }
+            self.seq += 1;
+            self.queue
+                .push(Reverse((now + delay, self.seq, dir, peer, bytes.clone())));
+        }
+    }
+
+    /// Everything due at `now`; returns the datagrams to put on the wire.
+    fn step(&mut self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut wire = Vec::new();
+        if self.rebooting.as_ref().is_some_and(|r| now >= r.0) {
+            let (_, how) = self.rebooting.take().expect("checked");
+            self.boot(how);
+        }
+        while self.queue.peek().is_some_and(|Reverse(e)| e.0 <= now) {
+            let Reverse((_, _, dir, peer, bytes)) = self.queue.pop().expect("peeked");
+            match dir {
+                Dir::Out => wire.push((peer, bytes)),
+                // A rebooting device hears nothing.
+                Dir::In if self.rebooting.is_some() => {}
+                Dir::In => {
+                    let _ = self.ex.handle_datagram(peer, &bytes, now);
+                }
+            }
+        }
+        if self.rebooting.is_none() {
+            self.ex.handle_timeout(now);
+        }
+        while let Some(ev) = self.ex.poll_event() {
+            if self.rebooting.is_some() {
+                break;
+            }
+            self.on_event(ev, now);
+        }
+        while let Some(t) = self.ex.poll_transmit() {
+            self.seam(Dir::Out, t.peer, t.bytes, now);
+        }
+        // Zero-delay datagrams go out in this same step.
+        while self
+            .queue
+            .peek()
+            .is_some_and(|Reverse(e)| e.0 <= now && e.2 == Dir::Out)
+        {
+            let Reverse((_, _, _, peer, bytes)) = self.queue.pop().expect("peeked");
+            wire.push((peer, bytes));
+        }
+        wire
+    }
+
+    fn on_event(&mut self, ev: ExchangeEvent<SocketAddr>, now: Instant) {
+        match ev {
+            ExchangeEvent::Request(req) => self.on_request(req, now),
+            ExchangeEvent::Response { id, response, .. } => {
+                self.on_pull_response(id, response, now)
+            }
+            ExchangeEvent::GaveUp { id, .. }
+            | ExchangeEvent::TimedOut { id, .. }
+            | ExchangeEvent::Reset { id, .. } => {
+                if self.pull.as_ref().is_some_and(|p| p.request == Some(id)) {
+                    // 5.xml result 4: connection lost during download.
+                    self.abort_download(UpdateResult::ConnectionLost);
+                }
+            }
+        }
+    }
+
+    fn reply(
+        &mut self,
+        req: &IncomingRequest<SocketAddr>,
+        code: Code,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let mut p = msg::response(code);
+        p.payload = payload.to_vec();
+        let _ = self.ex.respond(req, p, now);
+    }
+
+    fn on_request(&mut self, req: IncomingRequest<SocketAddr>, now: Instant) {
+        let path = msg::uri_path(&req.packet).unwrap_or_default();
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        let method = msg::code(&req.packet);
+        match (method, path.as_slice()) {
+            (Code::GET, ["3", "0", "3"]) => {
+                let v = self.version.clone();
+                self.reply(&req, Code::CONTENT, v.as_bytes(), now)
+            }
+            (Code::GET, ["5", "0", "3"]) => {
+                let v = (self.state as u8).to_string();
+                self.reply(&req, Code::CONTENT, v.as_bytes(), now)
+            }
+            (Code::GET, ["5", "0", "5"]) => {
+                let v = (self.result as u8).to_string();
+                self.reply(&req, Code::CONTENT, v.as_bytes(), now)
+            }
+            // Both pull and push (5.xml /5/0/9 value 2), CoAP only (/5/0/8 0).
+            (Code::GET, ["5", "0", "9"]) => self.reply(&req, Code::CONTENT, b"2", now),
+            (Code::GET, ["5", "0", "8"]) => self.reply(&req, Code::CONTENT, b"0", now),
+            (Code::PUT, ["5", "0", "1"]) => {
+                let uri = String::from_utf8_lossy(&req.packet.payload)
+                    .trim()
+                    .to_string();
+                self.reply(&req, Code::CHANGED, b"", now);
+                self.write_uri(&uri, now);
+            }
+            (Code::PUT, ["5", "0", "0"]) => self.on_block1(req, now),
+            (Code::POST, ["5", "0", "2"]) => {
+                if self.state != State::Downloaded {
+                    // 5.xml: Update is executable only in State 2.
+                    return self.reply(&req, Code::METHOD_NOT_ALLOWED, b"", now);
+                }
+                self.reply(&req, Code::CHANGED, b"", now);
+                self.state = State::Updating;
+                let version = self.staged.take().and_then(|s| s.1);
+                let how = Reboot::Update {
+                    version,
+                    failure: self.update_failure,
+                };
+                // The 2.04 leaves in this step; the reboot starts after it.
+                self.start_reboot(now + Duration::from_millis(1), how);
+            }
+            (_, ["3", "0", "3"] | ["5", "0", _]) => {
+                self.reply(&req, Code::METHOD_NOT_ALLOWED, b"", now)
+            }
+            _ => self.reply(&req, Code::NOT_FOUND, b"", now),
+        }
+    }
+
+    /// 5.xml: an empty URI resets to Idle; a URI starts the download.
+    fn write_uri(&mut self, uri: &str, now: Instant) {
+        self.pull = None;
+        self.transfer = None;
+        self.staged = None;
+        self.state = State::Idle;
+        self.result = UpdateResult::Initial;
+        if uri.is_empty() {
+            return;
+        }
+        let Some(rest) = uri.strip_prefix("coap://") else {
+            self.result = UpdateResult::UnsupportedProtocol;
+            return;
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let server = authority
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .or_else(|| format!("{authority}:5683").parse().ok());
+        let Some(server) = server else {
+            self.result = UpdateResult::InvalidUri;
+            return;
+        };
+        self.state = State::Downloading;
+        self.stats.starts += 1;
+        self.transfer = Some(Transfer {
+            hasher: Sha256::new(),
+            received: 0,
+        });
+        self.pull = Some(Pull {
+            server,
+            path: path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            szx: self.opts.preferred_szx,
+            etag: None,
+            request: None,
+        });
+        self.next_pull(now);
+    }
+
+    fn next_pull(&mut self, now: Instant) {
+        let received = self.transfer.as_ref().map_or(0, |t| t.received);
+        let Some(p) = &mut self.pull else { return };
+        let size = u64::from(szx_to_size(p.szx));
+        let mut req = msg::request(Code::GET, &p.path);
+        let num = (received / size) as u32;
+        if let Ok(b) = BlockOpt::new(num, false, p.szx) {
+            msg::set_block2(&mut req, b);
+        }
+        if received == 0 {
+            // RFC 7959 §4: Size2: 0 asks for the total size (Zephyr does).
+            msg::set_uint(&mut req, CoapOption::Size2, 0);
+        }
+        match self.ex.start_request(p.server, req, now) {
+            Ok(id) => p.request = Some(id),
+            Err(_) => self.abort_download(UpdateResult::InvalidUri),
+        }
+    }
+
+    fn on_pull_response(&mut self, id: RequestId, resp: Packet, now: Instant) {
+        if self.pull.as_ref().is_none_or(|p| p.request != Some(id)) {
+            return;
+        }
+        let code = msg::code(&resp);
+        if code != Code::CONTENT {
+            let r = if code == Code::NOT_FOUND {
+                UpdateResult::InvalidUri
+            } else {
+                UpdateResult::ConnectionLost
+            };
+            return self.abort_download(r);
+        }
+        let etag = resp
+            .get_option(CoapOption::ETag)
+            .and_then(|v| v.front().cloned());
+        let block = msg::block2(&resp).ok().flatten();
+        let p = self.pull.as_mut().expect("checked");
+        let t = self.transfer.get_or_insert_with(|| Transfer {
+            hasher: Sha256::new(),
+            received: 0,
+        });
+        if p.etag.is_some() && p.etag != etag {
+            // RFC 7959 §2.4: another representation; start again.
+            p.etag = None;
+            *t = Transfer {
+                hasher: Sha256::new(),
+                received: 0,
+            };
+            return self.next_pull(now);
+        }
+        p.etag = etag;
+        let (offset, more) = match block {
+            Some(b) => {
+                p.szx = p.szx.min(b.szx);
+                (b.offset(), b.more)
+            }
+            None => (0, false),
+        };
+        if offset != t.received {
+            // Not the block asked for (a stale duplicate): ask again.
+            return self.next_pull(now);
+        }
+        t.hasher.update(&resp.payload);
+        t.received += resp.payload.len() as u64;
+        self.stats.blocks += 1;
+        if self.crash_due(now, UpdateResult::ConnectionLost) {
+            return;
+        }
+        if more {
+            self.next_pull(now);
+        } else {
+            self.pull = None;
+            self.image_complete();
+        }
+    }
+
+    fn on_block1(&mut self, req: IncomingRequest<SocketAddr>, now: Instant) {
+        let b1 = msg::block1(&req.packet).ok().flatten();
+        let size1 = msg::size1(&req.packet).ok().flatten();
+        if let Some(s) = size1 {
+            if s > self.opts.max_image {
+                // RFC 7959 §2.9.3: 4.13 with Size1 = what we accept.
+                let mut p = msg::response(Code::REQUEST_ENTITY_TOO_LARGE);
+                msg::set_uint(&mut p, CoapOption::Size1, self.opts.max_image);
+                let _ = self.ex.respond(&req, p, now);
+                return;
+            }
+        }
+        let payload = req.packet.payload.clone();
+        let Some(b) = b1 else {
+            // 5.xml: writing NULL ('\0') resets; otherwise a one-datagram image.
+            if payload == [0] {
+                self.write_uri("", now);
+                return self.reply(&req, Code::CHANGED, b"", now);
+            }
+            self.transfer = Some(Transfer {
+                hasher: Sha256::new(),
+                received: 0,
+            });
+            self.stats.starts += 1;
+            self.accept(&payload, 0);
+            self.reply(&req, Code::CHANGED, b"", now);
+            return self.image_complete();
+        };
+        let offset = b.offset();
+        if offset == 0 {
+            self.pull = None;
+            self.staged = None;
+            self.state = State::Downloading;
+            self.result = UpdateResult::Initial;
+            self.transfer = Some(Transfer {
+                hasher: Sha256::new(),
+                received: 0,
+            });
+            self.stats.starts += 1;
+        }
+        let held = self.transfer.as_ref().map(|t| t.received);
+        match held {
+            Some(h) if offset <= h => {}
+            _ => {
+                // RFC 7959 §2.9.2: earlier blocks missing.
+                self.stats.incomplete += 1;
+                return self.reply(&req, Code::REQUEST_ENTITY_INCOMPLETE, b"", now);
+            }
+        }
+        if self.accept(&payload, offset) {
+            self.stats.blocks += 1;
+            if self.crash_due(now, UpdateResult::Initial) {
+                // Crashed before answering: the gateway hears nothing.
+                return;
+            }
+        }
+        let szx = b.szx.min(self.opts.preferred_szx);
+        if b.more {
+            let mut p = msg::response(Code::CONTINUE);
+            msg::set_block1(
+                &mut p,
+                BlockOpt {
+                    num: b.num,
+                    more: true,
+                    szx,
+                },
+            );
+            let _ = self.ex.respond(&req, p, now);
+        } else {
+            let mut p = msg::response(Code::CHANGED);
+            msg::set_block1(
+                &mut p,
+                BlockOpt {
+                    num: b.num,
+                    more: false,
+                    szx,
+                },
+            );
+            let _ = self.ex.respond(&req, p, now);
+            if self.state == State::Downloading {
+                self.image_complete();
+            }
+        }
+    }
+
+    /// Takes the part of `payload` (at `offset`) not yet held; true when it
+    /// added bytes.
+    fn accept(&mut self, payload: &[u8], offset: u64) -> bool {
+        let Some(t) = &mut self.transfer else {
+            return false;
+        };
+        let skip = (t.received - offset) as usize;
+        if skip >= payload.len() {
+            return false;
+        }
+        t.hasher.update(&payload[skip..]);
+        t.received += (payload.len() - skip) as u64;
+        true
+    }
+
+    fn image_complete(&mut self) {
+        let Some(t) = self.transfer.take() else {
+            return;
+        };
+        let sha = hex::encode(t.hasher.finalize());
+        self.stats.images += 1;
+        self.last_image = Some(sha.clone());
+        let version = self
+            .opts
+            .images
+            .get(&sha)
+            .cloned()
+            .or_else(|| self.opts.any_image_version.clone());
+        if let Some(r) = self.download_failure {
+            return self.abort_download(r);
+        }
+        if version.is_none() {
+            return self.abort_download(UpdateResult::IntegrityFailure);
+        }
+        self.state = State::Downloaded;
+        self.staged = Some((sha, version));
+    }
+
+    fn abort_download(&mut self, result: UpdateResult) {
+        self.pull = None;
+        self.transfer = None;
+        self.staged = None;
+        self.state = State::Idle;
+        self.result = result;
+    }
+
+    /// The reboot fault, once, after the configured number of blocks.
+    fn crash_due(&mut self, now: Instant, result: UpdateResult) -> bool {
+        match self.opts.faults.reboot_after_blocks {
+            Some(n) if self.stats.blocks >= u64::from(n) => {
+                self.opts.faults.reboot_after_blocks = None;
+                self.start_reboot(now, Reboot::Crash { result });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn start_reboot(&mut self, at: Instant, how: Reboot) {
+        self.stats.reboots += 1;
+        self.rebooting = Some((at + self.opts.reboot_time, how));
+    }
+
+    /// Comes back from a reboot: RAM (transfers, message-layer memory) is
+    /// gone; version and result are what flash says.
+    fn boot(&mut self, how: Reboot) {
+        self.pull = None;
+        self.transfer = None;
+        self.exchange_seed = self.exchange_seed.wrapping_add(1);
+        if let Ok(ex) = Exchanges::new(ExchangeConfig {
+            seed: self.exchange_seed,
+            ..self.opts.exchange.clone()
+        }) {
+            self.ex = ex;
+        }
+        self.state = State::Idle;
+        match how {
+            Reboot::Crash { result } => {
+                self.staged = None;
+                self.result = result;
+            }
+            Reboot::Update { version, failure } => match (failure, version) {
+                (Some(r), _) => self.result = r,
+                (None, Some(v)) => {
+                    self.version = v;
+                    self.result = UpdateResult::Success;
+                }
+                (None, None) => self.result = UpdateResult::UpdateFailed,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_version_and_state() {
+        let sim = CoapChildSim::start(SimOptions::new("1.0", "2.0"))
+            .await
+            .unwrap();
+        let net = crate::child::coap::CoapNetwork::bind(crate::child::coap::NetworkOptions::new(
+            "127.0.0.1:0".parse().unwrap(),
+            5,
+        ))
+        .unwrap();
+        let r = net
+            .request(sim.addr(), msg::request(Code::GET, &["3", "0", "3"]))
+            .await
+            .unwrap();
+        assert_eq!(r.payload, b"1.0");
+        let r = net
+            .request(sim.addr(), msg::request(Code::GET, &["5", "0", "3"]))
+            .await
+            .unwrap();
+        assert_eq!(r.payload, b"0");
+        let r = net
+            .request(sim.addr(), msg::request(Code::POST, &["5", "0", "2"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            msg::code(&r),
+            Code::METHOD_NOT_ALLOWED,
+            "Update outside State 2"
+        );
+        let r = net
+            .request(sim.addr(), msg::request(Code::GET, &["9", "0", "0"]))
+            .await
+            .unwrap();
+        assert_eq!(msg::code(&r), Code::NOT_FOUND);
+    }
+}

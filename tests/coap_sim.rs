@@ -1,0 +1,570 @@
+//! End to end through the `Child` trait: `CoapChild` on a real
+//! `CoapNetwork` (UDP on 127.0.0.1) against the simulated LwM2M child, with
+//! loss, duplication, reordering, reboots and /5/0/5 failures injected at
+//! the child's socket seam. Every random choice is seeded; timers are short
+//! so each test takes a second or two; nothing asserts on time.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+use otabridge::child::{Child, ChildError, Package};
+use otabridge::config::Delivery;
+use otabridge::sim::coap_child::{CoapChildSim, Faults, SimOptions};
+use otabridge_codecs::coap::ExchangeConfig;
+use otabridge_codecs::lwm2m::UpdateResult;
+use sha2::{Digest, Sha256};
+
+/// Every test ends within this bound or fails (a hang is a failure, not a
+/// timing assertion).
+const BOUND: Duration = Duration::from_secs(120);
+
+/// Short RFC 7252 timers so that a lossy run takes seconds; more
+/// retransmissions than the default 4, as a lossy link deserves.
+fn exchange(seed: u64) -> ExchangeConfig {
+    ExchangeConfig {
+        ack_timeout: Duration::from_millis(40),
+        max_retransmit: 6,
+        seed,
+        ..ExchangeConfig::default()
+    }
+}
+
+fn network(seed: u64) -> CoapNetwork {
+    let mut o = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), seed);
+    o.exchange = exchange(seed);
+    CoapNetwork::bind(o).unwrap()
+}
+
+fn child_options() -> ChildOptions {
+    ChildOptions {
+        poll_interval: Duration::from_millis(20),
+        download_timeout: Duration::from_secs(60),
+        update_timeout: Duration::from_secs(20),
+        max_attempts: 2,
+        push_szx: 6,
+    }
+}
+
+fn sim_options(seed: u64, faults: Faults) -> SimOptions {
+    SimOptions {
+        exchange: exchange(seed ^ 0xabcd),
+        reboot_time: Duration::from_millis(100),
+        faults,
+        seed,
+        ..SimOptions::new("1.0", "2.0")
+    }
+}
+
+fn lossy() -> Faults {
+    Faults {
+        loss_pct: 20.0,
+        duplicate_pct: 10.0,
+        reorder_pct: 10.0,
+        delay: Duration::from_millis(1),
+        reboot_after_blocks: None,
+    }
+}
+
+/// A package of `len` bytes on disk, as the package store keeps it.
+fn package(dir: &Path, len: usize, seed: u8) -> Package {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    let sha256 = hex::encode(Sha256::digest(&data));
+    let path = dir.join(&sha256);
+    std::fs::write(&path, &data).unwrap();
+    Package {
+        path,
+        size: len as u64,
+        sha256,
+        version: "2.0".into(),
+    }
+}
+
+/// Delivers and activates; returns the highest progress seen.
+async fn upgrade(child: &CoapChild, pkg: &Package) -> Result<u64, ChildError> {
+    let seen = Arc::new(AtomicU64::new(0));
+    let s = seen.clone();
+    let progress = move |n: u64| {
+        s.fetch_max(n, Ordering::SeqCst);
+    };
+    child.deliver(pkg, 0, &progress).await?;
+    child.activate(pkg).await?;
+    Ok(seen.load(Ordering::SeqCst))
+}
+
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .expect("test did not finish within its bound")
+}
+
+#[tokio::test]
+async fn push_under_loss_duplication_and_reordering() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 40 * 1024 + 123, 1);
+        let sim = CoapChildSim::start(sim_options(11, lossy())).await.unwrap();
+        let child = CoapChild::new(
+            "push1",
+            sim.addr(),
+            Delivery::Push,
+            network(12),
+            child_options(),
+        );
+        let progress = upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(progress, pkg.size);
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        assert_eq!(sim.version(), "2.0");
+        assert_eq!(child.read_version().await.unwrap(), "2.0");
+        let st = sim.stats();
+        assert!(
+            st.dropped > 0 && st.duplicated > 0,
+            "faults were injected: {st:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn pull_under_loss_duplication_and_reordering() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 40 * 1024 + 77, 2);
+        let sim = CoapChildSim::start(sim_options(21, lossy())).await.unwrap();
+        let child = CoapChild::new(
+            "pull1",
+            sim.addr(),
+            Delivery::Pull,
+            network(22),
+            child_options(),
+        );
+        let progress = upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(progress, pkg.size);
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        assert_eq!(sim.version(), "2.0");
+        let st = sim.stats();
+        assert!(
+            st.dropped > 0 && st.duplicated > 0,
+            "faults were injected: {st:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn push_survives_a_child_reboot_mid_transfer() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 30 * 1024, 3);
+        let faults = Faults {
+            reboot_after_blocks: Some(10),
+            ..Faults::default()
+        };
+        let sim = CoapChildSim::start(sim_options(31, faults)).await.unwrap();
+        let child = CoapChild::new(
+            "push2",
+            sim.addr(),
+            Delivery::Push,
+            network(32),
+            child_options(),
+        );
+        upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        assert_eq!(sim.version(), "2.0");
+        let st = sim.stats();
+        // The rebooted child lost the blocks: 4.08, then block 0 again.
+        assert!(st.incomplete >= 1, "{st:?}");
+        assert!(st.starts >= 2, "{st:?}");
+        assert_eq!(st.reboots, 2, "the fault and the update: {st:?}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn pull_survives_a_child_reboot_mid_transfer() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 30 * 1024, 4);
+        let faults = Faults {
+            reboot_after_blocks: Some(10),
+            ..Faults::default()
+        };
+        let sim = CoapChildSim::start(sim_options(41, faults)).await.unwrap();
+        let child = CoapChild::new(
+            "pull2",
+            sim.addr(),
+            Delivery::Pull,
+            network(42),
+            child_options(),
+        );
+        upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        assert_eq!(sim.version(), "2.0");
+        let st = sim.stats();
+        // Result 4 after the crash, reset with an empty URI, fetched again.
+        assert!(st.starts >= 2, "{st:?}");
+        assert_eq!(st.reboots, 2, "{st:?}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn integrity_failure_in_5_0_5_is_iotda_code_7() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 5000, 5);
+        let sim = CoapChildSim::start(sim_options(51, Faults::default()))
+            .await
+            .unwrap();
+        sim.set_download_failure(Some(UpdateResult::IntegrityFailure));
+        let child = CoapChild::new(
+            "pull3",
+            sim.addr(),
+            Delivery::Pull,
+            network(52),
+            child_options(),
+        );
+        let e = child.deliver(&pkg, 0, &|_| {}).await.unwrap_err();
+        match e {
+            ChildError::Rejected {
+                result_code,
+                description,
+            } => {
+                assert_eq!(result_code, 7, "{description}");
+                assert!(description.contains("Integrity"), "{description}");
+            }
+            other => panic!("expected a rejection, got {other}"),
+        }
+        // Integrity failures are transient for the procedure: one retry
+        // after a reset, then the verdict.
+        assert_eq!(sim.stats().images, 2);
+        assert_eq!(sim.version(), "1.0");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn failed_install_reports_its_code_and_keeps_the_version() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 3000, 6);
+        let sim = CoapChildSim::start(sim_options(61, Faults::default()))
+            .await
+            .unwrap();
+        sim.set_update_failure(Some(UpdateResult::UpdateFailed));
+        let child = CoapChild::new(
+            "push3",
+            sim.addr(),
+            Delivery::Push,
+            network(62),
+            child_options(),
+        );
+        child.deliver(&pkg, 0, &|_| {}).await.unwrap();
+        let e = child.activate(&pkg).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ChildError::Rejected {
+                    result_code: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(child.read_version().await.unwrap(), "1.0");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unknown_image_is_refused_by_the_child() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 2048, 7);
+        let mut o = sim_options(71, Faults::default());
+        o.any_image_version = None;
+        o.images.insert("00".repeat(32), "9.9".into());
+        let sim = CoapChildSim::start(o).await.unwrap();
+        let child = CoapChild::new(
+            "push4",
+            sim.addr(),
+            Delivery::Push,
+            network(72),
+            child_options(),
+        );
+        let e = child.deliver(&pkg, 0, &|_| {}).await.unwrap_err();
+        assert!(
+            matches!(e, ChildError::Rejected { result_code: 7, .. }),
+            "{e}"
+        );
+        // Mapped to a version, the same image is accepted.
+        sim.add_image(&pkg.sha256, "3.1");
+        let mut pkg = pkg;
+        pkg.version = "3.1".into();
+        upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(sim.version(), "3.1");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn push_resumes_after_a_gateway_restart() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 32 * 1024 + 5, 8);
+        let sim = CoapChildSim::start(sim_options(81, Faults::default()))
+            .await
+            .unwrap();
+        let acked = Arc::new(AtomicU64::new(0));
+        {
+            // The first gateway run stops (is dropped) once half is acked.
+            let child = CoapChild::new(
+                "push5",
+                sim.addr(),
+                Delivery::Push,
+                network(82),
+                child_options(),
+            );
+            let half = Arc::new(tokio::sync::Notify::new());
+            let (a, h) = (acked.clone(), half.clone());
+            let progress = move |n: u64| {
+                a.store(n, Ordering::SeqCst);
+                if n >= 16 * 1024 {
+                    h.notify_one();
+                }
+            };
+            tokio::select! {
+                r = child.deliver(&pkg, 0, &progress) => panic!("delivery should be cut: {r:?}"),
+                _ = half.notified() => {}
+            }
+        }
+        let resume = acked.load(Ordering::SeqCst);
+        assert!(resume >= 16 * 1024 && resume < pkg.size, "{resume}");
+        // A new run, a new socket (a new source port): resume from the journal.
+        let child = CoapChild::new(
+            "push5",
+            sim.addr(),
+            Delivery::Push,
+            network(83),
+            child_options(),
+        );
+        child.deliver(&pkg, resume, &|_| {}).await.unwrap();
+        child.activate(&pkg).await.unwrap();
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        let st = sim.stats();
+        assert_eq!(
+            st.starts, 1,
+            "the resume did not restart from block 0: {st:?}"
+        );
+        assert_eq!(
+            st.blocks,
+            pkg.size.div_ceil(1024),
+            "no block taken twice: {st:?}"
+        );
+        assert_eq!(sim.version(), "2.0");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn push_resume_falls_back_to_zero_when_the_child_forgot() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 8 * 1024, 9);
+        let sim = CoapChildSim::start(sim_options(91, Faults::default()))
+            .await
+            .unwrap();
+        let child = CoapChild::new(
+            "push6",
+            sim.addr(),
+            Delivery::Push,
+            network(92),
+            child_options(),
+        );
+        // The journal says 4 KiB, but this child never saw a block: 4.08.
+        child.deliver(&pkg, 4096, &|_| {}).await.unwrap();
+        child.activate(&pkg).await.unwrap();
+        let st = sim.stats();
+        assert_eq!(st.incomplete, 1, "{st:?}");
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn smaller_preferred_block_size_is_heeded() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 6000, 10);
+        let mut o = sim_options(101, Faults::default());
+        o.preferred_szx = 2; // 64-byte blocks
+        let sim = CoapChildSim::start(o).await.unwrap();
+        let child = CoapChild::new(
+            "push7",
+            sim.addr(),
+            Delivery::Push,
+            network(102),
+            child_options(),
+        );
+        upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        // One 1024-byte block, then 64-byte blocks for the rest.
+        assert_eq!(sim.stats().blocks, 1 + (6000u64 - 1024).div_ceil(64));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_child_is_unreachable_and_transient() {
+    bounded(async {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let child = CoapChild::new(
+            "ghost",
+            silent.local_addr().unwrap(),
+            Delivery::Pull,
+            network(111),
+            child_options(),
+        );
+        let e = child.read_version().await.unwrap_err();
+        assert!(
+            matches!(e, ChildError::Unreachable(_)) && e.is_transient(),
+            "{e}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn already_current_child_gets_nothing() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pkg = package(dir.path(), 4096, 11);
+        pkg.version = "1.0".into();
+        let sim = CoapChildSim::start(sim_options(121, Faults::default()))
+            .await
+            .unwrap();
+        let child = CoapChild::new(
+            "push8",
+            sim.addr(),
+            Delivery::Push,
+            network(122),
+            child_options(),
+        );
+        upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(sim.stats().blocks, 0);
+        assert_eq!(sim.stats().reboots, 0);
+    })
+    .await
+}
+
+/// Heavier: bigger images, more loss, several seeds, both directions.
+/// `cargo test --test coap_sim -- --ignored`.
+#[tokio::test]
+#[ignore]
+async fn many_seeds_under_heavy_faults() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        for seed in 1..=2u64 {
+            for delivery in [Delivery::Push, Delivery::Pull] {
+                let pkg = package(dir.path(), 100 * 1024 + seed as usize, seed as u8);
+                let faults = Faults {
+                    loss_pct: 25.0,
+                    duplicate_pct: 15.0,
+                    reorder_pct: 15.0,
+                    delay: Duration::from_millis(2),
+                    reboot_after_blocks: Some(50 + seed as u32),
+                };
+                // Both ends need more retransmissions than RFC 7252's 4 at
+                // this loss: the child's own Block2 GETs give up otherwise.
+                let mut o = sim_options(seed * 1000, faults);
+                o.exchange.max_retransmit = 12;
+                let sim = CoapChildSim::start(o).await.unwrap();
+                let mut net_options = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), seed);
+                net_options.exchange = ExchangeConfig {
+                    max_retransmit: 12,
+                    ..exchange(seed)
+                };
+                let net = CoapNetwork::bind(net_options).unwrap();
+                let child = CoapChild::new("heavy", sim.addr(), delivery, net, child_options());
+                let progress = upgrade(&child, &pkg).await.unwrap();
+                assert_eq!(progress, pkg.size, "seed {seed} {delivery:?}");
+                assert_eq!(
+                    sim.last_image_sha256().as_deref(),
+                    Some(pkg.sha256.as_str())
+                );
+                assert_eq!(sim.version(), "2.0");
+            }
+        }
+    })
+    .await
+}
+
+/// `otabridge sim coap-child` for integrators: it starts, answers /3/0/3
+/// with its --version, and refuses a bad option with exit code 2.
+#[tokio::test]
+async fn sim_coap_child_command() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let exe = env!("CARGO_BIN_EXE_otabridge");
+    let st = Command::new(exe)
+        .args(["sim", "coap-child", "--block-size", "8"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(2));
+    let mut p = Command::new(exe)
+        .args([
+            "sim",
+            "coap-child",
+            "--listen",
+            "127.0.0.1:0",
+            "--version",
+            "7.1",
+            "--loss",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(p.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .nth(4)
+        .expect("address in the first line")
+        .parse()
+        .unwrap();
+    let child = CoapChild::new("cli", addr, Delivery::Pull, network(131), child_options());
+    let v = bounded(child.read_version()).await;
+    let _ = p.kill();
+    let _ = p.wait();
+    assert_eq!(v.unwrap(), "7.1");
+}
