@@ -43,6 +43,9 @@ enum Command {
         /// Simulated MCUmgr/SMP children, each on a pty.
         #[arg(long, default_value_t = 2)]
         smp_children: usize,
+        /// Simulated LwM2M children over CoAP, alternately pull and push.
+        #[arg(long, default_value_t = 2)]
+        coap_children: usize,
         /// Firmware image size in bytes.
         #[arg(long, default_value_t = 256 * 1024)]
         image_size: u64,
@@ -301,6 +304,7 @@ fn main() -> ExitCode {
         Command::Demo {
             children,
             smp_children,
+            coap_children,
             image_size,
             seed,
             no_bad_sign,
@@ -314,6 +318,7 @@ fn main() -> ExitCode {
             let opts = otabridge::sim::demo::DemoOptions {
                 children,
                 smp_children,
+                coap_children,
                 image_size,
                 seed,
                 bad_sign: !no_bad_sign,

@@ -53,5 +53,13 @@ fn the_demo_upgrades_every_child_as_expected() {
         ("serial", "2.0.0", "0"),
         "{text}"
     );
-    assert!(text.contains("4 of 4 children ended as expected"), "{text}");
+    for id in ["demo-product_lwm2m01pull", "demo-product_lwm2m02push"] {
+        let c = cols(row(id));
+        assert_eq!(
+            (c[1].as_str(), c[4].as_str(), c[5].as_str()),
+            ("coap", "2.0.0", "0"),
+            "{text}"
+        );
+    }
+    assert!(text.contains("6 of 6 children ended as expected"), "{text}");
 }

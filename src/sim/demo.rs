@@ -30,6 +30,8 @@ pub struct DemoOptions {
     pub children: usize,
     /// Simulated MCUmgr/SMP children, each on its own pty.
     pub smp_children: usize,
+    /// Simulated LwM2M children over CoAP/UDP, alternately pull and push.
+    pub coap_children: usize,
     /// Firmware image size in bytes.
     pub image_size: u64,
     /// Seed for the image content and everything random.
@@ -47,6 +49,7 @@ impl Default for DemoOptions {
         DemoOptions {
             children: 4,
             smp_children: 2,
+            coap_children: 2,
             image_size: 256 * 1024,
             seed: 1,
             bad_sign: true,
@@ -149,6 +152,49 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             bad_sign,
             mcuboot: false,
         });
+    }
+    // CoAP children: LwM2M devices on their own UDP sockets, all reached
+    // through one gateway endpoint (which is also the Block2 package server
+    // the pull children fetch from).
+    let mut coap_sims = Vec::new();
+    if opts.coap_children > 0 {
+        let net = crate::child::coap::CoapNetwork::bind(crate::child::coap::NetworkOptions::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            opts.seed,
+        ))?;
+        for i in 0..opts.coap_children {
+            let pull = i % 2 == 0;
+            let id = format!(
+                "demo-product_lwm2m{:02}{}",
+                i + 1,
+                if pull { "pull" } else { "push" }
+            );
+            let from = "1.0.0".to_owned();
+            let mut sim_opts = super::coap_child::SimOptions::new(&from, TARGET);
+            sim_opts.seed = opts.seed + 100 + i as u64;
+            let sim = super::coap_child::CoapChildSim::start(sim_opts).await?;
+            let delivery = if pull {
+                crate::config::Delivery::Pull
+            } else {
+                crate::config::Delivery::Push
+            };
+            let child = Arc::new(crate::child::coap::CoapChild::new(
+                &id,
+                sim.addr(),
+                delivery,
+                net.clone(),
+                crate::child::coap::ChildOptions::default(),
+            ));
+            coap_sims.push(sim);
+            plan.push(Planned {
+                id,
+                child,
+                from,
+                expected: result::SUCCESS,
+                bad_sign: false,
+                mcuboot: false,
+            });
+        }
     }
     // SMP children run MCUboot: their package is a signed-format image whose
     // header carries the version, on its own pty each.
@@ -309,6 +355,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     }
     tb.stop_gateway().await?;
     drop(smp_sims);
+    drop(coap_sims);
 
     let rows: Vec<DemoRow> = plan
         .iter()
