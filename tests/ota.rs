@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use otabridge::child::memory::MemoryChild;
 use otabridge::child::Child;
+use otabridge::sim::coap_child::{CoapChildSim, SimOptions as CoapSimOptions};
 use otabridge::sim::package_server::{Access, PackageServer, Source};
+use otabridge::sim::smp_child::{mcuboot_image, parse_version, SmpChild, SmpChildOptions};
 use otabridge::sim::testbed::Testbed;
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{result, Event, Upgrade, UpgradeKind};
@@ -119,6 +121,31 @@ async fn a_batch_upgrade_reports_the_truth_for_every_child() {
     for c in [&bad_sign, &small, &offline, &current] {
         all.push(c.clone() as Arc<dyn Child>);
     }
+    // Real transports: an LwM2M child over CoAP (push) and an MCUmgr child on
+    // a pty, each behind its simulator.
+    let net = otabridge::child::coap::CoapNetwork::bind(
+        otabridge::child::coap::NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 9),
+    )
+    .unwrap();
+    let coap_sim = CoapChildSim::start(CoapSimOptions::new("1.0.0", "2.0.0"))
+        .await
+        .unwrap();
+    all.push(Arc::new(otabridge::child::coap::CoapChild::new(
+        "p_coap",
+        coap_sim.addr(),
+        otabridge::config::Delivery::Push,
+        net,
+        otabridge::child::coap::ChildOptions::default(),
+    )));
+    let mut smp_opts = SmpChildOptions::default();
+    smp_opts.device.running = parse_version("1.0.0").unwrap();
+    let smp_sim = SmpChild::spawn(smp_opts).unwrap();
+    all.push(Arc::new(otabridge::child::serial::SerialChild::new(
+        "p_smp",
+        smp_sim.path(),
+        115_200,
+        otabridge::config::SerialOptions::default(),
+    )));
     b.tb.start_gateway_with(cfg, all).await.unwrap();
     b.tb.wait_connected(Duration::from_secs(20)).await.unwrap();
 
@@ -138,6 +165,19 @@ async fn a_batch_upgrade_reports_the_truth_for_every_child() {
     b.tb.send(Some("p_badsign"), &firmware(&wrong))
         .await
         .unwrap();
+    b.tb.send(Some("p_coap"), &firmware(&good)).await.unwrap();
+    // MCUboot children get an MCUboot image whose header carries the version.
+    let image = mcuboot_image(parse_version("2.0.0").unwrap(), SIZE as usize, 3);
+    let file = b._dir.path().join("mcuboot.bin");
+    std::fs::write(&file, &image).unwrap();
+    let served = b
+        .server
+        .add("fw-mcuboot", Source::File(file), Access::Bearer)
+        .unwrap();
+    let mut mcu = good.clone();
+    mcu.url = served.url;
+    mcu.sign = Some(served.sha256);
+    b.tb.send(Some("p_smp"), &firmware(&mcu)).await.unwrap();
 
     let ids = [
         "p_ok1",
@@ -147,6 +187,8 @@ async fn a_batch_upgrade_reports_the_truth_for_every_child() {
         "p_small",
         "p_offline",
         "p_current",
+        "p_coap",
+        "p_smp",
     ];
     let reports = reports_until_done(&mut b.tb, &ids).await;
 
@@ -194,6 +236,32 @@ async fn a_batch_upgrade_reports_the_truth_for_every_child() {
     let r = &reports["p_current"];
     assert_eq!(seq(r), vec![(0, 100)]);
     assert_eq!(r[0].version, "V2.0.0");
+    // Real transports checkpoint at their own pace: the sequence starts at 0,
+    // climbs by at least 10 points per progress report, and ends with the
+    // terminal report carrying the version read back from the device.
+    for id in ["p_coap", "p_smp"] {
+        let s = seq(&reports[id]);
+        assert_eq!(
+            (s[0], *s.last().unwrap()),
+            ((0, 0), (0, 100)),
+            "{id}: {s:?}"
+        );
+        let running = &s[..s.len() - 1];
+        assert!(
+            running.windows(2).all(|w| w[1].1 >= w[0].1 + 10),
+            "{id}: {s:?}"
+        );
+        assert!(running.iter().all(|(_, p)| *p < 100), "{id}: {s:?}");
+        assert_eq!(reports[id].last().unwrap().version, "2.0.0", "{id}");
+    }
+    assert_eq!(coap_sim.version(), "2.0.0");
+    let good_sha = good.sign.as_deref().unwrap().to_lowercase();
+    assert_eq!(
+        coap_sim.last_image_sha256().as_deref(),
+        Some(good_sha.as_str())
+    );
+    assert_eq!(smp_sim.running(), ("2.0.0".to_owned(), true));
+    assert_eq!(smp_sim.flash(), image);
 
     // One download for the three children (and the storage-refusing one) of
     // the shared package; the offline and current children fetched nothing.
