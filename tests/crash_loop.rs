@@ -141,6 +141,23 @@ async fn sigkill_at_random_moments_never_strands_or_double_activates_a_child() {
         proc = spawn(&config, &log);
     }
 
+    // `otabridge status` reads the journal while the daemon writes it (WAL).
+    let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for i in 0..CHILDREN {
+        assert_eq!(status[i]["device_id"], format!("p_mcu{i}"));
+        assert_eq!(status[i]["job"]["target"], "2.0.0", "{status}");
+    }
+
     // The last run finishes the batch.
     let done = |reports: &BTreeMap<String, Vec<ProgressReport>>| {
         (0..CHILDREN).all(|i| {
