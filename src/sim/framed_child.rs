@@ -32,8 +32,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_serial::{SerialPort, SerialStream};
+
 use tracing::debug;
 
+use super::smp_child::pace;
 use crate::config::{find_profile, ProfileLookupError};
 pub use crate::sim::smp_child::Faults;
 
@@ -215,18 +217,6 @@ pub fn parse_injection(s: &str) -> Result<Injection, InjectionError> {
     }
     .map_err(|_| bad())?;
     Ok(Injection { kind, nth, status })
-}
-
-/// When `n` bytes handed to the line at `at` have crossed it at `rate`
-/// bytes per second, the line being busy until `free_at`.
-fn pace(
-    free_at: &mut tokio::time::Instant,
-    at: tokio::time::Instant,
-    n: usize,
-    rate: f64,
-) -> tokio::time::Instant {
-    *free_at = (*free_at).max(at) + Duration::from_secs_f64(n as f64 / rate);
-    *free_at
 }
 
 /// Driver → device: each read reaches the device when its last byte would

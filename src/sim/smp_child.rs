@@ -337,8 +337,9 @@ pub fn mcuboot_image(version: ImageVersion, len: usize, seed: u64) -> Vec<u8> {
 /// When `n` bytes handed to the line at `at` have crossed it: the line is
 /// busy until `free_at`, then carries `rate` bytes per second. `at` is taken
 /// once per batch of bytes, before any sleeping, so a late timer wake-up
-/// does not add to the next bytes' time (they were already waiting).
-fn pace(
+/// does not add to the next bytes' time (they were already waiting). Shared
+/// by every pty simulator.
+pub(crate) fn pace(
     free_at: &mut tokio::time::Instant,
     at: tokio::time::Instant,
     n: usize,
