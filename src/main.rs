@@ -258,6 +258,26 @@ fn init_logs(format: LogFormat, default: &str) {
     }
 }
 
+/// Runs a pty simulator for an integrator: prints the pty path on stdout,
+/// waits for Ctrl-C, then prints what the simulator saw on stderr.
+async fn until_ctrl_c<S, E: std::fmt::Display>(
+    spawned: Result<S, E>,
+    path: impl Fn(&S) -> &std::path::Path,
+    summary: impl Fn(&S) -> String,
+) -> ExitCode {
+    let sim = match spawned {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("otabridge: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("{}", path(&sim).display());
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("{}", summary(&sim));
+    ExitCode::SUCCESS
+}
+
 /// The tokio runtime, or exit status 1 with the reason on stderr.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
@@ -430,19 +450,11 @@ fn main() -> ExitCode {
             opts.device.running = running;
             opts.device.buf_size = buf_size;
             opts.device.reboot_time = std::time::Duration::from_millis(reboot_ms);
-            rt.block_on(async move {
-                let sim = match SmpChild::spawn(opts) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("otabridge: {e}");
-                        return ExitCode::from(1);
-                    }
-                };
-                println!("{}", sim.path().display());
-                let _ = tokio::signal::ctrl_c().await;
-                eprintln!("{:?}", sim.stats());
-                ExitCode::SUCCESS
-            })
+            rt.block_on(until_ctrl_c(
+                SmpChild::spawn(opts),
+                |sim| sim.path(),
+                |sim| format!("{:?}", sim.stats()),
+            ))
         }
         Command::Sim {
             which:
@@ -542,19 +554,11 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            rt.block_on(async move {
-                let sim = match FramedChildSim::spawn(opts) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("otabridge: {e}");
-                        return ExitCode::from(1);
-                    }
-                };
-                println!("{}", sim.path().display());
-                let _ = tokio::signal::ctrl_c().await;
-                eprintln!("{}", sim.summary());
-                ExitCode::SUCCESS
-            })
+            rt.block_on(until_ctrl_c(
+                FramedChildSim::spawn(opts),
+                |sim| sim.path(),
+                |sim| sim.summary(),
+            ))
         }
         Command::Credentials {
             device_id,

@@ -33,7 +33,7 @@ use crate::backoff::Backoff;
 use crate::child::{Child, ChildError, Package};
 use crate::config::OtaConfig;
 use crate::journal;
-use crate::package::{PackageRequest, PackageStore, DEFAULT_VALIDITY};
+use crate::package::{PackageRequest, PackageStore};
 use crate::platform::{now_unix, Platform};
 
 /// Time kept before the deadline to publish the terminal report.
@@ -210,11 +210,12 @@ impl Engine {
             }
             return;
         }
-        let validity = upgrade
-            .expires
-            .map(|s| Duration::from_secs(s).min(DEFAULT_VALIDITY))
-            .unwrap_or(DEFAULT_VALIDITY);
-        let deadline = now + validity.as_secs() as i64;
+        // The package store's rule (24 h, or less when `expires` says so)
+        // is the job's deadline too.
+        let deadline = PackageRequest::from_upgrade(&upgrade, v2, unix_to_system(now))
+            .deadline
+            .duration_since(UNIX_EPOCH)
+            .map_or(now, |d| d.as_secs() as i64);
         let id = match jobs_db::insert(&mut j, device_id, kind, v2, &upgrade, now, deadline) {
             Ok(id) => id,
             Err(e) => {
@@ -330,7 +331,7 @@ impl Engine {
             self.inner.timeouts.retry_max,
             row.id as u64,
         );
-        let mut package: Option<(Package, String)> = None;
+        let mut package: Option<Package> = None;
         loop {
             let work = row.machine.work();
             if work == Work::Done {
@@ -354,9 +355,8 @@ impl Engine {
                 self.apply(&row, e, &mut backoff).await;
             }
         }
-        if let Some((_, key)) = package {
-            self.inner.store.release(&job_key, &key);
-        } else if let Ok(key) = req.key() {
+        // The store keys the package by the request, fetched or not.
+        if let Ok(key) = req.key() {
             self.inner.store.release(&job_key, &key);
         }
         let (code, desc) = row
@@ -377,7 +377,7 @@ impl Engine {
         work: Work,
         job_key: &str,
         req: &PackageRequest,
-        package: &mut Option<(Package, String)>,
+        package: &mut Option<Package>,
         backoff: &mut Backoff,
     ) -> Option<Input> {
         let t = self.inner.timeouts;
@@ -393,10 +393,7 @@ impl Engine {
                         return Some(input);
                     }
                 }
-                let pkg = package
-                    .as_ref()
-                    .map(|(p, _)| p.clone())
-                    .expect("fetched above");
+                let pkg = package.clone().expect("fetched above");
                 let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
                 let cb = move |n: u64| {
                     let _ = tx.send(n);
@@ -446,13 +443,12 @@ impl Engine {
                     }
                     other => return Some(other),
                 }
-                let pkg = match package.as_ref() {
-                    Some((p, _)) => p.clone(),
-                    None => match self.fetch(job_key, req, package).await {
-                        Ok(()) => package.as_ref().map(|(p, _)| p.clone()).expect("fetched"),
-                        Err(input) => return Some(input),
-                    },
-                };
+                if package.is_none() {
+                    if let Err(input) = self.fetch(job_key, req, package).await {
+                        return Some(input);
+                    }
+                }
+                let pkg = package.clone().expect("fetched above");
                 row.activations += 1;
                 {
                     // Count the activation before sending it.
@@ -483,13 +479,11 @@ impl Engine {
         &self,
         job_key: &str,
         req: &PackageRequest,
-        package: &mut Option<(Package, String)>,
+        package: &mut Option<Package>,
     ) -> Result<(), Input> {
-        let wait = self.inner.store.acquire(job_key, req);
-        let key = wait.key().to_owned();
-        match wait.ready().await {
+        match self.inner.store.acquire(job_key, req).ready().await {
             Ok(p) => {
-                *package = Some((p, key));
+                *package = Some(p);
                 Ok(())
             }
             Err(e) => Err(Input::DownloadFailed {

@@ -61,7 +61,6 @@ pub struct Session {
     inbound: mpsc::Sender<Inbound>,
     backoff: Backoff,
     tls: Option<Arc<rustls::ClientConfig>>,
-    min_backoff: Duration,
 }
 
 /// A token bucket: `rate` messages per second, bursts of at most `rate`.
@@ -133,15 +132,7 @@ impl Session {
             inbound,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30), seed),
             tls,
-            min_backoff: Duration::from_secs(1),
         })
-    }
-
-    /// Overrides the backoff bounds (tests use short ones).
-    pub fn with_backoff(mut self, min: Duration, max: Duration, seed: u64) -> Self {
-        self.backoff = Backoff::new(min, max, seed);
-        self.min_backoff = min;
-        self
     }
 
     fn options(&self) -> MqttOptions {
