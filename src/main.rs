@@ -261,11 +261,12 @@ fn init_logs(format: LogFormat, default: &str) {
 /// Runs a pty simulator for an integrator: prints the pty path on stdout,
 /// waits for Ctrl-C, then prints what the simulator saw on stderr.
 async fn until_ctrl_c<S, E: std::fmt::Display>(
-    spawned: Result<S, E>,
+    spawn: impl FnOnce() -> Result<S, E>,
     path: impl Fn(&S) -> &std::path::Path,
     summary: impl Fn(&S) -> String,
 ) -> ExitCode {
-    let sim = match spawned {
+    // Spawned here, inside the runtime: the simulator starts tasks.
+    let sim = match spawn() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("otabridge: {e}");
@@ -451,7 +452,7 @@ fn main() -> ExitCode {
             opts.device.buf_size = buf_size;
             opts.device.reboot_time = std::time::Duration::from_millis(reboot_ms);
             rt.block_on(until_ctrl_c(
-                SmpChild::spawn(opts),
+                || SmpChild::spawn(opts),
                 |sim| sim.path(),
                 |sim| format!("{:?}", sim.stats()),
             ))
@@ -555,7 +556,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             rt.block_on(until_ctrl_c(
-                FramedChildSim::spawn(opts),
+                || FramedChildSim::spawn(opts),
                 |sim| sim.path(),
                 |sim| sim.summary(),
             ))
