@@ -103,6 +103,14 @@ pub trait Child: Send + Sync + std::fmt::Debug {
 
     /// Makes the delivered image the running one (reboots the child).
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>>;
+
+    /// Requests this driver has sent again since it was created because the
+    /// child did not answer in time or answered with an error it could
+    /// retry (chunk retransmissions, repeated reads). Read by the metrics
+    /// endpoint; a counter, so it only grows.
+    fn chunk_retries(&self) -> u64 {
+        0
+    }
 }
 
 /// A child that cannot be driven by this build.
