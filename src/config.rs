@@ -92,6 +92,8 @@ struct RawConfig {
     ota: OtaConfig,
     #[serde(default)]
     profiles: ProfilesConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
     #[serde(default, rename = "child")]
     children: Vec<RawChild>,
 }
@@ -231,6 +233,16 @@ pub struct ProfilesConfig {
     /// built-in profiles). A file here shadows a built-in profile of the same
     /// name, so an integrator can adjust one without a new release.
     pub dir: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus text endpoint (docs/operations.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`, for example `"127.0.0.1:9464"`
+    /// (default: none, no endpoint). It has no authentication: bind it to
+    /// loopback or a management network.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -610,6 +622,8 @@ pub struct Config {
     pub ota: OtaConfig,
     /// `[profiles]`.
     pub profiles: ProfilesConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// `[[child]]`, in file order.
     pub children: Vec<ChildConfig>,
 }
@@ -979,6 +993,7 @@ impl Config {
             coap: raw.coap,
             ota: raw.ota,
             profiles: raw.profiles,
+            metrics: raw.metrics,
             children,
         })
     }

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::child::{self, Child};
 use crate::config::Config;
 use crate::journal::{Journal, JournalError};
+use crate::metrics::{self, Exporter, Metrics};
 use crate::ota::engine::Engine;
 use crate::ota::Gateway;
 use crate::package::{PackageStore, StoreError};
@@ -31,6 +32,9 @@ pub enum StartError {
     /// or the shared CoAP endpoint cannot be opened.
     #[error(transparent)]
     Child(#[from] child::BuildError),
+    /// The metrics endpoint (`metrics.listen`) could not be opened.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ListenError),
 }
 
 /// A running gateway's parts, for tests and the demo.
@@ -40,6 +44,10 @@ pub struct Handles {
     pub platform: Platform,
     /// The children, in configuration order.
     pub children: Vec<Arc<dyn Child>>,
+    /// The counters behind the metrics endpoint.
+    pub metrics: Metrics,
+    /// Where the metrics endpoint listens, when `metrics.listen` is set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Builds the children from the configuration; CoAP children share one
@@ -73,25 +81,47 @@ pub async fn run_with(
     let (tx, rx) = mpsc::channel(256);
     let seed = std::process::id() as u64 ^ crate::platform::now_unix() as u64;
     let session = Session::new(cfg.platform.clone(), platform.clone(), tx, seed)?;
-    let store = PackageStore::open(
+    let metrics = Metrics::new();
+    let listener = match cfg.metrics.listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let store = PackageStore::with_options(
         &cfg.state.dir.join(crate::package::DIR_NAME),
         journal.clone(),
         &cfg.download,
+        crate::package::DownloadOptions {
+            metrics: metrics.clone(),
+            ..Default::default()
+        },
     )?;
-    let engine = Engine::new(platform.clone(), store, &children, &cfg.ota);
+    let engine = Engine::new(
+        platform.clone(),
+        store,
+        &children,
+        &cfg.ota,
+        metrics.clone(),
+    );
     let gateway = Gateway::new(
         platform.clone(),
         children.clone(),
         cfg.platform.fw_version.clone(),
     )
     .with_engine(engine.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = listener {
+        let exporter = Exporter::new(metrics.clone(), platform.clone(), children.clone());
+        tokio::spawn(metrics::serve(l, exporter, stop_rx.clone()));
+    }
     if let Some(s) = started {
         let _ = s.send(Handles {
             platform: platform.clone(),
             children,
+            metrics,
+            metrics_addr,
         });
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

@@ -21,6 +21,7 @@ pub mod child;
 pub mod config;
 pub mod daemon;
 pub mod journal;
+pub mod metrics;
 pub mod ota;
 pub mod package;
 pub mod platform;

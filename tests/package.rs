@@ -116,6 +116,7 @@ fn fast() -> DownloadOptions {
         checkpoint_interval: Duration::from_secs(2),
         free_space_margin: MIB,
         seed: 7,
+        ..DownloadOptions::default()
     }
 }
 

@@ -41,6 +41,8 @@ struct State {
 pub struct MemoryChild {
     device_id: String,
     state: Mutex<State>,
+    /// Delivery pauses once this many bytes are staged, until cleared.
+    hold: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 impl MemoryChild {
@@ -60,6 +62,7 @@ impl MemoryChild {
                 activations: 0,
                 delivery_starts: Vec::new(),
             }),
+            hold: tokio::sync::watch::Sender::new(None),
         }
     }
 
@@ -70,6 +73,18 @@ impl MemoryChild {
     /// Takes the child on or off the network.
     pub fn set_online(&self, online: bool) {
         self.state().online = online;
+    }
+
+    /// Pauses delivery once `bytes` are staged (and acknowledged through
+    /// the progress callback) until [`MemoryChild::release`]: a transfer a
+    /// test can look at in the middle.
+    pub fn hold_at(&self, bytes: u64) {
+        self.hold.send_replace(Some(bytes));
+    }
+
+    /// Lets a delivery paused by [`MemoryChild::hold_at`] go on.
+    pub fn release(&self) {
+        self.hold.send_replace(None);
     }
 
     /// Slows delivery down by `d` per 4 KiB chunk.
@@ -175,7 +190,7 @@ impl Child for MemoryChild {
                 if n == 0 {
                     break;
                 }
-                let delay = {
+                let (delay, staged) = {
                     let mut s = self.state();
                     if !s.online {
                         return Err(ChildError::Unreachable(format!(
@@ -186,11 +201,13 @@ impl Child for MemoryChild {
                     s.staged_hash.update(&buf[..n]);
                     s.staged_len += n as u64;
                     progress(s.staged_len);
-                    s.chunk_delay
+                    (s.chunk_delay, s.staged_len)
                 };
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
+                let mut hold = self.hold.subscribe();
+                let _ = hold.wait_for(|h| h.is_none_or(|at| staged < at)).await;
             }
             Ok(())
         })

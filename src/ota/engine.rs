@@ -33,6 +33,7 @@ use crate::backoff::Backoff;
 use crate::child::{Child, ChildError, Package};
 use crate::config::OtaConfig;
 use crate::journal;
+use crate::metrics::{Metrics, Resume};
 use crate::package::{PackageRequest, PackageStore};
 use crate::platform::{now_unix, Platform};
 
@@ -78,6 +79,7 @@ struct Inner {
     limits: Limits,
     timeouts: Timeouts,
     mode: Mode,
+    metrics: Metrics,
     slots: Semaphore,
     /// Jobs running in this process, by child.
     running: Mutex<HashMap<String, i64>>,
@@ -96,12 +98,14 @@ fn unix_to_system(t: i64) -> SystemTime {
 }
 
 impl Engine {
-    /// An engine reporting through `platform`, fetching through `store`.
+    /// An engine reporting through `platform`, fetching through `store`,
+    /// counting into `metrics`.
     pub fn new(
         platform: Platform,
         store: PackageStore,
         children: &[Arc<dyn Child>],
         cfg: &OtaConfig,
+        metrics: Metrics,
     ) -> Self {
         let limits = Limits {
             max_retries: cfg.max_retries,
@@ -122,6 +126,7 @@ impl Engine {
                 } else {
                     Mode::Normalised
                 },
+                metrics,
                 slots: Semaphore::new(cfg.max_concurrent_jobs),
                 running: Mutex::default(),
                 tasks: Mutex::default(),
@@ -142,6 +147,7 @@ impl Engine {
                         child = %row.device_id, job = row.id, phase = row.machine.phase.as_str(),
                         offset = row.machine.offset, "resuming job from the journal"
                     );
+                    self.inner.metrics.resumed(Resume::Job);
                     self.spawn(row);
                 }
             }
@@ -275,11 +281,11 @@ impl Engine {
         for t in tasks {
             t.abort();
         }
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let stopped =
+            std::mem::take(&mut *self.inner.running.lock().unwrap_or_else(|p| p.into_inner()));
+        for job in stopped.values() {
+            self.inner.metrics.job_stopped(*job);
+        }
     }
 
     /// Applies effects: persist, report, and back off when asked.
@@ -295,12 +301,15 @@ impl Engine {
         if let Some(r) = e.report {
             self.report(&row.device_id, r);
         }
+        self.inner.metrics.job_phase(row.id, row.machine.phase);
         if e.backoff {
+            self.inner.metrics.job_retry(&row.device_id);
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
     async fn run(&self, mut row: JobRow) {
+        self.inner.metrics.job_phase(row.id, row.machine.phase);
         let _slot = self
             .inner
             .slots
@@ -317,6 +326,7 @@ impl Engine {
             );
             let mut b = Backoff::new(Duration::ZERO, Duration::ZERO, 0);
             self.apply(&row, e, &mut b).await;
+            self.inner.metrics.job_finished(row.id, result::INNER_ERROR);
             return;
         };
         let job_key = format!("job-{}", row.id);
@@ -364,6 +374,7 @@ impl Engine {
             .result
             .clone()
             .unwrap_or((result::INNER_ERROR, String::new()));
+        self.inner.metrics.job_finished(row.id, code);
         info!(child = %row.device_id, job = row.id, code, "job ended: {desc}");
     }
 
@@ -394,6 +405,13 @@ impl Engine {
                     }
                 }
                 let pkg = package.clone().expect("fetched above");
+                if from > 0 {
+                    self.inner.metrics.resumed(Resume::Delivery);
+                }
+                // Bytes acknowledged so far in this attempt, for the
+                // delivered-bytes counter (a driver that restarts from 0
+                // counts the bytes it sends again).
+                let mut acked = from;
                 let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
                 let cb = move |n: u64| {
                     let _ = tx.send(n);
@@ -411,6 +429,8 @@ impl Engine {
                         r = &mut fut => break r,
                         Some(n) = rx.recv() => {
                             seen_progress = true;
+                            self.inner.metrics.delivered(&row.device_id, n.saturating_sub(acked));
+                            acked = n;
                             let e = row.machine.handle(Input::Progress(n), now_unix());
                             self.apply(row, e, backoff).await;
                         }
@@ -422,6 +442,10 @@ impl Engine {
                     }
                 };
                 while let Ok(n) = rx.try_recv() {
+                    self.inner
+                        .metrics
+                        .delivered(&row.device_id, n.saturating_sub(acked));
+                    acked = n;
                     let e = row.machine.handle(Input::Progress(n), now_unix());
                     self.apply(row, e, backoff).await;
                 }

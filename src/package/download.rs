@@ -520,6 +520,9 @@ impl Ctx<'_> {
         let job = self.job;
         let headers = self.headers(part);
         debug!(target = ?self.target, from = part.written, "GET");
+        if part.written > 0 {
+            job.opts.metrics.resumed(crate::metrics::Resume::Download);
+        }
         let mut exchange = match job.client.get(&self.target, headers).await {
             Ok(x) => x,
             Err(FetchError::Transient(why)) => return Ok(End::Retry(why)),
@@ -646,6 +649,7 @@ impl Ctx<'_> {
             }
             part.append(&data)
                 .map_err(|e| io_err("cannot write", &self.part_path, e))?;
+            job.opts.metrics.downloaded(data.len() as u64);
             if part.written - part.published >= PROGRESS_STEP {
                 part.published = part.written;
                 self.publish(part);

@@ -168,6 +168,8 @@ pub struct DownloadOptions {
     pub free_space_margin: u64,
     /// Seed of the backoff jitter.
     pub seed: u64,
+    /// Where the bytes received and the resumes are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Default for DownloadOptions {
@@ -182,6 +184,7 @@ impl Default for DownloadOptions {
             checkpoint_interval: Duration::from_secs(2),
             free_space_margin: 16 * 1024 * 1024,
             seed: std::process::id() as u64,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
