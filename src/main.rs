@@ -58,6 +58,14 @@ enum Command {
         /// Keep the third child offline (it ends with result 6).
         #[arg(long)]
         offline: bool,
+        /// Lossy links, in percent (0-30): CoAP datagrams lost both ways,
+        /// SMP answers dropped; retransmissions carry the transfers through.
+        #[arg(long, value_name = "PERCENT", default_value_t = 0.0)]
+        loss: f64,
+        /// Every CoAP and SMP child reboots once in the middle of its
+        /// transfer; each still ends on the new version.
+        #[arg(long)]
+        reboots: bool,
     },
     /// Print each child's state from the journal (works while the daemon runs).
     Status {
@@ -330,6 +338,8 @@ fn main() -> ExitCode {
             seed,
             no_bad_sign,
             offline,
+            loss,
+            reboots,
         } => {
             init_logs(cli.log_format, "warn,rumqttd=off,rumqttc=error");
             let rt = match runtime() {
@@ -344,6 +354,8 @@ fn main() -> ExitCode {
                 seed,
                 bad_sign: !no_bad_sign,
                 offline,
+                loss_pct: loss,
+                reboots,
                 state_dir: None,
             };
             match rt.block_on(otabridge::sim::demo::run(opts)) {

@@ -205,6 +205,11 @@ impl Metrics {
         }
     }
 
+    /// Job attempts of `child` tried again so far.
+    pub fn job_retries(&self, child: &str) -> u64 {
+        self.state().job_retries.get(child).copied().unwrap_or(0)
+    }
+
     /// Something resumed instead of starting over.
     pub fn resumed(&self, what: Resume) {
         *self.state().resumes.entry(what).or_default() += 1;

@@ -63,3 +63,61 @@ fn the_demo_upgrades_every_child_as_expected() {
     }
     assert!(text.contains("6 of 6 children ended as expected"), "{text}");
 }
+
+#[test]
+fn the_demo_fault_mix_ends_on_the_new_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args([
+            "demo",
+            "--children",
+            "1",
+            "--smp-children",
+            "1",
+            "--image-size",
+            "32768",
+            "--loss",
+            "10",
+            "--reboots",
+            "--no-bad-sign",
+            "--seed",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("child "))
+        .unwrap_or_else(|| panic!("no table: {text}"));
+    assert!(header.contains("retries"), "{header}");
+    for id in [
+        "demo-product_node01",
+        "demo-product_lwm2m01pull",
+        "demo-product_lwm2m02push",
+        "demo-product_mcu01",
+    ] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no row {id}: {text}"));
+        let c: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!((c[4], c[5]), ("2.0.0", "0"), "{text}");
+    }
+    assert!(text.contains("4 of 4 children ended as expected"), "{text}");
+}
+
+#[test]
+fn the_demo_refuses_a_loss_it_cannot_carry() {
+    let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["demo", "--loss", "80"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--loss must be between 0 and 30"), "{err}");
+}

@@ -40,6 +40,14 @@ pub struct DemoOptions {
     pub bad_sign: bool,
     /// Keep one child offline (expect result 6 after the retries).
     pub offline: bool,
+    /// Lossy links, in percent (0..=30): CoAP datagrams lost in both
+    /// directions, SMP answers dropped. The drivers' retransmissions carry
+    /// the transfers through; the table counts them.
+    pub loss_pct: f64,
+    /// Every CoAP and SMP child reboots once in the middle of its transfer
+    /// (the CoAP children lose the transfer; the SMP children keep what
+    /// they wrote, as MCUboot's slot does).
+    pub reboots: bool,
     /// Where the demo keeps its state; a fresh temporary directory if unset.
     pub state_dir: Option<PathBuf>,
 }
@@ -54,6 +62,8 @@ impl Default for DemoOptions {
             seed: 1,
             bad_sign: true,
             offline: false,
+            loss_pct: 0.0,
+            reboots: false,
             state_dir: None,
         }
     }
@@ -80,6 +90,9 @@ pub struct DemoRow {
     pub seconds: f64,
     /// Bytes of the package.
     pub bytes: u64,
+    /// Retries: requests the driver sent again plus failed job attempts
+    /// tried again.
+    pub retries: u64,
 }
 
 impl DemoRow {
@@ -90,6 +103,9 @@ impl DemoRow {
 }
 
 const TARGET: &str = "2.0.0";
+
+/// CoAP ACK_TIMEOUT of a lossy demo (loopback round trips are microseconds).
+const LOSSY_ACK_TIMEOUT: Duration = Duration::from_millis(100);
 
 struct Planned {
     id: String,
@@ -108,6 +124,12 @@ fn bar(p: u8) -> String {
 
 /// Runs the demo; returns one row per child. Errors are setup failures.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
+    anyhow::ensure!(
+        (0.0..=30.0).contains(&opts.loss_pct),
+        "--loss must be between 0 and 30 percent, not {}",
+        opts.loss_pct
+    );
+    let lossy = opts.loss_pct > 0.0;
     let started = Instant::now();
     let tmp;
     let dir = match &opts.state_dir {
@@ -158,10 +180,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     // the pull children fetch from).
     let mut coap_sims = Vec::new();
     if opts.coap_children > 0 {
-        let net = crate::child::coap::CoapNetwork::bind(crate::child::coap::NetworkOptions::new(
+        let mut net_opts = crate::child::coap::NetworkOptions::new(
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             opts.seed,
-        ))?;
+        );
+        if lossy {
+            // Loopback answers in microseconds: RFC 7252's 2 s ACK_TIMEOUT
+            // would make a lossy demo crawl.
+            net_opts.exchange.ack_timeout = LOSSY_ACK_TIMEOUT;
+        }
+        let net = crate::child::coap::CoapNetwork::bind(net_opts)?;
         for i in 0..opts.coap_children {
             let pull = i % 2 == 0;
             let id = format!(
@@ -172,6 +200,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             let from = "1.0.0".to_owned();
             let mut sim_opts = super::coap_child::SimOptions::new(&from, TARGET);
             sim_opts.seed = opts.seed + 100 + i as u64;
+            sim_opts.faults.loss_pct = opts.loss_pct;
+            if lossy {
+                sim_opts.exchange.ack_timeout = LOSSY_ACK_TIMEOUT;
+            }
+            if opts.reboots {
+                // Halfway through the image's 1024-byte blocks.
+                let blocks = opts.image_size.div_ceil(1024);
+                sim_opts.faults.reboot_after_blocks = Some((blocks / 2).max(1) as u32);
+            }
             let sim = super::coap_child::CoapChildSim::start(sim_opts).await?;
             let delivery = if pull {
                 crate::config::Delivery::Pull
@@ -205,12 +242,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
         let mut sim_opts = super::smp_child::SmpChildOptions::default();
         sim_opts.device.running = super::smp_child::parse_version(&from).expect("a valid version");
         sim_opts.seed = opts.seed + i as u64;
+        sim_opts.faults.drop = opts.loss_pct / 100.0;
+        if opts.reboots {
+            sim_opts.faults.reboot_at = Some(opts.image_size / 2);
+        }
         let sim = super::smp_child::SmpChild::spawn(sim_opts)?;
+        let mut serial = crate::config::SerialOptions::default();
+        if lossy || opts.reboots {
+            // The simulator answers at once; a real line needs the defaults.
+            serial.timeout = Duration::from_millis(250);
+            serial.first_timeout = Duration::from_secs(2);
+        }
         let child = Arc::new(crate::child::serial::SerialChild::new(
             &id,
             sim.path(),
             115_200,
-            crate::config::SerialOptions::default(),
+            serial,
         ));
         smp_sims.push(sim);
         plan.push(Planned {
@@ -227,7 +274,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
         pkg_ca.display().to_string()
     ))?;
     let children: Vec<Arc<dyn Child>> = plan.iter().map(|p| p.child.clone()).collect();
-    tb.start_gateway_with(cfg, children).await?;
+    let handles = tb.start_gateway_with(cfg, children).await?;
     tb.wait_connected(Duration::from_secs(20)).await?;
     println!("gateway connected; {} children announced", plan.len());
 
@@ -379,6 +426,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
                     .unwrap_or_else(|| "(no report)".into()),
                 seconds: at.saturating_duration_since(sent_at[&p.id]).as_secs_f64(),
                 bytes: if p.mcuboot { mcuboot.size } else { served.size },
+                retries: p.child.chunk_retries() + handles.metrics.job_retries(&p.id),
             }
         })
         .collect();
@@ -390,12 +438,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
 
     println!();
     println!(
-        "{:<24} {:<9} {:<18} {:>6} {:>8} {:>9}  description",
-        "child", "transport", "from -> to", "result", "time", "bytes"
+        "{:<24} {:<9} {:<18} {:>6} {:>8} {:>9} {:>7}  description",
+        "child", "transport", "from -> to", "result", "time", "bytes", "retries"
     );
     for r in &rows {
         println!(
-            "{:<24} {:<9} {:<18} {:>6} {:>7.1}s {:>9}  {}{}",
+            "{:<24} {:<9} {:<18} {:>6} {:>7.1}s {:>9} {:>7}  {}{}",
             r.device_id,
             r.transport,
             format!(
@@ -406,6 +454,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             r.result_code.map_or("-".into(), |c| c.to_string()),
             r.seconds,
             r.bytes,
+            r.retries,
             r.description,
             if r.as_expected() {
                 ""
