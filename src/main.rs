@@ -4,13 +4,28 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+mod man;
 use otabridge::config::Config;
 use otabridge_codecs::iotda::{Credentials, EventTime, SignatureType};
 
 /// Upgrades the firmware of child devices behind a Huawei Cloud IoTDA gateway.
 #[derive(Debug, Parser)]
-#[command(name = "otabridge", version, about, long_about = None)]
+#[command(
+    name = "otabridge",
+    version,
+    about,
+    long_about = "Upgrades the firmware of child devices behind a Huawei Cloud IoTDA gateway.\n\n\
+        otabridge connects to IoTDA over MQTT as the gateway, turns the platform's OTA upgrade \
+        events into LwM2M Firmware Update transfers over CoAP, MCUmgr/SMP over a serial line, or \
+        a manufacturer's framed serial protocol, downloads each package over HTTPS with resume, \
+        delivers it to each child from the offset the child acknowledged, and reports per-child \
+        progress and results. Every step is journaled in SQLite: after a power cut it picks up \
+        where it was, and success is reported only after the child's new version was read back.\n\n\
+        Start with `otabridge demo` (everything simulated, in-process), then write \
+        /etc/otabridge/otabridge.toml and run `otabridge run --config ...` (or the systemd unit)."
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, global = true, default_value_t = LogFormat::Human)]
@@ -98,6 +113,14 @@ enum Command {
     Sim {
         #[command(subcommand)]
         which: SimCommand,
+    },
+    /// Write the manual pages (otabridge.1 and one per subcommand) into a
+    /// directory; the packaged copies live in packaging/man.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them.
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Print the MQTT client id, username and password IoTDA expects.
     Credentials {
@@ -573,6 +596,16 @@ fn main() -> ExitCode {
                 |sim| sim.summary(),
             ))
         }
+        Command::Man { dir } => match man::write_pages(Cli::command(), &dir) {
+            Ok(n) => {
+                println!("{n} manual pages written to {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("otabridge man: {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        },
         Command::Credentials {
             device_id,
             secret,
@@ -712,5 +745,38 @@ fn sim(which: SimCommand) -> anyhow::Result<ExitCode> {
         }
         // The other simulators have their own arms in `main`.
         other => anyhow::bail!("not a CoAP simulator: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(cmd: &clap::Command, path: &str) {
+        assert!(
+            cmd.get_about().is_some(),
+            "{path}: the command has no description"
+        );
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if a.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            assert!(
+                a.get_help()
+                    .is_some_and(|h| !h.to_string().trim().is_empty()),
+                "{path} --{id}: no help text"
+            );
+        }
+        for sub in cmd.get_subcommands() {
+            check(sub, &format!("{path} {}", sub.get_name()));
+        }
+    }
+
+    /// `--help` (and so the manual pages) documents every option.
+    #[test]
+    fn every_command_and_option_has_help() {
+        Cli::command().debug_assert();
+        check(&Cli::command(), "otabridge");
     }
 }

@@ -102,3 +102,44 @@ fn the_example_configurations_are_valid() {
         "{e}"
     );
 }
+
+/// The packaged manual pages are what the command line says today: a
+/// changed option without regenerated pages fails here.
+#[test]
+fn the_packaged_man_pages_are_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = otabridge()
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let packaged = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/man");
+    let names = |d: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let fresh = names(dir.path());
+    assert!(fresh.contains(&"otabridge.1".to_owned()), "{fresh:?}");
+    assert!(fresh.contains(&"otabridge-run.1".to_owned()), "{fresh:?}");
+    let regenerate = "regenerate them: cargo run -- man --dir packaging/man";
+    assert_eq!(names(&packaged), fresh, "{regenerate}");
+    for name in &fresh {
+        let want = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let have = std::fs::read_to_string(packaged.join(name)).unwrap();
+        assert!(have == want, "packaging/man/{name} is stale; {regenerate}");
+    }
+    // The operator's sections of the main page.
+    let main = std::fs::read_to_string(packaged.join("otabridge.1")).unwrap();
+    for section in ["FILES", "EXIT STATUS", "SIGNALS", "ENVIRONMENT"] {
+        assert!(
+            main.contains(&format!(".SH \"{section}\""))
+                || main.contains(&format!(".SH {section}")),
+            "{section}"
+        );
+    }
+}
