@@ -237,6 +237,32 @@ enum SimCommand {
         #[arg(long, default_value_t = 3000)]
         reboot_ms: u64,
     },
+    /// A stand-in for IoTDA on this machine, for testing a gateway build:
+    /// MQTT over TLS with IoTDA's credential check, a package server, and
+    /// upgrade tasks for the children named by --upgrade (see
+    /// docs/integrating.md). Exit status 0 when every upgrade succeeded.
+    Iotda {
+        /// The gateway's device id, as in its [platform] device_id.
+        #[arg(long, default_value = "gw-product_gw01")]
+        device_id: String,
+        /// The gateway's secret, as in its [platform] secret.
+        #[arg(long, default_value = "sim-secret")]
+        secret: String,
+        /// Where the MQTT (TLS) access point listens.
+        #[arg(long, default_value = "127.0.0.1:8883")]
+        listen: std::net::SocketAddr,
+        /// Where to write iotda-ca.pem, package-ca.pem and platform.toml
+        /// (the gateway's [platform] and [download] sections).
+        #[arg(long, default_value = "otabridge-sim")]
+        out: PathBuf,
+        /// An upgrade task for one child: CHILD=FILE@VERSION (repeatable).
+        /// Without any, reports are printed until Ctrl-C.
+        #[arg(long = "upgrade", value_name = "CHILD=FILE@VERSION")]
+        upgrades: Vec<otabridge::sim::iotda::PlannedUpgrade>,
+        /// Longest wait for the gateway and the upgrades, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
+    },
     /// An IoTDA-like HTTPS package server (v1 URL shape, Bearer token,
     /// Range/ETag, faults) serving one package until Ctrl-C.
     PackageServer {
@@ -537,6 +563,43 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("otabridge sim package-server: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Sim {
+            which:
+                SimCommand::Iotda {
+                    device_id,
+                    secret,
+                    listen,
+                    out,
+                    upgrades,
+                    timeout_secs,
+                },
+        } => {
+            init_logs(cli.log_format, "warn,rumqttd=off,rumqttc=error");
+            use otabridge::sim::iotda::{all_succeeded, run, IotdaOptions};
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let opts = IotdaOptions {
+                device_id,
+                secret,
+                listen,
+                out_dir: out,
+                upgrades: upgrades.clone(),
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            };
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            match rt.block_on(run(opts, shutdown)) {
+                Ok(outcomes) if all_succeeded(&outcomes, &upgrades) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("otabridge sim iotda: {e:#}");
                     ExitCode::from(1)
                 }
             }

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod coap_child;
 pub mod demo;
 pub mod framed_child;
+pub mod iotda;
 pub mod package_server;
 pub mod platform;
 pub mod smp_child;

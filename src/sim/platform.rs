@@ -153,7 +153,16 @@ impl Edge {
         broker: LocalBroker,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<Edge> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), broker, tls).await
+    }
+
+    /// As [`Edge::start`], listening on `addr`.
+    pub async fn start_on(
+        addr: SocketAddr,
+        broker: LocalBroker,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Edge> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let edge = Edge {
             addr,

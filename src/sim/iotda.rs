@@ -1,0 +1,389 @@
+//! `otabridge sim iotda`: a stand-in for Huawei Cloud IoTDA that a gateway
+//! build under test connects to, on the gateway itself.
+//!
+//! It runs the MQTT broker behind the simulated device access point (TLS
+//! with a fresh CA, IoTDA's credential check), the platform's application
+//! side and the HTTPS package server, all on loopback. It writes the CA
+//! files and a `[platform]` + `[download]` configuration fragment for the
+//! gateway, then, for each `--upgrade CHILD=FILE@VERSION`, does what an IoTDA
+//! upgrade task does: a version query until the child answers (which also
+//! proves the gateway is subscribed), one `firmware_upgrade` event with a
+//! token-protected package URL, and the progress reports followed until a
+//! terminal one. It ends with a table and exit status 0 when every child
+//! reported success on the target version. Without `--upgrade` it prints
+//! whatever the gateway reports until Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use otabridge_codecs::iotda::event::VersionQuery;
+use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
+
+use super::broker::LocalBroker;
+use super::package_server::{Access, PackageServer, Source};
+use super::platform::{DeviceAuth, Edge, Received, SimPlatform, TestPki};
+
+/// One upgrade to run: `CHILD=FILE@VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedUpgrade {
+    /// The child's device id.
+    pub child: String,
+    /// The package file.
+    pub file: PathBuf,
+    /// The version the package carries.
+    pub version: String,
+}
+
+impl std::str::FromStr for PlannedUpgrade {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not CHILD=FILE@VERSION");
+        let (child, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (file, version) = rest.rsplit_once('@').ok_or_else(bad)?;
+        if child.is_empty() || file.is_empty() || version.is_empty() {
+            return Err(bad());
+        }
+        Ok(PlannedUpgrade {
+            child: child.to_owned(),
+            file: PathBuf::from(file),
+            version: version.to_owned(),
+        })
+    }
+}
+
+/// Settings of the simulated platform.
+#[derive(Debug, Clone)]
+pub struct IotdaOptions {
+    /// The gateway's device id.
+    pub device_id: String,
+    /// Its secret.
+    pub secret: String,
+    /// Where the MQTT (TLS) access point listens.
+    pub listen: SocketAddr,
+    /// Where the CA files and the configuration fragment go.
+    pub out_dir: PathBuf,
+    /// The upgrades to run, in order of sending.
+    pub upgrades: Vec<PlannedUpgrade>,
+    /// Longest wait for all of them.
+    pub timeout: Duration,
+}
+
+/// How one planned upgrade ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The child.
+    pub child: String,
+    /// The version it reported before.
+    pub from: Option<String>,
+    /// The version in its terminal report.
+    pub to: Option<String>,
+    /// The result code of the terminal report (`None`: no terminal report).
+    pub result_code: Option<u16>,
+    /// Its description.
+    pub description: String,
+}
+
+impl Outcome {
+    fn succeeded(&self, target: &str) -> bool {
+        self.result_code == Some(0) && self.to.as_deref() == Some(target)
+    }
+}
+
+fn describe(r: &Received) -> Vec<String> {
+    match &r.events {
+        None => vec![format!(
+            "{}: not an IoTDA envelope: {}",
+            r.topic,
+            String::from_utf8_lossy(&r.payload)
+        )],
+        Some(events) => events
+            .iter()
+            .map(|inc| {
+                let who = inc.object_device_id.as_deref().unwrap_or("(gateway)");
+                match &inc.event {
+                    Event::ProgressReport(p) => format!(
+                        "{who:<24} upgrade_progress_report result {} progress {} version {} {}",
+                        p.result_code,
+                        p.progress.map_or("-".into(), |p| format!("{p}%")),
+                        p.version,
+                        p.description.as_deref().unwrap_or("")
+                    ),
+                    Event::VersionReport(v) => format!(
+                        "{who:<24} version_report fw {} sw {}",
+                        v.fw_version.as_deref().unwrap_or("-"),
+                        v.sw_version.as_deref().unwrap_or("-")
+                    ),
+                    other => format!("{who:<24} {other:?}"),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The last progress report of a child: result code, progress, version,
+/// description.
+type Last = (u16, Option<u8>, String, String);
+
+/// Prints a report and keeps what it says about versions and progress.
+fn absorb(r: &Received, from: &mut BTreeMap<String, String>, last: &mut BTreeMap<String, Last>) {
+    for line in describe(r) {
+        println!("  {line}");
+    }
+    for inc in r.events.iter().flatten() {
+        let Some(id) = inc.object_device_id.clone() else {
+            continue;
+        };
+        match &inc.event {
+            Event::VersionReport(v) => {
+                if let Some(v) = v.fw_version.clone().or(v.sw_version.clone()) {
+                    from.insert(id, v);
+                }
+            }
+            Event::ProgressReport(p) => {
+                last.insert(
+                    id,
+                    (
+                        p.result_code,
+                        p.progress,
+                        p.version.clone(),
+                        p.description.clone().unwrap_or_default(),
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs the simulated platform until the upgrades end (or, without any,
+/// until `shutdown`). Returns one outcome per planned upgrade.
+pub async fn run(
+    opts: IotdaOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Vec<Outcome>> {
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let broker = LocalBroker::start()?;
+    let pki = TestPki::new(&["localhost", "127.0.0.1"])?;
+    let edge = Edge::start_on(opts.listen, broker, Some(pki.server.clone())).await?;
+    edge.register(&opts.device_id, DeviceAuth::Secret(opts.secret.clone()));
+    let mut platform = SimPlatform::connect(broker).await?;
+    let server = PackageServer::start(&["127.0.0.1", "localhost"]).await?;
+
+    let iotda_ca = opts.out_dir.join("iotda-ca.pem");
+    let package_ca = opts.out_dir.join("package-ca.pem");
+    std::fs::write(&iotda_ca, &pki.ca_pem)?;
+    std::fs::write(&package_ca, server.ca_pem())?;
+    let fragment = format!(
+        "# Written by `otabridge sim iotda`: the simulated platform on this machine.\n\
+         # Add [state] and your [[child]] entries, then: otabridge run --config <file>\n\
+         [platform]\nurl = \"mqtts://localhost:{}\"\ndevice_id = {:?}\nsecret = {:?}\nca_file = {:?}\n\n\
+         [download]\nca_file = {:?}\n",
+        edge.addr().port(),
+        opts.device_id,
+        opts.secret,
+        iotda_ca.display().to_string(),
+        package_ca.display().to_string(),
+    );
+    let fragment_file = opts.out_dir.join("platform.toml");
+    std::fs::write(&fragment_file, &fragment)?;
+    println!(
+        "simulated IoTDA on mqtts://localhost:{} for gateway {}",
+        edge.addr().port(),
+        opts.device_id
+    );
+    println!("gateway configuration: {}", fragment_file.display());
+    println!("packages on https://{}", server.addr());
+
+    if opts.upgrades.is_empty() {
+        println!("no --upgrade given: printing what gateways report until Ctrl-C");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(Vec::new()),
+                r = platform.recv(Duration::from_secs(3600)) => {
+                    if let Some(r) = r {
+                        for line in describe(&r) {
+                            println!("  {line}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let deadline = Instant::now() + opts.timeout;
+    let mut from: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: BTreeMap<String, Last> = BTreeMap::new();
+    let terminal = |(code, progress, _, _): &Last| *code != 0 || *progress == Some(100);
+    // 1. Version queries until every child answered: the gateway is
+    // connected and subscribed, and the children are reachable.
+    println!(
+        "waiting for the gateway to connect and answer version queries for {} child(ren)",
+        opts.upgrades.len()
+    );
+    let mut next_query = Instant::now();
+    while opts.upgrades.iter().any(|u| !from.contains_key(&u.child)) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no version report from {} within {} s (is the gateway running with {} and are the children configured?)",
+            opts.upgrades
+                .iter()
+                .filter(|u| !from.contains_key(&u.child))
+                .map(|u| u.child.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            opts.timeout.as_secs(),
+            fragment_file.display()
+        );
+        if Instant::now() >= next_query {
+            for u in opts
+                .upgrades
+                .iter()
+                .filter(|u| !from.contains_key(&u.child))
+            {
+                platform
+                    .send(
+                        &opts.device_id,
+                        Some(&u.child),
+                        &Event::VersionQuery(VersionQuery::default()),
+                    )
+                    .await?;
+            }
+            next_query = Instant::now() + Duration::from_secs(3);
+        }
+        if let Some(r) = platform.recv(Duration::from_millis(500)).await {
+            absorb(&r, &mut from, &mut last);
+        }
+    }
+
+    // 2. One firmware_upgrade per child.
+    for (i, u) in opts.upgrades.iter().enumerate() {
+        let served = server.add(
+            &format!("pkg{}", i + 1),
+            Source::File(u.file.clone()),
+            Access::Bearer,
+        )?;
+        let up = Upgrade {
+            version: u.version.clone(),
+            url: served.url,
+            file_size: served.size,
+            file_name: u
+                .file
+                .file_name()
+                .map_or("firmware.bin".into(), |n| n.to_string_lossy().into_owned()),
+            access_token: Some(server.issue_token(Duration::from_secs(86_400))),
+            expires: Some(86_400),
+            sign: Some(served.sha256.clone()),
+            custom_info: None,
+            task_id: Some("sim-task-1".into()),
+            sub_device_count: Some(opts.upgrades.len() as u32),
+            task_ext_info: None,
+        };
+        println!(
+            "firmware_upgrade -> {}: {} ({} bytes, sha256 {}...) to {}",
+            u.child,
+            u.file.display(),
+            served.size,
+            &served.sha256[..16],
+            u.version
+        );
+        let ev = Event::Upgrade {
+            kind: UpgradeKind::Firmware,
+            v2: false,
+            upgrade: up,
+        };
+        platform.send(&opts.device_id, Some(&u.child), &ev).await?;
+    }
+
+    // 3. Reports until every child has a terminal one.
+    while Instant::now() < deadline
+        && !opts
+            .upgrades
+            .iter()
+            .all(|u| last.get(&u.child).is_some_and(terminal))
+    {
+        if let Some(r) = platform.recv(Duration::from_millis(500)).await {
+            absorb(&r, &mut from, &mut last);
+        }
+    }
+
+    let outcomes: Vec<Outcome> = opts
+        .upgrades
+        .iter()
+        .map(|u| {
+            let end = last.get(&u.child).filter(|l| terminal(l));
+            Outcome {
+                child: u.child.clone(),
+                from: from.get(&u.child).cloned(),
+                to: end.map(|e| e.2.clone()),
+                result_code: end.map(|e| e.0),
+                description: end.map_or_else(
+                    || format!("no terminal report within {} s", opts.timeout.as_secs()),
+                    |e| e.3.clone(),
+                ),
+            }
+        })
+        .collect();
+    println!();
+    println!(
+        "{:<24} {:<20} {:>6}  description",
+        "child", "from -> to", "result"
+    );
+    for (o, u) in outcomes.iter().zip(&opts.upgrades) {
+        println!(
+            "{:<24} {:<20} {:>6}  {}{}",
+            o.child,
+            format!(
+                "{} -> {}",
+                o.from.as_deref().unwrap_or("?"),
+                o.to.as_deref().unwrap_or("?")
+            ),
+            o.result_code.map_or("-".into(), |c| c.to_string()),
+            o.description,
+            if o.succeeded(&u.version) {
+                ""
+            } else {
+                "   << FAILED"
+            }
+        );
+    }
+    let ok = outcomes
+        .iter()
+        .zip(&opts.upgrades)
+        .filter(|(o, u)| o.succeeded(&u.version))
+        .count();
+    println!(
+        "\n{ok} of {} upgrade(s) succeeded; the package server answered {} request(s)",
+        outcomes.len(),
+        server.requests().len()
+    );
+    Ok(outcomes)
+}
+
+/// Whether every outcome is a success on its planned version.
+pub fn all_succeeded(outcomes: &[Outcome], upgrades: &[PlannedUpgrade]) -> bool {
+    outcomes.len() == upgrades.len()
+        && outcomes
+            .iter()
+            .zip(upgrades)
+            .all(|(o, u)| o.succeeded(&u.version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planned_upgrades_parse() {
+        let u: PlannedUpgrade = "node-1=/tmp/fw@v2.0.0.bin@V2.0".parse().unwrap();
+        assert_eq!(u.child, "node-1");
+        assert_eq!(u.file, PathBuf::from("/tmp/fw@v2.0.0.bin"));
+        assert_eq!(u.version, "V2.0");
+        for bad in ["node", "node=file", "=f@1", "n=@1", "n=f@"] {
+            assert!(bad.parse::<PlannedUpgrade>().is_err(), "{bad}");
+        }
+    }
+}
