@@ -114,7 +114,7 @@ fn the_packaged_man_pages_are_current() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let packaged = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/man");
+    let packaged = manifest_dir().join("packaging/man");
     let names = |d: &std::path::Path| {
         let mut v: Vec<String> = std::fs::read_dir(d)
             .unwrap()
@@ -142,4 +142,13 @@ fn the_packaged_man_pages_are_current() {
             "{section}"
         );
     }
+}
+
+/// The package directory, read when the test runs: cargo sets it for every
+/// test process. The compile-time value can name another checkout when a
+/// build cache is shared between clones (CI), so it is only the fallback.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

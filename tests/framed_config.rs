@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 /// The integrator's own profile kept beside its fixture transcript: CRC-8,
 /// 32-byte chunks, no offset query.
 fn user_profile_text() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &manifest_dir();
     std::fs::read_to_string(root.join("fixtures/framed/profiles/tiny-crc8.toml")).unwrap()
 }
 
@@ -220,4 +220,13 @@ async fn the_simulator_command_checks_its_profile_and_prints_its_pty() {
     sim.kill().unwrap();
     sim.wait().unwrap();
     assert_eq!(version.unwrap(), "4.2", "{path}");
+}
+
+/// The package directory, read when the test runs: cargo sets it for every
+/// test process. The compile-time value can name another checkout when a
+/// build cache is shared between clones (CI), so it is only the fallback.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

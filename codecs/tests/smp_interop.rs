@@ -179,7 +179,7 @@ fn python_smp_reads_our_frames_and_we_read_its_frames() {
     let input = json!({
         "frames": frames.iter().map(|(n, m)| (n.to_string(), json!(hex(&serial::encode(m, serial::MAX_LINE))))).collect::<serde_json::Map<_, _>>()
     });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/smp_interop.py");
+    let script = manifest_dir().join("tests/python/smp_interop.py");
     let mut child = Command::new(python())
         .arg(&script)
         .stdin(Stdio::piped())
@@ -296,4 +296,13 @@ fn python_smp_reads_our_frames_and_we_read_its_frames() {
         message::upload_response(&body("err_v1")),
         Ok(Err(SmpErr::Legacy { rc: 8 }))
     );
+}
+
+/// The package directory, read when the test runs: cargo sets it for every
+/// test process. The compile-time value can name another checkout when a
+/// build cache is shared between clones (CI), so it is only the fallback.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
