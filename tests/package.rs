@@ -830,3 +830,111 @@ async fn the_download_command_exits_with_the_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_and_resumes_start_at_the_package_url() {
+    let env = Env::new().await;
+    let size = MIB + 3;
+    let s = env.add("real", size, Access::Bearer);
+    // Absolute, then a relative reference (resolved against /packages/hop).
+    let hop = env.server.add_redirect("hop", 307, "real");
+    let first = env.server.add_redirect("first", 302, &hop);
+    env.server.set_faults(Faults {
+        cut_at: [size / 2].into_iter().collect(),
+        ..Faults::default()
+    });
+    let token = env.server.issue_token(Duration::from_secs(600));
+    let mut req = request(&s, Some(&token));
+    req.url = first;
+    let p = env.store().acquire("j", &req).ready().await.unwrap();
+    assert_eq!(sha256_file(&p.path), s.sha256);
+    let seen: Vec<(String, u16, Option<u64>, bool)> = env
+        .server
+        .requests()
+        .into_iter()
+        .map(|r| (r.package, r.status, r.range_start, r.authorized))
+        .collect();
+    let t = true;
+    assert_eq!(
+        seen,
+        vec![
+            ("first".into(), 302, None, t),
+            ("hop".into(), 307, None, t),
+            ("real".into(), 200, None, t),
+            // The cut: the next attempt starts at the package URL again,
+            // with Range, and the token still goes along (same origin).
+            ("first".into(), 302, Some(size / 2), t),
+            ("hop".into(), 307, Some(size / 2), t),
+            ("real".into(), 206, Some(size / 2), t),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_does_not_follow_a_redirect_to_another_origin() {
+    let env = Env::new().await;
+    let cdn = PackageServer::start(&["127.0.0.1"]).await.unwrap();
+    // One trust file for both servers.
+    std::fs::write(&env.ca, format!("{}{}", env.server.ca_pem(), cdn.ca_pem())).unwrap();
+    let s = cdn
+        .add(
+            "signed",
+            Source::Generated {
+                len: 300_000,
+                seed: 9,
+            },
+            Access::Open,
+        )
+        .unwrap();
+    let url = env.server.add_redirect("p1", 302, &s.url);
+    let token = env.server.issue_token(Duration::from_secs(600));
+    let mut req = request(&s, Some(&token));
+    req.url = url;
+    let p = env.store().acquire("j", &req).ready().await.unwrap();
+    assert_eq!(sha256_file(&p.path), s.sha256);
+    assert!(env.server.requests()[0].authorized);
+    let at_cdn = cdn.requests();
+    assert_eq!(at_cdn.len(), 1);
+    assert!(
+        !at_cdn[0].authorized,
+        "the Bearer token leaked to another origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_downgrades_and_bad_locations_are_refused_with_code_6() {
+    let env = Env::new().await;
+    let s = env.add("p1", 100_000, Access::Open);
+    let a = env.server.url("a");
+    let b = env.server.add_redirect("b", 301, &a);
+    env.server.add_redirect("a", 308, &b);
+    let mut req = request(&s, None);
+    req.url = a;
+    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    assert!(matches!(e, DownloadError::Redirect(_)), "{e}");
+    assert!(e.to_string().contains("more than 5 redirects"), "{e}");
+    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    // 1 request + 5 followed redirects, then it stops.
+    assert_eq!(env.server.requests().len(), 6);
+
+    let plain = PackageServer::start_plain().await.unwrap();
+    let target = plain
+        .add("p1", Source::Generated { len: 10, seed: 1 }, Access::Open)
+        .unwrap();
+    for (id, location, why) in [
+        ("down", target.url.as_str(), "http:// is refused"),
+        ("nowhere", "ftp://example.invalid/fw.bin", "only https://"),
+    ] {
+        let mut req = request(&s, None);
+        req.url = env.server.add_redirect(id, 302, location);
+        let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+        assert!(
+            matches!(e, DownloadError::Redirect(_)),
+            "{e} {:?}",
+            env.server.requests()
+        );
+        assert!(e.to_string().contains(why), "{e}");
+        assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    }
+    assert!(plain.requests().is_empty());
+}

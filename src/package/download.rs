@@ -237,6 +237,10 @@ impl Part {
 }
 
 /// How one attempt ended.
+/// Redirects followed in one attempt before giving up (curl's default is 50,
+/// browsers about 20; a package URL needs one or two).
+const MAX_REDIRECTS: u32 = 5;
+
 enum End {
     /// Every byte is here.
     Complete,
@@ -483,16 +487,18 @@ impl Ctx<'_> {
         }
     }
 
-    fn headers(&self, part: &Part) -> HeaderMap {
+    /// The request headers for `target`; the token only goes to the
+    /// package URL's own origin.
+    fn headers(&self, part: &Part, target: &Target, with_token: bool) -> HeaderMap {
         let mut h = HeaderMap::new();
-        if let Ok(v) = HeaderValue::from_str(&self.target.authority) {
+        if let Ok(v) = HeaderValue::from_str(&target.authority) {
             h.insert(HOST, v);
         }
         h.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("otabridge/", env!("CARGO_PKG_VERSION"))),
         );
-        if let Some(t) = &self.job.req.token {
+        if let Some(t) = self.job.req.token.as_ref().filter(|_| with_token) {
             // iotda.md §4.7: v1 packages need `Authorization: Bearer <access_token>`.
             if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
                 v.set_sensitive(true);
@@ -518,15 +524,47 @@ impl Ctx<'_> {
     /// failure.
     async fn attempt(&mut self, part: &mut Part) -> Result<End, DownloadError> {
         let job = self.job;
-        let headers = self.headers(part);
-        debug!(target = ?self.target, from = part.written, "GET");
         if part.written > 0 {
             job.opts.metrics.resumed(crate::metrics::Resume::Download);
         }
-        let mut exchange = match job.client.get(&self.target, headers).await {
-            Ok(x) => x,
-            Err(FetchError::Transient(why)) => return Ok(End::Retry(why)),
-            Err(FetchError::Certificate(why)) => return Err(DownloadError::Certificate(why)),
+        // Every attempt starts at the package URL: a redirect target (a
+        // CDN's pre-signed URL) may have expired by the next attempt.
+        let mut target = self.target.clone();
+        let mut with_token = true;
+        let mut hops = 0;
+        let mut exchange = loop {
+            let headers = self.headers(part, &target, with_token);
+            debug!(?target, from = part.written, "GET");
+            let x = match job.client.get(&target, headers).await {
+                Ok(x) => x,
+                Err(FetchError::Transient(why)) => return Ok(End::Retry(why)),
+                Err(FetchError::Certificate(why)) => return Err(DownloadError::Certificate(why)),
+            };
+            let status = x.response.status().as_u16();
+            if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                break x;
+            }
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Err(DownloadError::Redirect(format!(
+                    "more than {MAX_REDIRECTS} redirects"
+                )));
+            }
+            let location = x
+                .response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    DownloadError::Redirect(format!("HTTP {status} without a Location"))
+                })?;
+            let next = target
+                .resolve(location, job.cfg.allow_http)
+                .map_err(|e| DownloadError::Redirect(format!("HTTP {status} to {e}")))?;
+            // Like curl and browsers: the token is not sent to another origin.
+            with_token &= next.same_origin(&self.target);
+            info!(key = %job.key, status, from = ?target, to = ?next, "package URL redirected");
+            target = next;
         };
         let response = &mut exchange.response;
         let status = response.status().as_u16();

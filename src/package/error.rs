@@ -71,6 +71,11 @@ pub enum DownloadError {
         /// The status code.
         status: u16,
     },
+    /// A redirect the downloader will not follow: too many hops, no
+    /// `Location`, or a target that is not an acceptable package URL (an
+    /// `http://` target without `download.allow_http`).
+    #[error("redirect refused: {0}")]
+    Redirect(String),
     /// The deadline (24 h after the event, or the token's expiry) passed while
     /// the download kept failing; the last failure is kept.
     #[error("download deadline passed after {attempts} attempts; last failure: {last}")]
@@ -109,6 +114,7 @@ impl DownloadError {
             DownloadError::TokenRejected { .. }
             | DownloadError::Certificate(_)
             | DownloadError::HttpStatus { .. }
+            | DownloadError::Redirect(_)
             | DownloadError::Timeout { .. } => result::DOWNLOAD_TIMEOUT,
             DownloadError::InvalidUrl(_)
             | DownloadError::InvalidSign(_)
@@ -141,7 +147,9 @@ impl DownloadError {
             DownloadError::InvalidUrl(_) | DownloadError::InvalidSign(_) => {
                 result::DESC_INVALID_URI.to_owned()
             }
-            DownloadError::Certificate(_) => format!("{}: {self}", result::DESC_CONNECTION_LOST),
+            DownloadError::Certificate(_) | DownloadError::Redirect(_) => {
+                format!("{}: {self}", result::DESC_CONNECTION_LOST)
+            }
             DownloadError::Tls(_) | DownloadError::Store(_) | DownloadError::Cancelled => {
                 self.to_string()
             }

@@ -93,6 +93,49 @@ pub(crate) fn parse_url(url: &str, allow_http: bool) -> Result<Target, DownloadE
     })
 }
 
+impl Target {
+    /// Same scheme, host and port: credentials may follow a redirect only
+    /// within one origin.
+    pub(crate) fn same_origin(&self, other: &Target) -> bool {
+        self.https == other.https
+            && self.host.eq_ignore_ascii_case(&other.host)
+            && self.port == other.port
+    }
+
+    /// Resolves a redirect's `Location` against this target (RFC 9110
+    /// §10.2.2: absolute, scheme-relative, absolute-path or relative-path
+    /// references), then checks it as a package URL.
+    pub(crate) fn resolve(
+        &self,
+        location: &str,
+        allow_http: bool,
+    ) -> Result<Target, DownloadError> {
+        let scheme = if self.https { "https" } else { "http" };
+        let location = location.trim();
+        // A reference with a scheme (RFC 3986 §3.1) is absolute, whichever
+        // scheme it is: parse_url refuses the ones we do not fetch.
+        let has_scheme = location.split_once(':').is_some_and(|(scheme, _)| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+        let absolute = if has_scheme {
+            location.to_owned()
+        } else if let Some(rest) = location.strip_prefix("//") {
+            format!("{scheme}://{rest}")
+        } else if location.starts_with('/') {
+            format!("{scheme}://{}{location}", self.authority)
+        } else {
+            let path = self.path_and_query.split('?').next().unwrap_or("/");
+            let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+            let dir = if dir.is_empty() { "/" } else { dir };
+            format!("{scheme}://{}{dir}{location}", self.authority)
+        };
+        parse_url(&absolute, allow_http)
+    }
+}
+
 /// A stream hyper can drive: TCP or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -233,6 +276,25 @@ impl HttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_locations_resolve_like_a_browser() {
+        let base = parse_url("https://h.example:8443/a/b/pkg?sig=1", false).unwrap();
+        let r = |loc: &str| {
+            base.resolve(loc, false)
+                .map(|t| format!("{}:{}{}", t.host, t.port, t.path_and_query))
+        };
+        assert_eq!(r("https://cdn.example/x?y").unwrap(), "cdn.example:443/x?y");
+        assert_eq!(r("//cdn.example/x").unwrap(), "cdn.example:443/x");
+        assert_eq!(r("/top").unwrap(), "h.example:8443/top");
+        assert_eq!(r("sib?q=2").unwrap(), "h.example:8443/a/b/sib?q=2");
+        assert!(r("http://cdn.example/x").is_err(), "downgrade");
+        assert!(r("ftp://cdn.example/x").is_err());
+        let other = parse_url("https://H.EXAMPLE:8443/z", false).unwrap();
+        assert!(base.same_origin(&other));
+        let port = parse_url("https://h.example/z", false).unwrap();
+        assert!(!base.same_origin(&port));
+    }
 
     #[test]
     fn urls_are_checked() {

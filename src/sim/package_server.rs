@@ -95,6 +95,8 @@ pub struct RequestLog {
     pub status: u16,
     /// Body bytes sent.
     pub bytes: u64,
+    /// Whether the request carried an `Authorization` header.
+    pub authorized: bool,
 }
 
 /// A package the server holds.
@@ -119,6 +121,8 @@ struct Pkg {
 #[derive(Debug, Default)]
 struct State {
     packages: HashMap<String, Pkg>,
+    /// Package ids answered with a redirect: (status, Location).
+    redirects: HashMap<String, (u16, String)>,
     tokens: HashMap<String, Instant>,
     faults: Faults,
     log: Vec<RequestLog>,
@@ -295,6 +299,18 @@ impl PackageServer {
         })
     }
 
+    /// Answers requests for package `id` with `status` (301, 302, 303, 307
+    /// or 308) and `Location: location`, as a CDN front or an object store
+    /// does; returns the URL that redirects.
+    pub fn add_redirect(&self, id: &str, status: u16, location: &str) -> String {
+        self.state
+            .lock()
+            .unwrap()
+            .redirects
+            .insert(id.to_owned(), (status, location.to_owned()));
+        self.url(id)
+    }
+
     /// The IoTDA v1 URL of package `id`.
     pub fn url(&self, id: &str) -> String {
         format!(
@@ -398,6 +414,11 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Option<He
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         206 => "Partial Content",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -427,7 +448,19 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         if_range: head.if_range.clone(),
         status: 0,
         bytes: 0,
+        authorized: head.authorization.is_some(),
     };
+    let redirect = state.lock().unwrap().redirects.get(&id).cloned();
+    if let Some((status, location)) = redirect {
+        log.status = status;
+        state.lock().unwrap().log.push(log);
+        let msg = format!(
+            "HTTP/1.1 {status} {}\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            reason(status)
+        );
+        s.write_all(msg.as_bytes()).await?;
+        return s.shutdown().await;
+    }
     // Decide the answer under the lock, then serve without it.
     let plan = {
         let st = state.lock().unwrap();
