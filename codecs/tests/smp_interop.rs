@@ -15,7 +15,6 @@ use otabridge_codecs::smp::SmpErr;
 use otabridge_codecs::time::Instant;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 fn python() -> String {
