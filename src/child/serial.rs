@@ -12,7 +12,9 @@
 //! starts with the off-0 chunk carrying the same `len` and `sha`; a device
 //! that kept the session answers the offset it holds and the transfer
 //! continues there, so `resume_from` is only compared with what the device
-//! says. Activation runs the activation engine: test, reset, wait through
+//! says. Up to `window` upload requests are on the line at once
+//! (`codecs/src/smp/upload.rs`, docs/serial.md "Pipelining"); every request
+//! sent again is counted for [`Child::chunk_retries`]. Activation runs the activation engine: test, reset, wait through
 //! the reboot, read the state back (success only when the active version
 //! equals the target), confirm.
 //!
