@@ -212,7 +212,11 @@ fn run(up: &mut Upload, dev: &mut SimDevice, img: &[u8], s: &Setup, start: Insta
 }
 
 fn upload(img: &[u8], window: usize, setup: &Setup) -> (Outcome, SimDevice) {
-    let mut dev = SimDevice::new(SimConfig::default());
+    upload_to(img, window, setup, SimConfig::default())
+}
+
+fn upload_to(img: &[u8], window: usize, setup: &Setup, device: SimConfig) -> (Outcome, SimDevice) {
+    let mut dev = SimDevice::new(device);
     let cfg = UploadConfig {
         window,
         timeout: Duration::from_millis(500),
@@ -407,4 +411,38 @@ fn run_until(up: &mut Upload, dev: &mut SimDevice, img: &[u8], requests: usize) 
     }
     out.end = now;
     out
+}
+
+/// Line-filling chunk sizes never exceed the device's buffer (the
+/// simulated device drops longer messages unanswered, which would stall the
+/// upload) and never cost more bytes on the wire than filling the buffer.
+#[test]
+fn line_filling_chunks_fit_every_buffer_size() {
+    let img = image(9_000, 6);
+    for buf_size in [128u64, 200, 256, 384, 500, 512, 777, 1024, 2048, 4096] {
+        let device = SimConfig {
+            buf_size,
+            ..SimConfig::default()
+        };
+        let (filled, _) = upload_to(&img, 2, &Setup::default(), device.clone());
+        assert!(done(&filled), "{buf_size}: {:?}", filled.events.last());
+        assert_eq!((filled.overruns, filled.retries), (0, 0), "{buf_size}");
+        // The same upload filling every message to buf_size - 4.
+        let mut dev = SimDevice::new(device);
+        let cfg = UploadConfig {
+            fill_lines: false,
+            window: 2,
+            ..UploadConfig::default()
+        };
+        let sha: [u8; 32] = Sha256::digest(&img).into();
+        let mut up = Upload::new(cfg, img.len() as u64, sha, Instant::ZERO);
+        let full = run(&mut up, &mut dev, &img, &Setup::default(), Instant::ZERO);
+        assert!(done(&full), "{buf_size}");
+        assert!(
+            filled.written <= full.written,
+            "{buf_size}: {} > {}",
+            filled.written,
+            full.written
+        );
+    }
 }
