@@ -446,3 +446,52 @@ fn line_filling_chunks_fit_every_buffer_size() {
         );
     }
 }
+
+/// A device whose `off` never advances past 100, with a window of 4: each
+/// non-advancing answer is a rewind and counts toward the retries; the
+/// upload fails as stalled after `retries` of them, it does not loop.
+#[test]
+fn an_off_that_never_advances_fails_as_stalled() {
+    use otabridge_codecs::smp::header::{build_message, split_message, Op};
+    use otabridge_codecs::smp::message::{encode_upload_response, UploadResponse};
+    let img = image(6_000, 7);
+    let cfg = UploadConfig {
+        window: 4,
+        read_params: false,
+        retries: 3,
+        ..UploadConfig::default()
+    };
+    let sha: [u8; 32] = Sha256::digest(&img).into();
+    let mut up = Upload::new(cfg, img.len() as u64, sha, Instant::ZERO);
+    let mut events = vec![];
+    for _ in 0..100 {
+        while let Some(r) = up.poll_read() {
+            let a = r.offset as usize;
+            up.handle_data(r.offset, &img[a..a + r.len], Instant::ZERO);
+        }
+        let sent: Vec<Vec<u8>> = std::iter::from_fn(|| up.poll_transmit()).collect();
+        for req in sent {
+            let (h, _) = split_message(&req).unwrap();
+            let body = encode_upload_response(UploadResponse {
+                off: 100,
+                matched: None,
+            });
+            let rsp = build_message(Op::WriteRsp, h.version, h.group, h.seq, h.id, &body);
+            up.handle_message(&rsp, Instant::ZERO);
+        }
+        events.extend(std::iter::from_fn(|| up.poll_event()));
+        if up.is_finished() {
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            events.last(),
+            Some(UploadEvent::Failed(UploadError::Stalled { off: 100 }))
+        ),
+        "{events:?}"
+    );
+    // The bytes at 100 went out in the first chunk, then in the chunk at
+    // 100 once per answer until the fourth non-advancing one: 4 resends.
+    assert_eq!(up.retries(), 4);
+}
