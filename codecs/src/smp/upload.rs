@@ -370,7 +370,7 @@ impl Upload {
     /// A message from the device (header + CBOR, already unframed).
     /// Messages that answer no request on the line are ignored: stale
     /// answers to chunks abandoned by a rewind, duplicates, other traffic.
-    pub fn handle_message(&mut self, msg: &[u8], now: Instant) {
+    pub fn handle_message(&mut self, msg: &[u8], _now: Instant) {
         match self.phase {
             Phase::Params => {
                 let Some(body) = self.exchange.handle_message(msg) else {
@@ -393,7 +393,7 @@ impl Upload {
                     return;
                 }
                 if let Some(i) = self.inflight.iter().position(|f| f.seq == h.seq) {
-                    self.on_upload_answer(i, body, now);
+                    self.on_upload_answer(i, body);
                 }
             }
             Phase::Finished => {}
@@ -618,7 +618,7 @@ impl Upload {
         Ok(best)
     }
 
-    fn on_upload_answer(&mut self, i: usize, body: &[u8], _now: Instant) {
+    fn on_upload_answer(&mut self, i: usize, body: &[u8]) {
         let (sent_off, sent_len) = (self.inflight[i].off, self.inflight[i].len);
         let r = match message::upload_response(body) {
             Err(e) => return self.fail(UploadError::Malformed(e)),
