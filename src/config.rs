@@ -264,6 +264,7 @@ struct RawChild {
     timeout_ms: Option<u64>,
     first_timeout_ms: Option<u64>,
     retries: Option<u32>,
+    window: Option<u32>,
     reboot_wait_ms: Option<u64>,
     reboot_timeout_ms: Option<u64>,
 }
@@ -537,6 +538,11 @@ pub struct SerialOptions {
     pub first_timeout: Duration,
     /// `retries`: extra attempts per request (default 4).
     pub retries: u32,
+    /// `window`: most upload requests on the line at once (default
+    /// [`DEFAULT_WINDOW`]; 1 is lock-step). The upload starts with one,
+    /// grows by one per in-order answer, and falls back to one for the rest
+    /// of the upload after any loss (docs/serial.md, "Pipelining").
+    pub window: usize,
     /// `reboot_wait_ms`: silence after the reset before asking (default 5000).
     pub reboot_wait: Duration,
     /// `reboot_timeout_ms`: how long to keep asking after the reset for the
@@ -553,11 +559,24 @@ impl Default for SerialOptions {
             timeout: Duration::from_millis(2500),
             first_timeout: Duration::from_secs(40),
             retries: 4,
+            window: DEFAULT_WINDOW,
             reboot_wait: Duration::from_secs(5),
             reboot_timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// Default `window`: two requests on the line. Zephyr's UART transport has
+/// two receive line buffers by default (`CONFIG_UART_MCUMGR_RX_BUF_COUNT`)
+/// and answers each request before reading the next, so a second request
+/// waits in them while the first is written to flash; two is also enough to
+/// keep a 115200-baud line busy (the next request is already on the wire
+/// when an answer comes). Devices that cannot keep up (MCUboot's serial
+/// recovery, slow flash) lose a request once; the upload then goes on one
+/// request at a time.
+pub const DEFAULT_WINDOW: usize = 2;
+/// Largest `window` accepted (Go newtmgr's default `-w` is 5).
+pub const MAX_WINDOW: u32 = 8;
 
 /// Smallest `buf_size` accepted: the first chunk (about 90 bytes of header
 /// and CBOR) must still carry the 32-byte MCUboot header.
@@ -1010,6 +1029,7 @@ fn forbid_serial_keys(
     forbid(c.timeout_ms.is_some(), "timeout_ms")?;
     forbid(c.first_timeout_ms.is_some(), "first_timeout_ms")?;
     forbid(c.retries.is_some(), "retries")?;
+    forbid(c.window.is_some(), "window")?;
     forbid(c.reboot_wait_ms.is_some(), "reboot_wait_ms")?;
     forbid(c.reboot_timeout_ms.is_some(), "reboot_timeout_ms")
 }
@@ -1028,6 +1048,7 @@ fn forbid_smp_keys(
         (c.timeout_ms.is_some(), "timeout_ms"),
         (c.first_timeout_ms.is_some(), "first_timeout_ms"),
         (c.retries.is_some(), "retries"),
+        (c.window.is_some(), "window"),
         (c.reboot_wait_ms.is_some(), "reboot_wait_ms"),
         (c.reboot_timeout_ms.is_some(), "reboot_timeout_ms"),
     ];
@@ -1096,6 +1117,16 @@ fn serial_options(
         Some(r) if r <= 100 => r,
         Some(r) => return Err(invalid(&k("retries"), format!("{r} is above 100"))),
     };
+    let window = match c.window {
+        None => d.window,
+        Some(w) if (1..=MAX_WINDOW).contains(&w) => w as usize,
+        Some(w) => {
+            return Err(invalid(
+                &k("window"),
+                format!("{w} is outside 1..={MAX_WINDOW}"),
+            ))
+        }
+    };
     Ok(SerialOptions {
         framing,
         version_compare,
@@ -1103,6 +1134,7 @@ fn serial_options(
         timeout,
         first_timeout,
         retries,
+        window,
         reboot_wait,
         reboot_timeout,
     })
@@ -1196,7 +1228,7 @@ protocol = "framed:acme-rs485"
         let text = GOOD.replace(
             "protocol = \"framed:acme-rs485\"",
             "protocol = \"smp\"\nframing = \"7e2\"\nversion_compare = \"exact\"\n\
-             buf_size = 2048\ntimeout_ms = 300\nfirst_timeout_ms = 9000\nretries = 2\n\
+             buf_size = 2048\ntimeout_ms = 300\nfirst_timeout_ms = 9000\nretries = 2\nwindow = 3\n\
              reboot_wait_ms = 100\nreboot_timeout_ms = 20000",
         );
         let c = parse(&text).unwrap();
@@ -1220,6 +1252,7 @@ protocol = "framed:acme-rs485"
                 timeout: Duration::from_millis(300),
                 first_timeout: Duration::from_secs(9),
                 retries: 2,
+                window: 3,
                 reboot_wait: Duration::from_millis(100),
                 reboot_timeout: Duration::from_secs(20),
             }
@@ -1246,6 +1279,8 @@ protocol = "framed:acme-rs485"
             ("timeout_ms = 0", "child[1].timeout_ms"),
             ("first_timeout_ms = 3600001", "child[1].first_timeout_ms"),
             ("retries = 101", "child[1].retries"),
+            ("window = 0", "child[1].window"),
+            ("window = 9", "child[1].window"),
             ("reboot_wait_ms = 0", "child[1].reboot_wait_ms"),
             ("reboot_timeout_ms = 0", "child[1].reboot_timeout_ms"),
         ];

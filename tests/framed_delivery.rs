@@ -96,6 +96,8 @@ async fn deliver_and_activate_through_faults(name: &str, size: usize, faults: &s
 
     c.activate(&pkg).await.unwrap();
     assert_eq!(c.read_version().await.unwrap(), "2.0.0", "{name}");
+    // Lost and damaged frames were sent again, and the metric saw it.
+    assert!(c.chunk_retries() > 0, "{name}");
     sim.inspect(|s| {
         let d = s.device();
         assert_eq!(d.installed(), Some(&img[..]), "{name}");
@@ -122,6 +124,21 @@ async fn nordlys_delivers_and_activates_through_faults() {
     // 40 chunks of 1 KiB.
     let faults = "drop=0.06,crc=0.06,noise=0.2,reboot-at=20000";
     deliver_and_activate_through_faults("nordlys-uart", 40_000, faults, 4).await;
+}
+
+/// On a clean line nothing is sent twice: the retry metric stays at 0.
+#[tokio::test]
+async fn a_clean_line_has_no_retries() {
+    for name in PROFILES {
+        let dir = tempfile::tempdir().unwrap();
+        let p = profile(name);
+        let img = image(6_000, 40);
+        let pkg = package(dir.path(), &img, "2.0.0");
+        let sim = sim(&p, "", 7);
+        let c = driver("node", &sim, &p);
+        c.deliver(&pkg, 0, &|_| {}).await.unwrap();
+        assert_eq!(c.chunk_retries(), 0, "{name}");
+    }
 }
 
 /// A gateway killed mid-transfer: a new driver (a new process's) continues

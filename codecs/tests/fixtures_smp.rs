@@ -196,7 +196,12 @@ fn smp_version(v: &toml::Value, key: &str) -> Result<SmpVersion> {
 }
 
 fn upload_config(t: Option<&toml::Table>) -> Result<UploadConfig> {
-    let mut c = UploadConfig::default();
+    // The transcripts were encoded by Python smp, which fills every chunk
+    // to buf_size - 4; `fill_lines = true` gives the engine's own sizing.
+    let mut c = UploadConfig {
+        fill_lines: false,
+        ..UploadConfig::default()
+    };
     for (k, v) in t.into_iter().flatten() {
         match k.as_str() {
             "version" => c.version = smp_version(v, k)?,
@@ -210,6 +215,8 @@ fn upload_config(t: Option<&toml::Table>) -> Result<UploadConfig> {
             "retries" => c.retries = u32::try_from(int(v, k)?)?,
             "max_restarts" => c.max_restarts = u32::try_from(int(v, k)?)?,
             "first_seq" => c.first_seq = u8::try_from(int(v, k)?)?,
+            "window" => c.window = usize::try_from(int(v, k)?)?,
+            "fill_lines" => c.fill_lines = boolean(v, k)?,
             other => return Err(format!("unknown upload config key {other:?}").into()),
         }
     }
@@ -273,6 +280,7 @@ fn upload_name(e: &UploadEvent) -> String {
         }
         UploadEvent::Resumed { off } => format!("resumed {off}"),
         UploadEvent::Restarted => "restarted".into(),
+        UploadEvent::WindowFallback { off } => format!("window fallback {off}"),
         UploadEvent::Progress { acked, len } => format!("progress {acked}/{len}"),
         UploadEvent::Done { matched: None } => "done".into(),
         UploadEvent::Done { matched: Some(m) } => format!("done match={m}"),
@@ -308,6 +316,8 @@ fn activate_name(e: &ActivateEvent) -> String {
     }
 }
 
+// One engine per fixture run: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Engine {
     Upload(Upload, Vec<u8>),
     Activate(Activate),

@@ -53,6 +53,8 @@ pub struct FramedChild {
     device_id: String,
     port: Arc<SharedPort>,
     profile: Arc<Profile>,
+    /// Frames sent again over every operation ([`Child::chunk_retries`]).
+    retries: AtomicU64,
     /// Seeds engines: each operation gets its own first sequence number and
     /// jitter, so a late reply to an abandoned operation does not match.
     runs: AtomicU64,
@@ -80,6 +82,7 @@ impl FramedChild {
             port: SharedPort::get(path, LineSettings { baud, framing }),
             profile,
             runs: AtomicU64::new(id_hash),
+            retries: AtomicU64::new(0),
             digest: std::sync::Mutex::new(None),
         }
     }
@@ -92,6 +95,12 @@ impl FramedChild {
     /// The profile it speaks.
     pub fn profile(&self) -> &Arc<Profile> {
         &self.profile
+    }
+
+    /// Adds an ended operation's retransmissions to the counter.
+    fn count_retries(&self, engine: &Engine) {
+        let n = engine.stats().retransmissions;
+        self.retries.fetch_add(n, Ordering::Relaxed);
     }
 
     fn seed(&self) -> u64 {
@@ -202,6 +211,10 @@ impl Child for FramedChild {
         "serial"
     }
 
+    fn chunk_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
             let mut link = self.port.lock().await.map_err(|e| self.port_error(e))?;
@@ -211,8 +224,9 @@ impl Child for FramedChild {
             let ended = drive(&mut link, clock, &mut engine, None, |_| {
                 ControlFlow::Continue(())
             })
-            .await
-            .map_err(|e| self.drive_error(e))?;
+            .await;
+            self.count_retries(&engine);
+            let ended = ended.map_err(|e| self.drive_error(e))?;
             match ended {
                 Ended::Finished {
                     outcome: Outcome::Version { version },
@@ -264,8 +278,9 @@ impl Child for FramedChild {
                 }
                 ControlFlow::Continue(())
             })
-            .await
-            .map_err(|e| self.drive_error(e))?;
+            .await;
+            self.count_retries(&engine);
+            let ended = ended.map_err(|e| self.drive_error(e))?;
             match ended {
                 Ended::Stopped => {
                     info!(child = %id, size = package.size, "delivered and verified");
@@ -306,8 +321,9 @@ impl Child for FramedChild {
                 }
                 ControlFlow::Continue(())
             })
-            .await
-            .map_err(|e| self.drive_error(e))?;
+            .await;
+            self.count_retries(&engine);
+            let ended = ended.map_err(|e| self.drive_error(e))?;
             match ended {
                 Ended::Finished {
                     outcome: Outcome::Upgraded { version },

@@ -12,7 +12,9 @@
 //! starts with the off-0 chunk carrying the same `len` and `sha`; a device
 //! that kept the session answers the offset it holds and the transfer
 //! continues there, so `resume_from` is only compared with what the device
-//! says. Activation runs the activation engine: test, reset, wait through
+//! says. Up to `window` upload requests are on the line at once
+//! (`codecs/src/smp/upload.rs`, docs/serial.md "Pipelining"); every request
+//! sent again is counted for [`Child::chunk_retries`]. Activation runs the activation engine: test, reset, wait through
 //! the reboot, read the state back (success only when the active version
 //! equals the target), confirm.
 //!
@@ -28,6 +30,7 @@ pub mod port;
 pub mod state;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
@@ -52,6 +55,8 @@ pub struct DeliveryReport {
     pub buf_size: usize,
     /// Times the device restarted the upload (`off: 0` mid-transfer).
     pub restarts: u32,
+    /// Where the upload fell back to one request at a time, if it did.
+    pub fallback_at: Option<u64>,
     /// Bytes on the line.
     pub line: LineStats,
 }
@@ -62,6 +67,8 @@ pub struct SerialChild {
     device_id: String,
     port: Arc<SharedPort>,
     options: SerialOptions,
+    /// Requests sent again, over every operation ([`Child::chunk_retries`]).
+    retries: AtomicU64,
 }
 
 impl SerialChild {
@@ -76,6 +83,7 @@ impl SerialChild {
             device_id: device_id.to_owned(),
             port: SharedPort::get(path, line),
             options,
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +100,7 @@ impl SerialChild {
             params_timeout: o.timeout,
             retries: o.retries,
             first_seq,
+            window: o.window,
             ..UploadConfig::default()
         };
         if let Some(b) = o.buf_size {
@@ -165,6 +174,10 @@ impl SerialChild {
                     warn!(child = %self.device_id, "device restarted the upload (off 0)");
                     report.restarts += 1;
                 }
+                UploadEvent::WindowFallback { off } => {
+                    info!(child = %self.device_id, off, "a request was lost; one at a time from here");
+                    report.fallback_at = Some(off);
+                }
                 UploadEvent::Progress { acked, .. } => {
                     report.acked = acked;
                     progress(acked);
@@ -177,6 +190,7 @@ impl SerialChild {
             },
         )
         .await;
+        self.retries.fetch_add(line.resent, Ordering::Relaxed);
         report.line = line;
         r.map_err(|e| self.drive_error(e))?;
         if resume_from > 0 && report.resumed_at.is_none() {
@@ -256,6 +270,10 @@ impl Child for SerialChild {
         "serial"
     }
 
+    fn chunk_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
             let mut link = self.port.lock().await.map_err(|e| self.port_error(e))?;
@@ -264,11 +282,12 @@ impl Child for SerialChild {
             let mut engine = StateRead::new(link.next_seq(), o.timeout, o.retries, clock.now());
             let mut outcome = None;
             let mut stats = LineStats::default();
-            drive(&mut link, clock, &mut engine, None, &mut stats, |ev| {
+            let r = drive(&mut link, clock, &mut engine, None, &mut stats, |ev| {
                 outcome = Some(ev)
             })
-            .await
-            .map_err(|e| self.drive_error(e))?;
+            .await;
+            self.retries.fetch_add(stats.resent, Ordering::Relaxed);
+            r.map_err(|e| self.drive_error(e))?;
             match outcome {
                 Some(StateReadEvent::Images(list)) => list
                     .into_iter()
@@ -321,7 +340,7 @@ impl Child for SerialChild {
             );
             let mut outcome = None;
             let mut stats = LineStats::default();
-            drive(
+            let r = drive(
                 &mut link,
                 clock,
                 &mut engine,
@@ -333,8 +352,9 @@ impl Child for SerialChild {
                     other => debug!(child = %self.device_id, "activation: {other:?}"),
                 },
             )
-            .await
-            .map_err(|e| self.drive_error(e))?;
+            .await;
+            self.retries.fetch_add(stats.resent, Ordering::Relaxed);
+            r.map_err(|e| self.drive_error(e))?;
             match outcome {
                 Some(Ok(version)) => {
                     info!(child = %self.device_id, %version, "running the new image");

@@ -14,6 +14,14 @@
 //! while it boots and prints a banner), and pacing of both directions to a
 //! line rate (115200 baud 8N1 = 11520 B/s).
 //!
+//! The device reads lines through [`RxBuffers`]: `rx-bufs` line buffers
+//! (Zephyr's `CONFIG_UART_MCUMGR_RX_BUF_COUNT`, default 2) in front of a
+//! device busy with each request for `work-ms` (flash write), the erase
+//! delay, and, on a paced line, the time its answer takes to leave (Zephyr
+//! sends it with `uart_poll_out`, blocking). Lines arriving while every
+//! buffer is taken are lost, so a client with more requests on the line
+//! than the device can hold loses one.
+//!
 //! The pty's slave end stays open in the simulator so the master never sees
 //! a hangup when a driver closes and reopens the path (a gateway restart);
 //! the driver opens the path by name. children.md §6.2 suggests
@@ -33,7 +41,9 @@ use otabridge_codecs::rng::Rng;
 use otabridge_codecs::smp::header::{command, group, split_message, Op};
 use otabridge_codecs::smp::message;
 use otabridge_codecs::smp::serial::{self, DecodeEvent, Decoder};
-use otabridge_codecs::smp::sim::{mcuboot_header, ImageVersion, SimConfig, SimDevice, SimEvent};
+use otabridge_codecs::smp::sim::{
+    mcuboot_header, ImageVersion, RxBuffers, SimConfig, SimDevice, SimEvent,
+};
 use otabridge_codecs::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -61,6 +71,11 @@ pub struct Faults {
     pub boot_time: Duration,
     /// Pace both directions to this baud rate, 8N1 (`pace=`).
     pub pace_baud: Option<u32>,
+    /// Receive line buffers (`rx-bufs=`, default 2 as Zephyr's).
+    pub rx_bufs: usize,
+    /// Time the device spends on each request before answering
+    /// (`work-ms=`, default 0).
+    pub work: Duration,
 }
 
 impl Default for Faults {
@@ -73,6 +88,8 @@ impl Default for Faults {
             reboot_at: None,
             boot_time: Duration::from_millis(200),
             pace_baud: None,
+            rx_bufs: 2,
+            work: Duration::ZERO,
         }
     }
 }
@@ -84,7 +101,9 @@ pub enum FaultsError {
     #[error("'{0}' is not name=value")]
     NotPair(String),
     /// An unknown fault name.
-    #[error("unknown fault '{0}' (drop, crc, noise, erase-ms, reboot-at, boot-ms, pace)")]
+    #[error(
+        "unknown fault '{0}' (drop, crc, noise, erase-ms, reboot-at, boot-ms, pace, rx-bufs, work-ms)"
+    )]
     Unknown(String),
     /// A value that does not fit its fault.
     #[error("{name}: '{value}' {why}")]
@@ -101,7 +120,7 @@ pub enum FaultsError {
 impl FromStr for Faults {
     type Err = FaultsError;
 
-    /// `drop=0.05,crc=0.02,noise=0.1,erase-ms=1500,reboot-at=65536,boot-ms=200,pace=115200`.
+    /// `drop=0.05,crc=0.02,noise=0.1,erase-ms=1500,reboot-at=65536,boot-ms=200,pace=115200,rx-bufs=2,work-ms=5`.
     fn from_str(s: &str) -> Result<Faults, FaultsError> {
         let mut f = Faults::default();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -132,6 +151,12 @@ impl FromStr for Faults {
                 "erase-ms" => f.erase_delay = Duration::from_millis(num()?),
                 "reboot-at" => f.reboot_at = Some(num()?),
                 "boot-ms" => f.boot_time = Duration::from_millis(num()?),
+                "work-ms" => f.work = Duration::from_millis(num()?),
+                "rx-bufs" => {
+                    let n = num()?;
+                    let n = usize::try_from(n).ok().filter(|n| (1..=64).contains(n));
+                    f.rx_bufs = n.ok_or_else(|| bad("is not a buffer count in 1..=64"))?;
+                }
                 "pace" => {
                     let b = num()?;
                     let b = u32::try_from(b).ok().filter(|&b| b >= 10);
@@ -191,6 +216,8 @@ pub struct SimStats {
     pub power_cycles: u64,
     /// Packets the device's decoder dropped.
     pub bad_packets: u64,
+    /// Lines lost because every receive buffer was taken.
+    pub rx_overruns: u64,
     /// Bytes the driver wrote to the line.
     pub rx_bytes: u64,
     /// Bytes the device wrote to the line.
@@ -258,6 +285,9 @@ impl SmpChild {
             tokio::spawn(
                 Device {
                     dev: device,
+                    rx: RxBuffers::new(opts.faults.rx_bufs),
+                    decoder: Decoder::default(),
+                    rate,
                     faults: opts.faults,
                     rng: Rng::new(opts.seed),
                     shared: shared.clone(),
@@ -349,15 +379,20 @@ pub(crate) fn pace(
     *free_at
 }
 
-/// Driver → device: each line reaches the device when its last byte would
-/// have crossed the wire.
+/// Longest partial line kept while waiting for its newline; beyond it the
+/// bytes go to the device as they are (no SMP line is this long).
+const MAX_PARTIAL: usize = 4096;
+
+/// Driver → device: each line reaches the device, with the time it arrived,
+/// when its last byte would have crossed the wire.
 async fn rx_loop(
     mut rd: tokio::io::ReadHalf<SerialStream>,
-    to_device: mpsc::Sender<Vec<u8>>,
+    to_device: mpsc::Sender<(tokio::time::Instant, Vec<u8>)>,
     rate: Option<f64>,
     shared: Arc<Mutex<Shared>>,
 ) {
     let mut buf = vec![0u8; 4096];
+    let mut partial: Vec<u8> = Vec::new();
     let mut free_at = tokio::time::Instant::now();
     loop {
         let n = match rd.read(&mut buf).await {
@@ -375,10 +410,21 @@ async fn rx_loop(
             .rx_bytes += n as u64;
         let at = tokio::time::Instant::now();
         for seg in buf[..n].split_inclusive(|&b| b == b'\n') {
-            if let Some(rate) = rate {
-                tokio::time::sleep_until(pace(&mut free_at, at, seg.len(), rate)).await;
+            // Lines, not read() pieces: each takes one receive buffer.
+            partial.extend_from_slice(seg);
+            if !seg.ends_with(b"\n") && partial.len() < MAX_PARTIAL {
+                continue;
             }
-            if to_device.send(seg.to_vec()).await.is_err() {
+            let line = std::mem::take(&mut partial);
+            let arrived = match rate {
+                Some(rate) => {
+                    let t = pace(&mut free_at, at, line.len(), rate);
+                    tokio::time::sleep_until(t).await;
+                    t
+                }
+                None => at,
+            };
+            if to_device.send((arrived, line)).await.is_err() {
                 return;
             }
         }
@@ -394,6 +440,8 @@ async fn tx_loop(
 ) {
     let mut free_at = tokio::time::Instant::now();
     while let Some((at, bytes)) = from_device.recv().await {
+        // The device hands an answer over once it is done with the request.
+        tokio::time::sleep_until(at).await;
         if let Some(rate) = rate {
             tokio::time::sleep_until(pace(&mut free_at, at, bytes.len(), rate)).await;
         }
@@ -420,6 +468,11 @@ const NOISE: &[&str] = &[
 
 struct Device {
     dev: SimDevice,
+    /// The receive line buffers in front of the device.
+    rx: RxBuffers,
+    decoder: Decoder,
+    /// Line rate in bytes per second, when paced.
+    rate: Option<f64>,
     faults: Faults,
     rng: Rng,
     shared: Arc<Mutex<Shared>>,
@@ -440,31 +493,55 @@ impl Device {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(mut self, mut from_line: mpsc::Receiver<Vec<u8>>) {
-        let mut decoder = Decoder::default();
+    /// A tokio instant as the device's clock.
+    fn at(&self, t: tokio::time::Instant) -> Instant {
+        let ms = t.saturating_duration_since(self.origin).as_millis();
+        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    fn tokio_at(&self, t: Instant) -> tokio::time::Instant {
+        self.origin + Duration::from_millis(t.as_millis())
+    }
+
+    async fn run(mut self, mut from_line: mpsc::Receiver<(tokio::time::Instant, Vec<u8>)>) {
         loop {
-            let wake = self
-                .dev
-                .poll_timeout()
-                .map(|t| self.origin + Duration::from_millis(t.as_millis()));
+            let wake = [self.dev.poll_timeout(), self.rx.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| self.tokio_at(t));
             tokio::select! {
-                bytes = from_line.recv() => {
-                    let Some(bytes) = bytes else { return };
-                    let mut rest = &bytes[..];
-                    while !rest.is_empty() {
-                        let used = decoder.handle_bytes(rest);
-                        rest = &rest[used..];
-                        match decoder.poll_event() {
-                            Some(DecodeEvent::Message(msg)) => self.on_request(&msg).await,
-                            Some(_) => self.shared().stats.bad_packets += 1,
-                            None => {}
-                        }
+                line = from_line.recv() => {
+                    let Some((arrived, line)) = line else { return };
+                    let t = self.at(arrived);
+                    self.read_buffers(t).await;
+                    if !self.rx.arrive(t, line) {
+                        self.shared().stats.rx_overruns += 1;
                     }
+                    self.read_buffers(t).await;
                 }
                 _ = sleep_until_opt(wake) => {
                     let now = self.now();
                     self.dev.handle_timeout(now);
                     self.collect_events();
+                    self.read_buffers(now).await;
+                }
+            }
+        }
+    }
+
+    /// The device reads the lines waiting in its buffers that it gets to
+    /// by `t`; each completed request keeps it busy.
+    async fn read_buffers(&mut self, t: Instant) {
+        while let Some((read_at, line)) = self.rx.next_line(t) {
+            let mut rest = &line[..];
+            while !rest.is_empty() {
+                let used = self.decoder.handle_bytes(rest);
+                rest = &rest[used..];
+                match self.decoder.poll_event() {
+                    Some(DecodeEvent::Message(msg)) => self.on_request(&msg, read_at).await,
+                    Some(_) => self.shared().stats.bad_packets += 1,
+                    None => {}
                 }
             }
         }
@@ -500,9 +577,9 @@ impl Device {
         (started, resumed)
     }
 
-    async fn on_request(&mut self, msg: &[u8]) {
-        let now_tokio = tokio::time::Instant::now();
-        if self.silent_until.is_some_and(|t| now_tokio < t) {
+    /// A request the device read at `at`: answered once it is done with it.
+    async fn on_request(&mut self, msg: &[u8], at: Instant) {
+        if self.silent_until.is_some_and(|t| self.tokio_at(at) < t) {
             return; // Booting: nothing reads the UART.
         }
         self.shared().stats.requests += 1;
@@ -516,9 +593,15 @@ impl Device {
         if chunk.as_ref().is_some_and(|c| c.off == Some(0)) {
             self.shared().stats.first_chunks += 1;
         }
-        let now = self.now();
-        self.dev.handle_message(msg, now);
+        self.dev.handle_message(msg, at);
         let (started, _) = self.collect_events();
+        let mut done = at + self.faults.work;
+        if started && !self.faults.erase_delay.is_zero() {
+            // Erasing the slot blocks the device, answers included.
+            self.shared().stats.erase_delays += 1;
+            done = done + self.faults.erase_delay;
+        }
+        self.rx.busy(done);
         while let Some(rsp) = self.dev.poll_transmit() {
             let mut held = None;
             if let Some(c) = &chunk {
@@ -542,12 +625,7 @@ impl Device {
                     return;
                 }
             }
-            if started && !self.faults.erase_delay.is_zero() {
-                // Erasing the slot blocks the device, answers included.
-                self.shared().stats.erase_delays += 1;
-                tokio::time::sleep(self.faults.erase_delay).await;
-            }
-            self.send(rsp).await;
+            self.send(rsp, done).await;
         }
     }
 
@@ -567,7 +645,15 @@ impl Device {
         Some(end)
     }
 
-    async fn send(&mut self, rsp: Vec<u8>) {
+    /// Hands an answer to the line at `done`, with the faults; on a paced
+    /// line the device stays busy while it leaves (`uart_poll_out`).
+    async fn send(&mut self, rsp: Vec<u8>, done: Instant) {
+        let leave = self.tokio_at(done);
+        let mut framed = serial::encode(&rsp, serial::MAX_LINE);
+        if let Some(rate) = self.rate {
+            let tx = Duration::from_secs_f64(framed.len() as f64 / rate);
+            self.rx.busy(done + tx);
+        }
         if self.rng.next_f64() < self.faults.drop {
             self.shared().stats.dropped += 1;
             return;
@@ -575,15 +661,13 @@ impl Device {
         if self.rng.next_f64() < self.faults.noise {
             let line = NOISE[(self.rng.next_u32() as usize) % NOISE.len()];
             self.shared().stats.noise_lines += 1;
-            let stamped = (tokio::time::Instant::now(), line.as_bytes().to_vec());
-            let _ = self.out.send(stamped).await;
+            let _ = self.out.send((leave, line.as_bytes().to_vec())).await;
         }
-        let mut framed = serial::encode(&rsp, serial::MAX_LINE);
         if self.rng.next_f64() < self.faults.corrupt_crc {
             corrupt_crc(&mut framed, rsp.len() + 4);
             self.shared().stats.corrupted += 1;
         }
-        let _ = self.out.send((tokio::time::Instant::now(), framed)).await;
+        let _ = self.out.send((leave, framed)).await;
     }
 }
 

@@ -241,6 +241,12 @@ impl Activate {
         self.phase == Phase::Finished
     }
 
+    /// Requests sent again after a timeout so far (state reads while the
+    /// device reboots included).
+    pub fn retries(&self) -> u64 {
+        self.exchange.retransmits()
+    }
+
     /// A message from the device; others than the answer awaited are ignored.
     pub fn handle_message(&mut self, msg: &[u8], now: Instant) {
         let Some(body) = self.exchange.handle_message(msg) else {

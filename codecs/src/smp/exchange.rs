@@ -46,6 +46,7 @@ pub(crate) struct Exchange {
     next_seq: u8,
     pending: Option<Pending>,
     transmit: Option<Vec<u8>>,
+    retransmits: u64,
 }
 
 impl Exchange {
@@ -55,6 +56,7 @@ impl Exchange {
             next_seq: first_seq,
             pending: None,
             transmit: None,
+            retransmits: 0,
         }
     }
 
@@ -113,6 +115,7 @@ impl Exchange {
         }
         p.attempts += 1;
         p.deadline = now + p.timeout;
+        self.retransmits += 1;
         self.transmit = Some(p.msg.clone());
         Timeout::Retried
     }
@@ -123,6 +126,23 @@ impl Exchange {
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.pending.as_ref().map(|p| p.deadline)
+    }
+
+    /// Takes the next sequence number, for a request the caller tracks itself.
+    pub(crate) fn take_seq(&mut self) -> u8 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        seq
+    }
+
+    /// The header version requests carry.
+    pub(crate) fn version(&self) -> SmpVersion {
+        self.version
+    }
+
+    /// Requests sent again after a timeout so far.
+    pub(crate) fn retransmits(&self) -> u64 {
+        self.retransmits
     }
 
     /// Abandons the outstanding request.

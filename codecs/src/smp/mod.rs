@@ -63,6 +63,11 @@ pub trait Engine {
     fn poll_event(&mut self) -> Option<Self::Event>;
     /// Whether the engine ended (done or failed).
     fn is_finished(&self) -> bool;
+    /// Requests sent again so far (after timeouts, rewinds, restarts); a
+    /// counter for metrics.
+    fn retries(&self) -> u64 {
+        0
+    }
 }
 
 macro_rules! impl_engine {
@@ -86,6 +91,9 @@ macro_rules! impl_engine {
             }
             fn is_finished(&self) -> bool {
                 <$t>::is_finished(self)
+            }
+            fn retries(&self) -> u64 {
+                <$t>::retries(self)
             }
         }
     };

@@ -65,6 +65,15 @@ pub fn encode(msg: &[u8], line_len: usize) -> Vec<u8> {
     out
 }
 
+/// Bytes [`encode`] writes for a message of `msg_len` bytes in lines of at
+/// most `line_len` bytes: the packet (`msg_len + 4`) in base64, plus two
+/// marker bytes and a newline per line. Engines size chunks with it.
+pub fn wire_len(msg_len: usize, line_len: usize) -> usize {
+    let chars = (msg_len + PACKET_OVERHEAD).div_ceil(3) * 4;
+    let per_line = ((line_len.max(7) - 3) / 4) * 4;
+    chars + chars.div_ceil(per_line) * 3
+}
+
 /// What the decoder found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeEvent {
@@ -452,5 +461,15 @@ mod tests {
         let mut wire = vec![6, 9];
         wire.extend_from_slice(b"AAoAAA\n");
         assert_eq!(d.decode_all(&wire), vec![DecodeEvent::BadBase64]);
+    }
+
+    #[test]
+    fn wire_len_counts_what_encode_writes() {
+        for n in 8..1200 {
+            let msg = vec![0x5a; n];
+            for line in [7, 64, 127, 128] {
+                assert_eq!(wire_len(n, line), encode(&msg, line).len(), "{n} {line}");
+            }
+        }
     }
 }

@@ -528,6 +528,81 @@ impl SimDevice {
     }
 }
 
+/// The device's receive side: a few line buffers in front of a device that
+/// handles one request at a time.
+///
+/// Zephyr's UART transport (`drivers/console/uart_mcumgr.c`) receives each
+/// line into one of `CONFIG_UART_MCUMGR_RX_BUF_COUNT` buffers (default 2)
+/// and hands it to the SMP work queue; while that queue is busy with a
+/// request (writing flash, sending the answer byte by byte with
+/// `uart_poll_out`), further lines wait in the buffers, and bytes arriving
+/// when every buffer is taken are dropped. MCUboot's serial recovery reads
+/// one request, handles it, then reads on. A client with several requests
+/// on the line therefore loses lines when the device is slower than the
+/// line; the packet they belonged to never completes (the next `06 09`
+/// starts a new one) and gets no answer.
+///
+/// Call order: before each [`RxBuffers::arrive`] at `at`, and when
+/// [`RxBuffers::poll_timeout`] comes, take lines with
+/// [`RxBuffers::next_line`] until it returns `None`, handing each to the
+/// decoder and device; after a line that completed a request, call
+/// [`RxBuffers::busy`] with the time the device is done with it.
+#[derive(Debug)]
+pub struct RxBuffers {
+    count: usize,
+    held: VecDeque<(Instant, Vec<u8>)>,
+    busy_until: Instant,
+    overruns: u64,
+}
+
+impl RxBuffers {
+    /// `count` line buffers (at least 1), the device idle.
+    pub fn new(count: usize) -> RxBuffers {
+        RxBuffers {
+            count: count.max(1),
+            held: VecDeque::new(),
+            busy_until: Instant::ZERO,
+            overruns: 0,
+        }
+    }
+
+    /// A line whose last byte arrived at `at` (lines arrive in time order).
+    /// False when every buffer was taken: the line is lost.
+    pub fn arrive(&mut self, at: Instant, line: Vec<u8>) -> bool {
+        if self.held.len() >= self.count {
+            self.overruns += 1;
+            return false;
+        }
+        self.held.push_back((at, line));
+        true
+    }
+
+    /// The next line the device reads by `now`, with the time it reads it.
+    pub fn next_line(&mut self, now: Instant) -> Option<(Instant, Vec<u8>)> {
+        if self.busy_until > now {
+            return None;
+        }
+        let (at, line) = self.held.pop_front()?;
+        Some((at.max(self.busy_until), line))
+    }
+
+    /// The device handles a request until `until`.
+    pub fn busy(&mut self, until: Instant) {
+        self.busy_until = self.busy_until.max(until);
+    }
+
+    /// When the device reads its buffers again, if a line waits.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.held.is_empty()).then_some(self.busy_until)
+    }
+
+    /// Lines lost so far because every buffer was taken.
+    pub fn overruns(&self) -> u64 {
+        self.overruns
+    }
+}
+
 /// Zephyr `img_mgmt.c` `img_mgmt_translate_error_code`, for SMP v1 clients.
 fn legacy_of_image(rc: i64) -> i64 {
     match rc {
@@ -654,6 +729,26 @@ mod tests {
             upload(&mut dev, first(&img[..40], &sha, 100)),
             ok(100, Some(true))
         );
+    }
+
+    #[test]
+    fn rx_buffers_hold_lines_while_busy_and_drop_the_rest() {
+        let t = Instant::from_millis;
+        let mut rx = RxBuffers::new(2);
+        // Idle: a line is read when it arrives.
+        assert!(rx.arrive(t(10), b"a".to_vec()));
+        assert_eq!(rx.next_line(t(10)), Some((t(10), b"a".to_vec())));
+        rx.busy(t(50));
+        // Busy until 50: two lines wait, the third is lost.
+        assert!(rx.arrive(t(20), b"b".to_vec()));
+        assert!(rx.arrive(t(30), b"c".to_vec()));
+        assert!(!rx.arrive(t(40), b"d".to_vec()));
+        assert_eq!(rx.overruns(), 1);
+        assert_eq!(rx.next_line(t(45)), None);
+        assert_eq!(rx.poll_timeout(), Some(t(50)));
+        assert_eq!(rx.next_line(t(50)), Some((t(50), b"b".to_vec())));
+        assert_eq!(rx.next_line(t(50)), Some((t(50), b"c".to_vec())));
+        assert_eq!(rx.poll_timeout(), None);
     }
 
     #[test]

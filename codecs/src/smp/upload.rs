@@ -12,19 +12,34 @@
 //!   `CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE`'s default) is used.
 //! - Each upload message (header + CBOR) is at most `buf_size - overhead`
 //!   (4 on serial: length field and CRC share the netbuf), computed exactly.
+//!   With [`UploadConfig::fill_lines`] a chunk may be up to one line's worth
+//!   shorter than that, when the shorter packet ends nearer the end of its
+//!   last base64 line (more image bytes per byte on the wire).
 //! - The chunk at `off` 0 carries `image`, `len`, `sha` (and `upgrade` if
 //!   configured) and must hold at least 32 bytes, the MCUboot header Zephyr
 //!   inspects.
 //! - The device's answer `off` picks the next chunk. `off: 0` means "send
 //!   the off-0 fields again". An `off` that does not advance is resent up
 //!   to `retries` times, then the upload fails.
+//! - Windowed pipelining ([`UploadConfig::window`] above 1; Go newtmgr's
+//!   `nmxact/xact/image.go` grows a window from 1 to `-w` 5): after the
+//!   off-0 chunk is answered, each in-order answer lets one more request
+//!   onto the line, up to the window. Zephyr answers each request in order
+//!   with the offset it expects next, so an answer whose `off` is not its
+//!   chunk's end means a request was lost (a device with fewer receive
+//!   buffers than the window, MCUboot's strictly sequential serial
+//!   recovery) or was a duplicate: the engine rewinds to the device's `off`,
+//!   abandons everything on the line (answers to it are ignored as stale)
+//!   and sends one request at a time for the rest of the upload. A timeout
+//!   does the same after resending the oldest request unchanged.
 //! - Resume after a gateway restart: a new engine sends `off` 0 with the
 //!   same `len` and `sha`; Zephyr recognises the session and answers the
 //!   offset it holds, from which the upload continues.
 //! - `match: false` in the final answer is a verification failure.
 //!
 //! The engine never holds the image: it asks for one chunk at a time with
-//! [`Upload::poll_read`] and keeps only the message in flight.
+//! [`Upload::poll_read`] and keeps only the messages on the line (at most
+//! the window).
 //!
 //! # Call order
 //! 1. [`Upload::new`] with `now`: the first request is queued.
@@ -36,9 +51,9 @@
 //! 3. Stop after [`UploadEvent::Done`] or [`UploadEvent::Failed`].
 
 use super::exchange::{Exchange, Timeout};
-use super::header::{command, group, Op, SmpVersion, HEADER_LEN};
+use super::header::{build_message, command, group, split_message, Op, SmpVersion, HEADER_LEN};
 use super::message::{self, SmpErr, UploadRequest};
-use super::serial::{MAX_MESSAGE, PACKET_OVERHEAD};
+use super::serial::{wire_len, MAX_LINE, MAX_MESSAGE, PACKET_OVERHEAD};
 use super::BodyError;
 use crate::time::Instant;
 use std::collections::VecDeque;
@@ -79,6 +94,17 @@ pub struct UploadConfig {
     pub max_restarts: u32,
     /// Sequence number of the first request.
     pub first_seq: u8,
+    /// Most upload requests on the line at once: 1 (lock-step, as
+    /// smpclient, mcumgr-toolkit and vouch's client do). Above 1 the engine
+    /// pipelines as Go newtmgr does (`-w`, default 5): one request at
+    /// first, one more after each in-order answer up to this, and back to
+    /// one for the rest of the upload after any timeout or any answer whose
+    /// `off` is not the one expected.
+    pub window: usize,
+    /// Size chunks so the line carries the most image bytes per byte
+    /// written, rather than filling `buf_size` (default true; see
+    /// [`Upload`]'s chunk sizing). Messages stay within `buf_size - 4`.
+    pub fill_lines: bool,
 }
 
 impl Default for UploadConfig {
@@ -97,6 +123,8 @@ impl Default for UploadConfig {
             retries: 4,
             max_restarts: 3,
             first_seq: 0,
+            window: 1,
+            fill_lines: true,
         }
     }
 }
@@ -189,6 +217,12 @@ pub enum UploadEvent {
     },
     /// The device answered `off: 0` mid-upload; the off-0 fields are sent again.
     Restarted,
+    /// Something was lost with several requests on the line; from `off` on
+    /// the upload sends one request at a time.
+    WindowFallback {
+        /// Where the upload continues.
+        off: u64,
+    },
     /// The device acknowledged everything below `acked`.
     Progress {
         /// Acknowledged offset.
@@ -208,9 +242,20 @@ pub enum UploadEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Params,
-    AwaitData { off: u64, len: usize },
-    Sending { off: u64, len: usize },
+    Upload,
     Finished,
+}
+
+/// An upload request on the line, waiting for its answer.
+#[derive(Debug)]
+struct InFlight {
+    seq: u8,
+    off: u64,
+    len: usize,
+    msg: Vec<u8>,
+    deadline: Instant,
+    timeout: Duration,
+    attempts: u32,
 }
 
 /// The upload engine; see the module doc for the call order.
@@ -219,13 +264,31 @@ pub struct Upload {
     config: UploadConfig,
     len: u64,
     sha: [u8; 32],
+    /// The params request, and every request's sequence number.
     exchange: Exchange,
     phase: Phase,
     buf_size: usize,
+    /// Queued for [`Upload::poll_read`].
     read: Option<ReadRequest>,
+    /// Asked for and not yet given to [`Upload::handle_data`].
+    reading: Option<ReadRequest>,
+    /// Requests on the line, oldest (lowest `off`) first.
+    inflight: VecDeque<InFlight>,
+    /// Offset of the next chunk to send.
+    next_off: u64,
+    /// End of the furthest chunk ever sent: chunks sent again below it are
+    /// counted as retries.
+    sent_end: u64,
     acked: Option<u64>,
+    /// Requests allowed on the line now.
+    window: usize,
+    /// Whether `window` may still grow (false after a fallback).
+    grow: bool,
     stalls: u32,
     restarts: u32,
+    /// Upload requests sent again (timeouts, rewinds, restarts).
+    retries: u64,
+    transmit: VecDeque<Vec<u8>>,
     events: VecDeque<UploadEvent>,
 }
 
@@ -240,9 +303,17 @@ impl Upload {
             sha,
             phase: Phase::Params,
             read: None,
+            reading: None,
+            inflight: VecDeque::new(),
+            next_off: 0,
+            sent_end: 0,
             acked: None,
+            window: 1,
+            grow: true,
             stalls: 0,
             restarts: 0,
+            retries: 0,
+            transmit: VecDeque::new(),
             events: VecDeque::new(),
         };
         if len == 0 {
@@ -285,14 +356,26 @@ impl Upload {
         self.phase == Phase::Finished
     }
 
+    /// Requests allowed on the line now (1 up to [`UploadConfig::window`]).
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Requests sent again so far: retransmissions after timeouts, chunks
+    /// sent again after a rewind or a restart, repeated params reads.
+    pub fn retries(&self) -> u64 {
+        self.retries + self.exchange.retransmits()
+    }
+
     /// A message from the device (header + CBOR, already unframed).
-    /// Messages that do not answer the request in flight are ignored.
+    /// Messages that answer no request on the line are ignored: stale
+    /// answers to chunks abandoned by a rewind, duplicates, other traffic.
     pub fn handle_message(&mut self, msg: &[u8], _now: Instant) {
-        let Some(body) = self.exchange.handle_message(msg) else {
-            return;
-        };
         match self.phase {
             Phase::Params => {
+                let Some(body) = self.exchange.handle_message(msg) else {
+                    return;
+                };
                 match message::params_response(body) {
                     Ok(Ok(p)) => {
                         let size = usize::try_from(p.buf_size).unwrap_or(usize::MAX);
@@ -302,60 +385,113 @@ impl Upload {
                     _ => self.use_buf_size(self.config.default_buf_size, false),
                 }
             }
-            Phase::Sending { off, len } => self.on_upload_answer(off, len, body),
-            Phase::AwaitData { .. } | Phase::Finished => {}
+            Phase::Upload => {
+                let Ok((h, body)) = split_message(msg) else {
+                    return;
+                };
+                if (h.op, h.group, h.id) != (Op::WriteRsp, group::IMAGE, command::IMAGE_UPLOAD) {
+                    return;
+                }
+                if let Some(i) = self.inflight.iter().position(|f| f.seq == h.seq) {
+                    self.on_upload_answer(i, body);
+                }
+            }
+            Phase::Finished => {}
         }
     }
 
     /// The bytes asked for by the last [`ReadRequest`].
     pub fn handle_data(&mut self, offset: u64, data: &[u8], now: Instant) {
-        let Phase::AwaitData { off, len } = self.phase else {
-            return;
+        let Some(want) = self.reading else {
+            return; // a read abandoned by a rewind
         };
-        if offset != off || data.len() != len {
+        if offset != want.offset || data.len() != want.len {
             self.fail(UploadError::BadData {
                 offset,
-                want: len,
+                want: want.len,
                 got: data.len(),
             });
             return;
         }
-        let first = off == 0;
-        let req = self.request_at(off, data);
-        let timeout = if first {
+        self.reading = None;
+        let body = self.request_at(offset, data).encode();
+        let seq = self.exchange.take_seq();
+        let msg = build_message(
+            Op::Write,
+            self.exchange.version(),
+            group::IMAGE,
+            seq,
+            command::IMAGE_UPLOAD,
+            &body,
+        );
+        let timeout = if offset == 0 {
             self.config.first_timeout
         } else {
             self.config.timeout
         };
-        let retries = self.config.retries;
-        self.exchange.request(
-            Op::Write,
-            group::IMAGE,
-            command::IMAGE_UPLOAD,
-            &req.encode(),
+        let end = offset + data.len() as u64;
+        if offset < self.sent_end {
+            self.retries += 1;
+        }
+        self.sent_end = self.sent_end.max(end);
+        self.next_off = end;
+        self.transmit.push_back(msg.clone());
+        self.inflight.push_back(InFlight {
+            seq,
+            off: offset,
+            len: data.len(),
+            msg,
+            deadline: now + timeout,
             timeout,
-            retries,
-            now,
-        );
-        self.phase = Phase::Sending { off, len };
+            attempts: 1,
+        });
+        self.fill();
     }
 
     /// Call when `now` reaches [`Upload::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
-        match self.exchange.handle_timeout(now) {
-            Timeout::NotDue | Timeout::Retried => {}
-            Timeout::Exhausted { attempts } => match self.phase {
-                Phase::Params => self.use_buf_size(self.config.default_buf_size, false),
-                Phase::Sending { off, .. } => self.fail(UploadError::Timeout { off, attempts }),
-                Phase::AwaitData { .. } | Phase::Finished => {}
+        match self.phase {
+            Phase::Params => match self.exchange.handle_timeout(now) {
+                Timeout::NotDue | Timeout::Retried => {}
+                Timeout::Exhausted { .. } => self.use_buf_size(self.config.default_buf_size, false),
             },
+            Phase::Upload => {
+                let Some(oldest) = self.inflight.front() else {
+                    return;
+                };
+                if now < oldest.deadline {
+                    return;
+                }
+                if oldest.attempts > self.config.retries {
+                    let (off, attempts) = (oldest.off, oldest.attempts);
+                    return self.fail(UploadError::Timeout { off, attempts });
+                }
+                // Something was lost: a request (a device out of receive
+                // buffers) or an answer. Keep only the oldest request, send
+                // it again unchanged (same sequence number, so a late answer
+                // to the first attempt counts), and go on one at a time.
+                let off = oldest.off;
+                self.fall_back(off);
+                self.inflight.truncate(1);
+                let Some(f) = self.inflight.front_mut() else {
+                    return;
+                };
+                f.attempts += 1;
+                f.deadline = now + f.timeout;
+                self.next_off = f.off + f.len as u64;
+                self.transmit.push_back(f.msg.clone());
+                self.retries += 1;
+            }
+            Phase::Finished => {}
         }
     }
 
     /// The next message to write to the device.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.exchange.poll_transmit()
+        self.exchange
+            .poll_transmit()
+            .or_else(|| self.transmit.pop_front())
     }
 
     /// The image bytes the engine needs before it can send again.
@@ -367,7 +503,14 @@ impl Upload {
     /// When to call [`Upload::handle_timeout`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.exchange.poll_timeout()
+        match self.phase {
+            Phase::Params => self.exchange.poll_timeout(),
+            // The oldest request times out first: later ones were sent
+            // later with the same timeout, and nothing is sent behind the
+            // off-0 chunk (the only one with the longer timeout).
+            Phase::Upload => self.inflight.front().map(|f| f.deadline),
+            Phase::Finished => None,
+        }
     }
 
     /// The next event.
@@ -404,16 +547,48 @@ impl Upload {
             buf_size,
             from_device,
         });
-        self.next_chunk(0);
+        self.phase = Phase::Upload;
+        self.next_off = 0;
+        self.fill();
     }
 
-    fn next_chunk(&mut self, off: u64) {
-        let max_body = self
+    /// Asks for the next chunk while the window has room. Nothing is sent
+    /// behind the off-0 chunk: its answer may resume the session elsewhere
+    /// or come only after an erase.
+    fn fill(&mut self) {
+        if self.phase != Phase::Upload
+            || self.reading.is_some()
+            || self.inflight.len() >= self.window
+            || self.next_off >= self.len
+            || self.inflight.iter().any(|f| f.off == 0)
+            || (self.next_off == 0 && !self.inflight.is_empty())
+        {
+            return;
+        }
+        let off = self.next_off;
+        match self.chunk_len(off) {
+            Ok(len) => {
+                let req = ReadRequest { offset: off, len };
+                self.read = Some(req);
+                self.reading = Some(req);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Data bytes for the chunk at `off`: as many as fit `buf_size` minus
+    /// the transport overhead, or, with [`UploadConfig::fill_lines`], the
+    /// length among the last line's worth below that which carries the most
+    /// image bytes per byte on the line (a packet that ends a few bytes
+    /// into a new line pays that line's markers and newline for little).
+    fn chunk_len(&self, off: u64) -> Result<usize, UploadError> {
+        let max_msg = self
             .buf_size
             .saturating_sub(self.config.transport_overhead)
-            .min(MAX_MESSAGE)
-            .saturating_sub(HEADER_LEN);
-        let room = message::max_data_len(&self.request_at(off, &[]), max_body).unwrap_or(0);
+            .min(MAX_MESSAGE);
+        let max_body = max_msg.saturating_sub(HEADER_LEN);
+        let fields = self.request_at(off, &[]);
+        let room = message::max_data_len(&fields, max_body).unwrap_or(0);
         let remaining = usize::try_from(self.len - off).unwrap_or(usize::MAX);
         let need = if off == 0 {
             MIN_FIRST_CHUNK.min(remaining)
@@ -421,18 +596,30 @@ impl Upload {
             1
         };
         if room < need {
-            self.fail(UploadError::BufferTooSmall {
+            return Err(UploadError::BufferTooSmall {
                 buf_size: self.buf_size,
                 room,
             });
-            return;
         }
-        let len = room.min(remaining);
-        self.read = Some(ReadRequest { offset: off, len });
-        self.phase = Phase::AwaitData { off, len };
+        if remaining <= room || !self.config.fill_lines {
+            return Ok(room.min(remaining));
+        }
+        let fixed = fields.fixed_len() + HEADER_LEN;
+        let wire = |d: usize| wire_len(fixed + cbor_bytes_len(d), MAX_LINE);
+        let lowest = room.saturating_sub(MAX_LINE).max(need);
+        // d / wire(d) compared without floats: a/b > c/e ⇔ a·e > c·b.
+        let best = (lowest..=room).rev().fold(room, |best, d| {
+            if d * wire(best) > best * wire(d) {
+                d
+            } else {
+                best
+            }
+        });
+        Ok(best)
     }
 
-    fn on_upload_answer(&mut self, sent_off: u64, sent_len: usize, body: &[u8]) {
+    fn on_upload_answer(&mut self, i: usize, body: &[u8]) {
+        let (sent_off, sent_len) = (self.inflight[i].off, self.inflight[i].len);
         let r = match message::upload_response(body) {
             Err(e) => return self.fail(UploadError::Malformed(e)),
             Ok(Err(e)) => return self.fail(UploadError::Device(e)),
@@ -455,6 +642,8 @@ impl Upload {
             });
             self.events
                 .push_back(UploadEvent::Done { matched: r.matched });
+            self.inflight.clear();
+            self.transmit.clear();
             self.phase = Phase::Finished;
             return;
         }
@@ -473,7 +662,7 @@ impl Upload {
                 self.events.push_back(UploadEvent::Restarted);
             }
             self.acked = Some(0);
-            return self.next_chunk(0);
+            return self.rewind(0);
         }
         let advanced = self.acked.is_none_or(|a| r.off > a);
         if advanced {
@@ -489,7 +678,48 @@ impl Upload {
             return;
         }
         self.acked = Some(r.off);
-        self.next_chunk(r.off);
+        if sent_off == 0 {
+            // The first answer: nothing else is on the line; go on from
+            // wherever the device is (the chunk's end, or a resumed session).
+            self.inflight.clear();
+            self.next_off = r.off;
+        } else if r.off == sent_off + sent_len as u64 {
+            // In order. Requests before this one were taken too (the device
+            // moved past them) even if their answers were lost.
+            self.inflight.drain(..=i);
+            if self.grow && self.window < self.config.window.max(1) {
+                self.window += 1;
+            }
+        } else {
+            // The device expects another offset: a request was lost (no
+            // receive buffer free, a damaged line) or is a resend of a chunk
+            // it already holds. Continue from its offset, one at a time.
+            return self.rewind(r.off);
+        }
+        self.fill();
+    }
+
+    /// Continues from `off`, which the device asked for: everything on the
+    /// line is abandoned (answers to it are ignored as stale), and the
+    /// window falls back to one request.
+    fn rewind(&mut self, off: u64) {
+        self.fall_back(off);
+        self.inflight.clear();
+        self.read = None;
+        self.reading = None;
+        self.next_off = off;
+        self.fill();
+    }
+
+    /// One request at a time from now on: the device lost a request (a
+    /// device with fewer receive buffers than the window, or MCUboot's
+    /// strictly sequential serial recovery), or the line lost an answer.
+    fn fall_back(&mut self, off: u64) {
+        if self.grow && self.config.window > 1 {
+            self.events.push_back(UploadEvent::WindowFallback { off });
+        }
+        self.grow = false;
+        self.window = 1;
     }
 
     /// Counts an answer without progress; false (and failed) past the limit.
@@ -504,8 +734,21 @@ impl Upload {
 
     fn fail(&mut self, e: UploadError) {
         self.exchange.cancel();
+        self.inflight.clear();
+        self.transmit.clear();
         self.read = None;
+        self.reading = None;
         self.phase = Phase::Finished;
         self.events.push_back(UploadEvent::Failed(e));
+    }
+}
+
+/// Encoded size of a CBOR byte string of `n` bytes (head and bytes).
+fn cbor_bytes_len(n: usize) -> usize {
+    n + match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        _ => 5,
     }
 }

@@ -177,6 +177,8 @@ pub struct LineStats {
     pub read: u64,
     /// Packets dropped by the decoder (bad CRC, base64, length).
     pub bad_packets: u64,
+    /// Requests the engine sent again (timeouts, rewinds, restarts).
+    pub resent: u64,
 }
 
 /// Runs `engine` until it finishes; `on_event` sees every event in order.
@@ -209,6 +211,7 @@ pub async fn drive<E: Driven>(
             link.send(seq, &framed).await?;
             stats.written += framed.len() as u64;
         }
+        stats.resent = engine.retries();
         while let Some(ev) = engine.poll_event() {
             on_event(ev);
         }

@@ -184,7 +184,11 @@ impl Link<'_> {
     /// runtime thread until the UART has sent everything (mio-serial
     /// `impl Write for SerialStream`); the kernel sends the bytes anyway.
     pub async fn send(&mut self, seq: u8, bytes: &[u8]) -> Result<(), PortError> {
-        self.state.next_seq = seq.wrapping_add(1);
+        // Only forward: a resend of an older request (the upload's window)
+        // must not hand its number out again.
+        if seq.wrapping_sub(self.state.next_seq) < 128 {
+            self.state.next_seq = seq.wrapping_add(1);
+        }
         let r = match self.state.stream.as_mut() {
             Some(s) => s.write_all(bytes).await,
             None => {

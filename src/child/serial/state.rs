@@ -84,6 +84,10 @@ impl StateRead {
 impl Engine for StateRead {
     type Event = StateReadEvent;
 
+    fn retries(&self) -> u64 {
+        u64::from(self.attempts.saturating_sub(1))
+    }
+
     fn handle_message(&mut self, msg: &[u8], _now: Instant) {
         if self.deadline.is_none() {
             return;
