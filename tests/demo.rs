@@ -107,6 +107,13 @@ fn the_demo_fault_mix_ends_on_the_new_version() {
             .unwrap_or_else(|| panic!("no row {id}: {text}"));
         let c: Vec<&str> = row.split_whitespace().collect();
         assert_eq!((c[4], c[5]), ("2.0.0", "0"), "{text}");
+        // child, transport, from, ->, to, result, time, bytes, retries
+        let retries: u64 = c[8].parse().unwrap();
+        if id.contains("node") {
+            assert_eq!(retries, 0, "an in-process child has no link: {text}");
+        } else if id.contains("mcu") {
+            assert!(retries > 0, "dropped answers are retried: {text}");
+        }
     }
     assert!(text.contains("4 of 4 children ended as expected"), "{text}");
 }
