@@ -397,3 +397,105 @@ async fn a_restart_mid_delivery_resumes_from_the_checkpoint() {
     assert_eq!(child.delivery_starts(), vec![0, offset as u64]);
     b.tb.stop_gateway().await.unwrap();
 }
+
+/// A child on a shared bus: its driver holds the "port" for every operation,
+/// as the serial drivers do.
+#[derive(Debug)]
+struct OnBus {
+    inner: Arc<MemoryChild>,
+    port: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Child for OnBus {
+    fn device_id(&self) -> &str {
+        self.inner.device_id()
+    }
+    fn transport(&self) -> &'static str {
+        "serial"
+    }
+    fn bus(&self) -> Option<String> {
+        Some("test-bus".into())
+    }
+    fn read_version(
+        &self,
+    ) -> otabridge::child::BoxFuture<'_, Result<String, otabridge::child::ChildError>> {
+        Box::pin(async move {
+            let _line = self.port.lock().await;
+            self.inner.read_version().await
+        })
+    }
+    fn deliver<'a>(
+        &'a self,
+        package: &'a otabridge::child::Package,
+        resume_from: u64,
+        progress: otabridge::child::Progress<'a>,
+    ) -> otabridge::child::BoxFuture<'a, Result<(), otabridge::child::ChildError>> {
+        Box::pin(async move {
+            let _line = self.port.lock().await;
+            self.inner.deliver(package, resume_from, progress).await
+        })
+    }
+    fn activate<'a>(
+        &'a self,
+        package: &'a otabridge::child::Package,
+    ) -> otabridge::child::BoxFuture<'a, Result<(), otabridge::child::ChildError>> {
+        Box::pin(async move {
+            let _line = self.port.lock().await;
+            self.inner.activate(package).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_child_queued_behind_a_transfer_on_its_bus_does_not_time_out() {
+    // One second to the first progress: far less than the first child's
+    // transfer (64 chunks x 70 ms), which holds the bus meanwhile.
+    let (mut b, cfg) = bench("first_chunk_timeout_secs = 1\nchunk_timeout_secs = 5\n").await;
+    let port = Arc::new(tokio::sync::Mutex::new(()));
+    let slow = Arc::new(MemoryChild::new("p_bus_slow", "1.0.0"));
+    slow.set_chunk_delay(Duration::from_millis(70));
+    let next = Arc::new(MemoryChild::new("p_bus_next", "1.0.0"));
+    let on_bus = |c: &Arc<MemoryChild>| {
+        Arc::new(OnBus {
+            inner: c.clone(),
+            port: port.clone(),
+        }) as Arc<dyn Child>
+    };
+    let handles =
+        b.tb.start_gateway_with(cfg, vec![on_bus(&slow), on_bus(&next)])
+            .await
+            .unwrap();
+    b.tb.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let up = upgrade(&b.server, "fw-bus", 11, "2.0.0");
+    b.tb.send(Some("p_bus_slow"), &firmware(&up)).await.unwrap();
+    // The second event only once the first child is delivering (holds the bus).
+    let delivering =
+        b.tb.wait_for(Duration::from_secs(20), |r| {
+            r.events.as_ref()?.iter().find_map(|i| match &i.event {
+                Event::ProgressReport(p)
+                    if i.object_device_id.as_deref() == Some("p_bus_slow")
+                        && p.progress.is_some_and(|n| n > 0) =>
+                {
+                    Some(())
+                }
+                _ => None,
+            })
+        })
+        .await;
+    assert!(delivering.is_some());
+    b.tb.send(Some("p_bus_next"), &firmware(&up)).await.unwrap();
+    let done = reports_until_done(&mut b.tb, &["p_bus_slow", "p_bus_next"]).await;
+    for id in ["p_bus_slow", "p_bus_next"] {
+        let last = done[id].last().unwrap();
+        assert_eq!(
+            (last.result_code, last.version.as_str()),
+            (0, "2.0.0"),
+            "{id}: {:?}",
+            done[id]
+        );
+    }
+    // The queued child delivered once, from 0: no timeout, no retry.
+    assert_eq!(next.delivery_starts(), vec![0]);
+    assert_eq!(handles.metrics.job_retries("p_bus_next"), 0);
+    b.tb.stop_gateway().await.unwrap();
+}

@@ -211,6 +211,10 @@ impl Child for FramedChild {
         "serial"
     }
 
+    fn bus(&self) -> Option<String> {
+        Some(self.port.bus())
+    }
+
     fn chunk_retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }

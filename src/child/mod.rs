@@ -104,6 +104,15 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     /// Makes the delivered image the running one (reboots the child).
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>>;
 
+    /// The medium this child shares with others when only one of them can
+    /// use it at a time (a serial port, an RS-485 bus), or `None`. The OTA
+    /// engine runs one operation per bus at a time and starts an
+    /// operation's timeouts only once the bus is its own, so a child queued
+    /// behind a long transfer on its bus does not time out waiting.
+    fn bus(&self) -> Option<String> {
+        None
+    }
+
     /// Requests this driver has sent again since it was created because the
     /// child did not answer in time or answered with an error it could
     /// retry (chunk retransmissions, repeated reads). Read by the metrics

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{result, Event, Upgrade, UpgradeKind};
 use otabridge_codecs::version::Mode;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
@@ -81,6 +81,8 @@ struct Inner {
     mode: Mode,
     metrics: Metrics,
     slots: Semaphore,
+    /// One turn at a time on each shared bus ([`Child::bus`]), FIFO.
+    buses: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Jobs running in this process, by child.
     running: Mutex<HashMap<String, i64>>,
     /// Their tasks, so that a stop ends them (they resume from the journal).
@@ -128,6 +130,7 @@ impl Engine {
                 },
                 metrics,
                 slots: Semaphore::new(cfg.max_concurrent_jobs),
+                buses: Mutex::default(),
                 running: Mutex::default(),
                 tasks: Mutex::default(),
             }),
@@ -393,7 +396,10 @@ impl Engine {
     ) -> Option<Input> {
         let t = self.inner.timeouts;
         match work {
-            Work::ReadVersion => Some(read_version(child, t.version_read).await),
+            Work::ReadVersion => {
+                let _bus = self.bus_turn(child).await;
+                Some(read_version(child, t.version_read).await)
+            }
             Work::Download => match self.fetch(job_key, req, package).await {
                 Ok(()) => Some(Input::Downloaded),
                 Err(input) => Some(input),
@@ -405,6 +411,7 @@ impl Engine {
                     }
                 }
                 let pkg = package.clone().expect("fetched above");
+                let _bus = self.bus_turn(child).await;
                 if from > 0 {
                     self.inner.metrics.resumed(Resume::Delivery);
                 }
@@ -455,6 +462,8 @@ impl Engine {
                 })
             }
             Work::Activate => {
+                // The bus for the whole read-activate sequence.
+                let _bus = self.bus_turn(child).await;
                 // Never activate blindly: a job resumed after a crash may have
                 // activated already.
                 match read_version(child, t.version_read).await {
@@ -497,6 +506,25 @@ impl Engine {
             }
             Work::Done => None,
         }
+    }
+
+    /// Waits for `child`'s bus (when it shares one) and holds it until the
+    /// permit is dropped. Phase timeouts start after this returns.
+    async fn bus_turn(&self, child: &Arc<dyn Child>) -> Option<OwnedSemaphorePermit> {
+        let bus = child.bus()?;
+        let sem = self
+            .inner
+            .buses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(bus.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone();
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        info!(child = child.device_id(), %bus, "waiting for the bus: another child's operation holds it");
+        sem.acquire_owned().await.ok()
     }
 
     async fn fetch(

@@ -59,6 +59,8 @@ pub enum PortError {
 #[derive(Debug)]
 pub struct SharedPort {
     path: PathBuf,
+    /// The resolved device node: one key for all names of one device.
+    key: PathBuf,
     line: LineSettings,
     state: tokio::sync::Mutex<PortState>,
 }
@@ -100,6 +102,7 @@ impl SharedPort {
         }
         let p = Arc::new(SharedPort {
             path: path.to_owned(),
+            key: key.clone(),
             line,
             state: tokio::sync::Mutex::new(PortState::default()),
         });
@@ -110,6 +113,12 @@ impl SharedPort {
     /// The device node.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The bus this port is, for the OTA engine's per-bus queue
+    /// ([`crate::child::Child::bus`]): the resolved device node.
+    pub fn bus(&self) -> String {
+        format!("serial:{}", self.key.display())
     }
 
     /// The line settings in use.
