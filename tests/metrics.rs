@@ -13,7 +13,7 @@ use otabridge::child::Child;
 use otabridge::sim::package_server::{Access, PackageServer, Source};
 use otabridge::sim::testbed::Testbed;
 use otabridge_codecs::iotda::event::ProgressReport;
-use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::{Event, UpgradeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SIZE: u64 = 256 * 1024;
@@ -223,19 +223,11 @@ async fn the_endpoint_is_scraped_during_a_transfer() {
             Access::Bearer,
         )
         .unwrap();
-    let up = Upgrade {
-        version: "2.0.0".into(),
-        url: served.url,
-        file_size: served.size,
-        file_name: "fw.bin".into(),
-        access_token: Some(server.issue_token(Duration::from_secs(3600))),
-        expires: Some(86_400),
-        sign: Some(served.sha256.to_uppercase()),
-        custom_info: None,
-        task_id: Some("task-m".into()),
-        sub_device_count: Some(2),
-        task_ext_info: None,
-    };
+    let up = served.upgrade(
+        "2.0.0",
+        server.issue_token(Duration::from_secs(3600)),
+        "task-m",
+    );
     let ev = Event::Upgrade {
         kind: UpgradeKind::Firmware,
         v2: false,

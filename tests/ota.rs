@@ -53,17 +53,12 @@ fn upgrade(server: &PackageServer, id: &str, seed: u64, version: &str) -> Upgrad
         .add(id, Source::Generated { len: SIZE, seed }, Access::Bearer)
         .unwrap();
     Upgrade {
-        version: version.into(),
-        url: served.url,
-        file_size: served.size,
-        file_name: "fw.bin".into(),
-        access_token: Some(server.issue_token(Duration::from_secs(3600))),
-        expires: Some(86_400),
-        sign: Some(served.sha256.to_uppercase()),
-        custom_info: None,
-        task_id: Some("task-1".into()),
         sub_device_count: Some(7),
-        task_ext_info: None,
+        ..served.upgrade(
+            version,
+            server.issue_token(Duration::from_secs(3600)),
+            "task-1",
+        )
     }
 }
 

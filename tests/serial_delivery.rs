@@ -6,19 +6,10 @@ mod serial_support;
 use std::time::Duration;
 
 use otabridge::child::{Child, ChildError};
-use otabridge::sim::smp_child::{Faults, SmpChild, SmpChildOptions};
+use otabridge::sim::smp_child::{SmpChild, SmpChildOptions};
 use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::sim::{SimConfig, SimEvent};
-use serial_support::{child, image, options, package, Seen};
-
-fn sim(faults: &str, seed: u64) -> SmpChild {
-    SmpChild::spawn(SmpChildOptions {
-        faults: faults.parse::<Faults>().unwrap(),
-        seed,
-        ..SmpChildOptions::default()
-    })
-    .unwrap()
-}
+use serial_support::{child, image, options, package, sim, Seen};
 
 #[tokio::test]
 async fn clean_line_delivers_activates_and_reads_back() {

@@ -10,17 +10,8 @@ use std::time::Duration;
 use otabridge::child::serial::SerialChild;
 use otabridge::child::Child;
 use otabridge::config::SerialOptions;
-use otabridge::sim::smp_child::{Faults, SmpChild, SmpChildOptions};
-use serial_support::{image, options, package};
-
-fn sim(faults: &str, seed: u64) -> SmpChild {
-    SmpChild::spawn(SmpChildOptions {
-        faults: faults.parse::<Faults>().unwrap(),
-        seed,
-        ..SmpChildOptions::default()
-    })
-    .unwrap()
-}
+use otabridge::sim::smp_child::SmpChild;
+use serial_support::{image, options, package, sim};
 
 fn windowed(sim: &SmpChild, window: usize, timeout_ms: u64) -> SerialChild {
     let o = SerialOptions {

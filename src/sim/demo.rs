@@ -340,28 +340,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     let mut sent_at: BTreeMap<String, Instant> = BTreeMap::new();
     for p in &plan {
         let pkg = if p.mcuboot { &mcuboot } else { &served };
-        let (url, sign) = if p.mcuboot {
-            (pkg.url.clone(), pkg.sha256.clone())
-        } else if p.bad_sign {
+        let token = server.issue_token(Duration::from_secs(3600));
+        let mut up = Upgrade {
+            sub_device_count: Some(plan.len() as u32),
+            ..pkg.upgrade(TARGET, token, "demo-task-1")
+        };
+        if p.bad_sign {
             // The platform's sign is another package's: the bytes will not
             // match it.
-            (served.url.clone(), bad.sha256.clone())
-        } else {
-            (served.url.clone(), served.sha256.clone())
-        };
-        let up = Upgrade {
-            version: TARGET.into(),
-            url,
-            file_size: pkg.size,
-            file_name: "firmware.bin".into(),
-            access_token: Some(server.issue_token(Duration::from_secs(3600))),
-            expires: Some(86_400),
-            sign: Some(sign),
-            custom_info: None,
-            task_id: Some("demo-task-1".into()),
-            sub_device_count: Some(plan.len() as u32),
-            task_ext_info: None,
-        };
+            up.sign = Some(bad.sha256.clone());
+        }
         let ev = Event::Upgrade {
             kind: UpgradeKind::Firmware,
             v2: false,

@@ -266,22 +266,14 @@ pub async fn run(
             Source::File(u.file.clone()),
             Access::Bearer,
         )?;
-        let up = Upgrade {
-            version: u.version.clone(),
-            url: served.url,
-            file_size: served.size,
-            file_name: u
-                .file
-                .file_name()
-                .map_or("firmware.bin".into(), |n| n.to_string_lossy().into_owned()),
-            access_token: Some(server.issue_token(Duration::from_secs(86_400))),
-            expires: Some(86_400),
-            sign: Some(served.sha256.clone()),
-            custom_info: None,
-            task_id: Some("sim-task-1".into()),
+        let token = server.issue_token(Duration::from_secs(86_400));
+        let mut up = Upgrade {
             sub_device_count: Some(opts.upgrades.len() as u32),
-            task_ext_info: None,
+            ..served.upgrade(&u.version, token, "sim-task-1")
         };
+        if let Some(name) = u.file.file_name() {
+            up.file_name = name.to_string_lossy().into_owned();
+        }
         println!(
             "firmware_upgrade -> {}: {} ({} bytes, sha256 {}...) to {}",
             u.child,

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use otabridge_codecs::iotda::Upgrade;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -108,6 +109,27 @@ pub struct Served {
     pub size: u64,
     /// Its SHA-256, lower-case hex.
     pub sha256: String,
+}
+
+impl Served {
+    /// The paras of an IoTDA `firmware_upgrade` event for this package, as
+    /// a batch task sends them: v1 URL, `token`, 24 h validity, the sign in
+    /// upper case (IoTDA's console shows it so).
+    pub fn upgrade(&self, version: &str, token: String, task_id: &str) -> Upgrade {
+        Upgrade {
+            version: version.into(),
+            url: self.url.clone(),
+            file_size: self.size,
+            file_name: "firmware.bin".into(),
+            access_token: Some(token),
+            expires: Some(86_400),
+            sign: Some(self.sha256.to_uppercase()),
+            custom_info: None,
+            task_id: Some(task_id.into()),
+            sub_device_count: None,
+            task_ext_info: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -430,6 +452,25 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Logs the request and answers `status` with no body (and `extra` header
+/// lines, each ending in CRLF).
+async fn answer_empty<S: AsyncWrite + Unpin>(
+    mut s: S,
+    state: &Mutex<State>,
+    mut log: RequestLog,
+    status: u16,
+    extra: &str,
+) -> std::io::Result<()> {
+    log.status = status;
+    state.lock().unwrap().log.push(log);
+    let msg = format!(
+        "HTTP/1.1 {status} {}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n",
+        reason(status)
+    );
+    s.write_all(msg.as_bytes()).await?;
+    s.shutdown().await
+}
+
 async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     state: Arc<Mutex<State>>,
@@ -452,14 +493,8 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let redirect = state.lock().unwrap().redirects.get(&id).cloned();
     if let Some((status, location)) = redirect {
-        log.status = status;
-        state.lock().unwrap().log.push(log);
-        let msg = format!(
-            "HTTP/1.1 {status} {}\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            reason(status)
-        );
-        s.write_all(msg.as_bytes()).await?;
-        return s.shutdown().await;
+        let extra = format!("Location: {location}\r\n");
+        return answer_empty(s, &state, log, status, &extra).await;
     }
     // Decide the answer under the lock, then serve without it.
     let plan = {
@@ -488,16 +523,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let (source, size, etag, faults) = match plan {
         Ok(p) => p,
-        Err(status) => {
-            log.status = status;
-            state.lock().unwrap().log.push(log);
-            let msg = format!(
-                "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                reason(status)
-            );
-            s.write_all(msg.as_bytes()).await?;
-            return s.shutdown().await;
-        }
+        Err(status) => return answer_empty(s, &state, log, status, "").await,
     };
     let declared = faults.declared_size.unwrap_or(size);
     let range_ok = head.if_range.as_deref().is_none_or(|v| v == etag);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use otabridge::child::serial::SerialChild;
 use otabridge::child::Package;
 use otabridge::config::SerialOptions;
-use otabridge::sim::smp_child::{mcuboot_image, parse_version, SmpChild};
+use otabridge::sim::smp_child::{mcuboot_image, parse_version, Faults, SmpChild, SmpChildOptions};
 use sha2::{Digest, Sha256};
 
 /// Driver options for tests: answers within 1 s (4 retries), the first
@@ -22,6 +22,17 @@ pub fn options() -> SerialOptions {
         reboot_timeout: Duration::from_secs(10),
         ..SerialOptions::default()
     }
+}
+
+/// A simulated device on a pty with `faults` (the `--faults` syntax) and
+/// `seed`, otherwise defaults.
+pub fn sim(faults: &str, seed: u64) -> SmpChild {
+    SmpChild::spawn(SmpChildOptions {
+        faults: faults.parse::<Faults>().unwrap(),
+        seed,
+        ..SmpChildOptions::default()
+    })
+    .unwrap()
 }
 
 /// Writes `bytes` as a package of `version` into `dir`.
