@@ -524,9 +524,11 @@ impl CoapNetwork {
 
     /// Pushes a file to `peer`'s resource `path` with Block1 (RFC 7959
     /// §2.3), one block in flight, starting at `resume_offset` (4.08 falls
-    /// back to 0). `progress` gets the bytes acknowledged. Returns the final
-    /// response code. Used for plain CoAP servers (interop tests, benches);
-    /// LwM2M children go through [`super::CoapChild`].
+    /// back to 0), run by the network task ([`CoapNetwork::start_push`]).
+    /// `progress` gets the bytes acknowledged, about 64 times per image and
+    /// once at the end. Returns the final response code. Used for plain CoAP
+    /// servers (interop tests, benches); LwM2M children go through
+    /// [`super::CoapChild`].
     pub async fn push_file(
         &self,
         peer: SocketAddr,
