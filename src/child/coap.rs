@@ -96,7 +96,8 @@ pub struct CoapChild {
     net: CoapNetwork,
     options: ChildOptions,
     /// NSTART = 1 (RFC 7252 §4.7): one request in flight to this child, even
-    /// when a health check runs during a delivery.
+    /// when a health check runs during a delivery. A push runs in the
+    /// network task, which holds such requests behind its block in flight.
     exchange: tokio::sync::Mutex<()>,
     pending: Mutex<Option<Pending>>,
     /// Retransmissions to this child's address, counted by the network,
