@@ -128,6 +128,41 @@ async fn push_under_loss_duplication_and_reordering() {
             st.dropped > 0 && st.duplicated > 0,
             "faults were injected: {st:?}"
         );
+        // Every datagram of a push is our request or its answer, so a drop
+        // costs a retransmission.
+        assert!(child.chunk_retries() > 0, "retransmissions are counted");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn chunk_retries_stay_zero_on_a_clean_link() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 20 * 1024 + 7, 12);
+        let sim = CoapChildSim::start(sim_options(13, Faults::default()))
+            .await
+            .unwrap();
+        // RFC 7252 timers (2-3 s), not the short test ones: a busy build
+        // host must not turn a slow answer into a retransmission here.
+        let net = CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 14));
+        let child = CoapChild::new(
+            "push0",
+            sim.addr(),
+            Delivery::Push,
+            net.unwrap(),
+            child_options(),
+        );
+        assert_eq!(child.chunk_retries(), 0);
+        child.deliver(&pkg, 0, &|_| {}).await.unwrap();
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        assert_eq!(child.chunk_retries(), 0, "nothing sent twice");
+        // The reboot after Execute is silence the reads retry across.
+        child.activate(&pkg).await.unwrap();
+        assert_eq!(sim.version(), "2.0");
     })
     .await
 }

@@ -23,7 +23,8 @@
 pub mod network;
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otabridge_codecs::coap::{
@@ -33,7 +34,10 @@ use otabridge_codecs::coap::{
 use otabridge_codecs::lwm2m::{self, Path};
 use tracing::{debug, info, warn};
 
-pub use network::{BindError, CoapNetwork, FileImage, NetworkOptions, RequestError};
+pub use network::{
+    BindError, CoapNetwork, FileImage, NetworkOptions, PushDone, PushHandle, PushJobError,
+    PushUpdate, RequestError,
+};
 
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::Delivery;
@@ -92,9 +96,14 @@ pub struct CoapChild {
     net: CoapNetwork,
     options: ChildOptions,
     /// NSTART = 1 (RFC 7252 §4.7): one request in flight to this child, even
-    /// when a health check runs during a delivery.
+    /// when a health check runs during a delivery. A push runs in the
+    /// network task, which holds such requests behind its block in flight.
     exchange: tokio::sync::Mutex<()>,
     pending: Mutex<Option<Pending>>,
+    /// Retransmissions to this child's address, counted by the network,
+    /// and the count when this driver was created.
+    retries: Arc<AtomicU64>,
+    retries_base: u64,
 }
 
 /// How a run of the procedure stopped.
@@ -112,14 +121,17 @@ impl CoapChild {
         net: CoapNetwork,
         options: ChildOptions,
     ) -> Self {
+        let retries = net.retry_counter(address);
         CoapChild {
             device_id: device_id.to_owned(),
             address,
             delivery,
-            net,
             options,
             exchange: tokio::sync::Mutex::new(()),
             pending: Mutex::new(None),
+            retries_base: retries.load(Ordering::Relaxed),
+            retries,
+            net,
         }
     }
 
@@ -222,6 +234,12 @@ impl CoapChild {
                     UpdateEvent::Finished(o) => return Ok(Stop::Finished(o)),
                 }
             }
+            // Push: the network task runs the Block1 transfer itself (see
+            // `network`'s module doc); the deadline still applies here.
+            if let Some(push) = procedure.take_push(self.net.now()) {
+                self.run_push(procedure, push, package, progress).await?;
+                continue;
+            }
             let req = procedure
                 .poll_request(self.net.now(), &mut image)
                 .map_err(|e| ChildError::Io(e.to_string()))?;
@@ -256,6 +274,65 @@ impl CoapChild {
                 _ = tokio::time::sleep_until(self.net.at(t)) => procedure.handle_timeout(self.net.now()),
                 b = next_served(&mut watch) => procedure.note_served(&b),
             }
+        }
+    }
+}
+
+impl CoapChild {
+    /// Runs a push taken from `procedure` in the network task until it
+    /// ends or the procedure's deadline passes, then hands it back.
+    async fn run_push(
+        &self,
+        procedure: &mut UpdateProcedure,
+        push: Box<otabridge_codecs::coap::Block1Push>,
+        package: &Package,
+        progress: Progress<'_>,
+    ) -> Result<(), ChildError> {
+        let image = std::fs::File::open(&package.path)
+            .map(FileImage)
+            .map_err(|e| ChildError::Io(format!("{}: {e}", package.path.display())))?;
+        let closed = || ChildError::Io("the CoAP network is shut down".into());
+        let mut handle = self
+            .net
+            .start_push(self.address, push, image)
+            .map_err(|_| closed())?;
+        let deadline = procedure.poll_timeout().map(|t| self.net.at(t));
+        let done = loop {
+            tokio::select! {
+                u = handle.next() => match u {
+                    PushUpdate::Progress(acked) => {
+                        procedure.note_push_progress(acked);
+                        report_progress(procedure, progress);
+                    }
+                    PushUpdate::Done(d) => break d,
+                    PushUpdate::Closed => return Err(closed()),
+                },
+                _ = network::sleep_until_opt(deadline) => {
+                    // Dropping the handle abandons the push; the procedure
+                    // records the download timeout.
+                    procedure.handle_timeout(self.net.now());
+                    return Ok(());
+                }
+            }
+        };
+        match done.error {
+            None => {}
+            Some(PushJobError::Read(e)) => return Err(ChildError::Io(e.to_string())),
+            Some(e) => return Err(ChildError::Protocol(e.to_string())),
+        }
+        procedure.note_push_progress(done.push.acked());
+        report_progress(procedure, progress);
+        procedure.return_push(done.push, done.events, self.net.now());
+        Ok(())
+    }
+}
+
+/// Passes the progress events `note_push_progress` queued to the caller
+/// (the only events it queues).
+fn report_progress(procedure: &mut UpdateProcedure, progress: Progress<'_>) {
+    while let Some(ev) = procedure.poll_event() {
+        if let UpdateEvent::Progress { delivered, .. } = ev {
+            progress(u64::from(delivered));
         }
     }
 }
@@ -325,6 +402,12 @@ impl Child for CoapChild {
 
     fn transport(&self) -> &'static str {
         "coap"
+    }
+
+    fn chunk_retries(&self) -> u64 {
+        // Retransmissions of CON requests (RFC 7252 §4.2), blocks and
+        // reads alike, since this driver was created.
+        self.retries.load(Ordering::Relaxed) - self.retries_base
     }
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {

@@ -125,6 +125,10 @@ pub struct Transmit<P> {
     pub peer: P,
     /// The datagram.
     pub bytes: Vec<u8>,
+    /// A retransmission of a CON request of ours after its timeout
+    /// (RFC 7252 §4.2), not a first transmission or an answer: drivers
+    /// count these per peer (the `chunk_retries` metric).
+    pub retransmission: bool,
 }
 
 /// A request a peer sent us, to be answered with [`Exchanges::respond`].
@@ -312,6 +316,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
         self.transmits.push_back(Transmit {
             peer: peer.clone(),
             bytes: bytes.clone(),
+            retransmission: false,
         });
         self.outstanding.push(Outstanding {
             id,
@@ -367,6 +372,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
         self.transmits.push_back(Transmit {
             peer: request.peer.clone(),
             bytes,
+            retransmission: false,
         });
         Ok(())
     }
@@ -389,6 +395,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
                     self.transmits.push_back(Transmit {
                         peer,
                         bytes: empty(MessageType::Reset, mid),
+                        retransmission: false,
                     });
                 }
                 return Err(e.into());
@@ -416,6 +423,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
                         self.transmits.push_back(Transmit {
                             peer,
                             bytes: empty(MessageType::Reset, mid),
+                            retransmission: false,
                         });
                     }
                     return Ok(());
@@ -425,7 +433,11 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
                     // A duplicate (RFC 7252 §4.5): answer as before, never
                     // hand it up twice.
                     if let Some(reply) = seen.reply.clone() {
-                        self.transmits.push_back(Transmit { peer, bytes: reply });
+                        self.transmits.push_back(Transmit {
+                            peer,
+                            bytes: reply,
+                            retransmission: false,
+                        });
                     }
                     return Ok(());
                 }
@@ -498,6 +510,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
             self.transmits.push_back(Transmit {
                 peer: peer.clone(),
                 bytes,
+                retransmission: false,
             });
         }
         if let Some(i) = found {
@@ -542,6 +555,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
                 self.transmits.push_back(Transmit {
                     peer: o.peer.clone(),
                     bytes: o.bytes.clone(),
+                    retransmission: true,
                 });
                 i += 1;
             }
@@ -728,7 +742,9 @@ mod tests {
         let id = e
             .start_request(PEER, request(Code::GET, &["x"]), at(0))
             .unwrap();
-        let first = drain(&mut e).remove(0);
+        let t = e.poll_transmit().unwrap();
+        assert!(!t.retransmission, "the first transmission is no retry");
+        let first = t.bytes;
         let t0 = e.poll_timeout().unwrap().as_millis();
         assert!(
             (2000..=3000).contains(&t0),
@@ -740,7 +756,10 @@ mod tests {
         let mut deadline = t0;
         for n in 1..=4u64 {
             e.handle_timeout(at(deadline));
-            assert_eq!(drain(&mut e), vec![first.clone()], "retransmission #{n}");
+            let t = e.poll_transmit().unwrap();
+            assert!(t.retransmission, "flagged for the chunk_retries metric");
+            assert_eq!(t.bytes, first, "retransmission #{n}");
+            assert!(drain(&mut e).is_empty());
             let next = e.poll_timeout().unwrap().as_millis();
             assert_eq!(next - deadline, t0 << n, "timeout doubles");
             deadline = next;

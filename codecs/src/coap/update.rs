@@ -258,6 +258,8 @@ enum Step {
     Reset,
     WriteUri,
     Pushing(Box<Block1Push>),
+    /// The push runs in the driver ([`UpdateProcedure::take_push`]).
+    PushDelegated,
     PollState,
     PollResult,
     Execute,
@@ -327,9 +329,11 @@ impl UpdateProcedure {
         match self.step {
             Step::ReadVersion => Phase::Checking,
             Step::Reset => Phase::Resetting,
-            Step::WriteUri | Step::Pushing(_) | Step::PollState | Step::PollResult => {
-                Phase::Delivering
-            }
+            Step::WriteUri
+            | Step::Pushing(_)
+            | Step::PushDelegated
+            | Step::PollState
+            | Step::PollResult => Phase::Delivering,
             Step::Execute | Step::ConfirmRefusal(_) => Phase::Downloaded,
             Step::VerifyVersion | Step::VerifyResult | Step::Finished => Phase::Updating,
         }
@@ -350,6 +354,7 @@ impl UpdateProcedure {
     pub fn push_acked(&self) -> Option<u32> {
         match &self.step {
             Step::Pushing(p) => Some(p.acked()),
+            Step::PushDelegated => Some(self.delivered),
             _ => None,
         }
     }
@@ -378,7 +383,7 @@ impl UpdateProcedure {
             return Ok(req);
         }
         let req = match &self.step {
-            Step::Finished | Step::Pushing(_) => return Ok(None),
+            Step::Finished | Step::Pushing(_) | Step::PushDelegated => return Ok(None),
             Step::ReadVersion | Step::VerifyVersion | Step::ConfirmRefusal(_) => {
                 get(Path::FIRMWARE_VERSION)
             }
@@ -480,7 +485,7 @@ impl UpdateProcedure {
                 Ok(_) => self.wait(now, Step::VerifyVersion),
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
             },
-            Step::Pushing(_) | Step::Finished => {}
+            Step::Pushing(_) | Step::PushDelegated | Step::Finished => {}
         }
     }
 
@@ -530,6 +535,62 @@ impl UpdateProcedure {
         }
     }
 
+    /// Hands the running Block1 push to the driver, which runs the whole
+    /// transfer itself (the daemon's network task does, so that a block's
+    /// response leads to the next block without waking the caller). `None`
+    /// unless a push runs with no request in flight. Until
+    /// [`UpdateProcedure::return_push`] the procedure sends nothing; its
+    /// download deadline still holds: [`UpdateProcedure::poll_timeout`]
+    /// gives it and [`UpdateProcedure::handle_timeout`] past it fails the
+    /// delivery, after which the driver drops the push.
+    pub fn take_push(&mut self, now: Instant) -> Option<Box<Block1Push>> {
+        if self.in_flight || !matches!(self.step, Step::Pushing(_)) || self.check_deadline(now) {
+            return None;
+        }
+        match std::mem::replace(&mut self.step, Step::PushDelegated) {
+            Step::Pushing(push) => Some(push),
+            // Checked above.
+            other => {
+                self.step = other;
+                None
+            }
+        }
+    }
+
+    /// Bytes acknowledged so far by a push taken with
+    /// [`UpdateProcedure::take_push`] (the driver's latest
+    /// [`PushEvent::Progress`]; intermediate values may be skipped).
+    pub fn note_push_progress(&mut self, acked: u32) {
+        if matches!(self.step, Step::PushDelegated) && acked != self.delivered {
+            self.delivered = acked;
+            self.events.push_back(UpdateEvent::Progress {
+                delivered: acked,
+                total: self.cfg.total_len,
+            });
+        }
+    }
+
+    /// Takes back a push from [`UpdateProcedure::take_push`] with the events
+    /// it raised meanwhile, in order (progress events may be left out, see
+    /// [`UpdateProcedure::note_push_progress`]). Ignored when the procedure
+    /// moved on (its deadline passed).
+    pub fn return_push(
+        &mut self,
+        push: Box<Block1Push>,
+        events: impl IntoIterator<Item = PushEvent>,
+        now: Instant,
+    ) {
+        if !matches!(self.step, Step::PushDelegated) {
+            return;
+        }
+        self.step = Step::Pushing(push);
+        let mut end = None;
+        for e in events {
+            apply_push_event(e, &mut self.delivered, &mut self.events, &mut end);
+        }
+        self.end_push(end, now);
+    }
+
     /// Ends a pause or a phase whose time has come.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.wait_until.is_some_and(|w| now >= w) {
@@ -564,7 +625,7 @@ impl UpdateProcedure {
                 Path::FIRMWARE_VERSION
             }
             Step::Reset | Step::WriteUri => Path::PACKAGE_URI,
-            Step::Pushing(_) => Path::PACKAGE,
+            Step::Pushing(_) | Step::PushDelegated => Path::PACKAGE,
             Step::PollState => Path::STATE,
             Step::PollResult | Step::VerifyResult => Path::UPDATE_RESULT,
             Step::Execute => Path::UPDATE,
@@ -632,19 +693,12 @@ impl UpdateProcedure {
         };
         let mut end = None;
         while let Some(e) = push.poll_event() {
-            match e {
-                PushEvent::Progress { acked, total } => {
-                    self.delivered = acked;
-                    self.events.push_back(UpdateEvent::Progress {
-                        delivered: acked,
-                        total,
-                    });
-                }
-                PushEvent::Done(_) => end = Some(Ok(())),
-                PushEvent::Failed(f) => end = Some(Err(f)),
-                PushEvent::BlockSize { .. } | PushEvent::Restarted { .. } => {}
-            }
+            apply_push_event(e, &mut self.delivered, &mut self.events, &mut end);
         }
+        self.end_push(end, now);
+    }
+
+    fn end_push(&mut self, end: Option<Result<(), PushFailure>>, now: Instant) {
         match end {
             // 5.xml: a complete Package write gives State 2; poll to see it,
             // since some children verify the image first.
@@ -678,6 +732,28 @@ impl UpdateProcedure {
         self.wait_until = None;
         self.deadline = None;
         self.events.push_back(UpdateEvent::Finished(outcome));
+    }
+}
+
+/// Folds one push event into the procedure's progress and events; `end`
+/// gets the push's outcome once it has one.
+fn apply_push_event(
+    e: PushEvent,
+    delivered: &mut u32,
+    events: &mut VecDeque<UpdateEvent>,
+    end: &mut Option<Result<(), PushFailure>>,
+) {
+    match e {
+        PushEvent::Progress { acked, total } => {
+            *delivered = acked;
+            events.push_back(UpdateEvent::Progress {
+                delivered: acked,
+                total,
+            });
+        }
+        PushEvent::Done(_) => *end = Some(Ok(())),
+        PushEvent::Failed(f) => *end = Some(Err(f)),
+        PushEvent::BlockSize { .. } | PushEvent::Restarted { .. } => {}
     }
 }
 
@@ -1066,6 +1142,78 @@ mod tests {
             delivered: 100,
             total: 100
         }));
+    }
+
+    #[test]
+    fn a_delegated_push_is_driven_outside_and_handed_back() {
+        let push_cfg = || UpdateConfig {
+            poll_interval: Duration::from_secs(1),
+            download_timeout: Duration::from_secs(60),
+            ..UpdateConfig::new(
+                "2.0",
+                100,
+                Delivery::Push {
+                    szx: 2,
+                    resume_offset: 0,
+                },
+            )
+        };
+        let mut u = UpdateProcedure::new(push_cfg()).unwrap();
+        assert!(u.take_push(at(0)).is_none(), "not pushing yet");
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let mut push = u.take_push(at(0)).expect("pushing, nothing in flight");
+        assert!(u.take_push(at(0)).is_none(), "taken once");
+        assert_eq!(u.phase(), Phase::Delivering);
+        let mut img: Vec<u8> = (0..100).collect();
+        assert_eq!(u.poll_request(at(1), &mut img).unwrap(), None);
+        assert_eq!(u.poll_timeout(), Some(at(60_000)), "the deadline holds");
+        // The driver runs the push: block 0 (2.31), block 1 (2.04).
+        let r = push.poll_request(&mut img).unwrap().unwrap();
+        assert_eq!(block1(&r).unwrap().map(|b| b.num), Some(0));
+        let mut cont = answer(Code::CONTINUE, "");
+        msg::set_block1(
+            &mut cont,
+            BlockOpt {
+                num: 0,
+                more: true,
+                szx: 2,
+            },
+        );
+        push.handle_response(&cont);
+        let mut events: Vec<_> = std::iter::from_fn(|| push.poll_event()).collect();
+        u.note_push_progress(64);
+        assert_eq!(u.push_acked(), Some(64));
+        let _ = push.poll_request(&mut img).unwrap().unwrap();
+        push.handle_response(&answer(Code::CHANGED, ""));
+        events.extend(std::iter::from_fn(|| push.poll_event()));
+        u.return_push(push, events, at(20));
+        assert_eq!(next(&mut u, 20).1, "5/0/3", "downloaded: poll State");
+        let progress: Vec<_> = std::iter::from_fn(|| u.poll_event())
+            .filter_map(|e| match e {
+                UpdateEvent::Progress { delivered, .. } => Some(delivered),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(progress, [64, 64, 100]);
+
+        // Past the deadline the delivery fails and a late push is ignored.
+        let mut u = UpdateProcedure::new(UpdateConfig {
+            max_attempts: 1,
+            ..push_cfg()
+        })
+        .unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let push = u.take_push(at(0)).unwrap();
+        u.handle_timeout(at(60_000));
+        assert_eq!(
+            finished(&mut u),
+            Some(Outcome::Failed(UpdateFailure::DownloadTimeout))
+        );
+        u.return_push(push, [PushEvent::Done(Code::CHANGED)], at(60_001));
+        assert!(u.is_finished());
+        assert_eq!(u.poll_request(at(60_001), &mut img).unwrap(), None);
     }
 
     #[test]
