@@ -220,7 +220,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
                 sim.addr(),
                 delivery,
                 net.clone(),
-                crate::child::coap::ChildOptions::default(),
+                crate::child::coap::ChildOptions {
+                    // The simulated children answer at once; a real network
+                    // keeps the 5 s default.
+                    poll_interval: Duration::from_millis(250),
+                    ..crate::child::coap::ChildOptions::default()
+                },
             ));
             coap_sims.push(sim);
             plan.push(Planned {
