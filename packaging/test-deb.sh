@@ -24,6 +24,11 @@ rm -f "$deb_dir"/otabridge_*.deb "$deb_dir"/otabridge-dbgsym_*.ddeb
 deb=$(ls "$deb_dir"/otabridge_*.deb)
 echo "built $(basename "$deb") ($(du -h "$deb" | cut -f1))"
 
+# dpkg -i does not fetch dependencies: the package's own (libc6, adduser).
+if ! command -v adduser >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq adduser >/dev/null
+fi
+
 # A leftover installation from an earlier run would hide a missing file.
 if dpkg -s otabridge >/dev/null 2>&1; then dpkg --purge otabridge >/dev/null; fi
 dpkg -i "$deb" >/dev/null || fail "dpkg -i $deb"
