@@ -307,7 +307,7 @@ impl CoapChild {
                     PushUpdate::Done(d) => break d,
                     PushUpdate::Closed => return Err(closed()),
                 },
-                _ = network::sleep_until_opt(deadline) => {
+                _ = super::sleep_until_opt(deadline) => {
                     // Dropping the handle abandons the push; the procedure
                     // records the download timeout.
                     procedure.handle_timeout(self.net.now());

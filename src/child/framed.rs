@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 use self::drive::{drive, DriveError, Ended};
 use self::image::{ImageError, ImageReader};
 use super::serial::drive::Clock;
-use super::serial::port::{LineSettings, PortError, SharedPort};
+use super::serial::port::{LineSettings, SharedPort};
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::Framing;
 
@@ -141,19 +141,11 @@ impl FramedChild {
 
     fn drive_error(&self, e: DriveError) -> ChildError {
         match e {
-            DriveError::Port(p) => self.port_error(p),
+            DriveError::Port(p) => p.into_child_error(&self.device_id),
             DriveError::Image(i) => image_error(i),
             DriveError::Data(_) | DriveError::NoImage | DriveError::Idle => {
                 ChildError::Protocol(format!("{}: {e}", self.device_id))
             }
-        }
-    }
-
-    fn port_error(&self, e: PortError) -> ChildError {
-        match e {
-            // The other end vanished mid-operation: like silence.
-            PortError::Closed { .. } => ChildError::Unreachable(format!("{}: {e}", self.device_id)),
-            PortError::Open { .. } | PortError::Io { .. } => ChildError::Io(e.to_string()),
         }
     }
 
@@ -221,7 +213,11 @@ impl Child for FramedChild {
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
-            let mut link = self.port.lock().await.map_err(|e| self.port_error(e))?;
+            let mut link = self
+                .port
+                .lock()
+                .await
+                .map_err(|e| e.into_child_error(&self.device_id))?;
             let clock = Clock::start();
             let mut engine =
                 Engine::read_version(Arc::clone(&self.profile), self.seed(), clock.now());
@@ -258,7 +254,11 @@ impl Child for FramedChild {
             let mut reader = ImageReader::open(&package.path)
                 .await
                 .map_err(image_error)?;
-            let mut link = self.port.lock().await.map_err(|e| self.port_error(e))?;
+            let mut link = self
+                .port
+                .lock()
+                .await
+                .map_err(|e| e.into_child_error(&self.device_id))?;
             let clock = Clock::start();
             let mut engine = self.engine(info, false, clock)?;
             let id = &self.device_id;
@@ -307,7 +307,11 @@ impl Child for FramedChild {
             let mut reader = ImageReader::open(&package.path)
                 .await
                 .map_err(image_error)?;
-            let mut link = self.port.lock().await.map_err(|e| self.port_error(e))?;
+            let mut link = self
+                .port
+                .lock()
+                .await
+                .map_err(|e| e.into_child_error(&self.device_id))?;
             let clock = Clock::start();
             let mut engine = self.engine(info, true, clock)?;
             let id = &self.device_id;

@@ -122,6 +122,15 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Sleeps until `t`, or forever without one: the timer arm of a `select!`
+/// over an engine's optional next timeout.
+pub(crate) async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A child that cannot be driven by this build.
 #[derive(Debug, thiserror::Error)]
 #[error("child {device_id}: transport {transport} is not available yet")]

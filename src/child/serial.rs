@@ -39,7 +39,7 @@ use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEve
 use tracing::{debug, info, warn};
 
 use self::drive::{drive, Clock, DriveError, ImageFile, LineStats};
-use self::port::{LineSettings, PortError, SharedPort};
+use self::port::{LineSettings, SharedPort};
 use self::state::{StateRead, StateReadError, StateReadEvent};
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::SerialOptions;
@@ -140,7 +140,11 @@ impl SerialChild {
         let mut image = ImageFile::open(&package.path)
             .await
             .map_err(|e| self.drive_error(e))?;
-        let mut link = self.port.lock().await.map_err(|e| self.port_error(e))?;
+        let mut link = self
+            .port
+            .lock()
+            .await
+            .map_err(|e| e.into_child_error(&self.device_id))?;
         let clock = Clock::start();
         let mut engine = Upload::new(
             self.upload_config(link.next_seq()),
@@ -207,17 +211,9 @@ impl SerialChild {
         }
     }
 
-    fn port_error(&self, e: PortError) -> ChildError {
-        match e {
-            // The other end vanished mid-operation: like silence.
-            PortError::Closed { .. } => ChildError::Unreachable(format!("{}: {e}", self.device_id)),
-            PortError::Open { .. } | PortError::Io { .. } => ChildError::Io(e.to_string()),
-        }
-    }
-
     fn drive_error(&self, e: DriveError) -> ChildError {
         match e {
-            DriveError::Port(p) => self.port_error(p),
+            DriveError::Port(p) => p.into_child_error(&self.device_id),
             DriveError::Image { .. } => ChildError::Io(e.to_string()),
             DriveError::Idle => ChildError::Protocol(e.to_string()),
         }
@@ -280,7 +276,11 @@ impl Child for SerialChild {
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
-            let mut link = self.port.lock().await.map_err(|e| self.port_error(e))?;
+            let mut link = self
+                .port
+                .lock()
+                .await
+                .map_err(|e| e.into_child_error(&self.device_id))?;
             let clock = Clock::start();
             let o = &self.options;
             let mut engine = StateRead::new(link.next_seq(), o.timeout, o.retries, clock.now());
@@ -331,7 +331,11 @@ impl Child for SerialChild {
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let mut link = self.port.lock().await.map_err(|e| self.port_error(e))?;
+            let mut link = self
+                .port
+                .lock()
+                .await
+                .map_err(|e| e.into_child_error(&self.device_id))?;
             let clock = Clock::start();
             // No expected hash: the state list's `hash` is MCUboot's
             // IMAGE_TLV_SHA256, not the package file's SHA-256 (children.md

@@ -331,12 +331,7 @@ async fn run(socket: UdpSocket, device: Arc<Mutex<Device>>, mut stopped: oneshot
                     lock(&device).seam(Dir::In, peer, buf[..n].to_vec(), now());
                 }
             }
-            _ = async {
-                match wake {
-                    Some(w) => tokio::time::sleep_until(w).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+            _ = crate::child::sleep_until_opt(wake) => {}
         }
         let out = lock(&device).step(now());
         for (peer, bytes) in out {

@@ -290,7 +290,7 @@ async fn device_loop(
                 let begun = c.device().requests(MessageKind::Begin) > begins;
                 (std::iter::from_fn(|| c.poll_transmit()).collect::<Vec<_>>(), begun)
             }
-            _ = sleep_until_opt(wake) => {
+            _ = crate::child::sleep_until_opt(wake) => {
                 let mut c = lock();
                 c.handle_timeout(now());
                 (std::iter::from_fn(|| c.poll_transmit()).collect(), false)
@@ -309,13 +309,6 @@ async fn device_loop(
                 return;
             }
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -520,7 +520,7 @@ impl Device {
                     }
                     self.read_buffers(t).await;
                 }
-                _ = sleep_until_opt(wake) => {
+                _ = crate::child::sleep_until_opt(wake) => {
                     let now = self.now();
                     self.dev.handle_timeout(now);
                     self.collect_events();
@@ -668,13 +668,6 @@ impl Device {
             self.shared().stats.corrupted += 1;
         }
         let _ = self.out.send((leave, framed)).await;
-    }
-}
-
-async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

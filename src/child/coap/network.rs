@@ -1063,13 +1063,6 @@ fn notify(s: &Shared, peer: SocketAddr, b: &ServedBlock) {
     }
 }
 
-pub(super) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@
 //! reaches the child (`deliver` stops at `Verified`, before `activate`).
 
 use std::ops::ControlFlow;
-use std::time::Duration;
 
 use otabridge_codecs::framed::engine::{DataError, Event, Outcome};
 use otabridge_codecs::framed::Engine;
@@ -77,25 +76,19 @@ pub async fn drive(
             }
         }
         while let Some(frame) = engine.poll_transmit() {
-            // The port's sequence counter belongs to SMP; passing its next
-            // value through leaves it moving, which SMP children sharing
-            // the bus do not mind.
-            let seq = link.next_seq();
-            link.send(seq, &frame).await?;
+            link.write(&frame).await?;
         }
         // Between frames the engine always waits on a reply, a backoff or a
         // settle time; without a deadline nothing would wake it.
         let Some(deadline) = engine.poll_timeout() else {
             return Err(DriveError::Idle);
         };
-        let wait =
-            Duration::from_millis(deadline.as_millis().saturating_sub(clock.now().as_millis()));
         tokio::select! {
             r = link.read(&mut buf) => {
                 let n = r?;
                 engine.handle_input(&buf[..n], clock.now());
             }
-            _ = tokio::time::sleep(wait) => {
+            _ = tokio::time::sleep_until(clock.at(deadline)) => {
                 engine.handle_timeout(clock.now());
                 silent = engine.is_finished();
             }

@@ -163,7 +163,8 @@ impl Clock {
         Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 
-    fn at(&self, t: Instant) -> tokio::time::Instant {
+    /// The runtime instant of engine time `t`.
+    pub fn at(&self, t: Instant) -> tokio::time::Instant {
         self.origin + std::time::Duration::from_millis(t.as_millis())
     }
 }

@@ -74,6 +74,19 @@ struct PortState {
     next_seq: u8,
 }
 
+impl PortError {
+    /// As the `Child` trait's error for child `device_id`: a line that
+    /// closed mid-operation is like silence (a retry may work), anything
+    /// else is a local I/O failure.
+    pub fn into_child_error(self, device_id: &str) -> crate::child::ChildError {
+        use crate::child::ChildError;
+        match self {
+            PortError::Closed { .. } => ChildError::Unreachable(format!("{device_id}: {self}")),
+            PortError::Open { .. } | PortError::Io { .. } => ChildError::Io(self.to_string()),
+        }
+    }
+}
+
 fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<SharedPort>>> {
     static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Weak<SharedPort>>>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default)
@@ -192,12 +205,20 @@ impl Link<'_> {
     /// tokio-serial 5.5's `poll_flush` calls `tcdrain`, which blocks the
     /// runtime thread until the UART has sent everything (mio-serial
     /// `impl Write for SerialStream`); the kernel sends the bytes anyway.
+    /// `seq` is the SMP request's sequence number: the port's counter moves
+    /// past it.
     pub async fn send(&mut self, seq: u8, bytes: &[u8]) -> Result<(), PortError> {
         // Only forward: a resend of an older request (the upload's window)
         // must not hand its number out again.
         if seq.wrapping_sub(self.state.next_seq) < 128 {
             self.state.next_seq = seq.wrapping_add(1);
         }
+        self.write(bytes).await
+    }
+
+    /// Writes bytes that carry no SMP sequence number (a framed profile's
+    /// frames), as [`Link::send`] does.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), PortError> {
         let r = match self.state.stream.as_mut() {
             Some(s) => s.write_all(bytes).await,
             None => {
