@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use otabridge::child::{Child, ChildError};
 use otabridge::sim::smp_child::{SmpChild, SmpChildOptions};
-use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::sim::{SimConfig, SimEvent};
 use serial_support::{child, image, options, package, sim, Seen};
 
@@ -129,7 +128,7 @@ async fn rejected_images_report_their_iotda_code() {
         e,
         ChildError::Rejected {
             result_code: 8,
-            description: result::UNSUPPORTED.into()
+            description: otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE.into()
         }
     );
     // Larger than the slot: INVALID_IMAGE_TOO_LARGE → 5.
@@ -150,7 +149,7 @@ async fn rejected_images_report_their_iotda_code() {
         e,
         ChildError::Rejected {
             result_code: 5,
-            description: result::STORAGE.into()
+            description: otabridge_codecs::iotda::result::DESC_NO_STORAGE.into()
         }
     );
 }

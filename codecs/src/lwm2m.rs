@@ -245,20 +245,21 @@ impl UpdateResult {
     ///   still reads 0 never reported a result. The gateway reports success
     ///   only after reading the new version back (DESIGN.md principles).
     pub fn to_iotda(self) -> (u16, &'static str) {
+        use crate::iotda::result::*;
         use UpdateResult::*;
         match self {
-            Initial => (255, "No firmware update result reported"),
-            Success => (0, "Firmware updated successfully"),
-            NotEnoughStorage => (5, "Not enough storage for the new firmware package"),
-            OutOfMemory => (9, "Out of memory during downloading process"),
-            ConnectionLost => (6, "Connection lost during downloading process"),
-            IntegrityFailure => (7, "Integrity check failure for new downloaded package"),
-            UnsupportedPackage => (8, "Unsupported package type"),
-            InvalidUri => (255, "Invalid URI"),
-            UpdateFailed => (10, "Firmware update failed"),
-            UnsupportedProtocol => (255, "Unsupported protocol"),
-            Cancelled => (255, "Firmware update cancelled"),
-            Deferred => (1, "Firmware update deferred"),
+            Initial => (INNER_ERROR, "No firmware update result reported"),
+            Success => (SUCCESS, "Firmware updated successfully"),
+            NotEnoughStorage => (LOW_SPACE, DESC_NO_STORAGE),
+            OutOfMemory => (LOW_MEMORY, DESC_NO_MEMORY),
+            ConnectionLost => (DOWNLOAD_TIMEOUT, DESC_CONNECTION_LOST),
+            IntegrityFailure => (CHECK_FAIL, DESC_INTEGRITY),
+            UnsupportedPackage => (UNKNOWN_TYPE, DESC_UNSUPPORTED_TYPE),
+            InvalidUri => (INNER_ERROR, DESC_INVALID_URI),
+            UpdateFailed => (INSTALL_FAIL, DESC_UPDATE_FAILED),
+            UnsupportedProtocol => (INNER_ERROR, "Unsupported protocol"),
+            Cancelled => (INNER_ERROR, "Firmware update cancelled"),
+            Deferred => (BUSY, "Firmware update deferred"),
         }
     }
 }

@@ -374,7 +374,7 @@ fn device_errors_map_to_iotda_codes() {
     assert_eq!(result::for_upload(&e).code, 8);
     assert_eq!(
         result::for_upload(&e).description,
-        Some(result::UNSUPPORTED)
+        Some(otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE)
     );
 
     let img = image(V123, 1000);
@@ -633,7 +633,7 @@ fn silent_device_after_reset_fails_with_10() {
         result::for_activate(e),
         result::IotdaResult {
             code: 10,
-            description: Some(result::UPDATE_FAILED)
+            description: Some(otabridge_codecs::iotda::result::DESC_UPDATE_FAILED)
         }
     );
     // 5 s wait + 4 reads of 2 s.

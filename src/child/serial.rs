@@ -230,7 +230,7 @@ fn parse_sha(hex_sha: &str) -> Result<[u8; 32], ChildError> {
 
 fn rejected(r: IotdaResult, why: &dyn std::fmt::Display) -> ChildError {
     ChildError::Rejected {
-        result_code: u16::from(r.code),
+        result_code: r.code,
         description: r.description.map_or_else(|| why.to_string(), str::to_owned),
     }
 }
@@ -394,7 +394,7 @@ mod tests {
             upload_error(img(23)),
             ChildError::Rejected {
                 result_code: 8,
-                description: result::UNSUPPORTED.into()
+                description: otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE.into()
             }
         );
         // No platform wording: the engine's own message.

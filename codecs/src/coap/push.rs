@@ -155,7 +155,7 @@ impl PushFailure {
             PushFailure::Unreachable | PushFailure::NoResponse | PushFailure::Reset => {
                 UpdateResult::ConnectionLost.to_iotda()
             }
-            _ => (255, "internal exception"),
+            _ => (crate::iotda::result::INNER_ERROR, "internal exception"),
         }
     }
 }

@@ -174,7 +174,7 @@ impl UpdateFailure {
             UpdateFailure::Unreachable(p) if *p != Path::FIRMWARE_VERSION => {
                 UpdateResult::ConnectionLost.to_iotda()
             }
-            _ => (255, "internal exception"),
+            _ => (crate::iotda::result::INNER_ERROR, "internal exception"),
         }
     }
 

@@ -39,38 +39,40 @@ pub use codec::{Decoder, Frame, Values};
 pub use engine::{DataRequest, Engine, Event, ImageInfo, Outcome, Upgrade};
 pub use profile::{MessageKind, Profile, ProfileError, ProfileErrorKind};
 
-/// IoTDA `result_code` values used by this module, from
-/// `protocols/iotda.md` §4.6 (IoTDA API page `iot_06_v5_3031`).
+/// IoTDA `result_code` values as profiles write them (one byte), taken from
+/// [`crate::iotda::result`] (iotda.md §4.6), and their descriptions.
 pub mod result_code {
+    use crate::iotda::result as iotda;
+
     /// Success.
-    pub const SUCCESS: u8 = 0;
+    pub const SUCCESS: u8 = iotda::SUCCESS as u8;
     /// Device in use.
-    pub const BUSY: u8 = 1;
+    pub const BUSY: u8 = iotda::BUSY as u8;
     /// Poor signal.
-    pub const SIGNAL_BAD: u8 = 2;
+    pub const SIGNAL_BAD: u8 = iotda::SIGNAL_BAD as u8;
     /// Already the latest version.
-    pub const NO_NEED: u8 = 3;
+    pub const NO_NEED: u8 = iotda::NO_NEED as u8;
     /// Low battery.
-    pub const LOW_POWER: u8 = 4;
+    pub const LOW_POWER: u8 = iotda::LOW_POWER as u8;
     /// Insufficient storage space.
-    pub const LOW_SPACE: u8 = 5;
+    pub const LOW_SPACE: u8 = iotda::LOW_SPACE as u8;
     /// Download timeout.
-    pub const DOWNLOAD_TIMEOUT: u8 = 6;
+    pub const DOWNLOAD_TIMEOUT: u8 = iotda::DOWNLOAD_TIMEOUT as u8;
     /// Package verification failure.
-    pub const CHECK_FAIL: u8 = 7;
+    pub const CHECK_FAIL: u8 = iotda::CHECK_FAIL as u8;
     /// Unsupported package type.
-    pub const UNKNOWN_TYPE: u8 = 8;
+    pub const UNKNOWN_TYPE: u8 = iotda::UNKNOWN_TYPE as u8;
     /// Insufficient memory.
-    pub const LOW_MEMORY: u8 = 9;
+    pub const LOW_MEMORY: u8 = iotda::LOW_MEMORY as u8;
     /// Package installation failure.
-    pub const INSTALL_FAIL: u8 = 10;
+    pub const INSTALL_FAIL: u8 = iotda::INSTALL_FAIL as u8;
     /// Internal exception.
-    pub const INNER_ERROR: u8 = 255;
+    pub const INNER_ERROR: u8 = iotda::INNER_ERROR as u8;
 
     /// Whether IoTDA accepts `code` (0 to 10 and 255; the C SDK rejects any
     /// other value, `iota_payload.c:416`, see `protocols/iotda.md` §4.6).
     pub fn is_valid(code: u8) -> bool {
-        code <= INSTALL_FAIL || code == INNER_ERROR
+        iotda::is_valid(u16::from(code))
     }
 
     /// The failure description an operator sees for `code`: the platform's
@@ -83,12 +85,12 @@ pub mod result_code {
             SIGNAL_BAD => "poor signal",
             NO_NEED => "already the latest version",
             LOW_POWER => "low battery",
-            LOW_SPACE => "Not enough storage for the new firmware package",
-            DOWNLOAD_TIMEOUT => "Connection lost during downloading process",
-            CHECK_FAIL => "Integrity check failure for new downloaded package",
-            UNKNOWN_TYPE => "Unsupported package type",
-            LOW_MEMORY => "Out of memory during downloading process",
-            INSTALL_FAIL => "Firmware update failed",
+            LOW_SPACE => iotda::DESC_NO_STORAGE,
+            DOWNLOAD_TIMEOUT => iotda::DESC_CONNECTION_LOST,
+            CHECK_FAIL => iotda::DESC_INTEGRITY,
+            UNKNOWN_TYPE => iotda::DESC_UNSUPPORTED_TYPE,
+            LOW_MEMORY => iotda::DESC_NO_MEMORY,
+            INSTALL_FAIL => iotda::DESC_UPDATE_FAILED,
             _ => "internal exception",
         }
     }

@@ -15,30 +15,22 @@
 use super::activate::ActivateError;
 use super::message::SmpErr;
 use super::upload::UploadError;
-
-/// iotda.md §9, LwM2M result 2.
-pub const STORAGE: &str = "Not enough storage for the new firmware package";
-/// iotda.md §9, LwM2M result 3.
-pub const MEMORY: &str = "Out of memory during downloading process";
-/// iotda.md §9, LwM2M result 4.
-pub const CONNECTION_LOST: &str = "Connection lost during downloading process";
-/// iotda.md §9, LwM2M result 5.
-pub const INTEGRITY: &str = "Integrity check failure for new downloaded package";
-/// iotda.md §9, LwM2M result 6.
-pub const UNSUPPORTED: &str = "Unsupported package type";
-/// iotda.md §9, LwM2M result 8.
-pub const UPDATE_FAILED: &str = "Firmware update failed";
+use crate::iotda::result::{
+    CHECK_FAIL, DESC_CONNECTION_LOST, DESC_INTEGRITY, DESC_NO_MEMORY, DESC_NO_STORAGE,
+    DESC_UNSUPPORTED_TYPE, DESC_UPDATE_FAILED, DOWNLOAD_TIMEOUT, INNER_ERROR, INSTALL_FAIL,
+    LOW_MEMORY, LOW_SPACE, UNKNOWN_TYPE,
+};
 
 /// An IoTDA result code with the platform's description when one fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IotdaResult {
     /// `result_code` for `upgrade_progress_report`.
-    pub code: u8,
+    pub code: u16,
     /// iotda.md §9 wording for `description`, when one fits.
     pub description: Option<&'static str>,
 }
 
-const fn r(code: u8, description: Option<&'static str>) -> IotdaResult {
+const fn r(code: u16, description: Option<&'static str>) -> IotdaResult {
     IotdaResult { code, description }
 }
 
@@ -66,102 +58,102 @@ pub struct Row {
 pub const TABLE: &[Row] = &[
     Row {
         key: ErrKey::Image(9),
-        result: r(5, Some(STORAGE)),
+        result: r(LOW_SPACE, Some(DESC_NO_STORAGE)),
         why: "NO_FREE_SLOT: no slot for the image",
     },
     Row {
         key: ErrKey::Image(30),
-        result: r(5, Some(STORAGE)),
+        result: r(LOW_SPACE, Some(DESC_NO_STORAGE)),
         why: "INVALID_IMAGE_TOO_LARGE: len exceeds the slot (img_mgmt_upload_inspect)",
     },
     Row {
         key: ErrKey::Image(15),
-        result: r(9, Some(MEMORY)),
+        result: r(LOW_MEMORY, Some(DESC_NO_MEMORY)),
         why: "NO_FREE_MEMORY",
     },
     Row {
         key: ErrKey::Image(24),
-        result: r(7, Some(INTEGRITY)),
+        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "INVALID_HASH: sha rejected",
     },
     Row {
         key: ErrKey::Image(4),
-        result: r(7, Some(INTEGRITY)),
+        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "NO_TLVS: written image lacks its TLV area [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(5),
-        result: r(7, Some(INTEGRITY)),
+        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "INVALID_TLV [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(6),
-        result: r(7, Some(INTEGRITY)),
+        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "TLV_MULTIPLE_HASHES_FOUND [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(7),
-        result: r(7, Some(INTEGRITY)),
+        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "TLV_INVALID_SIZE [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(8),
-        result: r(7, Some(INTEGRITY)),
+        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "HASH_NOT_FOUND [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(22),
-        result: r(8, Some(UNSUPPORTED)),
+        result: r(UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
         why: "INVALID_IMAGE_HEADER: first chunk is not an MCUboot header",
     },
     Row {
         key: ErrKey::Image(23),
-        result: r(8, Some(UNSUPPORTED)),
+        result: r(UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
         why: "INVALID_IMAGE_HEADER_MAGIC: no 0x96f3b83d magic",
     },
     Row {
         key: ErrKey::Image(29),
-        result: r(8, Some(UNSUPPORTED)),
+        result: r(UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
         why: "INVALID_IMAGE_VECTOR_TABLE: not an image for this device",
     },
     Row {
         key: ErrKey::Image(12),
-        result: r(10, Some(UPDATE_FAILED)),
+        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_WRITE_FAILED",
     },
     Row {
         key: ErrKey::Image(13),
-        result: r(10, Some(UPDATE_FAILED)),
+        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_ERASE_FAILED",
     },
     Row {
         key: ErrKey::Image(2),
-        result: r(10, Some(UPDATE_FAILED)),
+        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_CONFIG_QUERY_FAIL",
     },
     Row {
         key: ErrKey::Image(10),
-        result: r(10, Some(UPDATE_FAILED)),
+        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_OPEN_FAILED",
     },
     Row {
         key: ErrKey::Image(11),
-        result: r(10, Some(UPDATE_FAILED)),
+        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_READ_FAILED",
     },
     Row {
         key: ErrKey::Image(18),
-        result: r(10, Some(UPDATE_FAILED)),
+        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_AREA_DEVICE_NULL",
     },
     Row {
         key: ErrKey::Legacy(2),
-        result: r(9, Some(MEMORY)),
+        result: r(LOW_MEMORY, Some(DESC_NO_MEMORY)),
         why: "ENOMEM: Zephyr's v1 form of NO_FREE_MEMORY",
     },
     Row {
         key: ErrKey::Legacy(9),
-        result: r(7, Some(INTEGRITY)),
+        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "ECORRUPT",
     },
 ];
@@ -172,12 +164,12 @@ pub fn for_smp(err: &SmpErr) -> IotdaResult {
     let key = match *err {
         SmpErr::Legacy { rc } => ErrKey::Legacy(rc),
         SmpErr::Group { group: 1, rc } => ErrKey::Image(rc),
-        SmpErr::Group { .. } => return r(255, None),
+        SmpErr::Group { .. } => return r(INNER_ERROR, None),
     };
     TABLE
         .iter()
         .find(|row| row.key == key)
-        .map_or(r(255, None), |row| row.result)
+        .map_or(r(INNER_ERROR, None), |row| row.result)
 }
 
 /// The IoTDA result for a failed upload.
@@ -188,13 +180,13 @@ pub fn for_upload(err: &UploadError) -> IotdaResult {
         // is LwM2M 4 "connection lost", result 6 (iotda.md §9).
         UploadError::Timeout { .. }
         | UploadError::Stalled { .. }
-        | UploadError::TooManyRestarts(_) => r(6, Some(CONNECTION_LOST)),
-        UploadError::Mismatch => r(7, Some(INTEGRITY)),
+        | UploadError::TooManyRestarts(_) => r(DOWNLOAD_TIMEOUT, Some(DESC_CONNECTION_LOST)),
+        UploadError::Mismatch => r(CHECK_FAIL, Some(DESC_INTEGRITY)),
         UploadError::EmptyImage
         | UploadError::OffsetBeyondEnd { .. }
         | UploadError::BufferTooSmall { .. }
         | UploadError::BadData { .. }
-        | UploadError::Malformed(_) => r(255, None),
+        | UploadError::Malformed(_) => r(INNER_ERROR, None),
     }
 }
 
@@ -204,14 +196,14 @@ pub fn for_upload(err: &UploadError) -> IotdaResult {
 pub fn for_activate(err: &ActivateError) -> IotdaResult {
     match err {
         ActivateError::Device { err, .. } => for_smp(err),
-        ActivateError::Timeout { .. } | ActivateError::Malformed { .. } => r(255, None),
+        ActivateError::Timeout { .. } | ActivateError::Malformed { .. } => r(INNER_ERROR, None),
         ActivateError::NoCandidate
         | ActivateError::CandidateVersion { .. }
         | ActivateError::NotPending
         | ActivateError::NoAnswerAfterReset { .. }
         | ActivateError::NoActiveImage
         | ActivateError::VersionMismatch { .. }
-        | ActivateError::NotConfirmed => r(10, Some(UPDATE_FAILED)),
+        | ActivateError::NotConfirmed => r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
     }
 }
 
@@ -232,7 +224,10 @@ mod tests {
         assert_eq!(img(28), 255);
         assert_eq!(for_smp(&SmpErr::Group { group: 0, rc: 9 }).code, 255);
         assert_eq!(for_smp(&SmpErr::Legacy { rc: 6 }).code, 255);
-        assert_eq!(for_upload(&UploadError::Mismatch), r(7, Some(INTEGRITY)));
+        assert_eq!(
+            for_upload(&UploadError::Mismatch),
+            r(CHECK_FAIL, Some(DESC_INTEGRITY))
+        );
         assert_eq!(
             for_upload(&UploadError::Timeout {
                 off: 0,
