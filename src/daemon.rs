@@ -28,8 +28,8 @@ pub enum StartError {
     /// The package store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A configured child cannot be driven: no driver for its transport,
-    /// or the shared CoAP endpoint cannot be opened.
+    /// A configured child cannot be driven: the shared CoAP endpoint
+    /// (`coap.listen`) cannot be opened.
     #[error(transparent)]
     Child(#[from] child::BuildError),
     /// The metrics endpoint (`metrics.listen`) could not be opened.
@@ -42,8 +42,6 @@ pub enum StartError {
 pub struct Handles {
     /// The platform handle (outbox, link state).
     pub platform: Platform,
-    /// The children, in configuration order.
-    pub children: Vec<Arc<dyn Child>>,
     /// The counters behind the metrics endpoint.
     pub metrics: Metrics,
     /// Where the metrics endpoint listens, when `metrics.listen` is set.
@@ -117,7 +115,6 @@ pub async fn run_with(
     if let Some(s) = started {
         let _ = s.send(Handles {
             platform: platform.clone(),
-            children,
             metrics,
             metrics_addr,
         });

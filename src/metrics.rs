@@ -96,8 +96,8 @@ struct Running {
 struct State {
     /// Jobs running in this process, by journal id.
     running: HashMap<i64, Running>,
-    /// Finished jobs by (succeeded, result code).
-    completed: BTreeMap<(bool, u16), u64>,
+    /// Finished jobs by result code (0: succeeded).
+    completed: BTreeMap<u16, u64>,
     /// Bytes the children acknowledged, by child.
     delivered: BTreeMap<String, u64>,
     /// Job-level retries (a failed attempt followed by a backoff), by child.
@@ -136,10 +136,12 @@ impl Metrics {
         if phase.is_terminal() {
             return;
         }
-        let now = Instant::now();
         let mut s = self.state();
+        if s.running.get(&job).is_some_and(|r| r.phase == phase) {
+            return;
+        }
+        let now = Instant::now();
         let left = match s.running.get_mut(&job) {
-            Some(r) if r.phase == phase => return,
             Some(r) => {
                 let left = (r.phase, now - r.since);
                 *r = Running { phase, since: now };
@@ -169,9 +171,7 @@ impl Metrics {
                 .or_default()
                 .observe(d.as_secs_f64());
         }
-        *s.completed
-            .entry((result_code == 0, result_code))
-            .or_default() += 1;
+        *s.completed.entry(result_code).or_default() += 1;
     }
 
     /// Job `job` stopped without ending (the daemon is stopping; it resumes
@@ -182,27 +182,14 @@ impl Metrics {
 
     /// Child `child` acknowledged `bytes` more bytes.
     pub fn delivered(&self, child: &str, bytes: u64) {
-        if bytes == 0 {
-            return;
-        }
-        let mut s = self.state();
-        match s.delivered.get_mut(child) {
-            Some(n) => *n += bytes,
-            None => {
-                s.delivered.insert(child.to_owned(), bytes);
-            }
+        if bytes > 0 {
+            bump(&mut self.state().delivered, child, bytes);
         }
     }
 
     /// A job of `child` failed an attempt and will try again.
     pub fn job_retry(&self, child: &str) {
-        let mut s = self.state();
-        match s.job_retries.get_mut(child) {
-            Some(n) => *n += 1,
-            None => {
-                s.job_retries.insert(child.to_owned(), 1);
-            }
-        }
+        bump(&mut self.state().job_retries, child, 1);
     }
 
     /// Job attempts of `child` tried again so far.
@@ -223,6 +210,16 @@ impl Metrics {
     /// Bytes downloaded so far.
     pub fn downloaded_total(&self) -> u64 {
         self.inner.downloaded.load(Ordering::Relaxed)
+    }
+}
+
+/// Adds `n` to `child`'s counter, allocating its name only the first time.
+fn bump(map: &mut BTreeMap<String, u64>, child: &str, n: u64) {
+    match map.get_mut(child) {
+        Some(v) => *v += n,
+        None => {
+            map.insert(child.to_owned(), n);
+        }
     }
 }
 
@@ -261,6 +258,17 @@ impl Exporter {
             metrics,
             platform,
             children,
+        }
+    }
+
+    /// A counter family with one series per configured child (0 for a
+    /// child `counts` has not seen).
+    fn per_child(&self, o: &mut String, name: &str, help: &str, counts: &BTreeMap<String, u64>) {
+        family(o, name, "counter", help);
+        for c in &self.children {
+            let id = c.device_id();
+            let n = counts.get(id).copied().unwrap_or(0);
+            let _ = writeln!(o, "{name}{{child=\"{}\"}} {n}", label(id));
         }
     }
 
@@ -361,51 +369,32 @@ impl Exporter {
             "counter",
             "Upgrade jobs ended since start, by outcome and IoTDA result code.",
         );
-        if !s.completed.contains_key(&(true, 0)) {
+        if !s.completed.contains_key(&0) {
             let _ = writeln!(
                 o,
                 "otabridge_jobs_completed_total{{outcome=\"succeeded\",result_code=\"0\"}} 0"
             );
         }
-        for ((ok, code), n) in &s.completed {
-            let outcome = if *ok { "succeeded" } else { "failed" };
+        for (code, n) in &s.completed {
+            let outcome = if *code == 0 { "succeeded" } else { "failed" };
             let _ = writeln!(
                 o,
                 "otabridge_jobs_completed_total{{outcome=\"{outcome}\",result_code=\"{code}\"}} {n}"
             );
         }
 
-        family(
+        self.per_child(
             &mut o,
             "otabridge_delivered_bytes_total",
-            "counter",
             "Image bytes each child acknowledged (bytes sent again after a restart from 0 count again).",
+            &s.delivered,
         );
-        for c in &self.children {
-            let id = c.device_id();
-            let n = s.delivered.get(id).copied().unwrap_or(0);
-            let _ = writeln!(
-                o,
-                "otabridge_delivered_bytes_total{{child=\"{}\"}} {n}",
-                label(id)
-            );
-        }
-
-        family(
+        self.per_child(
             &mut o,
             "otabridge_job_retries_total",
-            "counter",
             "Failed attempts of a job phase that were retried after a backoff, by child.",
+            &s.job_retries,
         );
-        for c in &self.children {
-            let id = c.device_id();
-            let n = s.job_retries.get(id).copied().unwrap_or(0);
-            let _ = writeln!(
-                o,
-                "otabridge_job_retries_total{{child=\"{}\"}} {n}",
-                label(id)
-            );
-        }
 
         family(
             &mut o,
@@ -670,8 +659,8 @@ mod tests {
         m.job_phase(3, Phase::Failed);
         let s = m.state();
         assert!(s.running.is_empty());
-        assert_eq!(s.completed.get(&(true, 0)), Some(&1));
-        assert_eq!(s.completed.get(&(false, 7)), Some(&1));
+        assert_eq!(s.completed.get(&0), Some(&1));
+        assert_eq!(s.completed.get(&7), Some(&1));
         let q = &s.durations["queued"];
         assert_eq!((q.count, q.sum), (1, 2.0));
         // 2 s: not within 1 s, within 5 s.

@@ -86,11 +86,6 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     /// Reads the running firmware version from the child.
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>>;
 
-    /// Checks the child answers at all (ONLINE/OFFLINE upstream).
-    fn health_check(&self) -> BoxFuture<'_, Result<(), ChildError>> {
-        Box::pin(async move { self.read_version().await.map(|_| ()) })
-    }
-
     /// Delivers `package`, starting at byte `resume_from` when the transport
     /// can resume (the driver may learn a different offset from the child and
     /// use that). Returns when the child holds the whole image.
@@ -131,22 +126,9 @@ pub(crate) async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// A child that cannot be driven by this build.
-#[derive(Debug, thiserror::Error)]
-#[error("child {device_id}: transport {transport} is not available yet")]
-pub struct Unsupported {
-    /// The child.
-    pub device_id: String,
-    /// Its transport.
-    pub transport: &'static str,
-}
-
 /// Why [`from_config`] could not build a child's driver.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The transport has no driver in this build.
-    #[error(transparent)]
-    Unsupported(#[from] Unsupported),
     /// The shared CoAP endpoint (`coap.listen`) could not be opened.
     #[error(transparent)]
     Coap(#[from] coap::BindError),

@@ -81,8 +81,9 @@ struct Inner {
     mode: Mode,
     metrics: Metrics,
     slots: Semaphore,
-    /// One turn at a time on each shared bus ([`Child::bus`]), FIFO.
-    buses: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each child on a shared bus ([`Child::bus`]) and its bus's turn: one
+    /// operation at a time, FIFO. Children have one bus for life.
+    buses: HashMap<String, (String, Arc<Semaphore>)>,
     /// Jobs running in this process, by child.
     running: Mutex<HashMap<String, i64>>,
     /// Their tasks, so that a stop ends them (they resume from the journal).
@@ -109,6 +110,18 @@ impl Engine {
         cfg: &OtaConfig,
         metrics: Metrics,
     ) -> Self {
+        let mut by_bus: HashMap<String, Arc<Semaphore>> = HashMap::new();
+        let buses = children
+            .iter()
+            .filter_map(|c| {
+                let bus = c.bus()?;
+                let turn = by_bus
+                    .entry(bus.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(1)))
+                    .clone();
+                Some((c.device_id().to_owned(), (bus, turn)))
+            })
+            .collect();
         let limits = Limits {
             max_retries: cfg.max_retries,
             ..Limits::default()
@@ -130,7 +143,7 @@ impl Engine {
                 },
                 metrics,
                 slots: Semaphore::new(cfg.max_concurrent_jobs),
-                buses: Mutex::default(),
+                buses,
                 running: Mutex::default(),
                 tasks: Mutex::default(),
             }),
@@ -304,7 +317,10 @@ impl Engine {
         if let Some(r) = e.report {
             self.report(&row.device_id, r);
         }
-        self.inner.metrics.job_phase(row.id, row.machine.phase);
+        if e.persist {
+            // Every phase change is persisted; progress alone is not.
+            self.inner.metrics.job_phase(row.id, row.machine.phase);
+        }
         if e.backoff {
             self.inner.metrics.job_retry(&row.device_id);
             tokio::time::sleep(backoff.next_delay()).await;
@@ -511,20 +527,12 @@ impl Engine {
     /// Waits for `child`'s bus (when it shares one) and holds it until the
     /// permit is dropped. Phase timeouts start after this returns.
     async fn bus_turn(&self, child: &Arc<dyn Child>) -> Option<OwnedSemaphorePermit> {
-        let bus = child.bus()?;
-        let sem = self
-            .inner
-            .buses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(bus.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(1)))
-            .clone();
-        if let Ok(p) = sem.clone().try_acquire_owned() {
+        let (bus, turn) = self.inner.buses.get(child.device_id())?;
+        if let Ok(p) = turn.clone().try_acquire_owned() {
             return Some(p);
         }
         info!(child = child.device_id(), %bus, "waiting for the bus: another child's operation holds it");
-        sem.acquire_owned().await.ok()
+        turn.clone().acquire_owned().await.ok()
     }
 
     async fn fetch(
