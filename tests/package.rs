@@ -297,6 +297,9 @@ async fn more_bytes_than_file_size_stops_the_download() {
     assert!(matches!(e, DownloadError::LengthMismatch { .. }), "{e}");
     assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
     assert!(env.server.bytes_served() <= MIB, "it stopped reading");
+    // A permanent failure: one request, no retry after the overrun.
+    assert_eq!(env.server.requests().len(), 1);
+    assert!(e.to_string().contains("more than"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,8 +105,10 @@ async fn chunk_retries_grow_with_dropped_answers() {
         assert!(after_first > 0, "window {window}");
         assert_eq!(sim.flash(), img);
         // The same image again: the device holds it; the count never drops.
-        c.deliver(&pkg, 0, &|_| {}).await.unwrap();
+        let again = c.deliver_with_report(&pkg, 0, &|_| {}).await.unwrap();
         assert!(c.chunk_retries() >= after_first);
+        // ... and grows by exactly what this delivery sent again.
+        assert_eq!(c.chunk_retries(), after_first + again.line.resent);
     }
 }
 

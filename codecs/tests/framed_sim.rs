@@ -616,7 +616,8 @@ mod fuzz {
         })]
 
         /// Arbitrary bytes, timeouts and valid-looking replies into the
-        /// engine never panic, and it always finishes in bounded steps.
+        /// engine never panic, and it is never left idle: until it finishes
+        /// it always has a deadline or a data request.
         #[test]
         fn engine_survives_arbitrary_input(
             which in 0usize..2,
