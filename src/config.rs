@@ -396,12 +396,7 @@ pub enum ProfileLookupError {
 /// that file, else the built-in profile of that name. Used by the
 /// configuration and by `otabridge sim framed-child`.
 pub fn find_profile(name: &str, dir: Option<&Path>) -> Result<FramedProfile, ProfileLookupError> {
-    let name_ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !name_ok {
+    if !otabridge_codecs::framed::profile::is_valid_name(name) {
         return Err(ProfileLookupError::BadName(name.to_owned()));
     }
     if let Some(dir) = dir {

@@ -21,11 +21,7 @@ pub(crate) struct Row {
     pub(crate) sha256: Option<String>,
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use crate::platform::now_unix;
 
 fn store_err(e: impl std::fmt::Display) -> DownloadError {
     DownloadError::Store(format!("journal: {e}"))

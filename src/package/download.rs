@@ -236,11 +236,11 @@ impl Part {
     }
 }
 
-/// How one attempt ended.
 /// Redirects followed in one attempt before giving up (curl's default is 50,
 /// browsers about 20; a package URL needs one or two).
 const MAX_REDIRECTS: u32 = 5;
 
+/// How one attempt ended.
 enum End {
     /// Every byte is here.
     Complete,

@@ -306,11 +306,6 @@ impl PackageStore {
         })
     }
 
-    /// The store's directory.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
     /// Every (package key, job) claim in the journal, for the OTA engine to
     /// match against its jobs after a restart.
     pub fn claims(&self) -> Result<Vec<(String, String)>, DownloadError> {

@@ -534,14 +534,8 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     let mut resp = String::new();
     let from = match start {
         Some(r) if r >= size => {
-            log.status = 416;
-            state.lock().unwrap().log.push(log);
-            let msg = format!(
-                "HTTP/1.1 416 {}\r\nContent-Range: bytes */{declared}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                reason(416)
-            );
-            s.write_all(msg.as_bytes()).await?;
-            return s.shutdown().await;
+            let range = format!("Content-Range: bytes */{declared}\r\n");
+            return answer_empty(s, &state, log, 416, &range).await;
         }
         Some(r) => {
             log.status = 206;

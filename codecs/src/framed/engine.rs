@@ -338,7 +338,6 @@ pub struct Engine {
     offset: u32,
     /// The offset the child last acknowledged.
     acked: u32,
-    recoveries: u32,
     /// Activation was not confirmed (no reply, or a refusal of a repeated
     /// activate): the failure to report if the version read back is wrong.
     doubt: Option<(u8, Option<u32>, String)>,
@@ -392,7 +391,6 @@ impl Engine {
             data_request: None,
             offset: 0,
             acked: 0,
-            recoveries: 0,
             doubt: None,
             activate_sends: 0,
             finished: false,
@@ -710,9 +708,7 @@ impl Engine {
                 p.backing_off = true;
             }
             StatusAction::Resync | StatusAction::Restart => {
-                self.recoveries += 1;
-                self.stats.recoveries += 1;
-                if self.recoveries > profile.recovery.max_recoveries {
+                if self.recovery_over_budget() {
                     let detail = format!(
                         "gave up after {} resyncs/restarts (last: {kind} status {})",
                         profile.recovery.max_recoveries,
@@ -795,9 +791,7 @@ impl Engine {
                 if next < self.offset {
                     // The child moved back: allowed (it knows its flash),
                     // but bounded like any other recovery.
-                    self.recoveries += 1;
-                    self.stats.recoveries += 1;
-                    if self.recoveries > self.profile.recovery.max_recoveries {
+                    if self.recovery_over_budget() {
                         let detail = format!(
                             "gave up after {} recoveries (child moved back to offset {next})",
                             self.profile.recovery.max_recoveries
@@ -881,6 +875,13 @@ impl Engine {
         self.step = Step::Settle;
         self.settle_until = Some(now + a.settle);
         self.reboot_deadline = Some(now + a.reboot_timeout);
+    }
+
+    /// Counts one resync, restart or move back; whether that is one more
+    /// than the profile allows.
+    fn recovery_over_budget(&mut self) -> bool {
+        self.stats.recoveries += 1;
+        self.stats.recoveries > u64::from(self.profile.recovery.max_recoveries)
     }
 
     fn fail(&mut self, code: u8, status: Option<u32>, detail: String, version: Option<String>) {

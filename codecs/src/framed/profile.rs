@@ -560,13 +560,6 @@ impl Message {
     pub fn request_has(&self, name: FieldName) -> bool {
         self.request.iter().any(|f| f.name == name)
     }
-
-    /// Whether the reply carries a field meaning `name`.
-    pub fn reply_has(&self, name: FieldName) -> bool {
-        self.reply
-            .as_ref()
-            .is_some_and(|r| r.fields.iter().any(|f| f.name == name))
-    }
 }
 
 /// What a reply's status value tells the gateway to do.
@@ -645,6 +638,16 @@ pub struct Profile {
     pub activation: Activation,
 }
 
+/// Whether `name` can name a profile: 1 to 64 of `a-z`, `0-9` and `-`
+/// (it becomes a file name and the `framed:<name>` protocol).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 impl Profile {
     /// The message for `kind`; `None` only for an absent `offset_query`.
     pub fn message(&self, kind: MessageKind) -> Option<&Message> {
@@ -657,14 +660,6 @@ impl Profile {
             .iter()
             .flatten()
             .find(|m| m.command == command)
-    }
-
-    /// The message whose reply command is `command`.
-    pub fn message_by_reply(&self, command: u8) -> Option<&Message> {
-        self.messages
-            .iter()
-            .flatten()
-            .find(|m| m.reply.as_ref().is_some_and(|r| r.command == command))
     }
 
     /// The rule for a status value, if the profile lists it.
@@ -1185,12 +1180,7 @@ impl Profile {
         let raw: RawProfile = toml::from_str(text).map_err(|e| cx.toml(e))?;
 
         let name = raw.protocol.get_ref().name.get_ref().clone();
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !name_ok {
+        if !is_valid_name(&name) {
             return Err(cx.err(
                 &raw.protocol.get_ref().name.span(),
                 ProfileErrorKind::BadName(name),
