@@ -4,8 +4,10 @@
 //! failure status, silence. Ptys run in real time: every wait is bounded by
 //! the profiles' own timeouts and no assertion is about time.
 
+mod serial_support;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use otabridge::child::framed::FramedChild;
 use otabridge::child::{Child, ChildError, Package};
@@ -15,7 +17,7 @@ use otabridge_codecs::framed::profile::{builtin, StatusAction};
 use otabridge_codecs::framed::sim::Injection;
 use otabridge_codecs::framed::{result_code, MessageKind, Profile};
 use otabridge_codecs::rng::Rng;
-use sha2::{Digest, Sha256};
+use serial_support::Seen;
 
 const PROFILES: [&str; 2] = ["acme-rs485", "nordlys-uart"];
 
@@ -30,14 +32,7 @@ fn image(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn package(dir: &Path, bytes: &[u8], version: &str) -> Package {
-    let path = dir.join(format!("fw-{version}"));
-    std::fs::write(&path, bytes).unwrap();
-    Package {
-        path,
-        size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(bytes)),
-        version: version.to_owned(),
-    }
+    serial_support::package(dir, &format!("fw-{version}"), bytes, version)
 }
 
 fn sim(p: &Arc<Profile>, faults: &str, seed: u64) -> FramedChildSim {
@@ -49,19 +44,6 @@ fn sim(p: &Arc<Profile>, faults: &str, seed: u64) -> FramedChildSim {
 
 fn driver(id: &str, sim: &FramedChildSim, p: &Arc<Profile>) -> FramedChild {
     FramedChild::new(id, sim.path(), 115_200, Framing::EIGHT_N_ONE, Arc::clone(p))
-}
-
-/// Progress the driver reported, in order.
-#[derive(Debug, Default)]
-struct Seen(Mutex<Vec<u64>>);
-
-impl Seen {
-    fn push(&self, n: u64) {
-        self.0.lock().unwrap().push(n);
-    }
-    fn all(&self) -> Vec<u64> {
-        self.0.lock().unwrap().clone()
-    }
 }
 
 /// Drops, bad CRCs and noise both ways, and a reboot mid-transfer: the

@@ -5,17 +5,11 @@
 mod serial_support;
 
 use otabridge::child::Child;
-use otabridge::sim::smp_child::{Faults, SmpChild, SmpChildOptions};
-use serial_support::{child, image, package};
+use serial_support::{child, image, package, sim};
 
 async fn paced(len: usize, faults: &str, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let sim = SmpChild::spawn(SmpChildOptions {
-        faults: faults.parse::<Faults>().unwrap(),
-        seed,
-        ..SmpChildOptions::default()
-    })
-    .unwrap();
+    let sim = sim(faults, seed);
     let img = image("2.0.0", len, seed);
     let pkg = package(dir.path(), "fw", &img, "2.0.0");
     let c = child("node", &sim);

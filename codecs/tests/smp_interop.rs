@@ -35,10 +35,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    otabridge_codecs::hex::parse(s).unwrap()
 }
 
 /// The first two upload messages the engine writes for a 300-byte image.

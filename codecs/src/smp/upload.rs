@@ -605,7 +605,7 @@ impl Upload {
             return Ok(room.min(remaining));
         }
         let fixed = fields.fixed_len() + HEADER_LEN;
-        let wire = |d: usize| wire_len(fixed + cbor_bytes_len(d), MAX_LINE);
+        let wire = |d: usize| wire_len(fixed + super::cbor::bytes_len(d), MAX_LINE);
         let lowest = room.saturating_sub(MAX_LINE).max(need);
         // d / wire(d) compared without floats: a/b > c/e ⇔ a·e > c·b.
         let best = (lowest..=room).rev().fold(room, |best, d| {
@@ -740,15 +740,5 @@ impl Upload {
         self.reading = None;
         self.phase = Phase::Finished;
         self.events.push_back(UploadEvent::Failed(e));
-    }
-}
-
-/// Encoded size of a CBOR byte string of `n` bytes (head and bytes).
-fn cbor_bytes_len(n: usize) -> usize {
-    n + match n {
-        0..=23 => 1,
-        24..=0xff => 2,
-        0x100..=0xffff => 3,
-        _ => 5,
     }
 }
