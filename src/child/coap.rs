@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otabridge_codecs::coap::{
-    msg, Code, Delivery as EngineDelivery, Outcome, Packet, PushFailure, ReadAt, ReadError,
-    UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure,
+    msg, Code, Delivery as EngineDelivery, Outcome, Packet, PushFailure, UpdateConfig, UpdateEvent,
+    UpdateFailure, UpdateProcedure,
 };
 use otabridge_codecs::lwm2m::{self, Path};
 use tracing::{debug, info, warn};
@@ -212,7 +212,11 @@ impl CoapChild {
             }
             Delivery::Push => (None, None),
         };
-        let mut image = Image::open(&package.path, self.delivery)?;
+        // The procedure reads the image only for a push it runs itself;
+        // here every push is taken (`take_push`) and run by the network
+        // task, which opens the file. A read of this empty image would be a
+        // bug and fails as one.
+        let no_image: &mut [u8] = &mut [];
         loop {
             while let Some(ev) = procedure.poll_event() {
                 match ev {
@@ -241,7 +245,7 @@ impl CoapChild {
                 continue;
             }
             let req = procedure
-                .poll_request(self.net.now(), &mut image)
+                .poll_request(self.net.now(), no_image)
                 .map_err(|e| ChildError::Io(e.to_string()))?;
             if let Some(req) = req {
                 let fut = self.request(req);
@@ -341,36 +345,6 @@ async fn next_served(w: &mut Option<network::ServedWatch>) -> otabridge_codecs::
     match w {
         Some(w) => w.next().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The package as the push engine reads it; pull never reads it here.
-enum Image {
-    File(FileImage),
-    None,
-}
-
-impl Image {
-    fn open(path: &std::path::Path, delivery: Delivery) -> Result<Self, ChildError> {
-        match delivery {
-            Delivery::Push => std::fs::File::open(path)
-                .map(|f| Image::File(FileImage(f)))
-                .map_err(|e| ChildError::Io(format!("{}: {e}", path.display()))),
-            Delivery::Pull => Ok(Image::None),
-        }
-    }
-}
-
-impl ReadAt for Image {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        match self {
-            Image::File(f) => f.read_at(offset, buf),
-            Image::None => Err(ReadError {
-                offset,
-                len: buf.len(),
-                reason: "pull reads no image".into(),
-            }),
-        }
     }
 }
 

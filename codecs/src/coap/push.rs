@@ -223,7 +223,6 @@ pub struct Block1Push {
     in_flight: Option<InFlight>,
     restarts: u32,
     phase: Phase,
-    buf: Vec<u8>,
     events: VecDeque<PushEvent>,
 }
 
@@ -262,7 +261,6 @@ impl Block1Push {
             in_flight: None,
             restarts: 0,
             phase: Phase::Running,
-            buf: Vec::with_capacity(size as usize),
             events: VecDeque::new(),
             cfg,
         })
@@ -303,8 +301,10 @@ impl Block1Push {
         }
         let len = size.min(self.cfg.total_len - offset);
         let last = offset + len == self.cfg.total_len;
-        self.buf.resize(len as usize, 0);
-        image.read_at(u64::from(offset), &mut self.buf)?;
+        // Read straight into the payload: a read error leaves the engine as
+        // it was (nothing below has run yet).
+        let mut payload = vec![0u8; len as usize];
+        image.read_at(u64::from(offset), &mut payload)?;
 
         let mut p = msg::request(Code::PUT, &self.cfg.path);
         if let Some(cf) = self.cfg.content_format {
@@ -323,7 +323,7 @@ impl Block1Push {
         if let Some(tag) = &self.cfg.request_tag {
             p.add_option(CoapOption::Unknown(msg::REQUEST_TAG), tag.clone());
         }
-        p.payload.clone_from(&self.buf);
+        p.payload = payload;
         self.in_flight = Some(InFlight {
             offset,
             len,
