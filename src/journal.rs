@@ -206,7 +206,8 @@ impl Journal {
         Ok(Arc::new(Mutex::new(Journal::open(state_dir)?)))
     }
 
-    fn err(&self, source: rusqlite::Error) -> JournalError {
+    /// `source` as this journal's error (names the file).
+    pub(crate) fn err(&self, source: rusqlite::Error) -> JournalError {
         JournalError::Sqlite {
             file: self.file.clone(),
             source,

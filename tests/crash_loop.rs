@@ -161,10 +161,9 @@ async fn sigkill_at_random_moments_never_strands_or_double_activates_a_child() {
     // The last run finishes the batch.
     let done = |reports: &BTreeMap<String, Vec<ProgressReport>>| {
         (0..CHILDREN).all(|i| {
-            reports.get(&format!("p_mcu{i}")).is_some_and(|v| {
-                v.last()
-                    .is_some_and(|r| r.result_code != 0 || r.progress == Some(100))
-            })
+            reports
+                .get(&format!("p_mcu{i}"))
+                .is_some_and(|v| v.last().is_some_and(|r| r.is_terminal()))
         })
     };
     let until = Instant::now() + Duration::from_secs(120);

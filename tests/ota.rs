@@ -77,10 +77,7 @@ async fn reports_until_done(
     ids: &[&str],
 ) -> BTreeMap<String, Vec<ProgressReport>> {
     let mut by_child: BTreeMap<String, Vec<ProgressReport>> = BTreeMap::new();
-    let done = |v: &Vec<ProgressReport>| {
-        v.last()
-            .is_some_and(|r| r.result_code != 0 || r.progress == Some(100))
-    };
+    let done = |v: &Vec<ProgressReport>| v.last().is_some_and(|r| r.is_terminal());
     while !ids.iter().all(|id| by_child.get(*id).is_some_and(done)) {
         let Some(r) = tb.platform.recv(Duration::from_secs(30)).await else {
             panic!("reports stopped; so far: {by_child:#?}");

@@ -37,13 +37,6 @@ fn kind_str(k: UpgradeKind) -> &'static str {
     }
 }
 
-fn sql_err(j: &mut Journal, e: rusqlite::Error) -> JournalError {
-    JournalError::Sqlite {
-        file: j.file().to_owned(),
-        source: e,
-    }
-}
-
 /// Inserts a new queued job; returns its id.
 pub fn insert(
     j: &mut Journal,
@@ -73,7 +66,7 @@ pub fn insert(
     );
     match r {
         Ok(_) => Ok(j.connection().last_insert_rowid()),
-        Err(e) => Err(sql_err(j, e)),
+        Err(e) => Err(j.err(e)),
     }
 }
 
@@ -108,7 +101,7 @@ pub fn save(
             now
         ],
     );
-    r.map(|_| ()).map_err(|e| sql_err(j, e))
+    r.map(|_| ()).map_err(|e| j.err(e))
 }
 
 fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Result<JobRow> {
@@ -153,7 +146,6 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
 
 /// Jobs not yet succeeded or failed, oldest first.
 pub fn active(j: &mut Journal, limits: Limits, mode: Mode) -> Result<Vec<JobRow>, JournalError> {
-    let file = j.file().to_owned();
     let conn = j.connection();
     let read = || -> rusqlite::Result<Vec<JobRow>> {
         let mut st = conn
@@ -161,7 +153,8 @@ pub fn active(j: &mut Journal, limits: Limits, mode: Mode) -> Result<Vec<JobRow>
         let rows = st.query_map([], |r| row_to_job(r, limits, mode))?;
         rows.collect()
     };
-    read().map_err(|source| JournalError::Sqlite { file, source })
+    let r = read();
+    r.map_err(|e| j.err(e))
 }
 
 /// The latest job of a child, if any.
@@ -179,5 +172,5 @@ pub fn latest(
             |r| row_to_job(r, limits, mode),
         )
         .optional();
-    r.map_err(|e| sql_err(j, e))
+    r.map_err(|e| j.err(e))
 }

@@ -366,7 +366,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
 
     // 3. Follow the reports until every child has a terminal one.
     let mut last: BTreeMap<String, (ProgressReport, Instant)> = BTreeMap::new();
-    let terminal = |r: &ProgressReport| r.result_code != 0 || r.progress == Some(100);
+    let terminal = ProgressReport::is_terminal;
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline
         && !plan

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use otabridge_codecs::iotda::event::VersionQuery;
+use otabridge_codecs::iotda::event::{ProgressReport, VersionQuery};
 use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
 
 use super::broker::LocalBroker;
@@ -123,12 +123,12 @@ fn describe(r: &Received) -> Vec<String> {
     }
 }
 
-/// The last progress report of a child: result code, progress, version,
-/// description.
-type Last = (u16, Option<u8>, String, String);
-
 /// Prints a report and keeps what it says about versions and progress.
-fn absorb(r: &Received, from: &mut BTreeMap<String, String>, last: &mut BTreeMap<String, Last>) {
+fn absorb(
+    r: &Received,
+    from: &mut BTreeMap<String, String>,
+    last: &mut BTreeMap<String, ProgressReport>,
+) {
     for line in describe(r) {
         println!("  {line}");
     }
@@ -143,15 +143,7 @@ fn absorb(r: &Received, from: &mut BTreeMap<String, String>, last: &mut BTreeMap
                 }
             }
             Event::ProgressReport(p) => {
-                last.insert(
-                    id,
-                    (
-                        p.result_code,
-                        p.progress,
-                        p.version.clone(),
-                        p.description.clone().unwrap_or_default(),
-                    ),
-                );
+                last.insert(id, p.clone());
             }
             _ => {}
         }
@@ -216,8 +208,7 @@ pub async fn run(
 
     let deadline = Instant::now() + opts.timeout;
     let mut from: BTreeMap<String, String> = BTreeMap::new();
-    let mut last: BTreeMap<String, Last> = BTreeMap::new();
-    let terminal = |(code, progress, _, _): &Last| *code != 0 || *progress == Some(100);
+    let mut last: BTreeMap<String, ProgressReport> = BTreeMap::new();
     // 1. Version queries until every child answered: the gateway is
     // connected and subscribed, and the children are reachable.
     println!(
@@ -295,7 +286,7 @@ pub async fn run(
         && !opts
             .upgrades
             .iter()
-            .all(|u| last.get(&u.child).is_some_and(terminal))
+            .all(|u| last.get(&u.child).is_some_and(ProgressReport::is_terminal))
     {
         if let Some(r) = platform.recv(Duration::from_millis(500)).await {
             absorb(&r, &mut from, &mut last);
@@ -306,15 +297,15 @@ pub async fn run(
         .upgrades
         .iter()
         .map(|u| {
-            let end = last.get(&u.child).filter(|l| terminal(l));
+            let end = last.get(&u.child).filter(|l| l.is_terminal());
             Outcome {
                 child: u.child.clone(),
                 from: from.get(&u.child).cloned(),
-                to: end.map(|e| e.2.clone()),
-                result_code: end.map(|e| e.0),
+                to: end.map(|e| e.version.clone()),
+                result_code: end.map(|e| e.result_code),
                 description: end.map_or_else(
                     || format!("no terminal report within {} s", opts.timeout.as_secs()),
-                    |e| e.3.clone(),
+                    |e| e.description.clone().unwrap_or_default(),
                 ),
             }
         })

@@ -105,6 +105,13 @@ pub struct ProgressReport {
     pub description: Option<String>,
 }
 
+impl ProgressReport {
+    /// Whether this report ends the upgrade: a failure, or success at 100 %.
+    pub fn is_terminal(&self) -> bool {
+        self.result_code != 0 || self.progress == Some(100)
+    }
+}
+
 /// ONLINE or OFFLINE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
