@@ -98,14 +98,9 @@ impl NetworkOptions {
             .unwrap_or(0)
             ^ u64::from(std::process::id());
         NetworkOptions {
-            listen: c.listen,
             advertise: c.advertise,
             max_concurrent_transfers: c.max_concurrent_transfers,
-            exchange: ExchangeConfig {
-                seed,
-                ..ExchangeConfig::default()
-            },
-            max_block_szx: 6,
+            ..Self::new(c.listen, seed)
         }
     }
 
@@ -1023,17 +1018,17 @@ impl Task {
 
     /// Answers a request from a peer: Block2 blocks of served packages.
     fn serve(&mut self, req: otabridge_codecs::coap::IncomingRequest<SocketAddr>) {
-        let (response, served) = {
+        let response = {
             let s = lock(&self.shared);
             let reply = serve_block2(&self.serve, &req.packet, &mut Store(&s));
-            if let Some(b) = &reply.served {
-                notify(&s, req.peer, b);
+            match reply.served {
+                Some(b) => notify(&s, req.peer, b),
+                None => {
+                    debug!(peer = %req.peer, code = %msg::code(&reply.response), "request not served")
+                }
             }
-            (reply.response, reply.served)
+            reply.response
         };
-        if served.is_none() {
-            debug!(peer = %req.peer, code = %msg::code(&response), "request not served");
-        }
         if let Err(e) = self.ex.respond(&req, response, self.now()) {
             warn!(peer = %req.peer, "cannot answer: {e}");
         }
@@ -1043,7 +1038,7 @@ impl Task {
 /// Tells the watcher of this transfer: the exact peer first; otherwise the
 /// only watcher of this package on the peer's IP (a child may fetch from a
 /// client port other than its LwM2M port).
-fn notify(s: &Shared, peer: SocketAddr, b: &ServedBlock) {
+fn notify(s: &Shared, peer: SocketAddr, b: ServedBlock) {
     let exact = s
         .watchers
         .values()
@@ -1059,7 +1054,7 @@ fn notify(s: &Shared, peer: SocketAddr, b: &ServedBlock) {
         }
     });
     if let Some(w) = target {
-        let _ = w.tx.try_send(b.clone());
+        let _ = w.tx.try_send(b);
     }
 }
 
