@@ -267,12 +267,6 @@ impl CoapChildSim {
         lock(&self.device).version.clone()
     }
 
-    /// /5/0/3 and /5/0/5 now.
-    pub fn fw_state(&self) -> (State, UpdateResult) {
-        let d = lock(&self.device);
-        (d.state, d.result)
-    }
-
     /// SHA-256 (hex) of the last whole image received.
     pub fn last_image_sha256(&self) -> Option<String> {
         lock(&self.device).last_image.clone()
@@ -293,11 +287,6 @@ impl CoapChildSim {
     /// `result` (`None`: back to normal).
     pub fn set_update_failure(&self, result: Option<UpdateResult>) {
         lock(&self.device).update_failure = result;
-    }
-
-    /// Replaces the socket faults.
-    pub fn set_faults(&self, faults: Faults) {
-        lock(&self.device).opts.faults = faults;
     }
 
     /// Makes a whole image with this SHA-256 carry `version`.

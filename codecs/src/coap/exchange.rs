@@ -287,11 +287,6 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
         })
     }
 
-    /// The configuration in use.
-    pub fn config(&self) -> &ExchangeConfig {
-        &self.config
-    }
-
     /// Sends `request` as a CON with a fresh message id and token, and keeps
     /// retransmitting it until it is answered (RFC 7252 §4.2).
     pub fn start_request(

@@ -271,11 +271,6 @@ impl Block1Push {
         self.acked
     }
 
-    /// The current block size exponent.
-    pub fn szx(&self) -> u8 {
-        self.szx
-    }
-
     /// Done or failed: nothing more will be sent.
     pub fn is_finished(&self) -> bool {
         self.phase != Phase::Running

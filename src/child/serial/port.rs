@@ -123,20 +123,10 @@ impl SharedPort {
         p
     }
 
-    /// The device node.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The bus this port is, for the OTA engine's per-bus queue
     /// ([`crate::child::Child::bus`]): the resolved device node.
     pub fn bus(&self) -> String {
         format!("serial:{}", self.key.display())
-    }
-
-    /// The line settings in use.
-    pub fn line(&self) -> LineSettings {
-        self.line
     }
 
     /// Waits for the line, opens it if needed and flushes stale input (an
