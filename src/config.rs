@@ -1,6 +1,6 @@
 //! The configuration file (TOML), validated with errors that name the key.
 //!
-//! The file format is a contract (`shared/DESIGN.md`, "Configuration"); the
+//! The file format is a contract (`docs/design.md`, "Configuration"); the
 //! reference with every key, its default and its meaning is
 //! `docs/config.md`. Unknown keys are errors. Secrets are kept in [`Secret`],
 //! whose `Debug` prints `<redacted>`, so no log line can carry them.

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! A module uses the ones above it in this list, never the ones below
-//! (`shared/DESIGN.md`, "Layout"):
+//! (`docs/design.md`, "Layout"):
 //! - `otabridge_codecs` (the `codecs/` crate): pure wire formats and engines.
 //! - [`config`]: the TOML configuration, validated with errors naming the key.
 //! - [`journal`]: the SQLite journal (outbox, children, jobs, packages).

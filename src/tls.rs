@@ -117,7 +117,7 @@ pub fn client_config(
 
 /// A client configuration that verifies the chain against `roots` but not
 /// the server name. For IoTDA v1 package URLs, which name a bare IP address
-/// that the certificate does not carry (iotda.md §4.7).
+/// that the certificate does not carry (docs/protocols/iotda.md §4.7).
 pub fn client_config_any_name(roots: RootCertStore) -> Result<ClientConfig, TlsError> {
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()

@@ -1,4 +1,4 @@
-//! The command line's contract: exit codes and messages (DESIGN.md, CLI).
+//! The command line's contract: exit codes and messages (docs/design.md, CLI).
 
 use std::process::Command;
 

@@ -1,4 +1,4 @@
-//! Interop with libcoap 4.3 (Debian's libcoap3-bin, children.md §5.1):
+//! Interop with libcoap 4.3 (Debian's libcoap3-bin, docs/protocols/children.md §5.1):
 //! otabridge pushes with Block1 to `coap-server-notls` and `coap-client-notls`
 //! reads the resource back; `coap-client-notls` pulls a package from
 //! otabridge's Block2 server. Both clean and with libcoap's own loss

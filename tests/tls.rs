@@ -1,5 +1,5 @@
 //! Real TLS to the platform: the chain is verified against the configured
-//! CA, and X.509 client authentication works (iotda.md §1.2–1.3).
+//! CA, and X.509 client authentication works (docs/protocols/iotda.md §1.2–1.3).
 
 use std::path::Path;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //! /3/0/3, with plain-text values.
 //!
 //! Sources: OMA LwM2M registry `5.xml` (urn:oma:lwm2m:oma:5:1.1) and
-//! `3.xml`, summarised in children.md §3; value mapping to IoTDA from
-//! iotda.md §9.
+//! `3.xml`, summarised in docs/protocols/children.md §3; value mapping to IoTDA from
+//! docs/protocols/iotda.md §9.
 
 use std::fmt;
 
@@ -229,9 +229,9 @@ impl UpdateResult {
     }
 
     /// The IoTDA `upgrade_progress_report` `result_code` and `description`
-    /// (iotda.md §4.6 codes, §9 wording).
+    /// (docs/protocols/iotda.md §4.6 codes, §9 wording).
     ///
-    /// - 2..=8 follow iotda.md §9 exactly (4 → 6 and 7 → 255 are marked
+    /// - 2..=8 follow docs/protocols/iotda.md §9 exactly (4 → 6 and 7 → 255 are marked
     ///   INFERRED there).
     /// - 9 Unsupported protocol → 255 "internal exception" class
     ///   (inferred): the gateway chose a URI scheme the child does not list
@@ -243,7 +243,7 @@ impl UpdateResult {
     ///   update, which is the platform's notion of a busy device.
     /// - 1 Success → 0; 0 Initial → 255, since a finished procedure that
     ///   still reads 0 never reported a result. The gateway reports success
-    ///   only after reading the new version back (DESIGN.md principles).
+    ///   only after reading the new version back (docs/design.md principles).
     pub fn to_iotda(self) -> (u16, &'static str) {
         use crate::iotda::result::*;
         use UpdateResult::*;
@@ -291,7 +291,7 @@ impl DeliveryMethod {
 }
 
 /// The Package URI the gateway writes to /5/0/1 for pull delivery:
-/// `coap://<gw>/fw/<sha256>` (children.md §3, step 2). `gw` is `host:port`
+/// `coap://<gw>/fw/<sha256>` (docs/protocols/children.md §3, step 2). `gw` is `host:port`
 /// (an IPv6 literal in brackets, RFC 3986 §3.2.2).
 pub fn package_uri(gw: &str, sha256_hex: &str) -> String {
     format!("coap://{gw}/fw/{sha256_hex}")
@@ -360,7 +360,7 @@ mod tests {
         assert_eq!(UpdateResult::Deferred.to_iotda().0, 1);
         assert_eq!(UpdateResult::Success.to_iotda().0, 0);
         assert!(!UpdateResult::Success.is_failure());
-        // Every value maps to a code the C SDK accepts (iotda.md §4.6).
+        // Every value maps to a code the C SDK accepts (docs/protocols/iotda.md §4.6).
         for v in 0..=11 {
             let (code, _) = UpdateResult::from_value(v).unwrap().to_iotda();
             assert!(code <= 10 || code == 255);

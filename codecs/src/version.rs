@@ -1,7 +1,7 @@
 //! Firmware version normalisation and comparison.
 //!
 //! IoTDA's target `version` is free text set by the operator ("V1.2.3";
-//! iotda.md §4.4, §4.6: the version reported after the upgrade must equal
+//! docs/protocols/iotda.md §4.4, §4.6: the version reported after the upgrade must equal
 //! the package's). SMP devices report the MCUboot header version as
 //! `major.minor.revision`, with the build number as a fourth dot component
 //! when non-zero (zephyr `subsys/mgmt/mcumgr/grp/img_mgmt/src/img_mgmt_util.c`

@@ -1,7 +1,7 @@
 //! LwM2M children over CoAP/UDP: [`CoapChild`] implements [`Child`] by
 //! running the codecs' [`UpdateProcedure`] on a shared [`CoapNetwork`].
 //!
-//! # How the Child operations map onto LwM2M (children.md §3)
+//! # How the Child operations map onto LwM2M (docs/protocols/children.md §3)
 //! - `read_version`: `GET /3/0/3`.
 //! - `deliver`: the procedure reads /3/0/3, then pull (`PUT /5/0/1` with
 //!   `coap://<gateway>/fw/<sha256>`; the child fetches from our Block2
@@ -349,7 +349,7 @@ async fn next_served(w: &mut Option<network::ServedWatch>) -> otabridge_codecs::
 }
 
 /// The [`ChildError`] of a failed update: the child's and the protocol's
-/// verdicts carry IoTDA's code (iotda.md §9), silence stays transient.
+/// verdicts carry IoTDA's code (docs/protocols/iotda.md §9), silence stays transient.
 pub fn failure_to_error(f: &UpdateFailure) -> ChildError {
     match f {
         UpdateFailure::Unreachable(_)

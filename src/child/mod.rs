@@ -39,7 +39,7 @@ pub enum ChildError {
     #[error("child answered garbage: {0}")]
     Protocol(String),
     /// The child refused or failed the operation for a reason that maps to an
-    /// IoTDA result code (iotda.md §9); retrying will not help.
+    /// IoTDA result code (docs/protocols/iotda.md §9); retrying will not help.
     #[error("{description} (result code {result_code})")]
     Rejected {
         /// IoTDA `result_code`.

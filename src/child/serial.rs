@@ -8,7 +8,7 @@
 //!   the line or the engine's timer).
 //! - [`state`]: the image state read as an engine, for `read_version`.
 //!
-//! Delivery relies on SMP's own resume (children.md §4.2): every transfer
+//! Delivery relies on SMP's own resume (docs/protocols/children.md §4.2): every transfer
 //! starts with the off-0 chunk carrying the same `len` and `sha`; a device
 //! that kept the session answers the offset it holds and the transfer
 //! continues there, so `resume_from` is only compared with what the device
@@ -338,7 +338,7 @@ impl Child for SerialChild {
                 .map_err(|e| e.into_child_error(&self.device_id))?;
             let clock = Clock::start();
             // No expected hash: the state list's `hash` is MCUboot's
-            // IMAGE_TLV_SHA256, not the package file's SHA-256 (children.md
+            // IMAGE_TLV_SHA256, not the package file's SHA-256 (docs/protocols/children.md
             // §4.3); the engine picks the non-active slot and checks its version.
             let mut engine = Activate::new(
                 self.activate_config(link.next_seq()),

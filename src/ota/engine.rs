@@ -1,7 +1,7 @@
 //! Runs upgrade jobs: one task per child job, driving [`Machine`] through
 //! the package store and the child's driver, persisting every transition.
 //!
-//! - IoTDA semantics (iotda.md §4): a child already at the target version
+//! - IoTDA semantics (docs/protocols/iotda.md §4): a child already at the target version
 //!   succeeds without a download; a repeated event for the running job (same
 //!   version and sign: an MQTT redelivery) changes nothing; a different one
 //!   is answered with result 1 "Task Conflict"; all children of a batch

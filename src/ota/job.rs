@@ -11,7 +11,7 @@
 //! whether to persist the job and the report to queue, if any. Progress is
 //! reported at most once per 10 percentage points or per 30 s; a terminal
 //! report is always sent, with the version read back from the child on
-//! success (iotda.md §4.6) and the failure description of iotda.md §9 on
+//! success (docs/protocols/iotda.md §4.6) and the failure description of docs/protocols/iotda.md §9 on
 //! failure.
 
 use otabridge_codecs::iotda::event::ProgressReport;

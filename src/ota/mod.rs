@@ -3,13 +3,13 @@
 //!
 //! - [`Gateway`] dispatches inbound events: by `object_device_id` (absent or
 //!   the gateway's own id: the gateway; otherwise the configured child), then
-//!   by service and event type (iotda.md §3, §8). An unknown child or a
+//!   by service and event type (docs/protocols/iotda.md §3, §8). An unknown child or a
 //!   malformed payload is logged with its topic and dropped; nothing else
 //!   stops.
 //! - On every connect it announces each child ONLINE or OFFLINE from a health
-//!   check, in batches of at most 100 (iotda.md §5.4).
+//!   check, in batches of at most 100 (docs/protocols/iotda.md §5.4).
 //! - `version_query` is answered with `version_report`, read through the child,
-//!   within the platform's 3-minute window (iotda.md §4.2–4.3).
+//!   within the platform's 3-minute window (docs/protocols/iotda.md §4.2–4.3).
 
 pub mod engine;
 pub mod job;
@@ -33,14 +33,14 @@ use crate::child::Child;
 use crate::journal;
 use crate::platform::{now_unix, Inbound, Platform};
 
-/// The largest event payload IoTDA sends (iotda.md §1.3: 1 MB per publish).
+/// The largest event payload IoTDA sends (docs/protocols/iotda.md §1.3: 1 MB per publish).
 pub const MAX_EVENT_PAYLOAD: usize = 1024 * 1024;
 
 /// How long a health check may take before the child counts as OFFLINE.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the gateway keeps trying to read a child's version for a
-/// `version_query`: the platform waits 3 minutes (iotda.md §4.1), so stop
+/// `version_query`: the platform waits 3 minutes (docs/protocols/iotda.md §4.1), so stop
 /// well before that.
 const VERSION_QUERY_BUDGET: Duration = Duration::from_secs(150);
 

@@ -18,7 +18,7 @@
 //! ignored the range (or the content changed): the file starts again from 0
 //! with that response's body. A `416` with every byte already here means the
 //! download is complete; otherwise it starts again from 0. IoTDA's v1 endpoint
-//! may not honour `Range` at all (iotda.md §4.7), which costs a re-download
+//! may not honour `Range` at all (docs/protocols/iotda.md §4.7), which costs a re-download
 //! after each cut but still completes.
 
 use std::fs::File;
@@ -499,7 +499,7 @@ impl Ctx<'_> {
             HeaderValue::from_static(concat!("otabridge/", env!("CARGO_PKG_VERSION"))),
         );
         if let Some(t) = self.job.req.token.as_ref().filter(|_| with_token) {
-            // iotda.md §4.7: v1 packages need `Authorization: Bearer <access_token>`.
+            // docs/protocols/iotda.md §4.7: v1 packages need `Authorization: Bearer <access_token>`.
             if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
                 v.set_sensitive(true);
                 h.insert(AUTHORIZATION, v);

@@ -102,7 +102,7 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
-    /// The `upgrade_progress_report` result code (iotda.md §4.6, §9).
+    /// The `upgrade_progress_report` result code (docs/protocols/iotda.md §4.6, §9).
     pub fn result_code(&self) -> u16 {
         match self {
             DownloadError::TooLargeForConfig { .. } | DownloadError::NoSpace { .. } => {
@@ -125,7 +125,7 @@ impl DownloadError {
     }
 
     /// The `description` for the report: the platform's own wording for the
-    /// cause (iotda.md §9), followed by the specific reason where the wording
+    /// cause (docs/protocols/iotda.md §9), followed by the specific reason where the wording
     /// alone would mislead an operator (a refused token is not a lost
     /// connection, and only a new upgrade task fixes it).
     pub fn description(&self) -> String {

@@ -51,7 +51,7 @@ impl std::fmt::Debug for Target {
 }
 
 /// The URL without its query string, for logs and errors (a pre-signed OBS
-/// URL carries its signature in the query, iotda.md §4.5).
+/// URL carries its signature in the query, docs/protocols/iotda.md §4.5).
 pub fn redact_url(url: &str) -> String {
     match url.split_once('?') {
         Some((base, _)) => format!("{base}?<redacted>"),
@@ -174,7 +174,7 @@ pub(crate) struct HttpClient {
 impl HttpClient {
     /// Builds the TLS configuration: the system roots plus `download.ca_file`;
     /// with `verify_hostname = false`, the chain is still verified but the
-    /// name is not (iotda.md §4.7: v1 URLs name a bare IP address).
+    /// name is not (docs/protocols/iotda.md §4.7: v1 URLs name a bare IP address).
     pub(crate) fn new(
         cfg: &DownloadConfig,
         connect_timeout: Duration,

@@ -3,7 +3,7 @@
 //! When IoTDA sends `firmware_upgrade` / `software_upgrade` (package in
 //! IoTDA, `Authorization: Bearer <access_token>`) or the `_v2` variants
 //! (pre-signed OBS URL, no header) for a child, the gateway downloads the
-//! package itself (iotda.md §4.4, §4.5, §4.7).
+//! package itself (docs/protocols/iotda.md §4.4, §4.5, §4.7).
 //!
 //! - [`PackageStore`]: `state.dir/packages/`, content-addressed by the
 //!   event's `sign`. `<sha256>.part` while downloading, `<sha256>` once
@@ -16,7 +16,7 @@
 //! - `http`: one GET over hyper + tokio-rustls (ring).
 //! - [`cli`]: `otabridge download`, the same code path from the command line.
 //! - [`DownloadError`]: every way it fails, with the IoTDA result code and the
-//!   failure description to report (iotda.md §9).
+//!   failure description to report (docs/protocols/iotda.md §9).
 //!
 //! # Using it from the OTA engine
 //! ```no_run
@@ -60,7 +60,7 @@ use crate::journal::SharedJournal;
 /// The directory of the store inside `state.dir`.
 pub const DIR_NAME: &str = "packages";
 
-/// The token's validity when the event gives none: 24 h (iotda.md §4.1,
+/// The token's validity when the event gives none: 24 h (docs/protocols/iotda.md §4.1,
 /// "The token is valid for 24 hours"; download plus report within 24 h).
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
@@ -69,12 +69,12 @@ pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 pub struct PackageRequest {
     /// The download URL (`https://`; `http://` only with `download.allow_http`).
     pub url: String,
-    /// v1 only: sent as `Authorization: Bearer <token>` (iotda.md §4.7).
+    /// v1 only: sent as `Authorization: Bearer <token>` (docs/protocols/iotda.md §4.7).
     pub token: Option<Secret>,
     /// `file_size`; `None` learns it from the server (command line only).
     pub size: Option<u64>,
     /// `sign`: SHA-256, 64 hex characters, any case. `None` (tolerated for
-    /// v2, iotda.md §4.5) skips the integrity check; the store then names the
+    /// v2, docs/protocols/iotda.md §4.5) skips the integrity check; the store then names the
     /// package after the SHA-256 of the URL without its query.
     pub sha256: Option<String>,
     /// The version the package carries (copied into [`Package::version`]).
@@ -134,7 +134,7 @@ impl PackageRequest {
     }
 }
 
-/// Lower-cases a `sign` after checking it is 64 hex characters (iotda.md
+/// Lower-cases a `sign` after checking it is 64 hex characters (docs/protocols/iotda.md
 /// §4.7: the C SDK requires exactly that and compares lower-case hex).
 pub fn normalize_sha256(s: &str) -> Result<String, DownloadError> {
     let t = s.trim();
@@ -244,7 +244,7 @@ struct Inner {
 ///
 /// TLS verification is always on: the system roots plus `download.ca_file`.
 /// IoTDA's v1 package URLs name a bare IP address that the server
-/// certificate does not carry (iotda.md §4.7); `download.verify_hostname =
+/// certificate does not carry (docs/protocols/iotda.md §4.7); `download.verify_hostname =
 /// false` accepts any server name but still verifies the chain, signatures
 /// and validity dates. It is off by default (names are checked).
 ///

@@ -24,7 +24,7 @@ use crate::tls::{self, TlsError};
 /// Reports handed to rumqttc and not yet acknowledged, at most.
 const WINDOW: usize = 32;
 /// The largest inbound publish accepted on the wire. IoTDA caps payloads at
-/// 1 MB (iotda.md §1.3); anything larger is refused by rumqttc, and payloads
+/// 1 MB (docs/protocols/iotda.md §1.3); anything larger is refused by rumqttc, and payloads
 /// between the platform limit and this one reach the daemon to be logged.
 const MAX_INBOUND_PACKET: usize = 2 * 1024 * 1024;
 
@@ -155,7 +155,7 @@ impl Session {
         o.set_inflight(WINDOW as u16);
         match creds.password {
             Some(p) => o.set_credentials(creds.username, p),
-            // X.509: username only, as the SDKs do (iotda.md §1.2).
+            // X.509: username only, as the SDKs do (docs/protocols/iotda.md §1.2).
             None => o.set_credentials(creds.username, ""),
         };
         if let Some(tls) = &self.tls {

@@ -1,5 +1,5 @@
 //! A simulated LwM2M child on its own UDP socket: /3/0/3 and the Firmware
-//! Update object /5 (OMA 5.xml, children.md §3), push and pull, with fault
+//! Update object /5 (OMA 5.xml, docs/protocols/children.md §3), push and pull, with fault
 //! injection at the socket seam.
 //!
 //! - Push: Block1 `PUT /5/0/0` is reassembled in order (RFC 7959 §2.3) with
@@ -7,7 +7,7 @@
 //!   block past what it holds gets 4.08 (§2.9.2), an image above
 //!   `max_image` 4.13 with Size1 (§2.9.3).
 //! - Pull: a `PUT /5/0/1` URI starts Block2 GETs to it (Size2: 0 on the
-//!   first, as Zephyr's pull context does, children.md §2.3), checking the
+//!   first, as Zephyr's pull context does, docs/protocols/children.md §2.3), checking the
 //!   ETag stays the same.
 //! - The image is hashed as it arrives, never stored, so 500 simulated
 //!   children fit in a few MiB. A whole image whose SHA-256 maps to a

@@ -2,7 +2,7 @@
 //! URL shape, Bearer tokens with expiry, Range and ETag support, and faults
 //! on demand.
 //!
-//! URLs look like IoTDA's v1 download URLs (iotda.md §4.4):
+//! URLs look like IoTDA's v1 download URLs (docs/protocols/iotda.md §4.4):
 //! `https://127.0.0.1:<port>/iodm/dev/v2.0/upgradefile/applications/<app>/devices/<dev>/packages/<id>`.
 //! A package added with [`Access::Bearer`] needs `Authorization: Bearer
 //! <token>` with a token from [`PackageServer::issue_token`]: an unknown token

@@ -105,7 +105,7 @@ async fn write_packet<W: AsyncWrite + Unpin>(w: &mut W, p: &Packet) -> std::io::
     w.write_all(&out).await
 }
 
-/// Checks CONNECT as IoTDA does (iotda.md §1.1–1.2).
+/// Checks CONNECT as IoTDA does (docs/protocols/iotda.md §1.1–1.2).
 fn check_connect(
     devices: &HashMap<String, DeviceAuth>,
     c: &rumqttc::Connect,
@@ -381,7 +381,7 @@ impl SimPlatform {
                 }
             }
         });
-        // Everything devices send upstream (iotda.md §2), not the platform's
+        // Everything devices send upstream (docs/protocols/iotda.md §2), not the platform's
         // own downstream publishes.
         let ups = [
             "oc/devices/+/sys/events/up",

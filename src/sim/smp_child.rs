@@ -24,7 +24,7 @@
 //!
 //! The pty's slave end stays open in the simulator so the master never sees
 //! a hangup when a driver closes and reopens the path (a gateway restart);
-//! the driver opens the path by name. children.md §6.2 suggests
+//! the driver opens the path by name. docs/protocols/children.md §6.2 suggests
 //! `set_exclusive(false)` on the slave of `SerialStream::pair()`; with
 //! serialport 4.10 that is wrong here: `pair()` only *flags* the slave
 //! exclusive (no TIOCEXCL, no flock), while `set_exclusive(false)` takes a

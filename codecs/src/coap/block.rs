@@ -6,7 +6,7 @@
 //! only by BERT over reliable transports, RFC 8323 §6).
 //!
 //! coap-lite's `BlockValue` keeps the value in a `u16` and silently wraps past
-//! NUM 4095 (children.md §6.1), which is why this codec exists.
+//! NUM 4095 (docs/protocols/children.md §6.1), which is why this codec exists.
 
 /// The largest block number a 3-byte option can carry (RFC 7959 §2.2).
 pub const MAX_NUM: u32 = (1 << 20) - 1;
@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn rfc_examples() {
-        // children.md §2.1: NUM=3, M=1, SZX=2 is 0x3A; NUM=5000, M=1, SZX=4
+        // docs/protocols/children.md §2.1: NUM=3, M=1, SZX=2 is 0x3A; NUM=5000, M=1, SZX=4
         // is 01 38 8c (verified with Python).
         assert_eq!(BlockOpt::new(3, true, 2).unwrap().encode(), vec![0x3a]);
         assert_eq!(
@@ -158,7 +158,7 @@ mod tests {
             BlockOpt::new(4095, true, 0).unwrap().encode(),
             vec![0xff, 0xf8]
         );
-        // Block 4096 is where coap-lite's u16 wraps to NUM 0 (children.md §6.1).
+        // Block 4096 is where coap-lite's u16 wraps to NUM 0 (docs/protocols/children.md §6.1).
         assert_eq!(
             BlockOpt::new(4096, true, 0).unwrap().encode(),
             vec![0x01, 0x00, 0x08]

@@ -39,7 +39,7 @@
 //! - [`update`]: the LwM2M firmware-update procedure for one child.
 //!
 //! coap-lite is used for the packet layer only: its `BlockValue` wraps
-//! silently past block 4095 (children.md §6.1), so Block options are put in
+//! silently past block 4095 (docs/protocols/children.md §6.1), so Block options are put in
 //! and read back as raw option bytes through [`block::BlockOpt`].
 
 pub mod block;

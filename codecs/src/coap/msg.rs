@@ -308,7 +308,7 @@ mod tests {
 
     #[test]
     fn golden_vector_continue_with_block1() {
-        // children.md §2.5: CON 2.31, MID 0x1234, token 01020304, Block1 3/M/64.
+        // docs/protocols/children.md §2.5: CON 2.31, MID 0x1234, token 01020304, Block1 3/M/64.
         let mut p = Packet::new();
         p.header.set_type(MessageType::Confirmable);
         p.header.message_id = 0x1234;

@@ -26,7 +26,7 @@
 //!   ignores the NUM Erbium echoes).
 //! - 4.08 Request Entity Incomplete (§2.9.2): the child lost the earlier
 //!   blocks, restart at block 0. This is also how a resume from a stored
-//!   offset falls back to 0 when the child forgot the transfer (children.md
+//!   offset falls back to 0 when the child forgot the transfer (docs/protocols/children.md
 //!   §2.4).
 //! - 4.13 Request Entity Too Large (§2.9.3, RFC 7252 §5.9.2.9): with a
 //!   Size1 below the image length no retry can succeed, fail as "too large";
@@ -45,14 +45,14 @@ use crate::lwm2m::UpdateResult;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushConfig {
     /// Uri-Path segments of the target, `["5", "0", "0"]` for the LwM2M
-    /// Package resource (children.md §3).
+    /// Package resource (docs/protocols/children.md §3).
     pub path: Vec<String>,
     /// Image length in bytes, sent as Size1 on every request.
     pub total_len: u32,
     /// The first block size exponent, 0..=6; the child may lower it.
     pub szx: u8,
     /// Content-Format option, `Some(42)` (application/octet-stream) for
-    /// LwM2M /5/0/0 (children.md §3, step 3).
+    /// LwM2M /5/0/0 (docs/protocols/children.md §3, step 3).
     pub content_format: Option<u32>,
     /// Request-Tag (RFC 9175 §3.2) on every request, as libcoap sends it.
     pub request_tag: Option<Vec<u8>>,
@@ -65,7 +65,7 @@ pub struct PushConfig {
 
 impl PushConfig {
     /// Pushing `total_len` bytes to LwM2M /5/0/0 with 1024-byte blocks,
-    /// Content-Format 42 (children.md §3, step 3).
+    /// Content-Format 42 (docs/protocols/children.md §3, step 3).
     pub fn lwm2m_package(total_len: u32) -> Self {
         PushConfig {
             path: vec!["5".into(), "0".into(), "0".into()],
@@ -146,7 +146,7 @@ pub enum PushFailure {
 
 impl PushFailure {
     /// The IoTDA `result_code` and `description` for this failure
-    /// (iotda.md §9): "too large" is result 5 (insufficient storage), a lost
+    /// (docs/protocols/iotda.md §9): "too large" is result 5 (insufficient storage), a lost
     /// child is 6 (download timeout), anything else 255 (internal
     /// exception) (inferred: IoTDA has no code for protocol errors).
     pub fn to_iotda(&self) -> (u16, &'static str) {
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn smaller_size_in_continue_continues_at_bytes_sent() {
-        // children.md §2.2: 0/M/1024 answered 2.31 0/M/256 → next is 4/M/256.
+        // docs/protocols/children.md §2.2: 0/M/1024 answered 2.31 0/M/256 → next is 4/M/256.
         let mut img = image(5000);
         let mut p = Block1Push::new(cfg(5000, 6)).unwrap();
         assert_eq!(next(&mut p, &mut img), (0, true, 6, 1024));

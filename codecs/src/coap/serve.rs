@@ -1,10 +1,10 @@
 //! Block2 serving: the gateway answers a child's GETs of `/fw/<name>` for
 //! pull delivery, one block per request, with no per-transfer state.
 //!
-//! Stateless random access is what makes pull resumable (children.md §2.4):
+//! Stateless random access is what makes pull resumable (docs/protocols/children.md §2.4):
 //! any `Block2: NUM/0/SZX` is answered from the package on disk, so a child
 //! that resumes at block N, from a new source port, gets block N (aiocoap
-//! answers 4.08 there, children.md §2.3).
+//! answers 4.08 there, docs/protocols/children.md §2.3).
 //!
 //! # Call order
 //! The driver gets `ExchangeEvent::Request` from its [`super::Exchanges`]; if
@@ -19,7 +19,7 @@
 //!   maximum (RFC 7959 §2.4: "MUST use the block size indicated or a smaller
 //!   size"); a smaller size recomputes NUM from the requested offset.
 //! - Every block carries ETag = the first 8 bytes of the package SHA-256, so
-//!   it is stable across restarts (RFC 7252 §5.10.6, children.md §2.4), and
+//!   it is stable across restarts (RFC 7252 §5.10.6, docs/protocols/children.md §2.4), and
 //!   Size2 = the package length, which also answers a request carrying
 //!   Size2: 0 (RFC 7959 §4).
 //! - 4.04 for unknown resources, 4.05 for methods other than GET, 4.00 for
@@ -421,7 +421,7 @@ mod tests {
 
     proptest! {
         /// A client pulling block after block, at any size, gets exactly the
-        /// package (the Zephyr pull loop, children.md §2.3).
+        /// package (the Zephyr pull loop, docs/protocols/children.md §2.3).
         #[test]
         fn sequential_pull_reassembles_the_package(len in 1usize..6000, szx in 0u8..=6, max in 0u8..=6) {
             let mut s = store(len);

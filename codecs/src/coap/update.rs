@@ -2,7 +2,7 @@
 //! version, deliver the package (pull through /5/0/1 or push through
 //! /5/0/0), execute /5/0/2, and confirm the new version across the reboot.
 //!
-//! The procedure is the gateway's half of children.md §3 "How a gateway
+//! The procedure is the gateway's half of docs/protocols/children.md §3 "How a gateway
 //! drives a CoAP child", built on the Firmware Update object (OMA 5.xml,
 //! [`crate::lwm2m`]):
 //! 1. `GET /3/0/3`: already at the target version → finished, nothing sent.
@@ -18,7 +18,7 @@
 //!    lost answer is not a failure.
 //! 4. Poll `/3/0/3` through the reboot until it equals the target version;
 //!    each time it does not, `/5/0/5` tells whether the update failed.
-//!    Success is reported only after the version was read back (DESIGN.md).
+//!    Success is reported only after the version was read back (docs/design.md).
 //! 5. A transient failure (connection lost, integrity, no answer) is retried
 //!    after resetting the child with an empty `/5/0/1` (5.xml: "Writing an
 //!    empty string to the Package URI resets the state machine").
@@ -47,7 +47,7 @@ use super::source::{ReadAt, ReadError};
 use crate::lwm2m::{self, Path, State, UpdateResult, ValueError};
 use crate::time::Instant;
 
-/// How the package reaches the child (/5/0/9, children.md §3).
+/// How the package reaches the child (/5/0/9, docs/protocols/children.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// The child downloads from this Package URI (`coap://<gw>/fw/<sha256>`,
@@ -157,7 +157,7 @@ pub enum UpdateFailure {
 }
 
 impl UpdateFailure {
-    /// The IoTDA `result_code` and `description` (iotda.md §4.6, §9).
+    /// The IoTDA `result_code` and `description` (docs/protocols/iotda.md §4.6, §9).
     /// Child results use [`UpdateResult::to_iotda`]; a push failure uses
     /// [`PushFailure::to_iotda`]; a download timeout is 6; an install that
     /// never shows the new version is 10 "Firmware update failed"
@@ -500,7 +500,7 @@ impl UpdateProcedure {
             return;
         }
         match self.step {
-            // A child may reboot before answering Execute (children.md §3
+            // A child may reboot before answering Execute (docs/protocols/children.md §3
             // step 6 polls "across the reboot"), and is silent while it
             // reboots.
             Step::Execute => self.start_verify(now),
@@ -769,7 +769,7 @@ fn get(path: Path) -> Packet {
     msg::request(Code::GET, &path.segments())
 }
 
-/// `PUT /5/0/1` with a text/plain URI (children.md §3 step 2; Content-Format
+/// `PUT /5/0/1` with a text/plain URI (docs/protocols/children.md §3 step 2; Content-Format
 /// 0 works for a single-resource write in LwM2M 1.0/1.1).
 fn write_uri(uri: &str) -> Packet {
     let mut p = msg::request(Code::PUT, &Path::PACKAGE_URI.segments());

@@ -89,7 +89,7 @@ pub struct DataRequest {
 /// Why an upgrade failed, in IoTDA's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// IoTDA `result_code` (`protocols/iotda.md` §4.6).
+    /// IoTDA `result_code` (`docs/protocols/iotda.md` §4.6).
     pub result_code: u8,
     /// The `description` to report: the profile's wording for the status, or
     /// the platform's wording for the code (§9).

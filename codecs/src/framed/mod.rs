@@ -40,7 +40,7 @@ pub use engine::{DataRequest, Engine, Event, ImageInfo, Outcome, Upgrade};
 pub use profile::{MessageKind, Profile, ProfileError, ProfileErrorKind};
 
 /// IoTDA `result_code` values as profiles write them (one byte), taken from
-/// [`crate::iotda::result`] (iotda.md §4.6), and their descriptions.
+/// [`crate::iotda::result`] (docs/protocols/iotda.md §4.6), and their descriptions.
 pub mod result_code {
     use crate::iotda::result as iotda;
 
@@ -70,13 +70,13 @@ pub mod result_code {
     pub const INNER_ERROR: u8 = iotda::INNER_ERROR as u8;
 
     /// Whether IoTDA accepts `code` (0 to 10 and 255; the C SDK rejects any
-    /// other value, `iota_payload.c:416`, see `protocols/iotda.md` §4.6).
+    /// other value, `iota_payload.c:416`, see `docs/protocols/iotda.md` §4.6).
     pub fn is_valid(code: u8) -> bool {
         iotda::is_valid(u16::from(code))
     }
 
     /// The failure description an operator sees for `code`: the platform's
-    /// own wording from `protocols/iotda.md` §9 where it has one, else the
+    /// own wording from `docs/protocols/iotda.md` §9 where it has one, else the
     /// meaning from the §4.6 table.
     pub fn description(code: u8) -> &'static str {
         match code {

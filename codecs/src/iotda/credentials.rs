@@ -1,4 +1,4 @@
-//! MQTT CONNECT credentials for an IoTDA device (iotda.md §1.1).
+//! MQTT CONNECT credentials for an IoTDA device (docs/protocols/iotda.md §1.1).
 //!
 //! - client id `{device_id}_0_{sig}_{yyyyMMddHH UTC}` [DOC:iot_06_v5_3009]
 //! - username `{device_id}`
@@ -38,7 +38,7 @@ pub struct Credentials {
     /// The device id.
     pub username: String,
     /// 64 lower-case hex characters; `None` for X.509 client authentication,
-    /// where the SDKs send no password (iotda.md §1.2).
+    /// where the SDKs send no password (docs/protocols/iotda.md §1.2).
     pub password: Option<String>,
 }
 

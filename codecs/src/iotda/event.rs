@@ -1,5 +1,5 @@
 //! The event envelope and the typed `$ota` / `$sub_device_manager` events
-//! (iotda.md §3–5).
+//! (docs/protocols/iotda.md §3–5).
 //!
 //! One envelope carries a list of service events on `sys/events/up` and
 //! `sys/events/down`:
@@ -55,7 +55,7 @@ pub enum UpgradeKind {
 
 /// `firmware_upgrade` / `software_upgrade` (v1, package in IoTDA, fetched
 /// with `Authorization: Bearer <access_token>`) and the `_v2` variants
-/// (pre-signed OBS URL, no header) [DOC:iot_06_v5_3030]; iotda.md §4.4–4.5.
+/// (pre-signed OBS URL, no header) [DOC:iot_06_v5_3030]; docs/protocols/iotda.md §4.4–4.5.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Upgrade {
     /// Target version.
@@ -251,7 +251,7 @@ pub enum Event {
     /// The platform's answer to `sub_device_update_status` (down). The doc
     /// table says the event type is `sub_device_update_status`, its example
     /// and the C and Go SDKs say `sub_device_update_status_response`; both
-    /// are accepted (iotda.md §5.4, §7.2).
+    /// are accepted (docs/protocols/iotda.md §5.4, §7.2).
     UpdateStatusResponse(UpdateStatusResponse),
     /// `$sub_device_manager` `add_sub_device_notify` (down).
     AddSubDeviceNotify(SubDeviceNotify),
@@ -488,7 +488,7 @@ pub fn parse(payload: &[u8]) -> Result<Vec<Incoming>, EventError> {
 }
 
 /// Encodes one event in an envelope. `object_device_id` is the child's id
-/// for a child's event, `None` for the gateway's own (iotda.md §3).
+/// for a child's event, `None` for the gateway's own (docs/protocols/iotda.md §3).
 pub fn encode(
     object_device_id: Option<&str>,
     event: &Event,
@@ -521,7 +521,7 @@ mod tests {
 
     #[test]
     fn firmware_upgrade_from_the_doc_example() {
-        // iotda.md §4.4, quoted from [DOC:iot_06_v5_3030].
+        // docs/protocols/iotda.md §4.4, quoted from [DOC:iot_06_v5_3030].
         let msg = r#"{"object_device_id":"child1","services":[{"service_id":"$ota","event_type":"firmware_upgrade","event_time":"20151212T121212Z",
  "paras":{"version":"v1.2",
   "url":"https://100.93.28.202:8943/iodm/dev/v2.0/upgradefile/applications/x/devices/y/packages/z",

@@ -1,6 +1,6 @@
 //! Huawei Cloud IoTDA, device side: what a gateway sends and receives.
 //!
-//! Source for every fact here: `shared/protocols/iotda.md`, which cites the
+//! Source for every fact here: `docs/protocols/iotda.md`, which cites the
 //! IoTDA API pages (`iot_06_v5_*`) and the five official device SDKs.
 //!
 //! - [`topic`]: the `$oc/devices/{id}/sys/...` topics and what a topic means.

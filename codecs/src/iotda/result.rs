@@ -1,8 +1,8 @@
 //! `upgrade_progress_report` result codes and failure descriptions.
 //!
 //! Codes: [DOC:iot_06_v5_3031], identical in the Java, Python, C# and Go SDKs
-//! (iotda.md §4.6). The [C] SDK rejects any other value. Descriptions: the
-//! platform's own failure-cause wording (iotda.md §9), so that an operator
+//! (docs/protocols/iotda.md §4.6). The [C] SDK rejects any other value. Descriptions: the
+//! platform's own failure-cause wording (docs/protocols/iotda.md §9), so that an operator
 //! sees on the console the cause IoTDA documents.
 
 /// 0: success.

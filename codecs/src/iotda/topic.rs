@@ -1,4 +1,4 @@
-//! Device-side system topics (iotda.md §2; [DOC:iot_06_v5_3004]).
+//! Device-side system topics (docs/protocols/iotda.md §2; [DOC:iot_06_v5_3004]).
 //!
 //! `{device_id}` in a topic is always the id that owns the MQTT connection:
 //! for a gateway, the gateway's id, even when the payload is about a child
@@ -19,7 +19,7 @@ pub fn command_response(device_id: &str, request_id: &str) -> String {
     format!("$oc/devices/{device_id}/sys/commands/response/request_id={request_id}")
 }
 
-/// The topics a gateway subscribes to (iotda.md §8). The platform subscribes
+/// The topics a gateway subscribes to (docs/protocols/iotda.md §8). The platform subscribes
 /// devices to system topics by itself; subscribing explicitly is harmless
 /// and makes a plain broker (tests, the demo) behave like the platform.
 pub fn subscriptions(device_id: &str) -> Vec<String> {

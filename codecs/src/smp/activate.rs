@@ -5,7 +5,7 @@
 //! write), `smp_groups/smp_group_0.rst` ("System reset": the device answers
 //! before it resets), `subsys/mgmt/mcumgr/grp/img_mgmt/src/img_mgmt_state.c`;
 //! MCUboot `docs/design.md` (a test image is reverted at the next boot
-//! unless confirmed). Flow from mcumgr's README (children.md §4.3).
+//! unless confirmed). Flow from mcumgr's README (docs/protocols/children.md §4.3).
 //!
 //! Steps:
 //! 1. Image state read. If the active image already has the target version

@@ -2,7 +2,7 @@
 //! `ciborium::Value`.
 //!
 //! Requests are encoded by hand rather than through serde so that the
-//! upload engine can compute a chunk's encoded size exactly (children.md
+//! upload engine can compute a chunk's encoded size exactly (docs/protocols/children.md
 //! §4.5: the whole message must be at most `buf_size - 4`). Integers and
 //! lengths use the shortest head (RFC 8949 §3, "preferred serialization"),
 //! as ciborium, zcbor and Python cbor2 do.

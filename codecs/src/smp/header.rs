@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn golden_echo_header() {
-        // children.md §4.4, echo {"d":"hello"}, v2, seq 0 (smp 4.2.0).
+        // docs/protocols/children.md §4.4, echo {"d":"hello"}, v2, seq 0 (smp 4.2.0).
         let msg = crate::hex::parse("0a 00 00 09 00 00 00 00 a1 61 64 65 68 65 6c 6c 6f").unwrap();
         let (h, body) = split_message(&msg).unwrap();
         assert_eq!(h.op, Op::Write);

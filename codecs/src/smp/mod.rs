@@ -4,7 +4,7 @@
 //! Sources: zephyr `doc/services/device_mgmt/smp_protocol.rst`,
 //! `smp_groups/smp_group_0.rst`, `smp_groups/smp_group_1.rst`,
 //! `smp_transport.rst`; the Zephyr server in
-//! `subsys/mgmt/mcumgr/grp/img_mgmt/src/`; children.md §4 summarises them.
+//! `subsys/mgmt/mcumgr/grp/img_mgmt/src/`; docs/protocols/children.md §4 summarises them.
 //!
 //! # Layout
 //! - [`header`]: the 8-byte header, groups, command ids.

@@ -1,9 +1,9 @@
 //! SMP failures mapped to IoTDA `upgrade_progress_report` result codes.
 //!
-//! Codes: iotda.md §4.6 (IoTDA `iot_06_v5_3031`: 5 insufficient storage,
+//! Codes: docs/protocols/iotda.md §4.6 (IoTDA `iot_06_v5_3031`: 5 insufficient storage,
 //! 6 download timeout, 7 package verification failure, 8 unsupported package
 //! type, 9 insufficient memory, 10 installation failure, 255 internal
-//! exception). Descriptions: iotda.md §9, the platform's own wording for
+//! exception). Descriptions: docs/protocols/iotda.md §9, the platform's own wording for
 //! device-reported causes, used where one fits.
 //!
 //! SMP v2 image-group codes are precise. SMP v1 `rc` values are lossy:
@@ -26,7 +26,7 @@ use crate::iotda::result::{
 pub struct IotdaResult {
     /// `result_code` for `upgrade_progress_report`.
     pub code: u16,
-    /// iotda.md §9 wording for `description`, when one fits.
+    /// docs/protocols/iotda.md §9 wording for `description`, when one fits.
     pub description: Option<&'static str>,
 }
 
@@ -177,7 +177,7 @@ pub fn for_upload(err: &UploadError) -> IotdaResult {
     match err {
         UploadError::Device(e) => for_smp(e),
         // The delivery stopped making progress: the closest documented cause
-        // is LwM2M 4 "connection lost", result 6 (iotda.md §9).
+        // is LwM2M 4 "connection lost", result 6 (docs/protocols/iotda.md §9).
         UploadError::Timeout { .. }
         | UploadError::Stalled { .. }
         | UploadError::TooManyRestarts(_) => r(DOWNLOAD_TIMEOUT, Some(DESC_CONNECTION_LOST)),

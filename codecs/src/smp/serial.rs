@@ -3,7 +3,7 @@
 //! Sources: zephyr `doc/services/device_mgmt/smp_transport.rst` ("UART/serial
 //! and console"), `subsys/mgmt/mcumgr/transport/src/serial_util.c`,
 //! `include/zephyr/mgmt/mcumgr/transport/serial.h`; mynewt-mcumgr
-//! `transport/smp-console.md`; children.md §4.4.
+//! `transport/smp-console.md`; docs/protocols/children.md §4.4.
 //!
 //! A packet is `u16 BE total_len | SMP message | u16 BE CRC-16/XMODEM`, where
 //! `total_len` = message + 2 (it counts the CRC, not itself) and the CRC
@@ -26,7 +26,7 @@ pub const CONTINUE: [u8; 2] = [0x04, 0x14];
 
 /// Bytes of framing around each SMP message: the length field and the CRC.
 /// Zephyr's receive netbuf holds them too, so the largest message is
-/// `buf_size - 4` (children.md §4.4, verified by smpclient `encoded.py`).
+/// `buf_size - 4` (docs/protocols/children.md §4.4, verified by smpclient `encoded.py`).
 pub const PACKET_OVERHEAD: usize = 4;
 
 /// The longest SMP message a packet carries: `total_len` (u16) counts the

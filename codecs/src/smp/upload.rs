@@ -4,7 +4,7 @@
 //! server in `subsys/mgmt/mcumgr/grp/img_mgmt/src/img_mgmt.c` and
 //! `zephyr_img_mgmt.c` (`img_mgmt_upload_inspect`); client behaviour from
 //! smpclient, mcumgr-toolkit, vouch mcumgr-client and Go newtmgr
-//! (children.md §4.2, §4.5, §4.6).
+//! (docs/protocols/children.md §4.2, §4.5, §4.6).
 //!
 //! The rules it follows:
 //! - MCUmgr params (group 0 id 6) give `buf_size`; when the device answers

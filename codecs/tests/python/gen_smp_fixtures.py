@@ -155,7 +155,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
 
     # 1. A clean upload: buf_size 128 from params, 300-byte image.
-    c, img, sha = upload_case("upload_clean", "children.md 4.2, 4.5: chunks of exactly buf_size - 4, driven by off")
+    c, img, sha = upload_case("upload_clean", "docs/protocols/children.md 4.2, 4.5: chunks of exactly buf_size - 4, driven by off")
     params_steps(c, 128)
     off, seq = 0, 1
     while off < len(img):
@@ -169,7 +169,7 @@ def main():
     c.write()
 
     # 2. Params unsupported (rc 8 ENOTSUP): 384 fallback, one chunk.
-    c, img, sha = upload_case("upload_params_unsupported", "children.md 4.3, 7.3: fall back to the 384-byte netbuf default")
+    c, img, sha = upload_case("upload_params_unsupported", "docs/protocols/children.md 4.3, 7.3: fall back to the 384-byte netbuf default")
     c.step("params read", at_ms=0, out=bytes(MCUMgrParametersReadRequest(sequence=0)))
     c.step("ENOTSUP", inp=rsp(1, 0, 6, 0, {"rc": 8}), expect="buf_size 384 default")
     d, req = chunk(img, sha, 0, 384, 1)
@@ -179,7 +179,7 @@ def main():
     c.write()
 
     # 3. A lost answer: the chunk is sent again at the same off and seq after the timeout.
-    c, img, sha = upload_case("upload_lost_answer", "children.md 4.6: a lost response is not a lost request; retry the same off", config={"timeout_ms": 1000})
+    c, img, sha = upload_case("upload_lost_answer", "docs/protocols/children.md 4.6: a lost response is not a lost request; retry the same off", config={"timeout_ms": 1000})
     params_steps(c, 128)
     d0, req0 = chunk(img, sha, 0, 128, 1)
     c.step("first chunk", out=req0)
@@ -193,7 +193,7 @@ def main():
     c.write()
 
     # 4. A corrupted answer: the decoder reports the CRC, the engine retries.
-    c, img, sha = upload_case("upload_corrupt_answer", "children.md 4.4: CRC-16/XMODEM; a bad frame is dropped and the request retried", config={"first_timeout_ms": 3000})
+    c, img, sha = upload_case("upload_corrupt_answer", "docs/protocols/children.md 4.4: CRC-16/XMODEM; a bad frame is dropped and the request retried", config={"first_timeout_ms": 3000})
     params_steps(c, 128)
     d0, req0 = chunk(img, sha, 0, 128, 1)
     c.step("first chunk", out=req0)
@@ -205,7 +205,7 @@ def main():
     c.write()
 
     # 5. Resume after a gateway restart: the device answers the off-0 chunk with its offset.
-    c, img, sha = upload_case("upload_resume", "children.md 4.2: off 0 with the same len and sha; Zephyr answers the offset it holds")
+    c, img, sha = upload_case("upload_resume", "docs/protocols/children.md 4.2: off 0 with the same len and sha; Zephyr answers the offset it holds")
     params_steps(c, 128)
     d0, req0 = chunk(img, sha, 0, 128, 1)
     c.step("off 0 with len and sha, as after a restart", out=req0)
@@ -261,7 +261,7 @@ def main():
         c.write()
 
     # 11. An off that never advances: resent `retries` times, then an error.
-    c, img, sha = upload_case("upload_stalled", "children.md 4.6: a non-advancing off after the retries is an error", config={"retries": 1})
+    c, img, sha = upload_case("upload_stalled", "docs/protocols/children.md 4.6: a non-advancing off after the retries is an error", config={"retries": 1})
     c.kv(result_code=6)
     params_steps(c, 128)
     d0, req0 = chunk(img, sha, 0, 128, 1)
@@ -278,7 +278,7 @@ def main():
     # 12. A silent device: params falls back, then the first chunk times out.
     c, img, sha = upload_case(
         "upload_silent_device",
-        "children.md 4.6: long first timeout, retries capped",
+        "docs/protocols/children.md 4.6: long first timeout, retries capped",
         config={"retries": 1, "params_timeout_ms": 500, "first_timeout_ms": 10000},
     )
     c.kv(result_code=6)
@@ -323,7 +323,7 @@ def activate_cases():
     old = {"image": 0, "slot": 0, "version": "1.0.0", "hash": b"\x11" * 32, "bootable": True, "confirmed": True, "active": True}
     new = {"image": 0, "slot": 1, "version": "1.2.3", "hash": b"\x22" * 32, "bootable": True}
     for name, after_version, see in [
-        ("activate_success", "1.2.3", "children.md 4.3: list, test, reset, list after the reboot, confirm"),
+        ("activate_success", "1.2.3", "docs/protocols/children.md 4.3: list, test, reset, list after the reboot, confirm"),
         ("activate_reverted", "1.0.0", "MCUboot docs/design.md: a test image that fails is reverted; the version read back decides"),
     ]:
         c = Case(name, "activate", see)
