@@ -13,7 +13,9 @@
 //! - [`child`]: the `Child` trait and one driver per transport.
 //! - [`ota`]: event dispatch and the per-child upgrade jobs.
 //! - [`daemon`]: wires the above together for `otabridge run`.
-//! - [`sim`]: simulators (broker, platform, children) for tests and the demo.
+//! - `sim`: simulators (broker, platform, children) for tests and the demo;
+//!   only with the `sim` cargo feature (on by default, off in the Debian
+//!   package), like `rumqttd` and `rcgen`, which only they use.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -25,5 +27,6 @@ pub mod metrics;
 pub mod ota;
 pub mod package;
 pub mod platform;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod tls;

@@ -16,6 +16,7 @@
 
 pub mod coap;
 pub mod framed;
+#[cfg(feature = "sim")]
 pub mod memory;
 pub mod serial;
 
@@ -179,6 +180,7 @@ impl Networks {
 /// network in `nets`.
 pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child>, BuildError> {
     match &c.transport {
+        #[cfg(feature = "sim")]
         Transport::Simulated { version, online } => {
             let child = memory::MemoryChild::new(&c.device_id, version);
             child.set_online(*online);
@@ -232,14 +234,17 @@ mod tests {
             ..CoapConfig::default()
         };
         let mut nets = Networks::new(&coap);
-        let sim = ChildConfig {
-            device_id: "s".into(),
-            transport: Transport::Simulated {
-                version: "1".into(),
-                online: true,
-            },
-        };
-        from_config(&sim, &mut nets).unwrap();
+        #[cfg(feature = "sim")]
+        {
+            let sim = ChildConfig {
+                device_id: "s".into(),
+                transport: Transport::Simulated {
+                    version: "1".into(),
+                    online: true,
+                },
+            };
+            from_config(&sim, &mut nets).unwrap();
+        }
         assert!(nets.coap.is_none(), "no CoAP child, no socket");
         let coap_child = |id: &str, port: u16| ChildConfig {
             device_id: id.into(),

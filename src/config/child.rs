@@ -87,7 +87,8 @@ pub enum Transport {
         options: SerialOptions,
     },
     /// An in-process simulated child, for bench tests of the platform link
-    /// without hardware.
+    /// without hardware (the `sim` feature).
+    #[cfg(feature = "sim")]
     Simulated {
         /// The version it reports.
         version: String,
@@ -110,6 +111,7 @@ pub struct ChildConfig {
 enum ChildSpec {
     Coap(CoapSpec),
     Serial(SerialSpec),
+    #[cfg(feature = "sim")]
     Sim(SimSpec),
 }
 
@@ -170,6 +172,7 @@ struct FramedSpec {
 }
 
 /// `transport = "sim"`: an in-process child for bench tests.
+#[cfg(feature = "sim")]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SimSpec {
@@ -179,12 +182,16 @@ struct SimSpec {
     online: bool,
 }
 
+#[cfg(feature = "sim")]
 fn yes() -> bool {
     true
 }
 
 /// The transports this build knows, for messages.
+#[cfg(feature = "sim")]
 const TRANSPORTS: &str = "coap, serial or sim";
+#[cfg(not(feature = "sim"))]
+const TRANSPORTS: &str = "coap or serial";
 
 impl ChildSpec {
     /// Reads `transport` (and a serial child's `protocol`), then the shape
@@ -208,7 +215,14 @@ impl ChildSpec {
         match transport.as_str() {
             "coap" => shape(values, &what).map(ChildSpec::Coap),
             "serial" => SerialSpec::from_values(values).map(ChildSpec::Serial),
+            #[cfg(feature = "sim")]
             "sim" => shape(values, &what).map(ChildSpec::Sim),
+            #[cfg(not(feature = "sim"))]
+            "sim" => Err(BadKey::new(
+                "transport",
+                "'sim' (the in-process simulated child) needs a build with the `sim` \
+                 feature; this one is without the simulators (the Debian package)",
+            )),
             other => Err(BadKey::new(
                 "transport",
                 format!("'{other}' is not {TRANSPORTS}"),
@@ -221,6 +235,7 @@ impl ChildSpec {
             ChildSpec::Coap(c) => &c.device_id,
             ChildSpec::Serial(SerialSpec::Smp(s)) => &s.device_id,
             ChildSpec::Serial(SerialSpec::Framed { spec, .. }) => &spec.device_id,
+            #[cfg(feature = "sim")]
             ChildSpec::Sim(s) => &s.device_id,
         }
     }
@@ -371,6 +386,7 @@ impl Siblings {
                     },
                 })
             }
+            #[cfg(feature = "sim")]
             ChildSpec::Sim(s) => Draft::Ready(Transport::Simulated {
                 version: s.version,
                 online: s.online,

@@ -52,6 +52,7 @@ fn transport_name(t: &Transport) -> &'static str {
     match t {
         Transport::Coap { .. } => "coap",
         Transport::Serial { .. } => "serial",
+        #[cfg(feature = "sim")]
         Transport::Simulated { .. } => "sim",
     }
 }
