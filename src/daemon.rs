@@ -8,8 +8,9 @@ use tracing::{info, warn};
 
 use crate::child::{self, Child};
 use crate::config::Config;
+use crate::exporter::{self, Exporter};
 use crate::journal::{Journal, JournalError};
-use crate::metrics::{self, Exporter, Metrics};
+use crate::metrics::Metrics;
 use crate::ota::engine::Engine;
 use crate::ota::Gateway;
 use crate::package::{PackageStore, StoreError};
@@ -34,7 +35,7 @@ pub enum StartError {
     Child(#[from] child::BuildError),
     /// The metrics endpoint (`metrics.listen`) could not be opened.
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::ListenError),
+    Metrics(#[from] crate::exporter::ListenError),
 }
 
 /// A running gateway's parts, for tests and the demo.
@@ -81,7 +82,7 @@ pub async fn run_with(
     let session = Session::new(cfg.platform.clone(), platform.clone(), tx, seed)?;
     let metrics = Metrics::new();
     let listener = match cfg.metrics.listen {
-        Some(addr) => Some(metrics::bind(addr).await?),
+        Some(addr) => Some(exporter::bind(addr).await?),
         None => None,
     };
     let store = PackageStore::with_options(
@@ -110,7 +111,7 @@ pub async fn run_with(
     let metrics_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = listener {
         let exporter = Exporter::new(metrics.clone(), platform.clone(), children.clone());
-        tokio::spawn(metrics::serve(l, exporter, stop_rx.clone()));
+        tokio::spawn(exporter::serve(l, exporter, stop_rx.clone()));
     }
     if let Some(s) = started {
         let _ = s.send(Handles {

@@ -7,21 +7,25 @@
 //! - `otabridge_codecs` (the `codecs/` crate): pure wire formats and engines.
 //! - [`config`]: the TOML configuration, validated with errors naming the key.
 //! - [`journal`]: the SQLite journal (outbox, children, jobs, packages).
+//! - [`metrics`]: the counters the engine and the package store update (a
+//!   leaf: phases and transports are plain labels).
 //! - [`tls`], [`backoff`]: TLS material and retry pacing, shared by drivers.
 //! - [`platform`]: the MQTT session to IoTDA and the durable outbox.
 //! - [`package`]: resumable HTTPS downloads into the verified package store.
 //! - [`child`]: the `Child` trait and one driver per transport.
 //! - [`ota`]: event dispatch and the per-child upgrade jobs.
+//! - [`exporter`]: the Prometheus endpoint over the [`metrics`] counters.
 //! - [`daemon`]: wires the above together for `otabridge run`.
 //! - `sim`: simulators (broker, platform, children) for tests and the demo;
 //!   only with the `sim` cargo feature (on by default, off in the Debian
-//!   package), like `rumqttd` and `rcgen`, which only they use.
+//!   package), like `rumqttd`, `rcgen` and `indicatif`, which only they use.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod child;
 pub mod config;
 pub mod daemon;
+pub mod exporter;
 pub mod journal;
 pub mod metrics;
 pub mod ota;
