@@ -234,7 +234,7 @@ fn package_server(a: PackageServerArgs) -> ExitCode {
 /// `otabridge sim coap-child`: checks the options, then serves until
 /// SIGINT or SIGTERM and prints what the child saw.
 fn coap_child(a: CoapChildArgs) -> ExitCode {
-    use otabridge::sim::coap_child::{CoapChildSim, Faults, SimOptions};
+    use otabridge::sim::coap_child::{Faults, SimOptions};
     use otabridge_codecs::lwm2m::UpdateResult;
     let Some(szx) = otabridge_codecs::coap::block::size_to_szx(a.block_size) else {
         let b = a.block_size;
@@ -289,33 +289,39 @@ fn coap_child(a: CoapChildArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let served = rt.block_on(async move {
-        let sim = CoapChildSim::start(opts).await?;
-        sim.set_download_failure(fail_download);
-        sim.set_update_failure(fail_update);
-        println!(
-            "coap child listening on {} running {}",
-            sim.addr(),
-            sim.version()
-        );
-        otabridge::daemon::shutdown_signal().await;
-        let st = sim.stats();
-        println!(
-            "stopped: version {}, {} images, {} blocks, {} reboots, {} dropped, {} duplicated",
-            sim.version(),
-            st.images,
-            st.blocks,
-            st.reboots,
-            st.dropped,
-            st.duplicated
-        );
-        anyhow::Ok(())
-    });
-    match served {
+    match rt.block_on(serve_coap_child(opts, fail_download, fail_update)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("otabridge sim coap-child: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Serves a CoAP child until SIGINT or SIGTERM, then prints what it saw.
+async fn serve_coap_child(
+    opts: otabridge::sim::coap_child::SimOptions,
+    fail_download: Option<otabridge_codecs::lwm2m::UpdateResult>,
+    fail_update: Option<otabridge_codecs::lwm2m::UpdateResult>,
+) -> anyhow::Result<()> {
+    let sim = otabridge::sim::coap_child::CoapChildSim::start(opts).await?;
+    sim.set_download_failure(fail_download);
+    sim.set_update_failure(fail_update);
+    println!(
+        "coap child listening on {} running {}",
+        sim.addr(),
+        sim.version()
+    );
+    otabridge::daemon::shutdown_signal().await;
+    let st = sim.stats();
+    println!(
+        "stopped: version {}, {} images, {} blocks, {} reboots, {} dropped, {} duplicated",
+        sim.version(),
+        st.images,
+        st.blocks,
+        st.reboots,
+        st.dropped,
+        st.duplicated
+    );
+    Ok(())
 }
