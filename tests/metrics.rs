@@ -397,7 +397,11 @@ async fn the_endpoint_answers_bad_requests_with_errors() {
     // HEAD: the head of a scrape, no body.
     let r = http(addr, b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
     let (head, body) = r.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    // hyper answers an HTTP/1.0 request in HTTP/1.0.
+    assert!(
+        head.starts_with("HTTP/1.0 200 OK") || head.starts_with("HTTP/1.1 200 OK"),
+        "{head}"
+    );
     assert!(body.is_empty());
     // A client that connects and says nothing does not stop others.
     let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
