@@ -187,19 +187,23 @@ impl Metrics {
     /// success count and every resume kind. Dashboards and alerts then need
     /// no special case for a freshly started gateway.
     pub fn declare(&self, phases: &[&'static str], children: &[&str]) {
+        // get_or_create makes the series; the guard it returns is dropped
+        // at once.
         let i = &self.inner;
         for &phase in phases {
-            i.jobs.get_or_create(&PhaseLabels { phase });
-            i.durations.get_or_create(&PhaseLabels { phase });
+            drop(i.jobs.get_or_create(&PhaseLabels { phase }));
+            drop(i.durations.get_or_create(&PhaseLabels { phase }));
         }
         for child in children {
-            i.delivered.get_or_create(&ChildLabels::of(child));
-            i.job_retries.get_or_create(&ChildLabels::of(child));
+            drop(i.delivered.get_or_create(&ChildLabels::of(child)));
+            drop(i.job_retries.get_or_create(&ChildLabels::of(child)));
         }
-        i.completed
-            .get_or_create(&CompletedLabels::of(ResultCode::SUCCESS));
+        drop(
+            i.completed
+                .get_or_create(&CompletedLabels::of(ResultCode::SUCCESS)),
+        );
         for r in Resume::ALL {
-            i.resumes.get_or_create(&ResumeLabels { what: r.as_str() });
+            drop(i.resumes.get_or_create(&ResumeLabels { what: r.as_str() }));
         }
     }
 
