@@ -40,6 +40,7 @@ mod db;
 mod download;
 mod error;
 mod http;
+mod part;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
