@@ -19,10 +19,13 @@
 //! - [`smp`]: MCUmgr SMP header, CBOR bodies, serial framing, image upload.
 //! - [`framed`]: manufacturers' own serial protocols described by a profile.
 //! - [`mcuboot`]: MCUboot image header and TLV areas, the image hash.
+//! - [`download`]: the decisions of a resumable HTTP package download
+//!   (Range/If-Range, status classification, checkpoints).
 //! - [`version`]: firmware version normalisation and comparison.
 #![forbid(unsafe_code)]
 
 pub mod coap;
+pub mod download;
 pub mod framed;
 pub mod hex;
 pub mod iotda;
