@@ -52,6 +52,11 @@ pub(crate) enum Command {
     /// Download a package with the gateway's own download code (resumable;
     /// checks reachability, TLS settings and speed from this box).
     Download(DownloadArgs),
+    /// Look into firmware images as the gateway checks them.
+    Image {
+        #[command(subcommand)]
+        which: ImageCommand,
+    },
     /// Run one simulator on its own (a build with the `sim` feature, the
     /// default; the Debian package has none).
     Sim {
@@ -64,6 +69,14 @@ pub(crate) enum Command {
     Man(ManArgs),
     /// Print the MQTT client id, username and password IoTDA expects.
     Credentials(CredentialsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Print what an MCUboot image holds (version, sizes, TLVs, key hash)
+    /// and check its hash and signature against the configured keys.
+    /// Exits 1 when a check fails.
+    Inspect(InspectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +165,26 @@ pub(crate) struct DownloadArgs {
     /// Expected size in bytes.
     #[arg(long)]
     pub(crate) size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The image file.
+    pub(crate) file: PathBuf,
+    /// The configuration whose keys ([image] keys, each child's
+    /// image.keys) check the signature.
+    #[arg(long, short)]
+    pub(crate) config: Option<PathBuf>,
+    /// Judge the image for this child, as a job would (its keys, its
+    /// encryption and slot settings); needs --config and --target.
+    #[arg(long, requires_all = ["config", "target"])]
+    pub(crate) child: Option<String>,
+    /// The upgrade's target version, for --child.
+    #[arg(long, requires = "child")]
+    pub(crate) target: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

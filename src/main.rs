@@ -12,7 +12,10 @@ mod cli;
 mod cli_sim;
 mod man;
 
-use cli::{Cli, Command, CredentialsArgs, DownloadArgs, LogFormat, ManArgs, RunArgs, StatusArgs};
+use cli::{
+    Cli, Command, CredentialsArgs, DownloadArgs, ImageCommand, InspectArgs, LogFormat, ManArgs,
+    RunArgs, StatusArgs,
+};
 use otabridge::config::Config;
 use otabridge_codecs::iotda::{Credentials, EventTime, SignatureType};
 
@@ -23,6 +26,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(logs, args),
         Command::Status(args) => status(args),
         Command::Download(args) => download(logs, args),
+        Command::Image { which } => image(which),
         Command::Man(args) => man_pages(args),
         Command::Credentials(args) => credentials(args),
         #[cfg(feature = "sim")]
@@ -149,6 +153,71 @@ fn download(logs: LogFormat, args: DownloadArgs) -> ExitCode {
         Err(e) => {
             eprintln!("otabridge download: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `otabridge image inspect`: what an image holds and whether the gate
+/// would pass it (in every build: it needs no simulator).
+fn image(which: ImageCommand) -> ExitCode {
+    let ImageCommand::Inspect(InspectArgs {
+        file,
+        config,
+        child,
+        target,
+        json,
+    }) = which;
+    let gate = match &config {
+        Some(path) => {
+            let cfg = match load(path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match otabridge::image::Gate::from_config(&cfg) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("otabridge: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => otabridge::image::Gate::default(),
+    };
+    if let Some(id) = &child {
+        if !gate.checks(id) {
+            eprintln!("otabridge: child {id} is not configured with image.check = \"mcuboot\"");
+            return ExitCode::from(2);
+        }
+    }
+    let named = child.as_deref().zip(target.as_deref());
+    let against = otabridge::image::inspect::Against::from_gate(&gate, named);
+    match otabridge::image::inspect::inspect(&file, &gate, &against) {
+        Ok(i) => {
+            if json {
+                println!("{}", i.json(&file));
+            } else {
+                print!("{}", i.text(&file));
+            }
+            if i.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            let r = e.rejection();
+            if json {
+                let v = serde_json::json!({
+                    "file": file.display().to_string(),
+                    "ok": false,
+                    "error": e.to_string(),
+                    "result_code": r.code.get(),
+                });
+                println!("{v}");
+            } else {
+                eprintln!("otabridge: {}: {e}", file.display());
+            }
+            ExitCode::from(1)
         }
     }
 }

@@ -186,6 +186,46 @@ fn a_build_without_simulators_says_so() {
     );
 }
 
+/// `otabridge image inspect` needs no simulator: it answers in every build,
+/// the Debian package's included (.ci/run runs this file without the `sim`
+/// feature). The image is laid out by the codecs' own assembler.
+#[test]
+fn image_inspect_works_in_every_build() {
+    use otabridge_codecs::mcuboot::{image::assemble, HashKind, ImageVersion};
+    let dir = tempfile::tempdir().unwrap();
+    let version = ImageVersion {
+        major: 2,
+        minor: 7,
+        revision: 1,
+        build: 0,
+    };
+    let img = dir.path().join("fw.bin");
+    std::fs::write(
+        &img,
+        assemble(version, 0, 32, &[0x5a; 3000], &[], HashKind::Sha256, &[]),
+    )
+    .unwrap();
+    let out = otabridge()
+        .args(["image", "inspect", "--json"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], "2.7.1", "{v}");
+    assert_eq!(v["hash_ok"], true, "{v}");
+    // Not an image: exit 1 and why.
+    std::fs::write(&img, [0u8; 64]).unwrap();
+    let out = otabridge()
+        .args(["image", "inspect"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an MCUboot image"), "{err}");
+}
+
 /// The build the Debian package ships links no simulator: no MQTT broker,
 /// no certificate generator; the default build does (so this test can
 /// fail).
