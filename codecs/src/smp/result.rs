@@ -185,7 +185,6 @@ pub fn for_upload(err: &UploadError) -> IotdaResult {
         UploadError::EmptyImage
         | UploadError::OffsetBeyondEnd { .. }
         | UploadError::BufferTooSmall { .. }
-        | UploadError::BadData { .. }
         | UploadError::Malformed(_) => r(INNER_ERROR, None),
     }
 }
