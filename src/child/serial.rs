@@ -380,14 +380,14 @@ mod tests {
         assert_eq!(
             upload_error(img(23)),
             ChildError::Rejected {
-                result_code: 8,
+                result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
                 description: otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE.into()
             }
         );
         // No platform wording: the engine's own message.
         match upload_error(img(28)) {
             ChildError::Rejected {
-                result_code: 255,
+                result_code: otabridge_codecs::iotda::ResultCode::INNER_ERROR,
                 description,
             } => {
                 assert!(description.contains("device error"), "{description}")
@@ -404,7 +404,7 @@ mod tests {
             matches!(
                 v,
                 ChildError::Rejected {
-                    result_code: 10,
+                    result_code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
                     ..
                 }
             ),
