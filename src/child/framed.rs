@@ -71,8 +71,8 @@ enum Verdict {
 }
 
 impl FramedChild {
-    /// A driver for `device_id` on `path` speaking `profile`; children on
-    /// the same path share the line and take turns.
+    /// A driver for `device_id` alone on the port at `path`, speaking
+    /// `profile`.
     pub fn new(
         device_id: &str,
         path: &Path,
@@ -80,11 +80,17 @@ impl FramedChild {
         framing: Framing,
         profile: Arc<Profile>,
     ) -> FramedChild {
+        let port = SharedPort::new(path, LineSettings { baud, framing });
+        FramedChild::on_port(device_id, port, profile)
+    }
+
+    /// A driver for `device_id` on `port`, which children on one bus share
+    /// ([`super::link::port::Ports`]): their operations take turns.
+    pub fn on_port(device_id: &str, port: Arc<SharedPort>, profile: Arc<Profile>) -> FramedChild {
         // FNV-1a of the id: children on one bus start at different seeds.
         let id_hash = device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        let port = SharedPort::get(path, LineSettings { baud, framing });
         FramedChild {
             line: ChildLine::new(device_id, port),
             profile,
@@ -411,8 +417,13 @@ mod tests {
                 .unwrap(),
         );
         let path = Path::new("/dev/otabridge-framed-test");
-        let a = FramedChild::new("a", path, 9600, Framing::EIGHT_N_ONE, Arc::clone(&p));
-        let b = FramedChild::new("b", path, 9600, Framing::EIGHT_N_ONE, p);
+        let mut ports = crate::child::link::port::Ports::default();
+        let line = LineSettings {
+            baud: 9600,
+            framing: Framing::EIGHT_N_ONE,
+        };
+        let a = FramedChild::on_port("a", ports.get(path, line), Arc::clone(&p));
+        let b = FramedChild::on_port("b", ports.get(path, line), p);
         assert!(Arc::ptr_eq(a.port(), b.port()), "one bus, one port");
         let (a1, a2, b1) = (a.seed(), a.seed(), b.seed());
         assert_ne!(a1, a2);

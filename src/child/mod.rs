@@ -129,12 +129,14 @@ pub enum BuildError {
 
 /// What drivers share across children: the CoAP network is created on the
 /// first CoAP child and reused by every other one (one socket, one message
-/// layer, one Block2 server).
+/// layer, one Block2 server); serial children on one device share its port
+/// ([`link::port::Ports`]), so children on an RS-485 bus take turns.
 #[derive(Debug)]
 pub struct Networks {
     coap_options: coap::NetworkOptions,
     coap_child: coap::ChildOptions,
     coap: Option<coap::CoapNetwork>,
+    serial: link::port::Ports,
 }
 
 impl Networks {
@@ -144,6 +146,7 @@ impl Networks {
             coap_options: coap::NetworkOptions::from_config(c),
             coap_child: coap::ChildOptions::default(),
             coap: None,
+            serial: link::port::Ports::default(),
         }
     }
 
@@ -154,6 +157,7 @@ impl Networks {
             coap_options: coap::NetworkOptions::new(net.local_addr(), 0),
             coap_child: child,
             coap: Some(net),
+            serial: link::port::Ports::default(),
         }
     }
 
@@ -192,24 +196,35 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
             baud,
             protocol: SerialProtocol::Smp,
             options,
-        } => Ok(Arc::new(serial::SerialChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.clone(),
-        ))),
+        } => {
+            let line = link::port::LineSettings {
+                baud: *baud,
+                framing: options.framing,
+            };
+            let port = nets.serial.get(port, line);
+            Ok(Arc::new(serial::SerialChild::on_port(
+                &c.device_id,
+                port,
+                options.clone(),
+            )))
+        }
         Transport::Serial {
             port,
             baud,
             protocol: SerialProtocol::Framed(p),
             options,
-        } => Ok(Arc::new(framed::FramedChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.framing,
-            Arc::clone(&p.profile),
-        ))),
+        } => {
+            let line = link::port::LineSettings {
+                baud: *baud,
+                framing: options.framing,
+            };
+            let port = nets.serial.get(port, line);
+            Ok(Arc::new(framed::FramedChild::on_port(
+                &c.device_id,
+                port,
+                Arc::clone(&p.profile),
+            )))
+        }
     }
 }
 

@@ -66,15 +66,20 @@ pub struct SerialChild {
 }
 
 impl SerialChild {
-    /// A driver for `device_id` on `path`; children given the same path
-    /// share the line and take turns.
+    /// A driver for `device_id` alone on the port at `path`.
     pub fn new(device_id: &str, path: &Path, baud: u32, options: SerialOptions) -> SerialChild {
         let line = LineSettings {
             baud,
             framing: options.framing,
         };
+        SerialChild::on_port(device_id, SharedPort::new(path, line), options)
+    }
+
+    /// A driver for `device_id` on `port`, which children on one bus share
+    /// ([`super::link::port::Ports`]): their operations take turns.
+    pub fn on_port(device_id: &str, port: Arc<SharedPort>, options: SerialOptions) -> SerialChild {
         SerialChild {
-            line: ChildLine::new(device_id, SharedPort::get(path, line)),
+            line: ChildLine::new(device_id, port),
             options,
         }
     }
@@ -367,6 +372,7 @@ impl Child for SerialChild {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::link::port::Ports;
     use otabridge_codecs::smp::message::SmpErr;
 
     #[test]
@@ -413,12 +419,21 @@ mod tests {
         assert!(parse_sha("zz").is_err());
     }
 
+    fn on(ports: &mut Ports, id: &str, path: &Path, o: &SerialOptions) -> SerialChild {
+        let line = LineSettings {
+            baud: 9600,
+            framing: o.framing,
+        };
+        SerialChild::on_port(id, ports.get(path, line), o.clone())
+    }
+
     #[test]
     fn children_on_one_path_share_the_port() {
         let o = SerialOptions::default();
-        let a = SerialChild::new("a", Path::new("/dev/otabridge-test-bus"), 9600, o.clone());
-        let b = SerialChild::new("b", Path::new("/dev/otabridge-test-bus"), 9600, o.clone());
-        let c = SerialChild::new("c", Path::new("/dev/otabridge-test-other"), 9600, o);
+        let mut ports = Ports::default();
+        let a = on(&mut ports, "a", Path::new("/dev/otabridge-test-bus"), &o);
+        let b = on(&mut ports, "b", Path::new("/dev/otabridge-test-bus"), &o);
+        let c = on(&mut ports, "c", Path::new("/dev/otabridge-test-other"), &o);
         assert!(Arc::ptr_eq(a.port(), b.port()));
         assert!(!Arc::ptr_eq(a.port(), c.port()));
         // When every driver of a path is gone, the next one opens afresh.
@@ -435,8 +450,9 @@ mod tests {
         let link = dir.path().join("by-id-usb-acme");
         std::os::unix::fs::symlink(&node, &link).unwrap();
         let o = SerialOptions::default();
-        let a = SerialChild::new("a", &node, 9600, o.clone());
-        let b = SerialChild::new("b", &link, 9600, o);
+        let mut ports = Ports::default();
+        let a = on(&mut ports, "a", &node, &o);
+        let b = on(&mut ports, "b", &link, &o);
         assert!(Arc::ptr_eq(a.port(), b.port()));
     }
 
