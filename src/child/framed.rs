@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 use self::image::ImageError;
 use super::link::drive::Ended;
 use super::link::image::ImageFile;
-use super::link::port::{LineSettings, SharedPort};
+use super::link::port::{PortSettings, SharedPort};
 use super::link::ChildLine;
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::Framing;
@@ -80,7 +80,7 @@ impl FramedChild {
         framing: Framing,
         profile: Arc<Profile>,
     ) -> FramedChild {
-        let port = SharedPort::new(path, LineSettings { baud, framing });
+        let port = SharedPort::new(path, PortSettings::new(baud, framing));
         FramedChild::on_port(device_id, port, profile)
     }
 
@@ -418,12 +418,9 @@ mod tests {
         );
         let path = Path::new("/dev/otabridge-framed-test");
         let mut ports = crate::child::link::port::Ports::default();
-        let line = LineSettings {
-            baud: 9600,
-            framing: Framing::EIGHT_N_ONE,
-        };
-        let a = FramedChild::on_port("a", ports.get(path, line), Arc::clone(&p));
-        let b = FramedChild::on_port("b", ports.get(path, line), p);
+        let settings = PortSettings::new(9600, Framing::EIGHT_N_ONE);
+        let a = FramedChild::on_port("a", ports.get(path, settings), Arc::clone(&p));
+        let b = FramedChild::on_port("b", ports.get(path, settings), p);
         assert!(Arc::ptr_eq(a.port(), b.port()), "one bus, one port");
         let (a1, a2, b1) = (a.seed(), a.seed(), b.seed());
         assert_ne!(a1, a2);

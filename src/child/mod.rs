@@ -197,11 +197,12 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
             protocol: SerialProtocol::Smp,
             options,
         } => {
-            let line = link::port::LineSettings {
+            let settings = link::port::PortSettings {
                 baud: *baud,
                 framing: options.framing,
+                reopen_timeout: options.reopen_timeout,
             };
-            let port = nets.serial.get(port, line);
+            let port = nets.serial.get(port, settings);
             Ok(Arc::new(serial::SerialChild::on_port(
                 &c.device_id,
                 port,
@@ -214,11 +215,12 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
             protocol: SerialProtocol::Framed(p),
             options,
         } => {
-            let line = link::port::LineSettings {
+            let settings = link::port::PortSettings {
                 baud: *baud,
                 framing: options.framing,
+                reopen_timeout: options.reopen_timeout,
             };
-            let port = nets.serial.get(port, line);
+            let port = nets.serial.get(port, settings);
             Ok(Arc::new(framed::FramedChild::on_port(
                 &c.device_id,
                 port,

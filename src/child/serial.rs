@@ -36,7 +36,7 @@ use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEve
 use tracing::{debug, info, warn};
 
 use super::link::drive::LineStats;
-use super::link::port::{LineSettings, SharedPort};
+use super::link::port::{PortSettings, SharedPort};
 use super::link::ChildLine;
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::SerialOptions;
@@ -68,11 +68,12 @@ pub struct SerialChild {
 impl SerialChild {
     /// A driver for `device_id` alone on the port at `path`.
     pub fn new(device_id: &str, path: &Path, baud: u32, options: SerialOptions) -> SerialChild {
-        let line = LineSettings {
+        let settings = PortSettings {
             baud,
             framing: options.framing,
+            reopen_timeout: options.reopen_timeout,
         };
-        SerialChild::on_port(device_id, SharedPort::new(path, line), options)
+        SerialChild::on_port(device_id, SharedPort::new(path, settings), options)
     }
 
     /// A driver for `device_id` on `port`, which children on one bus share
@@ -420,11 +421,8 @@ mod tests {
     }
 
     fn on(ports: &mut Ports, id: &str, path: &Path, o: &SerialOptions) -> SerialChild {
-        let line = LineSettings {
-            baud: 9600,
-            framing: o.framing,
-        };
-        SerialChild::on_port(id, ports.get(path, line), o.clone())
+        let settings = PortSettings::new(9600, o.framing);
+        SerialChild::on_port(id, ports.get(path, settings), o.clone())
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use otabridge::child::link::port::{LineSettings, Ports};
+use otabridge::child::link::port::{PortSettings, Ports};
 use otabridge::child::serial::SerialChild;
 use otabridge::child::Package;
 use otabridge::config::SerialOptions;
@@ -62,11 +62,12 @@ pub fn child(id: &str, sim: &SmpChild) -> SerialChild {
 /// `ports` gave it to (an RS-485 bus).
 pub fn bus_child(ports: &mut Ports, id: &str, sim: &SmpChild) -> SerialChild {
     let o = options();
-    let line = LineSettings {
+    let settings = PortSettings {
         baud: 115_200,
         framing: o.framing,
+        reopen_timeout: o.reopen_timeout,
     };
-    SerialChild::on_port(id, ports.get(sim.path(), line), o)
+    SerialChild::on_port(id, ports.get(sim.path(), settings), o)
 }
 
 /// Progress the driver reported, in order.
