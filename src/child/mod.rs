@@ -12,10 +12,12 @@
 //!   [`coap::CoapNetwork`] (socket, message layer, Block2 package server).
 //!
 //! Serial (SMP, framed profiles) drivers implement the same trait on top of
-//! the `otabridge-codecs` engines.
+//! the `otabridge-codecs` engines, all run on the shared serial link
+//! ([`link`]: port, package reads, one driver loop).
 
 pub mod coap;
 pub mod framed;
+pub mod link;
 #[cfg(feature = "sim")]
 pub mod memory;
 pub mod serial;
@@ -128,12 +130,14 @@ pub enum BuildError {
 
 /// What drivers share across children: the CoAP network is created on the
 /// first CoAP child and reused by every other one (one socket, one message
-/// layer, one Block2 server).
+/// layer, one Block2 server); serial children on one device share its port
+/// ([`link::port::Ports`]), so children on an RS-485 bus take turns.
 #[derive(Debug)]
 pub struct Networks {
     coap_options: coap::NetworkOptions,
     coap_child: coap::ChildOptions,
     coap: Option<coap::CoapNetwork>,
+    serial: link::port::Ports,
 }
 
 impl Networks {
@@ -143,6 +147,7 @@ impl Networks {
             coap_options: coap::NetworkOptions::from_config(c),
             coap_child: coap::ChildOptions::default(),
             coap: None,
+            serial: link::port::Ports::default(),
         }
     }
 
@@ -153,6 +158,7 @@ impl Networks {
             coap_options: coap::NetworkOptions::new(net.local_addr(), 0),
             coap_child: child,
             coap: Some(net),
+            serial: link::port::Ports::default(),
         }
     }
 
@@ -192,24 +198,37 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
             baud,
             protocol: SerialProtocol::Smp,
             options,
-        } => Ok(Arc::new(serial::SerialChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.clone(),
-        ))),
+        } => {
+            let settings = link::port::PortSettings {
+                baud: *baud,
+                framing: options.framing,
+                reopen_timeout: options.reopen_timeout,
+            };
+            let port = nets.serial.get(port, settings);
+            Ok(Arc::new(serial::SerialChild::on_port(
+                &c.device_id,
+                port,
+                options.clone(),
+            )))
+        }
         Transport::Serial {
             port,
             baud,
             protocol: SerialProtocol::Framed(p),
             options,
-        } => Ok(Arc::new(framed::FramedChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.framing,
-            Arc::clone(&p.profile),
-        ))),
+        } => {
+            let settings = link::port::PortSettings {
+                baud: *baud,
+                framing: options.framing,
+                reopen_timeout: options.reopen_timeout,
+            };
+            let port = nets.serial.get(port, settings);
+            Ok(Arc::new(framed::FramedChild::on_port(
+                &c.device_id,
+                port,
+                Arc::clone(&p.profile),
+            )))
+        }
     }
 }
 

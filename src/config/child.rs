@@ -19,7 +19,10 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::serial::{Framing, SerialOptions, MAX_BUF_SIZE, MAX_WINDOW, MIN_BUF_SIZE};
+use super::serial::{
+    Framing, SerialOptions, DEFAULT_REOPEN_TIMEOUT, MAX_BUF_SIZE, MAX_REOPEN_TIMEOUT_MS,
+    MAX_WINDOW, MIN_BUF_SIZE,
+};
 use super::FramedProfile;
 
 /// One `[[child]]` table as written: each key's value with its place in the
@@ -247,6 +250,7 @@ struct SmpSpec {
     reboot_wait_ms: Option<u64>,
     reboot_timeout_ms: Option<u64>,
     image: Option<toml::Value>,
+    reopen_timeout_ms: Option<u64>,
 }
 
 /// `transport = "serial"` with `protocol = "framed:<profile>"`: the line
@@ -262,6 +266,7 @@ struct FramedSpec {
     #[serde(rename = "protocol")]
     _protocol: String,
     image: Option<toml::Value>,
+    reopen_timeout_ms: Option<u64>,
 }
 
 /// `transport = "sim"`: an in-process child for bench tests.
@@ -490,6 +495,7 @@ impl Siblings {
                     baud,
                     options: SerialOptions {
                         framing,
+                        reopen_timeout: reopen_timeout(spec.reopen_timeout_ms)?,
                         ..SerialOptions::default()
                     },
                 })
@@ -613,5 +619,19 @@ fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
         window,
         reboot_wait: ms(s.reboot_wait_ms, "reboot_wait_ms", d.reboot_wait)?,
         reboot_timeout: ms(s.reboot_timeout_ms, "reboot_timeout_ms", d.reboot_timeout)?,
+        reopen_timeout: reopen_timeout(s.reopen_timeout_ms)?,
     })
+}
+
+/// `reopen_timeout_ms` (any serial child): 0 fails at once when the port
+/// goes away; at most an hour, as every other wait.
+fn reopen_timeout(v: Option<u64>) -> Result<std::time::Duration, BadKey> {
+    match v {
+        None => Ok(DEFAULT_REOPEN_TIMEOUT),
+        Some(ms) if ms <= MAX_REOPEN_TIMEOUT_MS => Ok(std::time::Duration::from_millis(ms)),
+        Some(ms) => Err(BadKey::new(
+            "reopen_timeout_ms",
+            format!("{ms} is outside 0..={MAX_REOPEN_TIMEOUT_MS} ms"),
+        )),
+    }
 }

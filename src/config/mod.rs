@@ -19,7 +19,8 @@ mod serial;
 pub use child::{ChildConfig, ChildImage, Delivery, ImageCheck, SerialProtocol, Transport};
 pub use profile::{find_profile, FramedProfile, ProfileLookupError};
 pub use serial::{
-    Framing, Parity, SerialOptions, DEFAULT_WINDOW, MAX_BUF_SIZE, MAX_WINDOW, MIN_BUF_SIZE,
+    Framing, Parity, SerialOptions, DEFAULT_REOPEN_TIMEOUT, DEFAULT_WINDOW, MAX_BUF_SIZE,
+    MAX_REOPEN_TIMEOUT_MS, MAX_WINDOW, MIN_BUF_SIZE,
 };
 
 /// A configuration that cannot be used: which file, which key, and why.
@@ -779,7 +780,7 @@ protocol = "framed:acme-rs485"
             "protocol = \"framed:acme-rs485\"",
             "protocol = \"smp\"\nframing = \"7e2\"\nversion_compare = \"exact\"\n\
              buf_size = 2048\ntimeout_ms = 300\nfirst_timeout_ms = 9000\nretries = 2\nwindow = 3\n\
-             reboot_wait_ms = 100\nreboot_timeout_ms = 20000",
+             reboot_wait_ms = 100\nreboot_timeout_ms = 20000\nreopen_timeout_ms = 1500",
         );
         let c = parse(&text).unwrap();
         let Transport::Serial {
@@ -805,9 +806,20 @@ protocol = "framed:acme-rs485"
                 window: 3,
                 reboot_wait: Duration::from_millis(100),
                 reboot_timeout: Duration::from_secs(20),
+                reopen_timeout: Duration::from_millis(1500),
             }
         );
         assert_eq!(options.framing.bits_per_char(), 11);
+        // A framed child takes the port key too; 0 means "do not wait".
+        let text = GOOD.replace(
+            "protocol = \"framed:acme-rs485\"",
+            "protocol = \"framed:acme-rs485\"\nreopen_timeout_ms = 0",
+        );
+        let c = parse(&text).unwrap();
+        let Transport::Serial { options, .. } = &c.children[1].transport else {
+            panic!("not serial");
+        };
+        assert_eq!(options.reopen_timeout, Duration::ZERO);
         assert_eq!(Framing::EIGHT_N_ONE.bits_per_char(), 10);
     }
 
@@ -833,6 +845,7 @@ protocol = "framed:acme-rs485"
             ("window = 9", "child[1].window"),
             ("reboot_wait_ms = 0", "child[1].reboot_wait_ms"),
             ("reboot_timeout_ms = 0", "child[1].reboot_timeout_ms"),
+            ("reopen_timeout_ms = 3600001", "child[1].reopen_timeout_ms"),
         ];
         for (line, key) in cases {
             let e = err(&serial(line));
