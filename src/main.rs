@@ -475,7 +475,18 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("otabridge download: {e}");
+                    match &e {
+                        otabridge::package::cli::CliError::Download { error } => {
+                            let v = otabridge::ota::verdict::verdict(
+                                otabridge::ota::verdict::Failure::Download(error),
+                            );
+                            eprintln!(
+                                "otabridge download: {e} (result_code {}: {})",
+                                v.code, v.description
+                            );
+                        }
+                        _ => eprintln!("otabridge download: {e}"),
+                    }
                     ExitCode::from(e.exit_code())
                 }
             }

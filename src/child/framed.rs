@@ -23,10 +23,11 @@
 //!   names the next offset (`codecs/profiles/README.md`).
 //!
 //! Failures: a failure the child reported (a `fail` status, busy until the
-//! retries ran out, a wrong version after activation) is
-//! [`ChildError::Rejected`] with the profile's IoTDA code and description;
-//! a request that went unanswered to the end is [`ChildError::Unreachable`];
-//! the port and the package file are [`ChildError::Io`].
+//! retries ran out, a wrong version after activation) is a refusal with the
+//! profile's declared IoTDA code ([`Cause::Declared`]) and its words as what
+//! the child said; a request that went unanswered to the end is
+//! [`ErrorKind::Unreachable`]; the port and the package file follow
+//! [`PortError::into_child_error`](super::serial::port::PortError::into_child_error).
 
 pub mod drive;
 pub mod image;
@@ -38,14 +39,13 @@ use std::sync::Arc;
 
 use otabridge_codecs::framed::engine::{Failure, StartError};
 use otabridge_codecs::framed::{Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
-use otabridge_codecs::iotda::ResultCode;
 use tracing::{debug, info, warn};
 
 use self::drive::{drive, DriveError, Ended};
 use self::image::{ImageError, ImageReader};
 use super::serial::drive::Clock;
 use super::serial::port::{LineSettings, SharedPort};
-use super::{BoxFuture, Child, ChildError, Package, Progress};
+use super::{BoxFuture, Cause, Child, ChildError, Package, Progress, Step};
 use crate::config::Framing;
 
 /// A child speaking a framed profile on a serial port.
@@ -109,7 +109,7 @@ impl FramedChild {
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
     }
 
-    async fn image_info(&self, package: &Package) -> Result<ImageInfo, ChildError> {
+    async fn image_info(&self, package: &Package, step: Step) -> Result<ImageInfo, ChildError> {
         let cached = self
             .digest
             .lock()
@@ -120,7 +120,9 @@ impl FramedChild {
         if let Some(info) = cached {
             return Ok(info);
         }
-        let info = image::digest(package).await.map_err(image_error)?;
+        let info = image::digest(package)
+            .await
+            .map_err(|e| image_error(e, step))?;
         *self.digest.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((package.sha256.clone(), info.clone()));
         Ok(info)
@@ -131,27 +133,19 @@ impl FramedChild {
         image: ImageInfo,
         skip_if_current: bool,
         clock: Clock,
+        step: Step,
     ) -> Result<Engine, ChildError> {
         let upgrade = Upgrade {
             image,
             skip_if_current,
             seed: self.seed(),
         };
-        Engine::new(Arc::clone(&self.profile), upgrade, clock.now()).map_err(start_error)
-    }
-
-    fn drive_error(&self, e: DriveError) -> ChildError {
-        match e {
-            DriveError::Port(p) => p.into_child_error(&self.device_id),
-            DriveError::Image(i) => image_error(i),
-            DriveError::Data(_) | DriveError::NoImage | DriveError::Idle => {
-                ChildError::Protocol(format!("{}: {e}", self.device_id))
-            }
-        }
+        Engine::new(Arc::clone(&self.profile), upgrade, clock.now())
+            .map_err(|e| start_error(e, step))
     }
 
     /// The engine's verdict as the trait's error.
-    fn failed(&self, f: Failure, silent: bool) -> ChildError {
+    fn failed(&self, f: Failure, silent: bool, step: Step) -> ChildError {
         warn!(
             child = %self.device_id,
             profile = %self.profile.name,
@@ -160,39 +154,55 @@ impl FramedChild {
             detail = %f.detail,
             "{}", f.description
         );
-        failure_error(f, silent)
+        failure_error(f, silent, step)
     }
 }
 
-/// A failure the child caused is its verdict; one that came of silence may
-/// pass (the child was rebooting, the bus was busy), so the job retries.
-fn failure_error(f: Failure, silent: bool) -> ChildError {
-    if silent {
-        ChildError::Unreachable(format!("{}: {} ({})", f.step, f.detail, f.description))
-    } else {
-        ChildError::Rejected {
-            result_code: f.result_code,
-            description: f.description,
+/// A failure of the drive loop in `step`.
+fn drive_error(e: DriveError, step: Step) -> ChildError {
+    match e {
+        DriveError::Port(p) => p.into_child_error(step),
+        DriveError::Image(i) => image_error(i, step),
+        DriveError::Data(_) | DriveError::NoImage | DriveError::Idle => {
+            ChildError::io(step, "framed engine").with_source(e)
         }
     }
 }
 
-fn image_error(e: ImageError) -> ChildError {
-    ChildError::Io(e.to_string())
+/// A failure the child caused is its verdict, with the code its profile
+/// declares; one that came of silence may pass (the child was rebooting,
+/// the bus was busy), so the job retries. A failure in the profile's
+/// `activate` or after it is the verification's when the version read back
+/// is known.
+fn failure_error(f: Failure, silent: bool, step: Step) -> ChildError {
+    let step = if f.version.is_some() && step == Step::Activate {
+        Step::Verify
+    } else {
+        step
+    };
+    if silent {
+        return ChildError::unreachable(
+            step,
+            format!("{}: {} ({})", f.step, f.detail, f.description),
+        );
+    }
+    ChildError::refused(Cause::Declared(f.result_code), step, f.step.to_string())
+        .with_said(f.detail, Some(f.description))
 }
 
-/// An image the profile cannot carry, in IoTDA's terms: too large for its
-/// size fields is "insufficient storage" (5); a version it cannot carry or an
-/// empty image is an "unsupported package type" (8).
-fn start_error(e: StartError) -> ChildError {
-    let code = match e {
-        StartError::ImageTooLarge { .. } => ResultCode::LOW_SPACE,
-        StartError::VersionTooLong { .. } | StartError::EmptyImage => ResultCode::UNKNOWN_TYPE,
+fn image_error(e: ImageError, step: Step) -> ChildError {
+    ChildError::io(step, "package").with_source(e)
+}
+
+/// An image the profile cannot carry: too large for its size fields is "no
+/// storage"; a version it cannot carry or an empty image is an
+/// "unsupported package".
+fn start_error(e: StartError, step: Step) -> ChildError {
+    let cause = match e {
+        StartError::ImageTooLarge { .. } => Cause::NoStorage,
+        StartError::VersionTooLong { .. } | StartError::EmptyImage => Cause::UnsupportedPackage,
     };
-    ChildError::Rejected {
-        result_code: code,
-        description: format!("{}: {e}", code.description()),
-    }
+    ChildError::refused(cause, step, e.to_string())
 }
 
 impl Child for FramedChild {
@@ -214,11 +224,12 @@ impl Child for FramedChild {
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
+            let step = Step::ReadVersion;
             let mut link = self
                 .port
                 .lock()
                 .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
+                .map_err(|e| e.into_child_error(step))?;
             let clock = Clock::start();
             let mut engine =
                 Engine::read_version(Arc::clone(&self.profile), self.seed(), clock.now());
@@ -227,7 +238,7 @@ impl Child for FramedChild {
             })
             .await;
             self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
+            let ended = ended.map_err(|e| drive_error(e, step))?;
             match ended {
                 Ended::Finished {
                     outcome: Outcome::Version { version },
@@ -236,10 +247,11 @@ impl Child for FramedChild {
                 Ended::Finished {
                     outcome: Outcome::Failed(f),
                     silent,
-                } => Err(self.failed(f, silent)),
-                other => Err(ChildError::Protocol(format!(
-                    "version read ended with {other:?}"
-                ))),
+                } => Err(self.failed(f, silent, step)),
+                other => Err(ChildError::io(
+                    step,
+                    format!("version read ended with {other:?}"),
+                )),
             }
         })
     }
@@ -251,18 +263,22 @@ impl Child for FramedChild {
         progress: Progress<'a>,
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let info = self.image_info(package).await?;
+            let step = Step::Deliver {
+                offset: resume_from,
+            };
+            let info = self.image_info(package, step).await?;
             let mut reader = ImageReader::open(&package.path)
                 .await
-                .map_err(image_error)?;
+                .map_err(|e| image_error(e, step))?;
             let mut link = self
                 .port
                 .lock()
                 .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
+                .map_err(|e| e.into_child_error(step))?;
             let clock = Clock::start();
-            let mut engine = self.engine(info, false, clock)?;
+            let mut engine = self.engine(info, false, clock, step)?;
             let id = &self.device_id;
+            let mut acked = resume_from;
             let ended = drive(&mut link, clock, &mut engine, Some(&mut reader), |ev| {
                 match ev {
                     Event::CurrentVersion(v) => {
@@ -273,9 +289,13 @@ impl Child for FramedChild {
                         if u64::from(*offset) != resume_from {
                             info!(child = %id, offset, resume_from, "the child's offset decides");
                         }
-                        progress(u64::from(*offset));
+                        acked = u64::from(*offset);
+                        progress(acked);
                     }
-                    Event::Progress { offset, .. } => progress(u64::from(*offset)),
+                    Event::Progress { offset, .. } => {
+                        acked = u64::from(*offset);
+                        progress(acked);
+                    }
                     // The child holds and has checked the whole image; the
                     // `activate` queued with this event is not sent.
                     Event::Verified => return ControlFlow::Break(()),
@@ -285,7 +305,8 @@ impl Child for FramedChild {
             })
             .await;
             self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
+            let step = Step::Deliver { offset: acked };
+            let ended = ended.map_err(|e| drive_error(e, step))?;
             match ended {
                 Ended::Stopped => {
                     info!(child = %id, size = package.size, "delivered and verified");
@@ -294,27 +315,29 @@ impl Child for FramedChild {
                 Ended::Finished {
                     outcome: Outcome::Failed(f),
                     silent,
-                } => Err(self.failed(f, silent)),
-                Ended::Finished { outcome, .. } => Err(ChildError::Protocol(format!(
-                    "delivery ended with {outcome:?} before verify"
-                ))),
+                } => Err(self.failed(f, silent, step)),
+                Ended::Finished { outcome, .. } => Err(ChildError::io(
+                    step,
+                    format!("delivery ended with {outcome:?} before verify"),
+                )),
             }
         })
     }
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let info = self.image_info(package).await?;
+            let step = Step::Activate;
+            let info = self.image_info(package, step).await?;
             let mut reader = ImageReader::open(&package.path)
                 .await
-                .map_err(image_error)?;
+                .map_err(|e| image_error(e, step))?;
             let mut link = self
                 .port
                 .lock()
                 .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
+                .map_err(|e| e.into_child_error(step))?;
             let clock = Clock::start();
-            let mut engine = self.engine(info, true, clock)?;
+            let mut engine = self.engine(info, true, clock, step)?;
             let id = &self.device_id;
             let mut resent = false;
             let ended = drive(&mut link, clock, &mut engine, Some(&mut reader), |ev| {
@@ -332,7 +355,7 @@ impl Child for FramedChild {
             })
             .await;
             self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
+            let ended = ended.map_err(|e| drive_error(e, step))?;
             match ended {
                 Ended::Finished {
                     outcome: Outcome::Upgraded { version },
@@ -351,10 +374,11 @@ impl Child for FramedChild {
                 Ended::Finished {
                     outcome: Outcome::Failed(f),
                     silent,
-                } => Err(self.failed(f, silent)),
-                other => Err(ChildError::Protocol(format!(
-                    "activation ended with {other:?}"
-                ))),
+                } => Err(self.failed(f, silent, step)),
+                other => Err(ChildError::io(
+                    step,
+                    format!("activation ended with {other:?}"),
+                )),
             }
         })
     }
@@ -363,7 +387,9 @@ impl Child for FramedChild {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::ErrorKind;
     use otabridge_codecs::framed::MessageKind;
+    use otabridge_codecs::iotda::ResultCode;
 
     fn failure(code: ResultCode, description: &str) -> Failure {
         Failure {
@@ -377,49 +403,39 @@ mod tests {
 
     #[test]
     fn failures_map_to_child_errors() {
-        let e = failure_error(failure(ResultCode::LOW_SPACE, "Not enough storage"), false);
+        let step = Step::Deliver { offset: 0 };
+        let e = failure_error(
+            failure(ResultCode::LOW_SPACE, "Not enough storage"),
+            false,
+            step,
+        );
         assert_eq!(
-            e,
-            ChildError::Rejected {
-                result_code: ResultCode::LOW_SPACE,
-                description: "Not enough storage".into()
-            }
+            e.cause(),
+            Some(Cause::Declared(ResultCode::LOW_SPACE)),
+            "{e}"
+        );
+        assert_eq!(
+            e.said().unwrap().text.as_deref(),
+            Some("Not enough storage")
         );
         let e = failure_error(
             failure(ResultCode::DOWNLOAD_TIMEOUT, "Connection lost"),
             true,
+            step,
         );
-        assert!(
-            matches!(&e, ChildError::Unreachable(m) if m.starts_with("begin: ")),
-            "{e}"
+        assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
+        assert!(e.detail().starts_with("begin: "), "{e}");
+        let e = start_error(
+            StartError::ImageTooLarge {
+                message: MessageKind::Begin,
+                field: "size".into(),
+                size: 70_000,
+            },
+            step,
         );
-        assert!(e.is_transient());
-        let e = start_error(StartError::ImageTooLarge {
-            message: MessageKind::Begin,
-            field: "size".into(),
-            size: 70_000,
-        });
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: ResultCode::LOW_SPACE,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = start_error(StartError::EmptyImage);
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: ResultCode::UNKNOWN_TYPE,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+        let e = start_error(StartError::EmptyImage, step);
+        assert_eq!(e.cause(), Some(Cause::UnsupportedPackage), "{e}");
     }
 
     #[test]

@@ -17,12 +17,12 @@
 //! the reboot, read the state back (success only when the active version
 //! equals the target), confirm.
 //!
-//! Failures: the device's errors and the engines' verdicts map to
-//! [`ChildError::Rejected`] with the IoTDA code from
-//! [`otabridge_codecs::smp::result`]; silence maps to
-//! [`ChildError::Unreachable`]; answers that do not decode to
-//! [`ChildError::Protocol`]; the port and the package file to
-//! [`ChildError::Io`].
+//! Failures: the device's errors and the engines' verdicts are refusals
+//! with the cause [`otabridge_codecs::smp::result`]'s table classifies the
+//! SMP error into, and the device's `rc` as what it said; silence is
+//! [`ErrorKind::Unreachable`]; answers that do not decode are
+//! [`ErrorKind::Garbled`]; the port and the package file follow
+//! [`port::PortError::into_child_error`].
 
 pub mod drive;
 pub mod port;
@@ -31,8 +31,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
-use otabridge_codecs::smp::result::{self, IotdaResult};
+use otabridge_codecs::smp::message::SmpErr;
+use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
@@ -41,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use self::drive::{drive, Clock, DriveError, ImageFile, LineStats};
 use self::port::{LineSettings, SharedPort};
-use super::{BoxFuture, Child, ChildError, Package, Progress};
+use super::{BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step};
 use crate::config::SerialOptions;
 
 /// What one delivery did on the line, for logs and benchmarks.
@@ -136,15 +138,18 @@ impl SerialChild {
         resume_from: u64,
         progress: Progress<'_>,
     ) -> Result<DeliveryReport, ChildError> {
-        let sha = parse_sha(&package.sha256)?;
+        let step = Step::Deliver {
+            offset: resume_from,
+        };
+        let sha = parse_sha(&package.sha256, step)?;
         let mut image = ImageFile::open(&package.path)
             .await
-            .map_err(|e| self.drive_error(e))?;
+            .map_err(|e| drive_error(e, step))?;
         let mut link = self
             .port
             .lock()
             .await
-            .map_err(|e| e.into_child_error(&self.device_id))?;
+            .map_err(|e| e.into_child_error(step))?;
         let clock = Clock::start();
         let mut engine = Upload::new(
             self.upload_config(link.next_seq()),
@@ -196,7 +201,10 @@ impl SerialChild {
         .await;
         self.retries.fetch_add(line.resent, Ordering::Relaxed);
         report.line = line;
-        r.map_err(|e| self.drive_error(e))?;
+        let step = Step::Deliver {
+            offset: report.acked,
+        };
+        r.map_err(|e| drive_error(e, step))?;
         if resume_from > 0 && report.resumed_at.is_none() {
             // Not an error: the device lost the session (a power cycle), so
             // SMP starts over; the job's offset follows the device.
@@ -204,57 +212,89 @@ impl SerialChild {
         }
         match outcome {
             Some(Ok(())) => Ok(report),
-            Some(Err(e)) => Err(upload_error(e)),
-            None => Err(ChildError::Protocol(
-                "upload ended without a verdict".into(),
-            )),
+            Some(Err(e)) => Err(upload_error(e, step)),
+            None => Err(ChildError::io(step, "upload ended without a verdict")),
         }
     }
+}
 
-    fn drive_error(&self, e: DriveError) -> ChildError {
-        match e {
-            DriveError::Port(p) => p.into_child_error(&self.device_id),
-            DriveError::Image { .. } => ChildError::Io(e.to_string()),
-            DriveError::Idle => ChildError::Protocol(e.to_string()),
-        }
+/// A failure of the drive loop in `step`.
+fn drive_error(e: DriveError, step: Step) -> ChildError {
+    match e {
+        DriveError::Port(p) => p.into_child_error(step),
+        DriveError::Image { .. } => ChildError::io(step, "package").with_source(e),
+        DriveError::Idle => ChildError::io(step, "engine").with_source(e),
     }
 }
 
 /// `Package::sha256` (hex) as the 32 bytes SMP's `sha` carries.
-fn parse_sha(hex_sha: &str) -> Result<[u8; 32], ChildError> {
+fn parse_sha(hex_sha: &str, step: Step) -> Result<[u8; 32], ChildError> {
     let mut sha = [0u8; 32];
     hex::decode_to_slice(hex_sha, &mut sha)
-        .map_err(|e| ChildError::Io(format!("package sha256 '{hex_sha}': {e}")))?;
+        .map_err(|e| ChildError::io(step, format!("package sha256 '{hex_sha}'")).with_source(e))?;
     Ok(sha)
 }
 
-fn rejected(r: IotdaResult, why: &dyn std::fmt::Display) -> ChildError {
-    ChildError::Rejected {
-        result_code: r.code,
-        description: r.description.map_or_else(|| why.to_string(), str::to_owned),
+/// The cause of an SMP error, as the table in
+/// [`otabridge_codecs::smp::result`] classifies it (each row gives its
+/// reason: the Zephyr `IMG_MGMT_ERR_*` or `MGMT_ERR_*` meaning).
+fn smp_cause(err: &SmpErr) -> Cause {
+    match result::for_smp(err).code {
+        ResultCode::LOW_SPACE => Cause::NoStorage,
+        ResultCode::LOW_MEMORY => Cause::NoMemory,
+        ResultCode::CHECK_FAIL => Cause::Integrity,
+        ResultCode::UNKNOWN_TYPE => Cause::UnsupportedPackage,
+        ResultCode::INSTALL_FAIL => Cause::InstallFailed,
+        _ => Cause::Unclassified,
     }
 }
 
-/// Silence is [`ChildError::Unreachable`] (a retry later may work); an
-/// unreadable answer is [`ChildError::Protocol`]; everything else is the
-/// device's or the engine's verdict with its IoTDA code.
-fn upload_error(e: UploadError) -> ChildError {
-    match &e {
-        UploadError::Timeout { .. } => ChildError::Unreachable(e.to_string()),
-        UploadError::Malformed(_) => ChildError::Protocol(e.to_string()),
-        _ => rejected(result::for_upload(&e), &e),
-    }
+/// The device refused with `err`.
+fn device_error(err: &SmpErr, step: Step, detail: String) -> ChildError {
+    ChildError::refused(smp_cause(err), step, detail).with_said(err.to_string(), None)
 }
 
-/// As [`upload_error`], for the activation.
-fn activate_error(e: ActivateError) -> ChildError {
-    match &e {
-        ActivateError::Timeout { .. } | ActivateError::NoAnswerAfterReset { .. } => {
-            ChildError::Unreachable(e.to_string())
+/// Silence is unreachable (a retry later may work); an unreadable answer is
+/// garbled; everything else is the device's or the engine's verdict.
+fn upload_error(e: UploadError, step: Step) -> ChildError {
+    let kind = match &e {
+        UploadError::Device(err) => return device_error(err, step, e.to_string()),
+        UploadError::Timeout { .. } => ErrorKind::Unreachable,
+        UploadError::Malformed(_) => ErrorKind::Garbled,
+        // The device's `off` stopped moving: the transfer broke off.
+        UploadError::Stalled { .. } | UploadError::TooManyRestarts(_) => {
+            ErrorKind::Refused(Cause::ConnectionLost)
         }
-        ActivateError::Malformed { .. } => ChildError::Protocol(e.to_string()),
-        _ => rejected(result::for_activate(&e), &e),
-    }
+        UploadError::Mismatch => {
+            return ChildError::refused(Cause::Integrity, step, e.to_string())
+                .with_said("match: false", None)
+        }
+        UploadError::OffsetBeyondEnd { .. } => ErrorKind::Refused(Cause::Unclassified),
+        UploadError::EmptyImage
+        | UploadError::BufferTooSmall { .. }
+        | UploadError::BadData { .. } => ErrorKind::Io,
+    };
+    ChildError::new(kind, step, e.to_string())
+}
+
+/// As [`upload_error`], for the activation; a failure after the reset is
+/// the verification's.
+fn activate_error(e: ActivateError) -> ChildError {
+    let (kind, step) = match &e {
+        ActivateError::Device { err, .. } => {
+            return device_error(err, Step::Activate, e.to_string())
+        }
+        ActivateError::Timeout { .. } => (ErrorKind::Unreachable, Step::Activate),
+        ActivateError::NoAnswerAfterReset { .. } => (ErrorKind::Unreachable, Step::Verify),
+        ActivateError::Malformed { .. } => (ErrorKind::Garbled, Step::Activate),
+        ActivateError::NoCandidate
+        | ActivateError::CandidateVersion { .. }
+        | ActivateError::NotPending => (ErrorKind::Refused(Cause::InstallFailed), Step::Activate),
+        ActivateError::NoActiveImage
+        | ActivateError::VersionMismatch { .. }
+        | ActivateError::NotConfirmed => (ErrorKind::Refused(Cause::InstallFailed), Step::Verify),
+    };
+    ChildError::new(kind, step, e.to_string())
 }
 
 impl Child for SerialChild {
@@ -276,11 +316,12 @@ impl Child for SerialChild {
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
+            let step = Step::ReadVersion;
             let mut link = self
                 .port
                 .lock()
                 .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
+                .map_err(|e| e.into_child_error(step))?;
             let clock = Clock::start();
             let o = &self.options;
             let config = StateReadConfig {
@@ -297,25 +338,17 @@ impl Child for SerialChild {
             })
             .await;
             self.retries.fetch_add(stats.resent, Ordering::Relaxed);
-            r.map_err(|e| self.drive_error(e))?;
+            r.map_err(|e| drive_error(e, step))?;
             match outcome {
-                Some(StateReadEvent::Images(list)) => {
-                    active_version(&list, 0).map(str::to_owned).ok_or_else(|| {
-                        ChildError::Protocol("no active image in the state list".into())
-                    })
-                }
-                Some(StateReadEvent::Failed(e @ StateReadError::Timeout { .. })) => {
-                    Err(ChildError::Unreachable(e.to_string()))
-                }
-                Some(StateReadEvent::Failed(e @ StateReadError::Malformed(_))) => {
-                    Err(ChildError::Protocol(e.to_string()))
-                }
-                Some(StateReadEvent::Failed(StateReadError::Device(err))) => {
-                    Err(rejected(result::for_smp(&err), &err))
-                }
-                None => Err(ChildError::Protocol(
-                    "state read ended without a verdict".into(),
-                )),
+                Some(StateReadEvent::Images(list)) => active_version(&list, 0)
+                    .map(str::to_owned)
+                    .ok_or_else(|| ChildError::garbled(step, "no active image in the state list")),
+                Some(StateReadEvent::Failed(e)) => Err(match &e {
+                    StateReadError::Timeout { .. } => ChildError::unreachable(step, e.to_string()),
+                    StateReadError::Malformed(_) => ChildError::garbled(step, e.to_string()),
+                    StateReadError::Device(err) => device_error(err, step, e.to_string()),
+                }),
+                None => Err(ChildError::io(step, "state read ended without a verdict")),
             }
         })
     }
@@ -339,7 +372,7 @@ impl Child for SerialChild {
                 .port
                 .lock()
                 .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
+                .map_err(|e| e.into_child_error(Step::Activate))?;
             let clock = Clock::start();
             // No expected hash: the state list's `hash` is MCUboot's
             // IMAGE_TLV_SHA256, not the package file's SHA-256 (docs/protocols/children.md
@@ -366,15 +399,16 @@ impl Child for SerialChild {
             )
             .await;
             self.retries.fetch_add(stats.resent, Ordering::Relaxed);
-            r.map_err(|e| self.drive_error(e))?;
+            r.map_err(|e| drive_error(e, Step::Activate))?;
             match outcome {
                 Some(Ok(version)) => {
                     info!(child = %self.device_id, %version, "running the new image");
                     Ok(())
                 }
                 Some(Err(e)) => Err(activate_error(e)),
-                None => Err(ChildError::Protocol(
-                    "activation ended without a verdict".into(),
+                None => Err(ChildError::io(
+                    Step::Activate,
+                    "activation ended without a verdict",
                 )),
             }
         })
@@ -384,50 +418,41 @@ impl Child for SerialChild {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otabridge_codecs::smp::message::SmpErr;
 
     #[test]
     fn errors_map_to_child_errors() {
-        let t = upload_error(UploadError::Timeout {
-            off: 0,
-            attempts: 5,
-        });
-        assert!(matches!(t, ChildError::Unreachable(_)), "{t}");
+        let step = Step::Deliver { offset: 0 };
+        let t = upload_error(
+            UploadError::Timeout {
+                off: 0,
+                attempts: 5,
+            },
+            step,
+        );
+        assert_eq!(t.kind(), ErrorKind::Unreachable, "{t}");
         let img = |rc| UploadError::Device(SmpErr::Group { group: 1, rc });
+        let e = upload_error(img(23), step);
+        assert_eq!(e.cause(), Some(Cause::UnsupportedPackage), "{e}");
         assert_eq!(
-            upload_error(img(23)),
-            ChildError::Rejected {
-                result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
-                description: otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE.into()
-            }
+            e.said().unwrap().code,
+            "SMP image group rc 23 (INVALID_IMAGE_HEADER_MAGIC)"
         );
         // No platform wording: the engine's own message.
-        match upload_error(img(28)) {
-            ChildError::Rejected {
-                result_code: otabridge_codecs::iotda::ResultCode::INNER_ERROR,
-                description,
-            } => {
-                assert!(description.contains("device error"), "{description}")
-            }
-            e => panic!("{e}"),
-        }
+        let e = upload_error(img(28), step);
+        assert_eq!(e.cause(), Some(Cause::Unclassified), "{e}");
+        assert!(e.detail().contains("device error"), "{e}");
         let a = activate_error(ActivateError::NoAnswerAfterReset { attempts: 3 });
-        assert!(a.is_transient(), "{a}");
+        assert_eq!(
+            (a.kind(), a.step()),
+            (ErrorKind::Unreachable, Step::Verify),
+            "{a}"
+        );
         let v = activate_error(ActivateError::VersionMismatch {
             target: "2.0.0".into(),
             reported: "1.0.0".into(),
         });
-        assert!(
-            matches!(
-                v,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
-                    ..
-                }
-            ),
-            "{v}"
-        );
-        assert!(parse_sha("zz").is_err());
+        assert_eq!(v.cause(), Some(Cause::InstallFailed), "{v}");
+        assert!(parse_sha("zz", step).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod job;
 pub mod jobs_db;
 pub mod status;
+pub mod verdict;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -59,8 +59,9 @@ pub enum CliError {
     /// The arguments or the configuration cannot be used (exit 2).
     #[error("{0}")]
     Usage(String),
-    /// The download failed (exit 1), with the report a job would send.
-    #[error("{error} (result_code {code}: {description})", code = error.result_code(), description = error.description())]
+    /// The download failed (exit 1); `main` adds the report a job would
+    /// send (`ota::verdict`).
+    #[error("{error}")]
     Download {
         /// Why.
         error: DownloadError,

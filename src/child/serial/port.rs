@@ -75,14 +75,18 @@ struct PortState {
 }
 
 impl PortError {
-    /// As the `Child` trait's error for child `device_id`: a line that
-    /// closed mid-operation is like silence (a retry may work), anything
+    /// As the `Child` trait's error in `step`: a line that closed
+    /// mid-operation is a link gone for now (a retry may work), anything
     /// else is a local I/O failure.
-    pub fn into_child_error(self, device_id: &str) -> crate::child::ChildError {
+    pub fn into_child_error(self, step: crate::child::Step) -> crate::child::ChildError {
         use crate::child::ChildError;
         match self {
-            PortError::Closed { .. } => ChildError::Unreachable(format!("{device_id}: {self}")),
-            PortError::Open { .. } | PortError::Io { .. } => ChildError::Io(self.to_string()),
+            PortError::Closed { .. } => {
+                ChildError::link_gone(step, "serial port").with_source(self)
+            }
+            PortError::Open { .. } | PortError::Io { .. } => {
+                ChildError::io(step, "serial port").with_source(self)
+            }
         }
     }
 }
