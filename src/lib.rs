@@ -5,6 +5,8 @@
 //! A module uses the ones above it in this list, never the ones below
 //! (`docs/design.md`, "Layout"):
 //! - `otabridge_codecs` (the `codecs/` crate): pure wire formats and engines.
+//! - [`clock`]: the one clock (tokio's, with wall time from an injected
+//!   source), so paused time drives the whole orchestration.
 //! - [`config`]: the TOML configuration, validated with errors naming the key.
 //! - [`journal`]: the SQLite journal (outbox, children, jobs, packages).
 //! - [`tls`], [`backoff`]: TLS material and retry pacing, shared by drivers.
@@ -18,6 +20,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod journal;

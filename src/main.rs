@@ -695,7 +695,7 @@ fn main() -> ExitCode {
                 SignatureType::NoTimestampCheck
             };
             let now = match timestamp {
-                None => EventTime::from_unix(otabridge::platform::now_unix()),
+                None => EventTime::from_unix(otabridge::clock::now_unix()),
                 Some(ts) => match EventTime::parse(&format!(
                     "{}T{}0000Z",
                     ts.get(..8).unwrap_or(""),

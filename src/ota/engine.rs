@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{result, Event, ResultCode, Upgrade, UpgradeKind};
@@ -32,11 +32,12 @@ use super::jobs_db::{self, JobRow};
 use super::verdict::{verdict, Failure};
 use crate::backoff::Backoff;
 use crate::child::{Child, ChildError, Package, Step};
+use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
 use crate::journal;
 use crate::metrics::{Metrics, Resume};
 use crate::package::{PackageRequest, PackageStore};
-use crate::platform::{now_unix, Platform};
+use crate::platform::Platform;
 
 /// Time kept before the deadline to publish the terminal report.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
@@ -89,10 +90,6 @@ struct Inner {
     running: Mutex<HashMap<String, i64>>,
     /// Their tasks, so that a stop ends them (they resume from the journal).
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
-}
-
-fn unix_to_system(t: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)
 }
 
 /// The upgrade engine. Cheap to clone.
@@ -235,10 +232,9 @@ impl Engine {
         }
         // The package store's rule (24 h, or less when `expires` says so)
         // is the job's deadline too.
-        let deadline = PackageRequest::from_upgrade(&upgrade, v2, unix_to_system(now))
-            .deadline
-            .duration_since(UNIX_EPOCH)
-            .map_or(now, |d| d.as_secs() as i64);
+        let deadline = clock::to_unix(
+            PackageRequest::from_upgrade(&upgrade, v2, clock::from_unix(now)).deadline,
+        );
         let id = match jobs_db::insert(&mut j, device_id, kind, v2, &upgrade, now, deadline) {
             Ok(id) => id,
             Err(e) => {
@@ -354,10 +350,8 @@ impl Engine {
             self.finished(&run);
             return;
         };
-        let until_deadline =
-            Duration::from_secs((run.row.deadline_unix - now_unix()).max(0) as u64)
-                .saturating_sub(DEADLINE_MARGIN);
-        let deadline = tokio::time::Instant::now() + until_deadline;
+        let deadline = clock::now()
+            + clock::until(clock::from_unix(run.row.deadline_unix)).saturating_sub(DEADLINE_MARGIN);
         loop {
             let work = run.row.machine.work();
             if work == Work::Done {
@@ -573,8 +567,8 @@ struct Run {
 impl Run {
     fn new(row: JobRow, child: Option<Arc<dyn Child>>, t: Timeouts) -> Self {
         let mut req =
-            PackageRequest::from_upgrade(&row.upgrade, row.v2, unix_to_system(row.received_unix));
-        req.deadline = unix_to_system(row.deadline_unix);
+            PackageRequest::from_upgrade(&row.upgrade, row.v2, clock::from_unix(row.received_unix));
+        req.deadline = clock::from_unix(row.deadline_unix);
         Run {
             job_key: format!("job-{}", row.id),
             backoff: Backoff::new(t.retry_min, t.retry_max, row.id as u64),

@@ -8,7 +8,7 @@
 //! stock packages.
 
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::{db, DownloadError, DownloadState, PackageRequest, PackageStore, StoreError};
 use crate::config::{Config, Secret};
@@ -93,7 +93,7 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
         size: args.size,
         sha256: args.sha256.clone(),
         version: String::new(),
-        deadline: SystemTime::now() + super::DEFAULT_VALIDITY,
+        deadline: crate::clock::now_system() + super::DEFAULT_VALIDITY,
     };
     let key = req
         .key()

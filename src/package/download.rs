@@ -25,7 +25,7 @@ use std::fs::File;
 use std::future::Future as _;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, HOST, IF_RANGE,
@@ -307,7 +307,7 @@ impl Ctx<'_> {
         let left = job
             .req
             .deadline
-            .duration_since(SystemTime::now())
+            .duration_since(crate::clock::now_system())
             .unwrap_or(Duration::ZERO);
         let r = tokio::time::timeout(left, self.attempts(&mut part)).await;
         let r = match r {
@@ -477,7 +477,7 @@ impl Ctx<'_> {
                 "download interrupted: {why}; retrying in {delay:?}"
             );
             self.stats.last_failure = why;
-            if SystemTime::now() + delay >= self.job.req.deadline {
+            if crate::clock::now_system() + delay >= self.job.req.deadline {
                 return Err(DownloadError::Timeout {
                     attempts: self.stats.attempts,
                     last: self.stats.last_failure.clone(),
