@@ -2,6 +2,8 @@
 //! IoTDA result code and description it reports for every child that needed
 //! it (`ota::verdict`, the one place codes are chosen).
 
+use otabridge_codecs::download::PlanError;
+
 /// A download (or a wait on one) that failed for good. Transient failures
 /// (a dropped connection, a stalled body, a 5xx) are retried inside the
 /// downloader and only surface as [`DownloadError::Timeout`] once the
@@ -98,4 +100,20 @@ pub enum DownloadError {
     /// No job needs the package any more: it was released while downloading.
     #[error("the download was cancelled: no job needs the package any more")]
     Cancelled,
+}
+
+impl From<PlanError> for DownloadError {
+    fn from(e: PlanError) -> DownloadError {
+        match e {
+            PlanError::LengthMismatch { expected, detail } => {
+                DownloadError::LengthMismatch { expected, detail }
+            }
+            PlanError::TooLarge { size, max } => DownloadError::TooLargeForConfig { size, max },
+            PlanError::HttpStatus { status } => DownloadError::HttpStatus { status },
+            PlanError::Redirect(why) => DownloadError::Redirect(why),
+            PlanError::TokenRejected { status, attempts } => {
+                DownloadError::TokenRejected { status, attempts }
+            }
+        }
+    }
 }
