@@ -90,6 +90,8 @@ struct Inner {
     running: Mutex<HashMap<String, i64>>,
     /// Their tasks, so that a stop ends them (they resume from the journal).
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Checks of a package before a byte goes to the child (issue 14).
+    gate: std::sync::OnceLock<Arc<crate::image::Gate>>,
 }
 
 /// The upgrade engine. Cheap to clone.
@@ -144,8 +146,16 @@ impl Engine {
                 buses,
                 running: Mutex::default(),
                 tasks: Mutex::default(),
+                gate: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Checks each package with `gate` between the download and the
+    /// delivery (src/image). Set once, before jobs run; later calls are
+    /// ignored.
+    pub fn set_image_gate(&self, gate: crate::image::Gate) {
+        let _ = self.inner.gate.set(Arc::new(gate));
     }
 
     /// Resumes every job the journal holds as active (after a restart).
@@ -410,6 +420,9 @@ impl Engine {
                 if let Err(input) = self.fetch(run).await {
                     return Some(input);
                 }
+                if let Err(input) = self.check_image(run).await {
+                    return Some(input);
+                }
                 let _bus = self.bus_turn(child).await;
                 Some(self.deliver(run, child, from).await)
             }
@@ -530,6 +543,23 @@ impl Engine {
         }
         info!(child = child.device_id(), %bus, "waiting for the bus: another child's operation holds it");
         turn.clone().acquire_owned().await.ok()
+    }
+
+    /// Checks the package with the image gate, when the child has one,
+    /// between the download and the delivery.
+    async fn check_image(&self, run: &Run) -> Result<(), Input> {
+        let (Some(gate), Some(pkg)) = (self.inner.gate.get(), run.package.as_ref()) else {
+            return Ok(());
+        };
+        let row = &run.row;
+        let target = &row.machine.target;
+        match gate.check_package(&row.device_id, &pkg.path, target).await {
+            Ok(()) => Ok(()),
+            Err(r) => {
+                warn!(child = %row.device_id, job = row.id, "{}", r.description);
+                Err(Input::Failed(verdict(Failure::ImageCheck(&r))))
+            }
+        }
     }
 
     /// The job's package, downloaded (or waited for) once per run.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::job::Phase;
 use crate::child::{Cause, ChildError, ErrorKind, Step};
+use crate::image::Rejection;
 use crate::package::DownloadError;
 
 /// Something that went wrong in a job.
@@ -29,6 +30,9 @@ pub enum Failure<'a> {
     Child(&'a ChildError),
     /// The package could not be had.
     Download(&'a DownloadError),
+    /// The image gate refused the package for this child (`crate::image`;
+    /// it gives the code and the description itself).
+    ImageCheck(&'a Rejection),
     /// The job's deadline passed in this phase.
     Deadline(Phase),
     /// After the update the child runs another version than the target
@@ -117,6 +121,12 @@ pub fn verdict(f: Failure<'_>) -> Verdict {
     match f {
         Failure::Child(e) => child(e),
         Failure::Download(e) => download(e),
+        Failure::ImageCheck(r) => Verdict {
+            retry: false,
+            code: r.code,
+            description: r.description.clone(),
+            cause: own_cause("image check", "refused", &r.description),
+        },
         Failure::Deadline(phase) => {
             let (code, what) = match phase {
                 Phase::Queued | Phase::Downloading | Phase::Delivering => (
