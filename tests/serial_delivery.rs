@@ -191,6 +191,8 @@ async fn a_silent_device_is_unreachable() {
     // A delivery to it: params unanswered (fallback to 384), then the first
     // chunk unanswered: silence, not a verdict on the image.
     o.first_timeout = Duration::from_millis(300);
+    // A port of its own: the first driver's goes first (it holds the flock).
+    drop(c);
     let c = otabridge::child::serial::SerialChild::new("node2", sim.path(), 115_200, o);
     let dir = tempfile::tempdir().unwrap();
     let pkg = package(dir.path(), "fw", &image("2.0.0", 2_000, 9), "2.0.0");

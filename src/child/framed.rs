@@ -1,9 +1,8 @@
 //! The serial driver for children speaking their manufacturer's own framed
 //! protocol (`protocol = "framed:<profile>"`): it runs
-//! [`otabridge_codecs::framed::Engine`] on the port the child shares.
-//!
-//! - [`image`]: the package's digests and chunk reads.
-//! - [`drive`]: the thin loop between the engine and the line.
+//! [`otabridge_codecs::framed::Engine`] on the serial link the child shares
+//! ([`super::link`]: the port, the package reads and the driver loop);
+//! [`image`] computes the package's digests.
 //!
 //! The engine runs a whole upgrade (version, begin, offset, chunks, verify,
 //! activate, version read back); the [`Child`] trait splits it in two:
@@ -26,10 +25,10 @@
 //! retries ran out, a wrong version after activation) is a refusal with the
 //! profile's declared IoTDA code ([`Cause::Declared`]) and its words as what
 //! the child said; a request that went unanswered to the end is
-//! [`ErrorKind::Unreachable`]; the port and the package file follow
-//! [`PortError::into_child_error`](super::serial::port::PortError::into_child_error).
+//! [`ErrorKind::Unreachable`](super::ErrorKind::Unreachable); the port and
+//! the package file follow
+//! [`PortError::into_child_error`](super::link::port::PortError::into_child_error).
 
-pub mod drive;
 pub mod image;
 
 use std::ops::ControlFlow;
@@ -39,23 +38,22 @@ use std::sync::Arc;
 
 use otabridge_codecs::framed::engine::{Failure, StartError};
 use otabridge_codecs::framed::{Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
+use otabridge_codecs::time::Instant;
 use tracing::{debug, info, warn};
 
-use self::drive::{drive, DriveError, Ended};
-use self::image::{ImageError, ImageReader};
-use super::serial::drive::Clock;
-use super::serial::port::{LineSettings, SharedPort};
+use self::image::ImageError;
+use super::link::drive::Ended;
+use super::link::image::ImageFile;
+use super::link::port::{LineSettings, SharedPort};
+use super::link::ChildLine;
 use super::{BoxFuture, Cause, Child, ChildError, Package, Progress, Step};
 use crate::config::Framing;
 
 /// A child speaking a framed profile on a serial port.
 #[derive(Debug)]
 pub struct FramedChild {
-    device_id: String,
-    port: Arc<SharedPort>,
+    line: ChildLine,
     profile: Arc<Profile>,
-    /// Frames sent again over every operation ([`Child::chunk_retries`]).
-    retries: AtomicU64,
     /// Seeds engines: each operation gets its own first sequence number and
     /// jitter, so a late reply to an abandoned operation does not match.
     runs: AtomicU64,
@@ -64,9 +62,18 @@ pub struct FramedChild {
     digest: std::sync::Mutex<Option<(String, ImageInfo)>>,
 }
 
+/// How a framed operation ended, failures aside.
+#[derive(Debug)]
+enum Verdict {
+    /// The caller stopped at an event.
+    Stopped,
+    /// The engine's outcome (never [`Outcome::Failed`]).
+    Finished(Outcome),
+}
+
 impl FramedChild {
-    /// A driver for `device_id` on `path` speaking `profile`; children on
-    /// the same path share the line and take turns.
+    /// A driver for `device_id` alone on the port at `path`, speaking
+    /// `profile`.
     pub fn new(
         device_id: &str,
         path: &Path,
@@ -74,23 +81,28 @@ impl FramedChild {
         framing: Framing,
         profile: Arc<Profile>,
     ) -> FramedChild {
+        let port = SharedPort::new(path, LineSettings { baud, framing });
+        FramedChild::on_port(device_id, port, profile)
+    }
+
+    /// A driver for `device_id` on `port`, which children on one bus share
+    /// ([`super::link::port::Ports`]): their operations take turns.
+    pub fn on_port(device_id: &str, port: Arc<SharedPort>, profile: Arc<Profile>) -> FramedChild {
         // FNV-1a of the id: children on one bus start at different seeds.
         let id_hash = device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
         FramedChild {
-            device_id: device_id.to_owned(),
-            port: SharedPort::get(path, LineSettings { baud, framing }),
+            line: ChildLine::new(device_id, port),
             profile,
             runs: AtomicU64::new(id_hash),
-            retries: AtomicU64::new(0),
             digest: std::sync::Mutex::new(None),
         }
     }
 
     /// The port this child shares.
     pub fn port(&self) -> &Arc<SharedPort> {
-        &self.port
+        self.line.port()
     }
 
     /// The profile it speaks.
@@ -98,10 +110,8 @@ impl FramedChild {
         &self.profile
     }
 
-    /// Adds an ended operation's retransmissions to the counter.
-    fn count_retries(&self, engine: &Engine) {
-        let n = engine.stats().retransmissions;
-        self.retries.fetch_add(n, Ordering::Relaxed);
+    fn id(&self) -> &str {
+        self.line.device_id()
     }
 
     fn seed(&self) -> u64 {
@@ -132,7 +142,7 @@ impl FramedChild {
         &self,
         image: ImageInfo,
         skip_if_current: bool,
-        clock: Clock,
+        now: Instant,
         step: Step,
     ) -> Result<Engine, ChildError> {
         let upgrade = Upgrade {
@@ -140,14 +150,52 @@ impl FramedChild {
             skip_if_current,
             seed: self.seed(),
         };
-        Engine::new(Arc::clone(&self.profile), upgrade, clock.now())
-            .map_err(|e| start_error(e, step))
+        Engine::new(Arc::clone(&self.profile), upgrade, now).map_err(|e| start_error(e, step))
+    }
+
+    /// One operation on the line: the engine `make` builds runs until it
+    /// finishes or `on_event` breaks; a failure is the trait's error, in
+    /// `step`.
+    async fn run(
+        &self,
+        step: Step,
+        make: impl FnOnce(Instant) -> Result<Engine, ChildError>,
+        image: Option<&mut ImageFile>,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Verdict, ChildError> {
+        let mut outcome = None;
+        let run = self
+            .line
+            .run(
+                step,
+                |_, now| make(now),
+                image,
+                |ev| match ev {
+                    Event::Finished(o) => {
+                        outcome = Some(o);
+                        ControlFlow::Continue(())
+                    }
+                    other => on_event(&other),
+                },
+            )
+            .await?;
+        match (run.ended, outcome) {
+            (Ended::Stopped, _) => Ok(Verdict::Stopped),
+            (Ended::Finished { silent }, Some(Outcome::Failed(f))) => {
+                Err(self.failed(f, silent, step))
+            }
+            (Ended::Finished { .. }, Some(o)) => Ok(Verdict::Finished(o)),
+            (Ended::Finished { .. }, None) => Err(ChildError::io(
+                step,
+                "the engine finished without an outcome",
+            )),
+        }
     }
 
     /// The engine's verdict as the trait's error.
     fn failed(&self, f: Failure, silent: bool, step: Step) -> ChildError {
         warn!(
-            child = %self.device_id,
+            child = %self.id(),
             profile = %self.profile.name,
             step = %f.step,
             result_code = f.result_code.get(),
@@ -158,22 +206,10 @@ impl FramedChild {
     }
 }
 
-/// A failure of the drive loop in `step`.
-fn drive_error(e: DriveError, step: Step) -> ChildError {
-    match e {
-        DriveError::Port(p) => p.into_child_error(step),
-        DriveError::Image(i) => image_error(i, step),
-        DriveError::Data(_) | DriveError::NoImage | DriveError::Idle => {
-            ChildError::io(step, "framed engine").with_source(e)
-        }
-    }
-}
-
 /// A failure the child caused is its verdict, with the code its profile
-/// declares; one that came of silence may pass (the child was rebooting,
-/// the bus was busy), so the job retries. A failure in the profile's
-/// `activate` or after it is the verification's when the version read back
-/// is known.
+/// declares and the profile's words; one that came of silence may pass (the
+/// child was rebooting, the bus was busy), so the job retries. A failure of
+/// an activation whose version was read back is the verification's.
 fn failure_error(f: Failure, silent: bool, step: Step) -> ChildError {
     let step = if f.version.is_some() && step == Step::Activate {
         Step::Verify
@@ -207,7 +243,7 @@ fn start_error(e: StartError, step: Step) -> ChildError {
 
 impl Child for FramedChild {
     fn device_id(&self) -> &str {
-        &self.device_id
+        self.id()
     }
 
     fn transport(&self) -> &'static str {
@@ -215,39 +251,28 @@ impl Child for FramedChild {
     }
 
     fn bus(&self) -> Option<String> {
-        Some(self.port.bus())
+        Some(self.line.port().bus())
     }
 
     fn chunk_retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.line.retries()
     }
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
+            let make = |now| {
+                Ok(Engine::read_version(
+                    Arc::clone(&self.profile),
+                    self.seed(),
+                    now,
+                ))
+            };
             let step = Step::ReadVersion;
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(step))?;
-            let clock = Clock::start();
-            let mut engine =
-                Engine::read_version(Arc::clone(&self.profile), self.seed(), clock.now());
-            let ended = drive(&mut link, clock, &mut engine, None, |_| {
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let ended = ended.map_err(|e| drive_error(e, step))?;
-            match ended {
-                Ended::Finished {
-                    outcome: Outcome::Version { version },
-                    ..
-                } => Ok(version),
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent, step)),
+            match self
+                .run(step, make, None, |_| ControlFlow::Continue(()))
+                .await?
+            {
+                Verdict::Finished(Outcome::Version { version }) => Ok(version),
                 other => Err(ChildError::io(
                     step,
                     format!("version read ended with {other:?}"),
@@ -267,56 +292,37 @@ impl Child for FramedChild {
                 offset: resume_from,
             };
             let info = self.image_info(package, step).await?;
-            let mut reader = ImageReader::open(&package.path)
-                .await
-                .map_err(|e| image_error(e, step))?;
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(step))?;
-            let clock = Clock::start();
-            let mut engine = self.engine(info, false, clock, step)?;
-            let id = &self.device_id;
-            let mut acked = resume_from;
-            let ended = drive(&mut link, clock, &mut engine, Some(&mut reader), |ev| {
-                match ev {
-                    Event::CurrentVersion(v) => {
-                        debug!(child = %id, version = %v, "before delivery")
-                    }
-                    Event::Begun => debug!(child = %id, "begin accepted"),
-                    Event::Resumed { offset } => {
-                        if u64::from(*offset) != resume_from {
-                            info!(child = %id, offset, resume_from, "the child's offset decides");
+            let mut image = self.line.image(&package.path, step).await?;
+            let id = self.id();
+            let make = |now| self.engine(info, false, now, step);
+            let verdict = self
+                .run(step, make, Some(&mut image), |ev| {
+                    match ev {
+                        Event::CurrentVersion(v) => {
+                            debug!(child = %id, version = %v, "before delivery")
                         }
-                        acked = u64::from(*offset);
-                        progress(acked);
+                        Event::Begun => debug!(child = %id, "begin accepted"),
+                        Event::Resumed { offset } => {
+                            if u64::from(*offset) != resume_from {
+                                info!(child = %id, offset, resume_from, "the child's offset decides");
+                            }
+                            progress(u64::from(*offset));
+                        }
+                        Event::Progress { offset, .. } => progress(u64::from(*offset)),
+                        // The child holds and has checked the whole image; the
+                        // `activate` queued with this event is not sent.
+                        Event::Verified => return ControlFlow::Break(()),
+                        other => debug!(child = %id, "delivery: {other}"),
                     }
-                    Event::Progress { offset, .. } => {
-                        acked = u64::from(*offset);
-                        progress(acked);
-                    }
-                    // The child holds and has checked the whole image; the
-                    // `activate` queued with this event is not sent.
-                    Event::Verified => return ControlFlow::Break(()),
-                    other => debug!(child = %id, "delivery: {other}"),
-                }
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let step = Step::Deliver { offset: acked };
-            let ended = ended.map_err(|e| drive_error(e, step))?;
-            match ended {
-                Ended::Stopped => {
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            match verdict {
+                Verdict::Stopped => {
                     info!(child = %id, size = package.size, "delivered and verified");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent, step)),
-                Ended::Finished { outcome, .. } => Err(ChildError::io(
+                Verdict::Finished(outcome) => Err(ChildError::io(
                     step,
                     format!("delivery ended with {outcome:?} before verify"),
                 )),
@@ -328,53 +334,34 @@ impl Child for FramedChild {
         Box::pin(async move {
             let step = Step::Activate;
             let info = self.image_info(package, step).await?;
-            let mut reader = ImageReader::open(&package.path)
-                .await
-                .map_err(|e| image_error(e, step))?;
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(step))?;
-            let clock = Clock::start();
-            let mut engine = self.engine(info, true, clock, step)?;
-            let id = &self.device_id;
+            let mut image = self.line.image(&package.path, step).await?;
+            let id = self.id();
             let mut resent = false;
-            let ended = drive(&mut link, clock, &mut engine, Some(&mut reader), |ev| {
-                match ev {
-                    Event::Progress { .. } if !resent => {
-                        // Only a child that lost its session (or a profile
-                        // without offset_query) needs bytes here.
-                        resent = true;
-                        warn!(child = %id, "the child did not hold the whole image; sending it before activating");
+            let make = |now| self.engine(info, true, now, step);
+            let verdict = self
+                .run(step, make, Some(&mut image), |ev| {
+                    match ev {
+                        Event::Progress { .. } if !resent => {
+                            // Only a child that lost its session (or a profile
+                            // without offset_query) needs bytes here.
+                            resent = true;
+                            warn!(child = %id, "the child did not hold the whole image; sending it before activating");
+                        }
+                        Event::Activated => info!(child = %id, "activate sent"),
+                        other => debug!(child = %id, "activation: {other}"),
                     }
-                    Event::Activated => info!(child = %id, "activate sent"),
-                    other => debug!(child = %id, "activation: {other}"),
-                }
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let ended = ended.map_err(|e| drive_error(e, step))?;
-            match ended {
-                Ended::Finished {
-                    outcome: Outcome::Upgraded { version },
-                    ..
-                } => {
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            match verdict {
+                Verdict::Finished(Outcome::Upgraded { version }) => {
                     info!(child = %id, %version, "running the new image");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::AlreadyCurrent { version },
-                    ..
-                } => {
+                Verdict::Finished(Outcome::AlreadyCurrent { version }) => {
                     info!(child = %id, %version, "already runs the target");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent, step)),
                 other => Err(ChildError::io(
                     step,
                     format!("activation ended with {other:?}"),
@@ -446,8 +433,13 @@ mod tests {
                 .unwrap(),
         );
         let path = Path::new("/dev/otabridge-framed-test");
-        let a = FramedChild::new("a", path, 9600, Framing::EIGHT_N_ONE, Arc::clone(&p));
-        let b = FramedChild::new("b", path, 9600, Framing::EIGHT_N_ONE, p);
+        let mut ports = crate::child::link::port::Ports::default();
+        let line = LineSettings {
+            baud: 9600,
+            framing: Framing::EIGHT_N_ONE,
+        };
+        let a = FramedChild::on_port("a", ports.get(path, line), Arc::clone(&p));
+        let b = FramedChild::on_port("b", ports.get(path, line), p);
         assert!(Arc::ptr_eq(a.port(), b.port()), "one bus, one port");
         let (a1, a2, b1) = (a.seed(), a.seed(), b.seed());
         assert_ne!(a1, a2);

@@ -14,11 +14,13 @@
 //!   [`coap::CoapNetwork`] (socket, message layer, Block2 package server).
 //!
 //! Serial (SMP, framed profiles) drivers implement the same trait on top of
-//! the `otabridge-codecs` engines.
+//! the `otabridge-codecs` engines, all run on the shared serial link
+//! ([`link`]: port, package reads, one driver loop).
 
 pub mod coap;
 mod error;
 pub mod framed;
+pub mod link;
 pub mod memory;
 pub mod serial;
 
@@ -101,12 +103,14 @@ pub enum BuildError {
 
 /// What drivers share across children: the CoAP network is created on the
 /// first CoAP child and reused by every other one (one socket, one message
-/// layer, one Block2 server).
+/// layer, one Block2 server); serial children on one device share its port
+/// ([`link::port::Ports`]), so children on an RS-485 bus take turns.
 #[derive(Debug)]
 pub struct Networks {
     coap_options: coap::NetworkOptions,
     coap_child: coap::ChildOptions,
     coap: Option<coap::CoapNetwork>,
+    serial: link::port::Ports,
 }
 
 impl Networks {
@@ -116,6 +120,7 @@ impl Networks {
             coap_options: coap::NetworkOptions::from_config(c),
             coap_child: coap::ChildOptions::default(),
             coap: None,
+            serial: link::port::Ports::default(),
         }
     }
 
@@ -126,6 +131,7 @@ impl Networks {
             coap_options: coap::NetworkOptions::new(net.local_addr(), 0),
             coap_child: child,
             coap: Some(net),
+            serial: link::port::Ports::default(),
         }
     }
 
@@ -164,24 +170,35 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
             baud,
             protocol: SerialProtocol::Smp,
             options,
-        } => Ok(Arc::new(serial::SerialChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.clone(),
-        ))),
+        } => {
+            let line = link::port::LineSettings {
+                baud: *baud,
+                framing: options.framing,
+            };
+            let port = nets.serial.get(port, line);
+            Ok(Arc::new(serial::SerialChild::on_port(
+                &c.device_id,
+                port,
+                options.clone(),
+            )))
+        }
         Transport::Serial {
             port,
             baud,
             protocol: SerialProtocol::Framed(p),
             options,
-        } => Ok(Arc::new(framed::FramedChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.framing,
-            Arc::clone(&p.profile),
-        ))),
+        } => {
+            let line = link::port::LineSettings {
+                baud: *baud,
+                framing: options.framing,
+            };
+            let port = nets.serial.get(port, line);
+            Ok(Arc::new(framed::FramedChild::on_port(
+                &c.device_id,
+                port,
+                Arc::clone(&p.profile),
+            )))
+        }
     }
 }
 

@@ -1,48 +1,45 @@
 //! The serial driver for MCUmgr/SMP children (Zephyr, MCUboot): it runs the
-//! `otabridge-codecs` SMP engines on a tokio-serial port.
+//! `otabridge-codecs` SMP engines, each in a
+//! [`otabridge_codecs::smp::serial::Console`], on the shared serial link
+//! ([`super::link`]: the port, the package reads and the driver loop).
 //!
-//! - [`port`]: one open port per device path, with an async mutex so two
-//!   children on one RS-485 bus never interleave, and the SMP sequence
-//!   number kept per line.
-//! - [`drive`]: the thin loop (transmit, read image chunks, events, wait for
-//!   the line or the engine's timer).
-//!
-//! Delivery relies on SMP's own resume (docs/protocols/children.md §4.2): every transfer
-//! starts with the off-0 chunk carrying the same `len` and `sha`; a device
-//! that kept the session answers the offset it holds and the transfer
-//! continues there, so `resume_from` is only compared with what the device
-//! says. Up to `window` upload requests are on the line at once
-//! (`codecs/src/smp/upload.rs`, docs/serial.md "Pipelining"); every request
-//! sent again is counted for [`Child::chunk_retries`]. Activation runs the activation engine: test, reset, wait through
-//! the reboot, read the state back (success only when the active version
-//! equals the target), confirm.
+//! Delivery relies on SMP's own resume (docs/protocols/children.md §4.2):
+//! every transfer starts with the off-0 chunk carrying the same `len` and
+//! `sha`; a device that kept the session answers the offset it holds and
+//! the transfer continues there, so `resume_from` is only compared with
+//! what the device says. Up to `window` upload requests are on the line at
+//! once (`codecs/src/smp/upload.rs`, docs/serial.md "Pipelining"); every
+//! request sent again is counted for [`Child::chunk_retries`]. Activation
+//! runs the activation engine: test, reset, wait through the reboot, read
+//! the state back (success only when the active version equals the
+//! target), confirm. A version read is one image state read
+//! ([`otabridge_codecs::smp::state`]).
 //!
 //! Failures: the device's errors and the engines' verdicts are refusals
 //! with the cause [`otabridge_codecs::smp::result`]'s table classifies the
 //! SMP error into, and the device's `rc` as what it said; silence is
 //! [`ErrorKind::Unreachable`]; answers that do not decode are
 //! [`ErrorKind::Garbled`]; the port and the package file follow
-//! [`port::PortError::into_child_error`].
+//! [`super::link::port::PortError::into_child_error`].
 
-pub mod drive;
-pub mod port;
-
+use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
 use otabridge_codecs::smp::message::SmpErr;
 use otabridge_codecs::smp::result;
+use otabridge_codecs::smp::serial::Console;
 use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
 use tracing::{debug, info, warn};
 
-use self::drive::{drive, Clock, DriveError, ImageFile, LineStats};
-use self::port::{LineSettings, SharedPort};
+use super::link::drive::LineStats;
+use super::link::port::{LineSettings, SharedPort};
+use super::link::ChildLine;
 use super::{BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step};
 use crate::config::SerialOptions;
 
@@ -66,32 +63,32 @@ pub struct DeliveryReport {
 /// An SMP child on a serial port.
 #[derive(Debug)]
 pub struct SerialChild {
-    device_id: String,
-    port: Arc<SharedPort>,
+    line: ChildLine,
     options: SerialOptions,
-    /// Requests sent again, over every operation ([`Child::chunk_retries`]).
-    retries: AtomicU64,
 }
 
 impl SerialChild {
-    /// A driver for `device_id` on `path`; children given the same path
-    /// share the line and take turns.
+    /// A driver for `device_id` alone on the port at `path`.
     pub fn new(device_id: &str, path: &Path, baud: u32, options: SerialOptions) -> SerialChild {
         let line = LineSettings {
             baud,
             framing: options.framing,
         };
+        SerialChild::on_port(device_id, SharedPort::new(path, line), options)
+    }
+
+    /// A driver for `device_id` on `port`, which children on one bus share
+    /// ([`super::link::port::Ports`]): their operations take turns.
+    pub fn on_port(device_id: &str, port: Arc<SharedPort>, options: SerialOptions) -> SerialChild {
         SerialChild {
-            device_id: device_id.to_owned(),
-            port: SharedPort::get(path, line),
+            line: ChildLine::new(device_id, port),
             options,
-            retries: AtomicU64::new(0),
         }
     }
 
     /// The port this child shares.
     pub fn port(&self) -> &Arc<SharedPort> {
-        &self.port
+        self.line.port()
     }
 
     fn upload_config(&self, first_seq: u8) -> UploadConfig {
@@ -142,88 +139,91 @@ impl SerialChild {
             offset: resume_from,
         };
         let sha = parse_sha(&package.sha256, step)?;
-        let mut image = ImageFile::open(&package.path)
-            .await
-            .map_err(|e| drive_error(e, step))?;
-        let mut link = self
-            .port
-            .lock()
-            .await
-            .map_err(|e| e.into_child_error(step))?;
-        let clock = Clock::start();
-        let mut engine = Upload::new(
-            self.upload_config(link.next_seq()),
-            package.size,
-            sha,
-            clock.now(),
-        );
+        let mut image = self.line.image(&package.path, step).await?;
         let mut report = DeliveryReport::default();
-        let mut line = LineStats::default();
         let mut outcome = None;
-        let r = drive(
-            &mut link,
-            clock,
-            &mut engine,
-            Some(&mut image),
-            &mut line,
-            |ev| match ev {
-                UploadEvent::BufSize {
-                    buf_size,
-                    from_device,
-                } => {
-                    debug!(child = %self.device_id, buf_size, from_device, "smp buffer size");
-                    report.buf_size = buf_size;
-                }
-                UploadEvent::Resumed { off } => {
-                    info!(child = %self.device_id, off, resume_from, "device continues its upload");
-                    report.resumed_at = Some(off);
-                    progress(off);
-                }
-                UploadEvent::Restarted => {
-                    warn!(child = %self.device_id, "device restarted the upload (off 0)");
-                    report.restarts += 1;
-                }
-                UploadEvent::WindowFallback { off } => {
-                    info!(child = %self.device_id, off, "a request was lost; one at a time from here");
-                    report.fallback_at = Some(off);
-                }
-                UploadEvent::Progress { acked, .. } => {
-                    report.acked = acked;
-                    progress(acked);
-                }
-                UploadEvent::Done { matched } => {
-                    debug!(child = %self.device_id, ?matched, "upload done");
-                    outcome = Some(Ok(()));
-                }
-                UploadEvent::Failed(e) => outcome = Some(Err(e)),
-            },
-        )
-        .await;
-        self.retries.fetch_add(line.resent, Ordering::Relaxed);
-        report.line = line;
-        let step = Step::Deliver {
-            offset: report.acked,
+        let run = self
+            .line
+            .run(
+                step,
+                |seq, now| {
+                    let config = self.upload_config(seq);
+                    Ok(Console::new(Upload::new(config, package.size, sha, now)))
+                },
+                Some(&mut image),
+                |ev| {
+                    if let Some(verdict) = self.upload_event(ev, &mut report, resume_from, progress)
+                    {
+                        outcome = Some(verdict);
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .await?;
+        report.line = LineStats {
+            bad_packets: run.engine.bad_packets(),
+            ..run.line
         };
-        r.map_err(|e| drive_error(e, step))?;
         if resume_from > 0 && report.resumed_at.is_none() {
             // Not an error: the device lost the session (a power cycle), so
             // SMP starts over; the job's offset follows the device.
-            warn!(child = %self.device_id, resume_from, "device kept no session; sent from 0");
+            warn!(child = %self.id(), resume_from, "device kept no session; sent from 0");
         }
+        let step = Step::Deliver {
+            offset: report.acked,
+        };
         match outcome {
             Some(Ok(())) => Ok(report),
             Some(Err(e)) => Err(upload_error(e, step)),
             None => Err(ChildError::io(step, "upload ended without a verdict")),
         }
     }
-}
 
-/// A failure of the drive loop in `step`.
-fn drive_error(e: DriveError, step: Step) -> ChildError {
-    match e {
-        DriveError::Port(p) => p.into_child_error(step),
-        DriveError::Image { .. } => ChildError::io(step, "package").with_source(e),
-        DriveError::Idle => ChildError::io(step, "engine").with_source(e),
+    /// Logs and records one upload event; the verdict once there is one.
+    fn upload_event(
+        &self,
+        ev: UploadEvent,
+        report: &mut DeliveryReport,
+        resume_from: u64,
+        progress: Progress<'_>,
+    ) -> Option<Result<(), UploadError>> {
+        let id = self.id();
+        match ev {
+            UploadEvent::BufSize {
+                buf_size,
+                from_device,
+            } => {
+                debug!(child = %id, buf_size, from_device, "smp buffer size");
+                report.buf_size = buf_size;
+            }
+            UploadEvent::Resumed { off } => {
+                info!(child = %id, off, resume_from, "device continues its upload");
+                report.resumed_at = Some(off);
+                progress(off);
+            }
+            UploadEvent::Restarted => {
+                warn!(child = %id, "device restarted the upload (off 0)");
+                report.restarts += 1;
+            }
+            UploadEvent::WindowFallback { off } => {
+                info!(child = %id, off, "a request was lost; one at a time from here");
+                report.fallback_at = Some(off);
+            }
+            UploadEvent::Progress { acked, .. } => {
+                report.acked = acked;
+                progress(acked);
+            }
+            UploadEvent::Done { matched } => {
+                debug!(child = %id, ?matched, "upload done");
+                return Some(Ok(()));
+            }
+            UploadEvent::Failed(e) => return Some(Err(e)),
+        }
+        None
+    }
+
+    fn id(&self) -> &str {
+        self.line.device_id()
     }
 }
 
@@ -270,9 +270,7 @@ fn upload_error(e: UploadError, step: Step) -> ChildError {
                 .with_said("match: false", None)
         }
         UploadError::OffsetBeyondEnd { .. } => ErrorKind::Refused(Cause::Unclassified),
-        UploadError::EmptyImage
-        | UploadError::BufferTooSmall { .. }
-        | UploadError::BadData { .. } => ErrorKind::Io,
+        UploadError::EmptyImage | UploadError::BufferTooSmall { .. } => ErrorKind::Io,
     };
     ChildError::new(kind, step, e.to_string())
 }
@@ -297,9 +295,19 @@ fn activate_error(e: ActivateError) -> ChildError {
     ChildError::new(kind, step, e.to_string())
 }
 
+/// As [`upload_error`], for a version read.
+fn state_read_error(e: StateReadError) -> ChildError {
+    let step = Step::ReadVersion;
+    match &e {
+        StateReadError::Timeout { .. } => ChildError::unreachable(step, e.to_string()),
+        StateReadError::Malformed(_) => ChildError::garbled(step, e.to_string()),
+        StateReadError::Device(err) => device_error(err, step, e.to_string()),
+    }
+}
+
 impl Child for SerialChild {
     fn device_id(&self) -> &str {
-        &self.device_id
+        self.id()
     }
 
     fn transport(&self) -> &'static str {
@@ -307,47 +315,38 @@ impl Child for SerialChild {
     }
 
     fn bus(&self) -> Option<String> {
-        Some(self.port.bus())
+        Some(self.line.port().bus())
     }
 
     fn chunk_retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.line.retries()
     }
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
-            let step = Step::ReadVersion;
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(step))?;
-            let clock = Clock::start();
             let o = &self.options;
-            let config = StateReadConfig {
-                timeout: o.timeout,
-                retries: o.retries,
-                first_seq: link.next_seq(),
-                ..StateReadConfig::default()
-            };
-            let mut engine = StateRead::new(config, clock.now());
             let mut outcome = None;
-            let mut stats = LineStats::default();
-            let r = drive(&mut link, clock, &mut engine, None, &mut stats, |ev| {
-                outcome = Some(ev)
-            })
-            .await;
-            self.retries.fetch_add(stats.resent, Ordering::Relaxed);
-            r.map_err(|e| drive_error(e, step))?;
+            let make = |first_seq, now| {
+                let config = StateReadConfig {
+                    timeout: o.timeout,
+                    retries: o.retries,
+                    first_seq,
+                    ..StateReadConfig::default()
+                };
+                Ok(Console::new(StateRead::new(config, now)))
+            };
+            let step = Step::ReadVersion;
+            self.line
+                .run(step, make, None, |ev| {
+                    outcome = Some(ev);
+                    ControlFlow::Continue(())
+                })
+                .await?;
             match outcome {
                 Some(StateReadEvent::Images(list)) => active_version(&list, 0)
                     .map(str::to_owned)
                     .ok_or_else(|| ChildError::garbled(step, "no active image in the state list")),
-                Some(StateReadEvent::Failed(e)) => Err(match &e {
-                    StateReadError::Timeout { .. } => ChildError::unreachable(step, e.to_string()),
-                    StateReadError::Malformed(_) => ChildError::garbled(step, e.to_string()),
-                    StateReadError::Device(err) => device_error(err, step, e.to_string()),
-                }),
+                Some(StateReadEvent::Failed(e)) => Err(state_read_error(e)),
                 None => Err(ChildError::io(step, "state read ended without a verdict")),
             }
         })
@@ -368,41 +367,33 @@ impl Child for SerialChild {
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(Step::Activate))?;
-            let clock = Clock::start();
-            // No expected hash: the state list's `hash` is MCUboot's
-            // IMAGE_TLV_SHA256, not the package file's SHA-256 (docs/protocols/children.md
-            // §4.3); the engine picks the non-active slot and checks its version.
-            let mut engine = Activate::new(
-                self.activate_config(link.next_seq()),
-                &package.version,
-                None,
-                clock.now(),
-            );
             let mut outcome = None;
-            let mut stats = LineStats::default();
-            let r = drive(
-                &mut link,
-                clock,
-                &mut engine,
-                None,
-                &mut stats,
-                |ev| match ev {
-                    ActivateEvent::Done { version } => outcome = Some(Ok(version)),
-                    ActivateEvent::Failed(e) => outcome = Some(Err(e)),
-                    other => debug!(child = %self.device_id, "activation: {other:?}"),
-                },
-            )
-            .await;
-            self.retries.fetch_add(stats.resent, Ordering::Relaxed);
-            r.map_err(|e| drive_error(e, Step::Activate))?;
+            // No expected hash: the state list's `hash` is MCUboot's
+            // IMAGE_TLV_SHA256, not the package file's SHA-256
+            // (docs/protocols/children.md §4.3); the engine picks the
+            // non-active slot and checks its version.
+            let make = |seq, now| {
+                let config = self.activate_config(seq);
+                Ok(Console::new(Activate::new(
+                    config,
+                    &package.version,
+                    None,
+                    now,
+                )))
+            };
+            self.line
+                .run(Step::Activate, make, None, |ev| {
+                    match ev {
+                        ActivateEvent::Done { version } => outcome = Some(Ok(version)),
+                        ActivateEvent::Failed(e) => outcome = Some(Err(e)),
+                        other => debug!(child = %self.id(), "activation: {other:?}"),
+                    }
+                    ControlFlow::Continue(())
+                })
+                .await?;
             match outcome {
                 Some(Ok(version)) => {
-                    info!(child = %self.device_id, %version, "running the new image");
+                    info!(child = %self.id(), %version, "running the new image");
                     Ok(())
                 }
                 Some(Err(e)) => Err(activate_error(e)),
@@ -418,6 +409,7 @@ impl Child for SerialChild {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::link::port::Ports;
 
     #[test]
     fn errors_map_to_child_errors() {
@@ -455,12 +447,21 @@ mod tests {
         assert!(parse_sha("zz", step).is_err());
     }
 
+    fn on(ports: &mut Ports, id: &str, path: &Path, o: &SerialOptions) -> SerialChild {
+        let line = LineSettings {
+            baud: 9600,
+            framing: o.framing,
+        };
+        SerialChild::on_port(id, ports.get(path, line), o.clone())
+    }
+
     #[test]
     fn children_on_one_path_share_the_port() {
         let o = SerialOptions::default();
-        let a = SerialChild::new("a", Path::new("/dev/otabridge-test-bus"), 9600, o.clone());
-        let b = SerialChild::new("b", Path::new("/dev/otabridge-test-bus"), 9600, o.clone());
-        let c = SerialChild::new("c", Path::new("/dev/otabridge-test-other"), 9600, o);
+        let mut ports = Ports::default();
+        let a = on(&mut ports, "a", Path::new("/dev/otabridge-test-bus"), &o);
+        let b = on(&mut ports, "b", Path::new("/dev/otabridge-test-bus"), &o);
+        let c = on(&mut ports, "c", Path::new("/dev/otabridge-test-other"), &o);
         assert!(Arc::ptr_eq(a.port(), b.port()));
         assert!(!Arc::ptr_eq(a.port(), c.port()));
         // When every driver of a path is gone, the next one opens afresh.
@@ -477,8 +478,9 @@ mod tests {
         let link = dir.path().join("by-id-usb-acme");
         std::os::unix::fs::symlink(&node, &link).unwrap();
         let o = SerialOptions::default();
-        let a = SerialChild::new("a", &node, 9600, o.clone());
-        let b = SerialChild::new("b", &link, 9600, o);
+        let mut ports = Ports::default();
+        let a = on(&mut ports, "a", &node, &o);
+        let b = on(&mut ports, "b", &link, &o);
         assert!(Arc::ptr_eq(a.port(), b.port()));
     }
 

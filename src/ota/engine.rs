@@ -479,7 +479,17 @@ impl Engine {
         }
         match result {
             Ok(()) => Input::Delivered,
-            Err(e) => Input::Failed(verdict(Failure::Child(&e))),
+            Err(e) => {
+                // The driver names the offset it knew; this side may have
+                // seen later acknowledgements.
+                let e = match e.step() {
+                    Step::Deliver { offset } if offset < acked => {
+                        e.in_step(Step::Deliver { offset: acked })
+                    }
+                    _ => e,
+                };
+                Input::Failed(verdict(Failure::Child(&e)))
+            }
         }
     }
 

@@ -1,16 +1,17 @@
-//! One open serial port per device path, shared by every child on it.
+//! One open serial port per device, shared by every child on it.
 //!
 //! Two children on one RS-485 bus must never interleave their requests: the
 //! devices decode whatever passes on the wire, and SMP has no addressing.
-//! So all drivers of one path share a [`SharedPort`] whose async mutex is
+//! So all drivers of one device share a [`SharedPort`] whose async mutex is
 //! held for a whole operation (a transfer, an activation, a version read).
-//! The registry holds weak references: when the last driver of a path is
-//! dropped (a gateway restart in tests), the port closes and the next
-//! driver opens it afresh.
+//! [`Ports`] hands out one `SharedPort` per device; it is made with the
+//! children (`child::Networks`, as the CoAP network is), not a global, and
+//! holds weak references: when the last child of a port is dropped, the
+//! port closes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
@@ -68,9 +69,10 @@ pub struct SharedPort {
 #[derive(Debug, Default)]
 struct PortState {
     stream: Option<SerialStream>,
-    /// The SMP sequence number for the next request on this line. Kept per
-    /// port, not per operation, so a late answer to an abandoned operation
-    /// (a cancelled transfer) never matches the next one's requests.
+    /// The sequence number for the next request on this line, for
+    /// protocols that number requests per line (SMP). Kept per port, not
+    /// per operation, so a late answer to an abandoned operation (a
+    /// cancelled transfer) never matches the next one's requests.
     next_seq: u8,
 }
 
@@ -91,23 +93,25 @@ impl PortError {
     }
 }
 
-fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<SharedPort>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Weak<SharedPort>>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+/// The ports children use, one [`SharedPort`] per device: children given
+/// the same device (by any of its names) share it and take turns.
+#[derive(Debug, Default)]
+pub struct Ports {
+    /// By resolved device node; weak, so a port closes with its last child.
+    by_node: HashMap<PathBuf, Weak<SharedPort>>,
 }
 
-impl SharedPort {
-    /// The port for `path`: the one other drivers already share, or a new
-    /// one. The first driver's line settings win (the configuration checks
+impl Ports {
+    /// The port for `path`: the one other children already share, or a new
+    /// one. The first child's line settings win (the configuration checks
     /// children on one port agree).
-    pub fn get(path: &Path, line: LineSettings) -> Arc<SharedPort> {
+    pub fn get(&mut self, path: &Path, line: LineSettings) -> Arc<SharedPort> {
         // One device may have several names (`/dev/ttyUSB0` and its
         // `/dev/serial/by-id/...` link): key by the resolved node, so both
         // names share one lock instead of the second failing on the flock.
-        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        let mut map = registry().lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(p) = map.get(&key).and_then(Weak::upgrade) {
+        let key = node(path);
+        self.by_node.retain(|_, w| w.strong_count() > 0);
+        if let Some(p) = self.by_node.get(&key).and_then(Weak::upgrade) {
             if p.line != line {
                 tracing::warn!(
                     port = %path.display(),
@@ -117,14 +121,27 @@ impl SharedPort {
             }
             return p;
         }
-        let p = Arc::new(SharedPort {
+        let p = SharedPort::new(path, line);
+        self.by_node.insert(key, Arc::downgrade(&p));
+        p
+    }
+}
+
+/// The device node `path` resolves to (itself when it does not resolve).
+fn node(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+impl SharedPort {
+    /// A port of its own for `path` (not shared with any other child; use
+    /// [`Ports::get`] for children on one bus).
+    pub fn new(path: &Path, line: LineSettings) -> Arc<SharedPort> {
+        Arc::new(SharedPort {
             path: path.to_owned(),
-            key: key.clone(),
+            key: node(path),
             line,
             state: tokio::sync::Mutex::new(PortState::default()),
-        });
-        map.insert(key, Arc::downgrade(&p));
-        p
+        })
     }
 
     /// The bus this port is, for the OTA engine's per-bus queue
@@ -194,24 +211,17 @@ impl Link<'_> {
         self.state.next_seq
     }
 
-    /// Writes one framed packet. `write_all`, never `write`: a UART driver
-    /// takes what fits in its buffer and returns a short count. No `flush`:
+    /// The sequence number the next engine continues from (an engine's
+    /// `next_seq`, [`otabridge_codecs::engine::Engine::next_seq`]).
+    pub fn set_next_seq(&mut self, seq: u8) {
+        self.state.next_seq = seq;
+    }
+
+    /// Writes bytes whole. `write_all`, never `write`: a UART driver takes
+    /// what fits in its buffer and returns a short count. No `flush`:
     /// tokio-serial 5.5's `poll_flush` calls `tcdrain`, which blocks the
     /// runtime thread until the UART has sent everything (mio-serial
     /// `impl Write for SerialStream`); the kernel sends the bytes anyway.
-    /// `seq` is the SMP request's sequence number: the port's counter moves
-    /// past it.
-    pub async fn send(&mut self, seq: u8, bytes: &[u8]) -> Result<(), PortError> {
-        // Only forward: a resend of an older request (the upload's window)
-        // must not hand its number out again.
-        if seq.wrapping_sub(self.state.next_seq) < 128 {
-            self.state.next_seq = seq.wrapping_add(1);
-        }
-        self.write(bytes).await
-    }
-
-    /// Writes bytes that carry no SMP sequence number (a framed profile's
-    /// frames), as [`Link::send`] does.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), PortError> {
         let r = match self.state.stream.as_mut() {
             Some(s) => s.write_all(bytes).await,
