@@ -82,7 +82,7 @@ pub async fn run_with(
         );
     }
     let (tx, rx) = mpsc::channel(256);
-    let seed = std::process::id() as u64 ^ crate::platform::now_unix() as u64;
+    let seed = std::process::id() as u64 ^ crate::clock::now_unix() as u64;
     let session = Session::new(cfg.platform.clone(), platform.clone(), tx, seed)?;
     let metrics = Metrics::new();
     let listener = match cfg.metrics.listen {

@@ -9,7 +9,8 @@
 //!
 //! The database runs in WAL mode with `synchronous = FULL`: a committed
 //! transaction survives a power cut, and `otabridge status` can read while the
-//! daemon writes. Later issues add their tables through [`MIGRATIONS`].
+//! daemon writes. Modules that keep their own tables (the package store,
+//! the jobs) add them through [`MIGRATIONS`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,6 +115,9 @@ const MIGRATIONS: &[&str] = &[
          updated_unix INTEGER NOT NULL
      );
      CREATE INDEX jobs_by_device ON jobs (device_id, id);",
+    // 4: where a job's last failure happened and what the device said
+    // (`ota::verdict::FailureCause` as JSON), for `otabridge status`.
+    "ALTER TABLE jobs ADD COLUMN cause TEXT;",
 ];
 
 /// One queued upstream report.

@@ -5,6 +5,8 @@
 //! A module uses the ones above it in this list, never the ones below
 //! (`docs/design.md`, "Layout"):
 //! - `otabridge_codecs` (the `codecs/` crate): pure wire formats and engines.
+//! - [`clock`]: the one clock (tokio's, with wall time from an injected
+//!   source), so paused time drives the whole orchestration.
 //! - [`config`]: the TOML configuration, validated with errors naming the key.
 //! - [`journal`]: the SQLite journal (outbox, children, jobs, packages).
 //! - [`metrics`]: the counters the engine and the package store update (a
@@ -24,6 +26,7 @@
 
 pub mod backoff;
 pub mod child;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod exporter;

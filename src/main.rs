@@ -151,7 +151,18 @@ fn download(logs: LogFormat, args: DownloadArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("otabridge download: {e}");
+            match &e {
+                otabridge::package::cli::CliError::Download { error } => {
+                    let v = otabridge::ota::verdict::verdict(
+                        otabridge::ota::verdict::Failure::Download(error),
+                    );
+                    eprintln!(
+                        "otabridge download: {e} (result_code {}: {})",
+                        v.code, v.description
+                    );
+                }
+                _ => eprintln!("otabridge download: {e}"),
+            }
             ExitCode::from(e.exit_code())
         }
     }
@@ -244,7 +255,7 @@ fn credentials(args: CredentialsArgs) -> ExitCode {
         SignatureType::NoTimestampCheck
     };
     let now = match &args.timestamp {
-        None => EventTime::from_unix(otabridge::platform::now_unix()),
+        None => EventTime::from_unix(otabridge::clock::now_unix()),
         Some(ts) => match EventTime::parse(&format!(
             "{}T{}0000Z",
             ts.get(..8).unwrap_or(""),

@@ -11,7 +11,8 @@
 //!   and keeps the procedure for `activate`.
 //! - `activate`: continues the same procedure: `POST /5/0/2` (Execute),
 //!   then reads /3/0/3 across the reboot until it shows the target version;
-//!   /5/0/5 failures become [`ChildError::Rejected`] with IoTDA's code.
+//!   /5/0/5 failures become a [`ChildError`] refused with the cause the
+//!   result names (`ota` turns it into IoTDA's code).
 //!
 //! A transient failure inside the procedure (lost child, integrity error)
 //! is retried once by the procedure itself after an empty `/5/0/1` reset
@@ -31,7 +32,7 @@ use otabridge_codecs::coap::{
     msg, Code, Delivery as EngineDelivery, Outcome, Packet, PushFailure, UpdateConfig, UpdateEvent,
     UpdateFailure, UpdateProcedure,
 };
-use otabridge_codecs::lwm2m::{self, Path};
+use otabridge_codecs::lwm2m::{self, Path, UpdateResult};
 use tracing::{debug, info, warn};
 
 pub use network::{
@@ -39,7 +40,7 @@ pub use network::{
     PushUpdate, RequestError,
 };
 
-use super::{BoxFuture, Child, ChildError, Package, Progress};
+use super::{BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step};
 use crate::config::Delivery;
 
 /// Timing and retry settings of one child's update.
@@ -158,17 +159,21 @@ impl CoapChild {
         package: &Package,
         resume_from: u64,
     ) -> Result<UpdateProcedure, ChildError> {
+        let step = Step::Deliver {
+            offset: resume_from,
+        };
         let total_len = u32::try_from(package.size).map_err(|_| {
-            let (result_code, description) = PushFailure::TooLarge { max: None }.to_iotda();
-            ChildError::Rejected {
-                result_code,
-                description: description.into(),
-            }
+            ChildError::refused(
+                Cause::NoStorage,
+                step,
+                format!("{} bytes: LwM2M /5/0/0 carries at most 4 GiB", package.size),
+            )
         })?;
         let delivery = match self.delivery {
             Delivery::Pull => {
                 let gw = self.net.gateway_for(self.address).map_err(|e| {
-                    ChildError::Io(format!("no local address towards {}: {e}", self.address))
+                    ChildError::io(step, format!("no local address towards {}", self.address))
+                        .with_source(e)
                 })?;
                 EngineDelivery::Pull {
                     uri: lwm2m::package_uri(&gw.to_string(), &package.sha256),
@@ -186,7 +191,8 @@ impl CoapChild {
             max_attempts: self.options.max_attempts,
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
         };
-        UpdateProcedure::new(cfg).map_err(|e| ChildError::Io(format!("update settings: {e}")))
+        UpdateProcedure::new(cfg)
+            .map_err(|e| ChildError::io(step, "update settings").with_source(e))
     }
 
     /// Runs `procedure` until State 2 (`until_downloaded`) or its end,
@@ -198,13 +204,23 @@ impl CoapChild {
         until_downloaded: bool,
         progress: Progress<'_>,
     ) -> Result<Stop, ChildError> {
+        // The step a failure of the network itself belongs to.
+        let step = if until_downloaded {
+            Step::Deliver {
+                offset: procedure.progress().0.into(),
+            }
+        } else {
+            Step::Activate
+        };
         // Pull: the child fetches from our Block2 server while we poll.
         let (_serving, mut watch) = match self.delivery {
             Delivery::Pull => {
                 let g = self
                     .net
                     .serve_package(&package.sha256, &package.path)
-                    .map_err(|e| ChildError::Io(format!("{}: {e}", package.path.display())))?;
+                    .map_err(|e| {
+                        ChildError::io(step, package.path.display().to_string()).with_source(e)
+                    })?;
                 (
                     Some(g),
                     Some(self.net.watch_served(self.address, &package.sha256)),
@@ -246,7 +262,7 @@ impl CoapChild {
             }
             let req = procedure
                 .poll_request(self.net.now(), no_image)
-                .map_err(|e| ChildError::Io(e.to_string()))?;
+                .map_err(|e| ChildError::io(step, "update procedure").with_source(e))?;
             if let Some(req) = req {
                 let fut = self.request(req);
                 tokio::pin!(fut);
@@ -261,10 +277,10 @@ impl CoapChild {
                     Ok(resp) => procedure.handle_response(&resp, now),
                     Err(RequestError::Transport(t)) => procedure.handle_failure(t, now),
                     Err(e @ RequestError::Encode(_)) => {
-                        return Err(ChildError::Protocol(e.to_string()))
+                        return Err(ChildError::io(step, "request").with_source(e))
                     }
-                    Err(RequestError::Closed) => {
-                        return Err(ChildError::Io("the CoAP network is shut down".into()))
+                    Err(e @ RequestError::Closed) => {
+                        return Err(ChildError::io(step, "request").with_source(e))
                     }
                 }
                 continue;
@@ -272,7 +288,7 @@ impl CoapChild {
             let Some(t) = procedure.poll_timeout() else {
                 // Finished events were handled above; a procedure with no
                 // request, no timer and no event cannot move again.
-                return Err(ChildError::Protocol("update procedure stalled".into()));
+                return Err(ChildError::io(step, "update procedure stalled"));
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(self.net.at(t)) => procedure.handle_timeout(self.net.now()),
@@ -292,14 +308,20 @@ impl CoapChild {
         package: &Package,
         progress: Progress<'_>,
     ) -> Result<(), ChildError> {
+        let step = |acked: u32| Step::Deliver {
+            offset: acked.into(),
+        };
+        let start = procedure.progress().0;
         let image = std::fs::File::open(&package.path)
             .map(FileImage)
-            .map_err(|e| ChildError::Io(format!("{}: {e}", package.path.display())))?;
-        let closed = || ChildError::Io("the CoAP network is shut down".into());
+            .map_err(|e| {
+                ChildError::io(step(start), package.path.display().to_string()).with_source(e)
+            })?;
+        let closed = |acked| ChildError::io(step(acked), "the CoAP network is shut down");
         let mut handle = self
             .net
             .start_push(self.address, push, image)
-            .map_err(|_| closed())?;
+            .map_err(|_| closed(start))?;
         let deadline = procedure.poll_timeout().map(|t| self.net.at(t));
         let done = loop {
             tokio::select! {
@@ -309,7 +331,7 @@ impl CoapChild {
                         report_progress(procedure, progress);
                     }
                     PushUpdate::Done(d) => break d,
-                    PushUpdate::Closed => return Err(closed()),
+                    PushUpdate::Closed => return Err(closed(procedure.progress().0)),
                 },
                 _ = super::sleep_until_opt(deadline) => {
                     // Dropping the handle abandons the push; the procedure
@@ -321,8 +343,16 @@ impl CoapChild {
         };
         match done.error {
             None => {}
-            Some(PushJobError::Read(e)) => return Err(ChildError::Io(e.to_string())),
-            Some(e) => return Err(ChildError::Protocol(e.to_string())),
+            Some(e) => {
+                let at = step(done.push.acked());
+                // Another push to this peer is a turn to wait for; the rest
+                // are local failures (the image file, the message layer).
+                let err = match e {
+                    PushJobError::Busy => ChildError::unreachable(at, "push"),
+                    _ => ChildError::io(at, "push"),
+                };
+                return Err(err.with_source(e));
+            }
         }
         procedure.note_push_progress(done.push.acked());
         report_progress(procedure, progress);
@@ -348,24 +378,65 @@ async fn next_served(w: &mut Option<network::ServedWatch>) -> otabridge_codecs::
     }
 }
 
-/// The [`ChildError`] of a failed update: the child's and the protocol's
-/// verdicts carry IoTDA's code (docs/protocols/iotda.md §9), silence stays transient.
-pub fn failure_to_error(f: &UpdateFailure) -> ChildError {
-    match f {
+/// What a /5/0/5 Update Result means (OMA-TS-LightweightM2M 5.xml; the
+/// causes are the ones docs/protocols/iotda.md §9 names).
+pub fn result_cause(r: UpdateResult) -> Cause {
+    match r {
+        UpdateResult::NotEnoughStorage => Cause::NoStorage,
+        UpdateResult::OutOfMemory => Cause::NoMemory,
+        UpdateResult::ConnectionLost => Cause::ConnectionLost,
+        UpdateResult::IntegrityFailure => Cause::Integrity,
+        UpdateResult::UnsupportedPackage => Cause::UnsupportedPackage,
+        UpdateResult::InvalidUri => Cause::InvalidUri,
+        UpdateResult::UpdateFailed => Cause::InstallFailed,
+        UpdateResult::Deferred => Cause::Deferred,
+        UpdateResult::Initial
+        | UpdateResult::Success
+        | UpdateResult::UnsupportedProtocol
+        | UpdateResult::Cancelled => Cause::Unclassified,
+    }
+}
+
+/// The [`ChildError`] of a failed update in `step` (the version read back
+/// after Execute is [`Step::Verify`]): silence is unreachable, an
+/// unreadable value garbled, and what the child said a refusal with its
+/// cause.
+pub fn failure_to_error(f: &UpdateFailure, step: Step) -> ChildError {
+    let kind = match f {
         UpdateFailure::Unreachable(_)
         | UpdateFailure::Push(
             PushFailure::Unreachable | PushFailure::NoResponse | PushFailure::Reset,
-        ) => ChildError::Unreachable(f.to_string()),
+        ) => ErrorKind::Unreachable,
         UpdateFailure::BadValue { .. } | UpdateFailure::Push(PushFailure::Protocol(_)) => {
-            ChildError::Protocol(f.to_string())
+            ErrorKind::Garbled
         }
-        _ => {
-            let (result_code, description) = f.to_iotda();
-            ChildError::Rejected {
-                result_code,
-                description: format!("{description} ({f})"),
-            }
+        UpdateFailure::Child(r) => ErrorKind::Refused(result_cause(*r)),
+        UpdateFailure::Push(PushFailure::TooLarge { .. }) => ErrorKind::Refused(Cause::NoStorage),
+        // The child never reached State 2: the transfer broke off.
+        UpdateFailure::DownloadTimeout => ErrorKind::Refused(Cause::ConnectionLost),
+        UpdateFailure::UpdateTimeout | UpdateFailure::WrongVersion(_) => {
+            ErrorKind::Refused(Cause::InstallFailed)
         }
+        UpdateFailure::Rejected { .. } | UpdateFailure::Push(_) => {
+            ErrorKind::Refused(Cause::Unclassified)
+        }
+    };
+    let step = match f {
+        UpdateFailure::UpdateTimeout | UpdateFailure::WrongVersion(_) => Step::Verify,
+        _ => step,
+    };
+    let e = ChildError::new(kind, step, f.to_string());
+    match f {
+        UpdateFailure::Child(r) => {
+            e.with_said(format!("/5/0/5 = {}", *r as u8), Some(format!("{r:?}")))
+        }
+        UpdateFailure::Rejected { path, code } => e.with_said(format!("{path} {code}"), None),
+        UpdateFailure::WrongVersion(v) => e.with_said(format!("/3/0/3 = {v}"), None),
+        UpdateFailure::Push(PushFailure::TooLarge { max }) => e.with_said(
+            "4.13 Request Entity Too Large",
+            max.map(|m| format!("Size1 {m}")),
+        ),
+        _ => e,
     }
 }
 
@@ -386,20 +457,24 @@ impl Child for CoapChild {
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
+            let step = Step::ReadVersion;
             let req = msg::request(Code::GET, &Path::FIRMWARE_VERSION.segments());
-            let resp = self.request(req).await.map_err(|e| match e {
-                RequestError::Transport(_) | RequestError::Closed => {
-                    ChildError::Unreachable(format!("{} at {}: {e}", self.device_id, self.address))
+            let resp = self.request(req).await.map_err(|e| {
+                let at = format!("{} at {}", self.device_id, self.address);
+                match e {
+                    RequestError::Transport(_) => ChildError::unreachable(step, at),
+                    RequestError::Closed | RequestError::Encode(_) => ChildError::io(step, at),
                 }
-                RequestError::Encode(m) => ChildError::Protocol(m),
+                .with_source(e)
             })?;
             let code = msg::code(&resp);
             if code != Code::CONTENT {
-                return Err(ChildError::Protocol(format!("/3/0/3 answered {code}")));
+                return Err(ChildError::garbled(step, "/3/0/3 read refused")
+                    .with_said(format!("/3/0/3 {code}"), None));
             }
             lwm2m::parse_text(&resp.payload)
                 .map(|v| v.trim().to_string())
-                .map_err(|e| ChildError::Protocol(format!("/3/0/3: {e}")))
+                .map_err(|e| ChildError::garbled(step, "/3/0/3").with_source(e))
         })
     }
 
@@ -429,7 +504,12 @@ impl Child for CoapChild {
                     Ok(())
                 }
                 Stop::Finished(Outcome::Updated) => Ok(()),
-                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(&f)),
+                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(
+                    &f,
+                    Step::Deliver {
+                        offset: procedure.progress().0.into(),
+                    },
+                )),
             }
         })
     }
@@ -453,8 +533,11 @@ impl Child for CoapChild {
                     info!(child = %self.device_id, version = %package.version, "child runs the new version");
                     Ok(())
                 }
-                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(&f)),
-                Stop::Downloaded => Err(ChildError::Protocol("procedure stopped early".into())),
+                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(&f, Step::Activate)),
+                Stop::Downloaded => Err(ChildError::io(
+                    Step::Activate,
+                    "procedure stopped at State 2 during the activation",
+                )),
             }
         })
     }
@@ -463,46 +546,28 @@ impl Child for CoapChild {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otabridge_codecs::lwm2m::UpdateResult;
 
     #[test]
-    fn failures_map_to_iotda_codes_or_stay_transient() {
-        let e = failure_to_error(&UpdateFailure::Child(UpdateResult::IntegrityFailure));
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::CHECK_FAIL,
-                    ..
-                }
-            ),
-            "{e}"
+    fn failures_are_classified_by_what_the_child_said() {
+        let step = Step::Deliver { offset: 10 };
+        let e = failure_to_error(&UpdateFailure::Child(UpdateResult::IntegrityFailure), step);
+        assert_eq!(e.cause(), Some(Cause::Integrity), "{e}");
+        assert_eq!(e.said().unwrap().code, "/5/0/5 = 5");
+        let e = failure_to_error(&UpdateFailure::Child(UpdateResult::NotEnoughStorage), step);
+        assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+        let e = failure_to_error(
+            &UpdateFailure::Push(PushFailure::TooLarge { max: Some(10) }),
+            step,
         );
-        let e = failure_to_error(&UpdateFailure::Child(UpdateResult::NotEnoughStorage));
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
-                    ..
-                }
-            ),
-            "{e}"
+        assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+        let e = failure_to_error(&UpdateFailure::Unreachable(Path::STATE), step);
+        assert_eq!(e.kind(), ErrorKind::Unreachable);
+        let e = failure_to_error(&UpdateFailure::Push(PushFailure::Unreachable), step);
+        assert_eq!(e.kind(), ErrorKind::Unreachable);
+        let e = failure_to_error(&UpdateFailure::WrongVersion("1.0".into()), Step::Activate);
+        assert_eq!(
+            (e.step(), e.cause()),
+            (Step::Verify, Some(Cause::InstallFailed))
         );
-        let e = failure_to_error(&UpdateFailure::Push(PushFailure::TooLarge {
-            max: Some(10),
-        }));
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        assert!(failure_to_error(&UpdateFailure::Unreachable(Path::STATE)).is_transient());
-        assert!(failure_to_error(&UpdateFailure::Push(PushFailure::Unreachable)).is_transient());
     }
 }

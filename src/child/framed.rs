@@ -22,10 +22,12 @@
 //!   names the next offset (`codecs/profiles/README.md`).
 //!
 //! Failures: a failure the child reported (a `fail` status, busy until the
-//! retries ran out, a wrong version after activation) is
-//! [`ChildError::Rejected`] with the profile's IoTDA code and description;
-//! a request that went unanswered to the end is [`ChildError::Unreachable`];
-//! the port and the package file are [`ChildError::Io`].
+//! retries ran out, a wrong version after activation) is a refusal with the
+//! profile's declared IoTDA code ([`Cause::Declared`]) and its words as what
+//! the child said; a request that went unanswered to the end is
+//! [`ErrorKind::Unreachable`](super::ErrorKind::Unreachable); the port and
+//! the package file follow
+//! [`PortError::into_child_error`](super::link::port::PortError::into_child_error).
 
 pub mod image;
 
@@ -36,7 +38,6 @@ use std::sync::Arc;
 
 use otabridge_codecs::framed::engine::{Failure, StartError};
 use otabridge_codecs::framed::{Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
-use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -45,7 +46,7 @@ use super::link::drive::Ended;
 use super::link::image::ImageFile;
 use super::link::port::{PortSettings, SharedPort};
 use super::link::ChildLine;
-use super::{BoxFuture, Child, ChildError, Package, Progress};
+use super::{BoxFuture, Cause, Child, ChildError, Package, Progress, Step};
 use crate::config::Framing;
 
 /// A child speaking a framed profile on a serial port.
@@ -118,7 +119,7 @@ impl FramedChild {
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
     }
 
-    async fn image_info(&self, package: &Package) -> Result<ImageInfo, ChildError> {
+    async fn image_info(&self, package: &Package, step: Step) -> Result<ImageInfo, ChildError> {
         let cached = self
             .digest
             .lock()
@@ -129,7 +130,9 @@ impl FramedChild {
         if let Some(info) = cached {
             return Ok(info);
         }
-        let info = image::digest(package).await.map_err(image_error)?;
+        let info = image::digest(package)
+            .await
+            .map_err(|e| image_error(e, step))?;
         *self.digest.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((package.sha256.clone(), info.clone()));
         Ok(info)
@@ -140,19 +143,22 @@ impl FramedChild {
         image: ImageInfo,
         skip_if_current: bool,
         now: Instant,
+        step: Step,
     ) -> Result<Engine, ChildError> {
         let upgrade = Upgrade {
             image,
             skip_if_current,
             seed: self.seed(),
         };
-        Engine::new(Arc::clone(&self.profile), upgrade, now).map_err(start_error)
+        Engine::new(Arc::clone(&self.profile), upgrade, now).map_err(|e| start_error(e, step))
     }
 
     /// One operation on the line: the engine `make` builds runs until it
-    /// finishes or `on_event` breaks; a failure is the trait's error.
+    /// finishes or `on_event` breaks; a failure is the trait's error, in
+    /// `step`.
     async fn run(
         &self,
+        step: Step,
         make: impl FnOnce(Instant) -> Result<Engine, ChildError>,
         image: Option<&mut ImageFile>,
         mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
@@ -161,6 +167,7 @@ impl FramedChild {
         let run = self
             .line
             .run(
+                step,
                 |_, now| make(now),
                 image,
                 |ev| match ev {
@@ -174,17 +181,19 @@ impl FramedChild {
             .await?;
         match (run.ended, outcome) {
             (Ended::Stopped, _) => Ok(Verdict::Stopped),
-            (Ended::Finished { silent }, Some(Outcome::Failed(f))) => Err(self.failed(f, silent)),
+            (Ended::Finished { silent }, Some(Outcome::Failed(f))) => {
+                Err(self.failed(f, silent, step))
+            }
             (Ended::Finished { .. }, Some(o)) => Ok(Verdict::Finished(o)),
-            (Ended::Finished { .. }, None) => Err(ChildError::Protocol(format!(
-                "{}: the engine finished without an outcome",
-                self.id()
-            ))),
+            (Ended::Finished { .. }, None) => Err(ChildError::io(
+                step,
+                "the engine finished without an outcome",
+            )),
         }
     }
 
     /// The engine's verdict as the trait's error.
-    fn failed(&self, f: Failure, silent: bool) -> ChildError {
+    fn failed(&self, f: Failure, silent: bool, step: Step) -> ChildError {
         warn!(
             child = %self.id(),
             profile = %self.profile.name,
@@ -193,39 +202,43 @@ impl FramedChild {
             detail = %f.detail,
             "{}", f.description
         );
-        failure_error(f, silent)
+        failure_error(f, silent, step)
     }
 }
 
-/// A failure the child caused is its verdict; one that came of silence may
-/// pass (the child was rebooting, the bus was busy), so the job retries.
-fn failure_error(f: Failure, silent: bool) -> ChildError {
-    if silent {
-        ChildError::Unreachable(format!("{}: {} ({})", f.step, f.detail, f.description))
+/// A failure the child caused is its verdict, with the code its profile
+/// declares and the profile's words; one that came of silence may pass (the
+/// child was rebooting, the bus was busy), so the job retries. A failure of
+/// an activation whose version was read back is the verification's.
+fn failure_error(f: Failure, silent: bool, step: Step) -> ChildError {
+    let step = if f.version.is_some() && step == Step::Activate {
+        Step::Verify
     } else {
-        ChildError::Rejected {
-            result_code: f.result_code,
-            description: f.description,
-        }
-    }
-}
-
-fn image_error(e: ImageError) -> ChildError {
-    ChildError::Io(e.to_string())
-}
-
-/// An image the profile cannot carry, in IoTDA's terms: too large for its
-/// size fields is "insufficient storage" (5); a version it cannot carry or an
-/// empty image is an "unsupported package type" (8).
-fn start_error(e: StartError) -> ChildError {
-    let code = match e {
-        StartError::ImageTooLarge { .. } => ResultCode::LOW_SPACE,
-        StartError::VersionTooLong { .. } | StartError::EmptyImage => ResultCode::UNKNOWN_TYPE,
+        step
     };
-    ChildError::Rejected {
-        result_code: code,
-        description: format!("{}: {e}", code.description()),
+    if silent {
+        return ChildError::unreachable(
+            step,
+            format!("{}: {} ({})", f.step, f.detail, f.description),
+        );
     }
+    ChildError::refused(Cause::Declared(f.result_code), step, f.step.to_string())
+        .with_said(f.detail, Some(f.description))
+}
+
+fn image_error(e: ImageError, step: Step) -> ChildError {
+    ChildError::io(step, "package").with_source(e)
+}
+
+/// An image the profile cannot carry: too large for its size fields is "no
+/// storage"; a version it cannot carry or an empty image is an
+/// "unsupported package".
+fn start_error(e: StartError, step: Step) -> ChildError {
+    let cause = match e {
+        StartError::ImageTooLarge { .. } => Cause::NoStorage,
+        StartError::VersionTooLong { .. } | StartError::EmptyImage => Cause::UnsupportedPackage,
+    };
+    ChildError::refused(cause, step, e.to_string())
 }
 
 impl Child for FramedChild {
@@ -254,11 +267,16 @@ impl Child for FramedChild {
                     now,
                 ))
             };
-            match self.run(make, None, |_| ControlFlow::Continue(())).await? {
+            let step = Step::ReadVersion;
+            match self
+                .run(step, make, None, |_| ControlFlow::Continue(()))
+                .await?
+            {
                 Verdict::Finished(Outcome::Version { version }) => Ok(version),
-                other => Err(ChildError::Protocol(format!(
-                    "version read ended with {other:?}"
-                ))),
+                other => Err(ChildError::io(
+                    step,
+                    format!("version read ended with {other:?}"),
+                )),
             }
         })
     }
@@ -270,12 +288,15 @@ impl Child for FramedChild {
         progress: Progress<'a>,
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let info = self.image_info(package).await?;
-            let mut image = self.line.image(&package.path).await?;
+            let step = Step::Deliver {
+                offset: resume_from,
+            };
+            let info = self.image_info(package, step).await?;
+            let mut image = self.line.image(&package.path, step).await?;
             let id = self.id();
-            let make = |now| self.engine(info, false, now);
+            let make = |now| self.engine(info, false, now, step);
             let verdict = self
-                .run(make, Some(&mut image), |ev| {
+                .run(step, make, Some(&mut image), |ev| {
                     match ev {
                         Event::CurrentVersion(v) => {
                             debug!(child = %id, version = %v, "before delivery")
@@ -301,22 +322,24 @@ impl Child for FramedChild {
                     info!(child = %id, size = package.size, "delivered and verified");
                     Ok(())
                 }
-                Verdict::Finished(outcome) => Err(ChildError::Protocol(format!(
-                    "delivery ended with {outcome:?} before verify"
-                ))),
+                Verdict::Finished(outcome) => Err(ChildError::io(
+                    step,
+                    format!("delivery ended with {outcome:?} before verify"),
+                )),
             }
         })
     }
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let info = self.image_info(package).await?;
-            let mut image = self.line.image(&package.path).await?;
+            let step = Step::Activate;
+            let info = self.image_info(package, step).await?;
+            let mut image = self.line.image(&package.path, step).await?;
             let id = self.id();
             let mut resent = false;
-            let make = |now| self.engine(info, true, now);
+            let make = |now| self.engine(info, true, now, step);
             let verdict = self
-                .run(make, Some(&mut image), |ev| {
+                .run(step, make, Some(&mut image), |ev| {
                     match ev {
                         Event::Progress { .. } if !resent => {
                             // Only a child that lost its session (or a profile
@@ -339,9 +362,10 @@ impl Child for FramedChild {
                     info!(child = %id, %version, "already runs the target");
                     Ok(())
                 }
-                other => Err(ChildError::Protocol(format!(
-                    "activation ended with {other:?}"
-                ))),
+                other => Err(ChildError::io(
+                    step,
+                    format!("activation ended with {other:?}"),
+                )),
             }
         })
     }
@@ -350,7 +374,9 @@ impl Child for FramedChild {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::ErrorKind;
     use otabridge_codecs::framed::MessageKind;
+    use otabridge_codecs::iotda::ResultCode;
 
     fn failure(code: ResultCode, description: &str) -> Failure {
         Failure {
@@ -364,49 +390,39 @@ mod tests {
 
     #[test]
     fn failures_map_to_child_errors() {
-        let e = failure_error(failure(ResultCode::LOW_SPACE, "Not enough storage"), false);
+        let step = Step::Deliver { offset: 0 };
+        let e = failure_error(
+            failure(ResultCode::LOW_SPACE, "Not enough storage"),
+            false,
+            step,
+        );
         assert_eq!(
-            e,
-            ChildError::Rejected {
-                result_code: ResultCode::LOW_SPACE,
-                description: "Not enough storage".into()
-            }
+            e.cause(),
+            Some(Cause::Declared(ResultCode::LOW_SPACE)),
+            "{e}"
+        );
+        assert_eq!(
+            e.said().unwrap().text.as_deref(),
+            Some("Not enough storage")
         );
         let e = failure_error(
             failure(ResultCode::DOWNLOAD_TIMEOUT, "Connection lost"),
             true,
+            step,
         );
-        assert!(
-            matches!(&e, ChildError::Unreachable(m) if m.starts_with("begin: ")),
-            "{e}"
+        assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
+        assert!(e.detail().starts_with("begin: "), "{e}");
+        let e = start_error(
+            StartError::ImageTooLarge {
+                message: MessageKind::Begin,
+                field: "size".into(),
+                size: 70_000,
+            },
+            step,
         );
-        assert!(e.is_transient());
-        let e = start_error(StartError::ImageTooLarge {
-            message: MessageKind::Begin,
-            field: "size".into(),
-            size: 70_000,
-        });
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: ResultCode::LOW_SPACE,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = start_error(StartError::EmptyImage);
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: ResultCode::UNKNOWN_TYPE,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+        let e = start_error(StartError::EmptyImage, step);
+        assert_eq!(e.cause(), Some(Cause::UnsupportedPackage), "{e}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use otabridge_codecs::time::Instant;
 use self::drive::{drive, Clock, DriveError, Ended, LineStats};
 use self::image::{ImageError, ImageFile};
 use self::port::SharedPort;
-use super::ChildError;
+use super::{ChildError, Step};
 
 /// What one operation did: the engine (for its final state), how the run
 /// ended, and what crossed the line.
@@ -75,17 +75,21 @@ impl ChildLine {
     }
 
     /// Opens the package for an operation that sends it; before the line is
-    /// taken, so a missing file does not hold the bus.
-    pub async fn image(&self, path: &std::path::Path) -> Result<ImageFile, ChildError> {
-        ImageFile::open(path).await.map_err(image_error)
+    /// taken, so a missing file does not hold the bus. A failure is `step`'s.
+    pub async fn image(&self, path: &std::path::Path, step: Step) -> Result<ImageFile, ChildError> {
+        ImageFile::open(path)
+            .await
+            .map_err(|e| image_error(e, step))
     }
 
     /// One operation: waits for the line (the engine's timeouts start once
     /// it is ours), builds the engine with the line's next sequence number
     /// and the start time, drives it with `image` until it finishes or
-    /// `on_event` breaks, and adds its retries to the child's count.
+    /// `on_event` breaks, and adds its retries to the child's count. A
+    /// failure of the line or the loop is `step`'s.
     pub async fn run<E: Engine>(
         &self,
+        step: Step,
         make: impl FnOnce(u8, Instant) -> Result<E, ChildError>,
         image: Option<&mut ImageFile>,
         on_event: impl FnMut(E::Event) -> ControlFlow<()>,
@@ -94,31 +98,33 @@ impl ChildLine {
             .port
             .lock()
             .await
-            .map_err(|e| e.into_child_error(&self.device_id))?;
+            .map_err(|e| e.into_child_error(step))?;
         let clock = Clock::start();
         let mut engine = make(link.next_seq(), clock.now())?;
         let mut line = LineStats::default();
         let r = drive(&mut link, clock, &mut engine, image, &mut line, on_event).await;
         self.retries.fetch_add(line.resent, Ordering::Relaxed);
-        let ended = r.map_err(|e| self.drive_error(e))?;
+        let ended = r.map_err(|e| drive_error(e, step))?;
         Ok(Run {
             engine,
             ended,
             line,
         })
     }
+}
 
-    fn drive_error(&self, e: DriveError) -> ChildError {
-        match e {
-            DriveError::Port(p) => p.into_child_error(&self.device_id),
-            DriveError::Image(i) => image_error(i),
-            DriveError::Data(_) | DriveError::NoImage | DriveError::Idle => {
-                ChildError::Protocol(format!("{}: {e}", self.device_id))
-            }
+/// A failure of the drive loop in `step`: the line's, the package's, or
+/// the loop's own (an engine that asks for what it cannot have).
+fn drive_error(e: DriveError, step: Step) -> ChildError {
+    match e {
+        DriveError::Port(p) => p.into_child_error(step),
+        DriveError::Image(i) => image_error(i, step),
+        DriveError::Data(_) | DriveError::NoImage | DriveError::Idle => {
+            ChildError::io(step, "serial engine").with_source(e)
         }
     }
 }
 
-fn image_error(e: ImageError) -> ChildError {
-    ChildError::Io(e.to_string())
+fn image_error(e: ImageError, step: Step) -> ChildError {
+    ChildError::io(step, "package").with_source(e)
 }

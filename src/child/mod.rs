@@ -1,8 +1,10 @@
 //! Children: the devices behind the gateway, one driver per transport.
 //!
 //! The OTA engine sees every child through the [`Child`] trait: read its
-//! version, check it is there, deliver a package from a resume offset with
-//! progress, activate the new image, and read the version back. Drivers:
+//! version, deliver a package from a resume offset with progress, activate
+//! the new image, and read the version back. A failure is a [`ChildError`]:
+//! its kind, the step, what the device said, and the underlying error.
+//! Drivers:
 //! - [`memory`]: an in-process simulated child (`transport = "sim"`), for
 //!   bench tests of the platform link and the engine without hardware.
 //! - [`serial`]: MCUmgr/SMP children on a serial port (`protocol = "smp"`).
@@ -16,6 +18,7 @@
 //! ([`link`]: port, package reads, one driver loop).
 
 pub mod coap;
+mod error;
 pub mod framed;
 pub mod link;
 #[cfg(feature = "sim")]
@@ -27,40 +30,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::{ChildConfig, CoapConfig, SerialProtocol, Transport};
-use otabridge_codecs::iotda::ResultCode;
+
+pub use error::{Cause, ChildError, ErrorKind, Said, Step};
 
 /// A boxed future, so that `dyn Child` works across transports.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Why a child operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChildError {
-    /// The child did not answer in time; trying again later may work.
-    #[error("child did not answer: {0}")]
-    Unreachable(String),
-    /// The child answered with something this driver cannot read.
-    #[error("child answered garbage: {0}")]
-    Protocol(String),
-    /// The child refused or failed the operation for a reason that maps to an
-    /// IoTDA result code (docs/protocols/iotda.md §9); retrying will not help.
-    #[error("{description} (result code {result_code})")]
-    Rejected {
-        /// IoTDA `result_code`.
-        result_code: ResultCode,
-        /// The failure description the platform shows.
-        description: String,
-    },
-    /// A local I/O failure (reading the package, opening the port).
-    #[error("local I/O: {0}")]
-    Io(String),
-}
-
-impl ChildError {
-    /// Whether a retry (after a backoff) may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ChildError::Unreachable(_) | ChildError::Protocol(_))
-    }
-}
 
 /// The verified package a child is given; it lives in [`crate::package`]
 /// (the layer below `child`) and is re-exported here for the drivers.

@@ -15,19 +15,21 @@
 //! target), confirm. A version read is one image state read
 //! ([`otabridge_codecs::smp::state`]).
 //!
-//! Failures: the device's errors and the engines' verdicts map to
-//! [`ChildError::Rejected`] with the IoTDA code from
-//! [`otabridge_codecs::smp::result`]; silence maps to
-//! [`ChildError::Unreachable`]; answers that do not decode to
-//! [`ChildError::Protocol`]; the port and the package file to
-//! [`ChildError::Io`].
+//! Failures: the device's errors and the engines' verdicts are refusals
+//! with the cause [`otabridge_codecs::smp::result`]'s table classifies the
+//! SMP error into, and the device's `rc` as what it said; silence is
+//! [`ErrorKind::Unreachable`]; answers that do not decode are
+//! [`ErrorKind::Garbled`]; the port and the package file follow
+//! [`super::link::port::PortError::into_child_error`].
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
-use otabridge_codecs::smp::result::{self, IotdaResult};
+use otabridge_codecs::smp::message::SmpErr;
+use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::serial::Console;
 use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
@@ -38,7 +40,7 @@ use tracing::{debug, info, warn};
 use super::link::drive::LineStats;
 use super::link::port::{PortSettings, SharedPort};
 use super::link::ChildLine;
-use super::{BoxFuture, Child, ChildError, Package, Progress};
+use super::{BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step};
 use crate::config::SerialOptions;
 
 /// What one delivery did on the line, for logs and benchmarks.
@@ -134,13 +136,17 @@ impl SerialChild {
         resume_from: u64,
         progress: Progress<'_>,
     ) -> Result<DeliveryReport, ChildError> {
-        let sha = parse_sha(&package.sha256)?;
-        let mut image = self.line.image(&package.path).await?;
+        let step = Step::Deliver {
+            offset: resume_from,
+        };
+        let sha = parse_sha(&package.sha256, step)?;
+        let mut image = self.line.image(&package.path, step).await?;
         let mut report = DeliveryReport::default();
         let mut outcome = None;
         let run = self
             .line
             .run(
+                step,
                 |seq, now| {
                     let config = self.upload_config(seq);
                     Ok(Console::new(Upload::new(config, package.size, sha, now)))
@@ -164,12 +170,13 @@ impl SerialChild {
             // SMP starts over; the job's offset follows the device.
             warn!(child = %self.id(), resume_from, "device kept no session; sent from 0");
         }
+        let step = Step::Deliver {
+            offset: report.acked,
+        };
         match outcome {
             Some(Ok(())) => Ok(report),
-            Some(Err(e)) => Err(upload_error(e)),
-            None => Err(ChildError::Protocol(
-                "upload ended without a verdict".into(),
-            )),
+            Some(Err(e)) => Err(upload_error(e, step)),
+            None => Err(ChildError::io(step, "upload ended without a verdict")),
         }
     }
 
@@ -222,48 +229,80 @@ impl SerialChild {
 }
 
 /// `Package::sha256` (hex) as the 32 bytes SMP's `sha` carries.
-fn parse_sha(hex_sha: &str) -> Result<[u8; 32], ChildError> {
+fn parse_sha(hex_sha: &str, step: Step) -> Result<[u8; 32], ChildError> {
     let mut sha = [0u8; 32];
     hex::decode_to_slice(hex_sha, &mut sha)
-        .map_err(|e| ChildError::Io(format!("package sha256 '{hex_sha}': {e}")))?;
+        .map_err(|e| ChildError::io(step, format!("package sha256 '{hex_sha}'")).with_source(e))?;
     Ok(sha)
 }
 
-fn rejected(r: IotdaResult, why: &dyn std::fmt::Display) -> ChildError {
-    ChildError::Rejected {
-        result_code: r.code,
-        description: r.description.map_or_else(|| why.to_string(), str::to_owned),
+/// The cause of an SMP error, as the table in
+/// [`otabridge_codecs::smp::result`] classifies it (each row gives its
+/// reason: the Zephyr `IMG_MGMT_ERR_*` or `MGMT_ERR_*` meaning).
+fn smp_cause(err: &SmpErr) -> Cause {
+    match result::for_smp(err).code {
+        ResultCode::LOW_SPACE => Cause::NoStorage,
+        ResultCode::LOW_MEMORY => Cause::NoMemory,
+        ResultCode::CHECK_FAIL => Cause::Integrity,
+        ResultCode::UNKNOWN_TYPE => Cause::UnsupportedPackage,
+        ResultCode::INSTALL_FAIL => Cause::InstallFailed,
+        _ => Cause::Unclassified,
     }
 }
 
-/// Silence is [`ChildError::Unreachable`] (a retry later may work); an
-/// unreadable answer is [`ChildError::Protocol`]; everything else is the
-/// device's or the engine's verdict with its IoTDA code.
-fn upload_error(e: UploadError) -> ChildError {
-    match &e {
-        UploadError::Timeout { .. } => ChildError::Unreachable(e.to_string()),
-        UploadError::Malformed(_) => ChildError::Protocol(e.to_string()),
-        _ => rejected(result::for_upload(&e), &e),
-    }
+/// The device refused with `err`.
+fn device_error(err: &SmpErr, step: Step, detail: String) -> ChildError {
+    ChildError::refused(smp_cause(err), step, detail).with_said(err.to_string(), None)
 }
 
-/// As [`upload_error`], for the activation.
-fn activate_error(e: ActivateError) -> ChildError {
-    match &e {
-        ActivateError::Timeout { .. } | ActivateError::NoAnswerAfterReset { .. } => {
-            ChildError::Unreachable(e.to_string())
+/// Silence is unreachable (a retry later may work); an unreadable answer is
+/// garbled; everything else is the device's or the engine's verdict.
+fn upload_error(e: UploadError, step: Step) -> ChildError {
+    let kind = match &e {
+        UploadError::Device(err) => return device_error(err, step, e.to_string()),
+        UploadError::Timeout { .. } => ErrorKind::Unreachable,
+        UploadError::Malformed(_) => ErrorKind::Garbled,
+        // The device's `off` stopped moving: the transfer broke off.
+        UploadError::Stalled { .. } | UploadError::TooManyRestarts(_) => {
+            ErrorKind::Refused(Cause::ConnectionLost)
         }
-        ActivateError::Malformed { .. } => ChildError::Protocol(e.to_string()),
-        _ => rejected(result::for_activate(&e), &e),
-    }
+        UploadError::Mismatch => {
+            return ChildError::refused(Cause::Integrity, step, e.to_string())
+                .with_said("match: false", None)
+        }
+        UploadError::OffsetBeyondEnd { .. } => ErrorKind::Refused(Cause::Unclassified),
+        UploadError::EmptyImage | UploadError::BufferTooSmall { .. } => ErrorKind::Io,
+    };
+    ChildError::new(kind, step, e.to_string())
+}
+
+/// As [`upload_error`], for the activation; a failure after the reset is
+/// the verification's.
+fn activate_error(e: ActivateError) -> ChildError {
+    let (kind, step) = match &e {
+        ActivateError::Device { err, .. } => {
+            return device_error(err, Step::Activate, e.to_string())
+        }
+        ActivateError::Timeout { .. } => (ErrorKind::Unreachable, Step::Activate),
+        ActivateError::NoAnswerAfterReset { .. } => (ErrorKind::Unreachable, Step::Verify),
+        ActivateError::Malformed { .. } => (ErrorKind::Garbled, Step::Activate),
+        ActivateError::NoCandidate
+        | ActivateError::CandidateVersion { .. }
+        | ActivateError::NotPending => (ErrorKind::Refused(Cause::InstallFailed), Step::Activate),
+        ActivateError::NoActiveImage
+        | ActivateError::VersionMismatch { .. }
+        | ActivateError::NotConfirmed => (ErrorKind::Refused(Cause::InstallFailed), Step::Verify),
+    };
+    ChildError::new(kind, step, e.to_string())
 }
 
 /// As [`upload_error`], for a version read.
 fn state_read_error(e: StateReadError) -> ChildError {
-    match e {
-        StateReadError::Timeout { .. } => ChildError::Unreachable(e.to_string()),
-        StateReadError::Malformed(_) => ChildError::Protocol(e.to_string()),
-        StateReadError::Device(err) => rejected(result::for_smp(&err), &err),
+    let step = Step::ReadVersion;
+    match &e {
+        StateReadError::Timeout { .. } => ChildError::unreachable(step, e.to_string()),
+        StateReadError::Malformed(_) => ChildError::garbled(step, e.to_string()),
+        StateReadError::Device(err) => device_error(err, step, e.to_string()),
     }
 }
 
@@ -297,22 +336,19 @@ impl Child for SerialChild {
                 };
                 Ok(Console::new(StateRead::new(config, now)))
             };
+            let step = Step::ReadVersion;
             self.line
-                .run(make, None, |ev| {
+                .run(step, make, None, |ev| {
                     outcome = Some(ev);
                     ControlFlow::Continue(())
                 })
                 .await?;
             match outcome {
-                Some(StateReadEvent::Images(list)) => {
-                    active_version(&list, 0).map(str::to_owned).ok_or_else(|| {
-                        ChildError::Protocol("no active image in the state list".into())
-                    })
-                }
+                Some(StateReadEvent::Images(list)) => active_version(&list, 0)
+                    .map(str::to_owned)
+                    .ok_or_else(|| ChildError::garbled(step, "no active image in the state list")),
                 Some(StateReadEvent::Failed(e)) => Err(state_read_error(e)),
-                None => Err(ChildError::Protocol(
-                    "state read ended without a verdict".into(),
-                )),
+                None => Err(ChildError::io(step, "state read ended without a verdict")),
             }
         })
     }
@@ -347,7 +383,7 @@ impl Child for SerialChild {
                 )))
             };
             self.line
-                .run(make, None, |ev| {
+                .run(Step::Activate, make, None, |ev| {
                     match ev {
                         ActivateEvent::Done { version } => outcome = Some(Ok(version)),
                         ActivateEvent::Failed(e) => outcome = Some(Err(e)),
@@ -362,8 +398,9 @@ impl Child for SerialChild {
                     Ok(())
                 }
                 Some(Err(e)) => Err(activate_error(e)),
-                None => Err(ChildError::Protocol(
-                    "activation ended without a verdict".into(),
+                None => Err(ChildError::io(
+                    Step::Activate,
+                    "activation ended without a verdict",
                 )),
             }
         })
@@ -374,50 +411,41 @@ impl Child for SerialChild {
 mod tests {
     use super::*;
     use crate::child::link::port::Ports;
-    use otabridge_codecs::smp::message::SmpErr;
 
     #[test]
     fn errors_map_to_child_errors() {
-        let t = upload_error(UploadError::Timeout {
-            off: 0,
-            attempts: 5,
-        });
-        assert!(matches!(t, ChildError::Unreachable(_)), "{t}");
+        let step = Step::Deliver { offset: 0 };
+        let t = upload_error(
+            UploadError::Timeout {
+                off: 0,
+                attempts: 5,
+            },
+            step,
+        );
+        assert_eq!(t.kind(), ErrorKind::Unreachable, "{t}");
         let img = |rc| UploadError::Device(SmpErr::Group { group: 1, rc });
+        let e = upload_error(img(23), step);
+        assert_eq!(e.cause(), Some(Cause::UnsupportedPackage), "{e}");
         assert_eq!(
-            upload_error(img(23)),
-            ChildError::Rejected {
-                result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
-                description: otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE.into()
-            }
+            e.said().unwrap().code,
+            "SMP image group rc 23 (INVALID_IMAGE_HEADER_MAGIC)"
         );
         // No platform wording: the engine's own message.
-        match upload_error(img(28)) {
-            ChildError::Rejected {
-                result_code: otabridge_codecs::iotda::ResultCode::INNER_ERROR,
-                description,
-            } => {
-                assert!(description.contains("device error"), "{description}")
-            }
-            e => panic!("{e}"),
-        }
+        let e = upload_error(img(28), step);
+        assert_eq!(e.cause(), Some(Cause::Unclassified), "{e}");
+        assert!(e.detail().contains("device error"), "{e}");
         let a = activate_error(ActivateError::NoAnswerAfterReset { attempts: 3 });
-        assert!(a.is_transient(), "{a}");
+        assert_eq!(
+            (a.kind(), a.step()),
+            (ErrorKind::Unreachable, Step::Verify),
+            "{a}"
+        );
         let v = activate_error(ActivateError::VersionMismatch {
             target: "2.0.0".into(),
             reported: "1.0.0".into(),
         });
-        assert!(
-            matches!(
-                v,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
-                    ..
-                }
-            ),
-            "{v}"
-        );
-        assert!(parse_sha("zz").is_err());
+        assert_eq!(v.cause(), Some(Cause::InstallFailed), "{v}");
+        assert!(parse_sha("zz", step).is_err());
     }
 
     fn on(ports: &mut Ports, id: &str, path: &Path, o: &SerialOptions) -> SerialChild {

@@ -11,12 +11,14 @@
 //! whether to persist the job and the report to queue, if any. Progress is
 //! reported at most once per 10 percentage points or per 30 s; a terminal
 //! report is always sent, with the version read back from the child on
-//! success (docs/protocols/iotda.md §4.6) and the failure description of docs/protocols/iotda.md §9 on
-//! failure.
+//! success (docs/protocols/iotda.md §4.6) and, on failure, the code and
+//! description [`super::verdict`] chose (docs/protocols/iotda.md §9).
 
 use otabridge_codecs::iotda::event::ProgressReport;
-use otabridge_codecs::iotda::result::{self, ResultCode};
+use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::version::{self, Mode};
+
+use super::verdict::{verdict, Failure, FailureCause, Verdict};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,28 +99,15 @@ pub enum Input {
     Version(String),
     /// The package is downloaded and verified.
     Downloaded,
-    /// The package could not be had (result code and description).
-    DownloadFailed {
-        /// IoTDA result code.
-        code: ResultCode,
-        /// Failure description.
-        description: String,
-    },
     /// The child acknowledged bytes up to this offset.
     Progress(u64),
     /// The child holds the whole image.
     Delivered,
     /// The activation command was accepted (the child rebooted).
     Activated,
-    /// The child did not answer or answered garbage: retry after a backoff.
-    Transient(String),
-    /// The child refused; retrying will not help.
-    Rejected {
-        /// IoTDA result code.
-        code: ResultCode,
-        /// Failure description.
-        description: String,
-    },
+    /// A step failed ([`super::verdict`] says whether to retry it and
+    /// what to report if the job ends on it).
+    Failed(Verdict),
     /// The job's deadline passed.
     DeadlinePassed,
 }
@@ -178,6 +167,9 @@ pub struct Machine {
     pub current_version: Option<String>,
     /// Result once terminal: code and description.
     pub result: Option<(ResultCode, String)>,
+    /// Where the last failure happened and what the device said (kept
+    /// while retrying, and with the result).
+    pub cause: Option<FailureCause>,
     /// How versions are compared.
     pub mode: Mode,
     /// The last progress reported and when (Unix seconds).
@@ -199,6 +191,7 @@ impl Machine {
             retries: 0,
             current_version: None,
             result: None,
+            cause: None,
             mode,
             last_report: None,
             last_checkpoint: 0,
@@ -255,6 +248,7 @@ impl Machine {
         self.enter(Phase::Succeeded);
         self.current_version = Some(version.clone());
         self.result = Some((ResultCode::SUCCESS, description.to_owned()));
+        self.cause = None;
         self.last_report = Some((100, now));
         Effects {
             persist: true,
@@ -268,19 +262,35 @@ impl Machine {
         }
     }
 
-    fn fail(&mut self, code: ResultCode, description: String) -> Effects {
+    fn fail(&mut self, v: Verdict) -> Effects {
         let progress = self.progress();
         self.enter(Phase::Failed);
-        self.result = Some((code, description.clone()));
+        self.result = Some((v.code, v.description.clone()));
+        self.cause = Some(v.cause);
         Effects {
             persist: true,
             report: Some(ProgressReport {
-                result_code: code,
+                result_code: v.code,
                 progress: Some(progress),
                 version: self.version_for_report(),
-                description: Some(description),
+                description: Some(v.description),
             }),
             backoff: false,
+        }
+    }
+
+    /// A failure the step may get past: back off and try again, unless the
+    /// retries ran out (`cap` of them).
+    fn retry_or_fail(&mut self, v: Verdict, cap: u32) -> Effects {
+        self.retries += 1;
+        if !v.retry || self.retries > cap {
+            return self.fail(v);
+        }
+        self.cause = Some(v.cause);
+        Effects {
+            persist: true,
+            report: None,
+            backoff: true,
         }
     }
 
@@ -324,46 +334,8 @@ impl Machine {
             return Effects::default();
         }
         match input {
-            Input::DeadlinePassed => {
-                let (code, what) = match self.phase {
-                    Phase::Queued | Phase::Downloading | Phase::Delivering => (
-                        ResultCode::DOWNLOAD_TIMEOUT,
-                        "the package was not delivered",
-                    ),
-                    _ => (
-                        ResultCode::INSTALL_FAIL,
-                        "the new version was not confirmed",
-                    ),
-                };
-                self.fail(
-                    code,
-                    format!("Deadline passed: {what} within 24 h of the event"),
-                )
-            }
-            Input::Rejected { code, description } => self.fail(code, description),
-            Input::Transient(why) => {
-                self.retries += 1;
-                if self.retries > self.limits.max_retries {
-                    let description = match self.phase {
-                        Phase::Verifying | Phase::Activating => format!(
-                            "{}: the child did not come back after the update ({why})",
-                            result::DESC_UPDATE_FAILED
-                        ),
-                        _ => format!("{}: {why}", result::DESC_CONNECTION_LOST),
-                    };
-                    let code = match self.phase {
-                        Phase::Verifying | Phase::Activating => ResultCode::INSTALL_FAIL,
-                        _ => ResultCode::DOWNLOAD_TIMEOUT,
-                    };
-                    self.fail(code, description)
-                } else {
-                    Effects {
-                        persist: true,
-                        report: None,
-                        backoff: true,
-                    }
-                }
-            }
+            Input::DeadlinePassed => self.fail(verdict(Failure::Deadline(self.phase))),
+            Input::Failed(v) => self.retry_or_fail(v, self.limits.max_retries),
             Input::Version(v) => match self.phase {
                 Phase::Queued => {
                     if self.is_target(&v) {
@@ -389,24 +361,12 @@ impl Machine {
                     } else {
                         // The child answers with another version after the
                         // reboot: MCUboot reverted or the image did not take.
-                        self.current_version = Some(v.clone());
-                        self.retries += 1;
-                        if self.retries > self.limits.max_retries.min(2) {
-                            self.fail(
-                                ResultCode::INSTALL_FAIL,
-                                format!(
-                                    "{}: the child runs {v} after the update, not {}",
-                                    result::DESC_UPDATE_FAILED,
-                                    self.target
-                                ),
-                            )
-                        } else {
-                            Effects {
-                                persist: true,
-                                report: None,
-                                backoff: true,
-                            }
-                        }
+                        let reverted = verdict(Failure::Reverted {
+                            running: &v,
+                            target: &self.target,
+                        });
+                        self.current_version = Some(v);
+                        self.retry_or_fail(reverted, self.limits.max_retries.min(2))
                     }
                 }
                 _ => Effects::default(),
@@ -415,7 +375,6 @@ impl Machine {
                 Phase::Downloading => self.transition(Phase::Delivering, now),
                 _ => Effects::default(),
             },
-            Input::DownloadFailed { code, description } => self.fail(code, description),
             Input::Progress(off) => {
                 if self.phase != Phase::Delivering {
                     return Effects::default();
@@ -461,6 +420,9 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::{Cause, ChildError, Step};
+    use crate::package::DownloadError;
+    use otabridge_codecs::iotda::result;
 
     fn m() -> Machine {
         Machine::new("V2.0.0", 1_000_000, Mode::Normalised, Limits::default())
@@ -468,6 +430,21 @@ mod tests {
 
     fn code(e: &Effects) -> Option<u8> {
         e.report.as_ref().map(|r| r.result_code.get())
+    }
+
+    /// A child failure as the engine feeds it.
+    fn failed(e: ChildError) -> Input {
+        Input::Failed(verdict(Failure::Child(&e)))
+    }
+
+    /// The step ota attributes a failure to in `phase`.
+    fn step_of(phase: Phase) -> Step {
+        match phase {
+            Phase::Queued | Phase::Downloading => Step::ReadVersion,
+            Phase::Delivering => Step::Deliver { offset: 0 },
+            Phase::Activating => Step::Activate,
+            _ => Step::Verify,
+        }
     }
 
     #[test]
@@ -543,21 +520,23 @@ mod tests {
     #[test]
     fn failures_by_phase() {
         // (phase, input, expected code)
+        let integrity = DownloadError::Integrity {
+            expected: "a".into(),
+            actual: "b".into(),
+        };
         let table: Vec<(Phase, Input, u8)> = vec![
             (
                 Phase::Downloading,
-                Input::DownloadFailed {
-                    code: ResultCode::CHECK_FAIL,
-                    description: result::DESC_INTEGRITY.into(),
-                },
+                Input::Failed(verdict(Failure::Download(&integrity))),
                 7,
             ),
             (
                 Phase::Delivering,
-                Input::Rejected {
-                    code: ResultCode::LOW_SPACE,
-                    description: "x".into(),
-                },
+                failed(ChildError::refused(
+                    Cause::NoStorage,
+                    Step::Deliver { offset: 0 },
+                    "x",
+                )),
                 5,
             ),
             (Phase::Queued, Input::DeadlinePassed, 6),
@@ -566,10 +545,11 @@ mod tests {
             (Phase::Verifying, Input::DeadlinePassed, 10),
             (
                 Phase::Activating,
-                Input::Rejected {
-                    code: ResultCode::INSTALL_FAIL,
-                    description: "y".into(),
-                },
+                failed(ChildError::refused(
+                    Cause::InstallFailed,
+                    Step::Activate,
+                    "y",
+                )),
                 10,
             ),
         ];
@@ -583,6 +563,7 @@ mod tests {
             assert_eq!(r.result_code.get(), want, "{phase:?} {input:?}");
             assert_eq!(r.version, "1.0");
             assert!(r.description.is_some());
+            assert!(j.cause.is_some(), "{phase:?} {input:?}");
         }
     }
 
@@ -595,12 +576,14 @@ mod tests {
         ] {
             let mut j = m();
             j.phase = phase;
+            let timeout = || failed(ChildError::unreachable(step_of(phase), "timeout"));
             for i in 0..5 {
-                let e = j.handle(Input::Transient("timeout".into()), i);
+                let e = j.handle(timeout(), i);
                 assert!(e.backoff && e.report.is_none(), "{phase:?} try {i}");
                 assert_eq!(j.phase, phase);
+                assert!(j.cause.is_some(), "the last failure is kept while retrying");
             }
-            let e = j.handle(Input::Transient("timeout".into()), 9);
+            let e = j.handle(timeout(), 9);
             assert_eq!(
                 (j.phase, code(&e)),
                 (Phase::Failed, Some(want)),
@@ -614,12 +597,13 @@ mod tests {
     fn progress_forgives_earlier_failures() {
         let mut j = m();
         j.phase = Phase::Delivering;
+        let lost = || failed(ChildError::unreachable(Step::Deliver { offset: 0 }, "lost"));
         for _ in 0..5 {
-            j.handle(Input::Transient("lost".into()), 0);
+            j.handle(lost(), 0);
         }
         j.handle(Input::Progress(100_000), 1);
         assert_eq!(j.retries, 0);
-        let e = j.handle(Input::Transient("lost".into()), 2);
+        let e = j.handle(lost(), 2);
         assert!(e.backoff);
         assert_eq!(j.phase, Phase::Delivering);
     }
@@ -632,10 +616,7 @@ mod tests {
         j.handle(Input::Version("1.0".into()), 1);
         let e = j.handle(Input::Version("1.0".into()), 2);
         let r = e.report.unwrap();
-        assert_eq!(
-            (r.result_code, r.version.as_str()),
-            (ResultCode::INSTALL_FAIL, "1.0")
-        );
+        assert_eq!((r.result_code.get(), r.version.as_str()), (10, "1.0"));
         assert!(r
             .description
             .unwrap()

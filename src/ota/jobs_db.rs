@@ -82,10 +82,14 @@ pub fn save(
         Some((c, d)) => (Some(c.get()), Some(d.clone())),
         None => (None, None),
     };
+    let cause = m
+        .cause
+        .as_ref()
+        .map(|c| serde_json::to_string(c).expect("a cause serialises"));
     let r = j.connection().execute(
         "UPDATE jobs SET phase = ?2, acked_offset = ?3, retries = ?4, current_version = ?5,
              result_code = ?6, description = ?7, last_report_pct = ?8, last_report_unix = ?9,
-             activations = ?10, updated_unix = ?11
+             activations = ?10, updated_unix = ?11, cause = ?12
          WHERE id = ?1",
         params![
             id,
@@ -98,7 +102,8 @@ pub fn save(
             m.last_report.map(|(p, _)| p),
             m.last_report.map(|(_, t)| t),
             activations,
-            now
+            now,
+            cause
         ],
     );
     r.map(|_| ()).map_err(|e| j.err(e))
@@ -121,11 +126,16 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
     m.retries = r.get("retries")?;
     m.current_version = r.get("current_version")?;
     let code: Option<i64> = r.get("result_code")?;
-    let code = code.map(ResultCode::try_from).transpose().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e))
-    })?;
     let desc: Option<String> = r.get("description")?;
-    m.result = code.map(|c| (c, desc.unwrap_or_default()));
+    // A code the platform does not document cannot have been written; read
+    // one as 255 rather than lose the row.
+    m.result = code.map(|c| {
+        let c = ResultCode::try_from(c).unwrap_or(ResultCode::INNER_ERROR);
+        (c, desc.unwrap_or_default())
+    });
+    // A cause this version cannot read is dropped, not the job.
+    let cause: Option<String> = r.get("cause")?;
+    m.cause = cause.and_then(|c| serde_json::from_str(&c).ok());
     let pct: Option<u8> = r.get("last_report_pct")?;
     let at: Option<i64> = r.get("last_report_unix")?;
     m.last_report = pct.zip(at);

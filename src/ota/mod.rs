@@ -15,6 +15,7 @@ pub mod engine;
 pub mod job;
 pub mod jobs_db;
 pub mod status;
+pub mod verdict;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,8 +31,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::child::Child;
+use crate::clock::{self, now_unix};
 use crate::journal;
-use crate::platform::{now_unix, Inbound, Platform};
+use crate::platform::{Inbound, Platform};
 
 /// The largest event payload IoTDA sends (docs/protocols/iotda.md §1.3: 1 MB per publish).
 pub const MAX_EVENT_PAYLOAD: usize = 1024 * 1024;
@@ -297,14 +299,14 @@ impl Gateway {
 /// shows "Waiting for report device firmware version timeout", which is true.
 async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
     let id = child.device_id().to_owned();
-    let deadline = tokio::time::Instant::now() + VERSION_QUERY_BUDGET;
+    let deadline = clock::now() + VERSION_QUERY_BUDGET;
     let mut backoff = crate::backoff::Backoff::new(
         Duration::from_secs(1),
         Duration::from_secs(20),
         now_unix() as u64,
     );
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = deadline.saturating_duration_since(clock::now());
         let r = tokio::time::timeout(left.min(HEALTH_TIMEOUT), child.read_version()).await;
         match r {
             Ok(Ok(v)) => {
@@ -332,7 +334,7 @@ async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
             Err(_) => debug!(child = %id, "version read timed out"),
         }
         let wait = backoff.next_delay();
-        if tokio::time::Instant::now() + wait >= deadline {
+        if clock::now() + wait >= deadline {
             warn!(child = %id, "no version for version_query within {VERSION_QUERY_BUDGET:?}; not reported");
             return;
         }

@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, HOST, IF_RANGE,
@@ -221,7 +221,7 @@ impl Ctx<'_> {
         let left = job
             .req
             .deadline
-            .duration_since(SystemTime::now())
+            .duration_since(crate::clock::now_system())
             .unwrap_or(Duration::ZERO);
         let r = tokio::time::timeout(left, self.attempts(&mut part)).await;
         let r = r.unwrap_or_else(|_| Err(self.timeout("still downloading at the deadline")));
@@ -304,7 +304,7 @@ impl Ctx<'_> {
                 "download interrupted: {}; retrying in {delay:?}",
                 why.unwrap_or_default()
             );
-            if SystemTime::now() + delay >= self.job.req.deadline {
+            if crate::clock::now_system() + delay >= self.job.req.deadline {
                 return Err(self.timeout("still downloading at the deadline"));
             }
             tokio::time::sleep(delay).await;

@@ -118,14 +118,14 @@ struct PortState {
 }
 
 impl PortError {
-    /// As the `Child` trait's error for child `device_id`: a port that went
-    /// away and stayed away is like silence (a retry may work), one that
-    /// never opened is a local I/O failure.
-    pub fn into_child_error(self, device_id: &str) -> crate::child::ChildError {
+    /// As the `Child` trait's error in `step`: a port that went away and
+    /// stayed away is a link gone for now (a retry may work), one that never
+    /// opened is a local I/O failure.
+    pub fn into_child_error(self, step: crate::child::Step) -> crate::child::ChildError {
         use crate::child::ChildError;
         match self {
-            PortError::Gone { .. } => ChildError::Unreachable(format!("{device_id}: {self}")),
-            PortError::Open { .. } => ChildError::Io(self.to_string()),
+            PortError::Gone { .. } => ChildError::link_gone(step, "serial port").with_source(self),
+            PortError::Open { .. } => ChildError::io(step, "serial port").with_source(self),
         }
     }
 }
