@@ -39,6 +39,7 @@ use std::sync::Arc;
 use otabridge_codecs::framed::engine::{Failure, StartError};
 use otabridge_codecs::framed::{Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
 use otabridge_codecs::iotda::ResultCode;
+use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
 use self::drive::{drive, DriveError, Ended};
@@ -54,6 +55,7 @@ pub struct FramedChild {
     device_id: String,
     port: Arc<SharedPort>,
     profile: Arc<Profile>,
+    version_policy: Policy,
     /// Frames sent again over every operation ([`Child::chunk_retries`]).
     retries: AtomicU64,
     /// Seeds engines: each operation gets its own first sequence number and
@@ -82,6 +84,7 @@ impl FramedChild {
             device_id: device_id.to_owned(),
             port: SharedPort::get(path, LineSettings { baud, framing }),
             profile,
+            version_policy: Policy::default(),
             runs: AtomicU64::new(id_hash),
             retries: AtomicU64::new(0),
             digest: std::sync::Mutex::new(None),
@@ -91,6 +94,13 @@ impl FramedChild {
     /// The port this child shares.
     pub fn port(&self) -> &Arc<SharedPort> {
         &self.port
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     /// The profile it speaks.
@@ -135,6 +145,7 @@ impl FramedChild {
         let upgrade = Upgrade {
             image,
             skip_if_current,
+            version_policy: self.version_policy,
             seed: self.seed(),
         };
         Engine::new(Arc::clone(&self.profile), upgrade, clock.now()).map_err(start_error)
@@ -196,6 +207,10 @@ fn start_error(e: StartError) -> ChildError {
 }
 
 impl Child for FramedChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
         &self.device_id
     }

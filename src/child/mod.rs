@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use crate::config::{ChildConfig, CoapConfig, SerialProtocol, Transport};
 use otabridge_codecs::iotda::ResultCode;
+use otabridge_codecs::version::Policy;
 
 /// A boxed future, so that `dyn Child` works across transports.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -83,6 +84,11 @@ pub trait Child: Send + Sync + std::fmt::Debug {
 
     /// `coap`, `serial` or `sim`, for logs and `otabridge status`.
     fn transport(&self) -> &'static str;
+
+    /// How this child's versions are compared with a target: the policy its
+    /// engine verifies with, and the one the OTA job decides and reports by
+    /// (the child's `version_match`, docs/config.md).
+    fn version_policy(&self) -> Policy;
 
     /// Reads the running firmware version from the child.
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>>;
@@ -179,45 +185,50 @@ impl Networks {
 /// Builds the driver for one configured child; CoAP children share the
 /// network in `nets`.
 pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child>, BuildError> {
+    let policy = c.version_match;
     match &c.transport {
         Transport::Simulated { version, online } => {
-            let child = memory::MemoryChild::new(&c.device_id, version);
+            let child = memory::MemoryChild::new(&c.device_id, version).with_version_policy(policy);
             child.set_online(*online);
             Ok(Arc::new(child))
         }
         Transport::Coap { address, delivery } => {
             let net = nets.coap()?;
-            Ok(Arc::new(coap::CoapChild::new(
-                &c.device_id,
-                *address,
-                *delivery,
-                net,
-                nets.coap_child.clone(),
-            )))
+            Ok(Arc::new(
+                coap::CoapChild::new(
+                    &c.device_id,
+                    *address,
+                    *delivery,
+                    net,
+                    nets.coap_child.clone(),
+                )
+                .with_version_policy(policy),
+            ))
         }
         Transport::Serial {
             port,
             baud,
             protocol: SerialProtocol::Smp,
             options,
-        } => Ok(Arc::new(serial::SerialChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.clone(),
-        ))),
+        } => Ok(Arc::new(
+            serial::SerialChild::new(&c.device_id, port, *baud, options.clone())
+                .with_version_policy(policy),
+        )),
         Transport::Serial {
             port,
             baud,
             protocol: SerialProtocol::Framed(p),
             options,
-        } => Ok(Arc::new(framed::FramedChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.framing,
-            Arc::clone(&p.profile),
-        ))),
+        } => Ok(Arc::new(
+            framed::FramedChild::new(
+                &c.device_id,
+                port,
+                *baud,
+                options.framing,
+                Arc::clone(&p.profile),
+            )
+            .with_version_policy(policy),
+        )),
     }
 }
 
@@ -235,15 +246,22 @@ mod tests {
         let mut nets = Networks::new(&coap);
         let sim = ChildConfig {
             device_id: "s".into(),
+            version_match: Policy::Exact,
             transport: Transport::Simulated {
                 version: "1".into(),
                 online: true,
             },
         };
-        from_config(&sim, &mut nets).unwrap();
+        let s = from_config(&sim, &mut nets).unwrap();
+        assert_eq!(
+            s.version_policy(),
+            Policy::Exact,
+            "the child's version_match"
+        );
         assert!(nets.coap.is_none(), "no CoAP child, no socket");
         let coap_child = |id: &str, port: u16| ChildConfig {
             device_id: id.into(),
+            version_match: Policy::default(),
             transport: Transport::Coap {
                 address: ([127, 0, 0, 1], port).into(),
                 delivery: Delivery::Pull,
@@ -254,6 +272,7 @@ mod tests {
         let b = from_config(&coap_child("b", 5702), &mut nets).unwrap();
         assert_eq!(nets.coap().unwrap().local_addr(), first);
         assert_eq!((a.transport(), b.transport()), ("coap", "coap"));
+        assert_eq!(a.version_policy(), Policy::Normalised);
         // A second network on the same address cannot bind: the error names
         // the key.
         let mut clash = Networks::new(&CoapConfig {

@@ -37,6 +37,7 @@ use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
+use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
 use self::drive::{drive, Clock, DriveError, ImageFile, LineStats};
@@ -67,6 +68,7 @@ pub struct SerialChild {
     device_id: String,
     port: Arc<SharedPort>,
     options: SerialOptions,
+    version_policy: Policy,
     /// Requests sent again, over every operation ([`Child::chunk_retries`]).
     retries: AtomicU64,
 }
@@ -83,8 +85,16 @@ impl SerialChild {
             device_id: device_id.to_owned(),
             port: SharedPort::get(path, line),
             options,
+            version_policy: Policy::default(),
             retries: AtomicU64::new(0),
         }
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     /// The port this child shares.
@@ -123,7 +133,7 @@ impl SerialChild {
             reboot_wait: o.reboot_wait,
             reboot_timeout: per_read,
             reboot_retries: u32::try_from(reads - 1).unwrap_or(u32::MAX),
-            version_mode: o.version_compare,
+            version_policy: self.version_policy,
             first_seq,
             ..d
         }
@@ -258,6 +268,10 @@ fn activate_error(e: ActivateError) -> ChildError {
 }
 
 impl Child for SerialChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
         &self.device_id
     }

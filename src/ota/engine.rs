@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{result, Event, ResultCode, Upgrade, UpgradeKind};
-use otabridge_codecs::version::Mode;
+use otabridge_codecs::version::Policy;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
@@ -78,7 +78,6 @@ struct Inner {
     children: HashMap<String, Arc<dyn Child>>,
     limits: Limits,
     timeouts: Timeouts,
-    mode: Mode,
     metrics: Metrics,
     slots: Semaphore,
     /// Each child on a shared bus ([`Child::bus`]) and its bus's turn: one
@@ -136,11 +135,6 @@ impl Engine {
                     .collect(),
                 limits,
                 timeouts: Timeouts::from_config(cfg),
-                mode: if cfg.exact_versions {
-                    Mode::Exact
-                } else {
-                    Mode::Normalised
-                },
                 metrics,
                 slots: Semaphore::new(cfg.max_concurrent_jobs),
                 buses,
@@ -154,7 +148,7 @@ impl Engine {
     pub fn resume(&self) {
         let rows = {
             let mut j = journal::lock(self.inner.platform.journal());
-            jobs_db::active(&mut j, self.inner.limits, self.inner.mode)
+            jobs_db::active(&mut j, self.inner.limits, &|id| self.version_policy(id))
         };
         match rows {
             Ok(rows) => {
@@ -184,11 +178,23 @@ impl Engine {
         }
     }
 
+    /// How child `device_id` compares versions: its driver's policy (the
+    /// child's `version_match`), the default for a child no longer
+    /// configured (its job fails at once anyway).
+    fn version_policy(&self, device_id: &str) -> Policy {
+        self.inner
+            .children
+            .get(device_id)
+            .map_or_else(Policy::default, |c| c.version_policy())
+    }
+
     /// Takes an upgrade event for child `device_id`.
     pub fn submit(&self, device_id: &str, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
         let now = now_unix();
         let mut j = journal::lock(self.inner.platform.journal());
-        let latest = match jobs_db::latest(&mut j, device_id, self.inner.limits, self.inner.mode) {
+        let latest = match jobs_db::latest(&mut j, device_id, self.inner.limits, &|id| {
+            self.version_policy(id)
+        }) {
             Ok(l) => l,
             Err(e) => {
                 warn!(child = device_id, "journal: {e}");
@@ -250,7 +256,7 @@ impl Engine {
         let machine = Machine::new(
             &upgrade.version,
             upgrade.file_size,
-            self.inner.mode,
+            self.version_policy(device_id),
             self.inner.limits,
         );
         self.spawn(JobRow {
@@ -514,6 +520,20 @@ impl Engine {
                 Some(
                     match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
                         Ok(Ok(())) => Input::Activated,
+                        Ok(Err(e @ ChildError::Rejected { .. })) => {
+                            // A refused activation may still have changed what
+                            // the child runs (an LwM2M child that booted
+                            // another version): read it, so that the failure
+                            // report carries the version the child runs now.
+                            if let Input::Version(v) = read_version(child, t.version_read).await {
+                                let e = row.machine.handle(Input::Version(v), now_unix());
+                                self.apply(row, e, backoff).await;
+                                if row.machine.phase != Phase::Activating {
+                                    return None;
+                                }
+                            }
+                            child_input(e)
+                        }
                         Ok(Err(e)) => child_input(e),
                         Err(_) => Input::Transient(format!(
                             "activation did not finish within {} s",

@@ -79,17 +79,19 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
     let mut out = Vec::with_capacity(cfg.children.len());
     for c in &cfg.children {
         let row = rows.iter().find(|r| r.device_id == c.device_id);
-        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), Default::default())?
-            .map(|r| JobStatus {
-                id: r.id,
-                target: r.upgrade.version.clone(),
-                phase: r.machine.phase.as_str().to_owned(),
-                offset: r.machine.offset,
-                size: r.machine.size,
-                retries: r.machine.retries,
-                result_code: r.machine.result.as_ref().map(|(c, _)| *c),
-                description: r.machine.result.map(|(_, d)| d),
-            });
+        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), &|_| {
+            c.version_match
+        })?
+        .map(|r| JobStatus {
+            id: r.id,
+            target: r.upgrade.version.clone(),
+            phase: r.machine.phase.as_str().to_owned(),
+            offset: r.machine.offset,
+            size: r.machine.size,
+            retries: r.machine.retries,
+            result_code: r.machine.result.as_ref().map(|(c, _)| *c),
+            description: r.machine.result.map(|(_, d)| d),
+        });
         out.push(ChildStatus {
             device_id: c.device_id.clone(),
             transport: transport_name(&c.transport).to_owned(),
