@@ -241,6 +241,7 @@ mod tests {
                 version: "1".into(),
                 online: true,
             },
+            image: crate::config::ChildImage::default_for(false),
         };
         let s = from_config(&sim, &mut nets).unwrap();
         assert_eq!(
@@ -256,6 +257,7 @@ mod tests {
                 address: ([127, 0, 0, 1], port).into(),
                 delivery: Delivery::Pull,
             },
+            image: crate::config::ChildImage::default_for(false),
         };
         let a = from_config(&coap_child("a", 5701), &mut nets).unwrap();
         let first = nets.coap().unwrap().local_addr();

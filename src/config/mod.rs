@@ -17,7 +17,7 @@ mod child;
 mod profile;
 mod serial;
 
-pub use child::{ChildConfig, Delivery, SerialProtocol, Transport};
+pub use child::{ChildConfig, ChildImage, Delivery, ImageCheck, SerialProtocol, Transport};
 pub use profile::{find_profile, FramedProfile, ProfileLookupError};
 pub use serial::{
     Framing, Parity, SerialOptions, DEFAULT_WINDOW, MAX_BUF_SIZE, MAX_WINDOW, MIN_BUF_SIZE,
@@ -102,6 +102,8 @@ struct RawConfig {
     profiles: ProfilesConfig,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    image: ImageConfig,
     #[serde(default, rename = "child")]
     children: Vec<child::ChildTable>,
 }
@@ -233,6 +235,15 @@ impl Default for OtaConfig {
     }
 }
 
+/// `[image]`: checks of MCUboot images before delivery that apply to every
+/// child whose `image.check` is `mcuboot` (docs/config.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// PEM public keys any child's image may be signed with.
+    pub keys: Vec<PathBuf>,
+}
+
 /// `[profiles]`: where user profiles for `protocol = "framed:<name>"` live
 /// (docs/framed.md).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -312,6 +323,8 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[image]`.
+    pub image: ImageConfig,
     /// `[[child]]`, in file order.
     pub children: Vec<ChildConfig>,
 }
@@ -383,6 +396,7 @@ struct Draft {
     ota: OtaConfig,
     profiles: ProfilesConfig,
     metrics: MetricsConfig,
+    image: ImageConfig,
     children: Vec<DraftChild>,
 }
 
@@ -392,6 +406,7 @@ struct DraftChild {
     /// Its own `version_match`, if it sets one.
     version_match: Option<Policy>,
     draft: child::Draft,
+    image: ChildImage,
     /// `child[i].protocol` and where it is written, for a profile that
     /// cannot be read.
     protocol_key: String,
@@ -443,7 +458,7 @@ impl Draft {
                 };
                 (key, at)
             };
-            let (device_id, version_match, draft) = siblings
+            let (device_id, version_match, draft, image) = siblings
                 .check(i, table, &platform.raw.device_id)
                 .map_err(|e| {
                     let (key, at) = located(&e.key);
@@ -458,6 +473,7 @@ impl Draft {
                 device_id,
                 version_match,
                 draft,
+                image,
                 protocol_key,
                 protocol_at,
             });
@@ -471,6 +487,7 @@ impl Draft {
             ota: raw.ota,
             profiles: raw.profiles,
             metrics: raw.metrics,
+            image: raw.image,
             children,
         })
     }
@@ -519,6 +536,7 @@ impl Draft {
                 device_id: c.device_id,
                 version_match: c.version_match.unwrap_or(self.ota.version_match),
                 transport,
+                image: c.image,
             });
         }
         let p = self.platform.raw;
@@ -542,6 +560,7 @@ impl Draft {
             ota: self.ota,
             profiles: self.profiles,
             metrics: self.metrics,
+            image: self.image,
             children,
         })
     }
@@ -952,6 +971,43 @@ protocol = "framed:acme-rs485"
             "{e}"
         );
         assert!(parse(&bus.replace("baud = 9600", "baud = 115200")).is_ok());
+    }
+
+    #[test]
+    fn image_checks_default_by_protocol_and_errors_name_the_key() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.children[0].image, ChildImage::default_for(false));
+        assert!(c.image.keys.is_empty());
+        let smp = GOOD.replace("protocol = \"framed:acme-rs485\"", "protocol = \"smp\"");
+        let c = parse(&smp).unwrap();
+        assert_eq!(c.children[1].image.check, ImageCheck::Mcuboot);
+        let text = format!(
+            "{}\nimage = {{ check = \"mcuboot\", keys = [\"/k.pem\"], encrypted = true, slot_size = 4096 }}",
+            GOOD.replace("[[child]]\ndevice_id = \"prod_node02\"", "[image]\nkeys = [\"/all.pem\"]\n\n[[child]]\ndevice_id = \"prod_node02\"")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.image.keys, [PathBuf::from("/all.pem")]);
+        assert_eq!(
+            c.children[1].image,
+            ChildImage {
+                check: ImageCheck::Mcuboot,
+                keys: vec!["/k.pem".into()],
+                encrypted: true,
+                slot_size: Some(4096),
+            }
+        );
+        let e = err(&format!("{GOOD}image = {{ sign = 1 }}\n"));
+        assert!(
+            e.contains("child[1].image.sign: unknown field `sign`"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}image = {{ keys = [\"/k.pem\"] }}\n"));
+        assert!(
+            e.contains("child[1].image") && e.contains("check = \"mcuboot\""),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}image = {{ check = \"x509\" }}\n"));
+        assert!(e.contains("child[1].image"), "{e}");
     }
 
     #[test]
