@@ -128,6 +128,7 @@ fn replay(path: &Path, text: String) -> datatest_stable::Result<()> {
     let upgrade = Upgrade {
         image: ImageInfo::of(&image, &fx.image.version),
         skip_if_current: fx.skip_if_current,
+        version_policy: Default::default(),
         seed: fx.seed,
     };
     let mut run = Run {

@@ -191,6 +191,7 @@ fn upgrade(p: Arc<Profile>, seed: u64) -> Result<(), String> {
     let up = Upgrade {
         image: ImageInfo::of(&img, "9.8.7"),
         skip_if_current: false,
+        version_policy: Default::default(),
         seed,
     };
     let mut e = Engine::new(Arc::clone(&p), up, Instant::ZERO).unwrap();

@@ -551,6 +551,38 @@ fn wrong_version_is_refused_before_the_reset() {
     assert_eq!(dev.running_version(), "1.0.0");
 }
 
+/// The version policy decides: "V1.2.3" is the header's 1.2.3 when
+/// normalised (the default, above), not under the exact policy, which
+/// refuses the candidate before any reset.
+#[test]
+fn the_exact_policy_refuses_a_differently_written_version() {
+    let img = image(V123, 2000);
+    let (mut dev, now) = uploaded_device(&img, SimConfig::default());
+    let cfg = ActivateConfig {
+        version_policy: otabridge_codecs::version::Policy::Exact,
+        ..ActivateConfig::default()
+    };
+    let mut act = Activate::new(cfg.clone(), "V1.2.3", None, now);
+    let (events, _, end) = drive(&mut act, &mut dev, &mut Link::default(), &[], now, None);
+    assert_eq!(
+        events.last(),
+        Some(&ActivateEvent::Failed(ActivateError::CandidateVersion {
+            target: "V1.2.3".into(),
+            found: "1.2.3".into()
+        }))
+    );
+    assert_eq!(dev.running_version(), "1.0.0");
+    // Written as the device writes it, the exact policy accepts it.
+    let mut act = Activate::new(cfg, "1.2.3", None, end);
+    let (events, _, _) = drive(&mut act, &mut dev, &mut Link::default(), &[], end, None);
+    assert_eq!(
+        events.last(),
+        Some(&ActivateEvent::Done {
+            version: "1.2.3".into()
+        })
+    );
+}
+
 #[test]
 fn unconfirmed_test_image_reverts_and_a_restarted_gateway_confirms() {
     let img = image(V123, 2000);

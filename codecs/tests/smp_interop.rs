@@ -274,11 +274,7 @@ fn python_smp_reads_our_frames_and_we_read_its_frames() {
         (list[1].slot, list[1].version.as_str(), list[1].pending),
         (1, "1.2.3.4", true)
     );
-    assert!(otabridge_codecs::version::matches(
-        "V1.2.3+4",
-        &list[1].version,
-        Default::default()
-    ));
+    assert!(otabridge_codecs::version::Policy::default().same("V1.2.3+4", &list[1].version));
     assert_eq!(
         message::echo_response(&body("echo")),
         Ok(Ok("x".repeat(200)))

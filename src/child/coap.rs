@@ -33,6 +33,7 @@ use otabridge_codecs::coap::{
     UpdateFailure, UpdateProcedure,
 };
 use otabridge_codecs::lwm2m::{self, Path, UpdateResult};
+use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
 pub use network::{
@@ -96,6 +97,7 @@ pub struct CoapChild {
     delivery: Delivery,
     net: CoapNetwork,
     options: ChildOptions,
+    version_policy: Policy,
     /// NSTART = 1 (RFC 7252 §4.7): one request in flight to this child, even
     /// when a health check runs during a delivery. A push runs in the
     /// network task, which holds such requests behind its block in flight.
@@ -128,12 +130,20 @@ impl CoapChild {
             address,
             delivery,
             options,
+            version_policy: Policy::default(),
             exchange: tokio::sync::Mutex::new(()),
             pending: Mutex::new(None),
             retries_base: retries.load(Ordering::Relaxed),
             retries,
             net,
         }
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     /// The child's CoAP endpoint.
@@ -189,6 +199,7 @@ impl CoapChild {
             download_timeout: self.options.download_timeout,
             update_timeout: self.options.update_timeout,
             max_attempts: self.options.max_attempts,
+            version_policy: self.version_policy,
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
         };
         UpdateProcedure::new(cfg)
@@ -441,6 +452,10 @@ pub fn failure_to_error(f: &UpdateFailure, step: Step) -> ChildError {
 }
 
 impl Child for CoapChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
         &self.device_id
     }

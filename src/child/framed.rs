@@ -39,6 +39,7 @@ use std::sync::Arc;
 use otabridge_codecs::framed::engine::{Failure, StartError};
 use otabridge_codecs::framed::{Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
 use otabridge_codecs::time::Instant;
+use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
 use self::image::ImageError;
@@ -54,6 +55,7 @@ use crate::config::Framing;
 pub struct FramedChild {
     line: ChildLine,
     profile: Arc<Profile>,
+    version_policy: Policy,
     /// Seeds engines: each operation gets its own first sequence number and
     /// jitter, so a late reply to an abandoned operation does not match.
     runs: AtomicU64,
@@ -95,6 +97,7 @@ impl FramedChild {
         FramedChild {
             line: ChildLine::new(device_id, port),
             profile,
+            version_policy: Policy::default(),
             runs: AtomicU64::new(id_hash),
             digest: std::sync::Mutex::new(None),
         }
@@ -103,6 +106,13 @@ impl FramedChild {
     /// The port this child shares.
     pub fn port(&self) -> &Arc<SharedPort> {
         self.line.port()
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     /// The profile it speaks.
@@ -148,6 +158,7 @@ impl FramedChild {
         let upgrade = Upgrade {
             image,
             skip_if_current,
+            version_policy: self.version_policy,
             seed: self.seed(),
         };
         Engine::new(Arc::clone(&self.profile), upgrade, now).map_err(|e| start_error(e, step))
@@ -242,6 +253,10 @@ fn start_error(e: StartError, step: Step) -> ChildError {
 }
 
 impl Child for FramedChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
         self.id()
     }

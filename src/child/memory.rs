@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use otabridge_codecs::iotda::ResultCode;
+use otabridge_codecs::version::Policy;
 
 use super::{BoxFuture, Cause, Child, ChildError, Package, Progress, Step};
 
@@ -43,6 +44,8 @@ struct State {
 #[derive(Debug)]
 pub struct MemoryChild {
     device_id: String,
+    /// It verifies nothing itself; the OTA job compares by this.
+    version_policy: Policy,
     state: Mutex<State>,
     /// Delivery pauses once this many bytes are staged, until cleared.
     hold: tokio::sync::watch::Sender<Option<u64>>,
@@ -53,6 +56,7 @@ impl MemoryChild {
     pub fn new(device_id: &str, version: &str) -> Self {
         MemoryChild {
             device_id: device_id.to_owned(),
+            version_policy: Policy::default(),
             state: Mutex::new(State {
                 version: version.to_owned(),
                 online: true,
@@ -67,6 +71,13 @@ impl MemoryChild {
             }),
             hold: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -134,6 +145,10 @@ impl MemoryChild {
 }
 
 impl Child for MemoryChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
         &self.device_id
     }

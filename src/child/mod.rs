@@ -30,6 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::{ChildConfig, CoapConfig, SerialProtocol, Transport};
+use otabridge_codecs::version::Policy;
 
 pub use error::{Cause, ChildError, ErrorKind, Said, Step};
 
@@ -50,6 +51,11 @@ pub trait Child: Send + Sync + std::fmt::Debug {
 
     /// `coap`, `serial` or `sim`, for logs and `otabridge status`.
     fn transport(&self) -> &'static str;
+
+    /// How this child's versions are compared with a target: the policy its
+    /// engine verifies with, and the one the OTA job decides and reports by
+    /// (the child's `version_match`, docs/config.md).
+    fn version_policy(&self) -> Policy;
 
     /// Reads the running firmware version from the child.
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>>;
@@ -150,22 +156,26 @@ impl Networks {
 /// Builds the driver for one configured child; CoAP children share the
 /// network in `nets`.
 pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child>, BuildError> {
+    let policy = c.version_match;
     match &c.transport {
         #[cfg(feature = "sim")]
         Transport::Simulated { version, online } => {
-            let child = memory::MemoryChild::new(&c.device_id, version);
+            let child = memory::MemoryChild::new(&c.device_id, version).with_version_policy(policy);
             child.set_online(*online);
             Ok(Arc::new(child))
         }
         Transport::Coap { address, delivery } => {
             let net = nets.coap()?;
-            Ok(Arc::new(coap::CoapChild::new(
-                &c.device_id,
-                *address,
-                *delivery,
-                net,
-                nets.coap_child.clone(),
-            )))
+            Ok(Arc::new(
+                coap::CoapChild::new(
+                    &c.device_id,
+                    *address,
+                    *delivery,
+                    net,
+                    nets.coap_child.clone(),
+                )
+                .with_version_policy(policy),
+            ))
         }
         Transport::Serial {
             port,
@@ -183,7 +193,7 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
                 &c.device_id,
                 port,
                 options.clone(),
-            )))
+            ).with_version_policy(policy)))
         }
         Transport::Serial {
             port,
@@ -201,7 +211,7 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
                 &c.device_id,
                 port,
                 Arc::clone(&p.profile),
-            )))
+            ).with_version_policy(policy)))
         }
     }
 }
@@ -222,17 +232,24 @@ mod tests {
         {
             let sim = ChildConfig {
                 device_id: "s".into(),
+                version_match: Policy::Exact,
                 transport: Transport::Simulated {
                     version: "1".into(),
                     online: true,
                 },
                 image: crate::config::ChildImage::default_for(false),
             };
-            from_config(&sim, &mut nets).unwrap();
+            let s = from_config(&sim, &mut nets).unwrap();
+            assert_eq!(
+                s.version_policy(),
+                Policy::Exact,
+                "the child's version_match"
+            );
         }
         assert!(nets.coap.is_none(), "no CoAP child, no socket");
         let coap_child = |id: &str, port: u16| ChildConfig {
             device_id: id.into(),
+            version_match: Policy::default(),
             transport: Transport::Coap {
                 address: ([127, 0, 0, 1], port).into(),
                 delivery: Delivery::Pull,
@@ -244,6 +261,7 @@ mod tests {
         let b = from_config(&coap_child("b", 5702), &mut nets).unwrap();
         assert_eq!(nets.coap().unwrap().local_addr(), first);
         assert_eq!((a.transport(), b.transport()), ("coap", "coap"));
+        assert_eq!(a.version_policy(), Policy::Normalised);
         // A second network on the same address cannot bind: the error names
         // the key.
         let mut clash = Networks::new(&CoapConfig {

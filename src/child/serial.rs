@@ -35,6 +35,7 @@ use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
+use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
 use super::link::drive::LineStats;
@@ -65,6 +66,7 @@ pub struct DeliveryReport {
 pub struct SerialChild {
     line: ChildLine,
     options: SerialOptions,
+    version_policy: Policy,
 }
 
 impl SerialChild {
@@ -84,7 +86,15 @@ impl SerialChild {
         SerialChild {
             line: ChildLine::new(device_id, port),
             options,
+            version_policy: Policy::default(),
         }
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     /// The port this child shares.
@@ -123,7 +133,7 @@ impl SerialChild {
             reboot_wait: o.reboot_wait,
             reboot_timeout: per_read,
             reboot_retries: u32::try_from(reads - 1).unwrap_or(u32::MAX),
-            version_mode: o.version_compare,
+            version_policy: self.version_policy,
             first_seq,
             ..d
         }
@@ -307,6 +317,10 @@ fn state_read_error(e: StateReadError) -> ChildError {
 }
 
 impl Child for SerialChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
         self.id()
     }

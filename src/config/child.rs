@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use otabridge_codecs::version::Policy;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -105,6 +106,9 @@ pub enum Transport {
 pub struct ChildConfig {
     /// Its IoTDA device id (`object_device_id`).
     pub device_id: String,
+    /// How its versions are compared with a target: its own `version_match`,
+    /// else `[ota] version_match` (any transport).
+    pub version_match: Policy,
     /// How it is reached.
     pub transport: Transport,
     /// What is checked in its packages before delivery (`image = {...}`).
@@ -241,7 +245,6 @@ struct SmpSpec {
     /// `"smp"` when written; [`ChildSpec::from_table`] dispatched on it.
     #[serde(rename = "protocol")]
     _protocol: Option<String>,
-    version_compare: Option<String>,
     buf_size: Option<u32>,
     timeout_ms: Option<u64>,
     first_timeout_ms: Option<u64>,
@@ -295,11 +298,12 @@ const TRANSPORTS: &str = "coap or serial";
 impl ChildSpec {
     /// Reads `transport` (and a serial child's `protocol`), then the shape
     /// they select.
-    fn from_table(table: &ChildTable) -> Result<ChildSpec, BadKey> {
+    fn from_table(table: &ChildTable) -> Result<(ChildSpec, Option<Policy>), BadKey> {
         let mut values: toml::Table = table
             .iter()
             .map(|(k, v)| (k.clone(), v.get_ref().clone()))
             .collect();
+        let version_match = version_match(&mut values)?;
         let transport = match values.remove("transport") {
             Some(toml::Value::String(t)) => t,
             Some(v) => {
@@ -311,7 +315,7 @@ impl ChildSpec {
             None => return Err(BadKey::new("transport", "is required")),
         };
         let what = format!("transport = \"{transport}\"");
-        match transport.as_str() {
+        let spec = match transport.as_str() {
             "coap" => shape(values, &what).map(ChildSpec::Coap),
             "serial" => SerialSpec::from_values(values).map(ChildSpec::Serial),
             #[cfg(feature = "sim")]
@@ -326,7 +330,8 @@ impl ChildSpec {
                 "transport",
                 format!("'{other}' is not {TRANSPORTS}"),
             )),
-        }
+        }?;
+        Ok((spec, version_match))
     }
 
     /// The child's `image` table, resolved with its transport's defaults
@@ -350,6 +355,36 @@ impl ChildSpec {
             #[cfg(feature = "sim")]
             ChildSpec::Sim(s) => &s.device_id,
         }
+    }
+}
+
+/// Takes `version_match`, which every transport has, out of a child's
+/// keys; the serial `version_compare` it replaced is an error that names
+/// the new key.
+fn version_match(values: &mut toml::Table) -> Result<Option<Policy>, BadKey> {
+    if values.contains_key("version_compare") {
+        return Err(BadKey::new(
+            "version_compare",
+            "was replaced by `version_match` (\"normalised\" or \"exact\"), which any [[child]] \
+             may set; without it the child follows [ota] version_match",
+        ));
+    }
+    match values.remove("version_match") {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Policy::parse(&s).map(Some).ok_or_else(|| {
+            BadKey::new(
+                "version_match",
+                format!("'{s}' is not {}", Policy::NAMES.join(" or ")),
+            )
+        }),
+        Some(v) => Err(BadKey::new(
+            "version_match",
+            format!(
+                "expected a string ({}), found {}",
+                Policy::NAMES.join(" or "),
+                v.type_str()
+            ),
+        )),
     }
 }
 
@@ -458,8 +493,8 @@ impl Siblings {
         index: usize,
         table: &ChildTable,
         gateway: &str,
-    ) -> Result<(String, Draft, ChildImage), BadKey> {
-        let mut spec = ChildSpec::from_table(table)?;
+    ) -> Result<(String, Option<Policy>, Draft, ChildImage), BadKey> {
+        let (mut spec, version_match) = ChildSpec::from_table(table)?;
         let image = spec.take_image()?;
         let id = spec.device_id().to_owned();
         if id.trim().is_empty() {
@@ -506,7 +541,7 @@ impl Siblings {
                 online: s.online,
             }),
         };
-        Ok((id, draft, image))
+        Ok((id, version_match, draft, image))
     }
 
     fn share(&mut self, index: usize, port: &PathBuf, baud: u32, f: Framing) -> Result<(), BadKey> {
@@ -564,19 +599,7 @@ fn line(
 
 /// Validates the SMP tuning keys of one child.
 fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
-    use otabridge_codecs::version::Mode;
     let d = SerialOptions::default();
-    let version_compare = match s.version_compare.as_deref() {
-        None => d.version_compare,
-        Some("normalised") => Mode::Normalised,
-        Some("exact") => Mode::Exact,
-        Some(o) => {
-            return Err(BadKey::new(
-                "version_compare",
-                format!("'{o}' is not normalised or exact"),
-            ))
-        }
-    };
     let buf_size = match s.buf_size {
         None => None,
         Some(b) if (MIN_BUF_SIZE..=MAX_BUF_SIZE).contains(&b) => Some(b as usize),
@@ -611,7 +634,6 @@ fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
     };
     Ok(SerialOptions {
         framing,
-        version_compare,
         buf_size,
         timeout: ms(s.timeout_ms, "timeout_ms", d.timeout)?,
         first_timeout: ms(s.first_timeout_ms, "first_timeout_ms", d.first_timeout)?,

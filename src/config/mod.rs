@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use otabridge_codecs::version::Policy;
 use serde::Deserialize;
 
 mod child;
@@ -200,9 +201,10 @@ pub struct OtaConfig {
     /// Transient failures (child silent, timeouts) tolerated per phase
     /// before a job fails (default 5).
     pub max_retries: u32,
-    /// Compare versions byte for byte instead of normalised ("V1.2" equals
-    /// "1.2.0" when normalised; default false).
-    pub exact_versions: bool,
+    /// `version_match`: how a child's version is compared with the target,
+    /// `"normalised"` (the default: "V1.2" equals "1.2.0") or `"exact"`;
+    /// a `[[child]]` may set its own.
+    pub version_match: Policy,
     /// Reading a child's version (default 30 s).
     pub version_read_timeout_secs: u64,
     /// Until the first delivery progress of an attempt: flash erase happens
@@ -223,7 +225,7 @@ impl Default for OtaConfig {
         OtaConfig {
             max_concurrent_jobs: 16,
             max_retries: 5,
-            exact_versions: false,
+            version_match: Policy::Normalised,
             version_read_timeout_secs: 30,
             first_chunk_timeout_secs: 120,
             chunk_timeout_secs: 60,
@@ -402,6 +404,8 @@ struct Draft {
 #[derive(Debug)]
 struct DraftChild {
     device_id: String,
+    /// Its own `version_match`, if it sets one.
+    version_match: Option<Policy>,
     draft: child::Draft,
     image: ChildImage,
     /// `child[i].protocol` and where it is written, for a profile that
@@ -437,6 +441,7 @@ impl Draft {
             key: key.to_owned(),
             message,
         };
+        retired(text, file)?;
         let raw = deserialize(text, file)?;
         let platform = platform(raw.platform).map_err(invalid)?;
         check_limits(&raw.download, &raw.coap, &raw.ota).map_err(invalid)?;
@@ -454,7 +459,7 @@ impl Draft {
                 };
                 (key, at)
             };
-            let (device_id, draft, image) = siblings
+            let (device_id, version_match, draft, image) = siblings
                 .check(i, table, &platform.raw.device_id)
                 .map_err(|e| {
                     let (key, at) = located(&e.key);
@@ -467,6 +472,7 @@ impl Draft {
             let (protocol_key, protocol_at) = located("protocol");
             children.push(DraftChild {
                 device_id,
+                version_match,
                 draft,
                 image,
                 protocol_key,
@@ -529,6 +535,7 @@ impl Draft {
             };
             children.push(ChildConfig {
                 device_id: c.device_id,
+                version_match: c.version_match.unwrap_or(self.ota.version_match),
                 transport,
                 image: c.image,
             });
@@ -558,6 +565,43 @@ impl Draft {
             children,
         })
     }
+}
+
+/// `[ota]` keys that were replaced, to be named with their replacement
+/// rather than as unknown keys (a `[[child]]`'s are in `child.rs`).
+#[derive(Deserialize)]
+struct Retired {
+    #[serde(default)]
+    ota: RetiredOta,
+}
+
+#[derive(Default, Deserialize)]
+struct RetiredOta {
+    exact_versions: Option<toml::Spanned<toml::Value>>,
+}
+
+/// Fails on a replaced key. Text that is not valid TOML passes here and is
+/// reported by [`deserialize`].
+fn retired(text: &str, file: &Path) -> Result<(), ConfigError> {
+    let Ok(r) = toml::from_str::<Retired>(text) else {
+        return Ok(());
+    };
+    if let Some(v) = r.ota.exact_versions {
+        let now = match v.get_ref().as_bool() {
+            Some(true) => "exact",
+            _ => "normalised",
+        };
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            key: "ota.exact_versions".into(),
+            message: format!(
+                "was replaced by `version_match` (\"normalised\" or \"exact\"): write \
+                 version_match = \"{now}\" in [ota]{}",
+                at(text, v.span().start)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The TOML into its sections; an unknown key or a wrong type names the
@@ -772,13 +816,80 @@ protocol = "framed:acme-rs485"
                 options: SerialOptions::default(),
             }
         );
+        assert_eq!(c.ota.version_match, Policy::Normalised);
+        assert!(c
+            .children
+            .iter()
+            .all(|c| c.version_match == Policy::Normalised));
+    }
+
+    /// One key for every transport: `[ota] version_match` for all children,
+    /// `version_match` on a `[[child]]` for that one.
+    #[test]
+    fn version_match_has_a_default_and_a_per_child_override() {
+        let c =
+            parse(&GOOD.replace("[state]", "[ota]\nversion_match = \"exact\"\n\n[state]")).unwrap();
+        assert_eq!(c.ota.version_match, Policy::Exact);
+        assert!(c.children.iter().all(|c| c.version_match == Policy::Exact));
+        let c = parse(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\nversion_match = \"exact\"",
+        ))
+        .unwrap();
+        let m: Vec<Policy> = c.children.iter().map(|c| c.version_match).collect();
+        assert_eq!(m, [Policy::Exact, Policy::Normalised]);
+        let e = err(&GOOD.replace("[state]", "[ota]\nversion_match = \"loose\"\n\n[state]"));
+        assert!(
+            e.contains(
+                ": ota.version_match: unknown variant `loose`, expected `exact` or `normalised`"
+            ),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\nversion_match = true",
+        ));
+        assert!(
+            e.contains(": child[0].version_match: expected a string (normalised or exact), found boolean (line 14"),
+            "{e}"
+        );
+    }
+
+    /// The keys `version_match` replaced name their replacement.
+    #[test]
+    fn replaced_version_keys_name_the_new_key() {
+        let e = err(&GOOD.replace(
+            "[state]",
+            "[ota]\nmax_retries = 3\nexact_versions = true\n\n[state]",
+        ));
+        assert_eq!(
+            e,
+            "config /etc/otabridge.toml: ota.exact_versions: was replaced by `version_match` \
+             (\"normalised\" or \"exact\"): write version_match = \"exact\" in [ota] (line 9, column 18)"
+        );
+        let e = err(&GOOD.replace("[state]", "[ota]\nexact_versions = false\n\n[state]"));
+        assert!(
+            e.contains("write version_match = \"normalised\" in [ota]"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "protocol = \"framed:acme-rs485\"",
+            "protocol = \"smp\"\nversion_compare = \"exact\"",
+        ));
+        assert!(
+            e.starts_with(
+                "config /etc/otabridge.toml: child[1].version_compare: was replaced by `version_match`"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("(line 21, column 19)"), "{e}");
     }
 
     #[test]
     fn serial_keys_parse() {
         let text = GOOD.replace(
             "protocol = \"framed:acme-rs485\"",
-            "protocol = \"smp\"\nframing = \"7e2\"\nversion_compare = \"exact\"\n\
+            "protocol = \"smp\"\nframing = \"7e2\"\nversion_match = \"exact\"\n\
              buf_size = 2048\ntimeout_ms = 300\nfirst_timeout_ms = 9000\nretries = 2\nwindow = 3\n\
              reboot_wait_ms = 100\nreboot_timeout_ms = 20000\nreopen_timeout_ms = 1500",
         );
@@ -798,7 +909,6 @@ protocol = "framed:acme-rs485"
                     parity: Parity::Even,
                     stop_bits: 2
                 },
-                version_compare: otabridge_codecs::version::Mode::Exact,
                 buf_size: Some(2048),
                 timeout: Duration::from_millis(300),
                 first_timeout: Duration::from_secs(9),
@@ -809,6 +919,7 @@ protocol = "framed:acme-rs485"
                 reopen_timeout: Duration::from_millis(1500),
             }
         );
+        assert_eq!(c.children[1].version_match, Policy::Exact);
         assert_eq!(options.framing.bits_per_char(), 11);
         // A framed child takes the port key too; 0 means "do not wait".
         let text = GOOD.replace(
@@ -835,7 +946,7 @@ protocol = "framed:acme-rs485"
             ("framing = \"9N1\"", "child[1].framing"),
             ("framing = \"8X1\"", "child[1].framing"),
             ("framing = \"8N3\"", "child[1].framing"),
-            ("version_compare = \"fuzzy\"", "child[1].version_compare"),
+            ("version_match = \"fuzzy\"", "child[1].version_match"),
             ("buf_size = 64", "child[1].buf_size"),
             ("buf_size = 5000", "child[1].buf_size"),
             ("timeout_ms = 0", "child[1].timeout_ms"),

@@ -74,9 +74,6 @@ impl Framing {
 pub struct SerialOptions {
     /// `framing`: character framing (default 8N1).
     pub framing: Framing,
-    /// `version_compare`: how the version read back after activation is
-    /// compared with the target (default normalised).
-    pub version_compare: otabridge_codecs::version::Mode,
     /// `buf_size`: the device's SMP buffer; when set, MCUmgr params is not
     /// asked (for devices built without it). Default: ask the device.
     pub buf_size: Option<usize>,
@@ -107,7 +104,6 @@ impl Default for SerialOptions {
     fn default() -> Self {
         SerialOptions {
             framing: Framing::EIGHT_N_ONE,
-            version_compare: otabridge_codecs::version::Mode::Normalised,
             buf_size: None,
             timeout: Duration::from_millis(2500),
             first_timeout: Duration::from_secs(40),

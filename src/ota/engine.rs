@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{result, Event, ResultCode, Upgrade, UpgradeKind};
-use otabridge_codecs::version::Mode;
+use otabridge_codecs::version::Policy;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
@@ -31,7 +31,7 @@ use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
 use super::verdict::{verdict, Failure};
 use crate::backoff::Backoff;
-use crate::child::{Child, ChildError, Package, Step};
+use crate::child::{Child, ChildError, ErrorKind, Package, Step};
 use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
 use crate::journal;
@@ -80,7 +80,6 @@ struct Inner {
     children: HashMap<String, Arc<dyn Child>>,
     limits: Limits,
     timeouts: Timeouts,
-    mode: Mode,
     metrics: Metrics,
     slots: Semaphore,
     /// Each child on a shared bus ([`Child::bus`]) and its bus's turn: one
@@ -136,11 +135,6 @@ impl Engine {
                     .collect(),
                 limits,
                 timeouts: Timeouts::from_config(cfg),
-                mode: if cfg.exact_versions {
-                    Mode::Exact
-                } else {
-                    Mode::Normalised
-                },
                 metrics,
                 slots: Semaphore::new(cfg.max_concurrent_jobs),
                 buses,
@@ -162,7 +156,7 @@ impl Engine {
     pub fn resume(&self) {
         let rows = {
             let mut j = journal::lock(self.inner.platform.journal());
-            jobs_db::active(&mut j, self.inner.limits, self.inner.mode)
+            jobs_db::active(&mut j, self.inner.limits, &|id| self.version_policy(id))
         };
         match rows {
             Ok(rows) => {
@@ -192,11 +186,23 @@ impl Engine {
         }
     }
 
+    /// How child `device_id` compares versions: its driver's policy (the
+    /// child's `version_match`), the default for a child no longer
+    /// configured (its job fails at once anyway).
+    fn version_policy(&self, device_id: &str) -> Policy {
+        self.inner
+            .children
+            .get(device_id)
+            .map_or_else(Policy::default, |c| c.version_policy())
+    }
+
     /// Takes an upgrade event for child `device_id`.
     pub fn submit(&self, device_id: &str, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
         let now = now_unix();
         let mut j = journal::lock(self.inner.platform.journal());
-        let latest = match jobs_db::latest(&mut j, device_id, self.inner.limits, self.inner.mode) {
+        let latest = match jobs_db::latest(&mut j, device_id, self.inner.limits, &|id| {
+            self.version_policy(id)
+        }) {
             Ok(l) => l,
             Err(e) => {
                 warn!(child = device_id, "journal: {e}");
@@ -257,7 +263,7 @@ impl Engine {
         let machine = Machine::new(
             &upgrade.version,
             upgrade.file_size,
-            self.inner.mode,
+            self.version_policy(device_id),
             self.inner.limits,
         );
         self.spawn(JobRow {
@@ -532,7 +538,23 @@ impl Engine {
         info!(child = %row.device_id, job = row.id, "activating {}", pkg.version);
         let e = match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
             Ok(Ok(())) => return Some(Input::Activated),
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => {
+                if matches!(e.kind(), ErrorKind::Refused(_)) {
+                    // A refused activation may still have changed what the
+                    // child runs (an LwM2M child that booted another
+                    // version): read it, so that the failure report carries
+                    // the version the child runs now.
+                    if let Input::Version(v) =
+                        read_version(child, t.version_read, Step::Activate).await
+                    {
+                        self.feed(run, Input::Version(v)).await;
+                        if run.row.machine.phase != Phase::Activating {
+                            return None;
+                        }
+                    }
+                }
+                e
+            }
             Err(_) => ChildError::unreachable(
                 Step::Activate,
                 format!(

@@ -12,11 +12,15 @@
 //! reported at most once per 10 percentage points or per 30 s; a terminal
 //! report is always sent, with the version read back from the child on
 //! success (docs/protocols/iotda.md §4.6) and, on failure, the code and
-//! description [`super::verdict`] chose (docs/protocols/iotda.md §9).
+//! description [`super::verdict`] chose (docs/protocols/iotda.md §9). Every
+//! report carries the version the child runs, written as the platform's
+//! target string when the child's [`Policy`] says the two are equal
+//! ([`Policy::as_reported`]): a child reading `v2.0.0` for target `2.0.0`
+//! reports `2.0.0`.
 
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::ResultCode;
-use otabridge_codecs::version::{self, Mode};
+use otabridge_codecs::version::Policy;
 
 use super::verdict::{verdict, Failure, FailureCause, Verdict};
 
@@ -170,8 +174,9 @@ pub struct Machine {
     /// Where the last failure happened and what the device said (kept
     /// while retrying, and with the result).
     pub cause: Option<FailureCause>,
-    /// How versions are compared.
-    pub mode: Mode,
+    /// How the child's versions are compared with the target (the child's
+    /// `version_match`).
+    pub policy: Policy,
     /// The last progress reported and when (Unix seconds).
     pub last_report: Option<(u8, i64)>,
     /// When the offset was last checkpointed (Unix seconds).
@@ -182,7 +187,7 @@ pub struct Machine {
 
 impl Machine {
     /// A new job towards `target` for a package of `size` bytes.
-    pub fn new(target: &str, size: u64, mode: Mode, limits: Limits) -> Self {
+    pub fn new(target: &str, size: u64, policy: Policy, limits: Limits) -> Self {
         Machine {
             phase: Phase::Queued,
             target: target.to_owned(),
@@ -192,7 +197,7 @@ impl Machine {
             current_version: None,
             result: None,
             cause: None,
-            mode,
+            policy,
             last_report: None,
             last_checkpoint: 0,
             limits,
@@ -232,7 +237,7 @@ impl Machine {
     }
 
     fn is_target(&self, v: &str) -> bool {
-        version::matches(&self.target, v, self.mode)
+        self.policy.same(&self.target, v)
     }
 
     fn version_for_report(&self) -> String {
@@ -328,6 +333,46 @@ impl Machine {
         }
     }
 
+    /// A version read from the child, already in its reported form
+    /// ([`Policy::as_reported`]).
+    fn version_read(&mut self, v: String, now: i64) -> Effects {
+        match self.phase {
+            Phase::Queued => {
+                if self.is_target(&v) {
+                    self.succeed(v, "already at the target version", now)
+                } else {
+                    self.current_version = Some(v);
+                    self.transition(Phase::Downloading, now)
+                }
+            }
+            Phase::Activating => {
+                // Read before activating: the image is already running
+                // (a restart after the activation took effect).
+                if self.is_target(&v) {
+                    self.succeed(v, "upgrade success", now)
+                } else {
+                    self.current_version = Some(v);
+                    Effects::default()
+                }
+            }
+            Phase::Verifying => {
+                if self.is_target(&v) {
+                    self.succeed(v, "upgrade success", now)
+                } else {
+                    // The child answers with another version after the
+                    // reboot: MCUboot reverted or the image did not take.
+                    let reverted = verdict(Failure::Reverted {
+                        running: &v,
+                        target: &self.target,
+                    });
+                    self.current_version = Some(v);
+                    self.retry_or_fail(reverted, self.limits.max_retries.min(2))
+                }
+            }
+            _ => Effects::default(),
+        }
+    }
+
     /// Feeds one input at Unix time `now`.
     pub fn handle(&mut self, input: Input, now: i64) -> Effects {
         if self.phase.is_terminal() {
@@ -336,41 +381,10 @@ impl Machine {
         match input {
             Input::DeadlinePassed => self.fail(verdict(Failure::Deadline(self.phase))),
             Input::Failed(v) => self.retry_or_fail(v, self.limits.max_retries),
-            Input::Version(v) => match self.phase {
-                Phase::Queued => {
-                    if self.is_target(&v) {
-                        self.succeed(v, "already at the target version", now)
-                    } else {
-                        self.current_version = Some(v);
-                        self.transition(Phase::Downloading, now)
-                    }
-                }
-                Phase::Activating => {
-                    // Read before activating: the image is already running
-                    // (a restart after the activation took effect).
-                    if self.is_target(&v) {
-                        self.succeed(v, "upgrade success", now)
-                    } else {
-                        self.current_version = Some(v);
-                        Effects::default()
-                    }
-                }
-                Phase::Verifying => {
-                    if self.is_target(&v) {
-                        self.succeed(v, "upgrade success", now)
-                    } else {
-                        // The child answers with another version after the
-                        // reboot: MCUboot reverted or the image did not take.
-                        let reverted = verdict(Failure::Reverted {
-                            running: &v,
-                            target: &self.target,
-                        });
-                        self.current_version = Some(v);
-                        self.retry_or_fail(reverted, self.limits.max_retries.min(2))
-                    }
-                }
-                _ => Effects::default(),
-            },
+            Input::Version(v) => {
+                let v = self.policy.as_reported(&self.target, &v);
+                self.version_read(v, now)
+            }
             Input::Downloaded => match self.phase {
                 Phase::Downloading => self.transition(Phase::Delivering, now),
                 _ => Effects::default(),
@@ -425,7 +439,7 @@ mod tests {
     use otabridge_codecs::iotda::result;
 
     fn m() -> Machine {
-        Machine::new("V2.0.0", 1_000_000, Mode::Normalised, Limits::default())
+        Machine::new("V2.0.0", 1_000_000, Policy::Normalised, Limits::default())
     }
 
     fn code(e: &Effects) -> Option<u8> {
@@ -487,10 +501,12 @@ mod tests {
         let e = j.handle(Input::Version("v2.0".into()), 6);
         assert_eq!(j.phase, Phase::Succeeded);
         let r = e.report.unwrap();
+        // The child writes it "v2.0"; the report writes the target's "V2.0.0".
         assert_eq!(
             (r.result_code.get(), r.progress, r.version.as_str()),
-            (0, Some(100), "v2.0")
+            (0, Some(100), "V2.0.0")
         );
+        assert_eq!(j.current_version.as_deref(), Some("V2.0.0"));
         assert_eq!(j.work(), Work::Done);
         // Terminal: nothing more happens.
         assert_eq!(j.handle(Input::DeadlinePassed, 7), Effects::default());
@@ -504,7 +520,34 @@ mod tests {
         let r = e.report.unwrap();
         assert_eq!(
             (r.result_code.get(), r.progress, r.version.as_str()),
-            (0, Some(100), "2.0")
+            (0, Some(100), "V2.0.0")
+        );
+    }
+
+    /// Under the exact policy `v2.0.0` is not target `2.0.0`: the job fails
+    /// with 10 and reports the version the child runs, as it writes it.
+    #[test]
+    fn the_exact_policy_reports_what_the_child_runs() {
+        let mut j = Machine::new("2.0.0", 1_000, Policy::Exact, Limits::default());
+        let e = j.handle(Input::Version("v1.0.0".into()), 0);
+        assert_eq!(e.report.unwrap().version, "v1.0.0");
+        j.phase = Phase::Verifying;
+        let mut last = Effects::default();
+        for t in 1..=3 {
+            last = j.handle(Input::Version("v2.0.0".into()), t);
+        }
+        let r = last.report.unwrap();
+        assert_eq!(
+            (r.result_code, r.version.as_str()),
+            (ResultCode::INSTALL_FAIL, "v2.0.0")
+        );
+        // Normalised, the same reads succeed and report the target string.
+        let mut j = Machine::new("2.0.0", 1_000, Policy::Normalised, Limits::default());
+        j.phase = Phase::Verifying;
+        let r = j.handle(Input::Version("v2.0.0".into()), 1).report.unwrap();
+        assert_eq!(
+            (r.result_code, r.version.as_str()),
+            (ResultCode::SUCCESS, "2.0.0")
         );
     }
 

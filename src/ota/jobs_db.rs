@@ -1,7 +1,7 @@
 //! The `jobs` table: one row per child upgrade (journal migration 3).
 
 use otabridge_codecs::iotda::{ResultCode, Upgrade, UpgradeKind};
-use otabridge_codecs::version::Mode;
+use otabridge_codecs::version::Policy;
 use rusqlite::{params, OptionalExtension};
 
 use super::job::{Limits, Machine, Phase};
@@ -109,7 +109,16 @@ pub fn save(
     r.map(|_| ()).map_err(|e| j.err(e))
 }
 
-fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Result<JobRow> {
+/// The version policy of a child, by device id (the journal does not keep
+/// it: the configuration decides).
+pub type PolicyOf<'a> = &'a dyn Fn(&str) -> Policy;
+
+fn row_to_job(
+    r: &rusqlite::Row<'_>,
+    limits: Limits,
+    policy: PolicyOf<'_>,
+) -> rusqlite::Result<JobRow> {
+    let device_id: String = r.get("device_id")?;
     let event: String = r.get("event")?;
     let upgrade: Upgrade = serde_json::from_str(&event).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
@@ -118,7 +127,7 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
     let mut m = Machine::new(
         &r.get::<_, String>("target")?,
         r.get::<_, i64>("size")? as u64,
-        mode,
+        policy(&device_id),
         limits,
     );
     m.phase = Phase::parse(&phase).unwrap_or(Phase::Failed);
@@ -142,7 +151,7 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
     m.last_checkpoint = r.get("updated_unix")?;
     Ok(JobRow {
         id: r.get("id")?,
-        device_id: r.get("device_id")?,
+        device_id,
         kind: if r.get::<_, String>("kind")? == "software" {
             UpgradeKind::Software
         } else {
@@ -158,12 +167,16 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
 }
 
 /// Jobs not yet succeeded or failed, oldest first.
-pub fn active(j: &mut Journal, limits: Limits, mode: Mode) -> Result<Vec<JobRow>, JournalError> {
+pub fn active(
+    j: &mut Journal,
+    limits: Limits,
+    policy: PolicyOf<'_>,
+) -> Result<Vec<JobRow>, JournalError> {
     let conn = j.connection();
     let read = || -> rusqlite::Result<Vec<JobRow>> {
         let mut st = conn
             .prepare("SELECT * FROM jobs WHERE phase NOT IN ('succeeded', 'failed') ORDER BY id")?;
-        let rows = st.query_map([], |r| row_to_job(r, limits, mode))?;
+        let rows = st.query_map([], |r| row_to_job(r, limits, policy))?;
         rows.collect()
     };
     let r = read();
@@ -175,14 +188,14 @@ pub fn latest(
     j: &mut Journal,
     device_id: &str,
     limits: Limits,
-    mode: Mode,
+    policy: PolicyOf<'_>,
 ) -> Result<Option<JobRow>, JournalError> {
     let r = j
         .connection()
         .query_row(
             "SELECT * FROM jobs WHERE device_id = ?1 ORDER BY id DESC LIMIT 1",
             [device_id],
-            |r| row_to_job(r, limits, mode),
+            |r| row_to_job(r, limits, policy),
         )
         .optional();
     r.map_err(|e| j.err(e))

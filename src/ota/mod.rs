@@ -9,7 +9,9 @@
 //! - On every connect it announces each child ONLINE or OFFLINE from a health
 //!   check, in batches of at most 100 (docs/protocols/iotda.md §5.4).
 //! - `version_query` is answered with `version_report`, read through the child,
-//!   within the platform's 3-minute window (docs/protocols/iotda.md §4.2–4.3).
+//!   within the platform's 3-minute window (docs/protocols/iotda.md §4.2–4.3),
+//!   written as the latest task's target when the child's version policy
+//!   says that is what it runs.
 
 pub mod engine;
 pub mod job;
@@ -321,6 +323,7 @@ async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
                 // The SDKs put the same value in both fields ([JAVA]
                 // OTAService.reportVersion); the platform compares the one that
                 // matches the task (firmware or software).
+                let v = as_reported(&platform, child.as_ref(), v);
                 let ev = Event::VersionReport(VersionReport {
                     sw_version: Some(v.clone()),
                     fw_version: Some(v),
@@ -339,6 +342,25 @@ async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
             return;
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// The version to report for `child`, which reads `v`: its latest job's
+/// target string when the child's version policy says that is the version
+/// it runs (a child reading `v2.0.0` after an upgrade to `2.0.0` reports
+/// `2.0.0`, as the upgrade's own report did), else `v`.
+fn as_reported(platform: &Platform, child: &dyn Child, v: String) -> String {
+    let policy = child.version_policy();
+    let mut j = journal::lock(platform.journal());
+    match jobs_db::latest(&mut j, child.device_id(), job::Limits::default(), &|_| {
+        policy
+    }) {
+        Ok(Some(row)) => policy.as_reported(&row.upgrade.version, &v),
+        Ok(None) => v,
+        Err(e) => {
+            warn!(child = child.device_id(), "journal: {e}");
+            v
+        }
     }
 }
 

@@ -83,7 +83,9 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
     let mut out = Vec::with_capacity(cfg.children.len());
     for c in &cfg.children {
         let row = rows.iter().find(|r| r.device_id == c.device_id);
-        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), Default::default())?
+        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), &|_| {
+            c.version_match
+        })?
             .map(|r| JobStatus {
                 id: r.id,
                 target: r.upgrade.version.clone(),

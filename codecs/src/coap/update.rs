@@ -5,7 +5,8 @@
 //! The procedure is the gateway's half of docs/protocols/children.md §3 "How a gateway
 //! drives a CoAP child", built on the Firmware Update object (OMA 5.xml,
 //! [`crate::lwm2m`]):
-//! 1. `GET /3/0/3`: already at the target version → finished, nothing sent.
+//! 1. `GET /3/0/3`: already at the target version ([`UpdateConfig::version_policy`])
+//!    → finished, nothing sent.
 //! 2. Pull: `PUT /5/0/1` the Package URI (text/plain), then poll `/5/0/3`
 //!    until State 2 (Downloaded), reading `/5/0/5` whenever it is not 2 to
 //!    catch a failed download. The child fetches the package with Block2
@@ -47,6 +48,7 @@ use super::source::{ReadAt, ReadError};
 use crate::iotda::ResultCode;
 use crate::lwm2m::{self, Path, State, UpdateResult, ValueError};
 use crate::time::Instant;
+use crate::version::Policy;
 
 /// How the package reaches the child (/5/0/9, docs/protocols/children.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +73,9 @@ pub enum Delivery {
 pub struct UpdateConfig {
     /// The version the child must report in /3/0/3 afterwards.
     pub target_version: String,
+    /// How /3/0/3 is compared with `target_version` (normalised: `v2.0.0`
+    /// is `2.0.0`).
+    pub version_policy: Policy,
     /// Package length in bytes.
     pub total_len: u32,
     /// Pull or push.
@@ -91,6 +96,7 @@ impl UpdateConfig {
     pub fn new(target_version: impl Into<String>, total_len: u32, delivery: Delivery) -> Self {
         UpdateConfig {
             target_version: target_version.into(),
+            version_policy: Policy::default(),
             total_len,
             delivery,
             poll_interval: Duration::from_secs(5),
@@ -431,7 +437,7 @@ impl UpdateProcedure {
                     let v = v.trim().to_string();
                     self.events
                         .push_back(UpdateEvent::CurrentVersion(v.clone()));
-                    if v == self.cfg.target_version {
+                    if self.is_target(&v) {
                         self.finish(Outcome::AlreadyCurrent);
                     } else {
                         self.start_delivery(now);
@@ -458,11 +464,11 @@ impl UpdateProcedure {
             },
             Step::Execute => self.start_verify(now),
             Step::ConfirmRefusal(refused) => match lwm2m::parse_text(payload) {
-                Ok(v) if v.trim() == self.cfg.target_version => self.finish(Outcome::Updated),
+                Ok(v) if self.is_target(v.trim()) => self.finish(Outcome::Updated),
                 _ => self.refused(refused, now),
             },
             Step::VerifyVersion => match lwm2m::parse_text(payload) {
-                Ok(v) if v.trim() == self.cfg.target_version => self.finish(Outcome::Updated),
+                Ok(v) if self.is_target(v.trim()) => self.finish(Outcome::Updated),
                 Ok(v) => {
                     self.last_version = v.trim().to_string();
                     self.step = Step::VerifyResult;
@@ -725,6 +731,13 @@ impl UpdateProcedure {
             return;
         }
         self.finish(Outcome::Failed(failure));
+    }
+
+    /// Whether /3/0/3 (trimmed) shows the target, by the configured policy.
+    fn is_target(&self, reported: &str) -> bool {
+        self.cfg
+            .version_policy
+            .same(&self.cfg.target_version, reported)
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -1046,6 +1059,50 @@ mod tests {
             Some(Outcome::Failed(UpdateFailure::UpdateTimeout))
         );
         assert_eq!(UpdateFailure::UpdateTimeout.to_iotda().0.get(), 10);
+    }
+
+    /// Reaches Execute with a pull, then reads back `after` from /3/0/3.
+    fn verify_reads(cfg: UpdateConfig, before: &str, after: &str) -> UpdateProcedure {
+        let mut u = UpdateProcedure::new(cfg).unwrap();
+        assert_eq!(next(&mut u, 0).1, "3/0/3");
+        u.handle_response(&content(before), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("2"), at(1000));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&answer(Code::CHANGED, ""), at(1000));
+        assert_eq!(next(&mut u, 2000).1, "3/0/3");
+        u.handle_response(&content(after), at(2000));
+        u
+    }
+
+    /// The version policy decides what "the target" is, before and after
+    /// the update: a child writing `v2.0` runs target `2.0` when normalised
+    /// (the default), and does not under the exact policy.
+    #[test]
+    fn version_reads_follow_the_policy() {
+        let exact = || UpdateConfig {
+            version_policy: Policy::Exact,
+            ..pull_cfg()
+        };
+        assert_eq!(pull_cfg().version_policy, Policy::Normalised);
+        // Already there.
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("v2.0.0"), at(0));
+        assert_eq!(finished(&mut u), Some(Outcome::AlreadyCurrent));
+        let mut u = UpdateProcedure::new(exact()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("v2.0.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/1", "exact: v2.0.0 is not 2.0");
+        // Updated, read back with a prefix.
+        let mut u = verify_reads(pull_cfg(), "v1.0", "v2.0");
+        assert_eq!(finished(&mut u), Some(Outcome::Updated));
+        let mut u = verify_reads(exact(), "v1.0", "v2.0");
+        assert_eq!(next(&mut u, 2000).1, "5/0/5", "exact: not the target yet");
+        let mut u = verify_reads(exact(), "v1.0", "2.0");
+        assert_eq!(finished(&mut u), Some(Outcome::Updated));
     }
 
     #[test]

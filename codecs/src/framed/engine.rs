@@ -36,6 +36,7 @@ use crate::engine::{self, ReadRequest};
 use crate::iotda::ResultCode;
 use crate::rng::Rng;
 use crate::time::Instant;
+use crate::version::Policy;
 
 /// The image to deliver: its size, digests and the version it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +76,9 @@ pub struct Upgrade {
     /// Finish with [`Outcome::AlreadyCurrent`] instead of upgrading when the
     /// child already runs the target version.
     pub skip_if_current: bool,
+    /// How the version the child reports is compared with the image's
+    /// (docs/config.md `version_match`).
+    pub version_policy: Policy,
     /// Seed for the first sequence number and backoff jitter.
     pub seed: u64,
 }
@@ -298,6 +302,7 @@ pub struct Engine {
     image: ImageInfo,
     mode: Mode,
     skip_if_current: bool,
+    version_policy: Policy,
     decoder: Decoder,
     rng: Rng,
     next_seq: u8,
@@ -329,6 +334,7 @@ impl Engine {
         check_fits(&profile, &upgrade.image)?;
         let mut e = Self::make(profile, upgrade.image, upgrade.seed, Mode::Upgrade);
         e.skip_if_current = upgrade.skip_if_current;
+        e.version_policy = upgrade.version_policy;
         e.send(MessageKind::VersionQuery, now);
         Ok(e)
     }
@@ -356,6 +362,7 @@ impl Engine {
             image,
             mode,
             skip_if_current: false,
+            version_policy: Policy::default(),
             rng,
             next_seq,
             step: Step::VersionBefore,
@@ -721,7 +728,7 @@ impl Engine {
                 self.events.push_back(Event::CurrentVersion(v.clone()));
                 if self.mode == Mode::ReadVersion {
                     self.finish(Outcome::Version { version: v });
-                } else if self.skip_if_current && v == self.image.version {
+                } else if self.skip_if_current && self.is_target(&v) {
                     self.finish(Outcome::AlreadyCurrent { version: v });
                 } else {
                     self.send(MessageKind::Begin, now);
@@ -790,7 +797,7 @@ impl Engine {
                     .message(MessageKind::Activate)
                     .filter(|m| m.reply.is_none())
                     .map(|m| m.retries);
-                if v == self.image.version {
+                if self.is_target(&v) {
                     self.finish(Outcome::Upgraded { version: v });
                 } else if unanswered.is_some_and(|retries| self.activate_sends <= retries) {
                     // An activate without a reply may have been lost on the
@@ -821,6 +828,11 @@ impl Engine {
             }
             (_, MessageKind::VersionQuery) => {}
         }
+    }
+
+    /// Whether the child's version `v` is the image's, by the policy.
+    fn is_target(&self, v: &str) -> bool {
+        self.version_policy.same(&self.image.version, v)
     }
 
     fn next_chunk(&mut self, now: Instant) {
@@ -1022,6 +1034,7 @@ mod tests {
         let upgrade = Upgrade {
             image: ImageInfo::of(&image, "2.0"),
             skip_if_current: false,
+            version_policy: Default::default(),
             seed: 0,
         };
         let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
@@ -1063,6 +1076,7 @@ mod tests {
         let upgrade = Upgrade {
             image: ImageInfo::of(&image, "2.0"),
             skip_if_current: false,
+            version_policy: Default::default(),
             seed: 0,
         };
         let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();

@@ -575,6 +575,7 @@ mod tests {
             let upgrade = Upgrade {
                 image: ImageInfo::of(&image, "3.0"),
                 skip_if_current: false,
+                version_policy: Default::default(),
                 seed: 1,
             };
             let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
