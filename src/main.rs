@@ -786,6 +786,7 @@ fn sim(which: SimCommand) -> anyhow::Result<ExitCode> {
                 reorder_pct: reorder,
                 delay: std::time::Duration::from_millis(delay_ms),
                 reboot_after_blocks,
+                ..Faults::default()
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
