@@ -227,7 +227,7 @@ impl Gateway {
                     // The gateway's own firmware is the box vendor's business.
                     warn!(topic = topic_name, "upgrade of the gateway itself refused");
                     let r = otabridge_codecs::iotda::event::ProgressReport {
-                        result_code: otabridge_codecs::iotda::result::UNKNOWN_TYPE,
+                        result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
                         progress: None,
                         version: self.fw_version.clone().unwrap_or_default(),
                         description: Some(

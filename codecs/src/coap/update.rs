@@ -58,6 +58,7 @@ use super::push::{
     Block1Push, PushConfig, PushConfigError, PushEvent, PushFailure, TransportFailure,
 };
 use super::serve::ServedBlock;
+use crate::iotda::ResultCode;
 use crate::lwm2m::{self, Path, State, UpdateResult, ValueError};
 use crate::time::Instant;
 
@@ -177,7 +178,7 @@ impl UpdateFailure {
     /// never shows the new version is 10 "Firmware update failed"
     /// (inferred); an unreachable child is 6 while delivering
     /// (inferred: the closest code), and anything else 255.
-    pub fn to_iotda(&self) -> (u16, &'static str) {
+    pub fn to_iotda(&self) -> (ResultCode, &'static str) {
         match self {
             UpdateFailure::Child(r) => r.to_iotda(),
             UpdateFailure::Push(p) => p.to_iotda(),
@@ -188,7 +189,7 @@ impl UpdateFailure {
             UpdateFailure::Unreachable(p) if *p != Path::FIRMWARE_VERSION => {
                 UpdateResult::ConnectionLost.to_iotda()
             }
-            _ => (crate::iotda::result::INNER_ERROR, "internal exception"),
+            _ => (ResultCode::INNER_ERROR, "internal exception"),
         }
     }
 
@@ -925,7 +926,10 @@ mod tests {
         };
         assert_eq!(
             f.to_iotda(),
-            (5, "Not enough storage for the new firmware package")
+            (
+                ResultCode::LOW_SPACE,
+                "Not enough storage for the new firmware package"
+            )
         );
     }
 
@@ -1038,7 +1042,7 @@ mod tests {
             finished(&mut u),
             Some(Outcome::Failed(UpdateFailure::UpdateTimeout))
         );
-        assert_eq!(UpdateFailure::UpdateTimeout.to_iotda().0, 10);
+        assert_eq!(UpdateFailure::UpdateTimeout.to_iotda().0.get(), 10);
     }
 
     #[test]
@@ -1202,7 +1206,7 @@ mod tests {
         let Some(Outcome::Failed(f)) = finished(&mut u) else {
             panic!("no failure")
         };
-        assert_eq!(f.to_iotda().0, 5);
+        assert_eq!(f.to_iotda().0.get(), 5);
     }
 
     #[test]
