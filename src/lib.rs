@@ -10,6 +10,7 @@
 //! - [`tls`], [`backoff`]: TLS material and retry pacing, shared by drivers.
 //! - [`platform`]: the MQTT session to IoTDA and the durable outbox.
 //! - [`package`]: resumable HTTPS downloads into the verified package store.
+//! - [`image`]: MCUboot image checks before delivery (hash, signature, version).
 //! - [`child`]: the `Child` trait and one driver per transport.
 //! - [`ota`]: event dispatch and the per-child upgrade jobs.
 //! - [`daemon`]: wires the above together for `otabridge run`.
@@ -20,6 +21,7 @@ pub mod backoff;
 pub mod child;
 pub mod config;
 pub mod daemon;
+pub mod image;
 pub mod journal;
 pub mod metrics;
 pub mod ota;

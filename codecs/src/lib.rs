@@ -18,6 +18,7 @@
 //! - [`lwm2m`]: the Firmware Update object /5 and the Device object /3.
 //! - [`smp`]: MCUmgr SMP header, CBOR bodies, serial framing, image upload.
 //! - [`framed`]: manufacturers' own serial protocols described by a profile.
+//! - [`mcuboot`]: MCUboot image header and TLV areas, the image hash.
 //! - [`download`]: the decisions of a resumable HTTP package download
 //!   (Range/If-Range, status classification, checkpoints).
 //! - [`version`]: firmware version normalisation and comparison.
@@ -29,6 +30,7 @@ pub mod framed;
 pub mod hex;
 pub mod iotda;
 pub mod lwm2m;
+pub mod mcuboot;
 pub mod rng;
 pub mod smp;
 pub mod time;

@@ -229,6 +229,7 @@ mod tests {
                 version: "1".into(),
                 online: true,
             },
+            image: crate::config::ChildImage::default_for(false),
         };
         from_config(&sim, &mut nets).unwrap();
         assert!(nets.coap.is_none(), "no CoAP child, no socket");
@@ -238,6 +239,7 @@ mod tests {
                 address: ([127, 0, 0, 1], port).into(),
                 delivery: Delivery::Pull,
             },
+            image: crate::config::ChildImage::default_for(false),
         };
         let a = from_config(&coap_child("a", 5701), &mut nets).unwrap();
         let first = nets.coap().unwrap().local_addr();

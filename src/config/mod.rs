@@ -16,7 +16,7 @@ mod child;
 mod profile;
 mod serial;
 
-pub use child::{ChildConfig, Delivery, SerialProtocol, Transport};
+pub use child::{ChildConfig, ChildImage, Delivery, ImageCheck, SerialProtocol, Transport};
 pub use profile::{find_profile, FramedProfile, ProfileLookupError};
 pub use serial::{
     Framing, Parity, SerialOptions, DEFAULT_WINDOW, MAX_BUF_SIZE, MAX_WINDOW, MIN_BUF_SIZE,
@@ -101,6 +101,8 @@ struct RawConfig {
     profiles: ProfilesConfig,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    image: ImageConfig,
     #[serde(default, rename = "child")]
     children: Vec<child::ChildTable>,
 }
@@ -231,6 +233,15 @@ impl Default for OtaConfig {
     }
 }
 
+/// `[image]`: checks of MCUboot images before delivery that apply to every
+/// child whose `image.check` is `mcuboot` (docs/config.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// PEM public keys any child's image may be signed with.
+    pub keys: Vec<PathBuf>,
+}
+
 /// `[profiles]`: where user profiles for `protocol = "framed:<name>"` live
 /// (docs/framed.md).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -310,6 +321,8 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[image]`.
+    pub image: ImageConfig,
     /// `[[child]]`, in file order.
     pub children: Vec<ChildConfig>,
 }
@@ -381,6 +394,7 @@ struct Draft {
     ota: OtaConfig,
     profiles: ProfilesConfig,
     metrics: MetricsConfig,
+    image: ImageConfig,
     children: Vec<DraftChild>,
 }
 
@@ -388,6 +402,7 @@ struct Draft {
 struct DraftChild {
     device_id: String,
     draft: child::Draft,
+    image: ChildImage,
     /// `child[i].protocol` and where it is written, for a profile that
     /// cannot be read.
     protocol_key: String,
@@ -438,21 +453,21 @@ impl Draft {
                 };
                 (key, at)
             };
-            let (device_id, draft) =
-                siblings
-                    .check(i, table, &platform.raw.device_id)
-                    .map_err(|e| {
-                        let (key, at) = located(&e.key);
-                        ConfigError::Invalid {
-                            file: file.to_owned(),
-                            key,
-                            message: format!("{}{at}", e.message),
-                        }
-                    })?;
+            let (device_id, draft, image) = siblings
+                .check(i, table, &platform.raw.device_id)
+                .map_err(|e| {
+                    let (key, at) = located(&e.key);
+                    ConfigError::Invalid {
+                        file: file.to_owned(),
+                        key,
+                        message: format!("{}{at}", e.message),
+                    }
+                })?;
             let (protocol_key, protocol_at) = located("protocol");
             children.push(DraftChild {
                 device_id,
                 draft,
+                image,
                 protocol_key,
                 protocol_at,
             });
@@ -466,6 +481,7 @@ impl Draft {
             ota: raw.ota,
             profiles: raw.profiles,
             metrics: raw.metrics,
+            image: raw.image,
             children,
         })
     }
@@ -513,6 +529,7 @@ impl Draft {
             children.push(ChildConfig {
                 device_id: c.device_id,
                 transport,
+                image: c.image,
             });
         }
         let p = self.platform.raw;
@@ -536,6 +553,7 @@ impl Draft {
             ota: self.ota,
             profiles: self.profiles,
             metrics: self.metrics,
+            image: self.image,
             children,
         })
     }
@@ -842,6 +860,43 @@ protocol = "framed:acme-rs485"
             "{e}"
         );
         assert!(parse(&bus.replace("baud = 9600", "baud = 115200")).is_ok());
+    }
+
+    #[test]
+    fn image_checks_default_by_protocol_and_errors_name_the_key() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.children[0].image, ChildImage::default_for(false));
+        assert!(c.image.keys.is_empty());
+        let smp = GOOD.replace("protocol = \"framed:acme-rs485\"", "protocol = \"smp\"");
+        let c = parse(&smp).unwrap();
+        assert_eq!(c.children[1].image.check, ImageCheck::Mcuboot);
+        let text = format!(
+            "{}\nimage = {{ check = \"mcuboot\", keys = [\"/k.pem\"], encrypted = true, slot_size = 4096 }}",
+            GOOD.replace("[[child]]\ndevice_id = \"prod_node02\"", "[image]\nkeys = [\"/all.pem\"]\n\n[[child]]\ndevice_id = \"prod_node02\"")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.image.keys, [PathBuf::from("/all.pem")]);
+        assert_eq!(
+            c.children[1].image,
+            ChildImage {
+                check: ImageCheck::Mcuboot,
+                keys: vec!["/k.pem".into()],
+                encrypted: true,
+                slot_size: Some(4096),
+            }
+        );
+        let e = err(&format!("{GOOD}image = {{ sign = 1 }}\n"));
+        assert!(
+            e.contains("child[1].image.sign: unknown field `sign`"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}image = {{ keys = [\"/k.pem\"] }}\n"));
+        assert!(
+            e.contains("child[1].image") && e.contains("check = \"mcuboot\""),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}image = {{ check = \"x509\" }}\n"));
+        assert!(e.contains("child[1].image"), "{e}");
     }
 
     #[test]
