@@ -12,10 +12,12 @@
 //!   [`coap::CoapNetwork`] (socket, message layer, Block2 package server).
 //!
 //! Serial (SMP, framed profiles) drivers implement the same trait on top of
-//! the `otabridge-codecs` engines.
+//! the `otabridge-codecs` engines, all run on the shared serial link
+//! ([`link`]: port, package reads, one driver loop).
 
 pub mod coap;
 pub mod framed;
+pub mod link;
 pub mod memory;
 pub mod serial;
 
