@@ -284,6 +284,7 @@ fn coap_child(a: CoapChildArgs) -> ExitCode {
         reorder_pct: a.reorder,
         delay: Duration::from_millis(a.delay_ms),
         reboot_after_blocks: a.reboot_after_blocks,
+        ..Faults::default()
     };
     let rt = match runtime() {
         Ok(rt) => rt,

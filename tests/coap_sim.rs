@@ -65,7 +65,7 @@ fn lossy() -> Faults {
         duplicate_pct: 10.0,
         reorder_pct: 10.0,
         delay: Duration::from_millis(1),
-        reboot_after_blocks: None,
+        ..Faults::default()
     }
 }
 
@@ -422,6 +422,99 @@ async fn push_resumes_after_a_gateway_restart() {
     .await
 }
 
+/// Issue 17, defect 3: every answer to the Package URI write is lost, but
+/// the child takes the URI and fetches the package. The blocks it fetches
+/// are the answer: the gateway goes on polling instead of giving up on the
+/// write, resetting the child and restarting a pull that was under way.
+#[tokio::test]
+async fn a_lost_answer_to_the_uri_write_does_not_restart_the_pull() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 24 * 1024 + 7, 12);
+        let faults = Faults {
+            lose_uri_answers: true,
+            ..Faults::default()
+        };
+        let sim = CoapChildSim::start(sim_options(121, faults)).await.unwrap();
+        let child = CoapChild::new(
+            "pull-lost-ack",
+            sim.addr(),
+            Delivery::Pull,
+            network(122),
+            child_options(),
+        );
+        let seen = upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(seen, pkg.size);
+        let st = sim.stats();
+        assert_eq!(st.starts, 1, "one download, never restarted: {st:?}");
+        assert_eq!(st.blocks, pkg.size.div_ceil(1024), "{st:?}");
+        assert!(st.dropped >= 1, "the fault was exercised: {st:?}");
+        assert_eq!(sim.version(), "2.0");
+    })
+    .await
+}
+
+/// Issue 17, defect 4: the gateway stops during the last block of a push
+/// (the child took it and holds the whole image, its answer never came
+/// back). The restarted gateway reads /5/0/3 first and, finding State 2
+/// (Downloaded), executes without sending the image again.
+#[tokio::test]
+async fn a_push_cut_during_its_last_block_is_not_sent_again() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 16 * 1024 + 100, 13);
+        let faults = Faults {
+            lose_final_block_answers: true,
+            ..Faults::default()
+        };
+        let sim = CoapChildSim::start(sim_options(131, faults)).await.unwrap();
+        let acked = Arc::new(AtomicU64::new(0));
+        {
+            let child = CoapChild::new(
+                "push-last-block",
+                sim.addr(),
+                Delivery::Push,
+                network(132),
+                child_options(),
+            );
+            let a = acked.clone();
+            let progress = move |n: u64| a.store(n, Ordering::SeqCst);
+            let image_taken = async {
+                while sim.stats().images == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            // The gateway is stopped (dropped) once the child holds the image.
+            tokio::select! {
+                r = child.deliver(&pkg, 0, &progress) => panic!("delivery should be cut: {r:?}"),
+                _ = image_taken => {}
+            }
+        }
+        let resume = acked.load(Ordering::SeqCst);
+        assert!(resume > 0 && resume < pkg.size, "journaled {resume}");
+        let before = sim.stats();
+        let child = CoapChild::new(
+            "push-last-block",
+            sim.addr(),
+            Delivery::Push,
+            network(133),
+            child_options(),
+        );
+        child.deliver(&pkg, resume, &|_| {}).await.unwrap();
+        child.activate(&pkg).await.unwrap();
+        let st = sim.stats();
+        assert_eq!(st.blocks, before.blocks, "no block sent again: {st:?}");
+        assert_eq!(st.starts, 1, "{st:?}");
+        assert_eq!(st.incomplete, 0, "{st:?}");
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        assert_eq!(sim.version(), "2.0");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn push_resume_falls_back_to_zero_when_the_child_forgot() {
     bounded(async {
@@ -535,6 +628,7 @@ async fn many_seeds_under_heavy_faults() {
                     reorder_pct: 15.0,
                     delay: Duration::from_millis(2),
                     reboot_after_blocks: Some(50 + seed as u32),
+                    ..Faults::default()
                 };
                 // Both ends need more retransmissions than RFC 7252's 4 at
                 // this loss: the child's own Block2 GETs give up otherwise.
