@@ -15,6 +15,11 @@ use std::time::Duration;
 use otabridge_codecs::framed::profile::{self, Profile};
 use serde::Deserialize;
 
+mod gateway;
+pub use self::gateway::{
+    After, GatewayConfig, InstallConfig, Installer, VersionSource, FILE_PLACEHOLDER,
+};
+
 /// A configuration that cannot be used: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -94,6 +99,8 @@ struct RawConfig {
     profiles: ProfilesConfig,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    gateway: gateway::RawGateway,
     #[serde(default, rename = "child")]
     children: Vec<RawChild>,
 }
@@ -638,6 +645,8 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[gateway]`: the gateway's own upgrade (default: none, refused).
+    pub gateway: GatewayConfig,
     /// `[[child]]`, in file order.
     pub children: Vec<ChildConfig>,
 }
@@ -850,6 +859,11 @@ impl Config {
             ));
         }
 
+        let gateway = raw
+            .gateway
+            .validate()
+            .map_err(|(key, message)| invalid(&key, message))?;
+
         if let Some(d) = &raw.profiles.dir {
             if !d.is_dir() {
                 return Err(invalid(
@@ -1008,6 +1022,7 @@ impl Config {
             ota: raw.ota,
             profiles: raw.profiles,
             metrics: raw.metrics,
+            gateway,
             children,
         })
     }

@@ -11,6 +11,7 @@
 //! - [`platform`]: the MQTT session to IoTDA and the durable outbox.
 //! - [`package`]: resumable HTTPS downloads into the verified package store.
 //! - [`child`]: the `Child` trait and one driver per transport.
+//! - [`gateway`]: the gateway's own upgrade through the box's installer.
 //! - [`ota`]: event dispatch and the per-child upgrade jobs.
 //! - [`daemon`]: wires the above together for `otabridge run`.
 //! - [`sim`]: simulators (broker, platform, children) for tests and the demo.
@@ -20,6 +21,7 @@ pub mod backoff;
 pub mod child;
 pub mod config;
 pub mod daemon;
+pub mod gateway;
 pub mod journal;
 pub mod metrics;
 pub mod ota;

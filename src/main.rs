@@ -357,10 +357,34 @@ fn load(config: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// Replaces this process with `exe` and the same arguments (same pid, so a
+/// service manager sees no exit): the gateway's own software upgrade
+/// installed a new otabridge. Returns only when that fails (exit 1: a
+/// service manager restarts on failure).
+fn restart_in_place(exe: std::io::Result<std::path::PathBuf>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match exe {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("otabridge: cannot restart: the running binary's path is unknown: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(exe = %exe.display(), "restarting on the installed otabridge");
+    let e = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!("otabridge: cannot restart {}: {e}", exe.display());
+    ExitCode::from(1)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
+            // Taken before anything runs: an upgrade of otabridge's own
+            // package replaces the file, and the restart executes the new one.
+            let exe = std::env::current_exe();
             init_logs(cli.log_format, "info,rumqttc=warn");
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -371,7 +395,11 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             match rt.block_on(otabridge::daemon::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(otabridge::daemon::Stopped::Shutdown) => ExitCode::SUCCESS,
+                Ok(otabridge::daemon::Stopped::Restart) => {
+                    drop(rt);
+                    restart_in_place(exe)
+                }
                 Err(e @ otabridge::daemon::StartError::Child(_)) => {
                     eprintln!("otabridge: {e}");
                     ExitCode::from(2)
