@@ -276,14 +276,16 @@ impl RawInstall {
                         Installer::Rauc | Installer::Mender | Installer::Dpkg => {
                             VersionSource::Installer
                         }
-                        Installer::Swupdate | Installer::Command => return Err((
-                            key("version_file"),
-                            format!(
+                        Installer::Swupdate | Installer::Command => {
+                            return Err((
+                                key("version_file"),
+                                format!(
                                 "installer = \"{name}\" keeps no record of the running version: \
                                      give version_file (for example \"/etc/sw-versions\" with \
                                      version_key) or version_command"
                             ),
-                        )),
+                            ))
+                        }
                     },
                 }
             }

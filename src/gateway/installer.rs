@@ -22,7 +22,7 @@ use std::time::Duration;
 use otabridge_codecs::iotda::result;
 use tracing::{debug, info};
 
-use super::proc::{self, ProcError};
+use super::proc::{self, ProcError, Stream};
 use crate::config::{InstallConfig, Installer, FILE_PLACEHOLDER};
 
 /// Lines kept for a failure's description.
@@ -146,6 +146,8 @@ pub struct OutputParser {
     /// Whether the previous line was an error line (dpkg indents the
     /// details of an error on the lines after it).
     in_error: bool,
+    /// The last lines of standard error, and of everything.
+    stderr: Vec<String>,
     last: Vec<String>,
     code: u16,
 }
@@ -167,18 +169,22 @@ impl OutputParser {
             started: 0,
             errors: Vec::new(),
             in_error: false,
+            stderr: Vec::new(),
             last: Vec::new(),
             code: result::INSTALL_FAIL,
         }
     }
 
-    /// Takes one line; returns the install's progress (0–100) when the line
-    /// says it.
-    pub fn line(&mut self, line: &str) -> Option<u8> {
+    /// Takes one line from `stream`; returns the install's progress
+    /// (0–100) when the line says it.
+    pub fn line(&mut self, stream: Stream, line: &str) -> Option<u8> {
         if line.trim().is_empty() {
             return None;
         }
         push_bounded(&mut self.last, line);
+        if stream == Stream::Stderr {
+            push_bounded(&mut self.stderr, line);
+        }
         let error = self.error_text(line);
         self.in_error = error.is_some();
         if let Some(e) = error {
@@ -275,13 +281,14 @@ impl OutputParser {
         }
     }
 
-    /// The failure for an installer that ended with `status`.
+    /// The failure for an installer that ended with `status`. Its
+    /// description quotes the last error lines the preset recognises, else
+    /// the last lines of standard error, else the last lines.
     pub fn failure(&self, program: &str, status: String) -> InstallError {
-        let lines = if self.errors.is_empty() {
-            &self.last
-        } else {
-            &self.errors
-        };
+        let lines = [&self.errors, &self.stderr, &self.last]
+            .into_iter()
+            .find(|l| !l.is_empty())
+            .unwrap_or(&self.last);
         let mut summary = lines.join(" | ");
         if summary.chars().count() > SUMMARY_CHARS {
             summary = summary.chars().take(SUMMARY_CHARS).collect::<String>() + "...";
@@ -307,9 +314,9 @@ pub async fn install(
     info!(installer = cfg.installer.name(), command = ?argv, "running the gateway's installer");
     let mut parser = OutputParser::new(cfg.installer);
     let program = argv[0].clone();
-    let status = proc::run_lines(&argv, limit, |_, line| {
+    let status = proc::run_lines(&argv, limit, |stream, line| {
         debug!(installer = %program, "{line}");
-        if let Some(p) = parser.line(line) {
+        if let Some(p) = parser.line(stream, line) {
             progress(p);
         }
     })
@@ -340,7 +347,10 @@ mod tests {
 
     fn feed(installer: Installer, text: &str) -> (Vec<u8>, OutputParser) {
         let mut p = OutputParser::new(installer);
-        let got = text.lines().filter_map(|l| p.line(l)).collect();
+        let got = text
+            .lines()
+            .filter_map(|l| p.line(Stream::Stdout, l))
+            .collect();
         (got, p)
     }
 
