@@ -1,0 +1,493 @@
+//! `[[child]]`: a closed set of shapes, one per transport and, on a serial
+//! line, one per protocol. Each shape is a struct with exactly its own keys
+//! (`deny_unknown_fields`), so a key of another transport or protocol is an
+//! unknown key by construction, not an entry in a forbid list; a new
+//! transport is a new variant and a new struct, nothing else changes.
+//!
+//! The tag is read by [`ChildSpec::from_table`] rather than by
+//! `#[serde(tag = "transport")]`: serde's internally tagged enums buffer the
+//! whole table before they look at the tag, and an error found in the
+//! buffered value then names neither its key nor its line, only the table
+//! (`child[1]: invalid type: string "fast", expected u32`). Reading the tag
+//! first and deserializing the chosen shape with path tracking keeps
+//! `child[1].baud` and its line and column in every message.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::serial::{Framing, SerialOptions, MAX_BUF_SIZE, MAX_WINDOW, MIN_BUF_SIZE};
+use super::FramedProfile;
+
+/// One `[[child]]` table as written: each key's value with its place in the
+/// file (toml keeps the span of a value only at this level).
+pub(super) type ChildTable = BTreeMap<String, toml::Spanned<toml::Value>>;
+
+/// A `[[child]]` whose key or value is wrong, relative to the child: `key`
+/// is `baud`, not `child[1].baud` (the caller knows the index).
+#[derive(Debug)]
+pub(super) struct BadKey {
+    /// The key (empty when the error is about the table as a whole).
+    pub(super) key: String,
+    /// What is wrong.
+    pub(super) message: String,
+}
+
+impl BadKey {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        BadKey {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// CoAP delivery direction (`delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// The child fetches the package from our Block2 server (the default).
+    #[default]
+    Pull,
+    /// We write the package to /5/0/0 with Block1.
+    Push,
+}
+
+/// Serial child protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialProtocol {
+    /// MCUmgr SMP over the console framing.
+    Smp,
+    /// A manufacturer's protocol described by a profile.
+    Framed(FramedProfile),
+}
+
+/// How a child is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// LwM2M over CoAP/UDP.
+    Coap {
+        /// The child's CoAP endpoint.
+        address: SocketAddr,
+        /// Pull or push.
+        delivery: Delivery,
+    },
+    /// A serial line.
+    Serial {
+        /// The device node, e.g. `/dev/ttyUSB0`.
+        port: PathBuf,
+        /// Line rate.
+        baud: u32,
+        /// The protocol on the line.
+        protocol: SerialProtocol,
+        /// Line framing, timeouts and SMP tuning.
+        options: SerialOptions,
+    },
+    /// An in-process simulated child, for bench tests of the platform link
+    /// without hardware.
+    Simulated {
+        /// The version it reports.
+        version: String,
+        /// Whether its health check passes.
+        online: bool,
+    },
+}
+
+/// One `[[child]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildConfig {
+    /// Its IoTDA device id (`object_device_id`).
+    pub device_id: String,
+    /// How it is reached.
+    pub transport: Transport,
+}
+
+/// A `[[child]]` by `transport`.
+#[derive(Debug)]
+enum ChildSpec {
+    Coap(CoapSpec),
+    Serial(SerialSpec),
+    Sim(SimSpec),
+}
+
+/// `transport = "coap"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoapSpec {
+    device_id: String,
+    // Issue 13: `endpoint` (the name a LwM2M client registers with on
+    // `[coap] listen`) joins here as the other way to reach the child, and
+    // `address` becomes optional: exactly one of the two.
+    address: String,
+    #[serde(default)]
+    delivery: Delivery,
+}
+
+/// `transport = "serial"`, by `protocol`.
+#[derive(Debug)]
+enum SerialSpec {
+    Smp(SmpSpec),
+    Framed { profile: String, spec: FramedSpec },
+}
+
+/// `transport = "serial"` with `protocol = "smp"` (the default): the line
+/// and the SMP tuning (docs/serial.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmpSpec {
+    device_id: String,
+    port: PathBuf,
+    baud: Option<u32>,
+    framing: Option<String>,
+    /// `"smp"` when written; [`ChildSpec::from_table`] dispatched on it.
+    #[serde(rename = "protocol")]
+    _protocol: Option<String>,
+    version_compare: Option<String>,
+    buf_size: Option<u32>,
+    timeout_ms: Option<u64>,
+    first_timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    window: Option<u32>,
+    reboot_wait_ms: Option<u64>,
+    reboot_timeout_ms: Option<u64>,
+}
+
+/// `transport = "serial"` with `protocol = "framed:<profile>"`: the line
+/// only, because the profile sets every timeout and retry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FramedSpec {
+    device_id: String,
+    port: PathBuf,
+    baud: Option<u32>,
+    framing: Option<String>,
+    /// `"framed:<profile>"`; [`ChildSpec::from_table`] took the name.
+    #[serde(rename = "protocol")]
+    _protocol: String,
+}
+
+/// `transport = "sim"`: an in-process child for bench tests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimSpec {
+    device_id: String,
+    version: String,
+    #[serde(default = "yes")]
+    online: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The transports this build knows, for messages.
+const TRANSPORTS: &str = "coap, serial or sim";
+
+impl ChildSpec {
+    /// Reads `transport` (and a serial child's `protocol`), then the shape
+    /// they select.
+    fn from_table(table: &ChildTable) -> Result<ChildSpec, BadKey> {
+        let mut values: toml::Table = table
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect();
+        let transport = match values.remove("transport") {
+            Some(toml::Value::String(t)) => t,
+            Some(v) => {
+                return Err(BadKey::new(
+                    "transport",
+                    format!("expected a string ({TRANSPORTS}), found {}", v.type_str()),
+                ))
+            }
+            None => return Err(BadKey::new("transport", "is required")),
+        };
+        let what = format!("transport = \"{transport}\"");
+        match transport.as_str() {
+            "coap" => shape(values, &what).map(ChildSpec::Coap),
+            "serial" => SerialSpec::from_values(values).map(ChildSpec::Serial),
+            "sim" => shape(values, &what).map(ChildSpec::Sim),
+            other => Err(BadKey::new(
+                "transport",
+                format!("'{other}' is not {TRANSPORTS}"),
+            )),
+        }
+    }
+
+    fn device_id(&self) -> &str {
+        match self {
+            ChildSpec::Coap(c) => &c.device_id,
+            ChildSpec::Serial(SerialSpec::Smp(s)) => &s.device_id,
+            ChildSpec::Serial(SerialSpec::Framed { spec, .. }) => &spec.device_id,
+            ChildSpec::Sim(s) => &s.device_id,
+        }
+    }
+}
+
+impl SerialSpec {
+    fn from_values(values: toml::Table) -> Result<SerialSpec, BadKey> {
+        let protocol = match values.get("protocol") {
+            None => "smp".to_owned(),
+            Some(toml::Value::String(p)) => p.clone(),
+            Some(v) => {
+                return Err(BadKey::new(
+                    "protocol",
+                    format!(
+                        "expected a string (smp or framed:<profile>), found {}",
+                        v.type_str()
+                    ),
+                ))
+            }
+        };
+        let what = format!("protocol = \"{protocol}\"");
+        if protocol == "smp" {
+            return shape(values, &what).map(SerialSpec::Smp);
+        }
+        match protocol.strip_prefix("framed:") {
+            Some(name) if !name.is_empty() => Ok(SerialSpec::Framed {
+                profile: name.to_owned(),
+                spec: shape(values, &what)?,
+            }),
+            _ => Err(BadKey::new(
+                "protocol",
+                format!("'{protocol}' is not smp or framed:<profile>"),
+            )),
+        }
+    }
+}
+
+/// Deserializes one shape from a child's keys; `what` (`transport =
+/// "coap"`) says whose keys they are in messages about a key that does not
+/// belong or is missing.
+fn shape<T: DeserializeOwned>(values: toml::Table, what: &str) -> Result<T, BadKey> {
+    serde_path_to_error::deserialize(toml::Value::Table(values)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().message().trim_end().to_owned();
+        // serde words these two (serde::de::Error::unknown_field and
+        // missing_field); a missing key is not in the path, so it is taken
+        // from the message.
+        let quoted = |prefix: &str| {
+            let rest = message.strip_prefix(prefix)?;
+            let (k, tail) = rest.split_once('`')?;
+            Some((k.to_owned(), tail.trim_start_matches(',').trim().to_owned()))
+        };
+        if let Some((k, expected)) = quoted("unknown field `") {
+            return BadKey::new(&k, format!("is not a key of {what} ({expected})"));
+        }
+        if let Some((k, _)) = quoted("missing field `") {
+            return BadKey::new(&k, format!("is required for {what}"));
+        }
+        let key = if path == "." { String::new() } else { path };
+        BadKey { key, message }
+    })
+}
+
+/// What a serial child needs from the file system: its profile, by name.
+#[derive(Debug)]
+pub(super) struct PendingProfile {
+    /// The profile name after `framed:`.
+    pub(super) name: String,
+    /// The line, ready.
+    pub(super) port: PathBuf,
+    pub(super) baud: u32,
+    pub(super) options: SerialOptions,
+}
+
+/// A child checked from the text alone: ready, or waiting for its framed
+/// profile to be read.
+#[derive(Debug)]
+pub(super) enum Draft {
+    Ready(Transport),
+    Framed(PendingProfile),
+}
+
+impl Draft {
+    /// The child with its profile, once it has been found.
+    pub(super) fn with_profile(p: PendingProfile, profile: FramedProfile) -> Transport {
+        Transport::Serial {
+            port: p.port,
+            baud: p.baud,
+            protocol: SerialProtocol::Framed(profile),
+            options: p.options,
+        }
+    }
+}
+
+/// The rules that span children: unique ids, and one line setting per port
+/// (children sharing a port, an RS-485 bus, share its baud and framing).
+#[derive(Debug, Default)]
+pub(super) struct Siblings {
+    ids: HashSet<String>,
+    ports: HashMap<PathBuf, (usize, u32, Framing)>,
+}
+
+impl Siblings {
+    /// Checks child `index` from its table; `gateway` is the gateway's own
+    /// device id, which no child may use.
+    pub(super) fn check(
+        &mut self,
+        index: usize,
+        table: &ChildTable,
+        gateway: &str,
+    ) -> Result<(String, Draft), BadKey> {
+        let spec = ChildSpec::from_table(table)?;
+        let id = spec.device_id().to_owned();
+        if id.trim().is_empty() {
+            return Err(BadKey::new("device_id", "is empty"));
+        }
+        if id == gateway {
+            return Err(BadKey::new("device_id", "is the gateway's own device id"));
+        }
+        if !self.ids.insert(id.clone()) {
+            return Err(BadKey::new(
+                "device_id",
+                format!("'{id}' is configured twice"),
+            ));
+        }
+        let draft = match spec {
+            ChildSpec::Coap(c) => Draft::Ready(coap(c)?),
+            ChildSpec::Serial(SerialSpec::Smp(s)) => {
+                let (port, baud, framing) = line(s.port.clone(), s.baud, s.framing.as_deref())?;
+                self.share(index, &port, baud, framing)?;
+                Draft::Ready(Transport::Serial {
+                    port,
+                    baud,
+                    protocol: SerialProtocol::Smp,
+                    options: smp_options(&s, framing)?,
+                })
+            }
+            ChildSpec::Serial(SerialSpec::Framed { profile, spec }) => {
+                let (port, baud, framing) = line(spec.port, spec.baud, spec.framing.as_deref())?;
+                self.share(index, &port, baud, framing)?;
+                Draft::Framed(PendingProfile {
+                    name: profile,
+                    port,
+                    baud,
+                    options: SerialOptions {
+                        framing,
+                        ..SerialOptions::default()
+                    },
+                })
+            }
+            ChildSpec::Sim(s) => Draft::Ready(Transport::Simulated {
+                version: s.version,
+                online: s.online,
+            }),
+        };
+        Ok((id, draft))
+    }
+
+    fn share(&mut self, index: usize, port: &PathBuf, baud: u32, f: Framing) -> Result<(), BadKey> {
+        match self.ports.get(port) {
+            Some(&(j, b, g)) if (b, g) != (baud, f) => Err(BadKey::new(
+                "baud",
+                format!(
+                    "{} is shared with child[{j}], whose baud or framing differs",
+                    port.display()
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.ports.insert(port.clone(), (index, baud, f));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn coap(c: CoapSpec) -> Result<Transport, BadKey> {
+    let address = c.address.parse::<SocketAddr>().map_err(|_| {
+        BadKey::new(
+            "address",
+            format!("'{}' is not an ip:port address", c.address),
+        )
+    })?;
+    Ok(Transport::Coap {
+        address,
+        delivery: c.delivery,
+    })
+}
+
+/// The line keys every serial child has.
+fn line(
+    port: PathBuf,
+    baud: Option<u32>,
+    framing: Option<&str>,
+) -> Result<(PathBuf, u32, Framing), BadKey> {
+    let baud = baud.unwrap_or(115_200);
+    if baud == 0 {
+        return Err(BadKey::new("baud", "must be positive"));
+    }
+    let framing = match framing {
+        None => Framing::EIGHT_N_ONE,
+        Some(f) => Framing::parse(f).ok_or_else(|| {
+            BadKey::new(
+                "framing",
+                format!("'{f}' is not like 8N1 (data bits 5-8, N/E/O, stop 1-2)"),
+            )
+        })?,
+    };
+    Ok((port, baud, framing))
+}
+
+/// Validates the SMP tuning keys of one child.
+fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
+    use otabridge_codecs::version::Mode;
+    let d = SerialOptions::default();
+    let version_compare = match s.version_compare.as_deref() {
+        None => d.version_compare,
+        Some("normalised") => Mode::Normalised,
+        Some("exact") => Mode::Exact,
+        Some(o) => {
+            return Err(BadKey::new(
+                "version_compare",
+                format!("'{o}' is not normalised or exact"),
+            ))
+        }
+    };
+    let buf_size = match s.buf_size {
+        None => None,
+        Some(b) if (MIN_BUF_SIZE..=MAX_BUF_SIZE).contains(&b) => Some(b as usize),
+        Some(b) => {
+            return Err(BadKey::new(
+                "buf_size",
+                format!("{b} is outside {MIN_BUF_SIZE}..={MAX_BUF_SIZE}"),
+            ))
+        }
+    };
+    // Every wait must be positive and bounded (an hour is beyond any erase
+    // or MCUboot swap), so a typo cannot hang a job.
+    let ms = |v: Option<u64>, name: &str, default| match v {
+        None => Ok(default),
+        Some(ms) if (1..=3_600_000).contains(&ms) => Ok(std::time::Duration::from_millis(ms)),
+        Some(ms) => Err(BadKey::new(name, format!("{ms} is outside 1..=3600000 ms"))),
+    };
+    let retries = match s.retries {
+        None => d.retries,
+        Some(r) if r <= 100 => r,
+        Some(r) => return Err(BadKey::new("retries", format!("{r} is above 100"))),
+    };
+    let window = match s.window {
+        None => d.window,
+        Some(w) if (1..=MAX_WINDOW).contains(&w) => w as usize,
+        Some(w) => {
+            return Err(BadKey::new(
+                "window",
+                format!("{w} is outside 1..={MAX_WINDOW}"),
+            ))
+        }
+    };
+    Ok(SerialOptions {
+        framing,
+        version_compare,
+        buf_size,
+        timeout: ms(s.timeout_ms, "timeout_ms", d.timeout)?,
+        first_timeout: ms(s.first_timeout_ms, "first_timeout_ms", d.first_timeout)?,
+        retries,
+        window,
+        reboot_wait: ms(s.reboot_wait_ms, "reboot_wait_ms", d.reboot_wait)?,
+        reboot_timeout: ms(s.reboot_timeout_ms, "reboot_timeout_ms", d.reboot_timeout)?,
+    })
+}
