@@ -4,7 +4,7 @@
 //!
 //! | preset | command | progress from | failure classified from |
 //! |---|---|---|---|
-//! | swupdate | `swupdate [args] -v -i FILE` | images started of those `sw-description` lists (`-v` trace lines) | `Image invalid or corrupted` → 7; `HW compatibility not found` / `Compatible SW not found` → 8 |
+//! | swupdate | `swupdate [args] -v -i FILE` | images started of those `sw-description` lists (`-v` trace lines) | `Image invalid or corrupted`, `Checksum WRONG`, `HASH mismatch`, `Signature verification failed` → 7; `HW compatibility not found` / `Compatible SW not found` → 8 |
 //! | rauc | `rauc [args] install FILE` | its `NN% step` lines | `Checking bundle failed` → 7; `Compatible mismatch` → 8 |
 //! | mender | `mender [args] install FILE` | `NN%` in its progress bar | exit status only |
 //! | dpkg | `dpkg [args] --install FILE` | `Preparing to unpack` 10, `Unpacking` 40, `Setting up` 80 | `not a Debian format archive`, `corrupted`, `unexpected end of file` → 7; architecture mismatch → 8 |
@@ -263,7 +263,14 @@ impl OutputParser {
             Installer::Mender | Installer::Command => false,
         };
         let corrupt = match self.installer {
-            Installer::Swupdate => line.contains("Image invalid or corrupted"),
+            Installer::Swupdate => [
+                "Image invalid or corrupted",
+                "Checksum WRONG",
+                "HASH mismatch",
+                "Signature verification failed",
+            ]
+            .iter()
+            .any(|m| line.contains(m)),
             Installer::Rauc => line.contains("Checking bundle failed"),
             Installer::Dpkg => {
                 line.contains("not a Debian format archive")

@@ -93,7 +93,8 @@ pub fn install_pct(pct: u8) -> u8 {
         + (u16::from(INSTALLED_PCT - DOWNLOADED_PCT) * u16::from(pct.min(100)) / 100) as u8
 }
 
-/// Progress reports at least 5 points apart, never backwards.
+/// Progress reports at least 5 points apart, never backwards; the end of
+/// each phase (40, 90, 95) is always reported.
 #[derive(Debug, Clone, Default)]
 pub struct Throttle {
     last: Option<u8>,
@@ -109,7 +110,10 @@ impl Throttle {
     pub fn take(&mut self, pct: u8) -> bool {
         let go = match self.last {
             None => true,
-            Some(l) => pct >= l.saturating_add(5) || (pct > l && pct >= INSTALLED_PCT),
+            Some(l) => {
+                pct >= l.saturating_add(5)
+                    || (pct > l && matches!(pct, DOWNLOADED_PCT | INSTALLED_PCT | REBOOT_PCT))
+            }
         };
         if go {
             self.last = Some(pct);
@@ -267,11 +271,11 @@ mod tests {
         assert_eq!(install_pct(50), 65);
         assert_eq!(install_pct(100), 90);
         let mut t = Throttle::default();
-        let sent: Vec<u8> = [0, 2, 5, 9, 10, 40, 41, 88, 90, 90, 95]
+        let sent: Vec<u8> = [0, 2, 5, 9, 10, 37, 40, 41, 88, 90, 90, 95]
             .into_iter()
             .filter(|p| t.take(*p))
             .collect();
-        assert_eq!(sent, [0, 5, 10, 40, 88, 90, 95]);
+        assert_eq!(sent, [0, 5, 10, 37, 40, 88, 90, 95]);
         assert!(!Throttle::after(Some(95)).take(40), "never backwards");
     }
 
