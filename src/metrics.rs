@@ -22,6 +22,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use otabridge_codecs::iotda::ResultCode;
+
 use crate::child::Child;
 use crate::journal;
 use crate::ota::job::Phase;
@@ -97,7 +99,7 @@ struct State {
     /// Jobs running in this process, by journal id.
     running: HashMap<i64, Running>,
     /// Finished jobs by result code (0: succeeded).
-    completed: BTreeMap<u16, u64>,
+    completed: BTreeMap<ResultCode, u64>,
     /// Bytes the children acknowledged, by child.
     delivered: BTreeMap<String, u64>,
     /// Job-level retries (a failed attempt followed by a backoff), by child.
@@ -161,7 +163,7 @@ impl Metrics {
     }
 
     /// Job `job` ended with `result_code` (0 is success).
-    pub fn job_finished(&self, job: i64, result_code: u16) {
+    pub fn job_finished(&self, job: i64, result_code: ResultCode) {
         let now = Instant::now();
         let mut s = self.state();
         if let Some(r) = s.running.remove(&job) {
@@ -369,14 +371,18 @@ impl Exporter {
             "counter",
             "Upgrade jobs ended since start, by outcome and IoTDA result code.",
         );
-        if !s.completed.contains_key(&0) {
+        if !s.completed.contains_key(&ResultCode::SUCCESS) {
             let _ = writeln!(
                 o,
                 "otabridge_jobs_completed_total{{outcome=\"succeeded\",result_code=\"0\"}} 0"
             );
         }
         for (code, n) in &s.completed {
-            let outcome = if *code == 0 { "succeeded" } else { "failed" };
+            let outcome = if code.is_success() {
+                "succeeded"
+            } else {
+                "failed"
+            };
             let _ = writeln!(
                 o,
                 "otabridge_jobs_completed_total{{outcome=\"{outcome}\",result_code=\"{code}\"}} {n}"
@@ -654,13 +660,13 @@ mod tests {
         m.job_phase(1, Phase::Delivering);
         m.job_phase(2, Phase::Delivering);
         tokio::time::advance(Duration::from_secs(100)).await;
-        m.job_finished(1, 0);
-        m.job_finished(2, 7);
+        m.job_finished(1, ResultCode::SUCCESS);
+        m.job_finished(2, ResultCode::CHECK_FAIL);
         m.job_phase(3, Phase::Failed);
         let s = m.state();
         assert!(s.running.is_empty());
-        assert_eq!(s.completed.get(&0), Some(&1));
-        assert_eq!(s.completed.get(&7), Some(&1));
+        assert_eq!(s.completed.get(&ResultCode::SUCCESS), Some(&1));
+        assert_eq!(s.completed.get(&ResultCode::CHECK_FAIL), Some(&1));
         let q = &s.durations["queued"];
         assert_eq!((q.count, q.sum), (1, 2.0));
         // 2 s: not within 1 s, within 5 s.

@@ -281,7 +281,11 @@ async fn integrity_failure_in_5_0_5_is_iotda_code_7() {
                 result_code,
                 description,
             } => {
-                assert_eq!(result_code, 7, "{description}");
+                assert_eq!(
+                    result_code,
+                    otabridge_codecs::iotda::ResultCode::CHECK_FAIL,
+                    "{description}"
+                );
                 assert!(description.contains("Integrity"), "{description}");
             }
             other => panic!("expected a rejection, got {other}"),
@@ -316,7 +320,7 @@ async fn failed_install_reports_its_code_and_keeps_the_version() {
             matches!(
                 e,
                 ChildError::Rejected {
-                    result_code: 10,
+                    result_code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
                     ..
                 }
             ),
@@ -345,7 +349,13 @@ async fn unknown_image_is_refused_by_the_child() {
         );
         let e = child.deliver(&pkg, 0, &|_| {}).await.unwrap_err();
         assert!(
-            matches!(e, ChildError::Rejected { result_code: 7, .. }),
+            matches!(
+                e,
+                ChildError::Rejected {
+                    result_code: otabridge_codecs::iotda::ResultCode::CHECK_FAIL,
+                    ..
+                }
+            ),
             "{e}"
         );
         // Mapped to a version, the same image is accepted.

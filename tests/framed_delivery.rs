@@ -15,7 +15,8 @@ use otabridge::config::Framing;
 use otabridge::sim::framed_child::{Faults, FramedChildOptions, FramedChildSim};
 use otabridge_codecs::framed::profile::{builtin, StatusAction};
 use otabridge_codecs::framed::sim::Injection;
-use otabridge_codecs::framed::{result_code, MessageKind, Profile};
+use otabridge_codecs::framed::{MessageKind, Profile};
+use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::rng::Rng;
 use serial_support::Seen;
 
@@ -180,13 +181,13 @@ async fn a_new_driver_resumes_at_the_childs_offset() {
     }
 }
 
-fn expected(p: &Profile, status: u32, code: u8) -> ChildError {
+fn expected(p: &Profile, status: u32, code: ResultCode) -> ChildError {
     let description = p
         .status(status)
         .and_then(|s| s.description.clone())
-        .unwrap_or_else(|| result_code::description(code).to_owned());
+        .unwrap_or_else(|| code.description().to_owned());
     ChildError::Rejected {
-        result_code: u16::from(code),
+        result_code: code,
         description,
     }
 }
@@ -200,7 +201,7 @@ async fn every_failure_status_gives_its_iotda_code() {
         let dir = tempfile::tempdir().unwrap();
         let p = profile(name);
         let pkg = package(dir.path(), &image(5_000, 1), "2.0.0");
-        let fails: Vec<(u32, u8)> = p
+        let fails: Vec<(u32, ResultCode)> = p
             .statuses
             .iter()
             .filter_map(|s| match s.action {
@@ -253,8 +254,8 @@ async fn every_failure_status_gives_its_iotda_code() {
         assert_eq!(
             e,
             ChildError::Rejected {
-                result_code: 255,
-                description: result_code::description(255).to_owned()
+                result_code: ResultCode::INNER_ERROR,
+                description: ResultCode::INNER_ERROR.description().to_owned()
             },
             "{name}: unlisted status"
         );
@@ -279,7 +280,7 @@ async fn refusals_from_the_child_itself() {
         .deliver(&pkg, 0, &|_| {})
         .await
         .unwrap_err();
-    assert_eq!(e, expected(&p, 0x10, 5));
+    assert_eq!(e, expected(&p, 0x10, ResultCode::LOW_SPACE));
     drop(sim);
 
     let mut o = FramedChildOptions::new(Arc::clone(&p), "1.0.0");
@@ -291,8 +292,8 @@ async fn refusals_from_the_child_itself() {
     assert_eq!(
         e,
         ChildError::Rejected {
-            result_code: 10,
-            description: result_code::description(10).to_owned()
+            result_code: ResultCode::INSTALL_FAIL,
+            description: ResultCode::INSTALL_FAIL.description().to_owned()
         }
     );
     assert_eq!(c.read_version().await.unwrap(), "1.0.0");

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gateway_support::{distinct, run, seq, skip_unless, Daemon, Platform, SimBox};
-use otabridge_codecs::iotda::{result, UpgradeKind};
+use otabridge_codecs::iotda::{ResultCode, UpgradeKind};
 
 const STEP: Duration = Duration::from_secs(90);
 const PACKAGE: &str = "otabridge-gwtest";
@@ -135,7 +135,7 @@ async fn dpkg_installs_the_package_and_otabridge_restarts_itself_before_reportin
     let up = p.serve(&junk, "3.0.0");
     p.upgrade_gateway(UpgradeKind::Software, &up).await;
     let last = p.gateway_reports(STEP).await.pop().unwrap();
-    assert_eq!(last.result_code, result::CHECK_FAIL, "{last:#?}");
+    assert_eq!(last.result_code, ResultCode::CHECK_FAIL, "{last:#?}");
     let d = last.description.unwrap();
     assert!(
         d.starts_with(
@@ -153,7 +153,7 @@ async fn dpkg_installs_the_package_and_otabridge_restarts_itself_before_reportin
     );
     p.upgrade_gateway(UpgradeKind::Software, &up).await;
     let last = p.gateway_reports(STEP).await.pop().unwrap();
-    assert_eq!(last.result_code, result::INSTALL_FAIL, "{last:#?}");
+    assert_eq!(last.result_code, ResultCode::INSTALL_FAIL, "{last:#?}");
     let d = last.description.unwrap();
     assert!(
         d.starts_with("Firmware update failed: dpkg exited with status 1: ")

@@ -16,7 +16,7 @@ use otabridge::child::memory::MemoryChild;
 use otabridge::child::Child;
 use otabridge::sim::package_server::{Access, Source};
 use otabridge_codecs::iotda::event::ProgressReport;
-use otabridge_codecs::iotda::{result, Event, UpgradeKind};
+use otabridge_codecs::iotda::{Event, ResultCode, UpgradeKind};
 
 const STEP: Duration = Duration::from_secs(60);
 
@@ -96,7 +96,7 @@ async fn gateway(p: &mut Platform, text: &str, children: Vec<Arc<dyn Child>>) {
 
 /// The reports without the download's intermediate steps (their number
 /// depends on how the bytes arrive).
-fn steps(v: &[ProgressReport]) -> Vec<(u16, u8)> {
+fn steps(v: &[ProgressReport]) -> Vec<(u8, u8)> {
     seq(v)
         .into_iter()
         .filter(|(c, p)| *c != 0 || !(1..40).contains(p))
@@ -172,7 +172,7 @@ async fn a_rollback_and_a_failing_installer_are_failures_with_their_cause() {
     gateway(&mut p, &text, vec![]).await;
     let reports = p.gateway_reports(STEP).await;
     let last = reports.last().unwrap();
-    assert_eq!(last.result_code, result::INSTALL_FAIL, "{reports:#?}");
+    assert_eq!(last.result_code, ResultCode::INSTALL_FAIL, "{reports:#?}");
     assert_eq!(last.version, "1.0.0");
     let d = last.description.as_deref().unwrap();
     assert!(
@@ -186,7 +186,7 @@ async fn a_rollback_and_a_failing_installer_are_failures_with_their_cause() {
     p.upgrade_gateway(UpgradeKind::Firmware, &up).await;
     let reports = p.gateway_reports(STEP).await;
     let last = reports.last().unwrap();
-    assert_eq!(last.result_code, result::INSTALL_FAIL, "{reports:#?}");
+    assert_eq!(last.result_code, ResultCode::INSTALL_FAIL, "{reports:#?}");
     let d = last.description.as_deref().unwrap();
     let head = format!(
         "Firmware update failed: {} exited with status 3: ",
@@ -204,7 +204,7 @@ async fn a_rollback_and_a_failing_installer_are_failures_with_their_cause() {
     // A software upgrade has no installer here: refused, saying why.
     p.upgrade_gateway(UpgradeKind::Software, &up).await;
     let reports = p.gateway_reports(STEP).await;
-    assert_eq!(seq(&reports), [(result::UNKNOWN_TYPE, 255)]);
+    assert_eq!(seq(&reports), [(ResultCode::UNKNOWN_TYPE.get(), 255)]);
     assert_eq!(reports[0].version, env!("CARGO_PKG_VERSION"));
     assert!(
         reports[0]
@@ -297,7 +297,7 @@ async fn the_install_waits_for_child_jobs_and_the_deadline_holds_across_restarts
     let other = p.serve(&fw.package("3.0.0"), "3.0.0");
     p.upgrade_gateway(UpgradeKind::Firmware, &other).await;
     let conflict = p.gateway_reports(STEP).await;
-    assert_eq!(seq(&conflict), [(result::BUSY, 255)]);
+    assert_eq!(seq(&conflict), [(ResultCode::BUSY.get(), 255)]);
     assert_eq!(
         conflict[0].description.as_deref(),
         Some("Task Conflict: a firmware upgrade of the gateway to 2.0.0 is in progress")
@@ -339,13 +339,13 @@ async fn the_install_waits_for_child_jobs_and_the_deadline_holds_across_restarts
         })
         .collect();
     assert_eq!(gw.len(), 1, "{reports:#?}");
-    assert_eq!(gw[0].1.result_code, result::BUSY);
+    assert_eq!(gw[0].1.result_code, ResultCode::BUSY);
     assert!(past_deadline(&gw[0].1), "{gw:#?}");
     // The child's job resumed after the restart and finished.
     let child_end = reports.iter().rev().find(|(w, _)| w.is_some()).unwrap();
     assert_eq!(
         (child_end.1.result_code, child_end.1.progress),
-        (0, Some(100))
+        (ResultCode::SUCCESS, Some(100))
     );
 
     // Now with the child busy again: the install starts only after the
@@ -422,7 +422,7 @@ async fn child_jobs_resume_after_the_gateways_reboot() {
             .iter()
             .rev()
             .find(|(w, _)| w.is_none() == gw)
-            .map(|(_, r)| (r.result_code, r.progress, r.version.clone()))
+            .map(|(_, r)| (r.result_code.get(), r.progress, r.version.clone()))
             .unwrap()
     };
     assert_eq!(end(true), (0, Some(100), "2.0.0".into()), "{reports:#?}");

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gateway_support::{distinct, run, seq, skip_unless, Daemon, Platform, SimBox};
-use otabridge_codecs::iotda::{result, UpgradeKind};
+use otabridge_codecs::iotda::{ResultCode, UpgradeKind};
 
 const STEP: Duration = Duration::from_secs(120);
 const COMPATIBLE: &str = "otabridge-test";
@@ -288,7 +288,7 @@ async fn rauc_installs_a_bundle_into_the_other_slot_and_the_booted_slot_is_read_
     let up = p.serve(&corrupt, "3.0.0");
     p.upgrade_gateway(UpgradeKind::Firmware, &up).await;
     let last = p.gateway_reports(STEP).await.pop().unwrap();
-    assert_eq!(last.result_code, result::CHECK_FAIL, "{last:#?}");
+    assert_eq!(last.result_code, ResultCode::CHECK_FAIL, "{last:#?}");
     let d = last.description.unwrap();
     assert!(
         d.starts_with("Integrity check failure for new downloaded package: rauc exited with status 1: LastError: "),
@@ -300,7 +300,7 @@ async fn rauc_installs_a_bundle_into_the_other_slot_and_the_booted_slot_is_read_
     let up = p.serve(&rauc.bundle("3.0.0", "other-box"), "3.0.0");
     p.upgrade_gateway(UpgradeKind::Firmware, &up).await;
     let last = p.gateway_reports(STEP).await.pop().unwrap();
-    assert_eq!(last.result_code, result::UNKNOWN_TYPE, "{last:#?}");
+    assert_eq!(last.result_code, ResultCode::UNKNOWN_TYPE, "{last:#?}");
     assert!(
         last.description
             .as_deref()
@@ -321,7 +321,7 @@ async fn rauc_installs_a_bundle_into_the_other_slot_and_the_booted_slot_is_read_
     sim.boot();
     daemon = Daemon::start(&cfg, &log, &env);
     let last = p.gateway_reports(STEP).await.pop().unwrap();
-    assert_eq!(last.result_code, result::INSTALL_FAIL, "{last:#?}");
+    assert_eq!(last.result_code, ResultCode::INSTALL_FAIL, "{last:#?}");
     assert!(
         last.description
             .as_deref()

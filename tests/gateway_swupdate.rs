@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gateway_support::{distinct, run, seq, skip_unless, Daemon, Platform, SimBox};
-use otabridge_codecs::iotda::{result, UpgradeKind};
+use otabridge_codecs::iotda::{ResultCode, UpgradeKind};
 
 const STEP: Duration = Duration::from_secs(90);
 const HW: &str = "otabridge-test:1.0";
@@ -240,7 +240,7 @@ async fn swupdate_installs_a_signed_swu_and_the_version_is_read_after_the_reboot
     let up = p.serve(&corrupt, "3.0.0");
     p.upgrade_gateway(UpgradeKind::Firmware, &up).await;
     let last = p.gateway_reports(STEP).await.pop().unwrap();
-    assert_eq!(last.result_code, result::CHECK_FAIL, "{last:#?}");
+    assert_eq!(last.result_code, ResultCode::CHECK_FAIL, "{last:#?}");
     let d = last.description.unwrap();
     assert!(
         d.starts_with(
@@ -258,7 +258,7 @@ async fn swupdate_installs_a_signed_swu_and_the_version_is_read_after_the_reboot
     );
     p.upgrade_gateway(UpgradeKind::Firmware, &up).await;
     let last = p.gateway_reports(STEP).await.pop().unwrap();
-    assert_eq!(last.result_code, result::INSTALL_FAIL, "{last:#?}");
+    assert_eq!(last.result_code, ResultCode::INSTALL_FAIL, "{last:#?}");
     let d = last.description.unwrap();
     assert!(
         d.starts_with("Firmware update failed: swupdate exited with status 1: ")
@@ -276,7 +276,7 @@ async fn swupdate_installs_a_signed_swu_and_the_version_is_read_after_the_reboot
     sim.boot();
     daemon = start();
     let last = p.gateway_reports(STEP).await.pop().unwrap();
-    assert_eq!(last.result_code, result::INSTALL_FAIL, "{last:#?}");
+    assert_eq!(last.result_code, ResultCode::INSTALL_FAIL, "{last:#?}");
     assert!(
         last.description
             .as_deref()

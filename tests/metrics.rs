@@ -299,7 +299,7 @@ async fn the_endpoint_is_scraped_during_a_transfer() {
     let mut reports: Vec<ProgressReport> = Vec::new();
     while !reports
         .iter()
-        .any(|r| r.result_code == 0 && r.progress == Some(100))
+        .any(|r| r.result_code.is_success() && r.progress == Some(100))
     {
         let r = tb
             .platform

@@ -91,9 +91,9 @@ async fn reports_until_done(
     by_child
 }
 
-fn seq(v: &[ProgressReport]) -> Vec<(u16, u8)> {
+fn seq(v: &[ProgressReport]) -> Vec<(u8, u8)> {
     v.iter()
-        .map(|r| (r.result_code, r.progress.unwrap_or(255)))
+        .map(|r| (r.result_code.get(), r.progress.unwrap_or(255)))
         .collect()
 }
 
@@ -210,14 +210,23 @@ async fn a_batch_upgrade_reports_the_truth_for_every_child() {
         assert_eq!((c.version(), c.activations()), ("2.0.0".to_owned(), 1));
     }
     let r = &reports["p_badsign"];
-    assert_eq!(seq(r), vec![(0, 0), (result::CHECK_FAIL, 0)]);
+    assert_eq!(
+        seq(r),
+        vec![(0, 0), (result::ResultCode::CHECK_FAIL.get(), 0)]
+    );
     assert_eq!(r[1].description.as_deref(), Some(result::DESC_INTEGRITY));
     assert_eq!(bad_sign.activations(), 0);
     let r = &reports["p_small"];
-    assert_eq!(seq(r), vec![(0, 0), (0, 20), (result::LOW_SPACE, 20)]);
+    assert_eq!(
+        seq(r),
+        vec![(0, 0), (0, 20), (result::ResultCode::LOW_SPACE.get(), 20)]
+    );
     assert_eq!(r[2].description.as_deref(), Some(result::DESC_NO_STORAGE));
     let r = &reports["p_offline"];
-    assert_eq!(seq(r), vec![(result::DOWNLOAD_TIMEOUT, 0)]);
+    assert_eq!(
+        seq(r),
+        vec![(result::ResultCode::DOWNLOAD_TIMEOUT.get(), 0)]
+    );
     assert!(
         r[0].description
             .as_deref()
@@ -309,7 +318,7 @@ async fn redelivery_is_ignored_and_a_different_task_conflicts() {
         .remove("p_slow")
         .unwrap();
     let (conflict, running) = before.split_last().unwrap();
-    assert_eq!(conflict.result_code, result::BUSY, "{before:?}");
+    assert_eq!(conflict.result_code, result::ResultCode::BUSY, "{before:?}");
     assert!(conflict
         .description
         .as_deref()
@@ -321,7 +330,10 @@ async fn redelivery_is_ignored_and_a_different_task_conflicts() {
         .remove("p_slow")
         .unwrap();
     assert!(
-        running.iter().chain(&after).all(|r| r.result_code == 0),
+        running
+            .iter()
+            .chain(&after)
+            .all(|r| r.result_code.is_success()),
         "{after:?}"
     );
     assert_eq!(after.last().unwrap().version, "2.0.0");
@@ -372,7 +384,7 @@ async fn a_restart_mid_delivery_resumes_from_the_checkpoint() {
     let done = reports_until_done(&mut b.tb, &["p_resume"]).await;
     let last = done["p_resume"].last().unwrap().clone();
     assert_eq!(
-        (last.result_code, last.progress, last.version.as_str()),
+        (last.result_code.get(), last.progress, last.version.as_str()),
         (0, Some(100), "2.0.0")
     );
     assert_eq!(child.activations(), 1);
@@ -480,7 +492,7 @@ async fn a_child_queued_behind_a_transfer_on_its_bus_does_not_time_out() {
     for id in ["p_bus_slow", "p_bus_next"] {
         let last = done[id].last().unwrap();
         assert_eq!(
-            (last.result_code, last.version.as_str()),
+            (last.result_code.get(), last.version.as_str()),
             (0, "2.0.0"),
             "{id}: {:?}",
             done[id]

@@ -137,8 +137,8 @@ fn sha256_file(p: &Path) -> String {
 }
 
 /// A failure ends with the right code and description and leaves nothing.
-fn assert_failed_clean(env: &Env, e: &DownloadError, code: u16, description: &str) {
-    assert_eq!(e.result_code(), code, "{e}");
+fn assert_failed_clean(env: &Env, e: &DownloadError, code: u8, description: &str) {
+    assert_eq!(e.result_code().get(), code, "{e}");
     assert!(
         e.description().starts_with(description),
         "{e}: {}",
@@ -506,7 +506,7 @@ async fn certificates_are_always_verified_and_only_the_name_check_is_optional() 
         .await
         .unwrap_err();
     assert!(matches!(e, DownloadError::Certificate(_)), "{e}");
-    assert_eq!(e.result_code(), 6);
+    assert_eq!(e.result_code().get(), 6);
     assert_eq!(env.server.requests().len(), 0);
 
     let mut cfg = env.cfg();

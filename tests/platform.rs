@@ -272,7 +272,7 @@ async fn bad_input_is_logged_specifically_and_the_session_goes_on() {
 
 fn progress(i: u8) -> Event {
     Event::ProgressReport(ProgressReport {
-        result_code: 0,
+        result_code: otabridge_codecs::iotda::ResultCode::SUCCESS,
         progress: Some(i),
         version: "1.0".into(),
         description: Some(format!("report {i}")),

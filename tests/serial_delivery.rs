@@ -127,7 +127,7 @@ async fn rejected_images_report_their_iotda_code() {
     assert_eq!(
         e,
         ChildError::Rejected {
-            result_code: 8,
+            result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
             description: otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE.into()
         }
     );
@@ -148,7 +148,7 @@ async fn rejected_images_report_their_iotda_code() {
     assert_eq!(
         e,
         ChildError::Rejected {
-            result_code: 5,
+            result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
             description: otabridge_codecs::iotda::result::DESC_NO_STORAGE.into()
         }
     );
@@ -169,7 +169,7 @@ async fn activation_checks_the_version() {
         matches!(
             e,
             ChildError::Rejected {
-                result_code: 10,
+                result_code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
                 ..
             }
         ),

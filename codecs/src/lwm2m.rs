@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::iotda::ResultCode;
+
 /// An LwM2M resource path `/object/instance/resource` (OMA TS Core §6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Path {
@@ -244,22 +246,23 @@ impl UpdateResult {
     /// - 1 Success → 0; 0 Initial → 255, since a finished procedure that
     ///   still reads 0 never reported a result. The gateway reports success
     ///   only after reading the new version back (docs/design.md principles).
-    pub fn to_iotda(self) -> (u16, &'static str) {
+    pub fn to_iotda(self) -> (ResultCode, &'static str) {
         use crate::iotda::result::*;
+        use ResultCode as C;
         use UpdateResult::*;
         match self {
-            Initial => (INNER_ERROR, "No firmware update result reported"),
-            Success => (SUCCESS, "Firmware updated successfully"),
-            NotEnoughStorage => (LOW_SPACE, DESC_NO_STORAGE),
-            OutOfMemory => (LOW_MEMORY, DESC_NO_MEMORY),
-            ConnectionLost => (DOWNLOAD_TIMEOUT, DESC_CONNECTION_LOST),
-            IntegrityFailure => (CHECK_FAIL, DESC_INTEGRITY),
-            UnsupportedPackage => (UNKNOWN_TYPE, DESC_UNSUPPORTED_TYPE),
-            InvalidUri => (INNER_ERROR, DESC_INVALID_URI),
-            UpdateFailed => (INSTALL_FAIL, DESC_UPDATE_FAILED),
-            UnsupportedProtocol => (INNER_ERROR, "Unsupported protocol"),
-            Cancelled => (INNER_ERROR, "Firmware update cancelled"),
-            Deferred => (BUSY, "Firmware update deferred"),
+            Initial => (C::INNER_ERROR, "No firmware update result reported"),
+            Success => (C::SUCCESS, "Firmware updated successfully"),
+            NotEnoughStorage => (C::LOW_SPACE, DESC_NO_STORAGE),
+            OutOfMemory => (C::LOW_MEMORY, DESC_NO_MEMORY),
+            ConnectionLost => (C::DOWNLOAD_TIMEOUT, DESC_CONNECTION_LOST),
+            IntegrityFailure => (C::CHECK_FAIL, DESC_INTEGRITY),
+            UnsupportedPackage => (C::UNKNOWN_TYPE, DESC_UNSUPPORTED_TYPE),
+            InvalidUri => (C::INNER_ERROR, DESC_INVALID_URI),
+            UpdateFailed => (C::INSTALL_FAIL, DESC_UPDATE_FAILED),
+            UnsupportedProtocol => (C::INNER_ERROR, "Unsupported protocol"),
+            Cancelled => (C::INNER_ERROR, "Firmware update cancelled"),
+            Deferred => (C::BUSY, "Firmware update deferred"),
         }
     }
 }
@@ -354,17 +357,15 @@ mod tests {
         for (lwm2m, code, text) in table {
             let r = UpdateResult::from_value(lwm2m).unwrap();
             assert!(r.is_failure());
-            assert_eq!(r.to_iotda(), (code, text), "result {lwm2m}");
+            let (c, t) = r.to_iotda();
+            assert_eq!((c.get(), t), (code, text), "result {lwm2m}");
         }
-        assert_eq!(UpdateResult::UnsupportedProtocol.to_iotda().0, 255);
-        assert_eq!(UpdateResult::Deferred.to_iotda().0, 1);
-        assert_eq!(UpdateResult::Success.to_iotda().0, 0);
+        assert_eq!(UpdateResult::UnsupportedProtocol.to_iotda().0.get(), 255);
+        assert_eq!(UpdateResult::Deferred.to_iotda().0.get(), 1);
+        assert_eq!(UpdateResult::Success.to_iotda().0.get(), 0);
         assert!(!UpdateResult::Success.is_failure());
-        // Every value maps to a code the C SDK accepts (docs/protocols/iotda.md §4.6).
-        for v in 0..=11 {
-            let (code, _) = UpdateResult::from_value(v).unwrap().to_iotda();
-            assert!(code <= 10 || code == 255);
-        }
+        // Every value maps to a code the C SDK accepts (docs/protocols/iotda.md §4.6):
+        // `ResultCode` cannot hold any other.
     }
 
     #[test]

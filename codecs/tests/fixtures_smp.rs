@@ -6,6 +6,7 @@ use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateEvent};
 use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::serial::{self, DecodeEvent, Decoder};
 use otabridge_codecs::smp::sim::{mcuboot_header, ImageVersion};
+use otabridge_codecs::smp::state::{StateRead, StateReadConfig, StateReadError, StateReadEvent};
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
 use otabridge_codecs::smp::{SmpErr, SmpVersion};
 use otabridge_codecs::time::Instant;
@@ -87,7 +88,9 @@ fn fixture(path: &Path, contents: String) -> Result<()> {
     match f.kind.as_str() {
         "frame" => frame(&f),
         "decode" => decode(&f),
-        "upload" | "activate" => transcript(&f).map_err(|e| format!("{name}: {e}").into()),
+        "upload" | "activate" | "state" => {
+            transcript(&f).map_err(|e| format!("{name}: {e}").into())
+        }
         other => Err(format!("unknown kind {other:?}").into()),
     }
 }
@@ -249,6 +252,20 @@ fn activate_config(t: Option<&toml::Table>) -> Result<ActivateConfig> {
     Ok(c)
 }
 
+fn state_config(t: Option<&toml::Table>) -> Result<StateReadConfig> {
+    let mut c = StateReadConfig::default();
+    for (k, v) in t.into_iter().flatten() {
+        match k.as_str() {
+            "version" => c.version = smp_version(v, k)?,
+            "timeout_ms" => c.timeout = ms(v, k)?,
+            "retries" => c.retries = u32::try_from(int(v, k)?)?,
+            "first_seq" => c.first_seq = u8::try_from(int(v, k)?)?,
+            other => return Err(format!("unknown state config key {other:?}").into()),
+        }
+    }
+    Ok(c)
+}
+
 /// The fixture image: an MCUboot header, then byte i = (i * 7) % 251.
 fn build_image(spec: &ImageSpec) -> Result<Vec<u8>> {
     let mut n = spec.version.split('.').map(str::parse::<u32>);
@@ -316,11 +333,51 @@ fn activate_name(e: &ActivateEvent) -> String {
     }
 }
 
+fn state_name(e: &StateReadEvent) -> String {
+    match e {
+        StateReadEvent::Images(list) => {
+            let slots: Vec<String> = list
+                .iter()
+                .map(|s| {
+                    let flag = |on: bool, name: &str| {
+                        if on {
+                            format!(" {name}")
+                        } else {
+                            String::new()
+                        }
+                    };
+                    format!(
+                        "{}/{} {}{}{}{}",
+                        s.image,
+                        s.slot,
+                        s.version,
+                        flag(s.active, "active"),
+                        flag(s.confirmed, "confirmed"),
+                        flag(s.pending, "pending")
+                    )
+                })
+                .collect();
+            format!("images {}", slots.join(", "))
+        }
+        StateReadEvent::Failed(StateReadError::Timeout { attempts }) => {
+            format!("failed timeout attempts={attempts}")
+        }
+        StateReadEvent::Failed(StateReadError::Device(SmpErr::Legacy { rc })) => {
+            format!("failed device rc={rc}")
+        }
+        StateReadEvent::Failed(StateReadError::Device(SmpErr::Group { group, rc })) => {
+            format!("failed device group={group} rc={rc}")
+        }
+        StateReadEvent::Failed(e) => format!("failed {e}"),
+    }
+}
+
 // One engine per fixture run: the size difference does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Engine {
     Upload(Upload, Vec<u8>),
     Activate(Activate),
+    State(StateRead),
 }
 
 /// Output the engine produced and the test has not matched yet.
@@ -357,6 +414,15 @@ impl Engine {
                     p.events.push_back(activate_name(&e));
                 }
             }
+            Engine::State(r) => {
+                p.out.extend(std::iter::from_fn(|| r.poll_transmit()));
+                while let Some(e) = r.poll_event() {
+                    if let StateReadEvent::Failed(StateReadError::Device(err)) = &e {
+                        p.failure = Some(result::for_smp(err));
+                    }
+                    p.events.push_back(state_name(&e));
+                }
+            }
         }
     }
 
@@ -364,6 +430,7 @@ impl Engine {
         match self {
             Engine::Upload(u, _) => u.poll_timeout(),
             Engine::Activate(a) => a.poll_timeout(),
+            Engine::State(r) => r.poll_timeout(),
         }
     }
 
@@ -371,6 +438,7 @@ impl Engine {
         match self {
             Engine::Upload(u, _) => u.handle_timeout(at),
             Engine::Activate(a) => a.handle_timeout(at),
+            Engine::State(r) => r.handle_timeout(at),
         }
     }
 
@@ -378,6 +446,7 @@ impl Engine {
         match self {
             Engine::Upload(u, _) => u.handle_message(msg, now),
             Engine::Activate(a) => a.handle_message(msg, now),
+            Engine::State(r) => r.handle_message(msg, now),
         }
     }
 }
@@ -399,6 +468,8 @@ fn transcript(f: &Fixture) -> Result<()> {
             now,
         );
         Engine::Upload(up, img)
+    } else if f.kind == "state" {
+        Engine::State(StateRead::new(state_config(f.config.as_ref())?, now))
     } else {
         let spec = f.activate.as_ref().ok_or("activate needs [activate]")?;
         let hash = spec.expected_hash.as_deref().map(hex::parse).transpose()?;
@@ -488,7 +559,7 @@ fn transcript(f: &Fixture) -> Result<()> {
         return Err(format!("unexpected events after the last step: {:?}", p.events).into());
     }
     match (f.result_code, p.failure) {
-        (Some(want), Some(got)) if u16::from(want) == got.code => Ok(()),
+        (Some(want), Some(got)) if want == got.code.get() => Ok(()),
         (Some(want), got) => Err(format!("result_code {got:?}, want {want}").into()),
         (None, None) => Ok(()),
         (None, Some(got)) => {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use otabridge_codecs::framed::engine::{Engine, Event, ImageInfo, Outcome, Stats, Upgrade};
 use otabridge_codecs::framed::profile::{self, MessageKind, Profile, StatusAction};
-use otabridge_codecs::framed::result_code;
 use otabridge_codecs::framed::sim::{Device, DeviceConfig, Injection, Link, LinkFaults};
+use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::rng::Rng;
 use otabridge_codecs::time::Instant;
 
@@ -322,7 +322,7 @@ fn every_failing_status_maps_to_its_result_code() {
                 let expected = rule
                     .description
                     .clone()
-                    .unwrap_or_else(|| result_code::description(result_code).to_string());
+                    .unwrap_or_else(|| result_code.description().to_string());
                 assert_eq!(f.description, expected);
                 assert_eq!(pair.device.version(), OLD, "nothing was activated");
                 checked += 1;
@@ -411,7 +411,7 @@ fn resync_and_restart_statuses_recover() {
         let Outcome::Failed(f) = pair.drive() else {
             panic!("{name}")
         };
-        assert_eq!(f.result_code, result_code::DOWNLOAD_TIMEOUT, "{name}");
+        assert_eq!(f.result_code, ResultCode::DOWNLOAD_TIMEOUT, "{name}");
         assert_eq!(
             pair.device.requests(MessageKind::Begin),
             p.recovery.max_recoveries + 1
@@ -434,7 +434,7 @@ fn unknown_status_is_an_internal_exception() {
         let Outcome::Failed(f) = pair.drive() else {
             panic!("{name}")
         };
-        assert_eq!(f.result_code, result_code::INNER_ERROR);
+        assert_eq!(f.result_code, ResultCode::INNER_ERROR);
         assert_eq!(f.step, MessageKind::Verify);
         assert!(f.detail.contains(&value.to_string()), "{}", f.detail);
     }
@@ -454,7 +454,7 @@ fn child_failures_from_its_own_logic() {
         };
         assert_eq!(
             (f.result_code, f.step),
-            (result_code::LOW_SPACE, MessageKind::Begin)
+            (ResultCode::LOW_SPACE, MessageKind::Begin)
         );
 
         // The child boots the old image again: installation failure, with the
@@ -465,7 +465,7 @@ fn child_failures_from_its_own_logic() {
         let Outcome::Failed(f) = pair.drive() else {
             panic!("{name}")
         };
-        assert_eq!(f.result_code, result_code::INSTALL_FAIL, "{name}");
+        assert_eq!(f.result_code, ResultCode::INSTALL_FAIL, "{name}");
         assert_eq!(f.version.as_deref(), Some(OLD));
         assert!(pair.now.saturating_duration_since(Instant::ZERO) >= p.activation.reboot_timeout);
     }
@@ -488,7 +488,7 @@ fn silent_children_fail_in_bounded_time() {
         };
         assert_eq!(
             (f.result_code, f.step),
-            (result_code::INNER_ERROR, MessageKind::VersionQuery)
+            (ResultCode::INNER_ERROR, MessageKind::VersionQuery)
         );
         let vq = p.message(MessageKind::VersionQuery).unwrap();
         assert_eq!(pair.stats().frames_sent, u64::from(vq.retries) + 1);
@@ -507,7 +507,7 @@ fn silent_children_fail_in_bounded_time() {
         };
         assert_eq!(
             (f.result_code, f.step),
-            (result_code::DOWNLOAD_TIMEOUT, MessageKind::Chunk)
+            (ResultCode::DOWNLOAD_TIMEOUT, MessageKind::Chunk)
         );
         assert_eq!(f.description, "Connection lost during downloading process");
     }
@@ -531,7 +531,7 @@ fn skip_if_current_and_version_reads() {
                 version: NEW.into()
             }
         );
-        assert_eq!(out.result_code(), Some(result_code::NO_NEED));
+        assert_eq!(out.result_code(), Some(ResultCode::NO_NEED));
         assert_eq!(device.requests(MessageKind::Begin), 0);
 
         let mut e = Engine::read_version(Arc::clone(&p), 2, Instant::ZERO);

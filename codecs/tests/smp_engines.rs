@@ -371,7 +371,7 @@ fn device_errors_map_to_iotda_codes() {
         UploadConfig::default(),
     );
     assert_eq!(e, UploadError::Device(SmpErr::Group { group: 1, rc: 23 }));
-    assert_eq!(result::for_upload(&e).code, 8);
+    assert_eq!(result::for_upload(&e).code.get(), 8);
     assert_eq!(
         result::for_upload(&e).description,
         Some(otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE)
@@ -383,11 +383,11 @@ fn device_errors_map_to_iotda_codes() {
         ..SimConfig::default()
     };
     let e = upload_failure(&img, sha(&img), small, UploadConfig::default());
-    assert_eq!(result::for_upload(&e).code, 5);
+    assert_eq!(result::for_upload(&e).code.get(), 5);
 
     let e = upload_failure(&img, [0; 32], SimConfig::default(), UploadConfig::default());
     assert_eq!(e, UploadError::Mismatch);
-    assert_eq!(result::for_upload(&e).code, 7);
+    assert_eq!(result::for_upload(&e).code.get(), 7);
 
     // SMP v1: Zephyr folds the magic error into EUNKNOWN; 255.
     let v1 = UploadConfig {
@@ -396,7 +396,7 @@ fn device_errors_map_to_iotda_codes() {
     };
     let e = upload_failure(&bad_magic, sha(&bad_magic), SimConfig::default(), v1);
     assert_eq!(e, UploadError::Device(SmpErr::Legacy { rc: 1 }));
-    assert_eq!(result::for_upload(&e).code, 255);
+    assert_eq!(result::for_upload(&e).code.get(), 255);
 }
 
 #[test]
@@ -552,7 +552,7 @@ fn wrong_version_is_refused_before_the_reset() {
             found: "1.2.3".into()
         }
     );
-    assert_eq!(result::for_activate(e).code, 10);
+    assert_eq!(result::for_activate(e).code.get(), 10);
     assert_eq!(dev.running_version(), "1.0.0");
 }
 
@@ -632,7 +632,7 @@ fn silent_device_after_reset_fails_with_10() {
     assert_eq!(
         result::for_activate(e),
         result::IotdaResult {
-            code: 10,
+            code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
             description: Some(otabridge_codecs::iotda::result::DESC_UPDATE_FAILED)
         }
     );

@@ -469,19 +469,37 @@ mod tests {
     fn failures_map_to_iotda_codes_or_stay_transient() {
         let e = failure_to_error(&UpdateFailure::Child(UpdateResult::IntegrityFailure));
         assert!(
-            matches!(e, ChildError::Rejected { result_code: 7, .. }),
+            matches!(
+                e,
+                ChildError::Rejected {
+                    result_code: otabridge_codecs::iotda::ResultCode::CHECK_FAIL,
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = failure_to_error(&UpdateFailure::Child(UpdateResult::NotEnoughStorage));
         assert!(
-            matches!(e, ChildError::Rejected { result_code: 5, .. }),
+            matches!(
+                e,
+                ChildError::Rejected {
+                    result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = failure_to_error(&UpdateFailure::Push(PushFailure::TooLarge {
             max: Some(10),
         }));
         assert!(
-            matches!(e, ChildError::Rejected { result_code: 5, .. }),
+            matches!(
+                e,
+                ChildError::Rejected {
+                    result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(failure_to_error(&UpdateFailure::Unreachable(Path::STATE)).is_transient());

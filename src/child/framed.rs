@@ -37,7 +37,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use otabridge_codecs::framed::engine::{Failure, StartError};
-use otabridge_codecs::framed::{result_code, Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
+use otabridge_codecs::framed::{Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
+use otabridge_codecs::iotda::ResultCode;
 use tracing::{debug, info, warn};
 
 use self::drive::{drive, DriveError, Ended};
@@ -155,7 +156,7 @@ impl FramedChild {
             child = %self.device_id,
             profile = %self.profile.name,
             step = %f.step,
-            result_code = f.result_code,
+            result_code = f.result_code.get(),
             detail = %f.detail,
             "{}", f.description
         );
@@ -170,7 +171,7 @@ fn failure_error(f: Failure, silent: bool) -> ChildError {
         ChildError::Unreachable(format!("{}: {} ({})", f.step, f.detail, f.description))
     } else {
         ChildError::Rejected {
-            result_code: u16::from(f.result_code),
+            result_code: f.result_code,
             description: f.description,
         }
     }
@@ -185,12 +186,12 @@ fn image_error(e: ImageError) -> ChildError {
 /// empty image is an "unsupported package type" (8).
 fn start_error(e: StartError) -> ChildError {
     let code = match e {
-        StartError::ImageTooLarge { .. } => result_code::LOW_SPACE,
-        StartError::VersionTooLong { .. } | StartError::EmptyImage => result_code::UNKNOWN_TYPE,
+        StartError::ImageTooLarge { .. } => ResultCode::LOW_SPACE,
+        StartError::VersionTooLong { .. } | StartError::EmptyImage => ResultCode::UNKNOWN_TYPE,
     };
     ChildError::Rejected {
-        result_code: u16::from(code),
-        description: format!("{}: {e}", result_code::description(code)),
+        result_code: code,
+        description: format!("{}: {e}", code.description()),
     }
 }
 
@@ -364,7 +365,7 @@ mod tests {
     use super::*;
     use otabridge_codecs::framed::MessageKind;
 
-    fn failure(code: u8, description: &str) -> Failure {
+    fn failure(code: ResultCode, description: &str) -> Failure {
         Failure {
             result_code: code,
             description: description.into(),
@@ -376,15 +377,18 @@ mod tests {
 
     #[test]
     fn failures_map_to_child_errors() {
-        let e = failure_error(failure(5, "Not enough storage"), false);
+        let e = failure_error(failure(ResultCode::LOW_SPACE, "Not enough storage"), false);
         assert_eq!(
             e,
             ChildError::Rejected {
-                result_code: 5,
+                result_code: ResultCode::LOW_SPACE,
                 description: "Not enough storage".into()
             }
         );
-        let e = failure_error(failure(6, "Connection lost"), true);
+        let e = failure_error(
+            failure(ResultCode::DOWNLOAD_TIMEOUT, "Connection lost"),
+            true,
+        );
         assert!(
             matches!(&e, ChildError::Unreachable(m) if m.starts_with("begin: ")),
             "{e}"
@@ -396,12 +400,24 @@ mod tests {
             size: 70_000,
         });
         assert!(
-            matches!(e, ChildError::Rejected { result_code: 5, .. }),
+            matches!(
+                e,
+                ChildError::Rejected {
+                    result_code: ResultCode::LOW_SPACE,
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = start_error(StartError::EmptyImage);
         assert!(
-            matches!(e, ChildError::Rejected { result_code: 8, .. }),
+            matches!(
+                e,
+                ChildError::Rejected {
+                    result_code: ResultCode::UNKNOWN_TYPE,
+                    ..
+                }
+            ),
             "{e}"
         );
     }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use super::{BoxFuture, Child, ChildError, Package, Progress};
+use otabridge_codecs::iotda::ResultCode;
 
 /// Chunk size of a simulated delivery.
 const CHUNK: usize = 4096;
@@ -28,7 +29,7 @@ struct State {
     /// Per-chunk delay, to make progress visible in demos.
     chunk_delay: Duration,
     /// Activation fails with this (result code, description).
-    reject_activation: Option<(u16, String)>,
+    reject_activation: Option<(ResultCode, String)>,
     /// The largest image its slot holds.
     capacity: Option<u64>,
     activations: u32,
@@ -93,7 +94,7 @@ impl MemoryChild {
     }
 
     /// Makes the next activations fail with `result_code` and `description`.
-    pub fn reject_activation(&self, result_code: u16, description: &str) {
+    pub fn reject_activation(&self, result_code: ResultCode, description: &str) {
         self.state().reject_activation = Some((result_code, description.to_owned()));
     }
 
@@ -157,7 +158,7 @@ impl Child for MemoryChild {
             self.state().delivery_starts.push(resume_from);
             if self.state().capacity.is_some_and(|c| package.size > c) {
                 return Err(ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::result::LOW_SPACE,
+                    result_code: ResultCode::LOW_SPACE,
                     description: otabridge_codecs::iotda::result::DESC_NO_STORAGE.into(),
                 });
             }
@@ -226,7 +227,7 @@ impl Child for MemoryChild {
             let digest = format!("{:x}", s.staged_hash.clone().finalize());
             if s.staged_len != package.size || !digest.eq_ignore_ascii_case(&package.sha256) {
                 return Err(ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::result::CHECK_FAIL,
+                    result_code: ResultCode::CHECK_FAIL,
                     description: otabridge_codecs::iotda::result::DESC_INTEGRITY.into(),
                 });
             }
@@ -270,7 +271,13 @@ mod tests {
         // Nothing staged any more: activating again is an integrity failure.
         let e = child.activate(&pkg).await.unwrap_err();
         assert!(
-            matches!(e, ChildError::Rejected { result_code: 7, .. }),
+            matches!(
+                e,
+                ChildError::Rejected {
+                    result_code: ResultCode::CHECK_FAIL,
+                    ..
+                }
+            ),
             "{e}"
         );
         child.set_online(false);

@@ -25,6 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::{ChildConfig, CoapConfig, SerialProtocol, Transport};
+use otabridge_codecs::iotda::ResultCode;
 
 /// A boxed future, so that `dyn Child` works across transports.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -43,7 +44,7 @@ pub enum ChildError {
     #[error("{description} (result code {result_code})")]
     Rejected {
         /// IoTDA `result_code`.
-        result_code: u16,
+        result_code: ResultCode,
         /// The failure description the platform shows.
         description: String,
     },

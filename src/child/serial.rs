@@ -6,7 +6,6 @@
 //!   number kept per line.
 //! - [`drive`]: the thin loop (transmit, read image chunks, events, wait for
 //!   the line or the engine's timer).
-//! - [`state`]: the image state read as an engine, for `read_version`.
 //!
 //! Delivery relies on SMP's own resume (docs/protocols/children.md §4.2): every transfer
 //! starts with the off-0 chunk carrying the same `len` and `sha`; a device
@@ -27,7 +26,6 @@
 
 pub mod drive;
 pub mod port;
-pub mod state;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,12 +33,14 @@ use std::sync::Arc;
 
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
 use otabridge_codecs::smp::result::{self, IotdaResult};
+use otabridge_codecs::smp::state::{
+    active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
+};
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
 use tracing::{debug, info, warn};
 
 use self::drive::{drive, Clock, DriveError, ImageFile, LineStats};
 use self::port::{LineSettings, SharedPort};
-use self::state::{StateRead, StateReadError, StateReadEvent};
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::SerialOptions;
 
@@ -283,7 +283,13 @@ impl Child for SerialChild {
                 .map_err(|e| e.into_child_error(&self.device_id))?;
             let clock = Clock::start();
             let o = &self.options;
-            let mut engine = StateRead::new(link.next_seq(), o.timeout, o.retries, clock.now());
+            let config = StateReadConfig {
+                timeout: o.timeout,
+                retries: o.retries,
+                first_seq: link.next_seq(),
+                ..StateReadConfig::default()
+            };
+            let mut engine = StateRead::new(config, clock.now());
             let mut outcome = None;
             let mut stats = LineStats::default();
             let r = drive(&mut link, clock, &mut engine, None, &mut stats, |ev| {
@@ -293,13 +299,11 @@ impl Child for SerialChild {
             self.retries.fetch_add(stats.resent, Ordering::Relaxed);
             r.map_err(|e| self.drive_error(e))?;
             match outcome {
-                Some(StateReadEvent::Images(list)) => list
-                    .into_iter()
-                    .find(|s| s.image == 0 && s.active)
-                    .map(|s| s.version)
-                    .ok_or_else(|| {
+                Some(StateReadEvent::Images(list)) => {
+                    active_version(&list, 0).map(str::to_owned).ok_or_else(|| {
                         ChildError::Protocol("no active image in the state list".into())
-                    }),
+                    })
+                }
                 Some(StateReadEvent::Failed(e @ StateReadError::Timeout { .. })) => {
                     Err(ChildError::Unreachable(e.to_string()))
                 }
@@ -393,14 +397,14 @@ mod tests {
         assert_eq!(
             upload_error(img(23)),
             ChildError::Rejected {
-                result_code: 8,
+                result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
                 description: otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE.into()
             }
         );
         // No platform wording: the engine's own message.
         match upload_error(img(28)) {
             ChildError::Rejected {
-                result_code: 255,
+                result_code: otabridge_codecs::iotda::ResultCode::INNER_ERROR,
                 description,
             } => {
                 assert!(description.contains("device error"), "{description}")
@@ -417,7 +421,7 @@ mod tests {
             matches!(
                 v,
                 ChildError::Rejected {
-                    result_code: 10,
+                    result_code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
                     ..
                 }
             ),

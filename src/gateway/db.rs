@@ -1,6 +1,6 @@
 //! The `gateway_jobs` table: the gateway's own upgrades (journal migration 4).
 
-use otabridge_codecs::iotda::{Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::{ResultCode, Upgrade, UpgradeKind};
 use rusqlite::{params, OptionalExtension, Row as SqlRow};
 
 use super::job::Phase;
@@ -32,7 +32,7 @@ pub struct Row {
     /// The last progress reported.
     pub last_pct: Option<u8>,
     /// Result code and description once terminal.
-    pub result: Option<(u16, String)>,
+    pub result: Option<(ResultCode, String)>,
 }
 
 /// `firmware` or `software`.
@@ -71,7 +71,13 @@ fn from_sql(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
         boot_id: r.get(8)?,
         reboots: r.get(9)?,
         last_pct: r.get::<_, Option<i64>>(10)?.map(|p| p.clamp(0, 100) as u8),
-        result: code.map(|c| (c as u16, description.unwrap_or_default())),
+        result: code.map(|c| {
+            let code = u8::try_from(c)
+                .ok()
+                .and_then(ResultCode::new)
+                .unwrap_or(ResultCode::INNER_ERROR);
+            (code, description.unwrap_or_default())
+        }),
     })
 }
 
@@ -119,7 +125,7 @@ pub fn save(j: &mut Journal, row: &Row, now: i64) -> Result<(), JournalError> {
             row.boot_id,
             row.reboots,
             row.last_pct,
-            row.result.as_ref().map(|r| r.0),
+            row.result.as_ref().map(|r| i64::from(r.0)),
             row.result.as_ref().map(|r| r.1.as_str()),
             now
         ],
@@ -204,12 +210,12 @@ mod tests {
         assert_eq!((row.reboots, row.last_pct), (1, Some(95)));
         let mut done = row.clone();
         done.phase = Phase::Failed;
-        done.result = Some((10, "rolled back".into()));
+        done.result = Some((ResultCode::INSTALL_FAIL, "rolled back".into()));
         save(&mut j, &done, 160).unwrap();
         assert!(active(&mut j).unwrap().is_none());
         assert_eq!(
             latest(&mut j).unwrap().unwrap().result,
-            Some((10, "rolled back".into()))
+            Some((ResultCode::INSTALL_FAIL, "rolled back".into()))
         );
     }
 }

@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use otabridge_codecs::iotda::result;
+use otabridge_codecs::iotda::ResultCode;
 use tracing::{debug, info};
 
 use super::proc::{self, ProcError, Stream};
@@ -44,7 +44,7 @@ pub enum InstallError {
         /// `status N` or `signal N`.
         status: String,
         /// What the output says the failure is (7, 8 or 10).
-        code: u16,
+        code: ResultCode,
         /// Its last error lines (or last lines), joined with ` | `.
         summary: String,
     },
@@ -60,23 +60,18 @@ fn summary_suffix(s: &str) -> String {
 
 impl InstallError {
     /// The `upgrade_progress_report` result code (docs/protocols/iotda.md §4.6).
-    pub fn result_code(&self) -> u16 {
+    pub fn result_code(&self) -> ResultCode {
         match self {
-            InstallError::Run(ProcError::Timeout { .. }) => result::INSTALL_FAIL,
-            InstallError::Run(_) => result::INNER_ERROR,
+            InstallError::Run(ProcError::Timeout { .. }) => ResultCode::INSTALL_FAIL,
+            InstallError::Run(_) => ResultCode::INNER_ERROR,
             InstallError::Failed { code, .. } => *code,
         }
     }
 
-    /// The `description` of the failure report.
+    /// The `description` of the failure report: the platform's wording for
+    /// the code (docs/protocols/iotda.md §9), then what the installer said.
     pub fn description(&self) -> String {
-        let cause = match self.result_code() {
-            result::CHECK_FAIL => result::DESC_INTEGRITY,
-            result::UNKNOWN_TYPE => result::DESC_UNSUPPORTED_TYPE,
-            result::INNER_ERROR => "internal exception",
-            _ => result::DESC_UPDATE_FAILED,
-        };
-        format!("{cause}: {self}")
+        format!("{}: {self}", self.result_code().description())
     }
 }
 
@@ -149,7 +144,7 @@ pub struct OutputParser {
     /// The last lines of standard error, and of everything.
     stderr: Vec<String>,
     last: Vec<String>,
-    code: u16,
+    code: ResultCode,
 }
 
 fn push_bounded(v: &mut Vec<String>, line: &str) {
@@ -171,7 +166,7 @@ impl OutputParser {
             in_error: false,
             stderr: Vec::new(),
             last: Vec::new(),
-            code: result::INSTALL_FAIL,
+            code: ResultCode::INSTALL_FAIL,
         }
     }
 
@@ -282,9 +277,9 @@ impl OutputParser {
         // "not for this box" beats "corrupt": SWUpdate reports an image for
         // another board as invalid too.
         if unsupported {
-            self.code = result::UNKNOWN_TYPE;
-        } else if corrupt && self.code == result::INSTALL_FAIL {
-            self.code = result::CHECK_FAIL;
+            self.code = ResultCode::UNKNOWN_TYPE;
+        } else if corrupt && self.code == ResultCode::INSTALL_FAIL {
+            self.code = ResultCode::CHECK_FAIL;
         }
     }
 
@@ -409,7 +404,7 @@ mod tests {
                    Installing `/x/corrupt.raucb` failed\n";
         let (_, p) = feed(Installer::Rauc, bad);
         let e = p.failure("rauc", "status 1".into());
-        assert_eq!(e.result_code(), result::CHECK_FAIL);
+        assert_eq!(e.result_code(), ResultCode::CHECK_FAIL);
         assert_eq!(
             e.to_string(),
             "rauc exited with status 1: LastError: signature verification failed: error:1700009E:CMS routines::verification failure"
@@ -420,7 +415,7 @@ mod tests {
         );
         assert_eq!(
             p.failure("rauc", "status 1".into()).result_code(),
-            result::UNKNOWN_TYPE
+            ResultCode::UNKNOWN_TYPE
         );
     }
 
@@ -441,7 +436,7 @@ mod tests {
         let e = feed(Installer::Swupdate, failed)
             .1
             .failure("swupdate", "status 1".into());
-        assert_eq!(e.result_code(), result::INSTALL_FAIL);
+        assert_eq!(e.result_code(), ResultCode::INSTALL_FAIL);
         assert_eq!(
             e.to_string(),
             "swupdate exited with status 1: I cannot open /nonexistent/dir/x 2 | Installation failed !"
@@ -451,9 +446,10 @@ mod tests {
         let e = feed(Installer::Swupdate, corrupt)
             .1
             .failure("swupdate", "status 1".into());
-        assert_eq!(e.result_code(), result::CHECK_FAIL);
+        assert_eq!(e.result_code(), ResultCode::CHECK_FAIL);
         assert!(
-            e.description().starts_with(result::DESC_INTEGRITY),
+            e.description()
+                .starts_with(otabridge_codecs::iotda::result::DESC_INTEGRITY),
             "{}",
             e.description()
         );
@@ -462,7 +458,7 @@ mod tests {
         let e = feed(Installer::Swupdate, other_board)
             .1
             .failure("swupdate", "status 1".into());
-        assert_eq!(e.result_code(), result::UNKNOWN_TYPE);
+        assert_eq!(e.result_code(), ResultCode::UNKNOWN_TYPE);
     }
 
     #[test]
@@ -477,7 +473,7 @@ mod tests {
         );
         assert_eq!(
             p.failure("dpkg", "status 1".into()).result_code(),
-            result::CHECK_FAIL
+            ResultCode::CHECK_FAIL
         );
         // What dpkg 1.21 prints for a package whose dependency is missing.
         let (_, p) = feed(
@@ -488,7 +484,7 @@ mod tests {
              Errors were encountered while processing:\n x\n",
         );
         let e = p.failure("dpkg", "status 1".into());
-        assert_eq!(e.result_code(), result::INSTALL_FAIL);
+        assert_eq!(e.result_code(), ResultCode::INSTALL_FAIL);
         assert_eq!(
             e.to_string(),
             "dpkg exited with status 1: Package y is not installed. | \
@@ -500,7 +496,7 @@ mod tests {
         );
         assert_eq!(got, [10, 55, 100]);
         let e = p.failure("/usr/sbin/fw", "status 5".into());
-        assert_eq!(e.result_code(), result::INSTALL_FAIL);
+        assert_eq!(e.result_code(), ResultCode::INSTALL_FAIL);
         assert_eq!(
             e.to_string(),
             "/usr/sbin/fw exited with status 5: progress: x | writing slot | flash error 5"
@@ -546,7 +542,7 @@ mod tests {
             e.description(),
             format!(
                 "{}: /bin/sh exited with status 7: boom",
-                result::DESC_UPDATE_FAILED
+                otabridge_codecs::iotda::result::DESC_UPDATE_FAILED
             )
         );
     }

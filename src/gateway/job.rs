@@ -14,7 +14,7 @@
 //! for the reboot or restart to 95 %; 100 % only with the version read back
 //! (docs/protocols/iotda.md §4.6).
 
-use otabridge_codecs::iotda::result;
+use otabridge_codecs::iotda::{result, ResultCode};
 use otabridge_codecs::version::{self, Mode};
 
 /// Where a gateway job is.
@@ -136,11 +136,11 @@ pub enum Check {
 }
 
 /// A failure: result code and description.
-pub type Failure = (u16, String);
+pub type Failure = (ResultCode, String);
 
 fn failed(why: String) -> Failure {
     (
-        result::INSTALL_FAIL,
+        ResultCode::INSTALL_FAIL,
         format!("{}: {why}", result::DESC_UPDATE_FAILED),
     )
 }
@@ -205,7 +205,7 @@ pub fn resume(
     let late = now >= deadline;
     match phase {
         Phase::Downloading if late => Resume::Fail((
-            result::DOWNLOAD_TIMEOUT,
+            ResultCode::DOWNLOAD_TIMEOUT,
             format!(
                 "{}: the deadline passed before the package was downloaded \
                  (otabridge was not running)",
@@ -235,7 +235,7 @@ pub fn resume(
 /// The failure when the deadline passes while child jobs hold the install.
 pub fn busy_past_deadline() -> Failure {
     (
-        result::BUSY,
+        ResultCode::BUSY,
         "device in use: child upgrades were still running when the deadline passed \
          (gateway.install_while_children_busy = false)"
             .into(),
@@ -285,7 +285,7 @@ mod tests {
         assert!(verdict(Check::AfterReboot, "v2.0.0", "2.0", Some("1.0"), m).is_ok());
         let (code, d) =
             verdict(Check::AfterReboot, "1.0.0", "2.0.0", Some("1.0.0"), m).unwrap_err();
-        assert_eq!(code, result::INSTALL_FAIL);
+        assert_eq!(code, ResultCode::INSTALL_FAIL);
         assert!(
             d.contains("unchanged after the reboot") && d.contains("rolled back"),
             "{d}"
@@ -309,12 +309,12 @@ mod tests {
         );
         assert!(matches!(
             resume(Phase::Downloading, None, 0, later, later),
-            Resume::Fail((result::DOWNLOAD_TIMEOUT, _))
+            Resume::Fail((ResultCode::DOWNLOAD_TIMEOUT, _))
         ));
         assert_eq!(resume(Phase::Waiting, None, 0, now, later), Resume::Wait);
         assert!(matches!(
             resume(Phase::Waiting, None, 0, later, later),
-            Resume::Fail((result::BUSY, _))
+            Resume::Fail((ResultCode::BUSY, _))
         ));
         assert_eq!(
             resume(Phase::Installing, Some(true), 0, later, later),
@@ -337,11 +337,11 @@ mod tests {
         );
         assert!(matches!(
             resume(Phase::Rebooting, Some(false), MAX_REBOOTS, now, later),
-            Resume::Fail((result::INSTALL_FAIL, _))
+            Resume::Fail((ResultCode::INSTALL_FAIL, _))
         ));
         assert!(matches!(
             resume(Phase::Rebooting, Some(false), 1, later, later),
-            Resume::Fail((result::INSTALL_FAIL, _))
+            Resume::Fail((ResultCode::INSTALL_FAIL, _))
         ));
         assert_eq!(
             resume(Phase::Restarting, Some(false), 0, now, later),

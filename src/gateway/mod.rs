@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use otabridge_codecs::iotda::event::{ProgressReport, VersionReport};
-use otabridge_codecs::iotda::{result, Event, Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::{result, Event, ResultCode, Upgrade, UpgradeKind};
 use otabridge_codecs::version::{self as versions, Mode};
 use tracing::{info, warn};
 
@@ -229,7 +229,7 @@ impl SelfUpgrade {
             warn!(target_version = %up.version, "{name} upgrade of the gateway itself refused: no [gateway.{name}] installer");
             let running = self.running_version(kind).await.unwrap_or_default();
             self.report(ProgressReport {
-                result_code: result::UNKNOWN_TYPE,
+                result_code: ResultCode::UNKNOWN_TYPE,
                 progress: None,
                 version: running,
                 description: Some(format!(
@@ -269,7 +269,7 @@ impl SelfUpgrade {
                     );
                     let running = self.running_version(kind).await.unwrap_or_default();
                     self.report(ProgressReport {
-                        result_code: result::BUSY,
+                        result_code: ResultCode::BUSY,
                         progress: None,
                         version: running,
                         description: Some(format!(
@@ -303,7 +303,7 @@ impl SelfUpgrade {
         {
             info!(target_version = %up.version, "the gateway already runs the target version");
             self.report(ProgressReport {
-                result_code: result::SUCCESS,
+                result_code: ResultCode::SUCCESS,
                 progress: Some(100),
                 version: up.version.clone(),
                 description: Some("already at the target version".into()),
@@ -438,7 +438,7 @@ impl SelfUpgrade {
         if throttle.take(pct) {
             row.last_pct = Some(pct);
             self.report(ProgressReport {
-                result_code: result::SUCCESS,
+                result_code: ResultCode::SUCCESS,
                 progress: Some(pct),
                 version: version.to_owned(),
                 description: None,
@@ -452,9 +452,9 @@ impl SelfUpgrade {
             Ok(running) => {
                 info!(job = row.id, "gateway upgrade succeeded: running {running}");
                 row.phase = Phase::Succeeded;
-                row.result = Some((result::SUCCESS, format!("running {running}")));
+                row.result = Some((ResultCode::SUCCESS, format!("running {running}")));
                 ProgressReport {
-                    result_code: result::SUCCESS,
+                    result_code: ResultCode::SUCCESS,
                     progress: Some(100),
                     // The platform's own string when the policy says equal.
                     version: row.upgrade.version.clone(),
@@ -462,7 +462,7 @@ impl SelfUpgrade {
                 }
             }
             Err((code, description)) => {
-                warn!(job = row.id, code, "gateway upgrade failed: {description}");
+                warn!(job = row.id, %code, "gateway upgrade failed: {description}");
                 row.phase = Phase::Failed;
                 row.result = Some((code, description.clone()));
                 ProgressReport {
@@ -499,7 +499,7 @@ impl SelfUpgrade {
         let Some(cfg) = self.install_cfg(row.kind).cloned() else {
             let name = kind_name(row.kind);
             let f = (
-                result::INNER_ERROR,
+                ResultCode::INNER_ERROR,
                 format!("[gateway.{name}] is no longer in otabridge's configuration"),
             );
             let current = row.from_version.clone();
@@ -531,7 +531,7 @@ impl SelfUpgrade {
                     tokio::time::sleep(self.inner.cfg.reboot_timeout).await;
                     Err((
                         (
-                            result::INSTALL_FAIL,
+                            ResultCode::INSTALL_FAIL,
                             format!(
                                 "{}: otabridge did not restart within {} s",
                                 result::DESC_UPDATE_FAILED,
@@ -653,7 +653,7 @@ impl SelfUpgrade {
         if left < MIN_INSTALL_TIME {
             return Err((
                 (
-                    result::INSTALL_FAIL,
+                    ResultCode::INSTALL_FAIL,
                     format!(
                         "{}: the deadline is too close to start the installer ({} s left)",
                         result::DESC_UPDATE_FAILED,
@@ -713,7 +713,7 @@ impl SelfUpgrade {
         let failed = |why: String| {
             Err((
                 (
-                    result::INSTALL_FAIL,
+                    ResultCode::INSTALL_FAIL,
                     format!("{}: {why}", result::DESC_UPDATE_FAILED),
                 ),
                 None,
@@ -791,7 +791,7 @@ impl SelfUpgrade {
         let e = last_err.map(|e| e.to_string()).unwrap_or_default();
         (
             Err((
-                result::INSTALL_FAIL,
+                ResultCode::INSTALL_FAIL,
                 format!(
                     "{}: the version could not be read back: {e}",
                     result::DESC_UPDATE_FAILED
@@ -806,7 +806,7 @@ impl SelfUpgrade {
 async fn commit_update(argv: &[String], limit: Duration) -> Result<(), Failure> {
     let failed = |why: String| {
         (
-            result::INSTALL_FAIL,
+            ResultCode::INSTALL_FAIL,
             format!("{}: {why}", result::DESC_UPDATE_FAILED),
         )
     };

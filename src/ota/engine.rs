@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use otabridge_codecs::iotda::event::ProgressReport;
-use otabridge_codecs::iotda::{result, Event, Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::{result, Event, ResultCode, Upgrade, UpgradeKind};
 use otabridge_codecs::version::Mode;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
@@ -219,7 +219,7 @@ impl Engine {
                 self.report(
                     device_id,
                     ProgressReport {
-                        result_code: result::BUSY,
+                        result_code: ResultCode::BUSY,
                         progress: None,
                         version: active.machine.current_version.clone().unwrap_or_default(),
                         description: Some(format!(
@@ -348,14 +348,16 @@ impl Engine {
         let Some(child) = self.inner.children.get(&row.device_id).cloned() else {
             let e = row.machine.handle(
                 Input::Rejected {
-                    code: result::INNER_ERROR,
+                    code: ResultCode::INNER_ERROR,
                     description: format!("child {} is no longer configured", row.device_id),
                 },
                 now_unix(),
             );
             let mut b = Backoff::new(Duration::ZERO, Duration::ZERO, 0);
             self.apply(&row, e, &mut b).await;
-            self.inner.metrics.job_finished(row.id, result::INNER_ERROR);
+            self.inner
+                .metrics
+                .job_finished(row.id, ResultCode::INNER_ERROR);
             return;
         };
         let job_key = format!("job-{}", row.id);
@@ -402,9 +404,9 @@ impl Engine {
             .machine
             .result
             .clone()
-            .unwrap_or((result::INNER_ERROR, String::new()));
+            .unwrap_or((ResultCode::INNER_ERROR, String::new()));
         self.inner.metrics.job_finished(row.id, code);
-        info!(child = %row.device_id, job = row.id, code, "job ended: {desc}");
+        info!(child = %row.device_id, job = row.id, code = code.get(), "job ended: {desc}");
     }
 
     /// Does one piece of work; returns the input to feed, or `None` when the
@@ -582,7 +584,7 @@ fn child_input(e: ChildError) -> Input {
             description,
         },
         ChildError::Io(why) => Input::Rejected {
-            code: result::INNER_ERROR,
+            code: ResultCode::INNER_ERROR,
             description: format!("gateway I/O error: {why}"),
         },
         other => Input::Transient(other.to_string()),

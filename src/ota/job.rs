@@ -15,7 +15,7 @@
 //! failure.
 
 use otabridge_codecs::iotda::event::ProgressReport;
-use otabridge_codecs::iotda::result;
+use otabridge_codecs::iotda::result::{self, ResultCode};
 use otabridge_codecs::version::{self, Mode};
 
 /// Where a job is.
@@ -100,7 +100,7 @@ pub enum Input {
     /// The package could not be had (result code and description).
     DownloadFailed {
         /// IoTDA result code.
-        code: u16,
+        code: ResultCode,
         /// Failure description.
         description: String,
     },
@@ -115,7 +115,7 @@ pub enum Input {
     /// The child refused; retrying will not help.
     Rejected {
         /// IoTDA result code.
-        code: u16,
+        code: ResultCode,
         /// Failure description.
         description: String,
     },
@@ -177,7 +177,7 @@ pub struct Machine {
     /// The version the child ran when the job started (or last read).
     pub current_version: Option<String>,
     /// Result once terminal: code and description.
-    pub result: Option<(u16, String)>,
+    pub result: Option<(ResultCode, String)>,
     /// How versions are compared.
     pub mode: Mode,
     /// The last progress reported and when (Unix seconds).
@@ -254,12 +254,12 @@ impl Machine {
     fn succeed(&mut self, version: String, description: &str, now: i64) -> Effects {
         self.enter(Phase::Succeeded);
         self.current_version = Some(version.clone());
-        self.result = Some((result::SUCCESS, description.to_owned()));
+        self.result = Some((ResultCode::SUCCESS, description.to_owned()));
         self.last_report = Some((100, now));
         Effects {
             persist: true,
             report: Some(ProgressReport {
-                result_code: result::SUCCESS,
+                result_code: ResultCode::SUCCESS,
                 progress: Some(100),
                 version,
                 description: Some(description.to_owned()),
@@ -268,7 +268,7 @@ impl Machine {
         }
     }
 
-    fn fail(&mut self, code: u16, description: String) -> Effects {
+    fn fail(&mut self, code: ResultCode, description: String) -> Effects {
         let progress = self.progress();
         self.enter(Phase::Failed);
         self.result = Some((code, description.clone()));
@@ -300,7 +300,7 @@ impl Machine {
         }
         self.last_report = Some((p, now));
         Some(ProgressReport {
-            result_code: result::SUCCESS,
+            result_code: ResultCode::SUCCESS,
             progress: Some(p),
             version: self.version_for_report(),
             description: Some(self.phase.as_str().to_owned()),
@@ -326,10 +326,14 @@ impl Machine {
         match input {
             Input::DeadlinePassed => {
                 let (code, what) = match self.phase {
-                    Phase::Queued | Phase::Downloading | Phase::Delivering => {
-                        (result::DOWNLOAD_TIMEOUT, "the package was not delivered")
-                    }
-                    _ => (result::INSTALL_FAIL, "the new version was not confirmed"),
+                    Phase::Queued | Phase::Downloading | Phase::Delivering => (
+                        ResultCode::DOWNLOAD_TIMEOUT,
+                        "the package was not delivered",
+                    ),
+                    _ => (
+                        ResultCode::INSTALL_FAIL,
+                        "the new version was not confirmed",
+                    ),
                 };
                 self.fail(
                     code,
@@ -348,8 +352,8 @@ impl Machine {
                         _ => format!("{}: {why}", result::DESC_CONNECTION_LOST),
                     };
                     let code = match self.phase {
-                        Phase::Verifying | Phase::Activating => result::INSTALL_FAIL,
-                        _ => result::DOWNLOAD_TIMEOUT,
+                        Phase::Verifying | Phase::Activating => ResultCode::INSTALL_FAIL,
+                        _ => ResultCode::DOWNLOAD_TIMEOUT,
                     };
                     self.fail(code, description)
                 } else {
@@ -389,7 +393,7 @@ impl Machine {
                         self.retries += 1;
                         if self.retries > self.limits.max_retries.min(2) {
                             self.fail(
-                                result::INSTALL_FAIL,
+                                ResultCode::INSTALL_FAIL,
                                 format!(
                                     "{}: the child runs {v} after the update, not {}",
                                     result::DESC_UPDATE_FAILED,
@@ -462,8 +466,8 @@ mod tests {
         Machine::new("V2.0.0", 1_000_000, Mode::Normalised, Limits::default())
     }
 
-    fn code(e: &Effects) -> Option<u16> {
-        e.report.as_ref().map(|r| r.result_code)
+    fn code(e: &Effects) -> Option<u8> {
+        e.report.as_ref().map(|r| r.result_code.get())
     }
 
     #[test]
@@ -507,7 +511,7 @@ mod tests {
         assert_eq!(j.phase, Phase::Succeeded);
         let r = e.report.unwrap();
         assert_eq!(
-            (r.result_code, r.progress, r.version.as_str()),
+            (r.result_code.get(), r.progress, r.version.as_str()),
             (0, Some(100), "v2.0")
         );
         assert_eq!(j.work(), Work::Done);
@@ -522,7 +526,7 @@ mod tests {
         assert_eq!(j.phase, Phase::Succeeded);
         let r = e.report.unwrap();
         assert_eq!(
-            (r.result_code, r.progress, r.version.as_str()),
+            (r.result_code.get(), r.progress, r.version.as_str()),
             (0, Some(100), "2.0")
         );
     }
@@ -539,11 +543,11 @@ mod tests {
     #[test]
     fn failures_by_phase() {
         // (phase, input, expected code)
-        let table: Vec<(Phase, Input, u16)> = vec![
+        let table: Vec<(Phase, Input, u8)> = vec![
             (
                 Phase::Downloading,
                 Input::DownloadFailed {
-                    code: 7,
+                    code: ResultCode::CHECK_FAIL,
                     description: result::DESC_INTEGRITY.into(),
                 },
                 7,
@@ -551,7 +555,7 @@ mod tests {
             (
                 Phase::Delivering,
                 Input::Rejected {
-                    code: 5,
+                    code: ResultCode::LOW_SPACE,
                     description: "x".into(),
                 },
                 5,
@@ -563,7 +567,7 @@ mod tests {
             (
                 Phase::Activating,
                 Input::Rejected {
-                    code: 10,
+                    code: ResultCode::INSTALL_FAIL,
                     description: "y".into(),
                 },
                 10,
@@ -576,7 +580,7 @@ mod tests {
             let e = j.handle(input.clone(), 0);
             assert_eq!(j.phase, Phase::Failed, "{phase:?} {input:?}");
             let r = e.report.unwrap();
-            assert_eq!(r.result_code, want, "{phase:?} {input:?}");
+            assert_eq!(r.result_code.get(), want, "{phase:?} {input:?}");
             assert_eq!(r.version, "1.0");
             assert!(r.description.is_some());
         }
@@ -628,7 +632,10 @@ mod tests {
         j.handle(Input::Version("1.0".into()), 1);
         let e = j.handle(Input::Version("1.0".into()), 2);
         let r = e.report.unwrap();
-        assert_eq!((r.result_code, r.version.as_str()), (10, "1.0"));
+        assert_eq!(
+            (r.result_code, r.version.as_str()),
+            (ResultCode::INSTALL_FAIL, "1.0")
+        );
         assert!(r
             .description
             .unwrap()

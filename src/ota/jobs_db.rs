@@ -1,6 +1,6 @@
 //! The `jobs` table: one row per child upgrade (journal migration 3).
 
-use otabridge_codecs::iotda::{Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::{ResultCode, Upgrade, UpgradeKind};
 use otabridge_codecs::version::Mode;
 use rusqlite::{params, OptionalExtension};
 
@@ -79,7 +79,7 @@ pub fn save(
     now: i64,
 ) -> Result<(), JournalError> {
     let (code, desc) = match &m.result {
-        Some((c, d)) => (Some(*c), Some(d.clone())),
+        Some((c, d)) => (Some(c.get()), Some(d.clone())),
         None => (None, None),
     };
     let r = j.connection().execute(
@@ -120,7 +120,10 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
     m.offset = r.get::<_, i64>("acked_offset")? as u64;
     m.retries = r.get("retries")?;
     m.current_version = r.get("current_version")?;
-    let code: Option<u16> = r.get("result_code")?;
+    let code: Option<i64> = r.get("result_code")?;
+    let code = code.map(ResultCode::try_from).transpose().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e))
+    })?;
     let desc: Option<String> = r.get("description")?;
     m.result = code.map(|c| (c, desc.unwrap_or_default()));
     let pct: Option<u8> = r.get("last_report_pct")?;

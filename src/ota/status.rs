@@ -1,6 +1,7 @@
 //! `otabridge status`: each configured child as the journal knows it. Opens
 //! the journal read-only, so it works while the daemon runs (SQLite WAL).
 
+use otabridge_codecs::iotda::ResultCode;
 use serde::Serialize;
 
 use super::job::Limits;
@@ -43,7 +44,7 @@ pub struct JobStatus {
     /// Transient failures in the current phase.
     pub retries: u32,
     /// Result code once finished.
-    pub result_code: Option<u16>,
+    pub result_code: Option<ResultCode>,
     /// Result description once finished.
     pub description: Option<String>,
 }

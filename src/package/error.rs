@@ -1,7 +1,7 @@
 //! Why a package could not be obtained, with the IoTDA result code and the
 //! failure description the OTA engine reports for every child that needed it.
 
-use otabridge_codecs::iotda::result;
+use otabridge_codecs::iotda::result::{self, ResultCode};
 
 /// A download (or a wait on one) that failed for good. Transient failures
 /// (a dropped connection, a stalled body, a 5xx) are retried inside the
@@ -103,24 +103,24 @@ pub enum DownloadError {
 
 impl DownloadError {
     /// The `upgrade_progress_report` result code (docs/protocols/iotda.md §4.6, §9).
-    pub fn result_code(&self) -> u16 {
+    pub fn result_code(&self) -> ResultCode {
         match self {
             DownloadError::TooLargeForConfig { .. } | DownloadError::NoSpace { .. } => {
-                result::LOW_SPACE
+                ResultCode::LOW_SPACE
             }
             DownloadError::LengthMismatch { .. } | DownloadError::Integrity { .. } => {
-                result::CHECK_FAIL
+                ResultCode::CHECK_FAIL
             }
             DownloadError::TokenRejected { .. }
             | DownloadError::Certificate(_)
             | DownloadError::HttpStatus { .. }
             | DownloadError::Redirect(_)
-            | DownloadError::Timeout { .. } => result::DOWNLOAD_TIMEOUT,
+            | DownloadError::Timeout { .. } => ResultCode::DOWNLOAD_TIMEOUT,
             DownloadError::InvalidUrl(_)
             | DownloadError::InvalidSign(_)
             | DownloadError::Tls(_)
             | DownloadError::Store(_)
-            | DownloadError::Cancelled => result::INNER_ERROR,
+            | DownloadError::Cancelled => ResultCode::INNER_ERROR,
         }
     }
 
@@ -169,7 +169,7 @@ mod tests {
             margin: 0,
         };
         assert_eq!(
-            (e.result_code(), e.description().as_str()),
+            (e.result_code().get(), e.description().as_str()),
             (5, result::DESC_NO_STORAGE)
         );
         let e = DownloadError::Integrity {
@@ -177,19 +177,19 @@ mod tests {
             actual: "b".into(),
         };
         assert_eq!(
-            (e.result_code(), e.description().as_str()),
+            (e.result_code().get(), e.description().as_str()),
             (7, result::DESC_INTEGRITY)
         );
         let e = DownloadError::LengthMismatch {
             expected: 1,
             detail: "x".into(),
         };
-        assert_eq!(e.result_code(), 7);
+        assert_eq!(e.result_code(), ResultCode::CHECK_FAIL);
         let e = DownloadError::TokenRejected {
             status: 403,
             attempts: 3,
         };
-        assert_eq!(e.result_code(), 6);
+        assert_eq!(e.result_code(), ResultCode::DOWNLOAD_TIMEOUT);
         assert!(e.description().starts_with(result::DESC_CONNECTION_LOST));
         assert!(e.description().contains("token"), "{}", e.description());
         let e = DownloadError::Timeout {
@@ -197,12 +197,12 @@ mod tests {
             last: "reset".into(),
         };
         assert_eq!(
-            (e.result_code(), e.description().as_str()),
+            (e.result_code().get(), e.description().as_str()),
             (6, result::DESC_CONNECTION_LOST)
         );
         let e = DownloadError::InvalidUrl("http://x".into());
         assert_eq!(
-            (e.result_code(), e.description().as_str()),
+            (e.result_code().get(), e.description().as_str()),
             (255, result::DESC_INVALID_URI)
         );
     }

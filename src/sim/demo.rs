@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use otabridge_codecs::iotda::event::{ProgressReport, VersionQuery};
-use otabridge_codecs::iotda::{result, Event, Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::{Event, ResultCode, Upgrade, UpgradeKind};
 
 use super::package_server::{Access, PackageServer, Source};
 use super::testbed::{Testbed, GATEWAY_ID};
@@ -81,9 +81,9 @@ pub struct DemoRow {
     /// Version reported in the terminal report.
     pub to: String,
     /// Result code of the terminal report (`None`: none arrived).
-    pub result_code: Option<u16>,
+    pub result_code: Option<ResultCode>,
     /// The result the scenario expects.
-    pub expected: u16,
+    pub expected: ResultCode,
     /// Its description.
     pub description: String,
     /// Seconds from the upgrade event to the terminal report.
@@ -111,7 +111,7 @@ struct Planned {
     id: String,
     child: Arc<dyn Child>,
     from: String,
-    expected: u16,
+    expected: ResultCode,
     bad_sign: bool,
     /// Which package: the plain image or the MCUboot one.
     mcuboot: bool,
@@ -156,15 +156,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
         let from = format!("1.{}.{}", opts.seed % 10, i);
         let child = Arc::new(MemoryChild::new(&id, &from));
         child.set_chunk_delay(Duration::from_millis(2));
-        let mut expected = result::SUCCESS;
+        let mut expected = ResultCode::SUCCESS;
         let mut bad_sign = false;
         if opts.bad_sign && i == 1 {
             bad_sign = true;
-            expected = result::CHECK_FAIL;
+            expected = ResultCode::CHECK_FAIL;
         }
         if opts.offline && i == 2 {
             child.set_online(false);
-            expected = result::DOWNLOAD_TIMEOUT;
+            expected = ResultCode::DOWNLOAD_TIMEOUT;
         }
         plan.push(Planned {
             id,
@@ -232,7 +232,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
                 id,
                 child,
                 from,
-                expected: result::SUCCESS,
+                expected: ResultCode::SUCCESS,
                 bad_sign: false,
                 mcuboot: false,
             });
@@ -269,7 +269,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
             id,
             child,
             from,
-            expected: result::SUCCESS,
+            expected: ResultCode::SUCCESS,
             bad_sign: false,
             mcuboot: true,
         });
@@ -292,7 +292,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let online = plan
         .iter()
-        .filter(|p| p.expected != result::DOWNLOAD_TIMEOUT)
+        .filter(|p| p.expected != ResultCode::DOWNLOAD_TIMEOUT)
         .count();
     while versions.len() < online && Instant::now() < deadline {
         let Some(r) = tb.platform.recv(Duration::from_millis(500)).await else {
@@ -379,7 +379,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
         for inc in r.events.unwrap_or_default() {
             if let (Some(id), Event::ProgressReport(rep)) = (inc.object_device_id, inc.event) {
                 let p = rep.progress.unwrap_or(0);
-                let status = if rep.result_code == 0 {
+                let status = if rep.result_code.is_success() {
                     rep.description.clone().unwrap_or_default()
                 } else {
                     format!(

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use otabridge_codecs::iotda::event::{ProgressReport, VersionQuery};
-use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::{Event, ResultCode, Upgrade, UpgradeKind};
 
 use super::broker::LocalBroker;
 use super::package_server::{Access, PackageServer, Source};
@@ -81,14 +81,14 @@ pub struct Outcome {
     /// The version in its terminal report.
     pub to: Option<String>,
     /// The result code of the terminal report (`None`: no terminal report).
-    pub result_code: Option<u16>,
+    pub result_code: Option<ResultCode>,
     /// Its description.
     pub description: String,
 }
 
 impl Outcome {
     fn succeeded(&self, target: &str) -> bool {
-        self.result_code == Some(0) && self.to.as_deref() == Some(target)
+        self.result_code == Some(ResultCode::SUCCESS) && self.to.as_deref() == Some(target)
     }
 }
 

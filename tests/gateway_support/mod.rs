@@ -304,9 +304,9 @@ pub(crate) fn distinct(v: &[ProgressReport]) -> Vec<ProgressReport> {
 }
 
 /// (result code, progress) of each report; progress 255 when absent.
-pub(crate) fn seq(v: &[ProgressReport]) -> Vec<(u16, u8)> {
+pub(crate) fn seq(v: &[ProgressReport]) -> Vec<(u8, u8)> {
     v.iter()
-        .map(|r| (r.result_code, r.progress.unwrap_or(255)))
+        .map(|r| (r.result_code.get(), r.progress.unwrap_or(255)))
         .collect()
 }
 
@@ -315,7 +315,7 @@ pub(crate) fn seq(v: &[ProgressReport]) -> Vec<(u16, u8)> {
 pub(crate) fn assert_monotonic(v: &[ProgressReport]) {
     let mut last = 0u8;
     for r in &v[..v.len().saturating_sub(1)] {
-        assert_eq!(r.result_code, 0, "{v:#?}");
+        assert!(r.result_code.is_success(), "{v:#?}");
         let p = r.progress.expect("intermediate reports carry progress");
         assert!(p >= last, "progress went backwards: {v:#?}");
         last = p;

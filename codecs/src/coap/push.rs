@@ -39,6 +39,7 @@ use coap_lite::{CoapOption, Packet};
 use super::block::{szx_to_size, BlockOpt, MAX_NUM, MAX_SZX};
 use super::msg::{self, Code, OptionError};
 use super::source::{ReadAt, ReadError};
+use crate::iotda::ResultCode;
 use crate::lwm2m::UpdateResult;
 
 /// What to push and how.
@@ -149,13 +150,13 @@ impl PushFailure {
     /// (docs/protocols/iotda.md §9): "too large" is result 5 (insufficient storage), a lost
     /// child is 6 (download timeout), anything else 255 (internal
     /// exception) (inferred: IoTDA has no code for protocol errors).
-    pub fn to_iotda(&self) -> (u16, &'static str) {
+    pub fn to_iotda(&self) -> (ResultCode, &'static str) {
         match self {
             PushFailure::TooLarge { .. } => UpdateResult::NotEnoughStorage.to_iotda(),
             PushFailure::Unreachable | PushFailure::NoResponse | PushFailure::Reset => {
                 UpdateResult::ConnectionLost.to_iotda()
             }
-            _ => (crate::iotda::result::INNER_ERROR, "internal exception"),
+            _ => (ResultCode::INNER_ERROR, "internal exception"),
         }
     }
 }
@@ -615,7 +616,10 @@ mod tests {
         assert_eq!(events(&mut p), vec![PushEvent::Failed(failure.clone())]);
         assert_eq!(
             failure.to_iotda(),
-            (5, "Not enough storage for the new firmware package")
+            (
+                ResultCode::LOW_SPACE,
+                "Not enough storage for the new firmware package"
+            )
         );
     }
 
@@ -667,7 +671,7 @@ mod tests {
             events(&mut p),
             vec![PushEvent::Failed(PushFailure::Unreachable)]
         );
-        assert_eq!(PushFailure::Unreachable.to_iotda().0, 6);
+        assert_eq!(PushFailure::Unreachable.to_iotda().0.get(), 6);
 
         let mut img = image(16);
         let mut p = Block1Push::new(cfg(16, 0)).unwrap();

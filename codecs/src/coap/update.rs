@@ -44,6 +44,7 @@ use super::push::{
 };
 use super::serve::ServedBlock;
 use super::source::{ReadAt, ReadError};
+use crate::iotda::ResultCode;
 use crate::lwm2m::{self, Path, State, UpdateResult, ValueError};
 use crate::time::Instant;
 
@@ -163,7 +164,7 @@ impl UpdateFailure {
     /// never shows the new version is 10 "Firmware update failed"
     /// (inferred); an unreachable child is 6 while delivering
     /// (inferred: the closest code), and anything else 255.
-    pub fn to_iotda(&self) -> (u16, &'static str) {
+    pub fn to_iotda(&self) -> (ResultCode, &'static str) {
         match self {
             UpdateFailure::Child(r) => r.to_iotda(),
             UpdateFailure::Push(p) => p.to_iotda(),
@@ -174,7 +175,7 @@ impl UpdateFailure {
             UpdateFailure::Unreachable(p) if *p != Path::FIRMWARE_VERSION => {
                 UpdateResult::ConnectionLost.to_iotda()
             }
-            _ => (crate::iotda::result::INNER_ERROR, "internal exception"),
+            _ => (ResultCode::INNER_ERROR, "internal exception"),
         }
     }
 
@@ -927,7 +928,10 @@ mod tests {
         };
         assert_eq!(
             f.to_iotda(),
-            (5, "Not enough storage for the new firmware package")
+            (
+                ResultCode::LOW_SPACE,
+                "Not enough storage for the new firmware package"
+            )
         );
     }
 
@@ -1041,7 +1045,7 @@ mod tests {
             finished(&mut u),
             Some(Outcome::Failed(UpdateFailure::UpdateTimeout))
         );
-        assert_eq!(UpdateFailure::UpdateTimeout.to_iotda().0, 10);
+        assert_eq!(UpdateFailure::UpdateTimeout.to_iotda().0.get(), 10);
     }
 
     #[test]
@@ -1236,7 +1240,7 @@ mod tests {
         let Some(Outcome::Failed(f)) = finished(&mut u) else {
             panic!("no failure")
         };
-        assert_eq!(f.to_iotda().0, 5);
+        assert_eq!(f.to_iotda().0.get(), 5);
     }
 
     #[test]

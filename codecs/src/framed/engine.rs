@@ -31,7 +31,7 @@ use super::codec::{self, DecodeError, Decoder, Frame, Values};
 use super::profile::{
     BytesLen, FieldName, FieldType, MessageKind, Profile, StatusAction, MAX_VERSION_LEN,
 };
-use super::result_code;
+use crate::iotda::ResultCode;
 use crate::rng::Rng;
 use crate::time::Instant;
 
@@ -90,7 +90,7 @@ pub struct DataRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     /// IoTDA `result_code` (`docs/protocols/iotda.md` §4.6).
-    pub result_code: u8,
+    pub result_code: ResultCode,
     /// The `description` to report: the profile's wording for the status, or
     /// the platform's wording for the code (§9).
     pub description: String,
@@ -128,10 +128,10 @@ pub enum Outcome {
 impl Outcome {
     /// The IoTDA result code to report: 0 on success, 3 for an already
     /// current child, the failure's code otherwise; `None` for a version read.
-    pub fn result_code(&self) -> Option<u8> {
+    pub fn result_code(&self) -> Option<ResultCode> {
         match self {
-            Outcome::Upgraded { .. } => Some(result_code::SUCCESS),
-            Outcome::AlreadyCurrent { .. } => Some(result_code::NO_NEED),
+            Outcome::Upgraded { .. } => Some(ResultCode::SUCCESS),
+            Outcome::AlreadyCurrent { .. } => Some(ResultCode::NO_NEED),
             Outcome::Version { .. } => None,
             Outcome::Failed(f) => Some(f.result_code),
         }
@@ -340,7 +340,7 @@ pub struct Engine {
     acked: u32,
     /// Activation was not confirmed (no reply, or a refusal of a repeated
     /// activate): the failure to report if the version read back is wrong.
-    doubt: Option<(u8, Option<u32>, String)>,
+    doubt: Option<(ResultCode, Option<u32>, String)>,
     /// Activate requests sent.
     activate_sends: u32,
     finished: bool,
@@ -550,14 +550,14 @@ impl Engine {
             // word: the version read back decides.
             self.pending = None;
             let detail = format!("no reply to activate after {attempts} attempts");
-            self.doubt = Some((result_code::INSTALL_FAIL, None, detail));
+            self.doubt = Some((ResultCode::INSTALL_FAIL, None, detail));
             self.activated(now);
             return;
         }
         let (code, what) = match self.step {
-            Step::VersionBefore => (result_code::INNER_ERROR, "version_query"),
-            Step::VersionAfter => (result_code::INSTALL_FAIL, "version_query after activation"),
-            _ => (result_code::DOWNLOAD_TIMEOUT, kind.name()),
+            Step::VersionBefore => (ResultCode::INNER_ERROR, "version_query"),
+            Step::VersionAfter => (ResultCode::INSTALL_FAIL, "version_query after activation"),
+            _ => (ResultCode::DOWNLOAD_TIMEOUT, kind.name()),
         };
         let detail = if kind == MessageKind::Chunk {
             format!(
@@ -615,7 +615,7 @@ impl Engine {
             .and_then(|()| codec::encode(&profile.framing, msg.command, seq, &payload, &mut frame));
         if let Err(e) = built {
             self.fail(
-                result_code::INNER_ERROR,
+                ResultCode::INNER_ERROR,
                 None,
                 format!("cannot encode {kind}: {e}"),
                 None,
@@ -678,7 +678,7 @@ impl Engine {
                 Some(rule) => rule.action,
                 None => {
                     let detail = format!("{kind} answered with status {s} (0x{s:x}), which the profile does not list");
-                    self.fail(result_code::INNER_ERROR, None, detail, None);
+                    self.fail(ResultCode::INNER_ERROR, None, detail, None);
                     return;
                 }
             },
@@ -714,7 +714,7 @@ impl Engine {
                         profile.recovery.max_recoveries,
                         values.status.unwrap_or_default()
                     );
-                    self.fail(result_code::DOWNLOAD_TIMEOUT, None, detail, None);
+                    self.fail(ResultCode::DOWNLOAD_TIMEOUT, None, detail, None);
                     return;
                 }
                 let has_query = profile.message(MessageKind::OffsetQuery).is_some();
@@ -771,7 +771,7 @@ impl Engine {
                 let o = values.offset.unwrap_or_default();
                 if o > size {
                     let detail = format!("child reports offset {o} beyond the image size {size}");
-                    self.fail(result_code::INNER_ERROR, None, detail, None);
+                    self.fail(ResultCode::INNER_ERROR, None, detail, None);
                     return;
                 }
                 self.events.push_back(Event::Resumed { offset: o });
@@ -785,7 +785,7 @@ impl Engine {
                 if next > size {
                     let detail =
                         format!("child acknowledges offset {next} beyond the image size {size}");
-                    self.fail(result_code::INNER_ERROR, None, detail, None);
+                    self.fail(ResultCode::INNER_ERROR, None, detail, None);
                     return;
                 }
                 if next < self.offset {
@@ -796,7 +796,7 @@ impl Engine {
                             "gave up after {} recoveries (child moved back to offset {next})",
                             self.profile.recovery.max_recoveries
                         );
-                        self.fail(result_code::DOWNLOAD_TIMEOUT, None, detail, None);
+                        self.fail(ResultCode::DOWNLOAD_TIMEOUT, None, detail, None);
                         return;
                     }
                 }
@@ -844,7 +844,7 @@ impl Engine {
                             detail = format!("{detail} ({why})");
                             (code, status)
                         }
-                        None => (result_code::INSTALL_FAIL, None),
+                        None => (ResultCode::INSTALL_FAIL, None),
                     };
                     self.fail(code, status, detail, Some(v));
                 }
@@ -884,7 +884,13 @@ impl Engine {
         self.stats.recoveries > u64::from(self.profile.recovery.max_recoveries)
     }
 
-    fn fail(&mut self, code: u8, status: Option<u32>, detail: String, version: Option<String>) {
+    fn fail(
+        &mut self,
+        code: ResultCode,
+        status: Option<u32>,
+        detail: String,
+        version: Option<String>,
+    ) {
         let step = match self.step {
             Step::VersionBefore | Step::VersionAfter | Step::Settle | Step::Done => {
                 MessageKind::VersionQuery
@@ -898,7 +904,7 @@ impl Engine {
         let description = status
             .and_then(|s| self.profile.status(s))
             .and_then(|r| r.description.clone())
-            .unwrap_or_else(|| result_code::description(code).to_string());
+            .unwrap_or_else(|| code.description().to_string());
         self.finish(Outcome::Failed(Failure {
             result_code: code,
             description,
@@ -1031,7 +1037,7 @@ mod tests {
         let Some(Event::Finished(Outcome::Failed(f))) = last else {
             panic!("{last:?}")
         };
-        assert_eq!(f.result_code, result_code::DOWNLOAD_TIMEOUT);
+        assert_eq!(f.result_code, ResultCode::DOWNLOAD_TIMEOUT);
         assert_eq!(
             e.stats().recoveries,
             u64::from(p.recovery.max_recoveries) + 1
@@ -1061,7 +1067,7 @@ mod tests {
         };
         assert_eq!(
             (f.result_code, f.step),
-            (result_code::INNER_ERROR, MessageKind::OffsetQuery)
+            (ResultCode::INNER_ERROR, MessageKind::OffsetQuery)
         );
         assert!(f.detail.contains("101"), "{}", f.detail);
     }

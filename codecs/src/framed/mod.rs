@@ -39,63 +39,6 @@ pub use codec::{Decoder, Frame, Values};
 pub use engine::{DataRequest, Engine, Event, ImageInfo, Outcome, Upgrade};
 pub use profile::{MessageKind, Profile, ProfileError, ProfileErrorKind};
 
-/// IoTDA `result_code` values as profiles write them (one byte), taken from
-/// [`crate::iotda::result`] (docs/protocols/iotda.md §4.6), and their descriptions.
-pub mod result_code {
-    use crate::iotda::result as iotda;
-
-    /// Success.
-    pub const SUCCESS: u8 = iotda::SUCCESS as u8;
-    /// Device in use.
-    pub const BUSY: u8 = iotda::BUSY as u8;
-    /// Poor signal.
-    pub const SIGNAL_BAD: u8 = iotda::SIGNAL_BAD as u8;
-    /// Already the latest version.
-    pub const NO_NEED: u8 = iotda::NO_NEED as u8;
-    /// Low battery.
-    pub const LOW_POWER: u8 = iotda::LOW_POWER as u8;
-    /// Insufficient storage space.
-    pub const LOW_SPACE: u8 = iotda::LOW_SPACE as u8;
-    /// Download timeout.
-    pub const DOWNLOAD_TIMEOUT: u8 = iotda::DOWNLOAD_TIMEOUT as u8;
-    /// Package verification failure.
-    pub const CHECK_FAIL: u8 = iotda::CHECK_FAIL as u8;
-    /// Unsupported package type.
-    pub const UNKNOWN_TYPE: u8 = iotda::UNKNOWN_TYPE as u8;
-    /// Insufficient memory.
-    pub const LOW_MEMORY: u8 = iotda::LOW_MEMORY as u8;
-    /// Package installation failure.
-    pub const INSTALL_FAIL: u8 = iotda::INSTALL_FAIL as u8;
-    /// Internal exception.
-    pub const INNER_ERROR: u8 = iotda::INNER_ERROR as u8;
-
-    /// Whether IoTDA accepts `code` (0 to 10 and 255; the C SDK rejects any
-    /// other value, `iota_payload.c:416`, see `docs/protocols/iotda.md` §4.6).
-    pub fn is_valid(code: u8) -> bool {
-        iotda::is_valid(u16::from(code))
-    }
-
-    /// The failure description an operator sees for `code`: the platform's
-    /// own wording from `docs/protocols/iotda.md` §9 where it has one, else the
-    /// meaning from the §4.6 table.
-    pub fn description(code: u8) -> &'static str {
-        match code {
-            SUCCESS => "upgrade success",
-            BUSY => "device in use",
-            SIGNAL_BAD => "poor signal",
-            NO_NEED => "already the latest version",
-            LOW_POWER => "low battery",
-            LOW_SPACE => iotda::DESC_NO_STORAGE,
-            DOWNLOAD_TIMEOUT => iotda::DESC_CONNECTION_LOST,
-            CHECK_FAIL => iotda::DESC_INTEGRITY,
-            UNKNOWN_TYPE => iotda::DESC_UNSUPPORTED_TYPE,
-            LOW_MEMORY => iotda::DESC_NO_MEMORY,
-            INSTALL_FAIL => iotda::DESC_UPDATE_FAILED,
-            _ => "internal exception",
-        }
-    }
-}
-
 /// CRC-32 (ISO-HDLC, the zlib/PNG one) and SHA-256 of an image, computed in
 /// pieces so a driver never holds the whole package in memory.
 #[derive(Clone)]
@@ -177,16 +120,6 @@ mod tests {
             crate::hex::spaced(&sha[..4]),
             "ba 78 16 bf",
             "SHA-256(\"abc\") starts ba7816bf"
-        );
-    }
-
-    #[test]
-    fn result_codes_follow_iotda() {
-        assert!(result_code::is_valid(0) && result_code::is_valid(10));
-        assert!(result_code::is_valid(255) && !result_code::is_valid(11));
-        assert_eq!(
-            result_code::description(7),
-            "Integrity check failure for new downloaded package"
         );
     }
 }

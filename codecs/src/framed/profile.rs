@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::result_code;
+use crate::iotda::ResultCode;
 
 /// The profiles shipped in `codecs/profiles/`, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -571,7 +571,7 @@ pub enum StatusAction {
     /// the retries run out, fail with this IoTDA result code.
     Retry {
         /// IoTDA result code if the child stays busy.
-        result_code: u8,
+        result_code: ResultCode,
     },
     /// The child's offset differs from ours: ask for its offset and go on
     /// from there.
@@ -582,7 +582,7 @@ pub enum StatusAction {
     /// The upgrade failed with this IoTDA result code.
     Fail {
         /// IoTDA result code.
-        result_code: u8,
+        result_code: ResultCode,
     },
 }
 
@@ -677,7 +677,7 @@ impl Profile {
     }
 
     /// The first status value that fails with `code`.
-    pub fn status_failing_with(&self, code: u8) -> Option<u32> {
+    pub fn status_failing_with(&self, code: ResultCode) -> Option<u32> {
         self.status_for(StatusAction::Fail { result_code: code })
     }
 
@@ -1835,17 +1835,19 @@ fn parse_statuses(
             None => None,
             Some(rc) => {
                 let v = *rc.get_ref();
-                if !matches!(means, "fail" | "retry") {
-                    if matches!(means, "ok" | "resync" | "restart") {
-                        return Err(cx.err(
-                            &rc.span(),
-                            ProfileErrorKind::ResultCodeNotAllowed(means.to_string()),
-                        ));
-                    }
-                } else if !(1..=255).contains(&v) || !result_code::is_valid(v as u8) {
+                if matches!(means, "ok" | "resync" | "restart") {
+                    return Err(cx.err(
+                        &rc.span(),
+                        ProfileErrorKind::ResultCodeNotAllowed(means.to_string()),
+                    ));
+                }
+                // A failure code: documented and not 0 (an unknown `means`
+                // is reported below whatever its code).
+                let code = ResultCode::try_from(v).ok().filter(|c| !c.is_success());
+                if code.is_none() && matches!(means, "fail" | "retry") {
                     return Err(cx.err(&rc.span(), ProfileErrorKind::BadResultCode(v)));
                 }
-                Some(v as u8)
+                code
             }
         };
         let action = match means {
@@ -1853,7 +1855,7 @@ fn parse_statuses(
             "resync" => StatusAction::Resync,
             "restart" => StatusAction::Restart,
             "retry" => StatusAction::Retry {
-                result_code: code.unwrap_or(result_code::BUSY),
+                result_code: code.unwrap_or(ResultCode::BUSY),
             },
             "fail" => match code {
                 Some(result_code) => StatusAction::Fail { result_code },

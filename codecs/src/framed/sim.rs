@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use super::codec::{self, Decoder, Values};
 use super::profile::{MessageKind, Profile, StatusAction};
-use super::result_code;
 use super::ImageDigest;
+use crate::iotda::ResultCode;
 use crate::rng::Rng;
 use crate::time::Instant;
 
@@ -308,7 +308,7 @@ impl Device {
                         reboot_later = true;
                     } else {
                         reply.status = Some(self.status(StatusAction::Fail {
-                            result_code: result_code::INSTALL_FAIL,
+                            result_code: ResultCode::INSTALL_FAIL,
                         }));
                     }
                 }
@@ -345,7 +345,7 @@ impl Device {
         let size = req.size.unwrap_or_default();
         if size > self.config.capacity {
             return self.status(StatusAction::Fail {
-                result_code: result_code::LOW_SPACE,
+                result_code: ResultCode::LOW_SPACE,
             });
         }
         let same = self.session.as_ref().is_some_and(|s| {
@@ -376,7 +376,7 @@ impl Device {
         let (off, end) = (u64::from(off), u64::from(off) + data.len() as u64);
         if end > u64::from(s.size) {
             return self.status(StatusAction::Fail {
-                result_code: result_code::LOW_SPACE,
+                result_code: ResultCode::LOW_SPACE,
             });
         }
         if off == have {
@@ -397,7 +397,7 @@ impl Device {
             self.ok(),
         );
         let bad = self.status(StatusAction::Fail {
-            result_code: result_code::CHECK_FAIL,
+            result_code: ResultCode::CHECK_FAIL,
         });
         let Some(s) = self.session.as_mut() else {
             return restart;

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::result::ResultCode;
 use super::EventTime;
 
 /// `$ota`.
@@ -94,7 +95,7 @@ pub struct Upgrade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressReport {
     /// See [`super::result`].
-    pub result_code: u16,
+    pub result_code: ResultCode,
     /// 0–100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<u8>,
@@ -108,7 +109,7 @@ pub struct ProgressReport {
 impl ProgressReport {
     /// Whether this report ends the upgrade: a failure, or success at 100 %.
     pub fn is_terminal(&self) -> bool {
-        self.result_code != 0 || self.progress == Some(100)
+        !self.result_code.is_success() || self.progress == Some(100)
     }
 }
 
@@ -622,7 +623,7 @@ mod tests {
     #[test]
     fn encode_round_trips() {
         let ev = Event::ProgressReport(ProgressReport {
-            result_code: 0,
+            result_code: ResultCode::SUCCESS,
             progress: Some(100),
             version: "V2.0".into(),
             description: Some("upgrade success".into()),

@@ -20,4 +20,5 @@ pub mod topic;
 
 pub use credentials::{Credentials, SignatureType};
 pub use event::{Event, EventError, Incoming, Upgrade, UpgradeKind};
+pub use result::ResultCode;
 pub use time::EventTime;

@@ -135,6 +135,11 @@ impl Exchange {
         seq
     }
 
+    /// The sequence number the next request will carry.
+    pub(crate) fn next_seq(&self) -> u8 {
+        self.next_seq
+    }
+
     /// The header version requests carry.
     pub(crate) fn version(&self) -> SmpVersion {
         self.version

@@ -12,6 +12,7 @@
 //! - [`serial`]: `len | message | CRC` in base64 lines, streaming decoder.
 //! - [`upload`]: the image upload engine, driven by the device's `off`.
 //! - [`activate`]: test, reset, read back the version, confirm.
+//! - [`state`]: one image state read (the running version).
 //! - [`result`]: SMP and engine errors mapped to IoTDA result codes.
 //! - [`sim`]: a device-side SMP engine with Zephyr's rules, for simulators.
 //!
@@ -37,6 +38,7 @@ pub mod message;
 pub mod result;
 pub mod serial;
 pub mod sim;
+pub mod state;
 pub mod upload;
 
 pub use cbor::BodyError;
@@ -101,5 +103,6 @@ macro_rules! impl_engine {
 
 impl_engine!(upload::Upload, upload::UploadEvent);
 impl_engine!(activate::Activate, activate::ActivateEvent);
+impl_engine!(state::StateRead, state::StateReadEvent);
 pub use header::{Header, HeaderError, Op, SmpVersion, HEADER_LEN};
 pub use message::SmpErr;

@@ -16,21 +16,20 @@ use super::activate::ActivateError;
 use super::message::SmpErr;
 use super::upload::UploadError;
 use crate::iotda::result::{
-    CHECK_FAIL, DESC_CONNECTION_LOST, DESC_INTEGRITY, DESC_NO_MEMORY, DESC_NO_STORAGE,
-    DESC_UNSUPPORTED_TYPE, DESC_UPDATE_FAILED, DOWNLOAD_TIMEOUT, INNER_ERROR, INSTALL_FAIL,
-    LOW_MEMORY, LOW_SPACE, UNKNOWN_TYPE,
+    ResultCode, DESC_CONNECTION_LOST, DESC_INTEGRITY, DESC_NO_MEMORY, DESC_NO_STORAGE,
+    DESC_UNSUPPORTED_TYPE, DESC_UPDATE_FAILED,
 };
 
 /// An IoTDA result code with the platform's description when one fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IotdaResult {
     /// `result_code` for `upgrade_progress_report`.
-    pub code: u16,
+    pub code: ResultCode,
     /// docs/protocols/iotda.md §9 wording for `description`, when one fits.
     pub description: Option<&'static str>,
 }
 
-const fn r(code: u16, description: Option<&'static str>) -> IotdaResult {
+const fn r(code: ResultCode, description: Option<&'static str>) -> IotdaResult {
     IotdaResult { code, description }
 }
 
@@ -58,102 +57,102 @@ pub struct Row {
 pub const TABLE: &[Row] = &[
     Row {
         key: ErrKey::Image(9),
-        result: r(LOW_SPACE, Some(DESC_NO_STORAGE)),
+        result: r(ResultCode::LOW_SPACE, Some(DESC_NO_STORAGE)),
         why: "NO_FREE_SLOT: no slot for the image",
     },
     Row {
         key: ErrKey::Image(30),
-        result: r(LOW_SPACE, Some(DESC_NO_STORAGE)),
+        result: r(ResultCode::LOW_SPACE, Some(DESC_NO_STORAGE)),
         why: "INVALID_IMAGE_TOO_LARGE: len exceeds the slot (img_mgmt_upload_inspect)",
     },
     Row {
         key: ErrKey::Image(15),
-        result: r(LOW_MEMORY, Some(DESC_NO_MEMORY)),
+        result: r(ResultCode::LOW_MEMORY, Some(DESC_NO_MEMORY)),
         why: "NO_FREE_MEMORY",
     },
     Row {
         key: ErrKey::Image(24),
-        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
+        result: r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "INVALID_HASH: sha rejected",
     },
     Row {
         key: ErrKey::Image(4),
-        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
+        result: r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "NO_TLVS: written image lacks its TLV area [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(5),
-        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
+        result: r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "INVALID_TLV [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(6),
-        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
+        result: r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "TLV_MULTIPLE_HASHES_FOUND [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(7),
-        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
+        result: r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "TLV_INVALID_SIZE [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(8),
-        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
+        result: r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "HASH_NOT_FOUND [inference: corrupt package]",
     },
     Row {
         key: ErrKey::Image(22),
-        result: r(UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
+        result: r(ResultCode::UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
         why: "INVALID_IMAGE_HEADER: first chunk is not an MCUboot header",
     },
     Row {
         key: ErrKey::Image(23),
-        result: r(UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
+        result: r(ResultCode::UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
         why: "INVALID_IMAGE_HEADER_MAGIC: no 0x96f3b83d magic",
     },
     Row {
         key: ErrKey::Image(29),
-        result: r(UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
+        result: r(ResultCode::UNKNOWN_TYPE, Some(DESC_UNSUPPORTED_TYPE)),
         why: "INVALID_IMAGE_VECTOR_TABLE: not an image for this device",
     },
     Row {
         key: ErrKey::Image(12),
-        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
+        result: r(ResultCode::INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_WRITE_FAILED",
     },
     Row {
         key: ErrKey::Image(13),
-        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
+        result: r(ResultCode::INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_ERASE_FAILED",
     },
     Row {
         key: ErrKey::Image(2),
-        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
+        result: r(ResultCode::INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_CONFIG_QUERY_FAIL",
     },
     Row {
         key: ErrKey::Image(10),
-        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
+        result: r(ResultCode::INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_OPEN_FAILED",
     },
     Row {
         key: ErrKey::Image(11),
-        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
+        result: r(ResultCode::INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_READ_FAILED",
     },
     Row {
         key: ErrKey::Image(18),
-        result: r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
+        result: r(ResultCode::INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         why: "FLASH_AREA_DEVICE_NULL",
     },
     Row {
         key: ErrKey::Legacy(2),
-        result: r(LOW_MEMORY, Some(DESC_NO_MEMORY)),
+        result: r(ResultCode::LOW_MEMORY, Some(DESC_NO_MEMORY)),
         why: "ENOMEM: Zephyr's v1 form of NO_FREE_MEMORY",
     },
     Row {
         key: ErrKey::Legacy(9),
-        result: r(CHECK_FAIL, Some(DESC_INTEGRITY)),
+        result: r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY)),
         why: "ECORRUPT",
     },
 ];
@@ -164,12 +163,12 @@ pub fn for_smp(err: &SmpErr) -> IotdaResult {
     let key = match *err {
         SmpErr::Legacy { rc } => ErrKey::Legacy(rc),
         SmpErr::Group { group: 1, rc } => ErrKey::Image(rc),
-        SmpErr::Group { .. } => return r(INNER_ERROR, None),
+        SmpErr::Group { .. } => return r(ResultCode::INNER_ERROR, None),
     };
     TABLE
         .iter()
         .find(|row| row.key == key)
-        .map_or(r(INNER_ERROR, None), |row| row.result)
+        .map_or(r(ResultCode::INNER_ERROR, None), |row| row.result)
 }
 
 /// The IoTDA result for a failed upload.
@@ -180,13 +179,15 @@ pub fn for_upload(err: &UploadError) -> IotdaResult {
         // is LwM2M 4 "connection lost", result 6 (docs/protocols/iotda.md §9).
         UploadError::Timeout { .. }
         | UploadError::Stalled { .. }
-        | UploadError::TooManyRestarts(_) => r(DOWNLOAD_TIMEOUT, Some(DESC_CONNECTION_LOST)),
-        UploadError::Mismatch => r(CHECK_FAIL, Some(DESC_INTEGRITY)),
+        | UploadError::TooManyRestarts(_) => {
+            r(ResultCode::DOWNLOAD_TIMEOUT, Some(DESC_CONNECTION_LOST))
+        }
+        UploadError::Mismatch => r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY)),
         UploadError::EmptyImage
         | UploadError::OffsetBeyondEnd { .. }
         | UploadError::BufferTooSmall { .. }
         | UploadError::BadData { .. }
-        | UploadError::Malformed(_) => r(INNER_ERROR, None),
+        | UploadError::Malformed(_) => r(ResultCode::INNER_ERROR, None),
     }
 }
 
@@ -196,14 +197,16 @@ pub fn for_upload(err: &UploadError) -> IotdaResult {
 pub fn for_activate(err: &ActivateError) -> IotdaResult {
     match err {
         ActivateError::Device { err, .. } => for_smp(err),
-        ActivateError::Timeout { .. } | ActivateError::Malformed { .. } => r(INNER_ERROR, None),
+        ActivateError::Timeout { .. } | ActivateError::Malformed { .. } => {
+            r(ResultCode::INNER_ERROR, None)
+        }
         ActivateError::NoCandidate
         | ActivateError::CandidateVersion { .. }
         | ActivateError::NotPending
         | ActivateError::NoAnswerAfterReset { .. }
         | ActivateError::NoActiveImage
         | ActivateError::VersionMismatch { .. }
-        | ActivateError::NotConfirmed => r(INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
+        | ActivateError::NotConfirmed => r(ResultCode::INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
     }
 }
 
@@ -213,7 +216,7 @@ mod tests {
 
     #[test]
     fn brief_mapping() {
-        let img = |rc| for_smp(&SmpErr::Group { group: 1, rc }).code;
+        let img = |rc| for_smp(&SmpErr::Group { group: 1, rc }).code.get();
         assert_eq!(img(9), 5);
         assert_eq!(img(30), 5);
         assert_eq!(img(24), 7);
@@ -222,22 +225,25 @@ mod tests {
         assert_eq!(img(12), 10);
         assert_eq!(img(13), 10);
         assert_eq!(img(28), 255);
-        assert_eq!(for_smp(&SmpErr::Group { group: 0, rc: 9 }).code, 255);
-        assert_eq!(for_smp(&SmpErr::Legacy { rc: 6 }).code, 255);
+        assert_eq!(for_smp(&SmpErr::Group { group: 0, rc: 9 }).code.get(), 255);
+        assert_eq!(for_smp(&SmpErr::Legacy { rc: 6 }).code.get(), 255);
         assert_eq!(
             for_upload(&UploadError::Mismatch),
-            r(CHECK_FAIL, Some(DESC_INTEGRITY))
+            r(ResultCode::CHECK_FAIL, Some(DESC_INTEGRITY))
         );
         assert_eq!(
             for_upload(&UploadError::Timeout {
                 off: 0,
                 attempts: 5
             })
-            .code,
+            .code
+            .get(),
             6
         );
         assert_eq!(
-            for_activate(&ActivateError::NoAnswerAfterReset { attempts: 3 }).code,
+            for_activate(&ActivateError::NoAnswerAfterReset { attempts: 3 })
+                .code
+                .get(),
             10
         );
     }
@@ -245,7 +251,7 @@ mod tests {
     #[test]
     fn table_has_one_row_per_key_and_valid_codes() {
         for (i, a) in TABLE.iter().enumerate() {
-            assert!([5, 6, 7, 8, 9, 10, 255].contains(&a.result.code));
+            assert!([5, 6, 7, 8, 9, 10, 255].contains(&a.result.code.get()));
             assert!(
                 TABLE[i + 1..].iter().all(|b| b.key != a.key),
                 "{:?} twice",

@@ -313,6 +313,7 @@ def main():
     c.write()
 
     activate_cases()
+    state_cases()
 
 
 def state_rsp(op, seq, images):
@@ -361,6 +362,33 @@ def activate_cases():
     c.step("1.2.3 runs, not confirmed", inp=state_rsp(1, 0, [running, dict(old, slot=1, active=False)]), expect="already_active 1.2.3")
     c.step("confirm", out=bytes(ImageStatesWriteRequest(hash=new["hash"], confirm=True, sequence=1)))
     c.step(None, inp=state_rsp(3, 1, [dict(running, confirmed=True)]), expect="done 1.2.3")
+    c.write()
+
+
+def state_cases():
+    """The image state read on its own (version reads): smp_group_1.rst
+    "State of image"; the retry keeps the sequence number."""
+    run = {"image": 0, "slot": 0, "version": "1.0.0", "hash": b"\x11" * 32, "bootable": True, "confirmed": True, "active": True}
+    other = {"image": 0, "slot": 1, "version": "1.2.3", "hash": b"\x22" * 32, "bootable": True}
+    c = Case("state_read_retry", "state", "exchange.rs: a lost read is resent with the same sequence number; an answer with another number is not ours")
+    c.table("config", timeout_ms=1000, retries=2, first_seq=7)
+    c.step("image state read (1/0)", at_ms=0, out=bytes(ImageStatesReadRequest(sequence=7)), fault="drop")
+    c.step("lost: the same request again", at_ms=1000, out=bytes(ImageStatesReadRequest(sequence=7)))
+    c.step("a stale answer (sequence 6) is ignored", inp=state_rsp(1, 6, [dict(run, version="0.9.0")]))
+    c.step("the answer", inp=state_rsp(1, 7, [run, other]), expect="images 0/0 1.0.0 active confirmed, 0/1 1.2.3")
+    c.write()
+
+    c = Case("state_read_silent", "state", "docs/protocols/children.md 4.6: retries capped; silence is a timeout, not a device verdict")
+    c.table("config", timeout_ms=1000, retries=1)
+    c.step("image state read", at_ms=0, out=bytes(ImageStatesReadRequest(sequence=0)), fault="drop")
+    c.step("retry", at_ms=1000, out=bytes(ImageStatesReadRequest(sequence=0)), fault="drop")
+    c.step("give up", at_ms=2000, expect="failed timeout attempts=2")
+    c.write()
+
+    c = Case("state_read_device_error", "state", "smp_protocol.rst: an SMP v1 rc in the answer is the device's error")
+    c.kv(result_code=255)
+    c.step("image state read", at_ms=0, out=bytes(ImageStatesReadRequest(sequence=0)))
+    c.step("EBADSTATE", inp=rsp(1, 1, 0, 0, {"rc": 6}), expect="failed device rc=6")
     c.write()
 
 

@@ -7,13 +7,13 @@ use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
 use otabridge_codecs::smp::serial::{self, DecodeEvent, Decoder};
+use otabridge_codecs::smp::state::StateRead;
 use otabridge_codecs::smp::upload::{ReadRequest, Upload};
 use otabridge_codecs::smp::{activate::Activate, Engine, Header};
 use otabridge_codecs::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::port::{Link, PortError};
-use super::state::StateRead;
 
 /// Why the loop stopped before the engine finished.
 #[derive(Debug, thiserror::Error)]
