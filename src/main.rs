@@ -256,9 +256,14 @@ enum SimCommand {
         #[arg(long, default_value = "otabridge-sim")]
         out: PathBuf,
         /// An upgrade task for one child: CHILD=FILE@VERSION (repeatable).
-        /// Without any, reports are printed until Ctrl-C.
+        /// CHILD may be the gateway's own device id: its own firmware
+        /// upgrade. Without any, reports are printed until Ctrl-C.
         #[arg(long = "upgrade", value_name = "CHILD=FILE@VERSION")]
         upgrades: Vec<otabridge::sim::iotda::PlannedUpgrade>,
+        /// A software_upgrade task, ID=FILE@VERSION (repeatable): for the
+        /// gateway's own id, its own software (otabridge's package).
+        #[arg(long = "software-upgrade", value_name = "ID=FILE@VERSION")]
+        software_upgrades: Vec<otabridge::sim::iotda::PlannedUpgrade>,
         /// Longest wait for the gateway and the upgrades, in seconds.
         #[arg(long, default_value_t = 1800)]
         timeout_secs: u64,
@@ -605,10 +610,17 @@ fn main() -> ExitCode {
                     secret,
                     listen,
                     out,
-                    upgrades,
+                    mut upgrades,
+                    software_upgrades,
                     timeout_secs,
                 },
         } => {
+            upgrades.extend(software_upgrades.into_iter().map(|u| {
+                otabridge::sim::iotda::PlannedUpgrade {
+                    kind: otabridge_codecs::iotda::UpgradeKind::Software,
+                    ..u
+                }
+            }));
             init_logs(cli.log_format, "warn,rumqttd=off,rumqttc=error");
             use otabridge::sim::iotda::{all_succeeded, run, IotdaOptions};
             let rt = match runtime() {

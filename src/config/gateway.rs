@@ -226,8 +226,7 @@ impl RawGateway {
 impl RawInstall {
     fn validate(self, table: &str, default_after: After) -> Result<InstallConfig, Invalid> {
         let key = |k: &str| format!("{table}.{k}");
-        let name = self.installer.name();
-        let cmd = match self.command {
+        let cmd = match self.command.clone() {
             Some(c) => {
                 let c = command(&key("command"), c)?;
                 if !c.iter().any(|a| a.contains(FILE_PLACEHOLDER)) {
@@ -255,41 +254,7 @@ impl RawInstall {
                     .into(),
             ));
         }
-        let version = match (self.version_file, self.version_command) {
-            (Some(_), Some(_)) => {
-                return Err((
-                    key("version_command"),
-                    "give version_file or version_command, not both".into(),
-                ))
-            }
-            (Some(path), None) => VersionSource::File {
-                path,
-                key: self.version_key,
-            },
-            (None, c) => {
-                if self.version_key.is_some() {
-                    return Err((key("version_key"), "needs version_file".into()));
-                }
-                match c {
-                    Some(c) => VersionSource::Command(command(&key("version_command"), c)?),
-                    None => match self.installer {
-                        Installer::Rauc | Installer::Mender | Installer::Dpkg => {
-                            VersionSource::Installer
-                        }
-                        Installer::Swupdate | Installer::Command => {
-                            return Err((
-                                key("version_file"),
-                                format!(
-                                "installer = \"{name}\" keeps no record of the running version: \
-                                     give version_file (for example \"/etc/sw-versions\" with \
-                                     version_key) or version_command"
-                            ),
-                            ))
-                        }
-                    },
-                }
-            }
-        };
+        let version = self.version_source(&key)?;
         if self.package.is_some() && self.installer != Installer::Dpkg {
             return Err((key("package"), "applies to installer = \"dpkg\"".into()));
         }
@@ -317,6 +282,49 @@ impl RawInstall {
             commit,
             package,
         })
+    }
+
+    /// `version_file` (+ `version_key`), `version_command`, or the
+    /// installer's own record.
+    fn version_source(&self, key: &dyn Fn(&str) -> String) -> Result<VersionSource, Invalid> {
+        let name = self.installer.name();
+        Ok(
+            match (self.version_file.clone(), self.version_command.clone()) {
+                (Some(_), Some(_)) => {
+                    return Err((
+                        key("version_command"),
+                        "give version_file or version_command, not both".into(),
+                    ))
+                }
+                (Some(path), None) => VersionSource::File {
+                    path,
+                    key: self.version_key.clone(),
+                },
+                (None, c) => {
+                    if self.version_key.is_some() {
+                        return Err((key("version_key"), "needs version_file".into()));
+                    }
+                    match c {
+                        Some(c) => VersionSource::Command(command(&key("version_command"), c)?),
+                        None => match self.installer {
+                            Installer::Rauc | Installer::Mender | Installer::Dpkg => {
+                                VersionSource::Installer
+                            }
+                            Installer::Swupdate | Installer::Command => {
+                                return Err((
+                                    key("version_file"),
+                                    format!(
+                                "installer = \"{name}\" keeps no record of the running version: \
+                                     give version_file (for example \"/etc/sw-versions\" with \
+                                     version_key) or version_command"
+                            ),
+                                ))
+                            }
+                        },
+                    }
+                }
+            },
+        )
     }
 }
 

@@ -221,68 +221,81 @@ impl SelfUpgrade {
         tasks.push(task);
     }
 
-    async fn accept(&self, kind: UpgradeKind, v2: bool, up: Upgrade) {
-        let _one = self.inner.accepting.lock().await;
-        let received = now_unix();
-        let Some(cfg) = self.install_cfg(kind).cloned() else {
-            let name = kind_name(kind);
-            warn!(target_version = %up.version, "{name} upgrade of the gateway itself refused: no [gateway.{name}] installer");
-            let running = self.running_version(kind).await.unwrap_or_default();
-            self.report(ProgressReport {
-                result_code: ResultCode::UNKNOWN_TYPE,
-                progress: None,
-                version: running,
-                description: Some(format!(
-                    "{}: this gateway has no installer for its own {name} \
-                     ([gateway.{name}] is not in otabridge's configuration)",
-                    result::DESC_UNSUPPORTED_TYPE
-                )),
-            });
-            return;
-        };
+    /// Refuses an upgrade of a kind no `[gateway.*]` table installs.
+    async fn refuse_unconfigured(&self, kind: UpgradeKind, up: &Upgrade) {
+        let name = kind_name(kind);
+        warn!(target_version = %up.version, "{name} upgrade of the gateway itself refused: no [gateway.{name}] installer");
+        let running = self.running_version(kind).await.unwrap_or_default();
+        self.report(ProgressReport {
+            result_code: ResultCode::UNKNOWN_TYPE,
+            progress: None,
+            version: running,
+            description: Some(format!(
+                "{}: this gateway has no installer for its own {name} \
+                 ([gateway.{name}] is not in otabridge's configuration)",
+                result::DESC_UNSUPPORTED_TYPE
+            )),
+        });
+    }
+
+    /// Whether a job is already active: a repeat of its event is ignored,
+    /// another event is answered with "Task Conflict". `true` when the
+    /// event is dealt with.
+    async fn busy(&self, kind: UpgradeKind, up: &Upgrade) -> bool {
         let active = {
             let mut j = journal::lock(self.inner.platform.journal());
             db::active(&mut j)
         };
-        match active {
+        let a = match active {
             Err(e) => {
                 warn!("journal: {e}");
-                return;
+                return true;
             }
-            Ok(Some(a)) => {
-                let same_sign = match (&a.upgrade.sign, &up.sign) {
-                    (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
-                    (None, None) => a.upgrade.url == up.url,
-                    _ => false,
-                };
-                if a.kind == kind && a.upgrade.version == up.version && same_sign {
-                    info!(
-                        job = a.id,
-                        "repeated upgrade event for the gateway's running job; ignored"
-                    );
-                } else {
-                    warn!(
-                        job = a.id,
-                        "gateway upgrade to {} refused: an upgrade to {} is in progress",
-                        up.version,
-                        a.upgrade.version
-                    );
-                    let running = self.running_version(kind).await.unwrap_or_default();
-                    self.report(ProgressReport {
-                        result_code: ResultCode::BUSY,
-                        progress: None,
-                        version: running,
-                        description: Some(format!(
-                            "{}: a {} upgrade of the gateway to {} is in progress",
-                            result::DESC_TASK_CONFLICT,
-                            kind_name(a.kind),
-                            a.upgrade.version
-                        )),
-                    });
-                }
-                return;
-            }
-            Ok(None) => {}
+            Ok(None) => return false,
+            Ok(Some(a)) => a,
+        };
+        let same_sign = match (&a.upgrade.sign, &up.sign) {
+            (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+            (None, None) => a.upgrade.url == up.url,
+            _ => false,
+        };
+        if a.kind == kind && a.upgrade.version == up.version && same_sign {
+            info!(
+                job = a.id,
+                "repeated upgrade event for the gateway's running job; ignored"
+            );
+            return true;
+        }
+        warn!(
+            job = a.id,
+            "gateway upgrade to {} refused: an upgrade to {} is in progress",
+            up.version,
+            a.upgrade.version
+        );
+        let running = self.running_version(kind).await.unwrap_or_default();
+        self.report(ProgressReport {
+            result_code: ResultCode::BUSY,
+            progress: None,
+            version: running,
+            description: Some(format!(
+                "{}: a {} upgrade of the gateway to {} is in progress",
+                result::DESC_TASK_CONFLICT,
+                kind_name(a.kind),
+                a.upgrade.version
+            )),
+        });
+        true
+    }
+
+    async fn accept(&self, kind: UpgradeKind, v2: bool, up: Upgrade) {
+        let _one = self.inner.accepting.lock().await;
+        let received = now_unix();
+        let Some(cfg) = self.install_cfg(kind).cloned() else {
+            self.refuse_unconfigured(kind, &up).await;
+            return;
+        };
+        if self.busy(kind, &up).await {
+            return;
         }
         // The running version, to tell a rollback from a wrong package; a
         // box whose version cannot be read yet (a factory image RAUC did

@@ -9,7 +9,9 @@
 //! upgrade task does: a version query until the child answers (which also
 //! proves the gateway is subscribed), one `firmware_upgrade` event with a
 //! token-protected package URL, and the progress reports followed until a
-//! terminal one. It ends with a table and exit status 0 when every child
+//! terminal one. `CHILD` may be the gateway's own device id: its own upgrade
+//! (`--software-upgrade` sends `software_upgrade` instead), followed across
+//! its reboot or restart. It ends with a table and exit status 0 when every child
 //! reported success on the target version. Without `--upgrade` it prints
 //! whatever the gateway reports until Ctrl-C.
 
@@ -28,8 +30,10 @@ use super::platform::{DeviceAuth, Edge, Received, SimPlatform, TestPki};
 /// One upgrade to run: `CHILD=FILE@VERSION`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedUpgrade {
-    /// The child's device id.
+    /// The child's device id, or the gateway's own.
     pub child: String,
+    /// `firmware_upgrade` (the default) or `software_upgrade`.
+    pub kind: UpgradeKind,
     /// The package file.
     pub file: PathBuf,
     /// The version the package carries.
@@ -48,6 +52,7 @@ impl std::str::FromStr for PlannedUpgrade {
         }
         Ok(PlannedUpgrade {
             child: child.to_owned(),
+            kind: UpgradeKind::Firmware,
             file: PathBuf::from(file),
             version: version.to_owned(),
         })
@@ -124,8 +129,13 @@ fn describe(r: &Received) -> Vec<String> {
 }
 
 /// Prints a report and keeps what it says about versions and progress.
+/// Reports about the gateway itself carry no `object_device_id` (or its
+/// own); they count for `gateway`. The version kept is the one of the kind
+/// the planned upgrade of that device is about.
 fn absorb(
     r: &Received,
+    gateway: &str,
+    software: &[&str],
     from: &mut BTreeMap<String, String>,
     last: &mut BTreeMap<String, ProgressReport>,
 ) {
@@ -133,12 +143,19 @@ fn absorb(
         println!("  {line}");
     }
     for inc in r.events.iter().flatten() {
-        let Some(id) = inc.object_device_id.clone() else {
-            continue;
-        };
+        let id = inc
+            .object_device_id
+            .clone()
+            .unwrap_or_else(|| gateway.to_owned());
         match &inc.event {
             Event::VersionReport(v) => {
-                if let Some(v) = v.fw_version.clone().or(v.sw_version.clone()) {
+                let (fw, sw) = (v.fw_version.clone(), v.sw_version.clone());
+                let v = if software.contains(&id.as_str()) {
+                    sw.or(fw)
+                } else {
+                    fw.or(sw)
+                };
+                if let Some(v) = v {
                     from.insert(id, v);
                 }
             }
@@ -207,6 +224,12 @@ pub async fn run(
     }
 
     let deadline = Instant::now() + opts.timeout;
+    let software: Vec<&str> = opts
+        .upgrades
+        .iter()
+        .filter(|u| u.kind == UpgradeKind::Software)
+        .map(|u| u.child.as_str())
+        .collect();
     let mut from: BTreeMap<String, String> = BTreeMap::new();
     let mut last: BTreeMap<String, ProgressReport> = BTreeMap::new();
     // 1. Version queries until every child answered: the gateway is
@@ -246,7 +269,7 @@ pub async fn run(
             next_query = Instant::now() + Duration::from_secs(3);
         }
         if let Some(r) = platform.recv(Duration::from_millis(500)).await {
-            absorb(&r, &mut from, &mut last);
+            absorb(&r, &opts.device_id, &software, &mut from, &mut last);
         }
     }
 
@@ -266,7 +289,11 @@ pub async fn run(
             up.file_name = name.to_string_lossy().into_owned();
         }
         println!(
-            "firmware_upgrade -> {}: {} ({} bytes, sha256 {}...) to {}",
+            "{} -> {}: {} ({} bytes, sha256 {}...) to {}",
+            match u.kind {
+                UpgradeKind::Firmware => "firmware_upgrade",
+                UpgradeKind::Software => "software_upgrade",
+            },
             u.child,
             u.file.display(),
             served.size,
@@ -274,7 +301,7 @@ pub async fn run(
             u.version
         );
         let ev = Event::Upgrade {
-            kind: UpgradeKind::Firmware,
+            kind: u.kind,
             v2: false,
             upgrade: up,
         };
@@ -289,7 +316,7 @@ pub async fn run(
             .all(|u| last.get(&u.child).is_some_and(ProgressReport::is_terminal))
     {
         if let Some(r) = platform.recv(Duration::from_millis(500)).await {
-            absorb(&r, &mut from, &mut last);
+            absorb(&r, &opts.device_id, &software, &mut from, &mut last);
         }
     }
 
@@ -365,6 +392,7 @@ mod tests {
         assert_eq!(u.child, "node-1");
         assert_eq!(u.file, PathBuf::from("/tmp/fw@v2.0.0.bin"));
         assert_eq!(u.version, "V2.0");
+        assert_eq!(u.kind, UpgradeKind::Firmware);
         for bad in ["node", "node=file", "=f@1", "n=@1", "n=f@"] {
             assert!(bad.parse::<PlannedUpgrade>().is_err(), "{bad}");
         }
