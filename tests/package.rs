@@ -485,9 +485,21 @@ async fn failures_past_the_deadline_end_with_code_6() {
         status: Some(503),
         ..Faults::default()
     });
+    // One fixed 1 s delay between attempts and a deadline 3.5 s away: the
+    // second 503 comes 1 s after the first, and the retry policy gives up
+    // as soon as its next delay would end after the deadline. The first
+    // answer only has to arrive within 2.5 s, even on a loaded machine.
     let mut req = request(&s, None);
-    req.deadline = SystemTime::now() + Duration::from_millis(300);
-    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    req.deadline = SystemTime::now() + Duration::from_millis(3500);
+    let mut opts = fast();
+    opts.backoff_min = Duration::from_secs(1);
+    opts.backoff_max = Duration::from_secs(1);
+    let e = env
+        .store_with(&env.cfg(), opts)
+        .acquire("j", &req)
+        .ready()
+        .await
+        .unwrap_err();
     assert!(matches!(e, DownloadError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains("HTTP 503"), "{e}");
     assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);

@@ -18,10 +18,13 @@
 //! - [`lwm2m`]: the Firmware Update object /5 and the Device object /3.
 //! - [`smp`]: MCUmgr SMP header, CBOR bodies, serial framing, image upload.
 //! - [`framed`]: manufacturers' own serial protocols described by a profile.
+//! - [`download`]: the decisions of a resumable HTTP package download
+//!   (Range/If-Range, status classification, checkpoints).
 //! - [`version`]: firmware version normalisation and comparison.
 #![forbid(unsafe_code)]
 
 pub mod coap;
+pub mod download;
 pub mod framed;
 pub mod hex;
 pub mod iotda;

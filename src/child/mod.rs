@@ -20,7 +20,6 @@ pub mod memory;
 pub mod serial;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -60,18 +59,9 @@ impl ChildError {
     }
 }
 
-/// A verified package, ready to deliver.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Package {
-    /// The verified file (`packages/<sha256>`).
-    pub path: PathBuf,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its SHA-256, lower-case hex.
-    pub sha256: String,
-    /// The version it carries (the upgrade's target version).
-    pub version: String,
-}
+/// The verified package a child is given; it lives in [`crate::package`]
+/// (the layer below `child`) and is re-exported here for the drivers.
+pub use crate::package::Package;
 
 /// Called with the number of bytes the child has acknowledged so far.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);

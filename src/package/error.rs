@@ -1,6 +1,7 @@
 //! Why a package could not be obtained, with the IoTDA result code and the
 //! failure description the OTA engine reports for every child that needed it.
 
+use otabridge_codecs::download::PlanError;
 use otabridge_codecs::iotda::result::{self, ResultCode};
 
 /// A download (or a wait on one) that failed for good. Transient failures
@@ -99,6 +100,22 @@ pub enum DownloadError {
     /// No job needs the package any more: it was released while downloading.
     #[error("the download was cancelled: no job needs the package any more")]
     Cancelled,
+}
+
+impl From<PlanError> for DownloadError {
+    fn from(e: PlanError) -> DownloadError {
+        match e {
+            PlanError::LengthMismatch { expected, detail } => {
+                DownloadError::LengthMismatch { expected, detail }
+            }
+            PlanError::TooLarge { size, max } => DownloadError::TooLargeForConfig { size, max },
+            PlanError::HttpStatus { status } => DownloadError::HttpStatus { status },
+            PlanError::Redirect(why) => DownloadError::Redirect(why),
+            PlanError::TokenRejected { status, attempts } => {
+                DownloadError::TokenRejected { status, attempts }
+            }
+        }
+    }
 }
 
 impl DownloadError {

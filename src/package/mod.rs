@@ -40,6 +40,7 @@ mod db;
 mod download;
 mod error;
 mod http;
+mod part;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,6 @@ use tracing::{info, warn};
 
 pub use self::error::DownloadError;
 pub use self::http::redact_url;
-use crate::child::Package;
 use crate::config::{DownloadConfig, Secret};
 use crate::journal::SharedJournal;
 
@@ -187,6 +187,19 @@ impl Default for DownloadOptions {
             metrics: crate::metrics::Metrics::default(),
         }
     }
+}
+
+/// A verified package, ready to deliver to a child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    /// The verified file (`packages/<sha256>`).
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, lower-case hex.
+    pub sha256: String,
+    /// The version it carries (the upgrade's target version).
+    pub version: String,
 }
 
 /// Where a package is, as seen through [`PackageWait::progress`].
