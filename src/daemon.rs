@@ -36,6 +36,9 @@ pub enum StartError {
     /// The metrics endpoint (`metrics.listen`) could not be opened.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::ListenError),
+    /// A configured image key (`image.keys`, `child[i].image.keys`) is unusable.
+    #[error(transparent)]
+    ImageKey(#[from] crate::image::GateError),
 }
 
 /// How a daemon run ended.
@@ -80,6 +83,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: Option<tokio::sync::oneshot::Sender<Handles>>,
 ) -> Result<Stopped, StartError> {
+    let gate = crate::image::Gate::from_config(&cfg)?;
     let journal = Journal::open_shared(&cfg.state.dir)?;
     let platform = Platform::new(&cfg.platform.device_id, journal.clone());
     let pending = crate::journal::lock(&journal).outbox_len()?;
@@ -113,6 +117,7 @@ pub async fn run_with(
         &cfg.ota,
         metrics.clone(),
     );
+    engine.set_image_gate(gate);
     let restart = Arc::new(tokio::sync::Notify::new());
     let own = SelfUpgrade::new(
         cfg.gateway.clone(),

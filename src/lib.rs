@@ -10,6 +10,7 @@
 //! - [`tls`], [`backoff`]: TLS material and retry pacing, shared by drivers.
 //! - [`platform`]: the MQTT session to IoTDA and the durable outbox.
 //! - [`package`]: resumable HTTPS downloads into the verified package store.
+//! - [`image`]: MCUboot image checks before delivery (hash, signature, version).
 //! - [`child`]: the `Child` trait and one driver per transport.
 //! - [`gateway`]: the gateway's own upgrade through the box's installer.
 //! - [`ota`]: event dispatch and the per-child upgrade jobs.
@@ -22,6 +23,7 @@ pub mod child;
 pub mod config;
 pub mod daemon;
 pub mod gateway;
+pub mod image;
 pub mod journal;
 pub mod metrics;
 pub mod ota;

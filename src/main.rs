@@ -109,6 +109,11 @@ enum Command {
         #[arg(long)]
         size: Option<u64>,
     },
+    /// Look into firmware images as the gateway checks them.
+    Image {
+        #[command(subcommand)]
+        which: ImageCommand,
+    },
     /// Run one simulator on its own.
     Sim {
         #[command(subcommand)]
@@ -136,6 +141,31 @@ enum Command {
         /// Signature type 1 (the platform checks the timestamp) instead of 0.
         #[arg(long)]
         verify_timestamp: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Print what an MCUboot image holds (version, sizes, TLVs, key hash)
+    /// and check its hash and signature against the configured keys.
+    /// Exits 1 when a check fails.
+    Inspect {
+        /// The image file.
+        file: PathBuf,
+        /// The configuration whose keys ([image] keys, each child's
+        /// image.keys) check the signature.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Judge the image for this child, as a job would (its keys, its
+        /// encryption and slot settings); needs --config and --target.
+        #[arg(long, requires_all = ["config", "target"])]
+        child: Option<String>,
+        /// The upgrade's target version, for --child.
+        #[arg(long, requires = "child")]
+        target: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -383,9 +413,74 @@ fn restart_in_place(exe: std::io::Result<std::path::PathBuf>) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// `otabridge image inspect`.
+fn cmd_image(which: ImageCommand) -> ExitCode {
+    let ImageCommand::Inspect {
+        file,
+        config,
+        child,
+        target,
+        json,
+    } = which;
+    let gate = match &config {
+        Some(path) => {
+            let cfg = match load(path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match otabridge::image::Gate::from_config(&cfg) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("otabridge: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => otabridge::image::Gate::default(),
+    };
+    if let Some(id) = &child {
+        if !gate.checks(id) {
+            eprintln!("otabridge: child {id} is not configured with image.check = \"mcuboot\"");
+            return ExitCode::from(2);
+        }
+    }
+    let named = child.as_deref().zip(target.as_deref());
+    let against = otabridge::image::inspect::Against::from_gate(&gate, named);
+    match otabridge::image::inspect::inspect(&file, &gate, &against) {
+        Ok(i) => {
+            if json {
+                println!("{}", i.json(&file));
+            } else {
+                print!("{}", i.text(&file));
+            }
+            if i.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            let r = e.rejection();
+            if json {
+                let v = serde_json::json!({
+                    "file": file.display().to_string(),
+                    "ok": false,
+                    "error": e.to_string(),
+                    "result_code": r.code.get(),
+                });
+                println!("{v}");
+            } else {
+                eprintln!("otabridge: {}: {e}", file.display());
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Image { which } => cmd_image(which),
         Command::Run { config } => {
             // Taken before anything runs: an upgrade of otabridge's own
             // package replaces the file, and the restart executes the new one.

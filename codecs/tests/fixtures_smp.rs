@@ -395,7 +395,8 @@ impl Engine {
             Engine::Upload(u, img) => {
                 while let Some(r) = u.poll_read() {
                     let start = r.offset as usize;
-                    u.handle_data(r.offset, &img[start..start + r.len], now);
+                    u.handle_data(r.offset, &img[start..start + r.len], now)
+                        .unwrap();
                 }
                 p.out.extend(std::iter::from_fn(|| u.poll_transmit()));
                 while let Some(e) = u.poll_event() {

@@ -79,7 +79,7 @@ impl Pair {
     /// a step budget turns a loop into a failure.
     fn drive_until(&mut self, mut until: impl FnMut(&Event) -> bool) -> Option<Outcome> {
         for _ in 0..100_000 {
-            if let Some(r) = self.engine.poll_data_request() {
+            if let Some(r) = self.engine.poll_read() {
                 assert!(r.len <= self.max_chunk, "asks for one chunk at most");
                 let end = r.offset as usize + r.len;
                 let bytes = self.image[r.offset as usize..end].to_vec();
@@ -107,7 +107,7 @@ impl Pair {
                     return None;
                 }
             }
-            if moved || self.engine.poll_data_request().is_some() {
+            if moved || self.engine.poll_read().is_some() {
                 continue;
             }
             let next = [self.engine.poll_timeout(), self.device.poll_timeout()]
@@ -634,7 +634,7 @@ mod fuzz {
             let mut d = Device::new(Arc::clone(&p), DeviceConfig::new(OLD));
             let mut now = Instant::ZERO;
             for (bytes, advance, honest) in steps {
-                if let Some(r) = e.poll_data_request() {
+                if let Some(r) = e.poll_read() {
                     prop_assert!(r.len <= p.max_chunk);
                     let end = r.offset as usize + r.len;
                     e.handle_data(r.offset, &img[r.offset as usize..end], now).unwrap();
@@ -650,7 +650,7 @@ mod fuzz {
                 now = now + Duration::from_millis(advance);
                 e.handle_timeout(now);
                 d.handle_timeout(now);
-                prop_assert!(e.is_finished() || e.poll_timeout().is_some() || e.poll_data_request().is_some());
+                prop_assert!(e.is_finished() || e.poll_timeout().is_some() || e.poll_read().is_some());
             }
         }
     }

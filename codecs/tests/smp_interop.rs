@@ -60,7 +60,8 @@ fn upload_messages() -> (Vec<u8>, Vec<u8>, Vec<u8>, [u8; 32]) {
     for _ in 0..2 {
         let r = up.poll_read().unwrap();
         let s = r.offset as usize;
-        up.handle_data(r.offset, &img[s..s + r.len], Instant::ZERO);
+        up.handle_data(r.offset, &img[s..s + r.len], Instant::ZERO)
+            .unwrap();
         let msg = up.poll_transmit().unwrap();
         let (h, body) = split_message(&msg).unwrap();
         let off = message::decode_upload_request(body).unwrap().off.unwrap();

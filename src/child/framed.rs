@@ -1,9 +1,8 @@
 //! The serial driver for children speaking their manufacturer's own framed
 //! protocol (`protocol = "framed:<profile>"`): it runs
-//! [`otabridge_codecs::framed::Engine`] on the port the child shares.
-//!
-//! - [`image`]: the package's digests and chunk reads.
-//! - [`drive`]: the thin loop between the engine and the line.
+//! [`otabridge_codecs::framed::Engine`] on the serial link the child shares
+//! ([`super::link`]: the port, the package reads and the driver loop);
+//! [`image`] computes the package's digests.
 //!
 //! The engine runs a whole upgrade (version, begin, offset, chunks, verify,
 //! activate, version read back); the [`Child`] trait splits it in two:
@@ -28,7 +27,6 @@
 //! a request that went unanswered to the end is [`ChildError::Unreachable`];
 //! the port and the package file are [`ChildError::Io`].
 
-pub mod drive;
 pub mod image;
 
 use std::ops::ControlFlow;
@@ -39,29 +37,37 @@ use std::sync::Arc;
 use otabridge_codecs::framed::engine::{Failure, StartError};
 use otabridge_codecs::framed::{Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
 use otabridge_codecs::iotda::ResultCode;
+use otabridge_codecs::time::Instant;
 use tracing::{debug, info, warn};
 
-use self::drive::{drive, DriveError, Ended};
-use self::image::{ImageError, ImageReader};
-use super::serial::drive::Clock;
-use super::serial::port::{LineSettings, SharedPort};
+use self::image::ImageError;
+use super::link::drive::Ended;
+use super::link::image::ImageFile;
+use super::link::port::{LineSettings, SharedPort};
+use super::link::ChildLine;
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::Framing;
 
 /// A child speaking a framed profile on a serial port.
 #[derive(Debug)]
 pub struct FramedChild {
-    device_id: String,
-    port: Arc<SharedPort>,
+    line: ChildLine,
     profile: Arc<Profile>,
-    /// Frames sent again over every operation ([`Child::chunk_retries`]).
-    retries: AtomicU64,
     /// Seeds engines: each operation gets its own first sequence number and
     /// jitter, so a late reply to an abandoned operation does not match.
     runs: AtomicU64,
     /// The last package's digests, so `activate` does not read the whole
     /// file again after `deliver` did.
     digest: std::sync::Mutex<Option<(String, ImageInfo)>>,
+}
+
+/// How a framed operation ended, failures aside.
+#[derive(Debug)]
+enum Verdict {
+    /// The caller stopped at an event.
+    Stopped,
+    /// The engine's outcome (never [`Outcome::Failed`]).
+    Finished(Outcome),
 }
 
 impl FramedChild {
@@ -78,19 +84,18 @@ impl FramedChild {
         let id_hash = device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
+        let port = SharedPort::get(path, LineSettings { baud, framing });
         FramedChild {
-            device_id: device_id.to_owned(),
-            port: SharedPort::get(path, LineSettings { baud, framing }),
+            line: ChildLine::new(device_id, port),
             profile,
             runs: AtomicU64::new(id_hash),
-            retries: AtomicU64::new(0),
             digest: std::sync::Mutex::new(None),
         }
     }
 
     /// The port this child shares.
     pub fn port(&self) -> &Arc<SharedPort> {
-        &self.port
+        self.line.port()
     }
 
     /// The profile it speaks.
@@ -98,10 +103,8 @@ impl FramedChild {
         &self.profile
     }
 
-    /// Adds an ended operation's retransmissions to the counter.
-    fn count_retries(&self, engine: &Engine) {
-        let n = engine.stats().retransmissions;
-        self.retries.fetch_add(n, Ordering::Relaxed);
+    fn id(&self) -> &str {
+        self.line.device_id()
     }
 
     fn seed(&self) -> u64 {
@@ -130,30 +133,54 @@ impl FramedChild {
         &self,
         image: ImageInfo,
         skip_if_current: bool,
-        clock: Clock,
+        now: Instant,
     ) -> Result<Engine, ChildError> {
         let upgrade = Upgrade {
             image,
             skip_if_current,
             seed: self.seed(),
         };
-        Engine::new(Arc::clone(&self.profile), upgrade, clock.now()).map_err(start_error)
+        Engine::new(Arc::clone(&self.profile), upgrade, now).map_err(start_error)
     }
 
-    fn drive_error(&self, e: DriveError) -> ChildError {
-        match e {
-            DriveError::Port(p) => p.into_child_error(&self.device_id),
-            DriveError::Image(i) => image_error(i),
-            DriveError::Data(_) | DriveError::NoImage | DriveError::Idle => {
-                ChildError::Protocol(format!("{}: {e}", self.device_id))
-            }
+    /// One operation on the line: the engine `make` builds runs until it
+    /// finishes or `on_event` breaks; a failure is the trait's error.
+    async fn run(
+        &self,
+        make: impl FnOnce(Instant) -> Result<Engine, ChildError>,
+        image: Option<&mut ImageFile>,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Verdict, ChildError> {
+        let mut outcome = None;
+        let run = self
+            .line
+            .run(
+                |_, now| make(now),
+                image,
+                |ev| match ev {
+                    Event::Finished(o) => {
+                        outcome = Some(o);
+                        ControlFlow::Continue(())
+                    }
+                    other => on_event(&other),
+                },
+            )
+            .await?;
+        match (run.ended, outcome) {
+            (Ended::Stopped, _) => Ok(Verdict::Stopped),
+            (Ended::Finished { silent }, Some(Outcome::Failed(f))) => Err(self.failed(f, silent)),
+            (Ended::Finished { .. }, Some(o)) => Ok(Verdict::Finished(o)),
+            (Ended::Finished { .. }, None) => Err(ChildError::Protocol(format!(
+                "{}: the engine finished without an outcome",
+                self.id()
+            ))),
         }
     }
 
     /// The engine's verdict as the trait's error.
     fn failed(&self, f: Failure, silent: bool) -> ChildError {
         warn!(
-            child = %self.device_id,
+            child = %self.id(),
             profile = %self.profile.name,
             step = %f.step,
             result_code = f.result_code.get(),
@@ -197,7 +224,7 @@ fn start_error(e: StartError) -> ChildError {
 
 impl Child for FramedChild {
     fn device_id(&self) -> &str {
-        &self.device_id
+        self.id()
     }
 
     fn transport(&self) -> &'static str {
@@ -205,38 +232,24 @@ impl Child for FramedChild {
     }
 
     fn bus(&self) -> Option<String> {
-        Some(self.port.bus())
+        Some(self.line.port().bus())
     }
 
     fn chunk_retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.line.retries()
     }
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
-            let mut engine =
-                Engine::read_version(Arc::clone(&self.profile), self.seed(), clock.now());
-            let ended = drive(&mut link, clock, &mut engine, None, |_| {
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
-            match ended {
-                Ended::Finished {
-                    outcome: Outcome::Version { version },
-                    ..
-                } => Ok(version),
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent)),
+            let make = |now| {
+                Ok(Engine::read_version(
+                    Arc::clone(&self.profile),
+                    self.seed(),
+                    now,
+                ))
+            };
+            match self.run(make, None, |_| ControlFlow::Continue(())).await? {
+                Verdict::Finished(Outcome::Version { version }) => Ok(version),
                 other => Err(ChildError::Protocol(format!(
                     "version read ended with {other:?}"
                 ))),
@@ -252,50 +265,37 @@ impl Child for FramedChild {
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
             let info = self.image_info(package).await?;
-            let mut reader = ImageReader::open(&package.path)
-                .await
-                .map_err(image_error)?;
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
-            let mut engine = self.engine(info, false, clock)?;
-            let id = &self.device_id;
-            let ended = drive(&mut link, clock, &mut engine, Some(&mut reader), |ev| {
-                match ev {
-                    Event::CurrentVersion(v) => {
-                        debug!(child = %id, version = %v, "before delivery")
-                    }
-                    Event::Begun => debug!(child = %id, "begin accepted"),
-                    Event::Resumed { offset } => {
-                        if u64::from(*offset) != resume_from {
-                            info!(child = %id, offset, resume_from, "the child's offset decides");
+            let mut image = self.line.image(&package.path).await?;
+            let id = self.id();
+            let make = |now| self.engine(info, false, now);
+            let verdict = self
+                .run(make, Some(&mut image), |ev| {
+                    match ev {
+                        Event::CurrentVersion(v) => {
+                            debug!(child = %id, version = %v, "before delivery")
                         }
-                        progress(u64::from(*offset));
+                        Event::Begun => debug!(child = %id, "begin accepted"),
+                        Event::Resumed { offset } => {
+                            if u64::from(*offset) != resume_from {
+                                info!(child = %id, offset, resume_from, "the child's offset decides");
+                            }
+                            progress(u64::from(*offset));
+                        }
+                        Event::Progress { offset, .. } => progress(u64::from(*offset)),
+                        // The child holds and has checked the whole image; the
+                        // `activate` queued with this event is not sent.
+                        Event::Verified => return ControlFlow::Break(()),
+                        other => debug!(child = %id, "delivery: {other}"),
                     }
-                    Event::Progress { offset, .. } => progress(u64::from(*offset)),
-                    // The child holds and has checked the whole image; the
-                    // `activate` queued with this event is not sent.
-                    Event::Verified => return ControlFlow::Break(()),
-                    other => debug!(child = %id, "delivery: {other}"),
-                }
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
-            match ended {
-                Ended::Stopped => {
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            match verdict {
+                Verdict::Stopped => {
                     info!(child = %id, size = package.size, "delivered and verified");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent)),
-                Ended::Finished { outcome, .. } => Err(ChildError::Protocol(format!(
+                Verdict::Finished(outcome) => Err(ChildError::Protocol(format!(
                     "delivery ended with {outcome:?} before verify"
                 ))),
             }
@@ -305,53 +305,34 @@ impl Child for FramedChild {
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
             let info = self.image_info(package).await?;
-            let mut reader = ImageReader::open(&package.path)
-                .await
-                .map_err(image_error)?;
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
-            let mut engine = self.engine(info, true, clock)?;
-            let id = &self.device_id;
+            let mut image = self.line.image(&package.path).await?;
+            let id = self.id();
             let mut resent = false;
-            let ended = drive(&mut link, clock, &mut engine, Some(&mut reader), |ev| {
-                match ev {
-                    Event::Progress { .. } if !resent => {
-                        // Only a child that lost its session (or a profile
-                        // without offset_query) needs bytes here.
-                        resent = true;
-                        warn!(child = %id, "the child did not hold the whole image; sending it before activating");
+            let make = |now| self.engine(info, true, now);
+            let verdict = self
+                .run(make, Some(&mut image), |ev| {
+                    match ev {
+                        Event::Progress { .. } if !resent => {
+                            // Only a child that lost its session (or a profile
+                            // without offset_query) needs bytes here.
+                            resent = true;
+                            warn!(child = %id, "the child did not hold the whole image; sending it before activating");
+                        }
+                        Event::Activated => info!(child = %id, "activate sent"),
+                        other => debug!(child = %id, "activation: {other}"),
                     }
-                    Event::Activated => info!(child = %id, "activate sent"),
-                    other => debug!(child = %id, "activation: {other}"),
-                }
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
-            match ended {
-                Ended::Finished {
-                    outcome: Outcome::Upgraded { version },
-                    ..
-                } => {
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            match verdict {
+                Verdict::Finished(Outcome::Upgraded { version }) => {
                     info!(child = %id, %version, "running the new image");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::AlreadyCurrent { version },
-                    ..
-                } => {
+                Verdict::Finished(Outcome::AlreadyCurrent { version }) => {
                     info!(child = %id, %version, "already runs the target");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent)),
                 other => Err(ChildError::Protocol(format!(
                     "activation ended with {other:?}"
                 ))),

@@ -12,10 +12,12 @@
 //!   [`coap::CoapNetwork`] (socket, message layer, Block2 package server).
 //!
 //! Serial (SMP, framed profiles) drivers implement the same trait on top of
-//! the `otabridge-codecs` engines.
+//! the `otabridge-codecs` engines, all run on the shared serial link
+//! ([`link`]: port, package reads, one driver loop).
 
 pub mod coap;
 pub mod framed;
+pub mod link;
 pub mod memory;
 pub mod serial;
 
@@ -229,6 +231,7 @@ mod tests {
                 version: "1".into(),
                 online: true,
             },
+            image: crate::config::ChildImage::default_for(false),
         };
         from_config(&sim, &mut nets).unwrap();
         assert!(nets.coap.is_none(), "no CoAP child, no socket");
@@ -238,6 +241,7 @@ mod tests {
                 address: ([127, 0, 0, 1], port).into(),
                 delivery: Delivery::Pull,
             },
+            image: crate::config::ChildImage::default_for(false),
         };
         let a = from_config(&coap_child("a", 5701), &mut nets).unwrap();
         let first = nets.coap().unwrap().local_addr();

@@ -1,21 +1,19 @@
 //! The serial driver for MCUmgr/SMP children (Zephyr, MCUboot): it runs the
-//! `otabridge-codecs` SMP engines on a tokio-serial port.
+//! `otabridge-codecs` SMP engines, each in a
+//! [`otabridge_codecs::smp::serial::Console`], on the shared serial link
+//! ([`super::link`]: the port, the package reads and the driver loop).
 //!
-//! - [`port`]: one open port per device path, with an async mutex so two
-//!   children on one RS-485 bus never interleave, and the SMP sequence
-//!   number kept per line.
-//! - [`drive`]: the thin loop (transmit, read image chunks, events, wait for
-//!   the line or the engine's timer).
-//!
-//! Delivery relies on SMP's own resume (docs/protocols/children.md §4.2): every transfer
-//! starts with the off-0 chunk carrying the same `len` and `sha`; a device
-//! that kept the session answers the offset it holds and the transfer
-//! continues there, so `resume_from` is only compared with what the device
-//! says. Up to `window` upload requests are on the line at once
-//! (`codecs/src/smp/upload.rs`, docs/serial.md "Pipelining"); every request
-//! sent again is counted for [`Child::chunk_retries`]. Activation runs the activation engine: test, reset, wait through
-//! the reboot, read the state back (success only when the active version
-//! equals the target), confirm.
+//! Delivery relies on SMP's own resume (docs/protocols/children.md §4.2):
+//! every transfer starts with the off-0 chunk carrying the same `len` and
+//! `sha`; a device that kept the session answers the offset it holds and
+//! the transfer continues there, so `resume_from` is only compared with
+//! what the device says. Up to `window` upload requests are on the line at
+//! once (`codecs/src/smp/upload.rs`, docs/serial.md "Pipelining"); every
+//! request sent again is counted for [`Child::chunk_retries`]. Activation
+//! runs the activation engine: test, reset, wait through the reboot, read
+//! the state back (success only when the active version equals the
+//! target), confirm. A version read is one image state read
+//! ([`otabridge_codecs::smp::state`]).
 //!
 //! Failures: the device's errors and the engines' verdicts map to
 //! [`ChildError::Rejected`] with the IoTDA code from
@@ -24,23 +22,22 @@
 //! [`ChildError::Protocol`]; the port and the package file to
 //! [`ChildError::Io`].
 
-pub mod drive;
-pub mod port;
-
+use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
 use otabridge_codecs::smp::result::{self, IotdaResult};
+use otabridge_codecs::smp::serial::Console;
 use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
 use tracing::{debug, info, warn};
 
-use self::drive::{drive, Clock, DriveError, ImageFile, LineStats};
-use self::port::{LineSettings, SharedPort};
+use super::link::drive::LineStats;
+use super::link::port::{LineSettings, SharedPort};
+use super::link::ChildLine;
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::SerialOptions;
 
@@ -64,11 +61,8 @@ pub struct DeliveryReport {
 /// An SMP child on a serial port.
 #[derive(Debug)]
 pub struct SerialChild {
-    device_id: String,
-    port: Arc<SharedPort>,
+    line: ChildLine,
     options: SerialOptions,
-    /// Requests sent again, over every operation ([`Child::chunk_retries`]).
-    retries: AtomicU64,
 }
 
 impl SerialChild {
@@ -80,16 +74,14 @@ impl SerialChild {
             framing: options.framing,
         };
         SerialChild {
-            device_id: device_id.to_owned(),
-            port: SharedPort::get(path, line),
+            line: ChildLine::new(device_id, SharedPort::get(path, line)),
             options,
-            retries: AtomicU64::new(0),
         }
     }
 
     /// The port this child shares.
     pub fn port(&self) -> &Arc<SharedPort> {
-        &self.port
+        self.line.port()
     }
 
     fn upload_config(&self, first_seq: u8) -> UploadConfig {
@@ -137,70 +129,34 @@ impl SerialChild {
         progress: Progress<'_>,
     ) -> Result<DeliveryReport, ChildError> {
         let sha = parse_sha(&package.sha256)?;
-        let mut image = ImageFile::open(&package.path)
-            .await
-            .map_err(|e| self.drive_error(e))?;
-        let mut link = self
-            .port
-            .lock()
-            .await
-            .map_err(|e| e.into_child_error(&self.device_id))?;
-        let clock = Clock::start();
-        let mut engine = Upload::new(
-            self.upload_config(link.next_seq()),
-            package.size,
-            sha,
-            clock.now(),
-        );
+        let mut image = self.line.image(&package.path).await?;
         let mut report = DeliveryReport::default();
-        let mut line = LineStats::default();
         let mut outcome = None;
-        let r = drive(
-            &mut link,
-            clock,
-            &mut engine,
-            Some(&mut image),
-            &mut line,
-            |ev| match ev {
-                UploadEvent::BufSize {
-                    buf_size,
-                    from_device,
-                } => {
-                    debug!(child = %self.device_id, buf_size, from_device, "smp buffer size");
-                    report.buf_size = buf_size;
-                }
-                UploadEvent::Resumed { off } => {
-                    info!(child = %self.device_id, off, resume_from, "device continues its upload");
-                    report.resumed_at = Some(off);
-                    progress(off);
-                }
-                UploadEvent::Restarted => {
-                    warn!(child = %self.device_id, "device restarted the upload (off 0)");
-                    report.restarts += 1;
-                }
-                UploadEvent::WindowFallback { off } => {
-                    info!(child = %self.device_id, off, "a request was lost; one at a time from here");
-                    report.fallback_at = Some(off);
-                }
-                UploadEvent::Progress { acked, .. } => {
-                    report.acked = acked;
-                    progress(acked);
-                }
-                UploadEvent::Done { matched } => {
-                    debug!(child = %self.device_id, ?matched, "upload done");
-                    outcome = Some(Ok(()));
-                }
-                UploadEvent::Failed(e) => outcome = Some(Err(e)),
-            },
-        )
-        .await;
-        self.retries.fetch_add(line.resent, Ordering::Relaxed);
-        report.line = line;
-        r.map_err(|e| self.drive_error(e))?;
+        let run = self
+            .line
+            .run(
+                |seq, now| {
+                    let config = self.upload_config(seq);
+                    Ok(Console::new(Upload::new(config, package.size, sha, now)))
+                },
+                Some(&mut image),
+                |ev| {
+                    if let Some(verdict) = self.upload_event(ev, &mut report, resume_from, progress)
+                    {
+                        outcome = Some(verdict);
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .await?;
+        report.line = LineStats {
+            bad_packets: run.engine.bad_packets(),
+            ..run.line
+        };
         if resume_from > 0 && report.resumed_at.is_none() {
             // Not an error: the device lost the session (a power cycle), so
             // SMP starts over; the job's offset follows the device.
-            warn!(child = %self.device_id, resume_from, "device kept no session; sent from 0");
+            warn!(child = %self.id(), resume_from, "device kept no session; sent from 0");
         }
         match outcome {
             Some(Ok(())) => Ok(report),
@@ -211,12 +167,51 @@ impl SerialChild {
         }
     }
 
-    fn drive_error(&self, e: DriveError) -> ChildError {
-        match e {
-            DriveError::Port(p) => p.into_child_error(&self.device_id),
-            DriveError::Image { .. } => ChildError::Io(e.to_string()),
-            DriveError::Idle => ChildError::Protocol(e.to_string()),
+    /// Logs and records one upload event; the verdict once there is one.
+    fn upload_event(
+        &self,
+        ev: UploadEvent,
+        report: &mut DeliveryReport,
+        resume_from: u64,
+        progress: Progress<'_>,
+    ) -> Option<Result<(), UploadError>> {
+        let id = self.id();
+        match ev {
+            UploadEvent::BufSize {
+                buf_size,
+                from_device,
+            } => {
+                debug!(child = %id, buf_size, from_device, "smp buffer size");
+                report.buf_size = buf_size;
+            }
+            UploadEvent::Resumed { off } => {
+                info!(child = %id, off, resume_from, "device continues its upload");
+                report.resumed_at = Some(off);
+                progress(off);
+            }
+            UploadEvent::Restarted => {
+                warn!(child = %id, "device restarted the upload (off 0)");
+                report.restarts += 1;
+            }
+            UploadEvent::WindowFallback { off } => {
+                info!(child = %id, off, "a request was lost; one at a time from here");
+                report.fallback_at = Some(off);
+            }
+            UploadEvent::Progress { acked, .. } => {
+                report.acked = acked;
+                progress(acked);
+            }
+            UploadEvent::Done { matched } => {
+                debug!(child = %id, ?matched, "upload done");
+                return Some(Ok(()));
+            }
+            UploadEvent::Failed(e) => return Some(Err(e)),
         }
+        None
+    }
+
+    fn id(&self) -> &str {
+        self.line.device_id()
     }
 }
 
@@ -257,9 +252,18 @@ fn activate_error(e: ActivateError) -> ChildError {
     }
 }
 
+/// As [`upload_error`], for a version read.
+fn state_read_error(e: StateReadError) -> ChildError {
+    match e {
+        StateReadError::Timeout { .. } => ChildError::Unreachable(e.to_string()),
+        StateReadError::Malformed(_) => ChildError::Protocol(e.to_string()),
+        StateReadError::Device(err) => rejected(result::for_smp(&err), &err),
+    }
+}
+
 impl Child for SerialChild {
     fn device_id(&self) -> &str {
-        &self.device_id
+        self.id()
     }
 
     fn transport(&self) -> &'static str {
@@ -267,52 +271,39 @@ impl Child for SerialChild {
     }
 
     fn bus(&self) -> Option<String> {
-        Some(self.port.bus())
+        Some(self.line.port().bus())
     }
 
     fn chunk_retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.line.retries()
     }
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
             let o = &self.options;
-            let config = StateReadConfig {
-                timeout: o.timeout,
-                retries: o.retries,
-                first_seq: link.next_seq(),
-                ..StateReadConfig::default()
-            };
-            let mut engine = StateRead::new(config, clock.now());
             let mut outcome = None;
-            let mut stats = LineStats::default();
-            let r = drive(&mut link, clock, &mut engine, None, &mut stats, |ev| {
-                outcome = Some(ev)
-            })
-            .await;
-            self.retries.fetch_add(stats.resent, Ordering::Relaxed);
-            r.map_err(|e| self.drive_error(e))?;
+            let make = |first_seq, now| {
+                let config = StateReadConfig {
+                    timeout: o.timeout,
+                    retries: o.retries,
+                    first_seq,
+                    ..StateReadConfig::default()
+                };
+                Ok(Console::new(StateRead::new(config, now)))
+            };
+            self.line
+                .run(make, None, |ev| {
+                    outcome = Some(ev);
+                    ControlFlow::Continue(())
+                })
+                .await?;
             match outcome {
                 Some(StateReadEvent::Images(list)) => {
                     active_version(&list, 0).map(str::to_owned).ok_or_else(|| {
                         ChildError::Protocol("no active image in the state list".into())
                     })
                 }
-                Some(StateReadEvent::Failed(e @ StateReadError::Timeout { .. })) => {
-                    Err(ChildError::Unreachable(e.to_string()))
-                }
-                Some(StateReadEvent::Failed(e @ StateReadError::Malformed(_))) => {
-                    Err(ChildError::Protocol(e.to_string()))
-                }
-                Some(StateReadEvent::Failed(StateReadError::Device(err))) => {
-                    Err(rejected(result::for_smp(&err), &err))
-                }
+                Some(StateReadEvent::Failed(e)) => Err(state_read_error(e)),
                 None => Err(ChildError::Protocol(
                     "state read ended without a verdict".into(),
                 )),
@@ -335,41 +326,33 @@ impl Child for SerialChild {
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
-            // No expected hash: the state list's `hash` is MCUboot's
-            // IMAGE_TLV_SHA256, not the package file's SHA-256 (docs/protocols/children.md
-            // §4.3); the engine picks the non-active slot and checks its version.
-            let mut engine = Activate::new(
-                self.activate_config(link.next_seq()),
-                &package.version,
-                None,
-                clock.now(),
-            );
             let mut outcome = None;
-            let mut stats = LineStats::default();
-            let r = drive(
-                &mut link,
-                clock,
-                &mut engine,
-                None,
-                &mut stats,
-                |ev| match ev {
-                    ActivateEvent::Done { version } => outcome = Some(Ok(version)),
-                    ActivateEvent::Failed(e) => outcome = Some(Err(e)),
-                    other => debug!(child = %self.device_id, "activation: {other:?}"),
-                },
-            )
-            .await;
-            self.retries.fetch_add(stats.resent, Ordering::Relaxed);
-            r.map_err(|e| self.drive_error(e))?;
+            // No expected hash: the state list's `hash` is MCUboot's
+            // IMAGE_TLV_SHA256, not the package file's SHA-256
+            // (docs/protocols/children.md §4.3); the engine picks the
+            // non-active slot and checks its version.
+            let make = |seq, now| {
+                let config = self.activate_config(seq);
+                Ok(Console::new(Activate::new(
+                    config,
+                    &package.version,
+                    None,
+                    now,
+                )))
+            };
+            self.line
+                .run(make, None, |ev| {
+                    match ev {
+                        ActivateEvent::Done { version } => outcome = Some(Ok(version)),
+                        ActivateEvent::Failed(e) => outcome = Some(Err(e)),
+                        other => debug!(child = %self.id(), "activation: {other:?}"),
+                    }
+                    ControlFlow::Continue(())
+                })
+                .await?;
             match outcome {
                 Some(Ok(version)) => {
-                    info!(child = %self.device_id, %version, "running the new image");
+                    info!(child = %self.id(), %version, "running the new image");
                     Ok(())
                 }
                 Some(Err(e)) => Err(activate_error(e)),

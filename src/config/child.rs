@@ -103,6 +103,96 @@ pub struct ChildConfig {
     pub device_id: String,
     /// How it is reached.
     pub transport: Transport,
+    /// What is checked in its packages before delivery (`image = {...}`).
+    pub image: ChildImage,
+}
+
+/// Which check a child's packages get before delivery (docs/config.md,
+/// `image.check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageCheck {
+    /// Not checked.
+    None,
+    /// An MCUboot image: structure, hash, signature, version, flags.
+    Mcuboot,
+}
+
+/// A child's `image = { ... }` table: how its packages are checked at the
+/// gateway before a byte is sent (issue 14, src/image).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildImage {
+    /// The check; default `mcuboot` for SMP children, `none` for the rest.
+    pub check: ImageCheck,
+    /// PEM public keys the image must be signed with, besides `[image] keys`.
+    pub keys: Vec<PathBuf>,
+    /// Whether the child's bootloader decrypts encrypted images.
+    pub encrypted: bool,
+    /// The child's image slot in bytes, when it cannot say (SMP slot info).
+    pub slot_size: Option<u64>,
+}
+
+impl ChildImage {
+    /// The defaults for a child, by whether its packages are MCUboot images.
+    pub fn default_for(mcuboot: bool) -> Self {
+        ChildImage {
+            check: if mcuboot {
+                ImageCheck::Mcuboot
+            } else {
+                ImageCheck::None
+            },
+            keys: Vec::new(),
+            encrypted: false,
+            slot_size: None,
+        }
+    }
+}
+
+/// `image = { ... }` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageSpec {
+    check: Option<ImageCheck>,
+    #[serde(default)]
+    keys: Vec<PathBuf>,
+    #[serde(default)]
+    encrypted: bool,
+    slot_size: Option<u64>,
+}
+
+impl ImageSpec {
+    fn resolve(value: Option<toml::Value>, mcuboot: bool) -> Result<ChildImage, BadKey> {
+        let s: ImageSpec = match value {
+            None => ImageSpec::default(),
+            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().message().trim_end().to_owned();
+                let key = if path == "." {
+                    "image".to_owned()
+                } else {
+                    format!("image.{path}")
+                };
+                BadKey { key, message }
+            })?,
+        };
+        let d = ChildImage::default_for(mcuboot);
+        if s.slot_size == Some(0) {
+            return Err(BadKey::new("image", "slot_size must be at least 1"));
+        }
+        let check = s.check.unwrap_or(d.check);
+        if check == ImageCheck::None && (!s.keys.is_empty() || s.encrypted) {
+            return Err(BadKey::new(
+                "image",
+                "keys and encrypted need check = \"mcuboot\"",
+            ));
+        }
+        Ok(ChildImage {
+            check,
+            keys: s.keys,
+            encrypted: s.encrypted,
+            slot_size: s.slot_size,
+        })
+    }
 }
 
 /// A `[[child]]` by `transport`.
@@ -124,6 +214,7 @@ struct CoapSpec {
     address: String,
     #[serde(default)]
     delivery: Delivery,
+    image: Option<toml::Value>,
 }
 
 /// `transport = "serial"`, by `protocol`.
@@ -153,6 +244,7 @@ struct SmpSpec {
     window: Option<u32>,
     reboot_wait_ms: Option<u64>,
     reboot_timeout_ms: Option<u64>,
+    image: Option<toml::Value>,
 }
 
 /// `transport = "serial"` with `protocol = "framed:<profile>"`: the line
@@ -167,6 +259,7 @@ struct FramedSpec {
     /// `"framed:<profile>"`; [`ChildSpec::from_table`] took the name.
     #[serde(rename = "protocol")]
     _protocol: String,
+    image: Option<toml::Value>,
 }
 
 /// `transport = "sim"`: an in-process child for bench tests.
@@ -177,6 +270,7 @@ struct SimSpec {
     version: String,
     #[serde(default = "yes")]
     online: bool,
+    image: Option<toml::Value>,
 }
 
 fn yes() -> bool {
@@ -214,6 +308,18 @@ impl ChildSpec {
                 format!("'{other}' is not {TRANSPORTS}"),
             )),
         }
+    }
+
+    /// The child's `image` table, resolved with its transport's defaults
+    /// (SMP children carry MCUboot images).
+    fn take_image(&mut self) -> Result<ChildImage, BadKey> {
+        let (spec, mcuboot) = match self {
+            ChildSpec::Coap(c) => (c.image.take(), false),
+            ChildSpec::Serial(SerialSpec::Smp(s)) => (s.image.take(), true),
+            ChildSpec::Serial(SerialSpec::Framed { spec, .. }) => (spec.image.take(), false),
+            ChildSpec::Sim(s) => (s.image.take(), false),
+        };
+        ImageSpec::resolve(spec, mcuboot)
     }
 
     fn device_id(&self) -> &str {
@@ -331,8 +437,9 @@ impl Siblings {
         index: usize,
         table: &ChildTable,
         gateway: &str,
-    ) -> Result<(String, Draft), BadKey> {
-        let spec = ChildSpec::from_table(table)?;
+    ) -> Result<(String, Draft, ChildImage), BadKey> {
+        let mut spec = ChildSpec::from_table(table)?;
+        let image = spec.take_image()?;
         let id = spec.device_id().to_owned();
         if id.trim().is_empty() {
             return Err(BadKey::new("device_id", "is empty"));
@@ -376,7 +483,7 @@ impl Siblings {
                 online: s.online,
             }),
         };
-        Ok((id, draft))
+        Ok((id, draft, image))
     }
 
     fn share(&mut self, index: usize, port: &PathBuf, baud: u32, f: Framing) -> Result<(), BadKey> {

@@ -17,7 +17,7 @@ mod gateway;
 mod profile;
 mod serial;
 
-pub use child::{ChildConfig, Delivery, SerialProtocol, Transport};
+pub use child::{ChildConfig, ChildImage, Delivery, ImageCheck, SerialProtocol, Transport};
 pub use gateway::{
     After, GatewayConfig, InstallConfig, Installer, VersionSource, FILE_PLACEHOLDER,
 };
@@ -107,6 +107,8 @@ struct RawConfig {
     metrics: MetricsConfig,
     #[serde(default)]
     gateway: gateway::RawGateway,
+    #[serde(default)]
+    image: ImageConfig,
     #[serde(default, rename = "child")]
     children: Vec<child::ChildTable>,
 }
@@ -237,6 +239,15 @@ impl Default for OtaConfig {
     }
 }
 
+/// `[image]`: checks of MCUboot images before delivery that apply to every
+/// child whose `image.check` is `mcuboot` (docs/config.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// PEM public keys any child's image may be signed with.
+    pub keys: Vec<PathBuf>,
+}
+
 /// `[profiles]`: where user profiles for `protocol = "framed:<name>"` live
 /// (docs/framed.md).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -318,6 +329,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[gateway]`: the gateway's own upgrade (default: none, refused).
     pub gateway: GatewayConfig,
+    /// `[image]`.
+    pub image: ImageConfig,
     /// `[[child]]`, in file order.
     pub children: Vec<ChildConfig>,
 }
@@ -390,6 +403,7 @@ struct Draft {
     profiles: ProfilesConfig,
     metrics: MetricsConfig,
     gateway: GatewayConfig,
+    image: ImageConfig,
     children: Vec<DraftChild>,
 }
 
@@ -397,6 +411,7 @@ struct Draft {
 struct DraftChild {
     device_id: String,
     draft: child::Draft,
+    image: ChildImage,
     /// `child[i].protocol` and where it is written, for a profile that
     /// cannot be read.
     protocol_key: String,
@@ -456,21 +471,21 @@ impl Draft {
                 };
                 (key, at)
             };
-            let (device_id, draft) =
-                siblings
-                    .check(i, table, &platform.raw.device_id)
-                    .map_err(|e| {
-                        let (key, at) = located(&e.key);
-                        ConfigError::Invalid {
-                            file: file.to_owned(),
-                            key,
-                            message: format!("{}{at}", e.message),
-                        }
-                    })?;
+            let (device_id, draft, image) = siblings
+                .check(i, table, &platform.raw.device_id)
+                .map_err(|e| {
+                    let (key, at) = located(&e.key);
+                    ConfigError::Invalid {
+                        file: file.to_owned(),
+                        key,
+                        message: format!("{}{at}", e.message),
+                    }
+                })?;
             let (protocol_key, protocol_at) = located("protocol");
             children.push(DraftChild {
                 device_id,
                 draft,
+                image,
                 protocol_key,
                 protocol_at,
             });
@@ -485,6 +500,7 @@ impl Draft {
             profiles: raw.profiles,
             metrics: raw.metrics,
             gateway,
+            image: raw.image,
             children,
         })
     }
@@ -532,6 +548,7 @@ impl Draft {
             children.push(ChildConfig {
                 device_id: c.device_id,
                 transport,
+                image: c.image,
             });
         }
         let p = self.platform.raw;
@@ -556,6 +573,7 @@ impl Draft {
             profiles: self.profiles,
             metrics: self.metrics,
             gateway: self.gateway,
+            image: self.image,
             children,
         })
     }
@@ -862,6 +880,43 @@ protocol = "framed:acme-rs485"
             "{e}"
         );
         assert!(parse(&bus.replace("baud = 9600", "baud = 115200")).is_ok());
+    }
+
+    #[test]
+    fn image_checks_default_by_protocol_and_errors_name_the_key() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.children[0].image, ChildImage::default_for(false));
+        assert!(c.image.keys.is_empty());
+        let smp = GOOD.replace("protocol = \"framed:acme-rs485\"", "protocol = \"smp\"");
+        let c = parse(&smp).unwrap();
+        assert_eq!(c.children[1].image.check, ImageCheck::Mcuboot);
+        let text = format!(
+            "{}\nimage = {{ check = \"mcuboot\", keys = [\"/k.pem\"], encrypted = true, slot_size = 4096 }}",
+            GOOD.replace("[[child]]\ndevice_id = \"prod_node02\"", "[image]\nkeys = [\"/all.pem\"]\n\n[[child]]\ndevice_id = \"prod_node02\"")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.image.keys, [PathBuf::from("/all.pem")]);
+        assert_eq!(
+            c.children[1].image,
+            ChildImage {
+                check: ImageCheck::Mcuboot,
+                keys: vec!["/k.pem".into()],
+                encrypted: true,
+                slot_size: Some(4096),
+            }
+        );
+        let e = err(&format!("{GOOD}image = {{ sign = 1 }}\n"));
+        assert!(
+            e.contains("child[1].image.sign: unknown field `sign`"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}image = {{ keys = [\"/k.pem\"] }}\n"));
+        assert!(
+            e.contains("child[1].image") && e.contains("check = \"mcuboot\""),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}image = {{ check = \"x509\" }}\n"));
+        assert!(e.contains("child[1].image"), "{e}");
     }
 
     #[test]

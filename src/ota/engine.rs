@@ -88,6 +88,8 @@ struct Inner {
     running: Mutex<HashMap<String, i64>>,
     /// Their tasks, so that a stop ends them (they resume from the journal).
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Checks of a package before a byte goes to the child (issue 14).
+    gate: std::sync::OnceLock<Arc<crate::image::Gate>>,
 }
 
 /// The upgrade engine. Cheap to clone.
@@ -146,8 +148,16 @@ impl Engine {
                 buses,
                 running: Mutex::default(),
                 tasks: Mutex::default(),
+                gate: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Checks each package with `gate` between the download and the
+    /// delivery (src/image). Set once, before jobs run; later calls are
+    /// ignored.
+    pub fn set_image_gate(&self, gate: crate::image::Gate) {
+        let _ = self.inner.gate.set(Arc::new(gate));
     }
 
     /// Resumes every job the journal holds as active (after a restart).
@@ -439,6 +449,16 @@ impl Engine {
                     }
                 }
                 let pkg = package.clone().expect("fetched above");
+                if let Some(gate) = self.inner.gate.get() {
+                    let target = &row.machine.target;
+                    if let Err(r) = gate.check_package(&row.device_id, &pkg.path, target).await {
+                        warn!(child = %row.device_id, job = row.id, "{}", r.description);
+                        return Some(Input::Rejected {
+                            code: r.code,
+                            description: r.description,
+                        });
+                    }
+                }
                 let _bus = self.bus_turn(child).await;
                 if from > 0 {
                     self.inner.metrics.resumed(Resume::Delivery);

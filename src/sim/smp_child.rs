@@ -352,16 +352,40 @@ pub fn parse_version(s: &str) -> Option<ImageVersion> {
     })
 }
 
-/// An MCUboot image of `len` bytes (header plus seeded random body) that
-/// the device accepts and reports as `version` once activated.
+/// An MCUboot image of `len` bytes that the device accepts and reports as
+/// `version` once activated: header, seeded random body and a SHA-256 TLV,
+/// so that the gateway's image check (src/image) passes it too. Below 72
+/// bytes there is no room for the TLV area: header and body only.
 pub fn mcuboot_image(version: ImageVersion, len: usize, seed: u64) -> Vec<u8> {
-    let len = len.max(otabridge_codecs::smp::sim::MCUBOOT_HEADER_LEN);
-    let body = len - otabridge_codecs::smp::sim::MCUBOOT_HEADER_LEN;
-    let mut img = mcuboot_header(version, u32::try_from(body).unwrap_or(u32::MAX)).to_vec();
-    let mut rest = vec![0u8; body];
-    Rng::new(seed).fill(&mut rest);
-    img.extend_from_slice(&rest);
-    img
+    use otabridge_codecs::mcuboot;
+    const HASH_AREA: usize = 4 + 4 + 32;
+    let header = otabridge_codecs::smp::sim::MCUBOOT_HEADER_LEN;
+    let len = len.max(header);
+    if len < header + HASH_AREA {
+        let body = len - header;
+        let mut img = mcuboot_header(version, u32::try_from(body).unwrap_or(u32::MAX)).to_vec();
+        let mut rest = vec![0u8; body];
+        Rng::new(seed).fill(&mut rest);
+        img.extend_from_slice(&rest);
+        return img;
+    }
+    let mut body = vec![0u8; len - header - HASH_AREA];
+    Rng::new(seed).fill(&mut body);
+    let v = mcuboot::ImageVersion {
+        major: version.major,
+        minor: version.minor,
+        revision: version.revision,
+        build: version.build,
+    };
+    mcuboot::image::assemble(
+        v,
+        0,
+        header as u16,
+        &body,
+        &[],
+        mcuboot::HashKind::Sha256,
+        &[],
+    )
 }
 
 /// When `n` bytes handed to the line at `at` have crossed it: the line is
@@ -751,5 +775,8 @@ mod tests {
         assert_eq!(img.len(), 1000);
         assert_eq!(otabridge_codecs::smp::sim::header_version(&img), Some(v));
         assert_eq!(img, mcuboot_image(v, 1000, 3));
+        let view = otabridge_codecs::mcuboot::ImageView::new(&img).unwrap();
+        assert_eq!(view.header().version.to_string(), "2.1.3.7");
+        assert_eq!(mcuboot_image(v, 40, 3).len(), 40);
     }
 }

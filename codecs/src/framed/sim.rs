@@ -591,7 +591,7 @@ mod tests {
             );
             let mut now = Instant::ZERO;
             let outcome = 'run: loop {
-                if let Some(r) = e.poll_data_request() {
+                if let Some(r) = e.poll_read() {
                     let end = r.offset as usize + r.len;
                     e.handle_data(r.offset, &image[r.offset as usize..end], now)
                         .unwrap();
@@ -607,7 +607,7 @@ mod tests {
                         break 'run o;
                     }
                 }
-                if e.poll_data_request().is_some() {
+                if e.poll_read().is_some() {
                     continue;
                 }
                 let next = [e.poll_timeout(), child.poll_timeout()]

@@ -33,6 +33,7 @@ use super::exchange::{Exchange, Timeout};
 use super::header::{command, group, Op, SmpVersion};
 use super::message::{self, ImageSlot, SmpErr};
 use super::BodyError;
+use crate::engine::Engine;
 use crate::time::Instant;
 use crate::version;
 use std::collections::VecDeque;
@@ -486,5 +487,40 @@ impl Activate {
         self.exchange.cancel();
         self.phase = Phase::Finished;
         self.events.push_back(ActivateEvent::Failed(e));
+    }
+}
+impl Engine for Activate {
+    type Event = ActivateEvent;
+
+    fn handle_input(&mut self, msg: &[u8], now: Instant) {
+        self.handle_message(msg, now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Activate::handle_timeout(self, now);
+    }
+
+    fn poll_event(&mut self) -> Option<ActivateEvent> {
+        Activate::poll_event(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        Activate::poll_transmit(self)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Activate::poll_timeout(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        Activate::is_finished(self)
+    }
+
+    fn retries(&self) -> u64 {
+        Activate::retries(self)
+    }
+
+    fn next_seq(&self) -> Option<u8> {
+        Some(self.exchange.next_seq())
     }
 }

@@ -68,9 +68,10 @@ pub struct SharedPort {
 #[derive(Debug, Default)]
 struct PortState {
     stream: Option<SerialStream>,
-    /// The SMP sequence number for the next request on this line. Kept per
-    /// port, not per operation, so a late answer to an abandoned operation
-    /// (a cancelled transfer) never matches the next one's requests.
+    /// The sequence number for the next request on this line, for
+    /// protocols that number requests per line (SMP). Kept per port, not
+    /// per operation, so a late answer to an abandoned operation (a
+    /// cancelled transfer) never matches the next one's requests.
     next_seq: u8,
 }
 
@@ -190,24 +191,17 @@ impl Link<'_> {
         self.state.next_seq
     }
 
-    /// Writes one framed packet. `write_all`, never `write`: a UART driver
-    /// takes what fits in its buffer and returns a short count. No `flush`:
+    /// The sequence number the next engine continues from (an engine's
+    /// `next_seq`, [`otabridge_codecs::engine::Engine::next_seq`]).
+    pub fn set_next_seq(&mut self, seq: u8) {
+        self.state.next_seq = seq;
+    }
+
+    /// Writes bytes whole. `write_all`, never `write`: a UART driver takes
+    /// what fits in its buffer and returns a short count. No `flush`:
     /// tokio-serial 5.5's `poll_flush` calls `tcdrain`, which blocks the
     /// runtime thread until the UART has sent everything (mio-serial
     /// `impl Write for SerialStream`); the kernel sends the bytes anyway.
-    /// `seq` is the SMP request's sequence number: the port's counter moves
-    /// past it.
-    pub async fn send(&mut self, seq: u8, bytes: &[u8]) -> Result<(), PortError> {
-        // Only forward: a resend of an older request (the upload's window)
-        // must not hand its number out again.
-        if seq.wrapping_sub(self.state.next_seq) < 128 {
-            self.state.next_seq = seq.wrapping_add(1);
-        }
-        self.write(bytes).await
-    }
-
-    /// Writes bytes that carry no SMP sequence number (a framed profile's
-    /// frames), as [`Link::send`] does.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), PortError> {
         let r = match self.state.stream.as_mut() {
             Some(s) => s.write_all(bytes).await,

@@ -1,0 +1,200 @@
+//! The image check end to end through the real `otabridge run`: an SMP
+//! child (simulated on a pty) with `[image] keys`, and a LwM2M child
+//! (simulated over CoAP) whose config asks for the MCUboot check. An image
+//! signed with another key is rejected with result 7 before a byte reaches
+//! either child; the vendor's image then upgrades both.
+
+mod image_support;
+
+use std::collections::BTreeMap;
+use std::process::{Child as Proc, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image_support::{app, imgtool_available, keygen, sign};
+use otabridge::sim::coap_child::{CoapChildSim, SimOptions};
+use otabridge::sim::package_server::{Access, PackageServer, Source};
+use otabridge::sim::smp_child::{parse_version, SmpChild, SmpChildOptions};
+use otabridge::sim::testbed::{config_text, Testbed};
+use otabridge_codecs::iotda::event::ProgressReport;
+use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
+
+/// Stops the daemon however the test ends.
+struct Daemon(Proc);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+type Reports = BTreeMap<String, Vec<ProgressReport>>;
+
+fn collect(tb: &mut Testbed, reports: &mut Reports) {
+    while let Some(r) = tb.platform.try_recv() {
+        for inc in r.events.unwrap_or_default() {
+            if let (Some(id), Event::ProgressReport(p)) = (inc.object_device_id, inc.event) {
+                reports.entry(id).or_default().push(p);
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until each of `ids` has `n` terminal reports.
+async fn terminal(tb: &mut Testbed, reports: &mut Reports, ids: &[&str], n: usize, log: &str) {
+    let done = |r: &Reports| {
+        ids.iter().all(|id| {
+            r.get(*id)
+                .is_some_and(|v| v.iter().filter(|p| p.is_terminal()).count() >= n)
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(120);
+    while !done(reports) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        collect(tb, reports);
+    }
+    assert!(
+        done(reports),
+        "{reports:#?}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn upgrade(server: &PackageServer, url: &str, size: u64, sha: &str) -> Event {
+    Event::Upgrade {
+        kind: UpgradeKind::Firmware,
+        v2: false,
+        upgrade: Upgrade {
+            version: "2.0.0".into(),
+            url: url.to_owned(),
+            file_size: size,
+            file_name: "fw.bin".into(),
+            access_token: Some(server.issue_token(Duration::from_secs(3600))),
+            expires: Some(86_400),
+            sign: Some(sha.to_owned()),
+            custom_info: None,
+            task_id: Some("image-task".into()),
+            sub_device_count: Some(2),
+            task_ext_info: None,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_image_reaches_no_child_and_the_vendors_upgrades_both() {
+    if !imgtool_available("a_foreign_image_reaches_no_child_and_the_vendors_upgrades_both") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut tb = Testbed::new(d).await.unwrap();
+    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
+    let pkg_ca = d.join("pkg-ca.pem");
+    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
+
+    let input = app(d, "app", 24_000, 3);
+    let (vendor, vendor_pub) = keygen(d, "vendor", "ecdsa-p256");
+    let (intruder, _) = keygen(d, "intruder", "ed25519");
+    let good = sign(d, "good", &input, Some(&vendor), "2.0.0", &[]);
+    let bad = sign(d, "bad", &input, Some(&intruder), "2.0.0", &[]);
+    let good = server
+        .add("good", Source::File(good), Access::Bearer)
+        .unwrap();
+    let bad = server
+        .add("bad", Source::File(bad), Access::Bearer)
+        .unwrap();
+
+    let mut o = SmpChildOptions::default();
+    o.device.running = parse_version("1.0.0").unwrap();
+    let smp = SmpChild::spawn(o).unwrap();
+    let coap = CoapChildSim::start(SimOptions::new("1.0.0", "2.0.0"))
+        .await
+        .unwrap();
+    let extra = format!(
+        "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:0\"\n\n\
+         [ota]\nretry_min_ms = 200\nretry_max_ms = 1000\n\n[image]\nkeys = [{:?}]\n\n\
+         [[child]]\ndevice_id = \"p_smp\"\ntransport = \"serial\"\nport = {:?}\n\
+         reboot_wait_ms = 300\n\n\
+         [[child]]\ndevice_id = \"p_lwm2m\"\ntransport = \"coap\"\naddress = \"{}\"\n\
+         image = {{ check = \"mcuboot\" }}\n",
+        pkg_ca.display().to_string(),
+        vendor_pub.display().to_string(),
+        smp.path().display().to_string(),
+        coap.addr(),
+    );
+    let config = d.join("gw.toml");
+    std::fs::write(
+        &config,
+        config_text(tb.edge.addr().port(), &tb.ca_file, &tb.state_dir, &extra),
+    )
+    .unwrap();
+    let log = d.join("gw.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_otabridge"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info,rumqttc=warn")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    );
+    let log = log.display().to_string();
+    let until = Instant::now() + Duration::from_secs(60);
+    while tb.edge.connects() == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        tb.edge.connects() > 0,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Let the gateway subscribe before the first event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ids = ["p_smp", "p_lwm2m"];
+    let mut reports = Reports::new();
+    for id in ids {
+        let ev = upgrade(&server, &bad.url, bad.size, &bad.sha256);
+        tb.send(Some(id), &ev).await.unwrap();
+    }
+    terminal(&mut tb, &mut reports, &ids, 1, &log).await;
+    for id in ids {
+        let last = reports[id].last().unwrap();
+        let desc = last.description.clone().unwrap_or_default();
+        assert_eq!(last.result_code.get(), 7, "{id}: {desc}");
+        assert!(
+            desc.contains("key hash") && desc.contains("not configured"),
+            "{id}: {desc}"
+        );
+    }
+    assert_eq!(
+        smp.stats().first_chunks,
+        0,
+        "no upload reached the SMP child"
+    );
+    assert!(smp.flash().iter().all(|b| *b == 0xff) || smp.flash().is_empty());
+    let st = coap.stats();
+    assert_eq!(
+        (st.blocks, st.starts),
+        (0, 0),
+        "no block reached the LwM2M child"
+    );
+
+    for id in ids {
+        let ev = upgrade(&server, &good.url, good.size, &good.sha256);
+        tb.send(Some(id), &ev).await.unwrap();
+    }
+    terminal(&mut tb, &mut reports, &ids, 2, &log).await;
+    for id in ids {
+        let last = reports[id].last().unwrap();
+        assert_eq!(
+            (last.result_code.get(), last.version.as_str()),
+            (0, "2.0.0"),
+            "{id}: {last:?}"
+        );
+    }
+    assert_eq!(smp.running().0, "2.0.0");
+    assert_eq!(coap.version(), "2.0.0");
+}
