@@ -323,9 +323,14 @@ pub(crate) struct IotdaArgs {
     #[arg(long, default_value = "otabridge-sim")]
     pub(crate) out: PathBuf,
     /// An upgrade task for one child: CHILD=FILE@VERSION (repeatable).
-    /// Without any, reports are printed until Ctrl-C.
+    /// CHILD may be the gateway's own device id: its own firmware
+    /// upgrade. Without any, reports are printed until Ctrl-C.
     #[arg(long = "upgrade", value_name = "CHILD=FILE@VERSION")]
     pub(crate) upgrades: Vec<String>,
+    /// A software_upgrade task, ID=FILE@VERSION (repeatable): for the
+    /// gateway's own id, its own software (otabridge's package).
+    #[arg(long = "software-upgrade", value_name = "ID=FILE@VERSION")]
+    pub(crate) software_upgrades: Vec<String>,
     /// Longest wait for the gateway and the upgrades, in seconds.
     #[arg(long, default_value_t = 1800)]
     pub(crate) timeout_secs: u64,

@@ -172,6 +172,15 @@ fn iotda(a: IotdaArgs) -> ExitCode {
             Err(e) => return usage("iotda", format!("--upgrade: {e}")),
         }
     }
+    for u in &a.software_upgrades {
+        match u.parse::<PlannedUpgrade>() {
+            Ok(p) => upgrades.push(PlannedUpgrade {
+                kind: otabridge_codecs::iotda::UpgradeKind::Software,
+                ..p
+            }),
+            Err(e) => return usage("iotda", format!("--software-upgrade: {e}")),
+        }
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

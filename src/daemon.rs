@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::child::{self, Child};
 use crate::config::Config;
 use crate::exporter::{self, Exporter};
+use crate::gateway::{Hooks, SelfUpgrade};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
 use crate::ota::engine::Engine;
@@ -41,6 +42,17 @@ pub enum StartError {
     ImageKey(#[from] crate::image::GateError),
 }
 
+/// How a daemon run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Its shutdown completed (a signal, or the caller's future).
+    Shutdown,
+    /// It stopped to start again: otabridge's own package was installed
+    /// (`[gateway.software] after = "restart"`). `otabridge run` executes
+    /// the installed binary in place; the job reports from there.
+    Restart,
+}
+
 /// A running gateway's parts, for tests and the demo.
 #[derive(Debug, Clone)]
 pub struct Handles {
@@ -63,14 +75,15 @@ pub fn children(cfg: &Config) -> Result<Vec<Arc<dyn Child>>, child::BuildError> 
         .collect()
 }
 
-/// Runs the gateway until `shutdown` completes, with `children` (built from
-/// the configuration, or given by a test or the demo).
+/// Runs the gateway until `shutdown` completes or the gateway's own upgrade
+/// asks for a restart, with `children` (built from the configuration, or
+/// given by a test or the demo).
 pub async fn run_with(
     cfg: Config,
     children: Vec<Arc<dyn Child>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: Option<tokio::sync::oneshot::Sender<Handles>>,
-) -> Result<(), StartError> {
+) -> Result<Stopped, StartError> {
     let gate = crate::image::Gate::from_config(&cfg)?;
     let journal = Journal::open_shared(&cfg.state.dir)?;
     let platform = Platform::new(&cfg.platform.device_id, journal.clone());
@@ -100,18 +113,32 @@ pub async fn run_with(
     )?;
     let engine = Engine::new(
         platform.clone(),
-        store,
+        store.clone(),
         &children,
         &cfg.ota,
         metrics.clone(),
     );
     engine.set_image_gate(gate);
-    let gateway = Gateway::new(
-        platform.clone(),
-        children.clone(),
+    let restart = Arc::new(tokio::sync::Notify::new());
+    let own = SelfUpgrade::new(
+        cfg.gateway.clone(),
         cfg.platform.fw_version.clone(),
-    )
-    .with_engine(engine.clone());
+        platform.clone(),
+        store,
+        cfg.ota.version_match,
+        Hooks {
+            child_jobs: {
+                let engine = engine.clone();
+                Arc::new(move || engine.active_jobs())
+            },
+            restart: {
+                let restart = restart.clone();
+                Arc::new(move || restart.notify_one())
+            },
+        },
+    );
+    let gateway =
+        Gateway::new(platform.clone(), children.clone(), own.clone()).with_engine(engine.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = listener {
@@ -130,22 +157,28 @@ pub async fn run_with(
     };
     let gw = tokio::spawn(gateway.run(rx, stopped(stop_rx.clone())));
     engine.resume();
+    own.resume();
     let sess = tokio::spawn(session.run(stopped(stop_rx)));
-    shutdown.await;
-    info!("stopping");
+    let how = tokio::select! {
+        _ = shutdown => Stopped::Shutdown,
+        _ = restart.notified() => Stopped::Restart,
+    };
+    info!(?how, "stopping");
     let _ = stop_tx.send(true);
     engine.shutdown();
+    own.shutdown();
     if let Err(e) = sess.await {
         warn!("session task: {e}");
     }
     if let Err(e) = gw.await {
         warn!("gateway task: {e}");
     }
-    Ok(())
+    Ok(how)
 }
 
-/// Runs the gateway described by `cfg` until SIGINT or SIGTERM.
-pub async fn run(cfg: Config) -> Result<(), StartError> {
+/// Runs the gateway described by `cfg` until SIGINT or SIGTERM, or until
+/// its own upgrade asks for a restart.
+pub async fn run(cfg: Config) -> Result<Stopped, StartError> {
     let kids = children(&cfg)?;
     info!(
         device_id = %cfg.platform.device_id, children = kids.len(),

@@ -16,6 +16,7 @@
 //! - [`package`]: resumable HTTPS downloads into the verified package store.
 //! - [`image`]: MCUboot image checks before delivery (hash, signature, version).
 //! - [`child`]: the `Child` trait and one driver per transport.
+//! - [`gateway`]: the gateway's own upgrade through the box's installer.
 //! - [`ota`]: event dispatch and the per-child upgrade jobs.
 //! - [`exporter`]: the Prometheus endpoint over the [`metrics`] counters.
 //! - [`daemon`]: wires the above together for `otabridge run`.
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
+pub mod gateway;
 pub mod image;
 pub mod journal;
 pub mod metrics;

@@ -87,13 +87,20 @@ fn load(config: &Path) -> Result<Config, ExitCode> {
 
 /// `otabridge run`: the daemon, until SIGINT or SIGTERM.
 fn run(logs: LogFormat, args: RunArgs) -> ExitCode {
+    // Taken before anything runs: an upgrade of otabridge's own package
+    // replaces the file, and the restart executes the new one.
+    let exe = std::env::current_exe();
     init_logs(logs, "info,rumqttc=warn");
     let (cfg, rt) = match (load(&args.config), runtime()) {
         (Ok(c), Ok(rt)) => (c, rt),
         (Err(code), _) | (_, Err(code)) => return code,
     };
     match rt.block_on(otabridge::daemon::run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(otabridge::daemon::Stopped::Shutdown) => ExitCode::SUCCESS,
+        Ok(otabridge::daemon::Stopped::Restart) => {
+            drop(rt);
+            restart_in_place(exe)
+        }
         Err(e @ otabridge::daemon::StartError::Child(_)) => {
             eprintln!("otabridge: {e}");
             ExitCode::from(2)
@@ -103,6 +110,27 @@ fn run(logs: LogFormat, args: RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Replaces this process with `exe` and the same arguments (same pid, so a
+/// service manager sees no exit): the gateway's own software upgrade
+/// installed a new otabridge. Returns only when that fails (exit 1: a
+/// service manager restarts on failure).
+fn restart_in_place(exe: std::io::Result<std::path::PathBuf>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match exe {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("otabridge: cannot restart: the running binary's path is unknown: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(exe = %exe.display(), "restarting on the installed otabridge");
+    let e = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!("otabridge: cannot restart {}: {e}", exe.display());
+    ExitCode::from(1)
 }
 
 /// `otabridge status`: each child's state from the journal.

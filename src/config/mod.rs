@@ -14,10 +14,14 @@ use otabridge_codecs::version::Policy;
 use serde::Deserialize;
 
 mod child;
+mod gateway;
 mod profile;
 mod serial;
 
 pub use child::{ChildConfig, ChildImage, Delivery, ImageCheck, SerialProtocol, Transport};
+pub use gateway::{
+    After, GatewayConfig, InstallConfig, Installer, VersionSource, FILE_PLACEHOLDER,
+};
 pub use profile::{find_profile, FramedProfile, ProfileLookupError};
 pub use serial::{
     Framing, Parity, SerialOptions, DEFAULT_REOPEN_TIMEOUT, DEFAULT_WINDOW, MAX_BUF_SIZE,
@@ -103,6 +107,8 @@ struct RawConfig {
     profiles: ProfilesConfig,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    gateway: gateway::RawGateway,
     #[serde(default)]
     image: ImageConfig,
     #[serde(default, rename = "child")]
@@ -324,6 +330,8 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[gateway]`: the gateway's own upgrade (default: none, refused).
+    pub gateway: GatewayConfig,
     /// `[image]`.
     pub image: ImageConfig,
     /// `[[child]]`, in file order.
@@ -397,6 +405,7 @@ struct Draft {
     ota: OtaConfig,
     profiles: ProfilesConfig,
     metrics: MetricsConfig,
+    gateway: GatewayConfig,
     image: ImageConfig,
     children: Vec<DraftChild>,
 }
@@ -445,6 +454,15 @@ impl Draft {
         let raw = deserialize(text, file)?;
         let platform = platform(raw.platform).map_err(invalid)?;
         check_limits(&raw.download, &raw.coap, &raw.ota).map_err(invalid)?;
+        let gateway =
+            raw.gateway
+                .clone()
+                .validate()
+                .map_err(|(key, message)| ConfigError::Invalid {
+                    file: file.to_owned(),
+                    key,
+                    message,
+                })?;
         let mut siblings = child::Siblings::default();
         let mut children = Vec::with_capacity(raw.children.len());
         for (i, table) in raw.children.iter().enumerate() {
@@ -488,6 +506,7 @@ impl Draft {
             ota: raw.ota,
             profiles: raw.profiles,
             metrics: raw.metrics,
+            gateway,
             image: raw.image,
             children,
         })
@@ -561,6 +580,7 @@ impl Draft {
             ota: self.ota,
             profiles: self.profiles,
             metrics: self.metrics,
+            gateway: self.gateway,
             image: self.image,
             children,
         })

@@ -302,6 +302,16 @@ impl Engine {
         tasks.push(task.abort_handle());
     }
 
+    /// Child jobs running in this process (waiting for a slot included): the
+    /// gateway's own install waits until there are none (src/gateway).
+    pub fn active_jobs(&self) -> usize {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Stops every job where it is, as a power cut would: each one resumes
     /// from the journal on the next start.
     pub fn shutdown(&self) {

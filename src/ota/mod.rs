@@ -12,6 +12,8 @@
 //!   within the platform's 3-minute window (docs/protocols/iotda.md §4.2–4.3),
 //!   written as the latest task's target when the child's version policy
 //!   says that is what it runs.
+//! - Events for the gateway itself (its version, its own upgrade) go to
+//!   [`crate::gateway::SelfUpgrade`].
 
 pub mod engine;
 pub mod job;
@@ -34,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::child::Child;
 use crate::clock::{self, now_unix};
+use crate::gateway::SelfUpgrade;
 use crate::journal;
 use crate::platform::{Inbound, Platform};
 
@@ -55,17 +58,14 @@ pub struct Gateway {
     children: Arc<HashMap<String, Arc<dyn Child>>>,
     /// Configuration order, for stable status batches.
     order: Arc<Vec<String>>,
-    fw_version: Option<String>,
+    own: SelfUpgrade,
     engine: Option<engine::Engine>,
 }
 
 impl Gateway {
-    /// A gateway reporting through `platform`, driving `children`.
-    pub fn new(
-        platform: Platform,
-        children: Vec<Arc<dyn Child>>,
-        fw_version: Option<String>,
-    ) -> Self {
+    /// A gateway reporting through `platform`, driving `children`, upgrading
+    /// itself through `own`.
+    pub fn new(platform: Platform, children: Vec<Arc<dyn Child>>, own: SelfUpgrade) -> Self {
         let order = children.iter().map(|c| c.device_id().to_owned()).collect();
         let children = children
             .into_iter()
@@ -75,7 +75,7 @@ impl Gateway {
             platform,
             children: Arc::new(children),
             order: Arc::new(order),
-            fw_version,
+            own,
             engine: None,
         }
     }
@@ -217,7 +217,7 @@ impl Gateway {
                     let platform = self.platform.clone();
                     tokio::spawn(answer_version_query(platform, child));
                 }
-                None => self.report_own_version(),
+                None => self.own.report_versions(),
             },
             Event::Upgrade { kind, v2, upgrade } => match (target, &self.engine) {
                 (Some(child), Some(engine)) => engine.submit(child.device_id(), kind, v2, upgrade),
@@ -227,22 +227,7 @@ impl Gateway {
                         "upgrade event dropped: no upgrade engine"
                     );
                 }
-                (None, _) => {
-                    // The gateway's own firmware is the box vendor's business.
-                    warn!(topic = topic_name, "upgrade of the gateway itself refused");
-                    let r = otabridge_codecs::iotda::event::ProgressReport {
-                        result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
-                        progress: None,
-                        version: self.fw_version.clone().unwrap_or_default(),
-                        description: Some(
-                            "otabridge upgrades child devices; it does not install packages on the gateway"
-                                .into(),
-                        ),
-                    };
-                    if let Err(e) = self.platform.report(None, &Event::ProgressReport(r)) {
-                        warn!("cannot queue upgrade_progress_report: {e}");
-                    }
-                }
+                (None, _) => self.own.submit(kind, v2, upgrade),
             },
             Event::UpdateStatusResponse(r) => {
                 for f in &r.failed_devices {
@@ -280,18 +265,6 @@ impl Gateway {
                     "event {s} {t} is not handled by this build; ignored"
                 );
             }
-        }
-    }
-
-    /// The gateway's own versions: otabridge's as software, the configured
-    /// firmware version when there is one.
-    fn report_own_version(&self) {
-        let ev = Event::VersionReport(VersionReport {
-            sw_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-            fw_version: self.fw_version.clone(),
-        });
-        if let Err(e) = self.platform.report(None, &ev) {
-            warn!("cannot queue version_report: {e}");
         }
     }
 }

@@ -9,7 +9,9 @@
 //! upgrade task does: a version query until the child answers (which also
 //! proves the gateway is subscribed), one `firmware_upgrade` event with a
 //! token-protected package URL, and the progress reports followed until a
-//! terminal one. It ends with a table and exit status 0 when every child
+//! terminal one. `CHILD` may be the gateway's own device id: its own upgrade
+//! (`--software-upgrade` sends `software_upgrade` instead), followed across
+//! its reboot or restart. It ends with a table and exit status 0 when every child
 //! reported success on the target version. Without `--upgrade` it prints
 //! whatever the gateway reports until Ctrl-C.
 
@@ -28,8 +30,10 @@ use super::platform::{DeviceAuth, Edge, Received, SimPlatform, TestPki};
 /// One upgrade to run: `CHILD=FILE@VERSION`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedUpgrade {
-    /// The child's device id.
+    /// The child's device id, or the gateway's own.
     pub child: String,
+    /// `firmware_upgrade` (the default) or `software_upgrade`.
+    pub kind: UpgradeKind,
     /// The package file.
     pub file: PathBuf,
     /// The version the package carries.
@@ -48,6 +52,7 @@ impl std::str::FromStr for PlannedUpgrade {
         }
         Ok(PlannedUpgrade {
             child: child.to_owned(),
+            kind: UpgradeKind::Firmware,
             file: PathBuf::from(file),
             version: version.to_owned(),
         })
@@ -151,7 +156,16 @@ pub async fn run(
         return Ok(Vec::new());
     }
     let deadline = Instant::now() + opts.timeout;
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        gateway: opts.device_id.clone(),
+        software: opts
+            .upgrades
+            .iter()
+            .filter(|u| u.kind == UpgradeKind::Software)
+            .map(|u| u.child.clone())
+            .collect(),
+        ..Seen::default()
+    };
     await_versions(&opts, &mut platform, &mut seen, deadline, &fragment_file).await?;
     send_upgrades(&opts, &mut platform, &server).await?;
     // 3. Reports until every child has a terminal one.
@@ -227,6 +241,12 @@ async fn print_until(platform: &mut SimPlatform, shutdown: impl std::future::Fut
 /// progress report.
 #[derive(Debug, Default)]
 struct Seen {
+    /// The gateway's device id: reports without `object_device_id` (or
+    /// with its own) are about the gateway itself.
+    gateway: String,
+    /// Devices whose planned upgrade is a `software_upgrade`: their
+    /// `sw_version` is the version kept.
+    software: Vec<String>,
     from: BTreeMap<String, String>,
     last: BTreeMap<String, ProgressReport>,
 }
@@ -238,12 +258,19 @@ impl Seen {
             println!("  {line}");
         }
         for inc in r.events.iter().flatten() {
-            let Some(id) = inc.object_device_id.clone() else {
-                continue;
-            };
+            let id = inc
+                .object_device_id
+                .clone()
+                .unwrap_or_else(|| self.gateway.clone());
             match &inc.event {
                 Event::VersionReport(v) => {
-                    if let Some(v) = v.fw_version.clone().or(v.sw_version.clone()) {
+                    let (fw, sw) = (v.fw_version.clone(), v.sw_version.clone());
+                    let v = if self.software.contains(&id) {
+                        sw.or(fw)
+                    } else {
+                        fw.or(sw)
+                    };
+                    if let Some(v) = v {
                         self.from.insert(id, v);
                     }
                 }
@@ -340,7 +367,11 @@ async fn send_upgrades(
             up.file_name = name.to_string_lossy().into_owned();
         }
         println!(
-            "firmware_upgrade -> {}: {} ({} bytes, sha256 {}...) to {}",
+            "{} -> {}: {} ({} bytes, sha256 {}...) to {}",
+            match u.kind {
+                UpgradeKind::Firmware => "firmware_upgrade",
+                UpgradeKind::Software => "software_upgrade",
+            },
             u.child,
             u.file.display(),
             served.size,
@@ -348,7 +379,7 @@ async fn send_upgrades(
             u.version
         );
         let ev = Event::Upgrade {
-            kind: UpgradeKind::Firmware,
+            kind: u.kind,
             v2: false,
             upgrade: up,
         };
@@ -400,6 +431,7 @@ mod tests {
         assert_eq!(u.child, "node-1");
         assert_eq!(u.file, PathBuf::from("/tmp/fw@v2.0.0.bin"));
         assert_eq!(u.version, "V2.0");
+        assert_eq!(u.kind, UpgradeKind::Firmware);
         for bad in ["node", "node=file", "=f@1", "n=@1", "n=f@"] {
             assert!(bad.parse::<PlannedUpgrade>().is_err(), "{bad}");
         }
