@@ -48,7 +48,9 @@ pub use network::{
     PushJobError, PushUpdate, PushWatch, RequestError,
 };
 
-use super::{sleep_until_opt, BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step};
+use super::{
+    sleep_until_opt, BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step,
+};
 use crate::config::Delivery;
 
 /// Timing and retry settings of one child's update.

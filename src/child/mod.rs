@@ -189,11 +189,10 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
                 reopen_timeout: options.reopen_timeout,
             };
             let port = nets.serial.get(port, settings);
-            Ok(Arc::new(serial::SerialChild::on_port(
-                &c.device_id,
-                port,
-                options.clone(),
-            ).with_version_policy(policy)))
+            Ok(Arc::new(
+                serial::SerialChild::on_port(&c.device_id, port, options.clone())
+                    .with_version_policy(policy),
+            ))
         }
         Transport::Serial {
             port,
@@ -207,11 +206,10 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
                 reopen_timeout: options.reopen_timeout,
             };
             let port = nets.serial.get(port, settings);
-            Ok(Arc::new(framed::FramedChild::on_port(
-                &c.device_id,
-                port,
-                Arc::clone(&p.profile),
-            ).with_version_policy(policy)))
+            Ok(Arc::new(
+                framed::FramedChild::on_port(&c.device_id, port, Arc::clone(&p.profile))
+                    .with_version_policy(policy),
+            ))
         }
     }
 }

@@ -51,10 +51,10 @@ use tracing::{info, warn};
 use self::db::Row;
 use self::job::{Check, Failure, Phase, Resume, Throttle};
 use crate::child::Package;
+use crate::clock::now_unix;
 use crate::config::{After, GatewayConfig, InstallConfig};
 use crate::journal;
 use crate::package::{DownloadState, PackageRequest, PackageStore};
-use crate::clock::now_unix;
 use crate::platform::Platform;
 
 /// Time kept before the deadline to publish the terminal report.
@@ -571,9 +571,7 @@ impl SelfUpgrade {
             .inner
             .store
             .acquire(&job_key(row.id), &self.request(row));
-        wait.ready()
-            .await
-            .map_err(|e| download_failure(&e))
+        wait.ready().await.map_err(|e| download_failure(&e))
     }
 
     async fn download(

@@ -86,17 +86,17 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
         let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), &|_| {
             c.version_match
         })?
-            .map(|r| JobStatus {
-                id: r.id,
-                target: r.upgrade.version.clone(),
-                phase: r.machine.phase.as_str().to_owned(),
-                offset: r.machine.offset,
-                size: r.machine.size,
-                retries: r.machine.retries,
-                result_code: r.machine.result.as_ref().map(|(c, _)| c.get()),
-                description: r.machine.result.map(|(_, d)| d),
-                cause: r.machine.cause,
-            });
+        .map(|r| JobStatus {
+            id: r.id,
+            target: r.upgrade.version.clone(),
+            phase: r.machine.phase.as_str().to_owned(),
+            offset: r.machine.offset,
+            size: r.machine.size,
+            retries: r.machine.retries,
+            result_code: r.machine.result.as_ref().map(|(c, _)| c.get()),
+            description: r.machine.result.map(|(_, d)| d),
+            cause: r.machine.cause,
+        });
         out.push(ChildStatus {
             device_id: c.device_id.clone(),
             transport: transport_name(&c.transport).to_owned(),
