@@ -34,7 +34,7 @@
 //! peers.poll_transmit() -> socket;  procedure.poll_event() -> journal, reports
 //! sleep until min(peers.poll_timeout(), procedure.poll_timeout())
 //! ```
-//! `codecs/tests/fixtures_coap.rs` is such a driver, over recorded bytes;
+//! `codecs/tests/fixture/coap.rs` is such a driver, over recorded bytes;
 //! `src/child/coap/network.rs` is the daemon's, with the procedure in the
 //! child's task and the peer engine in the network task.
 //!

@@ -32,7 +32,7 @@
 //!
 //! # Call order
 //! The procedure is a user of the driver's [`super::Peers`] (one path, the
-//! same in the daemon and in `codecs/tests/fixtures_coap.rs`):
+//! same in the daemon and in `codecs/tests/fixture/coap.rs`):
 //! 1. [`UpdateProcedure::poll_action`] at `now` gives what to do next:
 //!    [`Action::Request`] (start it with [`super::Peers::request`]),
 //!    [`Action::Push`] (start it with [`super::Peers::start_push`]) or

@@ -83,18 +83,26 @@ def chunk(img, sha, off, buf_size, seq, image_no=0):
 class Case:
     def __init__(self, name, kind, see):
         self.name = name
-        self.top = [f'kind = "{kind}"', f'origin = "{ORIGIN}"', f'see = "{see}"']
+        # The one fixture dialect (docs/fixtures.md): engine "smp.<kind>",
+        # the engine's settings under [setup].
+        self.top = [f'engine = "smp.{kind}"', f'origin = "{ORIGIN}"', f'see = "{see}"']
+        self.setup = []
         self.lines = []
 
     def table(self, name, **kv):
+        # [activate] is the activation's [setup]; [image], [config] its sub-tables.
+        name = "setup" if name == "activate" else f"setup.{name}"
         self.lines.append(f"\n[{name}]")
         for k, v in kv.items():
             self.lines.append(f"{k} = {toml_value(v)}")
 
     def kv(self, **kv):
-        # Top-level keys go before every table.
+        # result_code is a top-level key of every case; the rest is [setup].
         for k, v in kv.items():
-            self.top.append(f"{k} = {toml_value(v)}")
+            if k == "result_code":
+                self.top.append(f"{k} = {toml_value(v)}")
+            else:
+                self.setup.append(f"{k} = {toml_value(v)}")
 
     def step(self, comment=None, at_ms=None, out=None, inp=None, expect=None, fault=None):
         self.lines.append("\n[[step]]" + (f"  # {comment}" if comment else ""))
@@ -112,7 +120,8 @@ class Case:
             self.lines.append("expect = [" + ", ".join(f'"{e}"' for e in expect) + "]")
 
     def write(self):
-        (OUT / f"{self.name}.toml").write_text("\n".join(self.top + self.lines) + "\n")
+        setup = ["", "[setup]"] + self.setup if self.setup else []
+        (OUT / f"{self.name}.toml").write_text("\n".join(self.top + setup + self.lines) + "\n")
 
 
 def toml_value(v):
