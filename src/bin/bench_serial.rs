@@ -17,16 +17,25 @@
 //! (b) 256 KiB to a simulated child paced at 115200 baud 8N1 (11520 B/s
 //!     each way): the time against the line-rate lower bound, the bytes
 //!     the gateway wrote divided by 11520 B/s, lock-step (window 1) and
-//!     with the default window, in one run.
+//!     with the default window, in one run;
+//! (c) with `--noise` (only): the cost of a noisy line (`sim::serial_noise`
+//!     between the driver and the child's pty: bit errors at 1e-5, 1e-4 and
+//!     1e-3, lost and doubled lines, console text) to an SMP and a
+//!     framed-profile child, unpaced: bytes written and time against a clean
+//!     line in the same run, every image checked byte for byte.
 //!
-//! `cargo run --release --bin bench_serial [-- --quick]` (`--quick` skips (b)).
+//! `cargo run --release --bin bench_serial [-- --quick | --noise]`
+//! (`--quick` skips (b); `--noise` runs (c) alone).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use otabridge::child::framed::FramedChild;
 use otabridge::child::serial::{DeliveryReport, SerialChild};
-use otabridge::child::Package;
-use otabridge::config::{SerialOptions, DEFAULT_WINDOW};
+use otabridge::child::{Child, Package};
+use otabridge::config::{Framing, SerialOptions, DEFAULT_WINDOW};
+use otabridge::sim::framed_child::{FramedChildOptions, FramedChildSim};
+use otabridge::sim::serial_noise::{LineStats, NoiseSpec, NoisyLine};
 use otabridge::sim::smp_child::{mcuboot_image, Faults, SmpChild, SmpChildOptions};
 use otabridge_codecs::smp::serial::{wire_len, MAX_LINE, PACKET_OVERHEAD};
 use otabridge_codecs::smp::sim::{ImageVersion, SimConfig};
@@ -138,10 +147,15 @@ async fn run(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    let noise = std::env::args().any(|a| a == "--noise");
     // Packages live in a scratch directory removed at the end.
     let dir = std::env::temp_dir().join(format!("otabridge-bench-serial-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let r = benches(&dir, quick).await;
+    let r = if noise {
+        noise_benches(&dir).await
+    } else {
+        benches(&dir, quick).await
+    };
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -196,6 +210,151 @@ async fn benches(dir: &std::path::Path, quick: bool) -> anyhow::Result<()> {
                 t / bound,
                 r.line.resent
             );
+        }
+    }
+    Ok(())
+}
+
+/// The image of the noise runs: big enough for every kind of damage to
+/// happen many times, small enough for 1e-3 to finish in minutes.
+const NOISY_IMAGE: usize = 16 * 1024;
+
+/// The lines of (c): a clean one, bit errors alone, and everything at once.
+const NOISE: [&str; 5] = [
+    "",
+    "ber=1e-5",
+    "ber=1e-4",
+    "ber=1e-3",
+    "ber=1e-4,drop=0.01,dup=0.01,console=0.05",
+];
+
+/// One delivery through a noisy line: bytes the driver wrote, requests
+/// sent again, time, what the noise did; an error when the delivery failed
+/// or the child does not hold the image byte for byte.
+struct Noisy {
+    written: u64,
+    resent: u64,
+    took: Duration,
+    line: LineStats,
+}
+
+async fn smp_noisy(dir: &std::path::Path, spec: NoiseSpec, buf_size: u64) -> anyhow::Result<Noisy> {
+    let sim = SmpChild::spawn(SmpChildOptions::default())?;
+    let line = NoisyLine::spawn(sim.path(), spec, 11)?;
+    let v = ImageVersion {
+        major: 2,
+        minor: 0,
+        revision: 0,
+        build: 0,
+    };
+    let img = mcuboot_image(v, NOISY_IMAGE, 11);
+    let pkg = package(dir, &format!("noisy-smp-{buf_size}"), &img)?;
+    // A lost frame costs a timeout: short ones (an unpaced pty answers in
+    // milliseconds), and retries enough for 1e-3.
+    let options = SerialOptions {
+        timeout: Duration::from_millis(150),
+        first_timeout: Duration::from_secs(2),
+        retries: 60,
+        buf_size: Some(buf_size as usize),
+        ..SerialOptions::default()
+    };
+    let child = SerialChild::new("bench", line.path(), BAUD, options);
+    let t = Instant::now();
+    let report = child.deliver_with_report(&pkg, 0, &|_| {}).await?;
+    let took = t.elapsed();
+    anyhow::ensure!(sim.flash() == img, "the device does not hold the image");
+    Ok(Noisy {
+        written: report.line.written,
+        resent: report.line.resent,
+        took,
+        line: line.stats(),
+    })
+}
+
+async fn framed_noisy(dir: &std::path::Path, spec: NoiseSpec) -> anyhow::Result<Noisy> {
+    let p = std::sync::Arc::new(
+        otabridge_codecs::framed::profile::builtin("acme-rs485")
+            .context("profile")?
+            .context("acme-rs485")?,
+    );
+    let sim = FramedChildSim::spawn(FramedChildOptions::new(p.clone(), "1.0.0"))?;
+    let line = NoisyLine::spawn(sim.path(), spec, 12)?;
+    let mut img = vec![0u8; NOISY_IMAGE];
+    otabridge_codecs::rng::Rng::new(12).fill(&mut img);
+    let pkg = package(dir, "noisy-framed", &img)?;
+    let child = FramedChild::new("bench", line.path(), BAUD, Framing::EIGHT_N_ONE, p);
+    let t = Instant::now();
+    child.deliver(&pkg, 0, &|_| {}).await?;
+    let took = t.elapsed();
+    let got = sim.inspect(|s| s.device().received().map(<[u8]>::to_vec));
+    anyhow::ensure!(
+        got.as_deref() == Some(&img[..]),
+        "the child does not hold the image"
+    );
+    Ok(Noisy {
+        // The framed driver keeps no line count: the bytes the noise took in.
+        written: line.stats().to_child.bytes,
+        resent: child.chunk_retries(),
+        took,
+        line: line.stats(),
+    })
+}
+
+fn package(dir: &std::path::Path, name: &str, img: &[u8]) -> anyhow::Result<Package> {
+    let path = dir.join(name);
+    std::fs::write(&path, img)?;
+    Ok(Package {
+        path,
+        size: img.len() as u64,
+        sha256: hex::encode(Sha256::digest(img)),
+        version: "2.0.0".into(),
+    })
+}
+
+async fn noise_benches(dir: &std::path::Path) -> anyhow::Result<()> {
+    println!(
+        "# Serial noise: {NOISY_IMAGE} B image, unpaced pty, noisy line between driver and child"
+    );
+    println!();
+    println!(
+        "| child | noise | result | written B | vs clean | resent | time s | vs clean \
+         | bits flipped | lines lost | lines doubled | console lines |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let children: [(&str, Option<u64>); 3] = [
+        ("smp buf 384", Some(384)),
+        ("smp buf 128", Some(128)),
+        ("framed acme-rs485", None),
+    ];
+    for (name, buf) in children {
+        let mut clean: Option<(u64, f64)> = None;
+        for text in NOISE {
+            let spec: NoiseSpec = text.parse()?;
+            let r = match buf {
+                Some(b) => smp_noisy(dir, spec, b).await,
+                None => framed_noisy(dir, spec).await,
+            };
+            let noise = if text.is_empty() { "clean" } else { text };
+            match r {
+                Ok(n) => {
+                    let t = n.took.as_secs_f64();
+                    let (w0, t0) = *clean.get_or_insert((n.written, t));
+                    let (d, u) = (n.line.to_child, n.line.to_driver);
+                    println!(
+                        "| {name} | {noise} | ok, byte-exact | {} | {:.3} | {} | {t:.2} | {:.2} \
+                         | {} | {} | {} | {} |",
+                        n.written,
+                        n.written as f64 / w0 as f64,
+                        n.resent,
+                        t / t0,
+                        d.flipped_bits + u.flipped_bits,
+                        d.dropped + u.dropped,
+                        d.duplicated + u.duplicated,
+                        u.console_lines
+                    );
+                }
+                Err(e) => println!("| {name} | {noise} | failed: {e:#} | | | | | | | | | |"),
+            }
         }
     }
     Ok(())

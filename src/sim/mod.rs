@@ -10,6 +10,8 @@
 //! - [`testbed`]: broker, edge, platform and a gateway in one call.
 //! - [`smp_child`]: an MCUmgr/SMP device on a pty, with faults at the seam.
 //! - [`framed_child`]: a device speaking any framed profile on a pty, with faults.
+//! - [`serial_noise`]: a noisy line (bit errors, lost and doubled lines,
+//!   console text) between a serial driver and a child's pty.
 
 pub mod broker;
 pub mod coap_child;
@@ -18,5 +20,6 @@ pub mod framed_child;
 pub mod iotda;
 pub mod package_server;
 pub mod platform;
+pub mod serial_noise;
 pub mod smp_child;
 pub mod testbed;
