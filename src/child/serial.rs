@@ -36,11 +36,12 @@ use otabridge_codecs::smp::result::{self, IotdaResult};
 use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
+use otabridge_codecs::smp::slot_info::{SlotInfoConfig, SlotInfoEvent, SlotInfoRead};
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
 use tracing::{debug, info, warn};
 
 use self::drive::{drive, Clock, DriveError, ImageFile, LineStats};
-use self::port::{LineSettings, SharedPort};
+use self::port::{LineSettings, Link, SharedPort};
 use super::{BoxFuture, Child, ChildError, Package, Progress};
 use crate::config::SerialOptions;
 
@@ -145,6 +146,7 @@ impl SerialChild {
             .lock()
             .await
             .map_err(|e| e.into_child_error(&self.device_id))?;
+        self.check_slot(&mut link, package.size).await?;
         let clock = Clock::start();
         let mut engine = Upload::new(
             self.upload_config(link.next_seq()),
@@ -208,6 +210,47 @@ impl SerialChild {
             None => Err(ChildError::Protocol(
                 "upload ended without a verdict".into(),
             )),
+        }
+    }
+
+    /// Pre-flight (issue 14, docs/images.md): the device's upload slot from
+    /// slot info (group 1, command 6); an image that does not fit is refused
+    /// with result 5 before a byte of it is sent. A device without slot info
+    /// (ENOTSUP) or silent to it is not held up (one attempt): the gateway's
+    /// image check already applied a configured `image.slot_size`.
+    async fn check_slot(&self, link: &mut Link<'_>, size: u64) -> Result<(), ChildError> {
+        let clock = Clock::start();
+        let config = SlotInfoConfig {
+            timeout: self.options.timeout,
+            retries: 0,
+            first_seq: link.next_seq(),
+            ..SlotInfoConfig::default()
+        };
+        let mut engine = SlotInfoRead::new(config, clock.now());
+        let mut outcome = None;
+        let mut stats = LineStats::default();
+        let r = drive(link, clock, &mut engine, None, &mut stats, |ev| {
+            outcome = Some(ev)
+        })
+        .await;
+        r.map_err(|e| self.drive_error(e))?;
+        let list = match outcome {
+            Some(SlotInfoEvent::Slots(list)) => list,
+            Some(SlotInfoEvent::Failed(e)) => {
+                debug!(child = %self.device_id, "no slot info: {e}");
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        let limit = list.iter().find(|i| i.image == 0).and_then(|i| i.upload_limit());
+        match limit {
+            Some(slot) if size > slot => Err(ChildError::Rejected {
+                result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
+                description: format!(
+                    "image check failed: size: the image is {size} bytes, the child's slot holds {slot} (slot info)"
+                ),
+            }),
+            _ => Ok(()),
         }
     }
 

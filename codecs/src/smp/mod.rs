@@ -12,6 +12,7 @@
 //! - [`serial`]: `len | message | CRC` in base64 lines, streaming decoder.
 //! - [`upload`]: the image upload engine, driven by the device's `off`.
 //! - [`activate`]: test, reset, read back the version, confirm.
+//! - [`slot_info`]: the slot sizes, for the pre-flight size check.
 //! - [`state`]: one image state read (the running version).
 //! - [`result`]: SMP and engine errors mapped to IoTDA result codes.
 //! - [`sim`]: a device-side SMP engine with Zephyr's rules, for simulators.
@@ -38,6 +39,7 @@ pub mod message;
 pub mod result;
 pub mod serial;
 pub mod sim;
+pub mod slot_info;
 pub mod state;
 pub mod upload;
 
@@ -104,5 +106,6 @@ macro_rules! impl_engine {
 impl_engine!(upload::Upload, upload::UploadEvent);
 impl_engine!(activate::Activate, activate::ActivateEvent);
 impl_engine!(state::StateRead, state::StateReadEvent);
+impl_engine!(slot_info::SlotInfoRead, slot_info::SlotInfoEvent);
 pub use header::{Header, HeaderError, Op, SmpVersion, HEADER_LEN};
 pub use message::SmpErr;

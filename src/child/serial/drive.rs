@@ -7,6 +7,7 @@ use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
 use otabridge_codecs::smp::serial::{self, DecodeEvent, Decoder};
+use otabridge_codecs::smp::slot_info::SlotInfoRead;
 use otabridge_codecs::smp::state::StateRead;
 use otabridge_codecs::smp::upload::{ReadRequest, Upload};
 use otabridge_codecs::smp::{activate::Activate, Engine, Header};
@@ -55,6 +56,7 @@ impl Driven for Upload {
 }
 impl Driven for Activate {}
 impl Driven for StateRead {}
+impl Driven for SlotInfoRead {}
 
 /// Bytes read from the package at a time: chunks are served from this
 /// window, so a file read (a trip through tokio's blocking pool) happens
