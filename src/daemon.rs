@@ -8,8 +8,10 @@ use tracing::{info, warn};
 
 use crate::child::{self, Child};
 use crate::config::Config;
+use crate::exporter::{self, Exporter};
+use crate::gateway::{Hooks, SelfUpgrade};
 use crate::journal::{Journal, JournalError};
-use crate::metrics::{self, Exporter, Metrics};
+use crate::metrics::Metrics;
 use crate::ota::engine::Engine;
 use crate::ota::Gateway;
 use crate::package::{PackageStore, StoreError};
@@ -34,10 +36,21 @@ pub enum StartError {
     Child(#[from] child::BuildError),
     /// The metrics endpoint (`metrics.listen`) could not be opened.
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::ListenError),
+    Metrics(#[from] crate::exporter::ListenError),
     /// A configured image key (`image.keys`, `child[i].image.keys`) is unusable.
     #[error(transparent)]
     ImageKey(#[from] crate::image::GateError),
+}
+
+/// How a daemon run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Its shutdown completed (a signal, or the caller's future).
+    Shutdown,
+    /// It stopped to start again: otabridge's own package was installed
+    /// (`[gateway.software] after = "restart"`). `otabridge run` executes
+    /// the installed binary in place; the job reports from there.
+    Restart,
 }
 
 /// A running gateway's parts, for tests and the demo.
@@ -62,14 +75,15 @@ pub fn children(cfg: &Config) -> Result<Vec<Arc<dyn Child>>, child::BuildError> 
         .collect()
 }
 
-/// Runs the gateway until `shutdown` completes, with `children` (built from
-/// the configuration, or given by a test or the demo).
+/// Runs the gateway until `shutdown` completes or the gateway's own upgrade
+/// asks for a restart, with `children` (built from the configuration, or
+/// given by a test or the demo).
 pub async fn run_with(
     cfg: Config,
     children: Vec<Arc<dyn Child>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: Option<tokio::sync::oneshot::Sender<Handles>>,
-) -> Result<(), StartError> {
+) -> Result<Stopped, StartError> {
     let gate = crate::image::Gate::from_config(&cfg)?;
     let journal = Journal::open_shared(&cfg.state.dir)?;
     let platform = Platform::new(&cfg.platform.device_id, journal.clone());
@@ -81,11 +95,11 @@ pub async fn run_with(
         );
     }
     let (tx, rx) = mpsc::channel(256);
-    let seed = std::process::id() as u64 ^ crate::platform::now_unix() as u64;
+    let seed = std::process::id() as u64 ^ crate::clock::now_unix() as u64;
     let session = Session::new(cfg.platform.clone(), platform.clone(), tx, seed)?;
     let metrics = Metrics::new();
     let listener = match cfg.metrics.listen {
-        Some(addr) => Some(metrics::bind(addr).await?),
+        Some(addr) => Some(exporter::bind(addr).await?),
         None => None,
     };
     let store = PackageStore::with_options(
@@ -99,23 +113,37 @@ pub async fn run_with(
     )?;
     let engine = Engine::new(
         platform.clone(),
-        store,
+        store.clone(),
         &children,
         &cfg.ota,
         metrics.clone(),
     );
     engine.set_image_gate(gate);
-    let gateway = Gateway::new(
-        platform.clone(),
-        children.clone(),
+    let restart = Arc::new(tokio::sync::Notify::new());
+    let own = SelfUpgrade::new(
+        cfg.gateway.clone(),
         cfg.platform.fw_version.clone(),
-    )
-    .with_engine(engine.clone());
+        platform.clone(),
+        store,
+        cfg.ota.version_match,
+        Hooks {
+            child_jobs: {
+                let engine = engine.clone();
+                Arc::new(move || engine.active_jobs())
+            },
+            restart: {
+                let restart = restart.clone();
+                Arc::new(move || restart.notify_one())
+            },
+        },
+    );
+    let gateway =
+        Gateway::new(platform.clone(), children.clone(), own.clone()).with_engine(engine.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = listener {
         let exporter = Exporter::new(metrics.clone(), platform.clone(), children.clone());
-        tokio::spawn(metrics::serve(l, exporter, stop_rx.clone()));
+        tokio::spawn(exporter::serve(l, exporter, stop_rx.clone()));
     }
     if let Some(s) = started {
         let _ = s.send(Handles {
@@ -129,22 +157,28 @@ pub async fn run_with(
     };
     let gw = tokio::spawn(gateway.run(rx, stopped(stop_rx.clone())));
     engine.resume();
+    own.resume();
     let sess = tokio::spawn(session.run(stopped(stop_rx)));
-    shutdown.await;
-    info!("stopping");
+    let how = tokio::select! {
+        _ = shutdown => Stopped::Shutdown,
+        _ = restart.notified() => Stopped::Restart,
+    };
+    info!(?how, "stopping");
     let _ = stop_tx.send(true);
     engine.shutdown();
+    own.shutdown();
     if let Err(e) = sess.await {
         warn!("session task: {e}");
     }
     if let Err(e) = gw.await {
         warn!("gateway task: {e}");
     }
-    Ok(())
+    Ok(how)
 }
 
-/// Runs the gateway described by `cfg` until SIGINT or SIGTERM.
-pub async fn run(cfg: Config) -> Result<(), StartError> {
+/// Runs the gateway described by `cfg` until SIGINT or SIGTERM, or until
+/// its own upgrade asks for a restart.
+pub async fn run(cfg: Config) -> Result<Stopped, StartError> {
     let kids = children(&cfg)?;
     info!(
         device_id = %cfg.platform.device_id, children = kids.len(),

@@ -6,10 +6,12 @@
 //! - `children`: what the gateway last learnt of each child (version, online),
 //!   for `otabridge status`.
 //! - `meta`: small key/value facts (the child-list version from the platform).
+//! - `gateway_jobs`: the gateway's own upgrades (src/gateway).
 //!
 //! The database runs in WAL mode with `synchronous = FULL`: a committed
 //! transaction survives a power cut, and `otabridge status` can read while the
-//! daemon writes. Later issues add their tables through [`MIGRATIONS`].
+//! daemon writes. Modules that keep their own tables (the package store,
+//! the jobs) add them through [`MIGRATIONS`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,6 +116,30 @@ const MIGRATIONS: &[&str] = &[
          updated_unix INTEGER NOT NULL
      );
      CREATE INDEX jobs_by_device ON jobs (device_id, id);",
+    // 4: where a job's last failure happened and what the device said
+    // (`ota::verdict::FailureCause` as JSON), for `otabridge status`.
+    "ALTER TABLE jobs ADD COLUMN cause TEXT;",
+    // 5: the gateway's own upgrades (src/gateway): one row per firmware or
+    // software upgrade of the gateway itself, its phase written before each
+    // step a reboot or a power loss may cut (the reboot itself included).
+    "CREATE TABLE gateway_jobs (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         kind TEXT NOT NULL,
+         v2 INTEGER NOT NULL,
+         event TEXT NOT NULL,
+         received_unix INTEGER NOT NULL,
+         deadline_unix INTEGER NOT NULL,
+         target TEXT NOT NULL,
+         sign TEXT,
+         from_version TEXT,
+         phase TEXT NOT NULL,
+         boot_id TEXT,
+         reboots INTEGER NOT NULL DEFAULT 0,
+         last_pct INTEGER,
+         result_code INTEGER,
+         description TEXT,
+         updated_unix INTEGER NOT NULL
+     );",
 ];
 
 /// One queued upstream report.

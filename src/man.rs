@@ -119,7 +119,7 @@ fn root_sections(r: &mut Roff) {
     );
     r.control("SH", ["METRICS"]);
     r.text([roman(
-        "With [metrics] listen set, GET /metrics serves Prometheus text: jobs by \
+        "With [metrics] listen set, GET /metrics serves OpenMetrics text: jobs by \
          phase and outcome, bytes downloaded and delivered, retries, resumes, phase \
          durations, outbox depth and the MQTT connection state.",
     )]);

@@ -57,8 +57,8 @@ fn status_reads_the_journal_without_a_daemon() {
         &file,
         format!(
             "[platform]\nurl = \"mqtt://127.0.0.1:1\"\ndevice_id = \"gw\"\nsecret = \"s\"\n[state]\ndir = {:?}\n\
-             [[child]]\ndevice_id = \"p_a\"\ntransport = \"sim\"\nversion = \"1.2\"\n\
-             [[child]]\ndevice_id = \"p_b\"\ntransport = \"sim\"\nversion = \"9\"\n",
+             [[child]]\ndevice_id = \"p_a\"\ntransport = \"coap\"\naddress = \"127.0.0.1:5701\"\n\
+             [[child]]\ndevice_id = \"p_b\"\ntransport = \"coap\"\naddress = \"127.0.0.1:5702\"\n",
             state.display().to_string()
         ),
     )
@@ -151,4 +151,119 @@ fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// A build without the `sim` feature (the Debian package) answers the
+/// simulator subcommands and `transport = "sim"` with an error that says
+/// why (`cargo test --no-default-features --test cli`, run by .ci/run).
+#[cfg(not(feature = "sim"))]
+#[test]
+fn a_build_without_simulators_says_so() {
+    for args in [&["demo"][..], &["sim", "iotda"], &["sim", "coap-child"]] {
+        let out = otabridge().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("without the simulators"), "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "[platform]\nurl = \"mqtt://127.0.0.1:1\"\ndevice_id = \"gw\"\nsecret = \"s\"\n[state]\ndir = \"/tmp/x\"\n\
+         [[child]]\ndevice_id = \"a\"\ntransport = \"sim\"\nversion = \"1\"\n",
+    )
+    .unwrap();
+    let out = otabridge()
+        .args(["status", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(": child[0].transport: 'sim' (the in-process simulated child) needs a build with the `sim` feature"),
+        "{err}"
+    );
+}
+
+/// `otabridge image inspect` needs no simulator: it answers in every build,
+/// the Debian package's included (.ci/run runs this file without the `sim`
+/// feature). The image is laid out by the codecs' own assembler.
+#[test]
+fn image_inspect_works_in_every_build() {
+    use otabridge_codecs::mcuboot::{image::assemble, HashKind, ImageVersion};
+    let dir = tempfile::tempdir().unwrap();
+    let version = ImageVersion {
+        major: 2,
+        minor: 7,
+        revision: 1,
+        build: 0,
+    };
+    let img = dir.path().join("fw.bin");
+    std::fs::write(
+        &img,
+        assemble(version, 0, 32, &[0x5a; 3000], &[], HashKind::Sha256, &[]),
+    )
+    .unwrap();
+    let out = otabridge()
+        .args(["image", "inspect", "--json"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], "2.7.1", "{v}");
+    assert_eq!(v["hash_ok"], true, "{v}");
+    // Not an image: exit 1 and why.
+    std::fs::write(&img, [0u8; 64]).unwrap();
+    let out = otabridge()
+        .args(["image", "inspect"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an MCUboot image"), "{err}");
+}
+
+/// The build the Debian package ships links no simulator: no MQTT broker,
+/// no certificate generator; the default build does (so this test can
+/// fail).
+#[test]
+fn the_packaged_build_links_no_simulator() {
+    let tree = |args: &[&str]| {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "tree",
+                "-p",
+                "otabridge",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .args(args)
+            .current_dir(manifest_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let has = |tree: &str, krate: &str| tree.lines().any(|l| l.starts_with(&format!("{krate} v")));
+    let default = tree(&[]);
+    assert!(
+        has(&default, "rumqttd") && has(&default, "rcgen"),
+        "{default}"
+    );
+    let packaged = tree(&["--no-default-features"]);
+    for krate in ["rumqttd", "rcgen"] {
+        assert!(
+            !has(&packaged, krate),
+            "{krate} in the packaged build:\n{packaged}"
+        );
+    }
 }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
-use otabridge::child::{Child, ChildError, Package};
+use otabridge::child::{Child, ChildError, ErrorKind, Package};
 use otabridge::config::Delivery;
+use otabridge::ota::verdict::{verdict, Failure, Verdict};
 use otabridge::sim::coap_child::{CoapChildSim, Faults, SimOptions};
 use otabridge_codecs::coap::ExchangeConfig;
 use otabridge_codecs::lwm2m::UpdateResult;
@@ -64,7 +65,7 @@ fn lossy() -> Faults {
         duplicate_pct: 10.0,
         reorder_pct: 10.0,
         delay: Duration::from_millis(1),
-        reboot_after_blocks: None,
+        ..Faults::default()
     }
 }
 
@@ -85,6 +86,11 @@ fn package(dir: &Path, len: usize, seed: u8) -> Package {
 }
 
 /// Delivers and activates; returns the highest progress seen.
+/// What the gateway does about `e` (its one mapping, `ota::verdict`).
+fn report(e: &ChildError) -> Verdict {
+    verdict(Failure::Child(e))
+}
+
 async fn upgrade(child: &CoapChild, pkg: &Package) -> Result<u64, ChildError> {
     let seen = Arc::new(AtomicU64::new(0));
     let s = seen.clone();
@@ -276,19 +282,17 @@ async fn integrity_failure_in_5_0_5_is_iotda_code_7() {
             child_options(),
         );
         let e = child.deliver(&pkg, 0, &|_| {}).await.unwrap_err();
-        match e {
-            ChildError::Rejected {
-                result_code,
+        match report(&e) {
+            Verdict {
+                retry: false,
+                code,
                 description,
+                ..
             } => {
-                assert_eq!(
-                    result_code,
-                    otabridge_codecs::iotda::ResultCode::CHECK_FAIL,
-                    "{description}"
-                );
+                assert_eq!(code.get(), 7, "{description}");
                 assert!(description.contains("Integrity"), "{description}");
             }
-            other => panic!("expected a rejection, got {other}"),
+            other => panic!("expected a rejection, got {e}: {other:?}"),
         }
         // Integrity failures are transient for the procedure: one retry
         // after a reset, then the verdict.
@@ -317,13 +321,7 @@ async fn failed_install_reports_its_code_and_keeps_the_version() {
         child.deliver(&pkg, 0, &|_| {}).await.unwrap();
         let e = child.activate(&pkg).await.unwrap_err();
         assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
-                    ..
-                }
-            ),
+            matches!(report(&e), Verdict { retry: false, code, .. } if code.get() == 10),
             "{e}"
         );
         assert_eq!(child.read_version().await.unwrap(), "1.0");
@@ -349,13 +347,7 @@ async fn unknown_image_is_refused_by_the_child() {
         );
         let e = child.deliver(&pkg, 0, &|_| {}).await.unwrap_err();
         assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::CHECK_FAIL,
-                    ..
-                }
-            ),
+            matches!(report(&e), Verdict { retry: false, code, .. } if code.get() == 7),
             "{e}"
         );
         // Mapped to a version, the same image is accepted.
@@ -430,6 +422,99 @@ async fn push_resumes_after_a_gateway_restart() {
     .await
 }
 
+/// Issue 17, defect 3: every answer to the Package URI write is lost, but
+/// the child takes the URI and fetches the package. The blocks it fetches
+/// are the answer: the gateway goes on polling instead of giving up on the
+/// write, resetting the child and restarting a pull that was under way.
+#[tokio::test]
+async fn a_lost_answer_to_the_uri_write_does_not_restart_the_pull() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 24 * 1024 + 7, 12);
+        let faults = Faults {
+            lose_uri_answers: true,
+            ..Faults::default()
+        };
+        let sim = CoapChildSim::start(sim_options(121, faults)).await.unwrap();
+        let child = CoapChild::new(
+            "pull-lost-ack",
+            sim.addr(),
+            Delivery::Pull,
+            network(122),
+            child_options(),
+        );
+        let seen = upgrade(&child, &pkg).await.unwrap();
+        assert_eq!(seen, pkg.size);
+        let st = sim.stats();
+        assert_eq!(st.starts, 1, "one download, never restarted: {st:?}");
+        assert_eq!(st.blocks, pkg.size.div_ceil(1024), "{st:?}");
+        assert!(st.dropped >= 1, "the fault was exercised: {st:?}");
+        assert_eq!(sim.version(), "2.0");
+    })
+    .await
+}
+
+/// Issue 17, defect 4: the gateway stops during the last block of a push
+/// (the child took it and holds the whole image, its answer never came
+/// back). The restarted gateway reads /5/0/3 first and, finding State 2
+/// (Downloaded), executes without sending the image again.
+#[tokio::test]
+async fn a_push_cut_during_its_last_block_is_not_sent_again() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = package(dir.path(), 16 * 1024 + 100, 13);
+        let faults = Faults {
+            lose_final_block_answers: true,
+            ..Faults::default()
+        };
+        let sim = CoapChildSim::start(sim_options(131, faults)).await.unwrap();
+        let acked = Arc::new(AtomicU64::new(0));
+        {
+            let child = CoapChild::new(
+                "push-last-block",
+                sim.addr(),
+                Delivery::Push,
+                network(132),
+                child_options(),
+            );
+            let a = acked.clone();
+            let progress = move |n: u64| a.store(n, Ordering::SeqCst);
+            let image_taken = async {
+                while sim.stats().images == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            // The gateway is stopped (dropped) once the child holds the image.
+            tokio::select! {
+                r = child.deliver(&pkg, 0, &progress) => panic!("delivery should be cut: {r:?}"),
+                _ = image_taken => {}
+            }
+        }
+        let resume = acked.load(Ordering::SeqCst);
+        assert!(resume > 0 && resume < pkg.size, "journaled {resume}");
+        let before = sim.stats();
+        let child = CoapChild::new(
+            "push-last-block",
+            sim.addr(),
+            Delivery::Push,
+            network(133),
+            child_options(),
+        );
+        child.deliver(&pkg, resume, &|_| {}).await.unwrap();
+        child.activate(&pkg).await.unwrap();
+        let st = sim.stats();
+        assert_eq!(st.blocks, before.blocks, "no block sent again: {st:?}");
+        assert_eq!(st.starts, 1, "{st:?}");
+        assert_eq!(st.incomplete, 0, "{st:?}");
+        assert_eq!(
+            sim.last_image_sha256().as_deref(),
+            Some(pkg.sha256.as_str())
+        );
+        assert_eq!(sim.version(), "2.0");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn push_resume_falls_back_to_zero_when_the_child_forgot() {
     bounded(async {
@@ -497,7 +582,7 @@ async fn a_silent_child_is_unreachable_and_transient() {
         );
         let e = child.read_version().await.unwrap_err();
         assert!(
-            matches!(e, ChildError::Unreachable(_)) && e.is_transient(),
+            e.kind() == ErrorKind::Unreachable && report(&e).retry,
             "{e}"
         );
     })
@@ -543,6 +628,7 @@ async fn many_seeds_under_heavy_faults() {
                     reorder_pct: 15.0,
                     delay: Duration::from_millis(2),
                     reboot_after_blocks: Some(50 + seed as u32),
+                    ..Faults::default()
                 };
                 // Both ends need more retransmissions than RFC 7252's 4 at
                 // this loss: the child's own Block2 GETs give up otherwise.

@@ -4,7 +4,7 @@
 
 mod serial_support;
 
-use otabridge::child::{Child, ChildError};
+use otabridge::child::{Cause, Child, ErrorKind, Step};
 use otabridge::sim::smp_child::{SmpChild, SmpChildOptions};
 use serial_support::{child, image, package, Seen};
 
@@ -25,23 +25,22 @@ async fn an_image_larger_than_the_reported_slot_is_refused_before_a_byte() {
     let c = child("node", &small);
     let seen = Seen::default();
     let e = c.deliver(&pkg, 0, &|n| seen.push(n)).await.unwrap_err();
-    match &e {
-        ChildError::Rejected {
-            result_code,
-            description,
-        } => {
-            assert_eq!(result_code.get(), 5, "{description}");
-            assert!(description.contains("slot holds 10000 (slot info)"), "{description}");
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(e.kind(), ErrorKind::Refused(Cause::NoStorage), "{e}");
+    assert_eq!(e.step(), Step::Deliver { offset: 0 });
+    assert!(e.detail().contains("slot holds 10000 (slot info)"), "{e}");
+    let v = otabridge::ota::verdict::verdict(otabridge::ota::verdict::Failure::Child(&e));
+    assert_eq!(v.code.get(), 5, "{}", v.description);
+    assert!(!v.retry);
     assert_eq!(small.stats().first_chunks, 0, "no upload chunk was sent");
     assert!(seen.all().is_empty());
 
     // A device without slot info finds out itself, after the first chunk.
     let old = sim(false, 10_000);
-    let e = child("old", &old).deliver(&pkg, 0, &|_| {}).await.unwrap_err();
-    assert!(matches!(e, ChildError::Rejected { .. }), "{e:?}");
+    let e = child("old", &old)
+        .deliver(&pkg, 0, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Refused(_)), "{e:?}");
     assert_eq!(old.stats().first_chunks, 1);
 
     // A slot that fits: delivered as before.

@@ -236,7 +236,9 @@ async fn a_batch_upgrade_reports_the_truth_for_every_child() {
     );
     let r = &reports["p_current"];
     assert_eq!(seq(r), vec![(0, 100)]);
-    assert_eq!(r[0].version, "V2.0.0");
+    // It reads "V2.0.0"; normalised, that is the target, reported as the
+    // task writes it.
+    assert_eq!(r[0].version, "2.0.0");
     // Real transports checkpoint at their own pace: the sequence starts at 0,
     // climbs by at least 10 points per progress report, and ends with the
     // terminal report carrying the version read back from the device.
@@ -411,6 +413,9 @@ struct OnBus {
 }
 
 impl Child for OnBus {
+    fn version_policy(&self) -> otabridge_codecs::version::Policy {
+        self.inner.version_policy()
+    }
     fn device_id(&self) -> &str {
         self.inner.device_id()
     }
@@ -501,5 +506,110 @@ async fn a_child_queued_behind_a_transfer_on_its_bus_does_not_time_out() {
     // The queued child delivered once, from 0: no timeout, no retry.
     assert_eq!(next.delivery_starts(), vec![0]);
     assert_eq!(handles.metrics.job_retries("p_bus_next"), 0);
+    b.tb.stop_gateway().await.unwrap();
+}
+
+/// An LwM2M child over real UDP (the CoAP child simulator) whose /3/0/3
+/// reads `from` and, after the update, `to`; upgraded to `target` with the
+/// given version policy. Returns the bench with the gateway still running,
+/// the child's reports and the simulator.
+async fn upgrade_lwm2m_child(
+    from: &str,
+    to: &str,
+    target: &str,
+    policy: otabridge_codecs::version::Policy,
+) -> (Bench, Vec<ProgressReport>, CoapChildSim) {
+    use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+    let (mut b, cfg) = bench("").await;
+    let net = CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 13)).unwrap();
+    let sim = CoapChildSim::start(CoapSimOptions::new(from, to))
+        .await
+        .unwrap();
+    let child = CoapChild::new(
+        "p_vcoap",
+        sim.addr(),
+        otabridge::config::Delivery::Push,
+        net,
+        // Poll /3/0/3 every 100 ms instead of 5 s: the test's pace only.
+        ChildOptions {
+            poll_interval: Duration::from_millis(100),
+            ..ChildOptions::default()
+        },
+    )
+    .with_version_policy(policy);
+    b.tb.start_gateway_with(cfg, vec![Arc::new(child)])
+        .await
+        .unwrap();
+    b.tb.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let up = upgrade(&b.server, "fw-v", 21, target);
+    b.tb.send(Some("p_vcoap"), &firmware(&up)).await.unwrap();
+    let mut done = reports_until_done(&mut b.tb, &["p_vcoap"]).await;
+    (b, done.remove("p_vcoap").unwrap(), sim)
+}
+
+/// The `fw_version` of the next `version_report` for `id`, after asking.
+async fn version_reported(tb: &mut Testbed, id: &str) -> Option<String> {
+    tb.send(
+        Some(id),
+        &Event::VersionQuery(otabridge_codecs::iotda::event::VersionQuery::default()),
+    )
+    .await
+    .unwrap();
+    tb.wait_for(Duration::from_secs(20), |r| {
+        r.events.as_ref()?.iter().find_map(|i| match &i.event {
+            Event::VersionReport(v) if i.object_device_id.as_deref() == Some(id) => {
+                v.fw_version.clone()
+            }
+            _ => None,
+        })
+    })
+    .await
+}
+
+/// Issue 12, defect 1: a LwM2M child whose /3/0/3 reads `v1.0.0`, upgraded
+/// to target `2.0.0` with the default settings, updates and reads `v2.0.0`.
+/// Normalised (the default) that is the target: the job ends with result 0,
+/// and the terminal report's version is the version the child runs, written
+/// as the platform's target string, as is the next `version_report`. (It
+/// used to end with result 10, "child updated but reports version v2.0.0",
+/// and version `v1.0.0`.)
+#[tokio::test]
+async fn a_lwm2m_child_reading_v2_0_0_reaches_target_2_0_0() {
+    let policy = otabridge_codecs::version::Policy::default();
+    let (mut b, reports, sim) = upgrade_lwm2m_child("v1.0.0", "v2.0.0", "2.0.0", policy).await;
+    assert_eq!(sim.version(), "v2.0.0", "the child updated");
+    let last = reports.last().unwrap();
+    assert_eq!(
+        (last.result_code, last.progress, last.version.as_str()),
+        (result::ResultCode::SUCCESS, Some(100), "2.0.0"),
+        "{reports:?}"
+    );
+    // Before the update, reports carry what the child reads: not the target.
+    assert_eq!(reports[0].version, "v1.0.0", "{reports:?}");
+    assert_eq!(
+        version_reported(&mut b.tb, "p_vcoap").await.as_deref(),
+        Some("2.0.0")
+    );
+    b.tb.stop_gateway().await.unwrap();
+}
+
+/// The same child under `version_match = "exact"`: `v2.0.0` is not `2.0.0`,
+/// so the job fails with 10, and the report carries the version the child
+/// runs now (`v2.0.0`), not the one it ran before; so does `version_report`.
+#[tokio::test]
+async fn under_the_exact_policy_the_same_child_fails_with_the_version_it_runs() {
+    let policy = otabridge_codecs::version::Policy::Exact;
+    let (mut b, reports, sim) = upgrade_lwm2m_child("v1.0.0", "v2.0.0", "2.0.0", policy).await;
+    assert_eq!(sim.version(), "v2.0.0");
+    let last = reports.last().unwrap();
+    assert_eq!(
+        (last.result_code, last.version.as_str()),
+        (result::ResultCode::INSTALL_FAIL, "v2.0.0"),
+        "{reports:?}"
+    );
+    assert_eq!(
+        version_reported(&mut b.tb, "p_vcoap").await.as_deref(),
+        Some("v2.0.0")
+    );
     b.tb.stop_gateway().await.unwrap();
 }

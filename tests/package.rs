@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use otabridge::config::{DownloadConfig, Secret};
 use otabridge::journal::{self, Journal, SharedJournal};
+use otabridge::ota::verdict::{verdict, Failure};
 use otabridge::package::{DownloadError, DownloadOptions, PackageRequest, PackageStore, DIR_NAME};
 use otabridge::sim::package_server::{Access, Faults, PackageServer, Served, Source};
 use otabridge_codecs::iotda::result;
@@ -137,13 +138,16 @@ fn sha256_file(p: &Path) -> String {
 }
 
 /// A failure ends with the right code and description and leaves nothing.
+/// The result code and description a job reports for `e` (`ota::verdict`).
+fn report(e: &DownloadError) -> (u8, String) {
+    let v = verdict(Failure::Download(e));
+    (v.code.get(), v.description)
+}
+
 fn assert_failed_clean(env: &Env, e: &DownloadError, code: u8, description: &str) {
-    assert_eq!(e.result_code().get(), code, "{e}");
-    assert!(
-        e.description().starts_with(description),
-        "{e}: {}",
-        e.description()
-    );
+    let (got, words) = report(e);
+    assert_eq!(got, code, "{e}");
+    assert!(words.starts_with(description), "{e}: {words}");
     assert_eq!(env.files(), Vec::<String>::new(), "{e}");
     assert_eq!(env.journal_rows(), 0, "{e}");
 }
@@ -309,7 +313,7 @@ async fn a_wrong_sign_or_corrupted_bytes_fail_the_integrity_check() {
     let mut req = request(&s, None);
     req.sha256 = Some("ab".repeat(32));
     let e = env.store().acquire("j", &req).ready().await.unwrap_err();
-    assert_eq!(e.description(), result::DESC_INTEGRITY);
+    assert_eq!(report(&e).1, result::DESC_INTEGRITY);
     assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
 
     env.server.set_faults(Faults {
@@ -348,7 +352,7 @@ async fn an_expired_token_fails_with_code_6_after_a_few_tries() {
         ),
         "{e}"
     );
-    assert!(e.description().contains("token"), "{}", e.description());
+    assert!(report(&e).1.contains("token"), "{}", report(&e).1);
     assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
     let reqs = env.server.requests();
     assert_eq!(reqs.len(), 3);
@@ -518,7 +522,7 @@ async fn certificates_are_always_verified_and_only_the_name_check_is_optional() 
         .await
         .unwrap_err();
     assert!(matches!(e, DownloadError::Certificate(_)), "{e}");
-    assert_eq!(e.result_code().get(), 6);
+    assert_eq!(report(&e).0, 6);
     assert_eq!(env.server.requests().len(), 0);
 
     let mut cfg = env.cfg();

@@ -437,3 +437,124 @@ async fn status_reports_are_batched_by_100() {
     assert_eq!(second[49].0, "p_n149");
     tb.stop_gateway().await.unwrap();
 }
+
+/// Issue 12, defect 2: a failed job says where it failed and what the device
+/// said, in the job-ended log line and in `otabridge status` (text and
+/// JSON), not only the platform's description ("Firmware update failed").
+/// An LwM2M child over CoAP reports /5/0/5 = 5 (integrity failure) after
+/// the push.
+#[tokio::test]
+async fn a_failed_job_shows_its_step_and_what_the_device_said() {
+    use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+    use otabridge::sim::coap_child::{CoapChildSim, SimOptions};
+    use otabridge::sim::package_server::{Access, PackageServer, Source};
+    use otabridge_codecs::iotda::UpgradeKind;
+    use otabridge_codecs::lwm2m::UpdateResult;
+
+    let (logs, _guard) = Logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tb = Testbed::new(dir.path()).await.unwrap();
+    let server = PackageServer::start(&["127.0.0.1", "localhost"])
+        .await
+        .unwrap();
+    let ca = dir.path().join("pkg-ca.pem");
+    std::fs::write(&ca, server.ca_pem()).unwrap();
+    let extra = format!(
+        "[download]\nca_file = {:?}\n\n[ota]\nretry_min_ms = 20\nretry_max_ms = 100\n",
+        ca.display().to_string()
+    );
+    let cfg = tb.config(&extra).unwrap();
+    let sim = CoapChildSim::start(SimOptions::new("1.0.0", "2.0.0"))
+        .await
+        .unwrap();
+    sim.set_download_failure(Some(UpdateResult::IntegrityFailure));
+    let net = CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 12)).unwrap();
+    let child = CoapChild::new(
+        "p_lwm2m",
+        sim.addr(),
+        otabridge::config::Delivery::Push,
+        net,
+        ChildOptions::default(),
+    );
+    tb.start_gateway_with(cfg, vec![Arc::new(child) as Arc<dyn Child>])
+        .await
+        .unwrap();
+    connect_statuses(&mut tb).await;
+    let served = server
+        .add(
+            "fw-bad",
+            Source::Generated {
+                len: 8 * 1024,
+                seed: 12,
+            },
+            Access::Bearer,
+        )
+        .unwrap();
+    let upgrade = served.upgrade(
+        "2.0.0",
+        server.issue_token(Duration::from_secs(3600)),
+        "task-12",
+    );
+    let ev = Event::Upgrade {
+        kind: UpgradeKind::Firmware,
+        v2: false,
+        upgrade,
+    };
+    tb.send(Some("p_lwm2m"), &ev).await.unwrap();
+    let last = tb
+        .wait_for(T, |r| {
+            r.events.as_ref()?.iter().find_map(|i| match &i.event {
+                Event::ProgressReport(p) if p.is_terminal() => Some(p.clone()),
+                _ => None,
+            })
+        })
+        .await
+        .expect("no terminal report");
+    assert_eq!(last.result_code.to_string(), "7", "{last:?}");
+    assert!(logs.wait_for("job ended").await, "{}", logs.text());
+    tb.stop_gateway().await.unwrap();
+
+    // The log line: the step and the child's own words.
+    let text = logs.text();
+    let line = text.lines().find(|l| l.contains("job ended")).unwrap();
+    assert!(line.contains("cause: deliver at offset"), "{line}");
+    assert!(line.contains("device said /5/0/5 = 5"), "{line}");
+
+    // `otabridge status`, JSON and text, from the journal.
+    let file = dir.path().join("status.toml");
+    let child_cfg =
+        "[[child]]\ndevice_id = \"p_lwm2m\"\ntransport = \"coap\"\naddress = \"127.0.0.1:5683\"\n";
+    std::fs::write(
+        &file,
+        otabridge::sim::testbed::config_text(1, &ca, &tb.state_dir, child_cfg),
+    )
+    .unwrap();
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"));
+        cmd.arg("status");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.arg("--config").arg(&file).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let job = &v[0]["job"];
+    assert_eq!(job["result_code"], 7, "{v:#}");
+    assert_eq!(job["cause"]["step"], "deliver", "{v:#}");
+    assert!(
+        job["cause"]["device_said"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("/5/0/5 = 5")),
+        "{v:#}"
+    );
+    assert!(
+        job["cause"]["kind"]
+            .as_str()
+            .is_some_and(|s| s.contains("integrity")),
+        "{v:#}"
+    );
+    let text = status(false);
+    assert!(text.contains("device said /5/0/5 = 5"), "{text}");
+}

@@ -3,10 +3,11 @@
 
 mod serial_support;
 
+use otabridge::child::link::port::Ports;
 use otabridge::child::Child;
 use otabridge::sim::smp_child::{SmpChild, SmpChildOptions};
 use otabridge_codecs::smp::sim::SimEvent;
-use serial_support::{child, image, package};
+use serial_support::{bus_child, image, package};
 
 #[tokio::test]
 async fn two_children_on_one_port_are_serialized() {
@@ -19,8 +20,9 @@ async fn two_children_on_one_port_are_serialized() {
     let img_b = image("3.0.0", 12_000, 22);
     let pkg_a = package(dir.path(), "a", &img_a, "2.0.0");
     let pkg_b = package(dir.path(), "b", &img_b, "3.0.0");
-    let a = child("node-a", &sim);
-    let b = child("node-b", &sim);
+    let mut ports = Ports::default();
+    let a = bus_child(&mut ports, "node-a", &sim);
+    let b = bus_child(&mut ports, "node-b", &sim);
     assert!(std::sync::Arc::ptr_eq(a.port(), b.port()));
     let (ra, rb, va) = tokio::join!(
         a.deliver(&pkg_a, 0, &|_| {}),

@@ -134,3 +134,107 @@ fn a_bad_upgrade_argument_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not CHILD=FILE@VERSION"), "{err}");
 }
+
+/// The gateway's own firmware through `otabridge sim iotda`: the gateway's
+/// id in `--upgrade`, a command installer on the gateway side (it writes
+/// the version file, no reboot needed), the table's row for the gateway.
+#[test]
+fn sim_iotda_shows_the_gateways_own_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let fw = dir.path().join("box-2.1.0.img");
+    std::fs::write(&fw, b"2.1.0\nbox image").unwrap();
+    let version_file = dir.path().join("box-version");
+    std::fs::write(&version_file, "2.0.0\n").unwrap();
+    let installer = dir.path().join("install-box-image");
+    std::fs::write(
+        &installer,
+        format!(
+            "#!/bin/sh\necho 'progress: 50'\nhead -n 1 \"$1\" > '{}'\necho 'progress: 100'\n",
+            version_file.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&installer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("sim");
+    let mut sim = Killed(
+        otabridge()
+            .args([
+                "sim",
+                "iotda",
+                "--listen",
+                "127.0.0.1:0",
+                "--timeout-secs",
+                "120",
+            ])
+            .args(["--device-id", "gw-box_01"])
+            .arg("--out")
+            .arg(&out)
+            .arg("--upgrade")
+            .arg(format!("gw-box_01={}@2.1.0", fw.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let fragment = out.join("platform.toml");
+    for _ in 0..400 {
+        if std::fs::read_to_string(&fragment).is_ok_and(|t| t.contains("[download]")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&fragment).expect("the simulator writes platform.toml");
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}\n[state]\ndir = {:?}\n\n[gateway.firmware]\ninstaller = \"command\"\n\
+             command = [{:?}, \"{{file}}\"]\nversion_file = {:?}\nafter = \"none\"\n",
+            dir.path().join("state").display().to_string(),
+            installer.display().to_string(),
+            version_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let _gateway = Killed(
+        otabridge()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut status = None;
+    for _ in 0..1200 {
+        if let Some(s) = sim.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = status.unwrap_or_else(|| panic!("sim iotda did not finish"));
+    let mut stdout = String::new();
+    sim.0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(status.success(), "{stdout}");
+    assert!(stdout.contains("1 of 1 upgrade(s) succeeded"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("gw-box_01") && l.contains(" -> "))
+        .unwrap_or_else(|| panic!("no row for the gateway: {stdout}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(row.starts_with("gw-box_01 2.0.0 -> 2.1.0 0"), "{stdout}");
+    // The installer's own progress was reported on the way.
+    assert!(
+        stdout.contains("upgrade_progress_report result 0 progress 65%"),
+        "{stdout}"
+    );
+}

@@ -11,6 +11,8 @@
 //! - [`time`]: the crate's own instant type, so tests construct any moment.
 //! - [`rng`]: a small seeded generator for message ids, tokens and jitter.
 //! - [`hex`]: hex with `#` comments, the byte notation of fixture files.
+//! - [`engine`]: the trait the serial-delivered engines share, and the
+//!   image-read requests of every engine that sends an image.
 //! - [`iotda`]: IoTDA topics, event envelope, `$ota` and
 //!   `$sub_device_manager` payloads, MQTT credentials.
 //! - [`coap`]: Block1/Block2 option codec, confirmable exchanges, Block1
@@ -26,6 +28,7 @@
 
 pub mod coap;
 pub mod download;
+pub mod engine;
 pub mod framed;
 pub mod hex;
 pub mod iotda;

@@ -1,4 +1,6 @@
-//! Firmware version normalisation and comparison.
+//! Firmware version normalisation and comparison: the one rule every engine
+//! and the OTA job use to decide whether a child runs the target version
+//! ([`Policy`]).
 //!
 //! IoTDA's target `version` is free text set by the operator ("V1.2.3";
 //! docs/protocols/iotda.md §4.4, §4.6: the version reported after the upgrade must equal
@@ -7,9 +9,9 @@
 //! when non-zero (zephyr `subsys/mgmt/mcumgr/grp/img_mgmt/src/img_mgmt_util.c`
 //! `img_mgmt_ver_str`), while imgtool writes it as `1.2.3+4`
 //! (mcuboot `scripts/imgtool/version.py`). LwM2M devices report /3/0/3 as
-//! free text.
+//! free text, framed devices whatever their profile's version field holds.
 //!
-//! # Normalisation ([`Mode::Normalised`])
+//! # Normalisation ([`Policy::Normalised`], the default)
 //! 1. Surrounding whitespace is trimmed.
 //! 2. One leading `v` or `V` is dropped.
 //! 3. The rest is split at `.` and `+`; when every part is a non-empty run
@@ -19,21 +21,77 @@
 //! 4. Otherwise (`1.2.3-rc1`, `build-77`) the trimmed text after step 2 is
 //!    compared exactly, case included.
 //!
-//! [`Mode::Exact`] compares the two strings byte for byte.
+//! [`Policy::Exact`] compares the two strings byte for byte.
+//!
+//! # What is reported
+//! A report's `version` is the version the child runs now. When the policy
+//! says it is the target, the report carries the platform's own target
+//! string ([`Policy::as_reported`]): the platform compares the reported
+//! version with the package's (§4.6), and a child reading `v2.0.0` for
+//! target `2.0.0` has reached it.
 
 use std::cmp::Ordering;
 
-/// How [`matches()`] compares.
+/// How a version a child reports is compared with the target: config
+/// `[ota] version_match` and the per-child `version_match`
+/// (docs/config.md).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum Mode {
+pub enum Policy {
     /// Byte-for-byte equality.
     Exact,
     /// The normalisation in the module doc.
     #[default]
     Normalised,
+}
+
+impl Policy {
+    /// The names the config file uses.
+    pub const NAMES: [&'static str; 2] = ["normalised", "exact"];
+
+    /// The config name: `"normalised"` or `"exact"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Exact => "exact",
+            Policy::Normalised => "normalised",
+        }
+    }
+
+    /// Parses a config name (see [`Policy::NAMES`]).
+    pub fn parse(name: &str) -> Option<Policy> {
+        match name {
+            "exact" => Some(Policy::Exact),
+            "normalised" => Some(Policy::Normalised),
+            _ => None,
+        }
+    }
+
+    /// Whether the version a child reports is the target version.
+    pub fn same(&self, target: &str, reported: &str) -> bool {
+        match self {
+            Policy::Exact => target == reported,
+            Policy::Normalised => normalise(target) == normalise(reported),
+        }
+    }
+
+    /// The version to put in a report for a child that reports `reported`:
+    /// the platform's `target` string when [`Policy::same`] says they are
+    /// equal, else what the child reported.
+    pub fn as_reported(&self, target: &str, reported: &str) -> String {
+        if self.same(target, reported) {
+            target.to_owned()
+        } else {
+            reported.to_owned()
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A version after normalisation.
@@ -70,14 +128,6 @@ pub fn normalise(version: &str) -> Normalised {
     }
 }
 
-/// Whether the version a device reports is the target version.
-pub fn matches(target: &str, reported: &str, mode: Mode) -> bool {
-    match mode {
-        Mode::Exact => target == reported,
-        Mode::Normalised => normalise(target) == normalise(reported),
-    }
-}
-
 /// Orders two numeric versions (`None` when either is not numeric).
 pub fn compare(a: &str, b: &str) -> Option<Ordering> {
     match (normalise(a), normalise(b)) {
@@ -102,7 +152,8 @@ mod tests {
 
     #[test]
     fn iotda_text_against_smp_reports() {
-        let n = Mode::Normalised;
+        let n = Policy::Normalised;
+        let matches = |a: &str, b: &str, p: Policy| p.same(a, b);
         assert!(matches("V1.2.3", "1.2.3", n));
         assert!(matches(" v1.2.3\n", "1.2.3", n));
         assert!(matches("V1.2", "1.2.0", n));
@@ -119,7 +170,8 @@ mod tests {
 
     #[test]
     fn text_versions_compare_exactly() {
-        let n = Mode::Normalised;
+        let n = Policy::Normalised;
+        let matches = |a: &str, b: &str, p: Policy| p.same(a, b);
         assert!(matches("V1.2.3-rc1", "1.2.3-rc1", n));
         assert!(!matches("1.2.3-rc1", "1.2.3-RC1", n));
         assert!(!matches("1.2.3-rc1", "1.2.3", n));
@@ -137,10 +189,35 @@ mod tests {
     }
 
     #[test]
-    fn exact_mode_is_bytewise() {
-        assert!(matches("V1.2.3", "V1.2.3", Mode::Exact));
-        assert!(!matches("V1.2.3", "1.2.3", Mode::Exact));
-        assert!(!matches("1.2.3 ", "1.2.3", Mode::Exact));
+    fn exact_policy_is_bytewise() {
+        let matches = |a: &str, b: &str, p: Policy| p.same(a, b);
+        assert!(matches("V1.2.3", "V1.2.3", Policy::Exact));
+        assert!(!matches("V1.2.3", "1.2.3", Policy::Exact));
+        assert!(!matches("1.2.3 ", "1.2.3", Policy::Exact));
+    }
+
+    #[test]
+    fn reports_carry_the_target_string_when_the_policy_says_equal() {
+        let n = Policy::Normalised;
+        assert_eq!(n.as_reported("2.0.0", "v2.0.0"), "2.0.0");
+        assert_eq!(n.as_reported("V1.2", "1.2.0"), "V1.2");
+        assert_eq!(n.as_reported("2.0.0", "v1.0.0"), "v1.0.0");
+        assert_eq!(Policy::Exact.as_reported("2.0.0", "v2.0.0"), "v2.0.0");
+        assert_eq!(Policy::Exact.as_reported("2.0.0", "2.0.0"), "2.0.0");
+    }
+
+    #[test]
+    fn config_names_round_trip() {
+        assert_eq!(Policy::default(), Policy::Normalised);
+        for name in Policy::NAMES {
+            let p = Policy::parse(name).unwrap();
+            assert_eq!(p.name(), name);
+            assert_eq!(p.to_string(), name);
+            let de: Policy = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(de, p);
+        }
+        assert_eq!(Policy::parse("Exact"), None);
+        assert!(serde_json::from_str::<Policy>("\"fuzzy\"").is_err());
     }
 
     #[test]
@@ -169,18 +246,20 @@ mod tests {
                 format!("{major}.{minor}.{rev}.{build}")
             };
             let plus = format!("V{major}.{minor}.{rev}+{build}");
-            prop_assert!(matches(&plus, &reported, Mode::Normalised));
+            prop_assert!(Policy::Normalised.same(&plus, &reported));
             let prefixed = format!(" v{reported} ");
-            prop_assert!(matches(&prefixed, &reported, Mode::Normalised));
+            prop_assert!(Policy::Normalised.same(&prefixed, &reported));
             let other = format!("{major}.{minor}.{}", u32::from(rev) + 1);
-            prop_assert!(!matches(&other, &reported, Mode::Normalised));
+            prop_assert!(!Policy::Normalised.same(&other, &reported));
+            prop_assert_eq!(Policy::Normalised.as_reported(&plus, &reported), plus);
         }
 
         #[test]
         fn matching_is_an_equivalence(a in "[vV ]?[0-9.+a-z]{0,8}", b in "[0-9.]{0,6}") {
-            prop_assert!(matches(&a, &a, Mode::Normalised));
-            prop_assert_eq!(matches(&a, &b, Mode::Normalised), matches(&b, &a, Mode::Normalised));
-            if matches(&a, &b, Mode::Normalised) {
+            let n = Policy::Normalised;
+            prop_assert!(n.same(&a, &a));
+            prop_assert_eq!(n.same(&a, &b), n.same(&b, &a));
+            if n.same(&a, &b) {
                 prop_assert!(compare(&a, &b).is_none_or(|o| o.is_eq()));
             }
         }

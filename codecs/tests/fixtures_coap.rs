@@ -1,25 +1,29 @@
 //! Replays the CoAP transcripts in `fixtures/coap/*.toml` against the
 //! sans-IO engines, one test per file (format: `fixtures/coap/README.md`).
 //!
-//! The harness plays the driver: it wires an `Exchanges` to a `Block1Push`
-//! (engine = "push"), to `serve_block2` (engine = "serve") or to an
-//! `UpdateProcedure` plus `serve_block2` (engine = "update") as the daemon
-//! does, feeds the file's `in` datagrams and time, and checks every
-//! datagram the engines emit against the file's `out` steps and every event
-//! against its `expect` steps. Nothing may be emitted that the file does not
-//! list, and a step budget turns a looping engine into a failure.
+//! The harness is a driver of the daemon's kind (`src/child/coap/network.rs`
+//! and `src/child/coap.rs` call the same engine methods in the same order):
+//! one `Peers` (the peer engine: message layer, NSTART, held requests,
+//! Block1 pushes) with a push started on it (engine = "push"), with
+//! `serve_block2` answering the child's requests (engine = "serve"), or
+//! with an `UpdateProcedure` whose actions go to it plus `serve_block2`
+//! (engine = "update"). It feeds the file's `in` datagrams and time, and
+//! checks every datagram the engines emit against the file's `out` steps
+//! and every event against its `expect` steps. Nothing may be emitted that
+//! the file does not list, and a step budget turns a looping engine into a
+//! failure.
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Duration;
 
 use otabridge_codecs::coap::{
-    push::{PushConfig, RestartReason, TransportFailure},
+    push::{PushConfig, RestartReason},
     serve_block2,
     update::Phase,
-    Block1Push, Delivery, ExchangeConfig, ExchangeEvent, Exchanges, Outcome, PackageInfo,
-    PackageStore, Packet, PushEvent, PushFailure, ReadAt, ReadError, RequestId, ServeConfig,
-    UpdateConfig, UpdateEvent, UpdateProcedure,
+    Action, Delivery, ExchangeConfig, OpId, Outcome, PackageInfo, PackageStore, PeerEvent, Peers,
+    PushEvent, PushFailure, ReadAt, ReadError, ServeConfig, UpdateConfig, UpdateEvent,
+    UpdateProcedure,
 };
 use otabridge_codecs::hex;
 use otabridge_codecs::lwm2m;
@@ -170,17 +174,18 @@ impl PackageStore for Store {
 /// The gateway's client side: what sends requests to the child.
 enum Client {
     Nothing,
-    Push(Box<Block1Push>),
+    /// A push started on the peer engine (`Peers::start_push`).
+    Push,
     Update(Box<UpdateProcedure>),
 }
 
 struct Run {
     now: Instant,
-    exchanges: Exchanges<u8>,
+    peers: Peers<u8, Vec<u8>>,
     client: Client,
-    /// The request of `client` in flight on `exchanges`.
-    in_flight: Option<RequestId>,
-    /// The image the client pushes (read by offset).
+    /// The request or push of `client` in flight on `peers`.
+    in_flight: Option<OpId>,
+    /// The image pushed (read by offset).
     image: Vec<u8>,
     /// The gateway's Block2 server, when the child pulls.
     server: Option<(ServeConfig, Store)>,
@@ -193,7 +198,7 @@ struct Run {
 
 fn push_event(e: PushEvent) -> String {
     match e {
-        PushEvent::Progress { acked, total } => format!("progress {acked}/{total}"),
+        PushEvent::Progress { acked, total, .. } => format!("progress {acked}/{total}"),
         PushEvent::BlockSize { szx } => format!("block_size szx={szx}"),
         PushEvent::Restarted { reason, szx } => {
             let r = match reason {
@@ -215,6 +220,7 @@ fn push_event(e: PushEvent) -> String {
                 PushFailure::Unreachable => "unreachable".into(),
                 PushFailure::NoResponse => "no_response".into(),
                 PushFailure::Reset => "reset".into(),
+                PushFailure::Read(_) => "read".into(),
             }
         ),
     }
@@ -271,43 +277,50 @@ impl Run {
         loop {
             self.tick()?;
             let mut progressed = false;
-            if self.in_flight.is_none() {
-                let req = match &mut self.client {
-                    Client::Nothing => Ok(None),
-                    Client::Push(p) => p.poll_request(&mut self.image),
-                    Client::Update(u) => u.poll_request(self.now, &mut self.image),
-                }
-                .map_err(|e| e.to_string())?;
-                if let Some(req) = req {
-                    let id = self
-                        .exchanges
-                        .start_request(CHILD, req, self.now)
-                        .map_err(|e| format!("start_request: {e}"))?;
-                    self.in_flight = Some(id);
-                    progressed = true;
+            if let Client::Update(u) = &mut self.client {
+                match u.poll_action(self.now) {
+                    None => {}
+                    Some(Action::Request(req)) => {
+                        let op = self
+                            .peers
+                            .request(CHILD, req, self.now)
+                            .map_err(|e| format!("request: {e}"))?;
+                        self.in_flight = Some(op);
+                        progressed = true;
+                    }
+                    Some(Action::Push(cfg)) => {
+                        let op = self
+                            .peers
+                            .start_push(CHILD, cfg, self.image.clone(), self.now)
+                            .map_err(|e| format!("start_push: {e}"))?;
+                        self.in_flight = Some(op);
+                        progressed = true;
+                    }
+                    Some(Action::Cancel) => {
+                        if let Some(op) = self.in_flight.take() {
+                            self.peers.cancel(op, self.now);
+                        }
+                        progressed = true;
+                    }
                 }
             }
-            while let Some(t) = self.exchanges.poll_transmit() {
+            while let Some(ev) = self.peers.poll_event() {
+                progressed = true;
+                self.on_peer_event(ev)?;
+            }
+            while let Some(t) = self.peers.poll_transmit() {
                 assert_eq!(t.peer, CHILD);
                 self.out.push_back(t.bytes);
                 progressed = true;
             }
-            while let Some(ev) = self.exchanges.poll_event() {
-                progressed = true;
-                self.on_exchange_event(ev)?;
-            }
-            let events: Vec<String> = match &mut self.client {
-                Client::Nothing => Vec::new(),
-                Client::Push(p) => std::iter::from_fn(|| p.poll_event())
-                    .map(push_event)
-                    .collect(),
-                Client::Update(u) => std::iter::from_fn(|| u.poll_event())
+            if let Client::Update(u) = &mut self.client {
+                let events: Vec<String> = std::iter::from_fn(|| u.poll_event())
                     .map(update_event)
-                    .collect(),
-            };
-            for e in events {
-                progressed = true;
-                self.record(e);
+                    .collect();
+                for e in events {
+                    progressed = true;
+                    self.record(e);
+                }
             }
             if !progressed {
                 return Ok(());
@@ -315,32 +328,20 @@ impl Run {
         }
     }
 
-    fn on_response(&mut self, response: &Packet) {
-        match &mut self.client {
-            Client::Nothing => {}
-            Client::Push(p) => p.handle_response(response),
-            Client::Update(u) => u.handle_response(response, self.now),
-        }
-    }
-
-    fn on_failure(&mut self, why: TransportFailure) {
-        match &mut self.client {
-            Client::Nothing => {}
-            Client::Push(p) => p.handle_failure(why),
-            Client::Update(u) => u.handle_failure(why, self.now),
-        }
-    }
-
-    fn on_exchange_event(&mut self, ev: ExchangeEvent<u8>) -> Result<(), String> {
-        let mine = |id: RequestId, in_flight: Option<RequestId>| Some(id) == in_flight;
+    fn on_peer_event(&mut self, ev: PeerEvent<u8>) -> Result<(), String> {
+        let now = self.now;
+        let mine = |op: OpId, in_flight: Option<OpId>| Some(op) == in_flight;
         match ev {
-            ExchangeEvent::Request(req) => {
+            PeerEvent::Request(req) => {
                 let Some((config, store)) = &mut self.server else {
                     return Err(format!(
                         "the child sent a request and nothing serves: {req:?}"
                     ));
                 };
                 let reply = serve_block2(config, &req.packet, store);
+                self.peers
+                    .respond(&req, reply.response, now)
+                    .map_err(|e| format!("respond: {e}"))?;
                 if let Some(b) = &reply.served {
                     let last = if b.last { " last" } else { "" };
                     self.record(format!(
@@ -348,30 +349,32 @@ impl Run {
                         b.num, b.szx, b.offset, b.len
                     ));
                     if let Client::Update(u) = &mut self.client {
-                        u.note_served(b);
+                        u.handle_served(b, now);
                     }
                 }
-                self.exchanges
-                    .respond(&req, reply.response, self.now)
-                    .map_err(|e| format!("respond: {e}"))?;
             }
-            ExchangeEvent::Response { id, response, .. } if mine(id, self.in_flight) => {
+            PeerEvent::Response { op, response, .. } if mine(op, self.in_flight) => {
                 self.in_flight = None;
-                self.on_response(&response);
+                if let Client::Update(u) = &mut self.client {
+                    u.handle_response(&response, now);
+                }
             }
-            ExchangeEvent::GaveUp { id, .. } if mine(id, self.in_flight) => {
+            PeerEvent::Failed { op, why, .. } if mine(op, self.in_flight) => {
                 self.in_flight = None;
-                self.on_failure(TransportFailure::GaveUp);
+                if let Client::Update(u) = &mut self.client {
+                    u.handle_failure(why, now);
+                }
             }
-            ExchangeEvent::TimedOut { id, .. } if mine(id, self.in_flight) => {
-                self.in_flight = None;
-                self.on_failure(TransportFailure::TimedOut);
+            PeerEvent::Push { op, event, .. } if mine(op, self.in_flight) => {
+                if matches!(event, PushEvent::Done(_) | PushEvent::Failed(_)) {
+                    self.in_flight = None;
+                }
+                match &mut self.client {
+                    Client::Update(u) => u.handle_push_event(&event, now),
+                    _ => self.record(push_event(event)),
+                }
             }
-            ExchangeEvent::Reset { id, .. } if mine(id, self.in_flight) => {
-                self.in_flight = None;
-                self.on_failure(TransportFailure::Reset);
-            }
-            other => return Err(format!("unexpected exchange event {other:?}")),
+            other => return Err(format!("unexpected peer engine event {other:?}")),
         }
         Ok(())
     }
@@ -420,7 +423,7 @@ fn build(case: &Case) -> Result<Run, String> {
             .unwrap_or(d.response_timeout),
         ..d
     };
-    let exchanges = Exchanges::new(config).map_err(|e| format!("[exchange]: {e}"))?;
+    let mut peers = Peers::new(config).map_err(|e| format!("[exchange]: {e}"))?;
     let package = |len: u32| {
         let data = pattern(len);
         let sha256: [u8; 32] = Sha256::digest(&data).into();
@@ -428,7 +431,7 @@ fn build(case: &Case) -> Result<Run, String> {
         Store { name, data, sha256 }
     };
     let tables = (&case.push, &case.serve, &case.update);
-    let (client, image, server) = match (case.engine.as_str(), tables) {
+    let (client, image, server, in_flight) = match (case.engine.as_str(), tables) {
         ("push", (Some(p), None, None)) => {
             let request_tag = p.request_tag.as_deref().map(hex::parse).transpose();
             let cfg = PushConfig {
@@ -445,8 +448,11 @@ fn build(case: &Case) -> Result<Run, String> {
                 resume_offset: p.resume_offset,
                 max_restarts: p.max_restarts,
             };
-            let push = Block1Push::new(cfg).map_err(|e| format!("[push]: {e}"))?;
-            (Client::Push(Box::new(push)), pattern(p.image_len), None)
+            let image = pattern(p.image_len);
+            let op = peers
+                .start_push(CHILD, cfg, image.clone(), Instant::ZERO)
+                .map_err(|e| format!("[push]: {e}"))?;
+            (Client::Push, image, None, Some(op))
         }
         ("serve", (None, Some(s), None)) => {
             let config = ServeConfig {
@@ -457,6 +463,7 @@ fn build(case: &Case) -> Result<Run, String> {
                 Client::Nothing,
                 Vec::new(),
                 Some((config, package(s.package_len))),
+                None,
             )
         }
         ("update", (None, None, Some(u))) => {
@@ -493,6 +500,7 @@ fn build(case: &Case) -> Result<Run, String> {
                 Client::Update(Box::new(procedure)),
                 pattern(u.package_len),
                 server,
+                None,
             )
         }
         (e, _) => {
@@ -503,9 +511,9 @@ fn build(case: &Case) -> Result<Run, String> {
     };
     Ok(Run {
         now: Instant::ZERO,
-        exchanges,
+        peers,
         client,
-        in_flight: None,
+        in_flight,
         image,
         server,
         out: VecDeque::new(),
@@ -538,8 +546,8 @@ fn replay(case: &Case) -> Result<(), String> {
                     .map_err(ctx)?;
             }
             run.now = t;
-            if run.exchanges.poll_timeout().is_some_and(|d| d <= t) {
-                run.exchanges.handle_timeout(t);
+            if run.peers.poll_timeout().is_some_and(|d| d <= t) {
+                run.peers.handle_timeout(t);
             }
             if let Client::Update(u) = &mut run.client {
                 if u.poll_timeout().is_some_and(|d| d <= t) {
@@ -559,7 +567,7 @@ fn replay(case: &Case) -> Result<(), String> {
             };
             for _ in 0..copies {
                 // Errors are the engine's business: it answers or ignores.
-                let _ = run.exchanges.handle_datagram(CHILD, &bytes, run.now);
+                let _ = run.peers.handle_datagram(CHILD, &bytes, run.now);
                 run.pump().map_err(ctx)?;
             }
         }

@@ -66,7 +66,7 @@ impl Run {
     fn output(&mut self) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
         for _ in 0..STEP_BUDGET {
-            if let Some(r) = self.engine.poll_data_request() {
+            if let Some(r) = self.engine.poll_read() {
                 let end = r.offset as usize + r.len;
                 let bytes = self
                     .image
@@ -77,7 +77,7 @@ impl Run {
             }
             match self.engine.poll_transmit() {
                 Some(b) => out.extend_from_slice(&b),
-                None if self.engine.poll_data_request().is_none() => return Ok(out),
+                None if self.engine.poll_read().is_none() => return Ok(out),
                 None => {}
             }
         }
@@ -128,6 +128,7 @@ fn replay(path: &Path, text: String) -> datatest_stable::Result<()> {
     let upgrade = Upgrade {
         image: ImageInfo::of(&image, &fx.image.version),
         skip_if_current: fx.skip_if_current,
+        version_policy: Default::default(),
         seed: fx.seed,
     };
     let mut run = Run {

@@ -240,11 +240,10 @@ fn activate_config(t: Option<&toml::Table>) -> Result<ActivateConfig> {
             "confirm" => c.confirm = boolean(v, k)?,
             "first_seq" => c.first_seq = u8::try_from(int(v, k)?)?,
             "mode" => {
-                c.version_mode = match v.as_str() {
-                    Some("exact") => version::Mode::Exact,
-                    Some("normalised") => version::Mode::Normalised,
-                    _ => return Err("config.mode: \"exact\" or \"normalised\"".into()),
-                }
+                c.version_policy = v
+                    .as_str()
+                    .and_then(version::Policy::parse)
+                    .ok_or("config.mode: \"exact\" or \"normalised\"")?
             }
             other => return Err(format!("unknown activate config key {other:?}").into()),
         }
@@ -395,7 +394,8 @@ impl Engine {
             Engine::Upload(u, img) => {
                 while let Some(r) = u.poll_read() {
                     let start = r.offset as usize;
-                    u.handle_data(r.offset, &img[start..start + r.len], now);
+                    u.handle_data(r.offset, &img[start..start + r.len], now)
+                        .unwrap();
                 }
                 p.out.extend(std::iter::from_fn(|| u.poll_transmit()));
                 while let Some(e) = u.poll_event() {

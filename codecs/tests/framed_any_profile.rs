@@ -191,6 +191,7 @@ fn upgrade(p: Arc<Profile>, seed: u64) -> Result<(), String> {
     let up = Upgrade {
         image: ImageInfo::of(&img, "9.8.7"),
         skip_if_current: false,
+        version_policy: Default::default(),
         seed,
     };
     let mut e = Engine::new(Arc::clone(&p), up, Instant::ZERO).unwrap();
@@ -204,7 +205,7 @@ fn upgrade(p: Arc<Profile>, seed: u64) -> Result<(), String> {
     let (mut up_link, mut down_link) = (Link::new(faults, seed), Link::new(faults, !seed));
     let mut now = Instant::ZERO;
     for _ in 0..20_000 {
-        if let Some(r) = e.poll_data_request() {
+        if let Some(r) = e.poll_read() {
             let end = r.offset as usize + r.len;
             e.handle_data(r.offset, &img[r.offset as usize..end], now)
                 .unwrap();
@@ -241,7 +242,7 @@ fn upgrade(p: Arc<Profile>, seed: u64) -> Result<(), String> {
             .min();
         match next {
             Some(t) => now = now.max(t),
-            None if e.poll_data_request().is_some() => {}
+            None if e.poll_read().is_some() => {}
             None => return Err("engine stalled".into()),
         }
         e.handle_timeout(now);

@@ -55,6 +55,7 @@ impl Pair {
         let upgrade = Upgrade {
             image: ImageInfo::of(&image, NEW),
             skip_if_current: false,
+            version_policy: Default::default(),
             seed,
         };
         Pair {
@@ -79,7 +80,7 @@ impl Pair {
     /// a step budget turns a loop into a failure.
     fn drive_until(&mut self, mut until: impl FnMut(&Event) -> bool) -> Option<Outcome> {
         for _ in 0..100_000 {
-            if let Some(r) = self.engine.poll_data_request() {
+            if let Some(r) = self.engine.poll_read() {
                 assert!(r.len <= self.max_chunk, "asks for one chunk at most");
                 let end = r.offset as usize + r.len;
                 let bytes = self.image[r.offset as usize..end].to_vec();
@@ -107,7 +108,7 @@ impl Pair {
                     return None;
                 }
             }
-            if moved || self.engine.poll_data_request().is_some() {
+            if moved || self.engine.poll_read().is_some() {
                 continue;
             }
             let next = [self.engine.poll_timeout(), self.device.poll_timeout()]
@@ -521,6 +522,7 @@ fn skip_if_current_and_version_reads() {
         let upgrade = Upgrade {
             image: ImageInfo::of(&image(10, 1), NEW),
             skip_if_current: true,
+            version_policy: Default::default(),
             seed: 1,
         };
         let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
@@ -541,6 +543,46 @@ fn skip_if_current_and_version_reads() {
                 version: NEW.into()
             }
         );
+    }
+}
+
+/// The version policy decides whether a child writing `v1.1.0` already
+/// runs target `1.1.0`: yes when normalised (the default), no under the
+/// exact policy, which upgrades it.
+#[test]
+fn the_version_policy_decides_what_is_current() {
+    use otabridge_codecs::version::Policy;
+    for name in PROFILES {
+        let p = profile(name);
+        let upgrade = |version_policy| Upgrade {
+            image: ImageInfo::of(&image(10, 1), NEW),
+            skip_if_current: true,
+            version_policy,
+            seed: 1,
+        };
+        let prefixed = format!("v{NEW}");
+        let mut device = Device::new(Arc::clone(&p), DeviceConfig::new(&prefixed));
+        let mut e = Engine::new(Arc::clone(&p), upgrade(Policy::default()), Instant::ZERO).unwrap();
+        assert_eq!(
+            exchange(&mut e, &mut device),
+            Outcome::AlreadyCurrent {
+                version: prefixed.clone()
+            },
+            "{name}"
+        );
+        let mut e = Engine::new(Arc::clone(&p), upgrade(Policy::Exact), Instant::ZERO).unwrap();
+        let mut events = Vec::new();
+        for _ in 0..10 {
+            while let Some(b) = e.poll_transmit() {
+                device.handle_input(&b, Instant::ZERO);
+            }
+            while let Some(b) = device.poll_transmit() {
+                e.handle_input(&b, Instant::ZERO);
+            }
+            events.extend(std::iter::from_fn(|| e.poll_event()));
+        }
+        assert!(events.contains(&Event::Begun), "{name}: {events:?}");
+        assert_eq!(device.requests(MessageKind::Begin), 1, "{name}");
     }
 }
 
@@ -568,6 +610,7 @@ fn images_that_do_not_fit_the_profile_are_refused_at_start() {
     let upgrade = Upgrade {
         image: ImageInfo::of(&[1, 2, 3], "a-version-longer-than-16"),
         skip_if_current: false,
+        version_policy: Default::default(),
         seed: 0,
     };
     let err = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap_err();
@@ -578,6 +621,7 @@ fn images_that_do_not_fit_the_profile_are_refused_at_start() {
     let upgrade = Upgrade {
         image: ImageInfo::of(&[], "1"),
         skip_if_current: false,
+        version_policy: Default::default(),
         seed: 0,
     };
     assert!(Engine::new(p, upgrade, Instant::ZERO).is_err());
@@ -628,13 +672,13 @@ mod fuzz {
         ) {
             let p = profile(PROFILES[which]);
             let img = image(3 * p.max_chunk + 1, 1);
-            let upgrade = Upgrade { image: ImageInfo::of(&img, NEW), skip_if_current: false, seed: 3 };
+            let upgrade = Upgrade { image: ImageInfo::of(&img, NEW), skip_if_current: false, version_policy: Default::default(), seed: 3 };
             let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
             // A real child too, so the engine gets deep into the transfer.
             let mut d = Device::new(Arc::clone(&p), DeviceConfig::new(OLD));
             let mut now = Instant::ZERO;
             for (bytes, advance, honest) in steps {
-                if let Some(r) = e.poll_data_request() {
+                if let Some(r) = e.poll_read() {
                     prop_assert!(r.len <= p.max_chunk);
                     let end = r.offset as usize + r.len;
                     e.handle_data(r.offset, &img[r.offset as usize..end], now).unwrap();
@@ -650,7 +694,7 @@ mod fuzz {
                 now = now + Duration::from_millis(advance);
                 e.handle_timeout(now);
                 d.handle_timeout(now);
-                prop_assert!(e.is_finished() || e.poll_timeout().is_some() || e.poll_data_request().is_some());
+                prop_assert!(e.is_finished() || e.poll_timeout().is_some() || e.poll_read().is_some());
             }
         }
     }

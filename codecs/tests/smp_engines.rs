@@ -1,13 +1,14 @@
 //! The upload and activation engines against the simulated Zephyr device,
 //! every message going through the serial framing, in simulated time.
 
+use otabridge_codecs::engine::Engine;
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
 use otabridge_codecs::smp::header::{split_message, SmpVersion};
 use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::serial::{self, DecodeEvent, Decoder};
 use otabridge_codecs::smp::sim::{mcuboot_header, ImageVersion, SimConfig, SimDevice, SimEvent};
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
-use otabridge_codecs::smp::{Engine, SmpErr};
+use otabridge_codecs::smp::SmpErr;
 use otabridge_codecs::time::Instant;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -79,25 +80,19 @@ fn messages(events: Vec<DecodeEvent>, bad_crc: &mut usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The upload engine reads image bytes; activation reads none.
-trait Feed: Engine<Event: std::fmt::Debug + Clone> {
-    fn read(&mut self, _img: &[u8], _now: Instant) {}
-}
-
-impl Feed for Upload {
-    fn read(&mut self, img: &[u8], now: Instant) {
-        while let Some(r) = self.poll_read() {
-            let start = r.offset as usize;
-            self.handle_data(r.offset, &img[start..start + r.len], now);
-        }
+/// Serves the engine's image reads (the upload asks; activation never does).
+fn feed<E: Engine>(engine: &mut E, img: &[u8], now: Instant) {
+    while let Some(r) = engine.poll_read() {
+        let start = r.offset as usize;
+        engine
+            .handle_data(r.offset, &img[start..start + r.len], now)
+            .unwrap();
     }
 }
 
-impl Feed for Activate {}
-
 /// Runs `engine` against `dev` until it finishes, or until `stop_after`
 /// gateway messages were sent. Returns its events and the end time.
-fn drive<E: Feed>(
+fn drive<E: Engine<Event: std::fmt::Debug + Clone>>(
     engine: &mut E,
     dev: &mut SimDevice,
     link: &mut Link,
@@ -109,7 +104,7 @@ fn drive<E: Feed>(
     let mut sim_events = Vec::new();
     for _ in 0..STEP_BUDGET {
         let mut busy = false;
-        engine.read(img, now);
+        feed(engine, img, now);
         while let Some(msg) = engine.poll_transmit() {
             busy = true;
             for m in link.gw_to_dev(msg) {
@@ -122,7 +117,7 @@ fn drive<E: Feed>(
         while let Some(msg) = dev.poll_transmit() {
             busy = true;
             for m in link.dev_to_gw(msg) {
-                engine.handle_message(&m, now);
+                engine.handle_input(&m, now);
             }
         }
         while let Some(e) = dev.poll_event() {
@@ -554,6 +549,38 @@ fn wrong_version_is_refused_before_the_reset() {
     );
     assert_eq!(result::for_activate(e).code.get(), 10);
     assert_eq!(dev.running_version(), "1.0.0");
+}
+
+/// The version policy decides: "V1.2.3" is the header's 1.2.3 when
+/// normalised (the default, above), not under the exact policy, which
+/// refuses the candidate before any reset.
+#[test]
+fn the_exact_policy_refuses_a_differently_written_version() {
+    let img = image(V123, 2000);
+    let (mut dev, now) = uploaded_device(&img, SimConfig::default());
+    let cfg = ActivateConfig {
+        version_policy: otabridge_codecs::version::Policy::Exact,
+        ..ActivateConfig::default()
+    };
+    let mut act = Activate::new(cfg.clone(), "V1.2.3", None, now);
+    let (events, _, end) = drive(&mut act, &mut dev, &mut Link::default(), &[], now, None);
+    assert_eq!(
+        events.last(),
+        Some(&ActivateEvent::Failed(ActivateError::CandidateVersion {
+            target: "V1.2.3".into(),
+            found: "1.2.3".into()
+        }))
+    );
+    assert_eq!(dev.running_version(), "1.0.0");
+    // Written as the device writes it, the exact policy accepts it.
+    let mut act = Activate::new(cfg, "1.2.3", None, end);
+    let (events, _, _) = drive(&mut act, &mut dev, &mut Link::default(), &[], end, None);
+    assert_eq!(
+        events.last(),
+        Some(&ActivateEvent::Done {
+            version: "1.2.3".into()
+        })
+    );
 }
 
 #[test]

@@ -60,7 +60,8 @@ fn upload_messages() -> (Vec<u8>, Vec<u8>, Vec<u8>, [u8; 32]) {
     for _ in 0..2 {
         let r = up.poll_read().unwrap();
         let s = r.offset as usize;
-        up.handle_data(r.offset, &img[s..s + r.len], Instant::ZERO);
+        up.handle_data(r.offset, &img[s..s + r.len], Instant::ZERO)
+            .unwrap();
         let msg = up.poll_transmit().unwrap();
         let (h, body) = split_message(&msg).unwrap();
         let off = message::decode_upload_request(body).unwrap().off.unwrap();
@@ -273,11 +274,7 @@ fn python_smp_reads_our_frames_and_we_read_its_frames() {
         (list[1].slot, list[1].version.as_str(), list[1].pending),
         (1, "1.2.3.4", true)
     );
-    assert!(otabridge_codecs::version::matches(
-        "V1.2.3+4",
-        &list[1].version,
-        Default::default()
-    ));
+    assert!(otabridge_codecs::version::Policy::default().same("V1.2.3+4", &list[1].version));
     assert_eq!(
         message::echo_response(&body("echo")),
         Ok(Ok("x".repeat(200)))

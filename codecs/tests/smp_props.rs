@@ -103,7 +103,7 @@ proptest! {
         for (i, body) in answers.iter().enumerate() {
             while let Some(r) = up.poll_read() {
                 prop_assert!(r.offset + r.len as u64 <= 1000);
-                up.handle_data(r.offset, &vec![0; r.len], now);
+                up.handle_data(r.offset, &vec![0; r.len], now).unwrap();
             }
             let Some(req) = up.poll_transmit() else {
                 now = up.poll_timeout().unwrap_or(now);
@@ -152,7 +152,7 @@ proptest! {
         for _ in 0..10_000 {
             while let Some(r) = up.poll_read() {
                 let s = r.offset as usize;
-                up.handle_data(r.offset, &img[s..s + r.len], now);
+                up.handle_data(r.offset, &img[s..s + r.len], now).unwrap();
             }
             let Some(req) = up.poll_transmit() else { break };
             prop_assert!(req.len() as u64 <= buf_size - 4);

@@ -120,7 +120,7 @@ fn run(up: &mut Upload, dev: &mut SimDevice, img: &[u8], s: &Setup, start: Insta
         // The gateway: read, send, report.
         while let Some(r) = up.poll_read() {
             let a = r.offset as usize;
-            up.handle_data(r.offset, &img[a..a + r.len], now);
+            up.handle_data(r.offset, &img[a..a + r.len], now).unwrap();
         }
         while let Some(msg) = up.poll_transmit() {
             out.requests += 1;
@@ -396,7 +396,7 @@ fn run_until(up: &mut Upload, dev: &mut SimDevice, img: &[u8], requests: usize) 
     while n < requests {
         while let Some(r) = up.poll_read() {
             let a = r.offset as usize;
-            up.handle_data(r.offset, &img[a..a + r.len], now);
+            up.handle_data(r.offset, &img[a..a + r.len], now).unwrap();
         }
         let msg = up.poll_transmit().expect("a request");
         n += 1;
@@ -467,7 +467,8 @@ fn an_off_that_never_advances_fails_as_stalled() {
     for _ in 0..100 {
         while let Some(r) = up.poll_read() {
             let a = r.offset as usize;
-            up.handle_data(r.offset, &img[a..a + r.len], Instant::ZERO);
+            up.handle_data(r.offset, &img[a..a + r.len], Instant::ZERO)
+                .unwrap();
         }
         let sent: Vec<Vec<u8>> = std::iter::from_fn(|| up.poll_transmit()).collect();
         for req in sent {

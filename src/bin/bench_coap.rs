@@ -8,6 +8,10 @@
 //!   separate process, each upgraded with a 256 KiB image at once through
 //!   the `Child` trait; prints wall time, the gateway process's CPU seconds
 //!   per delivered MiB and its peak RSS (VmHWM).
+//! - `bench_coap lossy`: one simulated child upgraded by push and by pull
+//!   through the gateway's lossy seam (`child::coap::seam`, loss in both
+//!   directions at 0 %, 5 % and 20 % by default, seeded); prints the bytes
+//!   the gateway sent per image byte, its retransmissions and the wall time.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use otabridge::child::coap::seam::LinkFaults;
 use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
 use otabridge::child::{Child, Package};
 use otabridge::config::Delivery;
@@ -64,6 +69,18 @@ enum Which {
         #[arg(long, default_value_t = 200)]
         poll_ms: u64,
     },
+    /// Push and pull through a lossy link: bytes sent per image byte.
+    Lossy {
+        /// Image size in bytes.
+        #[arg(long, default_value_t = 256 * 1024)]
+        size: usize,
+        /// Loss rates in percent (each way).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.0, 5.0, 20.0])]
+        loss: Vec<f64>,
+        /// Seeds per rate and delivery (the figures are their mean).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+    },
     /// (internal) hosts the simulated children for `fanout`.
     Sims {
         #[arg(long)]
@@ -85,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             poll_ms,
         } => rt.block_on(fanout(children, size, delivery, poll_ms)),
         Which::Sims { children } => rt.block_on(sims(children)),
+        Which::Lossy { size, loss, seeds } => rt.block_on(lossy(size, &loss, seeds)),
     }
 }
 
@@ -321,6 +339,88 @@ async fn fanout(n: usize, size: usize, mode: Mode, poll_ms: u64) -> anyhow::Resu
     );
     if failed > 0 {
         bail!("{failed} children failed");
+    }
+    Ok(())
+}
+
+/// One upgrade of one simulated child through a gateway whose socket seam
+/// loses `loss` percent each way; returns (bytes the gateway sent,
+/// retransmissions, wall time).
+async fn lossy_run(
+    pkg: &Package,
+    mode: Mode,
+    loss: f64,
+    seed: u64,
+) -> anyhow::Result<(u64, u64, Duration)> {
+    // Short RFC 7252 timers so that a lossy run takes seconds, and more
+    // retransmissions than the default 4 on both ends, as a lossy link
+    // deserves (at 20 % each way, 5 tries of a block fail together about
+    // once in 160 blocks). The ratio of bytes does not depend on the timers.
+    let exchange = |seed: u64| otabridge_codecs::coap::ExchangeConfig {
+        ack_timeout: Duration::from_millis(30),
+        max_retransmit: 8,
+        seed,
+        ..Default::default()
+    };
+    let mut sim = SimOptions::new("1.0", "2.0");
+    sim.seed = seed;
+    sim.exchange = exchange(seed ^ 0x5eed);
+    sim.reboot_time = Duration::from_millis(50);
+    let sim = CoapChildSim::start(sim).await?;
+    let mut o = NetworkOptions::new("127.0.0.1:0".parse()?, seed);
+    o.exchange = exchange(seed);
+    o.faults = Some(LinkFaults::loss(loss, seed.wrapping_mul(31)));
+    let net = CoapNetwork::bind(o)?;
+    let opts = ChildOptions {
+        poll_interval: Duration::from_millis(20),
+        ..ChildOptions::default()
+    };
+    let delivery = match mode {
+        Mode::Push => Delivery::Push,
+        Mode::Pull => Delivery::Pull,
+    };
+    let child = CoapChild::new("lossy", sim.addr(), delivery, net.clone(), opts);
+    let t = Instant::now();
+    child.deliver(pkg, 0, &|_| {}).await?;
+    child.activate(pkg).await?;
+    let wall = t.elapsed();
+    if sim.last_image_sha256().as_deref() != Some(pkg.sha256.as_str()) {
+        bail!("the child holds another image");
+    }
+    let st = net.stats();
+    Ok((st.bytes, st.retransmissions, wall))
+}
+
+async fn lossy(size: usize, rates: &[f64], seeds: u64) -> anyhow::Result<()> {
+    let dir = Scratch::new()?;
+    let (path, sha256) = image(dir.path(), size)?;
+    let pkg = Package {
+        path,
+        size: size as u64,
+        sha256,
+        version: "2.0".into(),
+    };
+    println!(
+        "| delivery | loss each way | gateway bytes sent / image bytes | retransmissions | wall |"
+    );
+    println!("|---|---|---|---|---|");
+    for mode in [Mode::Push, Mode::Pull] {
+        for &loss in rates {
+            let (mut bytes, mut retx, mut wall) = (0u64, 0u64, Duration::ZERO);
+            for seed in 1..=seeds {
+                let (b, r, w) = lossy_run(&pkg, mode, loss, seed).await?;
+                bytes += b;
+                retx += r;
+                wall += w;
+            }
+            let n = seeds as f64;
+            println!(
+                "| {mode:?} | {loss} % | {:.3} | {:.1} | {:.2} s |",
+                bytes as f64 / n / size as f64,
+                retx as f64 / n,
+                wall.as_secs_f64() / n
+            );
+        }
     }
     Ok(())
 }

@@ -75,7 +75,14 @@ fn image(dir: &Path, key: &Path, mib: usize) -> Result<PathBuf> {
     let stem = key.file_stem().and_then(|s| s.to_str()).unwrap_or("key");
     let out = dir.join(format!("{stem}-{mib}.bin"));
     let slot = format!("{:#x}", mib * MIB + MIB);
-    run(Command::new("imgtool").args(["sign", "-H", "0x200", "--pad-header", "-S"]).arg(&slot).args(["-v", "1.0.0", "-k"]).arg(key).arg(&app).arg(&out).stdout(Stdio::null()))?;
+    run(Command::new("imgtool")
+        .args(["sign", "-H", "0x200", "--pad-header", "-S"])
+        .arg(&slot)
+        .args(["-v", "1.0.0", "-k"])
+        .arg(key)
+        .arg(&app)
+        .arg(&out)
+        .stdout(Stdio::null()))?;
     Ok(out)
 }
 
@@ -113,8 +120,14 @@ fn measure(d: &Path, sizes: &[usize], runs: usize) -> Result<()> {
     for kt in KEY_TYPES {
         let private = d.join(format!("{kt}.pem"));
         let public = d.join(format!("{kt}.pub.pem"));
-        run(Command::new("imgtool").args(["keygen", "-t", kt, "-k"]).arg(&private))?;
-        run(Command::new("imgtool").args(["getpub", "-e", "pem", "-k"]).arg(&private).arg("-o").arg(&public))?;
+        run(Command::new("imgtool")
+            .args(["keygen", "-t", kt, "-k"])
+            .arg(&private))?;
+        run(Command::new("imgtool")
+            .args(["getpub", "-e", "pem", "-k"])
+            .arg(&private)
+            .arg("-o")
+            .arg(&public))?;
         let key = Arc::new(keys::load(&public)?);
         for &mib in sizes {
             let img = image(d, &private, mib)?;
@@ -125,8 +138,16 @@ fn measure(d: &Path, sizes: &[usize], runs: usize) -> Result<()> {
                     other => bail!("{kt} {mib} MiB: {other:?}"),
                 }
             })?;
-            let sha = best(runs, || run(Command::new("sha256sum").arg(&img).stdout(Stdio::null())))?;
-            let imgtool = best(1, || run(Command::new("imgtool").args(["verify", "-k"]).arg(&private).arg(&img).stdout(Stdio::null())))?;
+            let sha = best(runs, || {
+                run(Command::new("sha256sum").arg(&img).stdout(Stdio::null()))
+            })?;
+            let imgtool = best(1, || {
+                run(Command::new("imgtool")
+                    .args(["verify", "-k"])
+                    .arg(&private)
+                    .arg(&img)
+                    .stdout(Stdio::null()))
+            })?;
             let ms = |t: Duration| t.as_secs_f64() * 1000.0;
             println!(
                 "| {kt} | {mib} MiB | {:.1} ms | {:.2} ms/MiB | {:.1} ms | {:.2} | {:.0} ms |",

@@ -1,26 +1,33 @@
 //! LwM2M children over CoAP/UDP: [`CoapChild`] implements [`Child`] by
-//! running the codecs' [`UpdateProcedure`] on a shared [`CoapNetwork`].
+//! running the codecs' [`UpdateProcedure`] on a shared [`CoapNetwork`]:
+//! the procedure's actions (a request, a Block1 push, a cancel) go to the
+//! network task's peer engine, its outcomes come back (the driver loop of
+//! `otabridge_codecs::coap`'s module doc, split over two tasks).
 //!
 //! # How the Child operations map onto LwM2M (docs/protocols/children.md §3)
 //! - `read_version`: `GET /3/0/3`.
 //! - `deliver`: the procedure reads /3/0/3, then pull (`PUT /5/0/1` with
 //!   `coap://<gateway>/fw/<sha256>`; the child fetches from our Block2
 //!   server; progress counts the bytes it fetched) or push (Block1
-//!   `PUT /5/0/0`, resuming at `resume_from`, progress counts acknowledged
-//!   bytes), then polls /5/0/3 until State 2 (Downloaded). It stops there
-//!   and keeps the procedure for `activate`.
+//!   `PUT /5/0/0`, resuming at `resume_from` after reading /5/0/3 to see
+//!   whether the child already holds the whole image; progress counts
+//!   acknowledged bytes), then polls /5/0/3 until State 2 (Downloaded). It
+//!   stops there and keeps the procedure for `activate`.
 //! - `activate`: continues the same procedure: `POST /5/0/2` (Execute),
 //!   then reads /3/0/3 across the reboot until it shows the target version;
-//!   /5/0/5 failures become [`ChildError::Rejected`] with IoTDA's code.
+//!   /5/0/5 failures become a [`ChildError`] refused with the cause the
+//!   result names (`ota` turns it into IoTDA's code).
 //!
 //! A transient failure inside the procedure (lost child, integrity error)
 //! is retried once by the procedure itself after an empty `/5/0/1` reset
 //! (5.xml), so a failure reported here has already been retried.
 //!
 //! # Layout
-//! - [`network`]: the socket, the message-layer task, the Block2 server.
+//! - [`network`]: the socket, the peer-engine task, the Block2 server.
+//! - [`seam`]: a seeded lossy link at the socket seam, for tests and benches.
 
 pub mod network;
+pub mod seam;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,18 +35,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otabridge_codecs::coap::{
-    msg, Code, Delivery as EngineDelivery, Outcome, Packet, PushFailure, UpdateConfig, UpdateEvent,
-    UpdateFailure, UpdateProcedure,
+    msg, Action, Code, Delivery as EngineDelivery, Outcome, Packet, PushEvent, PushFailure,
+    ServedBlock, UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure,
 };
-use otabridge_codecs::lwm2m::{self, Path};
+use otabridge_codecs::lwm2m::{self, Path, UpdateResult};
+use otabridge_codecs::time::Instant as EngineInstant;
+use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
 pub use network::{
-    BindError, CoapNetwork, FileImage, NetworkOptions, PushDone, PushHandle, PushJobError,
-    PushUpdate, RequestError,
+    BindError, CoapNetwork, FileImage, NetworkOptions, NetworkStats, PushDone, PushHandle,
+    PushJobError, PushUpdate, PushWatch, RequestError,
 };
 
-use super::{BoxFuture, Child, ChildError, Package, Progress};
+use super::{
+    sleep_until_opt, BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step,
+};
 use crate::config::Delivery;
 
 /// Timing and retry settings of one child's update.
@@ -95,11 +106,10 @@ pub struct CoapChild {
     delivery: Delivery,
     net: CoapNetwork,
     options: ChildOptions,
-    /// NSTART = 1 (RFC 7252 §4.7): one request in flight to this child, even
-    /// when a health check runs during a delivery. A push runs in the
-    /// network task, which holds such requests behind its block in flight.
-    exchange: tokio::sync::Mutex<()>,
+    version_policy: Policy,
     pending: Mutex<Option<Pending>>,
+    /// The push running to this child, for [`CoapChild::push_acked`].
+    push: Mutex<Option<network::PushWatch>>,
     /// Retransmissions to this child's address, counted by the network,
     /// and the count when this driver was created.
     retries: Arc<AtomicU64>,
@@ -127,12 +137,20 @@ impl CoapChild {
             address,
             delivery,
             options,
-            exchange: tokio::sync::Mutex::new(()),
+            version_policy: Policy::default(),
             pending: Mutex::new(None),
+            push: Mutex::new(None),
             retries_base: retries.load(Ordering::Relaxed),
             retries,
             net,
         }
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     /// The child's CoAP endpoint.
@@ -140,8 +158,18 @@ impl CoapChild {
         self.address
     }
 
+    /// Bytes the running push has had acknowledged and when the last block
+    /// was (engine time, [`CoapNetwork::now`]), updated for every block
+    /// without waking anyone: the liveness of a push. `None` when no push
+    /// runs.
+    pub fn push_acked(&self) -> Option<(u32, Option<EngineInstant>)> {
+        let p = self.push.lock().unwrap_or_else(|e| e.into_inner());
+        p.as_ref().map(|w| w.acked())
+    }
+
+    /// One request to the child; the network's peer engine keeps NSTART 1
+    /// (RFC 7252 §4.7) with whatever else runs to it, a push included.
     async fn request(&self, packet: Packet) -> Result<Packet, RequestError> {
-        let _one = self.exchange.lock().await;
         self.net.request(self.address, packet).await
     }
 
@@ -158,17 +186,21 @@ impl CoapChild {
         package: &Package,
         resume_from: u64,
     ) -> Result<UpdateProcedure, ChildError> {
+        let step = Step::Deliver {
+            offset: resume_from,
+        };
         let total_len = u32::try_from(package.size).map_err(|_| {
-            let (result_code, description) = PushFailure::TooLarge { max: None }.to_iotda();
-            ChildError::Rejected {
-                result_code,
-                description: description.into(),
-            }
+            ChildError::refused(
+                Cause::NoStorage,
+                step,
+                format!("{} bytes: LwM2M /5/0/0 carries at most 4 GiB", package.size),
+            )
         })?;
         let delivery = match self.delivery {
             Delivery::Pull => {
                 let gw = self.net.gateway_for(self.address).map_err(|e| {
-                    ChildError::Io(format!("no local address towards {}: {e}", self.address))
+                    ChildError::io(step, format!("no local address towards {}", self.address))
+                        .with_source(e)
                 })?;
                 EngineDelivery::Pull {
                     uri: lwm2m::package_uri(&gw.to_string(), &package.sha256),
@@ -184,13 +216,16 @@ impl CoapChild {
             download_timeout: self.options.download_timeout,
             update_timeout: self.options.update_timeout,
             max_attempts: self.options.max_attempts,
+            version_policy: self.version_policy,
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
         };
-        UpdateProcedure::new(cfg).map_err(|e| ChildError::Io(format!("update settings: {e}")))
+        UpdateProcedure::new(cfg)
+            .map_err(|e| ChildError::io(step, "update settings").with_source(e))
     }
 
     /// Runs `procedure` until State 2 (`until_downloaded`) or its end,
-    /// serving the package meanwhile for pull.
+    /// serving the package meanwhile for pull: the procedure's driver loop
+    /// (its actions to the network's peer engine, the outcomes back).
     async fn drive(
         &self,
         procedure: &mut UpdateProcedure,
@@ -198,13 +233,23 @@ impl CoapChild {
         until_downloaded: bool,
         progress: Progress<'_>,
     ) -> Result<Stop, ChildError> {
+        // The step a failure of the network itself belongs to.
+        let step = if until_downloaded {
+            Step::Deliver {
+                offset: procedure.progress().0.into(),
+            }
+        } else {
+            Step::Activate
+        };
         // Pull: the child fetches from our Block2 server while we poll.
         let (_serving, mut watch) = match self.delivery {
             Delivery::Pull => {
                 let g = self
                     .net
                     .serve_package(&package.sha256, &package.path)
-                    .map_err(|e| ChildError::Io(format!("{}: {e}", package.path.display())))?;
+                    .map_err(|e| {
+                        ChildError::io(step, package.path.display().to_string()).with_source(e)
+                    })?;
                 (
                     Some(g),
                     Some(self.net.watch_served(self.address, &package.sha256)),
@@ -212,164 +257,265 @@ impl CoapChild {
             }
             Delivery::Push => (None, None),
         };
-        // The procedure reads the image only for a push it runs itself;
-        // here every push is taken (`take_push`) and run by the network
-        // task, which opens the file. A read of this empty image would be a
-        // bug and fails as one.
-        let no_image: &mut [u8] = &mut [];
+        let mut in_flight = InFlight::Idle;
         loop {
-            while let Some(ev) = procedure.poll_event() {
-                match ev {
-                    UpdateEvent::Progress { delivered, .. } => progress(u64::from(delivered)),
-                    UpdateEvent::Phase(p) => {
-                        debug!(child = %self.device_id, phase = ?p, "update phase");
-                        if until_downloaded
-                            && p == otabridge_codecs::coap::update::Phase::Downloaded
-                        {
-                            return Ok(Stop::Downloaded);
-                        }
-                    }
-                    UpdateEvent::CurrentVersion(v) => {
-                        debug!(child = %self.device_id, version = %v, "version before update")
-                    }
-                    UpdateEvent::Retrying { attempt, cause } => {
-                        warn!(child = %self.device_id, attempt, "{cause}; resetting /5/0/1 and retrying")
-                    }
-                    UpdateEvent::Finished(o) => return Ok(Stop::Finished(o)),
+            if let Some(stop) = self.drain_events(procedure, until_downloaded, progress) {
+                return Ok(stop);
+            }
+            while let Some(action) = procedure.poll_action(self.net.now()) {
+                in_flight = self.start(action, package, step)?;
+            }
+            let deadline = procedure.poll_timeout().map(|t| self.net.at(t));
+            if matches!(in_flight, InFlight::Idle) && deadline.is_none() {
+                if let Some(stop) = self.drain_events(procedure, until_downloaded, progress) {
+                    return Ok(stop);
                 }
+                // A procedure with nothing in flight, no timer and no event
+                // cannot move again.
+                return Err(ChildError::io(step, "update procedure stalled"));
             }
-            // Push: the network task runs the Block1 transfer itself (see
-            // `network`'s module doc); the deadline still applies here.
-            if let Some(push) = procedure.take_push(self.net.now()) {
-                self.run_push(procedure, push, package, progress).await?;
-                continue;
-            }
-            let req = procedure
-                .poll_request(self.net.now(), no_image)
-                .map_err(|e| ChildError::Io(e.to_string()))?;
-            if let Some(req) = req {
-                let fut = self.request(req);
-                tokio::pin!(fut);
-                let result = loop {
-                    tokio::select! {
-                        r = &mut fut => break r,
-                        b = next_served(&mut watch) => procedure.note_served(&b),
-                    }
-                };
-                let now = self.net.now();
-                match result {
-                    Ok(resp) => procedure.handle_response(&resp, now),
-                    Err(RequestError::Transport(t)) => procedure.handle_failure(t, now),
-                    Err(e @ RequestError::Encode(_)) => {
-                        return Err(ChildError::Protocol(e.to_string()))
-                    }
-                    Err(RequestError::Closed) => {
-                        return Err(ChildError::Io("the CoAP network is shut down".into()))
-                    }
-                }
-                continue;
-            }
-            let Some(t) = procedure.poll_timeout() else {
-                // Finished events were handled above; a procedure with no
-                // request, no timer and no event cannot move again.
-                return Err(ChildError::Protocol("update procedure stalled".into()));
-            };
             tokio::select! {
-                _ = tokio::time::sleep_until(self.net.at(t)) => procedure.handle_timeout(self.net.now()),
-                b = next_served(&mut watch) => procedure.note_served(&b),
+                done = in_flight.next() => {
+                    let now = self.net.now();
+                    match done {
+                        Done::Response(r) => {
+                            in_flight = InFlight::Idle;
+                            match r {
+                                Ok(resp) => procedure.handle_response(&resp, now),
+                                Err(RequestError::Transport(t)) => procedure.handle_failure(t, now),
+                                Err(e @ (RequestError::Encode(_) | RequestError::Closed)) => {
+                                    return Err(ChildError::io(step, "request").with_source(e))
+                                }
+                            }
+                        }
+                        Done::Push(PushNews::Progress(acked, at)) => procedure.handle_push_event(
+                            &PushEvent::Progress { acked, total: procedure.progress().1, at: at.unwrap_or(now) },
+                            now,
+                        ),
+                        Done::Push(PushNews::Done(d)) => {
+                            in_flight = InFlight::Idle;
+                            self.set_push(None);
+                            self.push_ended(procedure, d, now)?;
+                        }
+                        Done::Push(PushNews::Closed) => return Err(closed(procedure)),
+                    }
+                }
+                b = next_served(&mut watch) => procedure.handle_served(&b, self.net.now()),
+                _ = sleep_until_opt(deadline) => procedure.handle_timeout(self.net.now()),
             }
         }
     }
-}
 
-impl CoapChild {
-    /// Runs a push taken from `procedure` in the network task until it
-    /// ends or the procedure's deadline passes, then hands it back.
-    async fn run_push(
+    /// Passes the procedure's events on; `Some` when the run stops here.
+    fn drain_events(
         &self,
         procedure: &mut UpdateProcedure,
-        push: Box<otabridge_codecs::coap::Block1Push>,
-        package: &Package,
+        until_downloaded: bool,
         progress: Progress<'_>,
-    ) -> Result<(), ChildError> {
-        let image = std::fs::File::open(&package.path)
-            .map(FileImage)
-            .map_err(|e| ChildError::Io(format!("{}: {e}", package.path.display())))?;
-        let closed = || ChildError::Io("the CoAP network is shut down".into());
-        let mut handle = self
-            .net
-            .start_push(self.address, push, image)
-            .map_err(|_| closed())?;
-        let deadline = procedure.poll_timeout().map(|t| self.net.at(t));
-        let done = loop {
-            tokio::select! {
-                u = handle.next() => match u {
-                    PushUpdate::Progress(acked) => {
-                        procedure.note_push_progress(acked);
-                        report_progress(procedure, progress);
+    ) -> Option<Stop> {
+        while let Some(ev) = procedure.poll_event() {
+            match ev {
+                UpdateEvent::Progress { delivered, .. } => progress(u64::from(delivered)),
+                UpdateEvent::Phase(p) => {
+                    debug!(child = %self.device_id, phase = ?p, "update phase");
+                    if until_downloaded && p == otabridge_codecs::coap::update::Phase::Downloaded {
+                        return Some(Stop::Downloaded);
                     }
-                    PushUpdate::Done(d) => break d,
-                    PushUpdate::Closed => return Err(closed()),
-                },
-                _ = super::sleep_until_opt(deadline) => {
-                    // Dropping the handle abandons the push; the procedure
-                    // records the download timeout.
-                    procedure.handle_timeout(self.net.now());
-                    return Ok(());
                 }
+                UpdateEvent::CurrentVersion(v) => {
+                    debug!(child = %self.device_id, version = %v, "version before update")
+                }
+                UpdateEvent::Retrying { attempt, cause } => {
+                    warn!(child = %self.device_id, attempt, "{cause}; resetting /5/0/1 and retrying")
+                }
+                UpdateEvent::Finished(o) => return Some(Stop::Finished(o)),
             }
-        };
-        match done.error {
-            None => {}
-            Some(PushJobError::Read(e)) => return Err(ChildError::Io(e.to_string())),
-            Some(e) => return Err(ChildError::Protocol(e.to_string())),
         }
-        procedure.note_push_progress(done.push.acked());
-        report_progress(procedure, progress);
-        procedure.return_push(done.push, done.events, self.net.now());
+        None
+    }
+
+    /// Carries out one action of the procedure; what it started replaces
+    /// what was in flight (a cancel drops it, which cancels it in the
+    /// network task).
+    fn start<'a>(
+        &'a self,
+        action: Action,
+        package: &Package,
+        step: Step,
+    ) -> Result<InFlight<'a>, ChildError> {
+        Ok(match action {
+            Action::Request(p) => InFlight::Request(Box::pin(self.request(p))),
+            Action::Push(cfg) => {
+                let image = std::fs::File::open(&package.path)
+                    .map(FileImage)
+                    .map_err(|e| {
+                        ChildError::io(step, package.path.display().to_string()).with_source(e)
+                    })?;
+                let handle = self
+                    .net
+                    .start_push(self.address, cfg, image)
+                    .map_err(|_| ChildError::io(step, "the CoAP network is shut down"))?;
+                self.set_push(Some(handle.watch()));
+                InFlight::Push(handle)
+            }
+            Action::Cancel => {
+                self.set_push(None);
+                InFlight::Idle
+            }
+        })
+    }
+
+    fn set_push(&self, w: Option<network::PushWatch>) {
+        *self.push.lock().unwrap_or_else(|e| e.into_inner()) = w;
+    }
+
+    /// A push ended: its events (the end last) go to the procedure.
+    fn push_ended(
+        &self,
+        procedure: &mut UpdateProcedure,
+        d: PushDone,
+        now: EngineInstant,
+    ) -> Result<(), ChildError> {
+        if let Err(e @ PushJobError::Refused(_)) = d.result {
+            let at = Step::Deliver {
+                offset: d.acked.into(),
+            };
+            return Err(ChildError::io(at, "push refused").with_source(e));
+        }
+        let total = procedure.progress().1;
+        let at = now;
+        procedure.handle_push_event(
+            &PushEvent::Progress {
+                acked: d.acked,
+                total,
+                at,
+            },
+            now,
+        );
+        for ev in &d.events {
+            procedure.handle_push_event(ev, now);
+        }
         Ok(())
     }
 }
 
-/// Passes the progress events `note_push_progress` queued to the caller
-/// (the only events it queues).
-fn report_progress(procedure: &mut UpdateProcedure, progress: Progress<'_>) {
-    while let Some(ev) = procedure.poll_event() {
-        if let UpdateEvent::Progress { delivered, .. } = ev {
-            progress(u64::from(delivered));
+/// The network task ended under a running procedure.
+fn closed(procedure: &UpdateProcedure) -> ChildError {
+    let at = Step::Deliver {
+        offset: procedure.progress().0.into(),
+    };
+    ChildError::io(at, "the CoAP network is shut down")
+}
+
+/// What a child's driver waits for.
+enum InFlight<'a> {
+    Idle,
+    Request(BoxFuture<'a, Result<Packet, RequestError>>),
+    Push(PushHandle),
+}
+
+/// What came back to the driver.
+enum Done {
+    Response(Result<Packet, RequestError>),
+    Push(PushNews),
+}
+
+impl InFlight<'_> {
+    /// The outcome of what is in flight; pends forever when idle.
+    async fn next(&mut self) -> Done {
+        match self {
+            InFlight::Idle => std::future::pending().await,
+            InFlight::Request(f) => Done::Response(f.await),
+            InFlight::Push(h) => Done::Push(match h.next().await {
+                network::PushUpdate::Progress(acked) => PushNews::Progress(acked, h.acked().1),
+                network::PushUpdate::Done(d) => PushNews::Done(d),
+                network::PushUpdate::Closed => PushNews::Closed,
+            }),
         }
     }
 }
 
-async fn next_served(w: &mut Option<network::ServedWatch>) -> otabridge_codecs::coap::ServedBlock {
+/// [`network::PushUpdate`] with the time of the last acknowledgement.
+enum PushNews {
+    Progress(u32, Option<EngineInstant>),
+    Done(PushDone),
+    Closed,
+}
+
+async fn next_served(w: &mut Option<network::ServedWatch>) -> ServedBlock {
     match w {
         Some(w) => w.next().await,
         None => std::future::pending().await,
     }
 }
 
-/// The [`ChildError`] of a failed update: the child's and the protocol's
-/// verdicts carry IoTDA's code (docs/protocols/iotda.md §9), silence stays transient.
-pub fn failure_to_error(f: &UpdateFailure) -> ChildError {
-    match f {
+/// What a /5/0/5 Update Result means (OMA-TS-LightweightM2M 5.xml; the
+/// causes are the ones docs/protocols/iotda.md §9 names).
+pub fn result_cause(r: UpdateResult) -> Cause {
+    match r {
+        UpdateResult::NotEnoughStorage => Cause::NoStorage,
+        UpdateResult::OutOfMemory => Cause::NoMemory,
+        UpdateResult::ConnectionLost => Cause::ConnectionLost,
+        UpdateResult::IntegrityFailure => Cause::Integrity,
+        UpdateResult::UnsupportedPackage => Cause::UnsupportedPackage,
+        UpdateResult::InvalidUri => Cause::InvalidUri,
+        UpdateResult::UpdateFailed => Cause::InstallFailed,
+        UpdateResult::Deferred => Cause::Deferred,
+        UpdateResult::Initial
+        | UpdateResult::Success
+        | UpdateResult::UnsupportedProtocol
+        | UpdateResult::Cancelled => Cause::Unclassified,
+    }
+}
+
+/// The [`ChildError`] of a failed update in `step` (the version read back
+/// after Execute is [`Step::Verify`]): silence is unreachable, an
+/// unreadable value garbled, and what the child said a refusal with its
+/// cause.
+pub fn failure_to_error(f: &UpdateFailure, step: Step) -> ChildError {
+    let kind = match f {
         UpdateFailure::Unreachable(_)
         | UpdateFailure::Push(
             PushFailure::Unreachable | PushFailure::NoResponse | PushFailure::Reset,
-        ) => ChildError::Unreachable(f.to_string()),
+        ) => ErrorKind::Unreachable,
         UpdateFailure::BadValue { .. } | UpdateFailure::Push(PushFailure::Protocol(_)) => {
-            ChildError::Protocol(f.to_string())
+            ErrorKind::Garbled
         }
-        _ => {
-            let (result_code, description) = f.to_iotda();
-            ChildError::Rejected {
-                result_code,
-                description: format!("{description} ({f})"),
-            }
+        UpdateFailure::Child(r) => ErrorKind::Refused(result_cause(*r)),
+        UpdateFailure::Push(PushFailure::TooLarge { .. }) => ErrorKind::Refused(Cause::NoStorage),
+        // The child never reached State 2: the transfer broke off.
+        UpdateFailure::DownloadTimeout => ErrorKind::Refused(Cause::ConnectionLost),
+        UpdateFailure::UpdateTimeout | UpdateFailure::WrongVersion(_) => {
+            ErrorKind::Refused(Cause::InstallFailed)
         }
+        UpdateFailure::Rejected { .. } | UpdateFailure::Push(_) => {
+            ErrorKind::Refused(Cause::Unclassified)
+        }
+    };
+    let step = match f {
+        UpdateFailure::UpdateTimeout | UpdateFailure::WrongVersion(_) => Step::Verify,
+        _ => step,
+    };
+    let e = ChildError::new(kind, step, f.to_string());
+    match f {
+        UpdateFailure::Child(r) => {
+            e.with_said(format!("/5/0/5 = {}", *r as u8), Some(format!("{r:?}")))
+        }
+        UpdateFailure::Rejected { path, code } => e.with_said(format!("{path} {code}"), None),
+        UpdateFailure::WrongVersion(v) => e.with_said(format!("/3/0/3 = {v}"), None),
+        UpdateFailure::Push(PushFailure::TooLarge { max }) => e.with_said(
+            "4.13 Request Entity Too Large",
+            max.map(|m| format!("Size1 {m}")),
+        ),
+        _ => e,
     }
 }
 
 impl Child for CoapChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
         &self.device_id
     }
@@ -386,20 +532,24 @@ impl Child for CoapChild {
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
+            let step = Step::ReadVersion;
             let req = msg::request(Code::GET, &Path::FIRMWARE_VERSION.segments());
-            let resp = self.request(req).await.map_err(|e| match e {
-                RequestError::Transport(_) | RequestError::Closed => {
-                    ChildError::Unreachable(format!("{} at {}: {e}", self.device_id, self.address))
+            let resp = self.request(req).await.map_err(|e| {
+                let at = format!("{} at {}", self.device_id, self.address);
+                match e {
+                    RequestError::Transport(_) => ChildError::unreachable(step, at),
+                    RequestError::Closed | RequestError::Encode(_) => ChildError::io(step, at),
                 }
-                RequestError::Encode(m) => ChildError::Protocol(m),
+                .with_source(e)
             })?;
             let code = msg::code(&resp);
             if code != Code::CONTENT {
-                return Err(ChildError::Protocol(format!("/3/0/3 answered {code}")));
+                return Err(ChildError::garbled(step, "/3/0/3 read refused")
+                    .with_said(format!("/3/0/3 {code}"), None));
             }
             lwm2m::parse_text(&resp.payload)
                 .map(|v| v.trim().to_string())
-                .map_err(|e| ChildError::Protocol(format!("/3/0/3: {e}")))
+                .map_err(|e| ChildError::garbled(step, "/3/0/3").with_source(e))
         })
     }
 
@@ -429,7 +579,12 @@ impl Child for CoapChild {
                     Ok(())
                 }
                 Stop::Finished(Outcome::Updated) => Ok(()),
-                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(&f)),
+                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(
+                    &f,
+                    Step::Deliver {
+                        offset: procedure.progress().0.into(),
+                    },
+                )),
             }
         })
     }
@@ -453,8 +608,11 @@ impl Child for CoapChild {
                     info!(child = %self.device_id, version = %package.version, "child runs the new version");
                     Ok(())
                 }
-                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(&f)),
-                Stop::Downloaded => Err(ChildError::Protocol("procedure stopped early".into())),
+                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(&f, Step::Activate)),
+                Stop::Downloaded => Err(ChildError::io(
+                    Step::Activate,
+                    "procedure stopped at State 2 during the activation",
+                )),
             }
         })
     }
@@ -463,46 +621,28 @@ impl Child for CoapChild {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otabridge_codecs::lwm2m::UpdateResult;
 
     #[test]
-    fn failures_map_to_iotda_codes_or_stay_transient() {
-        let e = failure_to_error(&UpdateFailure::Child(UpdateResult::IntegrityFailure));
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::CHECK_FAIL,
-                    ..
-                }
-            ),
-            "{e}"
+    fn failures_are_classified_by_what_the_child_said() {
+        let step = Step::Deliver { offset: 10 };
+        let e = failure_to_error(&UpdateFailure::Child(UpdateResult::IntegrityFailure), step);
+        assert_eq!(e.cause(), Some(Cause::Integrity), "{e}");
+        assert_eq!(e.said().unwrap().code, "/5/0/5 = 5");
+        let e = failure_to_error(&UpdateFailure::Child(UpdateResult::NotEnoughStorage), step);
+        assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+        let e = failure_to_error(
+            &UpdateFailure::Push(PushFailure::TooLarge { max: Some(10) }),
+            step,
         );
-        let e = failure_to_error(&UpdateFailure::Child(UpdateResult::NotEnoughStorage));
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
-                    ..
-                }
-            ),
-            "{e}"
+        assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+        let e = failure_to_error(&UpdateFailure::Unreachable(Path::STATE), step);
+        assert_eq!(e.kind(), ErrorKind::Unreachable);
+        let e = failure_to_error(&UpdateFailure::Push(PushFailure::Unreachable), step);
+        assert_eq!(e.kind(), ErrorKind::Unreachable);
+        let e = failure_to_error(&UpdateFailure::WrongVersion("1.0".into()), Step::Activate);
+        assert_eq!(
+            (e.step(), e.cause()),
+            (Step::Verify, Some(Cause::InstallFailed))
         );
-        let e = failure_to_error(&UpdateFailure::Push(PushFailure::TooLarge {
-            max: Some(10),
-        }));
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        assert!(failure_to_error(&UpdateFailure::Unreachable(Path::STATE)).is_transient());
-        assert!(failure_to_error(&UpdateFailure::Push(PushFailure::Unreachable)).is_transient());
     }
 }

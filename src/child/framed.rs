@@ -1,9 +1,8 @@
 //! The serial driver for children speaking their manufacturer's own framed
 //! protocol (`protocol = "framed:<profile>"`): it runs
-//! [`otabridge_codecs::framed::Engine`] on the port the child shares.
-//!
-//! - [`image`]: the package's digests and chunk reads.
-//! - [`drive`]: the thin loop between the engine and the line.
+//! [`otabridge_codecs::framed::Engine`] on the serial link the child shares
+//! ([`super::link`]: the port, the package reads and the driver loop);
+//! [`image`] computes the package's digests.
 //!
 //! The engine runs a whole upgrade (version, begin, offset, chunks, verify,
 //! activate, version read back); the [`Child`] trait splits it in two:
@@ -23,12 +22,13 @@
 //!   names the next offset (`codecs/profiles/README.md`).
 //!
 //! Failures: a failure the child reported (a `fail` status, busy until the
-//! retries ran out, a wrong version after activation) is
-//! [`ChildError::Rejected`] with the profile's IoTDA code and description;
-//! a request that went unanswered to the end is [`ChildError::Unreachable`];
-//! the port and the package file are [`ChildError::Io`].
+//! retries ran out, a wrong version after activation) is a refusal with the
+//! profile's declared IoTDA code ([`Cause::Declared`]) and its words as what
+//! the child said; a request that went unanswered to the end is
+//! [`ErrorKind::Unreachable`](super::ErrorKind::Unreachable); the port and
+//! the package file follow
+//! [`PortError::into_child_error`](super::link::port::PortError::into_child_error).
 
-pub mod drive;
 pub mod image;
 
 use std::ops::ControlFlow;
@@ -38,24 +38,24 @@ use std::sync::Arc;
 
 use otabridge_codecs::framed::engine::{Failure, StartError};
 use otabridge_codecs::framed::{Engine, Event, ImageInfo, Outcome, Profile, Upgrade};
-use otabridge_codecs::iotda::ResultCode;
+use otabridge_codecs::time::Instant;
+use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
-use self::drive::{drive, DriveError, Ended};
-use self::image::{ImageError, ImageReader};
-use super::serial::drive::Clock;
-use super::serial::port::{LineSettings, SharedPort};
-use super::{BoxFuture, Child, ChildError, Package, Progress};
+use self::image::ImageError;
+use super::link::drive::Ended;
+use super::link::image::ImageFile;
+use super::link::port::{PortSettings, SharedPort};
+use super::link::ChildLine;
+use super::{BoxFuture, Cause, Child, ChildError, Package, Progress, Step};
 use crate::config::Framing;
 
 /// A child speaking a framed profile on a serial port.
 #[derive(Debug)]
 pub struct FramedChild {
-    device_id: String,
-    port: Arc<SharedPort>,
+    line: ChildLine,
     profile: Arc<Profile>,
-    /// Frames sent again over every operation ([`Child::chunk_retries`]).
-    retries: AtomicU64,
+    version_policy: Policy,
     /// Seeds engines: each operation gets its own first sequence number and
     /// jitter, so a late reply to an abandoned operation does not match.
     runs: AtomicU64,
@@ -64,9 +64,18 @@ pub struct FramedChild {
     digest: std::sync::Mutex<Option<(String, ImageInfo)>>,
 }
 
+/// How a framed operation ended, failures aside.
+#[derive(Debug)]
+enum Verdict {
+    /// The caller stopped at an event.
+    Stopped,
+    /// The engine's outcome (never [`Outcome::Failed`]).
+    Finished(Outcome),
+}
+
 impl FramedChild {
-    /// A driver for `device_id` on `path` speaking `profile`; children on
-    /// the same path share the line and take turns.
+    /// A driver for `device_id` alone on the port at `path`, speaking
+    /// `profile`.
     pub fn new(
         device_id: &str,
         path: &Path,
@@ -74,23 +83,36 @@ impl FramedChild {
         framing: Framing,
         profile: Arc<Profile>,
     ) -> FramedChild {
+        let port = SharedPort::new(path, PortSettings::new(baud, framing));
+        FramedChild::on_port(device_id, port, profile)
+    }
+
+    /// A driver for `device_id` on `port`, which children on one bus share
+    /// ([`super::link::port::Ports`]): their operations take turns.
+    pub fn on_port(device_id: &str, port: Arc<SharedPort>, profile: Arc<Profile>) -> FramedChild {
         // FNV-1a of the id: children on one bus start at different seeds.
         let id_hash = device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
         FramedChild {
-            device_id: device_id.to_owned(),
-            port: SharedPort::get(path, LineSettings { baud, framing }),
+            line: ChildLine::new(device_id, port),
             profile,
+            version_policy: Policy::default(),
             runs: AtomicU64::new(id_hash),
-            retries: AtomicU64::new(0),
             digest: std::sync::Mutex::new(None),
         }
     }
 
     /// The port this child shares.
     pub fn port(&self) -> &Arc<SharedPort> {
-        &self.port
+        self.line.port()
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     /// The profile it speaks.
@@ -98,10 +120,8 @@ impl FramedChild {
         &self.profile
     }
 
-    /// Adds an ended operation's retransmissions to the counter.
-    fn count_retries(&self, engine: &Engine) {
-        let n = engine.stats().retransmissions;
-        self.retries.fetch_add(n, Ordering::Relaxed);
+    fn id(&self) -> &str {
+        self.line.device_id()
     }
 
     fn seed(&self) -> u64 {
@@ -109,7 +129,7 @@ impl FramedChild {
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
     }
 
-    async fn image_info(&self, package: &Package) -> Result<ImageInfo, ChildError> {
+    async fn image_info(&self, package: &Package, step: Step) -> Result<ImageInfo, ChildError> {
         let cached = self
             .digest
             .lock()
@@ -120,7 +140,9 @@ impl FramedChild {
         if let Some(info) = cached {
             return Ok(info);
         }
-        let info = image::digest(package).await.map_err(image_error)?;
+        let info = image::digest(package)
+            .await
+            .map_err(|e| image_error(e, step))?;
         *self.digest.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((package.sha256.clone(), info.clone()));
         Ok(info)
@@ -130,74 +152,113 @@ impl FramedChild {
         &self,
         image: ImageInfo,
         skip_if_current: bool,
-        clock: Clock,
+        now: Instant,
+        step: Step,
     ) -> Result<Engine, ChildError> {
         let upgrade = Upgrade {
             image,
             skip_if_current,
+            version_policy: self.version_policy,
             seed: self.seed(),
         };
-        Engine::new(Arc::clone(&self.profile), upgrade, clock.now()).map_err(start_error)
+        Engine::new(Arc::clone(&self.profile), upgrade, now).map_err(|e| start_error(e, step))
     }
 
-    fn drive_error(&self, e: DriveError) -> ChildError {
-        match e {
-            DriveError::Port(p) => p.into_child_error(&self.device_id),
-            DriveError::Image(i) => image_error(i),
-            DriveError::Data(_) | DriveError::NoImage | DriveError::Idle => {
-                ChildError::Protocol(format!("{}: {e}", self.device_id))
+    /// One operation on the line: the engine `make` builds runs until it
+    /// finishes or `on_event` breaks; a failure is the trait's error, in
+    /// `step`.
+    async fn run(
+        &self,
+        step: Step,
+        make: impl FnOnce(Instant) -> Result<Engine, ChildError>,
+        image: Option<&mut ImageFile>,
+        mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
+    ) -> Result<Verdict, ChildError> {
+        let mut outcome = None;
+        let run = self
+            .line
+            .run(
+                step,
+                |_, now| make(now),
+                image,
+                |ev| match ev {
+                    Event::Finished(o) => {
+                        outcome = Some(o);
+                        ControlFlow::Continue(())
+                    }
+                    other => on_event(&other),
+                },
+            )
+            .await?;
+        match (run.ended, outcome) {
+            (Ended::Stopped, _) => Ok(Verdict::Stopped),
+            (Ended::Finished { silent }, Some(Outcome::Failed(f))) => {
+                Err(self.failed(f, silent, step))
             }
+            (Ended::Finished { .. }, Some(o)) => Ok(Verdict::Finished(o)),
+            (Ended::Finished { .. }, None) => Err(ChildError::io(
+                step,
+                "the engine finished without an outcome",
+            )),
         }
     }
 
     /// The engine's verdict as the trait's error.
-    fn failed(&self, f: Failure, silent: bool) -> ChildError {
+    fn failed(&self, f: Failure, silent: bool, step: Step) -> ChildError {
         warn!(
-            child = %self.device_id,
+            child = %self.id(),
             profile = %self.profile.name,
             step = %f.step,
             result_code = f.result_code.get(),
             detail = %f.detail,
             "{}", f.description
         );
-        failure_error(f, silent)
+        failure_error(f, silent, step)
     }
 }
 
-/// A failure the child caused is its verdict; one that came of silence may
-/// pass (the child was rebooting, the bus was busy), so the job retries.
-fn failure_error(f: Failure, silent: bool) -> ChildError {
-    if silent {
-        ChildError::Unreachable(format!("{}: {} ({})", f.step, f.detail, f.description))
+/// A failure the child caused is its verdict, with the code its profile
+/// declares and the profile's words; one that came of silence may pass (the
+/// child was rebooting, the bus was busy), so the job retries. A failure of
+/// an activation whose version was read back is the verification's.
+fn failure_error(f: Failure, silent: bool, step: Step) -> ChildError {
+    let step = if f.version.is_some() && step == Step::Activate {
+        Step::Verify
     } else {
-        ChildError::Rejected {
-            result_code: f.result_code,
-            description: f.description,
-        }
-    }
-}
-
-fn image_error(e: ImageError) -> ChildError {
-    ChildError::Io(e.to_string())
-}
-
-/// An image the profile cannot carry, in IoTDA's terms: too large for its
-/// size fields is "insufficient storage" (5); a version it cannot carry or an
-/// empty image is an "unsupported package type" (8).
-fn start_error(e: StartError) -> ChildError {
-    let code = match e {
-        StartError::ImageTooLarge { .. } => ResultCode::LOW_SPACE,
-        StartError::VersionTooLong { .. } | StartError::EmptyImage => ResultCode::UNKNOWN_TYPE,
+        step
     };
-    ChildError::Rejected {
-        result_code: code,
-        description: format!("{}: {e}", code.description()),
+    if silent {
+        return ChildError::unreachable(
+            step,
+            format!("{}: {} ({})", f.step, f.detail, f.description),
+        );
     }
+    ChildError::refused(Cause::Declared(f.result_code), step, f.step.to_string())
+        .with_said(f.detail, Some(f.description))
+}
+
+fn image_error(e: ImageError, step: Step) -> ChildError {
+    ChildError::io(step, "package").with_source(e)
+}
+
+/// An image the profile cannot carry: too large for its size fields is "no
+/// storage"; a version it cannot carry or an empty image is an
+/// "unsupported package".
+fn start_error(e: StartError, step: Step) -> ChildError {
+    let cause = match e {
+        StartError::ImageTooLarge { .. } => Cause::NoStorage,
+        StartError::VersionTooLong { .. } | StartError::EmptyImage => Cause::UnsupportedPackage,
+    };
+    ChildError::refused(cause, step, e.to_string())
 }
 
 impl Child for FramedChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
-        &self.device_id
+        self.id()
     }
 
     fn transport(&self) -> &'static str {
@@ -205,41 +266,32 @@ impl Child for FramedChild {
     }
 
     fn bus(&self) -> Option<String> {
-        Some(self.port.bus())
+        Some(self.line.port().bus())
     }
 
     fn chunk_retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.line.retries()
     }
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
-            let mut engine =
-                Engine::read_version(Arc::clone(&self.profile), self.seed(), clock.now());
-            let ended = drive(&mut link, clock, &mut engine, None, |_| {
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
-            match ended {
-                Ended::Finished {
-                    outcome: Outcome::Version { version },
-                    ..
-                } => Ok(version),
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent)),
-                other => Err(ChildError::Protocol(format!(
-                    "version read ended with {other:?}"
-                ))),
+            let make = |now| {
+                Ok(Engine::read_version(
+                    Arc::clone(&self.profile),
+                    self.seed(),
+                    now,
+                ))
+            };
+            let step = Step::ReadVersion;
+            match self
+                .run(step, make, None, |_| ControlFlow::Continue(()))
+                .await?
+            {
+                Verdict::Finished(Outcome::Version { version }) => Ok(version),
+                other => Err(ChildError::io(
+                    step,
+                    format!("version read ended with {other:?}"),
+                )),
             }
         })
     }
@@ -251,110 +303,84 @@ impl Child for FramedChild {
         progress: Progress<'a>,
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let info = self.image_info(package).await?;
-            let mut reader = ImageReader::open(&package.path)
-                .await
-                .map_err(image_error)?;
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
-            let mut engine = self.engine(info, false, clock)?;
-            let id = &self.device_id;
-            let ended = drive(&mut link, clock, &mut engine, Some(&mut reader), |ev| {
-                match ev {
-                    Event::CurrentVersion(v) => {
-                        debug!(child = %id, version = %v, "before delivery")
-                    }
-                    Event::Begun => debug!(child = %id, "begin accepted"),
-                    Event::Resumed { offset } => {
-                        if u64::from(*offset) != resume_from {
-                            info!(child = %id, offset, resume_from, "the child's offset decides");
+            let step = Step::Deliver {
+                offset: resume_from,
+            };
+            let info = self.image_info(package, step).await?;
+            let mut image = self.line.image(&package.path, step).await?;
+            let id = self.id();
+            let make = |now| self.engine(info, false, now, step);
+            let verdict = self
+                .run(step, make, Some(&mut image), |ev| {
+                    match ev {
+                        Event::CurrentVersion(v) => {
+                            debug!(child = %id, version = %v, "before delivery")
                         }
-                        progress(u64::from(*offset));
+                        Event::Begun => debug!(child = %id, "begin accepted"),
+                        Event::Resumed { offset } => {
+                            if u64::from(*offset) != resume_from {
+                                info!(child = %id, offset, resume_from, "the child's offset decides");
+                            }
+                            progress(u64::from(*offset));
+                        }
+                        Event::Progress { offset, .. } => progress(u64::from(*offset)),
+                        // The child holds and has checked the whole image; the
+                        // `activate` queued with this event is not sent.
+                        Event::Verified => return ControlFlow::Break(()),
+                        other => debug!(child = %id, "delivery: {other}"),
                     }
-                    Event::Progress { offset, .. } => progress(u64::from(*offset)),
-                    // The child holds and has checked the whole image; the
-                    // `activate` queued with this event is not sent.
-                    Event::Verified => return ControlFlow::Break(()),
-                    other => debug!(child = %id, "delivery: {other}"),
-                }
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
-            match ended {
-                Ended::Stopped => {
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            match verdict {
+                Verdict::Stopped => {
                     info!(child = %id, size = package.size, "delivered and verified");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent)),
-                Ended::Finished { outcome, .. } => Err(ChildError::Protocol(format!(
-                    "delivery ended with {outcome:?} before verify"
-                ))),
+                Verdict::Finished(outcome) => Err(ChildError::io(
+                    step,
+                    format!("delivery ended with {outcome:?} before verify"),
+                )),
             }
         })
     }
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let info = self.image_info(package).await?;
-            let mut reader = ImageReader::open(&package.path)
-                .await
-                .map_err(image_error)?;
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
-            let mut engine = self.engine(info, true, clock)?;
-            let id = &self.device_id;
+            let step = Step::Activate;
+            let info = self.image_info(package, step).await?;
+            let mut image = self.line.image(&package.path, step).await?;
+            let id = self.id();
             let mut resent = false;
-            let ended = drive(&mut link, clock, &mut engine, Some(&mut reader), |ev| {
-                match ev {
-                    Event::Progress { .. } if !resent => {
-                        // Only a child that lost its session (or a profile
-                        // without offset_query) needs bytes here.
-                        resent = true;
-                        warn!(child = %id, "the child did not hold the whole image; sending it before activating");
+            let make = |now| self.engine(info, true, now, step);
+            let verdict = self
+                .run(step, make, Some(&mut image), |ev| {
+                    match ev {
+                        Event::Progress { .. } if !resent => {
+                            // Only a child that lost its session (or a profile
+                            // without offset_query) needs bytes here.
+                            resent = true;
+                            warn!(child = %id, "the child did not hold the whole image; sending it before activating");
+                        }
+                        Event::Activated => info!(child = %id, "activate sent"),
+                        other => debug!(child = %id, "activation: {other}"),
                     }
-                    Event::Activated => info!(child = %id, "activate sent"),
-                    other => debug!(child = %id, "activation: {other}"),
-                }
-                ControlFlow::Continue(())
-            })
-            .await;
-            self.count_retries(&engine);
-            let ended = ended.map_err(|e| self.drive_error(e))?;
-            match ended {
-                Ended::Finished {
-                    outcome: Outcome::Upgraded { version },
-                    ..
-                } => {
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            match verdict {
+                Verdict::Finished(Outcome::Upgraded { version }) => {
                     info!(child = %id, %version, "running the new image");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::AlreadyCurrent { version },
-                    ..
-                } => {
+                Verdict::Finished(Outcome::AlreadyCurrent { version }) => {
                     info!(child = %id, %version, "already runs the target");
                     Ok(())
                 }
-                Ended::Finished {
-                    outcome: Outcome::Failed(f),
-                    silent,
-                } => Err(self.failed(f, silent)),
-                other => Err(ChildError::Protocol(format!(
-                    "activation ended with {other:?}"
-                ))),
+                other => Err(ChildError::io(
+                    step,
+                    format!("activation ended with {other:?}"),
+                )),
             }
         })
     }
@@ -363,7 +389,9 @@ impl Child for FramedChild {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::ErrorKind;
     use otabridge_codecs::framed::MessageKind;
+    use otabridge_codecs::iotda::ResultCode;
 
     fn failure(code: ResultCode, description: &str) -> Failure {
         Failure {
@@ -377,49 +405,39 @@ mod tests {
 
     #[test]
     fn failures_map_to_child_errors() {
-        let e = failure_error(failure(ResultCode::LOW_SPACE, "Not enough storage"), false);
+        let step = Step::Deliver { offset: 0 };
+        let e = failure_error(
+            failure(ResultCode::LOW_SPACE, "Not enough storage"),
+            false,
+            step,
+        );
         assert_eq!(
-            e,
-            ChildError::Rejected {
-                result_code: ResultCode::LOW_SPACE,
-                description: "Not enough storage".into()
-            }
+            e.cause(),
+            Some(Cause::Declared(ResultCode::LOW_SPACE)),
+            "{e}"
+        );
+        assert_eq!(
+            e.said().unwrap().text.as_deref(),
+            Some("Not enough storage")
         );
         let e = failure_error(
             failure(ResultCode::DOWNLOAD_TIMEOUT, "Connection lost"),
             true,
+            step,
         );
-        assert!(
-            matches!(&e, ChildError::Unreachable(m) if m.starts_with("begin: ")),
-            "{e}"
+        assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
+        assert!(e.detail().starts_with("begin: "), "{e}");
+        let e = start_error(
+            StartError::ImageTooLarge {
+                message: MessageKind::Begin,
+                field: "size".into(),
+                size: 70_000,
+            },
+            step,
         );
-        assert!(e.is_transient());
-        let e = start_error(StartError::ImageTooLarge {
-            message: MessageKind::Begin,
-            field: "size".into(),
-            size: 70_000,
-        });
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: ResultCode::LOW_SPACE,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = start_error(StartError::EmptyImage);
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: ResultCode::UNKNOWN_TYPE,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+        let e = start_error(StartError::EmptyImage, step);
+        assert_eq!(e.cause(), Some(Cause::UnsupportedPackage), "{e}");
     }
 
     #[test]
@@ -430,8 +448,10 @@ mod tests {
                 .unwrap(),
         );
         let path = Path::new("/dev/otabridge-framed-test");
-        let a = FramedChild::new("a", path, 9600, Framing::EIGHT_N_ONE, Arc::clone(&p));
-        let b = FramedChild::new("b", path, 9600, Framing::EIGHT_N_ONE, p);
+        let mut ports = crate::child::link::port::Ports::default();
+        let settings = PortSettings::new(9600, Framing::EIGHT_N_ONE);
+        let a = FramedChild::on_port("a", ports.get(path, settings), Arc::clone(&p));
+        let b = FramedChild::on_port("b", ports.get(path, settings), p);
         assert!(Arc::ptr_eq(a.port(), b.port()), "one bus, one port");
         let (a1, a2, b1) = (a.seed(), a.seed(), b.seed());
         assert_ne!(a1, a2);

@@ -12,8 +12,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use super::{BoxFuture, Child, ChildError, Package, Progress};
 use otabridge_codecs::iotda::ResultCode;
+use otabridge_codecs::version::Policy;
+
+use super::{BoxFuture, Cause, Child, ChildError, Package, Progress, Step};
 
 /// Chunk size of a simulated delivery.
 const CHUNK: usize = 4096;
@@ -28,7 +30,8 @@ struct State {
     staged_sha: Option<String>,
     /// Per-chunk delay, to make progress visible in demos.
     chunk_delay: Duration,
-    /// Activation fails with this (result code, description).
+    /// Activation fails with this result code (as a framed profile would
+    /// declare it) and these words.
     reject_activation: Option<(ResultCode, String)>,
     /// The largest image its slot holds.
     capacity: Option<u64>,
@@ -41,6 +44,8 @@ struct State {
 #[derive(Debug)]
 pub struct MemoryChild {
     device_id: String,
+    /// It verifies nothing itself; the OTA job compares by this.
+    version_policy: Policy,
     state: Mutex<State>,
     /// Delivery pauses once this many bytes are staged, until cleared.
     hold: tokio::sync::watch::Sender<Option<u64>>,
@@ -51,6 +56,7 @@ impl MemoryChild {
     pub fn new(device_id: &str, version: &str) -> Self {
         MemoryChild {
             device_id: device_id.to_owned(),
+            version_policy: Policy::default(),
             state: Mutex::new(State {
                 version: version.to_owned(),
                 online: true,
@@ -65,6 +71,13 @@ impl MemoryChild {
             }),
             hold: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -119,19 +132,23 @@ impl MemoryChild {
         self.state().version.clone()
     }
 
-    fn check_online(&self) -> Result<(), ChildError> {
+    fn check_online(&self, step: Step) -> Result<(), ChildError> {
         if self.state().online {
             Ok(())
         } else {
-            Err(ChildError::Unreachable(format!(
-                "{} is offline",
-                self.device_id
-            )))
+            Err(ChildError::unreachable(
+                step,
+                format!("{} is offline", self.device_id),
+            ))
         }
     }
 }
 
 impl Child for MemoryChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
         &self.device_id
     }
@@ -142,7 +159,7 @@ impl Child for MemoryChild {
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
-            self.check_online()?;
+            self.check_online(Step::ReadVersion)?;
             Ok(self.state().version.clone())
         })
     }
@@ -154,13 +171,17 @@ impl Child for MemoryChild {
         progress: Progress<'a>,
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            self.check_online()?;
+            let step = Step::Deliver {
+                offset: resume_from,
+            };
+            self.check_online(step)?;
             self.state().delivery_starts.push(resume_from);
-            if self.state().capacity.is_some_and(|c| package.size > c) {
-                return Err(ChildError::Rejected {
-                    result_code: ResultCode::LOW_SPACE,
-                    description: otabridge_codecs::iotda::result::DESC_NO_STORAGE.into(),
-                });
+            if let Some(c) = self.state().capacity.filter(|c| package.size > *c) {
+                return Err(ChildError::refused(
+                    Cause::NoStorage,
+                    step,
+                    format!("{} bytes do not fit a slot of {c}", package.size),
+                ));
             }
             // A staged image of another package, or a resume point we do not
             // hold, restarts from zero: like a device, we trust our own slot.
@@ -173,31 +194,32 @@ impl Child for MemoryChild {
                 }
                 s.staged_len
             };
-            let mut file = tokio::fs::File::open(&package.path)
-                .await
-                .map_err(|e| ChildError::Io(format!("{}: {e}", package.path.display())))?;
+            let step = Step::Deliver { offset: start };
+            let io = |e: std::io::Error| {
+                ChildError::io(step, package.path.display().to_string()).with_source(e)
+            };
+            let mut file = tokio::fs::File::open(&package.path).await.map_err(io)?;
             if start > 0 {
                 use tokio::io::AsyncSeekExt;
                 file.seek(std::io::SeekFrom::Start(start))
                     .await
-                    .map_err(|e| ChildError::Io(e.to_string()))?;
+                    .map_err(io)?;
             }
             let mut buf = vec![0u8; CHUNK];
             loop {
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| ChildError::Io(e.to_string()))?;
+                let n = file.read(&mut buf).await.map_err(io)?;
                 if n == 0 {
                     break;
                 }
                 let (delay, staged) = {
                     let mut s = self.state();
                     if !s.online {
-                        return Err(ChildError::Unreachable(format!(
-                            "{} went offline at byte {}",
-                            self.device_id, s.staged_len
-                        )));
+                        return Err(ChildError::unreachable(
+                            Step::Deliver {
+                                offset: s.staged_len,
+                            },
+                            format!("{} went offline", self.device_id),
+                        ));
                     }
                     s.staged_hash.update(&buf[..n]);
                     s.staged_len += n as u64;
@@ -216,20 +238,26 @@ impl Child for MemoryChild {
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            self.check_online()?;
+            self.check_online(Step::Activate)?;
             let mut s = self.state();
-            if let Some((result_code, description)) = s.reject_activation.clone() {
-                return Err(ChildError::Rejected {
-                    result_code,
-                    description,
-                });
+            if let Some((code, description)) = s.reject_activation.clone() {
+                return Err(ChildError::refused(
+                    Cause::Declared(code),
+                    Step::Activate,
+                    "activation refused",
+                )
+                .with_said(format!("result {code}"), Some(description)));
             }
             let digest = format!("{:x}", s.staged_hash.clone().finalize());
             if s.staged_len != package.size || !digest.eq_ignore_ascii_case(&package.sha256) {
-                return Err(ChildError::Rejected {
-                    result_code: ResultCode::CHECK_FAIL,
-                    description: otabridge_codecs::iotda::result::DESC_INTEGRITY.into(),
-                });
+                return Err(ChildError::refused(
+                    Cause::Integrity,
+                    Step::Activate,
+                    format!(
+                        "staged {} bytes hashing to {digest}, the package has {} bytes",
+                        s.staged_len, package.size
+                    ),
+                ));
             }
             s.version = package.version.clone();
             s.activations += 1;
@@ -270,17 +298,9 @@ mod tests {
         assert_eq!(child.activations(), 1);
         // Nothing staged any more: activating again is an integrity failure.
         let e = child.activate(&pkg).await.unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ChildError::Rejected {
-                    result_code: ResultCode::CHECK_FAIL,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert_eq!(e.cause(), Some(Cause::Integrity), "{e}");
         child.set_online(false);
-        assert!(child.read_version().await.unwrap_err().is_transient());
+        let e = child.read_version().await.unwrap_err();
+        assert_eq!(e.kind(), crate::child::ErrorKind::Unreachable, "{e}");
     }
 }

@@ -1,8 +1,10 @@
 //! Children: the devices behind the gateway, one driver per transport.
 //!
 //! The OTA engine sees every child through the [`Child`] trait: read its
-//! version, check it is there, deliver a package from a resume offset with
-//! progress, activate the new image, and read the version back. Drivers:
+//! version, deliver a package from a resume offset with progress, activate
+//! the new image, and read the version back. A failure is a [`ChildError`]:
+//! its kind, the step, what the device said, and the underlying error.
+//! Drivers:
 //! - [`memory`]: an in-process simulated child (`transport = "sim"`), for
 //!   bench tests of the platform link and the engine without hardware.
 //! - [`serial`]: MCUmgr/SMP children on a serial port (`protocol = "smp"`).
@@ -12,10 +14,14 @@
 //!   [`coap::CoapNetwork`] (socket, message layer, Block2 package server).
 //!
 //! Serial (SMP, framed profiles) drivers implement the same trait on top of
-//! the `otabridge-codecs` engines.
+//! the `otabridge-codecs` engines, all run on the shared serial link
+//! ([`link`]: port, package reads, one driver loop).
 
 pub mod coap;
+mod error;
 pub mod framed;
+pub mod link;
+#[cfg(feature = "sim")]
 pub mod memory;
 pub mod serial;
 
@@ -24,40 +30,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::{ChildConfig, CoapConfig, SerialProtocol, Transport};
-use otabridge_codecs::iotda::ResultCode;
+use otabridge_codecs::version::Policy;
+
+pub use error::{Cause, ChildError, ErrorKind, Said, Step};
 
 /// A boxed future, so that `dyn Child` works across transports.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Why a child operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChildError {
-    /// The child did not answer in time; trying again later may work.
-    #[error("child did not answer: {0}")]
-    Unreachable(String),
-    /// The child answered with something this driver cannot read.
-    #[error("child answered garbage: {0}")]
-    Protocol(String),
-    /// The child refused or failed the operation for a reason that maps to an
-    /// IoTDA result code (docs/protocols/iotda.md §9); retrying will not help.
-    #[error("{description} (result code {result_code})")]
-    Rejected {
-        /// IoTDA `result_code`.
-        result_code: ResultCode,
-        /// The failure description the platform shows.
-        description: String,
-    },
-    /// A local I/O failure (reading the package, opening the port).
-    #[error("local I/O: {0}")]
-    Io(String),
-}
-
-impl ChildError {
-    /// Whether a retry (after a backoff) may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ChildError::Unreachable(_) | ChildError::Protocol(_))
-    }
-}
 
 /// The verified package a child is given; it lives in [`crate::package`]
 /// (the layer below `child`) and is re-exported here for the drivers.
@@ -73,6 +51,11 @@ pub trait Child: Send + Sync + std::fmt::Debug {
 
     /// `coap`, `serial` or `sim`, for logs and `otabridge status`.
     fn transport(&self) -> &'static str;
+
+    /// How this child's versions are compared with a target: the policy its
+    /// engine verifies with, and the one the OTA job decides and reports by
+    /// (the child's `version_match`, docs/config.md).
+    fn version_policy(&self) -> Policy;
 
     /// Reads the running firmware version from the child.
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>>;
@@ -127,12 +110,14 @@ pub enum BuildError {
 
 /// What drivers share across children: the CoAP network is created on the
 /// first CoAP child and reused by every other one (one socket, one message
-/// layer, one Block2 server).
+/// layer, one Block2 server); serial children on one device share its port
+/// ([`link::port::Ports`]), so children on an RS-485 bus take turns.
 #[derive(Debug)]
 pub struct Networks {
     coap_options: coap::NetworkOptions,
     coap_child: coap::ChildOptions,
     coap: Option<coap::CoapNetwork>,
+    serial: link::port::Ports,
 }
 
 impl Networks {
@@ -142,6 +127,7 @@ impl Networks {
             coap_options: coap::NetworkOptions::from_config(c),
             coap_child: coap::ChildOptions::default(),
             coap: None,
+            serial: link::port::Ports::default(),
         }
     }
 
@@ -152,6 +138,7 @@ impl Networks {
             coap_options: coap::NetworkOptions::new(net.local_addr(), 0),
             coap_child: child,
             coap: Some(net),
+            serial: link::port::Ports::default(),
         }
     }
 
@@ -169,45 +156,61 @@ impl Networks {
 /// Builds the driver for one configured child; CoAP children share the
 /// network in `nets`.
 pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child>, BuildError> {
+    let policy = c.version_match;
     match &c.transport {
+        #[cfg(feature = "sim")]
         Transport::Simulated { version, online } => {
-            let child = memory::MemoryChild::new(&c.device_id, version);
+            let child = memory::MemoryChild::new(&c.device_id, version).with_version_policy(policy);
             child.set_online(*online);
             Ok(Arc::new(child))
         }
         Transport::Coap { address, delivery } => {
             let net = nets.coap()?;
-            Ok(Arc::new(coap::CoapChild::new(
-                &c.device_id,
-                *address,
-                *delivery,
-                net,
-                nets.coap_child.clone(),
-            )))
+            Ok(Arc::new(
+                coap::CoapChild::new(
+                    &c.device_id,
+                    *address,
+                    *delivery,
+                    net,
+                    nets.coap_child.clone(),
+                )
+                .with_version_policy(policy),
+            ))
         }
         Transport::Serial {
             port,
             baud,
             protocol: SerialProtocol::Smp,
             options,
-        } => Ok(Arc::new(serial::SerialChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.clone(),
-        ))),
+        } => {
+            let settings = link::port::PortSettings {
+                baud: *baud,
+                framing: options.framing,
+                reopen_timeout: options.reopen_timeout,
+            };
+            let port = nets.serial.get(port, settings);
+            Ok(Arc::new(
+                serial::SerialChild::on_port(&c.device_id, port, options.clone())
+                    .with_version_policy(policy),
+            ))
+        }
         Transport::Serial {
             port,
             baud,
             protocol: SerialProtocol::Framed(p),
             options,
-        } => Ok(Arc::new(framed::FramedChild::new(
-            &c.device_id,
-            port,
-            *baud,
-            options.framing,
-            Arc::clone(&p.profile),
-        ))),
+        } => {
+            let settings = link::port::PortSettings {
+                baud: *baud,
+                framing: options.framing,
+                reopen_timeout: options.reopen_timeout,
+            };
+            let port = nets.serial.get(port, settings);
+            Ok(Arc::new(
+                framed::FramedChild::on_port(&c.device_id, port, Arc::clone(&p.profile))
+                    .with_version_policy(policy),
+            ))
+        }
     }
 }
 
@@ -223,18 +226,28 @@ mod tests {
             ..CoapConfig::default()
         };
         let mut nets = Networks::new(&coap);
-        let sim = ChildConfig {
-            device_id: "s".into(),
-            transport: Transport::Simulated {
-                version: "1".into(),
-                online: true,
-            },
-            image: crate::config::ChildImage::default_for(false),
-        };
-        from_config(&sim, &mut nets).unwrap();
+        #[cfg(feature = "sim")]
+        {
+            let sim = ChildConfig {
+                device_id: "s".into(),
+                version_match: Policy::Exact,
+                transport: Transport::Simulated {
+                    version: "1".into(),
+                    online: true,
+                },
+                image: crate::config::ChildImage::default_for(false),
+            };
+            let s = from_config(&sim, &mut nets).unwrap();
+            assert_eq!(
+                s.version_policy(),
+                Policy::Exact,
+                "the child's version_match"
+            );
+        }
         assert!(nets.coap.is_none(), "no CoAP child, no socket");
         let coap_child = |id: &str, port: u16| ChildConfig {
             device_id: id.into(),
+            version_match: Policy::default(),
             transport: Transport::Coap {
                 address: ([127, 0, 0, 1], port).into(),
                 delivery: Delivery::Pull,
@@ -246,6 +259,7 @@ mod tests {
         let b = from_config(&coap_child("b", 5702), &mut nets).unwrap();
         assert_eq!(nets.coap().unwrap().local_addr(), first);
         assert_eq!((a.transport(), b.transport()), ("coap", "coap"));
+        assert_eq!(a.version_policy(), Policy::Normalised);
         // A second network on the same address cannot bind: the error names
         // the key.
         let mut clash = Networks::new(&CoapConfig {

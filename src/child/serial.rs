@@ -1,48 +1,48 @@
 //! The serial driver for MCUmgr/SMP children (Zephyr, MCUboot): it runs the
-//! `otabridge-codecs` SMP engines on a tokio-serial port.
+//! `otabridge-codecs` SMP engines, each in a
+//! [`otabridge_codecs::smp::serial::Console`], on the shared serial link
+//! ([`super::link`]: the port, the package reads and the driver loop).
 //!
-//! - [`port`]: one open port per device path, with an async mutex so two
-//!   children on one RS-485 bus never interleave, and the SMP sequence
-//!   number kept per line.
-//! - [`drive`]: the thin loop (transmit, read image chunks, events, wait for
-//!   the line or the engine's timer).
+//! Delivery relies on SMP's own resume (docs/protocols/children.md §4.2):
+//! every transfer starts with the off-0 chunk carrying the same `len` and
+//! `sha`; a device that kept the session answers the offset it holds and
+//! the transfer continues there, so `resume_from` is only compared with
+//! what the device says. Up to `window` upload requests are on the line at
+//! once (`codecs/src/smp/upload.rs`, docs/serial.md "Pipelining"); every
+//! request sent again is counted for [`Child::chunk_retries`]. Activation
+//! runs the activation engine: test, reset, wait through the reboot, read
+//! the state back (success only when the active version equals the
+//! target), confirm. A version read is one image state read
+//! ([`otabridge_codecs::smp::state`]).
 //!
-//! Delivery relies on SMP's own resume (docs/protocols/children.md §4.2): every transfer
-//! starts with the off-0 chunk carrying the same `len` and `sha`; a device
-//! that kept the session answers the offset it holds and the transfer
-//! continues there, so `resume_from` is only compared with what the device
-//! says. Up to `window` upload requests are on the line at once
-//! (`codecs/src/smp/upload.rs`, docs/serial.md "Pipelining"); every request
-//! sent again is counted for [`Child::chunk_retries`]. Activation runs the activation engine: test, reset, wait through
-//! the reboot, read the state back (success only when the active version
-//! equals the target), confirm.
-//!
-//! Failures: the device's errors and the engines' verdicts map to
-//! [`ChildError::Rejected`] with the IoTDA code from
-//! [`otabridge_codecs::smp::result`]; silence maps to
-//! [`ChildError::Unreachable`]; answers that do not decode to
-//! [`ChildError::Protocol`]; the port and the package file to
-//! [`ChildError::Io`].
+//! Failures: the device's errors and the engines' verdicts are refusals
+//! with the cause [`otabridge_codecs::smp::result`]'s table classifies the
+//! SMP error into, and the device's `rc` as what it said; silence is
+//! [`ErrorKind::Unreachable`]; answers that do not decode are
+//! [`ErrorKind::Garbled`]; the port and the package file follow
+//! [`super::link::port::PortError::into_child_error`].
 
-pub mod drive;
-pub mod port;
-
+use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
-use otabridge_codecs::smp::result::{self, IotdaResult};
+use otabridge_codecs::smp::message::SmpErr;
+use otabridge_codecs::smp::result;
+use otabridge_codecs::smp::serial::Console;
+use otabridge_codecs::smp::slot_info::{SlotInfoConfig, SlotInfoEvent, SlotInfoRead};
 use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
-use otabridge_codecs::smp::slot_info::{SlotInfoConfig, SlotInfoEvent, SlotInfoRead};
 use otabridge_codecs::smp::upload::{Upload, UploadConfig, UploadError, UploadEvent};
+use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
-use self::drive::{drive, Clock, DriveError, ImageFile, LineStats};
-use self::port::{LineSettings, Link, SharedPort};
-use super::{BoxFuture, Child, ChildError, Package, Progress};
+use super::link::drive::LineStats;
+use super::link::port::{PortSettings, SharedPort};
+use super::link::ChildLine;
+use super::{BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step};
 use crate::config::SerialOptions;
 
 /// What one delivery did on the line, for logs and benchmarks.
@@ -65,32 +65,42 @@ pub struct DeliveryReport {
 /// An SMP child on a serial port.
 #[derive(Debug)]
 pub struct SerialChild {
-    device_id: String,
-    port: Arc<SharedPort>,
+    line: ChildLine,
     options: SerialOptions,
-    /// Requests sent again, over every operation ([`Child::chunk_retries`]).
-    retries: AtomicU64,
+    version_policy: Policy,
 }
 
 impl SerialChild {
-    /// A driver for `device_id` on `path`; children given the same path
-    /// share the line and take turns.
+    /// A driver for `device_id` alone on the port at `path`.
     pub fn new(device_id: &str, path: &Path, baud: u32, options: SerialOptions) -> SerialChild {
-        let line = LineSettings {
+        let settings = PortSettings {
             baud,
             framing: options.framing,
+            reopen_timeout: options.reopen_timeout,
         };
+        SerialChild::on_port(device_id, SharedPort::new(path, settings), options)
+    }
+
+    /// A driver for `device_id` on `port`, which children on one bus share
+    /// ([`super::link::port::Ports`]): their operations take turns.
+    pub fn on_port(device_id: &str, port: Arc<SharedPort>, options: SerialOptions) -> SerialChild {
         SerialChild {
-            device_id: device_id.to_owned(),
-            port: SharedPort::get(path, line),
+            line: ChildLine::new(device_id, port),
             options,
-            retries: AtomicU64::new(0),
+            version_policy: Policy::default(),
         }
+    }
+
+    /// Compares versions by `policy` (the child's `version_match`; the
+    /// default is [`Policy::Normalised`]).
+    pub fn with_version_policy(mut self, policy: Policy) -> Self {
+        self.version_policy = policy;
+        self
     }
 
     /// The port this child shares.
     pub fn port(&self) -> &Arc<SharedPort> {
-        &self.port
+        self.line.port()
     }
 
     fn upload_config(&self, first_seq: u8) -> UploadConfig {
@@ -124,7 +134,7 @@ impl SerialChild {
             reboot_wait: o.reboot_wait,
             reboot_timeout: per_read,
             reboot_retries: u32::try_from(reads - 1).unwrap_or(u32::MAX),
-            version_mode: o.version_compare,
+            version_policy: self.version_policy,
             first_seq,
             ..d
         }
@@ -137,172 +147,233 @@ impl SerialChild {
         resume_from: u64,
         progress: Progress<'_>,
     ) -> Result<DeliveryReport, ChildError> {
-        let sha = parse_sha(&package.sha256)?;
-        let mut image = ImageFile::open(&package.path)
-            .await
-            .map_err(|e| self.drive_error(e))?;
-        let mut link = self
-            .port
-            .lock()
-            .await
-            .map_err(|e| e.into_child_error(&self.device_id))?;
-        self.check_slot(&mut link, package.size).await?;
-        let clock = Clock::start();
-        let mut engine = Upload::new(
-            self.upload_config(link.next_seq()),
-            package.size,
-            sha,
-            clock.now(),
-        );
+        let step = Step::Deliver {
+            offset: resume_from,
+        };
+        let sha = parse_sha(&package.sha256, step)?;
+        let mut image = self.line.image(&package.path, step).await?;
+        self.check_slot(package.size, step).await?;
         let mut report = DeliveryReport::default();
-        let mut line = LineStats::default();
         let mut outcome = None;
-        let r = drive(
-            &mut link,
-            clock,
-            &mut engine,
-            Some(&mut image),
-            &mut line,
-            |ev| match ev {
-                UploadEvent::BufSize {
-                    buf_size,
-                    from_device,
-                } => {
-                    debug!(child = %self.device_id, buf_size, from_device, "smp buffer size");
-                    report.buf_size = buf_size;
-                }
-                UploadEvent::Resumed { off } => {
-                    info!(child = %self.device_id, off, resume_from, "device continues its upload");
-                    report.resumed_at = Some(off);
-                    progress(off);
-                }
-                UploadEvent::Restarted => {
-                    warn!(child = %self.device_id, "device restarted the upload (off 0)");
-                    report.restarts += 1;
-                }
-                UploadEvent::WindowFallback { off } => {
-                    info!(child = %self.device_id, off, "a request was lost; one at a time from here");
-                    report.fallback_at = Some(off);
-                }
-                UploadEvent::Progress { acked, .. } => {
-                    report.acked = acked;
-                    progress(acked);
-                }
-                UploadEvent::Done { matched } => {
-                    debug!(child = %self.device_id, ?matched, "upload done");
-                    outcome = Some(Ok(()));
-                }
-                UploadEvent::Failed(e) => outcome = Some(Err(e)),
-            },
-        )
-        .await;
-        self.retries.fetch_add(line.resent, Ordering::Relaxed);
-        report.line = line;
-        r.map_err(|e| self.drive_error(e))?;
+        let run = self
+            .line
+            .run(
+                step,
+                |seq, now| {
+                    let config = self.upload_config(seq);
+                    Ok(Console::new(Upload::new(config, package.size, sha, now)))
+                },
+                Some(&mut image),
+                |ev| {
+                    if let Some(verdict) = self.upload_event(ev, &mut report, resume_from, progress)
+                    {
+                        outcome = Some(verdict);
+                    }
+                    ControlFlow::Continue(())
+                },
+            )
+            .await?;
+        report.line = LineStats {
+            bad_packets: run.engine.bad_packets(),
+            ..run.line
+        };
         if resume_from > 0 && report.resumed_at.is_none() {
             // Not an error: the device lost the session (a power cycle), so
             // SMP starts over; the job's offset follows the device.
-            warn!(child = %self.device_id, resume_from, "device kept no session; sent from 0");
+            warn!(child = %self.id(), resume_from, "device kept no session; sent from 0");
         }
+        let step = Step::Deliver {
+            offset: report.acked,
+        };
         match outcome {
             Some(Ok(())) => Ok(report),
-            Some(Err(e)) => Err(upload_error(e)),
-            None => Err(ChildError::Protocol(
-                "upload ended without a verdict".into(),
-            )),
+            Some(Err(e)) => Err(upload_error(e, step)),
+            None => Err(ChildError::io(step, "upload ended without a verdict")),
         }
     }
 
     /// Pre-flight (issue 14, docs/images.md): the device's upload slot from
     /// slot info (group 1, command 6); an image that does not fit is refused
-    /// with result 5 before a byte of it is sent. A device without slot info
-    /// (ENOTSUP) or silent to it is not held up (one attempt): the gateway's
-    /// image check already applied a configured `image.slot_size`.
-    async fn check_slot(&self, link: &mut Link<'_>, size: u64) -> Result<(), ChildError> {
-        let clock = Clock::start();
-        let config = SlotInfoConfig {
-            timeout: self.options.timeout,
-            retries: 0,
-            first_seq: link.next_seq(),
-            ..SlotInfoConfig::default()
-        };
-        let mut engine = SlotInfoRead::new(config, clock.now());
+    /// as [`Cause::NoStorage`] (result 5) before a byte of it is sent. A
+    /// device without slot info (ENOTSUP, or silent after one timeout, or an
+    /// answer that does not decode) is not held up: the gateway's image
+    /// check already applied a configured `image.slot_size`.
+    async fn check_slot(&self, size: u64, step: Step) -> Result<(), ChildError> {
         let mut outcome = None;
-        let mut stats = LineStats::default();
-        let r = drive(link, clock, &mut engine, None, &mut stats, |ev| {
-            outcome = Some(ev)
-        })
-        .await;
-        r.map_err(|e| self.drive_error(e))?;
+        let make = |first_seq, now| {
+            let config = SlotInfoConfig {
+                timeout: self.options.timeout,
+                retries: 0,
+                first_seq,
+                ..SlotInfoConfig::default()
+            };
+            Ok(Console::new(SlotInfoRead::new(config, now)))
+        };
+        self.line
+            .run(step, make, None, |ev| {
+                outcome = Some(ev);
+                ControlFlow::Continue(())
+            })
+            .await?;
         let list = match outcome {
             Some(SlotInfoEvent::Slots(list)) => list,
             Some(SlotInfoEvent::Failed(e)) => {
-                debug!(child = %self.device_id, "no slot info: {e}");
+                debug!(child = %self.id(), "no slot info: {e}");
                 return Ok(());
             }
             None => return Ok(()),
         };
-        let limit = list.iter().find(|i| i.image == 0).and_then(|i| i.upload_limit());
+        let limit = list
+            .iter()
+            .find(|i| i.image == 0)
+            .and_then(|i| i.upload_limit());
         match limit {
-            Some(slot) if size > slot => Err(ChildError::Rejected {
-                result_code: otabridge_codecs::iotda::ResultCode::LOW_SPACE,
-                description: format!(
-                    "image check failed: size: the image is {size} bytes, the child's slot holds {slot} (slot info)"
+            Some(slot) if size > slot => Err(ChildError::refused(
+                Cause::NoStorage,
+                step,
+                format!(
+                    "image check failed: size: the image is {size} bytes, \
+                     the child's slot holds {slot} (slot info)"
                 ),
-            }),
+            )
+            .with_said(format!("slot info: upload slot {slot} bytes"), None)),
             _ => Ok(()),
         }
     }
 
-    fn drive_error(&self, e: DriveError) -> ChildError {
-        match e {
-            DriveError::Port(p) => p.into_child_error(&self.device_id),
-            DriveError::Image { .. } => ChildError::Io(e.to_string()),
-            DriveError::Idle => ChildError::Protocol(e.to_string()),
+    /// Logs and records one upload event; the verdict once there is one.
+    fn upload_event(
+        &self,
+        ev: UploadEvent,
+        report: &mut DeliveryReport,
+        resume_from: u64,
+        progress: Progress<'_>,
+    ) -> Option<Result<(), UploadError>> {
+        let id = self.id();
+        match ev {
+            UploadEvent::BufSize {
+                buf_size,
+                from_device,
+            } => {
+                debug!(child = %id, buf_size, from_device, "smp buffer size");
+                report.buf_size = buf_size;
+            }
+            UploadEvent::Resumed { off } => {
+                info!(child = %id, off, resume_from, "device continues its upload");
+                report.resumed_at = Some(off);
+                progress(off);
+            }
+            UploadEvent::Restarted => {
+                warn!(child = %id, "device restarted the upload (off 0)");
+                report.restarts += 1;
+            }
+            UploadEvent::WindowFallback { off } => {
+                info!(child = %id, off, "a request was lost; one at a time from here");
+                report.fallback_at = Some(off);
+            }
+            UploadEvent::Progress { acked, .. } => {
+                report.acked = acked;
+                progress(acked);
+            }
+            UploadEvent::Done { matched } => {
+                debug!(child = %id, ?matched, "upload done");
+                return Some(Ok(()));
+            }
+            UploadEvent::Failed(e) => return Some(Err(e)),
         }
+        None
+    }
+
+    fn id(&self) -> &str {
+        self.line.device_id()
     }
 }
 
 /// `Package::sha256` (hex) as the 32 bytes SMP's `sha` carries.
-fn parse_sha(hex_sha: &str) -> Result<[u8; 32], ChildError> {
+fn parse_sha(hex_sha: &str, step: Step) -> Result<[u8; 32], ChildError> {
     let mut sha = [0u8; 32];
     hex::decode_to_slice(hex_sha, &mut sha)
-        .map_err(|e| ChildError::Io(format!("package sha256 '{hex_sha}': {e}")))?;
+        .map_err(|e| ChildError::io(step, format!("package sha256 '{hex_sha}'")).with_source(e))?;
     Ok(sha)
 }
 
-fn rejected(r: IotdaResult, why: &dyn std::fmt::Display) -> ChildError {
-    ChildError::Rejected {
-        result_code: r.code,
-        description: r.description.map_or_else(|| why.to_string(), str::to_owned),
+/// The cause of an SMP error, as the table in
+/// [`otabridge_codecs::smp::result`] classifies it (each row gives its
+/// reason: the Zephyr `IMG_MGMT_ERR_*` or `MGMT_ERR_*` meaning).
+fn smp_cause(err: &SmpErr) -> Cause {
+    match result::for_smp(err).code {
+        ResultCode::LOW_SPACE => Cause::NoStorage,
+        ResultCode::LOW_MEMORY => Cause::NoMemory,
+        ResultCode::CHECK_FAIL => Cause::Integrity,
+        ResultCode::UNKNOWN_TYPE => Cause::UnsupportedPackage,
+        ResultCode::INSTALL_FAIL => Cause::InstallFailed,
+        _ => Cause::Unclassified,
     }
 }
 
-/// Silence is [`ChildError::Unreachable`] (a retry later may work); an
-/// unreadable answer is [`ChildError::Protocol`]; everything else is the
-/// device's or the engine's verdict with its IoTDA code.
-fn upload_error(e: UploadError) -> ChildError {
-    match &e {
-        UploadError::Timeout { .. } => ChildError::Unreachable(e.to_string()),
-        UploadError::Malformed(_) => ChildError::Protocol(e.to_string()),
-        _ => rejected(result::for_upload(&e), &e),
-    }
+/// The device refused with `err`.
+fn device_error(err: &SmpErr, step: Step, detail: String) -> ChildError {
+    ChildError::refused(smp_cause(err), step, detail).with_said(err.to_string(), None)
 }
 
-/// As [`upload_error`], for the activation.
-fn activate_error(e: ActivateError) -> ChildError {
-    match &e {
-        ActivateError::Timeout { .. } | ActivateError::NoAnswerAfterReset { .. } => {
-            ChildError::Unreachable(e.to_string())
+/// Silence is unreachable (a retry later may work); an unreadable answer is
+/// garbled; everything else is the device's or the engine's verdict.
+fn upload_error(e: UploadError, step: Step) -> ChildError {
+    let kind = match &e {
+        UploadError::Device(err) => return device_error(err, step, e.to_string()),
+        UploadError::Timeout { .. } => ErrorKind::Unreachable,
+        UploadError::Malformed(_) => ErrorKind::Garbled,
+        // The device's `off` stopped moving: the transfer broke off.
+        UploadError::Stalled { .. } | UploadError::TooManyRestarts(_) => {
+            ErrorKind::Refused(Cause::ConnectionLost)
         }
-        ActivateError::Malformed { .. } => ChildError::Protocol(e.to_string()),
-        _ => rejected(result::for_activate(&e), &e),
+        UploadError::Mismatch => {
+            return ChildError::refused(Cause::Integrity, step, e.to_string())
+                .with_said("match: false", None)
+        }
+        UploadError::OffsetBeyondEnd { .. } => ErrorKind::Refused(Cause::Unclassified),
+        UploadError::EmptyImage | UploadError::BufferTooSmall { .. } => ErrorKind::Io,
+    };
+    ChildError::new(kind, step, e.to_string())
+}
+
+/// As [`upload_error`], for the activation; a failure after the reset is
+/// the verification's.
+fn activate_error(e: ActivateError) -> ChildError {
+    let (kind, step) = match &e {
+        ActivateError::Device { err, .. } => {
+            return device_error(err, Step::Activate, e.to_string())
+        }
+        ActivateError::Timeout { .. } => (ErrorKind::Unreachable, Step::Activate),
+        ActivateError::NoAnswerAfterReset { .. } => (ErrorKind::Unreachable, Step::Verify),
+        ActivateError::Malformed { .. } => (ErrorKind::Garbled, Step::Activate),
+        ActivateError::NoCandidate
+        | ActivateError::CandidateVersion { .. }
+        | ActivateError::NotPending => (ErrorKind::Refused(Cause::InstallFailed), Step::Activate),
+        ActivateError::NoActiveImage
+        | ActivateError::VersionMismatch { .. }
+        | ActivateError::NotConfirmed => (ErrorKind::Refused(Cause::InstallFailed), Step::Verify),
+    };
+    ChildError::new(kind, step, e.to_string())
+}
+
+/// As [`upload_error`], for a version read.
+fn state_read_error(e: StateReadError) -> ChildError {
+    let step = Step::ReadVersion;
+    match &e {
+        StateReadError::Timeout { .. } => ChildError::unreachable(step, e.to_string()),
+        StateReadError::Malformed(_) => ChildError::garbled(step, e.to_string()),
+        StateReadError::Device(err) => device_error(err, step, e.to_string()),
     }
 }
 
 impl Child for SerialChild {
+    fn version_policy(&self) -> Policy {
+        self.version_policy
+    }
+
     fn device_id(&self) -> &str {
-        &self.device_id
+        self.id()
     }
 
     fn transport(&self) -> &'static str {
@@ -310,55 +381,39 @@ impl Child for SerialChild {
     }
 
     fn bus(&self) -> Option<String> {
-        Some(self.port.bus())
+        Some(self.line.port().bus())
     }
 
     fn chunk_retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.line.retries()
     }
 
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
             let o = &self.options;
-            let config = StateReadConfig {
-                timeout: o.timeout,
-                retries: o.retries,
-                first_seq: link.next_seq(),
-                ..StateReadConfig::default()
-            };
-            let mut engine = StateRead::new(config, clock.now());
             let mut outcome = None;
-            let mut stats = LineStats::default();
-            let r = drive(&mut link, clock, &mut engine, None, &mut stats, |ev| {
-                outcome = Some(ev)
-            })
-            .await;
-            self.retries.fetch_add(stats.resent, Ordering::Relaxed);
-            r.map_err(|e| self.drive_error(e))?;
+            let make = |first_seq, now| {
+                let config = StateReadConfig {
+                    timeout: o.timeout,
+                    retries: o.retries,
+                    first_seq,
+                    ..StateReadConfig::default()
+                };
+                Ok(Console::new(StateRead::new(config, now)))
+            };
+            let step = Step::ReadVersion;
+            self.line
+                .run(step, make, None, |ev| {
+                    outcome = Some(ev);
+                    ControlFlow::Continue(())
+                })
+                .await?;
             match outcome {
-                Some(StateReadEvent::Images(list)) => {
-                    active_version(&list, 0).map(str::to_owned).ok_or_else(|| {
-                        ChildError::Protocol("no active image in the state list".into())
-                    })
-                }
-                Some(StateReadEvent::Failed(e @ StateReadError::Timeout { .. })) => {
-                    Err(ChildError::Unreachable(e.to_string()))
-                }
-                Some(StateReadEvent::Failed(e @ StateReadError::Malformed(_))) => {
-                    Err(ChildError::Protocol(e.to_string()))
-                }
-                Some(StateReadEvent::Failed(StateReadError::Device(err))) => {
-                    Err(rejected(result::for_smp(&err), &err))
-                }
-                None => Err(ChildError::Protocol(
-                    "state read ended without a verdict".into(),
-                )),
+                Some(StateReadEvent::Images(list)) => active_version(&list, 0)
+                    .map(str::to_owned)
+                    .ok_or_else(|| ChildError::garbled(step, "no active image in the state list")),
+                Some(StateReadEvent::Failed(e)) => Err(state_read_error(e)),
+                None => Err(ChildError::io(step, "state read ended without a verdict")),
             }
         })
     }
@@ -378,46 +433,39 @@ impl Child for SerialChild {
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let mut link = self
-                .port
-                .lock()
-                .await
-                .map_err(|e| e.into_child_error(&self.device_id))?;
-            let clock = Clock::start();
-            // No expected hash: the state list's `hash` is MCUboot's
-            // IMAGE_TLV_SHA256, not the package file's SHA-256 (docs/protocols/children.md
-            // §4.3); the engine picks the non-active slot and checks its version.
-            let mut engine = Activate::new(
-                self.activate_config(link.next_seq()),
-                &package.version,
-                None,
-                clock.now(),
-            );
             let mut outcome = None;
-            let mut stats = LineStats::default();
-            let r = drive(
-                &mut link,
-                clock,
-                &mut engine,
-                None,
-                &mut stats,
-                |ev| match ev {
-                    ActivateEvent::Done { version } => outcome = Some(Ok(version)),
-                    ActivateEvent::Failed(e) => outcome = Some(Err(e)),
-                    other => debug!(child = %self.device_id, "activation: {other:?}"),
-                },
-            )
-            .await;
-            self.retries.fetch_add(stats.resent, Ordering::Relaxed);
-            r.map_err(|e| self.drive_error(e))?;
+            // No expected hash: the state list's `hash` is MCUboot's
+            // IMAGE_TLV_SHA256, not the package file's SHA-256
+            // (docs/protocols/children.md §4.3); the engine picks the
+            // non-active slot and checks its version.
+            let make = |seq, now| {
+                let config = self.activate_config(seq);
+                Ok(Console::new(Activate::new(
+                    config,
+                    &package.version,
+                    None,
+                    now,
+                )))
+            };
+            self.line
+                .run(Step::Activate, make, None, |ev| {
+                    match ev {
+                        ActivateEvent::Done { version } => outcome = Some(Ok(version)),
+                        ActivateEvent::Failed(e) => outcome = Some(Err(e)),
+                        other => debug!(child = %self.id(), "activation: {other:?}"),
+                    }
+                    ControlFlow::Continue(())
+                })
+                .await?;
             match outcome {
                 Some(Ok(version)) => {
-                    info!(child = %self.device_id, %version, "running the new image");
+                    info!(child = %self.id(), %version, "running the new image");
                     Ok(())
                 }
                 Some(Err(e)) => Err(activate_error(e)),
-                None => Err(ChildError::Protocol(
-                    "activation ended without a verdict".into(),
+                None => Err(ChildError::io(
+                    Step::Activate,
+                    "activation ended without a verdict",
                 )),
             }
         })
@@ -427,58 +475,56 @@ impl Child for SerialChild {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otabridge_codecs::smp::message::SmpErr;
+    use crate::child::link::port::Ports;
 
     #[test]
     fn errors_map_to_child_errors() {
-        let t = upload_error(UploadError::Timeout {
-            off: 0,
-            attempts: 5,
-        });
-        assert!(matches!(t, ChildError::Unreachable(_)), "{t}");
+        let step = Step::Deliver { offset: 0 };
+        let t = upload_error(
+            UploadError::Timeout {
+                off: 0,
+                attempts: 5,
+            },
+            step,
+        );
+        assert_eq!(t.kind(), ErrorKind::Unreachable, "{t}");
         let img = |rc| UploadError::Device(SmpErr::Group { group: 1, rc });
+        let e = upload_error(img(23), step);
+        assert_eq!(e.cause(), Some(Cause::UnsupportedPackage), "{e}");
         assert_eq!(
-            upload_error(img(23)),
-            ChildError::Rejected {
-                result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
-                description: otabridge_codecs::iotda::result::DESC_UNSUPPORTED_TYPE.into()
-            }
+            e.said().unwrap().code,
+            "SMP image group rc 23 (INVALID_IMAGE_HEADER_MAGIC)"
         );
         // No platform wording: the engine's own message.
-        match upload_error(img(28)) {
-            ChildError::Rejected {
-                result_code: otabridge_codecs::iotda::ResultCode::INNER_ERROR,
-                description,
-            } => {
-                assert!(description.contains("device error"), "{description}")
-            }
-            e => panic!("{e}"),
-        }
+        let e = upload_error(img(28), step);
+        assert_eq!(e.cause(), Some(Cause::Unclassified), "{e}");
+        assert!(e.detail().contains("device error"), "{e}");
         let a = activate_error(ActivateError::NoAnswerAfterReset { attempts: 3 });
-        assert!(a.is_transient(), "{a}");
+        assert_eq!(
+            (a.kind(), a.step()),
+            (ErrorKind::Unreachable, Step::Verify),
+            "{a}"
+        );
         let v = activate_error(ActivateError::VersionMismatch {
             target: "2.0.0".into(),
             reported: "1.0.0".into(),
         });
-        assert!(
-            matches!(
-                v,
-                ChildError::Rejected {
-                    result_code: otabridge_codecs::iotda::ResultCode::INSTALL_FAIL,
-                    ..
-                }
-            ),
-            "{v}"
-        );
-        assert!(parse_sha("zz").is_err());
+        assert_eq!(v.cause(), Some(Cause::InstallFailed), "{v}");
+        assert!(parse_sha("zz", step).is_err());
+    }
+
+    fn on(ports: &mut Ports, id: &str, path: &Path, o: &SerialOptions) -> SerialChild {
+        let settings = PortSettings::new(9600, o.framing);
+        SerialChild::on_port(id, ports.get(path, settings), o.clone())
     }
 
     #[test]
     fn children_on_one_path_share_the_port() {
         let o = SerialOptions::default();
-        let a = SerialChild::new("a", Path::new("/dev/otabridge-test-bus"), 9600, o.clone());
-        let b = SerialChild::new("b", Path::new("/dev/otabridge-test-bus"), 9600, o.clone());
-        let c = SerialChild::new("c", Path::new("/dev/otabridge-test-other"), 9600, o);
+        let mut ports = Ports::default();
+        let a = on(&mut ports, "a", Path::new("/dev/otabridge-test-bus"), &o);
+        let b = on(&mut ports, "b", Path::new("/dev/otabridge-test-bus"), &o);
+        let c = on(&mut ports, "c", Path::new("/dev/otabridge-test-other"), &o);
         assert!(Arc::ptr_eq(a.port(), b.port()));
         assert!(!Arc::ptr_eq(a.port(), c.port()));
         // When every driver of a path is gone, the next one opens afresh.
@@ -495,8 +541,9 @@ mod tests {
         let link = dir.path().join("by-id-usb-acme");
         std::os::unix::fs::symlink(&node, &link).unwrap();
         let o = SerialOptions::default();
-        let a = SerialChild::new("a", &node, 9600, o.clone());
-        let b = SerialChild::new("b", &link, 9600, o);
+        let mut ports = Ports::default();
+        let a = on(&mut ports, "a", &node, &o);
+        let b = on(&mut ports, "b", &link, &o);
         assert!(Arc::ptr_eq(a.port(), b.port()));
     }
 

@@ -16,10 +16,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use otabridge_codecs::version::Policy;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::serial::{Framing, SerialOptions, MAX_BUF_SIZE, MAX_WINDOW, MIN_BUF_SIZE};
+use super::serial::{
+    Framing, SerialOptions, DEFAULT_REOPEN_TIMEOUT, MAX_BUF_SIZE, MAX_REOPEN_TIMEOUT_MS,
+    MAX_WINDOW, MIN_BUF_SIZE,
+};
 use super::FramedProfile;
 
 /// One `[[child]]` table as written: each key's value with its place in the
@@ -87,7 +91,8 @@ pub enum Transport {
         options: SerialOptions,
     },
     /// An in-process simulated child, for bench tests of the platform link
-    /// without hardware.
+    /// without hardware (the `sim` feature).
+    #[cfg(feature = "sim")]
     Simulated {
         /// The version it reports.
         version: String,
@@ -101,6 +106,9 @@ pub enum Transport {
 pub struct ChildConfig {
     /// Its IoTDA device id (`object_device_id`).
     pub device_id: String,
+    /// How its versions are compared with a target: its own `version_match`,
+    /// else `[ota] version_match` (any transport).
+    pub version_match: Policy,
     /// How it is reached.
     pub transport: Transport,
     /// What is checked in its packages before delivery (`image = {...}`).
@@ -200,6 +208,7 @@ impl ImageSpec {
 enum ChildSpec {
     Coap(CoapSpec),
     Serial(SerialSpec),
+    #[cfg(feature = "sim")]
     Sim(SimSpec),
 }
 
@@ -236,7 +245,6 @@ struct SmpSpec {
     /// `"smp"` when written; [`ChildSpec::from_table`] dispatched on it.
     #[serde(rename = "protocol")]
     _protocol: Option<String>,
-    version_compare: Option<String>,
     buf_size: Option<u32>,
     timeout_ms: Option<u64>,
     first_timeout_ms: Option<u64>,
@@ -245,6 +253,7 @@ struct SmpSpec {
     reboot_wait_ms: Option<u64>,
     reboot_timeout_ms: Option<u64>,
     image: Option<toml::Value>,
+    reopen_timeout_ms: Option<u64>,
 }
 
 /// `transport = "serial"` with `protocol = "framed:<profile>"`: the line
@@ -260,9 +269,11 @@ struct FramedSpec {
     #[serde(rename = "protocol")]
     _protocol: String,
     image: Option<toml::Value>,
+    reopen_timeout_ms: Option<u64>,
 }
 
 /// `transport = "sim"`: an in-process child for bench tests.
+#[cfg(feature = "sim")]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SimSpec {
@@ -273,21 +284,26 @@ struct SimSpec {
     image: Option<toml::Value>,
 }
 
+#[cfg(feature = "sim")]
 fn yes() -> bool {
     true
 }
 
 /// The transports this build knows, for messages.
+#[cfg(feature = "sim")]
 const TRANSPORTS: &str = "coap, serial or sim";
+#[cfg(not(feature = "sim"))]
+const TRANSPORTS: &str = "coap or serial";
 
 impl ChildSpec {
     /// Reads `transport` (and a serial child's `protocol`), then the shape
     /// they select.
-    fn from_table(table: &ChildTable) -> Result<ChildSpec, BadKey> {
+    fn from_table(table: &ChildTable) -> Result<(ChildSpec, Option<Policy>), BadKey> {
         let mut values: toml::Table = table
             .iter()
             .map(|(k, v)| (k.clone(), v.get_ref().clone()))
             .collect();
+        let version_match = version_match(&mut values)?;
         let transport = match values.remove("transport") {
             Some(toml::Value::String(t)) => t,
             Some(v) => {
@@ -299,15 +315,23 @@ impl ChildSpec {
             None => return Err(BadKey::new("transport", "is required")),
         };
         let what = format!("transport = \"{transport}\"");
-        match transport.as_str() {
+        let spec = match transport.as_str() {
             "coap" => shape(values, &what).map(ChildSpec::Coap),
             "serial" => SerialSpec::from_values(values).map(ChildSpec::Serial),
+            #[cfg(feature = "sim")]
             "sim" => shape(values, &what).map(ChildSpec::Sim),
+            #[cfg(not(feature = "sim"))]
+            "sim" => Err(BadKey::new(
+                "transport",
+                "'sim' (the in-process simulated child) needs a build with the `sim` \
+                 feature; this one is without the simulators (the Debian package)",
+            )),
             other => Err(BadKey::new(
                 "transport",
                 format!("'{other}' is not {TRANSPORTS}"),
             )),
-        }
+        }?;
+        Ok((spec, version_match))
     }
 
     /// The child's `image` table, resolved with its transport's defaults
@@ -317,6 +341,7 @@ impl ChildSpec {
             ChildSpec::Coap(c) => (c.image.take(), false),
             ChildSpec::Serial(SerialSpec::Smp(s)) => (s.image.take(), true),
             ChildSpec::Serial(SerialSpec::Framed { spec, .. }) => (spec.image.take(), false),
+            #[cfg(feature = "sim")]
             ChildSpec::Sim(s) => (s.image.take(), false),
         };
         ImageSpec::resolve(spec, mcuboot)
@@ -327,8 +352,39 @@ impl ChildSpec {
             ChildSpec::Coap(c) => &c.device_id,
             ChildSpec::Serial(SerialSpec::Smp(s)) => &s.device_id,
             ChildSpec::Serial(SerialSpec::Framed { spec, .. }) => &spec.device_id,
+            #[cfg(feature = "sim")]
             ChildSpec::Sim(s) => &s.device_id,
         }
+    }
+}
+
+/// Takes `version_match`, which every transport has, out of a child's
+/// keys; the serial `version_compare` it replaced is an error that names
+/// the new key.
+fn version_match(values: &mut toml::Table) -> Result<Option<Policy>, BadKey> {
+    if values.contains_key("version_compare") {
+        return Err(BadKey::new(
+            "version_compare",
+            "was replaced by `version_match` (\"normalised\" or \"exact\"), which any [[child]] \
+             may set; without it the child follows [ota] version_match",
+        ));
+    }
+    match values.remove("version_match") {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Policy::parse(&s).map(Some).ok_or_else(|| {
+            BadKey::new(
+                "version_match",
+                format!("'{s}' is not {}", Policy::NAMES.join(" or ")),
+            )
+        }),
+        Some(v) => Err(BadKey::new(
+            "version_match",
+            format!(
+                "expected a string ({}), found {}",
+                Policy::NAMES.join(" or "),
+                v.type_str()
+            ),
+        )),
     }
 }
 
@@ -437,8 +493,8 @@ impl Siblings {
         index: usize,
         table: &ChildTable,
         gateway: &str,
-    ) -> Result<(String, Draft, ChildImage), BadKey> {
-        let mut spec = ChildSpec::from_table(table)?;
+    ) -> Result<(String, Option<Policy>, Draft, ChildImage), BadKey> {
+        let (mut spec, version_match) = ChildSpec::from_table(table)?;
         let image = spec.take_image()?;
         let id = spec.device_id().to_owned();
         if id.trim().is_empty() {
@@ -474,16 +530,18 @@ impl Siblings {
                     baud,
                     options: SerialOptions {
                         framing,
+                        reopen_timeout: reopen_timeout(spec.reopen_timeout_ms)?,
                         ..SerialOptions::default()
                     },
                 })
             }
+            #[cfg(feature = "sim")]
             ChildSpec::Sim(s) => Draft::Ready(Transport::Simulated {
                 version: s.version,
                 online: s.online,
             }),
         };
-        Ok((id, draft, image))
+        Ok((id, version_match, draft, image))
     }
 
     fn share(&mut self, index: usize, port: &PathBuf, baud: u32, f: Framing) -> Result<(), BadKey> {
@@ -541,19 +599,7 @@ fn line(
 
 /// Validates the SMP tuning keys of one child.
 fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
-    use otabridge_codecs::version::Mode;
     let d = SerialOptions::default();
-    let version_compare = match s.version_compare.as_deref() {
-        None => d.version_compare,
-        Some("normalised") => Mode::Normalised,
-        Some("exact") => Mode::Exact,
-        Some(o) => {
-            return Err(BadKey::new(
-                "version_compare",
-                format!("'{o}' is not normalised or exact"),
-            ))
-        }
-    };
     let buf_size = match s.buf_size {
         None => None,
         Some(b) if (MIN_BUF_SIZE..=MAX_BUF_SIZE).contains(&b) => Some(b as usize),
@@ -588,7 +634,6 @@ fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
     };
     Ok(SerialOptions {
         framing,
-        version_compare,
         buf_size,
         timeout: ms(s.timeout_ms, "timeout_ms", d.timeout)?,
         first_timeout: ms(s.first_timeout_ms, "first_timeout_ms", d.first_timeout)?,
@@ -596,5 +641,19 @@ fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
         window,
         reboot_wait: ms(s.reboot_wait_ms, "reboot_wait_ms", d.reboot_wait)?,
         reboot_timeout: ms(s.reboot_timeout_ms, "reboot_timeout_ms", d.reboot_timeout)?,
+        reopen_timeout: reopen_timeout(s.reopen_timeout_ms)?,
     })
+}
+
+/// `reopen_timeout_ms` (any serial child): 0 fails at once when the port
+/// goes away; at most an hour, as every other wait.
+fn reopen_timeout(v: Option<u64>) -> Result<std::time::Duration, BadKey> {
+    match v {
+        None => Ok(DEFAULT_REOPEN_TIMEOUT),
+        Some(ms) if ms <= MAX_REOPEN_TIMEOUT_MS => Ok(std::time::Duration::from_millis(ms)),
+        Some(ms) => Err(BadKey::new(
+            "reopen_timeout_ms",
+            format!("{ms} is outside 0..={MAX_REOPEN_TIMEOUT_MS} ms"),
+        )),
+    }
 }

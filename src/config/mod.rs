@@ -10,16 +10,22 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use otabridge_codecs::version::Policy;
 use serde::Deserialize;
 
 mod child;
+mod gateway;
 mod profile;
 mod serial;
 
 pub use child::{ChildConfig, ChildImage, Delivery, ImageCheck, SerialProtocol, Transport};
+pub use gateway::{
+    After, GatewayConfig, InstallConfig, Installer, VersionSource, FILE_PLACEHOLDER,
+};
 pub use profile::{find_profile, FramedProfile, ProfileLookupError};
 pub use serial::{
-    Framing, Parity, SerialOptions, DEFAULT_WINDOW, MAX_BUF_SIZE, MAX_WINDOW, MIN_BUF_SIZE,
+    Framing, Parity, SerialOptions, DEFAULT_REOPEN_TIMEOUT, DEFAULT_WINDOW, MAX_BUF_SIZE,
+    MAX_REOPEN_TIMEOUT_MS, MAX_WINDOW, MIN_BUF_SIZE,
 };
 
 /// A configuration that cannot be used: which file, which key, and why.
@@ -101,6 +107,8 @@ struct RawConfig {
     profiles: ProfilesConfig,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    gateway: gateway::RawGateway,
     #[serde(default)]
     image: ImageConfig,
     #[serde(default, rename = "child")]
@@ -199,9 +207,10 @@ pub struct OtaConfig {
     /// Transient failures (child silent, timeouts) tolerated per phase
     /// before a job fails (default 5).
     pub max_retries: u32,
-    /// Compare versions byte for byte instead of normalised ("V1.2" equals
-    /// "1.2.0" when normalised; default false).
-    pub exact_versions: bool,
+    /// `version_match`: how a child's version is compared with the target,
+    /// `"normalised"` (the default: "V1.2" equals "1.2.0") or `"exact"`;
+    /// a `[[child]]` may set its own.
+    pub version_match: Policy,
     /// Reading a child's version (default 30 s).
     pub version_read_timeout_secs: u64,
     /// Until the first delivery progress of an attempt: flash erase happens
@@ -222,7 +231,7 @@ impl Default for OtaConfig {
         OtaConfig {
             max_concurrent_jobs: 16,
             max_retries: 5,
-            exact_versions: false,
+            version_match: Policy::Normalised,
             version_read_timeout_secs: 30,
             first_chunk_timeout_secs: 120,
             chunk_timeout_secs: 60,
@@ -321,6 +330,8 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[gateway]`: the gateway's own upgrade (default: none, refused).
+    pub gateway: GatewayConfig,
     /// `[image]`.
     pub image: ImageConfig,
     /// `[[child]]`, in file order.
@@ -394,6 +405,7 @@ struct Draft {
     ota: OtaConfig,
     profiles: ProfilesConfig,
     metrics: MetricsConfig,
+    gateway: GatewayConfig,
     image: ImageConfig,
     children: Vec<DraftChild>,
 }
@@ -401,6 +413,8 @@ struct Draft {
 #[derive(Debug)]
 struct DraftChild {
     device_id: String,
+    /// Its own `version_match`, if it sets one.
+    version_match: Option<Policy>,
     draft: child::Draft,
     image: ChildImage,
     /// `child[i].protocol` and where it is written, for a profile that
@@ -436,9 +450,19 @@ impl Draft {
             key: key.to_owned(),
             message,
         };
+        retired(text, file)?;
         let raw = deserialize(text, file)?;
         let platform = platform(raw.platform).map_err(invalid)?;
         check_limits(&raw.download, &raw.coap, &raw.ota).map_err(invalid)?;
+        let gateway =
+            raw.gateway
+                .clone()
+                .validate()
+                .map_err(|(key, message)| ConfigError::Invalid {
+                    file: file.to_owned(),
+                    key,
+                    message,
+                })?;
         let mut siblings = child::Siblings::default();
         let mut children = Vec::with_capacity(raw.children.len());
         for (i, table) in raw.children.iter().enumerate() {
@@ -453,7 +477,7 @@ impl Draft {
                 };
                 (key, at)
             };
-            let (device_id, draft, image) = siblings
+            let (device_id, version_match, draft, image) = siblings
                 .check(i, table, &platform.raw.device_id)
                 .map_err(|e| {
                     let (key, at) = located(&e.key);
@@ -466,6 +490,7 @@ impl Draft {
             let (protocol_key, protocol_at) = located("protocol");
             children.push(DraftChild {
                 device_id,
+                version_match,
                 draft,
                 image,
                 protocol_key,
@@ -481,6 +506,7 @@ impl Draft {
             ota: raw.ota,
             profiles: raw.profiles,
             metrics: raw.metrics,
+            gateway,
             image: raw.image,
             children,
         })
@@ -528,6 +554,7 @@ impl Draft {
             };
             children.push(ChildConfig {
                 device_id: c.device_id,
+                version_match: c.version_match.unwrap_or(self.ota.version_match),
                 transport,
                 image: c.image,
             });
@@ -553,10 +580,48 @@ impl Draft {
             ota: self.ota,
             profiles: self.profiles,
             metrics: self.metrics,
+            gateway: self.gateway,
             image: self.image,
             children,
         })
     }
+}
+
+/// `[ota]` keys that were replaced, to be named with their replacement
+/// rather than as unknown keys (a `[[child]]`'s are in `child.rs`).
+#[derive(Deserialize)]
+struct Retired {
+    #[serde(default)]
+    ota: RetiredOta,
+}
+
+#[derive(Default, Deserialize)]
+struct RetiredOta {
+    exact_versions: Option<toml::Spanned<toml::Value>>,
+}
+
+/// Fails on a replaced key. Text that is not valid TOML passes here and is
+/// reported by [`deserialize`].
+fn retired(text: &str, file: &Path) -> Result<(), ConfigError> {
+    let Ok(r) = toml::from_str::<Retired>(text) else {
+        return Ok(());
+    };
+    if let Some(v) = r.ota.exact_versions {
+        let now = match v.get_ref().as_bool() {
+            Some(true) => "exact",
+            _ => "normalised",
+        };
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            key: "ota.exact_versions".into(),
+            message: format!(
+                "was replaced by `version_match` (\"normalised\" or \"exact\"): write \
+                 version_match = \"{now}\" in [ota]{}",
+                at(text, v.span().start)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The TOML into its sections; an unknown key or a wrong type names the
@@ -771,15 +836,82 @@ protocol = "framed:acme-rs485"
                 options: SerialOptions::default(),
             }
         );
+        assert_eq!(c.ota.version_match, Policy::Normalised);
+        assert!(c
+            .children
+            .iter()
+            .all(|c| c.version_match == Policy::Normalised));
+    }
+
+    /// One key for every transport: `[ota] version_match` for all children,
+    /// `version_match` on a `[[child]]` for that one.
+    #[test]
+    fn version_match_has_a_default_and_a_per_child_override() {
+        let c =
+            parse(&GOOD.replace("[state]", "[ota]\nversion_match = \"exact\"\n\n[state]")).unwrap();
+        assert_eq!(c.ota.version_match, Policy::Exact);
+        assert!(c.children.iter().all(|c| c.version_match == Policy::Exact));
+        let c = parse(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\nversion_match = \"exact\"",
+        ))
+        .unwrap();
+        let m: Vec<Policy> = c.children.iter().map(|c| c.version_match).collect();
+        assert_eq!(m, [Policy::Exact, Policy::Normalised]);
+        let e = err(&GOOD.replace("[state]", "[ota]\nversion_match = \"loose\"\n\n[state]"));
+        assert!(
+            e.contains(
+                ": ota.version_match: unknown variant `loose`, expected `exact` or `normalised`"
+            ),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\nversion_match = true",
+        ));
+        assert!(
+            e.contains(": child[0].version_match: expected a string (normalised or exact), found boolean (line 14"),
+            "{e}"
+        );
+    }
+
+    /// The keys `version_match` replaced name their replacement.
+    #[test]
+    fn replaced_version_keys_name_the_new_key() {
+        let e = err(&GOOD.replace(
+            "[state]",
+            "[ota]\nmax_retries = 3\nexact_versions = true\n\n[state]",
+        ));
+        assert_eq!(
+            e,
+            "config /etc/otabridge.toml: ota.exact_versions: was replaced by `version_match` \
+             (\"normalised\" or \"exact\"): write version_match = \"exact\" in [ota] (line 9, column 18)"
+        );
+        let e = err(&GOOD.replace("[state]", "[ota]\nexact_versions = false\n\n[state]"));
+        assert!(
+            e.contains("write version_match = \"normalised\" in [ota]"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "protocol = \"framed:acme-rs485\"",
+            "protocol = \"smp\"\nversion_compare = \"exact\"",
+        ));
+        assert!(
+            e.starts_with(
+                "config /etc/otabridge.toml: child[1].version_compare: was replaced by `version_match`"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("(line 21, column 19)"), "{e}");
     }
 
     #[test]
     fn serial_keys_parse() {
         let text = GOOD.replace(
             "protocol = \"framed:acme-rs485\"",
-            "protocol = \"smp\"\nframing = \"7e2\"\nversion_compare = \"exact\"\n\
+            "protocol = \"smp\"\nframing = \"7e2\"\nversion_match = \"exact\"\n\
              buf_size = 2048\ntimeout_ms = 300\nfirst_timeout_ms = 9000\nretries = 2\nwindow = 3\n\
-             reboot_wait_ms = 100\nreboot_timeout_ms = 20000",
+             reboot_wait_ms = 100\nreboot_timeout_ms = 20000\nreopen_timeout_ms = 1500",
         );
         let c = parse(&text).unwrap();
         let Transport::Serial {
@@ -797,7 +929,6 @@ protocol = "framed:acme-rs485"
                     parity: Parity::Even,
                     stop_bits: 2
                 },
-                version_compare: otabridge_codecs::version::Mode::Exact,
                 buf_size: Some(2048),
                 timeout: Duration::from_millis(300),
                 first_timeout: Duration::from_secs(9),
@@ -805,9 +936,21 @@ protocol = "framed:acme-rs485"
                 window: 3,
                 reboot_wait: Duration::from_millis(100),
                 reboot_timeout: Duration::from_secs(20),
+                reopen_timeout: Duration::from_millis(1500),
             }
         );
+        assert_eq!(c.children[1].version_match, Policy::Exact);
         assert_eq!(options.framing.bits_per_char(), 11);
+        // A framed child takes the port key too; 0 means "do not wait".
+        let text = GOOD.replace(
+            "protocol = \"framed:acme-rs485\"",
+            "protocol = \"framed:acme-rs485\"\nreopen_timeout_ms = 0",
+        );
+        let c = parse(&text).unwrap();
+        let Transport::Serial { options, .. } = &c.children[1].transport else {
+            panic!("not serial");
+        };
+        assert_eq!(options.reopen_timeout, Duration::ZERO);
         assert_eq!(Framing::EIGHT_N_ONE.bits_per_char(), 10);
     }
 
@@ -823,7 +966,7 @@ protocol = "framed:acme-rs485"
             ("framing = \"9N1\"", "child[1].framing"),
             ("framing = \"8X1\"", "child[1].framing"),
             ("framing = \"8N3\"", "child[1].framing"),
-            ("version_compare = \"fuzzy\"", "child[1].version_compare"),
+            ("version_match = \"fuzzy\"", "child[1].version_match"),
             ("buf_size = 64", "child[1].buf_size"),
             ("buf_size = 5000", "child[1].buf_size"),
             ("timeout_ms = 0", "child[1].timeout_ms"),
@@ -833,6 +976,7 @@ protocol = "framed:acme-rs485"
             ("window = 9", "child[1].window"),
             ("reboot_wait_ms = 0", "child[1].reboot_wait_ms"),
             ("reboot_timeout_ms = 0", "child[1].reboot_timeout_ms"),
+            ("reopen_timeout_ms = 3600001", "child[1].reopen_timeout_ms"),
         ];
         for (line, key) in cases {
             let e = err(&serial(line));

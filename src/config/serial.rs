@@ -74,9 +74,6 @@ impl Framing {
 pub struct SerialOptions {
     /// `framing`: character framing (default 8N1).
     pub framing: Framing,
-    /// `version_compare`: how the version read back after activation is
-    /// compared with the target (default normalised).
-    pub version_compare: otabridge_codecs::version::Mode,
     /// `buf_size`: the device's SMP buffer; when set, MCUmgr params is not
     /// asked (for devices built without it). Default: ask the device.
     pub buf_size: Option<usize>,
@@ -94,6 +91,10 @@ pub struct SerialOptions {
     pub window: usize,
     /// `reboot_wait_ms`: silence after the reset before asking (default 5000).
     pub reboot_wait: Duration,
+    /// `reopen_timeout_ms`: how long a port that went away (a USB-CDC
+    /// device re-enumerating while its child reboots) is waited for before
+    /// the operation fails (default 60000; every serial child).
+    pub reopen_timeout: Duration,
     /// `reboot_timeout_ms`: how long to keep asking after the reset for the
     /// device to come back (default 60000).
     pub reboot_timeout: Duration,
@@ -103,7 +104,6 @@ impl Default for SerialOptions {
     fn default() -> Self {
         SerialOptions {
             framing: Framing::EIGHT_N_ONE,
-            version_compare: otabridge_codecs::version::Mode::Normalised,
             buf_size: None,
             timeout: Duration::from_millis(2500),
             first_timeout: Duration::from_secs(40),
@@ -111,9 +111,16 @@ impl Default for SerialOptions {
             window: DEFAULT_WINDOW,
             reboot_wait: Duration::from_secs(5),
             reboot_timeout: Duration::from_secs(60),
+            reopen_timeout: DEFAULT_REOPEN_TIMEOUT,
         }
     }
 }
+
+/// Default `reopen_timeout_ms`: 60 s, as long as the default
+/// `reboot_timeout_ms` (an MCUboot swap plus a USB re-enumeration).
+pub const DEFAULT_REOPEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest `reopen_timeout_ms` accepted: an hour, as every other wait.
+pub const MAX_REOPEN_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Default `window`: two requests on the line. Zephyr's UART transport has
 /// two receive line buffers by default (`CONFIG_UART_MCUMGR_RX_BUF_COUNT`)

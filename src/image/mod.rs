@@ -36,7 +36,7 @@ use otabridge_codecs::iotda::result::ResultCode;
 use otabridge_codecs::mcuboot::{
     flags, kind, HashKind, Header, ImageDigest, ParseError, SigKind, Trailer, HEADER_SIZE,
 };
-use otabridge_codecs::version::{self, Mode};
+use otabridge_codecs::version::Policy;
 
 use crate::config::{Config, ImageCheck};
 
@@ -321,7 +321,7 @@ pub struct Rules {
     /// Whether the child's bootloader decrypts encrypted images.
     pub decrypts: bool,
     /// How the header version is compared with the event's target.
-    pub version_match: Mode,
+    pub version_match: Policy,
     /// The most bytes the child can store, when known.
     pub slot_size: Option<u64>,
 }
@@ -377,7 +377,7 @@ impl Examination {
             }
         }
         let v = h.version.to_string();
-        if !version::matches(target, &v, rules.version_match) {
+        if !rules.version_match.same(target, &v) {
             return Err(Rejection::new(
                 ResultCode::CHECK_FAIL,
                 "version",
@@ -463,11 +463,6 @@ impl Gate {
             Ok(out)
         };
         let global = load(&c.image.keys, "image.keys")?;
-        let version_match = if c.ota.exact_versions {
-            Mode::Exact
-        } else {
-            Mode::Normalised
-        };
         let mut children = HashMap::new();
         for (i, child) in c.children.iter().enumerate() {
             if child.image.check == ImageCheck::None {
@@ -482,7 +477,7 @@ impl Gate {
             let rules = Rules {
                 keys,
                 decrypts: child.image.encrypted,
-                version_match,
+                version_match: child.version_match,
                 slot_size: child.image.slot_size,
             };
             children.insert(child.device_id.clone(), rules);

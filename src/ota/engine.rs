@@ -19,23 +19,25 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{result, Event, ResultCode, Upgrade, UpgradeKind};
-use otabridge_codecs::version::Mode;
+use otabridge_codecs::version::Policy;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
+use super::verdict::{verdict, Failure};
 use crate::backoff::Backoff;
-use crate::child::{Child, ChildError, Package};
+use crate::child::{Child, ChildError, ErrorKind, Package, Step};
+use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
 use crate::journal;
 use crate::metrics::{Metrics, Resume};
 use crate::package::{PackageRequest, PackageStore};
-use crate::platform::{now_unix, Platform};
+use crate::platform::Platform;
 
 /// Time kept before the deadline to publish the terminal report.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
@@ -78,7 +80,6 @@ struct Inner {
     children: HashMap<String, Arc<dyn Child>>,
     limits: Limits,
     timeouts: Timeouts,
-    mode: Mode,
     metrics: Metrics,
     slots: Semaphore,
     /// Each child on a shared bus ([`Child::bus`]) and its bus's turn: one
@@ -96,10 +97,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
-}
-
-fn unix_to_system(t: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)
 }
 
 impl Engine {
@@ -138,11 +135,6 @@ impl Engine {
                     .collect(),
                 limits,
                 timeouts: Timeouts::from_config(cfg),
-                mode: if cfg.exact_versions {
-                    Mode::Exact
-                } else {
-                    Mode::Normalised
-                },
                 metrics,
                 slots: Semaphore::new(cfg.max_concurrent_jobs),
                 buses,
@@ -164,7 +156,7 @@ impl Engine {
     pub fn resume(&self) {
         let rows = {
             let mut j = journal::lock(self.inner.platform.journal());
-            jobs_db::active(&mut j, self.inner.limits, self.inner.mode)
+            jobs_db::active(&mut j, self.inner.limits, &|id| self.version_policy(id))
         };
         match rows {
             Ok(rows) => {
@@ -194,11 +186,23 @@ impl Engine {
         }
     }
 
+    /// How child `device_id` compares versions: its driver's policy (the
+    /// child's `version_match`), the default for a child no longer
+    /// configured (its job fails at once anyway).
+    fn version_policy(&self, device_id: &str) -> Policy {
+        self.inner
+            .children
+            .get(device_id)
+            .map_or_else(Policy::default, |c| c.version_policy())
+    }
+
     /// Takes an upgrade event for child `device_id`.
     pub fn submit(&self, device_id: &str, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
         let now = now_unix();
         let mut j = journal::lock(self.inner.platform.journal());
-        let latest = match jobs_db::latest(&mut j, device_id, self.inner.limits, self.inner.mode) {
+        let latest = match jobs_db::latest(&mut j, device_id, self.inner.limits, &|id| {
+            self.version_policy(id)
+        }) {
             Ok(l) => l,
             Err(e) => {
                 warn!(child = device_id, "journal: {e}");
@@ -244,10 +248,9 @@ impl Engine {
         }
         // The package store's rule (24 h, or less when `expires` says so)
         // is the job's deadline too.
-        let deadline = PackageRequest::from_upgrade(&upgrade, v2, unix_to_system(now))
-            .deadline
-            .duration_since(UNIX_EPOCH)
-            .map_or(now, |d| d.as_secs() as i64);
+        let deadline = clock::to_unix(
+            PackageRequest::from_upgrade(&upgrade, v2, clock::from_unix(now)).deadline,
+        );
         let id = match jobs_db::insert(&mut j, device_id, kind, v2, &upgrade, now, deadline) {
             Ok(id) => id,
             Err(e) => {
@@ -260,7 +263,7 @@ impl Engine {
         let machine = Machine::new(
             &upgrade.version,
             upgrade.file_size,
-            self.inner.mode,
+            self.version_policy(device_id),
             self.inner.limits,
         );
         self.spawn(JobRow {
@@ -299,6 +302,16 @@ impl Engine {
         tasks.push(task.abort_handle());
     }
 
+    /// Child jobs running in this process (waiting for a slot included): the
+    /// gateway's own install waits until there are none (src/gateway).
+    pub fn active_jobs(&self) -> usize {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Stops every job where it is, as a power cut would: each one resumes
     /// from the journal on the next start.
     pub fn shutdown(&self) {
@@ -315,7 +328,8 @@ impl Engine {
     }
 
     /// Applies effects: persist, report, and back off when asked.
-    async fn apply(&self, row: &JobRow, e: Effects, backoff: &mut Backoff) {
+    async fn apply(&self, run: &mut Run, e: Effects) {
+        let row = &run.row;
         if e.persist {
             let mut j = journal::lock(self.inner.platform.journal());
             if let Err(err) =
@@ -333,11 +347,20 @@ impl Engine {
         }
         if e.backoff {
             self.inner.metrics.job_retry(&row.device_id);
-            tokio::time::sleep(backoff.next_delay()).await;
+            if let Some(c) = &row.machine.cause {
+                info!(child = %row.device_id, job = row.id, retries = row.machine.retries, "retrying after: {c}");
+            }
+            tokio::time::sleep(run.backoff.next_delay()).await;
         }
     }
 
-    async fn run(&self, mut row: JobRow) {
+    /// Feeds `input` to the job's machine and applies the effects.
+    async fn feed(&self, run: &mut Run, input: Input) {
+        let e = run.row.machine.handle(input, now_unix());
+        self.apply(run, e).await;
+    }
+
+    async fn run(&self, row: JobRow) {
         self.inner.metrics.job_phase(row.id, row.machine.phase);
         let _slot = self
             .inner
@@ -345,205 +368,212 @@ impl Engine {
             .acquire()
             .await
             .expect("the job semaphore is never closed");
-        let Some(child) = self.inner.children.get(&row.device_id).cloned() else {
-            let e = row.machine.handle(
-                Input::Rejected {
-                    code: ResultCode::INNER_ERROR,
-                    description: format!("child {} is no longer configured", row.device_id),
-                },
-                now_unix(),
-            );
-            let mut b = Backoff::new(Duration::ZERO, Duration::ZERO, 0);
-            self.apply(&row, e, &mut b).await;
-            self.inner
-                .metrics
-                .job_finished(row.id, ResultCode::INNER_ERROR);
+        let child = self.inner.children.get(&row.device_id).cloned();
+        let mut run = Run::new(row, child, self.inner.timeouts);
+        let Some(child) = run.child.clone() else {
+            let v = verdict(Failure::Unconfigured(&run.row.device_id));
+            self.feed(&mut run, Input::Failed(v)).await;
+            self.finished(&run);
             return;
         };
-        let job_key = format!("job-{}", row.id);
-        let mut req =
-            PackageRequest::from_upgrade(&row.upgrade, row.v2, unix_to_system(row.received_unix));
-        req.deadline = unix_to_system(row.deadline_unix);
-        let until_deadline = Duration::from_secs((row.deadline_unix - now_unix()).max(0) as u64)
-            .saturating_sub(DEADLINE_MARGIN);
-        let deadline = tokio::time::Instant::now() + until_deadline;
-        let mut backoff = Backoff::new(
-            self.inner.timeouts.retry_min,
-            self.inner.timeouts.retry_max,
-            row.id as u64,
-        );
-        let mut package: Option<Package> = None;
+        let deadline = clock::now()
+            + clock::until(clock::from_unix(run.row.deadline_unix)).saturating_sub(DEADLINE_MARGIN);
         loop {
-            let work = row.machine.work();
+            let work = run.row.machine.work();
             if work == Work::Done {
                 break;
             }
-            let step = self.perform(
-                &mut row,
-                &child,
-                work,
-                &job_key,
-                &req,
-                &mut package,
-                &mut backoff,
-            );
             let outcome = tokio::select! {
-                o = step => o,
+                o = self.perform(&mut run, &child, work) => o,
                 _ = tokio::time::sleep_until(deadline) => Some(Input::DeadlinePassed),
             };
             if let Some(input) = outcome {
-                let e = row.machine.handle(input, now_unix());
-                self.apply(&row, e, &mut backoff).await;
+                self.feed(&mut run, input).await;
             }
         }
         // The store keys the package by the request, fetched or not.
-        if let Ok(key) = req.key() {
-            self.inner.store.release(&job_key, &key);
+        if let Ok(key) = run.req.key() {
+            self.inner.store.release(&run.job_key, &key);
         }
-        let (code, desc) = row
-            .machine
+        self.finished(&run);
+    }
+
+    /// Counts the job's end and logs it with its cause.
+    fn finished(&self, run: &Run) {
+        let m = &run.row.machine;
+        let (code, desc) = m
             .result
             .clone()
             .unwrap_or((ResultCode::INNER_ERROR, String::new()));
-        self.inner.metrics.job_finished(row.id, code);
-        info!(child = %row.device_id, job = row.id, code = code.get(), "job ended: {desc}");
+        self.inner.metrics.job_finished(run.row.id, code);
+        match &m.cause {
+            Some(cause) => {
+                info!(child = %run.row.device_id, job = run.row.id, %code, "job ended: {desc}; cause: {cause}")
+            }
+            None => info!(child = %run.row.device_id, job = run.row.id, %code, "job ended: {desc}"),
+        }
     }
 
     /// Does one piece of work; returns the input to feed, or `None` when the
     /// inputs were already fed (delivery progress).
-    #[allow(clippy::too_many_arguments)]
-    async fn perform(
-        &self,
-        row: &mut JobRow,
-        child: &Arc<dyn Child>,
-        work: Work,
-        job_key: &str,
-        req: &PackageRequest,
-        package: &mut Option<Package>,
-        backoff: &mut Backoff,
-    ) -> Option<Input> {
+    async fn perform(&self, run: &mut Run, child: &Arc<dyn Child>, work: Work) -> Option<Input> {
         let t = self.inner.timeouts;
         match work {
             Work::ReadVersion => {
                 let _bus = self.bus_turn(child).await;
-                Some(read_version(child, t.version_read).await)
+                // After the activation, the read is the verification.
+                let step = match run.row.machine.phase {
+                    Phase::Verifying => Step::Verify,
+                    _ => Step::ReadVersion,
+                };
+                Some(read_version(child, t.version_read, step).await)
             }
-            Work::Download => match self.fetch(job_key, req, package).await {
+            Work::Download => match self.fetch(run).await {
                 Ok(()) => Some(Input::Downloaded),
                 Err(input) => Some(input),
             },
             Work::Deliver { from } => {
-                if package.is_none() {
-                    if let Err(input) = self.fetch(job_key, req, package).await {
-                        return Some(input);
-                    }
+                if let Err(input) = self.fetch(run).await {
+                    return Some(input);
                 }
-                let pkg = package.clone().expect("fetched above");
-                if let Some(gate) = self.inner.gate.get() {
-                    let target = &row.machine.target;
-                    if let Err(r) = gate.check_package(&row.device_id, &pkg.path, target).await {
-                        warn!(child = %row.device_id, job = row.id, "{}", r.description);
-                        return Some(Input::Rejected {
-                            code: r.code,
-                            description: r.description,
-                        });
-                    }
+                if let Err(input) = self.check_image(run).await {
+                    return Some(input);
                 }
                 let _bus = self.bus_turn(child).await;
-                if from > 0 {
-                    self.inner.metrics.resumed(Resume::Delivery);
-                }
-                // Bytes acknowledged so far in this attempt, for the
-                // delivered-bytes counter (a driver that restarts from 0
-                // counts the bytes it sends again).
-                let mut acked = from;
-                let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-                let cb = move |n: u64| {
-                    let _ = tx.send(n);
-                };
-                let fut = child.deliver(&pkg, from, &cb);
-                tokio::pin!(fut);
-                let mut seen_progress = false;
-                let result = loop {
-                    let wait = if seen_progress {
-                        t.chunk
-                    } else {
-                        t.first_chunk
-                    };
-                    tokio::select! {
-                        r = &mut fut => break r,
-                        Some(n) = rx.recv() => {
-                            seen_progress = true;
-                            self.inner.metrics.delivered(&row.device_id, n.saturating_sub(acked));
-                            acked = n;
-                            let e = row.machine.handle(Input::Progress(n), now_unix());
-                            self.apply(row, e, backoff).await;
-                        }
-                        _ = tokio::time::sleep(wait) => {
-                            break Err(ChildError::Unreachable(format!(
-                                "no delivery progress for {} s", wait.as_secs()
-                            )));
-                        }
-                    }
-                };
-                while let Ok(n) = rx.try_recv() {
-                    self.inner
-                        .metrics
-                        .delivered(&row.device_id, n.saturating_sub(acked));
-                    acked = n;
-                    let e = row.machine.handle(Input::Progress(n), now_unix());
-                    self.apply(row, e, backoff).await;
-                }
-                Some(match result {
-                    Ok(()) => Input::Delivered,
-                    Err(e) => child_input(e),
-                })
+                Some(self.deliver(run, child, from).await)
             }
             Work::Activate => {
                 // The bus for the whole read-activate sequence.
                 let _bus = self.bus_turn(child).await;
-                // Never activate blindly: a job resumed after a crash may have
-                // activated already.
-                match read_version(child, t.version_read).await {
-                    Input::Version(v) if row.machine.phase == Phase::Activating => {
-                        let e = row.machine.handle(Input::Version(v), now_unix());
-                        self.apply(row, e, backoff).await;
-                        if row.machine.phase != Phase::Activating {
-                            return None;
-                        }
-                    }
-                    other => return Some(other),
-                }
-                if package.is_none() {
-                    if let Err(input) = self.fetch(job_key, req, package).await {
-                        return Some(input);
-                    }
-                }
-                let pkg = package.clone().expect("fetched above");
-                row.activations += 1;
-                {
-                    // Count the activation before sending it.
-                    let mut j = journal::lock(self.inner.platform.journal());
-                    if let Err(e) =
-                        jobs_db::save(&mut j, row.id, &row.machine, row.activations, now_unix())
-                    {
-                        warn!(child = %row.device_id, "journal: {e}");
-                    }
-                }
-                info!(child = %row.device_id, job = row.id, "activating {}", pkg.version);
-                Some(
-                    match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
-                        Ok(Ok(())) => Input::Activated,
-                        Ok(Err(e)) => child_input(e),
-                        Err(_) => Input::Transient(format!(
-                            "activation did not finish within {} s",
-                            t.activation.as_secs()
-                        )),
-                    },
-                )
+                self.activate(run, child).await
             }
             Work::Done => None,
         }
+    }
+
+    /// Delivers the package from `from`, feeding progress to the machine;
+    /// the delivery fails when no progress comes for a chunk timeout.
+    async fn deliver(&self, run: &mut Run, child: &Arc<dyn Child>, from: u64) -> Input {
+        let t = self.inner.timeouts;
+        let pkg = run.package.clone().expect("fetched before delivering");
+        if from > 0 {
+            self.inner.metrics.resumed(Resume::Delivery);
+        }
+        // Bytes acknowledged so far in this attempt, for the
+        // delivered-bytes counter (a driver that restarts from 0
+        // counts the bytes it sends again).
+        let mut acked = from;
+        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+        let cb = move |n: u64| {
+            let _ = tx.send(n);
+        };
+        let fut = child.deliver(&pkg, from, &cb);
+        tokio::pin!(fut);
+        let mut seen_progress = false;
+        let result = loop {
+            let wait = if seen_progress {
+                t.chunk
+            } else {
+                t.first_chunk
+            };
+            tokio::select! {
+                r = &mut fut => break r,
+                Some(n) = rx.recv() => {
+                    seen_progress = true;
+                    self.progress(run, &mut acked, n).await;
+                }
+                _ = tokio::time::sleep(wait) => {
+                    break Err(ChildError::unreachable(
+                        Step::Deliver { offset: acked },
+                        format!("no delivery progress for {} s", wait.as_secs()),
+                    ));
+                }
+            }
+        };
+        while let Ok(n) = rx.try_recv() {
+            self.progress(run, &mut acked, n).await;
+        }
+        match result {
+            Ok(()) => Input::Delivered,
+            Err(e) => {
+                // The driver names the offset it knew; this side may have
+                // seen later acknowledgements.
+                let e = match e.step() {
+                    Step::Deliver { offset } if offset < acked => {
+                        e.in_step(Step::Deliver { offset: acked })
+                    }
+                    _ => e,
+                };
+                Input::Failed(verdict(Failure::Child(&e)))
+            }
+        }
+    }
+
+    /// The child acknowledged `n` bytes (`acked` before).
+    async fn progress(&self, run: &mut Run, acked: &mut u64, n: u64) {
+        self.inner
+            .metrics
+            .delivered(&run.row.device_id, n.saturating_sub(*acked));
+        *acked = n;
+        self.feed(run, Input::Progress(n)).await;
+    }
+
+    /// Reads the version, and activates only when the child does not run
+    /// the target yet: a job resumed after a crash may have activated.
+    async fn activate(&self, run: &mut Run, child: &Arc<dyn Child>) -> Option<Input> {
+        let t = self.inner.timeouts;
+        match read_version(child, t.version_read, Step::Activate).await {
+            Input::Version(v) if run.row.machine.phase == Phase::Activating => {
+                self.feed(run, Input::Version(v)).await;
+                if run.row.machine.phase != Phase::Activating {
+                    return None;
+                }
+            }
+            other => return Some(other),
+        }
+        if let Err(input) = self.fetch(run).await {
+            return Some(input);
+        }
+        let pkg = run.package.clone().expect("fetched above");
+        let row = &mut run.row;
+        row.activations += 1;
+        {
+            // Count the activation before sending it.
+            let mut j = journal::lock(self.inner.platform.journal());
+            if let Err(e) = jobs_db::save(&mut j, row.id, &row.machine, row.activations, now_unix())
+            {
+                warn!(child = %row.device_id, "journal: {e}");
+            }
+        }
+        info!(child = %row.device_id, job = row.id, "activating {}", pkg.version);
+        let e = match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
+            Ok(Ok(())) => return Some(Input::Activated),
+            Ok(Err(e)) => {
+                if matches!(e.kind(), ErrorKind::Refused(_)) {
+                    // A refused activation may still have changed what the
+                    // child runs (an LwM2M child that booted another
+                    // version): read it, so that the failure report carries
+                    // the version the child runs now.
+                    if let Input::Version(v) =
+                        read_version(child, t.version_read, Step::Activate).await
+                    {
+                        self.feed(run, Input::Version(v)).await;
+                        if run.row.machine.phase != Phase::Activating {
+                            return None;
+                        }
+                    }
+                }
+                e
+            }
+            Err(_) => ChildError::unreachable(
+                Step::Activate,
+                format!(
+                    "activation did not finish within {} s",
+                    t.activation.as_secs()
+                ),
+            ),
+        };
+        Some(Input::Failed(verdict(Failure::Child(&e))))
     }
 
     /// Waits for `child`'s bus (when it shares one) and holds it until the
@@ -557,46 +587,79 @@ impl Engine {
         turn.clone().acquire_owned().await.ok()
     }
 
-    async fn fetch(
-        &self,
-        job_key: &str,
-        req: &PackageRequest,
-        package: &mut Option<Package>,
-    ) -> Result<(), Input> {
-        match self.inner.store.acquire(job_key, req).ready().await {
+    /// Checks the package with the image gate, when the child has one,
+    /// between the download and the delivery.
+    async fn check_image(&self, run: &Run) -> Result<(), Input> {
+        let (Some(gate), Some(pkg)) = (self.inner.gate.get(), run.package.as_ref()) else {
+            return Ok(());
+        };
+        let row = &run.row;
+        let target = &row.machine.target;
+        match gate.check_package(&row.device_id, &pkg.path, target).await {
+            Ok(()) => Ok(()),
+            Err(r) => {
+                warn!(child = %row.device_id, job = row.id, "{}", r.description);
+                Err(Input::Failed(verdict(Failure::ImageCheck(&r))))
+            }
+        }
+    }
+
+    /// The job's package, downloaded (or waited for) once per run.
+    async fn fetch(&self, run: &mut Run) -> Result<(), Input> {
+        if run.package.is_some() {
+            return Ok(());
+        }
+        match self
+            .inner
+            .store
+            .acquire(&run.job_key, &run.req)
+            .ready()
+            .await
+        {
             Ok(p) => {
-                *package = Some(p);
+                run.package = Some(p);
                 Ok(())
             }
-            Err(e) => Err(Input::DownloadFailed {
-                code: e.result_code(),
-                description: e.description(),
-            }),
+            Err(e) => Err(Input::Failed(verdict(Failure::Download(&e)))),
         }
     }
 }
 
-async fn read_version(child: &Arc<dyn Child>, within: Duration) -> Input {
-    match tokio::time::timeout(within, child.read_version()).await {
-        Ok(Ok(v)) => Input::Version(v),
-        Ok(Err(e)) => child_input(e),
-        Err(_) => Input::Transient(format!("no version within {} s", within.as_secs())),
+/// One job's run: its row, its child, and what it keeps between steps.
+struct Run {
+    row: JobRow,
+    child: Option<Arc<dyn Child>>,
+    /// The job's claim on its package in the store.
+    job_key: String,
+    req: PackageRequest,
+    package: Option<Package>,
+    backoff: Backoff,
+}
+
+impl Run {
+    fn new(row: JobRow, child: Option<Arc<dyn Child>>, t: Timeouts) -> Self {
+        let mut req =
+            PackageRequest::from_upgrade(&row.upgrade, row.v2, clock::from_unix(row.received_unix));
+        req.deadline = clock::from_unix(row.deadline_unix);
+        Run {
+            job_key: format!("job-{}", row.id),
+            backoff: Backoff::new(t.retry_min, t.retry_max, row.id as u64),
+            row,
+            child,
+            req,
+            package: None,
+        }
     }
 }
 
-fn child_input(e: ChildError) -> Input {
-    match e {
-        ChildError::Rejected {
-            result_code,
-            description,
-        } => Input::Rejected {
-            code: result_code,
-            description,
-        },
-        ChildError::Io(why) => Input::Rejected {
-            code: ResultCode::INNER_ERROR,
-            description: format!("gateway I/O error: {why}"),
-        },
-        other => Input::Transient(other.to_string()),
-    }
+/// Reads `child`'s version within `within`; a failure is `step`'s.
+async fn read_version(child: &Arc<dyn Child>, within: Duration, step: Step) -> Input {
+    let e = match tokio::time::timeout(within, child.read_version()).await {
+        Ok(Ok(v)) => return Input::Version(v),
+        Ok(Err(e)) => e.in_step(step),
+        Err(_) => {
+            ChildError::unreachable(step, format!("no version within {} s", within.as_secs()))
+        }
+    };
+    Input::Failed(verdict(Failure::Child(&e)))
 }

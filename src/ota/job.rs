@@ -11,12 +11,18 @@
 //! whether to persist the job and the report to queue, if any. Progress is
 //! reported at most once per 10 percentage points or per 30 s; a terminal
 //! report is always sent, with the version read back from the child on
-//! success (docs/protocols/iotda.md §4.6) and the failure description of docs/protocols/iotda.md §9 on
-//! failure.
+//! success (docs/protocols/iotda.md §4.6) and, on failure, the code and
+//! description [`super::verdict`] chose (docs/protocols/iotda.md §9). Every
+//! report carries the version the child runs, written as the platform's
+//! target string when the child's [`Policy`] says the two are equal
+//! ([`Policy::as_reported`]): a child reading `v2.0.0` for target `2.0.0`
+//! reports `2.0.0`.
 
 use otabridge_codecs::iotda::event::ProgressReport;
-use otabridge_codecs::iotda::result::{self, ResultCode};
-use otabridge_codecs::version::{self, Mode};
+use otabridge_codecs::iotda::ResultCode;
+use otabridge_codecs::version::Policy;
+
+use super::verdict::{verdict, Failure, FailureCause, Verdict};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,28 +103,15 @@ pub enum Input {
     Version(String),
     /// The package is downloaded and verified.
     Downloaded,
-    /// The package could not be had (result code and description).
-    DownloadFailed {
-        /// IoTDA result code.
-        code: ResultCode,
-        /// Failure description.
-        description: String,
-    },
     /// The child acknowledged bytes up to this offset.
     Progress(u64),
     /// The child holds the whole image.
     Delivered,
     /// The activation command was accepted (the child rebooted).
     Activated,
-    /// The child did not answer or answered garbage: retry after a backoff.
-    Transient(String),
-    /// The child refused; retrying will not help.
-    Rejected {
-        /// IoTDA result code.
-        code: ResultCode,
-        /// Failure description.
-        description: String,
-    },
+    /// A step failed ([`super::verdict`] says whether to retry it and
+    /// what to report if the job ends on it).
+    Failed(Verdict),
     /// The job's deadline passed.
     DeadlinePassed,
 }
@@ -178,8 +171,12 @@ pub struct Machine {
     pub current_version: Option<String>,
     /// Result once terminal: code and description.
     pub result: Option<(ResultCode, String)>,
-    /// How versions are compared.
-    pub mode: Mode,
+    /// Where the last failure happened and what the device said (kept
+    /// while retrying, and with the result).
+    pub cause: Option<FailureCause>,
+    /// How the child's versions are compared with the target (the child's
+    /// `version_match`).
+    pub policy: Policy,
     /// The last progress reported and when (Unix seconds).
     pub last_report: Option<(u8, i64)>,
     /// When the offset was last checkpointed (Unix seconds).
@@ -190,7 +187,7 @@ pub struct Machine {
 
 impl Machine {
     /// A new job towards `target` for a package of `size` bytes.
-    pub fn new(target: &str, size: u64, mode: Mode, limits: Limits) -> Self {
+    pub fn new(target: &str, size: u64, policy: Policy, limits: Limits) -> Self {
         Machine {
             phase: Phase::Queued,
             target: target.to_owned(),
@@ -199,7 +196,8 @@ impl Machine {
             retries: 0,
             current_version: None,
             result: None,
-            mode,
+            cause: None,
+            policy,
             last_report: None,
             last_checkpoint: 0,
             limits,
@@ -239,7 +237,7 @@ impl Machine {
     }
 
     fn is_target(&self, v: &str) -> bool {
-        version::matches(&self.target, v, self.mode)
+        self.policy.same(&self.target, v)
     }
 
     fn version_for_report(&self) -> String {
@@ -255,6 +253,7 @@ impl Machine {
         self.enter(Phase::Succeeded);
         self.current_version = Some(version.clone());
         self.result = Some((ResultCode::SUCCESS, description.to_owned()));
+        self.cause = None;
         self.last_report = Some((100, now));
         Effects {
             persist: true,
@@ -268,19 +267,35 @@ impl Machine {
         }
     }
 
-    fn fail(&mut self, code: ResultCode, description: String) -> Effects {
+    fn fail(&mut self, v: Verdict) -> Effects {
         let progress = self.progress();
         self.enter(Phase::Failed);
-        self.result = Some((code, description.clone()));
+        self.result = Some((v.code, v.description.clone()));
+        self.cause = Some(v.cause);
         Effects {
             persist: true,
             report: Some(ProgressReport {
-                result_code: code,
+                result_code: v.code,
                 progress: Some(progress),
                 version: self.version_for_report(),
-                description: Some(description),
+                description: Some(v.description),
             }),
             backoff: false,
+        }
+    }
+
+    /// A failure the step may get past: back off and try again, unless the
+    /// retries ran out (`cap` of them).
+    fn retry_or_fail(&mut self, v: Verdict, cap: u32) -> Effects {
+        self.retries += 1;
+        if !v.retry || self.retries > cap {
+            return self.fail(v);
+        }
+        self.cause = Some(v.cause);
+        Effects {
+            persist: true,
+            report: None,
+            backoff: true,
         }
     }
 
@@ -318,104 +333,62 @@ impl Machine {
         }
     }
 
+    /// A version read from the child, already in its reported form
+    /// ([`Policy::as_reported`]).
+    fn version_read(&mut self, v: String, now: i64) -> Effects {
+        match self.phase {
+            Phase::Queued => {
+                if self.is_target(&v) {
+                    self.succeed(v, "already at the target version", now)
+                } else {
+                    self.current_version = Some(v);
+                    self.transition(Phase::Downloading, now)
+                }
+            }
+            Phase::Activating => {
+                // Read before activating: the image is already running
+                // (a restart after the activation took effect).
+                if self.is_target(&v) {
+                    self.succeed(v, "upgrade success", now)
+                } else {
+                    self.current_version = Some(v);
+                    Effects::default()
+                }
+            }
+            Phase::Verifying => {
+                if self.is_target(&v) {
+                    self.succeed(v, "upgrade success", now)
+                } else {
+                    // The child answers with another version after the
+                    // reboot: MCUboot reverted or the image did not take.
+                    let reverted = verdict(Failure::Reverted {
+                        running: &v,
+                        target: &self.target,
+                    });
+                    self.current_version = Some(v);
+                    self.retry_or_fail(reverted, self.limits.max_retries.min(2))
+                }
+            }
+            _ => Effects::default(),
+        }
+    }
+
     /// Feeds one input at Unix time `now`.
     pub fn handle(&mut self, input: Input, now: i64) -> Effects {
         if self.phase.is_terminal() {
             return Effects::default();
         }
         match input {
-            Input::DeadlinePassed => {
-                let (code, what) = match self.phase {
-                    Phase::Queued | Phase::Downloading | Phase::Delivering => (
-                        ResultCode::DOWNLOAD_TIMEOUT,
-                        "the package was not delivered",
-                    ),
-                    _ => (
-                        ResultCode::INSTALL_FAIL,
-                        "the new version was not confirmed",
-                    ),
-                };
-                self.fail(
-                    code,
-                    format!("Deadline passed: {what} within 24 h of the event"),
-                )
+            Input::DeadlinePassed => self.fail(verdict(Failure::Deadline(self.phase))),
+            Input::Failed(v) => self.retry_or_fail(v, self.limits.max_retries),
+            Input::Version(v) => {
+                let v = self.policy.as_reported(&self.target, &v);
+                self.version_read(v, now)
             }
-            Input::Rejected { code, description } => self.fail(code, description),
-            Input::Transient(why) => {
-                self.retries += 1;
-                if self.retries > self.limits.max_retries {
-                    let description = match self.phase {
-                        Phase::Verifying | Phase::Activating => format!(
-                            "{}: the child did not come back after the update ({why})",
-                            result::DESC_UPDATE_FAILED
-                        ),
-                        _ => format!("{}: {why}", result::DESC_CONNECTION_LOST),
-                    };
-                    let code = match self.phase {
-                        Phase::Verifying | Phase::Activating => ResultCode::INSTALL_FAIL,
-                        _ => ResultCode::DOWNLOAD_TIMEOUT,
-                    };
-                    self.fail(code, description)
-                } else {
-                    Effects {
-                        persist: true,
-                        report: None,
-                        backoff: true,
-                    }
-                }
-            }
-            Input::Version(v) => match self.phase {
-                Phase::Queued => {
-                    if self.is_target(&v) {
-                        self.succeed(v, "already at the target version", now)
-                    } else {
-                        self.current_version = Some(v);
-                        self.transition(Phase::Downloading, now)
-                    }
-                }
-                Phase::Activating => {
-                    // Read before activating: the image is already running
-                    // (a restart after the activation took effect).
-                    if self.is_target(&v) {
-                        self.succeed(v, "upgrade success", now)
-                    } else {
-                        self.current_version = Some(v);
-                        Effects::default()
-                    }
-                }
-                Phase::Verifying => {
-                    if self.is_target(&v) {
-                        self.succeed(v, "upgrade success", now)
-                    } else {
-                        // The child answers with another version after the
-                        // reboot: MCUboot reverted or the image did not take.
-                        self.current_version = Some(v.clone());
-                        self.retries += 1;
-                        if self.retries > self.limits.max_retries.min(2) {
-                            self.fail(
-                                ResultCode::INSTALL_FAIL,
-                                format!(
-                                    "{}: the child runs {v} after the update, not {}",
-                                    result::DESC_UPDATE_FAILED,
-                                    self.target
-                                ),
-                            )
-                        } else {
-                            Effects {
-                                persist: true,
-                                report: None,
-                                backoff: true,
-                            }
-                        }
-                    }
-                }
-                _ => Effects::default(),
-            },
             Input::Downloaded => match self.phase {
                 Phase::Downloading => self.transition(Phase::Delivering, now),
                 _ => Effects::default(),
             },
-            Input::DownloadFailed { code, description } => self.fail(code, description),
             Input::Progress(off) => {
                 if self.phase != Phase::Delivering {
                     return Effects::default();
@@ -461,13 +434,31 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::{Cause, ChildError, Step};
+    use crate::package::DownloadError;
+    use otabridge_codecs::iotda::result;
 
     fn m() -> Machine {
-        Machine::new("V2.0.0", 1_000_000, Mode::Normalised, Limits::default())
+        Machine::new("V2.0.0", 1_000_000, Policy::Normalised, Limits::default())
     }
 
     fn code(e: &Effects) -> Option<u8> {
         e.report.as_ref().map(|r| r.result_code.get())
+    }
+
+    /// A child failure as the engine feeds it.
+    fn failed(e: ChildError) -> Input {
+        Input::Failed(verdict(Failure::Child(&e)))
+    }
+
+    /// The step ota attributes a failure to in `phase`.
+    fn step_of(phase: Phase) -> Step {
+        match phase {
+            Phase::Queued | Phase::Downloading => Step::ReadVersion,
+            Phase::Delivering => Step::Deliver { offset: 0 },
+            Phase::Activating => Step::Activate,
+            _ => Step::Verify,
+        }
     }
 
     #[test]
@@ -510,10 +501,12 @@ mod tests {
         let e = j.handle(Input::Version("v2.0".into()), 6);
         assert_eq!(j.phase, Phase::Succeeded);
         let r = e.report.unwrap();
+        // The child writes it "v2.0"; the report writes the target's "V2.0.0".
         assert_eq!(
             (r.result_code.get(), r.progress, r.version.as_str()),
-            (0, Some(100), "v2.0")
+            (0, Some(100), "V2.0.0")
         );
+        assert_eq!(j.current_version.as_deref(), Some("V2.0.0"));
         assert_eq!(j.work(), Work::Done);
         // Terminal: nothing more happens.
         assert_eq!(j.handle(Input::DeadlinePassed, 7), Effects::default());
@@ -527,7 +520,34 @@ mod tests {
         let r = e.report.unwrap();
         assert_eq!(
             (r.result_code.get(), r.progress, r.version.as_str()),
-            (0, Some(100), "2.0")
+            (0, Some(100), "V2.0.0")
+        );
+    }
+
+    /// Under the exact policy `v2.0.0` is not target `2.0.0`: the job fails
+    /// with 10 and reports the version the child runs, as it writes it.
+    #[test]
+    fn the_exact_policy_reports_what_the_child_runs() {
+        let mut j = Machine::new("2.0.0", 1_000, Policy::Exact, Limits::default());
+        let e = j.handle(Input::Version("v1.0.0".into()), 0);
+        assert_eq!(e.report.unwrap().version, "v1.0.0");
+        j.phase = Phase::Verifying;
+        let mut last = Effects::default();
+        for t in 1..=3 {
+            last = j.handle(Input::Version("v2.0.0".into()), t);
+        }
+        let r = last.report.unwrap();
+        assert_eq!(
+            (r.result_code, r.version.as_str()),
+            (ResultCode::INSTALL_FAIL, "v2.0.0")
+        );
+        // Normalised, the same reads succeed and report the target string.
+        let mut j = Machine::new("2.0.0", 1_000, Policy::Normalised, Limits::default());
+        j.phase = Phase::Verifying;
+        let r = j.handle(Input::Version("v2.0.0".into()), 1).report.unwrap();
+        assert_eq!(
+            (r.result_code, r.version.as_str()),
+            (ResultCode::SUCCESS, "2.0.0")
         );
     }
 
@@ -543,21 +563,23 @@ mod tests {
     #[test]
     fn failures_by_phase() {
         // (phase, input, expected code)
+        let integrity = DownloadError::Integrity {
+            expected: "a".into(),
+            actual: "b".into(),
+        };
         let table: Vec<(Phase, Input, u8)> = vec![
             (
                 Phase::Downloading,
-                Input::DownloadFailed {
-                    code: ResultCode::CHECK_FAIL,
-                    description: result::DESC_INTEGRITY.into(),
-                },
+                Input::Failed(verdict(Failure::Download(&integrity))),
                 7,
             ),
             (
                 Phase::Delivering,
-                Input::Rejected {
-                    code: ResultCode::LOW_SPACE,
-                    description: "x".into(),
-                },
+                failed(ChildError::refused(
+                    Cause::NoStorage,
+                    Step::Deliver { offset: 0 },
+                    "x",
+                )),
                 5,
             ),
             (Phase::Queued, Input::DeadlinePassed, 6),
@@ -566,10 +588,11 @@ mod tests {
             (Phase::Verifying, Input::DeadlinePassed, 10),
             (
                 Phase::Activating,
-                Input::Rejected {
-                    code: ResultCode::INSTALL_FAIL,
-                    description: "y".into(),
-                },
+                failed(ChildError::refused(
+                    Cause::InstallFailed,
+                    Step::Activate,
+                    "y",
+                )),
                 10,
             ),
         ];
@@ -583,6 +606,7 @@ mod tests {
             assert_eq!(r.result_code.get(), want, "{phase:?} {input:?}");
             assert_eq!(r.version, "1.0");
             assert!(r.description.is_some());
+            assert!(j.cause.is_some(), "{phase:?} {input:?}");
         }
     }
 
@@ -595,12 +619,14 @@ mod tests {
         ] {
             let mut j = m();
             j.phase = phase;
+            let timeout = || failed(ChildError::unreachable(step_of(phase), "timeout"));
             for i in 0..5 {
-                let e = j.handle(Input::Transient("timeout".into()), i);
+                let e = j.handle(timeout(), i);
                 assert!(e.backoff && e.report.is_none(), "{phase:?} try {i}");
                 assert_eq!(j.phase, phase);
+                assert!(j.cause.is_some(), "the last failure is kept while retrying");
             }
-            let e = j.handle(Input::Transient("timeout".into()), 9);
+            let e = j.handle(timeout(), 9);
             assert_eq!(
                 (j.phase, code(&e)),
                 (Phase::Failed, Some(want)),
@@ -614,12 +640,13 @@ mod tests {
     fn progress_forgives_earlier_failures() {
         let mut j = m();
         j.phase = Phase::Delivering;
+        let lost = || failed(ChildError::unreachable(Step::Deliver { offset: 0 }, "lost"));
         for _ in 0..5 {
-            j.handle(Input::Transient("lost".into()), 0);
+            j.handle(lost(), 0);
         }
         j.handle(Input::Progress(100_000), 1);
         assert_eq!(j.retries, 0);
-        let e = j.handle(Input::Transient("lost".into()), 2);
+        let e = j.handle(lost(), 2);
         assert!(e.backoff);
         assert_eq!(j.phase, Phase::Delivering);
     }
@@ -632,10 +659,7 @@ mod tests {
         j.handle(Input::Version("1.0".into()), 1);
         let e = j.handle(Input::Version("1.0".into()), 2);
         let r = e.report.unwrap();
-        assert_eq!(
-            (r.result_code, r.version.as_str()),
-            (ResultCode::INSTALL_FAIL, "1.0")
-        );
+        assert_eq!((r.result_code.get(), r.version.as_str()), (10, "1.0"));
         assert!(r
             .description
             .unwrap()

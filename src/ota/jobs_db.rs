@@ -1,7 +1,7 @@
 //! The `jobs` table: one row per child upgrade (journal migration 3).
 
 use otabridge_codecs::iotda::{ResultCode, Upgrade, UpgradeKind};
-use otabridge_codecs::version::Mode;
+use otabridge_codecs::version::Policy;
 use rusqlite::{params, OptionalExtension};
 
 use super::job::{Limits, Machine, Phase};
@@ -82,10 +82,14 @@ pub fn save(
         Some((c, d)) => (Some(c.get()), Some(d.clone())),
         None => (None, None),
     };
+    let cause = m
+        .cause
+        .as_ref()
+        .map(|c| serde_json::to_string(c).expect("a cause serialises"));
     let r = j.connection().execute(
         "UPDATE jobs SET phase = ?2, acked_offset = ?3, retries = ?4, current_version = ?5,
              result_code = ?6, description = ?7, last_report_pct = ?8, last_report_unix = ?9,
-             activations = ?10, updated_unix = ?11
+             activations = ?10, updated_unix = ?11, cause = ?12
          WHERE id = ?1",
         params![
             id,
@@ -98,13 +102,23 @@ pub fn save(
             m.last_report.map(|(p, _)| p),
             m.last_report.map(|(_, t)| t),
             activations,
-            now
+            now,
+            cause
         ],
     );
     r.map(|_| ()).map_err(|e| j.err(e))
 }
 
-fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Result<JobRow> {
+/// The version policy of a child, by device id (the journal does not keep
+/// it: the configuration decides).
+pub type PolicyOf<'a> = &'a dyn Fn(&str) -> Policy;
+
+fn row_to_job(
+    r: &rusqlite::Row<'_>,
+    limits: Limits,
+    policy: PolicyOf<'_>,
+) -> rusqlite::Result<JobRow> {
+    let device_id: String = r.get("device_id")?;
     let event: String = r.get("event")?;
     let upgrade: Upgrade = serde_json::from_str(&event).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
@@ -113,7 +127,7 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
     let mut m = Machine::new(
         &r.get::<_, String>("target")?,
         r.get::<_, i64>("size")? as u64,
-        mode,
+        policy(&device_id),
         limits,
     );
     m.phase = Phase::parse(&phase).unwrap_or(Phase::Failed);
@@ -121,18 +135,23 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
     m.retries = r.get("retries")?;
     m.current_version = r.get("current_version")?;
     let code: Option<i64> = r.get("result_code")?;
-    let code = code.map(ResultCode::try_from).transpose().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e))
-    })?;
     let desc: Option<String> = r.get("description")?;
-    m.result = code.map(|c| (c, desc.unwrap_or_default()));
+    // A code the platform does not document cannot have been written; read
+    // one as 255 rather than lose the row.
+    m.result = code.map(|c| {
+        let c = ResultCode::try_from(c).unwrap_or(ResultCode::INNER_ERROR);
+        (c, desc.unwrap_or_default())
+    });
+    // A cause this version cannot read is dropped, not the job.
+    let cause: Option<String> = r.get("cause")?;
+    m.cause = cause.and_then(|c| serde_json::from_str(&c).ok());
     let pct: Option<u8> = r.get("last_report_pct")?;
     let at: Option<i64> = r.get("last_report_unix")?;
     m.last_report = pct.zip(at);
     m.last_checkpoint = r.get("updated_unix")?;
     Ok(JobRow {
         id: r.get("id")?,
-        device_id: r.get("device_id")?,
+        device_id,
         kind: if r.get::<_, String>("kind")? == "software" {
             UpgradeKind::Software
         } else {
@@ -148,12 +167,16 @@ fn row_to_job(r: &rusqlite::Row<'_>, limits: Limits, mode: Mode) -> rusqlite::Re
 }
 
 /// Jobs not yet succeeded or failed, oldest first.
-pub fn active(j: &mut Journal, limits: Limits, mode: Mode) -> Result<Vec<JobRow>, JournalError> {
+pub fn active(
+    j: &mut Journal,
+    limits: Limits,
+    policy: PolicyOf<'_>,
+) -> Result<Vec<JobRow>, JournalError> {
     let conn = j.connection();
     let read = || -> rusqlite::Result<Vec<JobRow>> {
         let mut st = conn
             .prepare("SELECT * FROM jobs WHERE phase NOT IN ('succeeded', 'failed') ORDER BY id")?;
-        let rows = st.query_map([], |r| row_to_job(r, limits, mode))?;
+        let rows = st.query_map([], |r| row_to_job(r, limits, policy))?;
         rows.collect()
     };
     let r = read();
@@ -165,14 +188,14 @@ pub fn latest(
     j: &mut Journal,
     device_id: &str,
     limits: Limits,
-    mode: Mode,
+    policy: PolicyOf<'_>,
 ) -> Result<Option<JobRow>, JournalError> {
     let r = j
         .connection()
         .query_row(
             "SELECT * FROM jobs WHERE device_id = ?1 ORDER BY id DESC LIMIT 1",
             [device_id],
-            |r| row_to_job(r, limits, mode),
+            |r| row_to_job(r, limits, policy),
         )
         .optional();
     r.map_err(|e| j.err(e))

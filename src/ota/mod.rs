@@ -9,12 +9,17 @@
 //! - On every connect it announces each child ONLINE or OFFLINE from a health
 //!   check, in batches of at most 100 (docs/protocols/iotda.md §5.4).
 //! - `version_query` is answered with `version_report`, read through the child,
-//!   within the platform's 3-minute window (docs/protocols/iotda.md §4.2–4.3).
+//!   within the platform's 3-minute window (docs/protocols/iotda.md §4.2–4.3),
+//!   written as the latest task's target when the child's version policy
+//!   says that is what it runs.
+//! - Events for the gateway itself (its version, its own upgrade) go to
+//!   [`crate::gateway::SelfUpgrade`].
 
 pub mod engine;
 pub mod job;
 pub mod jobs_db;
 pub mod status;
+pub mod verdict;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,8 +35,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::child::Child;
+use crate::clock::{self, now_unix};
+use crate::gateway::SelfUpgrade;
 use crate::journal;
-use crate::platform::{now_unix, Inbound, Platform};
+use crate::platform::{Inbound, Platform};
 
 /// The largest event payload IoTDA sends (docs/protocols/iotda.md §1.3: 1 MB per publish).
 pub const MAX_EVENT_PAYLOAD: usize = 1024 * 1024;
@@ -51,17 +58,14 @@ pub struct Gateway {
     children: Arc<HashMap<String, Arc<dyn Child>>>,
     /// Configuration order, for stable status batches.
     order: Arc<Vec<String>>,
-    fw_version: Option<String>,
+    own: SelfUpgrade,
     engine: Option<engine::Engine>,
 }
 
 impl Gateway {
-    /// A gateway reporting through `platform`, driving `children`.
-    pub fn new(
-        platform: Platform,
-        children: Vec<Arc<dyn Child>>,
-        fw_version: Option<String>,
-    ) -> Self {
+    /// A gateway reporting through `platform`, driving `children`, upgrading
+    /// itself through `own`.
+    pub fn new(platform: Platform, children: Vec<Arc<dyn Child>>, own: SelfUpgrade) -> Self {
         let order = children.iter().map(|c| c.device_id().to_owned()).collect();
         let children = children
             .into_iter()
@@ -71,7 +75,7 @@ impl Gateway {
             platform,
             children: Arc::new(children),
             order: Arc::new(order),
-            fw_version,
+            own,
             engine: None,
         }
     }
@@ -213,7 +217,7 @@ impl Gateway {
                     let platform = self.platform.clone();
                     tokio::spawn(answer_version_query(platform, child));
                 }
-                None => self.report_own_version(),
+                None => self.own.report_versions(),
             },
             Event::Upgrade { kind, v2, upgrade } => match (target, &self.engine) {
                 (Some(child), Some(engine)) => engine.submit(child.device_id(), kind, v2, upgrade),
@@ -223,22 +227,7 @@ impl Gateway {
                         "upgrade event dropped: no upgrade engine"
                     );
                 }
-                (None, _) => {
-                    // The gateway's own firmware is the box vendor's business.
-                    warn!(topic = topic_name, "upgrade of the gateway itself refused");
-                    let r = otabridge_codecs::iotda::event::ProgressReport {
-                        result_code: otabridge_codecs::iotda::ResultCode::UNKNOWN_TYPE,
-                        progress: None,
-                        version: self.fw_version.clone().unwrap_or_default(),
-                        description: Some(
-                            "otabridge upgrades child devices; it does not install packages on the gateway"
-                                .into(),
-                        ),
-                    };
-                    if let Err(e) = self.platform.report(None, &Event::ProgressReport(r)) {
-                        warn!("cannot queue upgrade_progress_report: {e}");
-                    }
-                }
+                (None, _) => self.own.submit(kind, v2, upgrade),
             },
             Event::UpdateStatusResponse(r) => {
                 for f in &r.failed_devices {
@@ -278,18 +267,6 @@ impl Gateway {
             }
         }
     }
-
-    /// The gateway's own versions: otabridge's as software, the configured
-    /// firmware version when there is one.
-    fn report_own_version(&self) {
-        let ev = Event::VersionReport(VersionReport {
-            sw_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-            fw_version: self.fw_version.clone(),
-        });
-        if let Err(e) = self.platform.report(None, &ev) {
-            warn!("cannot queue version_report: {e}");
-        }
-    }
 }
 
 /// Reads the child's version, retrying within the platform's window, and
@@ -297,14 +274,14 @@ impl Gateway {
 /// shows "Waiting for report device firmware version timeout", which is true.
 async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
     let id = child.device_id().to_owned();
-    let deadline = tokio::time::Instant::now() + VERSION_QUERY_BUDGET;
+    let deadline = clock::now() + VERSION_QUERY_BUDGET;
     let mut backoff = crate::backoff::Backoff::new(
         Duration::from_secs(1),
         Duration::from_secs(20),
         now_unix() as u64,
     );
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = deadline.saturating_duration_since(clock::now());
         let r = tokio::time::timeout(left.min(HEALTH_TIMEOUT), child.read_version()).await;
         match r {
             Ok(Ok(v)) => {
@@ -319,6 +296,7 @@ async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
                 // The SDKs put the same value in both fields ([JAVA]
                 // OTAService.reportVersion); the platform compares the one that
                 // matches the task (firmware or software).
+                let v = as_reported(&platform, child.as_ref(), v);
                 let ev = Event::VersionReport(VersionReport {
                     sw_version: Some(v.clone()),
                     fw_version: Some(v),
@@ -332,11 +310,30 @@ async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
             Err(_) => debug!(child = %id, "version read timed out"),
         }
         let wait = backoff.next_delay();
-        if tokio::time::Instant::now() + wait >= deadline {
+        if clock::now() + wait >= deadline {
             warn!(child = %id, "no version for version_query within {VERSION_QUERY_BUDGET:?}; not reported");
             return;
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// The version to report for `child`, which reads `v`: its latest job's
+/// target string when the child's version policy says that is the version
+/// it runs (a child reading `v2.0.0` after an upgrade to `2.0.0` reports
+/// `2.0.0`, as the upgrade's own report did), else `v`.
+fn as_reported(platform: &Platform, child: &dyn Child, v: String) -> String {
+    let policy = child.version_policy();
+    let mut j = journal::lock(platform.journal());
+    match jobs_db::latest(&mut j, child.device_id(), job::Limits::default(), &|_| {
+        policy
+    }) {
+        Ok(Some(row)) => policy.as_reported(&row.upgrade.version, &v),
+        Ok(None) => v,
+        Err(e) => {
+            warn!(child = child.device_id(), "journal: {e}");
+            v
+        }
     }
 }
 

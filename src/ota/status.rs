@@ -1,11 +1,11 @@
 //! `otabridge status`: each configured child as the journal knows it. Opens
 //! the journal read-only, so it works while the daemon runs (SQLite WAL).
 
-use otabridge_codecs::iotda::ResultCode;
 use serde::Serialize;
 
 use super::job::Limits;
 use super::jobs_db;
+use super::verdict::FailureCause;
 use crate::config::{Config, Transport};
 use crate::journal::{Journal, JournalError};
 
@@ -44,15 +44,19 @@ pub struct JobStatus {
     /// Transient failures in the current phase.
     pub retries: u32,
     /// Result code once finished.
-    pub result_code: Option<ResultCode>,
+    pub result_code: Option<u8>,
     /// Result description once finished.
     pub description: Option<String>,
+    /// Where the last failure happened and what the device said: the
+    /// failure that ended the job, or the one it is retrying after.
+    pub cause: Option<FailureCause>,
 }
 
 fn transport_name(t: &Transport) -> &'static str {
     match t {
         Transport::Coap { .. } => "coap",
         Transport::Serial { .. } => "serial",
+        #[cfg(feature = "sim")]
         Transport::Simulated { .. } => "sim",
     }
 }
@@ -79,17 +83,20 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
     let mut out = Vec::with_capacity(cfg.children.len());
     for c in &cfg.children {
         let row = rows.iter().find(|r| r.device_id == c.device_id);
-        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), Default::default())?
-            .map(|r| JobStatus {
-                id: r.id,
-                target: r.upgrade.version.clone(),
-                phase: r.machine.phase.as_str().to_owned(),
-                offset: r.machine.offset,
-                size: r.machine.size,
-                retries: r.machine.retries,
-                result_code: r.machine.result.as_ref().map(|(c, _)| *c),
-                description: r.machine.result.map(|(_, d)| d),
-            });
+        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), &|_| {
+            c.version_match
+        })?
+        .map(|r| JobStatus {
+            id: r.id,
+            target: r.upgrade.version.clone(),
+            phase: r.machine.phase.as_str().to_owned(),
+            offset: r.machine.offset,
+            size: r.machine.size,
+            retries: r.machine.retries,
+            result_code: r.machine.result.as_ref().map(|(c, _)| c.get()),
+            description: r.machine.result.map(|(_, d)| d),
+            cause: r.machine.cause,
+        });
         out.push(ChildStatus {
             device_id: c.device_id.clone(),
             transport: transport_name(&c.transport).to_owned(),
@@ -123,8 +130,10 @@ pub fn print(cfg: &Config, json: bool) -> Result<(), JournalError> {
                 format!("{} -> {}", j.phase, j.target),
                 format!("{}/{}", j.offset, j.size),
                 j.retries.to_string(),
-                match (&j.result_code, &j.description) {
-                    (Some(c), Some(d)) => format!("{c} {d}"),
+                match (&j.result_code, &j.description, &j.cause) {
+                    (Some(c), Some(d), Some(cause)) => format!("{c} {d} ({cause})"),
+                    (Some(c), Some(d), None) => format!("{c} {d}"),
+                    (None, _, Some(cause)) => format!("retrying after: {cause}"),
                     _ => String::new(),
                 },
             ),

@@ -8,7 +8,7 @@
 //! stock packages.
 
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::{db, DownloadError, DownloadState, PackageRequest, PackageStore, StoreError};
 use crate::config::{Config, Secret};
@@ -59,8 +59,9 @@ pub enum CliError {
     /// The arguments or the configuration cannot be used (exit 2).
     #[error("{0}")]
     Usage(String),
-    /// The download failed (exit 1), with the report a job would send.
-    #[error("{error} (result_code {code}: {description})", code = error.result_code(), description = error.description())]
+    /// The download failed (exit 1); `main` adds the report a job would
+    /// send (`ota::verdict`).
+    #[error("{error}")]
     Download {
         /// Why.
         error: DownloadError,
@@ -92,7 +93,7 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
         size: args.size,
         sha256: args.sha256.clone(),
         version: String::new(),
-        deadline: SystemTime::now() + super::DEFAULT_VALIDITY,
+        deadline: crate::clock::now_system() + super::DEFAULT_VALIDITY,
     };
     let key = req
         .key()

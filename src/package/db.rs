@@ -21,7 +21,7 @@ pub(crate) struct Row {
     pub(crate) sha256: Option<String>,
 }
 
-use crate::platform::now_unix;
+use crate::clock::now_unix;
 
 fn store_err(e: impl std::fmt::Display) -> DownloadError {
     DownloadError::Store(format!("journal: {e}"))

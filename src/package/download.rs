@@ -7,18 +7,19 @@
 //! moves bytes and carries the plan's decisions out.
 //!
 //! # Durability
-//! Bytes are written to the `.part` file as they arrive (through a small
-//! buffer, so memory does not grow with the package). At least every
+//! Bytes go to the `.part` file as they arrive, through a bounded queue to a
+//! writer thread that hashes and writes them (`part.rs`), so memory does not
+//! grow with the package and TLS, SHA-256 and writes overlap. At least every
 //! [`DownloadOptions::checkpoint_bytes`] or [`DownloadOptions::checkpoint_interval`]
 //! a checkpoint fsyncs the file and *then* records its length in the journal,
-//! on a blocking thread while the download goes on (`part.rs`). The journaled
+//! on a thread of its own while the download goes on. The journaled
 //! length is therefore always on disk: after a crash, the file is truncated
 //! to it and the download resumes from there. Within one process a resume
 //! starts at the last byte written (the page cache still holds it).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, HOST, IF_RANGE,
@@ -221,7 +222,7 @@ impl Ctx<'_> {
         let left = job
             .req
             .deadline
-            .duration_since(SystemTime::now())
+            .duration_since(crate::clock::now_system())
             .unwrap_or(Duration::ZERO);
         let r = tokio::time::timeout(left, self.attempts(&mut part)).await;
         let r = r.unwrap_or_else(|_| Err(self.timeout("still downloading at the deadline")));
@@ -251,9 +252,9 @@ impl Ctx<'_> {
     }
 
     /// Starts a checkpoint when the plan says one is due.
-    fn maybe_checkpoint(&mut self, part: &mut Part) -> Result<(), DownloadError> {
+    async fn maybe_checkpoint(&mut self, part: &mut Part) -> Result<(), DownloadError> {
         match self.plan.poll_checkpoint(self.now()) {
-            Some(cp) => part.checkpoint(cp),
+            Some(cp) => part.checkpoint(cp).await,
             None => Ok(()),
         }
     }
@@ -267,7 +268,7 @@ impl Ctx<'_> {
                 let (epoch, len) = part.durable().await?;
                 self.plan.handle_durable(epoch, len);
             } else if let Some(cp) = self.plan.poll_final_checkpoint(self.now()) {
-                part.checkpoint(cp)?;
+                part.checkpoint(cp).await?;
             } else {
                 break;
             }
@@ -304,7 +305,7 @@ impl Ctx<'_> {
                 "download interrupted: {}; retrying in {delay:?}",
                 why.unwrap_or_default()
             );
-            if SystemTime::now() + delay >= self.job.req.deadline {
+            if crate::clock::now_system() + delay >= self.job.req.deadline {
                 return Err(self.timeout("still downloading at the deadline"));
             }
             tokio::time::sleep(delay).await;
@@ -403,7 +404,7 @@ impl Ctx<'_> {
                     continue;
                 }
                 _ = sleep_until_opt(wake) => {
-                    self.maybe_checkpoint(part)?;
+                    self.maybe_checkpoint(part).await?;
                     continue;
                 }
             };
@@ -423,14 +424,15 @@ impl Ctx<'_> {
                     Err(_) => continue,
                 },
             };
-            self.plan.handle_data(self.now(), data.len() as u64)?;
-            part.append(&data)?;
-            self.job.opts.metrics.downloaded(data.len() as u64);
+            let len = data.len() as u64;
+            self.plan.handle_data(self.now(), len)?;
+            part.append(data).await?;
+            self.job.opts.metrics.downloaded(len);
             if self.plan.received() - self.published >= PROGRESS_STEP {
                 self.published = self.plan.received();
                 self.publish();
             }
-            self.maybe_checkpoint(part)?;
+            self.maybe_checkpoint(part).await?;
         }
     }
 

@@ -1,8 +1,8 @@
-//! Why a package could not be obtained, with the IoTDA result code and the
-//! failure description the OTA engine reports for every child that needed it.
+//! Why a package could not be obtained. The OTA engine turns it into the
+//! IoTDA result code and description it reports for every child that needed
+//! it (`ota::verdict`, the one place codes are chosen).
 
 use otabridge_codecs::download::PlanError;
-use otabridge_codecs::iotda::result::{self, ResultCode};
 
 /// A download (or a wait on one) that failed for good. Transient failures
 /// (a dropped connection, a stalled body, a 5xx) are retried inside the
@@ -115,112 +115,5 @@ impl From<PlanError> for DownloadError {
                 DownloadError::TokenRejected { status, attempts }
             }
         }
-    }
-}
-
-impl DownloadError {
-    /// The `upgrade_progress_report` result code (docs/protocols/iotda.md §4.6, §9).
-    pub fn result_code(&self) -> ResultCode {
-        match self {
-            DownloadError::TooLargeForConfig { .. } | DownloadError::NoSpace { .. } => {
-                ResultCode::LOW_SPACE
-            }
-            DownloadError::LengthMismatch { .. } | DownloadError::Integrity { .. } => {
-                ResultCode::CHECK_FAIL
-            }
-            DownloadError::TokenRejected { .. }
-            | DownloadError::Certificate(_)
-            | DownloadError::HttpStatus { .. }
-            | DownloadError::Redirect(_)
-            | DownloadError::Timeout { .. } => ResultCode::DOWNLOAD_TIMEOUT,
-            DownloadError::InvalidUrl(_)
-            | DownloadError::InvalidSign(_)
-            | DownloadError::Tls(_)
-            | DownloadError::Store(_)
-            | DownloadError::Cancelled => ResultCode::INNER_ERROR,
-        }
-    }
-
-    /// The `description` for the report: the platform's own wording for the
-    /// cause (docs/protocols/iotda.md §9), followed by the specific reason where the wording
-    /// alone would mislead an operator (a refused token is not a lost
-    /// connection, and only a new upgrade task fixes it).
-    pub fn description(&self) -> String {
-        match self {
-            DownloadError::TooLargeForConfig { .. } | DownloadError::NoSpace { .. } => {
-                result::DESC_NO_STORAGE.to_owned()
-            }
-            DownloadError::LengthMismatch { .. } | DownloadError::Integrity { .. } => {
-                result::DESC_INTEGRITY.to_owned()
-            }
-            DownloadError::TokenRejected { status, .. } => format!(
-                "{}: the download token was refused (HTTP {status}); it has expired or is no \
-                 longer valid, a new upgrade task is needed",
-                result::DESC_CONNECTION_LOST
-            ),
-            DownloadError::HttpStatus { .. } | DownloadError::Timeout { .. } => {
-                result::DESC_CONNECTION_LOST.to_owned()
-            }
-            DownloadError::InvalidUrl(_) | DownloadError::InvalidSign(_) => {
-                result::DESC_INVALID_URI.to_owned()
-            }
-            DownloadError::Certificate(_) | DownloadError::Redirect(_) => {
-                format!("{}: {self}", result::DESC_CONNECTION_LOST)
-            }
-            DownloadError::Tls(_) | DownloadError::Store(_) | DownloadError::Cancelled => {
-                self.to_string()
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_and_descriptions_follow_iotda_section_9() {
-        let e = DownloadError::NoSpace {
-            needed: 1,
-            available: 0,
-            margin: 0,
-        };
-        assert_eq!(
-            (e.result_code().get(), e.description().as_str()),
-            (5, result::DESC_NO_STORAGE)
-        );
-        let e = DownloadError::Integrity {
-            expected: "a".into(),
-            actual: "b".into(),
-        };
-        assert_eq!(
-            (e.result_code().get(), e.description().as_str()),
-            (7, result::DESC_INTEGRITY)
-        );
-        let e = DownloadError::LengthMismatch {
-            expected: 1,
-            detail: "x".into(),
-        };
-        assert_eq!(e.result_code(), ResultCode::CHECK_FAIL);
-        let e = DownloadError::TokenRejected {
-            status: 403,
-            attempts: 3,
-        };
-        assert_eq!(e.result_code(), ResultCode::DOWNLOAD_TIMEOUT);
-        assert!(e.description().starts_with(result::DESC_CONNECTION_LOST));
-        assert!(e.description().contains("token"), "{}", e.description());
-        let e = DownloadError::Timeout {
-            attempts: 9,
-            last: "reset".into(),
-        };
-        assert_eq!(
-            (e.result_code().get(), e.description().as_str()),
-            (6, result::DESC_CONNECTION_LOST)
-        );
-        let e = DownloadError::InvalidUrl("http://x".into());
-        assert_eq!(
-            (e.result_code().get(), e.description().as_str()),
-            (255, result::DESC_INVALID_URI)
-        );
     }
 }

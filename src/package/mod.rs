@@ -28,7 +28,7 @@
 //! let mut progress = wait.progress();          // watch: bytes received / durable / size
 //! match wait.ready().await {
 //!     Ok(package) => { /* deliver package.path to the child */ }
-//!     Err(e) => { /* report e.result_code(), e.description() */ }
+//!     Err(e) => { /* ota::verdict turns e into the report */ }
 //! }
 //! store.release("job-42", &req.key().unwrap()); // the file goes when no job needs it
 //! # let _ = progress.changed();

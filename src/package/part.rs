@@ -1,24 +1,41 @@
-//! The `.part` file being written: its bytes, their SHA-256, and the
-//! checkpoint in flight (fsync, then the journal row).
+//! The `.part` file being written, off the receive path: a writer thread
+//! that hashes and writes the body's buffers, and starts checkpoints
+//! (fsync, then the journal row) on a thread of their own.
 //!
+//! ```text
+//!  receive task ── Bytes (bounded queue) ──► writer: SHA-256, write(2) ──► sync: fsync, journal
+//!   (TLS, plan)  ◄────────────────── durable (epoch, len) ──────────────────┘
+//! ```
+//!
+//! TLS decryption (hyper's connection task and the receive loop), SHA-256
+//! with the file writes (the writer), and fsync with the journal row (the
+//! sync thread) run side by side instead of in series on one task. The
+//! queue holds at most [`QUEUE`] buffers, each one frame of the body as
+//! hyper hands it over (no copy), so memory does not grow with the package.
 //! The download plan (`otabridge_codecs::download::Plan`) decides when a
-//! checkpoint is due and when the file starts over; this file carries it
-//! out. A checkpoint runs on a blocking thread while the download goes on;
-//! the journaled length is written only after the fsync that makes it true.
+//! checkpoint is due and when the file starts over; the messages keep their
+//! order, so a checkpoint covers exactly the bytes queued before it, and the
+//! journaled length is written only after the fsync that makes it true.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use nix::fcntl::Flock;
-use otabridge_codecs::download::Checkpoint;
+use otabridge_codecs::download::{Checkpoint, Start};
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{db, DownloadError};
 use crate::journal::SharedJournal;
 
-/// Write buffer in front of the `.part` file: few syscalls, bounded memory.
+/// Buffers queued between the receive task and the writer. Each is one
+/// body frame (at most hyper's read buffer, 16 KiB to 400 KiB; see
+/// BENCHMARKS.md for the measurement that chose this).
+pub(crate) const QUEUE: usize = 16;
+/// The writer gathers small frames into one write(2) of up to this size.
 const WRITE_BUFFER: usize = 256 * 1024;
 
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> DownloadError {
@@ -29,29 +46,42 @@ fn join_err(e: tokio::task::JoinError) -> DownloadError {
     DownloadError::Store(e.to_string())
 }
 
-/// A checkpoint being carried out: its epoch and length once durable.
-type InFlight = JoinHandle<Result<(u32, u64), DownloadError>>;
+fn gone() -> DownloadError {
+    DownloadError::Store("the .part writer stopped".into())
+}
 
-/// The `.part` file, locked, with everything written so far hashed.
+/// What the receive task asks of the writer, in order.
+enum Msg {
+    Data(Bytes),
+    Checkpoint(Checkpoint),
+    /// Empty the file and record length 0 with this size and validator.
+    Restart(
+        Option<u64>,
+        Option<String>,
+        oneshot::Sender<Result<(), DownloadError>>,
+    ),
+    /// Let the checkpoint in flight finish.
+    Quiesce(oneshot::Sender<()>),
+}
+
+/// The `.part` file, as the receive task sees it.
 pub(crate) struct Part {
-    file: Flock<File>,
-    path: PathBuf,
-    key: String,
-    journal: SharedJournal,
-    buf: Vec<u8>,
-    hasher: Sha256,
-    in_flight: Option<InFlight>,
+    tx: mpsc::Sender<Msg>,
+    /// Checkpoints made durable: (epoch, length), or why one failed.
+    durable: mpsc::UnboundedReceiver<Result<(u32, u64), DownloadError>>,
+    writer: JoinHandle<Result<(Flock<File>, Sha256), DownloadError>>,
 }
 
 impl Part {
-    /// Keeps the first `offset` bytes of `file` (cutting the rest), hashes
-    /// them, and records `offset` as the durable length.
+    /// Keeps the first `start.offset` bytes of `file` (cutting the rest),
+    /// hashes them, records `offset` as the durable length, and starts the
+    /// writer.
     pub(crate) async fn open(
         file: Flock<File>,
         path: PathBuf,
         key: String,
         journal: SharedJournal,
-        start: &otabridge_codecs::download::Start,
+        start: &Start,
     ) -> Result<Part, DownloadError> {
         file.set_len(start.offset)
             .map_err(|e| io_err("cannot truncate", &path, e))?;
@@ -66,19 +96,125 @@ impl Part {
             start.offset,
             start.validator.as_deref(),
         )?;
-        Ok(Part {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (durable_tx, durable) = mpsc::unbounded_channel();
+        let w = Writer {
             file,
             path,
             key,
             journal,
             buf: Vec::with_capacity(WRITE_BUFFER),
             hasher,
-            in_flight: None,
+            sync: None,
+            durable: durable_tx,
+        };
+        let writer = tokio::task::spawn_blocking(move || w.run(rx));
+        Ok(Part {
+            tx,
+            durable,
+            writer,
         })
     }
 
-    /// Appends body bytes.
-    pub(crate) fn append(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+    async fn send(&mut self, m: Msg) -> Result<(), DownloadError> {
+        if self.tx.send(m).await.is_ok() {
+            return Ok(());
+        }
+        // The writer stopped: its error says why.
+        match (&mut self.writer).await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(_)) => Err(gone()),
+            Err(e) => Err(join_err(e)),
+        }
+    }
+
+    /// Queues body bytes (waits while the queue is full).
+    pub(crate) async fn append(&mut self, data: Bytes) -> Result<(), DownloadError> {
+        self.send(Msg::Data(data)).await
+    }
+
+    /// Queues a checkpoint of the bytes queued so far. The plan starts one
+    /// only when none is in flight.
+    pub(crate) async fn checkpoint(&mut self, cp: Checkpoint) -> Result<(), DownloadError> {
+        self.send(Msg::Checkpoint(cp)).await
+    }
+
+    /// The next checkpoint made durable: (epoch, length). Pending while
+    /// none is in flight (for `select!`). Cancel-safe.
+    pub(crate) async fn durable(&mut self) -> Result<(u32, u64), DownloadError> {
+        match self.durable.recv().await {
+            Some(r) => r,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Lets a checkpoint in flight finish, whatever its outcome (so that it
+    /// cannot write a journal row after a cleanup).
+    pub(crate) async fn quiesce(&mut self) {
+        let (ack, done) = oneshot::channel();
+        if self.send(Msg::Quiesce(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Empties the file: the body starts again from byte 0. Records length
+    /// 0 with `size` and `validator` once the checkpoint in flight is done.
+    pub(crate) async fn restart(
+        &mut self,
+        size: Option<u64>,
+        validator: Option<&str>,
+    ) -> Result<(), DownloadError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Msg::Restart(size, validator.map(str::to_owned), ack))
+            .await?;
+        done.await.map_err(|_| gone())?
+    }
+
+    /// Every byte is queued: waits for the writer, and gives the file and
+    /// the SHA-256 of its content.
+    pub(crate) async fn finish(self) -> Result<(Flock<File>, String), DownloadError> {
+        drop(self.tx);
+        let (file, hasher) = self.writer.await.map_err(join_err)??;
+        Ok((file, hex::encode(hasher.finalize())))
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    file: Flock<File>,
+    path: PathBuf,
+    key: String,
+    journal: SharedJournal,
+    buf: Vec<u8>,
+    hasher: Sha256,
+    /// The checkpoint in flight on its own thread.
+    sync: Option<std::thread::JoinHandle<()>>,
+    durable: mpsc::UnboundedSender<Result<(u32, u64), DownloadError>>,
+}
+
+impl Writer {
+    /// Until the receive task drops its sender; then everything is written
+    /// and the last checkpoint is done.
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> Result<(Flock<File>, Sha256), DownloadError> {
+        while let Some(m) = rx.blocking_recv() {
+            match m {
+                Msg::Data(b) => self.append(&b)?,
+                Msg::Checkpoint(cp) => self.checkpoint(cp)?,
+                Msg::Restart(size, validator, ack) => {
+                    let _ = ack.send(self.restart(size, validator.as_deref()));
+                }
+                Msg::Quiesce(ack) => {
+                    self.wait_sync();
+                    let _ = ack.send(());
+                }
+            }
+        }
+        self.wait_sync();
+        self.flush()?;
+        Ok((self.file, self.hasher))
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), DownloadError> {
         self.hasher.update(data);
         if self.buf.len() + data.len() > WRITE_BUFFER {
             self.flush()?;
@@ -103,52 +239,49 @@ impl Part {
         Ok(())
     }
 
-    /// Starts `cp` on a blocking thread: fsync, then the journal row. The
-    /// plan starts one only when none is in flight.
-    pub(crate) fn checkpoint(&mut self, cp: Checkpoint) -> Result<(), DownloadError> {
+    fn wait_sync(&mut self) {
+        if let Some(h) = self.sync.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Writes what is buffered, then fsyncs and journals on a thread of its
+    /// own while the writer goes on.
+    fn checkpoint(&mut self, cp: Checkpoint) -> Result<(), DownloadError> {
         self.flush()?;
+        // The plan starts one only after the last was reported: this join
+        // returns at once.
+        self.wait_sync();
         let clone = self
             .file
             .try_clone()
             .map_err(|e| io_err("cannot dup", &self.path, e))?;
         let (journal, key, path) = (self.journal.clone(), self.key.clone(), self.path.clone());
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            clone
-                .sync_data()
-                .map_err(|e| io_err("cannot fsync", &path, e))?;
-            db::update_progress(&journal, &key, cp.size, cp.len, cp.validator.as_deref())?;
-            Ok((cp.epoch, cp.len))
-        }));
+        let durable = self.durable.clone();
+        let h = std::thread::Builder::new()
+            .name("otabridge-sync".into())
+            .spawn(move || {
+                let r = clone
+                    .sync_data()
+                    .map_err(|e| io_err("cannot fsync", &path, e))
+                    .and_then(|()| {
+                        db::update_progress(
+                            &journal,
+                            &key,
+                            cp.size,
+                            cp.len,
+                            cp.validator.as_deref(),
+                        )
+                    });
+                let _ = durable.send(r.map(|()| (cp.epoch, cp.len)));
+            })
+            .map_err(|e| io_err("cannot start a thread for", &self.path, e))?;
+        self.sync = Some(h);
         Ok(())
     }
 
-    /// Waits for the checkpoint in flight: (epoch, length) once durable.
-    /// Pending forever when none is in flight (for `select!`). Cancel-safe.
-    pub(crate) async fn durable(&mut self) -> Result<(u32, u64), DownloadError> {
-        let Some(h) = &mut self.in_flight else {
-            return std::future::pending().await;
-        };
-        let r = h.await;
-        self.in_flight = None;
-        r.map_err(join_err)?
-    }
-
-    /// Lets a checkpoint in flight finish, whatever its outcome (so that it
-    /// cannot write a journal row after a cleanup or a restart).
-    pub(crate) async fn quiesce(&mut self) {
-        if let Some(h) = self.in_flight.take() {
-            let _ = h.await;
-        }
-    }
-
-    /// Empties the file: the body starts again from byte 0. Records length
-    /// 0 with `size` and `validator`.
-    pub(crate) async fn restart(
-        &mut self,
-        size: Option<u64>,
-        validator: Option<&str>,
-    ) -> Result<(), DownloadError> {
-        self.quiesce().await;
+    fn restart(&mut self, size: Option<u64>, validator: Option<&str>) -> Result<(), DownloadError> {
+        self.wait_sync();
         self.buf.clear();
         self.file
             .set_len(0)
@@ -158,13 +291,6 @@ impl Part {
             .map_err(|e| io_err("cannot seek", &self.path, e))?;
         self.hasher = Sha256::new();
         db::put_progress(&self.journal, &self.key, size, 0, validator)
-    }
-
-    /// Every byte is written: the file and the SHA-256 of its content.
-    pub(crate) async fn finish(mut self) -> Result<(Flock<File>, String), DownloadError> {
-        self.quiesce().await;
-        self.flush()?;
-        Ok((self.file, hex::encode(self.hasher.finalize())))
     }
 }
 

@@ -17,20 +17,12 @@ mod session;
 pub use session::{Inbound, Session};
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use otabridge_codecs::iotda::{event, topic, Event, EventTime};
 use tokio::sync::{watch, Notify};
 
+use crate::clock::now_unix;
 use crate::journal::{self, JournalError, SharedJournal};
-
-/// Seconds since the Unix epoch from the system clock.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// Whether the session is connected, as the daemon and `status` see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::{now_unix, LinkState, Platform};
+use super::{LinkState, Platform};
 use crate::backoff::Backoff;
+use crate::clock::now_unix;
 use crate::config::{Auth, PlatformConfig};
 use crate::journal::{self, OutboxEntry};
 use crate::tls::{self, TlsError};

@@ -24,7 +24,7 @@
 //! loses the transfer in progress. All randomness comes from `seed`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -55,6 +55,16 @@ pub struct Faults {
     /// Reboot once after this many image blocks were received (push or
     /// pull), losing the transfer in progress.
     pub reboot_after_blocks: Option<u32>,
+    /// Every answer to a write of a Package URI (`PUT /5/0/1`, not the
+    /// empty reset) is lost on the way out, retransmitted replays
+    /// included: the child takes the URI and starts fetching, the gateway
+    /// never hears that it did (issue 17, defect 3).
+    pub lose_uri_answers: bool,
+    /// Every answer to the Block1 block that completes an image is lost on
+    /// the way out: the child holds the whole image (State 2), the gateway
+    /// never hears it (a gateway stopped during the last block; issue 17,
+    /// defect 4).
+    pub lose_final_block_answers: bool,
 }
 
 /// How the simulated child behaves.
@@ -188,6 +198,9 @@ struct Device {
     seq: u64,
     queue: BinaryHeap<Queued>,
     exchange_seed: u64,
+    /// (peer, message id) of requests whose answers the seam loses
+    /// (`Faults::lose_uri_answers`, `Faults::lose_final_block_answers`).
+    muted: HashSet<(SocketAddr, u16)>,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +259,7 @@ impl CoapChildSim {
             seq: 0,
             queue: BinaryHeap::new(),
             exchange_seed,
+            muted: HashSet::new(),
             opts,
         }));
         let (stop, stopped) = oneshot::channel();
@@ -397,6 +411,10 @@ impl Device {
             self.on_event(ev, now);
         }
         while let Some(t) = self.ex.poll_transmit() {
+            if self.is_muted(&t.peer, &t.bytes) {
+                self.stats.dropped += 1;
+                continue;
+            }
             self.seam(Dir::Out, t.peer, t.bytes, now);
         }
         // Zero-delay datagrams go out in this same step.
@@ -409,6 +427,19 @@ impl Device {
             wire.push((peer, bytes));
         }
         wire
+    }
+
+    /// An ACK (RFC 7252 §3: type 2) to a request whose answers are lost.
+    fn is_muted(&self, peer: &SocketAddr, bytes: &[u8]) -> bool {
+        bytes.len() >= 4
+            && (bytes[0] >> 4) & 3 == 2
+            && self
+                .muted
+                .contains(&(*peer, u16::from_be_bytes([bytes[2], bytes[3]])))
+    }
+
+    fn mute(&mut self, req: &IncomingRequest<SocketAddr>) {
+        self.muted.insert((req.peer, req.packet.header.message_id));
     }
 
     fn on_event(&mut self, ev: ExchangeEvent<SocketAddr>, now: Instant) {
@@ -464,6 +495,9 @@ impl Device {
                 let uri = String::from_utf8_lossy(&req.packet.payload)
                     .trim()
                     .to_string();
+                if self.opts.faults.lose_uri_answers && !uri.is_empty() {
+                    self.mute(&req);
+                }
                 self.reply(&req, Code::CHANGED, b"", now);
                 self.write_uri(&uri, now);
             }
@@ -688,6 +722,9 @@ impl Device {
                     szx,
                 },
             );
+            if self.opts.faults.lose_final_block_answers {
+                self.mute(&req);
+            }
             let _ = self.ex.respond(&req, p, now);
             if self.state == State::Downloading {
                 self.image_complete();
@@ -763,6 +800,7 @@ impl Device {
     fn boot(&mut self, how: Reboot) {
         self.pull = None;
         self.transfer = None;
+        self.muted.clear();
         self.exchange_seed = self.exchange_seed.wrapping_add(1);
         if let Ok(ex) = Exchanges::new(ExchangeConfig {
             seed: self.exchange_seed,

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::broker::LocalBroker;
-use crate::platform::now_unix;
+use crate::clock::now_unix;
 
 const MAX_PACKET: usize = 8 * 1024 * 1024;
 

@@ -16,7 +16,7 @@ use super::broker::LocalBroker;
 use super::platform::{DeviceAuth, Edge, Received, SimPlatform, TestPki};
 use crate::child::Child;
 use crate::config::Config;
-use crate::daemon::{Handles, StartError};
+use crate::daemon::{Handles, StartError, Stopped};
 
 /// The gateway id every testbed uses.
 pub const GATEWAY_ID: &str = "gw-product_gw01";
@@ -43,7 +43,7 @@ pub struct Testbed {
 #[derive(Debug)]
 struct RunningGateway {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), StartError>>,
+    task: JoinHandle<Result<Stopped, StartError>>,
     handles: Handles,
 }
 

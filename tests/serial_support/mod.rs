@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use otabridge::child::link::port::{PortSettings, Ports};
 use otabridge::child::serial::SerialChild;
 use otabridge::child::Package;
 use otabridge::config::SerialOptions;
@@ -52,9 +53,21 @@ pub fn image(version: &str, len: usize, seed: u64) -> Vec<u8> {
     mcuboot_image(parse_version(version).unwrap(), len, seed)
 }
 
-/// A driver for the simulator's pty.
+/// A driver for the simulator's pty, alone on it.
 pub fn child(id: &str, sim: &SmpChild) -> SerialChild {
     SerialChild::new(id, sim.path(), 115_200, options())
+}
+
+/// A driver for the simulator's pty, sharing it with the other children
+/// `ports` gave it to (an RS-485 bus).
+pub fn bus_child(ports: &mut Ports, id: &str, sim: &SmpChild) -> SerialChild {
+    let o = options();
+    let settings = PortSettings {
+        baud: 115_200,
+        framing: o.framing,
+        reopen_timeout: o.reopen_timeout,
+    };
+    SerialChild::on_port(id, ports.get(sim.path(), settings), o)
 }
 
 /// Progress the driver reported, in order.

@@ -21,9 +21,8 @@
 //! seed in [`ExchangeConfig`].
 //!
 //! NSTART (RFC 7252 §4.7, default 1: one outstanding interaction per peer)
-//! is kept by the layers above: [`super::Block1Push`] and
-//! [`super::UpdateProcedure`] have at most one request in flight, and a
-//! driver runs one of them per child.
+//! is kept by the layer above, [`super::Peers`], which drivers use instead
+//! of this engine directly.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
@@ -330,6 +329,11 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
     /// Forgets a request: no more retransmissions, no event for it.
     pub fn cancel(&mut self, id: RequestId) {
         self.outstanding.retain(|o| o.id != id);
+    }
+
+    /// The largest datagram this engine emits.
+    pub fn max_message_size(&self) -> usize {
+        self.config.max_message_size
     }
 
     /// Requests still waiting for their response.

@@ -1,38 +1,48 @@
 //! CoAP for delivering firmware to child devices: the block option codec,
 //! the message layer, Block1 push and Block2 serving.
 //!
-//! Everything is sans-IO. A driver owns one UDP socket and one
-//! [`Exchanges`] (the message layer: message ids, tokens, retransmission,
-//! deduplication, RFC 7252 §4). Above it sit two block-wise engines
+//! Everything is sans-IO. A driver owns one UDP socket and one [`Peers`]:
+//! the peer engine, which wraps the message layer ([`Exchanges`]: message
+//! ids, tokens, retransmission, deduplication, RFC 7252 §4) and schedules
+//! what goes to each peer: NSTART 1, requests held behind a block in
+//! flight, and the Block1 pushes themselves. The block-wise engines
 //! (RFC 7959):
 //! - [`Block1Push`]: the gateway PUTs an image to a child, one block in
-//!   flight, reading the bytes by offset so memory stays constant;
+//!   flight, reading the bytes by offset so memory stays constant; run by
+//!   [`Peers::start_push`];
 //! - [`serve_block2`]: the gateway answers a child's Block2 GETs of a
 //!   package, statelessly, for pull delivery.
 //!
 //! [`UpdateProcedure`] drives one LwM2M child through a whole update
-//! (version check, pull or push, Execute, version read-back) on the same
-//! [`Exchanges`].
+//! (version check, pull or push, Execute, version read-back) as a user of
+//! the same [`Peers`].
 //!
 //! # A driver loop, in short
 //! ```text
-//! socket datagram  -> exchanges.handle_datagram(peer, bytes, now)
-//! timer expired    -> exchanges.handle_timeout(now); procedure.handle_timeout(now)
-//! procedure.poll_request(now, image) -> exchanges.start_request(child, req, now) = id
-//! exchanges.poll_event():
-//!   Response{id}          -> procedure.handle_response(&resp, now)
-//!   GaveUp/TimedOut/Reset -> procedure.handle_failure(why, now)
-//!   Request(req) for /fw  -> reply = serve_block2(..); exchanges.respond(&req, reply.response, now);
-//!                            procedure.note_served(&reply.served)
-//! exchanges.poll_transmit() -> socket;  procedure.poll_event() -> journal, reports
-//! sleep until min(exchanges.poll_timeout(), procedure.poll_timeout())
+//! socket datagram  -> peers.handle_datagram(peer, bytes, now)
+//! timer expired    -> peers.handle_timeout(now); procedure.handle_timeout(now)
+//! procedure.poll_action(now):
+//!   Request(req) -> peers.request(child, req, now) = op
+//!   Push(cfg)    -> peers.start_push(child, cfg, image, now) = op
+//!   Cancel       -> peers.cancel(op, now)
+//! peers.poll_event():
+//!   Response{op}          -> procedure.handle_response(&resp, now)
+//!   Failed{op}            -> procedure.handle_failure(why, now)
+//!   Push{op, event}       -> procedure.handle_push_event(&event, now)
+//!   Request(req) for /fw  -> reply = serve_block2(..); peers.respond(&req, reply.response, now);
+//!                            procedure.handle_served(&reply.served, now)
+//! peers.poll_transmit() -> socket;  procedure.poll_event() -> journal, reports
+//! sleep until min(peers.poll_timeout(), procedure.poll_timeout())
 //! ```
-//! `codecs/tests/fixtures_coap.rs` is such a driver, over recorded bytes.
+//! `codecs/tests/fixtures_coap.rs` is such a driver, over recorded bytes;
+//! `src/child/coap/network.rs` is the daemon's, with the procedure in the
+//! child's task and the peer engine in the network task.
 //!
 //! # Layout
 //! - [`block`]: Block1/Block2 option values on `u32` and the uint codec.
 //! - [`msg`]: strict decoding over `coap_lite::Packet`, codes, option access.
 //! - [`exchange`]: the confirmable-exchange engine.
+//! - [`peer`]: the peer engine (NSTART, held requests, pushes) on top.
 //! - [`push`]: the Block1 push engine.
 //! - [`serve`]: the Block2 server.
 //! - [`source`]: reading an image by offset ([`ReadAt`]).
@@ -45,6 +55,7 @@
 pub mod block;
 pub mod exchange;
 pub mod msg;
+pub mod peer;
 pub mod push;
 pub mod serve;
 pub mod source;
@@ -56,7 +67,10 @@ pub use exchange::{
     ExchangeConfig, ExchangeEvent, Exchanges, IncomingRequest, RequestId, Transmit,
 };
 pub use msg::Code;
+pub use peer::{OpId, PeerEvent, Peers, StartPushError};
 pub use push::{Block1Push, PushConfig, PushEvent, PushFailure, TransportFailure};
 pub use serve::{serve_block2, Block2Reply, PackageInfo, PackageStore, ServeConfig, ServedBlock};
 pub use source::{ReadAt, ReadError};
-pub use update::{Delivery, Outcome, UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure};
+pub use update::{
+    Action, Delivery, Outcome, UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure,
+};

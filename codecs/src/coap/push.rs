@@ -7,14 +7,18 @@
 //! other request to the same child so message ids never collide.
 //!
 //! # Call order
+//! The push is driven by [`super::Peers`], which keeps NSTART per peer and
+//! interleaves other requests to the same child between blocks; drivers
+//! start pushes there ([`super::Peers::start_push`]) rather than running
+//! this engine themselves. Inside, the calls are:
 //! 1. [`Block1Push::poll_request`] gives the next request when none is in
-//!    flight; the driver hands it to [`super::Exchanges::start_request`] and
-//!    remembers the returned id.
-//! 2. When the exchange engine reports the response for that id, the driver
-//!    calls [`Block1Push::handle_response`]; for `GaveUp`, `TimedOut` or
-//!    `Reset` it calls [`Block1Push::handle_failure`].
-//! 3. The driver drains [`Block1Push::poll_event`] (progress to journal and
-//!    report, the final code or the failure) and goes back to 1 until
+//!    flight; it goes to [`super::Exchanges::start_request`].
+//! 2. When the exchange engine reports the response for that request,
+//!    [`Block1Push::handle_response`]; for `GaveUp`, `TimedOut` or
+//!    `Reset`, [`Block1Push::handle_failure`]. Both take `now`, which
+//!    becomes the time of the acknowledgement in [`PushEvent::Progress`].
+//! 3. [`Block1Push::poll_event`] is drained (progress to journal, report
+//!    and liveness, the final code or the failure), then back to 1 until
 //!    [`Block1Push::is_finished`].
 //!
 //! # Protocol rules (RFC 7959)
@@ -41,6 +45,7 @@ use super::msg::{self, Code, OptionError};
 use super::source::{ReadAt, ReadError};
 use crate::iotda::ResultCode;
 use crate::lwm2m::UpdateResult;
+use crate::time::Instant;
 
 /// What to push and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +148,9 @@ pub enum PushFailure {
     /// The child rejected our message with RST (RFC 7252 §4.2).
     #[error("child reset the exchange")]
     Reset,
+    /// A block could not be read from the image (the driver's file).
+    #[error("reading the image: {0}")]
+    Read(ReadError),
 }
 
 impl PushFailure {
@@ -175,12 +183,16 @@ pub enum TransportFailure {
 /// What the push engine reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushEvent {
-    /// The child acknowledged bytes `0..acked`: journal `acked` to resume.
+    /// The child acknowledged bytes `0..acked` at `at`: journal `acked` to
+    /// resume; `at` is the liveness signal (one per block).
     Progress {
         /// Bytes acknowledged.
         acked: u32,
         /// Image length.
         total: u32,
+        /// When the acknowledgement was handled (the `now` of
+        /// [`Block1Push::handle_response`]).
+        at: Instant,
     },
     /// The child asked for smaller blocks (RFC 7959 §2.3).
     BlockSize {
@@ -224,6 +236,8 @@ pub struct Block1Push {
     in_flight: Option<InFlight>,
     restarts: u32,
     phase: Phase,
+    /// When the child last acknowledged a block.
+    last_ack: Option<Instant>,
     events: VecDeque<PushEvent>,
 }
 
@@ -262,6 +276,7 @@ impl Block1Push {
             in_flight: None,
             restarts: 0,
             phase: Phase::Running,
+            last_ack: None,
             events: VecDeque::new(),
             cfg,
         })
@@ -270,6 +285,17 @@ impl Block1Push {
     /// Bytes the child acknowledged so far: the offset to journal.
     pub fn acked(&self) -> u32 {
         self.acked
+    }
+
+    /// When the child last acknowledged a block (`None` before the first):
+    /// with [`Block1Push::acked`], "bytes acknowledged at t".
+    pub fn last_ack(&self) -> Option<Instant> {
+        self.last_ack
+    }
+
+    /// The image length.
+    pub fn total_len(&self) -> u32 {
+        self.cfg.total_len
     }
 
     /// Done or failed: nothing more will be sent.
@@ -329,8 +355,8 @@ impl Block1Push {
         Ok(Some(p))
     }
 
-    /// The response to the request in flight.
-    pub fn handle_response(&mut self, response: &Packet) {
+    /// The response to the request in flight, handled at `now`.
+    pub fn handle_response(&mut self, response: &Packet, now: Instant) {
         let Some(f) = self.in_flight.take() else {
             return; // nothing asked: a stray response is not ours to judge
         };
@@ -347,9 +373,11 @@ impl Block1Push {
                 ));
             }
             self.acked = f.offset + f.len;
+            self.last_ack = Some(now);
             self.events.push_back(PushEvent::Progress {
                 acked: self.acked,
                 total: self.cfg.total_len,
+                at: now,
             });
             if let Some(b) = b1 {
                 // RFC 7959 §2.3: heed the server's preferred (smaller) size.
@@ -360,9 +388,11 @@ impl Block1Push {
             }
         } else if code.is_success() {
             self.acked = self.cfg.total_len;
+            self.last_ack = Some(now);
             self.events.push_back(PushEvent::Progress {
                 acked: self.acked,
                 total: self.cfg.total_len,
+                at: now,
             });
             self.phase = Phase::Done;
             self.events.push_back(PushEvent::Done(code));
@@ -392,8 +422,9 @@ impl Block1Push {
         }
     }
 
-    /// The exchange for the request in flight ended without a response.
-    pub fn handle_failure(&mut self, why: TransportFailure) {
+    /// The exchange for the request in flight ended without a response (at
+    /// `now`; a failure is final, so the time is not kept).
+    pub fn handle_failure(&mut self, why: TransportFailure, _now: Instant) {
         if self.in_flight.take().is_none() {
             return;
         }
@@ -422,6 +453,14 @@ impl Block1Push {
         });
     }
 
+    /// Ends the push with `failure` (a read error in the driver, a
+    /// cancelled transfer): nothing more is sent.
+    pub fn abort(&mut self, failure: PushFailure) {
+        if self.phase == Phase::Running {
+            self.fail(failure);
+        }
+    }
+
     fn fail(&mut self, failure: PushFailure) {
         self.phase = Phase::Failed;
         self.in_flight = None;
@@ -438,6 +477,8 @@ mod tests {
     use super::*;
     use crate::coap::msg::{block1, size1, uri_path};
     use proptest::prelude::*;
+
+    const T0: Instant = Instant::ZERO;
 
     fn image(len: usize) -> Vec<u8> {
         (0..len).map(|i| i as u8).collect()
@@ -500,27 +541,32 @@ mod tests {
         let mut img = image(100);
         let mut p = Block1Push::new(cfg(100, 2)).unwrap();
         assert_eq!(next(&mut p, &mut img), (0, true, 2, 64));
-        p.handle_response(&cont(0, 2));
+        p.handle_response(&cont(0, 2), T0);
         assert_eq!(next(&mut p, &mut img), (1, false, 2, 36));
-        p.handle_response(&resp(
-            Code::CHANGED,
-            Some(BlockOpt {
-                num: 1,
-                more: false,
-                szx: 2,
-            }),
-            None,
-        ));
+        p.handle_response(
+            &resp(
+                Code::CHANGED,
+                Some(BlockOpt {
+                    num: 1,
+                    more: false,
+                    szx: 2,
+                }),
+                None,
+            ),
+            T0,
+        );
         assert_eq!(
             events(&mut p),
             vec![
                 PushEvent::Progress {
                     acked: 64,
-                    total: 100
+                    total: 100,
+                    at: T0
                 },
                 PushEvent::Progress {
                     acked: 100,
-                    total: 100
+                    total: 100,
+                    at: T0
                 },
                 PushEvent::Done(Code::CHANGED),
             ]
@@ -535,11 +581,11 @@ mod tests {
         let mut img = image(5000);
         let mut p = Block1Push::new(cfg(5000, 6)).unwrap();
         assert_eq!(next(&mut p, &mut img), (0, true, 6, 1024));
-        p.handle_response(&cont(0, 4));
+        p.handle_response(&cont(0, 4), T0);
         assert_eq!(next(&mut p, &mut img), (4, true, 4, 256));
         assert!(events(&mut p).contains(&PushEvent::BlockSize { szx: 4 }));
         // A larger SZX later is not taken (RFC 7959 §2.3: preferred or smaller).
-        p.handle_response(&cont(4, 6));
+        p.handle_response(&cont(4, 6), T0);
         assert_eq!(next(&mut p, &mut img), (5, true, 4, 256));
     }
 
@@ -548,9 +594,9 @@ mod tests {
         let mut img = image(100);
         let mut p = Block1Push::new(cfg(100, 0)).unwrap();
         assert_eq!(next(&mut p, &mut img).0, 0);
-        p.handle_response(&cont(0, 0));
+        p.handle_response(&cont(0, 0), T0);
         assert_eq!(next(&mut p, &mut img).0, 1);
-        p.handle_response(&resp(Code::REQUEST_ENTITY_INCOMPLETE, None, None));
+        p.handle_response(&resp(Code::REQUEST_ENTITY_INCOMPLETE, None, None), T0);
         assert_eq!(
             events(&mut p).last(),
             Some(&PushEvent::Restarted {
@@ -561,9 +607,9 @@ mod tests {
         assert_eq!(p.acked(), 0);
         for _ in 0..2 {
             assert_eq!(next(&mut p, &mut img).0, 0);
-            p.handle_response(&cont(0, 0));
+            p.handle_response(&cont(0, 0), T0);
             next(&mut p, &mut img);
-            p.handle_response(&resp(Code::REQUEST_ENTITY_INCOMPLETE, None, None));
+            p.handle_response(&resp(Code::REQUEST_ENTITY_INCOMPLETE, None, None), T0);
         }
         assert_eq!(
             events(&mut p).last(),
@@ -576,7 +622,7 @@ mod tests {
         let mut img = image(100);
         let mut p = Block1Push::new(cfg(100, 0)).unwrap();
         let _ = next(&mut p, &mut img);
-        p.handle_response(&resp(Code::REQUEST_ENTITY_INCOMPLETE, None, None));
+        p.handle_response(&resp(Code::REQUEST_ENTITY_INCOMPLETE, None, None), T0);
         assert_eq!(
             events(&mut p),
             vec![PushEvent::Failed(PushFailure::Rejected(
@@ -595,7 +641,7 @@ mod tests {
         .unwrap();
         // 300 rounds down to the block at 256 (NUM 4 of 64 bytes).
         assert_eq!(next(&mut p, &mut img), (4, true, 2, 64));
-        p.handle_response(&resp(Code::REQUEST_ENTITY_INCOMPLETE, None, None));
+        p.handle_response(&resp(Code::REQUEST_ENTITY_INCOMPLETE, None, None), T0);
         assert_eq!(next(&mut p, &mut img), (0, true, 2, 64));
         // Resume with everything acknowledged re-sends the last block.
         let mut q = Block1Push::new(PushConfig {
@@ -611,7 +657,7 @@ mod tests {
         let mut img = image(5000);
         let mut p = Block1Push::new(cfg(5000, 6)).unwrap();
         let _ = next(&mut p, &mut img);
-        p.handle_response(&resp(Code::REQUEST_ENTITY_TOO_LARGE, None, Some(4096)));
+        p.handle_response(&resp(Code::REQUEST_ENTITY_TOO_LARGE, None, Some(4096)), T0);
         let failure = PushFailure::TooLarge { max: Some(4096) };
         assert_eq!(events(&mut p), vec![PushEvent::Failed(failure.clone())]);
         assert_eq!(
@@ -628,15 +674,18 @@ mod tests {
         let mut img = image(5000);
         let mut p = Block1Push::new(cfg(5000, 6)).unwrap();
         let _ = next(&mut p, &mut img);
-        p.handle_response(&resp(
-            Code::REQUEST_ENTITY_TOO_LARGE,
-            Some(BlockOpt {
-                num: 0,
-                more: false,
-                szx: 2,
-            }),
-            Some(100_000),
-        ));
+        p.handle_response(
+            &resp(
+                Code::REQUEST_ENTITY_TOO_LARGE,
+                Some(BlockOpt {
+                    num: 0,
+                    more: false,
+                    szx: 2,
+                }),
+                Some(100_000),
+            ),
+            T0,
+        );
         assert_eq!(
             events(&mut p),
             vec![PushEvent::Restarted {
@@ -646,7 +695,7 @@ mod tests {
         );
         assert_eq!(next(&mut p, &mut img), (0, true, 2, 64));
         // 4.13 with no usable hint at all is "too large" without a limit.
-        p.handle_response(&resp(Code::REQUEST_ENTITY_TOO_LARGE, None, None));
+        p.handle_response(&resp(Code::REQUEST_ENTITY_TOO_LARGE, None, None), T0);
         assert_eq!(
             events(&mut p),
             vec![PushEvent::Failed(PushFailure::TooLarge { max: None })]
@@ -658,7 +707,7 @@ mod tests {
         let mut img = image(100);
         let mut p = Block1Push::new(cfg(100, 0)).unwrap();
         let _ = next(&mut p, &mut img);
-        p.handle_response(&resp(Code::NOT_FOUND, None, None));
+        p.handle_response(&resp(Code::NOT_FOUND, None, None), T0);
         assert_eq!(
             events(&mut p),
             vec![PushEvent::Failed(PushFailure::Rejected(Code::NOT_FOUND))]
@@ -666,7 +715,7 @@ mod tests {
 
         let mut p = Block1Push::new(cfg(100, 0)).unwrap();
         let _ = next(&mut p, &mut img);
-        p.handle_failure(TransportFailure::GaveUp);
+        p.handle_failure(TransportFailure::GaveUp, T0);
         assert_eq!(
             events(&mut p),
             vec![PushEvent::Failed(PushFailure::Unreachable)]
@@ -676,7 +725,7 @@ mod tests {
         let mut img = image(16);
         let mut p = Block1Push::new(cfg(16, 0)).unwrap();
         let _ = next(&mut p, &mut img);
-        p.handle_response(&cont(0, 0));
+        p.handle_response(&cont(0, 0), T0);
         assert!(matches!(
             events(&mut p)[..],
             [PushEvent::Failed(PushFailure::Protocol(_))]
@@ -697,13 +746,13 @@ mod tests {
             req.get_first_option(CoapOption::Block1).unwrap(),
             &vec![0xff, 0xf8]
         );
-        p.handle_response(&cont(4095, 0));
+        p.handle_response(&cont(4095, 0), T0);
         let req = p.poll_request(&mut img).unwrap().unwrap();
         assert_eq!(
             req.get_first_option(CoapOption::Block1).unwrap(),
             &vec![0x01, 0x00, 0x08]
         );
-        p.handle_response(&cont(4096, 0));
+        p.handle_response(&cont(4096, 0), T0);
         assert_eq!(next(&mut p, &mut img), (4097, false, 0, 5));
     }
 
@@ -794,7 +843,7 @@ mod tests {
             for step in 0..20_000usize {
                 let Some(req) = p.poll_request(&mut img).unwrap() else { break };
                 let r = child.answer(&req, prefs[step % prefs.len()], forgets[step % forgets.len()]);
-                p.handle_response(&r);
+                p.handle_response(&r, T0);
                 for e in events(&mut p) {
                     match e {
                         PushEvent::Progress { acked, .. } => {
@@ -837,7 +886,7 @@ mod tests {
                 msg::set_code(&mut r, Code(code));
                 if let Some(v) = b1 { r.add_option(CoapOption::Block1, v.to_vec()); }
                 if let Some(s) = s1 { msg::set_uint(&mut r, CoapOption::Size1, s); }
-                p.handle_response(&r);
+                p.handle_response(&r, T0);
                 let _ = events(&mut p);
             }
         }

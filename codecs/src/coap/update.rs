@@ -5,15 +5,22 @@
 //! The procedure is the gateway's half of docs/protocols/children.md §3 "How a gateway
 //! drives a CoAP child", built on the Firmware Update object (OMA 5.xml,
 //! [`crate::lwm2m`]):
-//! 1. `GET /3/0/3`: already at the target version → finished, nothing sent.
+//! 1. `GET /3/0/3`: already at the target version ([`UpdateConfig::version_policy`])
+//!    → finished, nothing sent.
 //! 2. Pull: `PUT /5/0/1` the Package URI (text/plain), then poll `/5/0/3`
 //!    until State 2 (Downloaded), reading `/5/0/5` whenever it is not 2 to
 //!    catch a failed download. The child fetches the package with Block2
 //!    from the gateway's server ([`super::serve_block2`]); the driver
-//!    reports served blocks with [`UpdateProcedure::note_served`] for
-//!    progress.
-//!    Push: Block1 `PUT /5/0/0`, Content-Format 42 ([`super::Block1Push`]),
-//!    then the same poll of `/5/0/3` until State 2.
+//!    reports served blocks with [`UpdateProcedure::handle_served`] for
+//!    progress. A served block while the URI write still waits for its
+//!    answer is proof the write took effect (the child can only have the
+//!    URI from it): the write is abandoned as done, so a lost ACK on a lossy
+//!    link does not restart a download that is under way.
+//!    Push: Block1 `PUT /5/0/0`, Content-Format 42, run by the driver's
+//!    [`super::Peers`] ([`Action::Push`]), then the same poll of `/5/0/3`
+//!    until State 2. A push that resumes a journaled offset reads `/5/0/3`
+//!    first: a child already in State 2 got the whole image before the
+//!    gateway stopped, and is not sent it again.
 //! 3. `POST /5/0/2` (Execute). A child may reboot before it answers, so a
 //!    lost answer is not a failure.
 //! 4. Poll `/3/0/3` through the reboot until it equals the target version;
@@ -24,14 +31,23 @@
 //!    empty string to the Package URI resets the state machine").
 //!
 //! # Call order
-//! Like [`super::Block1Push`]: [`UpdateProcedure::poll_request`] gives a
-//! request when one is due; the driver starts it on its
-//! [`super::Exchanges`] and feeds the outcome back with
-//! [`UpdateProcedure::handle_response`] or
-//! [`UpdateProcedure::handle_failure`]. Between polls it sleeps until
-//! [`UpdateProcedure::poll_timeout`] and calls
-//! [`UpdateProcedure::handle_timeout`]. Events come from
-//! [`UpdateProcedure::poll_event`].
+//! The procedure is a user of the driver's [`super::Peers`] (one path, the
+//! same in the daemon and in `codecs/tests/fixtures_coap.rs`):
+//! 1. [`UpdateProcedure::poll_action`] at `now` gives what to do next:
+//!    [`Action::Request`] (start it with [`super::Peers::request`]),
+//!    [`Action::Push`] (start it with [`super::Peers::start_push`]) or
+//!    [`Action::Cancel`] (cancel the request or push in flight: its outcome
+//!    no longer matters). At most one request or push is in flight.
+//! 2. Outcomes go back in: [`UpdateProcedure::handle_response`] /
+//!    [`UpdateProcedure::handle_failure`] for a request,
+//!    [`UpdateProcedure::handle_push_event`] for the push's events (the
+//!    driver may skip intermediate progress, never the end);
+//!    [`UpdateProcedure::handle_served`] for every Block2 block served to
+//!    this child. Each takes `now`.
+//! 3. [`UpdateProcedure::poll_event`] is drained (phases, progress, the
+//!    end), and the driver sleeps until [`UpdateProcedure::poll_timeout`]
+//!    (which also runs while a push is in flight: the download deadline),
+//!    then calls [`UpdateProcedure::handle_timeout`] and goes back to 1.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -43,10 +59,10 @@ use super::push::{
     Block1Push, PushConfig, PushConfigError, PushEvent, PushFailure, TransportFailure,
 };
 use super::serve::ServedBlock;
-use super::source::{ReadAt, ReadError};
 use crate::iotda::ResultCode;
 use crate::lwm2m::{self, Path, State, UpdateResult, ValueError};
 use crate::time::Instant;
+use crate::version::Policy;
 
 /// How the package reaches the child (/5/0/9, docs/protocols/children.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +87,9 @@ pub enum Delivery {
 pub struct UpdateConfig {
     /// The version the child must report in /3/0/3 afterwards.
     pub target_version: String,
+    /// How /3/0/3 is compared with `target_version` (normalised: `v2.0.0`
+    /// is `2.0.0`).
+    pub version_policy: Policy,
     /// Package length in bytes.
     pub total_len: u32,
     /// Pull or push.
@@ -91,6 +110,7 @@ impl UpdateConfig {
     pub fn new(target_version: impl Into<String>, total_len: u32, delivery: Delivery) -> Self {
         UpdateConfig {
             target_version: target_version.into(),
+            version_policy: Policy::default(),
             total_len,
             delivery,
             poll_interval: Duration::from_secs(5),
@@ -253,14 +273,28 @@ pub enum UpdateEvent {
     Finished(Outcome),
 }
 
+/// What the driver does next for the procedure
+/// ([`UpdateProcedure::poll_action`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send this request to the child ([`super::Peers::request`]).
+    Request(Packet),
+    /// Push the package to the child with Block1
+    /// ([`super::Peers::start_push`]).
+    Push(PushConfig),
+    /// Cancel the request or push in flight; nothing of it is fed back.
+    Cancel,
+}
+
 #[derive(Debug)]
 enum Step {
     ReadVersion,
     Reset,
     WriteUri,
-    Pushing(Box<Block1Push>),
-    /// The push runs in the driver ([`UpdateProcedure::take_push`]).
-    PushDelegated,
+    /// A resumed push: is the child in State 2 already?
+    CheckDownloaded,
+    /// The Block1 push runs in the driver's [`super::Peers`].
+    Pushing,
     PollState,
     PollResult,
     Execute,
@@ -287,6 +321,8 @@ pub struct UpdateProcedure {
     /// "success" next to a version other than the target.
     last_version: String,
     success_mismatches: u32,
+    /// The driver must cancel what is in flight before anything else.
+    cancel: bool,
     events: VecDeque<UpdateEvent>,
 }
 
@@ -321,6 +357,7 @@ impl UpdateProcedure {
             delivered: 0,
             last_version: String::new(),
             success_mismatches: 0,
+            cancel: false,
             events,
         })
     }
@@ -331,8 +368,8 @@ impl UpdateProcedure {
             Step::ReadVersion => Phase::Checking,
             Step::Reset => Phase::Resetting,
             Step::WriteUri
-            | Step::Pushing(_)
-            | Step::PushDelegated
+            | Step::CheckDownloaded
+            | Step::Pushing
             | Step::PollState
             | Step::PollResult => Phase::Delivering,
             Step::Execute | Step::ConfirmRefusal(_) => Phase::Downloaded,
@@ -353,53 +390,49 @@ impl UpdateProcedure {
     /// Bytes the push has acknowledged, to journal for a resume; `None` when
     /// not pushing.
     pub fn push_acked(&self) -> Option<u32> {
-        match &self.step {
-            Step::Pushing(p) => Some(p.acked()),
-            Step::PushDelegated => Some(self.delivered),
-            _ => None,
-        }
+        matches!(self.step, Step::Pushing).then_some(self.delivered)
     }
 
-    /// The next request, when one is due at `now` and none is in flight.
-    /// Reads one block of `image` while pushing (pull never reads it).
-    #[must_use = "the request must be sent"]
-    pub fn poll_request<R: ReadAt + ?Sized>(
-        &mut self,
-        now: Instant,
-        image: &mut R,
-    ) -> Result<Option<Packet>, ReadError> {
+    /// What the driver must do next at `now`, when anything (see the module
+    /// doc): `None` while a request or push is in flight or a pause runs.
+    #[must_use = "the action must be carried out"]
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        if std::mem::take(&mut self.cancel) {
+            return Some(Action::Cancel);
+        }
         if self.in_flight || self.wait_until.is_some_and(|w| now < w) {
-            return Ok(None);
+            return None;
         }
         self.wait_until = None;
         if self.check_deadline(now) {
-            return Ok(None);
-        }
-        if let Step::Pushing(push) = &mut self.step {
-            let req = push.poll_request(image)?;
-            self.drain_push_at(now);
-            if req.is_some() {
-                self.in_flight = true;
-            }
-            return Ok(req);
+            return None;
         }
         let req = match &self.step {
-            Step::Finished | Step::Pushing(_) | Step::PushDelegated => return Ok(None),
+            Step::Finished => return None,
+            Step::Pushing => {
+                let Delivery::Push { szx, resume_offset } = self.cfg.delivery else {
+                    return None; // only push deliveries get here
+                };
+                // Only the first attempt resumes; a retry follows a reset.
+                let resume = if self.attempt == 1 { resume_offset } else { 0 };
+                self.in_flight = true;
+                return Some(Action::Push(push_config(&self.cfg, szx, resume)));
+            }
             Step::ReadVersion | Step::VerifyVersion | Step::ConfirmRefusal(_) => {
                 get(Path::FIRMWARE_VERSION)
             }
-            Step::PollState => get(Path::STATE),
+            Step::PollState | Step::CheckDownloaded => get(Path::STATE),
             Step::PollResult | Step::VerifyResult => get(Path::UPDATE_RESULT),
             Step::Reset => write_uri(""),
             Step::WriteUri => match &self.cfg.delivery {
                 Delivery::Pull { uri } => write_uri(uri),
-                Delivery::Push { .. } => return Ok(None),
+                Delivery::Push { .. } => return None,
             },
             // LwM2M Execute is a CoAP POST (OMA TS Transport §8.4.2.4).
             Step::Execute => msg::request(Code::POST, &Path::UPDATE.segments()),
         };
         self.in_flight = true;
-        Ok(Some(req))
+        Some(Action::Request(req))
     }
 
     /// The response to the request in flight.
@@ -408,14 +441,12 @@ impl UpdateProcedure {
             return;
         }
         let code = msg::code(response);
-        if let Step::Pushing(push) = &mut self.step {
-            push.handle_response(response);
-            self.drain_push_at(now);
-            return;
-        }
         let path = self.current_path();
         if !code.is_success() {
             match self.step {
+                // No readable state: push as planned (the resume falls back
+                // to block 0 if the child forgot the transfer).
+                Step::CheckDownloaded => self.step = Step::Pushing,
                 // Booting children may answer 5.03 or 4.04 for a while.
                 Step::VerifyVersion | Step::VerifyResult => self.wait(now, Step::VerifyVersion),
                 Step::Execute => self.step = Step::ConfirmRefusal(code),
@@ -431,7 +462,7 @@ impl UpdateProcedure {
                     let v = v.trim().to_string();
                     self.events
                         .push_back(UpdateEvent::CurrentVersion(v.clone()));
-                    if v == self.cfg.target_version {
+                    if self.is_target(&v) {
                         self.finish(Outcome::AlreadyCurrent);
                     } else {
                         self.start_delivery(now);
@@ -442,14 +473,16 @@ impl UpdateProcedure {
             Step::Reset => self.start_delivery(now),
             Step::WriteUri => self.wait(now, Step::PollState),
             Step::PollState => match State::from_plain_text(payload) {
-                Ok(State::Downloaded) => {
-                    self.delivered = self.cfg.total_len;
-                    self.events.push_back(UpdateEvent::Phase(Phase::Downloaded));
-                    self.deadline = None;
-                    self.step = Step::Execute;
-                }
+                Ok(State::Downloaded) => self.downloaded(),
                 Ok(_) => self.step = Step::PollResult,
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
+            },
+            // 5.xml: State 2 means the child holds a whole package; the
+            // journal says it was ours (a push to it had begun), and the
+            // version read after Execute confirms it.
+            Step::CheckDownloaded => match State::from_plain_text(payload) {
+                Ok(State::Downloaded) => self.downloaded(),
+                _ => self.step = Step::Pushing,
             },
             Step::PollResult => match UpdateResult::from_plain_text(payload) {
                 Ok(r) if r.is_failure() => self.fail(UpdateFailure::Child(r), now),
@@ -458,11 +491,11 @@ impl UpdateProcedure {
             },
             Step::Execute => self.start_verify(now),
             Step::ConfirmRefusal(refused) => match lwm2m::parse_text(payload) {
-                Ok(v) if v.trim() == self.cfg.target_version => self.finish(Outcome::Updated),
+                Ok(v) if self.is_target(v.trim()) => self.finish(Outcome::Updated),
                 _ => self.refused(refused, now),
             },
             Step::VerifyVersion => match lwm2m::parse_text(payload) {
-                Ok(v) if v.trim() == self.cfg.target_version => self.finish(Outcome::Updated),
+                Ok(v) if self.is_target(v.trim()) => self.finish(Outcome::Updated),
                 Ok(v) => {
                     self.last_version = v.trim().to_string();
                     self.step = Step::VerifyResult;
@@ -486,21 +519,18 @@ impl UpdateProcedure {
                 Ok(_) => self.wait(now, Step::VerifyVersion),
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
             },
-            Step::Pushing(_) | Step::PushDelegated | Step::Finished => {}
+            Step::Pushing | Step::Finished => {}
         }
     }
 
-    /// The request in flight got no response.
-    pub fn handle_failure(&mut self, why: TransportFailure, now: Instant) {
+    /// The request in flight got no response (how does not matter: every
+    /// kind of silence is handled alike).
+    pub fn handle_failure(&mut self, _why: TransportFailure, now: Instant) {
         if !std::mem::take(&mut self.in_flight) {
             return;
         }
-        if let Step::Pushing(push) = &mut self.step {
-            push.handle_failure(why);
-            self.drain_push_at(now);
-            return;
-        }
         match self.step {
+            Step::CheckDownloaded => self.step = Step::Pushing,
             // A child may reboot before answering Execute (docs/protocols/children.md §3
             // step 6 polls "across the reboot"), and is silent while it
             // reboots.
@@ -514,14 +544,23 @@ impl UpdateProcedure {
         }
     }
 
-    /// A block of the package went to this child (pull delivery progress,
-    /// from [`super::serve_block2`]'s reply).
-    pub fn note_served(&mut self, block: &ServedBlock) {
+    /// A block of the package went to this child at `now` (pull delivery
+    /// progress, from [`super::serve_block2`]'s reply). While the Package
+    /// URI write waits for its answer this is the answer: the child can only
+    /// fetch the package because the write reached it (a lost ACK under
+    /// loss), so the write is cancelled ([`Action::Cancel`]) and polling
+    /// starts.
+    pub fn handle_served(&mut self, block: &ServedBlock, now: Instant) {
         if !matches!(
             self.step,
             Step::PollState | Step::PollResult | Step::WriteUri
         ) {
             return;
+        }
+        if matches!(self.step, Step::WriteUri) && self.in_flight {
+            self.in_flight = false;
+            self.cancel = true;
+            self.wait(now, Step::PollState);
         }
         let end = block
             .offset
@@ -536,66 +575,46 @@ impl UpdateProcedure {
         }
     }
 
-    /// Hands the running Block1 push to the driver, which runs the whole
-    /// transfer itself (the daemon's network task does, so that a block's
-    /// response leads to the next block without waking the caller). `None`
-    /// unless a push runs with no request in flight. Until
-    /// [`UpdateProcedure::return_push`] the procedure sends nothing; its
-    /// download deadline still holds: [`UpdateProcedure::poll_timeout`]
-    /// gives it and [`UpdateProcedure::handle_timeout`] past it fails the
-    /// delivery, after which the driver drops the push.
-    pub fn take_push(&mut self, now: Instant) -> Option<Box<Block1Push>> {
-        if self.in_flight || !matches!(self.step, Step::Pushing(_)) || self.check_deadline(now) {
-            return None;
+    /// An event of the push started by [`Action::Push`], at `now`. Progress
+    /// events may be left out; the push's end ([`PushEvent::Done`],
+    /// [`PushEvent::Failed`]) may not.
+    pub fn handle_push_event(&mut self, event: &PushEvent, now: Instant) {
+        if !(self.in_flight && matches!(self.step, Step::Pushing)) {
+            return; // the procedure moved on (deadline) and cancelled it
         }
-        match std::mem::replace(&mut self.step, Step::PushDelegated) {
-            Step::Pushing(push) => Some(push),
-            // Checked above.
-            other => {
-                self.step = other;
-                None
+        match event {
+            PushEvent::Progress { acked, total, .. } => {
+                if *acked != self.delivered {
+                    self.delivered = *acked;
+                    self.events.push_back(UpdateEvent::Progress {
+                        delivered: *acked,
+                        total: *total,
+                    });
+                }
             }
+            // 5.xml: a complete Package write gives State 2; poll to see
+            // it, since some children verify the image first.
+            PushEvent::Done(_) => {
+                self.in_flight = false;
+                self.step = Step::PollState;
+            }
+            PushEvent::Failed(f) => {
+                self.in_flight = false;
+                self.fail(UpdateFailure::Push(f.clone()), now);
+            }
+            PushEvent::BlockSize { .. } | PushEvent::Restarted { .. } => {}
         }
     }
 
-    /// Bytes acknowledged so far by a push taken with
-    /// [`UpdateProcedure::take_push`] (the driver's latest
-    /// [`PushEvent::Progress`]; intermediate values may be skipped).
-    pub fn note_push_progress(&mut self, acked: u32) {
-        if matches!(self.step, Step::PushDelegated) && acked != self.delivered {
-            self.delivered = acked;
-            self.events.push_back(UpdateEvent::Progress {
-                delivered: acked,
-                total: self.cfg.total_len,
-            });
-        }
-    }
-
-    /// Takes back a push from [`UpdateProcedure::take_push`] with the events
-    /// it raised meanwhile, in order (progress events may be left out, see
-    /// [`UpdateProcedure::note_push_progress`]). Ignored when the procedure
-    /// moved on (its deadline passed).
-    pub fn return_push(
-        &mut self,
-        push: Box<Block1Push>,
-        events: impl IntoIterator<Item = PushEvent>,
-        now: Instant,
-    ) {
-        if !matches!(self.step, Step::PushDelegated) {
-            return;
-        }
-        self.step = Step::Pushing(push);
-        let mut end = None;
-        for e in events {
-            apply_push_event(e, &mut self.delivered, &mut self.events, &mut end);
-        }
-        self.end_push(end, now);
-    }
-
-    /// Ends a pause or a phase whose time has come.
+    /// Ends a pause or a phase whose time has come. A push past the
+    /// download deadline is abandoned ([`Action::Cancel`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.wait_until.is_some_and(|w| now >= w) {
             self.wait_until = None;
+        }
+        if self.pushing() && self.deadline.is_some_and(|d| now >= d) {
+            self.in_flight = false;
+            self.cancel = true;
         }
         if !self.in_flight {
             self.check_deadline(now);
@@ -605,6 +624,9 @@ impl UpdateProcedure {
     /// When [`UpdateProcedure::handle_timeout`] is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.pushing() {
+            return self.deadline;
+        }
         if self.in_flight || self.is_finished() {
             return None;
         }
@@ -620,14 +642,26 @@ impl UpdateProcedure {
         self.events.pop_front()
     }
 
+    fn pushing(&self) -> bool {
+        self.in_flight && matches!(self.step, Step::Pushing)
+    }
+
+    /// State 2 read: the delivery is complete.
+    fn downloaded(&mut self) {
+        self.delivered = self.cfg.total_len;
+        self.events.push_back(UpdateEvent::Phase(Phase::Downloaded));
+        self.deadline = None;
+        self.step = Step::Execute;
+    }
+
     fn current_path(&self) -> Path {
         match self.step {
             Step::ReadVersion | Step::VerifyVersion | Step::ConfirmRefusal(_) => {
                 Path::FIRMWARE_VERSION
             }
             Step::Reset | Step::WriteUri => Path::PACKAGE_URI,
-            Step::Pushing(_) | Step::PushDelegated => Path::PACKAGE,
-            Step::PollState => Path::STATE,
+            Step::Pushing => Path::PACKAGE,
+            Step::PollState | Step::CheckDownloaded => Path::STATE,
             Step::PollResult | Step::VerifyResult => Path::UPDATE_RESULT,
             Step::Execute => Path::UPDATE,
             Step::Finished => Path::STATE,
@@ -640,19 +674,13 @@ impl UpdateProcedure {
         self.delivered = 0;
         self.step = match &self.cfg.delivery {
             Delivery::Pull { .. } => Step::WriteUri,
-            Delivery::Push { szx, resume_offset } => {
-                // Only the first attempt resumes; a retry follows a reset.
-                let resume = if self.attempt == 1 { *resume_offset } else { 0 };
-                match Block1Push::new(push_config(&self.cfg, *szx, resume)) {
-                    Ok(p) => Step::Pushing(Box::new(p)),
-                    // Checked in `new`; unreachable in practice, but a
-                    // failure is the honest answer if it happens.
-                    Err(_) => {
-                        self.fail(UpdateFailure::Push(PushFailure::TooManyBlocks), now);
-                        return;
-                    }
-                }
+            // A first attempt that resumes an earlier push asks the child
+            // first: it may hold the whole image already (a gateway stopped
+            // during the last block, before its answer was journaled).
+            Delivery::Push { resume_offset, .. } if *resume_offset > 0 && self.attempt == 1 => {
+                Step::CheckDownloaded
             }
+            Delivery::Push { .. } => Step::Pushing,
         };
     }
 
@@ -688,27 +716,6 @@ impl UpdateProcedure {
         true
     }
 
-    fn drain_push_at(&mut self, now: Instant) {
-        let Step::Pushing(push) = &mut self.step else {
-            return;
-        };
-        let mut end = None;
-        while let Some(e) = push.poll_event() {
-            apply_push_event(e, &mut self.delivered, &mut self.events, &mut end);
-        }
-        self.end_push(end, now);
-    }
-
-    fn end_push(&mut self, end: Option<Result<(), PushFailure>>, now: Instant) {
-        match end {
-            // 5.xml: a complete Package write gives State 2; poll to see it,
-            // since some children verify the image first.
-            Some(Ok(())) => self.step = Step::PollState,
-            Some(Err(f)) => self.fail(UpdateFailure::Push(f), now),
-            None => {}
-        }
-    }
-
     fn fail(&mut self, failure: UpdateFailure, now: Instant) {
         self.in_flight = false;
         self.wait_until = None;
@@ -727,34 +734,19 @@ impl UpdateProcedure {
         self.finish(Outcome::Failed(failure));
     }
 
+    /// Whether /3/0/3 (trimmed) shows the target, by the configured policy.
+    fn is_target(&self, reported: &str) -> bool {
+        self.cfg
+            .version_policy
+            .same(&self.cfg.target_version, reported)
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         self.step = Step::Finished;
         self.in_flight = false;
         self.wait_until = None;
         self.deadline = None;
         self.events.push_back(UpdateEvent::Finished(outcome));
-    }
-}
-
-/// Folds one push event into the procedure's progress and events; `end`
-/// gets the push's outcome once it has one.
-fn apply_push_event(
-    e: PushEvent,
-    delivered: &mut u32,
-    events: &mut VecDeque<UpdateEvent>,
-    end: &mut Option<Result<(), PushFailure>>,
-) {
-    match e {
-        PushEvent::Progress { acked, total } => {
-            *delivered = acked;
-            events.push_back(UpdateEvent::Progress {
-                delivered: acked,
-                total,
-            });
-        }
-        PushEvent::Done(_) => *end = Some(Ok(())),
-        PushEvent::Failed(f) => *end = Some(Err(f)),
-        PushEvent::BlockSize { .. } | PushEvent::Restarted { .. } => {}
     }
 }
 
@@ -782,8 +774,7 @@ fn write_uri(uri: &str) -> Packet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coap::block::BlockOpt;
-    use crate::coap::msg::{block1, uri_path};
+    use crate::coap::msg::uri_path;
 
     fn at(ms: u64) -> Instant {
         Instant::from_millis(ms)
@@ -810,22 +801,50 @@ mod tests {
 
     /// (method, path, payload) of the next request at `now`.
     fn next(u: &mut UpdateProcedure, now: u64) -> (Code, String, Vec<u8>) {
-        let mut img: Vec<u8> = (0..=255).cycle().take(100).collect();
-        let r = u
-            .poll_request(at(now), &mut img)
-            .unwrap()
-            .expect("a request");
-        assert_eq!(
-            u.poll_request(at(now), &mut img).unwrap(),
-            None,
-            "one at a time"
-        );
+        let Some(Action::Request(r)) = u.poll_action(at(now)) else {
+            panic!("no request")
+        };
+        assert_eq!(u.poll_action(at(now)), None, "one at a time");
         (msg::code(&r), uri_path(&r).unwrap().join("/"), r.payload)
     }
 
     fn none(u: &mut UpdateProcedure, now: u64) {
-        let mut img = vec![0u8; 100];
-        assert_eq!(u.poll_request(at(now), &mut img).unwrap(), None);
+        assert_eq!(u.poll_action(at(now)), None);
+    }
+
+    fn served(offset: u32, len: u32) -> ServedBlock {
+        ServedBlock {
+            name: "ab".into(),
+            num: offset / 64,
+            szx: 2,
+            offset,
+            len,
+            last: offset + len == 100,
+            total: 100,
+        }
+    }
+
+    fn push_cfg(resume_offset: u32) -> UpdateConfig {
+        UpdateConfig {
+            poll_interval: Duration::from_secs(1),
+            download_timeout: Duration::from_secs(60),
+            ..UpdateConfig::new(
+                "2.0",
+                100,
+                Delivery::Push {
+                    szx: 2,
+                    resume_offset,
+                },
+            )
+        }
+    }
+
+    fn progress(acked: u32, ms: u64) -> PushEvent {
+        PushEvent::Progress {
+            acked,
+            total: 100,
+            at: at(ms),
+        }
     }
 
     fn finished(u: &mut UpdateProcedure) -> Option<Outcome> {
@@ -852,15 +871,7 @@ mod tests {
         u.handle_timeout(at(1020));
         assert_eq!(next(&mut u, 1020).1, "5/0/3");
         u.handle_response(&content("1"), at(1030));
-        u.note_served(&ServedBlock {
-            name: "ab".into(),
-            num: 0,
-            szx: 2,
-            offset: 0,
-            len: 64,
-            last: false,
-            total: 100,
-        });
+        u.handle_served(&served(0, 64), at(1030));
         assert_eq!(next(&mut u, 1030).1, "5/0/5");
         u.handle_response(&content("0"), at(1040));
         assert_eq!(next(&mut u, 2040).1, "5/0/3");
@@ -991,8 +1002,7 @@ mod tests {
         while !u.is_finished() {
             assert!(now < 20_000, "the deadline must end the polling");
             u.handle_timeout(at(now));
-            let mut img = vec![];
-            if let Some(r) = u.poll_request(at(now), &mut img).unwrap() {
+            if let Some(Action::Request(r)) = u.poll_action(at(now)) {
                 let is_state = uri_path(&r).unwrap() == ["5", "0", "3"];
                 u.handle_response(&content(if is_state { "1" } else { "0" }), at(now));
             }
@@ -1048,6 +1058,50 @@ mod tests {
         assert_eq!(UpdateFailure::UpdateTimeout.to_iotda().0.get(), 10);
     }
 
+    /// Reaches Execute with a pull, then reads back `after` from /3/0/3.
+    fn verify_reads(cfg: UpdateConfig, before: &str, after: &str) -> UpdateProcedure {
+        let mut u = UpdateProcedure::new(cfg).unwrap();
+        assert_eq!(next(&mut u, 0).1, "3/0/3");
+        u.handle_response(&content(before), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("2"), at(1000));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&answer(Code::CHANGED, ""), at(1000));
+        assert_eq!(next(&mut u, 2000).1, "3/0/3");
+        u.handle_response(&content(after), at(2000));
+        u
+    }
+
+    /// The version policy decides what "the target" is, before and after
+    /// the update: a child writing `v2.0` runs target `2.0` when normalised
+    /// (the default), and does not under the exact policy.
+    #[test]
+    fn version_reads_follow_the_policy() {
+        let exact = || UpdateConfig {
+            version_policy: Policy::Exact,
+            ..pull_cfg()
+        };
+        assert_eq!(pull_cfg().version_policy, Policy::Normalised);
+        // Already there.
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("v2.0.0"), at(0));
+        assert_eq!(finished(&mut u), Some(Outcome::AlreadyCurrent));
+        let mut u = UpdateProcedure::new(exact()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("v2.0.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/1", "exact: v2.0.0 is not 2.0");
+        // Updated, read back with a prefix.
+        let mut u = verify_reads(pull_cfg(), "v1.0", "v2.0");
+        assert_eq!(finished(&mut u), Some(Outcome::Updated));
+        let mut u = verify_reads(exact(), "v1.0", "v2.0");
+        assert_eq!(next(&mut u, 2000).1, "5/0/5", "exact: not the target yet");
+        let mut u = verify_reads(exact(), "v1.0", "2.0");
+        assert_eq!(finished(&mut u), Some(Outcome::Updated));
+    }
+
     #[test]
     fn execute_rejected_is_a_failure() {
         let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
@@ -1091,133 +1145,103 @@ mod tests {
     }
 
     #[test]
-    fn push_delivery_goes_through_block1() {
-        let cfg = UpdateConfig {
-            poll_interval: Duration::from_secs(1),
-            ..UpdateConfig::new(
-                "2.0",
-                100,
-                Delivery::Push {
-                    szx: 2,
-                    resume_offset: 0,
-                },
-            )
-        };
-        let mut u = UpdateProcedure::new(cfg).unwrap();
+    fn push_delivery_is_an_action_for_the_peer_engine() {
+        let mut u = UpdateProcedure::new(push_cfg(0)).unwrap();
         let _ = next(&mut u, 0);
         u.handle_response(&content("1.0"), at(0));
-        let mut img: Vec<u8> = (0..100).collect();
-        let r = u.poll_request(at(0), &mut img).unwrap().unwrap();
-        assert_eq!(uri_path(&r).unwrap(), ["5", "0", "0"]);
+        let Some(Action::Push(p)) = u.poll_action(at(0)) else {
+            panic!("no push")
+        };
         assert_eq!(
-            block1(&r).unwrap(),
-            Some(BlockOpt {
-                num: 0,
-                more: true,
-                szx: 2
-            })
+            (p.path.join("/"), p.total_len, p.szx),
+            ("5/0/0".into(), 100, 2)
         );
-        let mut cont = answer(Code::CONTINUE, "");
-        msg::set_block1(
-            &mut cont,
-            BlockOpt {
-                num: 0,
-                more: true,
-                szx: 2,
-            },
-        );
-        u.handle_response(&cont, at(10));
+        assert_eq!(p.content_format, Some(msg::OCTET_STREAM));
+        none(&mut u, 1);
+        assert_eq!(u.poll_timeout(), Some(at(60_000)), "the deadline holds");
+        u.handle_push_event(&progress(64, 10), at(10));
         assert_eq!(u.push_acked(), Some(64));
-        let r = u.poll_request(at(10), &mut img).unwrap().unwrap();
-        assert_eq!(
-            block1(&r).unwrap(),
-            Some(BlockOpt {
-                num: 1,
-                more: false,
-                szx: 2
-            })
-        );
-        u.handle_response(&answer(Code::CHANGED, ""), at(20));
-        assert_eq!(next(&mut u, 20).1, "5/0/3");
+        u.handle_push_event(&progress(100, 20), at(20));
+        u.handle_push_event(&PushEvent::Done(Code::CHANGED), at(20));
+        assert_eq!(next(&mut u, 20).1, "5/0/3", "downloaded: poll State");
         u.handle_response(&content("2"), at(30));
         assert_eq!(next(&mut u, 30).1, "5/0/2");
-        let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
-        assert!(events.contains(&UpdateEvent::Progress {
-            delivered: 100,
-            total: 100
-        }));
-    }
-
-    #[test]
-    fn a_delegated_push_is_driven_outside_and_handed_back() {
-        let push_cfg = || UpdateConfig {
-            poll_interval: Duration::from_secs(1),
-            download_timeout: Duration::from_secs(60),
-            ..UpdateConfig::new(
-                "2.0",
-                100,
-                Delivery::Push {
-                    szx: 2,
-                    resume_offset: 0,
-                },
-            )
-        };
-        let mut u = UpdateProcedure::new(push_cfg()).unwrap();
-        assert!(u.take_push(at(0)).is_none(), "not pushing yet");
-        let _ = next(&mut u, 0);
-        u.handle_response(&content("1.0"), at(0));
-        let mut push = u.take_push(at(0)).expect("pushing, nothing in flight");
-        assert!(u.take_push(at(0)).is_none(), "taken once");
-        assert_eq!(u.phase(), Phase::Delivering);
-        let mut img: Vec<u8> = (0..100).collect();
-        assert_eq!(u.poll_request(at(1), &mut img).unwrap(), None);
-        assert_eq!(u.poll_timeout(), Some(at(60_000)), "the deadline holds");
-        // The driver runs the push: block 0 (2.31), block 1 (2.04).
-        let r = push.poll_request(&mut img).unwrap().unwrap();
-        assert_eq!(block1(&r).unwrap().map(|b| b.num), Some(0));
-        let mut cont = answer(Code::CONTINUE, "");
-        msg::set_block1(
-            &mut cont,
-            BlockOpt {
-                num: 0,
-                more: true,
-                szx: 2,
-            },
-        );
-        push.handle_response(&cont);
-        let mut events: Vec<_> = std::iter::from_fn(|| push.poll_event()).collect();
-        u.note_push_progress(64);
-        assert_eq!(u.push_acked(), Some(64));
-        let _ = push.poll_request(&mut img).unwrap().unwrap();
-        push.handle_response(&answer(Code::CHANGED, ""));
-        events.extend(std::iter::from_fn(|| push.poll_event()));
-        u.return_push(push, events, at(20));
-        assert_eq!(next(&mut u, 20).1, "5/0/3", "downloaded: poll State");
-        let progress: Vec<_> = std::iter::from_fn(|| u.poll_event())
+        let got: Vec<_> = std::iter::from_fn(|| u.poll_event())
             .filter_map(|e| match e {
                 UpdateEvent::Progress { delivered, .. } => Some(delivered),
                 _ => None,
             })
             .collect();
-        assert_eq!(progress, [64, 64, 100]);
+        assert_eq!(got, [64, 100]);
+    }
 
-        // Past the deadline the delivery fails and a late push is ignored.
+    #[test]
+    fn a_push_past_the_deadline_is_cancelled_and_its_end_ignored() {
         let mut u = UpdateProcedure::new(UpdateConfig {
             max_attempts: 1,
-            ..push_cfg()
+            ..push_cfg(0)
         })
         .unwrap();
         let _ = next(&mut u, 0);
         u.handle_response(&content("1.0"), at(0));
-        let push = u.take_push(at(0)).unwrap();
+        assert!(matches!(u.poll_action(at(0)), Some(Action::Push(_))));
         u.handle_timeout(at(60_000));
+        assert_eq!(u.poll_action(at(60_000)), Some(Action::Cancel));
         assert_eq!(
             finished(&mut u),
             Some(Outcome::Failed(UpdateFailure::DownloadTimeout))
         );
-        u.return_push(push, [PushEvent::Done(Code::CHANGED)], at(60_001));
+        u.handle_push_event(&PushEvent::Done(Code::CHANGED), at(60_001));
         assert!(u.is_finished());
-        assert_eq!(u.poll_request(at(60_001), &mut img).unwrap(), None);
+        none(&mut u, 60_001);
+    }
+
+    #[test]
+    fn a_served_block_answers_a_uri_write_whose_ack_was_lost() {
+        // issue 17, defect 3: the child fetches blocks, so the write of
+        // /5/0/1 reached it; its ACK was lost. Waiting for the message
+        // layer to give up would fail the delivery and restart the pull.
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/1");
+        u.handle_served(&served(0, 64), at(2500));
+        assert_eq!(u.poll_action(at(2500)), Some(Action::Cancel));
+        none(&mut u, 2600);
+        assert_eq!(next(&mut u, 3500).1, "5/0/3", "polling, no reset");
+        // (A late answer to the cancelled write never reaches the
+        // procedure: the driver cancelled it in the peer engine.)
+        u.handle_response(&content("2"), at(3600));
+        assert_eq!(u.phase(), Phase::Downloaded);
+        assert!(!std::iter::from_fn(|| u.poll_event())
+            .any(|e| matches!(e, UpdateEvent::Retrying { .. })));
+    }
+
+    #[test]
+    fn a_resumed_push_reads_the_state_first_and_skips_a_downloaded_image() {
+        // issue 17, defect 4: the gateway stopped during the last block;
+        // the child holds the whole image (State 2).
+        let mut u = UpdateProcedure::new(push_cfg(96)).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/3");
+        u.handle_response(&content("2"), at(10));
+        assert_eq!(next(&mut u, 10).1, "5/0/2", "Execute, nothing re-sent");
+        // In any other state the push resumes where the journal says.
+        let mut u = UpdateProcedure::new(push_cfg(96)).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/3");
+        u.handle_response(&content("1"), at(10));
+        let Some(Action::Push(p)) = u.poll_action(at(10)) else {
+            panic!("no push")
+        };
+        assert_eq!(p.resume_offset, 96);
+        // A fresh push (nothing journaled) does not ask.
+        let mut u = UpdateProcedure::new(push_cfg(0)).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert!(matches!(u.poll_action(at(0)), Some(Action::Push(_))));
     }
 
     #[test]
@@ -1233,10 +1257,9 @@ mod tests {
         let mut u = UpdateProcedure::new(cfg).unwrap();
         let _ = next(&mut u, 0);
         u.handle_response(&content("1.0"), at(0));
-        let _ = next(&mut u, 0);
-        let mut r = answer(Code::REQUEST_ENTITY_TOO_LARGE, "");
-        msg::set_uint(&mut r, CoapOption::Size1, 50);
-        u.handle_response(&r, at(0));
+        assert!(matches!(u.poll_action(at(0)), Some(Action::Push(_))));
+        let failure = PushFailure::TooLarge { max: Some(50) };
+        u.handle_push_event(&PushEvent::Failed(failure), at(0));
         let Some(Outcome::Failed(f)) = finished(&mut u) else {
             panic!("no failure")
         };
@@ -1298,20 +1321,30 @@ mod tests {
                 ..UpdateConfig::new("2.0", 40, delivery)
             };
             let mut u = UpdateProcedure::new(cfg).unwrap();
-            let mut img = vec![0u8; 40];
             let mut now = 0u64;
             for i in 0..2_000usize {
                 if u.is_finished() {
                     break;
                 }
                 u.handle_timeout(at(now));
-                if u.poll_request(at(now), &mut img).unwrap().is_some() {
-                    let (c, b) = answers[i % answers.len()];
-                    if c == 11 && b == 8 {
-                        u.handle_failure(TransportFailure::GaveUp, at(now));
-                    } else {
-                        u.handle_response(&answer(CODES[c], BODIES[b]), at(now));
+                let (c, b) = answers[i % answers.len()];
+                match u.poll_action(at(now)) {
+                    Some(Action::Request(_)) if c == 11 && b == 8 => {
+                        u.handle_failure(TransportFailure::GaveUp, at(now))
                     }
+                    Some(Action::Request(_)) => {
+                        u.handle_response(&answer(CODES[c], BODIES[b]), at(now))
+                    }
+                    // A push ends well, badly, or not at all (the deadline).
+                    Some(Action::Push(_)) => match c % 3 {
+                        0 => u.handle_push_event(&PushEvent::Done(Code::CHANGED), at(now)),
+                        1 => u.handle_push_event(
+                            &PushEvent::Failed(PushFailure::Unreachable),
+                            at(now),
+                        ),
+                        _ => {}
+                    },
+                    Some(Action::Cancel) | None => {}
                 }
                 now += 2_500;
             }

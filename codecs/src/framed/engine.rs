@@ -10,7 +10,7 @@
 //! 3. `offset_query` (if the profile has one): where the child is; the
 //!    transfer resumes there ([`Event::Resumed`]).
 //! 4. `chunk` after `chunk`: the engine asks the driver for the bytes of each
-//!    chunk ([`Engine::poll_data_request`]), so it never holds more than one
+//!    chunk ([`Engine::poll_read`]), so it never holds more than one
 //!    chunk. A chunk reply with an `offset` field moves the engine to the
 //!    offset the child names.
 //! 5. `verify`, 6. `activate`, then, after `settle_ms`, `version_query` again
@@ -31,9 +31,12 @@ use super::codec::{self, DecodeError, Decoder, Frame, Values};
 use super::profile::{
     BytesLen, FieldName, FieldType, MessageKind, Profile, StatusAction, MAX_VERSION_LEN,
 };
+pub use crate::engine::DataError;
+use crate::engine::{self, ReadRequest};
 use crate::iotda::ResultCode;
 use crate::rng::Rng;
 use crate::time::Instant;
+use crate::version::Policy;
 
 /// The image to deliver: its size, digests and the version it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,17 +76,11 @@ pub struct Upgrade {
     /// Finish with [`Outcome::AlreadyCurrent`] instead of upgrading when the
     /// child already runs the target version.
     pub skip_if_current: bool,
+    /// How the version the child reports is compared with the image's
+    /// (docs/config.md `version_match`).
+    pub version_policy: Policy,
     /// Seed for the first sequence number and backoff jitter.
     pub seed: u64,
-}
-
-/// The driver must give the bytes `offset..offset + len` of the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataRequest {
-    /// First byte.
-    pub offset: u32,
-    /// Number of bytes.
-    pub len: usize,
 }
 
 /// Why an upgrade failed, in IoTDA's terms.
@@ -219,26 +216,6 @@ pub enum StartError {
     EmptyImage,
 }
 
-/// Bytes given to [`Engine::handle_data`] that were not asked for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DataError {
-    /// No data request is outstanding.
-    #[error("no data was requested")]
-    NotRequested,
-    /// Another range was requested.
-    #[error("requested {requested_len} bytes at {requested_offset}, got {len} at {offset}")]
-    WrongRange {
-        /// Requested offset.
-        requested_offset: u32,
-        /// Requested length.
-        requested_len: usize,
-        /// Given offset.
-        offset: u32,
-        /// Given length.
-        len: usize,
-    },
-}
-
 /// Counters for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -300,15 +277,18 @@ struct Pending {
 /// Upgrades one child over a profile's protocol. Sans-IO: no clock, no port.
 ///
 /// # Driver call order
+/// [`crate::engine`]'s, which this engine implements with line bytes as
+/// its wire unit:
 /// 1. Create with [`Engine::new`] (or [`Engine::read_version`]); the first
 ///    request is queued at once.
 /// 2. Loop until [`Engine::is_finished`]:
-///    - while [`poll_data_request`](Self::poll_data_request) gives a range,
-///      read it from the package and pass it to
-///      [`handle_data`](Self::handle_data);
+///    - while [`poll_read`](Self::poll_read) gives a range, read it from
+///      the package and pass it to [`handle_data`](Self::handle_data);
+///    - drain [`poll_event`](Self::poll_event); a driver may stop at an
+///      event, before the frames queued with it are written (`deliver`
+///      stops at [`Event::Verified`], before `activate` leaves);
 ///    - write every [`poll_transmit`](Self::poll_transmit) buffer whole
 ///      (`write_all`);
-///    - drain [`poll_event`](Self::poll_event);
 ///    - wait for bytes from the line or until
 ///      [`poll_timeout`](Self::poll_timeout), then call
 ///      [`handle_input`](Self::handle_input) or
@@ -322,6 +302,7 @@ pub struct Engine {
     image: ImageInfo,
     mode: Mode,
     skip_if_current: bool,
+    version_policy: Policy,
     decoder: Decoder,
     rng: Rng,
     next_seq: u8,
@@ -333,7 +314,7 @@ pub struct Engine {
     reboot_deadline: Option<Instant>,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
-    data_request: Option<DataRequest>,
+    data_request: Option<ReadRequest>,
     /// Offset of the chunk being sent (or requested).
     offset: u32,
     /// The offset the child last acknowledged.
@@ -353,6 +334,7 @@ impl Engine {
         check_fits(&profile, &upgrade.image)?;
         let mut e = Self::make(profile, upgrade.image, upgrade.seed, Mode::Upgrade);
         e.skip_if_current = upgrade.skip_if_current;
+        e.version_policy = upgrade.version_policy;
         e.send(MessageKind::VersionQuery, now);
         Ok(e)
     }
@@ -380,6 +362,7 @@ impl Engine {
             image,
             mode,
             skip_if_current: false,
+            version_policy: Policy::default(),
             rng,
             next_seq,
             step: Step::VersionBefore,
@@ -407,7 +390,7 @@ impl Engine {
     /// The image range the engine needs next; it stays outstanding until
     /// [`handle_data`](Self::handle_data) answers it.
     #[must_use]
-    pub fn poll_data_request(&self) -> Option<DataRequest> {
+    pub fn poll_read(&self) -> Option<ReadRequest> {
         self.data_request
     }
 
@@ -466,25 +449,19 @@ impl Engine {
         }
     }
 
-    /// The bytes of a [`DataRequest`].
+    /// The bytes of the outstanding [`ReadRequest`]; other bytes are
+    /// refused and change nothing.
     pub fn handle_data(
         &mut self,
-        offset: u32,
+        offset: u64,
         bytes: &[u8],
         now: Instant,
     ) -> Result<(), DataError> {
-        let req = self.data_request.ok_or(DataError::NotRequested)?;
-        if req.offset != offset || req.len != bytes.len() {
-            return Err(DataError::WrongRange {
-                requested_offset: req.offset,
-                requested_len: req.len,
-                offset,
-                len: bytes.len(),
-            });
-        }
+        DataError::check(self.data_request, offset, bytes.len())?;
         self.data_request = None;
+        // The request was made from `self.offset`, which it equals.
         let values = Values {
-            offset: Some(offset),
+            offset: Some(self.offset),
             data: Some(bytes.to_vec()),
             ..Values::default()
         };
@@ -751,7 +728,7 @@ impl Engine {
                 self.events.push_back(Event::CurrentVersion(v.clone()));
                 if self.mode == Mode::ReadVersion {
                     self.finish(Outcome::Version { version: v });
-                } else if self.skip_if_current && v == self.image.version {
+                } else if self.skip_if_current && self.is_target(&v) {
                     self.finish(Outcome::AlreadyCurrent { version: v });
                 } else {
                     self.send(MessageKind::Begin, now);
@@ -820,7 +797,7 @@ impl Engine {
                     .message(MessageKind::Activate)
                     .filter(|m| m.reply.is_none())
                     .map(|m| m.retries);
-                if v == self.image.version {
+                if self.is_target(&v) {
                     self.finish(Outcome::Upgraded { version: v });
                 } else if unanswered.is_some_and(|retries| self.activate_sends <= retries) {
                     // An activate without a reply may have been lost on the
@@ -853,6 +830,11 @@ impl Engine {
         }
     }
 
+    /// Whether the child's version `v` is the image's, by the policy.
+    fn is_target(&self, v: &str) -> bool {
+        self.version_policy.same(&self.image.version, v)
+    }
+
     fn next_chunk(&mut self, now: Instant) {
         if self.offset >= self.image.size {
             self.send(MessageKind::Verify, now);
@@ -863,8 +845,8 @@ impl Engine {
             .max_chunk
             .min((self.image.size - self.offset) as usize);
         self.step = Step::Chunk;
-        self.data_request = Some(DataRequest {
-            offset: self.offset,
+        self.data_request = Some(ReadRequest {
+            offset: u64::from(self.offset),
             len,
         });
     }
@@ -921,6 +903,47 @@ impl Engine {
         self.data_request = None;
         self.finished = true;
         self.events.push_back(Event::Finished(outcome));
+    }
+}
+
+impl engine::Engine for Engine {
+    type Event = Event;
+
+    fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+        Engine::handle_input(self, bytes, now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Engine::handle_timeout(self, now);
+    }
+
+    fn handle_data(&mut self, offset: u64, data: &[u8], now: Instant) -> Result<(), DataError> {
+        Engine::handle_data(self, offset, data, now)
+    }
+
+    fn poll_read(&self) -> Option<ReadRequest> {
+        Engine::poll_read(self)
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        Engine::poll_event(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        Engine::poll_transmit(self)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Engine::poll_timeout(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        Engine::is_finished(self)
+    }
+
+    /// Retransmissions after a timeout or a busy reply.
+    fn retries(&self) -> u64 {
+        self.stats.retransmissions
     }
 }
 
@@ -982,7 +1005,7 @@ mod tests {
         let p = Arc::clone(&e.profile);
         let mut dec = Decoder::new(&p.framing);
         for _ in 0..1000 {
-            if let Some(r) = e.poll_data_request() {
+            if let Some(r) = e.poll_read() {
                 let end = r.offset as usize + r.len;
                 e.handle_data(r.offset, &image[r.offset as usize..end], Instant::ZERO)
                     .unwrap();
@@ -1011,6 +1034,7 @@ mod tests {
         let upgrade = Upgrade {
             image: ImageInfo::of(&image, "2.0"),
             skip_if_current: false,
+            version_policy: Default::default(),
             seed: 0,
         };
         let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
@@ -1052,6 +1076,7 @@ mod tests {
         let upgrade = Upgrade {
             image: ImageInfo::of(&image, "2.0"),
             skip_if_current: false,
+            version_policy: Default::default(),
             seed: 0,
         };
         let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();

@@ -36,7 +36,7 @@ pub mod profile;
 pub mod sim;
 
 pub use codec::{Decoder, Frame, Values};
-pub use engine::{DataRequest, Engine, Event, ImageInfo, Outcome, Upgrade};
+pub use engine::{Engine, Event, ImageInfo, Outcome, Upgrade};
 pub use profile::{MessageKind, Profile, ProfileError, ProfileErrorKind};
 
 /// CRC-32 (ISO-HDLC, the zlib/PNG one) and SHA-256 of an image, computed in

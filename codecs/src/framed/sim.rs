@@ -575,6 +575,7 @@ mod tests {
             let upgrade = Upgrade {
                 image: ImageInfo::of(&image, "3.0"),
                 skip_if_current: false,
+                version_policy: Default::default(),
                 seed: 1,
             };
             let mut e = Engine::new(Arc::clone(&p), upgrade, Instant::ZERO).unwrap();
@@ -591,7 +592,7 @@ mod tests {
             );
             let mut now = Instant::ZERO;
             let outcome = 'run: loop {
-                if let Some(r) = e.poll_data_request() {
+                if let Some(r) = e.poll_read() {
                     let end = r.offset as usize + r.len;
                     e.handle_data(r.offset, &image[r.offset as usize..end], now)
                         .unwrap();
@@ -607,7 +608,7 @@ mod tests {
                         break 'run o;
                     }
                 }
-                if e.poll_data_request().is_some() {
+                if e.poll_read().is_some() {
                     continue;
                 }
                 let next = [e.poll_timeout(), child.poll_timeout()]

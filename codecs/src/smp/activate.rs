@@ -19,7 +19,7 @@
 //!    lost answer is therefore not an error.
 //! 4. Wait [`ActivateConfig::reboot_wait`], then image state read, retried
 //!    while the device is silent. Success only when the active image's
-//!    version matches the target ([`crate::version::matches`]).
+//!    version is the target ([`ActivateConfig::version_policy`]).
 //! 5. State write `{hash, confirm: true}` for the active image.
 //!
 //! # Call order
@@ -33,6 +33,7 @@ use super::exchange::{Exchange, Timeout};
 use super::header::{command, group, Op, SmpVersion};
 use super::message::{self, ImageSlot, SmpErr};
 use super::BodyError;
+use crate::engine::Engine;
 use crate::time::Instant;
 use crate::version;
 use std::collections::VecDeque;
@@ -56,8 +57,9 @@ pub struct ActivateConfig {
     /// Extra state reads while the device stays silent: 30 (about a minute
     /// with the defaults; an MCUboot swap of a large slot takes tens of seconds).
     pub reboot_retries: u32,
-    /// How versions compare (normalised).
-    pub version_mode: version::Mode,
+    /// How the versions the device reports are compared with the target
+    /// (normalised; docs/config.md `version_match`).
+    pub version_policy: version::Policy,
     /// Confirm the new image once its version is read back (true).
     pub confirm: bool,
     /// Sequence number of the first request.
@@ -74,7 +76,7 @@ impl Default for ActivateConfig {
             reboot_wait: Duration::from_secs(5),
             reboot_timeout: Duration::from_secs(2),
             reboot_retries: 30,
-            version_mode: version::Mode::Normalised,
+            version_policy: version::Policy::Normalised,
             confirm: true,
             first_seq: 0,
         }
@@ -408,7 +410,7 @@ impl Activate {
     }
 
     fn runs_target(&self, s: &ImageSlot) -> bool {
-        version::matches(&self.target, &s.version, self.config.version_mode)
+        self.config.version_policy.same(&self.target, &s.version)
             && self.expected_hash.as_ref().is_none_or(|h| *h == s.hash)
     }
 
@@ -432,7 +434,7 @@ impl Activate {
         let Some(c) = candidate.cloned() else {
             return self.fail(ActivateError::NoCandidate);
         };
-        if !version::matches(&self.target, &c.version, self.config.version_mode) {
+        if !self.config.version_policy.same(&self.target, &c.version) {
             return self.fail(ActivateError::CandidateVersion {
                 target: self.target.clone(),
                 found: c.version,
@@ -486,5 +488,40 @@ impl Activate {
         self.exchange.cancel();
         self.phase = Phase::Finished;
         self.events.push_back(ActivateEvent::Failed(e));
+    }
+}
+impl Engine for Activate {
+    type Event = ActivateEvent;
+
+    fn handle_input(&mut self, msg: &[u8], now: Instant) {
+        self.handle_message(msg, now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Activate::handle_timeout(self, now);
+    }
+
+    fn poll_event(&mut self) -> Option<ActivateEvent> {
+        Activate::poll_event(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        Activate::poll_transmit(self)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Activate::poll_timeout(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        Activate::is_finished(self)
+    }
+
+    fn retries(&self) -> u64 {
+        Activate::retries(self)
+    }
+
+    fn next_seq(&self) -> Option<u8> {
+        Some(self.exchange.next_seq())
     }
 }

@@ -186,7 +186,6 @@ pub fn for_upload(err: &UploadError) -> IotdaResult {
         UploadError::EmptyImage
         | UploadError::OffsetBeyondEnd { .. }
         | UploadError::BufferTooSmall { .. }
-        | UploadError::BadData { .. }
         | UploadError::Malformed(_) => r(ResultCode::INNER_ERROR, None),
     }
 }

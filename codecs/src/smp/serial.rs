@@ -15,6 +15,9 @@
 
 use base64::Engine as _;
 
+use crate::engine::{DataError, Engine, ReadRequest};
+use crate::time::Instant;
+
 /// `MCUMGR_SERIAL_MAX_FRAME` in current Zephyr (`serial.h`): the longest line,
 /// markers and newline included. Older trees used 128.
 pub const MAX_LINE: usize = 127;
@@ -376,6 +379,99 @@ fn decode_quad(q: [u8; 4]) -> Option<([u8; 3], usize)> {
     };
     let v = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
     Some(([(v >> 16) as u8, (v >> 8) as u8, v as u8], n))
+}
+
+/// An SMP engine on the serial console transport: the engine's messages go
+/// out framed as base64 lines ([`encode`]), bytes from the port are decoded
+/// back into messages ([`Decoder`]) before the engine sees them. Console
+/// text between packets is skipped; a damaged packet is dropped (counted in
+/// [`Console::bad_packets`]) and the engine's timer resends its request.
+///
+/// It is itself an [`Engine`] whose input and output are line bytes, so a
+/// serial driver runs SMP and framed-profile engines with one loop.
+#[derive(Debug)]
+pub struct Console<E> {
+    engine: E,
+    decoder: Decoder,
+    line_len: usize,
+    bad_packets: u64,
+}
+
+impl<E> Console<E> {
+    /// `engine` in lines of [`MAX_LINE`] bytes.
+    pub fn new(engine: E) -> Self {
+        Console {
+            engine,
+            decoder: Decoder::default(),
+            line_len: MAX_LINE,
+            bad_packets: 0,
+        }
+    }
+
+    /// The engine inside.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// Packets dropped so far (bad CRC, base64 or length, cut short).
+    pub fn bad_packets(&self) -> u64 {
+        self.bad_packets
+    }
+}
+
+impl<E: Engine> Engine for Console<E> {
+    type Event = E::Event;
+
+    fn handle_input(&mut self, mut bytes: &[u8], now: Instant) {
+        while !bytes.is_empty() {
+            let used = self.decoder.handle_bytes(bytes);
+            bytes = &bytes[used..];
+            while let Some(ev) = self.decoder.poll_event() {
+                match ev {
+                    DecodeEvent::Message(msg) => self.engine.handle_input(&msg, now),
+                    _ => self.bad_packets += 1,
+                }
+            }
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.engine.handle_timeout(now);
+    }
+
+    fn handle_data(&mut self, offset: u64, data: &[u8], now: Instant) -> Result<(), DataError> {
+        self.engine.handle_data(offset, data, now)
+    }
+
+    fn poll_read(&self) -> Option<ReadRequest> {
+        self.engine.poll_read()
+    }
+
+    fn poll_event(&mut self) -> Option<E::Event> {
+        self.engine.poll_event()
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.engine
+            .poll_transmit()
+            .map(|msg| encode(&msg, self.line_len))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.engine.poll_timeout()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.engine.is_finished()
+    }
+
+    fn retries(&self) -> u64 {
+        self.engine.retries()
+    }
+
+    fn next_seq(&self) -> Option<u8> {
+        self.engine.next_seq()
+    }
 }
 
 #[cfg(test)]

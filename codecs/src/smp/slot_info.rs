@@ -16,6 +16,7 @@ use super::header::{command, group, Op};
 use super::message::{self, SlotInfo, SmpErr};
 pub use super::state::StateReadConfig as SlotInfoConfig;
 use super::BodyError;
+use crate::engine::Engine;
 use crate::time::Instant;
 use std::collections::VecDeque;
 
@@ -83,11 +84,6 @@ impl SlotInfoRead {
         self.exchange.retransmits()
     }
 
-    /// The sequence number the next request on this line should carry.
-    pub fn next_seq(&self) -> u8 {
-        self.exchange.next_seq()
-    }
-
     /// A message from the device; anything but the answer to the request
     /// (another command, another sequence number, a second answer) is
     /// ignored.
@@ -133,6 +129,42 @@ impl SlotInfoRead {
         self.exchange.cancel();
         self.finished = true;
         self.events.push_back(ev);
+    }
+}
+
+impl Engine for SlotInfoRead {
+    type Event = SlotInfoEvent;
+
+    fn handle_input(&mut self, msg: &[u8], now: Instant) {
+        self.handle_message(msg, now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        SlotInfoRead::handle_timeout(self, now);
+    }
+
+    fn poll_event(&mut self) -> Option<SlotInfoEvent> {
+        SlotInfoRead::poll_event(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        SlotInfoRead::poll_transmit(self)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        SlotInfoRead::poll_timeout(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        SlotInfoRead::is_finished(self)
+    }
+
+    fn retries(&self) -> u64 {
+        SlotInfoRead::retries(self)
+    }
+
+    fn next_seq(&self) -> Option<u8> {
+        Some(self.exchange.next_seq())
     }
 }
 

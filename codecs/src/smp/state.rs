@@ -22,6 +22,7 @@ use super::exchange::{Exchange, Timeout};
 use super::header::{command, group, Op, SmpVersion};
 use super::message::{self, ImageSlot, SmpErr};
 use super::BodyError;
+use crate::engine::Engine;
 use crate::time::Instant;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -122,11 +123,6 @@ impl StateRead {
         self.exchange.retransmits()
     }
 
-    /// The sequence number the next request on this line should carry.
-    pub fn next_seq(&self) -> u8 {
-        self.exchange.next_seq()
-    }
-
     /// A message from the device; anything but the answer to the request
     /// (another command, another sequence number, a second answer) is
     /// ignored.
@@ -175,6 +171,42 @@ impl StateRead {
     }
 }
 
+impl Engine for StateRead {
+    type Event = StateReadEvent;
+
+    fn handle_input(&mut self, msg: &[u8], now: Instant) {
+        self.handle_message(msg, now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        StateRead::handle_timeout(self, now);
+    }
+
+    fn poll_event(&mut self) -> Option<StateReadEvent> {
+        StateRead::poll_event(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        StateRead::poll_transmit(self)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        StateRead::poll_timeout(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        StateRead::is_finished(self)
+    }
+
+    fn retries(&self) -> u64 {
+        StateRead::retries(self)
+    }
+
+    fn next_seq(&self) -> Option<u8> {
+        Some(self.exchange.next_seq())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,7 +252,7 @@ mod tests {
         }
         assert!(r.is_finished());
         assert_eq!(r.poll_timeout(), None);
-        assert_eq!(r.next_seq(), 8);
+        assert_eq!(Engine::next_seq(&r), Some(8));
         // A second copy of the answer changes nothing.
         r.handle_message(&answer, t0);
         assert!(r.poll_event().is_none());

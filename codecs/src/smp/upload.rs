@@ -38,16 +38,17 @@
 //! - `match: false` in the final answer is a verification failure.
 //!
 //! The engine never holds the image: it asks for one chunk at a time with
-//! [`Upload::poll_read`] and keeps only the messages on the line (at most
-//! the window).
+//! [`Upload::poll_read`] (the image-read interface of [`crate::engine`])
+//! and keeps only the messages on the line (at most the window).
 //!
 //! # Call order
 //! 1. [`Upload::new`] with `now`: the first request is queued.
-//! 2. Loop: drain [`Upload::poll_transmit`] (write each message framed),
-//!    answer [`Upload::poll_read`] with [`Upload::handle_data`], drain
-//!    [`Upload::poll_event`]; then wait for a message from the device
+//! 2. Loop: answer [`Upload::poll_read`] with [`Upload::handle_data`],
+//!    drain [`Upload::poll_event`] and [`Upload::poll_transmit`] (write each
+//!    message framed); then wait for a message from the device
 //!    ([`Upload::handle_message`]) or until [`Upload::poll_timeout`]
-//!    ([`Upload::handle_timeout`]).
+//!    ([`Upload::handle_timeout`]). This is [`crate::engine`]'s order; the
+//!    engine implements [`Engine`], with SMP messages as its wire unit.
 //! 3. Stop after [`UploadEvent::Done`] or [`UploadEvent::Failed`].
 
 use super::exchange::{Exchange, Timeout};
@@ -55,6 +56,8 @@ use super::header::{build_message, command, group, split_message, Op, SmpVersion
 use super::message::{self, SmpErr, UploadRequest};
 use super::serial::{wire_len, MAX_LINE, MAX_MESSAGE, PACKET_OVERHEAD};
 use super::BodyError;
+pub use crate::engine::ReadRequest;
+use crate::engine::{DataError, Engine};
 use crate::time::Instant;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -129,15 +132,6 @@ impl Default for UploadConfig {
     }
 }
 
-/// Bytes of the image the engine needs next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadRequest {
-    /// Offset in the image.
-    pub offset: u64,
-    /// Number of bytes; always available (the engine never reads past `len`).
-    pub len: usize,
-}
-
 /// Why an upload failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UploadError {
@@ -183,16 +177,6 @@ pub enum UploadError {
         buf_size: usize,
         /// Data bytes that fit.
         room: usize,
-    },
-    /// The driver answered a read with other bytes than asked for.
-    #[error("driver gave {got} bytes at {offset}, {want} were asked for")]
-    BadData {
-        /// Offset given.
-        offset: u64,
-        /// Bytes asked for.
-        want: usize,
-        /// Bytes given.
-        got: usize,
     },
     /// An answer to our request that does not decode.
     #[error("malformed upload answer: {0}")]
@@ -268,9 +252,8 @@ pub struct Upload {
     exchange: Exchange,
     phase: Phase,
     buf_size: usize,
-    /// Queued for [`Upload::poll_read`].
-    read: Option<ReadRequest>,
-    /// Asked for and not yet given to [`Upload::handle_data`].
+    /// Asked for ([`Upload::poll_read`]) and not yet given to
+    /// [`Upload::handle_data`].
     reading: Option<ReadRequest>,
     /// Requests on the line, oldest (lowest `off`) first.
     inflight: VecDeque<InFlight>,
@@ -280,6 +263,8 @@ pub struct Upload {
     /// counted as retries.
     sent_end: u64,
     acked: Option<u64>,
+    /// When `acked` last moved forward.
+    acked_at: Option<Instant>,
     /// Requests allowed on the line now.
     window: usize,
     /// Whether `window` may still grow (false after a fallback).
@@ -302,12 +287,12 @@ impl Upload {
             len,
             sha,
             phase: Phase::Params,
-            read: None,
             reading: None,
             inflight: VecDeque::new(),
             next_off: 0,
             sent_end: 0,
             acked: None,
+            acked_at: None,
             window: 1,
             grow: true,
             stalls: 0,
@@ -351,6 +336,13 @@ impl Upload {
         self.acked.unwrap_or(0)
     }
 
+    /// When the device last acknowledged new bytes (an answer whose `off`
+    /// moved forward): the engine's own liveness signal, for a watchdog
+    /// that must not depend on how often progress is reported.
+    pub fn acked_at(&self) -> Option<Instant> {
+        self.acked_at
+    }
+
     /// Whether the upload ended (done or failed).
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Finished
@@ -370,7 +362,7 @@ impl Upload {
     /// A message from the device (header + CBOR, already unframed).
     /// Messages that answer no request on the line are ignored: stale
     /// answers to chunks abandoned by a rewind, duplicates, other traffic.
-    pub fn handle_message(&mut self, msg: &[u8], _now: Instant) {
+    pub fn handle_message(&mut self, msg: &[u8], now: Instant) {
         match self.phase {
             Phase::Params => {
                 let Some(body) = self.exchange.handle_message(msg) else {
@@ -393,26 +385,18 @@ impl Upload {
                     return;
                 }
                 if let Some(i) = self.inflight.iter().position(|f| f.seq == h.seq) {
-                    self.on_upload_answer(i, body);
+                    self.on_upload_answer(i, body, now);
                 }
             }
             Phase::Finished => {}
         }
     }
 
-    /// The bytes asked for by the last [`ReadRequest`].
-    pub fn handle_data(&mut self, offset: u64, data: &[u8], now: Instant) {
-        let Some(want) = self.reading else {
-            return; // a read abandoned by a rewind
-        };
-        if offset != want.offset || data.len() != want.len {
-            self.fail(UploadError::BadData {
-                offset,
-                want: want.len,
-                got: data.len(),
-            });
-            return;
-        }
+    /// The bytes asked for by the outstanding [`ReadRequest`]. Other bytes
+    /// are refused and change nothing (a read abandoned by a rewind is no
+    /// longer outstanding).
+    pub fn handle_data(&mut self, offset: u64, data: &[u8], now: Instant) -> Result<(), DataError> {
+        DataError::check(self.reading, offset, data.len())?;
         self.reading = None;
         let body = self.request_at(offset, data).encode();
         let seq = self.exchange.take_seq();
@@ -446,6 +430,7 @@ impl Upload {
             attempts: 1,
         });
         self.fill();
+        Ok(())
     }
 
     /// Call when `now` reaches [`Upload::poll_timeout`].
@@ -494,10 +479,11 @@ impl Upload {
             .or_else(|| self.transmit.pop_front())
     }
 
-    /// The image bytes the engine needs before it can send again.
+    /// The image bytes the engine needs before it can send again; asked
+    /// again until [`Upload::handle_data`] gives them.
     #[must_use]
-    pub fn poll_read(&mut self) -> Option<ReadRequest> {
-        self.read.take()
+    pub fn poll_read(&self) -> Option<ReadRequest> {
+        self.reading
     }
 
     /// When to call [`Upload::handle_timeout`].
@@ -568,9 +554,7 @@ impl Upload {
         let off = self.next_off;
         match self.chunk_len(off) {
             Ok(len) => {
-                let req = ReadRequest { offset: off, len };
-                self.read = Some(req);
-                self.reading = Some(req);
+                self.reading = Some(ReadRequest { offset: off, len });
             }
             Err(e) => self.fail(e),
         }
@@ -618,7 +602,7 @@ impl Upload {
         Ok(best)
     }
 
-    fn on_upload_answer(&mut self, i: usize, body: &[u8]) {
+    fn on_upload_answer(&mut self, i: usize, body: &[u8], now: Instant) {
         let (sent_off, sent_len) = (self.inflight[i].off, self.inflight[i].len);
         let r = match message::upload_response(body) {
             Err(e) => return self.fail(UploadError::Malformed(e)),
@@ -636,6 +620,7 @@ impl Upload {
                 return self.fail(UploadError::Mismatch);
             }
             self.acked = Some(r.off);
+            self.acked_at = Some(now);
             self.events.push_back(UploadEvent::Progress {
                 acked: r.off,
                 len: self.len,
@@ -667,6 +652,7 @@ impl Upload {
         let advanced = self.acked.is_none_or(|a| r.off > a);
         if advanced {
             self.stalls = 0;
+            self.acked_at = Some(now);
             if sent_off == 0 && r.off != sent_len as u64 {
                 self.events.push_back(UploadEvent::Resumed { off: r.off });
             }
@@ -705,7 +691,6 @@ impl Upload {
     fn rewind(&mut self, off: u64) {
         self.fall_back(off);
         self.inflight.clear();
-        self.read = None;
         self.reading = None;
         self.next_off = off;
         self.fill();
@@ -736,9 +721,52 @@ impl Upload {
         self.exchange.cancel();
         self.inflight.clear();
         self.transmit.clear();
-        self.read = None;
         self.reading = None;
         self.phase = Phase::Finished;
         self.events.push_back(UploadEvent::Failed(e));
+    }
+}
+
+impl Engine for Upload {
+    type Event = UploadEvent;
+
+    fn handle_input(&mut self, msg: &[u8], now: Instant) {
+        self.handle_message(msg, now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Upload::handle_timeout(self, now);
+    }
+
+    fn handle_data(&mut self, offset: u64, data: &[u8], now: Instant) -> Result<(), DataError> {
+        Upload::handle_data(self, offset, data, now)
+    }
+
+    fn poll_read(&self) -> Option<ReadRequest> {
+        Upload::poll_read(self)
+    }
+
+    fn poll_event(&mut self) -> Option<UploadEvent> {
+        Upload::poll_event(self)
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        Upload::poll_transmit(self)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Upload::poll_timeout(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        Upload::is_finished(self)
+    }
+
+    fn retries(&self) -> u64 {
+        Upload::retries(self)
+    }
+
+    fn next_seq(&self) -> Option<u8> {
+        Some(self.exchange.next_seq())
     }
 }

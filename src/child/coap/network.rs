@@ -1,18 +1,25 @@
 //! The CoAP network: one UDP socket for every CoAP child and for the Block2
-//! package server, driven by one task that owns the codecs' [`Exchanges`].
+//! package server, driven by one task that owns the codecs' [`Peers`] (the
+//! peer engine: message layer, NSTART per peer, held requests, pushes).
 //!
 //! Why one socket: children answer requests from the address they were sent
 //! from, and a pull child fetches its package from the address written into
 //! /5/0/1, so the gateway has one CoAP endpoint (`coap.listen`) and
 //! demultiplexes by peer address (the exchange engine matches responses by
 //! token and peer, RFC 7252 §5.3.2). Why one task: the message layer
-//! (message ids, retransmission, deduplication) is one state machine per
-//! endpoint; children talk to it through a channel and wait on a oneshot.
+//! (message ids, retransmission, deduplication) and the per-peer scheduling
+//! are one state machine per endpoint; children talk to it through a
+//! channel and wait on a oneshot.
 //!
-//! The task loop is the driver loop of `otabridge_codecs::coap` (its module
-//! doc): datagrams and timeouts in, responses to the waiting children and
-//! Block2 answers out. Nothing in it grows with a package's size: Block2
-//! blocks are read from the package file by offset (`pread`).
+//! The task is a thin driver of the codecs' peer engine (the loop of
+//! `otabridge_codecs::coap`'s module doc): it moves datagrams between the
+//! socket and [`Peers`], arms one timer from [`Peers::poll_timeout`], hands
+//! commands from children to the engine and the engine's events back to
+//! them, and answers Block2 GETs from the package files. It decides
+//! nothing about the protocol: NSTART, which request goes next, when a
+//! push's next block goes, retransmission are the engine's. Nothing in it
+//! grows with a package's size: blocks are read from files by offset
+//! (`pread`).
 //!
 //! Why Block1 pushes run inside the task ([`CoapNetwork::start_push`]): a
 //! push is lock-step (one block in flight), so its speed is the time from
@@ -20,14 +27,14 @@
 //! a oneshot that time was two task wake-ups, often on other threads: on the
 //! 2-core build host about 25 µs of a 35 µs block (measured with timestamps
 //! around `recv_from` and `send_to`), which made a 4 MiB push 1.4-3 times
-//! slower than coap-client's single loop. Inside the task the response is
-//! handled and the next block sent in the same loop iteration; the caller
-//! hears only coarse progress and the end. NSTART 1 per peer (RFC 7252
-//! §4.7) still holds: a request for a peer with a push running waits for
-//! the block in flight, goes out alone, and the push resumes after it.
+//! slower than coap-client's single loop. In the engine, the datagram that
+//! answers a block leads to the next block inside the same
+//! [`Peers::handle_datagram`] call, so it leaves in the same loop
+//! iteration; the caller hears only coarse progress (`PROGRESS_STEPS`) and
+//! the end, while "bytes acknowledged at t" is updated for every block
+//! ([`PushHandle::acked`]) without waking anyone.
 
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
@@ -37,15 +44,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use otabridge_codecs::coap::{
-    msg, serve_block2, Block1Push, Code, ExchangeConfig, ExchangeEvent, Exchanges, PackageInfo,
-    PackageStore, Packet, PushConfig, PushEvent, PushFailure, ReadAt, ReadError, RequestId,
-    ServeConfig, ServedBlock, TransportFailure,
+    msg, serve_block2, Block1Push, Code, ExchangeConfig, OpId, PackageInfo, PackageStore, Packet,
+    PeerEvent, Peers, PushConfig, PushEvent, PushFailure, ReadAt, ReadError, ServeConfig,
+    ServedBlock, StartPushError, TransportFailure,
 };
 use otabridge_codecs::time::Instant as EngineInstant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use super::seam::{Dir, LinkFaults, Seam};
 use crate::config::CoapConfig;
 
 /// The largest datagram read from the socket: a 1024-byte block plus
@@ -67,7 +75,8 @@ const WATCH_QUEUE: usize = 64;
 /// image (at most once per block, and at its end): progress is for resume
 /// journals and status, and a wake-up per block costs CPU the transfer
 /// needs (a 4 MiB push: 64 wake-ups instead of 4096). A resume re-sends at
-/// most 1/64 of the image.
+/// most 1/64 of the image. Liveness does not depend on it: every block's
+/// acknowledgement is readable at once through [`PushHandle::acked`].
 const PROGRESS_STEPS: u32 = 64;
 
 /// How the network behaves; [`NetworkOptions::from_config`] gives the
@@ -86,6 +95,9 @@ pub struct NetworkOptions {
     pub exchange: ExchangeConfig,
     /// The largest Block2 size served, as SZX 0..=6.
     pub max_block_szx: u8,
+    /// A lossy link at the socket seam (tests and benches; never from the
+    /// config): see [`super::seam`].
+    pub faults: Option<LinkFaults>,
 }
 
 impl NetworkOptions {
@@ -115,6 +127,7 @@ impl NetworkOptions {
                 ..ExchangeConfig::default()
             },
             max_block_szx: 6,
+            faults: None,
         }
     }
 }
@@ -180,57 +193,61 @@ pub enum PushFileError {
 
 type Reply = oneshot::Sender<Result<Packet, RequestError>>;
 
+/// What children ask of the network task. Every request and push carries a
+/// ticket from the caller, so that dropping the caller's future or handle
+/// cancels it in the engine at once (`Cmd::Cancel`).
 enum Cmd {
     Request {
+        ticket: u64,
         peer: SocketAddr,
         packet: Packet,
         reply: Reply,
     },
     Push {
+        ticket: u64,
         peer: SocketAddr,
-        push: Box<Block1Push>,
+        cfg: PushConfig,
         image: FileImage,
         progress: Arc<PushProgress>,
         done: oneshot::Sender<PushDone>,
     },
+    Cancel(u64),
 }
 
-/// Why a push run by the network task stopped before its engine finished.
+/// Why a push run by the network task did not end with a final response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PushJobError {
-    /// A block could not be read from the image.
+    /// The transfer failed (RFC 7959 terms, or no answer).
     #[error(transparent)]
-    Read(#[from] ReadError),
-    /// A block request could not be encoded.
-    #[error("block request refused by the message layer: {0}")]
-    Encode(String),
-    /// Another push to the same peer is running.
-    #[error("a push to this peer is already running")]
-    Busy,
-    /// The engine had nothing to send and had not finished.
-    #[error("push engine stalled")]
-    Stalled,
-    /// The caller dropped its [`PushHandle`].
-    #[error("push abandoned by its caller")]
-    Abandoned,
+    Failed(PushFailure),
+    /// The peer engine refused to start it (another push to the same peer
+    /// runs, or the settings cannot work).
+    #[error(transparent)]
+    Refused(StartPushError),
 }
 
-/// A push the network task ran, handed back at its end.
+/// A push the network task ran, at its end.
 #[derive(Debug)]
 pub struct PushDone {
-    /// The engine, finished unless `error` is set.
-    pub push: Box<Block1Push>,
-    /// The engine's events other than progress, in order (the last one is
-    /// `Done` or `Failed` unless `error` is set).
+    /// Bytes the child acknowledged.
+    pub acked: u32,
+    /// The final response code (2.04, 2.01), or why there is none.
+    pub result: Result<Code, PushJobError>,
+    /// The engine's events other than progress, in order (block size
+    /// changes, restarts, the end).
     pub events: Vec<PushEvent>,
-    /// Why the task stopped the push early.
-    pub error: Option<PushJobError>,
 }
 
-/// The latest acknowledged offset of a running push, and its wake-up.
-#[derive(Debug, Default)]
+/// No acknowledgement yet, in [`PushProgress::acked_at`].
+const NEVER: u64 = u64::MAX;
+
+/// The latest acknowledged offset of a running push, when it was
+/// acknowledged (engine milliseconds, updated for every block), and the
+/// coarse wake-up.
+#[derive(Debug)]
 struct PushProgress {
     acked: AtomicU32,
+    acked_at: AtomicU64,
     notify: Notify,
 }
 
@@ -246,11 +263,12 @@ pub enum PushUpdate {
 }
 
 /// A push running in the network task ([`CoapNetwork::start_push`]);
-/// dropping it abandons the push (its block in flight is cancelled).
+/// dropping it cancels the push (its block in flight is forgotten).
 #[derive(Debug)]
 pub struct PushHandle {
     progress: Arc<PushProgress>,
     done: oneshot::Receiver<PushDone>,
+    _cancel: CancelOnDrop,
 }
 
 impl PushHandle {
@@ -265,6 +283,62 @@ impl PushHandle {
             _ = self.progress.notify.notified() => {
                 PushUpdate::Progress(self.progress.acked.load(Ordering::Relaxed))
             }
+        }
+    }
+
+    /// Bytes the child has acknowledged and when the last block was
+    /// acknowledged (engine time, [`CoapNetwork::now`]; `None` before the
+    /// first): the liveness of the transfer, updated for every block.
+    pub fn acked(&self) -> (u32, Option<EngineInstant>) {
+        self.progress.acked()
+    }
+
+    /// A reader of [`PushHandle::acked`] that others can keep (a status
+    /// display, a watchdog) while the handle drives the push.
+    pub fn watch(&self) -> PushWatch {
+        PushWatch(self.progress.clone())
+    }
+}
+
+/// Reads "bytes acknowledged at t" of a push ([`PushHandle::watch`]).
+#[derive(Debug, Clone)]
+pub struct PushWatch(Arc<PushProgress>);
+
+impl PushWatch {
+    /// As [`PushHandle::acked`].
+    pub fn acked(&self) -> (u32, Option<EngineInstant>) {
+        self.0.acked()
+    }
+}
+
+impl PushProgress {
+    fn acked(&self) -> (u32, Option<EngineInstant>) {
+        let at = self.acked_at.load(Ordering::Relaxed);
+        (
+            self.acked.load(Ordering::Relaxed),
+            (at != NEVER).then(|| EngineInstant::from_millis(at)),
+        )
+    }
+}
+
+/// Sends `Cmd::Cancel(ticket)` when dropped before [`CancelOnDrop::disarm`].
+#[derive(Debug)]
+struct CancelOnDrop {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    ticket: u64,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.cmds.send(Cmd::Cancel(self.ticket));
         }
     }
 }
@@ -293,9 +367,29 @@ struct Shared {
     retries: HashMap<SocketAddr, Arc<AtomicU64>>,
 }
 
+/// What the network put on the wire (before the seam's faults, if any).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkStats {
+    /// Datagrams sent: requests, blocks, answers, retransmissions.
+    pub datagrams: u64,
+    /// Their bytes (CoAP messages, without UDP/IP headers).
+    pub bytes: u64,
+    /// Retransmissions among them (RFC 7252 §4.2).
+    pub retransmissions: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    datagrams: AtomicU64,
+    bytes: AtomicU64,
+    retransmissions: AtomicU64,
+}
+
 #[derive(Debug)]
 struct Inner {
     cmds: mpsc::UnboundedSender<Cmd>,
+    next_ticket: AtomicU64,
+    counters: Arc<Counters>,
     local: SocketAddr,
     advertise: Option<SocketAddr>,
     transfers: Arc<Semaphore>,
@@ -320,8 +414,8 @@ impl CoapNetwork {
         if options.max_concurrent_transfers == 0 {
             return Err(BindError::NoTransfers);
         }
-        let exchanges = Exchanges::new(options.exchange.clone())
-            .map_err(|e| BindError::Exchange(e.to_string()))?;
+        let peers =
+            Peers::new(options.exchange.clone()).map_err(|e| BindError::Exchange(e.to_string()))?;
         let bind_err = |source| BindError::Bind {
             addr: options.listen,
             source,
@@ -348,10 +442,24 @@ impl CoapNetwork {
             max_szx: options.max_block_szx,
             ..ServeConfig::default()
         };
-        tokio::spawn(run(socket, exchanges, rx, shared.clone(), serve, origin));
+        let counters = Arc::new(Counters::default());
+        let seam = options.faults.clone().map(Seam::new);
+        let task = Task {
+            peers,
+            waiting: HashMap::new(),
+            jobs: HashMap::new(),
+            tickets: HashMap::new(),
+            shared: shared.clone(),
+            serve,
+            origin,
+            counters: counters.clone(),
+        };
+        tokio::spawn(run(socket, task, rx, seam));
         Ok(CoapNetwork {
             inner: Arc::new(Inner {
                 cmds: tx,
+                next_ticket: AtomicU64::new(0),
+                counters,
                 local,
                 advertise: options.advertise,
                 transfers: Arc::new(Semaphore::new(options.max_concurrent_transfers)),
@@ -364,6 +472,16 @@ impl CoapNetwork {
     /// The bound local address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local
+    }
+
+    /// What the network sent so far.
+    pub fn stats(&self) -> NetworkStats {
+        let c = &self.inner.counters;
+        NetworkStats {
+            datagrams: c.datagrams.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            retransmissions: c.retransmissions.load(Ordering::Relaxed),
+        }
     }
 
     /// The engine clock's `now`.
@@ -411,44 +529,72 @@ impl CoapNetwork {
     }
 
     /// Sends `packet` to `peer` as a confirmable request and waits for the
-    /// response (retransmitting per RFC 7252 §4.2 meanwhile).
+    /// response (retransmitting per RFC 7252 §4.2 meanwhile). It goes out
+    /// when the peer has nothing else of ours in flight (NSTART 1), between
+    /// two blocks of a push to it. Dropping the future cancels the request.
     pub async fn request(&self, peer: SocketAddr, packet: Packet) -> Result<Packet, RequestError> {
         let (reply, rx) = oneshot::channel();
+        let ticket = self.ticket();
         self.inner
             .cmds
             .send(Cmd::Request {
+                ticket,
                 peer,
                 packet,
                 reply,
             })
             .map_err(|_| RequestError::Closed)?;
-        rx.await.map_err(|_| RequestError::Closed)?
+        let mut guard = self.cancel_on_drop(ticket);
+        let r = rx.await.map_err(|_| RequestError::Closed);
+        guard.disarm();
+        r?
     }
 
-    /// Runs a Block1 push to `peer` inside the network task: each response
-    /// is handled and the next block sent in the same step, without waking
-    /// the caller (see the module doc). Other requests to `peer` wait for
-    /// the block in flight (NSTART 1).
+    /// Runs a Block1 push of `image` to `peer` in the network task: the
+    /// peer engine sends each block from the answer to the previous one,
+    /// without waking the caller (see the module doc). Other requests to
+    /// `peer` go out between two blocks (NSTART 1).
     pub fn start_push(
         &self,
         peer: SocketAddr,
-        push: Box<Block1Push>,
+        cfg: PushConfig,
         image: FileImage,
     ) -> Result<PushHandle, RequestError> {
-        let progress = Arc::new(PushProgress::default());
-        progress.acked.store(push.acked(), Ordering::Relaxed);
+        let progress = Arc::new(PushProgress {
+            acked: AtomicU32::new(cfg.resume_offset),
+            acked_at: AtomicU64::new(NEVER),
+            notify: Notify::new(),
+        });
         let (done, rx) = oneshot::channel();
+        let ticket = self.ticket();
         self.inner
             .cmds
             .send(Cmd::Push {
+                ticket,
                 peer,
-                push,
+                cfg,
                 image,
                 progress: progress.clone(),
                 done,
             })
             .map_err(|_| RequestError::Closed)?;
-        Ok(PushHandle { progress, done: rx })
+        Ok(PushHandle {
+            progress,
+            done: rx,
+            _cancel: self.cancel_on_drop(ticket),
+        })
+    }
+
+    fn ticket(&self) -> u64 {
+        self.inner.next_ticket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn cancel_on_drop(&self, ticket: u64) -> CancelOnDrop {
+        CancelOnDrop {
+            cmds: self.inner.cmds.clone(),
+            ticket,
+            armed: true,
+        }
     }
 
     /// Retransmissions sent to `peer` so far (RFC 7252 §4.2), counted from
@@ -540,7 +686,7 @@ impl CoapNetwork {
         let f = File::open(file).map_err(|e| ferr(e.to_string()))?;
         let len = f.metadata().map_err(|e| ferr(e.to_string()))?.len();
         let total_len = u32::try_from(len).map_err(|_| ferr("larger than 4 GiB".into()))?;
-        let push = Block1Push::new(PushConfig {
+        let cfg = PushConfig {
             path: path.iter().map(|s| s.to_string()).collect(),
             total_len,
             szx,
@@ -548,10 +694,12 @@ impl CoapNetwork {
             request_tag: None,
             resume_offset,
             max_restarts: 3,
-        })
-        .map_err(|e| PushFileError::Config(e.to_string()))?;
+        };
+        // Checked here so that a bad setting is a config error, not a
+        // refusal from the task.
+        Block1Push::new(cfg.clone()).map_err(|e| PushFileError::Config(e.to_string()))?;
         let mut handle = self
-            .start_push(peer, Box::new(push), FileImage(f))
+            .start_push(peer, cfg, FileImage(f))
             .map_err(|_| PushFileError::Closed)?;
         let done = loop {
             match handle.next().await {
@@ -560,29 +708,24 @@ impl CoapNetwork {
                 PushUpdate::Closed => return Err(PushFileError::Closed),
             }
         };
-        progress(done.push.acked());
-        match done.error {
-            Some(PushJobError::Read(e)) => return Err(PushFileError::Read(e)),
-            Some(PushJobError::Encode(e)) => return Err(PushFileError::Config(e)),
-            Some(e) => return Err(PushFileError::Failed(PushFailure::Protocol(e.to_string()))),
-            None => {}
-        }
-        for ev in done.events {
+        progress(done.acked);
+        for ev in &done.events {
             match ev {
-                PushEvent::Progress { .. } => {}
-                PushEvent::Done(code) => return Ok(code),
-                PushEvent::Failed(f) => return Err(PushFileError::Failed(f)),
                 PushEvent::BlockSize { szx } => {
                     debug!(%peer, szx, "peer prefers smaller blocks")
                 }
                 PushEvent::Restarted { reason, szx } => {
                     debug!(%peer, ?reason, szx, "push restarts at block 0")
                 }
+                _ => {}
             }
         }
-        Err(PushFileError::Failed(PushFailure::Protocol(
-            "push ended without a result".into(),
-        )))
+        match done.result {
+            Ok(code) => Ok(code),
+            Err(PushJobError::Failed(PushFailure::Read(e))) => Err(PushFileError::Read(e)),
+            Err(PushJobError::Failed(f)) => Err(PushFileError::Failed(f)),
+            Err(PushJobError::Refused(e)) => Err(PushFileError::Config(e.to_string())),
+        }
     }
 }
 
@@ -680,49 +823,37 @@ impl PackageStore for Store<'_> {
 
 /// A push the task drives (see [`CoapNetwork::start_push`]).
 struct Job {
-    push: Box<Block1Push>,
-    image: FileImage,
+    ticket: u64,
     progress: Arc<PushProgress>,
     done: oneshot::Sender<PushDone>,
+    /// Events other than progress, handed over at the end.
     events: Vec<PushEvent>,
-    /// The block request in flight.
-    block: Option<RequestId>,
-    /// Another request to the peer in flight instead of a block (NSTART 1).
-    other: Option<RequestId>,
-    /// Requests to the peer waiting for the block in flight.
-    held: VecDeque<(Packet, Reply)>,
     /// The offset last reported to the caller.
     reported: u32,
-    error: Option<PushJobError>,
 }
 
 /// The network task's state besides the socket.
 struct Task {
-    ex: Exchanges<SocketAddr>,
-    waiting: HashMap<RequestId, Reply>,
-    jobs: HashMap<SocketAddr, Job>,
+    peers: Peers<SocketAddr, FileImage>,
+    /// Callers waiting for the response to a request.
+    waiting: HashMap<OpId, (u64, Reply)>,
+    jobs: HashMap<OpId, Job>,
+    /// Callers' tickets of requests and pushes in the engine.
+    tickets: HashMap<u64, OpId>,
     shared: Arc<Mutex<Shared>>,
     serve: ServeConfig,
     origin: tokio::time::Instant,
+    counters: Arc<Counters>,
 }
 
 /// The network task (see the module doc).
 async fn run(
     socket: UdpSocket,
-    ex: Exchanges<SocketAddr>,
+    mut t: Task,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    shared: Arc<Mutex<Shared>>,
-    serve: ServeConfig,
-    origin: tokio::time::Instant,
+    mut seam: Option<Seam>,
 ) {
-    let mut t = Task {
-        ex,
-        waiting: HashMap::new(),
-        jobs: HashMap::new(),
-        shared,
-        serve,
-        origin,
-    };
+    let origin = t.origin;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // One timer, moved only when a timeout comes due earlier than it is
     // set: a push starts an exchange per block, each due later than the
@@ -732,9 +863,12 @@ async fn run(
     tokio::pin!(sleep);
     let mut armed: Option<tokio::time::Instant> = None;
     loop {
-        let due =
-            t.ex.poll_timeout()
-                .map(|d| origin + Duration::from_millis(d.as_millis()));
+        let seam_due = seam.as_ref().and_then(Seam::next_due);
+        let due = [t.peers.poll_timeout(), seam_due]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| origin + Duration::from_millis(d.as_millis()));
         if let Some(d) = due {
             if armed.is_none_or(|a| d < a) {
                 sleep.as_mut().reset(d);
@@ -742,7 +876,7 @@ async fn run(
             }
         }
         // Biased: a command that came with a datagram is taken first, so a
-        // request held behind a push block keeps its turn (and tests are
+        // request queued behind a push block keeps its turn (and tests are
         // deterministic). Callers wait for their answers, so commands
         // cannot starve the socket.
         tokio::select! {
@@ -750,16 +884,14 @@ async fn run(
             cmd = cmds.recv() => match cmd {
                 // Every handle is gone: nobody can wait for anything.
                 None => break,
-                Some(Cmd::Request { peer, packet, reply }) => t.request(peer, packet, reply),
-                Some(Cmd::Push { peer, push, image, progress, done }) => {
-                    t.start_job(peer, push, image, progress, done)
-                }
+                Some(cmd) => t.command(cmd),
             },
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, peer)) => {
                     let now = engine_now(origin);
-                    if let Err(e) = t.ex.handle_datagram(peer, &buf[..n], now) {
-                        debug!(%peer, "undecodable datagram: {e}");
+                    match seam.as_mut() {
+                        None => t.datagram(peer, &buf[..n], now),
+                        Some(s) => s.pass(Dir::In, peer, buf[..n].to_vec(), now),
                     }
                 }
                 // Linux reports an ICMP error of an earlier send here; the
@@ -768,22 +900,43 @@ async fn run(
             },
             _ = &mut sleep, if armed.is_some() => {
                 armed = None;
-                t.ex.handle_timeout(engine_now(origin));
-                t.drop_abandoned();
+                t.peers.handle_timeout(engine_now(origin));
             }
         }
-        t.handle_events();
-        while let Some(tx) = t.ex.poll_transmit() {
-            if tx.retransmission {
-                if let Some(c) = lock(&t.shared).retries.get(&tx.peer) {
-                    c.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let now = engine_now(origin);
+            if let Some(s) = seam.as_mut() {
+                while let Some((dir, peer, bytes)) = s.due(now) {
+                    match dir {
+                        Dir::In => t.datagram(peer, &bytes, now),
+                        Dir::Out => send(&socket, peer, &bytes).await,
+                    }
                 }
             }
-            if let Err(e) = socket.send_to(&tx.bytes, tx.peer).await {
-                // A send error is a lost datagram; retransmission covers it.
-                debug!(peer = %tx.peer, "send: {e}");
+            t.handle_events();
+            while let Some(tx) = t.peers.poll_transmit() {
+                t.count(&tx.peer, tx.bytes.len(), tx.retransmission);
+                match seam.as_mut() {
+                    None => send(&socket, tx.peer, &tx.bytes).await,
+                    Some(s) => s.pass(Dir::Out, tx.peer, tx.bytes, now),
+                }
+            }
+            // Datagrams the seam passes without delay go in this same turn.
+            if seam
+                .as_ref()
+                .is_none_or(|s| s.next_due().is_none_or(|d| d > now))
+            {
+                break;
             }
         }
+    }
+}
+
+/// One datagram to the socket; a send error is a lost datagram, which
+/// retransmission covers.
+async fn send(socket: &UdpSocket, peer: SocketAddr, bytes: &[u8]) {
+    if let Err(e) = socket.send_to(bytes, peer).await {
+        debug!(%peer, "send: {e}");
     }
 }
 
@@ -792,228 +945,143 @@ impl Task {
         engine_now(self.origin)
     }
 
-    /// A request from a caller; held while a push to the peer has a block
-    /// in flight (NSTART 1).
-    fn request(&mut self, peer: SocketAddr, packet: Packet, reply: Reply) {
-        if let Some(job) = self.jobs.get_mut(&peer) {
-            if job.block.is_some() || job.other.is_some() {
-                job.held.push_back((packet, reply));
-                return;
-            }
+    fn datagram(&mut self, peer: SocketAddr, bytes: &[u8], now: EngineInstant) {
+        if let Err(e) = self.peers.handle_datagram(peer, bytes, now) {
+            debug!(%peer, "undecodable datagram: {e}");
         }
-        self.send_request(peer, packet, reply);
     }
 
-    fn send_request(
-        &mut self,
-        peer: SocketAddr,
-        packet: Packet,
-        reply: Reply,
-    ) -> Option<RequestId> {
-        match self.ex.start_request(peer, packet, self.now()) {
-            Ok(id) => {
-                self.waiting.insert(id, reply);
-                Some(id)
-            }
-            Err(e) => {
-                let _ = reply.send(Err(RequestError::Encode(e.to_string())));
-                None
+    /// Counts a datagram about to be sent (`chunk_retries` per peer for
+    /// retransmissions, the network's totals).
+    fn count(&self, peer: &SocketAddr, len: usize, retransmission: bool) {
+        let c = &self.counters;
+        c.datagrams.fetch_add(1, Ordering::Relaxed);
+        c.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        if retransmission {
+            c.retransmissions.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = lock(&self.shared).retries.get(peer) {
+                r.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    fn start_job(
-        &mut self,
-        peer: SocketAddr,
-        push: Box<Block1Push>,
-        image: FileImage,
-        progress: Arc<PushProgress>,
-        done: oneshot::Sender<PushDone>,
-    ) {
-        if self.jobs.contains_key(&peer) {
-            let _ = done.send(PushDone {
-                push,
-                events: Vec::new(),
-                error: Some(PushJobError::Busy),
-            });
-            return;
-        }
-        let reported = push.acked();
-        self.jobs.insert(
-            peer,
-            Job {
-                push,
+    /// A child's command, handed to the peer engine.
+    fn command(&mut self, cmd: Cmd) {
+        let now = self.now();
+        match cmd {
+            Cmd::Request {
+                ticket,
+                peer,
+                packet,
+                reply,
+            } => match self.peers.request(peer, packet, now) {
+                Ok(op) => {
+                    self.waiting.insert(op, (ticket, reply));
+                    self.tickets.insert(ticket, op);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(RequestError::Encode(e.to_string())));
+                }
+            },
+            Cmd::Push {
+                ticket,
+                peer,
+                cfg,
                 image,
                 progress,
                 done,
-                events: Vec::new(),
-                block: None,
-                other: None,
-                held: VecDeque::new(),
-                reported,
-                error: None,
-            },
-        );
-        self.advance(peer);
-    }
-
-    /// Moves the push to `peer` on after its block or interleaved request
-    /// ended: a held request first, else the next block, else its end.
-    fn advance(&mut self, peer: SocketAddr) {
-        let now = self.now();
-        let Some(job) = self.jobs.get_mut(&peer) else {
-            return;
-        };
-        while let Some(e) = job.push.poll_event() {
-            match e {
-                PushEvent::Progress { acked, total } => {
-                    job.progress.acked.store(acked, Ordering::Relaxed);
-                    let step = (total / PROGRESS_STEPS).max(1);
-                    if acked < job.reported || acked - job.reported >= step {
-                        job.reported = acked;
-                        job.progress.notify.notify_one();
-                    }
+            } => match self.peers.start_push(peer, cfg, image, now) {
+                Ok(op) => {
+                    let reported = progress.acked.load(Ordering::Relaxed);
+                    self.tickets.insert(ticket, op);
+                    let job = Job {
+                        ticket,
+                        progress,
+                        done,
+                        events: Vec::new(),
+                        reported,
+                    };
+                    self.jobs.insert(op, job);
                 }
-                e => job.events.push(e),
-            }
-        }
-        if job.done.is_closed() && job.error.is_none() {
-            // The caller gave up (a deadline, a dropped delivery).
-            job.error = Some(PushJobError::Abandoned);
-        }
-        if job.push.is_finished() || job.error.is_some() {
-            self.finish_job(peer);
-            return;
-        }
-        if let Some((packet, reply)) = job.held.pop_front() {
-            let id = self.send_request(peer, packet, reply);
-            match self.jobs.get_mut(&peer) {
-                Some(job) if id.is_some() => job.other = id,
-                // Refused at once: go on.
-                _ => self.advance(peer),
-            }
-            return;
-        }
-        let err = match job.push.poll_request(&mut job.image) {
-            Ok(Some(req)) => match self.ex.start_request(peer, req, now) {
-                Ok(id) => {
-                    job.block = Some(id);
-                    return;
+                Err(e) => {
+                    let _ = done.send(PushDone {
+                        acked: progress.acked.load(Ordering::Relaxed),
+                        result: Err(PushJobError::Refused(e)),
+                        events: Vec::new(),
+                    });
                 }
-                Err(e) => PushJobError::Encode(e.to_string()),
             },
-            Ok(None) => PushJobError::Stalled,
-            Err(e) => PushJobError::Read(e),
-        };
-        job.error = Some(err);
-        self.finish_job(peer);
-    }
-
-    /// Hands a push back to its caller; requests it held go out.
-    fn finish_job(&mut self, peer: SocketAddr) {
-        let Some(job) = self.jobs.remove(&peer) else {
-            return;
-        };
-        if let Some(id) = job.block {
-            self.ex.cancel(id);
-        }
-        let _ = job.done.send(PushDone {
-            push: job.push,
-            events: job.events,
-            error: job.error,
-        });
-        for (packet, reply) in job.held {
-            self.send_request(peer, packet, reply);
-        }
-    }
-
-    /// Callers that stopped waiting (a dropped delivery) free their
-    /// exchange, so it is not retransmitted for nothing.
-    fn drop_abandoned(&mut self) {
-        let ex = &mut self.ex;
-        self.waiting.retain(|id, tx| {
-            if tx.is_closed() {
-                ex.cancel(*id);
-                false
-            } else {
-                true
-            }
-        });
-        let peers: Vec<SocketAddr> = self.jobs.keys().copied().collect();
-        for peer in peers {
-            let Some(job) = self.jobs.get_mut(&peer) else {
-                continue;
-            };
-            if job.done.is_closed() {
-                job.error = Some(PushJobError::Abandoned);
-                self.finish_job(peer);
-            } else if job.other.is_some_and(|id| !self.waiting.contains_key(&id)) {
-                job.other = None;
-                self.advance(peer);
+            Cmd::Cancel(ticket) => {
+                if let Some(op) = self.tickets.remove(&ticket) {
+                    self.waiting.remove(&op);
+                    self.jobs.remove(&op);
+                    self.peers.cancel(op, now);
+                }
             }
         }
     }
 
+    /// The engine's events to the children waiting for them.
     fn handle_events(&mut self) {
-        while let Some(ev) = self.ex.poll_event() {
-            match ev {
-                ExchangeEvent::Response { id, peer, response } => {
-                    if self.block_ended(peer, id, |p| p.handle_response(&response)) {
-                        continue;
-                    }
-                    if let Some(tx) = self.waiting.remove(&id) {
-                        let _ = tx.send(Ok(response));
-                    }
-                    self.other_ended(peer, id);
+        while let Some(ev) = self.peers.poll_event() {
+            let (op, answer) = match ev {
+                PeerEvent::Request(req) => {
+                    self.serve(req);
+                    continue;
                 }
-                ExchangeEvent::GaveUp { id, peer } => {
-                    self.failed(peer, id, TransportFailure::GaveUp)
+                PeerEvent::Push { op, event, .. } => {
+                    self.push_event(op, event);
+                    continue;
                 }
-                ExchangeEvent::TimedOut { id, peer } => {
-                    self.failed(peer, id, TransportFailure::TimedOut)
+                PeerEvent::Response { op, response, .. } => (op, Ok(response)),
+                PeerEvent::Failed { op, why, .. } => (op, Err(RequestError::Transport(why))),
+                PeerEvent::Refused { op, error, .. } => {
+                    (op, Err(RequestError::Encode(error.to_string())))
                 }
-                ExchangeEvent::Reset { id, peer } => self.failed(peer, id, TransportFailure::Reset),
-                ExchangeEvent::Request(req) => self.serve(req),
+            };
+            if let Some((ticket, reply)) = self.waiting.remove(&op) {
+                self.tickets.remove(&ticket);
+                let _ = reply.send(answer);
             }
         }
     }
 
-    fn failed(&mut self, peer: SocketAddr, id: RequestId, why: TransportFailure) {
-        if self.block_ended(peer, id, |p| p.handle_failure(why)) {
+    /// Progress of a push: "acknowledged at t" for every block, a wake-up
+    /// of the caller about `PROGRESS_STEPS` times per image, the end.
+    fn push_event(&mut self, op: OpId, event: PushEvent) {
+        let Some(job) = self.jobs.get_mut(&op) else {
             return;
-        }
-        if let Some(tx) = self.waiting.remove(&id) {
-            let _ = tx.send(Err(RequestError::Transport(why)));
-        }
-        self.other_ended(peer, id);
-    }
-
-    /// The push's block `id` got its answer: feed it to the engine and send
-    /// what comes next, in this same step (the point of running pushes here).
-    fn block_ended(
-        &mut self,
-        peer: SocketAddr,
-        id: RequestId,
-        handle: impl FnOnce(&mut Block1Push),
-    ) -> bool {
-        match self.jobs.get_mut(&peer) {
-            Some(job) if job.block == Some(id) => {
-                job.block = None;
-                handle(&mut job.push);
-                self.advance(peer);
-                true
+        };
+        let result = match event {
+            PushEvent::Progress { acked, total, at } => {
+                job.progress.acked.store(acked, Ordering::Relaxed);
+                job.progress
+                    .acked_at
+                    .store(at.as_millis(), Ordering::Relaxed);
+                let step = (total / PROGRESS_STEPS).max(1);
+                if acked < job.reported || acked - job.reported >= step {
+                    job.reported = acked;
+                    job.progress.notify.notify_one();
+                }
+                return;
             }
-            _ => false,
-        }
-    }
-
-    fn other_ended(&mut self, peer: SocketAddr, id: RequestId) {
-        if let Some(job) = self.jobs.get_mut(&peer) {
-            if job.other == Some(id) {
-                job.other = None;
-                self.advance(peer);
+            PushEvent::Done(code) => Ok(code),
+            PushEvent::Failed(ref f) => Err(PushJobError::Failed(f.clone())),
+            e @ (PushEvent::BlockSize { .. } | PushEvent::Restarted { .. }) => {
+                job.events.push(e);
+                return;
             }
-        }
+        };
+        let Some(mut job) = self.jobs.remove(&op) else {
+            return;
+        };
+        self.tickets.remove(&job.ticket);
+        job.events.push(event);
+        let _ = job.done.send(PushDone {
+            acked: job.progress.acked.load(Ordering::Relaxed),
+            result,
+            events: job.events,
+        });
     }
 
     /// Answers a request from a peer: Block2 blocks of served packages.
@@ -1029,7 +1097,7 @@ impl Task {
             }
             reply.response
         };
-        if let Err(e) = self.ex.respond(&req, response, self.now()) {
+        if let Err(e) = self.peers.respond(&req, response, self.now()) {
             warn!(peer = %req.peer, "cannot answer: {e}");
         }
     }
@@ -1136,7 +1204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("img");
         std::fs::write(&file, vec![7u8; 3 * 64]).unwrap();
-        let push = Block1Push::new(PushConfig {
+        let push = PushConfig {
             path: vec!["up".into()],
             total_len: 3 * 64,
             szx: 2,
@@ -1144,10 +1212,10 @@ mod tests {
             request_tag: None,
             resume_offset: 0,
             max_restarts: 0,
-        })
-        .unwrap();
+        };
         let image = FileImage(File::open(&file).unwrap());
-        let mut handle = net.start_push(peer, Box::new(push), image).unwrap();
+        let mut handle = net.start_push(peer, push, image).unwrap();
+        assert_eq!(handle.acked(), (0, None));
         let (b0, gw) = next_request(&server).await;
         assert_eq!(msg::block1(&b0).unwrap().map(|b| b.num), Some(0));
         // A read for the same peer while block 0 is in flight: held.
@@ -1182,9 +1250,12 @@ mod tests {
                 PushUpdate::Closed => panic!("network closed"),
             }
         };
-        assert_eq!(done.error, None);
-        assert_eq!(done.push.acked(), 3 * 64);
+        assert_eq!(done.result, Ok(Code::CHANGED));
+        assert_eq!(done.acked, 3 * 64);
         assert_eq!(done.events.last(), Some(&PushEvent::Done(Code::CHANGED)));
+        let (acked, at) = handle.acked();
+        assert_eq!(acked, 3 * 64);
+        assert!(at.is_some_and(|t| t <= net.now()), "acknowledged at {at:?}");
     }
 
     #[tokio::test]

@@ -1,12 +1,11 @@
-//! The package file as the framed engine needs it: its digests (computed
-//! piece by piece, never the whole file in memory) and positional reads of
-//! one chunk at a time.
+//! The package's digests as the framed engine needs them, computed piece by
+//! piece (never the whole file in memory). The chunks themselves are read
+//! through the serial link's [`crate::child::link::image::ImageFile`].
 
-use std::io::SeekFrom;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use otabridge_codecs::framed::{ImageDigest, ImageInfo};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 
 use crate::child::Package;
 
@@ -84,53 +83,4 @@ pub async fn digest(package: &Package) -> Result<ImageInfo, ImageError> {
         sha256,
         version: package.version.clone(),
     })
-}
-
-/// The package file, read at the offsets the engine asks for; memory stays
-/// at one chunk whatever the image size.
-#[derive(Debug)]
-pub struct ImageReader {
-    path: PathBuf,
-    file: tokio::fs::File,
-    /// Where the file's cursor is, to skip the seek for consecutive chunks.
-    pos: u64,
-    buf: Vec<u8>,
-}
-
-impl ImageReader {
-    /// Opens the package file.
-    pub async fn open(path: &Path) -> Result<ImageReader, ImageError> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|source| ImageError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(ImageReader {
-            path: path.to_owned(),
-            file,
-            pos: 0,
-            buf: Vec::new(),
-        })
-    }
-
-    /// The `len` bytes at `offset`.
-    pub async fn read(&mut self, offset: u32, len: usize) -> Result<&[u8], ImageError> {
-        let err = |source| ImageError::Read {
-            path: self.path.clone(),
-            source,
-        };
-        let offset = u64::from(offset);
-        if self.pos != offset {
-            self.file.seek(SeekFrom::Start(offset)).await.map_err(err)?;
-        }
-        self.buf.resize(len, 0);
-        if let Err(e) = self.file.read_exact(&mut self.buf).await {
-            // The cursor is unknown after a failed read.
-            self.pos = u64::MAX;
-            return Err(err(e));
-        }
-        self.pos = offset + len as u64;
-        Ok(&self.buf)
-    }
 }

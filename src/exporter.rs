@@ -1,0 +1,317 @@
+//! The metrics exporter (`[metrics] listen`, off by default): the counters
+//! of [`crate::metrics`] with what is read at scrape time (build, MQTT link
+//! state, outbox depth, children by transport, the drivers' retry
+//! counters), encoded by `prometheus-client` as OpenMetrics text and served
+//! over HTTP/1.1 by hyper.
+//!
+//! This is a high layer (docs/design.md, "Layout"): it reads `ota`'s phases,
+//! the platform and the children, which the counters must not know. The
+//! endpoint answers `GET`/`HEAD /metrics` and `/`; it has no authentication,
+//! so bind it to loopback or a management network.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::child::Child;
+use crate::journal;
+use crate::metrics::{Escaped, JobPhase, Metrics};
+use crate::ota::job::Phase;
+use crate::platform::{LinkState, Platform};
+
+/// The phases a running job can be in, in pipeline order.
+const ACTIVE_PHASES: [Phase; 5] = [
+    Phase::Queued,
+    Phase::Downloading,
+    Phase::Delivering,
+    Phase::Activating,
+    Phase::Verifying,
+];
+
+/// The media type of the exposition (OpenMetrics 1.0 text, which
+/// Prometheus negotiates; prometheus-client writes nothing else).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Largest request head the endpoint reads (hyper's smallest buffer);
+/// a longer head is answered 431.
+const MAX_HEAD: usize = 8192;
+/// Time a client gets to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 8;
+
+/// Everything one scrape reads: the counters, the platform link and
+/// outbox, and the children's drivers.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    registry: Arc<Registry>,
+}
+
+/// The values read at scrape time.
+#[derive(Debug)]
+struct Live {
+    platform: Platform,
+    children: Vec<Arc<dyn Child>>,
+}
+
+impl Exporter {
+    /// An exporter over `metrics`, `platform` and `children`; every series
+    /// a dashboard expects is present from the first scrape, as zero.
+    pub fn new(metrics: Metrics, platform: Platform, children: Vec<Arc<dyn Child>>) -> Self {
+        let phases = ACTIVE_PHASES.map(Phase::as_str);
+        let ids: Vec<&str> = children.iter().map(|c| c.device_id()).collect();
+        metrics.declare(&phases, &ids);
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        registry.register_collector(Box::new(Live { platform, children }));
+        Exporter {
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The exposition text of one scrape.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One gauge without labels.
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(family)
+}
+
+/// One gauge family with one series per label set.
+fn gauges(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'static str, Escaped)>, i64)>,
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn label(v: &str) -> Escaped {
+    Escaped(v.to_owned())
+}
+
+impl Collector for Live {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
+        gauges(
+            &mut e,
+            "otabridge_build_info",
+            "Always 1; the version label names the running build.",
+            [(vec![("version", label(env!("CARGO_PKG_VERSION")))], 1)],
+        )?;
+        let up = *self.platform.link_state().borrow() == LinkState::Up;
+        gauge(
+            &mut e,
+            "otabridge_mqtt_connected",
+            "1 while the MQTT session to the platform is up (SUBACK received), else 0.",
+            i64::from(up),
+        )?;
+        // A journal that cannot be read leaves the series out of this
+        // scrape rather than failing it.
+        match journal::lock(self.platform.journal()).outbox_len() {
+            Ok(n) => gauge(
+                &mut e,
+                "otabridge_outbox_reports",
+                "Reports queued in the durable outbox, not yet acknowledged by the platform.",
+                i64::try_from(n).unwrap_or(i64::MAX),
+            )?,
+            Err(err) => warn!("metrics: cannot read the outbox depth: {err}"),
+        }
+        let mut by_transport = std::collections::BTreeMap::<&str, i64>::new();
+        for c in &self.children {
+            *by_transport.entry(c.transport()).or_default() += 1;
+        }
+        gauges(
+            &mut e,
+            "otabridge_children",
+            "Configured children by transport.",
+            by_transport
+                .into_iter()
+                .map(|(t, n)| (vec![("transport", label(t))], n)),
+        )?;
+        let mut family = e.encode_descriptor(
+            "otabridge_chunk_retries",
+            "Requests a child driver sent again (no answer in time, or a retryable error).",
+            None,
+            MetricType::Counter,
+        )?;
+        for c in &self.children {
+            let labels = [
+                ("child", label(c.device_id())),
+                ("transport", label(c.transport())),
+            ];
+            ConstCounter::new(c.chunk_retries()).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The phase of a job, as the counters see it (the arrow points from
+/// here to `metrics`, not back).
+impl From<Phase> for JobPhase {
+    fn from(p: Phase) -> JobPhase {
+        JobPhase {
+            label: p.as_str(),
+            running: !p.is_terminal(),
+        }
+    }
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics.listen {addr}: cannot listen: {source}")]
+pub struct ListenError {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// What the OS said.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the endpoint's socket.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError { addr, source })
+}
+
+/// Serves scrapes on `listener` until `stop` turns true: one connection per
+/// request (no keep-alive), at most [`MAX_CONNECTIONS`] at once, each with
+/// [`HEAD_TIMEOUT`] to send its head.
+pub async fn serve(listener: TcpListener, exporter: Exporter, stop: watch::Receiver<bool>) {
+    if let Ok(a) = listener.local_addr() {
+        info!("metrics on http://{a}/metrics");
+    }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut stop = stop;
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                    let exporter = exporter.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let answer = answer(&exporter, &req);
+                            async move { Ok::<_, Infallible>(answer) }
+                        });
+                        let served = http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEAD_TIMEOUT)
+                            .max_buf_size(MAX_HEAD)
+                            .keep_alive(false)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        if let Err(e) = served {
+                            debug!(%peer, "metrics request: {e}");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on.
+                    warn!("metrics: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The answer to one request (hyper leaves out the body of a `HEAD`
+/// answer and answers a malformed head 400 itself).
+fn answer<B>(exporter: &Exporter, req: &Request<B>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(exporter.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(CONTENT_TYPE),
+            );
+            r
+        }
+        "/" => text(StatusCode::OK, "otabridge: metrics at /metrics\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(method: Method, path: &str) -> Response<Full<Bytes>> {
+        let exporter = Exporter {
+            registry: Arc::new(Registry::default()),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        answer(&exporter, &req)
+    }
+
+    #[test]
+    fn routes_requests() {
+        let r = ask(Method::GET, "/metrics?x=1");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(ask(Method::HEAD, "/metrics").status(), StatusCode::OK);
+        assert_eq!(ask(Method::GET, "/").status(), StatusCode::OK);
+        assert_eq!(ask(Method::GET, "/x").status(), StatusCode::NOT_FOUND);
+        let r = ask(Method::POST, "/metrics");
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+    }
+}
