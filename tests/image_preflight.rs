@@ -51,3 +51,89 @@ async fn an_image_larger_than_the_reported_slot_is_refused_before_a_byte() {
         .unwrap();
     assert_eq!(roomy.flash(), img);
 }
+
+/// The LwM2M pre-flight reads what the child exposes: each reading below
+/// its minimum is a refusal with its own code and words; a reading the
+/// child does not give is none; nothing is sent but the reads.
+#[tokio::test]
+async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
+    use otabridge::child::coap::preflight::Preflight;
+    use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+    use otabridge::config::Delivery;
+    use otabridge::ota::verdict::{verdict, Failure};
+    use otabridge::sim::coap_child::{CoapChildSim, SimOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path(), "fw", &image("2.0.0", 20_000, 2), "2.0.0");
+    let sim = CoapChildSim::start(SimOptions::new("1.0.0", "2.0.0"))
+        .await
+        .unwrap();
+    let net = CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 3)).unwrap();
+    let gated = CoapChild::new(
+        "lw",
+        sim.addr(),
+        Delivery::Push,
+        net.clone(),
+        ChildOptions::default(),
+    )
+    .with_preflight(Preflight {
+        min_battery: Some(20),
+        min_signal_dbm: Some(-110),
+        check_memory_free: true,
+    });
+    // Nothing exposed: nothing to hold the child back.
+    gated.ready(&pkg).await.unwrap();
+
+    let refusal = |e: &otabridge::child::ChildError| {
+        let v = verdict(Failure::Child(e));
+        assert!(!v.retry, "{e}");
+        (v.code.get(), v.description)
+    };
+    sim.set_reading("/3/0/9", Some(12));
+    sim.set_reading("/4/0/2", Some(-120));
+    sim.set_reading("/3/0/10", Some(10));
+    let e = gated.ready(&pkg).await.unwrap_err();
+    assert_eq!(e.cause(), Some(Cause::LowBattery), "{e}");
+    let (code, desc) = refusal(&e);
+    assert_eq!(code, 4, "{desc}");
+    assert!(
+        desc.contains("12 % (/3/0/9), the minimum is 20 %"),
+        "{desc}"
+    );
+    assert_eq!(e.said().unwrap().code, "/3/0/9 = 12");
+
+    sim.set_reading("/3/0/9", Some(20));
+    let e = gated.ready(&pkg).await.unwrap_err();
+    let (code, desc) = refusal(&e);
+    assert_eq!(code, 2, "{desc}");
+    assert!(
+        desc.contains("-120 dBm (/4/0/2), the minimum is -110 dBm"),
+        "{desc}"
+    );
+
+    sim.set_reading("/4/0/2", Some(-80));
+    let e = gated.ready(&pkg).await.unwrap_err();
+    assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+    assert_eq!(refusal(&e).0, 5);
+    assert!(
+        e.detail()
+            .contains("10 KiB free (/3/0/10), the image needs 20 KiB"),
+        "{e}"
+    );
+
+    sim.set_reading("/3/0/10", Some(20));
+    gated.ready(&pkg).await.unwrap();
+
+    // Unconfigured, the same child is never asked.
+    sim.set_reading("/3/0/9", Some(1));
+    let plain = CoapChild::new(
+        "lw2",
+        sim.addr(),
+        Delivery::Push,
+        net,
+        ChildOptions::default(),
+    );
+    plain.ready(&pkg).await.unwrap();
+    let st = sim.stats();
+    assert_eq!((st.blocks, st.starts), (0, 0), "the pre-flight only reads");
+}
