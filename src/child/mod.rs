@@ -70,6 +70,18 @@ pub trait Child: Send + Sync + std::fmt::Debug {
         progress: Progress<'a>,
     ) -> BoxFuture<'a, Result<(), ChildError>>;
 
+    /// Pre-flight before a delivery (issue 14, docs/images.md): whether the
+    /// child can take `package` now, from what it reports about itself
+    /// (battery, radio signal, free memory). A refusal describes a state
+    /// that may pass (a battery charges, a signal comes back): `ota` asks
+    /// again, backing off, until the event's deadline and reports the last
+    /// refusal if it never passes. A reading the child does not expose is
+    /// no refusal. The default: ready.
+    fn ready<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
+        let _ = package;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Makes the delivered image the running one (reboots the child). It
     /// does not make it permanent: that is [`Child::confirm`], a step of
     /// the job's own.
@@ -189,7 +201,8 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
                     net,
                     nets.coap_child.clone(),
                 )
-                .with_version_policy(policy),
+                .with_version_policy(policy)
+                .with_preflight(coap::preflight::Preflight::from_config(&c.image)),
             ))
         }
         Transport::Serial {

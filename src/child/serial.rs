@@ -35,6 +35,7 @@ use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, A
 use otabridge_codecs::smp::message::SmpErr;
 use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::serial::Console;
+use otabridge_codecs::smp::slot_info::{SlotInfoConfig, SlotInfoEvent, SlotInfoRead};
 use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
@@ -187,6 +188,7 @@ impl SerialChild {
         };
         let sha = parse_sha(&package.sha256, step)?;
         let mut image = self.line.image(&package.path, step).await?;
+        self.check_slot(package.size, step).await?;
         let mut report = DeliveryReport::default();
         let mut outcome = None;
         let run = self
@@ -223,6 +225,55 @@ impl SerialChild {
             Some(Ok(())) => Ok(report),
             Some(Err(e)) => Err(upload_error(e, step)),
             None => Err(ChildError::io(step, "upload ended without a verdict")),
+        }
+    }
+
+    /// Pre-flight (issue 14, docs/images.md): the device's upload slot from
+    /// slot info (group 1, command 6); an image that does not fit is refused
+    /// as [`Cause::NoStorage`] (result 5) before a byte of it is sent. A
+    /// device without slot info (ENOTSUP, or silent after one timeout, or an
+    /// answer that does not decode) is not held up: the gateway's image
+    /// check already applied a configured `image.slot_size`.
+    async fn check_slot(&self, size: u64, step: Step) -> Result<(), ChildError> {
+        let mut outcome = None;
+        let make = |first_seq, now| {
+            let config = SlotInfoConfig {
+                timeout: self.options.timeout,
+                retries: 0,
+                first_seq,
+                ..SlotInfoConfig::default()
+            };
+            Ok(Console::new(SlotInfoRead::new(config, now)))
+        };
+        self.line
+            .run(step, make, None, |ev| {
+                outcome = Some(ev);
+                ControlFlow::Continue(())
+            })
+            .await?;
+        let list = match outcome {
+            Some(SlotInfoEvent::Slots(list)) => list,
+            Some(SlotInfoEvent::Failed(e)) => {
+                debug!(child = %self.id(), "no slot info: {e}");
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        let limit = list
+            .iter()
+            .find(|i| i.image == 0)
+            .and_then(|i| i.upload_limit());
+        match limit {
+            Some(slot) if size > slot => Err(ChildError::refused(
+                Cause::NoStorage,
+                step,
+                format!(
+                    "image check failed: size: the image is {size} bytes, \
+                     the child's slot holds {slot} (slot info)"
+                ),
+            )
+            .with_said(format!("slot info: upload slot {slot} bytes"), None)),
+            _ => Ok(()),
         }
     }
 

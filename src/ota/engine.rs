@@ -42,6 +42,12 @@ use crate::platform::Platform;
 /// Time kept before the deadline to publish the terminal report.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
 
+/// When a job must end, on the engine's clock: its deadline less the time
+/// kept for the terminal report.
+fn job_deadline(row: &JobRow) -> tokio::time::Instant {
+    clock::now() + clock::until(clock::from_unix(row.deadline_unix)).saturating_sub(DEADLINE_MARGIN)
+}
+
 /// Phase timeouts and retry pacing.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -376,8 +382,7 @@ impl Engine {
             self.finished(&run);
             return;
         };
-        let deadline = clock::now()
-            + clock::until(clock::from_unix(run.row.deadline_unix)).saturating_sub(DEADLINE_MARGIN);
+        let deadline = job_deadline(&run.row);
         loop {
             let work = run.row.machine.work();
             if work == Work::Done {
@@ -437,6 +442,9 @@ impl Engine {
                     return Some(input);
                 }
                 if let Err(input) = self.check_image(run).await {
+                    return Some(input);
+                }
+                if let Err(input) = self.preflight(run, child).await {
                     return Some(input);
                 }
                 let _bus = self.bus_turn(child).await;
@@ -605,6 +613,38 @@ impl Engine {
                 warn!(child = %row.device_id, job = row.id, "{}", r.description);
                 Err(Input::Failed(verdict(Failure::ImageCheck(&r))))
             }
+        }
+    }
+
+    /// Asks the child whether it can take the package now
+    /// ([`Child::ready`]: battery, signal, free memory), again after each
+    /// backoff while it says no, until the next try would fall after the
+    /// job's deadline; then its last refusal is the job's result (a gated
+    /// child is reported with its own code, 4, 2 or 5, not a timeout).
+    async fn preflight(&self, run: &Run, child: &Arc<dyn Child>) -> Result<(), Input> {
+        let Some(pkg) = run.package.as_ref() else {
+            return Ok(());
+        };
+        let t = self.inner.timeouts;
+        let row = &run.row;
+        let deadline = job_deadline(row);
+        let mut backoff = Backoff::new(t.retry_min, t.retry_max, row.id as u64);
+        loop {
+            let r = {
+                let _bus = self.bus_turn(child).await;
+                child.ready(pkg).await
+            };
+            let e = match r {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let delay = backoff.next_delay();
+            if clock::now() + delay >= deadline {
+                warn!(child = %row.device_id, job = row.id, "not ready before the deadline: {e}");
+                return Err(Input::Failed(verdict(Failure::Child(&e))));
+            }
+            info!(child = %row.device_id, job = row.id, "not ready, asking again in {} s: {e}", delay.as_secs());
+            tokio::time::sleep(delay).await;
         }
     }
 
