@@ -101,7 +101,9 @@ fn violations(files: &[(String, String, String)]) -> Vec<String> {
     let mut bad = Vec::new();
     for (from, file, text) in files {
         let Some(lf) = layer(from) else {
-            bad.push(format!("{file}: module `{from}` is in no layer of docs/design.md"));
+            bad.push(format!(
+                "{file}: module `{from}` is in no layer of docs/design.md"
+            ));
             continue;
         };
         for to in targets(&code(text)) {
@@ -109,12 +111,17 @@ fn violations(files: &[(String, String, String)]) -> Vec<String> {
                 continue;
             }
             let Some(lt) = layer(&to) else {
-                bad.push(format!("{file}: `crate::{to}` is in no layer of docs/design.md"));
+                bad.push(format!(
+                    "{file}: `crate::{to}` is in no layer of docs/design.md"
+                ));
                 continue;
             };
-            let allowed = lt < lf || (lt == lf && SAME_LAYER.contains(&(from.as_str(), to.as_str())));
+            let allowed =
+                lt < lf || (lt == lf && SAME_LAYER.contains(&(from.as_str(), to.as_str())));
             if !allowed {
-                bad.push(format!("{file}: `{from}` uses `crate::{to}`, which is not below it"));
+                bad.push(format!(
+                    "{file}: `{from}` uses `crate::{to}`, which is not below it"
+                ));
             }
         }
     }
@@ -141,7 +148,12 @@ fn library_files(src: &Path) -> Vec<(String, String, String)> {
     let mut files = Vec::new();
     for p in paths {
         let rel = p.strip_prefix(src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_owned();
         if binary.contains(&module.as_str()) {
             continue;
@@ -156,7 +168,12 @@ fn library_files(src: &Path) -> Vec<(String, String, String)> {
 fn rendered() -> String {
     let mut parts = vec!["`codecs`".to_owned()];
     for l in LAYERS {
-        parts.push(l.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "));
+        parts.push(
+            l.iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
     }
     parts.join(" < ")
 }
@@ -166,9 +183,16 @@ fn every_crate_path_follows_the_documented_layer_order() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let files = library_files(&root.join("src"));
     let modules: BTreeMap<&str, usize> = files.iter().map(|(m, ..)| (m.as_str(), 0)).collect();
-    assert!(modules.contains_key("ota") && modules.contains_key("child"), "{modules:?}");
+    assert!(
+        modules.contains_key("ota") && modules.contains_key("child"),
+        "{modules:?}"
+    );
     let bad = violations(&files);
-    assert!(bad.is_empty(), "arrows against docs/design.md's layer order:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "arrows against docs/design.md's layer order:\n{}",
+        bad.join("\n")
+    );
     // The document lists the same order as this test.
     let design = std::fs::read_to_string(root.join("docs/design.md")).unwrap();
     let flat = design.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -189,9 +213,15 @@ fn the_checker_catches_arrows_against_the_order() {
         f("journal", "use crate::ota::job::Phase;\n"),
         f("package", "use crate::{clock, child::{Package, Step}};\n"),
         f("platform", "fn f() { crate::daemon::run(); }\n"),
-        f("child", "// crate::ota in a comment\n/* crate::sim */ use crate::package::Package;\n"),
+        f(
+            "child",
+            "// crate::ota in a comment\n/* crate::sim */ use crate::package::Package;\n",
+        ),
         f("config", "macro_rules! m { () => { $crate::ota::x() } }\n"),
-        f("ota", "use crate::gateway::SelfUpgrade; use crate::child::Child;\n"),
+        f(
+            "ota",
+            "use crate::gateway::SelfUpgrade; use crate::child::Child;\n",
+        ),
     ];
     assert_eq!(
         violations(&files),

@@ -533,7 +533,10 @@ mod tests {
         assert_eq!(j.work(), Work::ReadVersion);
         // The target runs: not a success until it is confirmed.
         let e = j.handle(Input::Version("v2.0".into()), 6);
-        assert_eq!((j.phase, j.work(), e.persist), (Phase::Confirming, Work::Confirm, true));
+        assert_eq!(
+            (j.phase, j.work(), e.persist),
+            (Phase::Confirming, Work::Confirm, true)
+        );
         assert!(e.report.is_none_or(|r| r.progress != Some(100)));
         let e = j.handle(Input::Confirmed, 6);
         assert_eq!(j.phase, Phase::Succeeded);
@@ -603,7 +606,10 @@ mod tests {
             assert!(e.report.is_none_or(|r| r.progress != Some(100)));
             assert_eq!(j.work(), Work::Confirm);
             // Versions read meanwhile change nothing.
-            assert_eq!(j.handle(Input::Version("2.0.0".into()), 0), Effects::default());
+            assert_eq!(
+                j.handle(Input::Version("2.0.0".into()), 0),
+                Effects::default()
+            );
             let e = j.handle(Input::Confirmed, 1);
             assert_eq!((j.phase, code(&e)), (Phase::Succeeded, Some(0)));
             assert_eq!(e.report.unwrap().version, "V2.0.0");
