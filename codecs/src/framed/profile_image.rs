@@ -724,4 +724,116 @@ mod tests {
             assert!(e.line > lines, "{section}: {e} names the section's line");
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::RngSeed;
+
+        fn uint() -> impl Strategy<Value = UintType> {
+            prop_oneof![
+                Just(UintType::U8),
+                Just(UintType::U16Le),
+                Just(UintType::U16Be),
+                Just(UintType::U32Le),
+                Just(UintType::U32Be),
+            ]
+        }
+
+        fn algorithm() -> impl Strategy<Value = CrcAlgorithm> {
+            prop_oneof![
+                Just(CrcAlgorithm::Crc8),
+                Just(CrcAlgorithm::Crc16Modbus),
+                Just(CrcAlgorithm::Crc16CcittFalse),
+                Just(CrcAlgorithm::Crc16Xmodem),
+                Just(CrcAlgorithm::Crc32),
+            ]
+        }
+
+        /// A check and an image made to pass it: magic first, then the
+        /// version parts, a body, the CRC over everything before it last.
+        fn good() -> impl Strategy<Value = (ImageCheck, Vec<u8>, String)> {
+            (
+                prop::collection::vec(any::<u8>(), 1..8),
+                prop::collection::vec((uint(), any::<u32>()), 1..4),
+                prop::collection::vec(any::<u8>(), 0..3000),
+                algorithm(),
+                any::<bool>(),
+            )
+                .prop_map(|(magic, parts, body, algorithm, big_endian)| {
+                    let mut img = magic.clone();
+                    let mut words = Vec::new();
+                    for (t, v) in &parts {
+                        let v = v & t.max();
+                        t.write(v, &mut img);
+                        words.push(v.to_string());
+                    }
+                    img.extend_from_slice(&body);
+                    let crc = algorithm.checksum(&img);
+                    let n = algorithm.size();
+                    let bytes = if big_endian {
+                        crc.to_be_bytes()[4 - n..].to_vec()
+                    } else {
+                        crc.to_le_bytes()[..n].to_vec()
+                    };
+                    img.extend_from_slice(&bytes);
+                    let check = ImageCheck {
+                        magic: Some(Magic {
+                            offset: 0,
+                            bytes: magic.clone(),
+                        }),
+                        version: Some(VersionField {
+                            offset: magic.len() as i64,
+                            format: VersionFormat::Parts(parts.iter().map(|p| p.0).collect()),
+                        }),
+                        crc: Some(CrcCheck {
+                            algorithm,
+                            from: 0,
+                            to: -(n as i64),
+                            at: -(n as i64),
+                            big_endian,
+                        }),
+                    };
+                    (check, img, words.join("."))
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                rng_seed: RngSeed::Fixed(0x696d_6763),
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn a_made_image_always_passes_in_any_pieces(
+                (check, img, version) in good(),
+                piece in 1usize..700,
+            ) {
+                let found = run(&check, &img, piece, &version);
+                prop_assert_eq!(found, Ok(Some(version)));
+            }
+
+            #[test]
+            fn any_offsets_and_bytes_never_panic(
+                magic_at in -40i64..40,
+                version_at in -40i64..40,
+                text in 1usize..20,
+                (from, to, at) in (-40i64..40, -40i64..40, -40i64..40),
+                algorithm in algorithm(),
+                img in prop::collection::vec(any::<u8>(), 0..80),
+                piece in 1usize..90,
+            ) {
+                let check = ImageCheck {
+                    magic: Some(Magic { offset: magic_at, bytes: vec![0x55; 3] }),
+                    version: Some(VersionField { offset: version_at, format: VersionFormat::Text(text) }),
+                    crc: Some(CrcCheck { algorithm, from, to, at, big_endian: true }),
+                };
+                let r = run(&check, &img, piece, "1.0");
+                if let Err(e) = r {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+    }
 }
