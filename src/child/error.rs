@@ -29,6 +29,9 @@ pub enum Step {
     Activate,
     /// Reading the version back after the activation.
     Verify,
+    /// Making the verified new image permanent ([`super::Child::confirm`]:
+    /// an MCUboot test image is reverted at the next boot without it).
+    Confirm,
 }
 
 impl Step {
@@ -39,6 +42,7 @@ impl Step {
             Step::Deliver { .. } => "deliver",
             Step::Activate => "activate",
             Step::Verify => "verify",
+            Step::Confirm => "confirm",
         }
     }
 }

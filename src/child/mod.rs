@@ -82,8 +82,23 @@ pub trait Child: Send + Sync + std::fmt::Debug {
         Box::pin(async { Ok(()) })
     }
 
-    /// Makes the delivered image the running one (reboots the child).
+    /// Makes the delivered image the running one (reboots the child). It
+    /// does not make it permanent: that is [`Child::confirm`], a step of
+    /// the job's own.
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>>;
+
+    /// Makes the running image permanent when it is `target`, for
+    /// transports whose bootloader reverts an image that was not confirmed
+    /// (MCUboot's test boot over SMP: docs/protocols/children.md §4.3).
+    /// The job calls it after the version read back matched the target,
+    /// and again after a restart: it must be idempotent (a confirmed image
+    /// is success at once) and must not confirm another version (a
+    /// [`Step::Confirm`] refusal instead). The default, for transports
+    /// without a confirm, does nothing.
+    fn confirm<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(), ChildError>> {
+        let _ = target;
+        Box::pin(async { Ok(()) })
+    }
 
     /// The medium this child shares with others when only one of them can
     /// use it at a time (a serial port, an RS-485 bus), or `None`. The OTA

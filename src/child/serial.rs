@@ -12,7 +12,11 @@
 //! request sent again is counted for [`Child::chunk_retries`]. Activation
 //! runs the activation engine: test, reset, wait through the reboot, read
 //! the state back (success only when the active version equals the
-//! target), confirm. A version read is one image state read
+//! target). It does not confirm: [`Child::confirm`] does, as a journaled
+//! step of the job after the verification, so that a gateway killed
+//! between the reset and the confirm still confirms after its restart
+//! (docs/protocols/children.md §4.3: MCUboot reverts an unconfirmed test
+//! image at the next boot). A version read is one image state read
 //! ([`otabridge_codecs::smp::state`]).
 //!
 //! Failures: the device's errors and the engines' verdicts are refusals
@@ -135,8 +139,40 @@ impl SerialChild {
             reboot_timeout: per_read,
             reboot_retries: u32::try_from(reads - 1).unwrap_or(u32::MAX),
             version_policy: self.version_policy,
+            // The job confirms, as a step of its own (`Child::confirm`).
+            confirm: false,
             first_seq,
             ..d
+        }
+    }
+
+    /// Runs an activation-engine instance made by `make` on the line;
+    /// its `Done` version, or its failure.
+    async fn run_activation(
+        &self,
+        step: Step,
+        make: impl FnMut(u8, otabridge_codecs::time::Instant) -> Result<Console<Activate>, ChildError>,
+    ) -> Result<String, ChildError> {
+        let mut outcome = None;
+        self.line
+            .run(step, make, None, |ev| {
+                match ev {
+                    ActivateEvent::Done { version } => outcome = Some(Ok(version)),
+                    ActivateEvent::Failed(e) => outcome = Some(Err(e)),
+                    other => debug!(child = %self.id(), "{}: {other:?}", step.name()),
+                }
+                ControlFlow::Continue(())
+            })
+            .await?;
+        match outcome {
+            Some(Ok(version)) => Ok(version),
+            // Everything the confirm engine says is the confirm's.
+            Some(Err(e)) if step == Step::Confirm => Err(activate_error(e).in_step(step)),
+            Some(Err(e)) => Err(activate_error(e)),
+            None => Err(ChildError::io(
+                step,
+                format!("{} ended without a verdict", step.name()),
+            )),
         }
     }
 
@@ -433,7 +469,6 @@ impl Child for SerialChild {
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let mut outcome = None;
             // No expected hash: the state list's `hash` is MCUboot's
             // IMAGE_TLV_SHA256, not the package file's SHA-256
             // (docs/protocols/children.md §4.3); the engine picks the
@@ -447,27 +482,21 @@ impl Child for SerialChild {
                     now,
                 )))
             };
-            self.line
-                .run(Step::Activate, make, None, |ev| {
-                    match ev {
-                        ActivateEvent::Done { version } => outcome = Some(Ok(version)),
-                        ActivateEvent::Failed(e) => outcome = Some(Err(e)),
-                        other => debug!(child = %self.id(), "activation: {other:?}"),
-                    }
-                    ControlFlow::Continue(())
-                })
-                .await?;
-            match outcome {
-                Some(Ok(version)) => {
-                    info!(child = %self.id(), %version, "running the new image");
-                    Ok(())
-                }
-                Some(Err(e)) => Err(activate_error(e)),
-                None => Err(ChildError::io(
-                    Step::Activate,
-                    "activation ended without a verdict",
-                )),
-            }
+            let version = self.run_activation(Step::Activate, make).await?;
+            info!(child = %self.id(), %version, "running the new image (not confirmed yet)");
+            Ok(())
+        })
+    }
+
+    fn confirm<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(async move {
+            let make = |seq, now| {
+                let config = self.activate_config(seq);
+                Ok(Console::new(Activate::confirm_running(config, target, now)))
+            };
+            let version = self.run_activation(Step::Confirm, make).await?;
+            info!(child = %self.id(), %version, "new image confirmed");
+            Ok(())
         })
     }
 }

@@ -13,7 +13,7 @@
 //! - Crash safety: on start, every job the journal holds as active resumes
 //!   from its phase: the download from its durable length (the store), the
 //!   delivery from its checkpointed offset, an activation by reading the
-//!   version first.
+//!   version first; a job past the reset confirms before it succeeds.
 //! - Every job ends with a terminal report before its deadline (24 h after
 //!   the event or the token's expiry, less a margin to publish the report).
 
@@ -455,6 +455,10 @@ impl Engine {
                 let _bus = self.bus_turn(child).await;
                 self.activate(run, child).await
             }
+            Work::Confirm => {
+                let _bus = self.bus_turn(child).await;
+                Some(confirm(child, &run.row.machine.target, t.version_read).await)
+            }
             Work::Done => None,
         }
     }
@@ -690,6 +694,20 @@ impl Run {
             package: None,
         }
     }
+}
+
+/// Has `child` confirm its running `target` image within `within` (a state
+/// read and at most one write; the driver retries each of them itself).
+async fn confirm(child: &Arc<dyn Child>, target: &str, within: Duration) -> Input {
+    let e = match tokio::time::timeout(within, child.confirm(target)).await {
+        Ok(Ok(())) => return Input::Confirmed,
+        Ok(Err(e)) => e.in_step(Step::Confirm),
+        Err(_) => ChildError::unreachable(
+            Step::Confirm,
+            format!("no confirm within {} s", within.as_secs()),
+        ),
+    };
+    Input::Failed(verdict(Failure::Child(&e)))
 }
 
 /// Reads `child`'s version within `within`; a failure is `step`'s.

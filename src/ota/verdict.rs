@@ -216,7 +216,7 @@ fn child(e: &ChildError) -> Verdict {
         // the activation is a lost connection (6), after it a failed
         // update (10).
         ErrorKind::Unreachable | ErrorKind::Garbled | ErrorKind::LinkGone => match step {
-            Step::Activate | Step::Verify => (
+            Step::Activate | Step::Verify | Step::Confirm => (
                 true,
                 ResultCode::INSTALL_FAIL,
                 format!("{DESC_UPDATE_FAILED}: the child did not come back after the update ({e})"),
@@ -346,6 +346,7 @@ mod tests {
             (Step::Deliver { offset: 0 }, 6),
             (Step::Activate, 10),
             (Step::Verify, 10),
+            (Step::Confirm, 10),
         ] {
             for e in [
                 ChildError::unreachable(step, "timeout"),
