@@ -82,7 +82,7 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
         check_memory_free: true,
     });
     // Nothing exposed: nothing to hold the child back.
-    gated.ready(&pkg).await.unwrap();
+    gated.ready(&pkg, 0).await.unwrap();
 
     let refusal = |e: &otabridge::child::ChildError| {
         let v = verdict(Failure::Child(e));
@@ -92,7 +92,7 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
     sim.set_reading("/3/0/9", Some(12));
     sim.set_reading("/4/0/2", Some(-120));
     sim.set_reading("/3/0/10", Some(10));
-    let e = gated.ready(&pkg).await.unwrap_err();
+    let e = gated.ready(&pkg, 0).await.unwrap_err();
     assert_eq!(e.cause(), Some(Cause::LowBattery), "{e}");
     let (code, desc) = refusal(&e);
     assert_eq!(code, 4, "{desc}");
@@ -103,7 +103,7 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
     assert_eq!(e.said().unwrap().code, "/3/0/9 = 12");
 
     sim.set_reading("/3/0/9", Some(20));
-    let e = gated.ready(&pkg).await.unwrap_err();
+    let e = gated.ready(&pkg, 0).await.unwrap_err();
     let (code, desc) = refusal(&e);
     assert_eq!(code, 2, "{desc}");
     assert!(
@@ -112,17 +112,19 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
     );
 
     sim.set_reading("/4/0/2", Some(-80));
-    let e = gated.ready(&pkg).await.unwrap_err();
+    let e = gated.ready(&pkg, 0).await.unwrap_err();
     assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
     assert_eq!(refusal(&e).0, 5);
     assert!(
         e.detail()
-            .contains("10 KiB free (/3/0/10), the image needs 20 KiB"),
+            .contains("10 KiB free (/3/0/10), the image needs 20 KiB more"),
         "{e}"
     );
+    // A resumed push needs only what is left.
+    gated.ready(&pkg, pkg.size / 2).await.unwrap();
 
     sim.set_reading("/3/0/10", Some(20));
-    gated.ready(&pkg).await.unwrap();
+    gated.ready(&pkg, 0).await.unwrap();
 
     // Unconfigured, the same child is never asked.
     sim.set_reading("/3/0/9", Some(1));
@@ -133,7 +135,7 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
         net,
         ChildOptions::default(),
     );
-    plain.ready(&pkg).await.unwrap();
+    plain.ready(&pkg, 0).await.unwrap();
     let st = sim.stats();
     assert_eq!((st.blocks, st.starts), (0, 0), "the pre-flight only reads");
 }
@@ -215,7 +217,7 @@ async fn the_preflight_reads_what_a_libcoap_server_serves() {
             min_signal_dbm: Some(-110),
             check_memory_free: false,
         });
-    let e = child.ready(&pkg).await.unwrap_err();
+    let e = child.ready(&pkg, 0).await.unwrap_err();
     assert_eq!(e.cause(), Some(Cause::LowBattery), "{e}");
     assert_eq!(e.said().unwrap().code, "/3/0/9 = 12");
     let charged = CoapChild::new(
@@ -230,5 +232,5 @@ async fn the_preflight_reads_what_a_libcoap_server_serves() {
         min_signal_dbm: Some(-110),
         check_memory_free: false,
     });
-    charged.ready(&pkg).await.unwrap();
+    charged.ready(&pkg, 0).await.unwrap();
 }
