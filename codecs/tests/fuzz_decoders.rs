@@ -12,14 +12,14 @@
 //!   `OTABRIDGE_FUZZ_INPUTS` (default 10^6) per decoder, seed
 //!   `OTABRIDGE_FUZZ_SEED`, prints inputs accepted and peak memory per decoder.
 
+#[allow(dead_code)] // the fuzzer uses the runner's subjects, not its checks
+mod fixture;
 mod fuzz;
-#[allow(dead_code)] // the fuzzer reads only the inputs and outputs of a case
-#[path = "fixture/schema.rs"]
-mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use fixture::schema::Case;
 use otabridge_codecs::coap::{
     block::{decode_uint, BlockOpt},
     msg,
@@ -40,7 +40,6 @@ use otabridge_codecs::smp::serial::{self, Decoder};
 use otabridge_codecs::smp::state::{StateRead, StateReadConfig};
 use otabridge_codecs::smp::upload::{Upload, UploadConfig};
 use otabridge_codecs::time::Instant;
-use schema::Case;
 
 #[global_allocator]
 static ALLOC: fuzz::Alloc = &stats_alloc::INSTRUMENTED_SYSTEM;
@@ -48,6 +47,7 @@ static ALLOC: fuzz::Alloc = &stats_alloc::INSTRUMENTED_SYSTEM;
 /// Inputs and outputs of every fixture, by the decoder they feed.
 #[derive(Default)]
 struct Corpus {
+    transcripts: Vec<Vec<u8>>,
     iotda: Vec<Vec<u8>>,
     coap: Vec<Vec<u8>>,
     smp_wire: Vec<Vec<u8>>,
@@ -118,8 +118,70 @@ fn corpus() -> &'static Corpus {
             br#"{"object_device_id":"prod_node01","services":[{"service_id":"$ota","event_type":"firmware_upgrade","event_time":"20151212T121212Z","paras":{"version":"2.0","url":"https://x/y","file_size":100,"access_token":"t","expires":86400,"sign":"aa","file_name":"f.bin","task_id":"1","sub_device_count":1,"task_ext_info":{"a":1}}}]}"#.to_vec(),
         );
         c.images = images();
+        c.transcripts = transcript_seeds();
         c
     })
+}
+
+/// The codecs cases (coap/, smp/, framed/, not broken/), for the
+/// transcript target.
+fn cases() -> &'static [(Case, PathBuf)] {
+    static CASES: OnceLock<Vec<(Case, PathBuf)>> = OnceLock::new();
+    CASES.get_or_init(|| {
+        let mut files = Vec::new();
+        toml_files(&fixtures_dir(), &mut files);
+        files
+            .into_iter()
+            .filter(|p| {
+                !p.components()
+                    .any(|c| c.as_os_str() == "broken" || c.as_os_str() == "profiles")
+            })
+            .filter_map(|p| {
+                let case = Case::parse(&std::fs::read_to_string(&p).ok()?).ok()?;
+                let dir = p.parent()?.to_path_buf();
+                (case.engine != "iotda").then_some((case, dir))
+            })
+            .collect()
+    })
+}
+
+/// Seeds of the transcript target: case number, step number, then the
+/// input that step feeds.
+fn transcript_seeds() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (i, (case, _)) in cases().iter().enumerate() {
+        for (k, step) in case.step.iter().enumerate() {
+            if let Ok(Some(bytes)) = step.input_bytes() {
+                let mut seed = vec![i as u8, k as u8];
+                seed.extend(bytes);
+                out.push(seed);
+            }
+        }
+    }
+    out
+}
+
+/// An engine in the middle of a recorded transcript gets the mutated
+/// input instead of the step's: the first two bytes choose the case and
+/// the step, the rest is the input. Reaches the states a fresh decoder
+/// never sees (a push at block 40, an upload at its last chunk, an
+/// activation waiting for the reboot).
+fn transcript(b: &[u8]) -> bool {
+    let [c, k, input @ ..] = b else {
+        return false;
+    };
+    let all = cases();
+    let (case, dir) = &all[*c as usize % all.len()];
+    let Ok(mut subject) = fixture::subject(case, dir) else {
+        return false;
+    };
+    let k = *k as usize % (case.step.len() + 1);
+    let Ok(now) = fixture::replay_prefix(case, subject.as_mut(), k) else {
+        return false;
+    };
+    let _ = subject.input(input, None, now);
+    let _ = fixture::settle(case, subject.as_mut(), now);
+    true
 }
 
 /// MCUboot images as imgtool lays them out: bodies of several sizes, with
@@ -396,11 +458,12 @@ const TARGETS: &[Target] = &[
     ("framed_frames", |c| &c.framed, framed),
     ("mcuboot_images", |c| &c.images, mcuboot),
     ("framed_profiles", |c| &c.profiles, profile_toml),
+    ("engines_mid_transcript", |c| &c.transcripts, transcript),
 ];
 
 /// Builds what the decoders share before any is measured.
 fn warm_up() {
-    let _ = (corpus(), builtin_profiles());
+    let _ = (corpus(), builtin_profiles(), cases());
 }
 
 fn short(name: &str) {
@@ -454,6 +517,11 @@ fn mcuboot_images() {
 #[test]
 fn framed_profiles() {
     short("framed_profiles");
+}
+
+#[test]
+fn engines_mid_transcript() {
+    short("engines_mid_transcript");
 }
 
 /// The corpus is what the fixtures hold: a decoder without seeds would

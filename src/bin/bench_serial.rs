@@ -271,12 +271,26 @@ async fn smp_noisy(dir: &std::path::Path, spec: NoiseSpec, buf_size: u64) -> any
     })
 }
 
-async fn framed_noisy(dir: &std::path::Path, spec: NoiseSpec) -> anyhow::Result<Noisy> {
-    let p = std::sync::Arc::new(
-        otabridge_codecs::framed::profile::builtin("acme-rs485")
-            .context("profile")?
-            .context("acme-rs485")?,
-    );
+/// `retries`: every command's `retries` in the profile set to this, as an
+/// integrator would for a line this bad (the built-in has 2 to 5).
+async fn framed_noisy(
+    dir: &std::path::Path,
+    spec: NoiseSpec,
+    retries: Option<u32>,
+) -> anyhow::Result<Noisy> {
+    use otabridge_codecs::framed::profile::{builtin_text, Profile};
+    let mut text = builtin_text("acme-rs485").context("acme-rs485")?.to_owned();
+    if let Some(n) = retries {
+        text = text
+            .lines()
+            .map(|l| match l.trim_start().starts_with("retries = ") {
+                true => format!("retries = {n}"),
+                false => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    let p = std::sync::Arc::new(Profile::parse(&text, "acme-rs485")?);
     let sim = FramedChildSim::spawn(FramedChildOptions::new(p.clone(), "1.0.0"))?;
     let line = NoisyLine::spawn(sim.path(), spec, 12)?;
     let mut img = vec![0u8; NOISY_IMAGE];
@@ -321,18 +335,20 @@ async fn noise_benches(dir: &std::path::Path) -> anyhow::Result<()> {
          | bits flipped | lines lost | lines doubled | console lines |"
     );
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let children: [(&str, Option<u64>); 3] = [
-        ("smp buf 384", Some(384)),
-        ("smp buf 128", Some(128)),
-        ("framed acme-rs485", None),
+    // (name, SMP buffer size, framed retries): the SMP rows are SMP.
+    let children: [(&str, Option<u64>, Option<u32>); 4] = [
+        ("smp buf 384", Some(384), None),
+        ("smp buf 128", Some(128), None),
+        ("framed acme-rs485", None, None),
+        ("framed acme-rs485 retries 30", None, Some(30)),
     ];
-    for (name, buf) in children {
+    for (name, buf, retries) in children {
         let mut clean: Option<(u64, f64)> = None;
         for text in NOISE {
             let spec: NoiseSpec = text.parse()?;
             let r = match buf {
                 Some(b) => smp_noisy(dir, spec, b).await,
-                None => framed_noisy(dir, spec).await,
+                None => framed_noisy(dir, spec, retries).await,
             };
             let noise = if text.is_empty() { "clean" } else { text };
             match r {
