@@ -296,7 +296,7 @@ impl SimDevice {
                     image: 0,
                     slots: vec![
                         (0, self.config.slot_size, None),
-                        (1, self.config.slot_size, Some(0)),
+                        (1, self.config.slot_size, None),
                     ],
                     max_image_size: None,
                 }]))
