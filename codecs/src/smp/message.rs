@@ -569,7 +569,7 @@ impl SlotInfo {
     pub fn upload_limit(&self) -> Option<u64> {
         self.max_image_size
             .or_else(|| self.slots.iter().find(|s| s.0 == 1).map(|s| s.1))
-            .or_else(|| match self.slots.as_slice() {
+            .or(match self.slots.as_slice() {
                 [only] => Some(only.1),
                 _ => None,
             })
