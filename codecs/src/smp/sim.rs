@@ -384,6 +384,7 @@ impl SimDevice {
         }
     }
 
+    // Long on purpose: the simulated device's image upload handler, modelled step by step on Zephyr's img_mgmt_upload.
     fn upload(&mut self, body: &[u8]) -> Result<Vec<u8>, SmpErr> {
         let img = |rc| SmpErr::Group {
             group: group::IMAGE,
