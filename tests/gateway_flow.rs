@@ -154,6 +154,46 @@ async fn a_firmware_upgrade_reboots_and_succeeds_on_the_version_read_back() {
     p.tb.stop_gateway().await.unwrap();
 }
 
+/// A `firmware_upgrade_v2` (pre-signed URL, no token): the same flow, the
+/// package fetched without an Authorization header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_event_with_a_presigned_url_upgrades_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Platform::start(dir.path()).await;
+    let mut fw = Firmware::new(&dir.path().join("box"));
+    let text = p.config_text(&fw.config(""));
+    gateway(&mut p, &text, vec![]).await;
+    p.gateway_versions(STEP).await;
+
+    let up = p.serve_presigned(&fw.package("2.0.0"), "2.0.0");
+    p.upgrade_gateway_v2(UpgradeKind::Firmware, &up).await;
+    let mut reports = p.gateway_reports_until(95, STEP).await;
+    fw.sim.wait_reboot_request(STEP).await;
+    assert_eq!(std::fs::read_to_string(&fw.slot).unwrap(), "2.0.0\n");
+    p.tb.stop_gateway().await.unwrap();
+    fw.reboot(false);
+    gateway(&mut p, &text, vec![]).await;
+    reports.extend(p.gateway_reports(STEP).await);
+    let reports = distinct(&reports);
+    assert_monotonic(&reports);
+    let last = reports.last().unwrap();
+    assert_eq!(
+        (last.result_code, last.progress, last.version.as_str()),
+        (ResultCode::SUCCESS, Some(100), "2.0.0"),
+        "{reports:#?}"
+    );
+    // The package server saw no Authorization header (pre-signed URL).
+    assert!(
+        p.server
+            .requests()
+            .iter()
+            .all(|r| !r.authorized && (r.status == 200 || r.status == 206)),
+        "{:?}",
+        p.server.requests()
+    );
+    p.tb.stop_gateway().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_and_a_failing_installer_are_failures_with_their_cause() {
     let dir = tempfile::tempdir().unwrap();

@@ -189,11 +189,37 @@ impl Platform {
         )
     }
 
+    /// `file` behind a pre-signed URL (a `_v2` event's package: no token).
+    pub(crate) fn serve_presigned(&mut self, file: &Path, version: &str) -> Upgrade {
+        self.packages += 1;
+        let served = self
+            .server
+            .add(
+                &format!("gw-pkg-{}", self.packages),
+                Source::File(file.to_owned()),
+                Access::Open,
+            )
+            .unwrap();
+        Upgrade {
+            access_token: None,
+            ..served.upgrade(version, String::new(), "gw-task")
+        }
+    }
+
     /// Sends an upgrade of the gateway itself.
     pub(crate) async fn upgrade_gateway(&self, kind: UpgradeKind, up: &Upgrade) {
+        self.send_gateway_upgrade(kind, false, up).await
+    }
+
+    /// Sends a `firmware_upgrade_v2` / `software_upgrade_v2` of the gateway.
+    pub(crate) async fn upgrade_gateway_v2(&self, kind: UpgradeKind, up: &Upgrade) {
+        self.send_gateway_upgrade(kind, true, up).await
+    }
+
+    async fn send_gateway_upgrade(&self, kind: UpgradeKind, v2: bool, up: &Upgrade) {
         let ev = Event::Upgrade {
             kind,
-            v2: false,
+            v2,
             upgrade: up.clone(),
         };
         self.tb
