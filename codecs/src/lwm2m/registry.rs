@@ -382,7 +382,7 @@ struct Query {
     q: bool,
 }
 
-fn query(packet: &Packet, update: bool) -> Result<Query, RegisterError> {
+fn query(packet: &Packet) -> Result<Query, RegisterError> {
     let mut q = Query::default();
     let Some(opts) = packet.get_option(CoapOption::UriQuery) else {
         return Ok(q);
@@ -395,12 +395,6 @@ fn query(packet: &Packet, update: bool) -> Result<Query, RegisterError> {
         };
         let dup = || RegisterError::BadParameter(name.to_owned(), "is given twice");
         let slot = match name {
-            "ep" | "lwm2m" if update => {
-                return Err(RegisterError::BadParameter(
-                    name.to_owned(),
-                    "cannot change in an Update",
-                ))
-            }
             "ep" => &mut q.ep,
             "lt" => &mut q.lt,
             "lwm2m" => &mut q.lwm2m,
@@ -516,6 +510,14 @@ impl<P: Clone + Eq + Hash + fmt::Debug, T> Registry<P, T> {
         self.allowed = Some(endpoints.into_iter().collect());
     }
 
+    /// Accepts Registers from `endpoint` too (when [`Registry::allow_only`]
+    /// restricts them).
+    pub fn allow(&mut self, endpoint: String) {
+        if let Some(a) = &mut self.allowed {
+            a.insert(endpoint);
+        }
+    }
+
     /// The settings.
     pub fn config(&self) -> &RegistryConfig {
         &self.cfg
@@ -563,7 +565,7 @@ impl<P: Clone + Eq + Hash + fmt::Debug, T> Registry<P, T> {
         request: &Packet,
         now: Instant,
     ) -> Result<Packet, (Option<String>, RegisterError)> {
-        let q = query(request, false).map_err(|e| (None, e))?;
+        let q = query(request).map_err(|e| (None, e))?;
         let ep = endpoint(
             q.ep.as_deref()
                 .ok_or((None, RegisterError::MissingEndpoint))?,
@@ -656,7 +658,25 @@ impl<P: Clone + Eq + Hash + fmt::Debug, T> Registry<P, T> {
             return Err((None, RegisterError::NotFound(id.to_owned())));
         };
         let named = |err| (Some(e.reg.endpoint.clone()), err);
-        let q = query(request, true).map_err(named)?;
+        let q = query(request).map_err(named)?;
+        // Not Update parameters (OMA TS Core 1.1 §6.2.2), but clients such
+        // as lwm2m-node-lib repeat them: the same values are ignored, other
+        // ones refused.
+        let cannot = |p: &str| {
+            named(RegisterError::BadParameter(
+                p.into(),
+                "cannot change in an Update",
+            ))
+        };
+        if q.ep.as_ref().is_some_and(|ep| *ep != e.reg.endpoint) {
+            return Err(cannot("ep"));
+        }
+        if q.lwm2m
+            .as_ref()
+            .is_some_and(|v| Version::parse(v) != Some(e.reg.version))
+        {
+            return Err(cannot("lwm2m"));
+        }
         let lt = q.lt.as_deref().map(lifetime).transpose().map_err(named)?;
         let b = q.b.as_deref().map(binding).transpose().map_err(named)?;
         let links = payload_links(request, self.cfg.max_payload).map_err(named)?;
@@ -774,18 +794,20 @@ impl<P: Clone + Eq + Hash + fmt::Debug, T> Registry<P, T> {
     }
 
     /// Something came from `peer`: a queue-mode client registered from
-    /// there listens for another [`RegistryConfig::queue_window`].
-    pub fn seen(&mut self, peer: &P, now: Instant) {
+    /// there listens for another [`RegistryConfig::queue_window`]. Returns
+    /// its endpoint and the new end of its window, if it is one.
+    pub fn seen(&mut self, peer: &P, now: Instant) -> Option<(&str, Instant)> {
         let window = self.cfg.queue_window;
-        if let Some(e) = self
+        let e = self
             .by_peer
             .get(peer)
-            .and_then(|id| self.entries.get_mut(id))
-        {
-            if e.reg.queue {
-                e.awake_until = Some(now + window);
-            }
+            .and_then(|id| self.entries.get_mut(id))?;
+        if !e.reg.queue {
+            return None;
         }
+        let until = now + window;
+        e.awake_until = Some(until);
+        Some((e.reg.endpoint.as_str(), until))
     }
 
     /// Where a request for `endpoint` goes at `now`: to its address, held
@@ -1016,7 +1038,12 @@ mod tests {
         // Update with parameters and new links.
         let resp = r.handle_request(
             9,
-            &req(Code::POST, &["rd", &loc[1]], &["lt=60"], "</3/0>"),
+            &req(
+                Code::POST,
+                &["rd", &loc[1]],
+                &["lt=60", "lwm2m=1.1", "ep=node01", "b=U"],
+                "</3/0>",
+            ),
             t(210),
         );
         assert_eq!(msg::code(&resp), Code::CHANGED);
@@ -1175,6 +1202,7 @@ mod tests {
         for (q, payload, code) in [
             (&["lt=x"][..], "", Code::BAD_REQUEST),
             (&["ep=other"][..], "", Code::BAD_REQUEST),
+            (&["lwm2m=1.1"][..], "", Code::BAD_REQUEST),
             (&["b=S"][..], "", Code::BAD_REQUEST),
             (&[][..], "</nope>", Code::BAD_REQUEST),
         ] {
@@ -1258,7 +1286,8 @@ mod tests {
             events(&mut r);
             assert_eq!(r.route("q", "a", t(5)), Route::Send { peer: 1, item: "a" });
             // Its response keeps it awake.
-            r.seen(&1, t(8));
+            assert_eq!(r.seen(&1, t(8)), Some(("q", t(18))));
+            assert_eq!(r.seen(&5, t(8)), None);
             assert_eq!(r.route("q", "b", t(17)), Route::Send { peer: 1, item: "b" });
             assert!(!r.listening("q", t(18)));
             assert_eq!(r.route("q", "c", t(18)), Route::Held);
