@@ -37,12 +37,13 @@ use crate::ota::job::Phase;
 use crate::platform::{LinkState, Platform};
 
 /// The phases a running job can be in, in pipeline order.
-const ACTIVE_PHASES: [Phase; 5] = [
+const ACTIVE_PHASES: [Phase; 6] = [
     Phase::Queued,
     Phase::Downloading,
     Phase::Delivering,
     Phase::Activating,
     Phase::Verifying,
+    Phase::Confirming,
 ];
 
 /// The media type of the exposition (OpenMetrics 1.0 text, which

@@ -61,6 +61,11 @@ async fn terminal(tb: &mut Testbed, reports: &mut Reports, ids: &[&str], n: usiz
 }
 
 fn upgrade(server: &PackageServer, url: &str, size: u64, sha: &str) -> Event {
+    upgrade_within(server, url, size, sha, 86_400)
+}
+
+/// An upgrade event whose deadline is `expires` seconds away.
+fn upgrade_within(server: &PackageServer, url: &str, size: u64, sha: &str, expires: u64) -> Event {
     Event::Upgrade {
         kind: UpgradeKind::Firmware,
         v2: false,
@@ -70,7 +75,7 @@ fn upgrade(server: &PackageServer, url: &str, size: u64, sha: &str) -> Event {
             file_size: size,
             file_name: "fw.bin".into(),
             access_token: Some(server.issue_token(Duration::from_secs(3600))),
-            expires: Some(86_400),
+            expires: Some(expires),
             sign: Some(sha.to_owned()),
             custom_info: None,
             task_id: Some("image-task".into()),
@@ -78,6 +83,42 @@ fn upgrade(server: &PackageServer, url: &str, size: u64, sha: &str) -> Event {
             task_ext_info: None,
         },
     }
+}
+
+/// Starts `otabridge run` on the testbed with `extra` config; returns the
+/// daemon and its log file once it is connected and subscribed.
+async fn start(tb: &Testbed, d: &std::path::Path, extra: &str) -> (Daemon, String) {
+    let config = d.join("gw.toml");
+    std::fs::write(
+        &config,
+        config_text(tb.edge.addr().port(), &tb.ca_file, &tb.state_dir, extra),
+    )
+    .unwrap();
+    let log = d.join("gw.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_otabridge"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info,rumqttc=warn")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    );
+    let log = log.display().to_string();
+    let until = Instant::now() + Duration::from_secs(60);
+    while tb.edge.connects() == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        tb.edge.connects() > 0,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Let the gateway subscribe before the first event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (daemon, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,36 +163,7 @@ async fn a_foreign_image_reaches_no_child_and_the_vendors_upgrades_both() {
         smp.path().display().to_string(),
         coap.addr(),
     );
-    let config = d.join("gw.toml");
-    std::fs::write(
-        &config,
-        config_text(tb.edge.addr().port(), &tb.ca_file, &tb.state_dir, &extra),
-    )
-    .unwrap();
-    let log = d.join("gw.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_otabridge"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info,rumqttc=warn")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap(),
-    );
-    let log = log.display().to_string();
-    let until = Instant::now() + Duration::from_secs(60);
-    while tb.edge.connects() == 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        tb.edge.connects() > 0,
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    // Let the gateway subscribe before the first event.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_daemon, log) = start(&tb, d, &extra).await;
 
     let ids = ["p_smp", "p_lwm2m"];
     let mut reports = Reports::new();
@@ -193,6 +205,127 @@ async fn a_foreign_image_reaches_no_child_and_the_vendors_upgrades_both() {
             (last.result_code.get(), last.version.as_str()),
             (0, "2.0.0"),
             "{id}: {last:?}"
+        );
+    }
+    assert_eq!(smp.running().0, "2.0.0");
+    assert_eq!(coap.version(), "2.0.0");
+}
+
+/// The pre-flight end to end (docs/images.md): the SMP child's slot info
+/// says the image does not fit (5, no chunk sent); the LwM2M child's
+/// battery is below its minimum, so it is asked again until the event's
+/// deadline and reported with 4 (no block sent); once charged, and with an
+/// image that fits, both are upgraded. Both children have keys configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_cannot_take_the_image_now_gets_none_of_it() {
+    if !imgtool_available("a_child_that_cannot_take_the_image_now_gets_none_of_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut tb = Testbed::new(d).await.unwrap();
+    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
+    let pkg_ca = d.join("pkg-ca.pem");
+    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
+
+    let (vendor, vendor_pub) = keygen(d, "vendor", "ed25519");
+    let big = sign(
+        d,
+        "big",
+        &app(d, "big", 24_000, 4),
+        Some(&vendor),
+        "2.0.0",
+        &[],
+    );
+    let small = sign(
+        d,
+        "small",
+        &app(d, "small", 6_000, 5),
+        Some(&vendor),
+        "2.0.0",
+        &[],
+    );
+    let big = server
+        .add("big", Source::File(big), Access::Bearer)
+        .unwrap();
+    let small = server
+        .add("small", Source::File(small), Access::Bearer)
+        .unwrap();
+
+    let mut o = SmpChildOptions::default();
+    o.device.running = parse_version("1.0.0").unwrap();
+    o.device.slot_info = true;
+    o.device.slot_size = 16 * 1024;
+    let smp = SmpChild::spawn(o).unwrap();
+    let coap = CoapChildSim::start(SimOptions::new("1.0.0", "2.0.0"))
+        .await
+        .unwrap();
+    coap.set_reading("/3/0/9", Some(10));
+    let extra = format!(
+        "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:0\"\n\n\
+         [ota]\nretry_min_ms = 200\nretry_max_ms = 1000\n\n\
+         [[child]]\ndevice_id = \"p_smp\"\ntransport = \"serial\"\nport = {:?}\n\
+         reboot_wait_ms = 300\nimage = {{ keys = [{:?}] }}\n\n\
+         [[child]]\ndevice_id = \"p_lwm2m\"\ntransport = \"coap\"\naddress = \"{}\"\n\
+         image = {{ check = \"mcuboot\", keys = [{:?}], min_battery = 20 }}\n",
+        pkg_ca.display().to_string(),
+        smp.path().display().to_string(),
+        vendor_pub.display().to_string(),
+        coap.addr(),
+        vendor_pub.display().to_string(),
+    );
+    let (_daemon, log) = start(&tb, d, &extra).await;
+
+    // The deadline 130 s after the event leaves 10 s once the gateway
+    // keeps its 120 s for the terminal report.
+    let ids = ["p_smp", "p_lwm2m"];
+    let mut reports = Reports::new();
+    for id in ids {
+        let ev = upgrade_within(&server, &big.url, big.size, &big.sha256, 130);
+        tb.send(Some(id), &ev).await.unwrap();
+    }
+    terminal(&mut tb, &mut reports, &ids, 1, &log).await;
+    let last = |r: &Reports, id: &str| r[id].last().unwrap().clone();
+    let smp_report = last(&reports, "p_smp");
+    assert_eq!(smp_report.result_code.get(), 5, "{smp_report:?}");
+    assert_eq!(
+        smp.stats().first_chunks,
+        0,
+        "no chunk reached the SMP child"
+    );
+    let lw = last(&reports, "p_lwm2m");
+    let desc = lw.description.clone().unwrap_or_default();
+    assert_eq!(lw.result_code.get(), 4, "{desc}");
+    assert!(
+        desc.contains("10 % (/3/0/9), the minimum is 20 %"),
+        "{desc}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.matches("not ready, asking again").count() >= 2,
+        "the gated child was asked again until the deadline:\n{text}"
+    );
+    assert!(text.contains("slot holds 16384 (slot info)"), "{text}");
+    let st = coap.stats();
+    assert_eq!(
+        (st.blocks, st.starts),
+        (0, 0),
+        "no block reached the LwM2M child"
+    );
+
+    // Charged, and an image that fits: both upgrade.
+    coap.set_reading("/3/0/9", Some(80));
+    for id in ids {
+        let ev = upgrade(&server, &small.url, small.size, &small.sha256);
+        tb.send(Some(id), &ev).await.unwrap();
+    }
+    terminal(&mut tb, &mut reports, &ids, 2, &log).await;
+    for id in ids {
+        let r = last(&reports, id);
+        assert_eq!(
+            (r.result_code.get(), r.version.as_str()),
+            (0, "2.0.0"),
+            "{id}: {r:?}"
         );
     }
     assert_eq!(smp.running().0, "2.0.0");

@@ -14,6 +14,7 @@ use otabridge::sim::smp_child::{mcuboot_image, parse_version, SmpChild, SmpChild
 use otabridge::sim::testbed::Testbed;
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{result, Event, Upgrade, UpgradeKind};
+use otabridge_codecs::smp::sim::SimEvent;
 
 const SIZE: u64 = 256 * 1024;
 
@@ -611,5 +612,102 @@ async fn under_the_exact_policy_the_same_child_fails_with_the_version_it_runs() 
         version_reported(&mut b.tb, "p_vcoap").await.as_deref(),
         Some("v2.0.0")
     );
+    b.tb.stop_gateway().await.unwrap();
+}
+
+/// Waits (bounded: `tries` x 20 ms) until the SMP simulator logged an
+/// event `is`.
+async fn sim_event(sim: &SmpChild, tries: u32, is: impl Fn(&SimEvent) -> bool) -> bool {
+    for _ in 0..tries {
+        if sim.events().iter().any(&is) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// NOTES.md finding 1 (the crash-loop defect): a gateway that stops after
+/// the SMP reset and before the confirm finds, after its restart, the target
+/// running unconfirmed. It must confirm before it reports success: MCUboot
+/// reverts an unconfirmed test image at the next boot. (It used to read the
+/// version, see the target, and report success with the image unconfirmed.)
+/// Deterministic: the gateway waits 30 s of silence after the reset
+/// (`reboot_wait`), so the stop lands between the reset and the confirm
+/// whatever the machine's load.
+#[tokio::test]
+async fn a_restart_between_the_reset_and_the_confirm_confirms_before_success() {
+    let (mut b, cfg) = bench("").await;
+    let mut o = SmpChildOptions::default();
+    o.device.running = parse_version("1.0.0").unwrap();
+    let sim = SmpChild::spawn(o).unwrap();
+    let options = otabridge::config::SerialOptions {
+        reboot_wait: Duration::from_secs(30),
+        ..otabridge::config::SerialOptions::default()
+    };
+    let child: Arc<dyn Child> = Arc::new(otabridge::child::serial::SerialChild::new(
+        "p_confirm",
+        sim.path(),
+        115_200,
+        options,
+    ));
+    b.tb.start_gateway_with(cfg.clone(), vec![child.clone()])
+        .await
+        .unwrap();
+    b.tb.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let image = mcuboot_image(parse_version("2.0.0").unwrap(), SIZE as usize, 4);
+    let file = b._dir.path().join("confirm.bin");
+    std::fs::write(&file, &image).unwrap();
+    let served = b
+        .server
+        .add("fw-confirm", Source::File(file), Access::Bearer)
+        .unwrap();
+    let mut up = upgrade(&b.server, "fw-unused", 1, "2.0.0");
+    up.url = served.url;
+    up.sign = Some(served.sha256);
+    b.tb.send(Some("p_confirm"), &firmware(&up)).await.unwrap();
+    // The reset went out: stop the gateway while it waits for the reboot.
+    assert!(
+        sim_event(&sim, 3000, |e| matches!(e, SimEvent::Resetting)).await,
+        "no reset: {:?}",
+        sim.events()
+    );
+    b.tb.stop_gateway().await.unwrap();
+    assert!(
+        sim_event(&sim, 500, |e| matches!(e, SimEvent::Booted { .. })).await,
+        "{:?}",
+        sim.events()
+    );
+    assert_eq!(sim.running(), ("2.0.0".to_owned(), false), "a test boot");
+    let phase: String = rusqlite::Connection::open(b.tb.state_dir.join("journal.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT phase FROM jobs WHERE device_id = 'p_confirm'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(phase, "activating");
+
+    // The restarted gateway resumes the job and confirms before success.
+    b.tb.start_gateway_with(cfg, vec![child]).await.unwrap();
+    let done = reports_until_done(&mut b.tb, &["p_confirm"]).await;
+    let last = done["p_confirm"].last().unwrap();
+    assert_eq!(
+        (last.result_code.get(), last.progress, last.version.as_str()),
+        (0, Some(100), "2.0.0"),
+        "{done:?}"
+    );
+    assert_eq!(
+        sim.running(),
+        ("2.0.0".to_owned(), true),
+        "success was reported, so the image must be confirmed"
+    );
+    let resets = sim
+        .events()
+        .iter()
+        .filter(|e| matches!(e, SimEvent::Resetting))
+        .count();
+    assert_eq!(resets, 1, "no second reset");
     b.tb.stop_gateway().await.unwrap();
 }

@@ -38,12 +38,16 @@ async fn clean_line_delivers_activates_and_reads_back() {
     assert_eq!(c.read_version().await.unwrap(), "2.0.0");
     assert_eq!(
         sim.running(),
-        ("2.0.0".to_owned(), true),
-        "confirmed after the read-back"
+        ("2.0.0".to_owned(), false),
+        "the activation tests the image; the job's confirm step makes it permanent"
     );
     // Activating again (a gateway that restarted after the reset) finds the
-    // target running and confirmed, and succeeds without another reset.
+    // target running, and succeeds without another reset.
     c.activate(&pkg).await.unwrap();
+    c.confirm("2.0.0").await.unwrap();
+    assert_eq!(sim.running(), ("2.0.0".to_owned(), true), "confirmed");
+    // The confirm is idempotent.
+    c.confirm("2.0.0").await.unwrap();
     let resets = sim
         .events()
         .iter()

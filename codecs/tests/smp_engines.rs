@@ -666,3 +666,63 @@ fn silent_device_after_reset_fails_with_10() {
     // 5 s wait + 4 reads of 2 s.
     assert_eq!(end, now + Duration::from_secs(13));
 }
+
+/// The confirm as a step of its own (`Activate::confirm_running`): it
+/// confirms a running unconfirmed target, does nothing more to a confirmed
+/// one, and refuses (writing nothing) when the target does not run.
+#[test]
+fn confirm_running_is_idempotent_and_never_confirms_another_version() {
+    let img = image(V123, 2000);
+    let (mut dev, now) = uploaded_device(&img, SimConfig::default());
+    // Not the target yet: refused, nothing written.
+    let mut c = Activate::confirm_running(ActivateConfig::default(), "1.2.3", now);
+    let mut link = Link::default();
+    let (events, _, now) = drive(&mut c, &mut dev, &mut link, &[], now, None);
+    assert_eq!(
+        events.last(),
+        Some(&ActivateEvent::Failed(ActivateError::VersionMismatch {
+            target: "1.2.3".into(),
+            reported: "1.0.0".into()
+        }))
+    );
+    assert_eq!(link.sent.len(), 1, "one state read, no write");
+    // Test and reset without the confirm: the target runs unconfirmed.
+    let no_confirm = ActivateConfig {
+        confirm: false,
+        ..ActivateConfig::default()
+    };
+    let mut act = Activate::new(no_confirm.clone(), "1.2.3", None, now);
+    let (_, _, now) = drive(&mut act, &mut dev, &mut Link::default(), &[], now, None);
+    assert_eq!(
+        (dev.running_version(), dev.running_confirmed()),
+        ("1.2.3".into(), false)
+    );
+    // The confirm step confirms it (even when the config says not to).
+    let mut c = Activate::confirm_running(no_confirm, "V1.2.3", now);
+    let (events, _, now) = drive(&mut c, &mut dev, &mut Link::default(), &[], now, None);
+    assert_eq!(
+        events,
+        vec![
+            ActivateEvent::AlreadyActive {
+                version: "1.2.3".into()
+            },
+            ActivateEvent::Done {
+                version: "1.2.3".into()
+            },
+        ]
+    );
+    assert!(dev.running_confirmed());
+    // Again: a state read and nothing else.
+    let mut c = Activate::confirm_running(ActivateConfig::default(), "1.2.3", now);
+    let mut link = Link::default();
+    let (events, _, now) = drive(&mut c, &mut dev, &mut link, &[], now, None);
+    assert_eq!(
+        events.last(),
+        Some(&ActivateEvent::Done {
+            version: "1.2.3".into()
+        })
+    );
+    assert_eq!(link.sent.len(), 1);
+    dev.power_cycle(now);
+    assert_eq!(dev.running_version(), "1.2.3", "confirmed: it stays");
+}

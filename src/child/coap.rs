@@ -39,6 +39,7 @@
 //! - [`seam`]: a seeded lossy link at the socket seam, for tests and benches.
 
 pub mod network;
+pub mod preflight;
 pub mod registrations;
 pub mod seam;
 
@@ -120,6 +121,8 @@ pub struct CoapChild {
     net: CoapNetwork,
     options: ChildOptions,
     version_policy: Policy,
+    /// What [`Child::ready`] reads ([`preflight`], docs/images.md).
+    preflight: preflight::Preflight,
     pending: Mutex<Option<Pending>>,
     /// The push running to this child, for [`CoapChild::push_acked`].
     push: Mutex<Option<network::PushWatch>>,
@@ -158,6 +161,7 @@ impl CoapChild {
             delivery,
             options,
             version_policy: Policy::default(),
+            preflight: preflight::Preflight::default(),
             pending: Mutex::new(None),
             push: Mutex::new(None),
             retries_base: retries.load(Ordering::Relaxed),
@@ -170,6 +174,12 @@ impl CoapChild {
     /// default is [`Policy::Normalised`]).
     pub fn with_version_policy(mut self, policy: Policy) -> Self {
         self.version_policy = policy;
+        self
+    }
+
+    /// Checks `p` before each delivery ([`Child::ready`]).
+    pub fn with_preflight(mut self, p: preflight::Preflight) -> Self {
+        self.preflight = p;
         self
     }
 
@@ -616,6 +626,10 @@ impl Child for CoapChild {
             }
             Ok(v)
         })
+    }
+
+    fn ready<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(self.preflight(package))
     }
 
     fn deliver<'a>(

@@ -29,6 +29,9 @@ pub enum Step {
     Activate,
     /// Reading the version back after the activation.
     Verify,
+    /// Making the verified new image permanent ([`super::Child::confirm`]:
+    /// an MCUboot test image is reverted at the next boot without it).
+    Confirm,
 }
 
 impl Step {
@@ -39,6 +42,7 @@ impl Step {
             Step::Deliver { .. } => "deliver",
             Step::Activate => "activate",
             Step::Verify => "verify",
+            Step::Confirm => "confirm",
         }
     }
 }
@@ -76,6 +80,12 @@ pub enum Cause {
     InstallFailed,
     /// The device postponed the update (LwM2M 11).
     Deferred,
+    /// The child's battery is below the configured minimum (pre-flight,
+    /// LwM2M /3/0/9; docs/images.md).
+    LowBattery,
+    /// The child's radio signal is below the configured minimum
+    /// (pre-flight, LwM2M /4/0/2; docs/images.md).
+    PoorSignal,
     /// The child's profile declares this IoTDA code for what the device
     /// answered (`codecs/profiles/README.md`, `result_code`).
     Declared(ResultCode),
@@ -95,6 +105,8 @@ impl fmt::Display for Cause {
             Cause::InvalidUri => f.write_str("invalid URI"),
             Cause::InstallFailed => f.write_str("install failed"),
             Cause::Deferred => f.write_str("deferred"),
+            Cause::LowBattery => f.write_str("low battery"),
+            Cause::PoorSignal => f.write_str("poor signal"),
             Cause::Declared(c) => write!(f, "result code {c} by profile"),
             Cause::Unclassified => f.write_str("unclassified"),
         }

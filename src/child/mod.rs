@@ -70,8 +70,35 @@ pub trait Child: Send + Sync + std::fmt::Debug {
         progress: Progress<'a>,
     ) -> BoxFuture<'a, Result<(), ChildError>>;
 
-    /// Makes the delivered image the running one (reboots the child).
+    /// Pre-flight before a delivery (issue 14, docs/images.md): whether the
+    /// child can take `package` now, from what it reports about itself
+    /// (battery, radio signal, free memory). A refusal describes a state
+    /// that may pass (a battery charges, a signal comes back): `ota` asks
+    /// again, backing off, until the event's deadline and reports the last
+    /// refusal if it never passes. A reading the child does not expose is
+    /// no refusal. The default: ready.
+    fn ready<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
+        let _ = package;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Makes the delivered image the running one (reboots the child). It
+    /// does not make it permanent: that is [`Child::confirm`], a step of
+    /// the job's own.
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>>;
+
+    /// Makes the running image permanent when it is `target`, for
+    /// transports whose bootloader reverts an image that was not confirmed
+    /// (MCUboot's test boot over SMP: docs/protocols/children.md §4.3).
+    /// The job calls it after the version read back matched the target,
+    /// and again after a restart: it must be idempotent (a confirmed image
+    /// is success at once) and must not confirm another version (a
+    /// [`Step::Confirm`] refusal instead). The default, for transports
+    /// without a confirm, does nothing.
+    fn confirm<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(), ChildError>> {
+        let _ = target;
+        Box::pin(async { Ok(()) })
+    }
 
     /// The medium this child shares with others when only one of them can
     /// use it at a time (a serial port, an RS-485 bus), or `None`. The OTA
@@ -200,7 +227,8 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
                     net,
                     nets.coap_child.clone(),
                 )
-                .with_version_policy(policy),
+                .with_version_policy(policy)
+                .with_preflight(coap::preflight::Preflight::from_config(&c.image)),
             ))
         }
         Transport::Serial {

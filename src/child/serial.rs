@@ -12,7 +12,11 @@
 //! request sent again is counted for [`Child::chunk_retries`]. Activation
 //! runs the activation engine: test, reset, wait through the reboot, read
 //! the state back (success only when the active version equals the
-//! target), confirm. A version read is one image state read
+//! target). It does not confirm: [`Child::confirm`] does, as a journaled
+//! step of the job after the verification, so that a gateway killed
+//! between the reset and the confirm still confirms after its restart
+//! (docs/protocols/children.md §4.3: MCUboot reverts an unconfirmed test
+//! image at the next boot). A version read is one image state read
 //! ([`otabridge_codecs::smp::state`]).
 //!
 //! Failures: the device's errors and the engines' verdicts are refusals
@@ -31,6 +35,7 @@ use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, A
 use otabridge_codecs::smp::message::SmpErr;
 use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::serial::Console;
+use otabridge_codecs::smp::slot_info::{SlotInfoConfig, SlotInfoEvent, SlotInfoRead};
 use otabridge_codecs::smp::state::{
     active_version, StateRead, StateReadConfig, StateReadError, StateReadEvent,
 };
@@ -134,8 +139,40 @@ impl SerialChild {
             reboot_timeout: per_read,
             reboot_retries: u32::try_from(reads - 1).unwrap_or(u32::MAX),
             version_policy: self.version_policy,
+            // The job confirms, as a step of its own (`Child::confirm`).
+            confirm: false,
             first_seq,
             ..d
+        }
+    }
+
+    /// Runs an activation-engine instance made by `make` on the line;
+    /// its `Done` version, or its failure.
+    async fn run_activation(
+        &self,
+        step: Step,
+        make: impl FnMut(u8, otabridge_codecs::time::Instant) -> Result<Console<Activate>, ChildError>,
+    ) -> Result<String, ChildError> {
+        let mut outcome = None;
+        self.line
+            .run(step, make, None, |ev| {
+                match ev {
+                    ActivateEvent::Done { version } => outcome = Some(Ok(version)),
+                    ActivateEvent::Failed(e) => outcome = Some(Err(e)),
+                    other => debug!(child = %self.id(), "{}: {other:?}", step.name()),
+                }
+                ControlFlow::Continue(())
+            })
+            .await?;
+        match outcome {
+            Some(Ok(version)) => Ok(version),
+            // Everything the confirm engine says is the confirm's.
+            Some(Err(e)) if step == Step::Confirm => Err(activate_error(e).in_step(step)),
+            Some(Err(e)) => Err(activate_error(e)),
+            None => Err(ChildError::io(
+                step,
+                format!("{} ended without a verdict", step.name()),
+            )),
         }
     }
 
@@ -151,6 +188,7 @@ impl SerialChild {
         };
         let sha = parse_sha(&package.sha256, step)?;
         let mut image = self.line.image(&package.path, step).await?;
+        self.check_slot(package.size, step).await?;
         let mut report = DeliveryReport::default();
         let mut outcome = None;
         let run = self
@@ -187,6 +225,55 @@ impl SerialChild {
             Some(Ok(())) => Ok(report),
             Some(Err(e)) => Err(upload_error(e, step)),
             None => Err(ChildError::io(step, "upload ended without a verdict")),
+        }
+    }
+
+    /// Pre-flight (issue 14, docs/images.md): the device's upload slot from
+    /// slot info (group 1, command 6); an image that does not fit is refused
+    /// as [`Cause::NoStorage`] (result 5) before a byte of it is sent. A
+    /// device without slot info (ENOTSUP, or silent after one timeout, or an
+    /// answer that does not decode) is not held up: the gateway's image
+    /// check already applied a configured `image.slot_size`.
+    async fn check_slot(&self, size: u64, step: Step) -> Result<(), ChildError> {
+        let mut outcome = None;
+        let make = |first_seq, now| {
+            let config = SlotInfoConfig {
+                timeout: self.options.timeout,
+                retries: 0,
+                first_seq,
+                ..SlotInfoConfig::default()
+            };
+            Ok(Console::new(SlotInfoRead::new(config, now)))
+        };
+        self.line
+            .run(step, make, None, |ev| {
+                outcome = Some(ev);
+                ControlFlow::Continue(())
+            })
+            .await?;
+        let list = match outcome {
+            Some(SlotInfoEvent::Slots(list)) => list,
+            Some(SlotInfoEvent::Failed(e)) => {
+                debug!(child = %self.id(), "no slot info: {e}");
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        let limit = list
+            .iter()
+            .find(|i| i.image == 0)
+            .and_then(|i| i.upload_limit());
+        match limit {
+            Some(slot) if size > slot => Err(ChildError::refused(
+                Cause::NoStorage,
+                step,
+                format!(
+                    "image check failed: size: the image is {size} bytes, \
+                     the child's slot holds {slot} (slot info)"
+                ),
+            )
+            .with_said(format!("slot info: upload slot {slot} bytes"), None)),
+            _ => Ok(()),
         }
     }
 
@@ -382,7 +469,6 @@ impl Child for SerialChild {
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let mut outcome = None;
             // No expected hash: the state list's `hash` is MCUboot's
             // IMAGE_TLV_SHA256, not the package file's SHA-256
             // (docs/protocols/children.md §4.3); the engine picks the
@@ -396,27 +482,21 @@ impl Child for SerialChild {
                     now,
                 )))
             };
-            self.line
-                .run(Step::Activate, make, None, |ev| {
-                    match ev {
-                        ActivateEvent::Done { version } => outcome = Some(Ok(version)),
-                        ActivateEvent::Failed(e) => outcome = Some(Err(e)),
-                        other => debug!(child = %self.id(), "activation: {other:?}"),
-                    }
-                    ControlFlow::Continue(())
-                })
-                .await?;
-            match outcome {
-                Some(Ok(version)) => {
-                    info!(child = %self.id(), %version, "running the new image");
-                    Ok(())
-                }
-                Some(Err(e)) => Err(activate_error(e)),
-                None => Err(ChildError::io(
-                    Step::Activate,
-                    "activation ended without a verdict",
-                )),
-            }
+            let version = self.run_activation(Step::Activate, make).await?;
+            info!(child = %self.id(), %version, "running the new image (not confirmed yet)");
+            Ok(())
+        })
+    }
+
+    fn confirm<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(async move {
+            let make = |seq, now| {
+                let config = self.activate_config(seq);
+                Ok(Console::new(Activate::confirm_running(config, target, now)))
+            };
+            let version = self.run_activation(Step::Confirm, make).await?;
+            info!(child = %self.id(), %version, "new image confirmed");
+            Ok(())
         })
     }
 }

@@ -164,6 +164,15 @@ pub struct ChildImage {
     pub encrypted: bool,
     /// The child's image slot in bytes, when it cannot say (SMP slot info).
     pub slot_size: Option<u64>,
+    /// LwM2M pre-flight: the least battery level (/3/0/9, percent) a
+    /// delivery starts at; below it, result 4 once the deadline comes.
+    pub min_battery: Option<u8>,
+    /// LwM2M pre-flight: the weakest radio signal (/4/0/2, dBm) a delivery
+    /// starts at; below it, result 2 once the deadline comes.
+    pub min_signal_dbm: Option<i32>,
+    /// LwM2M pre-flight: whether the child's free memory (/3/0/10, KiB)
+    /// must hold the image; if not, result 5 once the deadline comes.
+    pub check_memory_free: bool,
 }
 
 impl ChildImage {
@@ -178,7 +187,15 @@ impl ChildImage {
             keys: Vec::new(),
             encrypted: false,
             slot_size: None,
+            min_battery: None,
+            min_signal_dbm: None,
+            check_memory_free: false,
         }
+    }
+
+    /// Whether any LwM2M pre-flight reading is configured.
+    pub fn has_preflight(&self) -> bool {
+        self.min_battery.is_some() || self.min_signal_dbm.is_some() || self.check_memory_free
     }
 }
 
@@ -192,10 +209,20 @@ struct ImageSpec {
     #[serde(default)]
     encrypted: bool,
     slot_size: Option<u64>,
+    min_battery: Option<u8>,
+    min_signal_dbm: Option<i32>,
+    #[serde(default)]
+    check_memory_free: bool,
 }
 
 impl ImageSpec {
-    fn resolve(value: Option<toml::Value>, mcuboot: bool) -> Result<ChildImage, BadKey> {
+    /// `lwm2m`: the child is a LwM2M child (the pre-flight keys are its
+    /// alone).
+    fn resolve(
+        value: Option<toml::Value>,
+        mcuboot: bool,
+        lwm2m: bool,
+    ) -> Result<ChildImage, BadKey> {
         let s: ImageSpec = match value {
             None => ImageSpec::default(),
             Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
@@ -220,12 +247,25 @@ impl ImageSpec {
                 "keys and encrypted need check = \"mcuboot\"",
             ));
         }
-        Ok(ChildImage {
+        if s.min_battery.is_some_and(|b| b > 100) {
+            return Err(BadKey::new("image.min_battery", "a percentage, 0 to 100"));
+        }
+        let image = ChildImage {
             check,
             keys: s.keys,
             encrypted: s.encrypted,
             slot_size: s.slot_size,
-        })
+            min_battery: s.min_battery,
+            min_signal_dbm: s.min_signal_dbm,
+            check_memory_free: s.check_memory_free,
+        };
+        if image.has_preflight() && !lwm2m {
+            return Err(BadKey::new(
+                "image",
+                "min_battery, min_signal_dbm and check_memory_free need transport = \"coap\"",
+            ));
+        }
+        Ok(image)
     }
 }
 
@@ -364,14 +404,14 @@ impl ChildSpec {
     /// The child's `image` table, resolved with its transport's defaults
     /// (SMP children carry MCUboot images).
     fn take_image(&mut self) -> Result<ChildImage, BadKey> {
-        let (spec, mcuboot) = match self {
-            ChildSpec::Coap(c) => (c.image.take(), false),
-            ChildSpec::Serial(SerialSpec::Smp(s)) => (s.image.take(), true),
-            ChildSpec::Serial(SerialSpec::Framed { spec, .. }) => (spec.image.take(), false),
+        let (spec, mcuboot, lwm2m) = match self {
+            ChildSpec::Coap(c) => (c.image.take(), false, true),
+            ChildSpec::Serial(SerialSpec::Smp(s)) => (s.image.take(), true, false),
+            ChildSpec::Serial(SerialSpec::Framed { spec, .. }) => (spec.image.take(), false, false),
             #[cfg(feature = "sim")]
-            ChildSpec::Sim(s) => (s.image.take(), false),
+            ChildSpec::Sim(s) => (s.image.take(), false, false),
         };
-        ImageSpec::resolve(spec, mcuboot)
+        ImageSpec::resolve(spec, mcuboot, lwm2m)
     }
 
     fn device_id(&self) -> &str {

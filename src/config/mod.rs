@@ -1080,7 +1080,29 @@ protocol = "framed:acme-rs485"
                 keys: vec!["/k.pem".into()],
                 encrypted: true,
                 slot_size: Some(4096),
+                ..ChildImage::default_for(true)
             }
+        );
+        // The LwM2M pre-flight keys: on a coap child only.
+        let e = err(&format!("{GOOD}image = {{ min_battery = 20 }}\n"));
+        assert!(
+            e.contains("child[1].image") && e.contains("transport = \"coap\""),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "transport = \"coap\"",
+            "transport = \"coap\"\nimage = { min_battery = 101 }",
+        ));
+        assert!(e.contains("child[0].image.min_battery"), "{e}");
+        let c = parse(&GOOD.replace(
+            "transport = \"coap\"",
+            "transport = \"coap\"\nimage = { min_battery = 20, min_signal_dbm = -110, check_memory_free = true }",
+        ))
+        .unwrap();
+        let i = &c.children[0].image;
+        assert_eq!(
+            (i.min_battery, i.min_signal_dbm, i.check_memory_free),
+            (Some(20), Some(-110), true)
         );
         let e = err(&format!("{GOOD}image = {{ sign = 1 }}\n"));
         assert!(

@@ -13,7 +13,7 @@
 //! - Crash safety: on start, every job the journal holds as active resumes
 //!   from its phase: the download from its durable length (the store), the
 //!   delivery from its checkpointed offset, an activation by reading the
-//!   version first.
+//!   version first; a job past the reset confirms before it succeeds.
 //! - Every job ends with a terminal report before its deadline (24 h after
 //!   the event or the token's expiry, less a margin to publish the report).
 
@@ -41,6 +41,12 @@ use crate::platform::Platform;
 
 /// Time kept before the deadline to publish the terminal report.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
+
+/// When a job must end, on the engine's clock: its deadline less the time
+/// kept for the terminal report.
+fn job_deadline(row: &JobRow) -> tokio::time::Instant {
+    clock::now() + clock::until(clock::from_unix(row.deadline_unix)).saturating_sub(DEADLINE_MARGIN)
+}
 
 /// Phase timeouts and retry pacing.
 #[derive(Debug, Clone, Copy)]
@@ -376,8 +382,7 @@ impl Engine {
             self.finished(&run);
             return;
         };
-        let deadline = clock::now()
-            + clock::until(clock::from_unix(run.row.deadline_unix)).saturating_sub(DEADLINE_MARGIN);
+        let deadline = job_deadline(&run.row);
         loop {
             let work = run.row.machine.work();
             if work == Work::Done {
@@ -439,6 +444,9 @@ impl Engine {
                 if let Err(input) = self.check_image(run).await {
                     return Some(input);
                 }
+                if let Err(input) = self.preflight(run, child).await {
+                    return Some(input);
+                }
                 let _bus = self.bus_turn(child).await;
                 Some(self.deliver(run, child, from).await)
             }
@@ -446,6 +454,10 @@ impl Engine {
                 // The bus for the whole read-activate sequence.
                 let _bus = self.bus_turn(child).await;
                 self.activate(run, child).await
+            }
+            Work::Confirm => {
+                let _bus = self.bus_turn(child).await;
+                Some(confirm(child, &run.row.machine.target, t.version_read).await)
             }
             Work::Done => None,
         }
@@ -604,6 +616,38 @@ impl Engine {
         }
     }
 
+    /// Asks the child whether it can take the package now
+    /// ([`Child::ready`]: battery, signal, free memory), again after each
+    /// backoff while it says no, until the next try would fall after the
+    /// job's deadline; then its last refusal is the job's result (a gated
+    /// child is reported with its own code, 4, 2 or 5, not a timeout).
+    async fn preflight(&self, run: &Run, child: &Arc<dyn Child>) -> Result<(), Input> {
+        let Some(pkg) = run.package.as_ref() else {
+            return Ok(());
+        };
+        let t = self.inner.timeouts;
+        let row = &run.row;
+        let deadline = job_deadline(row);
+        let mut backoff = Backoff::new(t.retry_min, t.retry_max, row.id as u64);
+        loop {
+            let r = {
+                let _bus = self.bus_turn(child).await;
+                child.ready(pkg).await
+            };
+            let e = match r {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let delay = backoff.next_delay();
+            if clock::now() + delay >= deadline {
+                warn!(child = %row.device_id, job = row.id, "not ready before the deadline: {e}");
+                return Err(Input::Failed(verdict(Failure::Child(&e))));
+            }
+            info!(child = %row.device_id, job = row.id, "not ready, asking again in {} s: {e}", delay.as_secs());
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// The job's package, downloaded (or waited for) once per run.
     async fn fetch(&self, run: &mut Run) -> Result<(), Input> {
         if run.package.is_some() {
@@ -650,6 +694,20 @@ impl Run {
             package: None,
         }
     }
+}
+
+/// Has `child` confirm its running `target` image within `within` (a state
+/// read and at most one write; the driver retries each of them itself).
+async fn confirm(child: &Arc<dyn Child>, target: &str, within: Duration) -> Input {
+    let e = match tokio::time::timeout(within, child.confirm(target)).await {
+        Ok(Ok(())) => return Input::Confirmed,
+        Ok(Err(e)) => e.in_step(Step::Confirm),
+        Err(_) => ChildError::unreachable(
+            Step::Confirm,
+            format!("no confirm within {} s", within.as_secs()),
+        ),
+    };
+    Input::Failed(verdict(Failure::Child(&e)))
 }
 
 /// Reads `child`'s version within `within`; a failure is `step`'s.

@@ -1,10 +1,19 @@
 //! One child's upgrade job as a pure state machine: no I/O, no clock.
 //!
 //! ```text
-//! queued ──version read──► downloading ──► delivering(offset) ──► activating ──► verifying ──► succeeded
-//!   │ already at target ─────────────────────────────────────────────────────────────────────► succeeded
-//!   └─ any phase: a rejection, retries exhausted, or the deadline ──────────────────────────► failed(code)
+//! queued ──version read──► downloading ──► delivering(offset) ──► activating ──► verifying ──► confirming ──► succeeded
+//!   │ already at target ──────────────────────────────────────────────────────────────────────────────────► succeeded
+//!   │                                       activating, read first: the target already runs ─► confirming
+//!   └─ any phase: a rejection, retries exhausted, or the deadline ───────────────────────────────────────► failed(code)
 //! ```
+//!
+//! Confirming makes the new image permanent ([`crate::child::Child::confirm`]:
+//! MCUboot reverts an unconfirmed test image at the next boot; a no-op for
+//! transports without a confirm). It is a phase of its own, journaled
+//! before it runs and idempotent, so that a job resumed after a crash at
+//! any point after the reset (activating, verifying or confirming) confirms
+//! before it reports success: a version read alone never ends a job that
+//! activated (issue 15's health-gated confirm waits in this phase).
 //!
 //! The driver (`super::engine`) asks [`Machine::work`] what to do next,
 //! does it, and feeds the result back with [`Machine::handle`], which returns
@@ -37,6 +46,8 @@ pub enum Phase {
     Activating,
     /// Reading the version back after the reboot.
     Verifying,
+    /// The target runs; make it permanent ([`crate::child::Child::confirm`]).
+    Confirming,
     /// Done: the child runs the target version.
     Succeeded,
     /// Done: reported with a result code.
@@ -52,6 +63,7 @@ impl Phase {
             Phase::Delivering => "delivering",
             Phase::Activating => "activating",
             Phase::Verifying => "verifying",
+            Phase::Confirming => "confirming",
             Phase::Succeeded => "succeeded",
             Phase::Failed => "failed",
         }
@@ -65,6 +77,7 @@ impl Phase {
             "delivering" => Phase::Delivering,
             "activating" => Phase::Activating,
             "verifying" => Phase::Verifying,
+            "confirming" => Phase::Confirming,
             "succeeded" => Phase::Succeeded,
             "failed" => Phase::Failed,
             _ => return None,
@@ -92,6 +105,8 @@ pub enum Work {
     /// Read the version, and activate only if it is not the target yet: a
     /// job resumed after a crash never activates twice blindly.
     Activate,
+    /// Confirm the running target image (idempotent).
+    Confirm,
     /// Nothing: the job is over.
     Done,
 }
@@ -109,6 +124,8 @@ pub enum Input {
     Delivered,
     /// The activation command was accepted (the child rebooted).
     Activated,
+    /// The child confirmed the running target image.
+    Confirmed,
     /// A step failed ([`super::verdict`] says whether to retry it and
     /// what to report if the job ends on it).
     Failed(Verdict),
@@ -211,6 +228,7 @@ impl Machine {
             Phase::Downloading => Work::Download,
             Phase::Delivering => Work::Deliver { from: self.offset },
             Phase::Activating => Work::Activate,
+            Phase::Confirming => Work::Confirm,
             Phase::Succeeded | Phase::Failed => Work::Done,
         }
     }
@@ -231,6 +249,7 @@ impl Machine {
             }
             Phase::Activating => 96,
             Phase::Verifying => 98,
+            Phase::Confirming => 99,
             Phase::Succeeded => 100,
             Phase::Failed => self.last_report.map_or(0, |(p, _)| p),
         }
@@ -347,9 +366,11 @@ impl Machine {
             }
             Phase::Activating => {
                 // Read before activating: the image is already running
-                // (a restart after the activation took effect).
+                // (a restart after the activation took effect), but it
+                // may not be confirmed yet.
                 if self.is_target(&v) {
-                    self.succeed(v, "upgrade success", now)
+                    self.current_version = Some(v);
+                    self.transition(Phase::Confirming, now)
                 } else {
                     self.current_version = Some(v);
                     Effects::default()
@@ -357,7 +378,8 @@ impl Machine {
             }
             Phase::Verifying => {
                 if self.is_target(&v) {
-                    self.succeed(v, "upgrade success", now)
+                    self.current_version = Some(v);
+                    self.transition(Phase::Confirming, now)
                 } else {
                     // The child answers with another version after the
                     // reboot: MCUboot reverted or the image did not take.
@@ -427,6 +449,16 @@ impl Machine {
                 Phase::Activating => self.transition(Phase::Verifying, now),
                 _ => Effects::default(),
             },
+            Input::Confirmed => match self.phase {
+                Phase::Confirming => {
+                    let v = self
+                        .current_version
+                        .clone()
+                        .unwrap_or_else(|| self.target.clone());
+                    self.succeed(v, "upgrade success", now)
+                }
+                _ => Effects::default(),
+            },
         }
     }
 }
@@ -457,6 +489,7 @@ mod tests {
             Phase::Queued | Phase::Downloading => Step::ReadVersion,
             Phase::Delivering => Step::Deliver { offset: 0 },
             Phase::Activating => Step::Activate,
+            Phase::Confirming => Step::Confirm,
             _ => Step::Verify,
         }
     }
@@ -498,7 +531,14 @@ mod tests {
         assert_eq!(j.phase, Phase::Activating);
         j.handle(Input::Activated, 5);
         assert_eq!(j.work(), Work::ReadVersion);
+        // The target runs: not a success until it is confirmed.
         let e = j.handle(Input::Version("v2.0".into()), 6);
+        assert_eq!(
+            (j.phase, j.work(), e.persist),
+            (Phase::Confirming, Work::Confirm, true)
+        );
+        assert!(e.report.is_none_or(|r| r.progress != Some(100)));
+        let e = j.handle(Input::Confirmed, 6);
         assert_eq!(j.phase, Phase::Succeeded);
         let r = e.report.unwrap();
         // The child writes it "v2.0"; the report writes the target's "V2.0.0".
@@ -544,20 +584,43 @@ mod tests {
         // Normalised, the same reads succeed and report the target string.
         let mut j = Machine::new("2.0.0", 1_000, Policy::Normalised, Limits::default());
         j.phase = Phase::Verifying;
-        let r = j.handle(Input::Version("v2.0.0".into()), 1).report.unwrap();
+        j.handle(Input::Version("v2.0.0".into()), 1);
+        let r = j.handle(Input::Confirmed, 1).report.unwrap();
         assert_eq!(
             (r.result_code, r.version.as_str()),
             (ResultCode::SUCCESS, "2.0.0")
         );
     }
 
+    /// A job resumed in activating reads first; when the target already
+    /// runs (the gateway died after the reset), it confirms before it
+    /// reports success: never success on a version read alone.
     #[test]
-    fn a_resumed_activation_reads_first() {
+    fn a_resumed_activation_reads_first_and_confirms() {
+        for phase in [Phase::Activating, Phase::Verifying] {
+            let mut j = m();
+            j.phase = phase;
+            let e = j.handle(Input::Version("2.0.0".into()), 0);
+            assert_eq!(j.phase, Phase::Confirming, "{phase:?}");
+            assert!(e.persist, "the phase is journaled before the confirm");
+            assert!(e.report.is_none_or(|r| r.progress != Some(100)));
+            assert_eq!(j.work(), Work::Confirm);
+            // Versions read meanwhile change nothing.
+            assert_eq!(
+                j.handle(Input::Version("2.0.0".into()), 0),
+                Effects::default()
+            );
+            let e = j.handle(Input::Confirmed, 1);
+            assert_eq!((j.phase, code(&e)), (Phase::Succeeded, Some(0)));
+            assert_eq!(e.report.unwrap().version, "V2.0.0");
+        }
+        // A confirm that cannot be had fails the update (10) once retries run out.
         let mut j = m();
-        j.phase = Phase::Activating;
-        assert_eq!(j.work(), Work::Activate);
-        let e = j.handle(Input::Version("2.0.0".into()), 0);
-        assert_eq!((j.phase, code(&e)), (Phase::Succeeded, Some(0)));
+        j.phase = Phase::Confirming;
+        let refused = ChildError::refused(Cause::InstallFailed, Step::Confirm, "reverted");
+        let e = j.handle(failed(refused), 0);
+        assert_eq!((j.phase, code(&e)), (Phase::Failed, Some(10)));
+        assert_eq!(j.cause.unwrap().step, "confirm");
     }
 
     #[test]
@@ -586,6 +649,7 @@ mod tests {
             (Phase::Delivering, Input::DeadlinePassed, 6),
             (Phase::Activating, Input::DeadlinePassed, 10),
             (Phase::Verifying, Input::DeadlinePassed, 10),
+            (Phase::Confirming, Input::DeadlinePassed, 10),
             (
                 Phase::Activating,
                 failed(ChildError::refused(
@@ -616,6 +680,7 @@ mod tests {
             (Phase::Queued, 6),
             (Phase::Delivering, 6),
             (Phase::Verifying, 10),
+            (Phase::Confirming, 10),
         ] {
             let mut j = m();
             j.phase = phase;
@@ -685,6 +750,7 @@ mod tests {
             Phase::Delivering,
             Phase::Activating,
             Phase::Verifying,
+            Phase::Confirming,
             Phase::Succeeded,
             Phase::Failed,
         ] {

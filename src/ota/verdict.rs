@@ -110,6 +110,9 @@ fn cause_result(c: Cause) -> (ResultCode, Option<&'static str>) {
         Cause::InvalidUri => (ResultCode::INNER_ERROR, Some(DESC_INVALID_URI)),
         Cause::InstallFailed => (ResultCode::INSTALL_FAIL, Some(DESC_UPDATE_FAILED)),
         Cause::Deferred => (ResultCode::BUSY, Some("Firmware update deferred")),
+        // The pre-flight's own words (which reading, which minimum).
+        Cause::LowBattery => (ResultCode::LOW_POWER, None),
+        Cause::PoorSignal => (ResultCode::SIGNAL_BAD, None),
         Cause::Declared(code) => (code, None),
         Cause::Unclassified => (ResultCode::INNER_ERROR, None),
     }
@@ -213,7 +216,7 @@ fn child(e: &ChildError) -> Verdict {
         // the activation is a lost connection (6), after it a failed
         // update (10).
         ErrorKind::Unreachable | ErrorKind::Garbled | ErrorKind::LinkGone => match step {
-            Step::Activate | Step::Verify => (
+            Step::Activate | Step::Verify | Step::Confirm => (
                 true,
                 ResultCode::INSTALL_FAIL,
                 format!("{DESC_UPDATE_FAILED}: the child did not come back after the update ({e})"),
@@ -320,6 +323,13 @@ mod tests {
             v.cause.device_said.as_deref(),
             Some("status 0x10: Flash full")
         );
+        // The pre-flight's refusals carry their own words.
+        for (cause, code) in [(Cause::LowBattery, 4), (Cause::PoorSignal, 2)] {
+            let e = ChildError::refused(cause, d, "/3/0/9 = 12 %, the minimum is 20 %");
+            let v = verdict(Failure::Child(&e));
+            assert_eq!((v.retry, v.code.get()), (false, code), "{cause}");
+            assert_eq!(v.description, "/3/0/9 = 12 %, the minimum is 20 %");
+        }
         // No meaning given: 255 with the driver's words.
         let e = ChildError::refused(Cause::Unclassified, d, "device error: rc 28");
         let v = verdict(Failure::Child(&e));
@@ -336,6 +346,7 @@ mod tests {
             (Step::Deliver { offset: 0 }, 6),
             (Step::Activate, 10),
             (Step::Verify, 10),
+            (Step::Confirm, 10),
         ] {
             for e in [
                 ChildError::unreachable(step, "timeout"),

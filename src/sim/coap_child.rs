@@ -254,6 +254,10 @@ struct Device {
     /// (peer, message id) of requests whose answers the seam loses
     /// (`Faults::lose_uri_answers`, `Faults::lose_final_block_answers`).
     muted: HashSet<(SocketAddr, u16)>,
+    /// Device readings other than the firmware's (`/3/0/9` battery,
+    /// `/3/0/10` memory free, `/4/0/2` signal): path → plain-text value,
+    /// 4.04 when absent ([`CoapChildSim::set_reading`]).
+    readings: HashMap<String, String>,
     /// Its socket's address (it moves with [`CoapChildSim::rebind`]).
     addr: SocketAddr,
     reg: RegState,
@@ -354,6 +358,7 @@ impl CoapChildSim {
             queue: BinaryHeap::new(),
             exchange_seed,
             muted: HashSet::new(),
+            readings: HashMap::new(),
             opts,
         }));
         let (stop, stopped) = oneshot::channel();
@@ -431,6 +436,18 @@ impl CoapChildSim {
     /// `result` (`None`: back to normal).
     pub fn set_update_failure(&self, result: Option<UpdateResult>) {
         lock(&self.device).update_failure = result;
+    }
+
+    /// Sets (or, with `None`, removes) a reading the child answers GETs of
+    /// `path` (`"/3/0/9"`) with, as plain text: the pre-flight's battery,
+    /// memory free and signal (docs/images.md).
+    pub fn set_reading(&self, path: &str, value: Option<i64>) {
+        let key = path.trim_start_matches('/').to_owned();
+        let mut d = lock(&self.device);
+        match value {
+            Some(v) => d.readings.insert(key, v.to_string()),
+            None => d.readings.remove(&key),
+        };
     }
 
     /// Makes a whole image with this SHA-256 carry `version`.
@@ -768,6 +785,12 @@ impl Device {
             // Both pull and push (5.xml /5/0/9 value 2), CoAP only (/5/0/8 0).
             (Code::GET, ["5", "0", "9"]) => self.reply(&req, Code::CONTENT, b"2", now),
             (Code::GET, ["5", "0", "8"]) => self.reply(&req, Code::CONTENT, b"0", now),
+            (Code::GET, [o @ ("3" | "4"), i, r])
+                if self.readings.contains_key(&format!("{o}/{i}/{r}")) =>
+            {
+                let v = self.readings[&format!("{o}/{i}/{r}")].clone();
+                self.reply(&req, Code::CONTENT, v.as_bytes(), now)
+            }
             (Code::PUT, ["5", "0", "1"]) => {
                 let uri = String::from_utf8_lossy(&req.packet.payload)
                     .trim()

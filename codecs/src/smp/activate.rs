@@ -22,6 +22,15 @@
 //!    version is the target ([`ActivateConfig::version_policy`]).
 //! 5. State write `{hash, confirm: true}` for the active image.
 //!
+//! [`Activate::confirm_running`] runs step 1 and step 5 only: the confirm as
+//! a step of its own, which the gateway's job owns and journals (so that a
+//! gateway killed between the reset and the confirm confirms after its
+//! restart, and so that a later health check can sit between the two). It
+//! is idempotent: an active target image already confirmed is `Done` at
+//! once; an active image that is not the target is
+//! [`ActivateError::VersionMismatch`] and nothing is written (confirming it
+//! would make the old image permanent, which it already is).
+//!
 //! # Call order
 //! Like [`super::upload::Upload`]: [`Activate::new`], then loop on
 //! [`Activate::poll_transmit`], [`Activate::poll_event`],
@@ -216,6 +225,8 @@ pub struct Activate {
     exchange: Exchange,
     phase: Phase,
     events: VecDeque<ActivateEvent>,
+    /// Steps 1 and 5 only ([`Activate::confirm_running`]).
+    confirm_only: bool,
 }
 
 impl Activate {
@@ -233,8 +244,29 @@ impl Activate {
             expected_hash,
             phase: Phase::ReadState,
             events: VecDeque::new(),
+            confirm_only: false,
         };
         a.state_read(a.config.timeout, a.config.retries, now);
+        a
+    }
+
+    /// Confirms the running image when it is `target` (steps 1 and 5 of
+    /// the module doc; `config.confirm` is ignored: confirming is the
+    /// point). Events: [`ActivateEvent::AlreadyActive`], then
+    /// [`ActivateEvent::Done`], or [`ActivateEvent::Failed`] with
+    /// [`ActivateError::VersionMismatch`] / [`ActivateError::NoActiveImage`]
+    /// when the target does not run.
+    pub fn confirm_running(config: ActivateConfig, target: &str, now: Instant) -> Activate {
+        let mut a = Activate::new(
+            ActivateConfig {
+                confirm: true,
+                ..config
+            },
+            target,
+            None,
+            now,
+        );
+        a.confirm_only = true;
         a
     }
 
@@ -420,6 +452,15 @@ impl Activate {
                 version: active.version.clone(),
             });
             return self.confirm_or_done(&active, now);
+        }
+        if self.confirm_only {
+            return match self.active(list).cloned() {
+                None => self.fail(ActivateError::NoActiveImage),
+                Some(active) => self.fail(ActivateError::VersionMismatch {
+                    target: self.target.clone(),
+                    reported: active.version,
+                }),
+            };
         }
         let mut candidates = list
             .iter()

@@ -38,6 +38,8 @@ pub mod command {
     pub const IMAGE_UPLOAD: u8 = 1;
     /// Image group: erase a slot.
     pub const IMAGE_ERASE: u8 = 5;
+    /// Image group: slot info (each slot's size, `max_image_size`).
+    pub const IMAGE_SLOT_INFO: u8 = 6;
 }
 
 /// The OP field (smp_protocol.rst, "Operation"): a response uses the

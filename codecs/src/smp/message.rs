@@ -544,6 +544,99 @@ pub fn encode_state_response(images: &[ImageSlot]) -> Vec<u8> {
     e.buf
 }
 
+/// One image of a slot info answer (smp_group_1.rst, "Slot info": group 1,
+/// command 6, `{"images":[{"image","slots":[{"slot","size","upload_image_id"?}],
+/// "max_image_size"?}]}`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlotInfo {
+    /// Image number.
+    pub image: u64,
+    /// `(slot, size in bytes, upload_image_id)` of each slot.
+    pub slots: Vec<(u64, u64, Option<u64>)>,
+    /// `max_image_size`, when the device says it.
+    pub max_image_size: Option<u64>,
+}
+
+impl SlotInfo {
+    /// The most bytes an upload to this image may carry: `max_image_size`,
+    /// else the size of the slot that takes uploads (`upload_image_id`),
+    /// else of slot 1 (the secondary slot).
+    pub fn upload_limit(&self) -> Option<u64> {
+        self.max_image_size
+            .or_else(|| self.slots.iter().find(|s| s.2.is_some()).map(|s| s.1))
+            .or_else(|| self.slots.iter().find(|s| s.0 == 1).map(|s| s.1))
+    }
+}
+
+/// Decodes a slot info answer.
+pub fn slot_info_response(body: &[u8]) -> Reply<Vec<SlotInfo>> {
+    reply(body, |m| {
+        let Some(Value::Array(items)) = cbor::get(m, "images") else {
+            return Err(BodyError::Missing("images"));
+        };
+        items
+            .iter()
+            .map(|item| {
+                let Value::Map(e) = item else {
+                    return Err(BodyError::BadField("images"));
+                };
+                let slots = match cbor::get(e, "slots") {
+                    Some(Value::Array(slots)) => slots
+                        .iter()
+                        .map(|s| {
+                            let Value::Map(s) = s else {
+                                return Err(BodyError::BadField("slots"));
+                            };
+                            Ok((
+                                cbor::opt_u64(s, "slot")?.ok_or(BodyError::Missing("slot"))?,
+                                cbor::opt_u64(s, "size")?.ok_or(BodyError::Missing("size"))?,
+                                cbor::opt_u64(s, "upload_image_id")?,
+                            ))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err(BodyError::Missing("slots")),
+                };
+                Ok(SlotInfo {
+                    image: cbor::opt_u64(e, "image")?.unwrap_or(0),
+                    slots,
+                    max_image_size: cbor::opt_u64(e, "max_image_size")?,
+                })
+            })
+            .collect()
+    })
+}
+
+/// Encodes a slot info answer (device side).
+pub fn encode_slot_info(images: &[SlotInfo]) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.map(1);
+    e.text("images");
+    e.array(images.len());
+    for i in images {
+        e.map(2 + usize::from(i.max_image_size.is_some()));
+        e.text("image");
+        e.uint(i.image);
+        e.text("slots");
+        e.array(i.slots.len());
+        for (slot, size, upload) in &i.slots {
+            e.map(2 + usize::from(upload.is_some()));
+            e.text("slot");
+            e.uint(*slot);
+            e.text("size");
+            e.uint(*size);
+            if let Some(u) = upload {
+                e.text("upload_image_id");
+                e.uint(*u);
+            }
+        }
+        if let Some(m) = i.max_image_size {
+            e.text("max_image_size");
+            e.uint(m);
+        }
+    }
+    e.buf
+}
+
 /// An error body: `{"rc": rc}` for v1, `{"err": {"group", "rc"}}` for v2.
 pub fn encode_error(err: SmpErr) -> Vec<u8> {
     let mut e = Enc::default();

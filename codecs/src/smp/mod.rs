@@ -13,12 +13,13 @@
 //! - [`upload`]: the image upload engine, driven by the device's `off`.
 //! - [`activate`]: test, reset, read back the version, confirm.
 //! - [`state`]: one image state read (the running version).
+//! - [`slot_info`]: the slot sizes, for the pre-flight size check.
 //! - [`result`]: SMP and engine errors mapped to IoTDA result codes.
 //! - [`sim`]: a device-side SMP engine with Zephyr's rules, for simulators.
 //!
 //! # Driving an engine over a serial port
 //! The engines ([`upload::Upload`], [`activate::Activate`],
-//! [`state::StateRead`]) implement [`crate::engine::Engine`] with whole SMP
+//! [`state::StateRead`], [`slot_info::SlotInfoRead`]) implement [`crate::engine::Engine`] with whole SMP
 //! messages as input and output. Wrapped in a [`serial::Console`], which
 //! frames their messages into lines and decodes lines back, they run in
 //! the same driver loop as any other engine on a serial line (the call
@@ -33,6 +34,7 @@ pub mod message;
 pub mod result;
 pub mod serial;
 pub mod sim;
+pub mod slot_info;
 pub mod state;
 pub mod upload;
 

@@ -113,6 +113,9 @@ pub struct SimConfig {
     pub params: bool,
     /// Secondary slot size: 256 KiB.
     pub slot_size: u64,
+    /// Whether slot info (group 1, command 6) is compiled in
+    /// (`CONFIG_MCUMGR_GRP_IMG_SLOT_INFO`): off, the device answers ENOTSUP.
+    pub slot_info: bool,
     /// `CONFIG_IMG_ENABLE_IMAGE_CHECK`: final answer carries `match`.
     pub image_check: bool,
     /// Version of the image running at start.
@@ -128,6 +131,7 @@ impl Default for SimConfig {
             buf_count: 4,
             params: true,
             slot_size: 256 * 1024,
+            slot_info: false,
             image_check: true,
             running: ImageVersion {
                 major: 1,
@@ -287,6 +291,16 @@ impl SimDevice {
             (group::IMAGE, command::IMAGE_UPLOAD, Op::Write) => self.upload(body),
             (group::IMAGE, command::IMAGE_STATE, Op::Read) => Ok(self.state_body()),
             (group::IMAGE, command::IMAGE_STATE, Op::Write) => self.state_write(body),
+            (group::IMAGE, command::IMAGE_SLOT_INFO, Op::Read) if self.config.slot_info => {
+                Ok(message::encode_slot_info(&[message::SlotInfo {
+                    image: 0,
+                    slots: vec![
+                        (0, self.config.slot_size, None),
+                        (1, self.config.slot_size, Some(0)),
+                    ],
+                    max_image_size: None,
+                }]))
+            }
             _ => Err(SmpErr::Legacy {
                 rc: mgmt_err::ENOTSUP,
             }),

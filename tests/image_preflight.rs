@@ -1,0 +1,139 @@
+//! Pre-flight from the child (issue 14): an SMP child that reports its slot
+//! size ("slot info", group 1 command 6) gets no byte of an image that does
+//! not fit; the refusal is result 5 before the first upload chunk.
+
+mod serial_support;
+
+use otabridge::child::{Cause, Child, ErrorKind, Step};
+use otabridge::sim::smp_child::{SmpChild, SmpChildOptions};
+use serial_support::{child, image, package, Seen};
+
+fn sim(slot_info: bool, slot_size: u64) -> SmpChild {
+    let mut o = SmpChildOptions::default();
+    o.device.slot_info = slot_info;
+    o.device.slot_size = slot_size;
+    SmpChild::spawn(o).unwrap()
+}
+
+#[tokio::test]
+async fn an_image_larger_than_the_reported_slot_is_refused_before_a_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image("2.0.0", 20_000, 1);
+    let pkg = package(dir.path(), "fw", &img, "2.0.0");
+
+    let small = sim(true, 10_000);
+    let c = child("node", &small);
+    let seen = Seen::default();
+    let e = c.deliver(&pkg, 0, &|n| seen.push(n)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused(Cause::NoStorage), "{e}");
+    assert_eq!(e.step(), Step::Deliver { offset: 0 });
+    assert!(e.detail().contains("slot holds 10000 (slot info)"), "{e}");
+    let v = otabridge::ota::verdict::verdict(otabridge::ota::verdict::Failure::Child(&e));
+    assert_eq!(v.code.get(), 5, "{}", v.description);
+    assert!(!v.retry);
+    assert_eq!(small.stats().first_chunks, 0, "no upload chunk was sent");
+    assert!(seen.all().is_empty());
+
+    // A device without slot info finds out itself, after the first chunk.
+    let old = sim(false, 10_000);
+    let e = child("old", &old)
+        .deliver(&pkg, 0, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Refused(_)), "{e:?}");
+    assert_eq!(old.stats().first_chunks, 1);
+
+    // A slot that fits: delivered as before.
+    let roomy = sim(true, 64 * 1024);
+    child("roomy", &roomy)
+        .deliver(&pkg, 0, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(roomy.flash(), img);
+}
+
+/// The LwM2M pre-flight reads what the child exposes: each reading below
+/// its minimum is a refusal with its own code and words; a reading the
+/// child does not give is none; nothing is sent but the reads.
+#[tokio::test]
+async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
+    use otabridge::child::coap::preflight::Preflight;
+    use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+    use otabridge::config::Delivery;
+    use otabridge::ota::verdict::{verdict, Failure};
+    use otabridge::sim::coap_child::{CoapChildSim, SimOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path(), "fw", &image("2.0.0", 20_000, 2), "2.0.0");
+    let sim = CoapChildSim::start(SimOptions::new("1.0.0", "2.0.0"))
+        .await
+        .unwrap();
+    let net = CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 3)).unwrap();
+    let gated = CoapChild::new(
+        "lw",
+        sim.addr(),
+        Delivery::Push,
+        net.clone(),
+        ChildOptions::default(),
+    )
+    .with_preflight(Preflight {
+        min_battery: Some(20),
+        min_signal_dbm: Some(-110),
+        check_memory_free: true,
+    });
+    // Nothing exposed: nothing to hold the child back.
+    gated.ready(&pkg).await.unwrap();
+
+    let refusal = |e: &otabridge::child::ChildError| {
+        let v = verdict(Failure::Child(e));
+        assert!(!v.retry, "{e}");
+        (v.code.get(), v.description)
+    };
+    sim.set_reading("/3/0/9", Some(12));
+    sim.set_reading("/4/0/2", Some(-120));
+    sim.set_reading("/3/0/10", Some(10));
+    let e = gated.ready(&pkg).await.unwrap_err();
+    assert_eq!(e.cause(), Some(Cause::LowBattery), "{e}");
+    let (code, desc) = refusal(&e);
+    assert_eq!(code, 4, "{desc}");
+    assert!(
+        desc.contains("12 % (/3/0/9), the minimum is 20 %"),
+        "{desc}"
+    );
+    assert_eq!(e.said().unwrap().code, "/3/0/9 = 12");
+
+    sim.set_reading("/3/0/9", Some(20));
+    let e = gated.ready(&pkg).await.unwrap_err();
+    let (code, desc) = refusal(&e);
+    assert_eq!(code, 2, "{desc}");
+    assert!(
+        desc.contains("-120 dBm (/4/0/2), the minimum is -110 dBm"),
+        "{desc}"
+    );
+
+    sim.set_reading("/4/0/2", Some(-80));
+    let e = gated.ready(&pkg).await.unwrap_err();
+    assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
+    assert_eq!(refusal(&e).0, 5);
+    assert!(
+        e.detail()
+            .contains("10 KiB free (/3/0/10), the image needs 20 KiB"),
+        "{e}"
+    );
+
+    sim.set_reading("/3/0/10", Some(20));
+    gated.ready(&pkg).await.unwrap();
+
+    // Unconfigured, the same child is never asked.
+    sim.set_reading("/3/0/9", Some(1));
+    let plain = CoapChild::new(
+        "lw2",
+        sim.addr(),
+        Delivery::Push,
+        net,
+        ChildOptions::default(),
+    );
+    plain.ready(&pkg).await.unwrap();
+    let st = sim.stats();
+    assert_eq!((st.blocks, st.starts), (0, 0), "the pre-flight only reads");
+}
