@@ -674,8 +674,8 @@ fn coap(c: CoapSpec) -> Result<Transport, BadKey> {
         }
         (None, None) => {
             return Err(BadKey::new(
-                "",
-                "a coap child needs address (a fixed ip:port) or endpoint (the name it registers with)",
+                "address",
+                "is required for transport = \"coap\", unless endpoint names an LwM2M client that registers",
             ))
         }
     };

@@ -985,11 +985,12 @@ protocol = "framed:acme-rs485"
             both.contains(": child[0].endpoint: set either address"),
             "{both}"
         );
-        assert!(both.contains("(line 15, column"), "{both}");
+        assert!(both.contains("(line 14, column 12)"), "{both}");
         let neither = err(&GOOD.replace("address = \"192.168.10.21:5683\"", ""));
         assert!(
-            neither.contains("child[0]")
-                && neither.contains("needs address (a fixed ip:port) or endpoint"),
+            neither.contains(
+                ": child[0].address: is required for transport = \"coap\", unless endpoint"
+            ),
             "{neither}"
         );
         let empty = err(&GOOD.replace("address = \"192.168.10.21:5683\"", "endpoint = \"\""));
