@@ -17,6 +17,7 @@
 //! the `otabridge-codecs` engines, all run on the shared serial link
 //! ([`link`]: port, package reads, one driver loop).
 
+pub mod bus;
 pub mod coap;
 mod error;
 pub mod framed;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use crate::config::{ChildConfig, CoapConfig, SerialProtocol, Transport};
 use otabridge_codecs::version::Policy;
 
+pub use bus::{Buses, Purpose};
 pub use error::{Cause, ChildError, ErrorKind, Said, Step};
 
 /// A boxed future, so that `dyn Child` works across transports.
@@ -101,10 +103,11 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     }
 
     /// The medium this child shares with others when only one of them can
-    /// use it at a time (a serial port, an RS-485 bus), or `None`. The OTA
-    /// engine runs one operation per bus at a time and starts an
-    /// operation's timeouts only once the bus is its own, so a child queued
-    /// behind a long transfer on its bus does not time out waiting.
+    /// use it at a time (a serial port, an RS-485 bus), or `None`. Every
+    /// caller takes a turn on it from [`Buses`] (jobs, the reconnect
+    /// announcement, `version_query`) and starts its timeouts only once
+    /// the bus is its own, so a child queued behind a long transfer on its
+    /// bus neither times out nor is announced OFFLINE for the wait.
     fn bus(&self) -> Option<String> {
         None
     }
