@@ -18,8 +18,14 @@
 //! | header version vs the event's target | different under the version policy | 7 |
 //! | size vs the child's slot | does not fit | 5 |
 //!
-//! [`Gate`] holds each child's rules (from `[[child]]` and `[image]`) and is
-//! what the OTA engine calls between the download and the delivery.
+//! A framed child's profile may declare its own check (`[image_check]`:
+//! magic bytes, a version field, a CRC over a range;
+//! codecs/profiles/README.md): [`check_profile_image`] runs it the same
+//! way, the file read once in pieces.
+//!
+//! [`Gate`] holds each child's rules (from `[[child]]` and `[image]`, and
+//! framed profiles) and is what the OTA engine calls between the download
+//! and the delivery.
 
 pub mod inspect;
 pub mod keys;
@@ -38,7 +44,12 @@ use otabridge_codecs::mcuboot::{
 };
 use otabridge_codecs::version::Policy;
 
-use crate::config::{Config, ImageCheck};
+use otabridge_codecs::framed::profile::image_check::{
+    ImageCheck as ProfileImageCheck, ImageCheckError, ImageChecker,
+};
+use otabridge_codecs::framed::profile::Profile;
+
+use crate::config::{Config, ImageCheck, SerialProtocol, Transport};
 
 pub use keys::{KeyKind, PublicKey};
 
@@ -418,6 +429,36 @@ impl Examination {
 #[derive(Debug, Clone, Default)]
 pub struct Gate {
     children: HashMap<String, Rules>,
+    /// Framed children whose profile declares `[image_check]`, with their
+    /// version policy.
+    framed: HashMap<String, (Arc<Profile>, Policy)>,
+}
+
+/// Runs a framed profile's `[image_check]` over the file at `path`, read in
+/// [`CHUNK`] pieces (codecs/profiles/README.md, "Image check").
+pub fn check_profile_image(
+    check: &ProfileImageCheck,
+    path: &Path,
+    target: &str,
+    policy: Policy,
+) -> Result<Option<String>, Rejection> {
+    let io = |e: std::io::Error| Rejection::new(ResultCode::INNER_ERROR, "reading the package", e);
+    let mut file = File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let fail = |e: ImageCheckError| Rejection {
+        code: e.code(),
+        description: format!("image check failed: {e}"),
+    };
+    let mut checker = ImageChecker::new(check, size).map_err(fail)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        checker.feed(&buf[..n]);
+    }
+    checker.finish(target, policy).map_err(fail)
 }
 
 /// A configured key file that cannot be used, with the key naming it.
@@ -435,7 +476,10 @@ impl Gate {
     /// A gate that checks the children in `rules` (by device id); others
     /// pass untouched.
     pub fn new(rules: HashMap<String, Rules>) -> Self {
-        Gate { children: rules }
+        Gate {
+            children: rules,
+            framed: HashMap::new(),
+        }
     }
 
     /// The rules of every child whose `image.check` is `mcuboot`: its own
@@ -464,7 +508,20 @@ impl Gate {
         };
         let global = load(&c.image.keys, "image.keys")?;
         let mut children = HashMap::new();
+        let mut framed = HashMap::new();
         for (i, child) in c.children.iter().enumerate() {
+            if let Transport::Serial {
+                protocol: SerialProtocol::Framed(p),
+                ..
+            } = &child.transport
+            {
+                if p.profile.image_check.is_some() {
+                    framed.insert(
+                        child.device_id.clone(),
+                        (p.profile.clone(), child.version_match),
+                    );
+                }
+            }
             if child.image.check == ImageCheck::None {
                 continue;
             }
@@ -482,7 +539,7 @@ impl Gate {
             };
             children.insert(child.device_id.clone(), rules);
         }
-        Ok(Gate { children })
+        Ok(Gate { children, framed })
     }
 
     /// Checks a package off the async runtime (the file is read and hashed).
@@ -514,16 +571,21 @@ impl Gate {
 
     /// Whether `device_id`'s packages are checked.
     pub fn checks(&self, device_id: &str) -> bool {
-        self.children.contains_key(device_id)
+        self.children.contains_key(device_id) || self.framed.contains_key(device_id)
     }
 
     /// Checks the package at `path` for `device_id` and the upgrade towards
     /// `target`. Reads the file: call it off the async runtime.
     pub fn check(&self, device_id: &str, path: &Path, target: &str) -> Result<(), Rejection> {
-        let Some(rules) = self.children.get(device_id) else {
-            return Ok(());
-        };
-        let ex = examine(path, &rules.keys).map_err(|e| e.rejection())?;
-        ex.judge(rules, target)
+        if let Some(rules) = self.children.get(device_id) {
+            let ex = examine(path, &rules.keys).map_err(|e| e.rejection())?;
+            ex.judge(rules, target)?;
+        }
+        if let Some((profile, policy)) = self.framed.get(device_id) {
+            if let Some(check) = &profile.image_check {
+                check_profile_image(check, path, target, *policy)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -15,6 +15,10 @@ use toml::Spanned;
 
 use crate::iotda::ResultCode;
 
+// `[image_check]`: a vendor image's declared check (issue 14).
+#[path = "profile_image.rs"]
+pub mod image_check;
+
 /// The profiles shipped in `codecs/profiles/`, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
     ("acme-rs485", include_str!("../../profiles/acme-rs485.toml")),
@@ -180,6 +184,17 @@ impl CrcAlgorithm {
         "crc16-xmodem",
         "crc32",
     ];
+
+    /// The profile spelling of this algorithm.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrcAlgorithm::Crc8 => "crc8",
+            CrcAlgorithm::Crc16Modbus => "crc16-modbus",
+            CrcAlgorithm::Crc16CcittFalse => "crc16-ccitt-false",
+            CrcAlgorithm::Crc16Xmodem => "crc16-xmodem",
+            CrcAlgorithm::Crc32 => "crc32",
+        }
+    }
 
     fn from_name(name: &str) -> Option<Self> {
         Some(match name {
@@ -636,6 +651,9 @@ pub struct Profile {
     pub recovery: Recovery,
     /// Activation timing.
     pub activation: Activation,
+    /// What a package must look like before a byte of it is sent
+    /// (`[image_check]`), when the profile declares it.
+    pub image_check: Option<image_check::ImageCheck>,
 }
 
 /// Whether `name` can name a profile: 1 to 64 of `a-z`, `0-9` and `-`
@@ -722,6 +740,9 @@ pub enum ProfileErrorKind {
     /// A key has a value of the wrong TOML type.
     #[error("wrong type: {0}")]
     WrongType(String),
+    /// `[image_check]` is not well-formed.
+    #[error("image_check: {0}")]
+    ImageCheck(String),
     /// A number outside its allowed range.
     #[error("`{key}` = {value} is out of range {min}..={max}")]
     OutOfRange {
@@ -959,6 +980,7 @@ struct RawProfile {
     #[serde(default)]
     status: Vec<Spanned<RawStatus>>,
     recovery: Option<RawRecovery>,
+    image_check: Option<Spanned<image_check::RawImageCheck>>,
 }
 
 #[derive(Deserialize)]
@@ -1192,6 +1214,11 @@ impl Profile {
         let (messages, max_chunk, activation) = parse_messages(&cx, &raw.messages)?;
         let statuses = parse_statuses(&cx, &raw.status, &cx.find("[messages"), &messages)?;
         let recovery = parse_recovery(&cx, raw.recovery.as_ref())?;
+        let image_check = raw
+            .image_check
+            .as_ref()
+            .map(|r| image_check::parse(&cx, r))
+            .transpose()?;
 
         // The largest payload of any message, and whether the length field
         // can announce it.
@@ -1253,6 +1280,7 @@ impl Profile {
             statuses,
             recovery,
             activation,
+            image_check,
         })
     }
 }
