@@ -474,20 +474,24 @@ impl Engine {
         };
         let fut = child.deliver(&pkg, from, &cb);
         tokio::pin!(fut);
-        let mut seen_progress = false;
+        let mut alive = Liveness::new(clock::now());
         let result = loop {
-            let wait = if seen_progress {
-                t.chunk
-            } else {
-                t.first_chunk
-            };
+            let wait = alive.wait(t);
             tokio::select! {
                 r = &mut fut => break r,
                 Some(n) = rx.recv() => {
-                    seen_progress = true;
+                    alive.progress(clock::now());
                     self.progress(run, &mut acked, n).await;
                 }
-                _ = tokio::time::sleep(wait) => {
+                _ = tokio::time::sleep_until(alive.last + wait) => {
+                    // The driver may have seen acknowledgements it did not
+                    // pass on as progress yet (a CoAP push calls `progress`
+                    // about 64 times per image): those feed the watchdog too.
+                    if let Some((_, at)) = child.acked_at() {
+                        if alive.acked(at) {
+                            continue;
+                        }
+                    }
                     break Err(ChildError::unreachable(
                         Step::Deliver { offset: acked },
                         format!("no delivery progress for {} s", wait.as_secs()),
@@ -653,6 +657,55 @@ impl Engine {
                 Ok(())
             }
             Err(e) => Err(Input::Failed(verdict(Failure::Download(&e)))),
+        }
+    }
+}
+
+/// The no-progress watchdog of a delivery: when the child last
+/// acknowledged something, from the driver's progress calls and its own
+/// "bytes acknowledged at t" ([`Child::acked_at`]). Not the report
+/// granularity: a delivery is alive while acknowledgements come, however
+/// seldom the driver reports them.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    /// The delivery's start, or the last acknowledgement since.
+    last: tokio::time::Instant,
+    /// Whether anything was acknowledged yet (the first wait is longer: a
+    /// flash erase).
+    seen: bool,
+}
+
+impl Liveness {
+    fn new(start: tokio::time::Instant) -> Self {
+        Liveness {
+            last: start,
+            seen: false,
+        }
+    }
+
+    /// The driver reported progress now.
+    fn progress(&mut self, now: tokio::time::Instant) {
+        self.last = self.last.max(now);
+        self.seen = true;
+    }
+
+    /// The driver says the last acknowledgement came at `at`; whether that
+    /// is newer than what the watchdog knew.
+    fn acked(&mut self, at: tokio::time::Instant) -> bool {
+        if at > self.last {
+            self.last = at;
+            self.seen = true;
+            return true;
+        }
+        false
+    }
+
+    /// How long the delivery may go without an acknowledgement now.
+    fn wait(&self, t: Timeouts) -> Duration {
+        if self.seen {
+            t.chunk
+        } else {
+            t.first_chunk
         }
     }
 }
