@@ -82,7 +82,7 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
         check_memory_free: true,
     });
     // Nothing exposed: nothing to hold the child back.
-    gated.ready(&pkg).await.unwrap();
+    gated.ready(&pkg, 0).await.unwrap();
 
     let refusal = |e: &otabridge::child::ChildError| {
         let v = verdict(Failure::Child(e));
@@ -92,7 +92,7 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
     sim.set_reading("/3/0/9", Some(12));
     sim.set_reading("/4/0/2", Some(-120));
     sim.set_reading("/3/0/10", Some(10));
-    let e = gated.ready(&pkg).await.unwrap_err();
+    let e = gated.ready(&pkg, 0).await.unwrap_err();
     assert_eq!(e.cause(), Some(Cause::LowBattery), "{e}");
     let (code, desc) = refusal(&e);
     assert_eq!(code, 4, "{desc}");
@@ -103,7 +103,7 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
     assert_eq!(e.said().unwrap().code, "/3/0/9 = 12");
 
     sim.set_reading("/3/0/9", Some(20));
-    let e = gated.ready(&pkg).await.unwrap_err();
+    let e = gated.ready(&pkg, 0).await.unwrap_err();
     let (code, desc) = refusal(&e);
     assert_eq!(code, 2, "{desc}");
     assert!(
@@ -112,17 +112,19 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
     );
 
     sim.set_reading("/4/0/2", Some(-80));
-    let e = gated.ready(&pkg).await.unwrap_err();
+    let e = gated.ready(&pkg, 0).await.unwrap_err();
     assert_eq!(e.cause(), Some(Cause::NoStorage), "{e}");
     assert_eq!(refusal(&e).0, 5);
     assert!(
         e.detail()
-            .contains("10 KiB free (/3/0/10), the image needs 20 KiB"),
+            .contains("10 KiB free (/3/0/10), the image needs 20 KiB more"),
         "{e}"
     );
+    // A resumed push needs only what is left.
+    gated.ready(&pkg, pkg.size / 2).await.unwrap();
 
     sim.set_reading("/3/0/10", Some(20));
-    gated.ready(&pkg).await.unwrap();
+    gated.ready(&pkg, 0).await.unwrap();
 
     // Unconfigured, the same child is never asked.
     sim.set_reading("/3/0/9", Some(1));
@@ -133,7 +135,102 @@ async fn a_lwm2m_child_is_gated_by_battery_signal_and_free_memory() {
         net,
         ChildOptions::default(),
     );
-    plain.ready(&pkg).await.unwrap();
+    plain.ready(&pkg, 0).await.unwrap();
     let st = sim.stats();
     assert_eq!((st.blocks, st.starts), (0, 0), "the pre-flight only reads");
+}
+
+/// The same reads against a third-party CoAP server (libcoap's
+/// `coap-server-notls -d`, whose PUT creates a resource): a battery level it
+/// serves below the minimum refuses; a signal resource it does not have
+/// (4.04) is not exposed and holds nothing back.
+#[tokio::test]
+async fn the_preflight_reads_what_a_libcoap_server_serves() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use otabridge::child::coap::preflight::Preflight;
+    use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+    use otabridge::config::Delivery;
+    use otabridge_codecs::coap::{msg, Code};
+
+    const SERVER: &str = "coap-server-notls";
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {SERVER}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("OTABRIDGE_REQUIRE_INTEROP").as_deref() == Ok("1") {
+            panic!("{SERVER} not installed and OTABRIDGE_REQUIRE_INTEROP=1");
+        }
+        eprintln!("skipped: {SERVER} not installed (apt-get install libcoap3-bin)");
+        return;
+    }
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = Server(
+        Command::new(SERVER)
+            .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-d", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let net = CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 5)).unwrap();
+    let mut up = false;
+    for _ in 0..50 {
+        if net
+            .request(addr, msg::request(Code::GET, &[".well-known", "core"]))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "{SERVER} on port {port} never answered");
+    let mut put = msg::request(Code::PUT, &["3", "0", "9"]);
+    put.payload = b"12".to_vec();
+    let created = net.request(addr, put).await.unwrap();
+    assert_eq!(msg::code(&created), Code::CREATED);
+
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path(), "fw", &image("2.0.0", 4_000, 3), "2.0.0");
+    let child = CoapChild::new("lc", addr, Delivery::Push, net, ChildOptions::default())
+        .with_preflight(Preflight {
+            min_battery: Some(20),
+            min_signal_dbm: Some(-110),
+            check_memory_free: false,
+        });
+    let e = child.ready(&pkg, 0).await.unwrap_err();
+    assert_eq!(e.cause(), Some(Cause::LowBattery), "{e}");
+    assert_eq!(e.said().unwrap().code, "/3/0/9 = 12");
+    let charged = CoapChild::new(
+        "lc2",
+        addr,
+        Delivery::Push,
+        CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 6)).unwrap(),
+        ChildOptions::default(),
+    )
+    .with_preflight(Preflight {
+        min_battery: Some(10),
+        min_signal_dbm: Some(-110),
+        check_memory_free: false,
+    });
+    charged.ready(&pkg, 0).await.unwrap();
 }

@@ -214,8 +214,9 @@ async fn a_foreign_image_reaches_no_child_and_the_vendors_upgrades_both() {
 /// The pre-flight end to end (docs/images.md): the SMP child's slot info
 /// says the image does not fit (5, no chunk sent); the LwM2M child's
 /// battery is below its minimum, so it is asked again until the event's
-/// deadline and reported with 4 (no block sent); once charged, and with an
-/// image that fits, both are upgraded. Both children have keys configured.
+/// deadline and reported with 4 (no block sent). Then, with an image that
+/// fits, the SMP child is upgraded, and the LwM2M child once its battery
+/// charges while its job waits. Both children have keys configured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_cannot_take_the_image_now_gets_none_of_it() {
     if !imgtool_available("a_child_that_cannot_take_the_image_now_gets_none_of_it") {
@@ -313,12 +314,25 @@ async fn a_child_that_cannot_take_the_image_now_gets_none_of_it() {
         "no block reached the LwM2M child"
     );
 
-    // Charged, and an image that fits: both upgrade.
-    coap.set_reading("/3/0/9", Some(80));
+    // An image that fits, and a battery that charges while the job waits:
+    // both upgrade.
+    let asked = |log: &str| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("not ready, asking again")
+            .count()
+    };
+    let before = asked(&log);
     for id in ids {
         let ev = upgrade(&server, &small.url, small.size, &small.sha256);
         tb.send(Some(id), &ev).await.unwrap();
     }
+    let until = Instant::now() + Duration::from_secs(60);
+    while asked(&log) <= before && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(asked(&log) > before, "the second job waits for the battery");
+    coap.set_reading("/3/0/9", Some(80));
     terminal(&mut tb, &mut reports, &ids, 2, &log).await;
     for id in ids {
         let r = last(&reports, id);

@@ -574,8 +574,12 @@ impl Child for CoapChild {
         })
     }
 
-    fn ready<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
-        Box::pin(self.preflight(package))
+    fn ready<'a>(
+        &'a self,
+        package: &'a Package,
+        resume_from: u64,
+    ) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(self.preflight(package, resume_from))
     }
 
     fn deliver<'a>(

@@ -87,14 +87,18 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<(), ChildError>>;
 
     /// Pre-flight before a delivery (issue 14, docs/images.md): whether the
-    /// child can take `package` now, from what it reports about itself
-    /// (battery, radio signal, free memory). A refusal describes a state
-    /// that may pass (a battery charges, a signal comes back): `ota` asks
-    /// again, backing off, until the event's deadline and reports the last
-    /// refusal if it never passes. A reading the child does not expose is
-    /// no refusal. The default: ready.
-    fn ready<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
-        let _ = package;
+    /// child can take `package` from byte `resume_from` now, from what it
+    /// reports about itself (battery, radio signal, free memory). A refusal
+    /// describes a state that may pass (a battery charges, a signal comes
+    /// back): `ota` asks again, backing off, until the event's deadline and
+    /// reports the last refusal if it never passes. A reading the child does
+    /// not expose is no refusal. The default: ready.
+    fn ready<'a>(
+        &'a self,
+        package: &'a Package,
+        resume_from: u64,
+    ) -> BoxFuture<'a, Result<(), ChildError>> {
+        let _ = (package, resume_from);
         Box::pin(async { Ok(()) })
     }
 

@@ -437,7 +437,7 @@ impl Engine {
                 if let Err(input) = self.check_image(run).await {
                     return Some(input);
                 }
-                if let Err(input) = self.preflight(run, child).await {
+                if let Err(input) = self.preflight(run, child, from).await {
                     return Some(input);
                 }
                 let _bus = self.bus_turn(child, Purpose::Deliver).await;
@@ -608,12 +608,12 @@ impl Engine {
         }
     }
 
-    /// Asks the child whether it can take the package now
+    /// Asks the child whether it can take the package from `from` now
     /// ([`Child::ready`]: battery, signal, free memory), again after each
     /// backoff while it says no, until the next try would fall after the
     /// job's deadline; then its last refusal is the job's result (a gated
     /// child is reported with its own code, 4, 2 or 5, not a timeout).
-    async fn preflight(&self, run: &Run, child: &Arc<dyn Child>) -> Result<(), Input> {
+    async fn preflight(&self, run: &Run, child: &Arc<dyn Child>, from: u64) -> Result<(), Input> {
         let Some(pkg) = run.package.as_ref() else {
             return Ok(());
         };
@@ -624,7 +624,7 @@ impl Engine {
         loop {
             let r = {
                 let _bus = self.bus_turn(child, Purpose::Preflight).await;
-                child.ready(pkg).await
+                child.ready(pkg, from).await
             };
             let e = match r {
                 Ok(()) => return Ok(()),

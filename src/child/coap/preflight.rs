@@ -4,8 +4,10 @@
 //! - `/3/0/9` Battery Level (integer, percent; OMA 3.xml) below
 //!   `image.min_battery` → [`Cause::LowBattery`] (result 4);
 //! - `/3/0/10` Memory Free (integer, KiB; 3.xml: "available amount of
-//!   storage space which can store data and software") smaller than the
-//!   image, with `image.check_memory_free` → [`Cause::NoStorage`] (5);
+//!   storage space which can store data and software") smaller than what
+//!   is left to send (a resumed push needs only the rest: the part the
+//!   child holds may already be counted as used), with
+//!   `image.check_memory_free` → [`Cause::NoStorage`] (5);
 //! - `/4/0/2` Radio Signal Strength (integer, dBm; OMA 4.xml, Connectivity
 //!   Monitoring) below `image.min_signal_dbm` → [`Cause::PoorSignal`] (2).
 //!
@@ -86,9 +88,15 @@ impl CoapChild {
     }
 
     /// The pre-flight; see the module documentation.
-    pub(super) async fn preflight(&self, package: &Package) -> Result<(), ChildError> {
+    pub(super) async fn preflight(
+        &self,
+        package: &Package,
+        resume_from: u64,
+    ) -> Result<(), ChildError> {
         let p = self.preflight;
-        let step = Step::Deliver { offset: 0 };
+        let step = Step::Deliver {
+            offset: resume_from,
+        };
         if let Some(min) = p.min_battery {
             if let Some(level) = self.reading(BATTERY).await {
                 if level < i64::from(min) {
@@ -115,13 +123,13 @@ impl CoapChild {
         }
         if p.check_memory_free {
             if let Some(kib) = self.reading(MEMORY_FREE).await {
-                let need = package.size.div_ceil(1024);
+                let need = package.size.saturating_sub(resume_from).div_ceil(1024);
                 if kib < 0 || (kib as u64) < need {
                     return Err(ChildError::refused(
                         Cause::NoStorage,
                         step,
                         format!(
-                            "not enough memory: the child reports {kib} KiB free ({MEMORY_FREE}), the image needs {need} KiB"
+                            "not enough memory: the child reports {kib} KiB free ({MEMORY_FREE}), the image needs {need} KiB more"
                         ),
                     )
                     .with_said(format!("{MEMORY_FREE} = {kib}"), None));
