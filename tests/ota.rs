@@ -185,25 +185,26 @@ async fn a_batch_upgrade_reports_the_truth_for_every_child() {
     ];
     let reports = reports_until_done(&mut b.tb, &ids).await;
 
-    // 256 KiB in 4 KiB chunks, checkpointed every 64 KiB: 20 + 75 * k/4.
+    // 256 KiB in 4 KiB chunks, checkpointed every 64 KiB or every 2 s
+    // (journal seconds), reported when 10 points grew: on an idle machine
+    // 20 + 75 * k/4 (38, 57, 76, 95); a loaded one may checkpoint on time
+    // first, at other offsets. Either way: 0, 20, then at least 10 points
+    // per report, below 100 until the terminal report.
     for id in ["p_ok1", "p_ok2", "p_ok3"] {
         let r = &reports[id];
-        assert_eq!(
-            seq(r),
-            vec![
-                (0, 0),
-                (0, 20),
-                (0, 38),
-                (0, 57),
-                (0, 76),
-                (0, 95),
-                (0, 100)
-            ],
-            "{id}"
+        let s = seq(r);
+        assert_eq!((s[0], s[1]), ((0, 0), (0, 20)), "{id}: {s:?}");
+        assert_eq!(*s.last().unwrap(), (0, 100), "{id}: {s:?}");
+        let running = &s[1..s.len() - 1];
+        assert!(running.len() >= 3, "{id}: {s:?}");
+        assert!(
+            running.windows(2).all(|w| w[1].1 >= w[0].1 + 10 && w[1].1 < 100),
+            "{id}: {s:?}"
         );
-        assert!(r[..6].iter().all(|p| p.version == "1.0.0"), "{id}: {r:?}");
+        let n = r.len();
+        assert!(r[..n - 1].iter().all(|p| p.version == "1.0.0"), "{id}: {r:?}");
         assert_eq!(
-            r[6].version, "2.0.0",
+            r[n - 1].version, "2.0.0",
             "{id}: success carries the version read back"
         );
     }
