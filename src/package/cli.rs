@@ -85,6 +85,51 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
+/// Prints the download's progress to stderr every `every`, until it ends.
+async fn print_progress(
+    mut rx: tokio::sync::watch::Receiver<DownloadState>,
+    resumed_from: u64,
+    every: std::time::Duration,
+) {
+    let mut last = Instant::now();
+    let mut last_bytes = Some(resumed_from);
+    while rx.changed().await.is_ok() {
+        let state = rx.borrow_and_update().clone();
+        let DownloadState::Downloading {
+            received,
+            durable,
+            size,
+        } = state
+        else {
+            break;
+        };
+        if last.elapsed() < every {
+            continue;
+        }
+        let rate = last_bytes
+            .map(|b: u64| received.saturating_sub(b) as f64 / last.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let of = size
+            .map(|s| {
+                format!(
+                    " of {:.1} MiB ({:.0}%)",
+                    mib(s),
+                    received as f64 * 100.0 / s.max(1) as f64
+                )
+            })
+            .unwrap_or_default();
+        eprintln!(
+            "{:.1} MiB{of}, {:.1} MiB on disk, {:.1} MiB/s",
+            mib(received),
+            mib(durable),
+            rate / (1024.0 * 1024.0)
+        );
+        let _ = std::io::stderr().flush();
+        last = Instant::now();
+        last_bytes = Some(received);
+    }
+}
+
 /// Runs the download, printing progress to stderr.
 pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliError> {
     let req = PackageRequest {
@@ -126,46 +171,11 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
     }
     let started = Instant::now();
     let wait = store.acquire(JOB, &req);
-    let mut rx = wait.progress();
-    let printer = tokio::spawn(async move {
-        let mut last = Instant::now();
-        let mut last_bytes = Some(resumed_from);
-        while rx.changed().await.is_ok() {
-            let state = rx.borrow_and_update().clone();
-            let DownloadState::Downloading {
-                received,
-                durable,
-                size,
-            } = state
-            else {
-                break;
-            };
-            if last.elapsed() < args.progress_every {
-                continue;
-            }
-            let rate = last_bytes
-                .map(|b: u64| received.saturating_sub(b) as f64 / last.elapsed().as_secs_f64())
-                .unwrap_or(0.0);
-            let of = size
-                .map(|s| {
-                    format!(
-                        " of {:.1} MiB ({:.0}%)",
-                        mib(s),
-                        received as f64 * 100.0 / s.max(1) as f64
-                    )
-                })
-                .unwrap_or_default();
-            eprintln!(
-                "{:.1} MiB{of}, {:.1} MiB on disk, {:.1} MiB/s",
-                mib(received),
-                mib(durable),
-                rate / (1024.0 * 1024.0)
-            );
-            let _ = std::io::stderr().flush();
-            last = Instant::now();
-            last_bytes = Some(received);
-        }
-    });
+    let printer = tokio::spawn(print_progress(
+        wait.progress(),
+        resumed_from,
+        args.progress_every,
+    ));
     let r = wait.ready().await;
     printer.abort();
     match r {

@@ -497,34 +497,67 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         return answer_empty(s, &state, log, status, &extra).await;
     }
     // Decide the answer under the lock, then serve without it.
-    let plan = {
-        let st = state.lock().unwrap();
-        let now = Instant::now();
-        if let Some(status) = st.faults.status {
-            Err(status)
-        } else {
-            match st.packages.get(&id) {
-                None => Err(404),
-                Some(p) => {
-                    let token = head
-                        .authorization
-                        .as_deref()
-                        .and_then(|a| a.strip_prefix("Bearer "));
-                    let auth = match (p.access, token.and_then(|t| st.tokens.get(t))) {
-                        (Access::Open, _) => Ok(()),
-                        (Access::Bearer, None) => Err(401),
-                        (Access::Bearer, Some(exp)) if *exp <= now => Err(403),
-                        (Access::Bearer, Some(_)) => Ok(()),
-                    };
-                    auth.map(|()| (p.source.clone(), p.size, p.etag.clone(), st.faults.clone()))
-                }
-            }
-        }
-    };
-    let (source, size, etag, faults) = match plan {
+    let planned = plan(&state.lock().unwrap(), &head, &id);
+    let plan = match planned {
         Ok(p) => p,
         Err(status) => return answer_empty(s, &state, log, status, "").await,
     };
+    let (status, resp, from) = match response_head(&head, &plan) {
+        Ok(r) => r,
+        Err((status, extra)) => return answer_empty(s, &state, log, status, &extra).await,
+    };
+    log.status = status;
+    s.write_all(resp.as_bytes()).await?;
+    let idx = {
+        let mut st = state.lock().unwrap();
+        st.log.push(log);
+        st.log.len() - 1
+    };
+    send_body(s, &state, idx, &plan, from).await
+}
+
+/// What a request for a package gets, decided under the state lock.
+struct Plan {
+    source: Source,
+    size: u64,
+    etag: String,
+    faults: Faults,
+}
+
+/// The package and the faults for `id`, or the error status: a fault's
+/// status, 404 for an unknown package, 401/403 for a missing or expired
+/// Bearer token.
+fn plan(st: &State, head: &Head, id: &str) -> Result<Plan, u16> {
+    if let Some(status) = st.faults.status {
+        return Err(status);
+    }
+    let p = st.packages.get(id).ok_or(404u16)?;
+    let token = head
+        .authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "));
+    match (p.access, token.and_then(|t| st.tokens.get(t))) {
+        (Access::Open, _) => {}
+        (Access::Bearer, None) => return Err(401),
+        (Access::Bearer, Some(exp)) if *exp <= Instant::now() => return Err(403),
+        (Access::Bearer, Some(_)) => {}
+    }
+    Ok(Plan {
+        source: p.source.clone(),
+        size: p.size,
+        etag: p.etag.clone(),
+        faults: st.faults.clone(),
+    })
+}
+
+/// The status (200 or 206), status line and headers of an answer with a
+/// body, and the offset its body starts at; `Err` is an empty answer's
+/// status and extra headers (416 for a range past the end).
+fn response_head(head: &Head, plan: &Plan) -> Result<(u16, String, u64), (u16, String)> {
+    let Plan {
+        size, etag, faults, ..
+    } = plan;
+    let size = *size;
     let declared = faults.declared_size.unwrap_or(size);
     let range_ok = head.if_range.as_deref().is_none_or(|v| v == etag);
     let start = match head.range_start {
@@ -532,13 +565,11 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         _ => None,
     };
     let mut resp = String::new();
-    let from = match start {
+    let (status, from) = match start {
         Some(r) if r >= size => {
-            let range = format!("Content-Range: bytes */{declared}\r\n");
-            return answer_empty(s, &state, log, 416, &range).await;
+            return Err((416, format!("Content-Range: bytes */{declared}\r\n")));
         }
         Some(r) => {
-            log.status = 206;
             resp.push_str(&format!(
                 "HTTP/1.1 206 {}\r\nContent-Range: bytes {r}-{}/{declared}\r\n",
                 reason(206),
@@ -550,32 +581,37 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                     declared.saturating_sub(r)
                 ));
             }
-            r
+            (206, r)
         }
         None => {
-            log.status = 200;
             resp.push_str("HTTP/1.1 200 OK\r\n");
             if !faults.no_length {
                 resp.push_str(&format!("Content-Length: {declared}\r\n"));
             }
-            0
+            (200, 0)
         }
     };
     resp.push_str(&format!(
         "ETag: {etag}\r\nAccept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
     ));
-    s.write_all(resp.as_bytes()).await?;
+    Ok((status, resp, from))
+}
 
-    let idx = {
-        let mut st = state.lock().unwrap();
-        st.log.push(log);
-        st.log.len() - 1
-    };
+/// Sends the body from `from`, applying the faults (cut, stall, corrupt,
+/// throttle) and counting the bytes in request log entry `idx`.
+async fn send_body<S: AsyncWrite + Unpin>(
+    mut s: S,
+    state: &Mutex<State>,
+    idx: usize,
+    plan: &Plan,
+    from: u64,
+) -> std::io::Result<()> {
+    let (size, faults) = (plan.size, &plan.faults);
     let chunk = match faults.throttle {
         Some(bps) => ((bps / 20) as usize).clamp(512, CHUNK),
         None => CHUNK,
     };
-    let reader = Reader::open(&source)?;
+    let reader = Reader::open(&plan.source)?;
     let mut buf = vec![0u8; chunk];
     let started = Instant::now();
     let mut pos = from;
@@ -583,24 +619,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     while pos < size {
         let mut n = ((size - pos) as usize).min(chunk);
         // Faults that end this response at a given offset.
-        let (cut, stall) = {
-            let mut st = state.lock().unwrap();
-            let cut = match st.faults.cut_at.front() {
-                Some(&c) if c < pos + n as u64 && c >= pos => {
-                    st.faults.cut_at.pop_front();
-                    Some(c)
-                }
-                _ => None,
-            };
-            let stall = match st.faults.stall_at {
-                Some(c) if c < pos + n as u64 && c >= pos && cut.is_none() => {
-                    st.faults.stall_at = None;
-                    Some(c)
-                }
-                _ => None,
-            };
-            (cut, stall)
-        };
+        let (cut, stall) = take_cut_or_stall(state, pos, n);
         if let Some(c) = cut.or(stall) {
             n = (c - pos) as usize;
         }
@@ -633,6 +652,27 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     s.shutdown().await
+}
+
+/// The cut or stall fault that falls inside `[pos, pos + n)`, used up.
+fn take_cut_or_stall(state: &Mutex<State>, pos: u64, n: usize) -> (Option<u64>, Option<u64>) {
+    let mut st = state.lock().unwrap();
+    let end = pos + n as u64;
+    let cut = match st.faults.cut_at.front() {
+        Some(&c) if c < end && c >= pos => {
+            st.faults.cut_at.pop_front();
+            Some(c)
+        }
+        _ => None,
+    };
+    let stall = match st.faults.stall_at {
+        Some(c) if c < end && c >= pos && cut.is_none() => {
+            st.faults.stall_at = None;
+            Some(c)
+        }
+        _ => None,
+    };
+    (cut, stall)
 }
 
 /// `otabridge sim package-server`: one package served until Ctrl-C.

@@ -1514,27 +1514,7 @@ fn parse_messages(cx: &Cx<'_>, raw: &RawMessages) -> Res<Messages> {
             ));
         }
 
-        // Keys that belong to one kind only.
-        let only = [
-            ("max_chunk", &m.max_chunk, MessageKind::Chunk),
-            ("settle_ms", &m.settle_ms, MessageKind::Activate),
-            (
-                "reboot_timeout_ms",
-                &m.reboot_timeout_ms,
-                MessageKind::Activate,
-            ),
-        ];
-        for (k, v, owner) in only {
-            if let (Some(v), true) = (v, owner != kind) {
-                return Err(cx.err(
-                    &v.span(),
-                    ProfileErrorKind::KeyNotAllowed {
-                        key: k,
-                        allowed_in: owner.name(),
-                    },
-                ));
-            }
-        }
+        check_kind_keys(cx, kind, m)?;
         if kind == MessageKind::Chunk {
             let Some(mc) = &m.max_chunk else {
                 return Err(cx.err(
@@ -1545,16 +1525,7 @@ fn parse_messages(cx: &Cx<'_>, raw: &RawMessages) -> Res<Messages> {
             max_chunk = cx.range("messages.chunk.max_chunk", mc, 1, 65_536)? as usize;
         }
         if kind == MessageKind::Activate {
-            if let Some(v) = &m.settle_ms {
-                activation.settle =
-                    Duration::from_millis(cx.range(&key("settle_ms"), v, 0, MAX_WAIT_MS)? as u64);
-            }
-            if let Some(v) = &m.reboot_timeout_ms {
-                activation.reboot_timeout =
-                    Duration::from_millis(
-                        cx.range(&key("reboot_timeout_ms"), v, 1, MAX_WAIT_MS)? as u64
-                    );
-            }
+            activation = parse_activation(cx, m, activation)?;
         }
 
         let timeout = match &m.timeout_ms {
@@ -1582,39 +1553,7 @@ fn parse_messages(cx: &Cx<'_>, raw: &RawMessages) -> Res<Messages> {
             req_required,
         )?;
 
-        let reply = match (&m.reply_command, &m.reply) {
-            (None, Some(f)) => {
-                return Err(cx.err(
-                    &f.span(),
-                    ProfileErrorKind::ReplyWithoutCommand(kind.name()),
-                ))
-            }
-            (None, None) if kind == MessageKind::Activate => None,
-            (None, None) => {
-                return Err(cx.err(&rm.span(), ProfileErrorKind::MissingReply(kind.name())))
-            }
-            (Some(rc), f) => {
-                let command = cx.range(&key("reply_command"), rc, 0, 255)? as u8;
-                if let Some(first) = replies.insert(command, kind.name()) {
-                    return Err(cx.err(
-                        &rc.span(),
-                        ProfileErrorKind::DuplicateCommand {
-                            command,
-                            first: first.to_string(),
-                            second: kind.name().to_string(),
-                        },
-                    ));
-                }
-                let empty = Vec::new();
-                let (list, span) = match f {
-                    Some(f) => (f.get_ref(), f.span()),
-                    None => (&empty, rc.span()),
-                };
-                let fields =
-                    parse_fields(cx, kind, "reply", list, &span, rep_allowed, rep_required)?;
-                Some(Reply { command, fields })
-            }
-        };
+        let reply = parse_reply(cx, kind, rm, &mut replies, rep_allowed, rep_required)?;
 
         let message = Message {
             kind,
@@ -1625,21 +1564,8 @@ fn parse_messages(cx: &Cx<'_>, raw: &RawMessages) -> Res<Messages> {
             retries: retries as u32,
         };
 
-        // The data length prefix must carry a whole chunk.
         if kind == MessageKind::Chunk {
-            for (f, rf) in message.request.iter().zip(raw_request) {
-                if let (FieldName::Data, FieldType::Bytes(BytesLen::Prefix(t))) = (f.name, &f.ty) {
-                    if max_chunk > t.max() as usize {
-                        return Err(cx.err(
-                            &rf.span(),
-                            ProfileErrorKind::ChunkTooLargeForPrefix {
-                                max_chunk,
-                                limit: t.max(),
-                            },
-                        ));
-                    }
-                }
-            }
+            check_prefix_fits(cx, &message, raw_request, max_chunk)?;
         }
         messages.push(Some(message));
     }
@@ -1657,6 +1583,116 @@ fn parse_messages(cx: &Cx<'_>, raw: &RawMessages) -> Res<Messages> {
     Ok((messages, max_chunk, activation))
 }
 
+/// Keys that belong to one message kind only (`max_chunk` to chunk,
+/// `settle_ms` and `reboot_timeout_ms` to activate).
+fn check_kind_keys(cx: &Cx<'_>, kind: MessageKind, m: &RawMessage) -> Res<()> {
+    let only = [
+        ("max_chunk", &m.max_chunk, MessageKind::Chunk),
+        ("settle_ms", &m.settle_ms, MessageKind::Activate),
+        (
+            "reboot_timeout_ms",
+            &m.reboot_timeout_ms,
+            MessageKind::Activate,
+        ),
+    ];
+    for (k, v, owner) in only {
+        if let (Some(v), true) = (v, owner != kind) {
+            return Err(cx.err(
+                &v.span(),
+                ProfileErrorKind::KeyNotAllowed {
+                    key: k,
+                    allowed_in: owner.name(),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The activate message's waits, over the defaults in `activation`.
+fn parse_activation(cx: &Cx<'_>, m: &RawMessage, mut activation: Activation) -> Res<Activation> {
+    if let Some(v) = &m.settle_ms {
+        activation.settle =
+            Duration::from_millis(
+                cx.range("messages.activate.settle_ms", v, 0, MAX_WAIT_MS)? as u64
+            );
+    }
+    if let Some(v) = &m.reboot_timeout_ms {
+        activation.reboot_timeout = Duration::from_millis(cx.range(
+            "messages.activate.reboot_timeout_ms",
+            v,
+            1,
+            MAX_WAIT_MS,
+        )? as u64);
+    }
+    Ok(activation)
+}
+
+/// A message's reply: its command (unique among replies, recorded in
+/// `replies`) and fields. Only activate may go without one.
+fn parse_reply(
+    cx: &Cx<'_>,
+    kind: MessageKind,
+    rm: &Spanned<RawMessage>,
+    replies: &mut HashMap<u8, &'static str>,
+    allowed: &[FieldName],
+    required: &[FieldName],
+) -> Res<Option<Reply>> {
+    let m = rm.get_ref();
+    match (&m.reply_command, &m.reply) {
+        (None, Some(f)) => Err(cx.err(
+            &f.span(),
+            ProfileErrorKind::ReplyWithoutCommand(kind.name()),
+        )),
+        (None, None) if kind == MessageKind::Activate => Ok(None),
+        (None, None) => Err(cx.err(&rm.span(), ProfileErrorKind::MissingReply(kind.name()))),
+        (Some(rc), f) => {
+            let key = format!("messages.{}.reply_command", kind.name());
+            let command = cx.range(&key, rc, 0, 255)? as u8;
+            if let Some(first) = replies.insert(command, kind.name()) {
+                return Err(cx.err(
+                    &rc.span(),
+                    ProfileErrorKind::DuplicateCommand {
+                        command,
+                        first: first.to_string(),
+                        second: kind.name().to_string(),
+                    },
+                ));
+            }
+            let empty = Vec::new();
+            let (list, span) = match f {
+                Some(f) => (f.get_ref(), f.span()),
+                None => (&empty, rc.span()),
+            };
+            let fields = parse_fields(cx, kind, "reply", list, &span, allowed, required)?;
+            Ok(Some(Reply { command, fields }))
+        }
+    }
+}
+
+/// The chunk's data length prefix must carry a whole chunk.
+fn check_prefix_fits(
+    cx: &Cx<'_>,
+    message: &Message,
+    raw_request: &[Spanned<RawField>],
+    max_chunk: usize,
+) -> Res<()> {
+    for (f, rf) in message.request.iter().zip(raw_request) {
+        if let (FieldName::Data, FieldType::Bytes(BytesLen::Prefix(t))) = (f.name, &f.ty) {
+            if max_chunk > t.max() as usize {
+                return Err(cx.err(
+                    &rf.span(),
+                    ProfileErrorKind::ChunkTooLargeForPrefix {
+                        max_chunk,
+                        limit: t.max(),
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_fields(
     cx: &Cx<'_>,
     kind: MessageKind,
@@ -1668,102 +1704,9 @@ fn parse_fields(
 ) -> Res<Vec<Field>> {
     let mut fields: Vec<Field> = Vec::new();
     for (i, rf) in raw.iter().enumerate() {
-        let f = rf.get_ref();
-        let span = rf.span();
-        let ty_name = f.ty.get_ref().as_str();
-        let is_const = ty_name == "const";
-        let is_bytes = ty_name == "bytes";
-
-        // Keys that belong to one field type only.
-        if !is_bytes {
-            if let Some(p) = &f.prefix {
-                return Err(cx.err(&p.span(), field_key_not_allowed("prefix", "bytes")));
-            }
-            if let Some(l) = &f.len {
-                return Err(cx.err(&l.span(), field_key_not_allowed("len", "bytes")));
-            }
-        }
-        if !is_const {
-            if let Some(h) = &f.hex {
-                return Err(cx.err(&h.span(), field_key_not_allowed("hex", "const")));
-            }
-            if let Some(t) = &f.text {
-                return Err(cx.err(&t.span(), field_key_not_allowed("text", "const")));
-            }
-        }
-
-        let ty = if is_const {
-            match (&f.hex, &f.text) {
-                (Some(h), None) => {
-                    let v = cx.hex("hex", h)?;
-                    if v.is_empty() {
-                        return Err(cx.err(&h.span(), ProfileErrorKind::ConstValue));
-                    }
-                    FieldType::Const(v)
-                }
-                (None, Some(t)) if !t.get_ref().is_empty() => {
-                    FieldType::Const(t.get_ref().as_bytes().to_vec())
-                }
-                _ => return Err(cx.err(&span, ProfileErrorKind::ConstValue)),
-            }
-        } else if is_bytes {
-            match (&f.prefix, &f.len) {
-                (Some(_), Some(_)) => {
-                    let label = f
-                        .name
-                        .as_ref()
-                        .map_or(String::new(), |n| n.get_ref().clone());
-                    return Err(cx.err(&span, ProfileErrorKind::PrefixAndLen(label)));
-                }
-                (Some(p), None) => FieldType::Bytes(BytesLen::Prefix(cx.uint_type("prefix", p)?)),
-                (None, Some(l)) => {
-                    FieldType::Bytes(BytesLen::Fixed(cx.range("len", l, 1, 1024)? as usize))
-                }
-                (None, None) => FieldType::Bytes(BytesLen::Rest),
-            }
-        } else if let Some(t) = UintType::from_name(ty_name) {
-            FieldType::Uint(t)
-        } else {
-            return Err(cx.err(
-                &f.ty.span(),
-                ProfileErrorKind::UnknownFieldType(ty_name.to_string()),
-            ));
-        };
-
-        let (name, label) = match &f.name {
-            None if is_const => (FieldName::Const, "const".to_string()),
-            None => return Err(cx.err(&span, ProfileErrorKind::FieldWithoutName(ty_name.into()))),
-            Some(n) => {
-                let label = n.get_ref().clone();
-                let name = FieldName::from_name(&label)
-                    .filter(|name| *name == FieldName::Ignored || allowed.contains(name));
-                match (name, is_const) {
-                    // A named const is a const; its name is documentation.
-                    (_, true) => (FieldName::Const, label),
-                    (Some(name), false) => (name, label),
-                    (None, false) => {
-                        let allowed = allowed
-                            .iter()
-                            .map(|a| a.name())
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        return Err(cx.err(
-                            &n.span(),
-                            ProfileErrorKind::UnknownFieldName {
-                                message: kind.name(),
-                                direction,
-                                name: label,
-                                allowed: if allowed.is_empty() {
-                                    "none".into()
-                                } else {
-                                    allowed
-                                },
-                            },
-                        ));
-                    }
-                }
-            }
-        };
+        let (f, span) = (rf.get_ref(), rf.span());
+        let ty = field_type(cx, f, &span)?;
+        let (name, label) = field_name(cx, kind, direction, f, &span, allowed)?;
         if fields
             .iter()
             .any(|x| x.name == name && name != FieldName::Const && name != FieldName::Ignored)
@@ -1776,25 +1719,7 @@ fn parse_fields(
                 },
             ));
         }
-
-        // The type must fit the meaning.
-        let expected = match (name, &ty) {
-            (FieldName::Crc32, FieldType::Uint(UintType::U32Le | UintType::U32Be)) => None,
-            (FieldName::Crc32, _) => Some("u32le or u32be (a CRC-32 has 32 bits)"),
-            (
-                FieldName::Status | FieldName::Size | FieldName::Offset | FieldName::ChunkSize,
-                FieldType::Uint(_),
-            ) => None,
-            (FieldName::Status | FieldName::Size | FieldName::Offset | FieldName::ChunkSize, _) => {
-                Some("an unsigned integer type (u8, u16le, u16be, u32le, u32be)")
-            }
-            (FieldName::Version | FieldName::Data, FieldType::Bytes(_)) => None,
-            (FieldName::Version | FieldName::Data, _) => Some("of type `bytes`"),
-            (FieldName::Sha256, FieldType::Bytes(BytesLen::Fixed(32))) => None,
-            (FieldName::Sha256, _) => Some("of type `bytes` with len = 32"),
-            _ => None,
-        };
-        if let Some(expected) = expected {
+        if let Some(expected) = type_expected(name, &ty) {
             return Err(cx.err(
                 &span,
                 ProfileErrorKind::FieldTypeMismatch {
@@ -1821,6 +1746,136 @@ fn parse_fields(
         }
     }
     Ok(fields)
+}
+
+/// A field's type from its `type` and the keys that belong to one type
+/// only (`prefix`/`len` for bytes, `hex`/`text` for const).
+fn field_type(cx: &Cx<'_>, f: &RawField, span: &Range<usize>) -> Res<FieldType> {
+    let ty_name = f.ty.get_ref().as_str();
+    let is_const = ty_name == "const";
+    let is_bytes = ty_name == "bytes";
+    if !is_bytes {
+        if let Some(p) = &f.prefix {
+            return Err(cx.err(&p.span(), field_key_not_allowed("prefix", "bytes")));
+        }
+        if let Some(l) = &f.len {
+            return Err(cx.err(&l.span(), field_key_not_allowed("len", "bytes")));
+        }
+    }
+    if !is_const {
+        if let Some(h) = &f.hex {
+            return Err(cx.err(&h.span(), field_key_not_allowed("hex", "const")));
+        }
+        if let Some(t) = &f.text {
+            return Err(cx.err(&t.span(), field_key_not_allowed("text", "const")));
+        }
+    }
+    if is_const {
+        return match (&f.hex, &f.text) {
+            (Some(h), None) => {
+                let v = cx.hex("hex", h)?;
+                if v.is_empty() {
+                    return Err(cx.err(&h.span(), ProfileErrorKind::ConstValue));
+                }
+                Ok(FieldType::Const(v))
+            }
+            (None, Some(t)) if !t.get_ref().is_empty() => {
+                Ok(FieldType::Const(t.get_ref().as_bytes().to_vec()))
+            }
+            _ => Err(cx.err(span, ProfileErrorKind::ConstValue)),
+        };
+    }
+    if is_bytes {
+        return Ok(match (&f.prefix, &f.len) {
+            (Some(_), Some(_)) => {
+                let label = f
+                    .name
+                    .as_ref()
+                    .map_or(String::new(), |n| n.get_ref().clone());
+                return Err(cx.err(span, ProfileErrorKind::PrefixAndLen(label)));
+            }
+            (Some(p), None) => FieldType::Bytes(BytesLen::Prefix(cx.uint_type("prefix", p)?)),
+            (None, Some(l)) => {
+                FieldType::Bytes(BytesLen::Fixed(cx.range("len", l, 1, 1024)? as usize))
+            }
+            (None, None) => FieldType::Bytes(BytesLen::Rest),
+        });
+    }
+    UintType::from_name(ty_name)
+        .map(FieldType::Uint)
+        .ok_or_else(|| {
+            cx.err(
+                &f.ty.span(),
+                ProfileErrorKind::UnknownFieldType(ty_name.to_string()),
+            )
+        })
+}
+
+/// A field's meaning and its label: a const's name is documentation, any
+/// other name must be one `kind` allows in `direction`.
+fn field_name(
+    cx: &Cx<'_>,
+    kind: MessageKind,
+    direction: &'static str,
+    f: &RawField,
+    span: &Range<usize>,
+    allowed: &[FieldName],
+) -> Res<(FieldName, String)> {
+    let ty_name = f.ty.get_ref().as_str();
+    let is_const = ty_name == "const";
+    let Some(n) = &f.name else {
+        if is_const {
+            return Ok((FieldName::Const, "const".to_string()));
+        }
+        return Err(cx.err(span, ProfileErrorKind::FieldWithoutName(ty_name.into())));
+    };
+    let label = n.get_ref().clone();
+    let name = FieldName::from_name(&label)
+        .filter(|name| *name == FieldName::Ignored || allowed.contains(name));
+    match (name, is_const) {
+        (_, true) => Ok((FieldName::Const, label)),
+        (Some(name), false) => Ok((name, label)),
+        (None, false) => {
+            let allowed = allowed
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(cx.err(
+                &n.span(),
+                ProfileErrorKind::UnknownFieldName {
+                    message: kind.name(),
+                    direction,
+                    name: label,
+                    allowed: if allowed.is_empty() {
+                        "none".into()
+                    } else {
+                        allowed
+                    },
+                },
+            ))
+        }
+    }
+}
+
+/// What type a field with meaning `name` must have, when `ty` is not it.
+fn type_expected(name: FieldName, ty: &FieldType) -> Option<&'static str> {
+    match (name, ty) {
+        (FieldName::Crc32, FieldType::Uint(UintType::U32Le | UintType::U32Be)) => None,
+        (FieldName::Crc32, _) => Some("u32le or u32be (a CRC-32 has 32 bits)"),
+        (
+            FieldName::Status | FieldName::Size | FieldName::Offset | FieldName::ChunkSize,
+            FieldType::Uint(_),
+        ) => None,
+        (FieldName::Status | FieldName::Size | FieldName::Offset | FieldName::ChunkSize, _) => {
+            Some("an unsigned integer type (u8, u16le, u16be, u32le, u32be)")
+        }
+        (FieldName::Version | FieldName::Data, FieldType::Bytes(_)) => None,
+        (FieldName::Version | FieldName::Data, _) => Some("of type `bytes`"),
+        (FieldName::Sha256, FieldType::Bytes(BytesLen::Fixed(32))) => None,
+        (FieldName::Sha256, _) => Some("of type `bytes` with len = 32"),
+        _ => None,
+    }
 }
 
 fn field_key_not_allowed(key: &'static str, applies_to: &'static str) -> ProfileErrorKind {
