@@ -198,13 +198,19 @@ async fn a_batch_upgrade_reports_the_truth_for_every_child() {
         let running = &s[1..s.len() - 1];
         assert!(running.len() >= 3, "{id}: {s:?}");
         assert!(
-            running.windows(2).all(|w| w[1].1 >= w[0].1 + 10 && w[1].1 < 100),
+            running
+                .windows(2)
+                .all(|w| w[1].1 >= w[0].1 + 10 && w[1].1 < 100),
             "{id}: {s:?}"
         );
         let n = r.len();
-        assert!(r[..n - 1].iter().all(|p| p.version == "1.0.0"), "{id}: {r:?}");
+        assert!(
+            r[..n - 1].iter().all(|p| p.version == "1.0.0"),
+            "{id}: {r:?}"
+        );
         assert_eq!(
-            r[n - 1].version, "2.0.0",
+            r[n - 1].version,
+            "2.0.0",
             "{id}: success carries the version read back"
         );
     }
