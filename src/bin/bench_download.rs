@@ -296,6 +296,7 @@ fn openssl(args: &[&str], dir: &Path) -> Result<()> {
 impl Nginx {
     /// A CA (`ca.pem`), a server certificate for 127.0.0.1 signed by it,
     /// and nginx serving `www/` with it.
+    // Long on purpose: the benchmark's nginx set-up, one step after another.
     fn start(dir: &Path) -> Result<Nginx> {
         openssl(
             &[

@@ -667,6 +667,7 @@ impl Device {
         }
     }
 
+    // Long on purpose: the simulated child's Block1 server, every RFC 7959 §2.3 case in order.
     fn on_block1(&mut self, req: IncomingRequest<SocketAddr>, now: Instant) {
         let b1 = msg::block1(&req.packet).ok().flatten();
         let size1 = msg::size1(&req.packet).ok().flatten();

@@ -122,6 +122,7 @@ pub fn serve_block2<S: PackageStore + ?Sized>(
     }
 }
 
+// Long on purpose: one request's Block2 answer, every RFC 7959 §2.4 case in order.
 fn serve<S: PackageStore + ?Sized>(
     config: &ServeConfig,
     request: &Packet,

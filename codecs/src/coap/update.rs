@@ -436,6 +436,7 @@ impl UpdateProcedure {
     }
 
     /// The response to the request in flight.
+    // Long on purpose: one arm per (phase, resource) of the LwM2M procedure: the state table in one place.
     pub fn handle_response(&mut self, response: &Packet, now: Instant) {
         if !std::mem::take(&mut self.in_flight) {
             return;

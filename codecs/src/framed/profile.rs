@@ -1299,6 +1299,7 @@ fn raw_messages(raw: &RawMessages) -> impl Iterator<Item = &Spanned<RawMessage>>
     .flatten()
 }
 
+// Long on purpose: one framing key after another, each with its own error.
 fn parse_framing(cx: &Cx<'_>, raw: &RawFraming) -> Res<Framing> {
     let sync = cx.hex("framing.sync", &raw.sync)?;
     if sync.is_empty() || sync.len() > 8 {
@@ -1882,6 +1883,7 @@ fn field_key_not_allowed(key: &'static str, applies_to: &'static str) -> Profile
     ProfileErrorKind::FieldKeyNotAllowed { key, applies_to }
 }
 
+// Long on purpose: one status-table key after another, each with its own error.
 fn parse_statuses(
     cx: &Cx<'_>,
     raw: &[Spanned<RawStatus>],

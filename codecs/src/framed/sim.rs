@@ -248,6 +248,7 @@ impl Device {
         self.status(StatusAction::Ok)
     }
 
+    // Long on purpose: one arm per request kind of the simulated device.
     fn on_request(&mut self, frame: codec::Frame, now: Instant) {
         let profile = Arc::clone(&self.profile);
         let Some(msg) = profile.message_by_request(frame.command) else {

@@ -558,13 +558,21 @@ pub struct SlotInfo {
 }
 
 impl SlotInfo {
-    /// The most bytes an upload to this image may carry: `max_image_size`,
-    /// else the size of the slot that takes uploads (`upload_image_id`),
-    /// else of slot 1 (the secondary slot).
+    /// The most bytes an upload to this image may carry: `max_image_size`
+    /// ("the maximum size of an application that can be uploaded to that
+    /// image number"), else the size of slot 1, the secondary slot an
+    /// upload without an image number goes to (smp_group_1.rst: `slot` is
+    /// 0 or 1 within the image), else of the only slot. `upload_image_id`
+    /// (present on every slot with `CONFIG_MCUMGR_GRP_IMG_DIRECT_UPLOAD`)
+    /// names the image number a direct upload would use; the gateway's
+    /// upload does not use it, so it does not choose the slot.
     pub fn upload_limit(&self) -> Option<u64> {
         self.max_image_size
-            .or_else(|| self.slots.iter().find(|s| s.2.is_some()).map(|s| s.1))
             .or_else(|| self.slots.iter().find(|s| s.0 == 1).map(|s| s.1))
+            .or(match self.slots.as_slice() {
+                [only] => Some(only.1),
+                _ => None,
+            })
     }
 }
 

@@ -296,7 +296,7 @@ impl SimDevice {
                     image: 0,
                     slots: vec![
                         (0, self.config.slot_size, None),
-                        (1, self.config.slot_size, Some(0)),
+                        (1, self.config.slot_size, None),
                     ],
                     max_image_size: None,
                 }]))
@@ -384,6 +384,7 @@ impl SimDevice {
         }
     }
 
+    // Long on purpose: the simulated device's image upload handler, modelled step by step on Zephyr's img_mgmt_upload.
     fn upload(&mut self, body: &[u8]) -> Result<Vec<u8>, SmpErr> {
         let img = |rc| SmpErr::Group {
             group: group::IMAGE,

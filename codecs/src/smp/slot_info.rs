@@ -209,19 +209,26 @@ mod tests {
     }
 
     #[test]
-    fn the_upload_limit_prefers_max_image_size_then_the_upload_slot() {
+    fn the_upload_limit_prefers_max_image_size_then_the_secondary_slot() {
         let enc = message::encode_slot_info(&[SlotInfo {
             image: 0,
-            slots: vec![(0, 10, None), (1, 20, Some(0))],
+            slots: vec![(0, 10, Some(1)), (1, 20, Some(2))],
             max_image_size: Some(15),
         }]);
         let list = message::slot_info_response(&enc).unwrap().unwrap();
         assert_eq!(list[0].upload_limit(), Some(15));
-        let plain = SlotInfo {
-            slots: vec![(0, 10, None), (1, 20, None)],
+        // Direct-upload ids on every slot do not move the upload off slot 1.
+        let direct = SlotInfo {
+            max_image_size: None,
+            ..list[0].clone()
+        };
+        assert_eq!(direct.upload_limit(), Some(20));
+        let single = SlotInfo {
+            slots: vec![(0, 30, None)],
             ..SlotInfo::default()
         };
-        assert_eq!(plain.upload_limit(), Some(20));
+        assert_eq!(single.upload_limit(), Some(30));
+        assert_eq!(SlotInfo::default().upload_limit(), None);
         assert!(message::slot_info_response(&[0xa0]).is_err());
     }
 }

@@ -602,6 +602,7 @@ impl Upload {
         Ok(best)
     }
 
+    // Long on purpose: every answer case of an upload chunk (in order, rewind, window fallback) in one place.
     fn on_upload_answer(&mut self, i: usize, body: &[u8], now: Instant) {
         let (sent_off, sent_len) = (self.inflight[i].off, self.inflight[i].len);
         let r = match message::upload_response(body) {

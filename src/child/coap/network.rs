@@ -847,6 +847,7 @@ struct Task {
 }
 
 /// The network task (see the module doc).
+// Long on purpose: the network task's one select loop: socket, commands, timers.
 async fn run(
     socket: UdpSocket,
     mut t: Task,
