@@ -255,6 +255,25 @@ pub(crate) struct CoapChildArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
+    /// Register with this LwM2M server (the gateway's coap.listen) instead
+    /// of waiting to be polled; Updates every half lifetime.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) register: Option<std::net::SocketAddr>,
+    /// With --register: the endpoint client name (ep).
+    #[arg(long, default_value = "otabridge-sim")]
+    pub(crate) endpoint: String,
+    /// With --register: the lifetime (lt), seconds.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) lifetime: u32,
+    /// With --register: the LwM2M version it speaks (1.0 or 1.1).
+    #[arg(long, default_value = "1.1")]
+    pub(crate) lwm2m: String,
+    /// With --register: queue mode (b=UQ in 1.0, Q in 1.1).
+    #[arg(long)]
+    pub(crate) queue: bool,
+    /// With --queue: how long it listens after it sent something, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) awake_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -295,6 +295,23 @@ fn coap_child(a: CoapChildArgs) -> ExitCode {
         reboot_after_blocks: a.reboot_after_blocks,
         ..Faults::default()
     };
+    if let Some(server) = a.register {
+        if a.lwm2m != "1.0" && a.lwm2m != "1.1" {
+            return usage("coap-child", format!("--lwm2m {}: 1.0 or 1.1", a.lwm2m));
+        }
+        if a.lifetime == 0 {
+            return usage("coap-child", "--lifetime 0: at least 1 s");
+        }
+        opts.register = Some(otabridge::sim::coap_child::Registering {
+            server,
+            endpoint: a.endpoint,
+            lifetime_s: a.lifetime,
+            lwm2m: a.lwm2m,
+            queue: a.queue,
+            awake: Duration::from_millis(a.awake_ms),
+            auto_update: true,
+        });
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -68,7 +68,7 @@ pub struct Handles {
 /// network (socket and Block2 server on `coap.listen`), opened only when a
 /// CoAP child is configured.
 pub fn children(cfg: &Config) -> Result<Vec<Arc<dyn Child>>, child::BuildError> {
-    let mut nets = child::Networks::new(&cfg.coap);
+    let mut nets = child::Networks::with_state_dir(&cfg.coap, &cfg.state.dir);
     cfg.children
         .iter()
         .map(|c| child::from_config(c, &mut nets))
@@ -159,6 +159,12 @@ pub async fn run_with(
         let _ = rx.wait_for(|s| *s).await;
     };
     let gw = tokio::spawn(gateway.run(rx, stopped(stop_rx.clone())));
+    for c in &children {
+        if let Some(presence) = c.presence() {
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(report_presence(platform.clone(), c.clone(), presence, stop));
+        }
+    }
     engine.resume();
     own.resume();
     let sess = tokio::spawn(session.run(stopped(stop_rx)));
@@ -177,6 +183,58 @@ pub async fn run_with(
         warn!("gateway task: {e}");
     }
     Ok(how)
+}
+
+/// Reports a child ONLINE or OFFLINE upstream (and in the journal, for
+/// `otabridge status`) whenever its transport's presence changes: an LwM2M
+/// client that registers, updates, de-registers or expires (issue 13,
+/// docs/coap.md). The connect-time announcement covers the rest.
+async fn report_presence(
+    platform: Platform,
+    child: Arc<dyn Child>,
+    mut presence: tokio::sync::watch::Receiver<bool>,
+    stop: impl Future<Output = ()>,
+) {
+    use otabridge_codecs::iotda::event::{DeviceStatus, Status, UpdateStatus};
+    use otabridge_codecs::iotda::Event;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = presence.changed() => if r.is_err() { return },
+            _ = &mut stop => return,
+        }
+        let online = *presence.borrow_and_update();
+        let id = child.device_id();
+        info!(
+            child = id,
+            online, "registration changed; reporting the child's status"
+        );
+        let why = (!online).then_some("not registered");
+        let now = crate::clock::now_unix();
+        if let Err(e) = crate::journal::lock(platform.journal()).child_seen(
+            id,
+            child.transport(),
+            None,
+            online,
+            why,
+            now,
+        ) {
+            warn!("journal: {e}");
+        }
+        let ev = Event::UpdateStatus(UpdateStatus {
+            device_statuses: vec![DeviceStatus {
+                device_id: id.to_owned(),
+                status: if online {
+                    Status::Online
+                } else {
+                    Status::Offline
+                },
+            }],
+        });
+        if let Err(e) = platform.report(None, &ev) {
+            warn!("cannot queue sub_device_update_status: {e}");
+        }
+    }
 }
 
 /// Runs the gateway described by `cfg` until SIGINT or SIGTERM, or until

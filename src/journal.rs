@@ -7,6 +7,8 @@
 //!   for `otabridge status`.
 //! - `meta`: small key/value facts (the child-list version from the platform).
 //! - `gateway_jobs`: the gateway's own upgrades (src/gateway).
+//! - `coap_registrations`: LwM2M clients registered with the gateway
+//!   (src/child/coap/registrations.rs).
 //!
 //! The database runs in WAL mode with `synchronous = FULL`: a committed
 //! transaction survives a power cut, and `otabridge status` can read while the
@@ -139,6 +141,23 @@ const MIGRATIONS: &[&str] = &[
          result_code INTEGER,
          description TEXT,
          updated_unix INTEGER NOT NULL
+     );",
+    // 6: LwM2M registrations of CoAP children that register with the
+    // gateway (src/child/coap/registrations.rs): one row per endpoint, its
+    // address, lifetime and links, when it last registered or updated, and
+    // the firmware version it last reported.
+    "CREATE TABLE coap_registrations (
+         endpoint TEXT PRIMARY KEY,
+         id TEXT NOT NULL,
+         address TEXT NOT NULL,
+         lifetime_s INTEGER NOT NULL,
+         lwm2m TEXT NOT NULL,
+         binding TEXT NOT NULL,
+         queue INTEGER NOT NULL,
+         sms TEXT,
+         links TEXT NOT NULL,
+         renewed_unix INTEGER NOT NULL,
+         firmware TEXT
      );",
 ];
 

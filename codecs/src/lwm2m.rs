@@ -5,6 +5,13 @@
 //! Sources: OMA LwM2M registry `5.xml` (urn:oma:lwm2m:oma:5:1.1) and
 //! `3.xml`, summarised in docs/protocols/children.md §3; value mapping to IoTDA from
 //! docs/protocols/iotda.md §9.
+//!
+//! The gateway as the LwM2M server its children register with: [`link`]
+//! (the CoRE Link Format of Register payloads, RFC 6690) and [`registry`]
+//! (the Registration interface, OMA TS Core 1.1 §6.2, sans-IO).
+
+pub mod link;
+pub mod registry;
 
 use std::fmt;
 

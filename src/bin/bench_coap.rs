@@ -307,7 +307,7 @@ async fn fanout(n: usize, size: usize, mode: Mode, poll_ms: u64) -> anyhow::Resu
     for (i, port) in ports.iter().enumerate() {
         let child = CoapChild::new(
             &format!("node{i}"),
-            ([127, 0, 0, 1], *port).into(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
             delivery,
             net.clone(),
             opts.clone(),

@@ -22,12 +22,25 @@
 //! is retried once by the procedure itself after an empty `/5/0/1` reset
 //! (5.xml), so a failure reported here has already been retried.
 //!
+//! # Children that register (issue 13)
+//! A child configured with `endpoint` is an LwM2M client that registers
+//! with the gateway: every request goes to the address it last registered
+//! or updated from (resolved by the network when the request leaves), so a
+//! NAT rebinding or a new DHCP address mid-upgrade only moves the next
+//! request. A queue-mode client's requests wait for its next Register or
+//! Update; a version read while it sleeps is answered with the version it
+//! last reported (journaled), and says so in the log. Its presence
+//! ([`Child::presence`]) follows the registration.
+//!
 //! # Layout
-//! - [`network`]: the socket, the peer-engine task, the Block2 server.
+//! - [`network`]: the socket, the peer-engine task, the Block2 server, the
+//!   LwM2M registry on `/rd`.
+//! - [`registrations`]: registrations in the journal.
 //! - [`seam`]: a seeded lossy link at the socket seam, for tests and benches.
 
 pub mod network;
 pub mod preflight;
+pub mod registrations;
 pub mod seam;
 
 use std::net::SocketAddr;
@@ -46,13 +59,13 @@ use tracing::{debug, info, warn};
 
 pub use network::{
     BindError, CoapNetwork, FileImage, NetworkOptions, NetworkStats, PushDone, PushHandle,
-    PushJobError, PushUpdate, PushWatch, RequestError,
+    PushJobError, PushUpdate, PushWatch, RegistrationInfo, RequestError,
 };
 
 use super::{
     sleep_until_opt, BoxFuture, Cause, Child, ChildError, ErrorKind, Package, Progress, Step,
 };
-use crate::config::Delivery;
+use crate::config::{CoapAddress, Delivery};
 
 /// Timing and retry settings of one child's update.
 #[derive(Debug, Clone)]
@@ -103,7 +116,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct CoapChild {
     device_id: String,
-    address: SocketAddr,
+    address: CoapAddress,
     delivery: Delivery,
     net: CoapNetwork,
     options: ChildOptions,
@@ -126,15 +139,22 @@ enum Stop {
 }
 
 impl CoapChild {
-    /// A child at `address` on `net`.
+    /// A child at `address` (a fixed `SocketAddr`, or a
+    /// [`CoapAddress::Endpoint`] that registers) on `net`.
     pub fn new(
         device_id: &str,
-        address: SocketAddr,
+        address: impl Into<CoapAddress>,
         delivery: Delivery,
         net: CoapNetwork,
         options: ChildOptions,
     ) -> Self {
-        let retries = net.retry_counter(address);
+        let address = address.into();
+        // Retransmissions are counted per address; a registering child's
+        // address moves, so its count is not kept (left for later).
+        let retries = match &address {
+            CoapAddress::Static(a) => net.retry_counter(*a),
+            CoapAddress::Endpoint(_) => Arc::new(AtomicU64::new(0)),
+        };
         CoapChild {
             device_id: device_id.to_owned(),
             address,
@@ -163,9 +183,17 @@ impl CoapChild {
         self
     }
 
-    /// The child's CoAP endpoint.
-    pub fn address(&self) -> SocketAddr {
-        self.address
+    /// The child's CoAP address now: the fixed one, or where it last
+    /// registered from (`None` while not registered).
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.net.resolve(&self.address)
+    }
+
+    /// The address now, or a link-gone error naming the endpoint.
+    fn current(&self, step: Step) -> Result<SocketAddr, ChildError> {
+        self.address().ok_or_else(|| {
+            ChildError::link_gone(step, format!("{} is not registered", self.address))
+        })
     }
 
     /// Bytes the running push has had acknowledged and when the last block
@@ -187,7 +215,7 @@ impl CoapChild {
     /// One request to the child; the network's peer engine keeps NSTART 1
     /// (RFC 7252 §4.7) with whatever else runs to it, a push included.
     async fn request(&self, packet: Packet) -> Result<Packet, RequestError> {
-        self.net.request(self.address, packet).await
+        self.net.request_to(&self.address, packet).await
     }
 
     fn take_pending(&self, sha256: &str) -> Option<Option<UpdateProcedure>> {
@@ -215,9 +243,9 @@ impl CoapChild {
         })?;
         let delivery = match self.delivery {
             Delivery::Pull => {
-                let gw = self.net.gateway_for(self.address).map_err(|e| {
-                    ChildError::io(step, format!("no local address towards {}", self.address))
-                        .with_source(e)
+                let to = self.current(step)?;
+                let gw = self.net.gateway_for(to).map_err(|e| {
+                    ChildError::io(step, format!("no local address towards {to}")).with_source(e)
                 })?;
                 EngineDelivery::Pull {
                     uri: lwm2m::package_uri(&gw.to_string(), &package.sha256),
@@ -267,10 +295,8 @@ impl CoapChild {
                     .map_err(|e| {
                         ChildError::io(step, package.path.display().to_string()).with_source(e)
                     })?;
-                (
-                    Some(g),
-                    Some(self.net.watch_served(self.address, &package.sha256)),
-                )
+                let to = self.current(step)?;
+                (Some(g), Some(self.net.watch_served(to, &package.sha256)))
             }
             Delivery::Push => (None, None),
         };
@@ -302,6 +328,9 @@ impl CoapChild {
                                 Err(RequestError::Transport(t)) => procedure.handle_failure(t, now),
                                 Err(e @ (RequestError::Encode(_) | RequestError::Closed)) => {
                                     return Err(ChildError::io(step, "request").with_source(e))
+                                }
+                                Err(e @ (RequestError::NotRegistered(_) | RequestError::QueueFull(_))) => {
+                                    return Err(ChildError::link_gone(step, "request").with_source(e))
                                 }
                             }
                         }
@@ -368,9 +397,10 @@ impl CoapChild {
                     .map_err(|e| {
                         ChildError::io(step, package.path.display().to_string()).with_source(e)
                     })?;
+                let to = self.current(step)?;
                 let handle = self
                     .net
-                    .start_push(self.address, cfg, image)
+                    .start_push(to, cfg, image)
                     .map_err(|_| ChildError::io(step, "the CoAP network is shut down"))?;
                 self.set_push(Some(handle.watch()));
                 InFlight::Push(handle)
@@ -528,7 +558,32 @@ pub fn failure_to_error(f: &UpdateFailure, step: Step) -> ChildError {
     }
 }
 
+impl CoapChild {
+    /// For a queue-mode client that sleeps now: the version it last
+    /// reported, instead of a request that would wait for it to wake.
+    fn sleeping_version(&self) -> Option<String> {
+        let CoapAddress::Endpoint(ep) = &self.address else {
+            return None;
+        };
+        let r = self.net.registration(ep)?;
+        if r.listening(self.net.now()) {
+            return None;
+        }
+        let v = r.firmware?;
+        info!(child = %self.device_id, endpoint = %ep, version = %v,
+              "queue-mode client asleep: answering with the version it last reported");
+        Some(v)
+    }
+}
+
 impl Child for CoapChild {
+    fn presence(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        match &self.address {
+            CoapAddress::Endpoint(ep) => Some(self.net.presence(ep)),
+            CoapAddress::Static(_) => None,
+        }
+    }
+
     fn version_policy(&self) -> Policy {
         self.version_policy
     }
@@ -554,11 +609,17 @@ impl Child for CoapChild {
     fn read_version(&self) -> BoxFuture<'_, Result<String, ChildError>> {
         Box::pin(async move {
             let step = Step::ReadVersion;
+            if let Some(v) = self.sleeping_version() {
+                return Ok(v);
+            }
             let req = msg::request(Code::GET, &Path::FIRMWARE_VERSION.segments());
             let resp = self.request(req).await.map_err(|e| {
                 let at = format!("{} at {}", self.device_id, self.address);
                 match e {
-                    RequestError::Transport(_) => ChildError::unreachable(step, at),
+                    RequestError::Transport(_) | RequestError::QueueFull(_) => {
+                        ChildError::unreachable(step, at)
+                    }
+                    RequestError::NotRegistered(_) => ChildError::link_gone(step, at),
                     RequestError::Closed | RequestError::Encode(_) => ChildError::io(step, at),
                 }
                 .with_source(e)
@@ -568,9 +629,13 @@ impl Child for CoapChild {
                 return Err(ChildError::garbled(step, "/3/0/3 read refused")
                     .with_said(format!("/3/0/3 {code}"), None));
             }
-            lwm2m::parse_text(&resp.payload)
+            let v = lwm2m::parse_text(&resp.payload)
                 .map(|v| v.trim().to_string())
-                .map_err(|e| ChildError::garbled(step, "/3/0/3").with_source(e))
+                .map_err(|e| ChildError::garbled(step, "/3/0/3").with_source(e))?;
+            if let CoapAddress::Endpoint(ep) = &self.address {
+                self.net.report_firmware(ep, &v);
+            }
+            Ok(v)
         })
     }
 

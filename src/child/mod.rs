@@ -148,6 +148,16 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     fn chunk_retries(&self) -> u64 {
         0
     }
+
+    /// The child's presence as its transport learns it without asking: an
+    /// LwM2M client's registration (`true` after Register and Update,
+    /// `false` after De-register and lifetime expiry; docs/coap.md). The
+    /// daemon reports ONLINE/OFFLINE upstream when it changes. `None`
+    /// (the default): the transport only knows by asking, at connect.
+    /// (Added by issue 13, helper lwm2m.)
+    fn presence(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// Sleeps until `t`, or forever without one: the timer arm of a `select!`
@@ -190,6 +200,19 @@ impl Networks {
         }
     }
 
+    /// [`Networks::new`] keeping LwM2M registrations in the journal of
+    /// `state_dir` (the daemon: a restart does not forget who registered).
+    pub fn with_state_dir(c: &CoapConfig, state_dir: &std::path::Path) -> Self {
+        let mut o = coap::NetworkOptions::from_config(c);
+        o.state_dir = Some(state_dir.to_owned());
+        Networks {
+            coap_options: o,
+            coap_child: coap::ChildOptions::default(),
+            coap: None,
+            serial: link::port::Ports::default(),
+        }
+    }
+
     /// Networks that use an already open CoAP network and these child
     /// settings (tests, the demo).
     pub fn with_coap(net: coap::CoapNetwork, child: coap::ChildOptions) -> Self {
@@ -225,10 +248,13 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
         }
         Transport::Coap { address, delivery } => {
             let net = nets.coap()?;
+            if let crate::config::CoapAddress::Endpoint(e) = address {
+                net.allow_endpoint(e);
+            }
             Ok(Arc::new(
                 coap::CoapChild::new(
                     &c.device_id,
-                    *address,
+                    address.clone(),
                     *delivery,
                     net,
                     nets.coap_child.clone(),
@@ -309,7 +335,7 @@ mod tests {
             device_id: id.into(),
             version_match: Policy::default(),
             transport: Transport::Coap {
-                address: ([127, 0, 0, 1], port).into(),
+                address: crate::config::CoapAddress::Static(([127, 0, 0, 1], port).into()),
                 delivery: Delivery::Pull,
             },
             image: crate::config::ChildImage::default_for(false),

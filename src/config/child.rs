@@ -69,13 +69,39 @@ pub enum SerialProtocol {
     Framed(FramedProfile),
 }
 
+/// How a CoAP child is found (docs/coap.md, "Two kinds of CoAP child").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoapAddress {
+    /// `address = "ip:port"`: a fixed address, polled with requests.
+    Static(SocketAddr),
+    /// `endpoint = "name"`: an LwM2M client that registers with the
+    /// gateway on `[coap] listen` under this Endpoint Client Name; requests
+    /// go to the address it last registered or updated from.
+    Endpoint(String),
+}
+
+impl From<SocketAddr> for CoapAddress {
+    fn from(a: SocketAddr) -> Self {
+        CoapAddress::Static(a)
+    }
+}
+
+impl std::fmt::Display for CoapAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoapAddress::Static(a) => write!(f, "{a}"),
+            CoapAddress::Endpoint(e) => write!(f, "endpoint '{e}'"),
+        }
+    }
+}
+
 /// How a child is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
     /// LwM2M over CoAP/UDP.
     Coap {
-        /// The child's CoAP endpoint.
-        address: SocketAddr,
+        /// The child's fixed address or its registration name.
+        address: CoapAddress,
         /// Pull or push.
         delivery: Delivery,
     },
@@ -257,10 +283,11 @@ enum ChildSpec {
 #[serde(deny_unknown_fields)]
 struct CoapSpec {
     device_id: String,
-    // Issue 13: `endpoint` (the name a LwM2M client registers with on
-    // `[coap] listen`) joins here as the other way to reach the child, and
-    // `address` becomes optional: exactly one of the two.
-    address: String,
+    /// A fixed `ip:port`, or ...
+    address: Option<String>,
+    /// ... the Endpoint Client Name it registers with (issue 13): exactly
+    /// one of the two.
+    endpoint: Option<String>,
     #[serde(default)]
     delivery: Delivery,
     image: Option<toml::Value>,
@@ -523,6 +550,8 @@ impl Draft {
 pub(super) struct Siblings {
     ids: HashSet<String>,
     ports: HashMap<PathBuf, (usize, u32, Framing)>,
+    /// LwM2M endpoint names, to the child that uses each.
+    endpoints: HashMap<String, usize>,
 }
 
 impl Siblings {
@@ -550,7 +579,22 @@ impl Siblings {
             ));
         }
         let draft = match spec {
-            ChildSpec::Coap(c) => Draft::Ready(coap(c)?),
+            ChildSpec::Coap(c) => {
+                let t = coap(c)?;
+                if let Transport::Coap {
+                    address: CoapAddress::Endpoint(e),
+                    ..
+                } = &t
+                {
+                    if let Some(j) = self.endpoints.insert(e.clone(), index) {
+                        return Err(BadKey::new(
+                            "endpoint",
+                            format!("'{e}' is child[{j}]'s endpoint too"),
+                        ));
+                    }
+                }
+                Draft::Ready(t)
+            }
             ChildSpec::Serial(SerialSpec::Smp(s)) => {
                 let (port, baud, framing) = line(s.port.clone(), s.baud, s.framing.as_deref())?;
                 self.share(index, &port, baud, framing)?;
@@ -602,13 +646,39 @@ impl Siblings {
     }
 }
 
+/// The most bytes of an `endpoint` name (the registry's limit).
+const MAX_ENDPOINT: usize = otabridge_codecs::lwm2m::registry::MAX_ENDPOINT;
+
 fn coap(c: CoapSpec) -> Result<Transport, BadKey> {
-    let address = c.address.parse::<SocketAddr>().map_err(|_| {
-        BadKey::new(
-            "address",
-            format!("'{}' is not an ip:port address", c.address),
-        )
-    })?;
+    let address = match (c.address, c.endpoint) {
+        (Some(a), None) => CoapAddress::Static(a.parse::<SocketAddr>().map_err(|_| {
+            BadKey::new("address", format!("'{a}' is not an ip:port address"))
+        })?),
+        (None, Some(e)) => {
+            if e.is_empty() || e.len() > MAX_ENDPOINT || e.chars().any(char::is_control) {
+                return Err(BadKey::new(
+                    "endpoint",
+                    format!(
+                        "'{}' is not an LwM2M endpoint name (1 to {MAX_ENDPOINT} bytes, no control characters)",
+                        e.escape_debug()
+                    ),
+                ));
+            }
+            CoapAddress::Endpoint(e)
+        }
+        (Some(_), Some(_)) => {
+            return Err(BadKey::new(
+                "endpoint",
+                "set either address (a fixed ip:port) or endpoint (a registering LwM2M client), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(BadKey::new(
+                "address",
+                "is required for transport = \"coap\", unless endpoint names an LwM2M client that registers",
+            ))
+        }
+    };
     Ok(Transport::Coap {
         address,
         delivery: c.delivery,

@@ -18,7 +18,9 @@ mod gateway;
 mod profile;
 mod serial;
 
-pub use child::{ChildConfig, ChildImage, Delivery, ImageCheck, SerialProtocol, Transport};
+pub use child::{
+    ChildConfig, ChildImage, CoapAddress, Delivery, ImageCheck, SerialProtocol, Transport,
+};
 pub use gateway::{
     After, GatewayConfig, InstallConfig, Installer, VersionSource, FILE_PLACEHOLDER,
 };
@@ -186,6 +188,11 @@ pub struct CoapConfig {
     pub advertise: Option<SocketAddr>,
     /// Concurrent transfers on the CoAP network (default 8).
     pub max_concurrent_transfers: usize,
+    /// How long a queue-mode LwM2M client (`b=UQ`, `Q`) listens after it
+    /// last sent something (default 93 s, CoAP MAX_TRANSMIT_WAIT as OMA
+    /// TS Core 1.1 §6.5 says); requests for it wait for its next
+    /// Register or Update otherwise.
+    pub queue_window_secs: u64,
 }
 
 impl Default for CoapConfig {
@@ -194,6 +201,7 @@ impl Default for CoapConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 5683)),
             advertise: None,
             max_concurrent_transfers: 8,
+            queue_window_secs: 93,
         }
     }
 }
@@ -733,6 +741,7 @@ fn check_limits(d: &DownloadConfig, c: &CoapConfig, o: &OtaConfig) -> Result<(),
             "coap.max_concurrent_transfers",
             c.max_concurrent_transfers as u64,
         ),
+        ("coap.queue_window_secs", c.queue_window_secs),
         ("ota.max_concurrent_jobs", o.max_concurrent_jobs as u64),
         ("ota.version_read_timeout_secs", o.version_read_timeout_secs),
         ("ota.first_chunk_timeout_secs", o.first_chunk_timeout_secs),
@@ -823,7 +832,7 @@ protocol = "framed:acme-rs485"
         assert_eq!(
             c.children[0].transport,
             Transport::Coap {
-                address: "192.168.10.21:5683".parse().unwrap(),
+                address: CoapAddress::Static("192.168.10.21:5683".parse().unwrap()),
                 delivery: Delivery::Pull
             }
         );
@@ -952,6 +961,51 @@ protocol = "framed:acme-rs485"
         };
         assert_eq!(options.reopen_timeout, Duration::ZERO);
         assert_eq!(Framing::EIGHT_N_ONE.bits_per_char(), 10);
+    }
+
+    #[test]
+    fn coap_children_by_address_or_endpoint() {
+        let c = parse(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "endpoint = \"urn:imei:35000000001\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.children[0].transport,
+            Transport::Coap {
+                address: CoapAddress::Endpoint("urn:imei:35000000001".into()),
+                delivery: Delivery::Pull
+            }
+        );
+        let both = err(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\nendpoint = \"n1\"",
+        ));
+        assert!(
+            both.contains(": child[0].endpoint: set either address"),
+            "{both}"
+        );
+        assert!(both.contains("(line 14, column 12)"), "{both}");
+        let neither = err(&GOOD.replace("address = \"192.168.10.21:5683\"", ""));
+        assert!(
+            neither.contains(
+                ": child[0].address: is required for transport = \"coap\", unless endpoint"
+            ),
+            "{neither}"
+        );
+        let empty = err(&GOOD.replace("address = \"192.168.10.21:5683\"", "endpoint = \"\""));
+        assert!(
+            empty.contains(": child[0].endpoint: '' is not an LwM2M endpoint name"),
+            "{empty}"
+        );
+        let twice = err(&format!(
+            "{}\n[[child]]\ndevice_id = \"n2\"\ntransport = \"coap\"\nendpoint = \"n1\"\n",
+            GOOD.replace("address = \"192.168.10.21:5683\"", "endpoint = \"n1\"")
+        ));
+        assert!(
+            twice.contains(": child[2].endpoint: 'n1' is child[0]'s endpoint too"),
+            "{twice}"
+        );
     }
 
     #[test]

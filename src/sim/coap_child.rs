@@ -18,6 +18,14 @@
 //!   version with result 1, or keeps its version and reports the result set
 //!   with [`CoapChildSim::set_update_failure`].
 //!
+//! - Registering mode ([`SimOptions::register`], issue 13): the child is
+//!   an LwM2M client of a server (the gateway): it registers at start and
+//!   after every reboot (`POST /rd?ep=..&lt=..&lwm2m=..&b=..`, links
+//!   `</1/0>,</3/0>,</5/0>`), sends Updates when told (or every half
+//!   lifetime), can move to a new source port ([`CoapChildSim::rebind`],
+//!   a NAT rebinding) and de-register. In queue mode it hears requests
+//!   only for `awake` after it last sent something.
+//!
 //! Faults sit between the device and its socket (smoltcp's seam): loss,
 //! duplication, reordering (an extra random delay lets later datagrams
 //! overtake) and delay apply to both directions; a reboot after N blocks
@@ -38,7 +46,43 @@ use otabridge_codecs::rng::Rng;
 use otabridge_codecs::time::Instant;
 use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+
+/// How a registering simulated child talks to its LwM2M server.
+#[derive(Debug, Clone)]
+pub struct Registering {
+    /// The server (the gateway's `coap.listen`).
+    pub server: SocketAddr,
+    /// Its Endpoint Client Name (`ep`).
+    pub endpoint: String,
+    /// `lt`, seconds.
+    pub lifetime_s: u32,
+    /// `lwm2m`: "1.0" (queue mode as `b=UQ`) or "1.1" (`Q`).
+    pub lwm2m: String,
+    /// Queue mode.
+    pub queue: bool,
+    /// Queue mode: how long it listens after it last sent something.
+    pub awake: Duration,
+    /// Sends an Update every half lifetime by itself (tests drive Updates
+    /// with [`CoapChildSim::update`] instead).
+    pub auto_update: bool,
+}
+
+impl Registering {
+    /// A 1.1 client `endpoint` of `server`, lifetime 300 s, not queued,
+    /// Updates only when told.
+    pub fn new(server: SocketAddr, endpoint: &str) -> Self {
+        Registering {
+            server,
+            endpoint: endpoint.into(),
+            lifetime_s: 300,
+            lwm2m: "1.1".into(),
+            queue: false,
+            awake: Duration::from_secs(10),
+            auto_update: false,
+        }
+    }
+}
 
 /// Faults injected at the socket seam (both directions).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -93,6 +137,8 @@ pub struct SimOptions {
     pub seed: u64,
     /// The child's message layer for its own pull requests (timers).
     pub exchange: ExchangeConfig,
+    /// Registers with an LwM2M server (`None`: waits to be polled).
+    pub register: Option<Registering>,
 }
 
 impl SimOptions {
@@ -110,6 +156,7 @@ impl SimOptions {
             faults: Faults::default(),
             seed: 1,
             exchange: ExchangeConfig::default(),
+            register: None,
         }
     }
 }
@@ -131,6 +178,12 @@ pub struct SimStats {
     pub duplicated: u64,
     /// Whole images received.
     pub images: u32,
+    /// Registers answered 2.01.
+    pub registrations: u32,
+    /// Updates answered 2.04.
+    pub updates: u32,
+    /// Requests not heard because the child slept (queue mode).
+    pub slept_through: u32,
 }
 
 /// Why the simulator could not start.
@@ -205,6 +258,38 @@ struct Device {
     /// `/3/0/10` memory free, `/4/0/2` signal): path → plain-text value,
     /// 4.04 when absent ([`CoapChildSim::set_reading`]).
     readings: HashMap<String, String>,
+    /// Its socket's address (it moves with [`CoapChildSim::rebind`]).
+    addr: SocketAddr,
+    reg: RegState,
+}
+
+/// A registering child's side of the Registration interface.
+#[derive(Debug, Default)]
+struct RegState {
+    /// `rd/<id>` from the 2.01.
+    location: Option<String>,
+    /// The registry request in flight.
+    request: Option<(RequestId, RegOp)>,
+    /// When to send the next Register or Update by itself.
+    next: Option<(Instant, RegOp)>,
+    /// Queue mode: listening until then.
+    awake_until: Instant,
+    /// The code of the last registry answer.
+    last_code: Option<Code>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegOp {
+    Register,
+    Update,
+    Deregister,
+}
+
+/// What the test side asks of a running child.
+#[derive(Debug)]
+enum SimCmd {
+    Reg(RegOp),
+    Rebind(oneshot::Sender<std::io::Result<SocketAddr>>),
 }
 
 #[derive(Debug, Clone)]
@@ -225,8 +310,8 @@ fn lock(m: &Mutex<Device>) -> MutexGuard<'_, Device> {
 /// A running simulated child; dropping it stops the child.
 #[derive(Debug)]
 pub struct CoapChildSim {
-    addr: SocketAddr,
     device: Arc<Mutex<Device>>,
+    cmds: mpsc::UnboundedSender<SimCmd>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -246,7 +331,16 @@ impl CoapChildSim {
             ..opts.exchange.clone()
         })
         .map_err(|e| SimError::Config(e.to_string()))?;
+        let reg = RegState {
+            next: opts
+                .register
+                .as_ref()
+                .map(|_| (Instant::ZERO, RegOp::Register)),
+            ..RegState::default()
+        };
         let device = Arc::new(Mutex::new(Device {
+            addr,
+            reg,
             version: opts.version.clone(),
             state: State::Idle,
             result: UpdateResult::Initial,
@@ -268,17 +362,53 @@ impl CoapChildSim {
             opts,
         }));
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(run(socket, device.clone(), stopped));
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(socket, device.clone(), stopped, cmd_rx));
         Ok(CoapChildSim {
-            addr,
             device,
+            cmds,
             stop: Some(stop),
         })
     }
 
-    /// The child's CoAP endpoint.
+    /// The child's CoAP endpoint (it moves with [`CoapChildSim::rebind`]).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        lock(&self.device).addr
+    }
+
+    /// Registering mode: sends an Update now (a Register if it has no
+    /// registration).
+    pub fn update(&self) {
+        let _ = self.cmds.send(SimCmd::Reg(RegOp::Update));
+    }
+
+    /// Registering mode: sends a Register now.
+    pub fn register(&self) {
+        let _ = self.cmds.send(SimCmd::Reg(RegOp::Register));
+    }
+
+    /// Registering mode: sends a De-register now.
+    pub fn deregister(&self) {
+        let _ = self.cmds.send(SimCmd::Reg(RegOp::Deregister));
+    }
+
+    /// Moves to a new UDP source port on the same IP (a NAT rebinding),
+    /// then sends an Update from there; returns the new address.
+    pub async fn rebind(&self) -> std::io::Result<SocketAddr> {
+        let (tx, rx) = oneshot::channel();
+        let closed = || std::io::Error::other("the simulated child stopped");
+        self.cmds.send(SimCmd::Rebind(tx)).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Registering mode: its location id (`rd/<id>`), once registered.
+    pub fn location(&self) -> Option<String> {
+        lock(&self.device).reg.location.clone()
+    }
+
+    /// Registering mode: the code of the server's last registry answer.
+    pub fn last_registry_code(&self) -> Option<Code> {
+        lock(&self.device).reg.last_code
     }
 
     /// The running version.
@@ -337,7 +467,12 @@ impl Drop for CoapChildSim {
     }
 }
 
-async fn run(socket: UdpSocket, device: Arc<Mutex<Device>>, mut stopped: oneshot::Receiver<()>) {
+async fn run(
+    mut socket: UdpSocket,
+    device: Arc<Mutex<Device>>,
+    mut stopped: oneshot::Receiver<()>,
+    mut cmds: mpsc::UnboundedReceiver<SimCmd>,
+) {
     let origin = tokio::time::Instant::now();
     let now = || Instant::from_millis(origin.elapsed().as_millis() as u64);
     let mut buf = vec![0u8; 2048];
@@ -346,6 +481,27 @@ async fn run(socket: UdpSocket, device: Arc<Mutex<Device>>, mut stopped: oneshot
         let wake = wake.map(|t| origin + Duration::from_millis(t.as_millis()));
         tokio::select! {
             _ = &mut stopped => return,
+            Some(cmd) = cmds.recv() => match cmd {
+                SimCmd::Reg(op) => lock(&device).reg_send(op, now()),
+                SimCmd::Rebind(done) => {
+                    let ip = lock(&device).addr.ip();
+                    match UdpSocket::bind(SocketAddr::new(ip, 0)).await.and_then(|s| {
+                        let a = s.local_addr()?;
+                        Ok((s, a))
+                    }) {
+                        Ok((s, a)) => {
+                            socket = s;
+                            let mut d = lock(&device);
+                            d.addr = a;
+                            d.reg_send(RegOp::Update, now());
+                            let _ = done.send(Ok(a));
+                        }
+                        Err(e) => {
+                            let _ = done.send(Err(e));
+                        }
+                    }
+                }
+            },
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
                     lock(&device).seam(Dir::In, peer, buf[..n].to_vec(), now());
@@ -367,6 +523,10 @@ impl Device {
             self.queue.peek().map(|Reverse(e)| e.0),
             self.ex.poll_timeout(),
             self.rebooting.as_ref().map(|r| r.0),
+            self.reg
+                .next
+                .filter(|_| self.rebooting.is_none())
+                .map(|n| n.0),
         ]
         .into_iter()
         .flatten()
@@ -405,7 +565,15 @@ impl Device {
         let mut wire = Vec::new();
         if self.rebooting.as_ref().is_some_and(|r| now >= r.0) {
             let (_, how) = self.rebooting.take().expect("checked");
-            self.boot(how);
+            self.boot(how, now);
+        }
+        if self.rebooting.is_none() {
+            if let Some((t, op)) = self.reg.next {
+                if t <= now {
+                    self.reg.next = None;
+                    self.reg_send(op, now);
+                }
+            }
         }
         while self.queue.peek().is_some_and(|Reverse(e)| e.0 <= now) {
             let Reverse((_, _, dir, peer, bytes)) = self.queue.pop().expect("peeked");
@@ -413,6 +581,11 @@ impl Device {
                 Dir::Out => wire.push((peer, bytes)),
                 // A rebooting device hears nothing.
                 Dir::In if self.rebooting.is_some() => {}
+                // Queue mode: asleep, it hears no requests (RFC 7252 §3:
+                // code class 0, not empty); answers to its own still come.
+                Dir::In if self.asleep(now) && bytes.len() > 1 && (1..32).contains(&bytes[1]) => {
+                    self.stats.slept_through += 1;
+                }
                 Dir::In => {
                     let _ = self.ex.handle_datagram(peer, &bytes, now);
                 }
@@ -428,6 +601,7 @@ impl Device {
             self.on_event(ev, now);
         }
         while let Some(t) = self.ex.poll_transmit() {
+            self.sent(now);
             if self.is_muted(&t.peer, &t.bytes) {
                 self.stats.dropped += 1;
                 continue;
@@ -459,11 +633,114 @@ impl Device {
         self.muted.insert((req.peer, req.packet.header.message_id));
     }
 
+    /// Queue mode: not listening at `now`.
+    fn asleep(&self, now: Instant) -> bool {
+        self.opts.register.as_ref().is_some_and(|r| r.queue) && now >= self.reg.awake_until
+    }
+
+    /// It sent something: a queue-mode child listens for a while.
+    fn sent(&mut self, now: Instant) {
+        if let Some(r) = &self.opts.register {
+            self.reg.awake_until = self.reg.awake_until.max(now + r.awake);
+        }
+    }
+
+    /// Sends a Register, Update or De-register to its server (an Update
+    /// or De-register without a registration becomes a Register).
+    fn reg_send(&mut self, op: RegOp, now: Instant) {
+        let Some(r) = self.opts.register.clone() else {
+            return;
+        };
+        if let Some((id, _)) = self.reg.request.take() {
+            self.ex.cancel(id);
+        }
+        let (op, mut p) = match (op, self.reg.location.clone()) {
+            (RegOp::Update, Some(loc)) => (op, msg::request(Code::POST, &["rd", loc.as_str()])),
+            (RegOp::Deregister, Some(loc)) => (op, msg::request(Code(0x04), &["rd", loc.as_str()])),
+            _ => {
+                let mut p = msg::request(Code::POST, &["rd"]);
+                let b = if r.queue && r.lwm2m == "1.0" {
+                    "UQ"
+                } else {
+                    "U"
+                };
+                for q in [
+                    format!("ep={}", r.endpoint),
+                    format!("lt={}", r.lifetime_s),
+                    format!("lwm2m={}", r.lwm2m),
+                    format!("b={b}"),
+                ] {
+                    p.add_option(CoapOption::UriQuery, q.into_bytes());
+                }
+                if r.queue && r.lwm2m != "1.0" {
+                    p.add_option(CoapOption::UriQuery, b"Q".to_vec());
+                }
+                msg::set_uint(&mut p, CoapOption::ContentFormat, 40);
+                p.payload = b"</1/0>,</3/0>,</5/0>".to_vec();
+                (RegOp::Register, p)
+            }
+        };
+        p.header
+            .set_type(otabridge_codecs::coap::MessageType::Confirmable);
+        if let Ok(id) = self.ex.start_request(r.server, p, now) {
+            self.reg.request = Some((id, op));
+        }
+    }
+
+    /// The server's answer to a registry request.
+    fn on_reg_response(&mut self, op: RegOp, resp: &Packet, now: Instant) {
+        let code = msg::code(resp);
+        self.reg.last_code = Some(code);
+        let Some(r) = self.opts.register.clone() else {
+            return;
+        };
+        let half = Duration::from_secs(u64::from(r.lifetime_s / 2).max(1));
+        match (op, code) {
+            (RegOp::Register, Code::CREATED) => {
+                self.reg.location = resp
+                    .get_option(CoapOption::LocationPath)
+                    .and_then(|l| l.iter().nth(1).cloned())
+                    .and_then(|v| String::from_utf8(v).ok());
+                self.stats.registrations += 1;
+            }
+            (RegOp::Update, Code::CHANGED) => self.stats.updates += 1,
+            // The server forgot us: register again (OMA TS Core §6.2.2).
+            (RegOp::Update, Code::NOT_FOUND) => {
+                self.reg.location = None;
+                self.reg.next = Some((now, RegOp::Register));
+                return;
+            }
+            (RegOp::Deregister, _) => {
+                self.reg.location = None;
+                return;
+            }
+            _ => return,
+        }
+        if r.auto_update {
+            self.reg.next = Some((now + half, RegOp::Update));
+        }
+    }
+
     fn on_event(&mut self, ev: ExchangeEvent<SocketAddr>, now: Instant) {
         match ev {
             ExchangeEvent::Request(req) => self.on_request(req, now),
+            ExchangeEvent::Response { id, response, .. }
+                if self.reg.request.is_some_and(|(r, _)| r == id) =>
+            {
+                let (_, op) = self.reg.request.take().expect("checked");
+                self.on_reg_response(op, &response, now);
+            }
             ExchangeEvent::Response { id, response, .. } => {
                 self.on_pull_response(id, response, now)
+            }
+            ExchangeEvent::GaveUp { id, .. }
+            | ExchangeEvent::TimedOut { id, .. }
+            | ExchangeEvent::Reset { id, .. }
+                if self.reg.request.is_some_and(|(r, _)| r == id) =>
+            {
+                // The server did not answer: try again in a while.
+                let (_, op) = self.reg.request.take().expect("checked");
+                self.reg.next = Some((now + Duration::from_secs(2), op));
             }
             ExchangeEvent::GaveUp { id, .. }
             | ExchangeEvent::TimedOut { id, .. }
@@ -821,10 +1098,17 @@ impl Device {
 
     /// Comes back from a reboot: RAM (transfers, message-layer memory) is
     /// gone; version and result are what flash says.
-    fn boot(&mut self, how: Reboot) {
+    fn boot(&mut self, how: Reboot, now: Instant) {
         self.pull = None;
         self.transfer = None;
         self.muted.clear();
+        // An LwM2M client registers after every boot (its RAM forgot the
+        // registration).
+        if self.opts.register.is_some() {
+            self.reg.location = None;
+            self.reg.request = None;
+            self.reg.next = Some((now, RegOp::Register));
+        }
         self.exchange_seed = self.exchange_seed.wrapping_add(1);
         if let Ok(ex) = Exchanges::new(ExchangeConfig {
             seed: self.exchange_seed,

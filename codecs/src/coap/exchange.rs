@@ -326,6 +326,54 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
         Ok(id)
     }
 
+    /// Peer `from` is now reached at `to` (the same device at a new
+    /// address: an LwM2M client's Update after a NAT rebinding). Message
+    /// ids to `to` continue `from`'s sequence: the device deduplicates by
+    /// our address and the message id (RFC 7252 §4.5), so starting `to`
+    /// afresh would repeat ids it has just seen from us, and it would
+    /// answer a new request with the reply to an old one.
+    pub fn peer_moved(&mut self, from: &P, to: P) {
+        if let Some(m) = self.mids.get(from).copied() {
+            self.mids.insert(to, m);
+        }
+    }
+
+    /// Sends request `id` to `to` instead of its peer (the peer moved: an
+    /// LwM2M client's Update from a new address, issue 13). It keeps its
+    /// id, gets a message id and token of the new peer, goes out at once
+    /// and retransmits from a fresh count. `false`: no such request.
+    pub fn redirect(&mut self, id: RequestId, to: P, now: Instant) -> bool {
+        let Some(i) = self.outstanding.iter().position(|o| o.id == id) else {
+            return false;
+        };
+        let Ok(mut packet) = msg::decode(&self.outstanding[i].bytes) else {
+            return false;
+        };
+        let mid = self.alloc_mid(&to);
+        let token = self.alloc_token(&to);
+        packet.header.message_id = mid;
+        packet.set_token(token.clone());
+        let Ok(bytes) = msg::encode(&packet, self.config.max_message_size) else {
+            return false;
+        };
+        let timeout = self.initial_timeout();
+        let o = &mut self.outstanding[i];
+        o.peer = to.clone();
+        o.mid = mid;
+        o.token = token;
+        o.bytes = bytes.clone();
+        o.acked = false;
+        o.transmissions = 1;
+        o.timeout = timeout;
+        o.deadline = now + timeout;
+        self.transmits.push_back(Transmit {
+            peer: to,
+            bytes,
+            retransmission: false,
+        });
+        true
+    }
+
     /// Forgets a request: no more retransmissions, no event for it.
     pub fn cancel(&mut self, id: RequestId) {
         self.outstanding.retain(|o| o.id != id);

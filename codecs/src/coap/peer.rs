@@ -314,6 +314,66 @@ impl<P: Clone + Eq + Hash + Debug, R: ReadAt> Peers<P, R> {
         OpId(self.next_op)
     }
 
+    /// Peer `from` is now at `to` (an LwM2M client re-registered or
+    /// updated from a new address, issue 13): its request or block in
+    /// flight goes to `to` at once (same op, new message id and token),
+    /// its held requests and its push follow. When `to` already has work of
+    /// its own, `from`'s in-flight request fails as [`TransportFailure::GaveUp`]
+    /// (its owner retries) and its held requests queue behind `to`'s.
+    pub fn move_peer(&mut self, from: &P, to: P, now: Instant) {
+        if *from == to {
+            return;
+        }
+        self.ex.peer_moved(from, to.clone());
+        let Some(mut moving) = self.peers.remove(from) else {
+            return;
+        };
+        if let Some((id, _)) = moving.in_flight {
+            self.exchanges.remove(&id);
+            if self.ex.redirect(id, to.clone(), now) {
+                self.exchanges.insert(id, to.clone());
+            } else {
+                moving.in_flight = None;
+            }
+        }
+        match self.peers.remove(&to) {
+            None => {
+                self.peers.insert(to.clone(), moving);
+            }
+            Some(mut there) => {
+                if let Some((id, what)) = moving.in_flight.take() {
+                    self.ex.cancel(id);
+                    self.exchanges.remove(&id);
+                    match what {
+                        Sent::Request(op) => self.events.push_back(PeerEvent::Failed {
+                            op,
+                            peer: to.clone(),
+                            why: TransportFailure::GaveUp,
+                        }),
+                        Sent::Block => {
+                            if let Some(p) = moving.push.as_mut() {
+                                p.engine.abort(PushFailure::Protocol(
+                                    "the peer moved to an address in use".into(),
+                                ));
+                            }
+                        }
+                    }
+                }
+                there.held.extend(moving.held);
+                if there.push.is_none() {
+                    there.push = moving.push;
+                } else if let Some(mut p) = moving.push {
+                    p.engine.abort(PushFailure::Protocol(
+                        "the peer moved to an address with a push of its own".into(),
+                    ));
+                    drain_push(&to, &mut p, &mut self.events);
+                }
+                self.peers.insert(to.clone(), there);
+            }
+        }
+        self.advance(&to, now);
+    }
+
     fn slot(&mut self, peer: &P) -> &mut Peer<R> {
         self.peers.entry(peer.clone()).or_insert_with(|| Peer {
             in_flight: None,
@@ -538,6 +598,50 @@ mod tests {
 
     fn block_num(p: &Packet) -> Option<u32> {
         msg::block1(p).unwrap().map(|b: BlockOpt| b.num)
+    }
+
+    #[test]
+    fn a_peer_that_moves_takes_its_request_in_flight_and_its_queue_along() {
+        let mut p = engine();
+        let a = p
+            .request(CHILD, msg::request(Code::GET, &["a"]), at(0))
+            .unwrap();
+        let b = p
+            .request(CHILD, msg::request(Code::GET, &["b"]), at(0))
+            .unwrap();
+        let old = sent(&mut p);
+        assert_eq!(old.len(), 1);
+        // The client now sends from 9 (NAT rebinding): "a" goes there at once,
+        // with the next message id of the sequence the device knows.
+        p.move_peer(&CHILD, 9, at(10));
+        let out = sent(&mut p);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, 9);
+        assert_eq!(
+            out[0].1.header.message_id,
+            old[0].1.header.message_id.wrapping_add(1)
+        );
+        assert_eq!(msg::uri_path(&out[0].1).unwrap(), ["a"]);
+        // A late answer from the old address matches nothing.
+        let _ = p.handle_datagram(CHILD, &ack(&old[0].1, Code::CONTENT), at(11));
+        assert!(events(&mut p).is_empty());
+        p.handle_datagram(9, &ack(&out[0].1, Code::CONTENT), at(12))
+            .unwrap();
+        assert!(
+            matches!(&events(&mut p)[..], [PeerEvent::Response { op, peer: 9, .. }] if *op == a)
+        );
+        let out = sent(&mut p);
+        assert_eq!(
+            (out[0].0, msg::uri_path(&out[0].1).unwrap()),
+            (9, vec!["b".to_string()])
+        );
+        p.handle_datagram(9, &ack(&out[0].1, Code::CONTENT), at(13))
+            .unwrap();
+        assert!(matches!(&events(&mut p)[..], [PeerEvent::Response { op, .. }] if *op == b));
+        // Nothing is retransmitted to the old address.
+        p.handle_timeout(at(60_000));
+        assert!(sent(&mut p).is_empty());
+        assert!(p.peers.is_empty());
     }
 
     #[test]

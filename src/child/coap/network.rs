@@ -33,12 +33,22 @@
 //! iteration; the caller hears only coarse progress (`PROGRESS_STEPS`) and
 //! the end, while "bytes acknowledged at t" is updated for every block
 //! ([`PushHandle::acked`]) without waking anyone.
+//!
+//! # Registrations (issue 13, docs/coap.md)
+//! The same socket is the LwM2M server children register with: requests
+//! under `/rd` go to the codecs' [`Registry`] (Register, Update,
+//! De-register, expiry). A child configured with `endpoint` is reached at
+//! the address it last registered or updated from ([`CoapNetwork::request_to`]
+//! resolves it at send time, in the task); a queue-mode client's requests
+//! wait in the registry until it next wakes. Registrations are journaled
+//! ([`super::registrations`]) and restored at [`CoapNetwork::bind`];
+//! presence changes go out through [`CoapNetwork::presence`].
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -48,13 +58,17 @@ use otabridge_codecs::coap::{
     PeerEvent, Peers, PushConfig, PushEvent, PushFailure, ReadAt, ReadError, ServeConfig,
     ServedBlock, StartPushError, TransportFailure,
 };
+use otabridge_codecs::lwm2m::registry::{
+    self, Registration, Registry, RegistryConfig, RegistryEvent, Route,
+};
 use otabridge_codecs::time::Instant as EngineInstant;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
 
+use super::registrations::{self, Row, Writer};
 use super::seam::{Dir, LinkFaults, Seam};
-use crate::config::CoapConfig;
+use crate::config::{CoapAddress, CoapConfig};
 
 /// The largest datagram read from the socket: a 1024-byte block plus
 /// header and options fits in 1152 (RFC 7252 §4.6); bigger ones are cut
@@ -98,6 +112,11 @@ pub struct NetworkOptions {
     /// A lossy link at the socket seam (tests and benches; never from the
     /// config): see [`super::seam`].
     pub faults: Option<LinkFaults>,
+    /// The LwM2M registry's limits and timers (`coap.queue_window_secs`).
+    pub registry: RegistryConfig,
+    /// Where registrations are journaled (`state.dir`); `None`: not kept
+    /// across restarts.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl NetworkOptions {
@@ -109,11 +128,13 @@ impl NetworkOptions {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ u64::from(std::process::id());
-        NetworkOptions {
+        let mut o = NetworkOptions {
             advertise: c.advertise,
             max_concurrent_transfers: c.max_concurrent_transfers,
             ..Self::new(c.listen, seed)
-        }
+        };
+        o.registry.queue_window = Duration::from_secs(c.queue_window_secs);
+        o
     }
 
     /// Options for a network on `listen` with RFC 7252 timing and `seed`.
@@ -128,6 +149,11 @@ impl NetworkOptions {
             },
             max_block_szx: 6,
             faults: None,
+            registry: RegistryConfig {
+                seed: seed.rotate_left(17),
+                ..RegistryConfig::default()
+            },
+            state_dir: None,
         }
     }
 }
@@ -150,6 +176,12 @@ pub enum BindError {
     /// `max_concurrent_transfers` is zero.
     #[error("coap.max_concurrent_transfers must be at least 1")]
     NoTransfers,
+    /// The journal of registrations could not be opened.
+    #[error("registrations journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
+    /// The journal writer thread could not start.
+    #[error("registrations journal writer: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Why one request got no response.
@@ -164,6 +196,14 @@ pub enum RequestError {
     /// The network task has stopped.
     #[error("the CoAP network is shut down")]
     Closed,
+    /// The LwM2M endpoint is not registered (never since we know it, or
+    /// de-registered, or its lifetime ran out).
+    #[error("endpoint '{0}' is not registered")]
+    NotRegistered(String),
+    /// The queue-mode endpoint sleeps and has as many requests waiting as
+    /// the registry holds.
+    #[error("endpoint '{0}' sleeps (queue mode) with too many requests waiting")]
+    QueueFull(String),
 }
 
 /// Why [`CoapNetwork::push_file`] failed.
@@ -199,10 +239,14 @@ type Reply = oneshot::Sender<Result<Packet, RequestError>>;
 enum Cmd {
     Request {
         ticket: u64,
-        peer: SocketAddr,
+        to: CoapAddress,
         packet: Packet,
         reply: Reply,
     },
+    /// Accept Registers from this endpoint name.
+    Allow(String),
+    /// A version the child reported, to journal with its registration.
+    Firmware(String, String),
     Push {
         ticket: u64,
         peer: SocketAddr,
@@ -358,8 +402,35 @@ struct Watcher {
     tx: mpsc::Sender<ServedBlock>,
 }
 
+/// What the network knows of one registered LwM2M client, for drivers,
+/// `status` and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationInfo {
+    /// The registration (address, lifetime, binding, objects...).
+    pub reg: Registration<SocketAddr>,
+    /// When it expires (engine time, [`CoapNetwork::now`]).
+    pub expires: EngineInstant,
+    /// When it last registered or updated (engine time).
+    pub renewed: EngineInstant,
+    /// Queue mode: listening until then; `None` when not known (restored).
+    pub awake_until: Option<EngineInstant>,
+    /// The firmware version it last reported (journaled).
+    pub firmware: Option<String>,
+}
+
+impl RegistrationInfo {
+    /// Whether requests reach it at `now` (always, unless in queue mode).
+    pub fn listening(&self, now: EngineInstant) -> bool {
+        !self.reg.queue || self.awake_until.is_some_and(|t| now < t)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
+    /// Registered LwM2M clients by endpoint name.
+    registrations: HashMap<String, RegistrationInfo>,
+    /// Presence of endpoints someone watches ([`CoapNetwork::presence`]).
+    presence: HashMap<String, watch::Sender<bool>>,
     packages: HashMap<String, Served>,
     watchers: HashMap<u64, Watcher>,
     next_watch: u64,
@@ -444,7 +515,21 @@ impl CoapNetwork {
         };
         let counters = Arc::new(Counters::default());
         let seam = options.faults.clone().map(Seam::new);
+        let mut registry = Registry::new(options.registry.clone());
+        // Only configured endpoints register (Cmd::Allow adds them).
+        registry.allow_only(std::iter::empty());
+        let journal = match &options.state_dir {
+            Some(dir) => {
+                let (mut j, rows) = registrations::open(dir)?;
+                restore(&mut registry, &mut lock(&shared), rows, &mut j);
+                Some(registrations::spawn(j).map_err(BindError::Thread)?)
+            }
+            None => None,
+        };
         let task = Task {
+            registry,
+            held: HashMap::new(),
+            journal,
             peers,
             waiting: HashMap::new(),
             jobs: HashMap::new(),
@@ -533,13 +618,25 @@ impl CoapNetwork {
     /// when the peer has nothing else of ours in flight (NSTART 1), between
     /// two blocks of a push to it. Dropping the future cancels the request.
     pub async fn request(&self, peer: SocketAddr, packet: Packet) -> Result<Packet, RequestError> {
+        self.request_to(&CoapAddress::Static(peer), packet).await
+    }
+
+    /// [`CoapNetwork::request`] to a fixed address or to a registered
+    /// endpoint: the address it last registered or updated from, resolved
+    /// when the request goes out. A queue-mode endpoint that sleeps gets
+    /// it when it next registers or updates (the future waits until then).
+    pub async fn request_to(
+        &self,
+        to: &CoapAddress,
+        packet: Packet,
+    ) -> Result<Packet, RequestError> {
         let (reply, rx) = oneshot::channel();
         let ticket = self.ticket();
         self.inner
             .cmds
             .send(Cmd::Request {
                 ticket,
-                peer,
+                to: to.clone(),
                 packet,
                 reply,
             })
@@ -583,6 +680,62 @@ impl CoapNetwork {
             done: rx,
             _cancel: self.cancel_on_drop(ticket),
         })
+    }
+
+    /// Accepts Registers from `endpoint` (a configured child); other
+    /// endpoints get 4.03 and a log line.
+    pub fn allow_endpoint(&self, endpoint: &str) {
+        let _ = self.inner.cmds.send(Cmd::Allow(endpoint.to_owned()));
+    }
+
+    /// What the network knows of `endpoint`'s registration.
+    pub fn registration(&self, endpoint: &str) -> Option<RegistrationInfo> {
+        lock(&self.inner.shared)
+            .registrations
+            .get(endpoint)
+            .cloned()
+    }
+
+    /// Every registration, by endpoint name.
+    pub fn registrations(&self) -> Vec<RegistrationInfo> {
+        let s = lock(&self.inner.shared);
+        let mut v: Vec<_> = s.registrations.values().cloned().collect();
+        v.sort_by(|a, b| a.reg.endpoint.cmp(&b.reg.endpoint));
+        v
+    }
+
+    /// The current address of a fixed or registered child.
+    pub fn resolve(&self, to: &CoapAddress) -> Option<SocketAddr> {
+        match to {
+            CoapAddress::Static(a) => Some(*a),
+            CoapAddress::Endpoint(e) => self.registration(e).map(|r| r.reg.peer),
+        }
+    }
+
+    /// Whether `endpoint` is registered, as a watch that changes with its
+    /// registration (Register/Update: `true`; De-register, expiry: `false`).
+    pub fn presence(&self, endpoint: &str) -> watch::Receiver<bool> {
+        let mut s = lock(&self.inner.shared);
+        let registered = s.registrations.contains_key(endpoint);
+        s.presence
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| watch::channel(registered).0)
+            .subscribe()
+    }
+
+    /// Remembers (and journals) the firmware version `endpoint` reported,
+    /// for a `version_query` while it sleeps.
+    pub fn report_firmware(&self, endpoint: &str, version: &str) {
+        if let Some(r) = lock(&self.inner.shared).registrations.get_mut(endpoint) {
+            if r.firmware.as_deref() == Some(version) {
+                return;
+            }
+            r.firmware = Some(version.to_owned());
+        }
+        let _ = self
+            .inner
+            .cmds
+            .send(Cmd::Firmware(endpoint.to_owned(), version.to_owned()));
     }
 
     fn ticket(&self) -> u64 {
@@ -832,8 +985,21 @@ struct Job {
     reported: u32,
 }
 
+/// A request held by the registry for a sleeping queue-mode client.
+#[derive(Debug)]
+struct Held {
+    ticket: u64,
+    packet: Packet,
+    reply: Reply,
+}
+
 /// The network task's state besides the socket.
 struct Task {
+    /// The LwM2M server role: registrations, queue-mode holding.
+    registry: Registry<SocketAddr, Held>,
+    /// Tickets of held requests, to their endpoint (for cancelling).
+    held: HashMap<u64, String>,
+    journal: Option<Writer>,
     peers: Peers<SocketAddr, FileImage>,
     /// Callers waiting for the response to a request.
     waiting: HashMap<OpId, (u64, Reply)>,
@@ -865,7 +1031,7 @@ async fn run(
     let mut armed: Option<tokio::time::Instant> = None;
     loop {
         let seam_due = seam.as_ref().and_then(Seam::next_due);
-        let due = [t.peers.poll_timeout(), seam_due]
+        let due = [t.peers.poll_timeout(), t.registry.poll_timeout(), seam_due]
             .into_iter()
             .flatten()
             .min()
@@ -901,7 +1067,9 @@ async fn run(
             },
             _ = &mut sleep, if armed.is_some() => {
                 armed = None;
-                t.peers.handle_timeout(engine_now(origin));
+                let now = engine_now(origin);
+                t.peers.handle_timeout(now);
+                t.registry.handle_timeout(now);
             }
         }
         loop {
@@ -947,6 +1115,12 @@ impl Task {
     }
 
     fn datagram(&mut self, peer: SocketAddr, bytes: &[u8], now: EngineInstant) {
+        // A queue-mode client that sends anything listens a while longer.
+        if let Some((endpoint, until)) = self.registry.seen(&peer, now) {
+            if let Some(r) = lock(&self.shared).registrations.get_mut(endpoint) {
+                r.awake_until = Some(until);
+            }
+        }
         if let Err(e) = self.peers.handle_datagram(peer, bytes, now) {
             debug!(%peer, "undecodable datagram: {e}");
         }
@@ -972,18 +1146,49 @@ impl Task {
         match cmd {
             Cmd::Request {
                 ticket,
-                peer,
+                to,
                 packet,
                 reply,
-            } => match self.peers.request(peer, packet, now) {
-                Ok(op) => {
-                    self.waiting.insert(op, (ticket, reply));
-                    self.tickets.insert(ticket, op);
+            } => {
+                let peer = match to {
+                    CoapAddress::Static(peer) => peer,
+                    CoapAddress::Endpoint(ep) => {
+                        let held = Held {
+                            ticket,
+                            packet,
+                            reply,
+                        };
+                        match self.registry.route(&ep, held, now) {
+                            Route::Send { peer, item } => {
+                                return self.send_request(peer, item, now);
+                            }
+                            Route::Held => {
+                                debug!(endpoint = %ep, "request held until the client wakes");
+                                self.held.insert(ticket, ep);
+                            }
+                            Route::NotRegistered(h) => {
+                                let _ = h.reply.send(Err(RequestError::NotRegistered(ep)));
+                            }
+                            Route::Full(h) => {
+                                let _ = h.reply.send(Err(RequestError::QueueFull(ep)));
+                            }
+                        }
+                        return;
+                    }
+                };
+                let item = Held {
+                    ticket,
+                    packet,
+                    reply,
+                };
+                self.send_request(peer, item, now);
+            }
+            Cmd::Allow(ep) => self.registry.allow(ep),
+            Cmd::Firmware(ep, v) => {
+                if let Some(j) = &self.journal {
+                    j.firmware(&ep, &v);
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(RequestError::Encode(e.to_string())));
-                }
-            },
+            }
             Cmd::Push {
                 ticket,
                 peer,
@@ -1013,6 +1218,9 @@ impl Task {
                 }
             },
             Cmd::Cancel(ticket) => {
+                if let Some(ep) = self.held.remove(&ticket) {
+                    self.registry.unhold(&ep, |h| h.ticket != ticket);
+                }
                 if let Some(op) = self.tickets.remove(&ticket) {
                     self.waiting.remove(&op);
                     self.jobs.remove(&op);
@@ -1022,8 +1230,37 @@ impl Task {
         }
     }
 
-    /// The engine's events to the children waiting for them.
+    /// A request to the peer engine; its answer goes to `h.reply`.
+    fn send_request(&mut self, peer: SocketAddr, h: Held, now: EngineInstant) {
+        match self.peers.request(peer, h.packet, now) {
+            Ok(op) => {
+                self.waiting.insert(op, (h.ticket, h.reply));
+                self.tickets.insert(h.ticket, op);
+            }
+            Err(e) => {
+                let _ = h.reply.send(Err(RequestError::Encode(e.to_string())));
+            }
+        }
+    }
+
+    /// The engines' events: the peer engine's to the children waiting for
+    /// them, the registry's to the shared view, the journal and the held
+    /// requests (which give the peer engine more to do).
     fn handle_events(&mut self) {
+        loop {
+            self.peer_events();
+            let mut any = false;
+            while let Some(ev) = self.registry.poll_event() {
+                any = true;
+                self.registry_event(ev);
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn peer_events(&mut self) {
         while let Some(ev) = self.peers.poll_event() {
             let (op, answer) = match ev {
                 PeerEvent::Request(req) => {
@@ -1085,8 +1322,131 @@ impl Task {
         });
     }
 
-    /// Answers a request from a peer: Block2 blocks of served packages.
+    /// One registry event: logs, the shared view, presence, the journal,
+    /// and the requests a woken client was waiting for.
+    fn registry_event(&mut self, ev: RegistryEvent<SocketAddr, Held>) {
+        let now = self.now();
+        match ev {
+            RegistryEvent::Registered { reg, replaced } => {
+                if let Some(old) = replaced {
+                    self.peers.move_peer(&old, reg.peer, now);
+                }
+                info!(endpoint = %reg.endpoint, address = %reg.peer, lifetime_s = reg.lifetime.as_secs(),
+                      binding = %reg.binding, lwm2m = %reg.version, queue = reg.queue,
+                      replaced = ?replaced, location = %format!("rd/{}", reg.id), "LwM2M client registered");
+                self.renewed(reg, now, true);
+            }
+            RegistryEvent::Updated { reg, moved_from } => {
+                match moved_from {
+                    Some(old) => {
+                        info!(endpoint = %reg.endpoint, from = %old, to = %reg.peer,
+                              "LwM2M client updated from a new address; requests go there");
+                        self.peers.move_peer(&old, reg.peer, now);
+                    }
+                    None => debug!(endpoint = %reg.endpoint, "LwM2M registration updated"),
+                }
+                self.renewed(reg, now, false);
+            }
+            RegistryEvent::Deregistered { reg, dropped } => {
+                info!(endpoint = %reg.endpoint, "LwM2M client de-registered");
+                self.gone(&reg, dropped);
+            }
+            RegistryEvent::Expired { reg, dropped } => {
+                warn!(endpoint = %reg.endpoint, lifetime_s = reg.lifetime.as_secs(),
+                      "LwM2M registration expired: no Update within its lifetime");
+                self.gone(&reg, dropped);
+            }
+            RegistryEvent::Wake {
+                endpoint,
+                peer,
+                items,
+                ..
+            } => {
+                debug!(%endpoint, %peer, held = items.len(), "queue-mode client awake; sending what waited");
+                for h in items {
+                    self.held.remove(&h.ticket);
+                    self.send_request(peer, h, now);
+                }
+            }
+            RegistryEvent::Refused {
+                peer,
+                endpoint,
+                error,
+            } => {
+                warn!(%peer, endpoint = endpoint.as_deref().unwrap_or("-"), code = %error.code(),
+                      "LwM2M registry request refused: {error}");
+            }
+        }
+    }
+
+    /// A Register or Update: the shared view, presence and the journal.
+    fn renewed(&mut self, reg: Registration<SocketAddr>, now: EngineInstant, fresh: bool) {
+        let ep = reg.endpoint.clone();
+        let expires = now + self.registry.expires_in(&ep, now).unwrap_or_default();
+        let window = self.registry.config().queue_window;
+        let firmware = {
+            let mut s = lock(&self.shared);
+            // A Register follows a reboot: the version may have changed.
+            let firmware = if fresh {
+                None
+            } else {
+                s.registrations.get(&ep).and_then(|r| r.firmware.clone())
+            };
+            s.registrations.insert(
+                ep.clone(),
+                RegistrationInfo {
+                    awake_until: reg.queue.then_some(now + window),
+                    reg: reg.clone(),
+                    expires,
+                    renewed: now,
+                    firmware: firmware.clone(),
+                },
+            );
+            if let Some(p) = s.presence.get(&ep) {
+                p.send_if_modified(|v| !std::mem::replace(v, true));
+            }
+            firmware
+        };
+        if let Some(j) = &self.journal {
+            j.upsert(Row {
+                reg,
+                renewed_unix: crate::clock::now_unix(),
+                firmware,
+            });
+        }
+    }
+
+    /// A registration ended: requests held for it fail.
+    fn gone(&mut self, reg: &Registration<SocketAddr>, dropped: Vec<Held>) {
+        {
+            let mut s = lock(&self.shared);
+            s.registrations.remove(&reg.endpoint);
+            if let Some(p) = s.presence.get(&reg.endpoint) {
+                p.send_if_modified(|v| std::mem::replace(v, false));
+            }
+        }
+        if let Some(j) = &self.journal {
+            j.delete(&reg.endpoint);
+        }
+        for h in dropped {
+            self.held.remove(&h.ticket);
+            let _ = h
+                .reply
+                .send(Err(RequestError::NotRegistered(reg.endpoint.clone())));
+        }
+    }
+
+    /// Answers a request from a peer: the LwM2M registry under `/rd`,
+    /// Block2 blocks of served packages otherwise.
     fn serve(&mut self, req: otabridge_codecs::coap::IncomingRequest<SocketAddr>) {
+        if registry::is_registry_request(&req.packet) {
+            let now = self.now();
+            let response = self.registry.handle_request(req.peer, &req.packet, now);
+            if let Err(e) = self.peers.respond(&req, response, now) {
+                warn!(peer = %req.peer, "cannot answer: {e}");
+            }
+            return;
+        }
         let response = {
             let s = lock(&self.shared);
             let reply = serve_block2(&self.serve, &req.packet, &mut Store(&s));
@@ -1100,6 +1460,59 @@ impl Task {
         };
         if let Err(e) = self.peers.respond(&req, response, self.now()) {
             warn!(peer = %req.peer, "cannot answer: {e}");
+        }
+    }
+}
+
+/// Puts journaled registrations back into `registry` at bind (engine time
+/// zero); those whose lifetime ran out while the gateway was down are
+/// deleted.
+fn restore(
+    registry: &mut Registry<SocketAddr, Held>,
+    shared: &mut Shared,
+    rows: Vec<Row>,
+    journal: &mut crate::journal::Journal,
+) {
+    let now_unix = crate::clock::now_unix();
+    let grace = registry.config().grace;
+    for row in rows {
+        let ep = row.reg.endpoint.clone();
+        let end = row.renewed_unix
+            + i64::try_from((row.reg.lifetime + grace).as_secs()).unwrap_or(i64::MAX / 2);
+        let left = end - now_unix;
+        let restored = if left <= 0 {
+            info!(endpoint = %ep, "LwM2M registration expired while the gateway was down");
+            Err(None)
+        } else {
+            let remaining = Duration::from_secs(left as u64);
+            registry
+                .restore(row.reg, remaining, EngineInstant::ZERO)
+                .map(|()| remaining)
+                .map_err(Some)
+        };
+        match restored {
+            Ok(remaining) => {
+                let reg = registry.get(&ep).cloned().expect("just restored");
+                info!(endpoint = %ep, address = %reg.peer, left_s = remaining.as_secs(), "LwM2M registration restored from the journal");
+                shared.registrations.insert(
+                    ep,
+                    RegistrationInfo {
+                        reg,
+                        expires: EngineInstant::ZERO + remaining,
+                        renewed: EngineInstant::ZERO,
+                        awake_until: None,
+                        firmware: row.firmware,
+                    },
+                );
+            }
+            Err(why) => {
+                if let Some(e) = why {
+                    warn!(endpoint = %ep, "journaled registration not restored: {e}");
+                }
+                if let Err(e) = registrations::delete(journal, &ep) {
+                    warn!("journal: {e}");
+                }
+            }
         }
     }
 }

@@ -1,0 +1,288 @@
+//! LwM2M registrations in the journal (table `coap_registrations`,
+//! migration 6 in `crate::journal`): a restarted gateway still knows where
+//! its registered children are, and one whose lifetime ran out while the
+//! gateway was down is expired at start.
+//!
+//! Writes go through a thread of their own, so that the CoAP network task
+//! never waits for an fsync (the journal runs `synchronous = FULL`): a
+//! registration storm costs one short message per event in the task.
+//! Rows are written in event order; a crash loses at most the rows not
+//! yet written, and a client whose row is lost registers or updates again
+//! within its lifetime.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use otabridge_codecs::lwm2m::link::ObjectLinks;
+use otabridge_codecs::lwm2m::registry::{Registration, Version};
+use rusqlite::params;
+use tracing::warn;
+
+use crate::journal::{Journal, JournalError};
+
+/// One journaled registration and when it was last renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The registration (objects are re-read from its links on restore).
+    pub reg: Registration<SocketAddr>,
+    /// Wall-clock time of its last Register or Update.
+    pub renewed_unix: i64,
+    /// The firmware version the child last reported, if read.
+    pub firmware: Option<String>,
+}
+
+enum Op {
+    Upsert(Box<Row>),
+    Firmware(String, String),
+    Delete(String),
+    /// Answered once everything before it is written.
+    Sync(mpsc::Sender<()>),
+}
+
+/// The writer thread's handle; dropping it ends the thread once it has
+/// written what was sent.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Op>,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Upsert(r) => write!(f, "Upsert({})", r.reg.endpoint),
+            Op::Firmware(e, v) => write!(f, "Firmware({e}, {v})"),
+            Op::Delete(e) => write!(f, "Delete({e})"),
+            Op::Sync(_) => f.write_str("Sync"),
+        }
+    }
+}
+
+/// Opens the journal in `state_dir` and reads every journaled registration.
+pub fn open(state_dir: &Path) -> Result<(Journal, Vec<Row>), JournalError> {
+    let mut j = Journal::open(state_dir)?;
+    let rows = load(&mut j)?;
+    Ok((j, rows))
+}
+
+fn load(j: &mut Journal) -> Result<Vec<Row>, JournalError> {
+    let r = read(j);
+    let (out, bad) = r.map_err(|e| j.err(e))?;
+    for e in bad {
+        warn!(endpoint = %e, "journaled registration unreadable; dropped (the client registers again)");
+        delete(j, &e)?;
+    }
+    Ok(out)
+}
+
+/// The rows that read, and the endpoints of those that do not.
+fn read(j: &mut Journal) -> rusqlite::Result<(Vec<Row>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    {
+        let conn = j.connection();
+        let mut st = conn.prepare(
+            "SELECT endpoint, id, address, lifetime_s, lwm2m, binding, queue, sms, links,
+                    renewed_unix, firmware
+             FROM coap_registrations ORDER BY endpoint",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, bool>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, i64>(9)?,
+                r.get::<_, Option<String>>(10)?,
+            ))
+        })?;
+        for row in rows {
+            let (endpoint, id, address, lt, v, binding, queue, sms, links, renewed, fw) = row?;
+            let (Ok(peer), Some(version), Ok(lt)) = (
+                address.parse::<SocketAddr>(),
+                Version::parse(&v),
+                u64::try_from(lt),
+            ) else {
+                bad.push(endpoint);
+                continue;
+            };
+            out.push(Row {
+                reg: Registration {
+                    id,
+                    endpoint,
+                    peer,
+                    lifetime: Duration::from_secs(lt),
+                    version,
+                    binding,
+                    queue,
+                    sms,
+                    objects: ObjectLinks::default(),
+                    links,
+                },
+                renewed_unix: renewed,
+                firmware: fw,
+            });
+        }
+    }
+    Ok((out, bad))
+}
+
+fn upsert(j: &mut Journal, row: &Row) -> Result<(), JournalError> {
+    let r = &row.reg;
+    let done = j.connection().execute(
+        "INSERT INTO coap_registrations
+             (endpoint, id, address, lifetime_s, lwm2m, binding, queue, sms, links, renewed_unix)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT(endpoint) DO UPDATE SET
+             id = excluded.id, address = excluded.address, lifetime_s = excluded.lifetime_s,
+             lwm2m = excluded.lwm2m, binding = excluded.binding, queue = excluded.queue,
+             sms = excluded.sms, links = excluded.links, renewed_unix = excluded.renewed_unix",
+        params![
+            r.endpoint,
+            r.id,
+            r.peer.to_string(),
+            r.lifetime.as_secs() as i64,
+            r.version.to_string(),
+            r.binding,
+            r.queue,
+            r.sms,
+            r.links,
+            row.renewed_unix
+        ],
+    );
+    done.map(drop).map_err(|e| j.err(e))
+}
+
+/// Removes `endpoint`'s row.
+pub fn delete(j: &mut Journal, endpoint: &str) -> Result<(), JournalError> {
+    let done = j.connection().execute(
+        "DELETE FROM coap_registrations WHERE endpoint = ?1",
+        params![endpoint],
+    );
+    done.map(drop).map_err(|e| j.err(e))
+}
+
+fn firmware(j: &mut Journal, endpoint: &str, version: &str) -> Result<(), JournalError> {
+    let done = j.connection().execute(
+        "UPDATE coap_registrations SET firmware = ?2 WHERE endpoint = ?1",
+        params![endpoint, version],
+    );
+    done.map(drop).map_err(|e| j.err(e))
+}
+
+/// Starts the writer thread on `journal`.
+pub fn spawn(mut journal: Journal) -> std::io::Result<Writer> {
+    let (tx, rx) = mpsc::channel::<Op>();
+    std::thread::Builder::new()
+        .name("coap-registrations".into())
+        .spawn(move || {
+            for op in rx {
+                let r = match &op {
+                    Op::Upsert(row) => upsert(&mut journal, row),
+                    Op::Firmware(e, v) => firmware(&mut journal, e, v),
+                    Op::Delete(e) => delete(&mut journal, e),
+                    Op::Sync(done) => {
+                        let _ = done.send(());
+                        Ok(())
+                    }
+                };
+                if let Err(e) = r {
+                    warn!("journal: registration {op:?}: {e}");
+                }
+            }
+        })?;
+    Ok(Writer { tx })
+}
+
+impl Writer {
+    /// Journals a new or renewed registration.
+    pub fn upsert(&self, row: Row) {
+        let _ = self.tx.send(Op::Upsert(Box::new(row)));
+    }
+
+    /// Journals the version the child reported.
+    pub fn firmware(&self, endpoint: &str, version: &str) {
+        let _ = self
+            .tx
+            .send(Op::Firmware(endpoint.to_owned(), version.to_owned()));
+    }
+
+    /// Journals the end of a registration.
+    pub fn delete(&self, endpoint: &str) {
+        let _ = self.tx.send(Op::Delete(endpoint.to_owned()));
+    }
+
+    /// Blocks until everything sent before is written (tests, shutdown).
+    pub fn sync(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Op::Sync(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(ep: &str, port: u16) -> Registration<SocketAddr> {
+        Registration {
+            id: "0badf00d".into(),
+            endpoint: ep.into(),
+            peer: ([127, 0, 0, 1], port).into(),
+            lifetime: Duration::from_secs(300),
+            version: Version::V1_1,
+            binding: "U".into(),
+            queue: true,
+            sms: None,
+            objects: ObjectLinks::default(),
+            links: "</1/0>,</3/0>,</5/0>".into(),
+        }
+    }
+
+    #[test]
+    fn rows_survive_reopen_and_bad_rows_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (j, rows) = open(dir.path()).unwrap();
+            assert!(rows.is_empty());
+            let w = spawn(j).unwrap();
+            w.upsert(Row {
+                reg: reg("a", 5701),
+                renewed_unix: 1000,
+                firmware: None,
+            });
+            w.upsert(Row {
+                reg: reg("b", 5702),
+                renewed_unix: 1000,
+                firmware: None,
+            });
+            w.upsert(Row {
+                reg: reg("a", 5703),
+                renewed_unix: 1100,
+                firmware: None,
+            });
+            w.firmware("a", "1.0.3");
+            w.delete("b");
+            w.sync();
+        }
+        let rows = open(dir.path()).unwrap().1;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].reg, reg("a", 5703));
+        assert_eq!(rows[0].renewed_unix, 1100);
+        assert_eq!(rows[0].firmware.as_deref(), Some("1.0.3"));
+        // A row that no longer reads is dropped, with a log line.
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.connection()
+            .execute("UPDATE coap_registrations SET address = 'nowhere'", [])
+            .unwrap();
+        assert!(load(&mut j).unwrap().is_empty());
+        assert!(load(&mut j).unwrap().is_empty());
+    }
+}

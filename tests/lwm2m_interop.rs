@@ -1,0 +1,178 @@
+//! Interop with a LwM2M client stack not written here: npm's
+//! `lwm2m-node-lib` 1.4.0 client (Telefonica's FIWARE client, on node-coap)
+//! with /3 and /5 scripted on its object registry (`tests/lwm2m/node_client.js`).
+//! It registers with our `/rd`, is read, upgraded by pull through
+//! otabridge's `CoapChild`, and de-registers on SIGTERM.
+//!
+//! The module comes from `bash .ci/run` (`npm install --prefix
+//! /var/tmp/otabridge-tools/node lwm2m-node-lib@1.4.0`), or from
+//! `OTABRIDGE_NODE_MODULES`. Without node or the module the test passes
+//! with a note; under `OTABRIDGE_REQUIRE_INTEROP=1` it fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child as Proc, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+use otabridge::child::{Child, Package};
+use otabridge::config::{CoapAddress, Delivery};
+use sha2::{Digest, Sha256};
+
+const BOUND: Duration = Duration::from_secs(60);
+
+fn node_modules() -> Option<PathBuf> {
+    let dir = std::env::var_os("OTABRIDGE_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/otabridge-tools/node/node_modules"));
+    let node = Command::new("node").arg("--version").output();
+    (node.is_ok_and(|o| o.status.success()) && dir.join("lwm2m-node-lib").is_dir()).then_some(dir)
+}
+
+fn available(test: &str) -> Option<PathBuf> {
+    let found = node_modules();
+    if found.is_none() {
+        if std::env::var("OTABRIDGE_REQUIRE_INTEROP").as_deref() == Ok("1") {
+            panic!("{test}: node or lwm2m-node-lib not installed and OTABRIDGE_REQUIRE_INTEROP=1");
+        }
+        eprintln!(
+            "{test}: skipped: node or lwm2m-node-lib not installed (bash .ci/run installs them)"
+        );
+    }
+    found
+}
+
+/// The node client; killed however the test ends.
+struct Node(Proc);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The client's JSON lines, read on a thread.
+fn lines(p: &mut Proc) -> mpsc::Receiver<serde_json::Value> {
+    let out = p.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The next event called `name` (others are skipped), within [`BOUND`].
+async fn event(rx: &mpsc::Receiver<serde_json::Value>, name: &str) -> serde_json::Value {
+    let until = std::time::Instant::now() + BOUND;
+    loop {
+        match rx.try_recv() {
+            Ok(v) if v["event"] == name => return v,
+            Ok(v) => eprintln!("node client: {v}"),
+            Err(mpsc::TryRecvError::Empty) => {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "no '{name}' from the client"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(mpsc::TryRecvError::Disconnected) => panic!("the client exited before '{name}'"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lwm2m_node_lib_registers_is_read_and_upgraded_by_pull() {
+    let Some(modules) = available("lwm2m_node_lib_registers_is_read_and_upgraded_by_pull") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 21);
+    o.registry.grace = Duration::ZERO;
+    let net = CoapNetwork::bind(o).unwrap();
+    net.allow_endpoint("node-interop");
+    let child = CoapChild::new(
+        "dev_node",
+        CoapAddress::Endpoint("node-interop".into()),
+        Delivery::Pull,
+        net.clone(),
+        ChildOptions {
+            poll_interval: Duration::from_millis(100),
+            download_timeout: Duration::from_secs(30),
+            update_timeout: Duration::from_secs(20),
+            max_attempts: 1,
+            push_szx: 6,
+        },
+    );
+    let mut presence = child.presence().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lwm2m/node_client.js");
+    let mut p = Command::new("node")
+        .arg(script)
+        .args([
+            "127.0.0.1",
+            &net.local_addr().port().to_string(),
+            "node-interop",
+            "1.0",
+            "2.0",
+        ])
+        .env("NODE_PATH", &modules)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut p);
+    let node = Node(p);
+    let reg = event(&rx, "registered").await;
+    assert!(
+        reg["location"].as_str().unwrap().starts_with("rd/"),
+        "{reg}"
+    );
+    tokio::time::timeout(BOUND, presence.wait_for(|p| *p))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = net.registration("node-interop").unwrap();
+    assert!(r.reg.objects.has(3, 0) && r.reg.objects.has(5, 0), "{r:?}");
+    assert_eq!(child.read_version().await.unwrap(), "1.0");
+
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha256 = hex::encode(Sha256::digest(&data));
+    let path = dir.path().join(&sha256);
+    std::fs::write(&path, &data).unwrap();
+    let pkg = Package {
+        path,
+        size: data.len() as u64,
+        sha256: sha256.clone(),
+        version: "2.0".into(),
+    };
+    tokio::time::timeout(BOUND, async {
+        child.deliver(&pkg, 0, &|_| {}).await?;
+        child.activate(&pkg).await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let got = event(&rx, "downloaded").await;
+    assert_eq!(got["sha256"], sha256.as_str(), "{got}");
+    assert_eq!(got["bytes"], data.len());
+    event(&rx, "updated").await;
+    assert_eq!(child.read_version().await.unwrap(), "2.0");
+
+    // SIGTERM: the client de-registers, the child goes offline.
+    let term = Command::new("kill")
+        .args(["-TERM", &node.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    tokio::time::timeout(BOUND, presence.wait_for(|p| !*p))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(node);
+}
