@@ -111,10 +111,13 @@ pub async fn run_with(
             ..Default::default()
         },
     )?;
+    // One queue per shared bus, for the jobs and the gateway's reads alike.
+    let buses = child::Buses::new(&children);
     let engine = Engine::new(
         platform.clone(),
         store.clone(),
         &children,
+        buses.clone(),
         &cfg.ota,
         metrics.clone(),
     );
@@ -137,8 +140,8 @@ pub async fn run_with(
             },
         },
     );
-    let gateway =
-        Gateway::new(platform.clone(), children.clone(), own.clone()).with_engine(engine.clone());
+    let gateway = Gateway::new(platform.clone(), children.clone(), buses, own.clone())
+        .with_engine(engine.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = listener {

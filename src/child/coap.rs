@@ -205,6 +205,13 @@ impl CoapChild {
         p.as_ref().map(|w| w.acked())
     }
 
+    /// [`Child::acked_at`]: the push's "bytes acknowledged at t" in tokio
+    /// time (the network calls `progress` only about 64 times per image).
+    fn push_liveness(&self) -> Option<(u64, tokio::time::Instant)> {
+        let (acked, at) = self.push_acked()?;
+        Some((u64::from(acked), self.net.at(at?)))
+    }
+
     /// One request to the child; the network's peer engine keeps NSTART 1
     /// (RFC 7252 §4.7) with whatever else runs to it, a push included.
     async fn request(&self, packet: Packet) -> Result<Packet, RequestError> {
@@ -587,6 +594,10 @@ impl Child for CoapChild {
 
     fn transport(&self) -> &'static str {
         "coap"
+    }
+
+    fn acked_at(&self) -> Option<(u64, tokio::time::Instant)> {
+        self.push_liveness()
     }
 
     fn chunk_retries(&self) -> u64 {

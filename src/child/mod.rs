@@ -17,6 +17,7 @@
 //! the `otabridge-codecs` engines, all run on the shared serial link
 //! ([`link`]: port, package reads, one driver loop).
 
+pub mod bus;
 pub mod coap;
 mod error;
 pub mod framed;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use crate::config::{ChildConfig, CoapConfig, SerialProtocol, Transport};
 use otabridge_codecs::version::Policy;
 
+pub use bus::{Buses, Purpose};
 pub use error::{Cause, ChildError, ErrorKind, Said, Step};
 
 /// A boxed future, so that `dyn Child` works across transports.
@@ -45,6 +47,20 @@ pub use crate::package::Package;
 pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
 
 /// What the OTA engine needs from any child.
+///
+/// # Who retransmits, retries, times out, verifies and maps codes
+///
+/// One owner per concern and layer; a layer does not redo what the layer
+/// below owns (issue 12). Time is tokio's (`crate::clock`), so paused time
+/// drives all of it.
+///
+/// | Concern | Engine in `codecs` (per request) | Driver (per operation) | `ota` job (per step) |
+/// |---|---|---|---|
+/// | Retransmits a lost request or answer | CoAP: the confirmable exchange (RFC 7252 §4.2, `[coap]` timers); SMP: `timeout_ms` × `retries` per request; framed: the profile's `timeout_ms`/`retries` | nothing | nothing |
+/// | Retries an operation that failed | LwM2M: the update procedure resets /5/0/1 and delivers again (`max_attempts`, a device's own refusal only) | nothing else: an error ends the operation | a failed step after a backoff (`[ota] max_retries`, `retry_min_ms`, `retry_max_ms`), only when `ota::verdict` says retrying may help (silence, garbled, link gone; never a device's refusal) |
+/// | Times out | each request (above); LwM2M: `download_timeout`, `update_timeout` from Execute to the target version; SMP: the reboot (`reboot_wait_ms`, `reboot_timeout_ms`) | the serial port's reopen (`reopen_timeout_ms`) | the delivery's no-progress watchdog fed by [`Child::acked_at`] and `progress` (`first_chunk_timeout_secs`, `chunk_timeout_secs`); a version read (`version_read_timeout_secs`); the activation as a whole (`activation_timeout_secs`); the job's deadline. Every step's timeout starts once its bus turn came ([`Buses`]) |
+/// | Verifies | the version after the reboot (SMP state read; LwM2M /3/0/3) under the child's [`Policy`] | passes the engine's verdict on | reads the version back (`verifying`) and confirms ([`Child::confirm`], `confirming`) before success |
+/// | Maps to an IoTDA code | nothing | classifies what the device said into a [`Cause`] | `ota::verdict`, the only place: code, description, retry, cause |
 pub trait Child: Send + Sync + std::fmt::Debug {
     /// Its IoTDA device id.
     fn device_id(&self) -> &str;
@@ -105,11 +121,23 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     }
 
     /// The medium this child shares with others when only one of them can
-    /// use it at a time (a serial port, an RS-485 bus), or `None`. The OTA
-    /// engine runs one operation per bus at a time and starts an
-    /// operation's timeouts only once the bus is its own, so a child queued
-    /// behind a long transfer on its bus does not time out waiting.
+    /// use it at a time (a serial port, an RS-485 bus), or `None`. Every
+    /// caller takes a turn on it from [`Buses`] (jobs, the reconnect
+    /// announcement, `version_query`) and starts its timeouts only once
+    /// the bus is its own, so a child queued behind a long transfer on its
+    /// bus neither times out nor is announced OFFLINE for the wait.
     fn bus(&self) -> Option<String> {
+        None
+    }
+
+    /// The liveness of the running delivery: the bytes the child has
+    /// acknowledged so far and when the last acknowledgement came (tokio
+    /// time), updated for every acknowledged block or chunk however seldom
+    /// the driver calls `progress`. The OTA engine's no-progress watchdog
+    /// is fed by it. `None` (the default) when no delivery runs or when the
+    /// driver calls `progress` for every acknowledgement anyway (the engine
+    /// then takes the time of each call).
+    fn acked_at(&self) -> Option<(u64, tokio::time::Instant)> {
         None
     }
 

@@ -7,8 +7,10 @@
 //!   is answered with result 1 "Task Conflict"; all children of a batch
 //!   share one download (the store is keyed by SHA-256).
 //! - Scheduling: at most `ota.max_concurrent_jobs` jobs run at once, FIFO
-//!   (tokio's semaphore is fair); drivers serialise their own buses (one
-//!   transfer per serial port, a cap per CoAP network). One child's failure
+//!   (tokio's semaphore is fair); each step of a job on a shared bus takes
+//!   a turn from the bus queue ([`crate::child::bus`]) that the
+//!   announcement and `version_query` use too; a CoAP network caps its own
+//!   transfers. One child's failure
 //!   never touches another's task.
 //! - Crash safety: on start, every job the journal holds as active resumes
 //!   from its phase: the download from its durable length (the store), the
@@ -24,13 +26,14 @@ use std::time::Duration;
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{result, Event, ResultCode, Upgrade, UpgradeKind};
 use otabridge_codecs::version::Policy;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn};
 
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
 use super::verdict::{verdict, Failure};
 use crate::backoff::Backoff;
+use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::{Child, ChildError, ErrorKind, Package, Step};
 use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
@@ -88,9 +91,9 @@ struct Inner {
     timeouts: Timeouts,
     metrics: Metrics,
     slots: Semaphore,
-    /// Each child on a shared bus ([`Child::bus`]) and its bus's turn: one
-    /// operation at a time, FIFO. Children have one bus for life.
-    buses: HashMap<String, (String, Arc<Semaphore>)>,
+    /// The bus queues ([`Child::bus`]), shared with the announcement and
+    /// `version_query`: one operation per bus at a time, FIFO.
+    buses: Buses,
     /// Jobs running in this process, by child.
     running: Mutex<HashMap<String, i64>>,
     /// Their tasks, so that a stop ends them (they resume from the journal).
@@ -107,26 +110,16 @@ pub struct Engine {
 
 impl Engine {
     /// An engine reporting through `platform`, fetching through `store`,
+    /// taking bus turns from `buses` (built from the same `children`),
     /// counting into `metrics`.
     pub fn new(
         platform: Platform,
         store: PackageStore,
         children: &[Arc<dyn Child>],
+        buses: Buses,
         cfg: &OtaConfig,
         metrics: Metrics,
     ) -> Self {
-        let mut by_bus: HashMap<String, Arc<Semaphore>> = HashMap::new();
-        let buses = children
-            .iter()
-            .filter_map(|c| {
-                let bus = c.bus()?;
-                let turn = by_bus
-                    .entry(bus.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(1)))
-                    .clone();
-                Some((c.device_id().to_owned(), (bus, turn)))
-            })
-            .collect();
         let limits = Limits {
             max_retries: cfg.max_retries,
             ..Limits::default()
@@ -425,7 +418,7 @@ impl Engine {
         let t = self.inner.timeouts;
         match work {
             Work::ReadVersion => {
-                let _bus = self.bus_turn(child).await;
+                let _bus = self.bus_turn(child, Purpose::ReadVersion).await;
                 // After the activation, the read is the verification.
                 let step = match run.row.machine.phase {
                     Phase::Verifying => Step::Verify,
@@ -447,16 +440,16 @@ impl Engine {
                 if let Err(input) = self.preflight(run, child, from).await {
                     return Some(input);
                 }
-                let _bus = self.bus_turn(child).await;
+                let _bus = self.bus_turn(child, Purpose::Deliver).await;
                 Some(self.deliver(run, child, from).await)
             }
             Work::Activate => {
                 // The bus for the whole read-activate sequence.
-                let _bus = self.bus_turn(child).await;
+                let _bus = self.bus_turn(child, Purpose::Activate).await;
                 self.activate(run, child).await
             }
             Work::Confirm => {
-                let _bus = self.bus_turn(child).await;
+                let _bus = self.bus_turn(child, Purpose::Confirm).await;
                 Some(confirm(child, &run.row.machine.target, t.version_read).await)
             }
             Work::Done => None,
@@ -481,20 +474,24 @@ impl Engine {
         };
         let fut = child.deliver(&pkg, from, &cb);
         tokio::pin!(fut);
-        let mut seen_progress = false;
+        let mut alive = Liveness::new(clock::now());
         let result = loop {
-            let wait = if seen_progress {
-                t.chunk
-            } else {
-                t.first_chunk
-            };
+            let wait = alive.wait(t);
             tokio::select! {
                 r = &mut fut => break r,
                 Some(n) = rx.recv() => {
-                    seen_progress = true;
+                    alive.progress(clock::now());
                     self.progress(run, &mut acked, n).await;
                 }
-                _ = tokio::time::sleep(wait) => {
+                _ = tokio::time::sleep_until(alive.last + wait) => {
+                    // The driver may have seen acknowledgements it did not
+                    // pass on as progress yet (a CoAP push calls `progress`
+                    // about 64 times per image): those feed the watchdog too.
+                    if let Some((_, at)) = child.acked_at() {
+                        if alive.acked(at) {
+                            continue;
+                        }
+                    }
                     break Err(ChildError::unreachable(
                         Step::Deliver { offset: acked },
                         format!("no delivery progress for {} s", wait.as_secs()),
@@ -589,14 +586,9 @@ impl Engine {
     }
 
     /// Waits for `child`'s bus (when it shares one) and holds it until the
-    /// permit is dropped. Phase timeouts start after this returns.
-    async fn bus_turn(&self, child: &Arc<dyn Child>) -> Option<OwnedSemaphorePermit> {
-        let (bus, turn) = self.inner.buses.get(child.device_id())?;
-        if let Ok(p) = turn.clone().try_acquire_owned() {
-            return Some(p);
-        }
-        info!(child = child.device_id(), %bus, "waiting for the bus: another child's operation holds it");
-        turn.clone().acquire_owned().await.ok()
+    /// turn is dropped. Phase timeouts start after this returns.
+    async fn bus_turn(&self, child: &Arc<dyn Child>, purpose: Purpose) -> Option<Turn> {
+        self.inner.buses.turn(child.as_ref(), purpose).await
     }
 
     /// Checks the package with the image gate, when the child has one,
@@ -631,7 +623,7 @@ impl Engine {
         let mut backoff = Backoff::new(t.retry_min, t.retry_max, row.id as u64);
         loop {
             let r = {
-                let _bus = self.bus_turn(child).await;
+                let _bus = self.bus_turn(child, Purpose::Preflight).await;
                 child.ready(pkg, from).await
             };
             let e = match r {
@@ -665,6 +657,55 @@ impl Engine {
                 Ok(())
             }
             Err(e) => Err(Input::Failed(verdict(Failure::Download(&e)))),
+        }
+    }
+}
+
+/// The no-progress watchdog of a delivery: when the child last
+/// acknowledged something, from the driver's progress calls and its own
+/// "bytes acknowledged at t" ([`Child::acked_at`]). Not the report
+/// granularity: a delivery is alive while acknowledgements come, however
+/// seldom the driver reports them.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    /// The delivery's start, or the last acknowledgement since.
+    last: tokio::time::Instant,
+    /// Whether anything was acknowledged yet (the first wait is longer: a
+    /// flash erase).
+    seen: bool,
+}
+
+impl Liveness {
+    fn new(start: tokio::time::Instant) -> Self {
+        Liveness {
+            last: start,
+            seen: false,
+        }
+    }
+
+    /// The driver reported progress now.
+    fn progress(&mut self, now: tokio::time::Instant) {
+        self.last = self.last.max(now);
+        self.seen = true;
+    }
+
+    /// The driver says the last acknowledgement came at `at`; whether that
+    /// is newer than what the watchdog knew.
+    fn acked(&mut self, at: tokio::time::Instant) -> bool {
+        if at > self.last {
+            self.last = at;
+            self.seen = true;
+            return true;
+        }
+        false
+    }
+
+    /// How long the delivery may go without an acknowledgement now.
+    fn wait(&self, t: Timeouts) -> Duration {
+        if self.seen {
+            t.chunk
+        } else {
+            t.first_chunk
         }
     }
 }

@@ -7,7 +7,12 @@
 //!   malformed payload is logged with its topic and dropped; nothing else
 //!   stops.
 //! - On every connect it announces each child ONLINE or OFFLINE from a health
-//!   check, in batches of at most 100 (docs/protocols/iotda.md §5.4).
+//!   check, in batches of at most 100 (docs/protocols/iotda.md §5.4). A
+//!   child on a shared bus takes its turn ([`crate::child::bus`]) and its
+//!   check's timeout starts then; a child whose own upgrade step holds its
+//!   bus is ONLINE without a read (it is answering that step). Children
+//!   checked at once are announced together; those queued behind another
+//!   child's operation follow when their turn came.
 //! - `version_query` is answered with `version_report`, read through the child,
 //!   within the platform's 3-minute window (docs/protocols/iotda.md §4.2–4.3),
 //!   written as the latest task's target when the child's version policy
@@ -34,6 +39,7 @@ use otabridge_codecs::iotda::{event, topic, Event, Incoming};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::Child;
 use crate::clock::{self, now_unix};
 use crate::gateway::SelfUpgrade;
@@ -58,14 +64,22 @@ pub struct Gateway {
     children: Arc<HashMap<String, Arc<dyn Child>>>,
     /// Configuration order, for stable status batches.
     order: Arc<Vec<String>>,
+    /// The bus queues the upgrade jobs take turns from.
+    buses: Buses,
     own: SelfUpgrade,
     engine: Option<engine::Engine>,
 }
 
 impl Gateway {
-    /// A gateway reporting through `platform`, driving `children`, upgrading
-    /// itself through `own`.
-    pub fn new(platform: Platform, children: Vec<Arc<dyn Child>>, own: SelfUpgrade) -> Self {
+    /// A gateway reporting through `platform`, driving `children` (taking
+    /// turns on shared buses from `buses`, built from the same children),
+    /// upgrading itself through `own`.
+    pub fn new(
+        platform: Platform,
+        children: Vec<Arc<dyn Child>>,
+        buses: Buses,
+        own: SelfUpgrade,
+    ) -> Self {
         let order = children.iter().map(|c| c.device_id().to_owned()).collect();
         let children = children
             .into_iter()
@@ -75,6 +89,7 @@ impl Gateway {
             platform,
             children: Arc::new(children),
             order: Arc::new(order),
+            buses,
             own,
             engine: None,
         }
@@ -109,47 +124,74 @@ impl Gateway {
         }
     }
 
-    /// Health-checks every child and reports ONLINE/OFFLINE upstream.
+    /// Health-checks every child and reports ONLINE/OFFLINE upstream: the
+    /// children checked at once in one announcement (batches of 100), then
+    /// each child that had to wait for its bus when its check is done.
     pub async fn announce_children(&self) {
-        let checks = self.order.iter().map(|id| {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for id in self.order.iter() {
             let child = self.children[id].clone();
-            async move {
-                let r = match tokio::time::timeout(HEALTH_TIMEOUT, child.read_version()).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
-                };
-                (child, r)
-            }
-        });
-        let results = futures_join_all(checks).await;
-        let mut statuses = Vec::with_capacity(results.len());
-        for (child, r) in results {
-            let (online, version, error) = match &r {
-                Ok(v) => (true, Some(v.as_str()), None),
-                Err(e) => (false, None, Some(e.as_str())),
-            };
-            if let Some(e) = error {
-                warn!(child = child.device_id(), "health check failed: {e}");
-            }
-            if let Err(e) = journal::lock(self.platform.journal()).child_seen(
-                child.device_id(),
-                child.transport(),
-                version,
-                online,
-                error,
-                now_unix(),
-            ) {
-                warn!("journal: {e}");
-            }
-            statuses.push(DeviceStatus {
-                device_id: child.device_id().to_owned(),
-                status: if online {
-                    Status::Online
-                } else {
-                    Status::Offline
-                },
-            });
+            let buses = self.buses.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move { health_check(&buses, child, &tx).await });
         }
+        drop(tx);
+        // Checks that did not queue for a bus and have not answered yet.
+        let mut prompt = self.order.len();
+        let mut ready = Vec::new();
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Check::Queued => prompt -= 1,
+                Check::Done {
+                    child,
+                    health,
+                    queued,
+                } => {
+                    if !queued {
+                        prompt -= 1;
+                    }
+                    self.record_health(child.as_ref(), &health);
+                    ready.push(DeviceStatus {
+                        device_id: child.device_id().to_owned(),
+                        status: if health.is_ok() {
+                            Status::Online
+                        } else {
+                            Status::Offline
+                        },
+                    });
+                }
+            }
+            if prompt == 0 && !ready.is_empty() && rx.is_empty() {
+                self.announce(std::mem::take(&mut ready));
+            }
+        }
+        self.announce(ready);
+    }
+
+    /// Journals a health check's outcome for `child`.
+    fn record_health(&self, child: &dyn Child, health: &Result<Health, String>) {
+        let (online, version, error) = match health {
+            Ok(Health::Read(v)) => (true, Some(v.as_str()), None),
+            Ok(Health::Busy) => (true, None, None),
+            Err(e) => (false, None, Some(e.as_str())),
+        };
+        if let Some(e) = error {
+            warn!(child = child.device_id(), "health check failed: {e}");
+        }
+        if let Err(e) = journal::lock(self.platform.journal()).child_seen(
+            child.device_id(),
+            child.transport(),
+            version,
+            online,
+            error,
+            now_unix(),
+        ) {
+            warn!("journal: {e}");
+        }
+    }
+
+    /// Queues `sub_device_update_status` for `statuses`, 100 per event.
+    fn announce(&self, statuses: Vec<DeviceStatus>) {
         for batch in statuses.chunks(MAX_STATUSES_PER_EVENT) {
             let ev = Event::UpdateStatus(UpdateStatus {
                 device_statuses: batch.to_vec(),
@@ -215,7 +257,8 @@ impl Gateway {
             Event::VersionQuery(_) => match target {
                 Some(child) => {
                     let platform = self.platform.clone();
-                    tokio::spawn(answer_version_query(platform, child));
+                    let buses = self.buses.clone();
+                    tokio::spawn(answer_version_query(platform, buses, child));
                 }
                 None => self.own.report_versions(),
             },
@@ -272,7 +315,7 @@ impl Gateway {
 /// Reads the child's version, retrying within the platform's window, and
 /// reports it. A child that never answers gets no report: the platform then
 /// shows "Waiting for report device firmware version timeout", which is true.
-async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
+async fn answer_version_query(platform: Platform, buses: Buses, child: Arc<dyn Child>) {
     let id = child.device_id().to_owned();
     let deadline = clock::now() + VERSION_QUERY_BUDGET;
     let mut backoff = crate::backoff::Backoff::new(
@@ -282,7 +325,15 @@ async fn answer_version_query(platform: Platform, child: Arc<dyn Child>) {
     );
     loop {
         let left = deadline.saturating_duration_since(clock::now());
-        let r = tokio::time::timeout(left.min(HEALTH_TIMEOUT), child.read_version()).await;
+        // The read's own timeout starts once the bus is ours.
+        let Ok(turn) =
+            tokio::time::timeout(left, buses.turn(child.as_ref(), Purpose::VersionQuery)).await
+        else {
+            warn!(child = %id, "the child's bus stayed busy for {VERSION_QUERY_BUDGET:?}; version not reported");
+            return;
+        };
+        let r = tokio::time::timeout(HEALTH_TIMEOUT, child.read_version()).await;
+        drop(turn);
         match r {
             Ok(Ok(v)) => {
                 let _ = journal::lock(platform.journal()).child_seen(
@@ -337,16 +388,62 @@ fn as_reported(platform: &Platform, child: &dyn Child, v: String) -> String {
     }
 }
 
-/// Runs futures concurrently and collects their outputs in order.
-async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("a health check task panicked"));
-    }
-    out
+/// What a health check found.
+#[derive(Debug)]
+enum Health {
+    /// The child answered with its version.
+    Read(String),
+    /// The child's own upgrade step holds its bus: it is answering that.
+    Busy,
+}
+
+/// A health check's messages to the announcement.
+#[derive(Debug)]
+enum Check {
+    /// The check waits for its bus (another child's operation holds it).
+    Queued,
+    /// The check is done; `queued` when it sent [`Check::Queued`] first.
+    Done {
+        child: Arc<dyn Child>,
+        health: Result<Health, String>,
+        queued: bool,
+    },
+}
+
+/// Checks `child` for the announcement: at once when its bus is free (or
+/// it has none), without a read when its own upgrade step holds the bus,
+/// else after its turn (saying [`Check::Queued`] first). The read's
+/// timeout starts once the bus is the check's.
+async fn health_check(buses: &Buses, child: Arc<dyn Child>, tx: &mpsc::UnboundedSender<Check>) {
+    let (turn, queued): (Option<Turn>, bool) =
+        match buses.try_turn(child.as_ref(), Purpose::Announce) {
+            Ok(turn) => (turn, false),
+            Err(h) if h.device_id == child.device_id() && h.purpose.is_job() => {
+                debug!(
+                    child = child.device_id(),
+                    step = h.purpose.as_str(),
+                    "online: busy with its upgrade"
+                );
+                let _ = tx.send(Check::Done {
+                    child,
+                    health: Ok(Health::Busy),
+                    queued: false,
+                });
+                return;
+            }
+            Err(_) => {
+                let _ = tx.send(Check::Queued);
+                (buses.turn(child.as_ref(), Purpose::Announce).await, true)
+            }
+        };
+    let health = match tokio::time::timeout(HEALTH_TIMEOUT, child.read_version()).await {
+        Ok(r) => r.map(Health::Read).map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+    };
+    drop(turn);
+    let _ = tx.send(Check::Done {
+        child,
+        health,
+        queued,
+    });
 }
