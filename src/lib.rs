@@ -25,7 +25,6 @@
 //!   package), like `rumqttd`, `rcgen` and `indicatif`, which only they use.
 #![forbid(unsafe_code)]
 
-pub mod backoff;
 pub mod child;
 pub mod clock;
 pub mod config;
@@ -38,6 +37,7 @@ pub mod metrics;
 pub mod ota;
 pub mod package;
 pub mod platform;
+pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod tls;

@@ -11,7 +11,7 @@ use std::path::Path;
 /// The layers, lowest first, as docs/design.md lists them. `codecs` is a
 /// crate of its own (it cannot name `crate::` at all), so it is not here.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "config", "journal", "metrics", "tls", "backoff"],
+    &["clock", "config", "journal", "metrics", "tls", "retry"],
     &["platform", "package", "child", "image"],
     &["ota", "gateway"],
     &["exporter"],

@@ -110,13 +110,15 @@ fn fast() -> DownloadOptions {
     DownloadOptions {
         connect_timeout: Duration::from_secs(10),
         read_timeout: Duration::from_secs(10),
-        backoff_min: Duration::from_millis(5),
-        backoff_max: Duration::from_millis(40),
+        retry: otabridge::retry::RetryPolicy::until_deadline(
+            Duration::from_millis(5),
+            Duration::from_millis(40),
+        )
+        .seeded(7),
         auth_attempts: 3,
         checkpoint_bytes: 64 * 1024,
         checkpoint_interval: Duration::from_secs(2),
         free_space_margin: MIB,
-        seed: 7,
         ..DownloadOptions::default()
     }
 }
@@ -496,8 +498,8 @@ async fn failures_past_the_deadline_end_with_code_6() {
     let mut req = request(&s, None);
     req.deadline = SystemTime::now() + Duration::from_millis(3500);
     let mut opts = fast();
-    opts.backoff_min = Duration::from_secs(1);
-    opts.backoff_max = Duration::from_secs(1);
+    opts.retry.backoff_min = Duration::from_secs(1);
+    opts.retry.backoff_max = Duration::from_secs(1);
     let e = env
         .store_with(&env.cfg(), opts)
         .acquire("j", &req)

@@ -32,7 +32,6 @@ use tracing::{info, warn};
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
 use super::verdict::{verdict, Failure};
-use crate::backoff::Backoff;
 use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::{Child, ChildError, ErrorKind, Package, Step};
 use crate::clock::{self, now_unix};
@@ -41,6 +40,7 @@ use crate::journal;
 use crate::metrics::{Metrics, Resume};
 use crate::package::{PackageRequest, PackageStore};
 use crate::platform::Platform;
+use crate::retry::{Backoff, RetryPolicy};
 
 /// Time kept before the deadline to publish the terminal report.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(120);
@@ -62,10 +62,10 @@ pub struct Timeouts {
     pub chunk: Duration,
     /// Activation, including the reboot.
     pub activation: Duration,
-    /// Backoff between retries: first step.
-    pub retry_min: Duration,
-    /// Backoff between retries: cap.
-    pub retry_max: Duration,
+    /// How a failed step is retried: `[ota] max_retries` failures in a
+    /// row, backing off from `retry_min_ms` to `retry_max_ms` (seeded per
+    /// job).
+    pub retry: RetryPolicy,
 }
 
 impl Timeouts {
@@ -76,8 +76,11 @@ impl Timeouts {
             first_chunk: Duration::from_secs(c.first_chunk_timeout_secs),
             chunk: Duration::from_secs(c.chunk_timeout_secs),
             activation: Duration::from_secs(c.activation_timeout_secs),
-            retry_min: Duration::from_millis(c.retry_min_ms),
-            retry_max: Duration::from_millis(c.retry_max_ms),
+            retry: RetryPolicy::new(
+                c.max_retries,
+                Duration::from_millis(c.retry_min_ms),
+                Duration::from_millis(c.retry_max_ms),
+            ),
         }
     }
 }
@@ -620,7 +623,7 @@ impl Engine {
         let t = self.inner.timeouts;
         let row = &run.row;
         let deadline = job_deadline(row);
-        let mut backoff = Backoff::new(t.retry_min, t.retry_max, row.id as u64);
+        let mut backoff = t.retry.seeded(row.id as u64).backoff();
         loop {
             let r = {
                 let _bus = self.bus_turn(child, Purpose::Preflight).await;
@@ -728,7 +731,7 @@ impl Run {
         req.deadline = clock::from_unix(row.deadline_unix);
         Run {
             job_key: format!("job-{}", row.id),
-            backoff: Backoff::new(t.retry_min, t.retry_max, row.id as u64),
+            backoff: t.retry.seeded(row.id as u64).backoff(),
             row,
             child,
             req,

@@ -318,11 +318,10 @@ impl Gateway {
 async fn answer_version_query(platform: Platform, buses: Buses, child: Arc<dyn Child>) {
     let id = child.device_id().to_owned();
     let deadline = clock::now() + VERSION_QUERY_BUDGET;
-    let mut backoff = crate::backoff::Backoff::new(
-        Duration::from_secs(1),
-        Duration::from_secs(20),
-        now_unix() as u64,
-    );
+    let mut backoff =
+        crate::retry::RetryPolicy::until_deadline(Duration::from_secs(1), Duration::from_secs(20))
+            .seeded(now_unix() as u64)
+            .backoff();
     loop {
         let left = deadline.saturating_duration_since(clock::now());
         // The read's own timeout starts once the bus is ours.

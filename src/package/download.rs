@@ -40,7 +40,6 @@ use tracing::{debug, info, warn};
 use super::http::{FetchError, HttpClient, Target};
 use super::part::{io_err, Part};
 use super::{db, DownloadError, DownloadOptions, DownloadState, PackageRequest};
-use crate::backoff::Backoff;
 use crate::config::DownloadConfig;
 use crate::journal::SharedJournal;
 
@@ -281,7 +280,7 @@ impl Ctx<'_> {
     /// policy's next delay would end after the deadline.
     async fn attempts(&mut self, part: &mut Part) -> Result<(), DownloadError> {
         let opts = &self.job.opts;
-        let mut backoff = Backoff::new(opts.backoff_min, opts.backoff_max, opts.seed);
+        let mut backoff = opts.retry.backoff();
         while let Some(req) = self.plan.start_attempt() {
             if req.range.is_some() {
                 opts.metrics.resumed(crate::metrics::Resume::Download);

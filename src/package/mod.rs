@@ -154,10 +154,9 @@ pub struct DownloadOptions {
     /// A body that delivers nothing for this long is stalled: the connection
     /// is dropped and the download resumes (default 60 s).
     pub read_timeout: Duration,
-    /// First retry delay (default 1 s).
-    pub backoff_min: Duration,
-    /// Largest retry delay (default 5 min).
-    pub backoff_max: Duration,
+    /// Retries: until the deadline, backing off from 1 s to 5 min, the
+    /// jitter seeded by the process id (defaults).
+    pub retry: crate::retry::RetryPolicy,
     /// 401/403 answers in a row before the token counts as dead (default 3).
     pub auth_attempts: u32,
     /// Checkpoint (fsync + journal) at least every this many bytes (4 MiB).
@@ -166,8 +165,6 @@ pub struct DownloadOptions {
     pub checkpoint_interval: Duration,
     /// Disk space kept free beyond the package (default 16 MiB).
     pub free_space_margin: u64,
-    /// Seed of the backoff jitter.
-    pub seed: u64,
     /// Where the bytes received and the resumes are counted.
     pub metrics: crate::metrics::Metrics,
 }
@@ -177,13 +174,15 @@ impl Default for DownloadOptions {
         DownloadOptions {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
+            retry: crate::retry::RetryPolicy::until_deadline(
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+            )
+            .seeded(std::process::id() as u64),
             auth_attempts: 3,
             checkpoint_bytes: 4 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(2),
             free_space_margin: 16 * 1024 * 1024,
-            seed: std::process::id() as u64,
             metrics: crate::metrics::Metrics::default(),
         }
     }

@@ -16,10 +16,10 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::{LinkState, Platform};
-use crate::backoff::Backoff;
 use crate::clock::now_unix;
 use crate::config::{Auth, PlatformConfig};
 use crate::journal::{self, OutboxEntry};
+use crate::retry::{Backoff, RetryPolicy};
 use crate::tls::{self, TlsError};
 
 /// Reports handed to rumqttc and not yet acknowledged, at most.
@@ -131,7 +131,9 @@ impl Session {
             cfg,
             platform,
             inbound,
-            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30), seed),
+            backoff: RetryPolicy::until_deadline(Duration::from_secs(1), Duration::from_secs(30))
+                .seeded(seed)
+                .backoff(),
             tls,
         })
     }
