@@ -252,7 +252,7 @@ impl SerialChild {
             })
             .await?;
         let list = match outcome {
-            Some(SlotInfoEvent::Slots(list)) => list,
+            Some(SlotInfoEvent::Answer(list)) => list,
             Some(SlotInfoEvent::Failed(e)) => {
                 debug!(child = %self.id(), "no slot info: {e}");
                 return Ok(());
@@ -398,7 +398,7 @@ fn state_read_error(e: StateReadError) -> ChildError {
     let step = Step::ReadVersion;
     match &e {
         StateReadError::Timeout { .. } => ChildError::unreachable(step, e.to_string()),
-        StateReadError::Malformed(_) => ChildError::garbled(step, e.to_string()),
+        StateReadError::Malformed { .. } => ChildError::garbled(step, e.to_string()),
         StateReadError::Device(err) => device_error(err, step, e.to_string()),
     }
 }
@@ -445,7 +445,7 @@ impl Child for SerialChild {
                 })
                 .await?;
             match outcome {
-                Some(StateReadEvent::Images(list)) => active_version(&list, 0)
+                Some(StateReadEvent::Answer(list)) => active_version(&list, 0)
                     .map(str::to_owned)
                     .ok_or_else(|| ChildError::garbled(step, "no active image in the state list")),
                 Some(StateReadEvent::Failed(e)) => Err(state_read_error(e)),

@@ -12,6 +12,7 @@
 //! - [`serial`]: `len | message | CRC` in base64 lines, streaming decoder.
 //! - [`upload`]: the image upload engine, driven by the device's `off`.
 //! - [`activate`]: test, reset, read back the version, confirm.
+//! - [`read`]: the one-request read engine the two reads below share.
 //! - [`state`]: one image state read (the running version).
 //! - [`slot_info`]: the slot sizes, for the pre-flight size check.
 //! - [`result`]: SMP and engine errors mapped to IoTDA result codes.
@@ -31,6 +32,7 @@ mod exchange;
 pub mod activate;
 pub mod header;
 pub mod message;
+pub mod read;
 pub mod result;
 pub mod serial;
 pub mod sim;

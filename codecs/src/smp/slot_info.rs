@@ -6,172 +6,41 @@
 //! is an empty map; `CONFIG_MCUMGR_GRP_IMG_SLOT_INFO`); a device without it
 //! answers ENOTSUP, and the caller falls back to a configured slot size.
 //!
-//! Same exchange and call order as [`super::state::StateRead`]:
-//! [`SlotInfoRead::new`] queues the request; loop on `poll_transmit`,
-//! `poll_event`, `handle_message` / `handle_timeout` at `poll_timeout`, until
-//! [`SlotInfoEvent::Slots`] or [`SlotInfoEvent::Failed`].
+//! The engine is the one-request [`super::read::Read`] (retransmission,
+//! call order) with the slot info command.
 
-use super::exchange::{Exchange, Timeout};
-use super::header::{command, group, Op};
+use super::header::command;
 use super::message::{self, SlotInfo, SmpErr};
-pub use super::state::StateReadConfig as SlotInfoConfig;
+use super::read::{Command, Read, ReadError, ReadEvent};
 use super::BodyError;
-use crate::engine::Engine;
-use crate::time::Instant;
-use std::collections::VecDeque;
 
-/// Why a slot info read failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SlotInfoError {
-    /// No answer after every attempt.
-    #[error("no answer to the slot info read after {attempts} attempts")]
-    Timeout {
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// The device answered with an error (ENOTSUP: not compiled in).
-    #[error("device error: {0}")]
-    Device(SmpErr),
-    /// The answer does not decode.
-    #[error("malformed slot info answer: {0}")]
-    Malformed(BodyError),
-}
+pub use super::read::ReadConfig as SlotInfoConfig;
 
-/// What the slot info read reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotInfoEvent {
-    /// Each image's slots.
-    Slots(Vec<SlotInfo>),
-    /// The read failed.
-    Failed(SlotInfoError),
-}
-
-/// One slot info read; see the module doc for the call order.
+/// The slot info command (group 1, id 6).
 #[derive(Debug)]
-pub struct SlotInfoRead {
-    exchange: Exchange,
-    finished: bool,
-    events: VecDeque<SlotInfoEvent>,
-}
+pub struct SlotInfoCommand;
 
-impl SlotInfoRead {
-    /// Queues the read, sent at `now`.
-    pub fn new(config: SlotInfoConfig, now: Instant) -> SlotInfoRead {
-        let mut exchange = Exchange::new(config.version, config.first_seq);
-        exchange.request(
-            Op::Read,
-            group::IMAGE,
-            command::IMAGE_SLOT_INFO,
-            &message::empty_body(),
-            config.timeout,
-            config.retries,
-            now,
-        );
-        SlotInfoRead {
-            exchange,
-            finished: false,
-            events: VecDeque::new(),
-        }
-    }
-
-    /// Whether the read ended (answered or failed).
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
-    /// Requests sent again after a timeout so far.
-    pub fn retries(&self) -> u64 {
-        self.exchange.retransmits()
-    }
-
-    /// A message from the device; anything but the answer to the request
-    /// (another command, another sequence number, a second answer) is
-    /// ignored.
-    pub fn handle_message(&mut self, msg: &[u8], _now: Instant) {
-        let Some(body) = self.exchange.handle_message(msg) else {
-            return;
-        };
-        let ev = match message::slot_info_response(body) {
-            Ok(Ok(list)) => SlotInfoEvent::Slots(list),
-            Ok(Err(e)) => SlotInfoEvent::Failed(SlotInfoError::Device(e)),
-            Err(e) => SlotInfoEvent::Failed(SlotInfoError::Malformed(e)),
-        };
-        self.finish(ev);
-    }
-
-    /// Call when `now` reaches [`SlotInfoRead::poll_timeout`]; earlier does
-    /// nothing.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Timeout::Exhausted { attempts } = self.exchange.handle_timeout(now) {
-            self.finish(SlotInfoEvent::Failed(SlotInfoError::Timeout { attempts }));
-        }
-    }
-
-    /// The next message to write to the device.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.exchange.poll_transmit()
-    }
-
-    /// When to call [`SlotInfoRead::handle_timeout`].
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.exchange.poll_timeout()
-    }
-
-    /// The next event.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<SlotInfoEvent> {
-        self.events.pop_front()
-    }
-
-    fn finish(&mut self, ev: SlotInfoEvent) {
-        self.exchange.cancel();
-        self.finished = true;
-        self.events.push_back(ev);
+impl Command for SlotInfoCommand {
+    type Answer = Vec<SlotInfo>;
+    const ID: u8 = command::IMAGE_SLOT_INFO;
+    const NAME: &'static str = "slot info";
+    fn decode(body: &[u8]) -> Result<Result<Vec<SlotInfo>, SmpErr>, BodyError> {
+        message::slot_info_response(body)
     }
 }
 
-impl Engine for SlotInfoRead {
-    type Event = SlotInfoEvent;
-
-    fn handle_input(&mut self, msg: &[u8], now: Instant) {
-        self.handle_message(msg, now);
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        SlotInfoRead::handle_timeout(self, now);
-    }
-
-    fn poll_event(&mut self) -> Option<SlotInfoEvent> {
-        SlotInfoRead::poll_event(self)
-    }
-
-    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        SlotInfoRead::poll_transmit(self)
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        SlotInfoRead::poll_timeout(self)
-    }
-
-    fn is_finished(&self) -> bool {
-        SlotInfoRead::is_finished(self)
-    }
-
-    fn retries(&self) -> u64 {
-        SlotInfoRead::retries(self)
-    }
-
-    fn next_seq(&self) -> Option<u8> {
-        Some(self.exchange.next_seq())
-    }
-}
+/// One slot info read; see [`super::read`] for the call order.
+pub type SlotInfoRead = Read<SlotInfoCommand>;
+/// What the slot info read reports: each image's slots, or why it failed.
+pub type SlotInfoEvent = ReadEvent<Vec<SlotInfo>>;
+/// Why a slot info read failed (ENOTSUP: not compiled in).
+pub type SlotInfoError = ReadError;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::smp::sim::{SimConfig, SimDevice};
+    use crate::time::Instant;
     use std::time::Duration;
 
     fn run(dev: &mut SimDevice) -> SlotInfoEvent {
@@ -197,7 +66,7 @@ mod tests {
             slot_size: 100_000,
             ..SimConfig::default()
         });
-        let SlotInfoEvent::Slots(list) = run(&mut dev) else {
+        let SlotInfoEvent::Answer(list) = run(&mut dev) else {
             panic!("slots expected");
         };
         assert_eq!(list[0].upload_limit(), Some(100_000));

@@ -5,77 +5,35 @@
 //! request body is an empty map, the answer lists `images`);
 //! docs/protocols/children.md §4.3.
 //!
-//! The request goes through [`super::exchange::Exchange`]: a lost request or
-//! answer is resent identically, with the same sequence number, so a late
-//! answer to the first attempt counts (as mcumgr-toolkit does,
-//! `src/connection.rs`); an answer with another sequence number is not
-//! ours and is ignored.
-//!
-//! # Call order
-//! Like [`super::upload::Upload`]: [`StateRead::new`] queues the request;
-//! then loop on [`StateRead::poll_transmit`], [`StateRead::poll_event`],
-//! [`StateRead::handle_message`] / [`StateRead::handle_timeout`] at
-//! [`StateRead::poll_timeout`], until [`StateReadEvent::Images`] or
-//! [`StateReadEvent::Failed`].
+//! The engine is the one-request [`super::read::Read`] (retransmission,
+//! call order) with the image state command.
 
-use super::exchange::{Exchange, Timeout};
-use super::header::{command, group, Op, SmpVersion};
+use super::header::command;
 use super::message::{self, ImageSlot, SmpErr};
+use super::read::{Command, Read, ReadError, ReadEvent};
 use super::BodyError;
-use crate::engine::Engine;
-use crate::time::Instant;
-use std::collections::VecDeque;
-use std::time::Duration;
 
-/// State read settings; [`Default`] gives the values documented per field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateReadConfig {
-    /// Header version (v2).
-    pub version: SmpVersion,
-    /// Wait per attempt: 2.5 s, smpclient's `timeout_s`.
-    pub timeout: Duration,
-    /// Extra attempts after a timeout: 4.
-    pub retries: u32,
-    /// Sequence number of the request.
-    pub first_seq: u8,
-}
+pub use super::read::ReadConfig as StateReadConfig;
 
-impl Default for StateReadConfig {
-    fn default() -> Self {
-        StateReadConfig {
-            version: SmpVersion::V2,
-            timeout: Duration::from_millis(2500),
-            retries: 4,
-            first_seq: 0,
-        }
+/// The image state command (group 1, id 0).
+#[derive(Debug)]
+pub struct ImageState;
+
+impl Command for ImageState {
+    type Answer = Vec<ImageSlot>;
+    const ID: u8 = command::IMAGE_STATE;
+    const NAME: &'static str = "image state";
+    fn decode(body: &[u8]) -> Result<Result<Vec<ImageSlot>, SmpErr>, BodyError> {
+        message::state_response(body)
     }
 }
 
+/// One image state read; see [`super::read`] for the call order.
+pub type StateRead = Read<ImageState>;
+/// What the state read reports: the image list, or why it failed.
+pub type StateReadEvent = ReadEvent<Vec<ImageSlot>>;
 /// Why a state read failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StateReadError {
-    /// No answer after every attempt.
-    #[error("no answer to the image state read after {attempts} attempts")]
-    Timeout {
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// The device answered with an error.
-    #[error("device error: {0}")]
-    Device(SmpErr),
-    /// The answer does not decode.
-    #[error("malformed image state answer: {0}")]
-    Malformed(BodyError),
-}
-
-/// What the state read reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StateReadEvent {
-    /// The image list.
-    Images(Vec<ImageSlot>),
-    /// The read failed.
-    Failed(StateReadError),
-}
+pub type StateReadError = ReadError;
 
 /// The version of image `image`'s active slot in a state list, if one is
 /// active (`active` in the answer, smp_group_1.rst).
@@ -85,132 +43,14 @@ pub fn active_version(list: &[ImageSlot], image: u64) -> Option<&str> {
         .map(|s| s.version.as_str())
 }
 
-/// One image state read; see the module doc for the call order.
-#[derive(Debug)]
-pub struct StateRead {
-    exchange: Exchange,
-    finished: bool,
-    events: VecDeque<StateReadEvent>,
-}
-
-impl StateRead {
-    /// Queues the read, sent at `now`.
-    pub fn new(config: StateReadConfig, now: Instant) -> StateRead {
-        let mut exchange = Exchange::new(config.version, config.first_seq);
-        exchange.request(
-            Op::Read,
-            group::IMAGE,
-            command::IMAGE_STATE,
-            &message::empty_body(),
-            config.timeout,
-            config.retries,
-            now,
-        );
-        StateRead {
-            exchange,
-            finished: false,
-            events: VecDeque::new(),
-        }
-    }
-
-    /// Whether the read ended (answered or failed).
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
-    /// Requests sent again after a timeout so far.
-    pub fn retries(&self) -> u64 {
-        self.exchange.retransmits()
-    }
-
-    /// A message from the device; anything but the answer to the request
-    /// (another command, another sequence number, a second answer) is
-    /// ignored.
-    pub fn handle_message(&mut self, msg: &[u8], _now: Instant) {
-        let Some(body) = self.exchange.handle_message(msg) else {
-            return;
-        };
-        let ev = match message::state_response(body) {
-            Ok(Ok(list)) => StateReadEvent::Images(list),
-            Ok(Err(e)) => StateReadEvent::Failed(StateReadError::Device(e)),
-            Err(e) => StateReadEvent::Failed(StateReadError::Malformed(e)),
-        };
-        self.finish(ev);
-    }
-
-    /// Call when `now` reaches [`StateRead::poll_timeout`]; earlier does
-    /// nothing.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Timeout::Exhausted { attempts } = self.exchange.handle_timeout(now) {
-            self.finish(StateReadEvent::Failed(StateReadError::Timeout { attempts }));
-        }
-    }
-
-    /// The next message to write to the device.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.exchange.poll_transmit()
-    }
-
-    /// When to call [`StateRead::handle_timeout`].
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.exchange.poll_timeout()
-    }
-
-    /// The next event.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<StateReadEvent> {
-        self.events.pop_front()
-    }
-
-    fn finish(&mut self, ev: StateReadEvent) {
-        self.exchange.cancel();
-        self.finished = true;
-        self.events.push_back(ev);
-    }
-}
-
-impl Engine for StateRead {
-    type Event = StateReadEvent;
-
-    fn handle_input(&mut self, msg: &[u8], now: Instant) {
-        self.handle_message(msg, now);
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        StateRead::handle_timeout(self, now);
-    }
-
-    fn poll_event(&mut self) -> Option<StateReadEvent> {
-        StateRead::poll_event(self)
-    }
-
-    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        StateRead::poll_transmit(self)
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        StateRead::poll_timeout(self)
-    }
-
-    fn is_finished(&self) -> bool {
-        StateRead::is_finished(self)
-    }
-
-    fn retries(&self) -> u64 {
-        StateRead::retries(self)
-    }
-
-    fn next_seq(&self) -> Option<u8> {
-        Some(self.exchange.next_seq())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Engine;
+    use crate::smp::header::{group, Op, SmpVersion};
     use crate::smp::sim::{SimConfig, SimDevice};
+    use crate::time::Instant;
+    use std::time::Duration;
 
     fn config(first_seq: u8, retries: u32) -> StateReadConfig {
         StateReadConfig {
@@ -243,7 +83,7 @@ mod tests {
         assert!(r.poll_event().is_none());
         r.handle_message(&answer, t0);
         match r.poll_event() {
-            Some(StateReadEvent::Images(list)) => {
+            Some(StateReadEvent::Answer(list)) => {
                 assert_eq!(list[0].version, "1.0.0");
                 assert_eq!(active_version(&list, 0), Some("1.0.0"));
                 assert_eq!(active_version(&list, 1), None);
@@ -263,6 +103,7 @@ mod tests {
         assert_eq!(
             r.poll_event(),
             Some(StateReadEvent::Failed(StateReadError::Timeout {
+                read: "image state",
                 attempts: 2
             }))
         );
@@ -281,7 +122,10 @@ mod tests {
             ),
             (
                 vec![0xa0],
-                StateReadError::Malformed(BodyError::Missing("images")),
+                StateReadError::Malformed {
+                    read: "image state",
+                    error: BodyError::Missing("images"),
+                },
             ),
         ] {
             let mut r = StateRead::new(config(3, 0), t0);
