@@ -482,29 +482,38 @@ pub struct ImageSlot {
 
 /// Decodes an image state response (read or write).
 pub fn state_response(body: &[u8]) -> Reply<Vec<ImageSlot>> {
+    images_reply(body, |e| {
+        Ok(ImageSlot {
+            image: cbor::opt_u64(e, "image")?.unwrap_or(0),
+            slot: cbor::opt_u64(e, "slot")?.ok_or(BodyError::Missing("slot"))?,
+            version: cbor::opt_text(e, "version")?.unwrap_or("").to_owned(),
+            hash: cbor::opt_bytes(e, "hash")?
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+            bootable: cbor::opt_bool(e, "bootable")?.unwrap_or(false),
+            pending: cbor::opt_bool(e, "pending")?.unwrap_or(false),
+            confirmed: cbor::opt_bool(e, "confirmed")?.unwrap_or(false),
+            active: cbor::opt_bool(e, "active")?.unwrap_or(false),
+            permanent: cbor::opt_bool(e, "permanent")?.unwrap_or(false),
+        })
+    })
+}
+
+/// Decodes an answer `{images: [map, ...]}` (state read, slot info), each
+/// map by `item`; a device error comes back as such.
+fn images_reply<T>(
+    body: &[u8],
+    item: impl Fn(&[(Value, Value)]) -> Result<T, BodyError>,
+) -> Reply<Vec<T>> {
     reply(body, |m| {
         let Some(Value::Array(items)) = cbor::get(m, "images") else {
             return Err(BodyError::Missing("images"));
         };
         items
             .iter()
-            .map(|item| {
-                let Value::Map(e) = item else {
-                    return Err(BodyError::BadField("images"));
-                };
-                Ok(ImageSlot {
-                    image: cbor::opt_u64(e, "image")?.unwrap_or(0),
-                    slot: cbor::opt_u64(e, "slot")?.ok_or(BodyError::Missing("slot"))?,
-                    version: cbor::opt_text(e, "version")?.unwrap_or("").to_owned(),
-                    hash: cbor::opt_bytes(e, "hash")?
-                        .map(<[u8]>::to_vec)
-                        .unwrap_or_default(),
-                    bootable: cbor::opt_bool(e, "bootable")?.unwrap_or(false),
-                    pending: cbor::opt_bool(e, "pending")?.unwrap_or(false),
-                    confirmed: cbor::opt_bool(e, "confirmed")?.unwrap_or(false),
-                    active: cbor::opt_bool(e, "active")?.unwrap_or(false),
-                    permanent: cbor::opt_bool(e, "permanent")?.unwrap_or(false),
-                })
+            .map(|entry| match entry {
+                Value::Map(e) => item(e),
+                _ => Err(BodyError::BadField("images")),
             })
             .collect()
     })
@@ -578,39 +587,28 @@ impl SlotInfo {
 
 /// Decodes a slot info answer.
 pub fn slot_info_response(body: &[u8]) -> Reply<Vec<SlotInfo>> {
-    reply(body, |m| {
-        let Some(Value::Array(items)) = cbor::get(m, "images") else {
-            return Err(BodyError::Missing("images"));
-        };
-        items
-            .iter()
-            .map(|item| {
-                let Value::Map(e) = item else {
-                    return Err(BodyError::BadField("images"));
-                };
-                let slots = match cbor::get(e, "slots") {
-                    Some(Value::Array(slots)) => slots
-                        .iter()
-                        .map(|s| {
-                            let Value::Map(s) = s else {
-                                return Err(BodyError::BadField("slots"));
-                            };
-                            Ok((
-                                cbor::opt_u64(s, "slot")?.ok_or(BodyError::Missing("slot"))?,
-                                cbor::opt_u64(s, "size")?.ok_or(BodyError::Missing("size"))?,
-                                cbor::opt_u64(s, "upload_image_id")?,
-                            ))
-                        })
-                        .collect::<Result<_, _>>()?,
-                    _ => return Err(BodyError::Missing("slots")),
-                };
-                Ok(SlotInfo {
-                    image: cbor::opt_u64(e, "image")?.unwrap_or(0),
-                    slots,
-                    max_image_size: cbor::opt_u64(e, "max_image_size")?,
+    images_reply(body, |e| {
+        let slots = match cbor::get(e, "slots") {
+            Some(Value::Array(slots)) => slots
+                .iter()
+                .map(|s| {
+                    let Value::Map(s) = s else {
+                        return Err(BodyError::BadField("slots"));
+                    };
+                    Ok((
+                        cbor::opt_u64(s, "slot")?.ok_or(BodyError::Missing("slot"))?,
+                        cbor::opt_u64(s, "size")?.ok_or(BodyError::Missing("size"))?,
+                        cbor::opt_u64(s, "upload_image_id")?,
+                    ))
                 })
-            })
-            .collect()
+                .collect::<Result<_, _>>()?,
+            _ => return Err(BodyError::Missing("slots")),
+        };
+        Ok(SlotInfo {
+            image: cbor::opt_u64(e, "image")?.unwrap_or(0),
+            slots,
+            max_image_size: cbor::opt_u64(e, "max_image_size")?,
+        })
     })
 }
 
