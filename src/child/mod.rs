@@ -269,12 +269,9 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
             protocol: SerialProtocol::Smp,
             options,
         } => {
-            let settings = link::port::PortSettings {
-                baud: *baud,
-                framing: options.framing,
-                reopen_timeout: options.reopen_timeout,
-            };
-            let port = nets.serial.get(port, settings);
+            let port = nets
+                .serial
+                .get(port, link::port::PortSettings::for_child(*baud, options));
             Ok(Arc::new(
                 serial::SerialChild::on_port(&c.device_id, port, options.clone())
                     .with_version_policy(policy),
@@ -286,12 +283,9 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
             protocol: SerialProtocol::Framed(p),
             options,
         } => {
-            let settings = link::port::PortSettings {
-                baud: *baud,
-                framing: options.framing,
-                reopen_timeout: options.reopen_timeout,
-            };
-            let port = nets.serial.get(port, settings);
+            let port = nets
+                .serial
+                .get(port, link::port::PortSettings::for_child(*baud, options));
             Ok(Arc::new(
                 framed::FramedChild::on_port(&c.device_id, port, Arc::clone(&p.profile))
                     .with_version_policy(policy),

@@ -77,11 +77,7 @@ pub struct SerialChild {
 impl SerialChild {
     /// A driver for `device_id` alone on the port at `path`.
     pub fn new(device_id: &str, path: &Path, baud: u32, options: SerialOptions) -> SerialChild {
-        let settings = PortSettings {
-            baud,
-            framing: options.framing,
-            reopen_timeout: options.reopen_timeout,
-        };
+        let settings = PortSettings::for_child(baud, &options);
         SerialChild::on_port(device_id, SharedPort::new(path, settings), options)
     }
 

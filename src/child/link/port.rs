@@ -60,6 +60,16 @@ impl PortSettings {
             reopen_timeout: DEFAULT_REOPEN_TIMEOUT,
         }
     }
+
+    /// The settings a configured serial child asks for: `baud`, its
+    /// `framing` and `reopen_timeout_ms`.
+    pub fn for_child(baud: u32, options: &crate::config::SerialOptions) -> PortSettings {
+        PortSettings {
+            baud,
+            framing: options.framing,
+            reopen_timeout: options.reopen_timeout,
+        }
+    }
 }
 
 /// Why the port could not be used.
