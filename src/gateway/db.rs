@@ -35,14 +35,6 @@ pub struct Row {
     pub result: Option<(ResultCode, String)>,
 }
 
-/// `firmware` or `software`.
-pub fn kind_str(k: UpgradeKind) -> &'static str {
-    match k {
-        UpgradeKind::Firmware => "firmware",
-        UpgradeKind::Software => "software",
-    }
-}
-
 const COLUMNS: &str = "id, kind, v2, event, received_unix, deadline_unix, from_version, phase, \
                        boot_id, reboots, last_pct, result_code, description";
 
@@ -57,11 +49,8 @@ fn from_sql(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
     let description: Option<String> = r.get(12)?;
     Ok(Row {
         id: r.get(0)?,
-        kind: match kind.as_str() {
-            "firmware" => UpgradeKind::Firmware,
-            "software" => UpgradeKind::Software,
-            other => return Err(bad(1, format!("unknown kind {other:?}"))),
-        },
+        kind: UpgradeKind::from_name(&kind)
+            .ok_or_else(|| bad(1, format!("unknown kind {kind:?}")))?,
         v2: r.get(2)?,
         upgrade: serde_json::from_str(&event).map_err(|e| bad(3, e.to_string()))?,
         received_unix: r.get(4)?,
@@ -98,7 +87,7 @@ pub fn insert(
                                    from_version, phase, updated_unix)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'downloading', ?4)",
         params![
-            kind_str(kind),
+            kind.name(),
             v2,
             event,
             received_unix,

@@ -112,10 +112,6 @@ fn unix_to_system(t: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)
 }
 
-fn kind_name(kind: UpgradeKind) -> &'static str {
-    db::kind_str(kind)
-}
-
 /// The boot id (`None` when the file cannot be read).
 fn boot_id(file: &Path) -> Option<String> {
     std::fs::read_to_string(file)
@@ -196,7 +192,7 @@ impl SelfUpgrade {
             let sw = me.running_version(UpgradeKind::Software).await;
             for (kind, r) in [(UpgradeKind::Firmware, &fw), (UpgradeKind::Software, &sw)] {
                 if let (Err(e), Some(_)) = (r, me.install_cfg(kind)) {
-                    warn!("cannot read the gateway's {} version: {e}", kind_name(kind));
+                    warn!("cannot read the gateway's {} version: {e}", kind.name());
                 }
             }
             let ev = Event::VersionReport(VersionReport {
@@ -224,7 +220,7 @@ impl SelfUpgrade {
 
     /// Refuses an upgrade of a kind no `[gateway.*]` table installs.
     async fn refuse_unconfigured(&self, kind: UpgradeKind, up: &Upgrade) {
-        let name = kind_name(kind);
+        let name = kind.name();
         warn!(target_version = %up.version, "{name} upgrade of the gateway itself refused: no [gateway.{name}] installer");
         let running = self.running_version(kind).await.unwrap_or_default();
         self.report(ProgressReport {
@@ -281,7 +277,7 @@ impl SelfUpgrade {
             description: Some(format!(
                 "{}: a {} upgrade of the gateway to {} is in progress",
                 result::DESC_TASK_CONFLICT,
-                kind_name(a.kind),
+                a.kind.name(),
                 a.upgrade.version
             )),
         });
@@ -306,7 +302,7 @@ impl SelfUpgrade {
             Err(e) => {
                 warn!(
                     "cannot read the gateway's {} version before the upgrade: {e}",
-                    kind_name(kind)
+                    kind.name()
                 );
                 None
             }
@@ -339,7 +335,7 @@ impl SelfUpgrade {
                 return;
             }
         };
-        info!(job = id, kind = kind_name(kind), installer = cfg.installer.name(), target_version = %up.version, "gateway upgrade accepted");
+        info!(job = id, kind = kind.name(), installer = cfg.installer.name(), target_version = %up.version, "gateway upgrade accepted");
         let row = Row {
             id,
             kind,
@@ -511,7 +507,7 @@ impl SelfUpgrade {
 
     async fn run(&self, mut row: Row, mut action: Action) {
         let Some(cfg) = self.install_cfg(row.kind).cloned() else {
-            let name = kind_name(row.kind);
+            let name = row.kind.name();
             let f = (
                 ResultCode::INNER_ERROR,
                 format!("[gateway.{name}] is no longer in otabridge's configuration"),

@@ -30,13 +30,6 @@ pub struct JobRow {
     pub activations: u32,
 }
 
-fn kind_str(k: UpgradeKind) -> &'static str {
-    match k {
-        UpgradeKind::Firmware => "firmware",
-        UpgradeKind::Software => "software",
-    }
-}
-
 /// Inserts a new queued job; returns its id.
 pub fn insert(
     j: &mut Journal,
@@ -54,7 +47,7 @@ pub fn insert(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?5)",
         params![
             device_id,
-            kind_str(kind),
+            kind.name(),
             v2,
             event,
             received_unix,
@@ -152,11 +145,7 @@ fn row_to_job(
     Ok(JobRow {
         id: r.get("id")?,
         device_id,
-        kind: if r.get::<_, String>("kind")? == "software" {
-            UpgradeKind::Software
-        } else {
-            UpgradeKind::Firmware
-        },
+        kind: UpgradeKind::from_name(&r.get::<_, String>("kind")?).unwrap_or(UpgradeKind::Firmware),
         v2: r.get("v2")?,
         upgrade,
         received_unix: r.get("received_unix")?,

@@ -54,6 +54,25 @@ pub enum UpgradeKind {
     Software,
 }
 
+impl UpgradeKind {
+    /// `"firmware"` or `"software"` (logs, the journal's `kind` column).
+    pub fn name(self) -> &'static str {
+        match self {
+            UpgradeKind::Firmware => "firmware",
+            UpgradeKind::Software => "software",
+        }
+    }
+
+    /// The kind [`UpgradeKind::name`] gives `name`.
+    pub fn from_name(name: &str) -> Option<UpgradeKind> {
+        match name {
+            "firmware" => Some(UpgradeKind::Firmware),
+            "software" => Some(UpgradeKind::Software),
+            _ => None,
+        }
+    }
+}
+
 /// `firmware_upgrade` / `software_upgrade` (v1, package in IoTDA, fetched
 /// with `Authorization: Bearer <access_token>`) and the `_v2` variants
 /// (pre-signed OBS URL, no header) [DOC:iot_06_v5_3030]; docs/protocols/iotda.md §4.4–4.5.
