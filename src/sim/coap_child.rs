@@ -31,8 +31,7 @@
 //! overtake) and delay apply to both directions; a reboot after N blocks
 //! loses the transfer in progress. All randomness comes from `seed`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -43,6 +42,8 @@ use otabridge_codecs::coap::{
 };
 use otabridge_codecs::lwm2m::{State, UpdateResult};
 use otabridge_codecs::rng::Rng;
+
+use crate::child::coap::seam::{Dir, LinkFaults, Seam};
 use otabridge_codecs::time::Instant;
 use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
@@ -218,16 +219,6 @@ struct Transfer {
     received: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Dir {
-    In,
-    Out,
-}
-
-/// A datagram waiting at the seam: due time, sequence (ties keep their
-/// order), direction, peer, bytes.
-type Queued = Reverse<(Instant, u64, Dir, SocketAddr, Vec<u8>)>;
-
 /// The device behind the seam.
 #[derive(Debug)]
 struct Device {
@@ -247,9 +238,9 @@ struct Device {
     download_failure: Option<UpdateResult>,
     update_failure: Option<UpdateResult>,
     stats: SimStats,
-    rng: Rng,
-    seq: u64,
-    queue: BinaryHeap<Queued>,
+    /// The lossy link between the device and its socket (the gateway's
+    /// own seam, [`crate::child::coap::seam`]).
+    seam: Seam,
     exchange_seed: u64,
     /// (peer, message id) of requests whose answers the seam loses
     /// (`Faults::lose_uri_answers`, `Faults::lose_final_block_answers`).
@@ -353,9 +344,13 @@ impl CoapChildSim {
             download_failure: None,
             update_failure: None,
             stats: SimStats::default(),
-            rng,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            seam: Seam::new(LinkFaults {
+                loss_pct: opts.faults.loss_pct,
+                duplicate_pct: opts.faults.duplicate_pct,
+                reorder_pct: opts.faults.reorder_pct,
+                delay: opts.faults.delay,
+                seed: rng.next_u64(),
+            }),
             exchange_seed,
             muted: HashSet::new(),
             readings: HashMap::new(),
@@ -423,7 +418,13 @@ impl CoapChildSim {
 
     /// Counters so far.
     pub fn stats(&self) -> SimStats {
-        lock(&self.device).stats.clone()
+        let d = lock(&self.device);
+        let seam = d.seam.stats();
+        SimStats {
+            dropped: d.stats.dropped + seam.dropped,
+            duplicated: seam.duplicated,
+            ..d.stats.clone()
+        }
     }
 
     /// From now on a whole image reports `result` in /5/0/5 instead of
@@ -504,7 +505,7 @@ async fn run(
             },
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
-                    lock(&device).seam(Dir::In, peer, buf[..n].to_vec(), now());
+                    lock(&device).seam.pass(Dir::In, peer, buf[..n].to_vec(), now());
                 }
             }
             _ = crate::child::sleep_until_opt(wake) => {}
@@ -520,7 +521,7 @@ async fn run(
 impl Device {
     fn next_wake(&self) -> Option<Instant> {
         [
-            self.queue.peek().map(|Reverse(e)| e.0),
+            self.seam.next_due(),
             self.ex.poll_timeout(),
             self.rebooting.as_ref().map(|r| r.0),
             self.reg
@@ -531,33 +532,6 @@ impl Device {
         .into_iter()
         .flatten()
         .min()
-    }
-
-    /// A datagram crossing the seam: dropped, duplicated, delayed.
-    fn seam(&mut self, dir: Dir, peer: SocketAddr, bytes: Vec<u8>, now: Instant) {
-        let f = self.opts.faults.clone();
-        if self.rng.next_f64() * 100.0 < f.loss_pct {
-            self.stats.dropped += 1;
-            return;
-        }
-        let copies = if self.rng.next_f64() * 100.0 < f.duplicate_pct {
-            self.stats.duplicated += 1;
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut delay = f.delay;
-            if self.rng.next_f64() * 100.0 < f.reorder_pct {
-                let extra = self
-                    .rng
-                    .range_inclusive(1, 20 + 2 * f.delay.as_millis() as u64);
-                delay += Duration::from_millis(extra);
-            }
-            self.seq += 1;
-            self.queue
-                .push(Reverse((now + delay, self.seq, dir, peer, bytes.clone())));
-        }
     }
 
     /// Everything due at `now`; returns the datagrams to put on the wire.
@@ -575,8 +549,7 @@ impl Device {
                 }
             }
         }
-        while self.queue.peek().is_some_and(|Reverse(e)| e.0 <= now) {
-            let Reverse((_, _, dir, peer, bytes)) = self.queue.pop().expect("peeked");
+        while let Some((dir, peer, bytes)) = self.seam.due(now) {
             match dir {
                 Dir::Out => wire.push((peer, bytes)),
                 // A rebooting device hears nothing.
@@ -606,16 +579,11 @@ impl Device {
                 self.stats.dropped += 1;
                 continue;
             }
-            self.seam(Dir::Out, t.peer, t.bytes, now);
+            self.seam.pass(Dir::Out, t.peer, t.bytes, now);
         }
         // Zero-delay datagrams go out in this same step.
-        while self
-            .queue
-            .peek()
-            .is_some_and(|Reverse(e)| e.0 <= now && e.2 == Dir::Out)
-        {
-            let Reverse((_, _, _, peer, bytes)) = self.queue.pop().expect("peeked");
-            wire.push((peer, bytes));
+        while let Some(d) = self.seam.due_going(Dir::Out, now) {
+            wire.push(d);
         }
         wire
     }

@@ -130,6 +130,20 @@ impl Seam {
         None
     }
 
+    /// The next datagram due at `now` if it goes `dir`; `None` when the
+    /// oldest due one goes the other way (it keeps its place).
+    pub fn due_going(&mut self, dir: Dir, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        if self
+            .queue
+            .peek()
+            .is_some_and(|Reverse(e)| e.0 <= now && e.2 == dir)
+        {
+            let Reverse((_, _, _, peer, bytes)) = self.queue.pop()?;
+            return Some((peer, bytes));
+        }
+        None
+    }
+
     /// When the next datagram is due.
     pub fn next_due(&self) -> Option<Instant> {
         self.queue.peek().map(|Reverse(e)| e.0)
