@@ -182,14 +182,15 @@ async fn a_v2_event_with_a_presigned_url_upgrades_the_gateway() {
         (ResultCode::SUCCESS, Some(100), "2.0.0"),
         "{reports:#?}"
     );
-    // The package server saw no Authorization header (pre-signed URL).
+    // The package server saw the download, with no Authorization header
+    // (pre-signed URL).
+    let requests = p.server.requests();
+    assert!(!requests.is_empty(), "the package was never fetched");
     assert!(
-        p.server
-            .requests()
+        requests
             .iter()
             .all(|r| !r.authorized && (r.status == 200 || r.status == 206)),
-        "{:?}",
-        p.server.requests()
+        "{requests:?}"
     );
     p.tb.stop_gateway().await.unwrap();
 }
