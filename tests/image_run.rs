@@ -5,28 +5,19 @@
 //! either child; the vendor's image then upgrades both.
 
 mod image_support;
+mod run_support;
 
 use std::collections::BTreeMap;
-use std::process::{Child as Proc, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use image_support::{app, imgtool_available, keygen, sign};
 use otabridge::sim::coap_child::{CoapChildSim, SimOptions};
 use otabridge::sim::package_server::{Access, PackageServer, Source};
 use otabridge::sim::smp_child::{parse_version, SmpChild, SmpChildOptions};
-use otabridge::sim::testbed::{config_text, Testbed};
+use otabridge::sim::testbed::Testbed;
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
-
-/// Stops the daemon however the test ends.
-struct Daemon(Proc);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use run_support::Daemon;
 
 type Reports = BTreeMap<String, Vec<ProgressReport>>;
 
@@ -88,34 +79,7 @@ fn upgrade_within(server: &PackageServer, url: &str, size: u64, sha: &str, expir
 /// Starts `otabridge run` on the testbed with `extra` config; returns the
 /// daemon and its log file once it is connected and subscribed.
 async fn start(tb: &Testbed, d: &std::path::Path, extra: &str) -> (Daemon, String) {
-    let config = d.join("gw.toml");
-    std::fs::write(
-        &config,
-        config_text(tb.edge.addr().port(), &tb.ca_file, &tb.state_dir, extra),
-    )
-    .unwrap();
-    let log = d.join("gw.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_otabridge"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info,rumqttc=warn")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap(),
-    );
-    let log = log.display().to_string();
-    let until = Instant::now() + Duration::from_secs(60);
-    while tb.edge.connects() == 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        tb.edge.connects() > 0,
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let (daemon, log) = run_support::run(tb, d, extra).await;
     // Let the gateway subscribe before the first event.
     tokio::time::sleep(Duration::from_millis(300)).await;
     (daemon, log)

@@ -4,24 +4,15 @@
 //! by pull from an IoTDA upgrade event, and reports it OFFLINE when it
 //! de-registers. Bounded waits only.
 
-use std::process::{Child as Proc, Command, Stdio};
+mod run_support;
+
 use std::time::{Duration, Instant};
 
 use otabridge::sim::coap_child::{CoapChildSim, Registering, SimOptions};
 use otabridge::sim::package_server::{Access, PackageServer, Source};
-use otabridge::sim::testbed::{config_text, Testbed};
+use otabridge::sim::testbed::Testbed;
 use otabridge_codecs::iotda::event::{ProgressReport, Status};
 use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
-
-/// Stops the daemon however the test ends.
-struct Daemon(Proc);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -97,34 +88,7 @@ async fn a_registering_child_is_announced_upgraded_and_dropped() {
          [[child]]\ndevice_id = \"p_reg\"\ntransport = \"coap\"\nendpoint = \"urn:dev:reg-1\"\n",
         pkg_ca.display().to_string(),
     );
-    let config = d.join("gw.toml");
-    std::fs::write(
-        &config,
-        config_text(tb.edge.addr().port(), &tb.ca_file, &tb.state_dir, &extra),
-    )
-    .unwrap();
-    let log = d.join("gw.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_otabridge"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info,rumqttc=warn")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap(),
-    );
-    let log = log.display().to_string();
-    let until = Instant::now() + Duration::from_secs(60);
-    while tb.edge.connects() == 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        tb.edge.connects() > 0,
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let (_daemon, log) = run_support::run(&tb, d, &extra).await;
     let mut seen = Seen::default();
     // Before it registers, the connect-time check finds it OFFLINE.
     wait(&mut tb, &mut seen, &log, |s| {
