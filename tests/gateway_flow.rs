@@ -289,6 +289,19 @@ async fn all_reports_until(
     out
 }
 
+/// Sends node-1 an upgrade to `version` and waits until its job reported
+/// progress (the transfer runs; `MemoryChild::hold_at` keeps it there).
+async fn start_child_job(p: &mut Platform, version: &str) {
+    p.tb.send(Some("node-1"), &child_upgrade(p, version))
+        .await
+        .unwrap();
+    all_reports_until(p, |r| {
+        r.iter()
+            .any(|(who, rep)| who.is_some() && rep.progress.is_some_and(|x| x > 0))
+    })
+    .await;
+}
+
 fn child_upgrade(p: &Platform, version: &str) -> Event {
     let served = p
         .server
@@ -322,14 +335,7 @@ async fn the_install_waits_for_child_jobs_and_the_deadline_holds_across_restarts
     node.hold_at(64 * 1024);
     let kids = || vec![node.clone() as Arc<dyn Child>];
     gateway(&mut p, &text, kids()).await;
-    p.tb.send(Some("node-1"), &child_upgrade(&p, "2.0.0"))
-        .await
-        .unwrap();
-    all_reports_until(&mut p, |r| {
-        r.iter()
-            .any(|(who, rep)| who.is_some() && rep.progress.is_some_and(|x| x > 0))
-    })
-    .await;
+    start_child_job(&mut p, "2.0.0").await;
 
     let up = p.serve(&fw.package("2.0.0"), "2.0.0");
     p.upgrade_gateway(UpgradeKind::Firmware, &up).await;
@@ -392,14 +398,7 @@ async fn the_install_waits_for_child_jobs_and_the_deadline_holds_across_restarts
     // Now with the child busy again: the install starts only after the
     // child's job ended.
     node.hold_at(64 * 1024);
-    p.tb.send(Some("node-1"), &child_upgrade(&p, "3.0.0"))
-        .await
-        .unwrap();
-    all_reports_until(&mut p, |r| {
-        r.iter()
-            .any(|(who, rep)| who.is_some() && rep.progress.is_some_and(|x| x > 0))
-    })
-    .await;
+    start_child_job(&mut p, "3.0.0").await;
     let up = p.serve(&fw.package("2.0.0"), "2.0.0");
     p.upgrade_gateway(UpgradeKind::Firmware, &up).await;
     p.gateway_reports_until(40, STEP).await;
@@ -435,14 +434,7 @@ async fn child_jobs_resume_after_the_gateways_reboot() {
     node.hold_at(64 * 1024);
     let kids = || vec![node.clone() as Arc<dyn Child>];
     gateway(&mut p, &text, kids()).await;
-    p.tb.send(Some("node-1"), &child_upgrade(&p, "2.0.0"))
-        .await
-        .unwrap();
-    all_reports_until(&mut p, |r| {
-        r.iter()
-            .any(|(who, rep)| who.is_some() && rep.progress.is_some_and(|x| x > 0))
-    })
-    .await;
+    start_child_job(&mut p, "2.0.0").await;
     let up = p.serve(&fw.package("2.0.0"), "2.0.0");
     p.upgrade_gateway(UpgradeKind::Firmware, &up).await;
     // Configured not to wait: installed and rebooting while the child's
