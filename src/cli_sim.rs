@@ -165,20 +165,21 @@ fn framed_child(a: FramedChildArgs) -> ExitCode {
 
 fn iotda(a: IotdaArgs) -> ExitCode {
     use otabridge::sim::iotda::{all_succeeded, run, IotdaOptions, PlannedUpgrade};
-    let mut upgrades = Vec::with_capacity(a.upgrades.len());
-    for u in &a.upgrades {
+    use otabridge_codecs::iotda::UpgradeKind;
+    let planned = a
+        .upgrades
+        .iter()
+        .map(|u| ("--upgrade", UpgradeKind::Firmware, u))
+        .chain(
+            a.software_upgrades
+                .iter()
+                .map(|u| ("--software-upgrade", UpgradeKind::Software, u)),
+        );
+    let mut upgrades = Vec::new();
+    for (flag, kind, u) in planned {
         match u.parse::<PlannedUpgrade>() {
-            Ok(p) => upgrades.push(p),
-            Err(e) => return usage("iotda", format!("--upgrade: {e}")),
-        }
-    }
-    for u in &a.software_upgrades {
-        match u.parse::<PlannedUpgrade>() {
-            Ok(p) => upgrades.push(PlannedUpgrade {
-                kind: otabridge_codecs::iotda::UpgradeKind::Software,
-                ..p
-            }),
-            Err(e) => return usage("iotda", format!("--software-upgrade: {e}")),
+            Ok(p) => upgrades.push(PlannedUpgrade { kind, ..p }),
+            Err(e) => return usage("iotda", format!("{flag}: {e}")),
         }
     }
     let rt = match runtime() {
