@@ -198,6 +198,38 @@ impl Engine {
             .map_or_else(Policy::default, |c| c.version_policy())
     }
 
+    /// Answers an upgrade event for child `device_id` that cannot be used
+    /// (src/ota `Gateway::unusable`) with a failure report: `code` and
+    /// `description`, and the version the child was last seen running (its
+    /// latest job's, else its last health check's, else empty). No job is
+    /// created: a running job goes on and reports for itself.
+    pub fn refuse(&self, device_id: &str, code: ResultCode, description: String) {
+        let version = {
+            let mut j = journal::lock(self.inner.platform.journal());
+            let seen = j
+                .children()
+                .ok()
+                .and_then(|rows| rows.into_iter().find(|c| c.device_id == device_id)?.version);
+            seen.or_else(|| {
+                jobs_db::latest(&mut j, device_id, self.inner.limits, &|id| {
+                    self.version_policy(id)
+                })
+                .ok()??
+                .machine
+                .current_version
+            })
+        };
+        self.report(
+            device_id,
+            ProgressReport {
+                result_code: code,
+                progress: None,
+                version: version.unwrap_or_default(),
+                description: Some(description),
+            },
+        );
+    }
+
     /// Takes an upgrade event for child `device_id`.
     pub fn submit(&self, device_id: &str, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
         let now = now_unix();
