@@ -24,13 +24,13 @@
 //! #            up: otabridge_codecs::iotda::event::Upgrade) {
 //! use otabridge::package::PackageRequest;
 //! let req = PackageRequest::from_upgrade(&up, false, std::time::SystemTime::now());
-//! let wait = store.acquire("job-42", &req);
+//! let wait = store.acquire("job-42", &req).await; // the claim is durable now
 //! let mut progress = wait.progress();          // watch: bytes received / durable / size
 //! match wait.ready().await {
 //!     Ok(package) => { /* deliver package.path to the child */ }
 //!     Err(e) => { /* ota::verdict turns e into the report */ }
 //! }
-//! store.release("job-42", &req.key().unwrap()); // the file goes when no job needs it
+//! store.release("job-42", &req.key().unwrap()).await; // the file goes when no job needs it
 //! # let _ = progress.changed();
 //! # }
 //! ```
