@@ -248,6 +248,9 @@ fn download(e: &DownloadError) -> Verdict {
         DownloadError::TooLargeForConfig { .. } | DownloadError::NoSpace { .. } => {
             (ResultCode::LOW_SPACE, DESC_NO_STORAGE.to_owned())
         }
+        // Found full while writing (issue 17, item 6): the platform's
+        // wording, then what filled up.
+        DownloadError::DiskFull(_) => (ResultCode::LOW_SPACE, format!("{DESC_NO_STORAGE}: {e}")),
         DownloadError::LengthMismatch { .. } | DownloadError::Integrity { .. } => {
             (ResultCode::CHECK_FAIL, DESC_INTEGRITY.to_owned())
         }
