@@ -395,11 +395,13 @@ impl Engine {
     /// Applies effects: persist, report, and back off when asked.
     async fn apply(&self, run: &mut Run, e: Effects) {
         let row = &run.row;
-        if e.persist {
-            self.save(row).await;
-        }
-        if let Some(r) = e.report {
-            self.report(&row.device_id, r).await;
+        match (e.persist, e.report) {
+            // One transaction: a kill between the state and its report
+            // would lose the report (a job that ended is not resumed).
+            (true, Some(r)) => self.save_and_report(row, r).await,
+            (true, None) => self.save(row).await,
+            (false, Some(r)) => self.report(&row.device_id, r).await,
+            (false, None) => {}
         }
         if e.persist {
             // Every phase change is persisted; progress alone is not.
@@ -425,6 +427,38 @@ impl Engine {
             .await;
         if let Err(err) = r {
             warn!(child = %row.device_id, "journal: {err}");
+        }
+    }
+
+    /// [`Engine::save`] and [`Engine::report`] in one journal transaction.
+    async fn save_and_report(&self, row: &JobRow, r: ProgressReport) {
+        let (id, machine, activations) = (row.id, row.machine.clone(), row.activations);
+        let report = self
+            .inner
+            .platform
+            .prepare(Some(&row.device_id), &Event::ProgressReport(r));
+        let r = self
+            .inner
+            .journal
+            .run(move |j| {
+                let tx = |j: &mut Journal, sql: &str| {
+                    j.connection().execute_batch(sql).map_err(|e| j.err(e))
+                };
+                tx(j, "BEGIN IMMEDIATE")?;
+                let r = jobs_db::save(j, id, &machine, activations, now_unix())
+                    .and_then(|()| report.push(j));
+                match r {
+                    Ok(()) => tx(j, "COMMIT"),
+                    Err(e) => {
+                        let _ = tx(j, "ROLLBACK");
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        match r {
+            Ok(()) => self.inner.platform.queued(),
+            Err(err) => warn!(child = %row.device_id, "journal: {err}"),
         }
     }
 
