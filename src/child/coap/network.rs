@@ -1147,6 +1147,7 @@ impl Task {
     }
 
     /// A child's command, handed to the peer engine.
+    // Long on purpose: one arm per command kind, so the network task's inputs read in one place.
     fn command(&mut self, cmd: Cmd) {
         let now = self.now();
         match cmd {
