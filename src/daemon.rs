@@ -135,16 +135,7 @@ async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartE
     );
     engine.set_image_gate(gate);
     let restart = Arc::new(tokio::sync::Notify::new());
-    let hooks = Hooks {
-        child_jobs: {
-            let engine = engine.clone();
-            Arc::new(move || engine.active_jobs())
-        },
-        restart: {
-            let restart = restart.clone();
-            Arc::new(move || restart.notify_one())
-        },
-    };
+    let hooks = hooks(&engine, &restart);
     let own = SelfUpgrade::new(
         cfg.gateway.clone(),
         cfg.platform.fw_version.clone(),
@@ -174,6 +165,16 @@ async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartE
         gateway,
         restart,
     })
+}
+
+/// What the gateway's own upgrade asks of the rest of the daemon: how
+/// many child jobs run, and a restart.
+fn hooks(engine: &Engine, restart: &Arc<tokio::sync::Notify>) -> Hooks {
+    let (engine, restart) = (engine.clone(), restart.clone());
+    Hooks {
+        child_jobs: Arc::new(move || engine.active_jobs()),
+        restart: Arc::new(move || restart.notify_one()),
+    }
 }
 
 /// Runs the gateway until `shutdown` completes or the gateway's own upgrade
