@@ -40,6 +40,9 @@ pub enum StartError {
     /// A configured image key (`image.keys`, `child[i].image.keys`) is unusable.
     #[error(transparent)]
     ImageKey(#[from] crate::image::GateError),
+    /// The control API's socket (`control.socket`) could not be opened.
+    #[error(transparent)]
+    Control(#[from] crate::control::ListenError),
 }
 
 /// How a daemon run ended.
@@ -62,6 +65,10 @@ pub struct Handles {
     pub metrics: Metrics,
     /// Where the metrics endpoint listens, when `metrics.listen` is set.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The control API's socket, unless `control.enabled = false`.
+    pub control_socket: Option<std::path::PathBuf>,
+    /// The upgrade engine (the control API's requests, for tests).
+    pub engine: Engine,
 }
 
 /// Builds the children from the configuration; CoAP children share one
@@ -122,6 +129,10 @@ pub async fn run_with(
         metrics.clone(),
     );
     engine.set_image_gate(gate);
+    let control = match cfg.control.enabled {
+        true => Some(crate::control::bind(&cfg)?),
+        false => None,
+    };
     let restart = Arc::new(tokio::sync::Notify::new());
     let own = SelfUpgrade::new(
         cfg.gateway.clone(),
@@ -148,11 +159,22 @@ pub async fn run_with(
         let exporter = Exporter::new(metrics.clone(), platform.clone(), children.clone());
         tokio::spawn(exporter::serve(l, exporter, stop_rx.clone()));
     }
+    let control_socket = control.as_ref().map(|_| cfg.control_socket());
+    let control = control.map(|l| {
+        tokio::spawn(crate::control::serve(
+            l,
+            cfg.control_socket(),
+            engine.clone(),
+            stop_rx.clone(),
+        ))
+    });
     if let Some(s) = started {
         let _ = s.send(Handles {
             platform: platform.clone(),
             metrics,
             metrics_addr,
+            control_socket,
+            engine: engine.clone(),
         });
     }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -181,6 +203,12 @@ pub async fn run_with(
     }
     if let Err(e) = gw.await {
         warn!("gateway task: {e}");
+    }
+    // The socket is gone before a next run on the same state directory.
+    if let Some(c) = control {
+        if let Err(e) = c.await {
+            warn!("control task: {e}");
+        }
     }
     Ok(how)
 }

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["clock", "config", "journal", "metrics", "tls", "retry"],
     &["platform", "package", "child", "image"],
     &["ota", "gateway"],
-    &["exporter"],
+    &["exporter", "control"],
     &["daemon"],
     &["sim"],
 ];
