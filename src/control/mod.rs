@@ -195,14 +195,11 @@ fn refused(e: ControlError) -> Response<Full<Bytes>> {
 }
 
 /// Which job a path segment pair names: `jobs/{id}` or
-/// `children/{device_id}`.
-fn job_ref(kind: &str, name: &str) -> Result<JobRef, Response<Full<Bytes>>> {
+/// `children/{device_id}`; the 400 answer's message for a bad id.
+fn job_ref(kind: &str, name: &str) -> Result<JobRef, String> {
     match kind {
         "jobs" => name.parse::<i64>().map(JobRef::Id).map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("'{name}' is not a job id (a number); a child is /children/{name}"),
-            )
+            format!("'{name}' is not a job id (a number); a child is /children/{name}")
         }),
         _ => Ok(JobRef::Child(percent_decode(name))),
     }
@@ -263,7 +260,7 @@ fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<Bytes>>
                     Ok(v) => json(StatusCode::OK, &v),
                     Err(e) => refused(e),
                 },
-                Err(r) => r,
+                Err(m) => error(StatusCode::BAD_REQUEST, m),
             }
         }
         [kind @ ("jobs" | "children"), name, action] => {
@@ -281,7 +278,7 @@ fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<Bytes>>
                     Ok(v) => json(StatusCode::OK, &v),
                     Err(e) => refused(e),
                 },
-                Err(r) => r,
+                Err(m) => error(StatusCode::BAD_REQUEST, m),
             }
         }
         _ => error(
