@@ -743,9 +743,12 @@ impl Engine {
         // Count the activation before sending it.
         self.save(row).await;
         info!(child = %row.device_id, job = row.id, "activating {}", pkg.version);
-        let e = match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
-            Ok(Ok(())) => return Some(Input::Activated),
-            Ok(Err(e)) => {
+        // The activation's one timer: the driver ends by it (its engine's
+        // own wait for the new version is bounded by it, not raced).
+        let deadline = clock::now() + t.activation;
+        let e = match child.activate_by(&pkg, deadline).await {
+            Ok(()) => return Some(Input::Activated),
+            Err(e) => {
                 if matches!(e.kind(), ErrorKind::Refused(_)) {
                     // A refused activation may still have changed what the
                     // child runs (an LwM2M child that booted another
@@ -762,13 +765,6 @@ impl Engine {
                 }
                 e
             }
-            Err(_) => ChildError::unreachable(
-                Step::Activate,
-                format!(
-                    "activation did not finish within {} s",
-                    t.activation.as_secs()
-                ),
-            ),
         };
         Some(Input::Failed(verdict(Failure::Child(&e))))
     }
