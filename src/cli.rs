@@ -274,6 +274,11 @@ pub(crate) struct CoapChildArgs {
     /// With --queue: how long it listens after it sent something, ms.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) awake_ms: u64,
+    /// The content formats it answers reads in, comma-separated, the
+    /// first for reads without Accept (text, opaque, tlv, senml-json,
+    /// senml-cbor, lwm2m-cbor); default all, text first.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) formats: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -284,6 +284,21 @@ fn coap_child(a: CoapChildArgs) -> ExitCode {
         (Ok(d), Ok(u)) => (d, u),
         (Err(m), _) | (_, Err(m)) => return usage("coap-child", m),
     };
+    if !a.formats.is_empty() {
+        let mut formats = Vec::new();
+        for name in &a.formats {
+            match otabridge_codecs::lwm2m::ContentFormat::from_name(name) {
+                Some(f) => formats.push(f),
+                None => {
+                    return usage(
+                        "coap-child",
+                        format!("--formats: '{name}' is not a content format"),
+                    )
+                }
+            }
+        }
+        opts.formats = formats;
+    }
     opts.listen = a.listen;
     opts.preferred_szx = szx;
     opts.reboot_time = Duration::from_millis(a.reboot_ms);

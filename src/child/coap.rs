@@ -49,10 +49,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otabridge_codecs::coap::{
-    msg, Action, Code, Delivery as EngineDelivery, Outcome, Packet, PushEvent, PushFailure,
-    ServedBlock, UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure,
+    content_format, msg, read_request, Action, Code, Delivery as EngineDelivery, Outcome, Packet,
+    PushEvent, PushFailure, ServedBlock, UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure,
 };
-use otabridge_codecs::lwm2m::{self, Path, UpdateResult};
+use otabridge_codecs::lwm2m::{self, ContentFormat, Path, UpdateResult};
 use otabridge_codecs::time::Instant as EngineInstant;
 use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
@@ -123,6 +123,8 @@ pub struct CoapChild {
     version_policy: Policy,
     /// What [`Child::ready`] reads ([`preflight`], docs/images.md).
     preflight: preflight::Preflight,
+    /// The configured Accept of reads, if any ([`CoapChild::with_accept`]).
+    accept: Option<ContentFormat>,
     pending: Mutex<Option<Pending>>,
     /// The push running to this child, for [`CoapChild::push_acked`].
     push: Mutex<Option<network::PushWatch>>,
@@ -162,6 +164,7 @@ impl CoapChild {
             options,
             version_policy: Policy::default(),
             preflight: preflight::Preflight::default(),
+            accept: None,
             pending: Mutex::new(None),
             push: Mutex::new(None),
             retries_base: retries.load(Ordering::Relaxed),
@@ -174,6 +177,13 @@ impl CoapChild {
     /// default is [`Policy::Normalised`]).
     pub fn with_version_policy(mut self, policy: Policy) -> Self {
         self.version_policy = policy;
+        self
+    }
+
+    /// Asks for `format` in every read (the child's `accept` key) instead
+    /// of the format chosen from its registration.
+    pub fn with_accept(mut self, format: Option<ContentFormat>) -> Self {
+        self.accept = format;
         self
     }
 
@@ -210,6 +220,28 @@ impl CoapChild {
     fn push_liveness(&self) -> Option<(u64, tokio::time::Instant)> {
         let (acked, at) = self.push_acked()?;
         Some((u64::from(acked), self.net.at(at?)))
+    }
+
+    /// The Accept of a read (`multiple`: of a multiple-instance resource),
+    /// from the formats a registered client announced (`ct`) and its
+    /// LwM2M version ([`ContentFormat::accept`]); text/plain for a child
+    /// at a fixed address. The configured `accept` wins for single values.
+    fn accept(&self, multiple: bool) -> ContentFormat {
+        if let Some(f) = self.accept.filter(|_| !multiple) {
+            return f;
+        }
+        let reg = match &self.address {
+            CoapAddress::Endpoint(ep) => self.net.registration(ep),
+            CoapAddress::Static(_) => None,
+        };
+        match reg {
+            Some(r) => {
+                let v = r.reg.version;
+                let late = (v.major, v.minor) >= (1, 2);
+                ContentFormat::accept(&r.reg.objects.content_formats, late, multiple)
+            }
+            None => ContentFormat::accept(&[], false, multiple),
+        }
     }
 
     /// One request to the child; the network's peer engine keeps NSTART 1
@@ -262,6 +294,7 @@ impl CoapChild {
             update_timeout: self.options.update_timeout,
             max_attempts: self.options.max_attempts,
             version_policy: self.version_policy,
+            accept: Some(self.accept(false)),
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
         };
         UpdateProcedure::new(cfg)
@@ -612,7 +645,7 @@ impl Child for CoapChild {
             if let Some(v) = self.sleeping_version() {
                 return Ok(v);
             }
-            let req = msg::request(Code::GET, &Path::FIRMWARE_VERSION.segments());
+            let req = read_request(Path::FIRMWARE_VERSION, Some(self.accept(false)));
             let resp = self.request(req).await.map_err(|e| {
                 let at = format!("{} at {}", self.device_id, self.address);
                 match e {
@@ -629,9 +662,9 @@ impl Child for CoapChild {
                 return Err(ChildError::garbled(step, "/3/0/3 read refused")
                     .with_said(format!("/3/0/3 {code}"), None));
             }
-            let v = lwm2m::parse_text(&resp.payload)
-                .map(|v| v.trim().to_string())
-                .map_err(|e| ChildError::garbled(step, "/3/0/3").with_source(e))?;
+            let v =
+                lwm2m::read_string(content_format(&resp), Path::FIRMWARE_VERSION, &resp.payload)
+                    .map_err(|e| ChildError::garbled(step, "/3/0/3").with_source(e))?;
             if let CoapAddress::Endpoint(ep) = &self.address {
                 self.net.report_firmware(ep, &v);
             }

@@ -104,6 +104,9 @@ pub enum Transport {
         address: CoapAddress,
         /// Pull or push.
         delivery: Delivery,
+        /// `accept`: the content format its reads ask for (the Accept
+        /// option); `None`: chosen from its registration, else text/plain.
+        accept: Option<otabridge_codecs::lwm2m::ContentFormat>,
     },
     /// A serial line.
     Serial {
@@ -290,6 +293,9 @@ struct CoapSpec {
     endpoint: Option<String>,
     #[serde(default)]
     delivery: Delivery,
+    /// The content format of its reads (`text`, `tlv`, `senml-json`,
+    /// `senml-cbor`, `lwm2m-cbor`, `opaque`).
+    accept: Option<String>,
     image: Option<toml::Value>,
 }
 
@@ -679,9 +685,29 @@ fn coap(c: CoapSpec) -> Result<Transport, BadKey> {
             ))
         }
     };
+    let accept = match c.accept.as_deref() {
+        None => None,
+        Some(name) => Some(
+            otabridge_codecs::lwm2m::ContentFormat::from_name(name).ok_or_else(|| {
+                let names: Vec<_> = otabridge_codecs::lwm2m::ContentFormat::NAMES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                BadKey::new(
+                    "accept",
+                    format!(
+                        "'{}' is not a content format ({})",
+                        name.escape_debug(),
+                        names.join(", ")
+                    ),
+                )
+            })?,
+        ),
+    };
     Ok(Transport::Coap {
         address,
         delivery: c.delivery,
+        accept,
     })
 }
 
