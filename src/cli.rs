@@ -83,7 +83,7 @@ pub(crate) enum ImageCommand {
 pub(crate) enum SimCommand {
     /// An LwM2M child over CoAP/UDP (see docs/coap.md): /3/0/3 and /5, push
     /// and pull, with faults at its socket.
-    CoapChild(CoapChildArgs),
+    CoapChild(Box<CoapChildArgs>),
     /// A child speaking a framed profile on a pty; prints the pty path, runs
     /// until Ctrl-C (see docs/framed.md).
     FramedChild(FramedChildArgs),

@@ -49,7 +49,7 @@ pub(crate) fn sim(logs: LogFormat, which: SimCommand) -> ExitCode {
     match which {
         SimCommand::CoapChild(a) => {
             init_logs(logs, "info");
-            coap_child(a)
+            coap_child(*a)
         }
         SimCommand::FramedChild(a) => {
             init_logs(logs, "info");

@@ -336,6 +336,7 @@ mod tests {
             transport: Transport::Coap {
                 address: crate::config::CoapAddress::Static(([127, 0, 0, 1], port).into()),
                 delivery: Delivery::Pull,
+                accept: None,
             },
             image: crate::config::ChildImage::default_for(false),
         };
