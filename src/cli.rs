@@ -279,6 +279,10 @@ pub(crate) struct CoapChildArgs {
     /// senml-cbor, lwm2m-cbor); default all, text first.
     #[arg(long, value_delimiter = ',')]
     pub(crate) formats: Vec<String>,
+    /// Its /5/0/9 Delivery Method: 0 pull only (refuses pushes), 1 push
+    /// only (refuses Package URIs), 2 both.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) delivery_method: i64,
 }
 
 #[derive(Debug, Args)]

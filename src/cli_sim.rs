@@ -299,6 +299,10 @@ fn coap_child(a: CoapChildArgs) -> ExitCode {
         }
         opts.formats = formats;
     }
+    match otabridge_codecs::lwm2m::DeliveryMethod::from_value(a.delivery_method) {
+        Ok(m) => opts.delivery_method = m,
+        Err(e) => return usage("coap-child", format!("--delivery-method: {e}")),
+    }
     opts.listen = a.listen;
     opts.preferred_szx = szx;
     opts.reboot_time = Duration::from_millis(a.reboot_ms);

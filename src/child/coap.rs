@@ -32,12 +32,19 @@
 //! last reported (journaled), and says so in the log. Its presence
 //! ([`Child::presence`]) follows the registration.
 //!
+//! # Delivery chosen by the child (issue 13 item 6)
+//! `delivery = "auto"` (the default for children that register) reads
+//! `/5/0/9` Delivery Method and `/5/0/8` Protocol Support before each
+//! delivery: pull when the child pulls and lists CoAP, push when it only
+//! takes pushes or lists no CoAP, pull when it says nothing (`auto.rs`).
+//!
 //! # Layout
 //! - [`network`]: the socket, the peer-engine task, the Block2 server, the
 //!   LwM2M registry on `/rd`.
 //! - [`registrations`]: registrations in the journal.
 //! - [`seam`]: a seeded lossy link at the socket seam, for tests and benches.
 
+mod auto;
 pub mod network;
 pub mod preflight;
 pub mod registrations;
@@ -107,9 +114,10 @@ impl Default for ChildOptions {
 #[derive(Debug)]
 struct Pending {
     sha256: String,
-    /// The procedure paused at State 2, or `None` when the child already
-    /// ran the target version and nothing was delivered.
-    procedure: Option<UpdateProcedure>,
+    /// The procedure paused at State 2 and the delivery it used, or
+    /// `None` when the child already ran the target version and nothing
+    /// was delivered.
+    procedure: Option<(UpdateProcedure, Delivery)>,
 }
 
 /// An LwM2M child reached over the shared [`CoapNetwork`].
@@ -250,7 +258,7 @@ impl CoapChild {
         self.net.request_to(&self.address, packet).await
     }
 
-    fn take_pending(&self, sha256: &str) -> Option<Option<UpdateProcedure>> {
+    fn take_pending(&self, sha256: &str) -> Option<Option<(UpdateProcedure, Delivery)>> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match p.take() {
             Some(x) if x.sha256.eq_ignore_ascii_case(sha256) => Some(x.procedure),
@@ -258,10 +266,13 @@ impl CoapChild {
         }
     }
 
+    /// The procedure for `package` by `delivery` (pull or push, resolved
+    /// by [`CoapChild::choose_delivery`]).
     fn new_procedure(
         &self,
         package: &Package,
         resume_from: u64,
+        delivery: Delivery,
     ) -> Result<UpdateProcedure, ChildError> {
         let step = Step::Deliver {
             offset: resume_from,
@@ -273,8 +284,8 @@ impl CoapChild {
                 format!("{} bytes: LwM2M /5/0/0 carries at most 4 GiB", package.size),
             )
         })?;
-        let delivery = match self.delivery {
-            Delivery::Pull => {
+        let delivery = match delivery {
+            Delivery::Pull | Delivery::Auto => {
                 let to = self.current(step)?;
                 let gw = self.net.gateway_for(to).map_err(|e| {
                     ChildError::io(step, format!("no local address towards {to}")).with_source(e)
@@ -310,6 +321,7 @@ impl CoapChild {
         package: &Package,
         until_downloaded: bool,
         progress: Progress<'_>,
+        delivery: Delivery,
     ) -> Result<Stop, ChildError> {
         // The step a failure of the network itself belongs to.
         let step = if until_downloaded {
@@ -320,8 +332,8 @@ impl CoapChild {
             Step::Activate
         };
         // Pull: the child fetches from our Block2 server while we poll.
-        let (_serving, mut watch) = match self.delivery {
-            Delivery::Pull => {
+        let (_serving, mut watch) = match delivery {
+            Delivery::Pull | Delivery::Auto => {
                 let g = self
                     .net
                     .serve_package(&package.sha256, &package.path)
@@ -688,13 +700,14 @@ impl Child for CoapChild {
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
             let _slot = self.net.transfer_permit().await;
-            let mut procedure = self.new_procedure(package, resume_from)?;
-            info!(child = %self.device_id, delivery = ?self.delivery, size = package.size, resume_from, "delivering");
-            match self.drive(&mut procedure, package, true, progress).await? {
+            let delivery = self.choose_delivery().await;
+            let mut procedure = self.new_procedure(package, resume_from, delivery)?;
+            info!(child = %self.device_id, ?delivery, size = package.size, resume_from, "delivering");
+            match self.drive(&mut procedure, package, true, progress, delivery).await? {
                 Stop::Downloaded => {
                     *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pending {
                         sha256: package.sha256.clone(),
-                        procedure: Some(procedure),
+                        procedure: Some((procedure, delivery)),
                     });
                     Ok(())
                 }
@@ -718,7 +731,7 @@ impl Child for CoapChild {
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
-            let (mut procedure, _slot) = match self.take_pending(&package.sha256) {
+            let ((mut procedure, delivery), _slot) = match self.take_pending(&package.sha256) {
                 Some(Some(p)) => (p, None),
                 // `deliver` found the target running already.
                 Some(None) => return Ok(()),
@@ -727,10 +740,11 @@ impl Child for CoapChild {
                     // after delivery): run the whole procedure; it finishes
                     // at once if the child already runs the target.
                     let slot = self.net.transfer_permit().await;
-                    (self.new_procedure(package, 0)?, Some(slot))
+                    let delivery = self.choose_delivery().await;
+                    ((self.new_procedure(package, 0, delivery)?, delivery), Some(slot))
                 }
             };
-            match self.drive(&mut procedure, package, false, &|_| {}).await? {
+            match self.drive(&mut procedure, package, false, &|_| {}, delivery).await? {
                 Stop::Finished(Outcome::Updated | Outcome::AlreadyCurrent) => {
                     info!(child = %self.device_id, version = %package.version, "child runs the new version");
                     Ok(())

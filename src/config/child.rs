@@ -58,6 +58,10 @@ pub enum Delivery {
     Pull,
     /// We write the package to /5/0/0 with Block1.
     Push,
+    /// Chosen from the child's `/5/0/9` Delivery Method and `/5/0/8`
+    /// Protocol Support before each delivery (issue 13 item 6); the
+    /// default for children that register.
+    Auto,
 }
 
 /// Serial child protocol.
@@ -291,8 +295,8 @@ struct CoapSpec {
     /// ... the Endpoint Client Name it registers with (issue 13): exactly
     /// one of the two.
     endpoint: Option<String>,
-    #[serde(default)]
-    delivery: Delivery,
+    /// `None`: `auto` for a child that registers, else `pull`.
+    delivery: Option<Delivery>,
     /// The content format of its reads (`text`, `tlv`, `senml-json`,
     /// `senml-cbor`, `lwm2m-cbor`, `opaque`).
     accept: Option<String>,
@@ -704,9 +708,13 @@ fn coap(c: CoapSpec) -> Result<Transport, BadKey> {
             })?,
         ),
     };
+    let delivery = c.delivery.unwrap_or(match address {
+        CoapAddress::Endpoint(_) => Delivery::Auto,
+        CoapAddress::Static(_) => Delivery::Pull,
+    });
     Ok(Transport::Coap {
         address,
-        delivery: c.delivery,
+        delivery,
         accept,
     })
 }

@@ -975,7 +975,7 @@ protocol = "framed:acme-rs485"
             c.children[0].transport,
             Transport::Coap {
                 address: CoapAddress::Endpoint("urn:imei:35000000001".into()),
-                delivery: Delivery::Pull,
+                delivery: Delivery::Auto,
                 accept: None,
             }
         );
@@ -1167,7 +1167,7 @@ protocol = "framed:acme-rs485"
             "address = \"192.168.10.21:5683\"\ndelivery = \"pul\"",
         ));
         assert!(
-            e.contains(": child[0].delivery: unknown variant `pul`, expected `pull` or `push`"),
+            e.contains(": child[0].delivery: unknown variant `pul`, expected one of `pull`, `push`, `auto`"),
             "{e}"
         );
         let e = err(&GOOD.replace(

@@ -41,7 +41,7 @@ use otabridge_codecs::coap::{
     IncomingRequest, Packet, RequestId,
 };
 use otabridge_codecs::lwm2m::content::{self, ItemPath, Value};
-use otabridge_codecs::lwm2m::{ContentFormat, Path, State, UpdateResult};
+use otabridge_codecs::lwm2m::{ContentFormat, DeliveryMethod, Path, State, UpdateResult};
 use otabridge_codecs::rng::Rng;
 
 use crate::child::coap::seam::{Dir, LinkFaults, Seam};
@@ -147,6 +147,10 @@ pub struct SimOptions {
     /// without Accept the first. Default: text/plain first, then every
     /// other format `lwm2m::content` writes.
     pub formats: Vec<ContentFormat>,
+    /// `/5/0/9` (5.xml): pull only refuses a push (`PUT /5/0/0` gets
+    /// 4.05), push only a Package URI (a non-empty `PUT /5/0/1` gets 4.05);
+    /// default both.
+    pub delivery_method: DeliveryMethod,
 }
 
 impl SimOptions {
@@ -166,6 +170,7 @@ impl SimOptions {
             exchange: ExchangeConfig::default(),
             register: None,
             formats: ContentFormat::NAMES.iter().map(|(_, f)| *f).collect(),
+            delivery_method: DeliveryMethod::Both,
         }
     }
 }
@@ -808,9 +813,11 @@ impl Device {
                 let v = int(self.result as i64);
                 self.read_reply(&req, "5/0/5", v, now)
             }
-            // Both pull and push (5.xml /5/0/9 value 2), CoAP only (/5/0/8
-            // one instance, 0).
-            (Code::GET, ["5", "0", "9"]) => self.read_reply(&req, "5/0/9", int(2), now),
+            // 5.xml /5/0/9 as configured; CoAP only (/5/0/8 one instance, 0).
+            (Code::GET, ["5", "0", "9"]) => {
+                let v = int(self.opts.delivery_method as i64);
+                self.read_reply(&req, "5/0/9", v, now)
+            }
             (Code::GET, ["5", "0", "8"]) => {
                 let v = vec![(Some(0), Value::Integer(0))];
                 self.read_reply(&req, "5/0/8", v, now)
@@ -830,11 +837,17 @@ impl Device {
                 let uri = String::from_utf8_lossy(&req.packet.payload)
                     .trim()
                     .to_string();
+                if !uri.is_empty() && self.opts.delivery_method == DeliveryMethod::Push {
+                    return self.reply(&req, Code::METHOD_NOT_ALLOWED, b"", now);
+                }
                 if self.opts.faults.lose_uri_answers && !uri.is_empty() {
                     self.mute(&req);
                 }
                 self.reply(&req, Code::CHANGED, b"", now);
                 self.write_uri(&uri, now);
+            }
+            (Code::PUT, ["5", "0", "0"]) if self.opts.delivery_method == DeliveryMethod::Pull => {
+                self.reply(&req, Code::METHOD_NOT_ALLOWED, b"", now)
             }
             (Code::PUT, ["5", "0", "0"]) => self.on_block1(req, now),
             (Code::POST, ["5", "0", "2"]) => {
