@@ -36,7 +36,7 @@ use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::{Child, ChildError, ErrorKind, Package, Step};
 use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
-use crate::journal;
+use crate::journal::{Journal, JournalError, SharedJournal};
 use crate::metrics::{Metrics, Resume};
 use crate::package::{PackageRequest, PackageStore};
 use crate::platform::Platform;
@@ -88,6 +88,8 @@ impl Timeouts {
 #[derive(Debug)]
 struct Inner {
     platform: Platform,
+    /// Ota's own handle on the journal (the jobs table).
+    journal: SharedJournal,
     store: PackageStore,
     children: HashMap<String, Arc<dyn Child>>,
     limits: Limits,
@@ -112,11 +114,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine reporting through `platform`, fetching through `store`,
-    /// taking bus turns from `buses` (built from the same `children`),
-    /// counting into `metrics`.
+    /// An engine reporting through `platform`, persisting its jobs in
+    /// `journal`, fetching through `store`, taking bus turns from `buses`
+    /// (built from the same `children`), counting into `metrics`.
     pub fn new(
         platform: Platform,
+        journal: SharedJournal,
         store: PackageStore,
         children: &[Arc<dyn Child>],
         buses: Buses,
@@ -130,6 +133,7 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 platform,
+                journal,
                 store,
                 children: children
                     .iter()
@@ -155,11 +159,13 @@ impl Engine {
     }
 
     /// Resumes every job the journal holds as active (after a restart).
-    pub fn resume(&self) {
-        let rows = {
-            let mut j = journal::lock(self.inner.platform.journal());
-            jobs_db::active(&mut j, self.inner.limits, &|id| self.version_policy(id))
-        };
+    pub async fn resume(&self) {
+        let me = self.clone();
+        let rows = self
+            .inner
+            .journal
+            .run(move |j| jobs_db::active(j, me.inner.limits, &|id| me.version_policy(id)))
+            .await;
         match rows {
             Ok(rows) => {
                 for row in rows {
@@ -175,11 +181,12 @@ impl Engine {
         }
     }
 
-    fn report(&self, device_id: &str, r: ProgressReport) {
+    async fn report(&self, device_id: &str, r: ProgressReport) {
         if let Err(e) = self
             .inner
             .platform
             .report(Some(device_id), &Event::ProgressReport(r))
+            .await
         {
             warn!(
                 child = device_id,
@@ -198,69 +205,28 @@ impl Engine {
             .map_or_else(Policy::default, |c| c.version_policy())
     }
 
-    /// Takes an upgrade event for child `device_id`.
-    pub fn submit(&self, device_id: &str, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
+    /// Takes an upgrade event for child `device_id`: a new job when the
+    /// child has none active, else a repeat (ignored) or a conflict
+    /// (answered "Task Conflict").
+    pub async fn submit(&self, device_id: &str, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
         let now = now_unix();
-        let mut j = journal::lock(self.inner.platform.journal());
-        let latest = match jobs_db::latest(&mut j, device_id, self.inner.limits, &|id| {
-            self.version_policy(id)
-        }) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(child = device_id, "journal: {e}");
-                return;
-            }
-        };
-        if let Some(active) = latest.filter(|r| !r.machine.phase.is_terminal()) {
-            let same_sign = match (&active.upgrade.sign, &upgrade.sign) {
-                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-                (None, None) => active.upgrade.url == upgrade.url,
-                _ => false,
-            };
-            drop(j);
-            if active.upgrade.version == upgrade.version && same_sign {
-                info!(
-                    child = device_id,
-                    job = active.id,
-                    "repeated upgrade event for the running job; ignored"
-                );
-            } else {
-                warn!(
-                    child = device_id,
-                    job = active.id,
-                    "upgrade to {} refused: an upgrade to {} is in progress",
-                    upgrade.version,
-                    active.upgrade.version
-                );
-                self.report(
-                    device_id,
-                    ProgressReport {
-                        result_code: ResultCode::BUSY,
-                        progress: None,
-                        version: active.machine.current_version.clone().unwrap_or_default(),
-                        description: Some(format!(
-                            "{}: an upgrade to {} is in progress",
-                            result::DESC_TASK_CONFLICT,
-                            active.upgrade.version
-                        )),
-                    },
-                );
-            }
-            return;
-        }
         // The package store's rule (24 h, or less when `expires` says so)
         // is the job's deadline too.
         let deadline = clock::to_unix(
             PackageRequest::from_upgrade(&upgrade, v2, clock::from_unix(now)).deadline,
         );
-        let id = match jobs_db::insert(&mut j, device_id, kind, v2, &upgrade, now, deadline) {
-            Ok(id) => id,
-            Err(e) => {
-                warn!(child = device_id, "journal: {e}");
-                return;
-            }
+        let admitted = {
+            let (me, id, up) = (self.clone(), device_id.to_owned(), upgrade.clone());
+            let job = move |j: &mut Journal| me.admit(j, &id, kind, v2, &up, now, deadline);
+            self.inner.journal.run(job).await
         };
-        drop(j);
+        let id = match admitted {
+            Ok(Admission::New(id)) => id,
+            Ok(Admission::Running(active)) => {
+                return self.running(device_id, &active, &upgrade).await
+            }
+            Err(e) => return warn!(child = device_id, "journal: {e}"),
+        };
         info!(child = device_id, job = id, target = %upgrade.version, "upgrade job accepted");
         let machine = Machine::new(
             &upgrade.version,
@@ -279,6 +245,68 @@ impl Engine {
             machine,
             activations: 0,
         });
+    }
+
+    /// In one journal operation (nothing is written between the read and
+    /// the insert): the child's active job, or a new queued one.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        j: &mut Journal,
+        device_id: &str,
+        kind: UpgradeKind,
+        v2: bool,
+        upgrade: &Upgrade,
+        now: i64,
+        deadline: i64,
+    ) -> Result<Admission, JournalError> {
+        let latest = jobs_db::latest(j, device_id, self.inner.limits, &|id| {
+            self.version_policy(id)
+        })?;
+        if let Some(active) = latest.filter(|r| !r.machine.phase.is_terminal()) {
+            return Ok(Admission::Running(Box::new(active)));
+        }
+        jobs_db::insert(j, device_id, kind, v2, upgrade, now, deadline).map(Admission::New)
+    }
+
+    /// An upgrade event for a child whose job `active` runs: a repeat of
+    /// its event (an MQTT redelivery) is ignored, another is refused with
+    /// "Task Conflict".
+    async fn running(&self, device_id: &str, active: &JobRow, upgrade: &Upgrade) {
+        let same_sign = match (&active.upgrade.sign, &upgrade.sign) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            (None, None) => active.upgrade.url == upgrade.url,
+            _ => false,
+        };
+        if active.upgrade.version == upgrade.version && same_sign {
+            info!(
+                child = device_id,
+                job = active.id,
+                "repeated upgrade event for the running job; ignored"
+            );
+            return;
+        }
+        warn!(
+            child = device_id,
+            job = active.id,
+            "upgrade to {} refused: an upgrade to {} is in progress",
+            upgrade.version,
+            active.upgrade.version
+        );
+        self.report(
+            device_id,
+            ProgressReport {
+                result_code: ResultCode::BUSY,
+                progress: None,
+                version: active.machine.current_version.clone().unwrap_or_default(),
+                description: Some(format!(
+                    "{}: an upgrade to {} is in progress",
+                    result::DESC_TASK_CONFLICT,
+                    active.upgrade.version
+                )),
+            },
+        )
+        .await;
     }
 
     fn spawn(&self, row: JobRow) {
@@ -333,15 +361,10 @@ impl Engine {
     async fn apply(&self, run: &mut Run, e: Effects) {
         let row = &run.row;
         if e.persist {
-            let mut j = journal::lock(self.inner.platform.journal());
-            if let Err(err) =
-                jobs_db::save(&mut j, row.id, &row.machine, row.activations, now_unix())
-            {
-                warn!(child = %row.device_id, "journal: {err}");
-            }
+            self.save(row).await;
         }
         if let Some(r) = e.report {
-            self.report(&row.device_id, r);
+            self.report(&row.device_id, r).await;
         }
         if e.persist {
             // Every phase change is persisted; progress alone is not.
@@ -353,6 +376,20 @@ impl Engine {
                 info!(child = %row.device_id, job = row.id, retries = row.machine.retries, "retrying after: {c}");
             }
             tokio::time::sleep(run.backoff.next_delay()).await;
+        }
+    }
+
+    /// Persists the job's machine and activation count (durable when this
+    /// returns).
+    async fn save(&self, row: &JobRow) {
+        let (id, machine, activations) = (row.id, row.machine.clone(), row.activations);
+        let r = self
+            .inner
+            .journal
+            .run(move |j| jobs_db::save(j, id, &machine, activations, now_unix()))
+            .await;
+        if let Err(err) = r {
+            warn!(child = %row.device_id, "journal: {err}");
         }
     }
 
@@ -394,7 +431,7 @@ impl Engine {
         }
         // The store keys the package by the request, fetched or not.
         if let Ok(key) = run.req.key() {
-            self.inner.store.release(&run.job_key, &key);
+            self.inner.store.release(&run.job_key, &key).await;
         }
         self.finished(&run);
     }
@@ -549,14 +586,8 @@ impl Engine {
         let pkg = run.package.clone().expect("fetched above");
         let row = &mut run.row;
         row.activations += 1;
-        {
-            // Count the activation before sending it.
-            let mut j = journal::lock(self.inner.platform.journal());
-            if let Err(e) = jobs_db::save(&mut j, row.id, &row.machine, row.activations, now_unix())
-            {
-                warn!(child = %row.device_id, "journal: {e}");
-            }
-        }
+        // Count the activation before sending it.
+        self.save(row).await;
         info!(child = %row.device_id, job = row.id, "activating {}", pkg.version);
         let e = match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
             Ok(Ok(())) => return Some(Input::Activated),
@@ -652,6 +683,7 @@ impl Engine {
             .inner
             .store
             .acquire(&run.job_key, &run.req)
+            .await
             .ready()
             .await
         {
@@ -711,6 +743,14 @@ impl Liveness {
             t.first_chunk
         }
     }
+}
+
+/// What [`Engine::admit`] found.
+enum Admission {
+    /// The child's job that is still active.
+    Running(Box<JobRow>),
+    /// The new job's id.
+    New(i64),
 }
 
 /// One job's run: its row, its child, and what it keeps between steps.
