@@ -758,15 +758,25 @@ async fn auto_delivery_follows_5_0_9() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let pkg = package(dir.path(), 5 * 1024 + 3, 33);
-        for (i, method) in [DeliveryMethod::Pull, DeliveryMethod::Push, DeliveryMethod::Both]
-            .into_iter()
-            .enumerate()
+        for (i, method) in [
+            DeliveryMethod::Pull,
+            DeliveryMethod::Push,
+            DeliveryMethod::Both,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let seed = 70 + i as u64;
             let mut o = sim_options(seed, Faults::default());
             o.delivery_method = method;
             let sim = CoapChildSim::start(o).await.unwrap();
-            let child = CoapChild::new("auto", sim.addr(), Delivery::Auto, network(seed), child_options());
+            let child = CoapChild::new(
+                "auto",
+                sim.addr(),
+                Delivery::Auto,
+                network(seed),
+                child_options(),
+            );
             let progress = upgrade(&child, &pkg)
                 .await
                 .unwrap_or_else(|e| panic!("{method:?}: {e}"));

@@ -703,7 +703,10 @@ impl Child for CoapChild {
             let delivery = self.choose_delivery().await;
             let mut procedure = self.new_procedure(package, resume_from, delivery)?;
             info!(child = %self.device_id, ?delivery, size = package.size, resume_from, "delivering");
-            match self.drive(&mut procedure, package, true, progress, delivery).await? {
+            match self
+                .drive(&mut procedure, package, true, progress, delivery)
+                .await?
+            {
                 Stop::Downloaded => {
                     *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pending {
                         sha256: package.sha256.clone(),
@@ -741,10 +744,16 @@ impl Child for CoapChild {
                     // at once if the child already runs the target.
                     let slot = self.net.transfer_permit().await;
                     let delivery = self.choose_delivery().await;
-                    ((self.new_procedure(package, 0, delivery)?, delivery), Some(slot))
+                    (
+                        (self.new_procedure(package, 0, delivery)?, delivery),
+                        Some(slot),
+                    )
                 }
             };
-            match self.drive(&mut procedure, package, false, &|_| {}, delivery).await? {
+            match self
+                .drive(&mut procedure, package, false, &|_| {}, delivery)
+                .await?
+            {
                 Stop::Finished(Outcome::Updated | Outcome::AlreadyCurrent) => {
                     info!(child = %self.device_id, version = %package.version, "child runs the new version");
                     Ok(())
