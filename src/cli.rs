@@ -49,6 +49,10 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Print each child's state from the journal (works while the daemon runs).
     Status(StatusArgs),
+    /// List, show, pause, resume, cancel or retry upgrade jobs through the
+    /// running daemon's control API (its Unix socket; see
+    /// docs/operations.md).
+    Jobs(JobsArgs),
     /// Download a package with the gateway's own download code (resumable;
     /// checks reachability, TLS settings and speed from this box).
     Download(DownloadArgs),
@@ -147,6 +151,44 @@ pub(crate) struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobsArgs {
+    /// The daemon's configuration file (it names the control socket).
+    #[arg(long, short, global = true)]
+    pub(crate) config: Option<PathBuf>,
+    /// The control socket itself, instead of --config.
+    #[arg(long, global = true, conflicts_with = "config")]
+    pub(crate) socket: Option<PathBuf>,
+    /// Print the control API's JSON answer.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) what: JobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobsCommand {
+    /// Every job not ended yet and each child's latest job.
+    List,
+    /// One job in full.
+    Show(JobTarget),
+    /// End a job at its next safe point (never once its activation was
+    /// sent), with a failure report; the child keeps the version it runs.
+    Cancel(JobTarget),
+    /// Stop a job at its next safe point, keeping its delivery offset.
+    Pause(JobTarget),
+    /// Continue a paused job from its offset.
+    Resume(JobTarget),
+    /// Start a failed job again (before its deadline).
+    Retry(JobTarget),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobTarget {
+    /// A job id (a number), or a child's device id for its latest job.
+    pub(crate) target: String,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,9 @@ pub enum StartError {
     /// A configured image key (`image.keys`, `child[i].image.keys`) is unusable.
     #[error(transparent)]
     ImageKey(#[from] crate::image::GateError),
+    /// The control API's socket (`control.socket`) could not be opened.
+    #[error(transparent)]
+    Control(#[from] crate::control::ListenError),
 }
 
 /// How a daemon run ended.
@@ -62,6 +65,10 @@ pub struct Handles {
     pub metrics: Metrics,
     /// Where the metrics endpoint listens, when `metrics.listen` is set.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The control API's socket, unless `control.enabled = false`.
+    pub control_socket: Option<std::path::PathBuf>,
+    /// The upgrade engine (the control API's requests, for tests).
+    pub engine: Engine,
 }
 
 /// Builds the children from the configuration; CoAP children share one
@@ -88,6 +95,8 @@ struct Parts {
     gateway: Gateway,
     /// Notified when the gateway's own upgrade asks for a restart.
     restart: Arc<tokio::sync::Notify>,
+    /// The control API's socket, unless `control.enabled = false`.
+    control: Option<tokio::net::UnixListener>,
 }
 
 /// Opens the journal, the package store and the metrics socket, and wires
@@ -134,17 +143,12 @@ async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartE
         metrics.clone(),
     );
     engine.set_image_gate(gate);
-    let restart = Arc::new(tokio::sync::Notify::new());
-    let hooks = Hooks {
-        child_jobs: {
-            let engine = engine.clone();
-            Arc::new(move || engine.active_jobs())
-        },
-        restart: {
-            let restart = restart.clone();
-            Arc::new(move || restart.notify_one())
-        },
+    let control = match cfg.control.enabled {
+        true => Some(crate::control::bind(cfg)?),
+        false => None,
     };
+    let restart = Arc::new(tokio::sync::Notify::new());
+    let hooks = hooks(&engine, &restart);
     let own = SelfUpgrade::new(
         cfg.gateway.clone(),
         cfg.platform.fw_version.clone(),
@@ -173,7 +177,18 @@ async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartE
         own,
         gateway,
         restart,
+        control,
     })
+}
+
+/// What the gateway's own upgrade asks of the rest of the daemon: how
+/// many child jobs run, and a restart.
+fn hooks(engine: &Engine, restart: &Arc<tokio::sync::Notify>) -> Hooks {
+    let (engine, restart) = (engine.clone(), restart.clone());
+    Hooks {
+        child_jobs: Arc::new(move || engine.active_jobs()),
+        restart: Arc::new(move || restart.notify_one()),
+    }
 }
 
 /// Runs the gateway until `shutdown` completes or the gateway's own upgrade
@@ -192,11 +207,22 @@ pub async fn run_with(
         let exporter = Exporter::new(p.metrics.clone(), p.platform.clone(), children.clone());
         tokio::spawn(exporter::serve(l, exporter, stop_rx.clone()));
     }
+    let control_socket = p.control.as_ref().map(|_| cfg.control_socket());
+    let control = p.control.map(|l| {
+        tokio::spawn(crate::control::serve(
+            l,
+            cfg.control_socket(),
+            p.engine.clone(),
+            stop_rx.clone(),
+        ))
+    });
     if let Some(s) = started {
         let _ = s.send(Handles {
             platform: p.platform.clone(),
             metrics: p.metrics,
             metrics_addr,
+            control_socket,
+            engine: p.engine.clone(),
         });
     }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -226,6 +252,12 @@ pub async fn run_with(
     }
     if let Err(e) = gw.await {
         warn!("gateway task: {e}");
+    }
+    // The socket is gone before a next run on the same state directory.
+    if let Some(c) = control {
+        if let Err(e) = c.await {
+            warn!("control task: {e}");
+        }
     }
     Ok(how)
 }

@@ -166,6 +166,13 @@ const MIGRATIONS: &[&str] = &[
          renewed_unix INTEGER NOT NULL,
          firmware TEXT
      );",
+    // 7: operators' and policies' control of jobs (issue 15, src/ota/control.rs):
+    // `control` is an operator's pending request ('pause' or 'cancel'),
+    // `held` why a policy holds the job before it starts (halt on
+    // failures), `retry_of` the failed job an operator's retry repeats.
+    "ALTER TABLE jobs ADD COLUMN control TEXT;
+     ALTER TABLE jobs ADD COLUMN held TEXT;
+     ALTER TABLE jobs ADD COLUMN retry_of INTEGER;",
 ];
 
 /// One queued upstream report.

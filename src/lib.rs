@@ -19,6 +19,8 @@
 //! - [`gateway`]: the gateway's own upgrade through the box's installer.
 //! - [`ota`]: event dispatch and the per-child upgrade jobs.
 //! - [`exporter`]: the Prometheus endpoint over the [`metrics`] counters.
+//! - [`control`]: the local control API (pause, resume, cancel, retry jobs)
+//!   on a Unix socket, and its client for `otabridge jobs`.
 //! - [`daemon`]: wires the above together for `otabridge run`.
 //! - `sim`: simulators (broker, platform, children) for tests and the demo;
 //!   only with the `sim` cargo feature (on by default, off in the Debian
@@ -28,6 +30,7 @@
 pub mod child;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod exporter;
 pub mod gateway;

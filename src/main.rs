@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 mod cli;
+mod cli_jobs;
 #[cfg(feature = "sim")]
 mod cli_sim;
 mod man;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(logs, args),
         Command::Status(args) => status(args),
+        Command::Jobs(args) => cli_jobs::jobs(args),
         Command::Download(args) => download(logs, args),
         Command::Image { which } => image(which),
         Command::Man(args) => man_pages(args),
@@ -78,7 +80,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn load(config: &Path) -> Result<Config, ExitCode> {
+pub(crate) fn load(config: &Path) -> Result<Config, ExitCode> {
     Config::load(config).map_err(|e| {
         eprintln!("otabridge: {e}");
         ExitCode::from(2)
@@ -101,7 +103,12 @@ fn run(logs: LogFormat, args: RunArgs) -> ExitCode {
             drop(rt);
             restart_in_place(exe)
         }
-        Err(e @ otabridge::daemon::StartError::Child(_)) => {
+        Err(
+            e @ (otabridge::daemon::StartError::Child(_)
+            | otabridge::daemon::StartError::Control(otabridge::control::ListenError::NoGroup(
+                _,
+            ))),
+        ) => {
             eprintln!("otabridge: {e}");
             ExitCode::from(2)
         }

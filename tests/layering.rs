@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["clock", "config", "journal", "metrics", "tls", "retry"],
     &["platform", "package", "child", "image"],
     &["ota", "gateway"],
-    &["exporter"],
+    &["exporter", "control"],
     &["daemon"],
     &["sim"],
 ];
@@ -142,7 +142,7 @@ fn library_files(src: &Path) -> Vec<(String, String, String)> {
             }
         }
     }
-    let binary = ["main", "cli", "cli_sim", "man", "lib", "bin"];
+    let binary = ["main", "cli", "cli_sim", "cli_jobs", "man", "lib", "bin"];
     let mut paths = Vec::new();
     walk(src, &mut paths);
     let mut files = Vec::new();

@@ -110,6 +110,8 @@ struct RawConfig {
     #[serde(default)]
     metrics: MetricsConfig,
     #[serde(default)]
+    control: ControlConfig,
+    #[serde(default)]
     gateway: gateway::RawGateway,
     #[serde(default)]
     image: ImageConfig,
@@ -280,6 +282,69 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// `[control]`: the local control API on a Unix socket (docs/operations.md,
+/// "Controlling jobs").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve the control API (default true).
+    pub enabled: bool,
+    /// The socket's path (default `control.sock` in `state.dir`).
+    pub socket: Option<PathBuf>,
+    /// The group that owns the socket (mode 0660), so that its members may
+    /// use `otabridge jobs` (default: the daemon's own group).
+    pub group: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            enabled: true,
+            socket: None,
+            group: None,
+        }
+    }
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes
+/// on Linux, with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+impl Config {
+    /// Where the control API's socket is (`control.socket`, or
+    /// `control.sock` in `state.dir`).
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.state.dir.join("control.sock"))
+    }
+}
+
+/// `[control]`: a socket path the kernel can bind, a group name.
+fn check_control(c: &ControlConfig, state: &StateConfig) -> Result<(), Bad> {
+    let (key, path) = match &c.socket {
+        Some(p) => ("control.socket", p.clone()),
+        None => ("state.dir", state.dir.join("control.sock")),
+    };
+    let len = path.as_os_str().len();
+    if c.enabled && len > MAX_SOCKET_PATH {
+        return Err((
+            key,
+            format!(
+                "the control socket {} is {len} bytes long; a Unix socket path holds at most                  {MAX_SOCKET_PATH}: set control.socket to a shorter path",
+                path.display()
+            ),
+        ));
+    }
+    if let Some(g) = &c.group {
+        if g.is_empty() || g.contains([':', '/', '\n']) {
+            return Err(("control.group", format!("'{g}' is not a group name")));
+        }
+    }
+    Ok(())
+}
+
 /// How the gateway authenticates to the platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
@@ -338,6 +403,8 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[control]`.
+    pub control: ControlConfig,
     /// `[gateway]`: the gateway's own upgrade (default: none, refused).
     pub gateway: GatewayConfig,
     /// `[image]`.
@@ -413,6 +480,7 @@ struct Draft {
     ota: OtaConfig,
     profiles: ProfilesConfig,
     metrics: MetricsConfig,
+    control: ControlConfig,
     gateway: GatewayConfig,
     image: ImageConfig,
     children: Vec<DraftChild>,
@@ -462,6 +530,7 @@ impl Draft {
         let raw = deserialize(text, file)?;
         let platform = platform(raw.platform).map_err(invalid)?;
         check_limits(&raw.download, &raw.coap, &raw.ota).map_err(invalid)?;
+        check_control(&raw.control, &raw.state).map_err(invalid)?;
         let gateway =
             raw.gateway
                 .clone()
@@ -514,6 +583,7 @@ impl Draft {
             ota: raw.ota,
             profiles: raw.profiles,
             metrics: raw.metrics,
+            control: raw.control,
             gateway,
             image: raw.image,
             children,
@@ -588,6 +658,7 @@ impl Draft {
             ota: self.ota,
             profiles: self.profiles,
             metrics: self.metrics,
+            control: self.control,
             gateway: self.gateway,
             image: self.image,
             children,

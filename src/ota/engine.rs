@@ -29,6 +29,7 @@ use otabridge_codecs::version::Policy;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn};
 
+use super::control::{self, Gate, JobControl, Registry, Requests};
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
 use super::verdict::{verdict, Failure};
@@ -105,6 +106,8 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Checks of a package before a byte goes to the child (issue 14).
     gate: std::sync::OnceLock<Arc<crate::image::Gate>>,
+    /// Operators' and policies' requests of running jobs (issue 15).
+    controls: Registry,
 }
 
 /// The upgrade engine. Cheap to clone.
@@ -147,6 +150,7 @@ impl Engine {
                 running: Mutex::default(),
                 tasks: Mutex::default(),
                 gate: std::sync::OnceLock::new(),
+                controls: Registry::default(),
             }),
         }
     }
@@ -198,7 +202,7 @@ impl Engine {
     /// How child `device_id` compares versions: its driver's policy (the
     /// child's `version_match`), the default for a child no longer
     /// configured (its job fails at once anyway).
-    fn version_policy(&self, device_id: &str) -> Policy {
+    pub(super) fn version_policy(&self, device_id: &str) -> Policy {
         self.inner
             .children
             .get(device_id)
@@ -344,7 +348,7 @@ impl Engine {
         .await;
     }
 
-    fn spawn(&self, row: JobRow) {
+    pub(super) fn spawn(&self, row: JobRow) {
         {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
             if running.get(&row.device_id) == Some(&row.id) {
@@ -352,11 +356,18 @@ impl Engine {
             }
             running.insert(row.device_id.clone(), row.id);
         }
+        // The journal's requests are loaded when the job starts (`run`).
+        let committed = control::committed(row.machine.phase, row.activations);
+        let ctl = self
+            .inner
+            .controls
+            .register(row.id, Requests::default(), committed);
         let me = self.clone();
         let task = tokio::spawn(async move {
             let device = row.device_id.clone();
             let id = row.id;
-            me.run(row).await;
+            me.run(row, ctl).await;
+            me.inner.controls.remove(id);
             let mut running = me.inner.running.lock().unwrap_or_else(|p| p.into_inner());
             if running.get(&device) == Some(&id) {
                 running.remove(&device);
@@ -365,6 +376,26 @@ impl Engine {
         let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(task.abort_handle());
+    }
+
+    /// The journal (the control API's reads and writes).
+    pub(super) fn journal(&self) -> &SharedJournal {
+        &self.inner.journal
+    }
+
+    /// The controls of the running jobs (the control API).
+    pub(super) fn controls(&self) -> &Registry {
+        &self.inner.controls
+    }
+
+    /// The job limits (to read jobs from the journal).
+    pub(super) fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Whether child `device_id` is configured.
+    pub(super) fn configured(&self, device_id: &str) -> bool {
+        self.inner.children.contains_key(device_id)
     }
 
     /// Child jobs running in this process (waiting for a slot included): the
@@ -410,7 +441,8 @@ impl Engine {
             if let Some(c) = &row.machine.cause {
                 info!(child = %row.device_id, job = row.id, retries = row.machine.retries, "retrying after: {c}");
             }
-            tokio::time::sleep(run.backoff.next_delay()).await;
+            // Waited for in `run`, where an operator's request ends the wait.
+            run.retry_at = Some(clock::now() + run.backoff.next_delay());
         }
     }
 
@@ -434,14 +466,8 @@ impl Engine {
         self.apply(run, e).await;
     }
 
-    async fn run(&self, row: JobRow) {
+    async fn run(&self, row: JobRow, ctl: Arc<JobControl>) {
         self.inner.metrics.job_phase(row.id, row.machine.phase);
-        let _slot = self
-            .inner
-            .slots
-            .acquire()
-            .await
-            .expect("the job semaphore is never closed");
         let child = self.inner.children.get(&row.device_id).cloned();
         let mut run = Run::new(row, child, self.inner.timeouts);
         let Some(child) = run.child.clone() else {
@@ -451,14 +477,78 @@ impl Engine {
             return;
         };
         let deadline = job_deadline(&run.row);
+        let mut changed = ctl.subscribe();
+        // Requests journaled before a restart are honoured at once.
+        let id = run.row.id;
+        let loaded = ctl
+            .load(async {
+                let load = move |j: &mut Journal| Requests::load(j, id).map(|(r, _)| r);
+                self.inner.journal.run(load).await
+            })
+            .await;
+        if let Err(e) = loaded {
+            warn!(child = %run.row.device_id, "journal: {e}");
+        }
+        // The concurrency slot, given back while the job waits (paused, held).
+        let mut slot = None;
         loop {
             let work = run.row.machine.work();
             if work == Work::Done {
                 break;
             }
+            // A safe point: the operator's and the failure policy's requests.
+            changed.borrow_and_update();
+            let (gate, n) = ctl.gate_at();
+            match gate {
+                Gate::Go => ctl.honoured(n),
+                Gate::Cancel => {
+                    let v = verdict(Failure::Cancelled(run.row.machine.phase));
+                    info!(child = %run.row.device_id, job = run.row.id, "cancelled by the operator");
+                    self.feed(&mut run, Input::Failed(v)).await;
+                    ctl.honoured(n);
+                    continue;
+                }
+                Gate::Wait => {
+                    slot = None;
+                    self.checkpoint(&mut run).await;
+                    ctl.honoured(n);
+                    tokio::select! {
+                        _ = changed.changed() => {}
+                        _ = tokio::time::sleep_until(deadline) => {
+                            self.feed(&mut run, Input::DeadlinePassed).await;
+                        }
+                    }
+                    continue;
+                }
+            }
+            if slot.is_none() {
+                tokio::select! {
+                    s = self.inner.slots.acquire() => {
+                        slot = Some(s.expect("the job semaphore is never closed"));
+                    }
+                    _ = ctl.stop_requested(&mut changed) => continue,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.feed(&mut run, Input::DeadlinePassed).await;
+                        continue;
+                    }
+                }
+            }
+            if let Some(at) = run.retry_at.take() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = ctl.stop_requested(&mut changed) => continue,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.feed(&mut run, Input::DeadlinePassed).await;
+                        continue;
+                    }
+                }
+            }
+            // A request stops any step before the activation is sent; the
+            // activation itself commits first ([`JobControl::commit`]).
             let outcome = tokio::select! {
-                o = self.perform(&mut run, &child, work) => o,
+                o = self.perform(&mut run, &child, work, &ctl) => o,
                 _ = tokio::time::sleep_until(deadline) => Some(Input::DeadlinePassed),
+                _ = ctl.stop_requested(&mut changed) => None,
             };
             if let Some(input) = outcome {
                 self.feed(&mut run, input).await;
@@ -489,7 +579,13 @@ impl Engine {
 
     /// Does one piece of work; returns the input to feed, or `None` when the
     /// inputs were already fed (delivery progress).
-    async fn perform(&self, run: &mut Run, child: &Arc<dyn Child>, work: Work) -> Option<Input> {
+    async fn perform(
+        &self,
+        run: &mut Run,
+        child: &Arc<dyn Child>,
+        work: Work,
+        ctl: &JobControl,
+    ) -> Option<Input> {
         let t = self.inner.timeouts;
         match work {
             Work::ReadVersion => {
@@ -521,7 +617,7 @@ impl Engine {
             Work::Activate => {
                 // The bus for the whole read-activate sequence.
                 let _bus = self.bus_turn(child, Purpose::Activate).await;
-                self.activate(run, child).await
+                self.activate(run, child, ctl).await
             }
             Work::Confirm => {
                 let _bus = self.bus_turn(child, Purpose::Confirm).await;
@@ -593,18 +689,36 @@ impl Engine {
         }
     }
 
+    /// Journals the offset the child last acknowledged, so that a paused
+    /// or held job resumes from it (the machine checkpoints only every
+    /// 64 KiB or 2 s).
+    async fn checkpoint(&self, run: &mut Run) {
+        let m = &mut run.row.machine;
+        if m.phase != Phase::Delivering || run.acked <= m.offset {
+            return;
+        }
+        m.offset = run.acked.min(m.size);
+        self.save(&run.row).await;
+    }
+
     /// The child acknowledged `n` bytes (`acked` before).
     async fn progress(&self, run: &mut Run, acked: &mut u64, n: u64) {
         self.inner
             .metrics
             .delivered(&run.row.device_id, n.saturating_sub(*acked));
         *acked = n;
+        run.acked = n;
         self.feed(run, Input::Progress(n)).await;
     }
 
     /// Reads the version, and activates only when the child does not run
     /// the target yet: a job resumed after a crash may have activated.
-    async fn activate(&self, run: &mut Run, child: &Arc<dyn Child>) -> Option<Input> {
+    async fn activate(
+        &self,
+        run: &mut Run,
+        child: &Arc<dyn Child>,
+        ctl: &JobControl,
+    ) -> Option<Input> {
         let t = self.inner.timeouts;
         match read_version(child, t.version_read, Step::Activate).await {
             Input::Version(v) if run.row.machine.phase == Phase::Activating => {
@@ -619,14 +733,22 @@ impl Engine {
             return Some(input);
         }
         let pkg = run.package.clone().expect("fetched above");
+        // The point of no return: from here nothing stops the job, so a
+        // request that came first is honoured at the safe point instead.
+        if !ctl.commit().await {
+            return None;
+        }
         let row = &mut run.row;
         row.activations += 1;
         // Count the activation before sending it.
         self.save(row).await;
         info!(child = %row.device_id, job = row.id, "activating {}", pkg.version);
-        let e = match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
-            Ok(Ok(())) => return Some(Input::Activated),
-            Ok(Err(e)) => {
+        // The activation's one timer: the driver ends by it (its engine's
+        // own wait for the new version is bounded by it, not raced).
+        let deadline = clock::now() + t.activation;
+        let e = match child.activate_by(&pkg, deadline).await {
+            Ok(()) => return Some(Input::Activated),
+            Err(e) => {
                 if matches!(e.kind(), ErrorKind::Refused(_)) {
                     // A refused activation may still have changed what the
                     // child runs (an LwM2M child that booted another
@@ -643,13 +765,6 @@ impl Engine {
                 }
                 e
             }
-            Err(_) => ChildError::unreachable(
-                Step::Activate,
-                format!(
-                    "activation did not finish within {} s",
-                    t.activation.as_secs()
-                ),
-            ),
         };
         Some(Input::Failed(verdict(Failure::Child(&e))))
     }
@@ -797,6 +912,10 @@ struct Run {
     req: PackageRequest,
     package: Option<Package>,
     backoff: Backoff,
+    /// What the child last acknowledged in this process's delivery.
+    acked: u64,
+    /// When a failed step may be tried again (after a backoff).
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl Run {
@@ -811,6 +930,8 @@ impl Run {
             child,
             req,
             package: None,
+            acked: 0,
+            retry_at: None,
         }
     }
 }

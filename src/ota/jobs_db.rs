@@ -189,3 +189,40 @@ pub fn latest(
         .optional();
     r.map_err(|e| j.err(e))
 }
+
+/// One job by its id, if the journal has it (the control API, issue 15).
+pub fn by_id(
+    j: &mut Journal,
+    id: i64,
+    limits: Limits,
+    policy: PolicyOf<'_>,
+) -> Result<Option<JobRow>, JournalError> {
+    let r = j
+        .connection()
+        .query_row("SELECT * FROM jobs WHERE id = ?1", [id], |r| {
+            row_to_job(r, limits, policy)
+        })
+        .optional();
+    r.map_err(|e| j.err(e))
+}
+
+/// The jobs an operator looks at (the control API's list): every job not
+/// yet ended, and the latest job of every child, oldest first.
+pub fn current(
+    j: &mut Journal,
+    limits: Limits,
+    policy: PolicyOf<'_>,
+) -> Result<Vec<JobRow>, JournalError> {
+    let conn = j.connection();
+    let read = || -> rusqlite::Result<Vec<JobRow>> {
+        let mut st = conn.prepare(
+            "SELECT * FROM jobs WHERE phase NOT IN ('succeeded', 'failed')
+                 OR id IN (SELECT MAX(id) FROM jobs GROUP BY device_id)
+             ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| row_to_job(r, limits, policy))?;
+        rows.collect()
+    };
+    let r = read();
+    r.map_err(|e| j.err(e))
+}

@@ -20,6 +20,7 @@
 //! - Events for the gateway itself (its version, its own upgrade) go to
 //!   [`crate::gateway::SelfUpgrade`].
 
+pub mod control;
 pub mod engine;
 pub mod job;
 pub mod jobs_db;

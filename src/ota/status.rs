@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::control::{JobView, Requests};
 use super::job::Limits;
 use super::jobs_db;
 use super::verdict::FailureCause;
@@ -60,8 +61,15 @@ pub struct JobStatus {
     pub id: i64,
     /// Target version.
     pub target: String,
-    /// queued, downloading, delivering, activating, verifying, succeeded, failed.
+    /// queued, downloading, delivering, activating, verifying, confirming,
+    /// succeeded, failed.
     pub phase: String,
+    /// What operators and policies made of it (issue 15): `running`,
+    /// `paused`, `held`, `cancelling`, or once ended `succeeded`,
+    /// `failed`, `cancelled`.
+    pub state: String,
+    /// Why the failure policy holds it.
+    pub held: Option<String>,
     /// Bytes the child acknowledged (last checkpoint).
     pub offset: u64,
     /// Package size.
@@ -113,11 +121,20 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
         let row = rows.iter().find(|r| r.device_id == c.device_id);
         let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), &|_| {
             c.version_match
-        })?
-        .map(|r| JobStatus {
+        })?;
+        // A journal a newer daemon has not migrated yet has no requests.
+        let req = match &job {
+            Some(r) => Requests::load(&mut j, r.id)
+                .map(|(q, _)| q)
+                .unwrap_or_default(),
+            None => Requests::default(),
+        };
+        let job = job.map(|r| JobStatus {
             id: r.id,
             target: r.upgrade.version.clone(),
             phase: r.machine.phase.as_str().to_owned(),
+            state: JobView::new(&r, &req, None).state,
+            held: req.held.clone(),
             offset: r.machine.offset,
             size: r.machine.size,
             retries: r.machine.retries,
@@ -184,12 +201,20 @@ pub fn print(cfg: &Config, json: bool) -> Result<(), JournalError> {
     for s in &all {
         let (phase, progress, retries, mut last) = match &s.job {
             Some(j) => (
-                format!("{} -> {}", j.phase, j.target),
+                match j.state.as_str() {
+                    "paused" | "held" | "cancelling" | "cancelled" => {
+                        format!("{} ({}) -> {}", j.phase, j.state, j.target)
+                    }
+                    _ => format!("{} -> {}", j.phase, j.target),
+                },
                 format!("{}/{}", j.offset, j.size),
                 j.retries.to_string(),
                 match (&j.result_code, &j.description, &j.cause) {
                     (Some(c), Some(d), Some(cause)) => format!("{c} {d} ({cause})"),
                     (Some(c), Some(d), None) => format!("{c} {d}"),
+                    (None, _, _) if j.held.is_some() => {
+                        format!("held: {}", j.held.as_deref().unwrap_or_default())
+                    }
                     (None, _, Some(cause)) => format!("retrying after: {cause}"),
                     _ => String::new(),
                 },

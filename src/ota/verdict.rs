@@ -45,6 +45,10 @@ pub enum Failure<'a> {
     },
     /// The job's child is no longer in the configuration.
     Unconfigured(&'a str),
+    /// An operator cancelled the job through the control API (issue 15,
+    /// `src/ota/control.rs`), at a safe point before the activation: the
+    /// child runs the image it ran before.
+    Cancelled(Phase),
 }
 
 /// What ota does about a failure.
@@ -163,6 +167,21 @@ pub fn verdict(f: Failure<'_>) -> Verdict {
                 detail: format!("the target is {target}"),
             },
         },
+        Failure::Cancelled(phase) => {
+            // Not the child's fault nor the package's: the gateway's own
+            // decision, so "internal exception" with the reason (§4.6 has
+            // no code for a cancel).
+            let description = format!(
+                "cancelled by the gateway's operator while {}; the child keeps the version it ran",
+                phase.as_str()
+            );
+            Verdict {
+                retry: false,
+                code: ResultCode::INNER_ERROR,
+                cause: own_cause(phase.as_str(), "cancelled", &description),
+                description,
+            }
+        }
         Failure::Unconfigured(id) => {
             let description = format!("child {id} is no longer configured");
             Verdict {
