@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::control::{self, Gate, JobControl, Registry, Requests};
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
-use super::verdict::{verdict, Failure};
+use super::verdict::{verdict, Failure, FailureCause};
 use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::{Child, ChildError, ErrorKind, Package, Step};
 use crate::clock::{self, now_unix};
@@ -831,30 +831,58 @@ impl Engine {
     /// backoff while it says no, until the next try would fall after the
     /// job's deadline; then its last refusal is the job's result (a gated
     /// child is reported with its own code, 4, 2 or 5, not a timeout).
-    async fn preflight(&self, run: &Run, child: &Arc<dyn Child>, from: u64) -> Result<(), Input> {
+    ///
+    /// While it waits, the job's cause in the journal is a waiting one
+    /// ([`FailureCause::waiting`]), so that `otabridge status` shows why;
+    /// the cause before the wait is put back when the child is ready.
+    async fn preflight(
+        &self,
+        run: &mut Run,
+        child: &Arc<dyn Child>,
+        from: u64,
+    ) -> Result<(), Input> {
         let Some(pkg) = run.package.as_ref() else {
             return Ok(());
         };
         let t = self.inner.timeouts;
-        let row = &run.row;
-        let deadline = job_deadline(row);
-        let mut backoff = t.retry.seeded(row.id as u64).backoff();
+        let deadline = job_deadline(&run.row);
+        let mut backoff = t.retry.seeded(run.row.id as u64).backoff();
+        let before = run.row.machine.cause.clone();
+        let mut waited = false;
         loop {
             let r = {
                 let _bus = self.bus_turn(child, Purpose::Preflight).await;
                 child.ready(pkg, from).await
             };
+            let row = &run.row;
             let e = match r {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if waited {
+                        run.row.machine.cause = before;
+                        self.save(&run.row).await;
+                    }
+                    return Ok(());
+                }
                 Err(e) => e,
             };
+            let v = verdict(Failure::Child(&e));
             let delay = backoff.next_delay();
-            if clock::now() + delay >= deadline {
+            // The next try is due at `next` however long the journal write
+            // below takes, so that it never passes the deadline this check
+            // keeps it before.
+            let next = clock::now() + delay;
+            if next >= deadline {
                 warn!(child = %row.device_id, job = row.id, "not ready before the deadline: {e}");
-                return Err(Input::Failed(verdict(Failure::Child(&e))));
+                return Err(Input::Failed(v));
             }
+            // Journaled before the log line: whoever reads the log can ask
+            // `otabridge status` why.
+            run.row.machine.cause = Some(FailureCause::waiting(&v));
+            self.save(&run.row).await;
+            waited = true;
+            let row = &run.row;
             info!(child = %row.device_id, job = row.id, "not ready, asking again in {} s: {e}", delay.as_secs());
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(next).await;
         }
     }
 

@@ -32,11 +32,15 @@ use super::{db, DownloadError};
 use crate::journal::SharedJournal;
 
 /// Buffers queued between the receive task and the writer. Each is one
-/// body frame (at most hyper's read buffer, 16 KiB to 400 KiB; see
-/// BENCHMARKS.md for the measurement that chose this).
-pub(crate) const QUEUE: usize = 16;
-/// The writer gathers small frames into one write(2) of up to this size.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// body frame of at most [`super::http::READ_BUFFER`] bytes, so at most
+/// 512 KiB wait here. Chosen by measurement against nginx (BENCHMARKS.md,
+/// "Package download": 4 to 64 buffers and 16 to 256 KiB frames were within
+/// the noise of each other in throughput; 8 with 64 KiB frames kept the
+/// peak RSS lowest).
+pub(crate) const QUEUE: usize = 8;
+/// The writer gathers small frames into one write(2) of up to this size
+/// (64 KiB to 1 MiB measured; 1 MiB only added RSS).
+const WRITE_BUFFER: usize = 128 * 1024;
 
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> DownloadError {
     let why = format!("{what} {}: {e}", path.display());
