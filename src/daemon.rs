@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::child::coap::registrations::{self, Onboarded};
 use crate::child::{self, Child};
 use crate::config::Config;
 use crate::exporter::{self, Exporter};
@@ -13,6 +14,7 @@ use crate::gateway::{Hooks, SelfUpgrade};
 use crate::journal::{JournalError, SharedJournal};
 use crate::metrics::Metrics;
 use crate::ota::engine::Engine;
+use crate::ota::onboard::{Onboarding, Setup};
 use crate::ota::Gateway;
 use crate::package::{PackageStore, StoreError};
 use crate::platform::{Platform, Session};
@@ -80,6 +82,55 @@ pub fn children(cfg: &Config) -> Result<Vec<Arc<dyn Child>>, child::BuildError> 
         .iter()
         .map(|c| child::from_config(c, &mut nets))
         .collect()
+}
+
+/// What LwM2M onboarding needs at start: the CoAP network (opened for it
+/// when no configured child did), and the clients onboarded in earlier
+/// runs.
+struct Lwm2m {
+    net: child::coap::CoapNetwork,
+    child_options: child::coap::ChildOptions,
+    adopted: Vec<Onboarded>,
+}
+
+/// [`children`], and the onboarding's part when `[lwm2m]
+/// onboard_product_id` is set or earlier runs onboarded clients.
+fn build(cfg: &Config) -> Result<(Vec<Arc<dyn Child>>, Option<Lwm2m>), StartError> {
+    let mut nets = child::Networks::with_state_dir(&cfg.coap, &cfg.state.dir);
+    let kids: Vec<Arc<dyn Child>> = cfg
+        .children
+        .iter()
+        .map(|c| child::from_config(c, &mut nets))
+        .collect::<Result<_, _>>()?;
+    let rows = {
+        let mut j = crate::journal::Journal::open(&cfg.state.dir)?;
+        registrations::onboarded(&mut j)?
+    };
+    if cfg.lwm2m.onboard_product_id.is_none() && rows.is_empty() {
+        return Ok((kids, None));
+    }
+    let endpoints: Vec<String> = cfg
+        .children
+        .iter()
+        .filter_map(|c| match &c.transport {
+            crate::config::Transport::Coap {
+                address: crate::config::CoapAddress::Endpoint(e),
+                ..
+            } => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let adopted = crate::ota::onboard::journaled(rows, &kids, &endpoints);
+    let net = nets.coap().map_err(child::BuildError::from)?;
+    let child_options = nets.coap_child_options();
+    Ok((
+        kids,
+        Some(Lwm2m {
+            net,
+            child_options,
+            adopted,
+        }),
+    ))
 }
 
 /// The daemon's parts, wired from the configuration, not running yet.
@@ -200,8 +251,49 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: Option<tokio::sync::oneshot::Sender<Handles>>,
 ) -> Result<Stopped, StartError> {
-    let p = wire(&cfg, &children).await?;
+    run_inner(cfg, children, None, shutdown, started).await
+}
+
+/// [`run_with`], with LwM2M onboarding when `lwm2m` is given.
+async fn run_inner(
+    cfg: Config,
+    children: Vec<Arc<dyn Child>>,
+    lwm2m: Option<Lwm2m>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    started: Option<tokio::sync::oneshot::Sender<Handles>>,
+) -> Result<Stopped, StartError> {
+    let mut p = wire(&cfg, &children).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let onboarding = lwm2m.map(|l| {
+        let o = Onboarding::new(
+            p.platform.clone(),
+            p.journal.clone(),
+            l.net.clone(),
+            p.engine.roster(),
+            Setup {
+                product_id: cfg.lwm2m.onboard_product_id.clone(),
+                child_options: l.child_options,
+                policy: cfg.ota.version_match,
+            },
+            stop_rx.clone(),
+        );
+        // Before the jobs resume: a job of an onboarded child finds it.
+        let adopted: Vec<_> = l
+            .adopted
+            .iter()
+            .map(|row| {
+                let c = o.child(row);
+                p.engine.roster().add(c.clone());
+                l.net.allow_endpoint(&row.endpoint);
+                info!(endpoint = %row.endpoint, device_id = %row.device_id, "onboarded LwM2M endpoint from an earlier run");
+                c
+            })
+            .collect();
+        (o, adopted)
+    });
+    if let Some((o, _)) = &onboarding {
+        p.gateway = p.gateway.with_onboarding(o.clone());
+    }
     let metrics_addr = p.listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = p.listener {
         let exporter = Exporter::new(p.metrics.clone(), p.platform.clone(), children.clone());
@@ -233,8 +325,20 @@ pub async fn run_with(
         if let Some(presence) = c.presence() {
             let stop = stopped(stop_rx.clone());
             let (pl, j) = (p.platform.clone(), p.journal.clone());
-            tokio::spawn(report_presence(pl, j, c.clone(), presence, stop));
+            tokio::spawn(crate::ota::onboard::report_presence(
+                pl,
+                j,
+                c.clone(),
+                presence,
+                stop,
+            ));
         }
+    }
+    if let Some((o, adopted)) = onboarding {
+        for c in adopted {
+            o.follow(c);
+        }
+        tokio::spawn(o.run(stopped(stop_rx.clone())));
     }
     p.engine.resume().await;
     p.own.resume().await;
@@ -262,64 +366,15 @@ pub async fn run_with(
     Ok(how)
 }
 
-/// Reports a child ONLINE or OFFLINE upstream (and in the journal, for
-/// `otabridge status`) whenever its transport's presence changes: an LwM2M
-/// client that registers, updates, de-registers or expires (issue 13,
-/// docs/coap.md). The connect-time announcement covers the rest.
-async fn report_presence(
-    platform: Platform,
-    journal: SharedJournal,
-    child: Arc<dyn Child>,
-    mut presence: tokio::sync::watch::Receiver<bool>,
-    stop: impl Future<Output = ()>,
-) {
-    use otabridge_codecs::iotda::event::{DeviceStatus, Status, UpdateStatus};
-    use otabridge_codecs::iotda::Event;
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            r = presence.changed() => if r.is_err() { return },
-            _ = &mut stop => return,
-        }
-        let online = *presence.borrow_and_update();
-        let id = child.device_id();
-        info!(
-            child = id,
-            online, "registration changed; reporting the child's status"
-        );
-        let why = (!online).then_some("not registered");
-        let (jid, transport, now) = (id.to_owned(), child.transport(), crate::clock::now_unix());
-        let seen = move |j: &mut crate::journal::Journal| {
-            j.child_seen(&jid, transport, None, online, why, now)
-        };
-        if let Err(e) = journal.run(seen).await {
-            warn!("journal: {e}");
-        }
-        let ev = Event::UpdateStatus(UpdateStatus {
-            device_statuses: vec![DeviceStatus {
-                device_id: id.to_owned(),
-                status: if online {
-                    Status::Online
-                } else {
-                    Status::Offline
-                },
-            }],
-        });
-        if let Err(e) = platform.report(None, &ev).await {
-            warn!("cannot queue sub_device_update_status: {e}");
-        }
-    }
-}
-
 /// Runs the gateway described by `cfg` until SIGINT or SIGTERM, or until
 /// its own upgrade asks for a restart.
 pub async fn run(cfg: Config) -> Result<Stopped, StartError> {
-    let kids = children(&cfg)?;
+    let (kids, lwm2m) = build(&cfg)?;
     info!(
         device_id = %cfg.platform.device_id, children = kids.len(),
         config = %cfg.file.display(), "otabridge starting"
     );
-    run_with(cfg, kids, shutdown_signal(), None).await
+    run_inner(cfg, kids, lwm2m, shutdown_signal(), None).await
 }
 
 /// Completes on SIGINT or SIGTERM.

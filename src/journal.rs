@@ -9,6 +9,8 @@
 //! - `gateway_jobs`: the gateway's own upgrades (src/gateway).
 //! - `coap_registrations`: LwM2M clients registered with the gateway
 //!   (src/child/coap/registrations.rs).
+//! - `coap_onboarded`: LwM2M clients the gateway added to the platform as
+//!   sub-devices (onboarding; same file).
 //!
 //! The database runs in WAL mode with `synchronous = FULL`: a committed
 //! transaction survives a power cut, and `otabridge status` can read while the
@@ -173,6 +175,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN control TEXT;
      ALTER TABLE jobs ADD COLUMN held TEXT;
      ALTER TABLE jobs ADD COLUMN retry_of INTEGER;",
+    // 8: LwM2M clients onboarded as IoTDA sub-devices (issue 13 item 3,
+    // src/child/coap/registrations.rs): the endpoint, the device id the
+    // platform gave it, the product it was added under.
+    "CREATE TABLE coap_onboarded (
+         endpoint TEXT PRIMARY KEY,
+         device_id TEXT NOT NULL UNIQUE,
+         product_id TEXT NOT NULL,
+         adopted_unix INTEGER NOT NULL
+     );",
 ];
 
 /// One queued upstream report.

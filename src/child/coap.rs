@@ -66,7 +66,7 @@ use tracing::{debug, info, warn};
 
 pub use network::{
     BindError, CoapNetwork, FileImage, NetworkOptions, NetworkStats, PushDone, PushHandle,
-    PushJobError, PushUpdate, PushWatch, RegistrationInfo, RequestError,
+    PushJobError, PushUpdate, PushWatch, RegistrationInfo, RegistryStats, RequestError,
 };
 
 use super::{

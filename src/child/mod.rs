@@ -24,6 +24,7 @@ pub mod framed;
 pub mod link;
 #[cfg(feature = "sim")]
 pub mod memory;
+pub mod roster;
 pub mod serial;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ use otabridge_codecs::version::Policy;
 
 pub use bus::{Buses, Purpose};
 pub use error::{Cause, ChildError, ErrorKind, Said, Step};
+pub use roster::Roster;
 
 /// A boxed future, so that `dyn Child` works across transports.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -247,6 +249,11 @@ impl Networks {
             coap: Some(net),
             serial: link::port::Ports::default(),
         }
+    }
+
+    /// The timing of the CoAP children built here.
+    pub fn coap_child_options(&self) -> coap::ChildOptions {
+        self.coap_child.clone()
     }
 
     /// The CoAP network, bound on first use (needs a tokio runtime).

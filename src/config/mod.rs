@@ -112,6 +112,8 @@ struct RawConfig {
     #[serde(default)]
     control: ControlConfig,
     #[serde(default)]
+    lwm2m: Lwm2mConfig,
+    #[serde(default)]
     gateway: gateway::RawGateway,
     #[serde(default)]
     image: ImageConfig,
@@ -306,6 +308,36 @@ impl Default for ControlConfig {
     }
 }
 
+/// `[lwm2m]`: onboarding of LwM2M clients no `[[child]]` names (issue 13
+/// item 3, docs/coap.md "Onboarding").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lwm2mConfig {
+    /// The IoTDA product an unknown endpoint that registers is added under
+    /// as a sub-device (`add_sub_device_request`, node id = its endpoint
+    /// name); `None` (the default): unknown endpoints get 4.03.
+    pub onboard_product_id: Option<String>,
+}
+
+/// `[lwm2m]`: a product id IoTDA could take.
+fn check_lwm2m(c: &Lwm2mConfig) -> Result<(), Bad> {
+    if let Some(p) = &c.onboard_product_id {
+        if p.is_empty() || p.len() > 128 {
+            return Err((
+                "lwm2m.onboard_product_id",
+                format!("is {} bytes long; expected 1 to 128", p.len()),
+            ));
+        }
+        if p.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err((
+                "lwm2m.onboard_product_id",
+                format!("{p:?} holds spaces or control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes
 /// on Linux, with the terminating NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -405,6 +437,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[control]`.
     pub control: ControlConfig,
+    /// `[lwm2m]`: onboarding (default: off).
+    pub lwm2m: Lwm2mConfig,
     /// `[gateway]`: the gateway's own upgrade (default: none, refused).
     pub gateway: GatewayConfig,
     /// `[image]`.
@@ -481,6 +515,7 @@ struct Draft {
     profiles: ProfilesConfig,
     metrics: MetricsConfig,
     control: ControlConfig,
+    lwm2m: Lwm2mConfig,
     gateway: GatewayConfig,
     image: ImageConfig,
     children: Vec<DraftChild>,
@@ -531,6 +566,7 @@ impl Draft {
         let platform = platform(raw.platform).map_err(invalid)?;
         check_limits(&raw.download, &raw.coap, &raw.ota).map_err(invalid)?;
         check_control(&raw.control, &raw.state).map_err(invalid)?;
+        check_lwm2m(&raw.lwm2m).map_err(invalid)?;
         let gateway =
             raw.gateway
                 .clone()
@@ -584,6 +620,7 @@ impl Draft {
             profiles: raw.profiles,
             metrics: raw.metrics,
             control: raw.control,
+            lwm2m: raw.lwm2m,
             gateway,
             image: raw.image,
             children,
@@ -659,6 +696,7 @@ impl Draft {
             profiles: self.profiles,
             metrics: self.metrics,
             control: self.control,
+            lwm2m: self.lwm2m,
             gateway: self.gateway,
             image: self.image,
             children,

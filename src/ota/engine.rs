@@ -34,7 +34,7 @@ use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
 use super::verdict::{verdict, Failure, FailureCause};
 use crate::child::bus::{Buses, Purpose, Turn};
-use crate::child::{Child, ChildError, ErrorKind, Package, Step};
+use crate::child::{Child, ChildError, ErrorKind, Package, Roster, Step};
 use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
 use crate::journal::{Journal, JournalError, SharedJournal};
@@ -92,7 +92,8 @@ struct Inner {
     /// Ota's own handle on the journal (the jobs table).
     journal: SharedJournal,
     store: PackageStore,
-    children: HashMap<String, Arc<dyn Child>>,
+    /// The children, shared with the dispatcher (onboarding adds some).
+    children: Roster,
     limits: Limits,
     timeouts: Timeouts,
     metrics: Metrics,
@@ -138,10 +139,7 @@ impl Engine {
                 platform,
                 journal,
                 store,
-                children: children
-                    .iter()
-                    .map(|c| (c.device_id().to_owned(), c.clone()))
-                    .collect(),
+                children: Roster::new(children),
                 limits,
                 timeouts: Timeouts::from_config(cfg),
                 metrics,
@@ -393,9 +391,14 @@ impl Engine {
         self.inner.limits
     }
 
+    /// The children this engine drives, shared: onboarding adds to it.
+    pub fn roster(&self) -> Roster {
+        self.inner.children.clone()
+    }
+
     /// Whether child `device_id` is configured.
     pub(super) fn configured(&self, device_id: &str) -> bool {
-        self.inner.children.contains_key(device_id)
+        self.inner.children.contains(device_id)
     }
 
     /// Child jobs running in this process (waiting for a slot included): the
@@ -502,7 +505,7 @@ impl Engine {
 
     async fn run(&self, row: JobRow, ctl: Arc<JobControl>) {
         self.inner.metrics.job_phase(row.id, row.machine.phase);
-        let child = self.inner.children.get(&row.device_id).cloned();
+        let child = self.inner.children.get(&row.device_id);
         let mut run = Run::new(row, child, self.inner.timeouts);
         let Some(child) = run.child.clone() else {
             let v = verdict(Failure::Unconfigured(&run.row.device_id));

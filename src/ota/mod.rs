@@ -24,10 +24,10 @@ pub mod control;
 pub mod engine;
 pub mod job;
 pub mod jobs_db;
+pub mod onboard;
 pub mod status;
 pub mod verdict;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::child::bus::{Buses, Purpose, Turn};
-use crate::child::Child;
+use crate::child::{Child, Roster};
 use crate::clock::{self, now_unix};
 use crate::gateway::SelfUpgrade;
 use crate::journal::SharedJournal;
@@ -64,13 +64,15 @@ pub struct Gateway {
     platform: Platform,
     /// Ota's own handle on the journal (children, meta, jobs).
     journal: SharedJournal,
-    children: Arc<HashMap<String, Arc<dyn Child>>>,
-    /// Configuration order, for stable status batches.
-    order: Arc<Vec<String>>,
+    /// The children in configuration order (stable status batches),
+    /// shared with the engine ([`Gateway::with_engine`]).
+    children: Roster,
     /// The bus queues the upgrade jobs take turns from.
     buses: Buses,
     own: SelfUpgrade,
     engine: Option<engine::Engine>,
+    /// LwM2M onboarding: add/delete sub-device events go there.
+    onboarding: Option<onboard::Onboarding>,
 }
 
 impl Gateway {
@@ -84,25 +86,29 @@ impl Gateway {
         buses: Buses,
         own: SelfUpgrade,
     ) -> Self {
-        let order = children.iter().map(|c| c.device_id().to_owned()).collect();
-        let children = children
-            .into_iter()
-            .map(|c| (c.device_id().to_owned(), c))
-            .collect();
         Gateway {
             platform,
             journal,
-            children: Arc::new(children),
-            order: Arc::new(order),
+            children: Roster::new(&children),
             buses,
             own,
             engine: None,
+            onboarding: None,
         }
     }
 
-    /// Hands upgrade events to `engine`.
+    /// Hands upgrade events to `engine`, and shares its children (built
+    /// from the same list): a child onboarded later is in both.
     pub fn with_engine(mut self, engine: engine::Engine) -> Self {
+        self.children = engine.roster();
         self.engine = Some(engine);
+        self
+    }
+
+    /// Hands `add_sub_device_response` and `delete_sub_device_notify` to
+    /// `onboarding`.
+    pub fn with_onboarding(mut self, onboarding: onboard::Onboarding) -> Self {
+        self.onboarding = Some(onboarding);
         self
     }
 
@@ -134,15 +140,16 @@ impl Gateway {
     /// each child that had to wait for its bus when its check is done.
     pub async fn announce_children(&self) {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        for id in self.order.iter() {
-            let child = self.children[id].clone();
+        let all = self.children.all();
+        let count = all.len();
+        for child in all {
             let buses = self.buses.clone();
             let tx = tx.clone();
             tokio::spawn(async move { health_check(&buses, child, &tx).await });
         }
         drop(tx);
         // Checks that did not queue for a bus and have not answered yet.
-        let mut prompt = self.order.len();
+        let mut prompt = count;
         let mut ready = Vec::new();
         while let Some(msg) = rx.recv().await {
             match msg {
@@ -315,7 +322,7 @@ impl Gateway {
             None => Ok(None),
             Some(id) if id == self.platform.gateway_id() => Ok(None),
             Some(id) => match self.children.get(id) {
-                Some(c) => Ok(Some(c.clone())),
+                Some(c) => Ok(Some(c)),
                 None => {
                     let (s, t) = inc.event.kind();
                     warn!(
@@ -380,9 +387,20 @@ impl Gateway {
                     );
                 }
             }
-            Event::AddSubDeviceNotify(n) | Event::DeleteSubDeviceNotify(n) => {
+            Event::AddSubDeviceNotify(n) => self.child_list_changed(&n).await,
+            Event::DeleteSubDeviceNotify(n) => {
+                if let Some(o) = &self.onboarding {
+                    o.on_deleted(&n).await;
+                }
                 self.child_list_changed(&n).await
             }
+            Event::AddSubDeviceResponse(r) => match &self.onboarding {
+                Some(o) => o.on_add_response(inc.event_id.as_deref(), &r).await,
+                None => info!(
+                    topic = topic_name,
+                    "add_sub_device_response while LwM2M onboarding is off; ignored"
+                ),
+            },
             Event::Unknown {
                 service_id,
                 event_type,

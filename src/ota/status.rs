@@ -121,12 +121,11 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
     let rows = j.children()?;
     let regs = crate::child::coap::registrations::list(&mut j)?;
     let now = crate::clock::now_unix();
-    let mut out = Vec::with_capacity(cfg.children.len());
-    for c in &cfg.children {
+    let listed = listed(cfg, &mut j);
+    let mut out = Vec::with_capacity(listed.len());
+    for c in &listed {
         let row = rows.iter().find(|r| r.device_id == c.device_id);
-        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), &|_| {
-            c.version_match
-        })?;
+        let job = jobs_db::latest(&mut j, &c.device_id, Limits::default(), &|_| c.policy)?;
         // A journal a newer daemon has not migrated yet has no requests.
         let req = match &job {
             Some(r) => Requests::load(&mut j, r.id)
@@ -155,36 +154,74 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
         });
         out.push(ChildStatus {
             device_id: c.device_id.clone(),
-            transport: transport_name(&c.transport).to_owned(),
+            transport: c.transport.to_owned(),
             version: row.and_then(|r| r.version.clone()),
             online: row.is_some_and(|r| r.online),
             last_seen_unix: row.and_then(|r| r.last_seen_unix),
             last_error: row.and_then(|r| r.last_error.clone()),
             job,
-            registration: registration(c, &regs, now),
+            registration: c
+                .endpoint
+                .as_deref()
+                .and_then(|ep| registration(ep, &regs, now)),
         });
     }
     Ok(out)
 }
 
-/// The journaled registration of `c`, if it is an `endpoint` child.
+/// The children `status` lists: the configured ones, then those
+/// onboarded (issue 13 item 3; a journal from before migration 8 has none).
+fn listed(cfg: &Config, j: &mut Journal) -> Vec<Listed> {
+    let mut listed: Vec<Listed> = cfg
+        .children
+        .iter()
+        .map(|c| Listed {
+            device_id: c.device_id.clone(),
+            transport: transport_name(&c.transport),
+            policy: c.version_match,
+            endpoint: match &c.transport {
+                Transport::Coap {
+                    address: crate::config::CoapAddress::Endpoint(ep),
+                    ..
+                } => Some(ep.clone()),
+                _ => None,
+            },
+        })
+        .collect();
+    let onboarded = crate::child::coap::registrations::onboarded(j).unwrap_or_default();
+    for o in onboarded {
+        if !listed.iter().any(|l| l.device_id == o.device_id) {
+            listed.push(Listed {
+                device_id: o.device_id,
+                transport: "coap",
+                policy: cfg.ota.version_match,
+                endpoint: Some(o.endpoint),
+            });
+        }
+    }
+    listed
+}
+
+/// A child `status` lists: configured, or onboarded.
+struct Listed {
+    device_id: String,
+    transport: &'static str,
+    policy: otabridge_codecs::version::Policy,
+    /// Its LwM2M endpoint, when it registers.
+    endpoint: Option<String>,
+}
+
+/// The journaled registration of endpoint `ep`.
 fn registration(
-    c: &crate::config::ChildConfig,
+    ep: &str,
     regs: &[crate::child::coap::registrations::Row],
     now_unix: i64,
 ) -> Option<RegistrationStatus> {
-    let Transport::Coap {
-        address: crate::config::CoapAddress::Endpoint(ep),
-        ..
-    } = &c.transport
-    else {
-        return None;
-    };
-    let row = regs.iter().find(|r| &r.reg.endpoint == ep)?;
+    let row = regs.iter().find(|r| r.reg.endpoint == ep)?;
     let lt = row.reg.lifetime.as_secs();
     let age = u64::try_from(now_unix.saturating_sub(row.renewed_unix)).unwrap_or(0);
     Some(RegistrationStatus {
-        endpoint: ep.clone(),
+        endpoint: ep.to_owned(),
         address: row.reg.peer.to_string(),
         binding: row.reg.binding.clone(),
         queue: row.reg.queue,

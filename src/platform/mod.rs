@@ -79,6 +79,31 @@ impl Platform {
         Ok(())
     }
 
+    /// [`Platform::report`] with an `event_id`, for a request whose
+    /// response the platform matches to it (`add_sub_device_request`,
+    /// docs/protocols/iotda.md §3 "`event_id`", §5.5).
+    pub async fn report_with_id(
+        &self,
+        object_device_id: Option<&str>,
+        ev: &Event,
+        event_id: &str,
+    ) -> Result<(), JournalError> {
+        let now = now_unix();
+        let r = Prepared {
+            topic: topic::events_up(&self.inner.device_id),
+            payload: event::encode(
+                object_device_id,
+                ev,
+                EventTime::from_unix(now),
+                Some(event_id),
+            ),
+            now,
+        };
+        self.inner.journal.run(move |j| r.push(j)).await?;
+        self.queued();
+        Ok(())
+    }
+
     /// A report for [`Prepared::push`] inside another journal operation, so
     /// that it is queued in the same transaction as the state it reports
     /// (a job's end and its report: a kill between two operations lost the

@@ -339,11 +339,56 @@ pub struct Received {
     pub events: Option<Vec<Incoming>>,
 }
 
+/// How the simulated platform answers `add_sub_device_request`
+/// ([`SimPlatform::answer_add_sub_devices`]).
+#[derive(Debug, Clone, Default)]
+pub struct AddAnswers {
+    /// Node ids it refuses (`failed_devices`, error code `IOTDA.000001`);
+    /// it adds every other one as `{product_id}_{node_id}`.
+    pub refuse: Vec<String>,
+}
+
+/// The `add_sub_device_response` IoTDA would send for `req` (docs/protocols/iotda.md
+/// §5.5), as `answers` says.
+pub fn add_response(
+    req: &event::AddSubDeviceRequest,
+    gateway_id: &str,
+    answers: &AddAnswers,
+) -> event::SubDeviceResponse {
+    let mut r = event::SubDeviceResponse::default();
+    for d in &req.devices {
+        if answers.refuse.contains(&d.node_id) {
+            r.failed_devices.push(event::FailedDevice {
+                device_id: None,
+                node_id: Some(d.node_id.clone()),
+                error_code: "IOTDA.000001".into(),
+                error_msg: "refused by the simulated platform".into(),
+            });
+        } else {
+            let id = d
+                .device_id
+                .clone()
+                .unwrap_or_else(|| format!("{}_{}", d.product_id, d.node_id));
+            r.successful_devices.push(serde_json::json!({
+                "parent_device_id": gateway_id,
+                "node_id": d.node_id,
+                "device_id": id,
+                "name": d.name.clone().unwrap_or_default(),
+                "product_id": d.product_id,
+                "status": "OFFLINE",
+            }));
+        }
+    }
+    r
+}
+
 /// The platform's application side: sends events to gateways, reads reports.
 #[derive(Debug)]
 pub struct SimPlatform {
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Received>,
+    /// Answers to `add_sub_device_request`, when set.
+    add: Arc<Mutex<Option<AddAnswers>>>,
 }
 
 impl SimPlatform {
@@ -356,6 +401,8 @@ impl SimPlatform {
         let (client, mut el) = AsyncClient::new(o, 256);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, mut ready_rx) = mpsc::channel(1);
+        let add: Arc<Mutex<Option<AddAnswers>>> = Arc::default();
+        let (answers, answerer) = (add.clone(), client.clone());
         tokio::spawn(async move {
             loop {
                 match el.poll().await {
@@ -364,6 +411,10 @@ impl SimPlatform {
                     }
                     Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
                         let events = event::parse(&p.payload).ok();
+                        let policy = answers.lock().ok().and_then(|a| a.clone());
+                        if let (Some(a), Some(evs)) = (policy, &events) {
+                            answer_adds(&answerer, &to_iotda(&p.topic), evs, &a);
+                        }
                         let r = Received {
                             topic: to_iotda(&p.topic),
                             payload: p.payload,
@@ -403,7 +454,27 @@ impl SimPlatform {
             .await
             .map_err(|_| std::io::Error::other("sim platform: no SUBACK from the broker"))?;
         info!("simulated platform listening");
-        Ok(SimPlatform { client, rx })
+        Ok(SimPlatform { client, rx, add })
+    }
+
+    /// From now on, answers every `add_sub_device_request` as IoTDA would
+    /// (with the request's `event_id`), adding or refusing as `answers`
+    /// says; the request is still received ([`SimPlatform::recv`]).
+    pub fn answer_add_sub_devices(&self, answers: AddAnswers) {
+        if let Ok(mut a) = self.add.lock() {
+            *a = Some(answers);
+        }
+    }
+
+    /// Sends `ev` with an `event_id` (a response to a gateway's request).
+    pub async fn send_with_id(
+        &self,
+        gateway_id: &str,
+        ev: &Event,
+        event_id: &str,
+    ) -> std::io::Result<()> {
+        let payload = event::encode(None, ev, EventTime::from_unix(now_unix()), Some(event_id));
+        self.send_raw(gateway_id, "sys/events/down", payload).await
     }
 
     /// Sends `ev` to gateway `gateway_id` about `object_device_id`.
@@ -442,6 +513,31 @@ impl SimPlatform {
             .await
             .ok()
             .flatten()
+    }
+}
+
+/// Publishes an `add_sub_device_response` for each `add_sub_device_request`
+/// among `events`, received on `topic` (`$oc/devices/{gw}/sys/events/up`).
+/// Runs inside the event loop's task: `try_publish`, never waiting.
+fn answer_adds(client: &AsyncClient, topic: &str, events: &[Incoming], a: &AddAnswers) {
+    let Some(gw) = topic.split('/').nth(2) else {
+        return;
+    };
+    for inc in events {
+        let Event::AddSubDeviceRequest(req) = &inc.event else {
+            continue;
+        };
+        let ev = Event::AddSubDeviceResponse(add_response(req, gw, a));
+        let payload = event::encode(
+            None,
+            &ev,
+            EventTime::from_unix(now_unix()),
+            inc.event_id.as_deref(),
+        );
+        let t = format!("{BROKER_PREFIX}devices/{gw}/sys/events/down");
+        if let Err(e) = client.try_publish(t, QoS::AtLeastOnce, false, payload) {
+            warn!("sim platform: cannot answer add_sub_device_request: {e}");
+        }
     }
 }
 

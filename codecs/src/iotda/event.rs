@@ -237,6 +237,38 @@ pub struct SyncRequest {
     pub version: Option<i64>,
 }
 
+/// One child in an `add_sub_device_request` ([DOC:iot_06_v5_30181]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NewSubDevice {
+    /// The child's node id (otabridge: the LwM2M endpoint name).
+    pub node_id: String,
+    /// The product the child is added under.
+    pub product_id: String,
+    /// The gateway's device id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_device_id: Option<String>,
+    /// The device id to give it; absent: `{product_id}_{node_id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// `add_sub_device_request` paras (up, at most
+/// [`MAX_ADD_PER_REQUEST`] devices; docs/protocols/iotda.md §5.5).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AddSubDeviceRequest {
+    /// The children to add.
+    pub devices: Vec<NewSubDevice>,
+}
+
+/// The most children one `add_sub_device_request` may carry.
+pub const MAX_ADD_PER_REQUEST: usize = 50;
+
 /// `add_sub_device_response` / `delete_sub_device_response` paras (down).
 /// Their lists differ in shape (objects or strings), so they stay JSON.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -280,6 +312,8 @@ pub enum Event {
     DeleteSubDeviceNotify(SubDeviceNotify),
     /// `$sub_device_manager` `sub_device_sync_request` (up).
     SyncRequest(SyncRequest),
+    /// `$sub_device_manager` `add_sub_device_request` (up).
+    AddSubDeviceRequest(AddSubDeviceRequest),
     /// `$sub_device_manager` `add_sub_device_response` (down).
     AddSubDeviceResponse(SubDeviceResponse),
     /// `$sub_device_manager` `delete_sub_device_response` (down).
@@ -580,6 +614,9 @@ impl Event {
             (SERVICE_SUB_DEVICE_MANAGER, "sub_device_sync_request") => {
                 Event::SyncRequest(paras(raw)?)
             }
+            (SERVICE_SUB_DEVICE_MANAGER, "add_sub_device_request") => {
+                Event::AddSubDeviceRequest(paras(raw)?)
+            }
             (SERVICE_SUB_DEVICE_MANAGER, "add_sub_device_response") => {
                 Event::AddSubDeviceResponse(paras(raw)?)
             }
@@ -619,6 +656,7 @@ impl Event {
                 (SERVICE_SUB_DEVICE_MANAGER, "delete_sub_device_notify")
             }
             Event::SyncRequest(_) => (SERVICE_SUB_DEVICE_MANAGER, "sub_device_sync_request"),
+            Event::AddSubDeviceRequest(_) => (SERVICE_SUB_DEVICE_MANAGER, "add_sub_device_request"),
             Event::AddSubDeviceResponse(_) => {
                 (SERVICE_SUB_DEVICE_MANAGER, "add_sub_device_response")
             }
@@ -645,6 +683,7 @@ impl Event {
                 serde_json::to_value(p)
             }
             Event::SyncRequest(p) => serde_json::to_value(p),
+            Event::AddSubDeviceRequest(p) => serde_json::to_value(p),
             Event::AddSubDeviceResponse(p) | Event::DeleteSubDeviceResponse(p) => {
                 serde_json::to_value(p)
             }
@@ -883,6 +922,30 @@ mod tests {
         assert_eq!((kind, v2), (UpgradeKind::Software, true));
         assert_eq!(upgrade.file_size, 5_000_000_000);
         assert_eq!(upgrade.sign, None);
+    }
+
+    #[test]
+    fn add_sub_device_request_from_the_doc_example() {
+        // docs/protocols/iotda.md §5.5, [DOC:iot_06_v5_30181].
+        let msg = r#"{"services":[{"service_id":"$sub_device_manager","event_type":"add_sub_device_request","event_time":"20151212T121212Z","event_id":"40cc9ab1-3579-488c-95c6-c18941c99eb4",
+ "paras":{"devices":[{"parent_device_id":"gw","node_id":"subdevice11","name":"subDevice11","description":"d","product_id":"c6b39067b0325db34663d3ef421a42f6","extension_info":{"a":1}}]}}]}"#;
+        let inc = one(msg);
+        assert_eq!(
+            inc.event_id.as_deref(),
+            Some("40cc9ab1-3579-488c-95c6-c18941c99eb4")
+        );
+        let Event::AddSubDeviceRequest(r) = &inc.event else {
+            panic!("{inc:?}");
+        };
+        assert_eq!(r.devices.len(), 1);
+        assert_eq!(r.devices[0].node_id, "subdevice11");
+        assert_eq!(r.devices[0].product_id, "c6b39067b0325db34663d3ef421a42f6");
+        assert_eq!(r.devices[0].parent_device_id.as_deref(), Some("gw"));
+        // What the gateway sends reads back the same, event id included.
+        let out = encode(None, &inc.event, EventTime::from_unix(0), Some("e1"));
+        let back = one(std::str::from_utf8(&out).unwrap());
+        assert_eq!(back.event, inc.event);
+        assert_eq!(back.event_id.as_deref(), Some("e1"));
     }
 
     #[test]

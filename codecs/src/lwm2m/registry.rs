@@ -359,6 +359,11 @@ pub struct Registry<P, T> {
     by_peer: HashMap<P, String>,
     expiries: BTreeSet<(Instant, String)>,
     allowed: Option<HashSet<String>>,
+    /// Endpoints outside `allowed` register all the same (onboarding:
+    /// the gateway asks the platform about them, issue 13 item 3).
+    admit_unknown: bool,
+    /// Endpoints refused whatever `allowed` says ([`Registry::deny`]).
+    denied: HashSet<String>,
     rng: Rng,
     events: VecDeque<RegistryEvent<P, T>>,
 }
@@ -499,6 +504,8 @@ impl<P: Clone + Eq + Hash + fmt::Debug, T> Registry<P, T> {
             by_peer: HashMap::new(),
             expiries: BTreeSet::new(),
             allowed: None,
+            admit_unknown: false,
+            denied: HashSet::new(),
             rng,
             events: VecDeque::new(),
         }
@@ -511,10 +518,52 @@ impl<P: Clone + Eq + Hash + fmt::Debug, T> Registry<P, T> {
     }
 
     /// Accepts Registers from `endpoint` too (when [`Registry::allow_only`]
-    /// restricts them).
+    /// restricts them), also after a [`Registry::deny`].
     pub fn allow(&mut self, endpoint: String) {
+        self.denied.remove(&endpoint);
         if let Some(a) = &mut self.allowed {
             a.insert(endpoint);
+        }
+    }
+
+    /// With `yes`, endpoints that [`Registry::allow_only`] leaves out
+    /// register all the same (the caller tells them apart with
+    /// [`Registry::is_allowed`] and decides later: [`Registry::allow`] or
+    /// [`Registry::deny`]); denied endpoints stay refused.
+    pub fn admit_unknown(&mut self, yes: bool) {
+        self.admit_unknown = yes;
+    }
+
+    /// Whether `endpoint` is one [`Registry::allow_only`] names (or any
+    /// endpoint, without it), and not denied.
+    pub fn is_allowed(&self, endpoint: &str) -> bool {
+        !self.denied.contains(endpoint)
+            && self.allowed.as_ref().is_none_or(|a| a.contains(endpoint))
+    }
+
+    /// Refuses `endpoint` from now on (4.03, as an unknown endpoint) and
+    /// ends its registration, if it has one, as a De-register would
+    /// ([`RegistryEvent::Deregistered`]): its next Update gets 4.04 and
+    /// its next Register 4.03. At most `max_registrations` endpoints are
+    /// remembered as denied; beyond that one is refused only while
+    /// [`Registry::allow_only`] leaves it out (the memory stays bounded).
+    pub fn deny(&mut self, endpoint: &str) {
+        if let Some(a) = &mut self.allowed {
+            a.remove(endpoint);
+        }
+        if self.denied.len() < self.cfg.max_registrations {
+            self.denied.insert(endpoint.to_owned());
+        }
+        if let Some(e) = self
+            .by_endpoint
+            .get(endpoint)
+            .cloned()
+            .and_then(|id| self.remove(&id))
+        {
+            self.events.push_back(RegistryEvent::Deregistered {
+                reg: e.reg,
+                dropped: e.held.into(),
+            });
         }
     }
 
@@ -575,10 +624,9 @@ impl<P: Clone + Eq + Hash + fmt::Debug, T> Registry<P, T> {
         let reg = self
             .new_registration(peer, &ep, &q, request)
             .map_err(named)?;
-        if let Some(allowed) = &self.allowed {
-            if !allowed.contains(&ep) {
-                return Err(named(RegisterError::UnknownEndpoint(ep.clone())));
-            }
+        let known = self.allowed.as_ref().is_none_or(|a| a.contains(&ep));
+        if self.denied.contains(&ep) || !(known || self.admit_unknown) {
+            return Err(named(RegisterError::UnknownEndpoint(ep.clone())));
         }
         let old = self.by_endpoint.get(&ep).cloned();
         if old.is_none() && self.entries.len() >= self.cfg.max_registrations {
@@ -1244,6 +1292,48 @@ mod tests {
             Code::CREATED
         );
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn onboarding_admits_unknown_endpoints_until_denied() {
+        let mut r = Reg::new(RegistryConfig::default());
+        r.allow_only(["a".to_string()]);
+        r.admit_unknown(true);
+        let loc = location(&register(&mut r, 1, &["ep=new"], t(0)));
+        assert_eq!(loc.len(), 2, "2.01 with a location");
+        assert!(!r.is_allowed("new") && r.is_allowed("a"));
+        assert!(matches!(
+            &events(&mut r)[..],
+            [RegistryEvent::Registered { .. }]
+        ));
+        // Refused by the platform: the registration ends, as a De-register.
+        r.deny("new");
+        assert!(
+            matches!(&events(&mut r)[..], [RegistryEvent::Deregistered { reg, .. }] if reg.endpoint == "new")
+        );
+        assert!(r.get("new").is_none());
+        let up = r.handle_request(1, &req(Code::POST, &["rd", &loc[1]], &[], ""), t(1));
+        assert_eq!(msg::code(&up), Code::NOT_FOUND);
+        assert_eq!(
+            msg::code(&register(&mut r, 1, &["ep=new"], t(2))),
+            FORBIDDEN
+        );
+        // A configured endpoint that is denied (deleted) is refused too,
+        // and allowed again by `allow`.
+        r.deny("a");
+        assert_eq!(msg::code(&register(&mut r, 2, &["ep=a"], t(3))), FORBIDDEN);
+        r.allow("a".into());
+        assert!(r.is_allowed("a"));
+        assert_eq!(
+            msg::code(&register(&mut r, 2, &["ep=a"], t(4))),
+            Code::CREATED
+        );
+        // Without admit_unknown, an unknown endpoint is refused as before.
+        r.admit_unknown(false);
+        assert_eq!(
+            msg::code(&register(&mut r, 3, &["ep=other"], t(5))),
+            FORBIDDEN
+        );
     }
 
     #[test]

@@ -245,6 +245,10 @@ enum Cmd {
     },
     /// Accept Registers from this endpoint name.
     Allow(String),
+    /// Refuse this endpoint name from now on and end its registration.
+    Deny(String),
+    /// Let unknown endpoints register and name them here (onboarding).
+    Onboard(mpsc::UnboundedSender<String>),
     /// A version the child reported, to journal with its registration.
     Firmware(String, String),
     Push {
@@ -449,11 +453,32 @@ pub struct NetworkStats {
     pub retransmissions: u64,
 }
 
+/// What the LwM2M registry did since the network started (the metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Registers accepted.
+    pub registers: u64,
+    /// Updates accepted.
+    pub updates: u64,
+    /// De-registers (and registrations ended by the gateway: a refused
+    /// onboarding, a deleted sub-device).
+    pub deregisters: u64,
+    /// Registrations that expired.
+    pub expiries: u64,
+    /// Registry requests refused (4.xx, 5.03).
+    pub refused: u64,
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     datagrams: AtomicU64,
     bytes: AtomicU64,
     retransmissions: AtomicU64,
+    registers: AtomicU64,
+    updates: AtomicU64,
+    deregisters: AtomicU64,
+    expiries: AtomicU64,
+    refused: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -538,6 +563,7 @@ impl CoapNetwork {
             serve,
             origin,
             counters: counters.clone(),
+            strangers: None,
         };
         tokio::spawn(run(socket, task, rx, seam));
         Ok(CoapNetwork {
@@ -566,6 +592,18 @@ impl CoapNetwork {
             datagrams: c.datagrams.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             retransmissions: c.retransmissions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The registry's counts since the network started.
+    pub fn registry_stats(&self) -> RegistryStats {
+        let c = &self.inner.counters;
+        RegistryStats {
+            registers: c.registers.load(Ordering::Relaxed),
+            updates: c.updates.load(Ordering::Relaxed),
+            deregisters: c.deregisters.load(Ordering::Relaxed),
+            expiries: c.expiries.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -692,6 +730,23 @@ impl CoapNetwork {
     /// endpoints get 4.03 and a log line.
     pub fn allow_endpoint(&self, endpoint: &str) {
         let _ = self.inner.cmds.send(Cmd::Allow(endpoint.to_owned()));
+    }
+
+    /// Refuses `endpoint` from now on (4.03) and ends its registration,
+    /// if any (onboarding refused, sub-device deleted on the platform).
+    pub fn deny_endpoint(&self, endpoint: &str) {
+        let _ = self.inner.cmds.send(Cmd::Deny(endpoint.to_owned()));
+    }
+
+    /// Onboarding (issue 13 item 3): endpoints no child names register all
+    /// the same, and each Register or Update of one sends its name here
+    /// (including those restored from the journal, at once) until it is
+    /// allowed ([`CoapNetwork::allow_endpoint`]) or denied
+    /// ([`CoapNetwork::deny_endpoint`]).
+    pub fn onboard(&self) -> mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.inner.cmds.send(Cmd::Onboard(tx));
+        rx
     }
 
     /// What the network knows of `endpoint`'s registration.
@@ -1016,6 +1071,8 @@ struct Task {
     serve: ServeConfig,
     origin: tokio::time::Instant,
     counters: Arc<Counters>,
+    /// Onboarding: where unknown endpoints that register are named.
+    strangers: Option<mpsc::UnboundedSender<String>>,
 }
 
 /// The network task (see the module doc).
@@ -1191,6 +1248,17 @@ impl Task {
                 self.send_request(peer, item, now);
             }
             Cmd::Allow(ep) => self.registry.allow(ep),
+            Cmd::Deny(ep) => self.registry.deny(&ep),
+            Cmd::Onboard(tx) => {
+                self.registry.admit_unknown(true);
+                // Those restored from the journal that no child names yet.
+                for r in self.registry.registrations() {
+                    if !self.registry.is_allowed(&r.endpoint) {
+                        let _ = tx.send(r.endpoint.clone());
+                    }
+                }
+                self.strangers = Some(tx);
+            }
             Cmd::Firmware(ep, v) => {
                 if let Some(j) = &self.journal {
                     j.firmware(&ep, &v);
@@ -1333,6 +1401,27 @@ impl Task {
     /// and the requests a woken client was waiting for.
     fn registry_event(&mut self, ev: RegistryEvent<SocketAddr, Held>) {
         let now = self.now();
+        let c = &self.counters;
+        let counter = match &ev {
+            RegistryEvent::Registered { .. } => Some(&c.registers),
+            RegistryEvent::Updated { .. } => Some(&c.updates),
+            RegistryEvent::Deregistered { .. } => Some(&c.deregisters),
+            RegistryEvent::Expired { .. } => Some(&c.expiries),
+            RegistryEvent::Refused { .. } => Some(&c.refused),
+            RegistryEvent::Wake { .. } => None,
+        };
+        if let Some(n) = counter {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (
+            RegistryEvent::Registered { reg, .. } | RegistryEvent::Updated { reg, .. },
+            Some(tx),
+        ) = (&ev, &self.strangers)
+        {
+            if !self.registry.is_allowed(&reg.endpoint) {
+                let _ = tx.send(reg.endpoint.clone());
+            }
+        }
         match ev {
             RegistryEvent::Registered { reg, replaced } => {
                 if let Some(old) = replaced {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use otabridge_codecs::lwm2m::link::ObjectLinks;
 use otabridge_codecs::lwm2m::registry::{Registration, Version};
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use tracing::warn;
 
 use crate::journal::{Journal, JournalError};
@@ -182,6 +182,79 @@ fn firmware(j: &mut Journal, endpoint: &str, version: &str) -> Result<(), Journa
     done.map(drop).map_err(|e| j.err(e))
 }
 
+/// An LwM2M client the gateway onboarded: added to the platform as a
+/// sub-device (issue 13 item 3; table `coap_onboarded`, migration 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Onboarded {
+    /// Its endpoint name (the sub-device's node id).
+    pub endpoint: String,
+    /// The device id the platform gave it.
+    pub device_id: String,
+    /// The product it was added under.
+    pub product_id: String,
+    /// When the platform's answer adopted it.
+    pub adopted_unix: i64,
+}
+
+/// Every onboarded client, by endpoint.
+pub fn onboarded(j: &mut Journal) -> Result<Vec<Onboarded>, JournalError> {
+    let r = (|| {
+        let conn = j.connection();
+        let mut st = conn.prepare(
+            "SELECT endpoint, device_id, product_id, adopted_unix
+             FROM coap_onboarded ORDER BY endpoint",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Onboarded {
+                endpoint: r.get(0)?,
+                device_id: r.get(1)?,
+                product_id: r.get(2)?,
+                adopted_unix: r.get(3)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+    })();
+    r.map_err(|e| j.err(e))
+}
+
+/// Journals an onboarded client (replacing an earlier row for its
+/// endpoint or its device id).
+pub fn adopt(j: &mut Journal, o: &Onboarded) -> Result<(), JournalError> {
+    let done = j.connection().execute(
+        "INSERT OR REPLACE INTO coap_onboarded (endpoint, device_id, product_id, adopted_unix)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![o.endpoint, o.device_id, o.product_id, o.adopted_unix],
+    );
+    done.map(drop).map_err(|e| j.err(e))
+}
+
+/// Forgets the onboarded client with device id `device_id` (deleted on
+/// the platform) and its registration; its endpoint, if it had one.
+pub fn forget(j: &mut Journal, device_id: &str) -> Result<Option<String>, JournalError> {
+    let r = (|| {
+        let conn = j.connection();
+        let ep: Option<String> = conn
+            .query_row(
+                "SELECT endpoint FROM coap_onboarded WHERE device_id = ?1",
+                params![device_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(ep) = &ep {
+            conn.execute(
+                "DELETE FROM coap_onboarded WHERE endpoint = ?1",
+                params![ep],
+            )?;
+            conn.execute(
+                "DELETE FROM coap_registrations WHERE endpoint = ?1",
+                params![ep],
+            )?;
+        }
+        Ok(ep)
+    })();
+    r.map_err(|e| j.err(e))
+}
+
 /// Starts the writer thread on `journal`.
 pub fn spawn(mut journal: Journal) -> std::io::Result<Writer> {
     let (tx, rx) = mpsc::channel::<Op>();
@@ -250,6 +323,29 @@ mod tests {
             objects: ObjectLinks::default(),
             links: "</1/0>,</3/0>,</5/0>".into(),
         }
+    }
+
+    #[test]
+    fn onboarded_clients_are_kept_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        let o = |ep: &str, id: &str| Onboarded {
+            endpoint: ep.into(),
+            device_id: id.into(),
+            product_id: "prod".into(),
+            adopted_unix: 7,
+        };
+        adopt(&mut j, &o("ep1", "prod_ep1")).unwrap();
+        adopt(&mut j, &o("ep2", "prod_ep2")).unwrap();
+        drop(j);
+        let mut j = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            onboarded(&mut j).unwrap(),
+            vec![o("ep1", "prod_ep1"), o("ep2", "prod_ep2")]
+        );
+        assert_eq!(forget(&mut j, "prod_ep1").unwrap().as_deref(), Some("ep1"));
+        assert_eq!(forget(&mut j, "prod_ep1").unwrap(), None);
+        assert_eq!(onboarded(&mut j).unwrap(), vec![o("ep2", "prod_ep2")]);
     }
 
     #[test]

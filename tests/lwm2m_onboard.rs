@@ -1,0 +1,300 @@
+//! Onboarding (issue 13 item 3) end to end through the real `otabridge
+//! run`, the in-process broker and the simulated platform (which answers
+//! `add_sub_device_request` as IoTDA would), with registering simulated
+//! LwM2M clients over UDP:
+//! - an unknown endpoint is added as a sub-device, reported ONLINE,
+//!   upgraded, remembered across a gateway restart, and removed by
+//!   `delete_sub_device_notify`;
+//! - one the platform refuses stays refused (4.03) with a log line;
+//! - without `[lwm2m]`, an unknown endpoint gets 4.03 and a log line.
+//!
+//! Bounded waits only.
+
+mod run_support;
+
+use std::time::{Duration, Instant};
+
+use otabridge::sim::coap_child::{CoapChildSim, Registering, SimOptions};
+use otabridge::sim::package_server::{Access, PackageServer, Source};
+use otabridge::sim::platform::AddAnswers;
+use otabridge::sim::testbed::Testbed;
+use otabridge_codecs::coap::Code;
+use otabridge_codecs::iotda::event::{
+    DeviceInfo, ProgressReport, Status, SubDeviceNotify, VersionQuery,
+};
+use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
+
+const PRODUCT: &str = "prod42";
+const NEW_EP: &str = "urn:dev:new-1";
+const BAD_EP: &str = "urn:dev:bad-1";
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// (event_id, node ids, product ids) of each add_sub_device_request.
+    adds: Vec<(Option<String>, Vec<String>, Vec<String>)>,
+    statuses: Vec<(String, Status)>,
+    progress: Vec<(String, ProgressReport)>,
+    versions: Vec<(String, String)>,
+}
+
+fn collect(tb: &mut Testbed, seen: &mut Seen) {
+    while let Some(r) = tb.platform.try_recv() {
+        for inc in r.events.unwrap_or_default() {
+            let who = inc.object_device_id.clone().unwrap_or_default();
+            match inc.event {
+                Event::AddSubDeviceRequest(a) => seen.adds.push((
+                    inc.event_id.clone(),
+                    a.devices.iter().map(|d| d.node_id.clone()).collect(),
+                    a.devices.iter().map(|d| d.product_id.clone()).collect(),
+                )),
+                Event::UpdateStatus(u) => seen.statuses.extend(
+                    u.device_statuses
+                        .into_iter()
+                        .map(|d| (d.device_id, d.status)),
+                ),
+                Event::ProgressReport(p) => seen.progress.push((who, p)),
+                Event::VersionReport(v) => {
+                    seen.versions.push((who, v.fw_version.unwrap_or_default()))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until `done` holds; the assertion shows the log.
+async fn wait(tb: &mut Testbed, seen: &mut Seen, log: &str, done: impl Fn(&Seen) -> bool) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while !done(seen) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        collect(tb, seen);
+    }
+    assert!(
+        done(seen),
+        "{seen:#?}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+async fn until(log: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !f() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(f(), "{}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn registering(port: u16, ep: &str) -> SimOptions {
+    let mut opts = SimOptions::new("1.0.0", "2.0.0");
+    opts.reboot_time = Duration::from_millis(200);
+    opts.register = Some(Registering::new(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        ep,
+    ));
+    opts
+}
+
+fn online(s: &Seen, id: &str) -> bool {
+    s.statuses
+        .iter()
+        .rfind(|(d, _)| d == id)
+        .is_some_and(|(_, st)| *st == Status::Online)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut tb = Testbed::new(d).await.unwrap();
+    tb.platform.answer_add_sub_devices(AddAnswers {
+        refuse: vec![BAD_EP.into()],
+    });
+    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
+    let pkg_ca = d.join("pkg-ca.pem");
+    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
+    let pkg = server
+        .add(
+            "fw",
+            Source::Generated {
+                len: 30_000,
+                seed: 3,
+            },
+            Access::Bearer,
+        )
+        .unwrap();
+    let port = free_udp_port();
+    let extra = format!(
+        "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [ota]\nretry_min_ms = 200\nretry_max_ms = 1000\n\n\
+         [lwm2m]\nonboard_product_id = \"{PRODUCT}\"\n",
+        pkg_ca.display().to_string(),
+    );
+    let (daemon, log) = run_support::run(&tb, d, &extra).await;
+    let id = format!("{PRODUCT}_{NEW_EP}");
+    let mut seen = Seen::default();
+
+    // 1. An unknown endpoint registers: added, adopted, ONLINE.
+    let sim = CoapChildSim::start(registering(port, NEW_EP))
+        .await
+        .unwrap();
+    wait(&mut tb, &mut seen, &log, |s| online(s, &id)).await;
+    let (event_id, nodes, products) = &seen.adds[0];
+    assert!(event_id.is_some(), "{seen:?}");
+    assert_eq!(nodes, &[NEW_EP.to_string()]);
+    assert_eq!(products, &[PRODUCT.to_string()]);
+    assert_eq!(sim.last_registry_code(), Some(Code::CREATED));
+
+    // 2. One the platform refuses: its registration ends, and it gets
+    //    4.03 from then on.
+    let bad = CoapChildSim::start(registering(port, BAD_EP))
+        .await
+        .unwrap();
+    wait(&mut tb, &mut seen, &log, |s| {
+        s.adds
+            .iter()
+            .any(|(_, n, _)| n.contains(&BAD_EP.to_string()))
+    })
+    .await;
+    until(&log, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the platform refused to add the LwM2M endpoint as a sub-device")
+    })
+    .await;
+    bad.update(); // 4.04 (gone), then its Register: 4.03
+    until(&log, || bad.last_registry_code() == Some(Code(0x83))).await;
+
+    // 3. The onboarded child is upgraded like a configured one.
+    let ev = Event::Upgrade {
+        kind: UpgradeKind::Firmware,
+        v2: false,
+        upgrade: Upgrade {
+            version: "2.0.0".into(),
+            url: pkg.url.clone(),
+            file_size: pkg.size,
+            file_name: "fw.bin".into(),
+            access_token: Some(server.issue_token(Duration::from_secs(3600))),
+            expires: Some(86_400),
+            sign: Some(pkg.sha256.clone()),
+            custom_info: None,
+            task_id: Some("onboard-task".into()),
+            sub_device_count: Some(1),
+            task_ext_info: None,
+        },
+    };
+    tb.send(Some(&id), &ev).await.unwrap();
+    wait(&mut tb, &mut seen, &log, |s| {
+        s.progress.iter().any(|(w, p)| *w == id && p.is_terminal())
+    })
+    .await;
+    let (_, last) = seen
+        .progress
+        .iter()
+        .rfind(|(w, p)| *w == id && p.is_terminal())
+        .unwrap();
+    assert_eq!(
+        (last.result_code.get(), last.version.as_str()),
+        (0, "2.0.0"),
+        "{last:?}"
+    );
+    assert_eq!(sim.version(), "2.0.0");
+    // `otabridge status` lists it with its registration.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["status", "--json", "--config"])
+        .arg(d.join("gw.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["device_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(me["registration"]["endpoint"], NEW_EP, "{all}");
+    assert_eq!(me["transport"], "coap", "{all}");
+
+    // 4. A restarted gateway remembers it: no new request, and it answers
+    //    a version_query for it.
+    drop(daemon);
+    let connects = tb.edge.connects();
+    let (daemon, log) = run_support::run(&tb, d, &extra).await;
+    let end = Instant::now() + Duration::from_secs(60);
+    while tb.edge.connects() == connects && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let adds = seen.adds.len();
+    tb.send(Some(&id), &Event::VersionQuery(VersionQuery::default()))
+        .await
+        .unwrap();
+    wait(&mut tb, &mut seen, &log, |s| {
+        s.versions.iter().any(|(w, v)| *w == id && v == "2.0.0")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("onboarded LwM2M endpoint from an earlier run"),
+        "{text}"
+    );
+    sim.update();
+    assert_eq!(seen.adds.len(), adds, "{seen:#?}");
+
+    // 5. Deleted on the platform: no longer a child, its registration
+    //    ended, refused from then on.
+    let del = Event::DeleteSubDeviceNotify(SubDeviceNotify {
+        devices: vec![DeviceInfo {
+            device_id: Some(id.clone()),
+            node_id: Some(NEW_EP.into()),
+            ..DeviceInfo::default()
+        }],
+        version: 2,
+    });
+    tb.send(None, &del).await.unwrap();
+    until(&log, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("sub-device deleted on the platform")
+    })
+    .await;
+    sim.update();
+    until(&log, || sim.last_registry_code() == Some(Code(0x83))).await;
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_onboarding_an_unknown_endpoint_gets_4_03_and_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut tb = Testbed::new(d).await.unwrap();
+    let port = free_udp_port();
+    let extra = format!(
+        "[coap]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [[child]]\ndevice_id = \"p_known\"\ntransport = \"coap\"\nendpoint = \"urn:dev:known\"\n"
+    );
+    let (_daemon, log) = run_support::run(&tb, d, &extra).await;
+    let sim = CoapChildSim::start(registering(port, "urn:dev:stranger"))
+        .await
+        .unwrap();
+    until(&log, || sim.last_registry_code() == Some(Code(0x83))).await;
+    assert_eq!(sim.location(), None);
+    until(&log, || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains(
+            "LwM2M registry request refused: endpoint 'urn:dev:stranger' is not configured",
+        )
+    })
+    .await;
+    // Nothing was asked of the platform.
+    let mut seen = Seen::default();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    collect(&mut tb, &mut seen);
+    assert!(seen.adds.is_empty(), "{seen:#?}");
+}
