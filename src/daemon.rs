@@ -95,7 +95,10 @@ struct Lwm2m {
 
 /// [`children`], and the onboarding's part when `[lwm2m]
 /// onboard_product_id` is set or earlier runs onboarded clients.
-fn build(cfg: &Config) -> Result<(Vec<Arc<dyn Child>>, Option<Lwm2m>), StartError> {
+/// The children and the onboarding's part, built from the configuration.
+type Built = (Vec<Arc<dyn Child>>, Option<Lwm2m>);
+
+fn build(cfg: &Config) -> Result<Built, StartError> {
     let mut nets = child::Networks::with_state_dir(&cfg.coap, &cfg.state.dir);
     let kids: Vec<Arc<dyn Child>> = cfg
         .children

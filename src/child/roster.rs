@@ -99,7 +99,7 @@ mod tests {
     fn added_and_removed_in_order() {
         let a: Arc<dyn Child> = Arc::new(MemoryChild::new("a", "1"));
         let b: Arc<dyn Child> = Arc::new(MemoryChild::new("b", "1"));
-        let r = Roster::new(&[a.clone()]);
+        let r = Roster::new(std::slice::from_ref(&a));
         let shared = r.clone();
         assert!(shared.add(b.clone()));
         assert!(!r.add(Arc::new(MemoryChild::new("b", "2"))));
