@@ -119,7 +119,8 @@ pub(crate) struct DemoArgs {
     /// Simulated MCUmgr/SMP children, each on a pty.
     #[arg(long, default_value_t = 2)]
     pub(crate) smp_children: usize,
-    /// Simulated LwM2M children over CoAP, alternately pull and push.
+    /// Simulated LwM2M children over CoAP, alternately pull and push; with
+    /// at least one, also one that registers with the gateway (queue mode).
     #[arg(long, default_value_t = 2)]
     pub(crate) coap_children: usize,
     /// Firmware image size in bytes.

@@ -95,8 +95,14 @@ struct Lwm2m {
 
 /// [`children`], and the onboarding's part when `[lwm2m]
 /// onboard_product_id` is set or earlier runs onboarded clients.
-/// The children and the onboarding's part, built from the configuration.
-type Built = (Vec<Arc<dyn Child>>, Option<Lwm2m>);
+/// What the daemon drives, built from the configuration.
+struct Built {
+    children: Vec<Arc<dyn Child>>,
+    /// The CoAP network, when a child or onboarding opened it (metrics).
+    coap: Option<child::coap::CoapNetwork>,
+    /// The onboarding's part, when it is on or adopted clients exist.
+    lwm2m: Option<Lwm2m>,
+}
 
 fn build(cfg: &Config) -> Result<Built, StartError> {
     let mut nets = child::Networks::with_state_dir(&cfg.coap, &cfg.state.dir);
@@ -110,7 +116,11 @@ fn build(cfg: &Config) -> Result<Built, StartError> {
         registrations::onboarded(&mut j)?
     };
     if cfg.lwm2m.onboard_product_id.is_none() && rows.is_empty() {
-        return Ok((kids, None));
+        return Ok(Built {
+            children: kids,
+            coap: nets.opened_coap(),
+            lwm2m: None,
+        });
     }
     let endpoints: Vec<String> = cfg
         .children
@@ -126,14 +136,15 @@ fn build(cfg: &Config) -> Result<Built, StartError> {
     let adopted = crate::ota::onboard::journaled(rows, &kids, &endpoints);
     let net = nets.coap().map_err(child::BuildError::from)?;
     let child_options = nets.coap_child_options();
-    Ok((
-        kids,
-        Some(Lwm2m {
+    Ok(Built {
+        children: kids,
+        coap: Some(net.clone()),
+        lwm2m: Some(Lwm2m {
             net,
             child_options,
             adopted,
         }),
-    ))
+    })
 }
 
 /// The daemon's parts, wired from the configuration, not running yet.
@@ -254,17 +265,32 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: Option<tokio::sync::oneshot::Sender<Handles>>,
 ) -> Result<Stopped, StartError> {
-    run_inner(cfg, children, None, shutdown, started).await
+    run_inner(
+        cfg,
+        Built {
+            children,
+            coap: None,
+            lwm2m: None,
+        },
+        shutdown,
+        started,
+    )
+    .await
 }
 
-/// [`run_with`], with LwM2M onboarding when `lwm2m` is given.
+/// [`run_with`], with LwM2M onboarding and registration metrics when
+/// `built` has them.
 async fn run_inner(
     cfg: Config,
-    children: Vec<Arc<dyn Child>>,
-    lwm2m: Option<Lwm2m>,
+    built: Built,
     shutdown: impl Future<Output = ()> + Send + 'static,
     started: Option<tokio::sync::oneshot::Sender<Handles>>,
 ) -> Result<Stopped, StartError> {
+    let Built {
+        children,
+        coap,
+        lwm2m,
+    } = built;
     let mut p = wire(&cfg, &children).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let onboarding = lwm2m.map(|l| {
@@ -299,7 +325,8 @@ async fn run_inner(
     }
     let metrics_addr = p.listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = p.listener {
-        let exporter = Exporter::new(p.metrics.clone(), p.platform.clone(), children.clone());
+        let exporter =
+            Exporter::with_coap(p.metrics.clone(), p.platform.clone(), children.clone(), coap);
         tokio::spawn(exporter::serve(l, exporter, stop_rx.clone()));
     }
     let control_socket = p.control.as_ref().map(|_| cfg.control_socket());
@@ -372,12 +399,12 @@ async fn run_inner(
 /// Runs the gateway described by `cfg` until SIGINT or SIGTERM, or until
 /// its own upgrade asks for a restart.
 pub async fn run(cfg: Config) -> Result<Stopped, StartError> {
-    let (kids, lwm2m) = build(&cfg)?;
+    let built = build(&cfg)?;
     info!(
-        device_id = %cfg.platform.device_id, children = kids.len(),
+        device_id = %cfg.platform.device_id, children = built.children.len(),
         config = %cfg.file.display(), "otabridge starting"
     );
-    run_inner(cfg, kids, lwm2m, shutdown_signal(), None).await
+    run_inner(cfg, built, shutdown_signal(), None).await
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::child::coap::{CoapNetwork, RegistryStats};
 use crate::child::Child;
 use crate::metrics::{Escaped, JobPhase, Metrics};
 use crate::ota::job::Phase;
@@ -72,6 +73,8 @@ pub struct Exporter {
 struct Live {
     platform: Platform,
     children: Vec<Arc<dyn Child>>,
+    /// The CoAP network: its LwM2M registrations and registry counters.
+    coap: Option<CoapNetwork>,
     /// The outbox depth, read from the journal (off the async workers)
     /// just before the scrape encodes; negative when it could not be read.
     outbox: Arc<AtomicI64>,
@@ -81,6 +84,17 @@ impl Exporter {
     /// An exporter over `metrics`, `platform` and `children`; every series
     /// a dashboard expects is present from the first scrape, as zero.
     pub fn new(metrics: Metrics, platform: Platform, children: Vec<Arc<dyn Child>>) -> Self {
+        Self::with_coap(metrics, platform, children, None)
+    }
+
+    /// [`Exporter::new`], with the LwM2M registrations of `coap` (the
+    /// daemon's CoAP network, when it has one).
+    pub fn with_coap(
+        metrics: Metrics,
+        platform: Platform,
+        children: Vec<Arc<dyn Child>>,
+        coap: Option<CoapNetwork>,
+    ) -> Self {
         let phases = ACTIVE_PHASES.map(Phase::as_str);
         let ids: Vec<&str> = children.iter().map(|c| c.device_id()).collect();
         metrics.declare(&phases, &ids);
@@ -90,6 +104,7 @@ impl Exporter {
         registry.register_collector(Box::new(Live {
             platform: platform.clone(),
             children,
+            coap,
             outbox: outbox.clone(),
         }));
         Exporter {
@@ -192,6 +207,59 @@ impl Collector for Live {
                 ("transport", label(c.transport())),
             ];
             ConstCounter::new(c.chunk_retries()).encode(family.encode_family(&labels)?)?;
+        }
+        drop(family);
+        self.registrations(&mut e)
+    }
+}
+
+impl Live {
+    /// The LwM2M registry's families (docs/operations.md "Metrics"):
+    /// registrations now by binding and queue mode, and what the registry
+    /// did since start. Present, at zero, without a CoAP network.
+    fn registrations(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut by = std::collections::BTreeMap::<(String, bool), i64>::new();
+        // Every dashboard finds the plain and the queue-mode UDP series.
+        by.insert(("U".into(), false), 0);
+        by.insert(("U".into(), true), 0);
+        let stats = match &self.coap {
+            Some(net) => {
+                for r in net.registrations() {
+                    let b: String = r.reg.binding.chars().filter(|c| *c != 'Q').collect();
+                    *by.entry((b, r.reg.queue)).or_default() += 1;
+                }
+                net.registry_stats()
+            }
+            None => RegistryStats::default(),
+        };
+        gauges(
+            e,
+            "otabridge_lwm2m_registrations",
+            "LwM2M clients registered with the gateway now, by binding and queue mode.",
+            by.into_iter().map(|((b, q), n)| {
+                (
+                    vec![
+                        ("binding", label(&b)),
+                        ("queue", label(if q { "true" } else { "false" })),
+                    ],
+                    n,
+                )
+            }),
+        )?;
+        let mut family = e.encode_descriptor(
+            "otabridge_lwm2m_registry_events",
+            "LwM2M registry operations since start: register, update, deregister, expire, refuse (a 4.xx/5.03 answer).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, n) in [
+            ("register", stats.registers),
+            ("update", stats.updates),
+            ("deregister", stats.deregisters),
+            ("expire", stats.expiries),
+            ("refuse", stats.refused),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("event", label(event))])?)?;
         }
         Ok(())
     }

@@ -61,7 +61,18 @@ fn the_demo_upgrades_every_child_as_expected() {
             "{text}"
         );
     }
-    assert!(text.contains("6 of 6 children ended as expected"), "{text}");
+    // The registering child (queue mode, delivery auto) and the
+    // registrations in the summary.
+    let reg = cols(row("demo-product_lwm2m-reg"));
+    assert_eq!(
+        (reg[1].as_str(), reg[4].as_str(), reg[5].as_str()),
+        ("coap", "2.0.0", "0"),
+        "{text}"
+    );
+    assert!(text.contains("LwM2M registrations: 1 now"), "{text}");
+    assert!(text.contains("urn:dev:demo-queue-1"), "{text}");
+    assert!(text.contains("queue mode"), "{text}");
+    assert!(text.contains("7 of 7 children ended as expected"), "{text}");
 }
 
 #[test]
@@ -116,7 +127,7 @@ fn the_demo_fault_mix_ends_on_the_new_version() {
             assert!(retries > 0, "{id}: losses are retried: {text}");
         }
     }
-    assert!(text.contains("4 of 4 children ended as expected"), "{text}");
+    assert!(text.contains("5 of 5 children ended as expected"), "{text}");
 }
 
 #[test]

@@ -270,14 +270,36 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
     drop(daemon);
 }
 
+/// The metrics endpoint's text (`GET /metrics`).
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of one sample line (`name{labels} value`) of a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_onboarding_an_unknown_endpoint_gets_4_03_and_a_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut tb = Testbed::new(d).await.unwrap();
     let port = free_udp_port();
+    let mport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let extra = format!(
-        "[coap]\nlisten = \"127.0.0.1:{port}\"\n\n\
+        "[coap]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
          [[child]]\ndevice_id = \"p_known\"\ntransport = \"coap\"\nendpoint = \"urn:dev:known\"\n"
     );
     let (_daemon, log) = run_support::run(&tb, d, &extra).await;
@@ -297,4 +319,42 @@ async fn without_onboarding_an_unknown_endpoint_gets_4_03_and_a_log_line() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     collect(&mut tb, &mut seen);
     assert!(seen.adds.is_empty(), "{seen:#?}");
+
+    // The registry in the metrics: the known endpoint in queue mode
+    // registers, the stranger was refused.
+    let before = scrape(mport);
+    assert_eq!(
+        sample(&before, "otabridge_lwm2m_registrations{binding=\"U\",queue=\"true\"}"),
+        Some(0.0),
+        "{before}"
+    );
+    let mut opts = registering(port, "urn:dev:known");
+    opts.register.as_mut().unwrap().queue = true;
+    let known = CoapChildSim::start(opts).await.unwrap();
+    until(&log, || known.last_registry_code() == Some(Code::CREATED)).await;
+    let text = scrape(mport);
+    let get = |s: &str| sample(&text, s);
+    assert_eq!(
+        get("otabridge_lwm2m_registrations{binding=\"U\",queue=\"true\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        get("otabridge_lwm2m_registrations{binding=\"U\",queue=\"false\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        get("otabridge_lwm2m_registry_events_total{event=\"register\"}") >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        get("otabridge_lwm2m_registry_events_total{event=\"refuse\"}") >= Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        get("otabridge_lwm2m_registry_events_total{event=\"expire\"}"),
+        Some(0.0),
+        "{text}"
+    );
 }

@@ -251,6 +251,11 @@ impl Networks {
         }
     }
 
+    /// The CoAP network, if a child opened it.
+    pub fn opened_coap(&self) -> Option<coap::CoapNetwork> {
+        self.coap.clone()
+    }
+
     /// The timing of the CoAP children built here.
     pub fn coap_child_options(&self) -> coap::ChildOptions {
         self.coap_child.clone()

@@ -143,6 +143,9 @@ struct Cast {
     plan: Vec<Planned>,
     coap_sims: Vec<super::coap_child::CoapChildSim>,
     smp_sims: Vec<super::smp_child::SmpChild>,
+    /// The gateway's CoAP endpoint (also the LwM2M server), for the
+    /// registrations in the summary.
+    coap_net: Option<crate::child::coap::CoapNetwork>,
 }
 
 /// The packages of the task on the package server.
@@ -194,11 +197,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Vec<DemoRow>> {
     let packages = publish(&server, &opts, &dir)?;
     let sent_at = send_task(&mut tb, &server, &packages, &cast.plan).await?;
     let last = follow_reports(&mut tb, &cast.plan).await;
+    if let Some(net) = &cast.coap_net {
+        print_registrations(net);
+    }
     tb.stop_gateway().await?;
     let Cast {
         plan,
         coap_sims,
         smp_sims,
+        ..
     } = cast;
     drop(smp_sims);
     drop(coap_sims);
@@ -292,6 +299,8 @@ async fn coap_children(opts: &DemoOptions, cast: &mut Cast) -> anyhow::Result<()
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         opts.seed,
     );
+    // The registering child listens this long after it sent something.
+    net_opts.registry.queue_window = REG_AWAKE;
     if lossy {
         // Loopback answers in microseconds: RFC 7252's 2 s ACK_TIMEOUT
         // would make a lossy demo crawl.
@@ -338,7 +347,85 @@ async fn coap_children(opts: &DemoOptions, cast: &mut Cast) -> anyhow::Result<()
         cast.coap_sims.push(sim);
         cast.plan.push(Planned::new(id, child, from, false));
     }
+    registering_child(opts, cast, &net).await?;
+    cast.coap_net = Some(net);
     Ok(())
+}
+
+/// How long the demo's registering child listens after it sent something
+/// (its queue-mode window; the gateway's `coap.queue_window_secs`).
+const REG_AWAKE: Duration = Duration::from_secs(5);
+
+/// A stock LwM2M client's way in: it registers with the gateway (queue
+/// mode, `b=UQ`, LwM2M 1.0) instead of being polled at a fixed address,
+/// sleeps between its Updates, and is upgraded with `delivery = "auto"`
+/// (docs/coap.md "Children that register").
+async fn registering_child(
+    opts: &DemoOptions,
+    cast: &mut Cast,
+    net: &crate::child::coap::CoapNetwork,
+) -> anyhow::Result<()> {
+    let id = "demo-product_lwm2m-reg".to_owned();
+    let endpoint = "urn:dev:demo-queue-1";
+    let from = "1.0.0".to_owned();
+    let mut sim_opts = super::coap_child::SimOptions::new(&from, TARGET);
+    sim_opts.seed = opts.seed + 99;
+    sim_opts.faults.loss_pct = opts.loss_pct;
+    if opts.loss_pct > 0.0 {
+        sim_opts.exchange.ack_timeout = LOSSY_ACK_TIMEOUT;
+    }
+    let mut reg = super::coap_child::Registering::new(net.local_addr(), endpoint);
+    reg.lwm2m = "1.0".into();
+    reg.queue = true;
+    reg.awake = REG_AWAKE;
+    // An Update every 5 s: the longest a request waits for it to wake.
+    reg.lifetime_s = 10;
+    sim_opts.register = Some(reg);
+    net.allow_endpoint(endpoint);
+    let sim = super::coap_child::CoapChildSim::start(sim_opts).await?;
+    let child = Arc::new(crate::child::coap::CoapChild::new(
+        &id,
+        crate::config::CoapAddress::Endpoint(endpoint.to_owned()),
+        crate::config::Delivery::Auto,
+        net.clone(),
+        crate::child::coap::ChildOptions {
+            poll_interval: Duration::from_millis(250),
+            ..crate::child::coap::ChildOptions::default()
+        },
+    ));
+    cast.coap_sims.push(sim);
+    cast.plan.push(Planned::new(id, child, from, false));
+    Ok(())
+}
+
+/// The LwM2M registrations the gateway holds, and what its registry did.
+fn print_registrations(net: &crate::child::coap::CoapNetwork) {
+    let regs = net.registrations();
+    let s = net.registry_stats();
+    println!(
+        "
+LwM2M registrations: {} now; {} register(s), {} update(s), {} de-register(s), {} expired, {} refused",
+        regs.len(),
+        s.registers,
+        s.updates,
+        s.deregisters,
+        s.expiries,
+        s.refused
+    );
+    let now = net.now();
+    for r in regs {
+        let left = r.expires.saturating_duration_since(now);
+        println!(
+            "  {:<24} {:<21} b={:<3} lwm2m={} lifetime {}s, {}s left{}",
+            r.reg.endpoint,
+            r.reg.peer,
+            r.reg.binding,
+            r.reg.version,
+            r.reg.lifetime.as_secs(),
+            left.as_secs(),
+            if r.reg.queue { ", queue mode" } else { "" }
+        );
+    }
 }
 
 /// SMP children run MCUboot: their package is a signed-format image whose
