@@ -325,8 +325,12 @@ async fn run_inner(
     }
     let metrics_addr = p.listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = p.listener {
-        let exporter =
-            Exporter::with_coap(p.metrics.clone(), p.platform.clone(), children.clone(), coap);
+        let exporter = Exporter::with_coap(
+            p.metrics.clone(),
+            p.platform.clone(),
+            children.clone(),
+            coap,
+        );
         tokio::spawn(exporter::serve(l, exporter, stop_rx.clone()));
     }
     let control_socket = p.control.as_ref().map(|_| cfg.control_socket());

@@ -208,7 +208,6 @@ impl Collector for Live {
             ];
             ConstCounter::new(c.chunk_retries()).encode(family.encode_family(&labels)?)?;
         }
-        drop(family);
         self.registrations(&mut e)
     }
 }

@@ -324,7 +324,10 @@ async fn without_onboarding_an_unknown_endpoint_gets_4_03_and_a_log_line() {
     // registers, the stranger was refused.
     let before = scrape(mport);
     assert_eq!(
-        sample(&before, "otabridge_lwm2m_registrations{binding=\"U\",queue=\"true\"}"),
+        sample(
+            &before,
+            "otabridge_lwm2m_registrations{binding=\"U\",queue=\"true\"}"
+        ),
         Some(0.0),
         "{before}"
     );

@@ -31,11 +31,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use otabridge::sim::testbed::{config_text, Testbed};
-use otabridge_codecs::coap::{msg, Code, CoapOption, MessageType, Packet};
+use otabridge_codecs::coap::{msg, CoapOption, Code, MessageType, Packet};
 use tokio::net::UdpSocket;
 
 #[derive(Debug, Parser)]
-#[command(name = "bench_registrations", about = "LwM2M registration storm against otabridge run")]
+#[command(
+    name = "bench_registrations",
+    about = "LwM2M registration storm against otabridge run"
+)]
 struct Cli {
     /// Endpoints that register.
     #[arg(long, default_value_t = 5000)]
@@ -265,13 +268,18 @@ fn daemon_binary(cli: &Cli) -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name("otabridge");
     if !p.exists() {
-        bail!("no otabridge next to {}: build it, or pass --otabridge", me.display());
+        bail!(
+            "no otabridge next to {}: build it, or pass --otabridge",
+            me.display()
+        );
     }
     Ok(p)
 }
 
 fn count(a: &[Option<(Code, Option<String>)>], code: Code) -> usize {
-    a.iter().filter(|x| x.as_ref().is_some_and(|(c, _)| *c == code)).count()
+    a.iter()
+        .filter(|x| x.as_ref().is_some_and(|(c, _)| *c == code))
+        .count()
 }
 
 #[tokio::main]
@@ -281,8 +289,11 @@ async fn main() -> Result<()> {
     let bin = daemon_binary(&cli)?;
     let dir = Scratch::new()?;
     let tb = Testbed::new(dir.path()).await?;
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut extra = format!("[coap]\nlisten = \"127.0.0.1:{port}\"\n\n[control]\nenabled = false\n");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut extra =
+        format!("[coap]\nlisten = \"127.0.0.1:{port}\"\n\n[control]\nenabled = false\n");
     for i in 0..n {
         extra.push_str(&format!(
             "\n[[child]]\ndevice_id = \"bench_{i}\"\ntransport = \"coap\"\nendpoint = \"bench-ep-{i}\"\n"
@@ -334,7 +345,11 @@ async fn main() -> Result<()> {
         &sockets,
         server,
         cli.window,
-        |i| locs[i].as_ref().map(|l| msg::request(Code::POST, &["rd", l.as_str()])),
+        |i| {
+            locs[i]
+                .as_ref()
+                .map(|l| msg::request(Code::POST, &["rd", l.as_str()]))
+        },
         n,
     )
     .await?;
@@ -353,7 +368,10 @@ async fn main() -> Result<()> {
     let jbytes = journal_bytes(&tb.state_dir);
     drop(d);
     let mib = |kib: u64| kib as f64 / 1024.0;
-    println!("endpoints               {n} from {} sockets, window {}", cli.sockets, cli.window);
+    println!(
+        "endpoints               {n} from {} sockets, window {}",
+        cli.sockets, cli.window
+    );
     println!(
         "registers               {created}/{n} answered 2.01 in {:.2} s: {:.0} registrations/s",
         t_reg.as_secs_f64(),
@@ -375,7 +393,10 @@ async fn main() -> Result<()> {
         mib(hwm)
     );
     println!("gateway CPU             {:.2} s for the storm", cpu - cpu0);
-    println!("journal on disk         {:.2} MiB (with WAL)", jbytes as f64 / 1048576.0);
+    println!(
+        "journal on disk         {:.2} MiB (with WAL)",
+        jbytes as f64 / 1048576.0
+    );
     if created < n || changed < created || (in_journal as usize) < created {
         bail!("registrations lost: {created} created, {changed} updated, {in_journal} journaled of {n}");
     }

@@ -416,7 +416,7 @@ LwM2M registrations: {} now; {} register(s), {} update(s), {} de-register(s), {}
     for r in regs {
         let left = r.expires.saturating_duration_since(now);
         println!(
-            "  {:<24} {:<21} b={:<3} lwm2m={} lifetime {}s, {}s left{}",
+            "  {:<24} {:<21} b={:<3} lwm2m={} lifetime {}s, expires in {}s{}",
             r.reg.endpoint,
             r.reg.peer,
             r.reg.binding,
