@@ -611,6 +611,46 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Releases task `task` held by the failure policy (issue 15 item 3):
+    /// its held jobs go on, and the policy no longer holds any of its
+    /// children. The released jobs' views.
+    pub fn release(&self, task: &str) -> Result<Vec<JobView>, ControlError> {
+        let held = {
+            let mut j = journal::lock(self.journal());
+            let t = super::halt::task_jobs(&mut j, task)?;
+            if t.all == 0 {
+                return Err(ControlError::UnknownTask(task.to_owned()));
+            }
+            if t.held.is_empty() {
+                return Err(ControlError::NotAllowed(format!(
+                    "no job of task {task} is held{}",
+                    if t.released {
+                        " (it was released before)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            super::halt::release(&mut j, task)?;
+            for id in &t.held {
+                let (mut req, _) = Requests::load(&mut j, *id)?;
+                req.held = None;
+                req.save(&mut j, *id)?;
+            }
+            t.held
+        };
+        for id in &held {
+            if let Some(ctl) = self.controls().get(*id) {
+                ctl.set_held(None);
+            }
+        }
+        self.tasks_changed();
+        info!(task, jobs = held.len(), "operator: task released");
+        held.iter().map(|id| self.job(&JobRef::Id(*id))).collect()
+    }
+}
+
 /// A retry needs at least this long before the deadline (the job's own
 /// margin for its terminal report and some time to work).
 const RETRY_MARGIN_SECS: i64 = 300;
