@@ -10,7 +10,7 @@ use crate::child::{self, Child};
 use crate::config::Config;
 use crate::exporter::{self, Exporter};
 use crate::gateway::{Hooks, SelfUpgrade};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{JournalError, SharedJournal};
 use crate::metrics::Metrics;
 use crate::ota::engine::Engine;
 use crate::ota::Gateway;
@@ -82,26 +82,38 @@ pub fn children(cfg: &Config) -> Result<Vec<Arc<dyn Child>>, child::BuildError> 
         .collect()
 }
 
-/// Runs the gateway until `shutdown` completes or the gateway's own upgrade
-/// asks for a restart, with `children` (built from the configuration, or
-/// given by a test or the demo).
-pub async fn run_with(
-    cfg: Config,
-    children: Vec<Arc<dyn Child>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    started: Option<tokio::sync::oneshot::Sender<Handles>>,
-) -> Result<Stopped, StartError> {
-    let gate = crate::image::Gate::from_config(&cfg)?;
-    let journal = Journal::open_shared(&cfg.state.dir)?;
+/// The daemon's parts, wired from the configuration, not running yet.
+struct Parts {
+    journal: SharedJournal,
+    platform: Platform,
+    session: Session,
+    inbound: mpsc::Receiver<crate::platform::Inbound>,
+    metrics: Metrics,
+    listener: Option<tokio::net::TcpListener>,
+    engine: Engine,
+    own: SelfUpgrade,
+    gateway: Gateway,
+    /// Notified when the gateway's own upgrade asks for a restart.
+    restart: Arc<tokio::sync::Notify>,
+    /// The control API's socket, unless `control.enabled = false`.
+    control: Option<tokio::net::UnixListener>,
+}
+
+/// Opens the journal, the package store and the metrics socket, and wires
+/// the platform link, the upgrade engines and the dispatcher to them (each
+/// with its own journal handle). Nothing runs yet.
+async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartError> {
+    let gate = crate::image::Gate::from_config(cfg)?;
+    let journal = SharedJournal::open(&cfg.state.dir)?;
     let platform = Platform::new(&cfg.platform.device_id, journal.clone());
-    let pending = crate::journal::lock(&journal).outbox_len()?;
+    let pending = platform.outbox_len().await?;
     if pending > 0 {
         info!(
             pending,
             "reports from an earlier run are still queued; they will be sent first"
         );
     }
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, inbound) = mpsc::channel(256);
     let seed = std::process::id() as u64 ^ crate::clock::now_unix() as u64;
     let session = Session::new(cfg.platform.clone(), platform.clone(), tx, seed)?;
     let metrics = Metrics::new();
@@ -117,87 +129,123 @@ pub async fn run_with(
             metrics: metrics.clone(),
             ..Default::default()
         },
-    )?;
+    )
+    .await?;
     // One queue per shared bus, for the jobs and the gateway's reads alike.
-    let buses = child::Buses::new(&children);
+    let buses = child::Buses::new(children);
     let engine = Engine::new(
         platform.clone(),
+        journal.clone(),
         store.clone(),
-        &children,
+        children,
         buses.clone(),
         &cfg.ota,
         metrics.clone(),
     );
     engine.set_image_gate(gate);
     let control = match cfg.control.enabled {
-        true => Some(crate::control::bind(&cfg)?),
+        true => Some(crate::control::bind(cfg)?),
         false => None,
     };
     let restart = Arc::new(tokio::sync::Notify::new());
+    let hooks = Hooks {
+        child_jobs: {
+            let engine = engine.clone();
+            Arc::new(move || engine.active_jobs())
+        },
+        restart: {
+            let restart = restart.clone();
+            Arc::new(move || restart.notify_one())
+        },
+    };
     let own = SelfUpgrade::new(
         cfg.gateway.clone(),
         cfg.platform.fw_version.clone(),
         platform.clone(),
+        journal.clone(),
         store,
         cfg.ota.version_match,
-        Hooks {
-            child_jobs: {
-                let engine = engine.clone();
-                Arc::new(move || engine.active_jobs())
-            },
-            restart: {
-                let restart = restart.clone();
-                Arc::new(move || restart.notify_one())
-            },
-        },
+        hooks,
     );
-    let gateway = Gateway::new(platform.clone(), children.clone(), buses, own.clone())
-        .with_engine(engine.clone());
+    let gateway = Gateway::new(
+        platform.clone(),
+        journal.clone(),
+        children.to_vec(),
+        buses,
+        own.clone(),
+    )
+    .with_engine(engine.clone());
+    Ok(Parts {
+        journal,
+        platform,
+        session,
+        inbound,
+        metrics,
+        listener,
+        engine,
+        own,
+        gateway,
+        restart,
+        control,
+    })
+}
+
+/// Runs the gateway until `shutdown` completes or the gateway's own upgrade
+/// asks for a restart, with `children` (built from the configuration, or
+/// given by a test or the demo).
+pub async fn run_with(
+    cfg: Config,
+    children: Vec<Arc<dyn Child>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    started: Option<tokio::sync::oneshot::Sender<Handles>>,
+) -> Result<Stopped, StartError> {
+    let p = wire(&cfg, &children).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-    if let Some(l) = listener {
-        let exporter = Exporter::new(metrics.clone(), platform.clone(), children.clone());
+    let metrics_addr = p.listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = p.listener {
+        let exporter = Exporter::new(p.metrics.clone(), p.platform.clone(), children.clone());
         tokio::spawn(exporter::serve(l, exporter, stop_rx.clone()));
     }
-    let control_socket = control.as_ref().map(|_| cfg.control_socket());
-    let control = control.map(|l| {
+    let control_socket = p.control.as_ref().map(|_| cfg.control_socket());
+    let control = p.control.map(|l| {
         tokio::spawn(crate::control::serve(
             l,
             cfg.control_socket(),
-            engine.clone(),
+            p.engine.clone(),
             stop_rx.clone(),
         ))
     });
     if let Some(s) = started {
         let _ = s.send(Handles {
-            platform: platform.clone(),
-            metrics,
+            platform: p.platform.clone(),
+            metrics: p.metrics,
             metrics_addr,
             control_socket,
-            engine: engine.clone(),
+            engine: p.engine.clone(),
         });
     }
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let gw = tokio::spawn(gateway.run(rx, stopped(stop_rx.clone())));
+    let gw = tokio::spawn(p.gateway.run(p.inbound, stopped(stop_rx.clone())));
     for c in &children {
         if let Some(presence) = c.presence() {
             let stop = stopped(stop_rx.clone());
-            tokio::spawn(report_presence(platform.clone(), c.clone(), presence, stop));
+            let (pl, j) = (p.platform.clone(), p.journal.clone());
+            tokio::spawn(report_presence(pl, j, c.clone(), presence, stop));
         }
     }
-    engine.resume();
-    own.resume();
-    let sess = tokio::spawn(session.run(stopped(stop_rx)));
+    p.engine.resume().await;
+    p.own.resume().await;
+    let sess = tokio::spawn(p.session.run(stopped(stop_rx)));
     let how = tokio::select! {
         _ = shutdown => Stopped::Shutdown,
-        _ = restart.notified() => Stopped::Restart,
+        _ = p.restart.notified() => Stopped::Restart,
     };
     info!(?how, "stopping");
     let _ = stop_tx.send(true);
-    engine.shutdown();
-    own.shutdown();
+    p.engine.shutdown();
+    p.own.shutdown();
     if let Err(e) = sess.await {
         warn!("session task: {e}");
     }
@@ -219,6 +267,7 @@ pub async fn run_with(
 /// docs/coap.md). The connect-time announcement covers the rest.
 async fn report_presence(
     platform: Platform,
+    journal: SharedJournal,
     child: Arc<dyn Child>,
     mut presence: tokio::sync::watch::Receiver<bool>,
     stop: impl Future<Output = ()>,
@@ -238,15 +287,11 @@ async fn report_presence(
             online, "registration changed; reporting the child's status"
         );
         let why = (!online).then_some("not registered");
-        let now = crate::clock::now_unix();
-        if let Err(e) = crate::journal::lock(platform.journal()).child_seen(
-            id,
-            child.transport(),
-            None,
-            online,
-            why,
-            now,
-        ) {
+        let (jid, transport, now) = (id.to_owned(), child.transport(), crate::clock::now_unix());
+        let seen = move |j: &mut crate::journal::Journal| {
+            j.child_seen(&jid, transport, None, online, why, now)
+        };
+        if let Err(e) = journal.run(seen).await {
             warn!("journal: {e}");
         }
         let ev = Event::UpdateStatus(UpdateStatus {
@@ -259,7 +304,7 @@ async fn report_presence(
                 },
             }],
         });
-        if let Err(e) = platform.report(None, &ev) {
+        if let Err(e) = platform.report(None, &ev).await {
             warn!("cannot queue sub_device_update_status: {e}");
         }
     }

@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,6 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::child::Child;
-use crate::journal;
 use crate::metrics::{Escaped, JobPhase, Metrics};
 use crate::ota::job::Phase;
 use crate::platform::{LinkState, Platform};
@@ -63,6 +63,8 @@ const MAX_CONNECTIONS: usize = 8;
 #[derive(Debug, Clone)]
 pub struct Exporter {
     registry: Arc<Registry>,
+    platform: Option<Platform>,
+    outbox: Arc<AtomicI64>,
 }
 
 /// The values read at scrape time.
@@ -70,6 +72,9 @@ pub struct Exporter {
 struct Live {
     platform: Platform,
     children: Vec<Arc<dyn Child>>,
+    /// The outbox depth, read from the journal (off the async workers)
+    /// just before the scrape encodes; negative when it could not be read.
+    outbox: Arc<AtomicI64>,
 }
 
 impl Exporter {
@@ -81,14 +86,31 @@ impl Exporter {
         metrics.declare(&phases, &ids);
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        registry.register_collector(Box::new(Live { platform, children }));
+        let outbox = Arc::new(AtomicI64::new(-1));
+        registry.register_collector(Box::new(Live {
+            platform: platform.clone(),
+            children,
+            outbox: outbox.clone(),
+        }));
         Exporter {
             registry: Arc::new(registry),
+            platform: Some(platform),
+            outbox,
         }
     }
 
     /// The exposition text of one scrape.
-    pub fn render(&self) -> String {
+    pub async fn render(&self) -> String {
+        if let Some(p) = &self.platform {
+            let n = match p.outbox_len().await {
+                Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                Err(err) => {
+                    warn!("metrics: cannot read the outbox depth: {err}");
+                    -1
+                }
+            };
+            self.outbox.store(n, Ordering::Relaxed);
+        }
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -137,14 +159,14 @@ impl Collector for Live {
         )?;
         // A journal that cannot be read leaves the series out of this
         // scrape rather than failing it.
-        match journal::lock(self.platform.journal()).outbox_len() {
-            Ok(n) => gauge(
+        let n = self.outbox.load(Ordering::Relaxed);
+        if n >= 0 {
+            gauge(
                 &mut e,
                 "otabridge_outbox_reports",
                 "Reports queued in the durable outbox, not yet acknowledged by the platform.",
-                i64::try_from(n).unwrap_or(i64::MAX),
-            )?,
-            Err(err) => warn!("metrics: cannot read the outbox depth: {err}"),
+                n,
+            )?;
         }
         let mut by_transport = std::collections::BTreeMap::<&str, i64>::new();
         for c in &self.children {
@@ -226,8 +248,8 @@ pub async fn serve(listener: TcpListener, exporter: Exporter, stop: watch::Recei
                     let exporter = exporter.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let answer = answer(&exporter, &req);
-                            async move { Ok::<_, Infallible>(answer) }
+                            let exporter = exporter.clone();
+                            async move { Ok::<_, Infallible>(answer(&exporter, &req).await) }
                         });
                         let served = http1::Builder::new()
                             .timer(TokioTimer::new())
@@ -254,7 +276,7 @@ pub async fn serve(listener: TcpListener, exporter: Exporter, stop: watch::Recei
 
 /// The answer to one request (hyper leaves out the body of a `HEAD`
 /// answer and answers a malformed head 400 itself).
-fn answer<B>(exporter: &Exporter, req: &Request<B>) -> Response<Full<Bytes>> {
+async fn answer<B>(exporter: &Exporter, req: &Request<B>) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
@@ -272,7 +294,7 @@ fn answer<B>(exporter: &Exporter, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(exporter.render())));
+            let mut r = Response::new(Full::new(Bytes::from(exporter.render().await)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(CONTENT_TYPE),
@@ -294,13 +316,18 @@ mod tests {
     fn ask(method: Method, path: &str) -> Response<Full<Bytes>> {
         let exporter = Exporter {
             registry: Arc::new(Registry::default()),
+            platform: None,
+            outbox: Arc::new(AtomicI64::new(-1)),
         };
         let req = Request::builder()
             .method(method)
             .uri(path)
             .body(())
             .unwrap();
-        answer(&exporter, &req)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(answer(&exporter, &req))
     }
 
     #[test]

@@ -14,9 +14,16 @@
 //! transaction survives a power cut, and `otabridge status` can read while the
 //! daemon writes. Modules that keep their own tables (the package store,
 //! the jobs) add them through [`MIGRATIONS`].
+//!
+//! The daemon's tasks share one [`SharedJournal`]: every operation runs on
+//! tokio's blocking pool ([`SharedJournal::run`]), never on an async worker,
+//! so an fsync never stalls the reactor; the handle's lock is FIFO, so one
+//! caller's operations run in the order it issued them. Code that is not
+//! async (a thread of its own, the CLI) uses [`SharedJournal::blocking`],
+//! which refuses to run on an async worker.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -203,14 +210,76 @@ pub struct Journal {
     file: PathBuf,
 }
 
-/// A journal shared by the daemon's tasks. Every operation is one short
-/// transaction, so holding the lock never waits on I/O beyond one fsync.
-pub type SharedJournal = Arc<Mutex<Journal>>;
+/// The journal shared by the daemon's tasks. Cheap to clone; every clone
+/// is the same connection.
+///
+/// - [`SharedJournal::run`] runs an operation on tokio's blocking pool and
+///   returns when it returned: a write that returns is committed (fsynced,
+///   `synchronous = FULL`). Operations run one at a time, in the order their
+///   callers reached the handle's lock (tokio's mutex is FIFO), so one
+///   caller's writes are applied in its order. A blocking-pool task also
+///   keeps paused tokio time (tests) from jumping while the disk works.
+/// - [`SharedJournal::blocking`] locks it on a thread that is not an async
+///   worker (a thread of its own, a `spawn_blocking` closure, the CLI
+///   outside a runtime); on an async worker it panics instead of blocking
+///   the reactor.
+#[derive(Debug, Clone)]
+pub struct SharedJournal {
+    inner: Arc<tokio::sync::Mutex<Journal>>,
+    file: Arc<Path>,
+}
 
-/// Locks a shared journal; a poisoned lock (a panic while holding it) still
-/// yields the journal, whose state SQLite keeps consistent by itself.
-pub fn lock(j: &SharedJournal) -> MutexGuard<'_, Journal> {
-    j.lock().unwrap_or_else(|p| p.into_inner())
+impl SharedJournal {
+    /// Shares `journal`.
+    pub fn new(journal: Journal) -> Self {
+        SharedJournal {
+            file: journal.file.clone().into(),
+            inner: Arc::new(tokio::sync::Mutex::new(journal)),
+        }
+    }
+
+    /// Opens (creating if needed) the journal in `state_dir`, for sharing.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        Journal::open(state_dir).map(SharedJournal::new)
+    }
+
+    /// The journal file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Runs `f` on the journal on a blocking-pool thread, after the
+    /// operations that reached the handle before it; returns what `f`
+    /// returned, once it has (a committed write is durable by then).
+    ///
+    /// Dropping the returned future before it completes (a task aborted at
+    /// shutdown) does not stop an `f` that started: it runs to its end, as
+    /// a write cut by a power loss would either be there or not.
+    pub async fn run<R, F>(&self, f: F) -> R
+    where
+        F: FnOnce(&mut Journal) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let mut guard = self.inner.clone().lock_owned().await;
+        match tokio::task::spawn_blocking(move || f(&mut guard)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down and dropped the operation before
+            // it started: nothing was written, and nothing will poll this
+            // task again.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Locks the journal from a thread that may block: a thread of its
+    /// own, a `spawn_blocking` closure, or code outside any runtime.
+    ///
+    /// # Panics
+    /// On an async worker (inside a task or `block_on`): journal I/O there
+    /// would stall every task of that worker; use [`SharedJournal::run`].
+    pub fn blocking(&self) -> tokio::sync::MutexGuard<'_, Journal> {
+        self.inner.blocking_lock()
+    }
 }
 
 impl Journal {
@@ -251,11 +320,6 @@ impl Journal {
         .map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         Ok(Journal { conn, file })
-    }
-
-    /// Opens the journal for sharing between tasks.
-    pub fn open_shared(state_dir: &Path) -> Result<SharedJournal, JournalError> {
-        Ok(Arc::new(Mutex::new(Journal::open(state_dir)?)))
     }
 
     /// `source` as this journal's error (names the file).
@@ -468,6 +532,125 @@ mod tests {
         assert_eq!(rows[0].last_error.as_deref(), Some("timeout"));
         let ro = Journal::open_read_only(dir.path()).unwrap();
         assert_eq!(ro.children().unwrap().len(), 1);
+    }
+
+    /// A connection of its own that holds the journal's write lock until
+    /// `release` says, so that a write through the shared handle waits.
+    fn hold_write_lock(
+        dir: &Path,
+        release: std::sync::mpsc::Receiver<()>,
+    ) -> std::thread::JoinHandle<()> {
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let file = dir.join(FILE_NAME);
+        let holder = std::thread::spawn(move || {
+            let mut c = Connection::open(&file).unwrap();
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            release.recv().unwrap();
+            tx.commit().unwrap();
+        });
+        locked.recv().unwrap();
+        holder
+    }
+
+    /// On a current-thread runtime every task shares one thread: a write
+    /// that waits for SQLite's lock must leave the other tasks running (the
+    /// one that lets the lock go, here). Run on the async worker, the write
+    /// would hold that thread until its busy timeout ran out, and fail.
+    #[test]
+    fn a_write_waits_off_the_async_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedJournal::open(dir.path()).unwrap();
+        let (release, released) = std::sync::mpsc::channel();
+        let holder = hold_write_lock(dir.path(), released);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let j = shared.clone();
+            let write = tokio::spawn(async move { j.run(|j| j.meta_set("k", "v")).await });
+            // The write starts, and waits for the lock.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert!(
+                !write.is_finished(),
+                "the write ended while another connection held the lock: {:?}",
+                write.await
+            );
+            release.send(()).unwrap();
+            write.await.unwrap().unwrap();
+        });
+        holder.join().unwrap();
+        assert_eq!(
+            shared.blocking().meta_get("k").unwrap().as_deref(),
+            Some("v")
+        );
+    }
+
+    /// Paused tokio time does not jump while a write waits for the disk: a
+    /// timer racing the write does not fire early.
+    #[tokio::test(start_paused = true)]
+    async fn paused_time_stands_while_a_write_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedJournal::open(dir.path()).unwrap();
+        let (release, released) = std::sync::mpsc::channel();
+        let holder = hold_write_lock(dir.path(), released);
+        let letgo = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            release.send(()).unwrap();
+        });
+        let start = tokio::time::Instant::now();
+        let w = tokio::time::timeout(Duration::from_secs(1), shared.run(|j| j.meta_set("k", "v")))
+            .await;
+        assert!(matches!(w, Ok(Ok(()))), "{w:?}");
+        assert_eq!(tokio::time::Instant::now(), start);
+        letgo.join().unwrap();
+        holder.join().unwrap();
+    }
+
+    /// One caller's operations are applied in the order it issued them,
+    /// whatever other callers do meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_callers_writes_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedJournal::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for c in 0..4 {
+            let j = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let p = format!("{c}:{i}");
+                    j.run(move |j| j.outbox_push("t", p.as_bytes(), 0))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let rows = shared.run(|j| j.outbox_after(0, 1000)).await.unwrap();
+        assert_eq!(rows.len(), 100);
+        for c in 0..4 {
+            let mine: Vec<String> = rows
+                .iter()
+                .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+                .filter(|p| p.starts_with(&format!("{c}:")))
+                .collect();
+            let want: Vec<String> = (0..25).map(|i| format!("{c}:{i}")).collect();
+            assert_eq!(mine, want);
+        }
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "Cannot block the current thread")]
+    async fn blocking_access_is_refused_on_an_async_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedJournal::open(dir.path()).unwrap();
+        let _ = shared.blocking().outbox_len();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use otabridge::config::{DownloadConfig, Secret};
-use otabridge::journal::{self, Journal, SharedJournal};
+use otabridge::journal::{Journal, SharedJournal};
 use otabridge::ota::verdict::{verdict, Failure};
 use otabridge::package::{DownloadError, DownloadOptions, PackageRequest, PackageStore, DIR_NAME};
 use otabridge::sim::package_server::{Access, Faults, PackageServer, Served, Source};
@@ -42,7 +42,7 @@ impl Env {
             pem => pem.to_owned(),
         };
         std::fs::write(&ca, pem).unwrap();
-        let journal = Journal::open_shared(&dir.path().join("state")).unwrap();
+        let journal = SharedJournal::open(&dir.path().join("state")).unwrap();
         Env {
             dir,
             server,
@@ -64,12 +64,22 @@ impl Env {
         self.dir.path().join("state").join(DIR_NAME)
     }
 
-    fn store_with(&self, cfg: &DownloadConfig, opts: DownloadOptions) -> PackageStore {
-        PackageStore::with_options(&self.packages(), self.journal.clone(), cfg, opts).unwrap()
+    async fn store_with(&self, cfg: &DownloadConfig, opts: DownloadOptions) -> PackageStore {
+        PackageStore::with_options(&self.packages(), self.journal.clone(), cfg, opts)
+            .await
+            .unwrap()
     }
 
-    fn store(&self) -> PackageStore {
-        self.store_with(&self.cfg(), fast())
+    async fn store(&self) -> PackageStore {
+        self.store_with(&self.cfg(), fast()).await
+    }
+
+    /// Runs `sql` on the journal the store uses.
+    async fn sql(&self, sql: String) {
+        self.journal
+            .run(move |j| j.connection().execute_batch(&sql))
+            .await
+            .unwrap();
     }
 
     fn add(&self, id: &str, len: u64, access: Access) -> Served {
@@ -97,11 +107,14 @@ impl Env {
         v
     }
 
-    fn journal_rows(&self) -> i64 {
-        journal::lock(&self.journal)
-            .connection()
-            .query_row("SELECT COUNT(*) FROM packages", [], |r| r.get(0))
-            .unwrap()
+    async fn journal_rows(&self) -> i64 {
+        self.journal
+            .run(|j| {
+                j.connection()
+                    .query_row("SELECT COUNT(*) FROM packages", [], |r| r.get(0))
+                    .unwrap()
+            })
+            .await
     }
 }
 
@@ -146,12 +159,12 @@ fn report(e: &DownloadError) -> (u8, String) {
     (v.code.get(), v.description)
 }
 
-fn assert_failed_clean(env: &Env, e: &DownloadError, code: u8, description: &str) {
+async fn assert_failed_clean(env: &Env, e: &DownloadError, code: u8, description: &str) {
     let (got, words) = report(e);
     assert_eq!(got, code, "{e}");
     assert!(words.starts_with(description), "{e}: {words}");
     assert_eq!(env.files(), Vec::<String>::new(), "{e}");
-    assert_eq!(env.journal_rows(), 0, "{e}");
+    assert_eq!(env.journal_rows().await, 0, "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,9 +182,10 @@ async fn cuts_at_random_offsets_resume_exactly_where_each_stopped() {
         ..Faults::default()
     });
 
-    let store = env.store();
+    let store = env.store().await;
     let p = store
         .acquire("job1", &request(&s, Some(&token)))
+        .await
         .ready()
         .await
         .unwrap();
@@ -207,12 +221,12 @@ async fn two_jobs_of_the_same_package_share_one_download() {
         throttle: Some(8 * MIB),
         ..Faults::default()
     });
-    let store = env.store();
-    let a = store.acquire("child-a", &request(&s, Some(&token)));
+    let store = env.store().await;
+    let a = store.acquire("child-a", &request(&s, Some(&token))).await;
     // The second job's event carries the sign in another case.
     let mut r2 = request(&s, Some(&token));
     r2.sha256 = Some(s.sha256.to_lowercase());
-    let b = store.acquire("child-b", &r2);
+    let b = store.acquire("child-b", &r2).await;
     assert_eq!(a.key(), b.key());
     let (pa, pb) = tokio::join!(a.ready(), b.ready());
     let (pa, pb) = (pa.unwrap(), pb.unwrap());
@@ -226,19 +240,20 @@ async fn two_jobs_of_the_same_package_share_one_download() {
     // A third job after the download finished reads the same file.
     let pc = store
         .acquire("child-c", &request(&s, Some(&token)))
+        .await
         .ready()
         .await
         .unwrap();
     assert_eq!(pc.path, pa.path);
     assert_eq!(env.server.requests().len(), 1);
 
-    store.release("child-a", &s.sha256);
-    store.release("child-c", &s.sha256);
+    store.release("child-a", &s.sha256).await;
+    store.release("child-c", &s.sha256).await;
     assert!(pa.path.exists(), "child-b still needs it");
-    store.release("child-b", &s.sha256);
+    store.release("child-b", &s.sha256).await;
     assert!(!pa.path.exists());
-    assert_eq!(env.journal_rows(), 0);
-    assert!(store.claims().unwrap().is_empty());
+    assert_eq!(env.journal_rows().await, 0);
+    assert!(store.claims().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +268,9 @@ async fn a_server_that_ignores_range_still_delivers_the_whole_package() {
     });
     let p = env
         .store()
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap();
@@ -280,12 +297,14 @@ async fn a_declared_length_that_disagrees_with_file_size_is_refused() {
     });
     let e = env
         .store()
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap_err();
     assert!(matches!(e, DownloadError::LengthMismatch { .. }), "{e}");
-    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
+    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,9 +318,16 @@ async fn more_bytes_than_file_size_stops_the_download() {
     });
     let mut req = request(&s, None);
     req.size = Some(MIB - 100);
-    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    let e = env
+        .store()
+        .await
+        .acquire("j", &req)
+        .await
+        .ready()
+        .await
+        .unwrap_err();
     assert!(matches!(e, DownloadError::LengthMismatch { .. }), "{e}");
-    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
+    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY).await;
     assert!(env.server.bytes_served() <= MIB, "it stopped reading");
     // A permanent failure: one request, no retry after the overrun.
     assert_eq!(env.server.requests().len(), 1);
@@ -314,9 +340,16 @@ async fn a_wrong_sign_or_corrupted_bytes_fail_the_integrity_check() {
     let s = env.add("p1", MIB, Access::Open);
     let mut req = request(&s, None);
     req.sha256 = Some("ab".repeat(32));
-    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    let e = env
+        .store()
+        .await
+        .acquire("j", &req)
+        .await
+        .ready()
+        .await
+        .unwrap_err();
     assert_eq!(report(&e).1, result::DESC_INTEGRITY);
-    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
+    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY).await;
 
     env.server.set_faults(Faults {
         corrupt_at: Some(4242),
@@ -324,12 +357,14 @@ async fn a_wrong_sign_or_corrupted_bytes_fail_the_integrity_check() {
     });
     let e = env
         .store()
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap_err();
     assert!(matches!(e, DownloadError::Integrity { .. }), "{e}");
-    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY);
+    assert_failed_clean(&env, &e, 7, result::DESC_INTEGRITY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +375,9 @@ async fn an_expired_token_fails_with_code_6_after_a_few_tries() {
     env.server.expire_tokens();
     let e = env
         .store()
+        .await
         .acquire("j", &request(&s, Some(&token)))
+        .await
         .ready()
         .await
         .unwrap_err();
@@ -355,7 +392,7 @@ async fn an_expired_token_fails_with_code_6_after_a_few_tries() {
         "{e}"
     );
     assert!(report(&e).1.contains("token"), "{}", report(&e).1);
-    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST).await;
     let reqs = env.server.requests();
     assert_eq!(reqs.len(), 3);
     assert!(reqs.iter().all(|r| r.status == 403 && r.bytes == 0));
@@ -375,8 +412,8 @@ async fn a_token_that_expires_mid_download_fails_cleanly() {
     });
     let mut opts = fast();
     opts.read_timeout = Duration::from_secs(1);
-    let store = env.store_with(&env.cfg(), opts);
-    let wait = store.acquire("j", &request(&s, Some(&token)));
+    let store = env.store_with(&env.cfg(), opts).await;
+    let wait = store.acquire("j", &request(&s, Some(&token))).await;
     let mut stalled = false;
     for _ in 0..2000 {
         if env
@@ -397,7 +434,7 @@ async fn a_token_that_expires_mid_download_fails_cleanly() {
         matches!(e, DownloadError::TokenRejected { status: 403, .. }),
         "{e}"
     );
-    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST).await;
     let reqs = env.server.requests();
     assert_eq!(reqs.len(), 4, "{reqs:?}");
     assert!(
@@ -414,9 +451,16 @@ async fn an_oversized_file_size_is_refused_before_any_byte() {
     let s = env.add("p1", MIB, Access::Open);
     let mut req = request(&s, None);
     req.size = Some(64 * MIB + 1);
-    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    let e = env
+        .store()
+        .await
+        .acquire("j", &req)
+        .await
+        .ready()
+        .await
+        .unwrap_err();
     assert!(matches!(e, DownloadError::TooLargeForConfig { .. }), "{e}");
-    assert_failed_clean(&env, &e, 5, result::DESC_NO_STORAGE);
+    assert_failed_clean(&env, &e, 5, result::DESC_NO_STORAGE).await;
 
     // Within the configured limit but beyond the free disk space.
     let mut cfg = env.cfg();
@@ -424,12 +468,14 @@ async fn an_oversized_file_size_is_refused_before_any_byte() {
     req.size = Some(u64::MAX / 2);
     let e = env
         .store_with(&cfg, fast())
+        .await
         .acquire("j", &req)
+        .await
         .ready()
         .await
         .unwrap_err();
     assert!(matches!(e, DownloadError::NoSpace { .. }), "{e}");
-    assert_failed_clean(&env, &e, 5, result::DESC_NO_STORAGE);
+    assert_failed_clean(&env, &e, 5, result::DESC_NO_STORAGE).await;
     assert!(env.server.requests().is_empty(), "nothing was fetched");
 }
 
@@ -440,19 +486,23 @@ async fn an_http_url_is_refused_unless_allowed() {
     assert!(s.url.starts_with("http://"));
     let e = env
         .store()
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap_err();
     assert!(matches!(e, DownloadError::InvalidUrl(_)), "{e}");
-    assert_failed_clean(&env, &e, 255, result::DESC_INVALID_URI);
+    assert_failed_clean(&env, &e, 255, result::DESC_INVALID_URI).await;
     assert!(env.server.requests().is_empty());
 
     let mut cfg = env.cfg();
     cfg.allow_http = true;
     let p = env
         .store_with(&cfg, fast())
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap();
@@ -472,7 +522,9 @@ async fn a_stalled_body_resumes_after_the_read_timeout() {
     opts.read_timeout = Duration::from_secs(1);
     let p = env
         .store_with(&env.cfg(), opts)
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap();
@@ -502,13 +554,15 @@ async fn failures_past_the_deadline_end_with_code_6() {
     opts.retry.backoff_max = Duration::from_secs(1);
     let e = env
         .store_with(&env.cfg(), opts)
+        .await
         .acquire("j", &req)
+        .await
         .ready()
         .await
         .unwrap_err();
     assert!(matches!(e, DownloadError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains("HTTP 503"), "{e}");
-    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST).await;
     assert!(env.server.requests().len() >= 2, "it retried");
 }
 
@@ -519,7 +573,9 @@ async fn certificates_are_always_verified_and_only_the_name_check_is_optional() 
     let s = env.add("p1", 100_000, Access::Open);
     let e = env
         .store()
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap_err();
@@ -531,7 +587,9 @@ async fn certificates_are_always_verified_and_only_the_name_check_is_optional() 
     cfg.verify_hostname = false;
     let p = env
         .store_with(&cfg, fast())
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap();
@@ -545,7 +603,9 @@ async fn certificates_are_always_verified_and_only_the_name_check_is_optional() 
     let s2 = env.add("p2", 1000, Access::Open);
     let e = env
         .store_with(&cfg, fast())
+        .await
         .acquire("j2", &request(&s2, None))
+        .await
         .ready()
         .await
         .unwrap_err();
@@ -565,23 +625,22 @@ async fn after_a_crash_the_part_is_truncated_to_the_journaled_length() {
     otabridge::sim::package_server::generate(size ^ 0x5eed, 0, &mut content[..journaled as usize]);
     content[journaled as usize..].fill(0xee);
     std::fs::write(env.packages().join(format!("{}.part", s.sha256)), &content).unwrap();
-    journal::lock(&env.journal)
-        .connection()
-        .execute_batch(&format!(
-            "INSERT INTO packages (key, size, durable_len, validator, verified, updated_unix)
+    env.sql(format!(
+        "INSERT INTO packages (key, size, durable_len, validator, verified, updated_unix)
              VALUES ('{k}', {size}, {journaled}, '\"{v}\"', 0, 0);
              INSERT INTO package_claims (key, job) VALUES ('{k}', 'j');",
-            k = s.sha256,
-            v = &s.sha256[..16]
-        ))
-        .unwrap();
-    let store = env.store();
+        k = s.sha256,
+        v = &s.sha256[..16]
+    ))
+    .await;
+    let store = env.store().await;
     assert_eq!(
-        store.claims().unwrap(),
+        store.claims().await.unwrap(),
         vec![(s.sha256.clone(), "j".to_owned())]
     );
     let p = store
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap();
@@ -603,16 +662,14 @@ async fn a_complete_but_unverified_part_is_checked_with_one_416() {
     let mut content = vec![0u8; size as usize];
     otabridge::sim::package_server::generate(size ^ 0x5eed, 0, &mut content);
     std::fs::write(env.packages().join(format!("{}.part", s.sha256)), &content).unwrap();
-    journal::lock(&env.journal)
-        .connection()
-        .execute_batch(&format!(
-            "INSERT INTO packages (key, size, durable_len, verified, updated_unix)
+    env.sql(format!(
+        "INSERT INTO packages (key, size, durable_len, verified, updated_unix)
              VALUES ('{k}', {size}, {size}, 0, 0);
              INSERT INTO package_claims (key, job) VALUES ('{k}', 'j');",
-            k = s.sha256
-        ))
-        .unwrap();
-    let wait = env.store().acquire("j", &request(&s, None));
+        k = s.sha256
+    ))
+    .await;
+    let wait = env.store().await.acquire("j", &request(&s, None)).await;
     let progress = wait.progress();
     let p = wait.ready().await.unwrap();
     assert_eq!(sha256_file(&p.path), s.sha256);
@@ -629,9 +686,10 @@ async fn a_complete_but_unverified_part_is_checked_with_one_416() {
 async fn opening_the_store_removes_packages_no_job_claims() {
     let env = Env::new().await;
     let s = env.add("p1", 1000, Access::Open);
-    let store = env.store();
+    let store = env.store().await;
     store
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap();
@@ -642,15 +700,12 @@ async fn opening_the_store_removes_packages_no_job_claims() {
     .unwrap();
     drop(store);
     // Still claimed by "j": kept; the stray .part is removed.
-    env.store();
+    env.store().await;
     assert_eq!(env.files(), vec![s.sha256.clone()]);
-    journal::lock(&env.journal)
-        .connection()
-        .execute("DELETE FROM package_claims", [])
-        .unwrap();
-    env.store();
+    env.sql("DELETE FROM package_claims".into()).await;
+    env.store().await;
     assert!(env.files().is_empty());
-    assert_eq!(env.journal_rows(), 0);
+    assert_eq!(env.journal_rows().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -661,8 +716,8 @@ async fn releasing_the_last_claim_mid_download_cancels_and_removes_it() {
         stall_at: Some(MIB),
         ..Faults::default()
     });
-    let store = env.store();
-    let wait = store.acquire("j", &request(&s, None));
+    let store = env.store().await;
+    let wait = store.acquire("j", &request(&s, None)).await;
     let mut progress = wait.progress();
     let mut got = 0;
     for _ in 0..2000 {
@@ -677,10 +732,10 @@ async fn releasing_the_last_claim_mid_download_cancels_and_removes_it() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(got, MIB);
-    store.release("j", &s.sha256);
+    store.release("j", &s.sha256).await;
     assert_eq!(wait.ready().await.unwrap_err(), DownloadError::Cancelled);
     assert!(env.files().is_empty(), "{:?}", env.files());
-    assert_eq!(env.journal_rows(), 0);
+    assert_eq!(env.journal_rows().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,7 +756,9 @@ async fn packages_are_served_from_files_too() {
     });
     let p = env
         .store()
+        .await
         .acquire("j", &request(&s, None))
+        .await
         .ready()
         .await
         .unwrap();
@@ -867,7 +924,14 @@ async fn redirects_are_followed_and_resumes_start_at_the_package_url() {
     let token = env.server.issue_token(Duration::from_secs(600));
     let mut req = request(&s, Some(&token));
     req.url = first;
-    let p = env.store().acquire("j", &req).ready().await.unwrap();
+    let p = env
+        .store()
+        .await
+        .acquire("j", &req)
+        .await
+        .ready()
+        .await
+        .unwrap();
     assert_eq!(sha256_file(&p.path), s.sha256);
     let seen: Vec<(String, u16, Option<u64>, bool)> = env
         .server
@@ -911,7 +975,14 @@ async fn the_token_does_not_follow_a_redirect_to_another_origin() {
     let token = env.server.issue_token(Duration::from_secs(600));
     let mut req = request(&s, Some(&token));
     req.url = url;
-    let p = env.store().acquire("j", &req).ready().await.unwrap();
+    let p = env
+        .store()
+        .await
+        .acquire("j", &req)
+        .await
+        .ready()
+        .await
+        .unwrap();
     assert_eq!(sha256_file(&p.path), s.sha256);
     assert!(env.server.requests()[0].authorized);
     let at_cdn = cdn.requests();
@@ -931,10 +1002,17 @@ async fn loops_downgrades_and_bad_locations_are_refused_with_code_6() {
     env.server.add_redirect("a", 308, &b);
     let mut req = request(&s, None);
     req.url = a;
-    let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+    let e = env
+        .store()
+        .await
+        .acquire("j", &req)
+        .await
+        .ready()
+        .await
+        .unwrap_err();
     assert!(matches!(e, DownloadError::Redirect(_)), "{e}");
     assert!(e.to_string().contains("more than 5 redirects"), "{e}");
-    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+    assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST).await;
     // 1 request + 5 followed redirects, then it stops.
     assert_eq!(env.server.requests().len(), 6);
 
@@ -948,14 +1026,21 @@ async fn loops_downgrades_and_bad_locations_are_refused_with_code_6() {
     ] {
         let mut req = request(&s, None);
         req.url = env.server.add_redirect(id, 302, location);
-        let e = env.store().acquire("j", &req).ready().await.unwrap_err();
+        let e = env
+            .store()
+            .await
+            .acquire("j", &req)
+            .await
+            .ready()
+            .await
+            .unwrap_err();
         assert!(
             matches!(e, DownloadError::Redirect(_)),
             "{e} {:?}",
             env.server.requests()
         );
         assert!(e.to_string().contains(why), "{e}");
-        assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST);
+        assert_failed_clean(&env, &e, 6, result::DESC_CONNECTION_LOST).await;
     }
     assert!(plain.requests().is_empty());
 }

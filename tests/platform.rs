@@ -296,7 +296,10 @@ async fn reports_made_during_cuts_arrive_after_reconnect_in_order() {
     connect_statuses(&mut tb).await;
 
     for i in 0..60u8 {
-        h.platform.report(Some("p_node1"), &progress(i)).unwrap();
+        h.platform
+            .report(Some("p_node1"), &progress(i))
+            .await
+            .unwrap();
         if i % 20 == 10 {
             // Cut mid-burst, refuse the first retry, and wait until the
             // gateway is back before the next round.
@@ -344,15 +347,12 @@ async fn reports_made_during_cuts_arrive_after_reconnect_in_order() {
     // Every PUBACK deleted its row.
     let h2 = h.platform.clone();
     for _ in 0..200 {
-        if otabridge::journal::lock(h2.journal()).outbox_len().unwrap() == 0 {
+        if h2.outbox_len().await.unwrap() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(
-        otabridge::journal::lock(h2.journal()).outbox_len().unwrap(),
-        0
-    );
+    assert_eq!(h2.outbox_len().await.unwrap(), 0);
     tb.stop_gateway().await.unwrap();
 }
 
@@ -367,7 +367,10 @@ async fn reports_left_in_the_outbox_are_sent_after_a_restart() {
     let (_c, children) = kids(&[("p_node1", "1.0")]);
     let h = tb.start_gateway_with(cfg, children.clone()).await.unwrap();
     for i in 0..5u8 {
-        h.platform.report(Some("p_node1"), &progress(i)).unwrap();
+        h.platform
+            .report(Some("p_node1"), &progress(i))
+            .await
+            .unwrap();
     }
     tb.stop_gateway().await.unwrap();
     assert_eq!(

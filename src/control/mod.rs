@@ -141,8 +141,9 @@ pub async fn serve(
                     let engine = engine.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let answer = answer(&engine, req.method(), req.uri().path());
-                            async move { Ok::<_, Infallible>(answer) }
+                            let engine = engine.clone();
+                            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                            async move { Ok::<_, Infallible>(answer(&engine, &method, &path).await) }
                         });
                         let served = http1::Builder::new()
                             .timer(TokioTimer::new())
@@ -227,7 +228,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The answer to one request.
-fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<Bytes>> {
+async fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let allow = |methods: &'static str| {
         let mut r = error(
@@ -247,7 +248,7 @@ fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<Bytes>>
             struct Jobs {
                 jobs: Vec<crate::ota::control::JobView>,
             }
-            match engine.jobs() {
+            match engine.jobs().await {
                 Ok(jobs) => json(StatusCode::OK, &Jobs { jobs }),
                 Err(e) => refused(e),
             }
@@ -257,7 +258,7 @@ fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<Bytes>>
                 return allow("GET");
             }
             match job_ref(kind, name) {
-                Ok(r) => match engine.job(&r) {
+                Ok(r) => match engine.job(&r).await {
                     Ok(v) => json(StatusCode::OK, &v),
                     Err(e) => refused(e),
                 },
@@ -275,7 +276,7 @@ fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<Bytes>>
                 return allow("POST");
             }
             match job_ref(kind, name) {
-                Ok(r) => match engine.control(&r, action) {
+                Ok(r) => match engine.control(&r, action).await {
                     Ok(v) => json(StatusCode::OK, &v),
                     Err(e) => refused(e),
                 },
@@ -290,7 +291,7 @@ fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<Bytes>>
             struct Released {
                 jobs: Vec<crate::ota::control::JobView>,
             }
-            match engine.release(&percent_decode(task)) {
+            match engine.release(&percent_decode(task)).await {
                 Ok(jobs) => json(StatusCode::OK, &Released { jobs }),
                 Err(e) => refused(e),
             }

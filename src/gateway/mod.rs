@@ -53,7 +53,7 @@ use self::job::{Check, Failure, Phase, Resume, Throttle};
 use crate::child::Package;
 use crate::clock::now_unix;
 use crate::config::{After, GatewayConfig, InstallConfig};
-use crate::journal;
+use crate::journal::{Journal, SharedJournal};
 use crate::package::{DownloadState, PackageRequest, PackageStore};
 use crate::platform::Platform;
 
@@ -91,6 +91,8 @@ struct Inner {
     /// `[gateway.firmware]` says how to read it.
     fw_version: Option<String>,
     platform: Platform,
+    /// Its own handle on the journal (the `gateway_jobs` table).
+    journal: SharedJournal,
     store: PackageStore,
     mode: Policy,
     hooks: Hooks,
@@ -133,11 +135,13 @@ enum Action {
 
 impl SelfUpgrade {
     /// The gateway's own upgrade as `cfg` says, reporting through
-    /// `platform`, fetching through `store`, comparing versions under `mode`.
+    /// `platform`, persisting in `journal`, fetching through `store`,
+    /// comparing versions under `mode`.
     pub fn new(
         cfg: GatewayConfig,
         fw_version: Option<String>,
         platform: Platform,
+        journal: SharedJournal,
         store: PackageStore,
         mode: Policy,
         hooks: Hooks,
@@ -147,6 +151,7 @@ impl SelfUpgrade {
                 cfg,
                 fw_version,
                 platform,
+                journal,
                 store,
                 mode,
                 hooks,
@@ -164,8 +169,13 @@ impl SelfUpgrade {
         }
     }
 
-    fn report(&self, r: ProgressReport) {
-        if let Err(e) = self.inner.platform.report(None, &Event::ProgressReport(r)) {
+    async fn report(&self, r: ProgressReport) {
+        if let Err(e) = self
+            .inner
+            .platform
+            .report(None, &Event::ProgressReport(r))
+            .await
+        {
             warn!("cannot queue the gateway's upgrade_progress_report: {e}");
         }
     }
@@ -199,7 +209,7 @@ impl SelfUpgrade {
                 sw_version: sw.ok(),
                 fw_version: fw.ok(),
             });
-            if let Err(e) = me.inner.platform.report(None, &ev) {
+            if let Err(e) = me.inner.platform.report(None, &ev).await {
                 warn!("cannot queue version_report: {e}");
             }
         });
@@ -232,17 +242,15 @@ impl SelfUpgrade {
                  ([gateway.{name}] is not in otabridge's configuration)",
                 result::DESC_UNSUPPORTED_TYPE
             )),
-        });
+        })
+        .await;
     }
 
     /// Whether a job is already active: a repeat of its event is ignored,
     /// another event is answered with "Task Conflict". `true` when the
     /// event is dealt with.
     async fn busy(&self, kind: UpgradeKind, up: &Upgrade) -> bool {
-        let active = {
-            let mut j = journal::lock(self.inner.platform.journal());
-            db::active(&mut j)
-        };
+        let active = self.inner.journal.run(db::active).await;
         let a = match active {
             Err(e) => {
                 warn!("journal: {e}");
@@ -280,7 +288,8 @@ impl SelfUpgrade {
                 a.kind.name(),
                 a.upgrade.version
             )),
-        });
+        })
+        .await;
         true
     }
 
@@ -317,7 +326,8 @@ impl SelfUpgrade {
                 progress: Some(100),
                 version: up.version.clone(),
                 description: Some("already at the target version".into()),
-            });
+            })
+            .await;
             return;
         }
         let deadline = PackageRequest::from_upgrade(&up, v2, unix_to_system(received))
@@ -325,8 +335,11 @@ impl SelfUpgrade {
             .duration_since(UNIX_EPOCH)
             .map_or(received, |d| d.as_secs() as i64);
         let id = {
-            let mut j = journal::lock(self.inner.platform.journal());
-            db::insert(&mut j, kind, v2, &up, from.as_deref(), received, deadline)
+            let (up, from) = (up.clone(), from.clone());
+            let insert = move |j: &mut Journal| {
+                db::insert(j, kind, v2, &up, from.as_deref(), received, deadline)
+            };
+            self.inner.journal.run(insert).await
         };
         let id = match id {
             Ok(id) => id,
@@ -355,11 +368,8 @@ impl SelfUpgrade {
 
     /// Continues the job the journal holds as active (after a restart or a
     /// reboot). Call after the child jobs resumed.
-    pub fn resume(&self) {
-        let row = {
-            let mut j = journal::lock(self.inner.platform.journal());
-            db::active(&mut j)
-        };
+    pub async fn resume(&self) {
+        let row = self.inner.journal.run(db::active).await;
         let row = match row {
             Ok(Some(r)) => r,
             Ok(None) => return,
@@ -397,7 +407,7 @@ impl SelfUpgrade {
                 let mut row = row;
                 tokio::spawn(async move {
                     let current = row.from_version.clone();
-                    me.finish(&mut row, Err(f), current);
+                    me.finish(&mut row, Err(f), current).await;
                 });
                 return;
             }
@@ -436,15 +446,15 @@ impl SelfUpgrade {
         *self.inner.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    fn persist(&self, row: &Row) {
-        let mut j = journal::lock(self.inner.platform.journal());
-        if let Err(e) = db::save(&mut j, row, now_unix()) {
+    async fn persist(&self, row: &Row) {
+        let (r, now) = (row.clone(), now_unix());
+        if let Err(e) = self.inner.journal.run(move |j| db::save(j, &r, now)).await {
             warn!(job = row.id, "journal: {e}");
         }
     }
 
     /// Reports `pct` when the throttle lets it through.
-    fn progress(&self, row: &mut Row, throttle: &mut Throttle, pct: u8, version: &str) {
+    async fn progress(&self, row: &mut Row, throttle: &mut Throttle, pct: u8, version: &str) {
         if throttle.take(pct) {
             row.last_pct = Some(pct);
             self.report(ProgressReport {
@@ -452,12 +462,18 @@ impl SelfUpgrade {
                 progress: Some(pct),
                 version: version.to_owned(),
                 description: None,
-            });
+            })
+            .await;
         }
     }
 
     /// Ends the job: journal, report, release the package.
-    fn finish(&self, row: &mut Row, outcome: Result<String, Failure>, current: Option<String>) {
+    async fn finish(
+        &self,
+        row: &mut Row,
+        outcome: Result<String, Failure>,
+        current: Option<String>,
+    ) {
         let report = match outcome {
             Ok(running) => {
                 info!(job = row.id, "gateway upgrade succeeded: running {running}");
@@ -485,11 +501,11 @@ impl SelfUpgrade {
                 }
             }
         };
-        self.persist(row);
-        self.report(report);
+        self.persist(row).await;
+        self.report(report).await;
         let req = self.request(row);
         if let Ok(key) = req.key() {
-            self.inner.store.release(&job_key(row.id), &key);
+            self.inner.store.release(&job_key(row.id), &key).await;
         }
     }
 
@@ -513,7 +529,7 @@ impl SelfUpgrade {
                 format!("[gateway.{name}] is no longer in otabridge's configuration"),
             );
             let current = row.from_version.clone();
-            self.finish(&mut row, Err(f), current);
+            self.finish(&mut row, Err(f), current).await;
             return;
         };
         let mut throttle = Throttle::after(row.last_pct);
@@ -530,8 +546,9 @@ impl SelfUpgrade {
                 Action::Reboot => self.reboot(&mut row, &mut throttle, &shown).await,
                 Action::Restart => {
                     row.phase = Phase::Restarting;
-                    self.progress(&mut row, &mut throttle, job::REBOOT_PCT, &shown);
-                    self.persist(&row);
+                    self.progress(&mut row, &mut throttle, job::REBOOT_PCT, &shown)
+                        .await;
+                    self.persist(&row).await;
                     info!(
                         job = row.id,
                         "restarting otabridge to run the installed version"
@@ -559,14 +576,15 @@ impl SelfUpgrade {
             }
         };
         let (result, current) = outcome;
-        self.finish(&mut row, result, current);
+        self.finish(&mut row, result, current).await;
     }
 
     async fn fetch(&self, row: &Row) -> Result<Package, Failure> {
         let wait = self
             .inner
             .store
-            .acquire(&job_key(row.id), &self.request(row));
+            .acquire(&job_key(row.id), &self.request(row))
+            .await;
         wait.ready().await.map_err(|e| download_failure(&e))
     }
 
@@ -576,11 +594,12 @@ impl SelfUpgrade {
         throttle: &mut Throttle,
         shown: &str,
     ) -> Result<Action, (Failure, Option<String>)> {
-        self.progress(row, throttle, 0, shown);
+        self.progress(row, throttle, 0, shown).await;
         let wait = self
             .inner
             .store
-            .acquire(&job_key(row.id), &self.request(row));
+            .acquire(&job_key(row.id), &self.request(row))
+            .await;
         let mut rx = wait.progress();
         let ready = wait.ready();
         tokio::pin!(ready);
@@ -594,7 +613,7 @@ impl SelfUpgrade {
                     }
                     let state = rx.borrow_and_update().clone();
                     if let DownloadState::Downloading { received, .. } = state {
-                        self.progress(row, throttle, job::download_pct(received, size), shown);
+                        self.progress(row, throttle, job::download_pct(received, size), shown).await;
                     }
                 }
             }
@@ -602,8 +621,9 @@ impl SelfUpgrade {
         match r {
             Ok(_) => {
                 row.phase = Phase::Waiting;
-                self.progress(row, throttle, job::DOWNLOADED_PCT, shown);
-                self.persist(row);
+                self.progress(row, throttle, job::DOWNLOADED_PCT, shown)
+                    .await;
+                self.persist(row).await;
                 Ok(Action::Wait)
             }
             Err(e) => Err((download_failure(&e), None)),
@@ -639,7 +659,7 @@ impl SelfUpgrade {
             }
         }
         row.phase = Phase::Installing;
-        self.persist(row);
+        self.persist(row).await;
         Ok(Action::Install)
     }
 
@@ -680,15 +700,17 @@ impl SelfUpgrade {
         let r = loop {
             tokio::select! {
                 r = &mut run => break r,
-                Some(p) = rx.recv() => self.progress(row, throttle, job::install_pct(p), shown),
+                Some(p) = rx.recv() => self.progress(row, throttle, job::install_pct(p), shown).await,
             }
         };
         while let Ok(p) = rx.try_recv() {
-            self.progress(row, throttle, job::install_pct(p), shown);
+            self.progress(row, throttle, job::install_pct(p), shown)
+                .await;
         }
         match r {
             Ok(()) => {
-                self.progress(row, throttle, job::INSTALLED_PCT, shown);
+                self.progress(row, throttle, job::INSTALLED_PCT, shown)
+                    .await;
                 Ok(match cfg.after {
                     After::Reboot => Action::Reboot,
                     After::Restart => Action::Restart,
@@ -713,9 +735,9 @@ impl SelfUpgrade {
         }
         row.boot_id = now_boot;
         row.phase = Phase::Rebooting;
-        self.progress(row, throttle, job::REBOOT_PCT, shown);
+        self.progress(row, throttle, job::REBOOT_PCT, shown).await;
         // Journaled before the command: the next start reads the version.
-        self.persist(row);
+        self.persist(row).await;
         let argv = &self.inner.cfg.reboot_command;
         info!(job = row.id, command = ?argv, "rebooting the gateway to run the installed firmware");
         let failed = |why: String| {

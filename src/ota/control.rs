@@ -36,7 +36,7 @@ use super::job::Phase;
 use super::jobs_db::{self, JobRow};
 use super::verdict::FailureCause;
 use crate::clock::now_unix;
-use crate::journal::{self, Journal, JournalError};
+use crate::journal::{Journal, JournalError};
 
 /// What an operator asks of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,23 +281,37 @@ pub enum Gate {
 struct State {
     req: Requests,
     committed: bool,
+    /// Requests applied so far (a counter).
+    requested: u64,
 }
 
 /// The control of one running job, shared by its task and the control
-/// API: its requests and whether it passed the point of no return, under
-/// one lock, so that a request and the activation cannot cross.
+/// API: its requests and whether it passed the point of no return. A
+/// request (decided, journaled, applied) and the commit take turns on one
+/// lock, so that they cannot cross.
 #[derive(Debug)]
 pub struct JobControl {
     state: Mutex<State>,
+    /// Requests, the commit and the load from the journal, one at a time.
+    order: tokio::sync::Mutex<()>,
     changed: watch::Sender<()>,
+    /// The last request the job carried out (the counter), at a safe
+    /// point: the control API answers once it did.
+    honoured: watch::Sender<u64>,
 }
 
 impl JobControl {
-    /// A job's control, from what the journal holds.
+    /// A job's control: no requests until [`JobControl::load`].
     pub fn new(req: Requests, committed: bool) -> Arc<JobControl> {
         Arc::new(JobControl {
-            state: Mutex::new(State { req, committed }),
+            state: Mutex::new(State {
+                req,
+                committed,
+                requested: 0,
+            }),
+            order: tokio::sync::Mutex::new(()),
             changed: watch::Sender::new(()),
+            honoured: watch::Sender::new(0),
         })
     }
 
@@ -320,6 +334,45 @@ impl JobControl {
         self.state().committed
     }
 
+    /// Takes the requests the journal holds (`load`, when the job starts:
+    /// a request journaled before a restart is honoured at once).
+    pub async fn load(
+        &self,
+        load: impl std::future::Future<Output = Result<Requests, JournalError>>,
+    ) -> Result<(), JournalError> {
+        let _turn = self.order.lock().await;
+        let req = load.await?;
+        self.state().req = req;
+        self.changed.send_replace(());
+        Ok(())
+    }
+
+    /// What to do at a safe point, and the request counter it answers
+    /// (for [`JobControl::honoured`] once it is done).
+    pub fn gate_at(&self) -> (Gate, u64) {
+        let n = self.state().requested;
+        (self.gate(), n)
+    }
+
+    /// The job carried out the requests up to counter `n`.
+    pub fn honoured(&self, n: u64) {
+        self.honoured.send_if_modified(|h| {
+            let newer = n > *h;
+            *h = (*h).max(n);
+            newer
+        });
+    }
+
+    /// Waits (at most `within`) until the job carried out every request
+    /// made so far; whether it did.
+    pub async fn settled(&self, within: std::time::Duration) -> bool {
+        let n = self.state().requested;
+        let mut rx = self.honoured.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|h| *h >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// What to do at a safe point.
     pub fn gate(&self) -> Gate {
         let s = self.state();
@@ -337,7 +390,8 @@ impl JobControl {
     /// Right before the activation is sent: passes the point of no return,
     /// unless a request came first (then `false`: go back to the safe
     /// point, which honours it).
-    pub fn commit(&self) -> bool {
+    pub async fn commit(&self) -> bool {
+        let _turn = self.order.lock().await;
         let mut s = self.state();
         if !s.committed && s.req.stop() {
             return false;
@@ -359,20 +413,32 @@ impl JobControl {
         }
     }
 
-    /// Applies `action` in `phase` under the lock: decides, writes the
-    /// result with `save` (the journal), and wakes the job.
-    pub fn request(
+    /// Applies `action` in `phase`: decides, writes the result with `save`
+    /// (the journal; nothing changes when it fails), and wakes the job.
+    pub async fn request<F, Fut>(
         &self,
         id: i64,
         action: Action,
         phase: Phase,
-        save: impl FnOnce(&Requests) -> Result<(), JournalError>,
-    ) -> Result<(), ControlError> {
-        let mut s = self.state();
-        let next = decide(id, action, phase, s.committed, &s.req)?;
-        if next != s.req {
-            save(&next)?;
+        save: F,
+    ) -> Result<(), ControlError>
+    where
+        F: FnOnce(Requests) -> Fut,
+        Fut: std::future::Future<Output = Result<(), JournalError>>,
+    {
+        let _turn = self.order.lock().await;
+        let (now, next) = {
+            let s = self.state();
+            (
+                s.req.clone(),
+                decide(id, action, phase, s.committed, &s.req)?,
+            )
+        };
+        if next != now {
+            save(next.clone()).await?;
+            let mut s = self.state();
             s.req = next;
+            s.requested += 1;
             drop(s);
             self.changed.send_replace(());
         }
@@ -491,9 +557,15 @@ impl JobView {
     }
 }
 
-/// Reads jobs and applies requests for the control API.
+fn view_in(j: &mut Journal, row: &JobRow) -> Result<JobView, ControlError> {
+    let (req, retry_of) = Requests::load(j, row.id)?;
+    Ok(JobView::new(row, &req, retry_of))
+}
+
+/// Reads jobs and applies requests for the control API; every journal
+/// operation runs on the engine's own handle, off the async workers.
 impl Engine {
-    fn row(&self, j: &mut Journal, r: &JobRef) -> Result<JobRow, ControlError> {
+    fn row_in(&self, j: &mut Journal, r: &JobRef) -> Result<JobRow, ControlError> {
         let policy = |id: &str| self.version_policy(id);
         match r {
             JobRef::Id(id) => {
@@ -509,63 +581,91 @@ impl Engine {
         }
     }
 
-    fn view(&self, j: &mut Journal, row: &JobRow) -> Result<JobView, ControlError> {
-        let (req, retry_of) = Requests::load(j, row.id)?;
-        Ok(JobView::new(row, &req, retry_of))
-    }
-
     /// Every job not ended yet and the latest job of every child.
-    pub fn jobs(&self) -> Result<Vec<JobView>, ControlError> {
-        let mut j = journal::lock(self.journal());
-        let rows = jobs_db::current(&mut j, self.limits(), &|id| self.version_policy(id))?;
-        rows.iter().map(|r| self.view(&mut j, r)).collect()
+    pub async fn jobs(&self) -> Result<Vec<JobView>, ControlError> {
+        let me = self.clone();
+        self.journal()
+            .run(move |j| {
+                let rows = jobs_db::current(j, me.limits(), &|id| me.version_policy(id))?;
+                rows.iter().map(|r| view_in(j, r)).collect()
+            })
+            .await
     }
 
     /// One job.
-    pub fn job(&self, r: &JobRef) -> Result<JobView, ControlError> {
-        let mut j = journal::lock(self.journal());
-        let row = self.row(&mut j, r)?;
-        self.view(&mut j, &row)
+    pub async fn job(&self, r: &JobRef) -> Result<JobView, ControlError> {
+        let (me, r) = (self.clone(), r.clone());
+        self.journal()
+            .run(move |j| {
+                let row = me.row_in(j, &r)?;
+                view_in(j, &row)
+            })
+            .await
     }
 
     /// Applies an operator's `action` to the job `r` names, journaled
     /// before it returns; the job's view afterwards (for a retry: the new
     /// job's).
-    pub fn control(&self, r: &JobRef, action: Action) -> Result<JobView, ControlError> {
+    pub async fn control(&self, r: &JobRef, action: Action) -> Result<JobView, ControlError> {
         if action == Action::Retry {
-            return self.retry(r);
+            return self.retry(r).await;
         }
         let row = {
-            let mut j = journal::lock(self.journal());
-            self.row(&mut j, r)?
+            let (me, r) = (self.clone(), r.clone());
+            self.journal().run(move |j| me.row_in(j, &r)).await?
         };
-        let id = row.id;
-        let phase = row.machine.phase;
-        let save = |req: &Requests| req.save(&mut journal::lock(self.journal()), id);
+        let (id, phase, activations) = (row.id, row.machine.phase, row.activations);
+        let journal = self.journal().clone();
         match self.controls().get(id) {
-            Some(ctl) => ctl.request(id, action, phase, save)?,
+            Some(ctl) => {
+                let save =
+                    |req: Requests| async move { journal.run(move |j| req.save(j, id)).await };
+                ctl.request(id, action, phase, save).await?;
+                // Answer with what the job made of it (its offset
+                // checkpointed, its report queued): within 2 s, the time
+                // a job takes to reach a safe point.
+                if !ctl.settled(SETTLE).await {
+                    info!(
+                        job = id,
+                        "the job has not reached a safe point yet; answering"
+                    );
+                }
+            }
             // Not running in this process (it ended meanwhile, or it has
             // not been resumed yet): the journal decides, and a job that
             // starts later reads the request from there.
             None => {
-                let mut j = journal::lock(self.journal());
-                let (req, _) = Requests::load(&mut j, id)?;
-                let next = decide(id, action, phase, committed(phase, row.activations), &req)?;
-                if next != req {
-                    next.save(&mut j, id)?;
-                }
+                journal
+                    .run(move |j| {
+                        let (req, _) = Requests::load(j, id)?;
+                        let next = decide(id, action, phase, committed(phase, activations), &req)?;
+                        if next != req {
+                            next.save(j, id)?;
+                        }
+                        Ok::<_, ControlError>(())
+                    })
+                    .await?
             }
         }
         info!(child = %row.device_id, job = id, "operator: {}", action.as_str());
-        self.job(&JobRef::Id(id))
+        self.job(&JobRef::Id(id)).await
     }
 
     /// A failed job again, as a new job with the same event, from the
     /// start (the package store keeps a package only while a job needs
     /// it; the child resumes a delivery it kept by itself).
-    fn retry(&self, r: &JobRef) -> Result<JobView, ControlError> {
-        let mut j = journal::lock(self.journal());
-        let row = self.row(&mut j, r)?;
+    async fn retry(&self, r: &JobRef) -> Result<JobView, ControlError> {
+        let (me, r) = (self.clone(), r.clone());
+        let (old, new) = self.journal().run(move |j| me.retry_in(j, &r)).await?;
+        info!(child = %new.device_id, job = new.id, "operator: retry of job {old}");
+        let id = new.id;
+        self.spawn(new);
+        self.job(&JobRef::Id(id)).await
+    }
+
+    /// The retry's checks and its new job, in one journal operation.
+    fn retry_in(&self, j: &mut Journal, r: &JobRef) -> Result<(i64, JobRow), ControlError> {
+        let row = self.row_in(j, r)?;
         let no = |why: String| Err(ControlError::NotAllowed(format!("job {}: {why}", row.id)));
         if row.machine.phase != Phase::Failed {
             return no(format!(
@@ -577,7 +677,7 @@ impl Engine {
             return no(format!("child {} is no longer configured", row.device_id));
         }
         let policy = |id: &str| self.version_policy(id);
-        if let Some(newer) = jobs_db::latest(&mut j, &row.device_id, self.limits(), &policy)? {
+        if let Some(newer) = jobs_db::latest(j, &row.device_id, self.limits(), &policy)? {
             if newer.id != row.id {
                 return no(format!(
                     "child {} has a newer job, {}",
@@ -593,7 +693,7 @@ impl Engine {
             ));
         }
         let id = jobs_db::insert(
-            &mut j,
+            j,
             &row.device_id,
             row.kind,
             row.v2,
@@ -601,13 +701,10 @@ impl Engine {
             row.received_unix,
             row.deadline_unix,
         )?;
-        set_retry_of(&mut j, id, row.id)?;
-        let new = jobs_db::by_id(&mut j, id, self.limits(), &policy)?
-            .ok_or(ControlError::UnknownJob(id))?;
-        drop(j);
-        info!(child = %row.device_id, job = id, "operator: retry of job {}", row.id);
-        self.spawn(new);
-        self.job(&JobRef::Id(id))
+        set_retry_of(j, id, row.id)?;
+        let new =
+            jobs_db::by_id(j, id, self.limits(), &policy)?.ok_or(ControlError::UnknownJob(id))?;
+        Ok((row.id, new))
     }
 }
 
@@ -615,31 +712,34 @@ impl Engine {
     /// Releases task `task` held by the failure policy (issue 15 item 3):
     /// its held jobs go on, and the policy no longer holds any of its
     /// children. The released jobs' views.
-    pub fn release(&self, task: &str) -> Result<Vec<JobView>, ControlError> {
-        let held = {
-            let mut j = journal::lock(self.journal());
-            let t = super::halt::task_jobs(&mut j, task)?;
-            if t.all == 0 {
-                return Err(ControlError::UnknownTask(task.to_owned()));
-            }
-            if t.held.is_empty() {
-                return Err(ControlError::NotAllowed(format!(
-                    "no job of task {task} is held{}",
-                    if t.released {
+    pub async fn release(&self, task: &str) -> Result<Vec<JobView>, ControlError> {
+        let t = task.to_owned();
+        let held = self
+            .journal()
+            .run(move |j| {
+                let jobs = super::halt::task_jobs(j, &t)?;
+                if jobs.all == 0 {
+                    return Err(ControlError::UnknownTask(t));
+                }
+                if jobs.held.is_empty() {
+                    let before = if jobs.released {
                         " (it was released before)"
                     } else {
                         ""
-                    }
-                )));
-            }
-            super::halt::release(&mut j, task)?;
-            for id in &t.held {
-                let (mut req, _) = Requests::load(&mut j, *id)?;
-                req.held = None;
-                req.save(&mut j, *id)?;
-            }
-            t.held
-        };
+                    };
+                    return Err(ControlError::NotAllowed(format!(
+                        "no job of task {t} is held{before}"
+                    )));
+                }
+                super::halt::release(j, &t)?;
+                for id in &jobs.held {
+                    let (mut req, _) = Requests::load(j, *id)?;
+                    req.held = None;
+                    req.save(j, *id)?;
+                }
+                Ok(jobs.held)
+            })
+            .await?;
         for id in &held {
             if let Some(ctl) = self.controls().get(*id) {
                 ctl.set_held(None);
@@ -647,9 +747,17 @@ impl Engine {
         }
         self.tasks_changed();
         info!(task, jobs = held.len(), "operator: task released");
-        held.iter().map(|id| self.job(&JobRef::Id(*id))).collect()
+        let mut out = Vec::with_capacity(held.len());
+        for id in held {
+            out.push(self.job(&JobRef::Id(id)).await?);
+        }
+        Ok(out)
     }
 }
+
+/// How long the control API waits for a job to carry a request out
+/// before it answers (issue 15: a cancel takes effect within 2 s).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A retry needs at least this long before the deadline (the job's own
 /// margin for its terminal report and some time to work).
@@ -720,43 +828,56 @@ mod tests {
         assert!(e.contains("only a failed job"), "{e}");
     }
 
-    #[test]
-    fn the_commit_and_a_request_cannot_cross() {
+    #[tokio::test]
+    async fn the_commit_and_a_request_cannot_cross() {
         let c = JobControl::new(Requests::default(), false);
         let mut rx = c.subscribe();
         rx.borrow_and_update();
-        c.request(1, Action::Pause, Phase::Activating, |_| Ok(()))
+        let ok = |_| async { Ok(()) };
+        c.request(1, Action::Pause, Phase::Activating, ok)
+            .await
             .unwrap();
         assert!(rx.has_changed().unwrap());
         assert_eq!(c.gate(), Gate::Wait);
         // The activation does not go out while a request stands.
-        assert!(!c.commit());
-        c.request(1, Action::Resume, Phase::Activating, |_| Ok(()))
+        assert!(!c.commit().await);
+        c.request(1, Action::Resume, Phase::Activating, ok)
+            .await
             .unwrap();
         assert_eq!(c.gate(), Gate::Go);
-        assert!(c.commit());
+        assert!(c.commit().await);
+        assert!(c.is_committed());
         // Once committed, nothing stops it.
         let e = c
-            .request(1, Action::Cancel, Phase::Activating, |_| {
+            .request(1, Action::Cancel, Phase::Activating, |_| async {
                 panic!("a refused request is not journaled")
             })
+            .await
             .unwrap_err();
         assert_eq!(e.http_status(), 409);
         assert_eq!(c.gate(), Gate::Go);
     }
 
-    #[test]
-    fn a_journal_failure_changes_nothing() {
+    #[tokio::test]
+    async fn a_journal_failure_changes_nothing() {
         let c = JobControl::new(Requests::default(), false);
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
         let e = c
-            .request(1, Action::Cancel, Phase::Queued, |_| {
+            .request(1, Action::Cancel, Phase::Queued, |_| async {
                 Err(j.err(rusqlite::Error::InvalidQuery))
             })
+            .await
             .unwrap_err();
         assert_eq!(e.http_status(), 500);
         assert_eq!(c.requests(), Requests::default());
+        // What the journal holds is taken when the job starts.
+        let held = Requests {
+            paused: true,
+            ..Requests::default()
+        };
+        c.load(async { Ok(held.clone()) }).await.unwrap();
+        assert_eq!((c.requests(), c.gate()), (held, Gate::Wait));
     }
 
     #[test]

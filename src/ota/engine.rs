@@ -38,7 +38,7 @@ use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::{Child, ChildError, ErrorKind, Package, Step};
 use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
-use crate::journal;
+use crate::journal::{Journal, JournalError, SharedJournal};
 use crate::metrics::{Metrics, Resume};
 use crate::package::{PackageRequest, PackageStore};
 use crate::platform::Platform;
@@ -90,6 +90,8 @@ impl Timeouts {
 #[derive(Debug)]
 struct Inner {
     platform: Platform,
+    /// Ota's own handle on the journal (the jobs table).
+    journal: SharedJournal,
     store: PackageStore,
     children: HashMap<String, Arc<dyn Child>>,
     limits: Limits,
@@ -110,7 +112,7 @@ struct Inner {
     /// Halt on failures ([`halt`]).
     halt: HaltPolicy,
     /// Jobs this process let through the halt gate (until they end).
-    admitted: Mutex<std::collections::HashSet<i64>>,
+    admitted: tokio::sync::Mutex<std::collections::HashSet<i64>>,
     /// Bumped whenever a job ends or a task is released: jobs waiting at
     /// the halt gate look again.
     task_events: tokio::sync::watch::Sender<()>,
@@ -123,11 +125,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine reporting through `platform`, fetching through `store`,
-    /// taking bus turns from `buses` (built from the same `children`),
-    /// counting into `metrics`.
+    /// An engine reporting through `platform`, persisting its jobs in
+    /// `journal`, fetching through `store`, taking bus turns from `buses`
+    /// (built from the same `children`), counting into `metrics`.
     pub fn new(
         platform: Platform,
+        journal: SharedJournal,
         store: PackageStore,
         children: &[Arc<dyn Child>],
         buses: Buses,
@@ -141,6 +144,7 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 platform,
+                journal,
                 store,
                 children: children
                     .iter()
@@ -159,7 +163,7 @@ impl Engine {
                     failures: cfg.halt_failures,
                     first: cfg.halt_first,
                 },
-                admitted: Mutex::default(),
+                admitted: tokio::sync::Mutex::default(),
                 task_events: tokio::sync::watch::Sender::new(()),
             }),
         }
@@ -173,11 +177,13 @@ impl Engine {
     }
 
     /// Resumes every job the journal holds as active (after a restart).
-    pub fn resume(&self) {
-        let rows = {
-            let mut j = journal::lock(self.inner.platform.journal());
-            jobs_db::active(&mut j, self.inner.limits, &|id| self.version_policy(id))
-        };
+    pub async fn resume(&self) {
+        let me = self.clone();
+        let rows = self
+            .inner
+            .journal
+            .run(move |j| jobs_db::active(j, me.inner.limits, &|id| me.version_policy(id)))
+            .await;
         match rows {
             Ok(rows) => {
                 for row in rows {
@@ -193,11 +199,12 @@ impl Engine {
         }
     }
 
-    fn report(&self, device_id: &str, r: ProgressReport) {
+    async fn report(&self, device_id: &str, r: ProgressReport) {
         if let Err(e) = self
             .inner
             .platform
             .report(Some(device_id), &Event::ProgressReport(r))
+            .await
         {
             warn!(
                 child = device_id,
@@ -216,69 +223,28 @@ impl Engine {
             .map_or_else(Policy::default, |c| c.version_policy())
     }
 
-    /// Takes an upgrade event for child `device_id`.
-    pub fn submit(&self, device_id: &str, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
+    /// Takes an upgrade event for child `device_id`: a new job when the
+    /// child has none active, else a repeat (ignored) or a conflict
+    /// (answered "Task Conflict").
+    pub async fn submit(&self, device_id: &str, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
         let now = now_unix();
-        let mut j = journal::lock(self.inner.platform.journal());
-        let latest = match jobs_db::latest(&mut j, device_id, self.inner.limits, &|id| {
-            self.version_policy(id)
-        }) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(child = device_id, "journal: {e}");
-                return;
-            }
-        };
-        if let Some(active) = latest.filter(|r| !r.machine.phase.is_terminal()) {
-            let same_sign = match (&active.upgrade.sign, &upgrade.sign) {
-                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-                (None, None) => active.upgrade.url == upgrade.url,
-                _ => false,
-            };
-            drop(j);
-            if active.upgrade.version == upgrade.version && same_sign {
-                info!(
-                    child = device_id,
-                    job = active.id,
-                    "repeated upgrade event for the running job; ignored"
-                );
-            } else {
-                warn!(
-                    child = device_id,
-                    job = active.id,
-                    "upgrade to {} refused: an upgrade to {} is in progress",
-                    upgrade.version,
-                    active.upgrade.version
-                );
-                self.report(
-                    device_id,
-                    ProgressReport {
-                        result_code: ResultCode::BUSY,
-                        progress: None,
-                        version: active.machine.current_version.clone().unwrap_or_default(),
-                        description: Some(format!(
-                            "{}: an upgrade to {} is in progress",
-                            result::DESC_TASK_CONFLICT,
-                            active.upgrade.version
-                        )),
-                    },
-                );
-            }
-            return;
-        }
         // The package store's rule (24 h, or less when `expires` says so)
         // is the job's deadline too.
         let deadline = clock::to_unix(
             PackageRequest::from_upgrade(&upgrade, v2, clock::from_unix(now)).deadline,
         );
-        let id = match jobs_db::insert(&mut j, device_id, kind, v2, &upgrade, now, deadline) {
-            Ok(id) => id,
-            Err(e) => {
-                warn!(child = device_id, "journal: {e}");
-                return;
-            }
+        let admitted = {
+            let (me, id, up) = (self.clone(), device_id.to_owned(), upgrade.clone());
+            let job = move |j: &mut Journal| me.admit(j, &id, kind, v2, &up, now, deadline);
+            self.inner.journal.run(job).await
         };
-        drop(j);
+        let id = match admitted {
+            Ok(Admission::New(id)) => id,
+            Ok(Admission::Running(active)) => {
+                return self.running(device_id, &active, &upgrade).await
+            }
+            Err(e) => return warn!(child = device_id, "journal: {e}"),
+        };
         info!(child = device_id, job = id, target = %upgrade.version, "upgrade job accepted");
         let machine = Machine::new(
             &upgrade.version,
@@ -299,6 +265,68 @@ impl Engine {
         });
     }
 
+    /// In one journal operation (nothing is written between the read and
+    /// the insert): the child's active job, or a new queued one.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        j: &mut Journal,
+        device_id: &str,
+        kind: UpgradeKind,
+        v2: bool,
+        upgrade: &Upgrade,
+        now: i64,
+        deadline: i64,
+    ) -> Result<Admission, JournalError> {
+        let latest = jobs_db::latest(j, device_id, self.inner.limits, &|id| {
+            self.version_policy(id)
+        })?;
+        if let Some(active) = latest.filter(|r| !r.machine.phase.is_terminal()) {
+            return Ok(Admission::Running(Box::new(active)));
+        }
+        jobs_db::insert(j, device_id, kind, v2, upgrade, now, deadline).map(Admission::New)
+    }
+
+    /// An upgrade event for a child whose job `active` runs: a repeat of
+    /// its event (an MQTT redelivery) is ignored, another is refused with
+    /// "Task Conflict".
+    async fn running(&self, device_id: &str, active: &JobRow, upgrade: &Upgrade) {
+        let same_sign = match (&active.upgrade.sign, &upgrade.sign) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            (None, None) => active.upgrade.url == upgrade.url,
+            _ => false,
+        };
+        if active.upgrade.version == upgrade.version && same_sign {
+            info!(
+                child = device_id,
+                job = active.id,
+                "repeated upgrade event for the running job; ignored"
+            );
+            return;
+        }
+        warn!(
+            child = device_id,
+            job = active.id,
+            "upgrade to {} refused: an upgrade to {} is in progress",
+            upgrade.version,
+            active.upgrade.version
+        );
+        self.report(
+            device_id,
+            ProgressReport {
+                result_code: ResultCode::BUSY,
+                progress: None,
+                version: active.machine.current_version.clone().unwrap_or_default(),
+                description: Some(format!(
+                    "{}: an upgrade to {} is in progress",
+                    result::DESC_TASK_CONFLICT,
+                    active.upgrade.version
+                )),
+            },
+        )
+        .await;
+    }
+
     pub(super) fn spawn(&self, row: JobRow) {
         {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -307,23 +335,19 @@ impl Engine {
             }
             running.insert(row.device_id.clone(), row.id);
         }
-        // Requests journaled before a restart are honoured at once.
-        let req = match Requests::load(&mut journal::lock(self.journal()), row.id) {
-            Ok((req, _)) => req,
-            Err(e) => {
-                warn!(child = %row.device_id, "journal: {e}");
-                Requests::default()
-            }
-        };
+        // The journal's requests are loaded when the job starts (`run`).
         let committed = control::committed(row.machine.phase, row.activations);
-        let ctl = self.inner.controls.register(row.id, req, committed);
+        let ctl = self
+            .inner
+            .controls
+            .register(row.id, Requests::default(), committed);
         let me = self.clone();
         let task = tokio::spawn(async move {
             let device = row.device_id.clone();
             let id = row.id;
             me.run(row, ctl).await;
             me.inner.controls.remove(id);
-            me.admitted().remove(&id);
+            me.inner.admitted.lock().await.remove(&id);
             me.tasks_changed();
             let mut running = me.inner.running.lock().unwrap_or_else(|p| p.into_inner());
             if running.get(&device) == Some(&id) {
@@ -336,17 +360,13 @@ impl Engine {
     }
 
     /// The journal (the control API's reads and writes).
-    pub(super) fn journal(&self) -> &journal::SharedJournal {
-        self.inner.platform.journal()
+    pub(super) fn journal(&self) -> &SharedJournal {
+        &self.inner.journal
     }
 
     /// The controls of the running jobs (the control API).
     pub(super) fn controls(&self) -> &Registry {
         &self.inner.controls
-    }
-
-    fn admitted(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
-        self.inner.admitted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wakes the jobs waiting at the halt gate.
@@ -356,7 +376,7 @@ impl Engine {
 
     /// The halt gate before job `run`'s delivery ([`halt`]): go (the job
     /// is admitted), wait for another job of its task, or hold.
-    fn task_gate(&self, run: &Run) -> halt::Decision {
+    async fn task_gate(&self, run: &Run) -> halt::Decision {
         let row = &run.row;
         let Some(task) = row.upgrade.task_id.as_deref() else {
             return halt::Decision::Go;
@@ -367,11 +387,12 @@ impl Engine {
         }
         // Deciding and admitting under one lock: two jobs of a task
         // cannot both take the last place in flight.
-        let mut admitted = self.admitted();
+        let mut admitted = self.inner.admitted.lock().await;
         if admitted.contains(&row.id) {
             return halt::Decision::Go;
         }
-        let jobs = match halt::task_jobs(&mut journal::lock(self.journal()), task) {
+        let t = task.to_owned();
+        let jobs = match self.journal().run(move |j| halt::task_jobs(j, &t)).await {
             Ok(j) => j,
             Err(e) => {
                 // Without the journal's word the policy cannot judge;
@@ -390,17 +411,19 @@ impl Engine {
     /// Holds job `run` for `why` (the halt policy): journaled, shown by
     /// the control API and `status`, reported upstream as progress with
     /// the reason as its description.
-    fn hold(&self, run: &Run, ctl: &JobControl, why: String) {
+    async fn hold(&self, run: &Run, ctl: &JobControl, why: String) {
         let row = &run.row;
-        {
-            let mut j = journal::lock(self.journal());
-            let saved = Requests::load(&mut j, row.id).and_then(|(mut req, _)| {
-                req.held = Some(why.clone());
-                req.save(&mut j, row.id)
-            });
-            if let Err(e) = saved {
-                warn!(child = %row.device_id, "journal: {e}");
-            }
+        let (id, held) = (row.id, why.clone());
+        let saved = self
+            .journal()
+            .run(move |j| {
+                let (mut req, _) = Requests::load(j, id)?;
+                req.held = Some(held);
+                req.save(j, id)
+            })
+            .await;
+        if let Err(e) = saved {
+            warn!(child = %row.device_id, "journal: {e}");
         }
         warn!(child = %row.device_id, job = row.id, "held: {why}");
         self.report(
@@ -411,7 +434,8 @@ impl Engine {
                 version: row.machine.current_version.clone().unwrap_or_default(),
                 description: Some(format!("held: {why}")),
             },
-        );
+        )
+        .await;
         ctl.set_held(Some(why));
     }
 
@@ -454,15 +478,10 @@ impl Engine {
     async fn apply(&self, run: &mut Run, e: Effects) {
         let row = &run.row;
         if e.persist {
-            let mut j = journal::lock(self.inner.platform.journal());
-            if let Err(err) =
-                jobs_db::save(&mut j, row.id, &row.machine, row.activations, now_unix())
-            {
-                warn!(child = %row.device_id, "journal: {err}");
-            }
+            self.save(row).await;
         }
         if let Some(r) = e.report {
-            self.report(&row.device_id, r);
+            self.report(&row.device_id, r).await;
         }
         if e.persist {
             // Every phase change is persisted; progress alone is not.
@@ -475,6 +494,20 @@ impl Engine {
             }
             // Waited for in `run`, where an operator's request ends the wait.
             run.retry_at = Some(clock::now() + run.backoff.next_delay());
+        }
+    }
+
+    /// Persists the job's machine and activation count (durable when this
+    /// returns).
+    async fn save(&self, row: &JobRow) {
+        let (id, machine, activations) = (row.id, row.machine.clone(), row.activations);
+        let r = self
+            .inner
+            .journal
+            .run(move |j| jobs_db::save(j, id, &machine, activations, now_unix()))
+            .await;
+        if let Err(err) = r {
+            warn!(child = %row.device_id, "journal: {err}");
         }
     }
 
@@ -497,6 +530,17 @@ impl Engine {
         let deadline = job_deadline(&run.row);
         let mut changed = ctl.subscribe();
         let mut tasks = self.inner.task_events.subscribe();
+        // Requests journaled before a restart are honoured at once.
+        let id = run.row.id;
+        let loaded = ctl
+            .load(async {
+                let load = move |j: &mut Journal| Requests::load(j, id).map(|(r, _)| r);
+                self.inner.journal.run(load).await
+            })
+            .await;
+        if let Err(e) = loaded {
+            warn!(child = %run.row.device_id, "journal: {e}");
+        }
         // The concurrency slot, given back while the job waits (paused, held).
         let mut slot = None;
         loop {
@@ -506,17 +550,20 @@ impl Engine {
             }
             // A safe point: the operator's and the failure policy's requests.
             changed.borrow_and_update();
-            match ctl.gate() {
-                Gate::Go => {}
+            let (gate, n) = ctl.gate_at();
+            match gate {
+                Gate::Go => ctl.honoured(n),
                 Gate::Cancel => {
                     let v = verdict(Failure::Cancelled(run.row.machine.phase));
                     info!(child = %run.row.device_id, job = run.row.id, "cancelled by the operator");
                     self.feed(&mut run, Input::Failed(v)).await;
+                    ctl.honoured(n);
                     continue;
                 }
                 Gate::Wait => {
                     slot = None;
-                    self.checkpoint(&mut run);
+                    self.checkpoint(&mut run).await;
+                    ctl.honoured(n);
                     tokio::select! {
                         _ = changed.changed() => {}
                         _ = tokio::time::sleep_until(deadline) => {
@@ -529,10 +576,10 @@ impl Engine {
             // The halt policy's gate before the first byte goes to the child.
             if matches!(work, Work::Deliver { .. }) {
                 tasks.borrow_and_update();
-                match self.task_gate(&run) {
+                match self.task_gate(&run).await {
                     halt::Decision::Go => {}
                     halt::Decision::Hold(why) => {
-                        self.hold(&run, &ctl, why);
+                        self.hold(&run, &ctl, why).await;
                         continue;
                     }
                     halt::Decision::Wait => {
@@ -583,7 +630,7 @@ impl Engine {
         }
         // The store keys the package by the request, fetched or not.
         if let Ok(key) = run.req.key() {
-            self.inner.store.release(&run.job_key, &key);
+            self.inner.store.release(&run.job_key, &key).await;
         }
         self.finished(&run);
     }
@@ -719,17 +766,13 @@ impl Engine {
     /// Journals the offset the child last acknowledged, so that a paused
     /// or held job resumes from it (the machine checkpoints only every
     /// 64 KiB or 2 s).
-    fn checkpoint(&self, run: &mut Run) {
+    async fn checkpoint(&self, run: &mut Run) {
         let m = &mut run.row.machine;
         if m.phase != Phase::Delivering || run.acked <= m.offset {
             return;
         }
         m.offset = run.acked.min(m.size);
-        let row = &run.row;
-        let mut j = journal::lock(self.journal());
-        if let Err(e) = jobs_db::save(&mut j, row.id, &row.machine, row.activations, now_unix()) {
-            warn!(child = %row.device_id, "journal: {e}");
-        }
+        self.save(&run.row).await;
     }
 
     /// The child acknowledged `n` bytes (`acked` before).
@@ -766,19 +809,13 @@ impl Engine {
         let pkg = run.package.clone().expect("fetched above");
         // The point of no return: from here nothing stops the job, so a
         // request that came first is honoured at the safe point instead.
-        if !ctl.commit() {
+        if !ctl.commit().await {
             return None;
         }
         let row = &mut run.row;
         row.activations += 1;
-        {
-            // Count the activation before sending it.
-            let mut j = journal::lock(self.inner.platform.journal());
-            if let Err(e) = jobs_db::save(&mut j, row.id, &row.machine, row.activations, now_unix())
-            {
-                warn!(child = %row.device_id, "journal: {e}");
-            }
-        }
+        // Count the activation before sending it.
+        self.save(row).await;
         info!(child = %row.device_id, job = row.id, "activating {}", pkg.version);
         let e = match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
             Ok(Ok(())) => return Some(Input::Activated),
@@ -874,6 +911,7 @@ impl Engine {
             .inner
             .store
             .acquire(&run.job_key, &run.req)
+            .await
             .ready()
             .await
         {
@@ -933,6 +971,14 @@ impl Liveness {
             t.first_chunk
         }
     }
+}
+
+/// What [`Engine::admit`] found.
+enum Admission {
+    /// The child's job that is still active.
+    Running(Box<JobRow>),
+    /// The new job's id.
+    New(i64),
 }
 
 /// One job's run: its row, its child, and what it keeps between steps.

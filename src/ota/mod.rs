@@ -45,7 +45,7 @@ use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::Child;
 use crate::clock::{self, now_unix};
 use crate::gateway::SelfUpgrade;
-use crate::journal;
+use crate::journal::SharedJournal;
 use crate::platform::{Inbound, Platform};
 
 /// The largest event payload IoTDA sends (docs/protocols/iotda.md §1.3: 1 MB per publish).
@@ -63,6 +63,8 @@ const VERSION_QUERY_BUDGET: Duration = Duration::from_secs(150);
 #[derive(Debug, Clone)]
 pub struct Gateway {
     platform: Platform,
+    /// Ota's own handle on the journal (children, meta, jobs).
+    journal: SharedJournal,
     children: Arc<HashMap<String, Arc<dyn Child>>>,
     /// Configuration order, for stable status batches.
     order: Arc<Vec<String>>,
@@ -73,11 +75,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway reporting through `platform`, driving `children` (taking
-    /// turns on shared buses from `buses`, built from the same children),
-    /// upgrading itself through `own`.
+    /// A gateway reporting through `platform`, recording into `journal`,
+    /// driving `children` (taking turns on shared buses from `buses`, built
+    /// from the same children), upgrading itself through `own`.
     pub fn new(
         platform: Platform,
+        journal: SharedJournal,
         children: Vec<Arc<dyn Child>>,
         buses: Buses,
         own: SelfUpgrade,
@@ -89,6 +92,7 @@ impl Gateway {
             .collect();
         Gateway {
             platform,
+            journal,
             children: Arc::new(children),
             order: Arc::new(order),
             buses,
@@ -121,7 +125,7 @@ impl Gateway {
                     let me = self.clone();
                     tokio::spawn(async move { me.announce_children().await });
                 }
-                Inbound::Message { topic, payload } => self.on_message(&topic, payload),
+                Inbound::Message { topic, payload } => self.on_message(&topic, payload).await,
             }
         }
     }
@@ -152,7 +156,7 @@ impl Gateway {
                     if !queued {
                         prompt -= 1;
                     }
-                    self.record_health(child.as_ref(), &health);
+                    self.record_health(child.as_ref(), &health).await;
                     ready.push(DeviceStatus {
                         device_id: child.device_id().to_owned(),
                         status: if health.is_ok() {
@@ -164,47 +168,54 @@ impl Gateway {
                 }
             }
             if prompt == 0 && !ready.is_empty() && rx.is_empty() {
-                self.announce(std::mem::take(&mut ready));
+                self.announce(std::mem::take(&mut ready)).await;
             }
         }
-        self.announce(ready);
+        self.announce(ready).await;
     }
 
     /// Journals a health check's outcome for `child`.
-    fn record_health(&self, child: &dyn Child, health: &Result<Health, String>) {
+    async fn record_health(&self, child: &dyn Child, health: &Result<Health, String>) {
         let (online, version, error) = match health {
-            Ok(Health::Read(v)) => (true, Some(v.as_str()), None),
+            Ok(Health::Read(v)) => (true, Some(v.clone()), None),
             Ok(Health::Busy) => (true, None, None),
-            Err(e) => (false, None, Some(e.as_str())),
+            Err(e) => (false, None, Some(e.clone())),
         };
-        if let Some(e) = error {
+        if let Some(e) = &error {
             warn!(child = child.device_id(), "health check failed: {e}");
         }
-        if let Err(e) = journal::lock(self.platform.journal()).child_seen(
-            child.device_id(),
-            child.transport(),
-            version,
-            online,
-            error,
-            now_unix(),
-        ) {
+        let (id, transport, now) = (child.device_id().to_owned(), child.transport(), now_unix());
+        let r = self
+            .journal
+            .run(move |j| {
+                j.child_seen(
+                    &id,
+                    transport,
+                    version.as_deref(),
+                    online,
+                    error.as_deref(),
+                    now,
+                )
+            })
+            .await;
+        if let Err(e) = r {
             warn!("journal: {e}");
         }
     }
 
     /// Queues `sub_device_update_status` for `statuses`, 100 per event.
-    fn announce(&self, statuses: Vec<DeviceStatus>) {
+    async fn announce(&self, statuses: Vec<DeviceStatus>) {
         for batch in statuses.chunks(MAX_STATUSES_PER_EVENT) {
             let ev = Event::UpdateStatus(UpdateStatus {
                 device_statuses: batch.to_vec(),
             });
-            if let Err(e) = self.platform.report(None, &ev) {
+            if let Err(e) = self.platform.report(None, &ev).await {
                 warn!("cannot queue sub_device_update_status: {e}");
             }
         }
     }
 
-    fn on_message(&self, topic_name: &str, payload: Bytes) {
+    async fn on_message(&self, topic_name: &str, payload: Bytes) {
         let kind = match topic::classify(self.platform.gateway_id(), topic_name) {
             Ok(k) => k,
             Err(e) => {
@@ -224,7 +235,7 @@ impl Gateway {
             topic::Downstream::Events => match event::parse(&payload) {
                 Ok(events) => {
                     for inc in events {
-                        self.dispatch(topic_name, inc);
+                        self.dispatch(topic_name, inc).await;
                     }
                 }
                 Err(e) => warn!(topic = topic_name, "dropped malformed event: {e}"),
@@ -237,13 +248,14 @@ impl Gateway {
         }
     }
 
-    fn dispatch(&self, topic_name: &str, inc: Incoming) {
-        let gw = self.platform.gateway_id();
-        let target = match inc.object_device_id.as_deref() {
-            None => None,
-            Some(id) if id == gw => None,
+    /// The child an event is for: `Ok(None)` for the gateway itself,
+    /// `Err(())` (logged) for a child otabridge does not drive.
+    fn target(&self, topic_name: &str, inc: &Incoming) -> Result<Option<Arc<dyn Child>>, ()> {
+        match inc.object_device_id.as_deref() {
+            None => Ok(None),
+            Some(id) if id == self.platform.gateway_id() => Ok(None),
             Some(id) => match self.children.get(id) {
-                Some(c) => Some(c.clone()),
+                Some(c) => Ok(Some(c.clone())),
                 None => {
                     let (s, t) = inc.event.kind();
                     warn!(
@@ -251,21 +263,47 @@ impl Gateway {
                         child = id,
                         "dropped {s} {t}: unknown child"
                     );
-                    return;
+                    Err(())
                 }
             },
+        }
+    }
+
+    /// Journals the platform's child-list version after an add or delete
+    /// notification.
+    async fn child_list_changed(&self, n: &event::SubDeviceNotify) {
+        let version = n.version.to_string();
+        let r = self
+            .journal
+            .run(move |j| j.meta_set("sub_device_version", &version))
+            .await;
+        if let Err(e) = r {
+            warn!("journal: {e}");
+        }
+        info!(
+            devices = n.devices.len(),
+            "child list changed on the platform; otabridge drives the children in its config"
+        );
+    }
+
+    async fn dispatch(&self, topic_name: &str, inc: Incoming) {
+        let Ok(target) = self.target(topic_name, &inc) else {
+            return;
         };
         match inc.event {
             Event::VersionQuery(_) => match target {
                 Some(child) => {
                     let platform = self.platform.clone();
+                    let journal = self.journal.clone();
                     let buses = self.buses.clone();
-                    tokio::spawn(answer_version_query(platform, buses, child));
+                    tokio::spawn(answer_version_query(platform, journal, buses, child));
                 }
                 None => self.own.report_versions(),
             },
             Event::Upgrade { kind, v2, upgrade } => match (target, &self.engine) {
-                (Some(child), Some(engine)) => engine.submit(child.device_id(), kind, v2, upgrade),
+                (Some(child), Some(engine)) => {
+                    engine.submit(child.device_id(), kind, v2, upgrade).await
+                }
                 (Some(child), None) => {
                     warn!(
                         child = child.device_id(),
@@ -283,15 +321,7 @@ impl Gateway {
                 }
             }
             Event::AddSubDeviceNotify(n) | Event::DeleteSubDeviceNotify(n) => {
-                if let Err(e) = journal::lock(self.platform.journal())
-                    .meta_set("sub_device_version", &n.version.to_string())
-                {
-                    warn!("journal: {e}");
-                }
-                info!(
-                    devices = n.devices.len(),
-                    "child list changed on the platform; otabridge drives the children in its config"
-                );
+                self.child_list_changed(&n).await
             }
             Event::Unknown {
                 service_id,
@@ -317,7 +347,12 @@ impl Gateway {
 /// Reads the child's version, retrying within the platform's window, and
 /// reports it. A child that never answers gets no report: the platform then
 /// shows "Waiting for report device firmware version timeout", which is true.
-async fn answer_version_query(platform: Platform, buses: Buses, child: Arc<dyn Child>) {
+async fn answer_version_query(
+    platform: Platform,
+    journal: SharedJournal,
+    buses: Buses,
+    child: Arc<dyn Child>,
+) {
     let id = child.device_id().to_owned();
     let deadline = clock::now() + VERSION_QUERY_BUDGET;
     let mut backoff =
@@ -337,23 +372,20 @@ async fn answer_version_query(platform: Platform, buses: Buses, child: Arc<dyn C
         drop(turn);
         match r {
             Ok(Ok(v)) => {
-                let _ = journal::lock(platform.journal()).child_seen(
-                    &id,
-                    child.transport(),
-                    Some(&v),
-                    true,
-                    None,
-                    now_unix(),
-                );
+                let (jid, transport, read, now) =
+                    (id.clone(), child.transport(), v.clone(), now_unix());
+                let _ = journal
+                    .run(move |j| j.child_seen(&jid, transport, Some(&read), true, None, now))
+                    .await;
                 // The SDKs put the same value in both fields ([JAVA]
                 // OTAService.reportVersion); the platform compares the one that
                 // matches the task (firmware or software).
-                let v = as_reported(&platform, child.as_ref(), v);
+                let v = as_reported(&journal, child.as_ref(), v).await;
                 let ev = Event::VersionReport(VersionReport {
                     sw_version: Some(v.clone()),
                     fw_version: Some(v),
                 });
-                if let Err(e) = platform.report(Some(&id), &ev) {
+                if let Err(e) = platform.report(Some(&id), &ev).await {
                     warn!(child = %id, "cannot queue version_report: {e}");
                 }
                 return;
@@ -374,12 +406,13 @@ async fn answer_version_query(platform: Platform, buses: Buses, child: Arc<dyn C
 /// target string when the child's version policy says that is the version
 /// it runs (a child reading `v2.0.0` after an upgrade to `2.0.0` reports
 /// `2.0.0`, as the upgrade's own report did), else `v`.
-fn as_reported(platform: &Platform, child: &dyn Child, v: String) -> String {
+async fn as_reported(journal: &SharedJournal, child: &dyn Child, v: String) -> String {
     let policy = child.version_policy();
-    let mut j = journal::lock(platform.journal());
-    match jobs_db::latest(&mut j, child.device_id(), job::Limits::default(), &|_| {
-        policy
-    }) {
+    let id = child.device_id().to_owned();
+    let latest = journal
+        .run(move |j| jobs_db::latest(j, &id, job::Limits::default(), &|_| policy))
+        .await;
+    match latest {
         Ok(Some(row)) => policy.as_reported(&row.upgrade.version, &v),
         Ok(None) => v,
         Err(e) => {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{db, DownloadError, DownloadState, PackageRequest, PackageStore, StoreError};
 use crate::config::{Config, Secret};
-use crate::journal::Journal;
+use crate::journal::SharedJournal;
 
 /// The claim `otabridge download` holds while it runs (and keeps after an
 /// interruption, so that the next run resumes).
@@ -146,12 +146,13 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
     super::http::parse_url(&req.url, cfg.download.allow_http)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let journal =
-        Journal::open_shared(&cfg.state.dir).map_err(|e| CliError::State(e.to_string()))?;
+        SharedJournal::open(&cfg.state.dir).map_err(|e| CliError::State(e.to_string()))?;
     let store = PackageStore::open(
         &cfg.state.dir.join(super::DIR_NAME),
         journal.clone(),
         &cfg.download,
     )
+    .await
     .map_err(|e| match e {
         StoreError::Setup(DownloadError::Tls(m)) => CliError::Usage(format!(
             "config {}: download.ca_file: {m}",
@@ -159,7 +160,10 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
         )),
         e => CliError::State(e.to_string()),
     })?;
-    let resumed_from = db::get(&journal, &key)
+    let k = key.clone();
+    let resumed_from = journal
+        .run(move |j| db::get(j, &k))
+        .await
         .map_err(|e| CliError::State(e.to_string()))?
         .filter(|r| !r.verified)
         .map_or(0, |r| r.durable_len);
@@ -170,7 +174,7 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
         );
     }
     let started = Instant::now();
-    let wait = store.acquire(JOB, &req);
+    let wait = store.acquire(JOB, &req).await;
     let printer = tokio::spawn(print_progress(
         wait.progress(),
         resumed_from,
@@ -180,7 +184,7 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
     printer.abort();
     match r {
         Ok(p) => {
-            store.release(JOB, &key);
+            store.release(JOB, &key).await;
             Ok(Summary {
                 size: p.size,
                 sha256: p.sha256,
@@ -195,7 +199,7 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
         }
         Err(error) => {
             // A failed download left nothing behind; forget the claim too.
-            store.release(JOB, &key);
+            store.release(JOB, &key).await;
             Err(CliError::Download { error })
         }
     }

@@ -1,10 +1,13 @@
 //! The package store's rows in the journal (`packages`, `package_claims`,
-//! migration 2 in [`crate::journal`]).
+//! migration 2 in [`crate::journal`]). Each function is one statement or
+//! transaction on the journal; callers run it off the async workers
+//! ([`crate::journal::SharedJournal::run`], or `blocking` on a thread of
+//! their own).
 
 use rusqlite::{params, OptionalExtension};
 
 use super::DownloadError;
-use crate::journal::{self, SharedJournal};
+use crate::journal::Journal;
 
 /// What the journal knows of one package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,9 +30,8 @@ fn store_err(e: impl std::fmt::Display) -> DownloadError {
     DownloadError::Store(format!("journal: {e}"))
 }
 
-pub(crate) fn get(j: &SharedJournal, key: &str) -> Result<Option<Row>, DownloadError> {
-    let mut g = journal::lock(j);
-    g.connection()
+pub(crate) fn get(j: &mut Journal, key: &str) -> Result<Option<Row>, DownloadError> {
+    j.connection()
         .query_row(
             "SELECT size, durable_len, validator, verified, sha256 FROM packages WHERE key = ?1",
             [key],
@@ -49,14 +51,13 @@ pub(crate) fn get(j: &SharedJournal, key: &str) -> Result<Option<Row>, DownloadE
 
 /// Writes the row for a package being downloaded.
 pub(crate) fn put_progress(
-    j: &SharedJournal,
+    j: &mut Journal,
     key: &str,
     size: Option<u64>,
     durable_len: u64,
     validator: Option<&str>,
 ) -> Result<(), DownloadError> {
-    let mut g = journal::lock(j);
-    g.connection()
+    j.connection()
         .execute(
             "INSERT INTO packages (key, size, durable_len, validator, verified, updated_unix)
              VALUES (?1, ?2, ?3, ?4, 0, ?5)
@@ -78,14 +79,13 @@ pub(crate) fn put_progress(
 /// Records a checkpoint. Only updates: a package released (and its row
 /// deleted) while a checkpoint was in flight stays forgotten.
 pub(crate) fn update_progress(
-    j: &SharedJournal,
+    j: &mut Journal,
     key: &str,
     size: Option<u64>,
     durable_len: u64,
     validator: Option<&str>,
 ) -> Result<(), DownloadError> {
-    let mut g = journal::lock(j);
-    g.connection()
+    j.connection()
         .execute(
             "UPDATE packages SET size = ?2, durable_len = ?3, validator = ?4, updated_unix = ?5
              WHERE key = ?1 AND verified = 0",
@@ -103,13 +103,12 @@ pub(crate) fn update_progress(
 
 /// Marks a package complete and verified.
 pub(crate) fn put_verified(
-    j: &SharedJournal,
+    j: &mut Journal,
     key: &str,
     size: u64,
     sha256: &str,
 ) -> Result<(), DownloadError> {
-    let mut g = journal::lock(j);
-    g.connection()
+    j.connection()
         .execute(
             "INSERT INTO packages (key, size, durable_len, verified, sha256, updated_unix)
              VALUES (?1, ?2, ?2, 1, ?3, ?4)
@@ -122,17 +121,15 @@ pub(crate) fn put_verified(
     Ok(())
 }
 
-pub(crate) fn delete(j: &SharedJournal, key: &str) -> Result<(), DownloadError> {
-    let mut g = journal::lock(j);
-    g.connection()
+pub(crate) fn delete(j: &mut Journal, key: &str) -> Result<(), DownloadError> {
+    j.connection()
         .execute("DELETE FROM packages WHERE key = ?1", [key])
         .map_err(store_err)?;
     Ok(())
 }
 
-pub(crate) fn claim(j: &SharedJournal, key: &str, job: &str) -> Result<(), DownloadError> {
-    let mut g = journal::lock(j);
-    g.connection()
+pub(crate) fn claim(j: &mut Journal, key: &str, job: &str) -> Result<(), DownloadError> {
+    j.connection()
         .execute(
             "INSERT OR IGNORE INTO package_claims (key, job) VALUES (?1, ?2)",
             params![key, job],
@@ -142,9 +139,8 @@ pub(crate) fn claim(j: &SharedJournal, key: &str, job: &str) -> Result<(), Downl
 }
 
 /// Drops a claim; returns how many claims on `key` remain.
-pub(crate) fn unclaim(j: &SharedJournal, key: &str, job: &str) -> Result<u64, DownloadError> {
-    let mut g = journal::lock(j);
-    let c = g.connection();
+pub(crate) fn unclaim(j: &mut Journal, key: &str, job: &str) -> Result<u64, DownloadError> {
+    let c = j.connection();
     c.execute(
         "DELETE FROM package_claims WHERE key = ?1 AND job = ?2",
         params![key, job],
@@ -160,9 +156,8 @@ pub(crate) fn unclaim(j: &SharedJournal, key: &str, job: &str) -> Result<u64, Do
 }
 
 /// Every claim, as (key, job).
-pub(crate) fn claims(j: &SharedJournal) -> Result<Vec<(String, String)>, DownloadError> {
-    let mut g = journal::lock(j);
-    let c = g.connection();
+pub(crate) fn claims(j: &mut Journal) -> Result<Vec<(String, String)>, DownloadError> {
+    let c = j.connection();
     let mut st = c
         .prepare("SELECT key, job FROM package_claims ORDER BY key, job")
         .map_err(store_err)?;
@@ -173,9 +168,8 @@ pub(crate) fn claims(j: &SharedJournal) -> Result<Vec<(String, String)>, Downloa
 }
 
 /// Deletes the rows of packages no job claims; returns their keys.
-pub(crate) fn delete_unclaimed(j: &SharedJournal) -> Result<Vec<String>, DownloadError> {
-    let mut g = journal::lock(j);
-    let tx = g.connection().transaction().map_err(store_err)?;
+pub(crate) fn delete_unclaimed(j: &mut Journal) -> Result<Vec<String>, DownloadError> {
+    let tx = j.connection().transaction().map_err(store_err)?;
     let keys = {
         let mut st = tx
             .prepare("SELECT key FROM packages WHERE key NOT IN (SELECT key FROM package_claims)")

@@ -117,7 +117,8 @@ pub(crate) async fn run(job: &Job) -> Result<Verified, DownloadError> {
     let part_path = job.dir.join(format!("{}.part", job.key));
 
     // Already here and verified (another job, or before a restart)?
-    if let Some(row) = db::get(&job.journal, &job.key)? {
+    let key = job.key.clone();
+    if let Some(row) = job.journal.run(move |j| db::get(j, &key)).await? {
         if let (true, Some(size), Some(sha)) = (row.verified, row.size, row.sha256.clone()) {
             match std::fs::metadata(&fin) {
                 Ok(m) if m.len() == size => {
@@ -129,7 +130,8 @@ pub(crate) async fn run(job: &Job) -> Result<Verified, DownloadError> {
                 }
                 _ => {
                     warn!(key = %job.key, "journal says verified but the file is missing or short; downloading again");
-                    db::delete(&job.journal, &job.key)?;
+                    let key = job.key.clone();
+                    job.journal.run(move |j| db::delete(j, &key)).await?;
                 }
             }
         }
@@ -170,7 +172,8 @@ pub(crate) async fn run(job: &Job) -> Result<Verified, DownloadError> {
     if let Err(e) = &r {
         warn!(key = %job.key, "download failed: {e}");
         let _ = std::fs::remove_file(&ctx.part_path);
-        let _ = db::delete(&job.journal, &job.key);
+        let key = job.key.clone();
+        let _ = job.journal.run(move |j| db::delete(j, &key)).await;
     }
     r
 }
@@ -195,7 +198,12 @@ impl Ctx<'_> {
 
     async fn download(&mut self, file: Flock<File>) -> Result<Verified, DownloadError> {
         let job = self.job;
-        let row = db::get(&job.journal, &job.key)?.filter(|r| !r.verified);
+        let key = job.key.clone();
+        let row = job
+            .journal
+            .run(move |j| db::get(j, &key))
+            .await?
+            .filter(|r| !r.verified);
         let file_len = file
             .metadata()
             .map_err(|e| io_err("cannot stat", &self.part_path, e))?
@@ -468,7 +476,10 @@ impl Ctx<'_> {
         })
         .await
         .map_err(|e| DownloadError::Store(e.to_string()))??;
-        db::put_verified(&job.journal, &job.key, size, &actual)?;
+        let (key, sha) = (job.key.clone(), actual.clone());
+        job.journal
+            .run(move |j| db::put_verified(j, &key, size, &sha))
+            .await?;
         info!(key = %job.key, size, "package verified");
         Ok(Verified {
             path: self.fin.clone(),

@@ -24,13 +24,13 @@
 //! #            up: otabridge_codecs::iotda::event::Upgrade) {
 //! use otabridge::package::PackageRequest;
 //! let req = PackageRequest::from_upgrade(&up, false, std::time::SystemTime::now());
-//! let wait = store.acquire("job-42", &req);
+//! let wait = store.acquire("job-42", &req).await; // the claim is durable now
 //! let mut progress = wait.progress();          // watch: bytes received / durable / size
 //! match wait.ready().await {
 //!     Ok(package) => { /* deliver package.path to the child */ }
 //!     Err(e) => { /* ota::verdict turns e into the report */ }
 //! }
-//! store.release("job-42", &req.key().unwrap()); // the file goes when no job needs it
+//! store.release("job-42", &req.key().unwrap()).await; // the file goes when no job needs it
 //! # let _ = progress.changed();
 //! # }
 //! ```
@@ -270,16 +270,16 @@ impl PackageStore {
     /// Opens the store in `dir` (normally `state.dir/packages`), creating it.
     /// Packages no job claims (their job finished while the gateway was
     /// down) are removed, with their journal rows.
-    pub fn open(
+    pub async fn open(
         dir: &Path,
         journal: SharedJournal,
         cfg: &DownloadConfig,
     ) -> Result<PackageStore, StoreError> {
-        Self::with_options(dir, journal, cfg, DownloadOptions::default())
+        Self::with_options(dir, journal, cfg, DownloadOptions::default()).await
     }
 
     /// As [`PackageStore::open`], with non-default tuning.
-    pub fn with_options(
+    pub async fn with_options(
         dir: &Path,
         journal: SharedJournal,
         cfg: &DownloadConfig,
@@ -291,11 +291,14 @@ impl PackageStore {
         };
         std::fs::create_dir_all(dir).map_err(dir_err)?;
         let client = http::HttpClient::new(cfg, opts.connect_timeout)?;
-        for key in db::delete_unclaimed(&journal)? {
+        let (unclaimed, claims) = journal
+            .run(|j| Ok::<_, DownloadError>((db::delete_unclaimed(j)?, db::claims(j)?)))
+            .await?;
+        for key in unclaimed {
             remove_files(dir, &key);
         }
         let claimed: std::collections::HashSet<String> =
-            db::claims(&journal)?.into_iter().map(|(k, _)| k).collect();
+            claims.into_iter().map(|(k, _)| k).collect();
         for entry in std::fs::read_dir(dir).map_err(dir_err)? {
             let name = entry.map_err(dir_err)?.file_name();
             let name = name.to_string_lossy();
@@ -320,21 +323,27 @@ impl PackageStore {
 
     /// Every (package key, job) claim in the journal, for the OTA engine to
     /// match against its jobs after a restart.
-    pub fn claims(&self) -> Result<Vec<(String, String)>, DownloadError> {
-        db::claims(&self.inner.journal)
+    pub async fn claims(&self) -> Result<Vec<(String, String)>, DownloadError> {
+        self.inner.journal.run(db::claims).await
     }
 
     /// Records that `job` needs the package and returns a wait on it. The
     /// first request for a package starts its download; later ones (any job)
     /// share it. The claim is durable: after a restart the same call resumes
-    /// the download instead of starting over. Must be called within a tokio
-    /// runtime.
-    pub fn acquire(&self, job: &str, req: &PackageRequest) -> PackageWait {
+    /// the download instead of starting over (the claim is durable when
+    /// this returns).
+    pub async fn acquire(&self, job: &str, req: &PackageRequest) -> PackageWait {
         let key = match req.key() {
             Ok(k) => k,
             Err(e) => return PackageWait::failed(e),
         };
-        if let Err(e) = db::claim(&self.inner.journal, &key, job) {
+        let (k, j) = (key.clone(), job.to_owned());
+        let claimed = self
+            .inner
+            .journal
+            .run(move |journal| db::claim(journal, &k, &j))
+            .await;
+        if let Err(e) = claimed {
             return PackageWait::failed(e);
         }
         let mut active = self.inner.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -394,8 +403,14 @@ impl PackageStore {
 
     /// `job` no longer needs the package `key`. When no job does, its
     /// download stops and its files and journal row are removed.
-    pub fn release(&self, job: &str, key: &str) {
-        let left = match db::unclaim(&self.inner.journal, key, job) {
+    pub async fn release(&self, job: &str, key: &str) {
+        let (k, j) = (key.to_owned(), job.to_owned());
+        let left = self
+            .inner
+            .journal
+            .run(move |journal| db::unclaim(journal, &k, &j))
+            .await;
+        let left = match left {
             Ok(n) => n,
             Err(e) => {
                 warn!(%key, %job, "cannot release the package: {e}");
@@ -414,7 +429,13 @@ impl PackageStore {
         if let Some(a) = removed {
             a.task.abort();
         }
-        if let Err(e) = db::delete(&self.inner.journal, key) {
+        let k = key.to_owned();
+        if let Err(e) = self
+            .inner
+            .journal
+            .run(move |journal| db::delete(journal, &k))
+            .await
+        {
             warn!(%key, "cannot forget the package: {e}");
         }
         remove_files(&self.inner.dir, key);

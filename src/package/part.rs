@@ -89,13 +89,15 @@ impl Part {
         (&*file)
             .seek(SeekFrom::Start(start.offset))
             .map_err(|e| io_err("cannot seek", &path, e))?;
-        db::put_progress(
-            &journal,
-            &key,
+        let (k, size, offset, validator) = (
+            key.clone(),
             start.size,
             start.offset,
-            start.validator.as_deref(),
-        )?;
+            start.validator.clone(),
+        );
+        journal
+            .run(move |j| db::put_progress(j, &k, size, offset, validator.as_deref()))
+            .await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (durable_tx, durable) = mpsc::unbounded_channel();
         let w = Writer {
@@ -266,7 +268,7 @@ impl Writer {
                     .map_err(|e| io_err("cannot fsync", &path, e))
                     .and_then(|()| {
                         db::update_progress(
-                            &journal,
+                            &mut journal.blocking(),
                             &key,
                             cp.size,
                             cp.len,
@@ -290,7 +292,7 @@ impl Writer {
             .seek(SeekFrom::Start(0))
             .map_err(|e| io_err("cannot seek", &self.path, e))?;
         self.hasher = Sha256::new();
-        db::put_progress(&self.journal, &self.key, size, 0, validator)
+        db::put_progress(&mut self.journal.blocking(), &self.key, size, 0, validator)
     }
 }
 

@@ -22,7 +22,7 @@ use otabridge_codecs::iotda::{event, topic, Event, EventTime};
 use tokio::sync::{watch, Notify};
 
 use crate::clock::now_unix;
-use crate::journal::{self, JournalError, SharedJournal};
+use crate::journal::{JournalError, SharedJournal};
 
 /// Whether the session is connected, as the daemon and `status` see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,20 +65,33 @@ impl Platform {
         &self.inner.device_id
     }
 
-    /// The journal the outbox lives in.
-    pub fn journal(&self) -> &SharedJournal {
-        &self.inner.journal
-    }
-
-    /// Queues an event for the platform: durable when this returns.
+    /// Queues an event for the platform: durable when this returns (the
+    /// outbox row is committed, off the async workers).
     /// `object_device_id` is the child's id, or `None` for the gateway itself.
-    pub fn report(&self, object_device_id: Option<&str>, ev: &Event) -> Result<(), JournalError> {
+    pub async fn report(
+        &self,
+        object_device_id: Option<&str>,
+        ev: &Event,
+    ) -> Result<(), JournalError> {
         let now = now_unix();
         let payload = event::encode(object_device_id, ev, EventTime::from_unix(now), None);
         let topic = topic::events_up(&self.inner.device_id);
-        journal::lock(&self.inner.journal).outbox_push(&topic, &payload, now)?;
+        self.inner
+            .journal
+            .run(move |j| j.outbox_push(&topic, &payload, now))
+            .await?;
         self.inner.wake.notify_one();
         Ok(())
+    }
+
+    /// Reports queued and not yet acknowledged by the broker.
+    pub async fn outbox_len(&self) -> Result<u64, JournalError> {
+        self.inner.journal.run(|j| j.outbox_len()).await
+    }
+
+    /// The outbox's journal, for the session.
+    fn journal(&self) -> &SharedJournal {
+        &self.inner.journal
     }
 
     /// Follows the link state.

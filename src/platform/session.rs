@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use super::{LinkState, Platform};
 use crate::clock::now_unix;
 use crate::config::{Auth, PlatformConfig};
-use crate::journal::{self, OutboxEntry};
+use crate::journal::{OutboxEntry, SharedJournal};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::tls::{self, TlsError};
 
@@ -250,53 +250,13 @@ impl Session {
         eventloop: &mut EventLoop,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Ended {
-        let journal = self.platform.journal().clone();
+        let mut outbox = Outbox::new(self.platform.journal().clone());
         let mut bucket = Bucket::new(self.cfg.max_messages_per_sec);
-        // Outbox rows read but not yet handed to rumqttc.
-        let mut queued: VecDeque<OutboxEntry> = VecDeque::new();
-        // The highest outbox id read in this connection.
-        let mut read_up_to: i64 = 0;
-        // Ids handed to rumqttc, waiting for their packet id, in order:
-        // rumqttc emits `Outgoing::Publish(pkid)` in the order it was given
-        // the publishes, and only this task publishes.
-        let mut awaiting_pkid: VecDeque<i64> = VecDeque::new();
-        let mut inflight: HashMap<u16, i64> = HashMap::new();
-        let mut outbox_drained = false;
         loop {
-            // Hand as many reports to rumqttc as the window and rate allow.
-            let mut rate_wait = None;
-            while awaiting_pkid.len() + inflight.len() < WINDOW {
-                if queued.is_empty() && !outbox_drained {
-                    match journal::lock(&journal).outbox_after(read_up_to, WINDOW) {
-                        Ok(rows) => {
-                            outbox_drained = rows.len() < WINDOW;
-                            if let Some(last) = rows.last() {
-                                read_up_to = last.id;
-                            }
-                            queued.extend(rows);
-                        }
-                        Err(e) => return Ended::Failed(format!("reading the outbox: {e}")),
-                    }
-                }
-                let Some(next) = queued.front() else { break };
-                if !bucket.try_take() {
-                    rate_wait = Some(bucket.next_token_at());
-                    break;
-                }
-                match client.try_publish(
-                    next.topic.clone(),
-                    QoS::AtLeastOnce,
-                    false,
-                    next.payload.clone(),
-                ) {
-                    Ok(()) => {
-                        awaiting_pkid.push_back(next.id);
-                        queued.pop_front();
-                    }
-                    // The request channel is full: wait for the event loop.
-                    Err(_) => break,
-                }
-            }
+            let rate_wait = match outbox.fill(client, &mut bucket).await {
+                Ok(w) => w,
+                Err(ended) => return ended,
+            };
             let rate_sleep = async {
                 match rate_wait {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -305,17 +265,10 @@ impl Session {
             };
             tokio::select! {
                 ev = eventloop.poll() => match ev {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(id) = awaiting_pkid.pop_front() {
-                            inflight.insert(pkid, id);
-                        }
-                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => outbox.published(pkid),
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(id) = inflight.remove(&ack.pkid) {
-                            if let Err(e) = journal::lock(&journal).outbox_delete(id) {
-                                return Ended::Failed(format!("updating the outbox: {e}"));
-                            }
-                            debug!(id, "report acknowledged");
+                        if let Err(ended) = outbox.acked(ack.pkid).await {
+                            return ended;
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -336,14 +289,102 @@ impl Session {
                     Err(ConnectionError::ConnectionRefused(code)) => return Ended::Refused(code),
                     Err(e) => return Ended::Failed(e.to_string()),
                 },
-                _ = self.platform.woken() => {
-                    // New reports: read the outbox again.
-                    outbox_drained = false;
-                }
+                // New reports: read the outbox again.
+                _ = self.platform.woken() => outbox.drained = false,
                 _ = rate_sleep => {}
                 _ = &mut *shutdown => return Ended::Shutdown,
             }
         }
+    }
+}
+
+/// The outbox as one connection publishes it: rows read from the journal,
+/// handed to rumqttc in id order, deleted when their PUBACK arrives.
+struct Outbox {
+    journal: SharedJournal,
+    /// Rows read but not yet handed to rumqttc.
+    queued: VecDeque<OutboxEntry>,
+    /// The highest outbox id read in this connection.
+    read_up_to: i64,
+    /// Ids handed to rumqttc, waiting for their packet id, in order:
+    /// rumqttc emits `Outgoing::Publish(pkid)` in the order it was given
+    /// the publishes, and only this task publishes.
+    awaiting_pkid: VecDeque<i64>,
+    /// Published and not acknowledged yet, by packet id.
+    inflight: HashMap<u16, i64>,
+    /// The last read found no more rows.
+    drained: bool,
+}
+
+impl Outbox {
+    fn new(journal: SharedJournal) -> Self {
+        Outbox {
+            journal,
+            queued: VecDeque::new(),
+            read_up_to: 0,
+            awaiting_pkid: VecDeque::new(),
+            inflight: HashMap::new(),
+            drained: false,
+        }
+    }
+
+    /// Hands as many reports to rumqttc as the window and the rate allow;
+    /// when the rate stopped it, when the next token comes.
+    async fn fill(
+        &mut self,
+        client: &AsyncClient,
+        bucket: &mut Bucket,
+    ) -> Result<Option<Instant>, Ended> {
+        while self.awaiting_pkid.len() + self.inflight.len() < WINDOW {
+            if self.queued.is_empty() && !self.drained {
+                let after = self.read_up_to;
+                let rows = self
+                    .journal
+                    .run(move |j| j.outbox_after(after, WINDOW))
+                    .await
+                    .map_err(|e| Ended::Failed(format!("reading the outbox: {e}")))?;
+                self.drained = rows.len() < WINDOW;
+                if let Some(last) = rows.last() {
+                    self.read_up_to = last.id;
+                }
+                self.queued.extend(rows);
+            }
+            let Some(next) = self.queued.front() else {
+                break;
+            };
+            if !bucket.try_take() {
+                return Ok(Some(bucket.next_token_at()));
+            }
+            let (topic, payload) = (next.topic.clone(), next.payload.clone());
+            match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                Ok(()) => {
+                    self.awaiting_pkid.push_back(next.id);
+                    self.queued.pop_front();
+                }
+                // The request channel is full: wait for the event loop.
+                Err(_) => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// rumqttc sent the next publish with packet id `pkid`.
+    fn published(&mut self, pkid: u16) {
+        if let Some(id) = self.awaiting_pkid.pop_front() {
+            self.inflight.insert(pkid, id);
+        }
+    }
+
+    /// The broker acknowledged `pkid`: its row leaves the outbox.
+    async fn acked(&mut self, pkid: u16) -> Result<(), Ended> {
+        if let Some(id) = self.inflight.remove(&pkid) {
+            self.journal
+                .run(move |j| j.outbox_delete(id))
+                .await
+                .map_err(|e| Ended::Failed(format!("updating the outbox: {e}")))?;
+            debug!(id, "report acknowledged");
+        }
+        Ok(())
     }
 }
 
