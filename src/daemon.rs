@@ -148,16 +148,7 @@ async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartE
         false => None,
     };
     let restart = Arc::new(tokio::sync::Notify::new());
-    let hooks = Hooks {
-        child_jobs: {
-            let engine = engine.clone();
-            Arc::new(move || engine.active_jobs())
-        },
-        restart: {
-            let restart = restart.clone();
-            Arc::new(move || restart.notify_one())
-        },
-    };
+    let hooks = hooks(&engine, &restart);
     let own = SelfUpgrade::new(
         cfg.gateway.clone(),
         cfg.platform.fw_version.clone(),
@@ -188,6 +179,16 @@ async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartE
         restart,
         control,
     })
+}
+
+/// What the gateway's own upgrade asks of the rest of the daemon: how
+/// many child jobs run, and a restart.
+fn hooks(engine: &Engine, restart: &Arc<tokio::sync::Notify>) -> Hooks {
+    let (engine, restart) = (engine.clone(), restart.clone());
+    Hooks {
+        child_jobs: Arc::new(move || engine.active_jobs()),
+        restart: Arc::new(move || restart.notify_one()),
+    }
 }
 
 /// Runs the gateway until `shutdown` completes or the gateway's own upgrade

@@ -798,3 +798,74 @@ async fn a_slow_coap_push_is_not_killed_between_two_progress_calls() {
     assert!(!failed);
     b.tb.stop_gateway().await.unwrap();
 }
+
+/// A package file of `len` bytes for a driver test.
+fn package_file(dir: &std::path::Path, len: usize) -> otabridge::child::Package {
+    use sha2::{Digest, Sha256};
+    let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31)).collect();
+    let sha256 = hex::encode(Sha256::digest(&data));
+    let path = dir.join(&sha256);
+    std::fs::write(&path, &data).unwrap();
+    otabridge::child::Package {
+        path,
+        size: len as u64,
+        sha256,
+        version: "2.0".into(),
+    }
+}
+
+/// Issue 12: the LwM2M wait for the new version ran its own timer
+/// (`update_timeout`, 600 s from Execute) inside the job's
+/// `activation_timeout_secs`, and the first of the two to run out decided
+/// how the job failed. Now the job's activation deadline is the one timer,
+/// handed to the procedure (`Child::activate_by`): a child that takes 700 s
+/// to come back with the target succeeds under a 1200 s deadline (the
+/// procedure used to give up at 600 s), and under a 300 s deadline the
+/// activation ends at 300 s exactly, as the job's own timeout (unreachable
+/// in the activation: the job retries it). Paused time; real UDP.
+#[tokio::test(start_paused = true)]
+async fn the_lwm2m_wait_for_the_new_version_ends_at_the_activation_deadline() {
+    use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+    use otabridge::child::{ErrorKind, Step};
+    assert_eq!(
+        ChildOptions::default().update_timeout,
+        Duration::from_secs(600)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package_file(dir.path(), 4096);
+    for (deadline_s, succeeds) in [(1200, true), (300, false)] {
+        let sim = CoapChildSim::start(CoapSimOptions {
+            reboot_time: Duration::from_secs(700),
+            ..CoapSimOptions::new("1.0", "2.0")
+        })
+        .await
+        .unwrap();
+        let net =
+            CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 17)).unwrap();
+        let child = CoapChild::new(
+            "p_slow_boot",
+            sim.addr(),
+            otabridge::config::Delivery::Push,
+            net,
+            ChildOptions::default(),
+        );
+        child.deliver(&pkg, 0, &|_| {}).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(deadline_s);
+        let r = child.activate_by(&pkg, deadline).await;
+        let took = start.elapsed();
+        if succeeds {
+            r.unwrap();
+            assert_eq!(sim.version(), "2.0");
+            assert!(took > Duration::from_secs(700), "{took:?}");
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!(
+                (e.kind(), e.step()),
+                (ErrorKind::Unreachable, Step::Activate),
+                "{e}"
+            );
+            assert_eq!(took, Duration::from_secs(deadline_s), "{e}");
+        }
+    }
+}

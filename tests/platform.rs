@@ -212,8 +212,10 @@ async fn bad_input_is_logged_specifically_and_the_session_goes_on() {
         )
         .await
         .unwrap();
+    // Attributable (a configured child, an upgrade): answered with a
+    // failure report naming the field (tests/platform_hostile.rs has more).
     assert!(
-        logs.wait_for("$ota firmware_upgrade: bad paras: invalid type")
+        logs.wait_for("`file_size` is a string, expected an unsigned 64-bit integer")
             .await,
         "{}",
         logs.text()

@@ -684,31 +684,75 @@ impl Child for CoapChild {
     }
 
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>> {
-        Box::pin(async move {
-            let (mut procedure, _slot) = match self.take_pending(&package.sha256) {
-                Some(Some(p)) => (p, None),
-                // `deliver` found the target running already.
-                Some(None) => return Ok(()),
-                None => {
-                    // Nothing delivered in this run (the gateway restarted
-                    // after delivery): run the whole procedure; it finishes
-                    // at once if the child already runs the target.
-                    let slot = self.net.transfer_permit().await;
-                    (self.new_procedure(package, 0)?, Some(slot))
-                }
-            };
-            match self.drive(&mut procedure, package, false, &|_| {}).await? {
-                Stop::Finished(Outcome::Updated | Outcome::AlreadyCurrent) => {
-                    info!(child = %self.device_id, version = %package.version, "child runs the new version");
-                    Ok(())
-                }
-                Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(&f, Step::Activate)),
-                Stop::Downloaded => Err(ChildError::io(
-                    Step::Activate,
-                    "procedure stopped at State 2 during the activation",
-                )),
+        Box::pin(self.activate_until(package, None))
+    }
+
+    fn activate_by<'a>(
+        &'a self,
+        package: &'a Package,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(self.activate_until(package, Some(deadline)))
+    }
+}
+
+impl CoapChild {
+    /// Execute and the wait for the new version; with a `deadline` (the
+    /// job's activation deadline) the procedure ends by it, in place of
+    /// its own `update_timeout` (one timer, issue 12).
+    async fn activate_until(
+        &self,
+        package: &Package,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), ChildError> {
+        let (mut procedure, _slot) = match self.take_pending(&package.sha256) {
+            Some(Some(p)) => (p, None),
+            // `deliver` found the target running already.
+            Some(None) => return Ok(()),
+            None => {
+                // Nothing delivered in this run (the gateway restarted
+                // after delivery): run the whole procedure; it finishes
+                // at once if the child already runs the target.
+                let permit = self.net.transfer_permit();
+                let slot = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, permit).await.map_err(|_| {
+                        ChildError::unreachable(
+                            Step::Activate,
+                            "no CoAP transfer slot before the activation deadline",
+                        )
+                    })?,
+                    None => permit.await,
+                };
+                (self.new_procedure(package, 0)?, Some(slot))
             }
-        })
+        };
+        if let Some(d) = deadline {
+            procedure.set_deadline(self.net.engine_instant(d));
+        }
+        match self.drive(&mut procedure, package, false, &|_| {}).await? {
+            Stop::Finished(Outcome::Updated | Outcome::AlreadyCurrent) => {
+                info!(child = %self.device_id, version = %package.version, "child runs the new version");
+                Ok(())
+            }
+            // The job's deadline passed: the job's timeout, as the job
+            // classifies its own (the child did not come back in time).
+            Stop::Finished(Outcome::Failed(
+                UpdateFailure::UpdateTimeout | UpdateFailure::DownloadTimeout,
+            )) if deadline.is_some_and(|d| crate::clock::now() >= d) => {
+                Err(ChildError::unreachable(
+                    Step::Activate,
+                    format!(
+                        "version {} not seen by the activation deadline",
+                        package.version
+                    ),
+                ))
+            }
+            Stop::Finished(Outcome::Failed(f)) => Err(failure_to_error(&f, Step::Activate)),
+            Stop::Downloaded => Err(ChildError::io(
+                Step::Activate,
+                "procedure stopped at State 2 during the activation",
+            )),
+        }
     }
 }
 

@@ -57,8 +57,8 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
 /// | Concern | Engine in `codecs` (per request) | Driver (per operation) | `ota` job (per step) |
 /// |---|---|---|---|
 /// | Retransmits a lost request or answer | CoAP: the confirmable exchange (RFC 7252 §4.2, `[coap]` timers); SMP: `timeout_ms` × `retries` per request; framed: the profile's `timeout_ms`/`retries` | nothing | nothing |
-/// | Retries an operation that failed | LwM2M: the update procedure resets /5/0/1 and delivers again (`max_attempts`, a device's own refusal only) | nothing else: an error ends the operation | a failed step after a backoff (`[ota] max_retries`, `retry_min_ms`, `retry_max_ms`), only when `ota::verdict` says retrying may help (silence, garbled, link gone; never a device's refusal) |
-/// | Times out | each request (above); LwM2M: `download_timeout`, `update_timeout` from Execute to the target version; SMP: the reboot (`reboot_wait_ms`, `reboot_timeout_ms`) | the serial port's reopen (`reopen_timeout_ms`) | the delivery's no-progress watchdog fed by [`Child::acked_at`] and `progress` (`first_chunk_timeout_secs`, `chunk_timeout_secs`); a version read (`version_read_timeout_secs`); the activation as a whole (`activation_timeout_secs`); the job's deadline. Every step's timeout starts once its bus turn came ([`Buses`]) |
+/// | Retries an operation that failed | LwM2M: the update procedure resets /5/0/1 and delivers again (`max_attempts`), only after a failure the device reported (/5/0/5 = 2, 4 or 5, the push restarted too often, its `download_timeout`); never silence | nothing else: an error ends the operation | a failed step after a backoff (`[ota] max_retries`, `retry_min_ms`, `retry_max_ms`), only when `ota::verdict` says retrying may help (silence, garbled, link gone; never a device's refusal). No failure is retried by both columns |
+/// | Times out | each request (above); LwM2M: `download_timeout` (the delivery to State 2); SMP: the reboot (`reboot_wait_ms`, `reboot_timeout_ms`). LwM2M's wait for the new version ends at the job's activation deadline ([`Child::activate_by`]); its `update_timeout` applies only to a caller without one | the serial port's reopen (`reopen_timeout_ms`) | the delivery's no-progress watchdog fed by [`Child::acked_at`] and `progress` (`first_chunk_timeout_secs`, `chunk_timeout_secs`); a version read (`version_read_timeout_secs`); the activation's deadline (`activation_timeout_secs`), handed to the driver ([`Child::activate_by`]) instead of a timer of its own around it; the job's deadline. Every step's timeout starts once its bus turn came ([`Buses`]) |
 /// | Verifies | the version after the reboot (SMP state read; LwM2M /3/0/3) under the child's [`Policy`] | passes the engine's verdict on | reads the version back (`verifying`) and confirms ([`Child::confirm`], `confirming`) before success |
 /// | Maps to an IoTDA code | nothing | classifies what the device said into a [`Cause`] | `ota::verdict`, the only place: code, description, retry, cause |
 pub trait Child: Send + Sync + std::fmt::Debug {
@@ -106,6 +106,31 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     /// does not make it permanent: that is [`Child::confirm`], a step of
     /// the job's own.
     fn activate<'a>(&'a self, package: &'a Package) -> BoxFuture<'a, Result<(), ChildError>>;
+
+    /// [`Child::activate`], finishing by `deadline`: the job's activation
+    /// deadline (`[ota] activation_timeout_secs` from the activation's
+    /// start), the one timer of the activation. A driver whose engine
+    /// times the activation itself (LwM2M: the wait for the new version)
+    /// hands `deadline` to it, so that the engine ends there with what it
+    /// saw instead of racing a timer of the job's. The default runs
+    /// [`Child::activate`] until `deadline` and is then
+    /// [`ErrorKind::Unreachable`] in [`Step::Activate`].
+    fn activate_by<'a>(
+        &'a self,
+        package: &'a Package,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(async move {
+            let within = deadline.saturating_duration_since(crate::clock::now());
+            match tokio::time::timeout_at(deadline, self.activate(package)).await {
+                Ok(r) => r,
+                Err(_) => Err(ChildError::unreachable(
+                    Step::Activate,
+                    format!("activation did not finish within {} s", within.as_secs()),
+                )),
+            }
+        })
+    }
 
     /// Makes the running image permanent when it is `target`, for
     /// transports whose bootloader reverts an image that was not confirmed

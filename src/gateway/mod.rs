@@ -215,6 +215,24 @@ impl SelfUpgrade {
         });
     }
 
+    /// Answers an upgrade event for the gateway itself that cannot be used
+    /// (src/ota `Gateway::unusable`) with a failure report carrying `code`,
+    /// `description` and the running version of `kind`. No job is created.
+    /// In the background: reading the version may run a command.
+    pub fn refuse(&self, kind: UpgradeKind, code: ResultCode, description: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let version = me.running_version(kind).await.unwrap_or_default();
+            me.report(ProgressReport {
+                result_code: code,
+                progress: None,
+                version,
+                description: Some(description),
+            })
+            .await;
+        });
+    }
+
     /// Takes an upgrade event for the gateway itself.
     pub fn submit(&self, kind: UpgradeKind, v2: bool, upgrade: Upgrade) {
         let me = self.clone();

@@ -223,6 +223,41 @@ impl Engine {
             .map_or_else(Policy::default, |c| c.version_policy())
     }
 
+    /// Answers an upgrade event for child `device_id` that cannot be used
+    /// (src/ota `Gateway::unusable`) with a failure report: `code` and
+    /// `description`, and the version the child was last seen running (its
+    /// last health check's, else its latest job's, else empty). No job is
+    /// created: a running job goes on and reports for itself.
+    pub async fn refuse(&self, device_id: &str, code: ResultCode, description: String) {
+        let (me, id) = (self.clone(), device_id.to_owned());
+        let version = self
+            .inner
+            .journal
+            .run(move |j| {
+                let seen = j
+                    .children()
+                    .ok()
+                    .and_then(|rows| rows.into_iter().find(|c| c.device_id == id)?.version);
+                seen.or_else(|| {
+                    jobs_db::latest(j, &id, me.inner.limits, &|d| me.version_policy(d))
+                        .ok()??
+                        .machine
+                        .current_version
+                })
+            })
+            .await;
+        self.report(
+            device_id,
+            ProgressReport {
+                result_code: code,
+                progress: None,
+                version: version.unwrap_or_default(),
+                description: Some(description),
+            },
+        )
+        .await;
+    }
+
     /// Takes an upgrade event for child `device_id`: a new job when the
     /// child has none active, else a repeat (ignored) or a conflict
     /// (answered "Task Conflict").
@@ -817,9 +852,12 @@ impl Engine {
         // Count the activation before sending it.
         self.save(row).await;
         info!(child = %row.device_id, job = row.id, "activating {}", pkg.version);
-        let e = match tokio::time::timeout(t.activation, child.activate(&pkg)).await {
-            Ok(Ok(())) => return Some(Input::Activated),
-            Ok(Err(e)) => {
+        // The activation's one timer: the driver ends by it (its engine's
+        // own wait for the new version is bounded by it, not raced).
+        let deadline = clock::now() + t.activation;
+        let e = match child.activate_by(&pkg, deadline).await {
+            Ok(()) => return Some(Input::Activated),
+            Err(e) => {
                 if matches!(e.kind(), ErrorKind::Refused(_)) {
                     // A refused activation may still have changed what the
                     // child runs (an LwM2M child that booted another
@@ -836,13 +874,6 @@ impl Engine {
                 }
                 e
             }
-            Err(_) => ChildError::unreachable(
-                Step::Activate,
-                format!(
-                    "activation did not finish within {} s",
-                    t.activation.as_secs()
-                ),
-            ),
         };
         Some(Input::Failed(verdict(Failure::Child(&e))))
     }

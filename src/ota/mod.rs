@@ -232,10 +232,13 @@ impl Gateway {
             return;
         }
         match kind {
-            topic::Downstream::Events => match event::parse(&payload) {
+            topic::Downstream::Events => match event::read(&payload) {
                 Ok(events) => {
-                    for inc in events {
-                        self.dispatch(topic_name, inc).await;
+                    for r in events {
+                        match r {
+                            Ok(inc) => self.dispatch(topic_name, inc).await,
+                            Err(u) => self.unusable(topic_name, u).await,
+                        }
                     }
                 }
                 Err(e) => warn!(topic = topic_name, "dropped malformed event: {e}"),
@@ -245,6 +248,64 @@ impl Gateway {
                 ?other,
                 "not handled by otabridge; ignored"
             ),
+        }
+    }
+
+    /// Answers what can be attributed of an unusable service event (issue
+    /// 17, defect 2): an upgrade for a configured child or for the gateway
+    /// gets a failure report with the fault, so that the platform does not
+    /// wait 24 h for a result; a `version_query` (whose paras are all
+    /// informational) is answered as if it had none. Everything else is
+    /// logged with its topic and dropped.
+    async fn unusable(&self, topic_name: &str, u: event::Unusable) {
+        let gw = self.platform.gateway_id();
+        let (s, t) = (
+            u.service_id.as_deref().unwrap_or("?"),
+            u.event_type.as_deref().unwrap_or("?"),
+        );
+        let for_gateway = u.object_device_id.as_deref().is_none_or(|id| id == gw);
+        let child = u
+            .object_device_id
+            .as_deref()
+            .and_then(|id| self.children.get(id));
+        let known = for_gateway || child.is_some();
+        let who = u.object_device_id.as_deref().unwrap_or(gw);
+        if known && s == event::SERVICE_OTA && t == "version_query" {
+            warn!(
+                topic = topic_name,
+                child = who,
+                "version_query with unusable paras answered as a plain one: {}",
+                u.error
+            );
+            let inc = Incoming {
+                object_device_id: u.object_device_id.clone(),
+                event_time: None,
+                event_id: u.event_id.clone(),
+                event: Event::VersionQuery(Default::default()),
+            };
+            return self.dispatch(topic_name, inc).await;
+        }
+        let (Some((kind, _)), true) = (u.upgrade(), known) else {
+            warn!(
+                topic = topic_name,
+                child = who,
+                "dropped unusable event {s} {t}: {}",
+                u.error
+            );
+            return;
+        };
+        let (code, description) = u.failure();
+        warn!(
+            topic = topic_name, child = who, code = %code,
+            "unusable {t} answered with a failure report: {description}"
+        );
+        match (child, &self.engine) {
+            (Some(c), Some(engine)) => engine.refuse(c.device_id(), code, description).await,
+            (Some(c), None) => warn!(
+                child = c.device_id(),
+                "no upgrade engine to report the failure"
+            ),
+            (None, _) => self.own.refuse(kind, code, description),
         }
     }
 

@@ -26,9 +26,18 @@
 //! 4. Poll `/3/0/3` through the reboot until it equals the target version;
 //!    each time it does not, `/5/0/5` tells whether the update failed.
 //!    Success is reported only after the version was read back (docs/design.md).
-//! 5. A transient failure (connection lost, integrity, no answer) is retried
-//!    after resetting the child with an empty `/5/0/1` (5.xml: "Writing an
-//!    empty string to the Package URI resets the state machine").
+//! 5. A failure the child reports and that may not repeat (/5/0/5 says out
+//!    of memory, connection lost or integrity failure; the download timed
+//!    out; the push restarted too often) is retried after resetting the
+//!    child with an empty `/5/0/1` (5.xml: "Writing an empty string to the
+//!    Package URI resets the state machine"), up to `max_attempts`
+//!    deliveries. Silence (a request or push that got no answer) ends the
+//!    procedure: the caller owns that retry (in otabridge the OTA job,
+//!    `[ota] max_retries`, which resumes the push where it stopped), so
+//!    the two never nest.
+//! 6. A caller with a deadline of its own (the job's activation timeout)
+//!    hands it over with [`UpdateProcedure::set_deadline`]: the phase
+//!    timers end by it, so one timer decides, not the first of two.
 //!
 //! # Call order
 //! The procedure is a user of the driver's [`super::Peers`] (one path, the
@@ -98,9 +107,11 @@ pub struct UpdateConfig {
     pub poll_interval: Duration,
     /// Longest time from starting the delivery to State 2.
     pub download_timeout: Duration,
-    /// Longest time from Execute to reading the target version.
+    /// Longest time from Execute to reading the target version, unless
+    /// the caller set a deadline ([`UpdateProcedure::set_deadline`]).
     pub update_timeout: Duration,
-    /// Deliveries tried in all (1: no retry).
+    /// Deliveries tried in all (1: no retry) after a failure the child
+    /// reported (see the module doc, 5.); silence is never retried here.
     pub max_attempts: u32,
 }
 
@@ -199,8 +210,10 @@ impl UpdateFailure {
         }
     }
 
-    /// Worth another attempt after a reset: the failure may not repeat
-    /// (lost connection, corrupted transfer, a silent child, a timeout).
+    /// Worth another attempt after a reset: the child reported a failure
+    /// that may not repeat (lost connection, corrupted transfer, out of
+    /// memory), the download timed out, or the push restarted too often.
+    /// Silence is not: the caller retries that (module doc, 5.).
     fn transient(&self) -> bool {
         match self {
             UpdateFailure::Child(r) => matches!(
@@ -209,14 +222,8 @@ impl UpdateFailure {
                     | UpdateResult::ConnectionLost
                     | UpdateResult::IntegrityFailure
             ),
-            UpdateFailure::Push(p) => matches!(
-                p,
-                PushFailure::Unreachable
-                    | PushFailure::NoResponse
-                    | PushFailure::Reset
-                    | PushFailure::TooManyRestarts(_)
-            ),
-            UpdateFailure::Unreachable(_) | UpdateFailure::DownloadTimeout => true,
+            UpdateFailure::Push(p) => matches!(p, PushFailure::TooManyRestarts(_)),
+            UpdateFailure::DownloadTimeout => true,
             _ => false,
         }
     }
@@ -315,6 +322,8 @@ pub struct UpdateProcedure {
     in_flight: bool,
     wait_until: Option<Instant>,
     deadline: Option<Instant>,
+    /// The caller's deadline ([`UpdateProcedure::set_deadline`]).
+    bound: Option<Instant>,
     attempt: u32,
     delivered: u32,
     /// The version last read while verifying, and how often /5/0/5 said
@@ -353,6 +362,7 @@ impl UpdateProcedure {
             in_flight: false,
             wait_until: None,
             deadline: None,
+            bound: None,
             attempt: 1,
             delivered: 0,
             last_version: String::new(),
@@ -374,6 +384,21 @@ impl UpdateProcedure {
             | Step::PollResult => Phase::Delivering,
             Step::Execute | Step::ConfirmRefusal(_) => Phase::Downloaded,
             Step::VerifyVersion | Step::VerifyResult | Step::Finished => Phase::Updating,
+        }
+    }
+
+    /// The caller's deadline for the rest of the procedure (otabridge: the
+    /// job's activation deadline, `[ota] activation_timeout_secs`): the
+    /// wait for the new version ends at `at` instead of `update_timeout`
+    /// after Execute, and a delivery still to run or running ends by `at`
+    /// too (whichever of its own timeout and `at` comes first). The
+    /// procedure fails there with the failure of the phase it is in
+    /// ([`UpdateFailure::UpdateTimeout`] while verifying). Call between two
+    /// [`UpdateProcedure::poll_action`]s; a later call replaces it.
+    pub fn set_deadline(&mut self, at: Instant) {
+        self.bound = Some(at);
+        if let Some(d) = self.deadline {
+            self.deadline = Some(d.min(at));
         }
     }
 
@@ -617,6 +642,11 @@ impl UpdateProcedure {
             self.in_flight = false;
             self.cancel = true;
         }
+        // The caller's deadline does not wait for a request in flight.
+        if self.in_flight && self.bound.is_some_and(|b| now >= b) {
+            self.in_flight = false;
+            self.cancel = true;
+        }
         if !self.in_flight {
             self.check_deadline(now);
         }
@@ -628,10 +658,13 @@ impl UpdateProcedure {
         if self.pushing() {
             return self.deadline;
         }
-        if self.in_flight || self.is_finished() {
+        if self.is_finished() {
             return None;
         }
-        match (self.wait_until, self.deadline) {
+        if self.in_flight {
+            return self.bound;
+        }
+        match (self.wait_until, self.deadline.or(self.bound)) {
             (Some(w), Some(d)) => Some(w.min(d)),
             (w, d) => w.or(d),
         }
@@ -671,7 +704,8 @@ impl UpdateProcedure {
 
     fn start_delivery(&mut self, now: Instant) {
         self.events.push_back(UpdateEvent::Phase(Phase::Delivering));
-        self.deadline = Some(now + self.cfg.download_timeout);
+        let own = now + self.cfg.download_timeout;
+        self.deadline = Some(self.bound.map_or(own, |b| b.min(own)));
         self.delivered = 0;
         self.step = match &self.cfg.delivery {
             Delivery::Pull { .. } => Step::WriteUri,
@@ -696,7 +730,7 @@ impl UpdateProcedure {
 
     fn start_verify(&mut self, now: Instant) {
         self.events.push_back(UpdateEvent::Phase(Phase::Updating));
-        self.deadline = Some(now + self.cfg.update_timeout);
+        self.deadline = Some(self.bound.unwrap_or(now + self.cfg.update_timeout));
         self.wait(now, Step::VerifyVersion);
     }
 
@@ -706,11 +740,15 @@ impl UpdateProcedure {
     }
 
     fn check_deadline(&mut self, now: Instant) -> bool {
-        if self.deadline.is_none_or(|d| now < d) || self.is_finished() {
+        // Between phases (no phase timer) the caller's deadline still holds.
+        let due = self.deadline.or(self.bound);
+        if due.is_none_or(|d| now < d) || self.is_finished() {
             return false;
         }
         let failure = match self.step {
-            Step::VerifyVersion | Step::VerifyResult => UpdateFailure::UpdateTimeout,
+            Step::Execute | Step::ConfirmRefusal(_) | Step::VerifyVersion | Step::VerifyResult => {
+                UpdateFailure::UpdateTimeout
+            }
             _ => UpdateFailure::DownloadTimeout,
         };
         self.fail(failure, now);
@@ -974,8 +1012,117 @@ mod tests {
             attempt: 2,
             cause: UpdateFailure::Child(UpdateResult::ConnectionLost)
         }));
-        // The second failure is final (max_attempts 2).
+        // Silence is final at once: the caller retries that.
         u.handle_failure(TransportFailure::GaveUp, at(3000));
+        assert_eq!(
+            finished(&mut u),
+            Some(Outcome::Failed(UpdateFailure::Unreachable(
+                Path::PACKAGE_URI
+            )))
+        );
+    }
+
+    /// A pull procedure paused at State 2 (Execute next) at 1 s, as a
+    /// driver holds it between delivery and activation.
+    fn downloaded_at_1s() -> UpdateProcedure {
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        let _ = next(&mut u, 1000);
+        u.handle_response(&content("2"), at(1000));
+        assert_eq!(u.phase(), Phase::Downloaded);
+        u
+    }
+
+    /// Polls through a reboot that never shows the target from `from` ms
+    /// on, until the procedure ends; returns when, and how.
+    fn verify_until_end(u: &mut UpdateProcedure, from: u64) -> (u64, Outcome) {
+        let mut now = from;
+        loop {
+            u.handle_timeout(at(now));
+            if let Some(Action::Request(r)) = u.poll_action(at(now)) {
+                let path = uri_path(&r).unwrap().join("/");
+                let answer = match path.as_str() {
+                    "5/0/2" => answer(Code::CHANGED, ""),
+                    "3/0/3" => content("1.0"),
+                    _ => content("0"),
+                };
+                u.handle_response(&answer, at(now));
+            }
+            if let Some(o) = finished(u) {
+                return (now, o);
+            }
+            assert!(now < 4_000_000, "the procedure must end");
+            now = u
+                .poll_timeout()
+                .map_or(now + 1000, |t| t.as_millis().max(now));
+        }
+    }
+
+    /// Issue 12: the caller's deadline decides when the wait for the new
+    /// version ends, both ways: past `update_timeout` (600 s) when the
+    /// caller allows longer, before it when the caller allows less. The
+    /// two timers no longer race.
+    #[test]
+    fn the_callers_deadline_replaces_update_timeout() {
+        assert_eq!(pull_cfg().update_timeout, Duration::from_secs(600));
+        for bound in [1_201_000, 31_000] {
+            let mut u = downloaded_at_1s();
+            u.set_deadline(at(bound));
+            let (when, out) = verify_until_end(&mut u, 1000);
+            assert_eq!(out, Outcome::Failed(UpdateFailure::UpdateTimeout));
+            assert_eq!(when, bound, "ends at the caller's deadline");
+        }
+        // Without one, `update_timeout` after Execute, as before.
+        let mut u = downloaded_at_1s();
+        let (when, _) = verify_until_end(&mut u, 1000);
+        assert_eq!(when, 601_000);
+    }
+
+    /// The caller's deadline also ends a delivery that runs past it.
+    #[test]
+    fn the_callers_deadline_bounds_a_delivery() {
+        let mut u = UpdateProcedure::new(UpdateConfig {
+            max_attempts: 1,
+            ..pull_cfg()
+        })
+        .unwrap();
+        u.set_deadline(at(10_000));
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_response(&answer(Code::CHANGED, ""), at(0));
+        assert_eq!(u.poll_timeout(), Some(at(1000)));
+        let mut now = 1000;
+        while !u.is_finished() {
+            u.handle_timeout(at(now));
+            if let Some(Action::Request(_)) = u.poll_action(at(now)) {
+                u.handle_response(&content("1"), at(now));
+            }
+            now += 1000;
+        }
+        assert_eq!(
+            finished(&mut u),
+            Some(Outcome::Failed(UpdateFailure::DownloadTimeout))
+        );
+        assert_eq!(
+            now, 11_000,
+            "ended at the 10 s deadline, not download_timeout's 30 min"
+        );
+    }
+
+    /// Silence is the caller's to retry: the procedure ends on it at once,
+    /// while a failure the child reported is retried after a reset.
+    #[test]
+    fn silence_is_not_retried_here() {
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        assert_eq!(u.cfg.max_attempts, 2);
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        let _ = next(&mut u, 0);
+        u.handle_failure(TransportFailure::GaveUp, at(100));
         assert_eq!(
             finished(&mut u),
             Some(Outcome::Failed(UpdateFailure::Unreachable(

@@ -1197,6 +1197,7 @@ impl Cx<'_> {
 
 impl Profile {
     /// Parses and validates a profile. `file` names it in errors.
+    // Long on purpose: the sections of a profile in file order, each handed to its own parser; the cross-section checks read best next to them.
     pub fn parse(text: &str, file: &str) -> Result<Profile, ProfileError> {
         let cx = Cx { text, file };
         let raw: RawProfile = toml::from_str(text).map_err(|e| cx.toml(e))?;
@@ -1470,6 +1471,7 @@ fn crc_coverage(
 
 type Messages = (Vec<Option<Message>>, usize, Activation);
 
+// Long on purpose: every message kind is validated by one loop body, key by key in the order docs/framed.md lists them, so each error names its key where the reader expects it.
 fn parse_messages(cx: &Cx<'_>, raw: &RawMessages) -> Res<Messages> {
     let r = raw;
     let table = [

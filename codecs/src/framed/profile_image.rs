@@ -472,6 +472,7 @@ struct RawCrcCheck {
 }
 
 /// Validates `[image_check]`.
+// Long on purpose: `[image_check]`'s keys are validated in one pass, in the order docs/framed.md lists them, each error naming its key.
 pub(super) fn parse(cx: &Cx<'_>, raw: &Spanned<RawImageCheck>) -> Res<ImageCheck> {
     let bad = |span: &Range<usize>, what: &str| {
         cx.err(span, ProfileErrorKind::ImageCheck(what.to_owned()))

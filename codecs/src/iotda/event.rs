@@ -9,7 +9,8 @@
 //! platform features never break a running gateway.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::result::ResultCode;
 use super::EventTime;
@@ -316,6 +317,28 @@ pub enum EventError {
     /// The envelope has no service events.
     #[error("event envelope has an empty services list")]
     NoServices,
+    /// A service event that is not an object with string `service_id` and
+    /// `event_type`.
+    #[error("service event {index}: {why}")]
+    Service {
+        /// Its place in `services`, from 0.
+        index: usize,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A known event type whose paras field is missing, of the wrong type,
+    /// or holds a value otabridge cannot use.
+    #[error("{service_id} {event_type}: bad paras: `{field}` {why}")]
+    Field {
+        /// Its service id.
+        service_id: String,
+        /// Its event type.
+        event_type: String,
+        /// The paras field.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A known event type whose paras are missing a field or have a wrong type.
     #[error("{service_id} {event_type}: bad paras: {source}")]
     Paras {
@@ -348,28 +371,184 @@ struct RawService {
     paras: Value,
 }
 
-fn paras<T: for<'de> Deserialize<'de>>(raw: &RawService) -> Result<T, EventError> {
-    // An absent or null `paras` reads as an empty object, so that types whose
-    // fields are all optional (version_query) accept it.
-    let v = if raw.paras.is_null() {
-        Value::Object(Map::new())
-    } else {
-        raw.paras.clone()
-    };
-    serde_json::from_value(v).map_err(|source| EventError::Paras {
+/// The envelope as read: each service stays raw text, so that one bad
+/// service does not hide the others, and a service's paras are read from
+/// their own text (a duplicated field is then an error, not "the last one
+/// wins", as it is in a [`Value`]).
+#[derive(Deserialize)]
+struct ReadEnvelope<'a> {
+    #[serde(default)]
+    object_device_id: Option<String>,
+    #[serde(borrow)]
+    services: Vec<&'a RawValue>,
+}
+
+/// One service as read: every field loose, so that what is known of an
+/// unusable service (its type) can still be told.
+#[derive(Deserialize)]
+struct ReadService<'a> {
+    service_id: Value,
+    event_type: Value,
+    #[serde(default)]
+    event_time: Option<Value>,
+    #[serde(default)]
+    event_id: Option<Value>,
+    #[serde(default, borrow)]
+    paras: Option<&'a RawValue>,
+}
+
+/// A service's identity and paras, its names checked.
+struct Service<'a> {
+    service_id: String,
+    event_type: String,
+    /// The paras' JSON text; `{}` when absent or null.
+    paras: &'a str,
+}
+
+fn paras<T: for<'de> Deserialize<'de>>(raw: &Service<'_>) -> Result<T, EventError> {
+    serde_json::from_str(raw.paras).map_err(|source| EventError::Paras {
         service_id: raw.service_id.clone(),
         event_type: raw.event_type.clone(),
         source,
     })
 }
 
+fn paras_value(raw: &Service<'_>) -> Result<Value, EventError> {
+    paras(raw)
+}
+
+/// What an upgrade's paras field must hold (docs/protocols/iotda.md §4.4).
+#[derive(Clone, Copy)]
+enum Want {
+    Text,
+    U64,
+    U32,
+    Any,
+}
+
+/// Whether an upgrade paras field must be there.
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    /// Present and not null.
+    Required,
+    /// May be absent, not null.
+    Default,
+    /// May be absent or null.
+    Optional,
+}
+
+/// The upgrade paras fields: name, whether otabridge needs it, JSON type
+/// ([`Upgrade`]'s fields). `file_name` and `sign` are mandatory in the
+/// doc's table but otabridge does without them (the name is informational,
+/// a missing sign skips the hash check), as it always has.
+const UPGRADE_FIELDS: &[(&str, Need, Want)] = &[
+    ("version", Need::Required, Want::Text),
+    ("url", Need::Required, Want::Text),
+    ("file_size", Need::Required, Want::U64),
+    ("file_name", Need::Default, Want::Text),
+    ("access_token", Need::Optional, Want::Text),
+    ("expires", Need::Optional, Want::U64),
+    ("sign", Need::Optional, Want::Text),
+    ("custom_info", Need::Optional, Want::Text),
+    ("task_id", Need::Optional, Want::Text),
+    ("sub_device_count", Need::Optional, Want::U32),
+    ("task_ext_info", Need::Optional, Want::Any),
+];
+
+/// The longest `version` otabridge takes: the platform's own limit is not
+/// documented; a version is an operator's short label ("V2.0"), and this
+/// bound keeps a hostile one out of the journal and the reports.
+pub const MAX_VERSION_LEN: usize = 256;
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_u64() => "an unsigned integer",
+        Value::Number(n) if n.is_i64() => "a negative integer",
+        Value::Number(_) => "a number that is not a whole number below 2^64",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks upgrade paras field by field, naming the first field that is
+/// missing, of the wrong type or out of range, then reads them (which
+/// catches a duplicated field), then checks the version's text.
+fn upgrade_paras(raw: &Service<'_>) -> Result<Upgrade, EventError> {
+    let bad = |field: &'static str, why: String| EventError::Field {
+        service_id: raw.service_id.clone(),
+        event_type: raw.event_type.clone(),
+        field,
+        why,
+    };
+    let v = paras_value(raw)?;
+    let Some(obj) = v.as_object() else {
+        return Err(bad(
+            "paras",
+            format!("is {}, expected an object", json_kind(&v)),
+        ));
+    };
+    for &(name, need, want) in UPGRADE_FIELDS {
+        let Some(f) = obj.get(name) else {
+            if need == Need::Required {
+                return Err(bad(name, "is missing".into()));
+            }
+            continue;
+        };
+        let ok = (f.is_null() && need == Need::Optional)
+            || match want {
+                Want::Text => f.is_string(),
+                Want::U64 => f.is_u64(),
+                Want::U32 => f.as_u64().is_some_and(|n| u32::try_from(n).is_ok()),
+                Want::Any => true,
+            };
+        if !ok {
+            let expected = match want {
+                Want::Text => "a string",
+                Want::U64 => "an unsigned 64-bit integer",
+                Want::U32 => "an unsigned 32-bit integer",
+                Want::Any => "any value",
+            };
+            let is = match f {
+                Value::Number(n) if n.is_u64() && matches!(want, Want::U32) => {
+                    format!("{n}, out of range")
+                }
+                _ => json_kind(f).to_owned(),
+            };
+            return Err(bad(name, format!("is {is}, expected {expected}")));
+        }
+    }
+    let up: Upgrade = paras(raw)?;
+    if up.version.trim().is_empty() {
+        return Err(bad("version", "is empty".into()));
+    }
+    if up.version.len() > MAX_VERSION_LEN {
+        return Err(bad(
+            "version",
+            format!(
+                "is {} bytes long, more than {MAX_VERSION_LEN}",
+                up.version.len()
+            ),
+        ));
+    }
+    if up.version.chars().any(char::is_control) {
+        return Err(bad("version", "holds control characters".into()));
+    }
+    if up.url.trim().is_empty() {
+        return Err(bad("url", "is empty".into()));
+    }
+    Ok(up)
+}
+
 impl Event {
-    fn from_raw(raw: &RawService) -> Result<Event, EventError> {
+    fn from_raw(raw: &Service<'_>) -> Result<Event, EventError> {
         let upgrade = |kind, v2| -> Result<Event, EventError> {
             Ok(Event::Upgrade {
                 kind,
                 v2,
-                upgrade: paras(raw)?,
+                upgrade: upgrade_paras(raw)?,
             })
         };
         Ok(match (raw.service_id.as_str(), raw.event_type.as_str()) {
@@ -383,7 +562,7 @@ impl Event {
             (SERVICE_SUB_DEVICE_MANAGER, "sub_device_update_status") => {
                 // The same event type names the request (up, `device_statuses`)
                 // and, per the doc table, the response (down, successful/failed).
-                if raw.paras.get("device_statuses").is_some() {
+                if paras_value(raw)?.get("device_statuses").is_some() {
                     Event::UpdateStatus(paras(raw)?)
                 } else {
                     Event::UpdateStatusResponse(paras(raw)?)
@@ -410,7 +589,7 @@ impl Event {
             _ => Event::Unknown {
                 service_id: raw.service_id.clone(),
                 event_type: raw.event_type.clone(),
-                paras: raw.paras.clone(),
+                paras: paras_value(raw)?,
             },
         })
     }
@@ -477,33 +656,159 @@ impl Event {
     }
 }
 
-/// Parses a payload of `sys/events/up` or `sys/events/down`.
+/// A service event that names its type but cannot be used: what is known of
+/// it, so that the gateway can answer the device it is for (an upgrade gets
+/// a failure report, not silence: issue 17, defect 2).
+#[derive(Debug)]
+pub struct Unusable {
+    /// The envelope's `object_device_id`.
+    pub object_device_id: Option<String>,
+    /// Its service id, when it is a string.
+    pub service_id: Option<String>,
+    /// Its event type, when it is a string.
+    pub event_type: Option<String>,
+    /// Its event id, when it is a string.
+    pub event_id: Option<String>,
+    /// What is wrong with it.
+    pub error: Box<EventError>,
+}
+
+impl Unusable {
+    /// Firmware or software and `_v2`, when this is an upgrade event.
+    pub fn upgrade(&self) -> Option<(UpgradeKind, bool)> {
+        if self.service_id.as_deref() != Some(SERVICE_OTA) {
+            return None;
+        }
+        match self.event_type.as_deref()? {
+            "firmware_upgrade" => Some((UpgradeKind::Firmware, false)),
+            "software_upgrade" => Some((UpgradeKind::Software, false)),
+            "firmware_upgrade_v2" => Some((UpgradeKind::Firmware, true)),
+            "software_upgrade_v2" => Some((UpgradeKind::Software, true)),
+            _ => None,
+        }
+    }
+
+    /// The failure to report for an unusable upgrade event: an unusable
+    /// `url` is "Invalid URI" (the LwM2M wording, docs/protocols/iotda.md
+    /// §9, as for a URL the download cannot use), anything else an
+    /// internal exception; the description names the field and the fault.
+    pub fn failure(&self) -> (ResultCode, String) {
+        let desc = match &*self.error {
+            EventError::Field { field: "url", .. } => super::result::DESC_INVALID_URI,
+            _ => "Unusable upgrade event",
+        };
+        let why = match &*self.error {
+            EventError::Field { field, why, .. } => format!("`{field}` {why}"),
+            EventError::Paras { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        (ResultCode::INNER_ERROR, format!("{desc}: {why}"))
+    }
+}
+
+fn text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Reads one service of an envelope.
+fn read_service(
+    object_device_id: &Option<String>,
+    index: usize,
+    raw: &RawValue,
+) -> Result<Incoming, Unusable> {
+    let unusable = |service_id, event_type, event_id, error| Unusable {
+        object_device_id: object_device_id.clone(),
+        service_id,
+        event_type,
+        event_id,
+        error: Box::new(error),
+    };
+    let svc: ReadService<'_> = match serde_json::from_str(raw.get()) {
+        Ok(s) => s,
+        Err(e) => {
+            // A duplicated or missing field: say what is known of the service
+            // (a duplicated name reads as its last value here).
+            let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+            let name = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+            let why = EventError::Service {
+                index,
+                why: e.to_string(),
+            };
+            return Err(unusable(
+                name("service_id"),
+                name("event_type"),
+                name("event_id"),
+                why,
+            ));
+        }
+    };
+    let event_id = text(&svc.event_id);
+    let (Value::String(service_id), Value::String(event_type)) = (&svc.service_id, &svc.event_type)
+    else {
+        let why = EventError::Service {
+            index,
+            why: format!(
+                "service_id is {} and event_type is {}; both must be strings",
+                json_kind(&svc.service_id),
+                json_kind(&svc.event_type)
+            ),
+        };
+        let s = svc.service_id.as_str().map(str::to_owned);
+        let t = svc.event_type.as_str().map(str::to_owned);
+        return Err(unusable(s, t, event_id, why));
+    };
+    let service = Service {
+        service_id: service_id.clone(),
+        event_type: event_type.clone(),
+        paras: match svc.paras.map(RawValue::get) {
+            None | Some("null") => "{}",
+            Some(p) => p,
+        },
+    };
+    match Event::from_raw(&service) {
+        Ok(event) => Ok(Incoming {
+            object_device_id: object_device_id.clone(),
+            event_time: text(&svc.event_time).and_then(|t| EventTime::parse(&t).ok()),
+            event_id,
+            event,
+        }),
+        Err(error) => Err(unusable(
+            Some(service.service_id),
+            Some(service.event_type),
+            event_id,
+            error,
+        )),
+    }
+}
+
+/// Reads a payload of `sys/events/down` (or `up`) service by service: the
+/// envelope's own faults (not JSON, nested deeper than serde_json's limit
+/// of 128, `object_device_id` not a string, a duplicated envelope field, no
+/// `services` list) are an [`EventError`], since nothing in it can be
+/// trusted to name a device; a service that cannot be used is an
+/// [`Unusable`] with what is known of it, and does not hide the others.
+pub fn read(payload: &[u8]) -> Result<Vec<Result<Incoming, Unusable>>, EventError> {
+    let env: ReadEnvelope<'_> = serde_json::from_slice(payload).map_err(EventError::Envelope)?;
+    if env.services.is_empty() {
+        return Err(EventError::NoServices);
+    }
+    Ok(env
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| read_service(&env.object_device_id, i, raw))
+        .collect())
+}
+
+/// Parses a payload of `sys/events/up` or `sys/events/down`: [`read`], with
+/// the first unusable service as the error.
 ///
 /// A malformed `event_time` is dropped (the platform itself then uses its
 /// receive time, [DOC:iot_06_v5_3029]); a non-string `event_id` is dropped.
 pub fn parse(payload: &[u8]) -> Result<Vec<Incoming>, EventError> {
-    let env: RawEnvelope = serde_json::from_slice(payload).map_err(EventError::Envelope)?;
-    if env.services.is_empty() {
-        return Err(EventError::NoServices);
-    }
-    env.services
-        .iter()
-        .map(|raw| {
-            Ok(Incoming {
-                object_device_id: env.object_device_id.clone(),
-                event_time: raw
-                    .event_time
-                    .as_ref()
-                    .and_then(Value::as_str)
-                    .and_then(|t| EventTime::parse(t).ok()),
-                event_id: raw
-                    .event_id
-                    .as_ref()
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                event: Event::from_raw(raw)?,
-            })
-        })
+    read(payload)?
+        .into_iter()
+        .map(|r| r.map_err(|u| *u.error))
         .collect()
 }
 
@@ -621,13 +926,15 @@ mod tests {
             br#"{"services":[{"service_id":"$ota","event_type":"firmware_upgrade","paras":{"version":"1","url":"u","file_size":"big"}}]}"#,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("firmware_upgrade"), "{err}");
-        assert!(err.to_string().contains("invalid type"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "$ota firmware_upgrade: bad paras: `file_size` is a string, expected an unsigned 64-bit integer"
+        );
         let err = parse(
             br#"{"services":[{"service_id":"$ota","event_type":"firmware_upgrade","paras":{"url":"u","file_size":1}}]}"#,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("missing field `version`"), "{err}");
+        assert!(err.to_string().contains("`version` is missing"), "{err}");
     }
 
     #[test]
@@ -668,5 +975,178 @@ mod tests {
             .remove(0);
         assert_eq!(round.event, status);
         assert_eq!(round.event_id.as_deref(), Some("e1"));
+    }
+
+    fn unusable(payload: &str) -> Unusable {
+        let mut v = read(payload.as_bytes()).unwrap();
+        assert_eq!(v.len(), 1);
+        v.remove(0).unwrap_err()
+    }
+
+    fn upgrade_with(paras: &str) -> String {
+        format!(
+            r#"{{"object_device_id":"c1","services":[{{"service_id":"$ota","event_type":"firmware_upgrade","event_id":"e9","paras":{paras}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn unusable_upgrades_are_attributed_with_a_specific_failure() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"version":"2","file_size":1}"#,
+                "Invalid URI: `url` is missing",
+            ),
+            (
+                r#"{"version":"2","url":7,"file_size":1}"#,
+                "Invalid URI: `url` is an unsigned integer, expected a string",
+            ),
+            (
+                r#"{"version":"2","url":"  ","file_size":1}"#,
+                "Invalid URI: `url` is empty",
+            ),
+            (
+                r#"{"version":2.0,"url":"u","file_size":1}"#,
+                "Unusable upgrade event: `version` is a number that is not a whole number below 2^64, expected a string",
+            ),
+            (
+                r#"{"version":"","url":"u","file_size":1}"#,
+                "Unusable upgrade event: `version` is empty",
+            ),
+            (
+                r#"{"version":"1\u0000","url":"u","file_size":1}"#,
+                "Unusable upgrade event: `version` holds control characters",
+            ),
+            (
+                r#"{"version":"2","url":"u","file_size":-1}"#,
+                "Unusable upgrade event: `file_size` is a negative integer, expected an unsigned 64-bit integer",
+            ),
+            (
+                r#"{"version":"2","url":"u","file_size":18446744073709551616}"#,
+                "Unusable upgrade event: `file_size` is a number that is not a whole number below 2^64, expected an unsigned 64-bit integer",
+            ),
+            (
+                r#"{"version":"2","url":"u","file_size":1,"sub_device_count":4294967296}"#,
+                "Unusable upgrade event: `sub_device_count` is 4294967296, out of range, expected an unsigned 32-bit integer",
+            ),
+            (
+                r#"{"version":"2","url":"u","file_size":1,"file_name":null}"#,
+                "Unusable upgrade event: `file_name` is null, expected a string",
+            ),
+            (
+                r#"[1,2]"#,
+                "Unusable upgrade event: `paras` is a list, expected an object",
+            ),
+        ];
+        for (paras, want) in cases {
+            let u = unusable(&upgrade_with(paras));
+            assert_eq!(u.object_device_id.as_deref(), Some("c1"));
+            assert_eq!(u.event_id.as_deref(), Some("e9"));
+            assert_eq!(u.upgrade(), Some((UpgradeKind::Firmware, false)), "{paras}");
+            let (code, desc) = u.failure();
+            assert_eq!(code, ResultCode::INNER_ERROR);
+            assert_eq!(desc, *want, "{paras}");
+        }
+        let long = format!(
+            r#"{{"version":"{}","url":"u","file_size":1}}"#,
+            "v".repeat(257)
+        );
+        assert!(unusable(&upgrade_with(&long))
+            .failure()
+            .1
+            .contains("257 bytes long"));
+        // A duplicated field is ambiguous: neither value is taken.
+        let dup = unusable(&upgrade_with(
+            r#"{"version":"2","url":"https://a/x","url":"https://b/x","file_size":1}"#,
+        ));
+        assert!(
+            dup.failure().1.contains("duplicate field `url`"),
+            "{:?}",
+            dup.failure()
+        );
+    }
+
+    #[test]
+    fn a_bad_service_does_not_hide_the_others() {
+        let v = read(
+            br#"{"object_device_id":"c1","services":[
+                {"service_id":"$ota","event_type":"software_upgrade_v2","paras":{"url":"u"}},
+                7,
+                {"service_id":"$ota","event_type":5},
+                {"service_id":"$ota","service_id":"$ota","event_type":"version_query"},
+                {"service_id":"$ota","event_type":"version_query","event_time":12,"event_id":{"a":1}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v.len(), 5);
+        let u = v[0].as_ref().unwrap_err();
+        assert_eq!(u.upgrade(), Some((UpgradeKind::Software, true)));
+        let u = v[1].as_ref().unwrap_err();
+        assert!(u.service_id.is_none() && u.upgrade().is_none());
+        assert!(
+            u.error
+                .to_string()
+                .starts_with("service event 1: invalid type"),
+            "{}",
+            u.error
+        );
+        let u = v[2].as_ref().unwrap_err();
+        assert_eq!(
+            u.error.to_string(),
+            "service event 2: service_id is a string and event_type is an unsigned integer; both must be strings"
+        );
+        let u = v[3].as_ref().unwrap_err();
+        assert!(
+            u.error.to_string().contains("duplicate field `service_id`"),
+            "{}",
+            u.error
+        );
+        assert_eq!(u.event_type.as_deref(), Some("version_query"));
+        let ok = v[4].as_ref().unwrap();
+        assert_eq!(ok.event, Event::VersionQuery(VersionQuery::default()));
+        assert_eq!((ok.event_time, ok.event_id.as_deref()), (None, None));
+    }
+
+    #[test]
+    fn envelope_faults_name_no_device() {
+        for bad in [
+            r#"{"object_device_id":5,"services":[]}"#,
+            r#"{"object_device_id":"a","object_device_id":"b","services":[{"service_id":"$ota","event_type":"version_query"}]}"#,
+            r#"{"object_device_id":"c1","services":{"service_id":"$ota"}}"#,
+            "[]",
+            "\"\\ud800\"",
+        ] {
+            assert!(
+                matches!(read(bad.as_bytes()), Err(EventError::Envelope(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(read(b"\xff\xfe{}"), Err(EventError::Envelope(_))));
+        // A lone surrogate inside a service is that service's fault.
+        let u = unusable(&upgrade_with(
+            r#"{"version":"\ud800","url":"u","file_size":1}"#,
+        ));
+        assert!(u.failure().1.contains("hex escape"), "{:?}", u.failure());
+        // Nested deeper than serde_json's limit (128): a service that is
+        // not one, or paras that cannot be read; neither overflows a stack.
+        let deep = |inner: &str| {
+            let v = read(inner.as_bytes()).unwrap();
+            assert_eq!(v.len(), 1);
+            v.into_iter().next().unwrap().unwrap_err()
+        };
+        let nest = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let u = deep(&format!(
+            r#"{{"object_device_id":"c1","services":[{}]}}"#,
+            nest(100_000)
+        ));
+        assert!(u.service_id.is_none() && u.upgrade().is_none(), "{u:?}");
+        let u = deep(&upgrade_with(&format!(
+            r#"{{"version":"2","url":"u","file_size":1,"task_ext_info":{}}}"#,
+            nest(100_000)
+        )));
+        assert_eq!(u.upgrade(), Some((UpgradeKind::Firmware, false)));
+        assert!(
+            u.failure().1.contains("recursion limit exceeded"),
+            "{:?}",
+            u.failure()
+        );
     }
 }

@@ -81,6 +81,13 @@ const TOKENS: &[&str] = &[
     "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
     "{\"a\":{\"a\":{\"a\":{\"a\":{}}}}}",
     "\"\"\"",
+    // Link format (RFC 6690).
+    "<",
+    ">",
+    ";",
+    "</5/0>",
+    ";ver=",
+    "\\",
 ];
 
 /// Mutates `input` with one to four stacked operations, keeping it at most

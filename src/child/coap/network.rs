@@ -579,6 +579,12 @@ impl CoapNetwork {
         self.inner.origin + Duration::from_millis(t.as_millis())
     }
 
+    /// The engine instant of a tokio instant (the network's start when
+    /// `t` is earlier).
+    pub fn engine_instant(&self, t: tokio::time::Instant) -> EngineInstant {
+        EngineInstant::from_millis(t.saturating_duration_since(self.inner.origin).as_millis() as u64)
+    }
+
     /// Waits for a transfer slot (`coap.max_concurrent_transfers`).
     pub async fn transfer_permit(&self) -> OwnedSemaphorePermit {
         // The semaphore is never closed, so acquiring cannot fail.
@@ -1141,6 +1147,7 @@ impl Task {
     }
 
     /// A child's command, handed to the peer engine.
+    // Long on purpose: one arm per command kind, so the network task's inputs read in one place.
     fn command(&mut self, cmd: Cmd) {
         let now = self.now();
         match cmd {
