@@ -30,10 +30,7 @@ pub(crate) fn jobs(args: JobsArgs) -> ExitCode {
         JobsCommand::Pause(t) => (Method::POST, format!("{}/pause", resource(t))),
         JobsCommand::Resume(t) => (Method::POST, format!("{}/resume", resource(t))),
         JobsCommand::Retry(t) => (Method::POST, format!("{}/retry", resource(t))),
-        JobsCommand::Release(t) => (
-            Method::POST,
-            format!("/tasks/{}/release", escape(&t.task)),
-        ),
+        JobsCommand::Release(t) => (Method::POST, format!("/tasks/{}/release", escape(&t.task))),
     };
     let rt = match crate::runtime() {
         Ok(rt) => rt,

@@ -146,8 +146,7 @@ pub fn decide(
         .max_by_key(|(c, n)| (**n, std::cmp::Reverse(**c)))
         .map_or((0, 0), |(c, n)| (*c, *n));
     if worst >= policy.failures {
-        let desc = otabridge_codecs::iotda::ResultCode::new(code)
-            .map_or("", |c| c.description());
+        let desc = otabridge_codecs::iotda::ResultCode::new(code).map_or("", |c| c.description());
         return Decision::Hold(format!(
             "{worst} of the first {} children of task {task} that ended failed with result \
              {code} ({desc}); held until an operator releases the task \
@@ -220,7 +219,10 @@ mod tests {
             failures: 0,
             first: 4,
         };
-        assert_eq!(decide(off, "t", &jobs(&[10, 10], &[]), &none, 9), Decision::Go);
+        assert_eq!(
+            decide(off, "t", &jobs(&[10, 10], &[]), &none, 9),
+            Decision::Go
+        );
     }
 
     #[test]
@@ -229,7 +231,10 @@ mod tests {
         let admitted: HashSet<i64> = [1].into();
         assert_eq!(decide(P, "t", &jobs(&[], &[]), &admitted, 2), Decision::Go);
         let admitted: HashSet<i64> = [1, 2].into();
-        assert_eq!(decide(P, "t", &jobs(&[], &[2]), &admitted, 3), Decision::Wait);
+        assert_eq!(
+            decide(P, "t", &jobs(&[], &[2]), &admitted, 3),
+            Decision::Wait
+        );
         // A job does not wait for itself.
         assert_eq!(decide(P, "t", &jobs(&[], &[2]), &admitted, 2), Decision::Go);
     }
@@ -238,7 +243,9 @@ mod tests {
     fn the_journal_tells_ended_started_and_held_jobs_apart() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();
-        let ev = |task: &str| format!("{{\"version\":\"2\",\"url\":\"u\",\"file_size\":1,\"task_id\":\"{task}\"}}");
+        let ev = |task: &str| {
+            format!("{{\"version\":\"2\",\"url\":\"u\",\"file_size\":1,\"task_id\":\"{task}\"}}")
+        };
         let rows: [(&str, &str, Option<i64>, Option<&str>, Option<&str>, i64); 6] = [
             ("t", "failed", Some(10), None, None, 0),
             ("t", "failed", Some(255), Some("cancel"), None, 0),
@@ -253,7 +260,16 @@ mod tests {
                     "INSERT INTO jobs (device_id, kind, v2, event, received_unix, deadline_unix,
                         target, size, phase, result_code, control, held, acked_offset, updated_unix)
                      VALUES (?1, 'firmware', 0, ?2, 0, 99, '2', 1, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![format!("c{i}"), ev(task), phase, code, control, held, off, i as i64],
+                    params![
+                        format!("c{i}"),
+                        ev(task),
+                        phase,
+                        code,
+                        control,
+                        held,
+                        off,
+                        i as i64
+                    ],
                 )
                 .unwrap();
         }
