@@ -246,7 +246,16 @@ mod tests {
         let ev = |task: &str| {
             format!("{{\"version\":\"2\",\"url\":\"u\",\"file_size\":1,\"task_id\":\"{task}\"}}")
         };
-        let rows: [(&str, &str, Option<i64>, Option<&str>, Option<&str>, i64); 6] = [
+        // (task, phase, result code, control, held, acknowledged offset)
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            Option<i64>,
+            Option<&'a str>,
+            Option<&'a str>,
+            i64,
+        );
+        let rows: [Row<'_>; 6] = [
             ("t", "failed", Some(10), None, None, 0),
             ("t", "failed", Some(255), Some("cancel"), None, 0),
             ("t", "delivering", None, None, None, 4096),
