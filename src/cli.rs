@@ -87,7 +87,7 @@ pub(crate) enum ImageCommand {
 pub(crate) enum SimCommand {
     /// An LwM2M child over CoAP/UDP (see docs/coap.md): /3/0/3 and /5, push
     /// and pull, with faults at its socket.
-    CoapChild(CoapChildArgs),
+    CoapChild(Box<CoapChildArgs>),
     /// A child speaking a framed profile on a pty; prints the pty path, runs
     /// until Ctrl-C (see docs/framed.md).
     FramedChild(FramedChildArgs),
@@ -325,6 +325,15 @@ pub(crate) struct CoapChildArgs {
     /// With --queue: how long it listens after it sent something, ms.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) awake_ms: u64,
+    /// The content formats it answers reads in, comma-separated, the
+    /// first for reads without Accept (text, opaque, tlv, senml-json,
+    /// senml-cbor, lwm2m-cbor); default all, text first.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) formats: Vec<String>,
+    /// Its /5/0/9 Delivery Method: 0 pull only (refuses pushes), 1 push
+    /// only (refuses Package URIs), 2 both.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) delivery_method: i64,
 }
 
 #[derive(Debug, Args)]

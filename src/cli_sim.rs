@@ -49,7 +49,7 @@ pub(crate) fn sim(logs: LogFormat, which: SimCommand) -> ExitCode {
     match which {
         SimCommand::CoapChild(a) => {
             init_logs(logs, "info");
-            coap_child(a)
+            coap_child(*a)
         }
         SimCommand::FramedChild(a) => {
             init_logs(logs, "info");
@@ -285,6 +285,25 @@ fn coap_child(a: CoapChildArgs) -> ExitCode {
         (Ok(d), Ok(u)) => (d, u),
         (Err(m), _) | (_, Err(m)) => return usage("coap-child", m),
     };
+    if !a.formats.is_empty() {
+        let mut formats = Vec::new();
+        for name in &a.formats {
+            match otabridge_codecs::lwm2m::ContentFormat::from_name(name) {
+                Some(f) => formats.push(f),
+                None => {
+                    return usage(
+                        "coap-child",
+                        format!("--formats: '{name}' is not a content format"),
+                    )
+                }
+            }
+        }
+        opts.formats = formats;
+    }
+    match otabridge_codecs::lwm2m::DeliveryMethod::from_value(a.delivery_method) {
+        Ok(m) => opts.delivery_method = m,
+        Err(e) => return usage("coap-child", format!("--delivery-method: {e}")),
+    }
     opts.listen = a.listen;
     opts.preferred_szx = szx;
     opts.reboot_time = Duration::from_millis(a.reboot_ms);

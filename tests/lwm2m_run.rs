@@ -142,6 +142,23 @@ async fn a_registering_child_is_announced_upgraded_and_dropped() {
     );
     // It registered again after the update's reboot.
     assert!(sim.stats().registrations >= 2, "{:?}", sim.stats());
+    // `otabridge status` shows the registration (issue 13 item 8).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["status", "--json", "--config"])
+        .arg(d.join("gw.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reg = &all[0]["registration"];
+    assert_eq!(reg["endpoint"], "urn:dev:reg-1", "{all}");
+    assert_eq!(reg["address"], sim.addr().to_string(), "{all}");
+    assert_eq!(reg["binding"], "U", "{all}");
+    let (lt, left) = (
+        reg["lifetime_s"].as_u64().unwrap(),
+        reg["lifetime_left_s"].as_u64().unwrap(),
+    );
+    assert!(left > 0 && left <= lt, "{all}");
 
     sim.deregister();
     let n = seen.statuses.len();
@@ -152,4 +169,11 @@ async fn a_registering_child_is_announced_upgraded_and_dropped() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("LwM2M client registered"), "{text}");
     assert!(text.contains("LwM2M client de-registered"), "{text}");
+    // No `delivery` key: a registering child's delivery is `auto`; the sim
+    // takes both, so pull was chosen.
+    assert!(
+        text.contains("delivery = auto: chosen from /5/0/9 and /5/0/8"),
+        "{text}"
+    );
+    assert!(text.contains("chosen=Pull"), "{text}");
 }

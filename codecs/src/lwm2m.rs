@@ -10,8 +10,11 @@
 //! (the CoRE Link Format of Register payloads, RFC 6690) and [`registry`]
 //! (the Registration interface, OMA TS Core 1.1 §6.2, sans-IO).
 
+pub mod content;
 pub mod link;
 pub mod registry;
+
+pub use content::ContentFormat;
 
 use std::fmt;
 
@@ -121,6 +124,65 @@ pub enum ValueError {
     /// Not a `/object/instance/resource` path.
     #[error("'{0}' is not an LwM2M resource path")]
     Path(String),
+    /// An answer in a content format that does not decode, or holds no
+    /// usable value for the resource ([`content`]).
+    #[error(transparent)]
+    Content(#[from] content::ContentError),
+}
+
+/// The value of single resource `path` in a read answer of `format` (the
+/// answer's Content-Format; none means text/plain, which is what LwM2M
+/// clients that omit it send, RFC 7252 §5.10.3).
+fn read_item(
+    format: Option<ContentFormat>,
+    path: Path,
+    payload: &[u8],
+) -> Result<content::Item, ValueError> {
+    let format = format.unwrap_or(ContentFormat::TEXT_PLAIN);
+    let items = content::decode(format, path, payload)?;
+    Ok(content::single(&items, path)?.clone())
+}
+
+/// An Integer resource read in any format [`content`] decodes.
+pub fn read_integer(
+    format: Option<ContentFormat>,
+    path: Path,
+    payload: &[u8],
+) -> Result<i64, ValueError> {
+    Ok(read_item(format, path, payload)?.integer()?)
+}
+
+/// A String resource read in any format [`content`] decodes, trimmed of
+/// surrounding whitespace (devices send "1.0\n").
+pub fn read_string(
+    format: Option<ContentFormat>,
+    path: Path,
+    payload: &[u8],
+) -> Result<String, ValueError> {
+    Ok(read_item(format, path, payload)?
+        .string()?
+        .trim()
+        .to_owned())
+}
+
+/// The values of multiple-instance Integer resource `path` (`/5/0/8`), in
+/// instance order; a single value (plain text, a client that answers
+/// with the resource alone) counts as one instance.
+pub fn read_integers(
+    format: Option<ContentFormat>,
+    path: Path,
+    payload: &[u8],
+) -> Result<Vec<i64>, ValueError> {
+    let format = format.unwrap_or(ContentFormat::TEXT_PLAIN);
+    let mut items: Vec<_> = content::decode(format, path, payload)?
+        .into_iter()
+        .filter(|i| i.path.resource == path)
+        .collect();
+    items.sort_by_key(|i| i.path.instance);
+    if items.is_empty() {
+        return Err(content::ContentError::Missing(path).into());
+    }
+    items.iter().map(|i| Ok(i.integer()?)).collect()
 }
 
 /// A plain-text string value (OMA TS Core §7.3.1: UTF-8, no quoting).
@@ -169,6 +231,11 @@ impl State {
     /// Parses a plain-text read of /5/0/3.
     pub fn from_plain_text(payload: &[u8]) -> Result<State, ValueError> {
         State::from_value(parse_integer(payload)?)
+    }
+
+    /// Parses a read of /5/0/3 in `format` ([`read_integer`]).
+    pub fn read(format: Option<ContentFormat>, payload: &[u8]) -> Result<State, ValueError> {
+        State::from_value(read_integer(format, Path::STATE, payload)?)
     }
 }
 
@@ -232,6 +299,11 @@ impl UpdateResult {
         UpdateResult::from_value(parse_integer(payload)?)
     }
 
+    /// Parses a read of /5/0/5 in `format` ([`read_integer`]).
+    pub fn read(format: Option<ContentFormat>, payload: &[u8]) -> Result<UpdateResult, ValueError> {
+        UpdateResult::from_value(read_integer(format, Path::UPDATE_RESULT, payload)?)
+    }
+
     /// A failure the child reports (2..=11); 0 and 1 are not failures.
     pub fn is_failure(self) -> bool {
         !matches!(self, UpdateResult::Initial | UpdateResult::Success)
@@ -288,7 +360,20 @@ pub enum DeliveryMethod {
 impl DeliveryMethod {
     /// Parses a plain-text read of /5/0/9.
     pub fn from_plain_text(payload: &[u8]) -> Result<DeliveryMethod, ValueError> {
-        match parse_integer(payload)? {
+        Self::from_value(parse_integer(payload)?)
+    }
+
+    /// Parses a read of /5/0/9 in `format` ([`read_integer`]).
+    pub fn read(
+        format: Option<ContentFormat>,
+        payload: &[u8],
+    ) -> Result<DeliveryMethod, ValueError> {
+        Self::from_value(read_integer(format, Path::DELIVERY_METHOD, payload)?)
+    }
+
+    /// The method for an integer value 0..=2.
+    pub fn from_value(v: i64) -> Result<DeliveryMethod, ValueError> {
+        match v {
             0 => Ok(DeliveryMethod::Pull),
             1 => Ok(DeliveryMethod::Push),
             2 => Ok(DeliveryMethod::Both),

@@ -32,12 +32,19 @@
 //! last reported (journaled), and says so in the log. Its presence
 //! ([`Child::presence`]) follows the registration.
 //!
+//! # Delivery chosen by the child (issue 13 item 6)
+//! `delivery = "auto"` (the default for children that register) reads
+//! `/5/0/9` Delivery Method and `/5/0/8` Protocol Support before each
+//! delivery: pull when the child pulls and lists CoAP, push when it only
+//! takes pushes or lists no CoAP, pull when it says nothing (`auto.rs`).
+//!
 //! # Layout
 //! - [`network`]: the socket, the peer-engine task, the Block2 server, the
 //!   LwM2M registry on `/rd`.
 //! - [`registrations`]: registrations in the journal.
 //! - [`seam`]: a seeded lossy link at the socket seam, for tests and benches.
 
+mod auto;
 pub mod network;
 pub mod preflight;
 pub mod registrations;
@@ -49,10 +56,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use otabridge_codecs::coap::{
-    msg, Action, Code, Delivery as EngineDelivery, Outcome, Packet, PushEvent, PushFailure,
-    ServedBlock, UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure,
+    content_format, msg, read_request, Action, Code, Delivery as EngineDelivery, Outcome, Packet,
+    PushEvent, PushFailure, ServedBlock, UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure,
 };
-use otabridge_codecs::lwm2m::{self, Path, UpdateResult};
+use otabridge_codecs::lwm2m::{self, ContentFormat, Path, UpdateResult};
 use otabridge_codecs::time::Instant as EngineInstant;
 use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
@@ -107,9 +114,10 @@ impl Default for ChildOptions {
 #[derive(Debug)]
 struct Pending {
     sha256: String,
-    /// The procedure paused at State 2, or `None` when the child already
-    /// ran the target version and nothing was delivered.
-    procedure: Option<UpdateProcedure>,
+    /// The procedure paused at State 2 and the delivery it used, or
+    /// `None` when the child already ran the target version and nothing
+    /// was delivered.
+    procedure: Option<(UpdateProcedure, Delivery)>,
 }
 
 /// An LwM2M child reached over the shared [`CoapNetwork`].
@@ -123,6 +131,8 @@ pub struct CoapChild {
     version_policy: Policy,
     /// What [`Child::ready`] reads ([`preflight`], docs/images.md).
     preflight: preflight::Preflight,
+    /// The configured Accept of reads, if any ([`CoapChild::with_accept`]).
+    accept: Option<ContentFormat>,
     pending: Mutex<Option<Pending>>,
     /// The push running to this child, for [`CoapChild::push_acked`].
     push: Mutex<Option<network::PushWatch>>,
@@ -162,6 +172,7 @@ impl CoapChild {
             options,
             version_policy: Policy::default(),
             preflight: preflight::Preflight::default(),
+            accept: None,
             pending: Mutex::new(None),
             push: Mutex::new(None),
             retries_base: retries.load(Ordering::Relaxed),
@@ -174,6 +185,13 @@ impl CoapChild {
     /// default is [`Policy::Normalised`]).
     pub fn with_version_policy(mut self, policy: Policy) -> Self {
         self.version_policy = policy;
+        self
+    }
+
+    /// Asks for `format` in every read (the child's `accept` key) instead
+    /// of the format chosen from its registration.
+    pub fn with_accept(mut self, format: Option<ContentFormat>) -> Self {
+        self.accept = format;
         self
     }
 
@@ -212,13 +230,35 @@ impl CoapChild {
         Some((u64::from(acked), self.net.at(at?)))
     }
 
+    /// The Accept of a read (`multiple`: of a multiple-instance resource),
+    /// from the formats a registered client announced (`ct`) and its
+    /// LwM2M version ([`ContentFormat::accept`]); text/plain for a child
+    /// at a fixed address. The configured `accept` wins for single values.
+    fn accept(&self, multiple: bool) -> ContentFormat {
+        if let Some(f) = self.accept.filter(|_| !multiple) {
+            return f;
+        }
+        let reg = match &self.address {
+            CoapAddress::Endpoint(ep) => self.net.registration(ep),
+            CoapAddress::Static(_) => None,
+        };
+        match reg {
+            Some(r) => {
+                let v = r.reg.version;
+                let late = (v.major, v.minor) >= (1, 2);
+                ContentFormat::accept(&r.reg.objects.content_formats, late, multiple)
+            }
+            None => ContentFormat::accept(&[], false, multiple),
+        }
+    }
+
     /// One request to the child; the network's peer engine keeps NSTART 1
     /// (RFC 7252 §4.7) with whatever else runs to it, a push included.
     async fn request(&self, packet: Packet) -> Result<Packet, RequestError> {
         self.net.request_to(&self.address, packet).await
     }
 
-    fn take_pending(&self, sha256: &str) -> Option<Option<UpdateProcedure>> {
+    fn take_pending(&self, sha256: &str) -> Option<Option<(UpdateProcedure, Delivery)>> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match p.take() {
             Some(x) if x.sha256.eq_ignore_ascii_case(sha256) => Some(x.procedure),
@@ -226,10 +266,13 @@ impl CoapChild {
         }
     }
 
+    /// The procedure for `package` by `delivery` (pull or push, resolved
+    /// by [`CoapChild::choose_delivery`]).
     fn new_procedure(
         &self,
         package: &Package,
         resume_from: u64,
+        delivery: Delivery,
     ) -> Result<UpdateProcedure, ChildError> {
         let step = Step::Deliver {
             offset: resume_from,
@@ -241,8 +284,8 @@ impl CoapChild {
                 format!("{} bytes: LwM2M /5/0/0 carries at most 4 GiB", package.size),
             )
         })?;
-        let delivery = match self.delivery {
-            Delivery::Pull => {
+        let delivery = match delivery {
+            Delivery::Pull | Delivery::Auto => {
                 let to = self.current(step)?;
                 let gw = self.net.gateway_for(to).map_err(|e| {
                     ChildError::io(step, format!("no local address towards {to}")).with_source(e)
@@ -262,6 +305,7 @@ impl CoapChild {
             update_timeout: self.options.update_timeout,
             max_attempts: self.options.max_attempts,
             version_policy: self.version_policy,
+            accept: Some(self.accept(false)),
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
         };
         UpdateProcedure::new(cfg)
@@ -277,6 +321,7 @@ impl CoapChild {
         package: &Package,
         until_downloaded: bool,
         progress: Progress<'_>,
+        delivery: Delivery,
     ) -> Result<Stop, ChildError> {
         // The step a failure of the network itself belongs to.
         let step = if until_downloaded {
@@ -287,8 +332,8 @@ impl CoapChild {
             Step::Activate
         };
         // Pull: the child fetches from our Block2 server while we poll.
-        let (_serving, mut watch) = match self.delivery {
-            Delivery::Pull => {
+        let (_serving, mut watch) = match delivery {
+            Delivery::Pull | Delivery::Auto => {
                 let g = self
                     .net
                     .serve_package(&package.sha256, &package.path)
@@ -612,7 +657,7 @@ impl Child for CoapChild {
             if let Some(v) = self.sleeping_version() {
                 return Ok(v);
             }
-            let req = msg::request(Code::GET, &Path::FIRMWARE_VERSION.segments());
+            let req = read_request(Path::FIRMWARE_VERSION, Some(self.accept(false)));
             let resp = self.request(req).await.map_err(|e| {
                 let at = format!("{} at {}", self.device_id, self.address);
                 match e {
@@ -629,9 +674,9 @@ impl Child for CoapChild {
                 return Err(ChildError::garbled(step, "/3/0/3 read refused")
                     .with_said(format!("/3/0/3 {code}"), None));
             }
-            let v = lwm2m::parse_text(&resp.payload)
-                .map(|v| v.trim().to_string())
-                .map_err(|e| ChildError::garbled(step, "/3/0/3").with_source(e))?;
+            let v =
+                lwm2m::read_string(content_format(&resp), Path::FIRMWARE_VERSION, &resp.payload)
+                    .map_err(|e| ChildError::garbled(step, "/3/0/3").with_source(e))?;
             if let CoapAddress::Endpoint(ep) = &self.address {
                 self.net.report_firmware(ep, &v);
             }
@@ -655,13 +700,17 @@ impl Child for CoapChild {
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
             let _slot = self.net.transfer_permit().await;
-            let mut procedure = self.new_procedure(package, resume_from)?;
-            info!(child = %self.device_id, delivery = ?self.delivery, size = package.size, resume_from, "delivering");
-            match self.drive(&mut procedure, package, true, progress).await? {
+            let delivery = self.choose_delivery().await;
+            let mut procedure = self.new_procedure(package, resume_from, delivery)?;
+            info!(child = %self.device_id, ?delivery, size = package.size, resume_from, "delivering");
+            match self
+                .drive(&mut procedure, package, true, progress, delivery)
+                .await?
+            {
                 Stop::Downloaded => {
                     *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pending {
                         sha256: package.sha256.clone(),
-                        procedure: Some(procedure),
+                        procedure: Some((procedure, delivery)),
                     });
                     Ok(())
                 }
@@ -705,7 +754,7 @@ impl CoapChild {
         package: &Package,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(), ChildError> {
-        let (mut procedure, _slot) = match self.take_pending(&package.sha256) {
+        let ((mut procedure, delivery), _slot) = match self.take_pending(&package.sha256) {
             Some(Some(p)) => (p, None),
             // `deliver` found the target running already.
             Some(None) => return Ok(()),
@@ -723,13 +772,20 @@ impl CoapChild {
                     })?,
                     None => permit.await,
                 };
-                (self.new_procedure(package, 0)?, Some(slot))
+                let delivery = self.choose_delivery().await;
+                (
+                    (self.new_procedure(package, 0, delivery)?, delivery),
+                    Some(slot),
+                )
             }
         };
         if let Some(d) = deadline {
             procedure.set_deadline(self.net.engine_instant(d));
         }
-        match self.drive(&mut procedure, package, false, &|_| {}).await? {
+        match self
+            .drive(&mut procedure, package, false, &|_| {}, delivery)
+            .await?
+        {
             Stop::Finished(Outcome::Updated | Outcome::AlreadyCurrent) => {
                 info!(child = %self.device_id, version = %package.version, "child runs the new version");
                 Ok(())

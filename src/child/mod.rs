@@ -271,7 +271,11 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
             child.set_online(*online);
             Ok(Arc::new(child))
         }
-        Transport::Coap { address, delivery } => {
+        Transport::Coap {
+            address,
+            delivery,
+            accept,
+        } => {
             let net = nets.coap()?;
             if let crate::config::CoapAddress::Endpoint(e) = address {
                 net.allow_endpoint(e);
@@ -285,6 +289,7 @@ pub fn from_config(c: &ChildConfig, nets: &mut Networks) -> Result<Arc<dyn Child
                     nets.coap_child.clone(),
                 )
                 .with_version_policy(policy)
+                .with_accept(*accept)
                 .with_preflight(coap::preflight::Preflight::from_config(&c.image)),
             ))
         }
@@ -356,6 +361,7 @@ mod tests {
             transport: Transport::Coap {
                 address: crate::config::CoapAddress::Static(([127, 0, 0, 1], port).into()),
                 delivery: Delivery::Pull,
+                accept: None,
             },
             image: crate::config::ChildImage::default_for(false),
         };

@@ -58,6 +58,10 @@ pub enum Delivery {
     Pull,
     /// We write the package to /5/0/0 with Block1.
     Push,
+    /// Chosen from the child's `/5/0/9` Delivery Method and `/5/0/8`
+    /// Protocol Support before each delivery (issue 13 item 6); the
+    /// default for children that register.
+    Auto,
 }
 
 /// Serial child protocol.
@@ -104,6 +108,9 @@ pub enum Transport {
         address: CoapAddress,
         /// Pull or push.
         delivery: Delivery,
+        /// `accept`: the content format its reads ask for (the Accept
+        /// option); `None`: chosen from its registration, else text/plain.
+        accept: Option<otabridge_codecs::lwm2m::ContentFormat>,
     },
     /// A serial line.
     Serial {
@@ -288,8 +295,11 @@ struct CoapSpec {
     /// ... the Endpoint Client Name it registers with (issue 13): exactly
     /// one of the two.
     endpoint: Option<String>,
-    #[serde(default)]
-    delivery: Delivery,
+    /// `None`: `auto` for a child that registers, else `pull`.
+    delivery: Option<Delivery>,
+    /// The content format of its reads (`text`, `tlv`, `senml-json`,
+    /// `senml-cbor`, `lwm2m-cbor`, `opaque`).
+    accept: Option<String>,
     image: Option<toml::Value>,
 }
 
@@ -679,9 +689,33 @@ fn coap(c: CoapSpec) -> Result<Transport, BadKey> {
             ))
         }
     };
+    let accept = match c.accept.as_deref() {
+        None => None,
+        Some(name) => Some(
+            otabridge_codecs::lwm2m::ContentFormat::from_name(name).ok_or_else(|| {
+                let names: Vec<_> = otabridge_codecs::lwm2m::ContentFormat::NAMES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                BadKey::new(
+                    "accept",
+                    format!(
+                        "'{}' is not a content format ({})",
+                        name.escape_debug(),
+                        names.join(", ")
+                    ),
+                )
+            })?,
+        ),
+    };
+    let delivery = c.delivery.unwrap_or(match address {
+        CoapAddress::Endpoint(_) => Delivery::Auto,
+        CoapAddress::Static(_) => Delivery::Pull,
+    });
     Ok(Transport::Coap {
         address,
-        delivery: c.delivery,
+        delivery,
+        accept,
     })
 }
 

@@ -924,7 +924,8 @@ protocol = "framed:acme-rs485"
             c.children[0].transport,
             Transport::Coap {
                 address: CoapAddress::Static("192.168.10.21:5683".parse().unwrap()),
-                delivery: Delivery::Pull
+                delivery: Delivery::Pull,
+                accept: None,
             }
         );
         assert_eq!(
@@ -1065,7 +1066,8 @@ protocol = "framed:acme-rs485"
             c.children[0].transport,
             Transport::Coap {
                 address: CoapAddress::Endpoint("urn:imei:35000000001".into()),
-                delivery: Delivery::Pull
+                delivery: Delivery::Auto,
+                accept: None,
             }
         );
         let both = err(&GOOD.replace(
@@ -1256,9 +1258,29 @@ protocol = "framed:acme-rs485"
             "address = \"192.168.10.21:5683\"\ndelivery = \"pul\"",
         ));
         assert!(
-            e.contains(": child[0].delivery: unknown variant `pul`, expected `pull` or `push`"),
+            e.contains(": child[0].delivery: unknown variant `pul`, expected one of `pull`, `push`, `auto`"),
             "{e}"
         );
+        let e = err(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\naccept = \"cbor\"",
+        ));
+        assert!(
+            e.contains(": child[0].accept: 'cbor' is not a content format (text, opaque, tlv, senml-json, senml-cbor, lwm2m-cbor)"),
+            "{e}"
+        );
+        let c = parse(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\naccept = \"senml-cbor\"",
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.children[0].transport,
+            Transport::Coap {
+                accept: Some(otabridge_codecs::lwm2m::ContentFormat::SENML_CBOR),
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -27,6 +27,31 @@ pub struct ChildStatus {
     pub last_error: Option<String>,
     /// The latest upgrade job, if any.
     pub job: Option<JobStatus>,
+    /// A registering LwM2M child's registration (`endpoint` children, as
+    /// journaled: `None` while it has none).
+    pub registration: Option<RegistrationStatus>,
+}
+
+/// What `status` shows of an LwM2M registration (issue 13 item 8).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RegistrationStatus {
+    /// The Endpoint Client Name.
+    pub endpoint: String,
+    /// Where it last registered or updated from.
+    pub address: String,
+    /// Its binding (`U`, `UQ`...), and whether it is in queue mode.
+    pub binding: String,
+    /// Queue mode.
+    pub queue: bool,
+    /// LwM2M version.
+    pub lwm2m: String,
+    /// Its lifetime `lt`, seconds.
+    pub lifetime_s: u64,
+    /// Unix time of its last Register or Update ("last seen").
+    pub renewed_unix: i64,
+    /// Seconds of lifetime left at the time of the status (0: expired, the
+    /// gateway drops it at its next start or expiry check).
+    pub lifetime_left_s: u64,
 }
 
 /// A child's latest upgrade job.
@@ -83,11 +108,14 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
                 last_seen_unix: None,
                 last_error: None,
                 job: None,
+                registration: None,
             })
             .collect());
     }
     let mut j = Journal::open_read_only(&cfg.state.dir)?;
     let rows = j.children()?;
+    let regs = crate::child::coap::registrations::list(&mut j)?;
+    let now = crate::clock::now_unix();
     let mut out = Vec::with_capacity(cfg.children.len());
     for c in &cfg.children {
         let row = rows.iter().find(|r| r.device_id == c.device_id);
@@ -122,9 +150,38 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
             last_seen_unix: row.and_then(|r| r.last_seen_unix),
             last_error: row.and_then(|r| r.last_error.clone()),
             job,
+            registration: registration(c, &regs, now),
         });
     }
     Ok(out)
+}
+
+/// The journaled registration of `c`, if it is an `endpoint` child.
+fn registration(
+    c: &crate::config::ChildConfig,
+    regs: &[crate::child::coap::registrations::Row],
+    now_unix: i64,
+) -> Option<RegistrationStatus> {
+    let Transport::Coap {
+        address: crate::config::CoapAddress::Endpoint(ep),
+        ..
+    } = &c.transport
+    else {
+        return None;
+    };
+    let row = regs.iter().find(|r| &r.reg.endpoint == ep)?;
+    let lt = row.reg.lifetime.as_secs();
+    let age = u64::try_from(now_unix.saturating_sub(row.renewed_unix)).unwrap_or(0);
+    Some(RegistrationStatus {
+        endpoint: ep.clone(),
+        address: row.reg.peer.to_string(),
+        binding: row.reg.binding.clone(),
+        queue: row.reg.queue,
+        lwm2m: format!("{}.{}", row.reg.version.major, row.reg.version.minor),
+        lifetime_s: lt,
+        renewed_unix: row.renewed_unix,
+        lifetime_left_s: lt.saturating_sub(age),
+    })
 }
 
 /// Prints the status table (or JSON) to stdout.
@@ -178,6 +235,29 @@ pub fn print(cfg: &Config, json: bool) -> Result<(), JournalError> {
             retries,
             last
         );
+    }
+    let regs: Vec<_> = all
+        .iter()
+        .filter_map(|s| s.registration.as_ref().map(|r| (&s.device_id, r)))
+        .collect();
+    if !regs.is_empty() {
+        println!();
+        println!(
+            "{:<28} {:<28} {:<22} {:<8} {:>9} {:>10}  last seen (unix)",
+            "registered child", "endpoint", "address", "binding", "lifetime", "left"
+        );
+        for (id, r) in regs {
+            println!(
+                "{:<28} {:<28} {:<22} {:<8} {:>8}s {:>9}s  {}",
+                id,
+                r.endpoint,
+                r.address,
+                r.binding,
+                r.lifetime_s,
+                r.lifetime_left_s,
+                r.renewed_unix
+            );
+        }
     }
     Ok(())
 }

@@ -40,7 +40,8 @@ use otabridge_codecs::coap::{
     block::szx_to_size, msg, BlockOpt, CoapOption, Code, ExchangeConfig, ExchangeEvent, Exchanges,
     IncomingRequest, Packet, RequestId,
 };
-use otabridge_codecs::lwm2m::{State, UpdateResult};
+use otabridge_codecs::lwm2m::content::{self, ItemPath, Value};
+use otabridge_codecs::lwm2m::{ContentFormat, DeliveryMethod, Path, State, UpdateResult};
 use otabridge_codecs::rng::Rng;
 
 use crate::child::coap::seam::{Dir, LinkFaults, Seam};
@@ -140,6 +141,16 @@ pub struct SimOptions {
     pub exchange: ExchangeConfig,
     /// Registers with an LwM2M server (`None`: waits to be polled).
     pub register: Option<Registering>,
+    /// The content formats it writes its reads in (OMA TS Core 1.1 §7.3):
+    /// a read whose Accept names one of them is answered in it, one with
+    /// an Accept it lacks gets 4.06 Not Acceptable (RFC 7252 §5.10.4), one
+    /// without Accept the first. Default: text/plain first, then every
+    /// other format `lwm2m::content` writes.
+    pub formats: Vec<ContentFormat>,
+    /// `/5/0/9` (5.xml): pull only refuses a push (`PUT /5/0/0` gets
+    /// 4.05), push only a Package URI (a non-empty `PUT /5/0/1` gets 4.05);
+    /// default both.
+    pub delivery_method: DeliveryMethod,
 }
 
 impl SimOptions {
@@ -158,6 +169,8 @@ impl SimOptions {
             seed: 1,
             exchange: ExchangeConfig::default(),
             register: None,
+            formats: ContentFormat::NAMES.iter().map(|(_, f)| *f).collect(),
+            delivery_method: DeliveryMethod::Both,
         }
     }
 }
@@ -733,41 +746,108 @@ impl Device {
         let _ = self.ex.respond(req, p, now);
     }
 
+    /// Answers a read of `path` with `values`, in the format its Accept
+    /// asks for ([`SimOptions::formats`]).
+    fn read_reply(
+        &mut self,
+        req: &IncomingRequest<SocketAddr>,
+        path: &str,
+        values: Vec<(Option<u16>, Value)>,
+        now: Instant,
+    ) {
+        let Ok(path) = Path::parse(path) else {
+            return self.reply(req, Code::NOT_FOUND, b"", now);
+        };
+        let accept = msg::uint(&req.packet, CoapOption::Accept)
+            .ok()
+            .flatten()
+            .map(|a| ContentFormat(u16::try_from(a).unwrap_or(u16::MAX)));
+        let format = match accept {
+            Some(a) if self.opts.formats.contains(&a) => a,
+            Some(_) => return self.reply(req, Code::NOT_ACCEPTABLE, b"", now),
+            None => self
+                .opts
+                .formats
+                .first()
+                .copied()
+                .unwrap_or(ContentFormat::TEXT_PLAIN),
+        };
+        let items: Vec<_> = values
+            .into_iter()
+            .map(|(instance, v)| {
+                (
+                    ItemPath {
+                        resource: path,
+                        instance,
+                    },
+                    v,
+                )
+            })
+            .collect();
+        match content::encode(format, &items) {
+            Ok(bytes) => {
+                let mut p = msg::response(Code::CONTENT);
+                msg::set_uint(&mut p, CoapOption::ContentFormat, u32::from(format.0));
+                p.payload = bytes;
+                let _ = self.ex.respond(req, p, now);
+            }
+            Err(_) => self.reply(req, Code::NOT_ACCEPTABLE, b"", now),
+        }
+    }
+
     fn on_request(&mut self, req: IncomingRequest<SocketAddr>, now: Instant) {
         let path = msg::uri_path(&req.packet).unwrap_or_default();
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         let method = msg::code(&req.packet);
+        let int = |v: i64| vec![(None, Value::Integer(v))];
         match (method, path.as_slice()) {
             (Code::GET, ["3", "0", "3"]) => {
-                let v = self.version.clone();
-                self.reply(&req, Code::CONTENT, v.as_bytes(), now)
+                let v = vec![(None, Value::String(self.version.clone()))];
+                self.read_reply(&req, "3/0/3", v, now)
             }
             (Code::GET, ["5", "0", "3"]) => {
-                let v = (self.state as u8).to_string();
-                self.reply(&req, Code::CONTENT, v.as_bytes(), now)
+                let v = int(self.state as i64);
+                self.read_reply(&req, "5/0/3", v, now)
             }
             (Code::GET, ["5", "0", "5"]) => {
-                let v = (self.result as u8).to_string();
-                self.reply(&req, Code::CONTENT, v.as_bytes(), now)
+                let v = int(self.result as i64);
+                self.read_reply(&req, "5/0/5", v, now)
             }
-            // Both pull and push (5.xml /5/0/9 value 2), CoAP only (/5/0/8 0).
-            (Code::GET, ["5", "0", "9"]) => self.reply(&req, Code::CONTENT, b"2", now),
-            (Code::GET, ["5", "0", "8"]) => self.reply(&req, Code::CONTENT, b"0", now),
+            // 5.xml /5/0/9 as configured; CoAP only (/5/0/8 one instance, 0).
+            (Code::GET, ["5", "0", "9"]) => {
+                let v = int(self.opts.delivery_method as i64);
+                self.read_reply(&req, "5/0/9", v, now)
+            }
+            (Code::GET, ["5", "0", "8"]) => {
+                let v = vec![(Some(0), Value::Integer(0))];
+                self.read_reply(&req, "5/0/8", v, now)
+            }
             (Code::GET, [o @ ("3" | "4"), i, r])
                 if self.readings.contains_key(&format!("{o}/{i}/{r}")) =>
             {
-                let v = self.readings[&format!("{o}/{i}/{r}")].clone();
-                self.reply(&req, Code::CONTENT, v.as_bytes(), now)
+                let key = format!("{o}/{i}/{r}");
+                let v = self.readings[&key].clone();
+                let v = match v.parse::<i64>() {
+                    Ok(i) => Value::Integer(i),
+                    Err(_) => Value::String(v),
+                };
+                self.read_reply(&req, &key, vec![(None, v)], now)
             }
             (Code::PUT, ["5", "0", "1"]) => {
                 let uri = String::from_utf8_lossy(&req.packet.payload)
                     .trim()
                     .to_string();
+                if !uri.is_empty() && self.opts.delivery_method == DeliveryMethod::Push {
+                    return self.reply(&req, Code::METHOD_NOT_ALLOWED, b"", now);
+                }
                 if self.opts.faults.lose_uri_answers && !uri.is_empty() {
                     self.mute(&req);
                 }
                 self.reply(&req, Code::CHANGED, b"", now);
                 self.write_uri(&uri, now);
+            }
+            (Code::PUT, ["5", "0", "0"]) if self.opts.delivery_method == DeliveryMethod::Pull => {
+                self.reply(&req, Code::METHOD_NOT_ALLOWED, b"", now)
             }
             (Code::PUT, ["5", "0", "0"]) => self.on_block1(req, now),
             (Code::POST, ["5", "0", "2"]) => {

@@ -72,5 +72,6 @@ pub use push::{Block1Push, PushConfig, PushEvent, PushFailure, TransportFailure}
 pub use serve::{serve_block2, Block2Reply, PackageInfo, PackageStore, ServeConfig, ServedBlock};
 pub use source::{ReadAt, ReadError};
 pub use update::{
-    Action, Delivery, Outcome, UpdateConfig, UpdateEvent, UpdateFailure, UpdateProcedure,
+    content_format, read_request, Action, Delivery, Outcome, UpdateConfig, UpdateEvent,
+    UpdateFailure, UpdateProcedure,
 };

@@ -113,6 +113,11 @@ pub struct UpdateConfig {
     /// Deliveries tried in all (1: no retry) after a failure the child
     /// reported (see the module doc, 5.); silence is never retried here.
     pub max_attempts: u32,
+    /// The Accept option of every read (RFC 7252 §5.10.4): the format the
+    /// child is asked to answer in; `None` sends none. Whatever format the
+    /// answer comes in (its Content-Format) is decoded
+    /// ([`crate::lwm2m::content`]).
+    pub accept: Option<lwm2m::ContentFormat>,
 }
 
 impl UpdateConfig {
@@ -128,6 +133,7 @@ impl UpdateConfig {
             download_timeout: Duration::from_secs(30 * 60),
             update_timeout: Duration::from_secs(10 * 60),
             max_attempts: 2,
+            accept: Some(lwm2m::ContentFormat::TEXT_PLAIN),
         }
     }
 }
@@ -444,10 +450,12 @@ impl UpdateProcedure {
                 return Some(Action::Push(push_config(&self.cfg, szx, resume)));
             }
             Step::ReadVersion | Step::VerifyVersion | Step::ConfirmRefusal(_) => {
-                get(Path::FIRMWARE_VERSION)
+                read_request(Path::FIRMWARE_VERSION, self.cfg.accept)
             }
-            Step::PollState | Step::CheckDownloaded => get(Path::STATE),
-            Step::PollResult | Step::VerifyResult => get(Path::UPDATE_RESULT),
+            Step::PollState | Step::CheckDownloaded => read_request(Path::STATE, self.cfg.accept),
+            Step::PollResult | Step::VerifyResult => {
+                read_request(Path::UPDATE_RESULT, self.cfg.accept)
+            }
             Step::Reset => write_uri(""),
             Step::WriteUri => match &self.cfg.delivery {
                 Delivery::Pull { uri } => write_uri(uri),
@@ -482,10 +490,11 @@ impl UpdateProcedure {
             return;
         }
         let payload = &response.payload;
+        let format = content_format(response);
+        let text = |p: Path| lwm2m::read_string(format, p, payload);
         match self.step {
-            Step::ReadVersion => match lwm2m::parse_text(payload) {
+            Step::ReadVersion => match text(Path::FIRMWARE_VERSION) {
                 Ok(v) => {
-                    let v = v.trim().to_string();
                     self.events
                         .push_back(UpdateEvent::CurrentVersion(v.clone()));
                     if self.is_target(&v) {
@@ -498,7 +507,7 @@ impl UpdateProcedure {
             },
             Step::Reset => self.start_delivery(now),
             Step::WriteUri => self.wait(now, Step::PollState),
-            Step::PollState => match State::from_plain_text(payload) {
+            Step::PollState => match State::read(format, payload) {
                 Ok(State::Downloaded) => self.downloaded(),
                 Ok(_) => self.step = Step::PollResult,
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
@@ -506,29 +515,29 @@ impl UpdateProcedure {
             // 5.xml: State 2 means the child holds a whole package; the
             // journal says it was ours (a push to it had begun), and the
             // version read after Execute confirms it.
-            Step::CheckDownloaded => match State::from_plain_text(payload) {
+            Step::CheckDownloaded => match State::read(format, payload) {
                 Ok(State::Downloaded) => self.downloaded(),
                 _ => self.step = Step::Pushing,
             },
-            Step::PollResult => match UpdateResult::from_plain_text(payload) {
+            Step::PollResult => match UpdateResult::read(format, payload) {
                 Ok(r) if r.is_failure() => self.fail(UpdateFailure::Child(r), now),
                 Ok(_) => self.wait(now, Step::PollState),
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
             },
             Step::Execute => self.start_verify(now),
-            Step::ConfirmRefusal(refused) => match lwm2m::parse_text(payload) {
-                Ok(v) if self.is_target(v.trim()) => self.finish(Outcome::Updated),
+            Step::ConfirmRefusal(refused) => match text(Path::FIRMWARE_VERSION) {
+                Ok(v) if self.is_target(&v) => self.finish(Outcome::Updated),
                 _ => self.refused(refused, now),
             },
-            Step::VerifyVersion => match lwm2m::parse_text(payload) {
-                Ok(v) if self.is_target(v.trim()) => self.finish(Outcome::Updated),
+            Step::VerifyVersion => match text(Path::FIRMWARE_VERSION) {
+                Ok(v) if self.is_target(&v) => self.finish(Outcome::Updated),
                 Ok(v) => {
-                    self.last_version = v.trim().to_string();
+                    self.last_version = v;
                     self.step = Step::VerifyResult;
                 }
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
             },
-            Step::VerifyResult => match UpdateResult::from_plain_text(payload) {
+            Step::VerifyResult => match UpdateResult::read(format, payload) {
                 Ok(r) if r.is_failure() => self.fail(UpdateFailure::Child(r), now),
                 // 5.xml: result 1 is "updated successfully", yet the
                 // version differs. Read once more after a pause in case
@@ -797,8 +806,23 @@ fn push_config(cfg: &UpdateConfig, szx: u8, resume_offset: u32) -> PushConfig {
     }
 }
 
-fn get(path: Path) -> Packet {
-    msg::request(Code::GET, &path.segments())
+/// The Content-Format of an answer (`None` when it has none); an option
+/// that is not a 16-bit uint (RFC 7252 §5.10.3) becomes format 65535,
+/// which no decoder reads, so the value is reported as undecodable.
+pub fn content_format(response: &Packet) -> Option<lwm2m::ContentFormat> {
+    match msg::uint(response, CoapOption::ContentFormat) {
+        Ok(f) => f.map(|f| lwm2m::ContentFormat(u16::try_from(f).unwrap_or(u16::MAX))),
+        Err(_) => Some(lwm2m::ContentFormat(u16::MAX)),
+    }
+}
+
+/// A read of `path`, asking for `accept` (RFC 7252 §5.10.4).
+pub fn read_request(path: Path, accept: Option<lwm2m::ContentFormat>) -> Packet {
+    let mut p = msg::request(Code::GET, &path.segments());
+    if let Some(f) = accept {
+        msg::set_uint(&mut p, CoapOption::Accept, u32::from(f.0));
+    }
+    p
 }
 
 /// `PUT /5/0/1` with a text/plain URI (docs/protocols/children.md §3 step 2; Content-Format

@@ -11,12 +11,14 @@
 //! - `/4/0/2` Radio Signal Strength (integer, dBm; OMA 4.xml, Connectivity
 //!   Monitoring) below `image.min_signal_dbm` → [`Cause::PoorSignal`] (2).
 //!
-//! Each is one GET through the child's ordinary request path. A reading the
+//! Each is one GET through the child's ordinary request path, with the
+//! child's Accept (issue 14; `ContentFormat::accept`), its answer read in
+//! whatever content format it comes in (`lwm2m::content`). A reading the
 //! child does not give (an error code, no answer, a value that is not an
 //! integer) is no refusal: the check is "where the child exposes it", and
 //! the delivery finds out about a child that is gone.
 
-use otabridge_codecs::coap::{msg, Code};
+use otabridge_codecs::coap::{content_format, msg, read_request, Code};
 use otabridge_codecs::lwm2m::{self, Path};
 use tracing::debug;
 
@@ -68,7 +70,7 @@ impl CoapChild {
     /// One integer reading, or `None` when the child does not give it.
     async fn reading(&self, path: Path) -> Option<i64> {
         let resp = match self
-            .request(msg::request(Code::GET, &path.segments()))
+            .request(read_request(path, Some(self.accept(false))))
             .await
         {
             Ok(r) => r,
@@ -82,7 +84,7 @@ impl CoapChild {
             debug!(child = %self.device_id, %path, %code, "pre-flight read: not exposed");
             return None;
         }
-        lwm2m::parse_integer(&resp.payload)
+        lwm2m::read_integer(content_format(&resp), path, &resp.payload)
             .map_err(|e| debug!(child = %self.device_id, %path, "pre-flight read: {e}"))
             .ok()
     }

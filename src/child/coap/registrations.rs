@@ -66,6 +66,12 @@ pub fn open(state_dir: &Path) -> Result<(Journal, Vec<Row>), JournalError> {
     Ok((j, rows))
 }
 
+/// Every journaled registration, as it is (for `otabridge status` on a
+/// read-only journal: unreadable rows are left out, not dropped).
+pub fn list(j: &mut Journal) -> Result<Vec<Row>, JournalError> {
+    read(j).map(|(rows, _)| rows).map_err(|e| j.err(e))
+}
+
 fn load(j: &mut Journal) -> Result<Vec<Row>, JournalError> {
     let r = read(j);
     let (out, bad) = r.map_err(|e| j.err(e))?;
