@@ -446,8 +446,10 @@ impl JobControl {
     }
 
     /// Sets or clears the policy's hold (journaled by the caller), and
-    /// wakes the job.
-    pub fn set_held(&self, held: Option<String>) {
+    /// wakes the job. In turn with the load from the journal: a release
+    /// while the job starts is not undone by what it read before.
+    pub async fn set_held(&self, held: Option<String>) {
+        let _turn = self.order.lock().await;
         self.state().req.held = held;
         self.changed.send_replace(());
     }
@@ -742,7 +744,7 @@ impl Engine {
             .await?;
         for id in &held {
             if let Some(ctl) = self.controls().get(*id) {
-                ctl.set_held(None);
+                ctl.set_held(None).await;
             }
         }
         self.tasks_changed();

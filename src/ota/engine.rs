@@ -471,7 +471,7 @@ impl Engine {
             },
         )
         .await;
-        ctl.set_held(Some(why));
+        ctl.set_held(Some(why)).await;
     }
 
     /// The job limits (to read jobs from the journal).
