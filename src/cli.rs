@@ -78,8 +78,9 @@ pub(crate) enum Command {
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCommand {
     /// Print what an MCUboot image holds (version, sizes, TLVs, key hash)
-    /// and check its hash and signature against the configured keys.
-    /// Exits 1 when a check fails.
+    /// and check its hash and signature against the configured keys; or
+    /// run a framed profile's [image_check] over a file (--profile, or
+    /// --child naming a framed child). Exits 1 when a check fails.
     Inspect(InspectArgs),
 }
 
@@ -219,6 +220,7 @@ pub(crate) struct DownloadArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("judged").args(["child", "profile"])))]
 pub(crate) struct InspectArgs {
     /// The image file.
     pub(crate) file: PathBuf,
@@ -230,8 +232,14 @@ pub(crate) struct InspectArgs {
     /// encryption and slot settings); needs --config and --target.
     #[arg(long, requires_all = ["config", "target"])]
     pub(crate) child: Option<String>,
-    /// The upgrade's target version, for --child.
-    #[arg(long, requires = "child")]
+    /// Run this framed profile's [image_check] (magic, version field, CRC)
+    /// over the file instead of reading it as an MCUboot image: a profile
+    /// file (a path with a `/` or ending in .toml) or a built-in profile's
+    /// name. With --target the version field is compared with it.
+    #[arg(long, conflicts_with_all = ["config", "child"])]
+    pub(crate) profile: Option<String>,
+    /// The upgrade's target version, for --child or --profile.
+    #[arg(long, requires = "judged")]
     pub(crate) target: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
@@ -384,6 +392,26 @@ pub(crate) struct SmpChildArgs {
     /// Silence after a reset, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub(crate) reboot_ms: u64,
+    /// The size of each image slot in bytes; a larger upload is refused
+    /// (MGMT_ERR_EINVAL, IMG_MGMT_ERR_INVALID_IMAGE_TOO_LARGE).
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub(crate) slot_size: u64,
+    /// Answer "slot info" (group 1, command 6;
+    /// CONFIG_MCUMGR_GRP_IMG_SLOT_INFO) with the slot size, so that the
+    /// gateway's pre-flight refuses an image that does not fit before
+    /// sending it. Without it the device answers ENOTSUP, as Zephyr does
+    /// by default.
+    #[arg(long)]
+    pub(crate) slot_info: bool,
+    /// `max_image_size` in the slot info answer: the most an upload may
+    /// carry when less than the slot (needs --slot-info).
+    #[arg(long, requires = "slot_info")]
+    pub(crate) max_image_size: Option<u64>,
+    /// Without CONFIG_IMG_ENABLE_IMAGE_CHECK: the last upload answer has no
+    /// `match`, and an upload of the image the slot already holds starts
+    /// over instead of jumping to the end.
+    #[arg(long)]
+    pub(crate) no_image_check: bool,
 }
 
 #[derive(Debug, Args)]

@@ -91,8 +91,18 @@ async fn until_ctrl_c<S, E: std::fmt::Display>(
             return ExitCode::from(1);
         }
     };
+    // The handler is installed before the path is printed: whoever reads
+    // the path and sends SIGINT at once gets the summary, not a kill.
+    let mut sigint = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("otabridge: cannot handle SIGINT: {e}");
+            return ExitCode::from(1);
+        }
+    };
     println!("{}", path(&sim).display());
-    let _ = tokio::signal::ctrl_c().await;
+    let _ = sigint.recv().await;
     eprintln!("{}", summary(&sim));
     ExitCode::SUCCESS
 }
@@ -122,6 +132,10 @@ fn smp_child(a: SmpChildArgs) -> ExitCode {
     opts.device.running = running;
     opts.device.buf_size = a.buf_size;
     opts.device.reboot_time = Duration::from_millis(a.reboot_ms);
+    opts.device.slot_size = a.slot_size;
+    opts.device.slot_info = a.slot_info;
+    opts.device.max_image_size = a.max_image_size;
+    opts.device.image_check = !a.no_image_check;
     rt.block_on(until_ctrl_c(
         || SmpChild::spawn(opts),
         |sim| sim.path(),

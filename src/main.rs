@@ -206,14 +206,17 @@ fn download(logs: LogFormat, args: DownloadArgs) -> ExitCode {
 /// `otabridge image inspect`: what an image holds and whether the gate
 /// would pass it (in every build: it needs no simulator).
 fn image(which: ImageCommand) -> ExitCode {
-    let ImageCommand::Inspect(InspectArgs {
-        file,
-        config,
-        child,
-        target,
-        json,
-    }) = which;
-    let gate = match &config {
+    let ImageCommand::Inspect(args) = which;
+    if let Some(spec) = &args.profile {
+        return match otabridge::config::load_profile(spec) {
+            Ok(p) => inspect_profile(&args, &p, Default::default()),
+            Err(e) => {
+                eprintln!("otabridge: --profile: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let gate = match &args.config {
         Some(path) => {
             let cfg = match load(path) {
                 Ok(c) => c,
@@ -229,22 +232,97 @@ fn image(which: ImageCommand) -> ExitCode {
         }
         None => otabridge::image::Gate::default(),
     };
-    if let Some(id) = &child {
-        if !gate.checks(id) {
-            eprintln!("otabridge: child {id} is not configured with image.check = \"mcuboot\"");
-            return ExitCode::from(2);
+    let Some(id) = args.child.as_deref() else {
+        return inspect_mcuboot(&args, &gate, None);
+    };
+    match (gate.checks_mcuboot(id), gate.profile_check(id)) {
+        (false, None) => {
+            eprintln!(
+                "otabridge: child {id} is not configured with image.check = \"mcuboot\" nor a \
+                 framed profile with [image_check]"
+            );
+            ExitCode::from(2)
+        }
+        (true, None) => inspect_mcuboot(&args, &gate, None),
+        (false, Some((profile, policy))) => inspect_profile(&args, profile, policy),
+        (true, Some((profile, policy))) => {
+            // Both, as a job runs them: the MCUboot checks, then the profile's.
+            match otabridge::image::inspect::inspect_profile(
+                &args.file,
+                profile,
+                args.target.as_deref(),
+                policy,
+            ) {
+                Ok(p) => inspect_mcuboot(&args, &gate, Some(p)),
+                Err(e) => {
+                    eprintln!("otabridge: {}: {e}", args.file.display());
+                    ExitCode::from(1)
+                }
+            }
         }
     }
-    let named = child.as_deref().zip(target.as_deref());
-    let against = otabridge::image::inspect::Against::from_gate(&gate, named);
-    match otabridge::image::inspect::inspect(&file, &gate, &against) {
+}
+
+/// `otabridge image inspect --profile` (or `--child` of a framed child):
+/// the profile's `[image_check]` over the file.
+fn inspect_profile(
+    args: &InspectArgs,
+    profile: &otabridge_codecs::framed::profile::Profile,
+    policy: otabridge_codecs::version::Policy,
+) -> ExitCode {
+    let file = &args.file;
+    match otabridge::image::inspect::inspect_profile(file, profile, args.target.as_deref(), policy)
+    {
         Ok(i) => {
-            if json {
-                println!("{}", i.json(&file));
+            if args.json {
+                println!("{}", i.json(file));
             } else {
-                print!("{}", i.text(&file));
+                print!("{}", i.text(file));
             }
-            if i.ok {
+            if i.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e @ otabridge::image::inspect::ProfileInspectError::NoCheck(_)) => {
+            eprintln!("otabridge: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("otabridge: {}: {e}", file.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `otabridge image inspect` of an MCUboot image, with a framed profile's
+/// check of the same file when the child has both.
+fn inspect_mcuboot(
+    args: &InspectArgs,
+    gate: &otabridge::image::Gate,
+    profile: Option<otabridge::image::inspect::ProfileInspection>,
+) -> ExitCode {
+    let file = &args.file;
+    let named = args.child.as_deref().zip(args.target.as_deref());
+    let against = otabridge::image::inspect::Against::from_gate(gate, named);
+    match otabridge::image::inspect::inspect(file, gate, &against) {
+        Ok(i) => {
+            let ok = i.ok && profile.as_ref().is_none_or(|p| p.ok());
+            if args.json {
+                let mut v = i.json(file);
+                if let Some(p) = &profile {
+                    v["image_check"] = p.json(file);
+                    v["ok"] = ok.into();
+                }
+                println!("{v}");
+            } else {
+                print!("{}", i.text(file));
+                if let Some(p) = &profile {
+                    print!("{}", p.text(file));
+                }
+            }
+            if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -252,7 +330,7 @@ fn image(which: ImageCommand) -> ExitCode {
         }
         Err(e) => {
             let r = e.rejection();
-            if json {
+            if args.json {
                 let v = serde_json::json!({
                     "file": file.display().to_string(),
                     "ok": false,

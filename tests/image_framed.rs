@@ -53,6 +53,7 @@ protocol = "framed:acme-rs485"
         state = dir.join("state").display(),
         profiles = profiles.display(),
     );
+    std::fs::write(dir.join("gw.toml"), &cfg).unwrap();
     Config::parse(&cfg, &dir.join("gw.toml")).unwrap()
 }
 
@@ -127,4 +128,109 @@ fn a_profile_check_passes_the_vendors_image_and_refuses_broken_ones() {
     // The same broken bytes go to a child whose profile declares no check.
     gate.check("plain", &dir.path().join("magic.bin"), "2.0.3")
         .unwrap();
+}
+
+fn inspect(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["image", "inspect"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+/// `otabridge image inspect` shows a framed profile's `[image_check]`
+/// result: with `--profile FILE` directly, and with `--child` for a framed
+/// child of a configuration, as a job would judge the file.
+#[test]
+fn inspect_shows_the_profile_check_for_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    config(dir.path());
+    let cfg = dir.path().join("gw.toml");
+    let cfg = cfg.to_str().unwrap();
+    let profile = dir.path().join("profiles/acme-checked.toml");
+    let profile = profile.to_str().unwrap();
+    let good = dir.path().join("good.bin");
+    std::fs::write(&good, image((1, 2, 3), 3000)).unwrap();
+    let good = good.to_str().unwrap();
+    let mut bad = image((1, 2, 3), 3000);
+    bad[100] ^= 0x10;
+    let badp = dir.path().join("bad.bin");
+    std::fs::write(&badp, bad).unwrap();
+    let badp = badp.to_str().unwrap();
+
+    // --profile, no target: the version is read, magic and CRC checked.
+    let out = inspect(&[good, "--profile", profile]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("profile:     acme-checked ([image_check]: magic, crc, version)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("version:     1.2.3 (not compared: no --target)"),
+        "{text}"
+    );
+    assert!(text.contains("image check: passed"), "{text}");
+
+    // --json, a target that differs: result 7, exit status 1.
+    let out = inspect(&[good, "--profile", profile, "--target", "1.2.4", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["profile"], "acme-checked");
+    assert_eq!(v["rejected"]["result_code"], 7);
+    assert!(
+        v["rejected"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("version: the image says 1.2.3"),
+        "{v}"
+    );
+
+    // A flipped body bit: the CRC fails.
+    let out = inspect(&[badp, "--profile", profile, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert!(
+        v["rejected"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("crc:"),
+        "{v}"
+    );
+
+    // --child of a framed child, from the configuration.
+    let out = inspect(&[
+        good, "--config", cfg, "--child", "checked", "--target", "1.2.3", "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["version"].clone()),
+        (true.into(), "1.2.3".into())
+    );
+    let out = inspect(&[
+        badp, "--config", cfg, "--child", "checked", "--target", "1.2.3",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("image check: REJECTED, result 7: image check failed: crc:"),
+        "{out:?}"
+    );
+
+    // A child with no check, a profile without one, a target alone: usage errors.
+    let out = inspect(&[
+        good, "--config", cfg, "--child", "plain", "--target", "1.2.3",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = inspect(&[good, "--profile", "acme-rs485"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("declares no [image_check]"));
+    let out = inspect(&[good, "--target", "1.2.3"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

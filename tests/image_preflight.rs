@@ -234,3 +234,73 @@ async fn the_preflight_reads_what_a_libcoap_server_serves() {
     });
     charged.ready(&pkg, 0).await.unwrap();
 }
+
+/// `otabridge sim smp-child --slot-info --slot-size N [--max-image-size M]`
+/// as another process, as an integrator would run it: the driver's
+/// pre-flight reads the limit it reports and refuses an image that does not
+/// fit before a chunk is sent (the simulator's own count, printed on
+/// Ctrl-C, says none arrived).
+#[tokio::test]
+async fn the_sim_command_reports_its_slot_to_the_preflight() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path(), "fw", &image("2.0.0", 20_000, 3), "2.0.0");
+    for (flags, limit) in [
+        (&["--slot-size", "10000"][..], 10_000u64),
+        (
+            &["--slot-size", "65536", "--max-image-size", "15000"][..],
+            15_000,
+        ),
+    ] {
+        let mut p = Command::new(env!("CARGO_BIN_EXE_otabridge"))
+            .args(["sim", "smp-child", "--slot-info"])
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(p.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = std::path::PathBuf::from(line.trim());
+        let c = otabridge::child::serial::SerialChild::new(
+            "node",
+            &port,
+            115_200,
+            serial_support::options(),
+        );
+        let e = c.deliver(&pkg, 0, &|_| {}).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused(Cause::NoStorage), "{e}");
+        assert!(
+            e.detail()
+                .contains(&format!("slot holds {limit} (slot info)")),
+            "{e}"
+        );
+        drop(c);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let mut summary = String::new();
+        p.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut summary)
+            .unwrap();
+        assert!(p.wait().unwrap().success());
+        assert!(summary.contains("first_chunks: 0"), "{summary}");
+    }
+}
+
+#[test]
+fn max_image_size_needs_slot_info() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["sim", "smp-child", "--max-image-size", "1000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

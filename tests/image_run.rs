@@ -296,8 +296,42 @@ async fn a_child_that_cannot_take_the_image_now_gets_none_of_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(asked(&log) > before, "the second job waits for the battery");
+    // `otabridge status` says why it waits (journaled before the log line).
+    let lw_job = |d: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
+            .args(["status", "--json", "--config"])
+            .arg(d.join("gw.toml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["device_id"] == "p_lwm2m")
+            .unwrap()["job"]
+            .clone()
+    };
+    let job = lw_job(d);
+    let waiting = job["waiting"].as_str().unwrap_or_default();
+    assert!(
+        waiting.contains("10 % (/3/0/9), the minimum is 20 %")
+            && waiting.contains("until the deadline, then result 4"),
+        "{job}"
+    );
+    assert_eq!(job["cause"]["kind"], "waiting", "{job}");
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["status", "--config"])
+        .arg(d.join("gw.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("waiting: low battery"), "{text}");
     coap.set_reading("/3/0/9", Some(80));
     terminal(&mut tb, &mut reports, &ids, 2, &log).await;
+    let job = lw_job(d);
+    assert!(job["waiting"].is_null(), "{job}");
+    assert_eq!(job["phase"], "succeeded", "{job}");
     for id in ids {
         let r = last(&reports, id);
         assert_eq!(

@@ -3,8 +3,7 @@
 //! journal. Each test runs on a current-thread runtime, so the log capture
 //! (a thread-local subscriber) sees every line the gateway writes.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use otabridge::child::memory::MemoryChild;
@@ -16,49 +15,10 @@ use otabridge_codecs::iotda::event::{ProgressReport, Status, VersionQuery};
 use otabridge_codecs::iotda::Event;
 use serde_json::json;
 
+mod log_support;
+use log_support::Logs;
+
 const T: Duration = Duration::from_secs(20);
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let w = logs.clone();
-        let sub = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter(
-                std::env::var("TEST_LOG").unwrap_or("info,rumqttd=off,rumqttc=off".into()),
-            )
-            .with_writer(move || w.clone())
-            .finish();
-        (logs.clone(), tracing::subscriber::set_default(sub))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    async fn wait_for(&self, needle: &str) -> bool {
-        for _ in 0..400 {
-            if self.text().contains(needle) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        false
-    }
-}
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn kids(specs: &[(&str, &str)]) -> (Vec<Arc<MemoryChild>>, Vec<Arc<dyn Child>>) {
     let concrete: Vec<Arc<MemoryChild>> = specs

@@ -6,8 +6,7 @@
 //! (docs/protocols/iotda.md §9), answers a `version_query` whose paras are
 //! unusable as a plain one, and logs the rest with its topic.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use otabridge::child::memory::MemoryChild;
@@ -16,54 +15,10 @@ use otabridge::sim::testbed::{Testbed, GATEWAY_ID};
 use otabridge_codecs::iotda::event::{ProgressReport, VersionQuery};
 use otabridge_codecs::iotda::{Event, ResultCode};
 
+mod log_support;
+use log_support::Logs;
+
 const T: Duration = Duration::from_secs(20);
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let w = logs.clone();
-        let sub = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter(
-                std::env::var("TEST_LOG").unwrap_or("info,rumqttd=off,rumqttc=off".into()),
-            )
-            .with_writer(move || w.clone())
-            .finish();
-        (logs.clone(), tracing::subscriber::set_default(sub))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits (bounded: 10 s) until a log line holds every one of `needles`.
-    async fn wait_for_line(&self, needles: &[&str]) -> bool {
-        for _ in 0..400 {
-            if self
-                .text()
-                .lines()
-                .any(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        false
-    }
-}
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const CHILD: &str = "h_node1";
 const DOWN: &str = "sys/events/down";

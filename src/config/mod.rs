@@ -24,7 +24,7 @@ pub use child::{
 pub use gateway::{
     After, GatewayConfig, InstallConfig, Installer, VersionSource, FILE_PLACEHOLDER,
 };
-pub use profile::{find_profile, FramedProfile, ProfileLookupError};
+pub use profile::{find_profile, load_profile, FramedProfile, ProfileLookupError};
 pub use serial::{
     Framing, Parity, SerialOptions, DEFAULT_REOPEN_TIMEOUT, DEFAULT_WINDOW, MAX_BUF_SIZE,
     MAX_REOPEN_TIMEOUT_MS, MAX_WINDOW, MIN_BUF_SIZE,

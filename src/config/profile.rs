@@ -75,6 +75,20 @@ pub enum ProfileLookupError {
     },
 }
 
+/// The profile a command line's `--profile` names (`otabridge sim
+/// framed-child`, `otabridge image inspect`): a file when it has a `/` or
+/// ends in `.toml`, else a built-in profile.
+pub fn load_profile(spec: &str) -> Result<Arc<Profile>, ProfileLookupError> {
+    if spec.contains('/') || spec.ends_with(".toml") {
+        let text = std::fs::read_to_string(spec).map_err(|source| ProfileLookupError::Read {
+            file: spec.into(),
+            source,
+        })?;
+        return Ok(Arc::new(Profile::parse(&text, spec)?));
+    }
+    Ok(find_profile(spec, None)?.profile)
+}
+
 /// Finds the profile `name`: `<dir>/<name>.toml` if `dir` is given and has
 /// that file, else the built-in profile of that name. Used by the
 /// configuration and by `otabridge sim framed-child`.

@@ -4,10 +4,15 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
+use otabridge_codecs::framed::profile::Profile;
 use otabridge_codecs::mcuboot::{flags, kind};
+use otabridge_codecs::version::Policy;
 use serde_json::{json, Value};
 
-use super::{examine, Examination, ExamineError, Gate, HashCheck, PublicKey, Rejection, SigCheck};
+use super::{
+    check_profile_image, examine, Examination, ExamineError, Gate, HashCheck, PublicKey, Rejection,
+    SigCheck,
+};
 
 /// What to check an image against.
 #[derive(Debug, Default)]
@@ -224,5 +229,131 @@ fn sig_result(s: &SigCheck) -> &'static str {
         SigCheck::UnknownKey => "unknown_key",
         SigCheck::Failed(_) => "failed",
         SigCheck::Skipped(_) => "skipped",
+    }
+}
+
+/// A framed profile's `[image_check]` run over a file
+/// (codecs/profiles/README.md, "Image check"): what `otabridge image
+/// inspect --profile` and `--child` of a framed child print.
+#[derive(Debug)]
+pub struct ProfileInspection {
+    /// The file's size.
+    pub file_len: u64,
+    /// The profile's `[protocol] name`.
+    pub profile: String,
+    /// Which checks the profile declares: `magic`, `crc`, `version`.
+    pub checks: Vec<&'static str>,
+    /// The target version compared with, if any.
+    pub target: Option<String>,
+    /// The version the image says (when the profile declares where), or the
+    /// first check that failed (magic, then CRC, then version).
+    pub result: Result<Option<String>, Rejection>,
+}
+
+/// Why a profile inspection could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileInspectError {
+    /// The profile declares no `[image_check]`.
+    #[error("profile '{0}' declares no [image_check]")]
+    NoCheck(String),
+    /// The file cannot be read.
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+}
+
+/// Runs `profile`'s `[image_check]` over `path`, comparing the version with
+/// `target` under `policy` when a target is given.
+pub fn inspect_profile(
+    path: &Path,
+    profile: &Profile,
+    target: Option<&str>,
+    policy: Policy,
+) -> Result<ProfileInspection, ProfileInspectError> {
+    let Some(check) = &profile.image_check else {
+        return Err(ProfileInspectError::NoCheck(profile.name.clone()));
+    };
+    let file_len = std::fs::metadata(path)?.len();
+    let mut checks = Vec::new();
+    if check.magic.is_some() {
+        checks.push("magic");
+    }
+    if check.crc.is_some() {
+        checks.push("crc");
+    }
+    if check.version.is_some() {
+        checks.push("version");
+    }
+    Ok(ProfileInspection {
+        file_len,
+        profile: profile.name.clone(),
+        checks,
+        target: target.map(str::to_owned),
+        result: check_profile_image(check, path, target, policy),
+    })
+}
+
+impl ProfileInspection {
+    /// Whether every declared check passed.
+    pub fn ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// The human-readable report.
+    pub fn text(&self, path: &Path) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "file:        {} ({} bytes)",
+            path.display(),
+            self.file_len
+        );
+        let _ = writeln!(
+            o,
+            "profile:     {} ([image_check]: {})",
+            self.profile,
+            self.checks.join(", ")
+        );
+        match &self.result {
+            Ok(version) => {
+                if let Some(v) = version {
+                    let against = match &self.target {
+                        Some(t) => format!(" (the target {t}: same)"),
+                        None => " (not compared: no --target)".to_owned(),
+                    };
+                    let _ = writeln!(o, "version:     {v}{against}");
+                }
+                let _ = writeln!(o, "image check: passed");
+            }
+            Err(r) => {
+                let _ = writeln!(
+                    o,
+                    "image check: REJECTED, result {}: {}",
+                    r.code.get(),
+                    r.description
+                );
+            }
+        }
+        o
+    }
+
+    /// The report as JSON.
+    pub fn json(&self, path: &Path) -> Value {
+        let (version, rejection) = match &self.result {
+            Ok(v) => (v.clone(), None),
+            Err(r) => (
+                None,
+                Some(json!({"result_code": r.code.get(), "description": r.description})),
+            ),
+        };
+        json!({
+            "file": path.display().to_string(),
+            "file_size": self.file_len,
+            "profile": self.profile,
+            "checks": self.checks,
+            "target": self.target,
+            "version": version,
+            "rejected": rejection,
+            "ok": self.ok(),
+        })
     }
 }

@@ -435,11 +435,13 @@ pub struct Gate {
 }
 
 /// Runs a framed profile's `[image_check]` over the file at `path`, read in
-/// [`CHUNK`] pieces (codecs/profiles/README.md, "Image check").
+/// [`CHUNK`] pieces (codecs/profiles/README.md, "Image check"); gives the
+/// version the image says, when the profile declares where. Without a
+/// `target` the version is only read, not compared.
 pub fn check_profile_image(
     check: &ProfileImageCheck,
     path: &Path,
-    target: &str,
+    target: Option<&str>,
     policy: Policy,
 ) -> Result<Option<String>, Rejection> {
     let io = |e: std::io::Error| Rejection::new(ResultCode::INNER_ERROR, "reading the package", e);
@@ -458,7 +460,11 @@ pub fn check_profile_image(
         }
         checker.feed(&buf[..n]);
     }
-    checker.finish(target, policy).map_err(fail)
+    match target {
+        Some(t) => checker.finish(t, policy),
+        None => checker.finish_unchecked(),
+    }
+    .map_err(fail)
 }
 
 /// A configured key file that cannot be used, with the key naming it.
@@ -569,6 +575,17 @@ impl Gate {
             })
     }
 
+    /// Whether `device_id`'s packages are checked as MCUboot images.
+    pub fn checks_mcuboot(&self, device_id: &str) -> bool {
+        self.children.contains_key(device_id)
+    }
+
+    /// The framed profile whose `[image_check]` `device_id`'s packages go
+    /// through, with the child's version policy.
+    pub fn profile_check(&self, device_id: &str) -> Option<(&Arc<Profile>, Policy)> {
+        self.framed.get(device_id).map(|(p, policy)| (p, *policy))
+    }
+
     /// Whether `device_id`'s packages are checked.
     pub fn checks(&self, device_id: &str) -> bool {
         self.children.contains_key(device_id) || self.framed.contains_key(device_id)
@@ -583,7 +600,7 @@ impl Gate {
         }
         if let Some((profile, policy)) = self.framed.get(device_id) {
             if let Some(check) = &profile.image_check {
-                check_profile_image(check, path, target, *policy)?;
+                check_profile_image(check, path, Some(target), *policy)?;
             }
         }
         Ok(())

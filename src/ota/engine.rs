@@ -33,7 +33,7 @@ use super::control::{self, Gate, JobControl, Registry, Requests};
 use super::halt::{self, HaltPolicy};
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
-use super::verdict::{verdict, Failure};
+use super::verdict::{verdict, Failure, FailureCause};
 use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::{Child, ChildError, ErrorKind, Package, Step};
 use crate::clock::{self, now_unix};
@@ -512,11 +512,13 @@ impl Engine {
     /// Applies effects: persist, report, and back off when asked.
     async fn apply(&self, run: &mut Run, e: Effects) {
         let row = &run.row;
-        if e.persist {
-            self.save(row).await;
-        }
-        if let Some(r) = e.report {
-            self.report(&row.device_id, r).await;
+        match (e.persist, e.report) {
+            // One transaction: a kill between the state and its report
+            // would lose the report (a job that ended is not resumed).
+            (true, Some(r)) => self.save_and_report(row, r).await,
+            (true, None) => self.save(row).await,
+            (false, Some(r)) => self.report(&row.device_id, r).await,
+            (false, None) => {}
         }
         if e.persist {
             // Every phase change is persisted; progress alone is not.
@@ -543,6 +545,38 @@ impl Engine {
             .await;
         if let Err(err) = r {
             warn!(child = %row.device_id, "journal: {err}");
+        }
+    }
+
+    /// [`Engine::save`] and [`Engine::report`] in one journal transaction.
+    async fn save_and_report(&self, row: &JobRow, r: ProgressReport) {
+        let (id, machine, activations) = (row.id, row.machine.clone(), row.activations);
+        let report = self
+            .inner
+            .platform
+            .prepare(Some(&row.device_id), &Event::ProgressReport(r));
+        let r = self
+            .inner
+            .journal
+            .run(move |j| {
+                let tx = |j: &mut Journal, sql: &str| {
+                    j.connection().execute_batch(sql).map_err(|e| j.err(e))
+                };
+                tx(j, "BEGIN IMMEDIATE")?;
+                let r = jobs_db::save(j, id, &machine, activations, now_unix())
+                    .and_then(|()| report.push(j));
+                match r {
+                    Ok(()) => tx(j, "COMMIT"),
+                    Err(e) => {
+                        let _ = tx(j, "ROLLBACK");
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        match r {
+            Ok(()) => self.inner.platform.queued(),
+            Err(err) => warn!(child = %row.device_id, "journal: {err}"),
         }
     }
 
@@ -906,30 +940,58 @@ impl Engine {
     /// backoff while it says no, until the next try would fall after the
     /// job's deadline; then its last refusal is the job's result (a gated
     /// child is reported with its own code, 4, 2 or 5, not a timeout).
-    async fn preflight(&self, run: &Run, child: &Arc<dyn Child>, from: u64) -> Result<(), Input> {
+    ///
+    /// While it waits, the job's cause in the journal is a waiting one
+    /// ([`FailureCause::waiting`]), so that `otabridge status` shows why;
+    /// the cause before the wait is put back when the child is ready.
+    async fn preflight(
+        &self,
+        run: &mut Run,
+        child: &Arc<dyn Child>,
+        from: u64,
+    ) -> Result<(), Input> {
         let Some(pkg) = run.package.as_ref() else {
             return Ok(());
         };
         let t = self.inner.timeouts;
-        let row = &run.row;
-        let deadline = job_deadline(row);
-        let mut backoff = t.retry.seeded(row.id as u64).backoff();
+        let deadline = job_deadline(&run.row);
+        let mut backoff = t.retry.seeded(run.row.id as u64).backoff();
+        let before = run.row.machine.cause.clone();
+        let mut waited = false;
         loop {
             let r = {
                 let _bus = self.bus_turn(child, Purpose::Preflight).await;
                 child.ready(pkg, from).await
             };
+            let row = &run.row;
             let e = match r {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if waited {
+                        run.row.machine.cause = before;
+                        self.save(&run.row).await;
+                    }
+                    return Ok(());
+                }
                 Err(e) => e,
             };
+            let v = verdict(Failure::Child(&e));
             let delay = backoff.next_delay();
-            if clock::now() + delay >= deadline {
+            // The next try is due at `next` however long the journal write
+            // below takes, so that it never passes the deadline this check
+            // keeps it before.
+            let next = clock::now() + delay;
+            if next >= deadline {
                 warn!(child = %row.device_id, job = row.id, "not ready before the deadline: {e}");
-                return Err(Input::Failed(verdict(Failure::Child(&e))));
+                return Err(Input::Failed(v));
             }
+            // Journaled before the log line: whoever reads the log can ask
+            // `otabridge status` why.
+            run.row.machine.cause = Some(FailureCause::waiting(&v));
+            self.save(&run.row).await;
+            waited = true;
+            let row = &run.row;
             info!(child = %row.device_id, job = row.id, "not ready, asking again in {} s: {e}", delay.as_secs());
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(next).await;
         }
     }
 

@@ -155,21 +155,47 @@ fn row_to_job(
     })
 }
 
+/// The jobs `sql` selects (`SELECT * FROM jobs …` with `args`), in its order.
+fn jobs_where(
+    j: &mut Journal,
+    sql: &str,
+    args: impl rusqlite::Params,
+    limits: Limits,
+    policy: PolicyOf<'_>,
+) -> Result<Vec<JobRow>, JournalError> {
+    let conn = j.connection();
+    let read = || -> rusqlite::Result<Vec<JobRow>> {
+        let mut st = conn.prepare(sql)?;
+        let rows = st.query_map(args, |r| row_to_job(r, limits, policy))?;
+        rows.collect()
+    };
+    let r = read();
+    r.map_err(|e| j.err(e))
+}
+
+/// The one job `sql` selects (`SELECT * FROM jobs …` with `args`), if any.
+fn job_where(
+    j: &mut Journal,
+    sql: &str,
+    args: impl rusqlite::Params,
+    limits: Limits,
+    policy: PolicyOf<'_>,
+) -> Result<Option<JobRow>, JournalError> {
+    let r = j
+        .connection()
+        .query_row(sql, args, |r| row_to_job(r, limits, policy))
+        .optional();
+    r.map_err(|e| j.err(e))
+}
+
 /// Jobs not yet succeeded or failed, oldest first.
 pub fn active(
     j: &mut Journal,
     limits: Limits,
     policy: PolicyOf<'_>,
 ) -> Result<Vec<JobRow>, JournalError> {
-    let conn = j.connection();
-    let read = || -> rusqlite::Result<Vec<JobRow>> {
-        let mut st = conn
-            .prepare("SELECT * FROM jobs WHERE phase NOT IN ('succeeded', 'failed') ORDER BY id")?;
-        let rows = st.query_map([], |r| row_to_job(r, limits, policy))?;
-        rows.collect()
-    };
-    let r = read();
-    r.map_err(|e| j.err(e))
+    let sql = "SELECT * FROM jobs WHERE phase NOT IN ('succeeded', 'failed') ORDER BY id";
+    jobs_where(j, sql, [], limits, policy)
 }
 
 /// The latest job of a child, if any.
@@ -179,15 +205,8 @@ pub fn latest(
     limits: Limits,
     policy: PolicyOf<'_>,
 ) -> Result<Option<JobRow>, JournalError> {
-    let r = j
-        .connection()
-        .query_row(
-            "SELECT * FROM jobs WHERE device_id = ?1 ORDER BY id DESC LIMIT 1",
-            [device_id],
-            |r| row_to_job(r, limits, policy),
-        )
-        .optional();
-    r.map_err(|e| j.err(e))
+    let sql = "SELECT * FROM jobs WHERE device_id = ?1 ORDER BY id DESC LIMIT 1";
+    job_where(j, sql, [device_id], limits, policy)
 }
 
 /// One job by its id, if the journal has it (the control API, issue 15).
@@ -197,13 +216,7 @@ pub fn by_id(
     limits: Limits,
     policy: PolicyOf<'_>,
 ) -> Result<Option<JobRow>, JournalError> {
-    let r = j
-        .connection()
-        .query_row("SELECT * FROM jobs WHERE id = ?1", [id], |r| {
-            row_to_job(r, limits, policy)
-        })
-        .optional();
-    r.map_err(|e| j.err(e))
+    job_where(j, "SELECT * FROM jobs WHERE id = ?1", [id], limits, policy)
 }
 
 /// The jobs an operator looks at (the control API's list): every job not
@@ -213,16 +226,8 @@ pub fn current(
     limits: Limits,
     policy: PolicyOf<'_>,
 ) -> Result<Vec<JobRow>, JournalError> {
-    let conn = j.connection();
-    let read = || -> rusqlite::Result<Vec<JobRow>> {
-        let mut st = conn.prepare(
-            "SELECT * FROM jobs WHERE phase NOT IN ('succeeded', 'failed')
+    let sql = "SELECT * FROM jobs WHERE phase NOT IN ('succeeded', 'failed')
                  OR id IN (SELECT MAX(id) FROM jobs GROUP BY device_id)
-             ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| row_to_job(r, limits, policy))?;
-        rows.collect()
-    };
-    let r = read();
-    r.map_err(|e| j.err(e))
+             ORDER BY id";
+    jobs_where(j, sql, [], limits, policy)
 }

@@ -81,8 +81,13 @@ pub struct JobStatus {
     /// Result description once finished.
     pub description: Option<String>,
     /// Where the last failure happened and what the device said: the
-    /// failure that ended the job, or the one it is retrying after.
+    /// failure that ended the job, the one it is retrying after, or (kind
+    /// `waiting`) the pre-flight refusal it waits on.
     pub cause: Option<FailureCause>,
+    /// Why a job gated by the child's pre-flight waits (low battery, poor
+    /// signal, too little free memory): it asks again until the event's
+    /// deadline. `None` when it does not wait.
+    pub waiting: Option<String>,
 }
 
 fn transport_name(t: &Transport) -> &'static str {
@@ -139,6 +144,12 @@ pub fn collect(cfg: &Config) -> Result<Vec<ChildStatus>, JournalError> {
             size: r.machine.size,
             retries: r.machine.retries,
             result_code: r.machine.result.as_ref().map(|(c, _)| c.get()),
+            waiting: r
+                .machine
+                .cause
+                .as_ref()
+                .filter(|c| c.is_waiting() && r.machine.result.is_none())
+                .map(|c| c.detail.clone()),
             description: r.machine.result.map(|(_, d)| d),
             cause: r.machine.cause,
         });
@@ -210,6 +221,9 @@ pub fn print(cfg: &Config, json: bool) -> Result<(), JournalError> {
                 format!("{}/{}", j.offset, j.size),
                 j.retries.to_string(),
                 match (&j.result_code, &j.description, &j.cause) {
+                    (None, _, Some(_)) if j.waiting.is_some() => {
+                        format!("waiting: {}", j.waiting.as_deref().unwrap_or_default())
+                    }
                     (Some(c), Some(d), Some(cause)) => format!("{c} {d} ({cause})"),
                     (Some(c), Some(d), None) => format!("{c} {d}"),
                     (None, _, _) if j.held.is_some() => {

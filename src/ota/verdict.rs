@@ -87,6 +87,33 @@ pub struct FailureCause {
     pub detail: String,
 }
 
+impl FailureCause {
+    /// `kind` of a cause a job is waiting on, not failed with: a pre-flight
+    /// refusal (low battery, poor signal, too little free memory) that the
+    /// job asks about again until the event's deadline.
+    pub const WAITING: &'static str = "waiting";
+
+    /// The cause of a job gated by the child's pre-flight: `v` is what the
+    /// job reports should the refusal last until the deadline.
+    pub fn waiting(v: &Verdict) -> Self {
+        FailureCause {
+            step: "pre-flight".into(),
+            offset: v.cause.offset,
+            kind: Self::WAITING.into(),
+            device_said: v.cause.device_said.clone(),
+            detail: format!(
+                "{}; asked again until the deadline, then result {}",
+                v.description, v.code
+            ),
+        }
+    }
+
+    /// Whether the job waits on this cause rather than failed with it.
+    pub fn is_waiting(&self) -> bool {
+        self.kind == Self::WAITING
+    }
+}
+
 impl fmt::Display for FailureCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.step)?;
@@ -267,6 +294,9 @@ fn download(e: &DownloadError) -> Verdict {
         DownloadError::TooLargeForConfig { .. } | DownloadError::NoSpace { .. } => {
             (ResultCode::LOW_SPACE, DESC_NO_STORAGE.to_owned())
         }
+        // Found full while writing (issue 17, item 6): the platform's
+        // wording, then what filled up.
+        DownloadError::DiskFull(_) => (ResultCode::LOW_SPACE, format!("{DESC_NO_STORAGE}: {e}")),
         DownloadError::LengthMismatch { .. } | DownloadError::Integrity { .. } => {
             (ResultCode::CHECK_FAIL, DESC_INTEGRITY.to_owned())
         }

@@ -26,7 +26,10 @@ pub(crate) struct Row {
 
 use crate::clock::now_unix;
 
-fn store_err(e: impl std::fmt::Display) -> DownloadError {
+fn store_err(e: rusqlite::Error) -> DownloadError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return DownloadError::DiskFull(format!("journal: {e}"));
+    }
     DownloadError::Store(format!("journal: {e}"))
 }
 

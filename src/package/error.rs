@@ -94,6 +94,12 @@ pub enum DownloadError {
     /// The TLS configuration (`download.ca_file`) cannot be used.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// The package store's disk filled up while the package or its
+    /// journal row was being written (ENOSPC, EDQUOT, SQLITE_FULL): the
+    /// `.part` file keeps what is durable, and a new upgrade event resumes
+    /// once space is back.
+    #[error("the gateway's disk is full: {0}")]
+    DiskFull(String),
     /// The package store's disk or journal failed.
     #[error("package store: {0}")]
     Store(String),

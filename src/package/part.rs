@@ -32,14 +32,25 @@ use super::{db, DownloadError};
 use crate::journal::SharedJournal;
 
 /// Buffers queued between the receive task and the writer. Each is one
-/// body frame (at most hyper's read buffer, 16 KiB to 400 KiB; see
-/// BENCHMARKS.md for the measurement that chose this).
-pub(crate) const QUEUE: usize = 16;
-/// The writer gathers small frames into one write(2) of up to this size.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// body frame of at most [`super::http::READ_BUFFER`] bytes, so at most
+/// 512 KiB wait here. Chosen by measurement against nginx (BENCHMARKS.md,
+/// "Package download": 4 to 64 buffers and 16 to 256 KiB frames were within
+/// the noise of each other in throughput; 8 with 64 KiB frames kept the
+/// peak RSS lowest).
+pub(crate) const QUEUE: usize = 8;
+/// The writer gathers small frames into one write(2) of up to this size
+/// (64 KiB to 1 MiB measured; 1 MiB only added RSS).
+const WRITE_BUFFER: usize = 128 * 1024;
 
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> DownloadError {
-    DownloadError::Store(format!("{what} {}: {e}", path.display()))
+    let why = format!("{what} {}: {e}", path.display());
+    match e.kind() {
+        // ENOSPC, EDQUOT: the disk, not the package, is at fault.
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            DownloadError::DiskFull(why)
+        }
+        _ => DownloadError::Store(why),
+    }
 }
 
 fn join_err(e: tokio::task::JoinError) -> DownloadError {
@@ -69,8 +80,17 @@ pub(crate) struct Part {
     tx: mpsc::Sender<Msg>,
     /// Checkpoints made durable: (epoch, length), or why one failed.
     durable: mpsc::UnboundedReceiver<Result<(u32, u64), DownloadError>>,
-    writer: JoinHandle<Result<(Flock<File>, Sha256), DownloadError>>,
+    /// The writer task, until its outcome was taken ([`Part::stopped`]).
+    writer: Option<WriterTask>,
+    /// Why the writer stopped, once known: a handle is awaited only once
+    /// (polling a finished `JoinHandle` again panics; a disk that filled
+    /// up mid-download did exactly that in the cleanup's `quiesce`).
+    stopped: Option<DownloadError>,
 }
+
+/// The writer thread: the file and the hash of its content, or why it
+/// stopped.
+type WriterTask = JoinHandle<Result<(Flock<File>, Sha256), DownloadError>>;
 
 impl Part {
     /// Keeps the first `start.offset` bytes of `file` (cutting the rest),
@@ -114,8 +134,22 @@ impl Part {
         Ok(Part {
             tx,
             durable,
-            writer,
+            writer: Some(writer),
+            stopped: None,
         })
+    }
+
+    /// Why the writer stopped (it has, or is stopping): its own error,
+    /// taken from its task once and kept.
+    async fn stopped(&mut self) -> DownloadError {
+        if let Some(w) = self.writer.take() {
+            self.stopped = Some(match w.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => gone(),
+                Err(e) => join_err(e),
+            });
+        }
+        self.stopped.clone().unwrap_or_else(gone)
     }
 
     async fn send(&mut self, m: Msg) -> Result<(), DownloadError> {
@@ -123,11 +157,7 @@ impl Part {
             return Ok(());
         }
         // The writer stopped: its error says why.
-        match (&mut self.writer).await {
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(_)) => Err(gone()),
-            Err(e) => Err(join_err(e)),
-        }
+        Err(self.stopped().await)
     }
 
     /// Queues body bytes (waits while the queue is full).
@@ -174,9 +204,12 @@ impl Part {
 
     /// Every byte is queued: waits for the writer, and gives the file and
     /// the SHA-256 of its content.
-    pub(crate) async fn finish(self) -> Result<(Flock<File>, String), DownloadError> {
+    pub(crate) async fn finish(mut self) -> Result<(Flock<File>, String), DownloadError> {
         drop(self.tx);
-        let (file, hasher) = self.writer.await.map_err(join_err)??;
+        let Some(writer) = self.writer.take() else {
+            return Err(self.stopped.unwrap_or_else(gone));
+        };
+        let (file, hasher) = writer.await.map_err(join_err)??;
         Ok((file, hex::encode(hasher.finalize())))
     }
 }

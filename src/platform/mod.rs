@@ -73,15 +73,28 @@ impl Platform {
         object_device_id: Option<&str>,
         ev: &Event,
     ) -> Result<(), JournalError> {
-        let now = now_unix();
-        let payload = event::encode(object_device_id, ev, EventTime::from_unix(now), None);
-        let topic = topic::events_up(&self.inner.device_id);
-        self.inner
-            .journal
-            .run(move |j| j.outbox_push(&topic, &payload, now))
-            .await?;
-        self.inner.wake.notify_one();
+        let r = self.prepare(object_device_id, ev);
+        self.inner.journal.run(move |j| r.push(j)).await?;
+        self.queued();
         Ok(())
+    }
+
+    /// A report for [`Prepared::push`] inside another journal operation, so
+    /// that it is queued in the same transaction as the state it reports
+    /// (a job's end and its report: a kill between two operations lost the
+    /// report, issue 17 item 1). Call [`Platform::queued`] once it commits.
+    pub fn prepare(&self, object_device_id: Option<&str>, ev: &Event) -> Prepared {
+        let now = now_unix();
+        Prepared {
+            topic: topic::events_up(&self.inner.device_id),
+            payload: event::encode(object_device_id, ev, EventTime::from_unix(now), None),
+            now,
+        }
+    }
+
+    /// Wakes the session after [`Prepared::push`] committed.
+    pub fn queued(&self) {
+        self.inner.wake.notify_one();
     }
 
     /// Reports queued and not yet acknowledged by the broker.
@@ -105,5 +118,22 @@ impl Platform {
 
     async fn woken(&self) {
         self.inner.wake.notified().await
+    }
+}
+
+/// A report encoded for the outbox ([`Platform::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    topic: String,
+    payload: Vec<u8>,
+    now: i64,
+}
+
+impl Prepared {
+    /// Writes the report to the outbox of `j`: durable once the journal
+    /// operation (and the transaction it is in, if any) commits.
+    pub fn push(&self, j: &mut crate::journal::Journal) -> Result<(), JournalError> {
+        j.outbox_push(&self.topic, &self.payload, self.now)
+            .map(drop)
     }
 }

@@ -36,7 +36,7 @@ use tokio_serial::{SerialPort, SerialStream};
 use tracing::debug;
 
 use super::smp_child::pace;
-use crate::config::{find_profile, ProfileLookupError};
+use crate::config::ProfileLookupError;
 pub use crate::sim::smp_child::Faults;
 
 /// Most noise bytes put before one write.
@@ -174,17 +174,9 @@ impl FramedChildSim {
     }
 }
 
-/// The profile `--profile` names: a file when it has a `/` or ends in
-/// `.toml`, else a built-in profile.
+/// The profile `--profile` names ([`crate::config::load_profile`]).
 pub fn load_profile(spec: &str) -> Result<Arc<Profile>, ProfileLookupError> {
-    if spec.contains('/') || spec.ends_with(".toml") {
-        let text = std::fs::read_to_string(spec).map_err(|source| ProfileLookupError::Read {
-            file: spec.into(),
-            source,
-        })?;
-        return Ok(Arc::new(Profile::parse(&text, spec)?));
-    }
-    Ok(find_profile(spec, None)?.profile)
+    crate::config::load_profile(spec)
 }
 
 /// An `--inject` value that cannot be used.

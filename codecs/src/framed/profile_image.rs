@@ -365,6 +365,20 @@ impl<'a> ImageChecker<'a> {
     /// the profile declares where, or the first check that failed (magic,
     /// then CRC, then version).
     pub fn finish(self, target: &str, policy: Policy) -> Result<Option<String>, ImageCheckError> {
+        let found = self.finish_unchecked()?;
+        match found {
+            Some(found) if !policy.same(target, &found) => Err(ImageCheckError::Version {
+                found,
+                target: target.to_owned(),
+            }),
+            found => Ok(found),
+        }
+    }
+
+    /// As [`finish`](Self::finish) without an upgrade to compare with: the
+    /// magic and the CRC are checked, the version is only read (`otabridge
+    /// image inspect` without `--target`).
+    pub fn finish_unchecked(self) -> Result<Option<String>, ImageCheckError> {
         if self.fed != self.size {
             return Err(ImageCheckError::Fed {
                 fed: self.fed,
@@ -411,12 +425,6 @@ impl<'a> ImageChecker<'a> {
                 .trim_end_matches(['\0', ' '])
                 .to_owned(),
         };
-        if !policy.same(target, &found) {
-            return Err(ImageCheckError::Version {
-                found,
-                target: target.to_owned(),
-            });
-        }
         Ok(Some(found))
     }
 }
@@ -678,6 +686,20 @@ mod tests {
             k.finish("2.0", Policy::default()),
             Err(ImageCheckError::Fed { .. })
         ));
+    }
+
+    #[test]
+    fn without_a_target_the_version_is_read_and_the_rest_checked() {
+        let c = check();
+        let img = image([1, 2, 3, 0], &[7u8; 100]);
+        let mut k = ImageChecker::new(&c, img.len() as u64).unwrap();
+        k.feed(&img);
+        assert_eq!(k.finish_unchecked().unwrap().as_deref(), Some("1.2.3"));
+        let mut flipped = img.clone();
+        flipped[50] ^= 1;
+        let mut k = ImageChecker::new(&c, img.len() as u64).unwrap();
+        k.feed(&flipped);
+        assert_eq!(k.finish_unchecked().unwrap_err().check(), "crc");
     }
 
     fn with_check(

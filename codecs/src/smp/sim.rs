@@ -116,6 +116,10 @@ pub struct SimConfig {
     /// Whether slot info (group 1, command 6) is compiled in
     /// (`CONFIG_MCUMGR_GRP_IMG_SLOT_INFO`): off, the device answers ENOTSUP.
     pub slot_info: bool,
+    /// `max_image_size` in the slot info answer (smp_group_1.rst: present
+    /// when the application's size is limited below the slot's, e.g. by
+    /// swap-using-move's spare sector): none by default.
+    pub max_image_size: Option<u64>,
     /// `CONFIG_IMG_ENABLE_IMAGE_CHECK`: final answer carries `match`.
     pub image_check: bool,
     /// Version of the image running at start.
@@ -132,6 +136,7 @@ impl Default for SimConfig {
             params: true,
             slot_size: 256 * 1024,
             slot_info: false,
+            max_image_size: None,
             image_check: true,
             running: ImageVersion {
                 major: 1,
@@ -298,7 +303,7 @@ impl SimDevice {
                         (0, self.config.slot_size, None),
                         (1, self.config.slot_size, None),
                     ],
-                    max_image_size: None,
+                    max_image_size: self.config.max_image_size,
                 }]))
             }
             _ => Err(SmpErr::Legacy {
@@ -418,7 +423,7 @@ impl SimDevice {
             if header_version(&req.data).is_none() {
                 return Err(img(img_err::INVALID_IMAGE_HEADER_MAGIC));
             }
-            if len > self.config.slot_size {
+            if len > self.upload_limit() {
                 return Err(img(img_err::INVALID_IMAGE_TOO_LARGE));
             }
             let holds_it = self.secondary.as_ref().is_some_and(|s| s.hash == sha);
@@ -484,6 +489,14 @@ impl SimDevice {
             off,
             matched,
         }))
+    }
+
+    /// The most bytes an upload may carry: `max_image_size` when set,
+    /// else the slot.
+    fn upload_limit(&self) -> u64 {
+        self.config
+            .max_image_size
+            .map_or(self.config.slot_size, |m| m.min(self.config.slot_size))
     }
 
     fn state_body(&self) -> Vec<u8> {

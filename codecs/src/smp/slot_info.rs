@@ -70,6 +70,18 @@ mod tests {
             panic!("slots expected");
         };
         assert_eq!(list[0].upload_limit(), Some(100_000));
+        // A device that limits the application below its slot says so.
+        let mut limited = SimDevice::new(SimConfig {
+            slot_info: true,
+            slot_size: 100_000,
+            max_image_size: Some(90_000),
+            ..SimConfig::default()
+        });
+        let SlotInfoEvent::Answer(list) = run(&mut limited) else {
+            panic!("slots expected");
+        };
+        assert_eq!(list[0].max_image_size, Some(90_000));
+        assert_eq!(list[0].upload_limit(), Some(90_000));
         let mut old = SimDevice::new(SimConfig::default());
         assert!(matches!(
             run(&mut old),

@@ -1,0 +1,238 @@
+//! The daemon's footprint on the box (not a test: it prints figures for
+//! `BENCHMARKS.md`, "Footprint"; issue 18).
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/bench_footprint [--runs 5] [--idle-s 10] [--otabridge PATH]
+//! ```
+//!
+//! Starts the simulated IoTDA of `otabridge sim iotda` in this process (the
+//! in-process rumqttd broker behind the TLS edge that checks IoTDA's
+//! credentials, `otabridge::sim::testbed`), then, `--runs` times, the real
+//! `otabridge run` (the binary next to this one, or `--otabridge PATH`: the
+//! Debian package's build without the simulators) with a configuration that
+//! names no child, as a child process, and prints:
+//!
+//! - the start-up time to "connected": from the spawn to the daemon's log
+//!   line `connected to the platform` (TLS handshake and CONNACK included);
+//! - after `--idle-s` seconds idle: VmRSS (with RssAnon, RssFile), VmHWM
+//!   and the thread count from `/proc/PID/status`;
+//! - the size of the binary.
+//!
+//! The daemon's environment is this process's: run it as
+//! `MALLOC_ARENA_MAX=2 bench_footprint` to see what the systemd unit's
+//! setting does (packaging/otabridge.service).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use otabridge::sim::testbed::{config_text, Testbed};
+
+#[derive(Debug)]
+struct Opts {
+    runs: usize,
+    idle: Duration,
+    otabridge: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Option<Opts> {
+    let mut o = Opts {
+        runs: 5,
+        idle: Duration::from_secs(10),
+        otabridge: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next()?;
+        match a.as_str() {
+            "--runs" => o.runs = v.parse().ok().filter(|n| *n > 0)?,
+            "--idle-s" => o.idle = Duration::from_secs(v.parse().ok()?),
+            "--otabridge" => o.otabridge = Some(PathBuf::from(v)),
+            _ => return None,
+        }
+    }
+    Some(o)
+}
+
+/// One `/proc/PID/status` reading, in KiB (threads as a count).
+#[derive(Debug, Default, Clone, Copy)]
+struct Mem {
+    rss: u64,
+    anon: u64,
+    file: u64,
+    hwm: u64,
+    threads: u64,
+}
+
+fn proc_status(pid: u32) -> Result<Mem> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mut m = Mem::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let n = || {
+            v.split_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0)
+        };
+        match k {
+            "VmRSS" => m.rss = n(),
+            "RssAnon" => m.anon = n(),
+            "RssFile" => m.file = n(),
+            "VmHWM" => m.hwm = n(),
+            "Threads" => m.threads = n(),
+            _ => {}
+        }
+    }
+    Ok(m)
+}
+
+/// Kills the daemon however the run ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One start: the time to "connected" and the memory after the idle wait.
+fn one(bin: &Path, config: &Path, idle: Duration) -> Result<(Duration, Mem)> {
+    let t0 = Instant::now();
+    let mut d = Daemon(
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,rumqttc=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    let stderr = d.0.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel();
+    // Reads the log to its end (so the daemon never blocks on a full pipe).
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.contains("connected to the platform") {
+                let _ = tx.send(t0.elapsed());
+                sent = true;
+            }
+        }
+    });
+    let connected = rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("no `connected to the platform` within 60 s")?;
+    std::thread::sleep(idle);
+    let m = proc_status(d.0.id())?;
+    Ok((connected, m))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+async fn bench(o: Opts) -> Result<()> {
+    let bin = match o.otabridge {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("otabridge"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: `cargo build --release --bins`",
+            bin.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("otabridge-footprint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let tb = Testbed::new(&dir).await?;
+    let config = dir.join("gw.toml");
+    std::fs::write(
+        &config,
+        config_text(tb.edge.addr().port(), &tb.ca_file, &tb.state_dir, ""),
+    )?;
+    let size = std::fs::metadata(&bin)?.len();
+    println!(
+        "otabridge {} footprint: {} ({size} bytes as built), no children, idle {} s, \
+         MALLOC_ARENA_MAX={}",
+        env!("CARGO_PKG_VERSION"),
+        bin.display(),
+        o.idle.as_secs(),
+        std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into())
+    );
+    let mut starts = Vec::new();
+    let mut rss = Vec::new();
+    for run in 1..=o.runs {
+        let (bin, config, idle) = (bin.clone(), config.clone(), o.idle);
+        let (t, m) = tokio::task::spawn_blocking(move || one(&bin, &config, idle)).await??;
+        println!(
+            "  run {run}: connected after {:6.1} ms; idle VmRSS {:5.1} MiB (anon {:4.1}, file {:4.1}), \
+             VmHWM {:5.1} MiB, {} threads",
+            t.as_secs_f64() * 1e3,
+            mib(m.rss),
+            mib(m.anon),
+            mib(m.file),
+            mib(m.hwm),
+            m.threads
+        );
+        starts.push(t.as_secs_f64() * 1e3);
+        rss.push(mib(m.rss));
+    }
+    let lo = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    println!(
+        "  median (min-max): connected after {:.1} ms ({:.1}-{:.1}); idle VmRSS {:.1} MiB ({:.1}-{:.1})",
+        median(starts.clone()),
+        lo(&starts),
+        hi(&starts),
+        median(rss.clone()),
+        lo(&rss),
+        hi(&rss)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(o) = parse(&args) else {
+        eprintln!("usage: bench_footprint [--runs N] [--idle-s S] [--otabridge PATH]");
+        return ExitCode::from(2);
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(bench(o)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_footprint: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
