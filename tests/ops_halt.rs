@@ -42,6 +42,24 @@ async fn reports_until(
     }
 }
 
+/// Waits (bounded: 10 s) until every report the gateway queued was
+/// acknowledged by the broker and left its outbox. A report the platform
+/// received is not yet acknowledged in the gateway's journal: stopped
+/// before that, the gateway rightly sends it again after its restart
+/// (QoS 1, at least once), and the platform sees it twice.
+async fn outbox_drained(tb: &Testbed) {
+    for _ in 0..500 {
+        let left = otabridge::journal::Journal::open_read_only(&tb.state_dir)
+            .and_then(|j| j.outbox_len())
+            .unwrap();
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the outbox did not drain within 10 s");
+}
+
 fn terminal(v: &[ProgressReport]) -> usize {
     v.iter().filter(|r| r.is_terminal()).count()
 }
@@ -108,7 +126,7 @@ async fn a_bad_image_reaches_at_most_k_children_and_the_rest_wait_for_release() 
     // Two fail, the four others are held.
     let mut by_child = BTreeMap::new();
     reports_until(&mut tb, &mut by_child, |m| {
-        m.values().filter(|v| terminal(v) == 1).count() == 2
+        m.values().filter(|v| terminal(v) >= 1).count() == 2
             && m.values().filter(|v| held(v)).count() == CHILDREN - 2
     })
     .await;
@@ -120,7 +138,8 @@ async fn a_bad_image_reaches_at_most_k_children_and_the_rest_wait_for_release() 
     let mut held_ids = Vec::new();
     for c in &kids {
         let v = &by_child[c.device_id()];
-        if terminal(v) == 1 {
+        if terminal(v) > 0 {
+            assert_eq!(terminal(v), 1, "{}: {v:#?}", c.device_id());
             assert_eq!(v.last().unwrap().result_code.get(), 10);
             continue;
         }
@@ -158,7 +177,8 @@ async fn a_bad_image_reaches_at_most_k_children_and_the_rest_wait_for_release() 
         "{list}"
     );
 
-    // Held across a restart.
+    // Held across a restart (stopped once every report was acknowledged).
+    outbox_drained(&tb).await;
     tb.stop_gateway().await.unwrap();
     let h = tb.start_gateway_with(cfg, all).await.unwrap();
     tb.wait_connected(Duration::from_secs(20)).await.unwrap();
@@ -190,7 +210,7 @@ async fn a_bad_image_reaches_at_most_k_children_and_the_rest_wait_for_release() 
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["jobs"].as_array().unwrap().len(), 4, "{v}");
     reports_until(&mut tb, &mut by_child, |m| {
-        m.values().filter(|v| terminal(v) == 1).count() == CHILDREN
+        m.values().filter(|v| terminal(v) >= 1).count() == CHILDREN
     })
     .await;
     for c in &kids {

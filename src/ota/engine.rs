@@ -448,29 +448,52 @@ impl Engine {
     /// the reason as its description.
     async fn hold(&self, run: &Run, ctl: &JobControl, why: String) {
         let row = &run.row;
-        let (id, held) = (row.id, why.clone());
-        let saved = self
-            .journal()
-            .run(move |j| {
-                let (mut req, _) = Requests::load(j, id)?;
-                req.held = Some(held);
-                req.save(j, id)
-            })
-            .await;
-        if let Err(e) = saved {
-            warn!(child = %row.device_id, "journal: {e}");
-        }
-        warn!(child = %row.device_id, job = row.id, "held: {why}");
-        self.report(
-            &row.device_id,
-            ProgressReport {
+        let report = self.inner.platform.prepare(
+            Some(&row.device_id),
+            &Event::ProgressReport(ProgressReport {
                 result_code: ResultCode::SUCCESS,
                 progress: Some(row.machine.progress()),
                 version: row.machine.current_version.clone().unwrap_or_default(),
                 description: Some(format!("held: {why}")),
-            },
-        )
-        .await;
+            }),
+        );
+        let task = row.upgrade.task_id.clone().unwrap_or_default();
+        let (id, held) = (row.id, why.clone());
+        // One transaction, in turn with `Engine::release`: a release that
+        // came after the gate read the journal wins (the job goes on), and
+        // the hold is journaled together with its report.
+        let saved = self
+            .journal()
+            .run(move |j| {
+                let tx = |j: &mut Journal, sql: &str| {
+                    j.connection().execute_batch(sql).map_err(|e| j.err(e))
+                };
+                tx(j, "BEGIN IMMEDIATE")?;
+                let r = (|| {
+                    if halt::is_released(j, &task)? {
+                        return Ok(false);
+                    }
+                    let (mut req, _) = Requests::load(j, id)?;
+                    req.held = Some(held);
+                    req.save(j, id)?;
+                    report.push(j)?;
+                    Ok(true)
+                })();
+                match r {
+                    Ok(held) => tx(j, "COMMIT").map(|()| held),
+                    Err(e) => {
+                        let _ = tx(j, "ROLLBACK");
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        match saved {
+            Ok(false) => return,
+            Ok(true) => self.inner.platform.queued(),
+            Err(e) => warn!(child = %row.device_id, "journal: {e}"),
+        }
+        warn!(child = %row.device_id, job = row.id, "held: {why}");
         ctl.set_held(Some(why)).await;
     }
 

@@ -63,7 +63,7 @@ fn released_key(task: &str) -> String {
 
 /// Reads task `task`'s jobs.
 pub fn task_jobs(j: &mut Journal, task: &str) -> Result<TaskJobs, JournalError> {
-    let released = j.meta_get(&released_key(task))?.is_some();
+    let released = is_released(j, task)?;
     let conn = j.connection();
     let read = || -> rusqlite::Result<TaskJobs> {
         let mut st = conn.prepare_cached(
@@ -105,6 +105,11 @@ pub fn task_jobs(j: &mut Journal, task: &str) -> Result<TaskJobs, JournalError> 
     };
     let r = read();
     r.map_err(|e| j.err(e))
+}
+
+/// Whether an operator released task `task`.
+pub fn is_released(j: &mut Journal, task: &str) -> Result<bool, JournalError> {
+    Ok(j.meta_get(&released_key(task))?.is_some())
 }
 
 /// Records that an operator released task `task`: the policy no longer
