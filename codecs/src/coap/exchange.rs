@@ -397,6 +397,13 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
         self.observed.len()
     }
 
+    /// A fresh message id for `peer`, from the same per-peer sequence as
+    /// requests (RFC 7252 §4.4): for a message the caller builds itself,
+    /// such as a server's notification (RFC 7641 §4.2; the simulators).
+    pub fn next_message_id(&mut self, peer: &P) -> u16 {
+        self.alloc_mid(peer)
+    }
+
     /// Sends request `id` to `to` instead of its peer (the peer moved: an
     /// LwM2M client's Update from a new address, issue 13). It keeps its
     /// id, gets a message id and token of the new peer, goes out at once
@@ -1128,13 +1135,19 @@ mod tests {
         // ACK 2.05 Observe 1, payload "1": the observation is accepted.
         e.handle_datagram(PEER, &h("61 45 10 00 a0 61 01 ff 31"), at(10))
             .unwrap();
-        assert!(matches!(e.poll_event(), Some(ExchangeEvent::Response { .. })));
+        assert!(matches!(
+            e.poll_event(),
+            Some(ExchangeEvent::Response { .. })
+        ));
         assert!(e.keep_token(PEER, vec![0xa0], id));
         // CON notification, its own MID 0x5000, Observe 2, payload "2".
         let n = h("41 45 50 00 a0 61 02 ff 32");
         e.handle_datagram(PEER, &n, at(1000)).unwrap();
         assert_eq!(drain(&mut e), vec![h("60 00 50 00")], "ACKed");
-        let Some(ExchangeEvent::Notification { id: got, response, .. }) = e.poll_event() else {
+        let Some(ExchangeEvent::Notification {
+            id: got, response, ..
+        }) = e.poll_event()
+        else {
             panic!("no notification")
         };
         assert_eq!(got, id);
@@ -1147,7 +1160,10 @@ mod tests {
         e.handle_datagram(PEER, &h("51 45 50 01 a0 61 03 ff 33"), at(4000))
             .unwrap();
         assert!(drain(&mut e).is_empty());
-        assert!(matches!(e.poll_event(), Some(ExchangeEvent::Notification { .. })));
+        assert!(matches!(
+            e.poll_event(),
+            Some(ExchangeEvent::Notification { .. })
+        ));
         // The same token from another peer is not this observation.
         e.handle_datagram(8, &h("41 45 50 02 a0 61 04 ff 34"), at(5000))
             .unwrap();
@@ -1193,7 +1209,8 @@ mod tests {
         let id = RequestId(99);
         assert!(e.keep_token(PEER, vec![0xee], id));
         e.peer_moved(&PEER, 9);
-        e.handle_datagram(9, &h("51 45 70 00 ee 61 05"), at(0)).unwrap();
+        e.handle_datagram(9, &h("51 45 70 00 ee 61 05"), at(0))
+            .unwrap();
         assert!(matches!(
             e.poll_event(),
             Some(ExchangeEvent::Notification { id: got, peer: 9, .. }) if got == id

@@ -135,7 +135,10 @@ mod tests {
         assert!(f.check(Some(6), at(1)));
         assert!(!f.check(Some(6), at(2)), "a duplicate is not newer");
         assert!(!f.check(Some(4), at(3)), "reordered: older");
-        assert!(f.check(Some(6 + SEQ_HALF - 1), at(4)), "just under 2^23 ahead");
+        assert!(
+            f.check(Some(6 + SEQ_HALF - 1), at(4)),
+            "just under 2^23 ahead"
+        );
     }
 
     #[test]
@@ -151,7 +154,10 @@ mod tests {
         let mut f = Freshness::new();
         assert!(f.check(Some(100), at(0)));
         assert!(!f.check(Some(50), at(128)), "exactly 128 s is not more");
-        assert!(f.check(Some(50), at(129)), "a server that restarted its count");
+        assert!(
+            f.check(Some(50), at(129)),
+            "a server that restarted its count"
+        );
         assert!(!f.check(Some(49), at(130)));
     }
 

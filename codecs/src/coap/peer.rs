@@ -457,7 +457,8 @@ impl<P: Clone + Eq + Hash + Debug, R: ReadAt> Peers<P, R> {
                         self.observing.remove(&id);
                         self.ex.forget_token(id);
                     }
-                    self.events.push_back(PeerEvent::Notification { op, peer, response });
+                    self.events
+                        .push_back(PeerEvent::Notification { op, peer, response });
                     continue;
                 }
             };
@@ -696,8 +697,12 @@ mod tests {
         let (_, other) = sent(&mut p).remove(0);
         assert_ne!(other.get_token(), req.get_token());
         // A CON notification: ACKed, handed up with the observation's op.
-        p.handle_datagram(CHILD, &notify(req.get_token(), true, 0x900, 8, b"2"), at(10))
-            .unwrap();
+        p.handle_datagram(
+            CHILD,
+            &notify(req.get_token(), true, 0x900, 8, b"2"),
+            at(10),
+        )
+        .unwrap();
         let acks = sent(&mut p);
         assert_eq!(acks.len(), 1);
         assert_eq!(msg::mtype(&acks[0].1), MessageType::Acknowledgement);
@@ -708,8 +713,12 @@ mod tests {
         // Cancelled: the next notification gets RST and no event.
         p.cancel(op, at(20));
         assert_eq!(p.observations(), 0);
-        p.handle_datagram(CHILD, &notify(req.get_token(), false, 0x901, 9, b"2"), at(30))
-            .unwrap();
+        p.handle_datagram(
+            CHILD,
+            &notify(req.get_token(), false, 0x901, 9, b"2"),
+            at(30),
+        )
+        .unwrap();
         let rst = sent(&mut p);
         assert_eq!(msg::mtype(&rst[0].1), MessageType::Reset);
         assert!(events(&mut p).is_empty());
@@ -721,7 +730,8 @@ mod tests {
         let get = observe::register(msg::request(Code::GET, &["5", "0", "5"]));
         p.request(CHILD, get.clone(), at(0)).unwrap();
         let (_, req) = sent(&mut p).remove(0);
-        p.handle_datagram(CHILD, &ack(&req, Code::CONTENT), at(5)).unwrap();
+        p.handle_datagram(CHILD, &ack(&req, Code::CONTENT), at(5))
+            .unwrap();
         assert_eq!(events(&mut p).len(), 1);
         assert_eq!(p.observations(), 0, "refused: the user polls");
         // Accepted, then a 4.04 notification ends it (RFC 7641 §3.2).

@@ -618,7 +618,9 @@ impl UpdateProcedure {
             Step::ObserveResult => {
                 let accepted = observe::accepted(response);
                 if accepted {
-                    self.result_obs.fresh.check(observe::sequence(response), now);
+                    self.result_obs
+                        .fresh
+                        .check(observe::sequence(response), now);
                 }
                 self.observe_answered(path, accepted);
                 match UpdateResult::read(format, payload) {
@@ -1236,7 +1238,10 @@ mod tests {
         };
         assert_eq!(msg::code(&request), Code::GET);
         assert_eq!(observe::sequence(&request), Some(observe::REGISTER));
-        assert_eq!(uri_path(&request).unwrap().join("/"), path.to_string().trim_start_matches('/'));
+        assert_eq!(
+            uri_path(&request).unwrap().join("/"),
+            path.to_string().trim_start_matches('/')
+        );
         path
     }
 
@@ -1280,8 +1285,14 @@ mod tests {
         // Late notifications change nothing any more.
         u.handle_notification(Path::UPDATE_RESULT, &notified(4, "5"), at(2100));
         let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
-        assert!(events.contains(&UpdateEvent::Observe { path: Path::STATE, accepted: true }));
-        assert!(events.contains(&UpdateEvent::Observe { path: Path::UPDATE_RESULT, accepted: true }));
+        assert!(events.contains(&UpdateEvent::Observe {
+            path: Path::STATE,
+            accepted: true
+        }));
+        assert!(events.contains(&UpdateEvent::Observe {
+            path: Path::UPDATE_RESULT,
+            accepted: true
+        }));
         assert_eq!(events.last(), Some(&UpdateEvent::Phase(Phase::Downloaded)));
     }
 
@@ -1319,7 +1330,9 @@ mod tests {
         assert_eq!(u.poll_action(at(60_045)), Some(Action::StopObserving));
         // Transient: a reset and a new delivery, observed again.
         let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
-        assert!(events.iter().any(|e| matches!(e, UpdateEvent::Retrying { attempt: 2, .. })));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, UpdateEvent::Retrying { attempt: 2, .. })));
         assert_eq!(next(&mut u, 61_045).1, "5/0/1");
         u.handle_response(&answer(Code::CHANGED, ""), at(61_050));
         assert_eq!(next(&mut u, 61_050).1, "5/0/1");
@@ -1335,7 +1348,10 @@ mod tests {
         u.handle_response(&content("4"), at(5010));
         assert!(std::iter::from_fn(|| u.poll_event()).any(|e| matches!(
             e,
-            UpdateEvent::Retrying { cause: UpdateFailure::Child(UpdateResult::ConnectionLost), .. }
+            UpdateEvent::Retrying {
+                cause: UpdateFailure::Child(UpdateResult::ConnectionLost),
+                ..
+            }
         )));
     }
 
@@ -1362,7 +1378,10 @@ mod tests {
         assert_eq!(next_observe(&mut v, 20), Path::STATE);
         v.handle_response(&answer(Code::METHOD_NOT_ALLOWED, ""), at(30));
         assert_eq!(next(&mut v, 1030).1, "5/0/3");
-        let refused = UpdateEvent::Observe { path: Path::STATE, accepted: false };
+        let refused = UpdateEvent::Observe {
+            path: Path::STATE,
+            accepted: false,
+        };
         assert!(std::iter::from_fn(|| u.poll_event()).any(|e| e == refused));
         assert!(std::iter::from_fn(|| v.poll_event()).any(|e| e == refused));
     }
