@@ -305,7 +305,11 @@ impl Probe {
         else {
             return self.fail(ProbeError::NoActiveImage);
         };
-        if !self.config.version_policy.same(&self.target, &active.version) {
+        if !self
+            .config
+            .version_policy
+            .same(&self.target, &active.version)
+        {
             return self.fail(ProbeError::Rebooted {
                 target: self.target.clone(),
                 running: active.version.clone(),
@@ -599,7 +603,8 @@ impl Revert {
     }
 
     fn after_reset(&mut self, acknowledged: bool, now: Instant) {
-        self.events.push_back(RevertEvent::ResetSent { acknowledged });
+        self.events
+            .push_back(RevertEvent::ResetSent { acknowledged });
         self.phase = RevertPhase::Waiting {
             until: now + self.config.reboot_wait,
         };
@@ -625,7 +630,10 @@ impl Revert {
         else {
             return self.finish(RevertEvent::Failed(RevertError::NoActiveImage));
         };
-        let target = self.config.version_policy.same(&self.target, &active.version);
+        let target = self
+            .config
+            .version_policy
+            .same(&self.target, &active.version);
         if self.phase == RevertPhase::ReadState && target && !active.confirmed {
             return self.send_reset(now);
         }
@@ -822,7 +830,10 @@ mod tests {
         let [ProbeEvent::Failed(e)] = &ev[..] else {
             panic!("{ev:?}")
         };
-        assert!(e.to_string().starts_with("the health command answered"), "{e}");
+        assert!(
+            e.to_string().starts_with("the health command answered"),
+            "{e}"
+        );
         // Silence.
         let (mut dev, now) = test_booted();
         dev.set_hung(true);
