@@ -523,7 +523,7 @@ impl Child for SerialChild {
     }
 
     fn health(&self) -> Option<&crate::config::health::HealthCheck> {
-        self.options.health.as_ref()
+        self.options.health.as_deref()
     }
 
     fn probe<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(), ChildError>> {

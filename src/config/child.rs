@@ -766,7 +766,8 @@ fn smp_options(
 ) -> Result<SerialOptions, BadKey> {
     let health = health
         .for_child(&s.health_keys())
-        .map_err(|(k, m)| BadKey::new(k, m))?;
+        .map_err(|(k, m)| BadKey::new(k, m))?
+        .map(Box::new);
     let d = SerialOptions::default();
     let buf_size = match s.buf_size {
         None => None,

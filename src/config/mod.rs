@@ -1245,7 +1245,7 @@ protocol = "framed:acme-rs485"
             text.replace("[state]", &format!("[ota]\n{ota}\n\n[state]"))
         };
         let health = |c: &Config| match &c.children[1].transport {
-            Transport::Serial { options, .. } => options.health.clone(),
+            Transport::Serial { options, .. } => options.health.clone().map(|h| *h),
             _ => panic!("not serial"),
         };
         assert_eq!(

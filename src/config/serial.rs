@@ -100,7 +100,7 @@ pub struct SerialOptions {
     pub reboot_timeout: Duration,
     /// The health-gated confirm (SMP children; `health_*` keys, else
     /// `[ota]`'s): `None` confirms at once.
-    pub health: Option<super::health::HealthCheck>,
+    pub health: Option<Box<super::health::HealthCheck>>,
 }
 
 impl Default for SerialOptions {

@@ -617,7 +617,7 @@ impl Device {
             info!("smp-child: the watchdog reboots the hung application");
             self.power_cycle().await;
         }
-        if !self.sick_at.is_some_and(|t| t <= now) {
+        if self.sick_at.is_none_or(|t| t > now) {
             return;
         }
         self.sick_at = None;
