@@ -378,3 +378,34 @@ async fn a_sigkill_while_probing_resumes_the_probes_with_one_report_each() {
     let log = logs(&b.log);
     assert!(log.contains("resuming job from the journal"), "{log}");
 }
+
+/// A SIGKILL while the gateway reverts a hung child (its watchdog reboots
+/// it later): the restarted gateway reverts again and reads the old
+/// version back; one terminal report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_while_reverting_reverts_after_the_restart() {
+    let mut b = Bench::new(&[(
+        "r_hang",
+        "health=hang,sick-after-ms=1000,watchdog-ms=12000",
+        "health_check_secs = 30",
+    )])
+    .await;
+    let mut proc = b.start().await;
+    b.upgrade(&["r_hang"]).await;
+    until(&b.config, "r_hang", &b.log, |v| v["phase"] == "reverting").await;
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    collect(&mut b.tb, &mut b.reports);
+    assert!(terminals(&b.reports, "r_hang").is_empty());
+    let proc = b.start().await;
+    b.finish(proc, &["r_hang"]).await;
+    b.assert_reverted("r_hang", "no answer");
+    // The hung image never read the resets; its watchdog reverted it.
+    assert_eq!(b.resets("r_hang"), 1, "the test boot's reset only");
+    let log = logs(&b.log);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("resuming job from the journal") && l.contains("reverting")),
+        "{log}"
+    );
+}
