@@ -90,6 +90,8 @@ fn terminals(reports: &BTreeMap<String, Vec<ProgressReport>>, id: &str) -> Vec<P
 
 /// A gateway with these SMP children (`(id, sim faults, child keys)`), a
 /// package of version 2.0.0 served for all, and the reports collected.
+/// Halt on failures is off: several children of the one task fail here
+/// on purpose.
 struct Bench {
     tb: Testbed,
     server: PackageServer,
@@ -125,7 +127,7 @@ impl Bench {
             let sim = SmpChild::spawn(o).unwrap();
             children_toml.push_str(&format!(
                 "[[child]]\ndevice_id = \"{id}\"\ntransport = \"serial\"\nport = {:?}\n\
-                 reboot_wait_ms = 300\ntimeout_ms = 500\nretries = 1\n{keys}\n\n",
+                 reboot_wait_ms = 300\ntimeout_ms = 1000\nretries = 1\n{keys}\n\n",
                 sim.path().display().to_string()
             ));
             sims.insert(*id, sim);
@@ -133,7 +135,7 @@ impl Bench {
         let extra = format!(
             "[download]\nca_file = {:?}\n\n[ota]\nretry_min_ms = 200\nretry_max_ms = 1000\n\
              max_retries = 3\nhealth_check_secs = 3\nhealth_probe_interval_secs = 1\n\
-             health_probe_timeout_secs = 2\n\n{children_toml}",
+             health_probe_timeout_secs = 5\nhalt_failures = 0\n\n{children_toml}",
             pkg_ca.display().to_string()
         );
         let config = dir.path().join("gw.toml");
@@ -272,7 +274,7 @@ async fn healthy_children_are_confirmed_and_sick_ones_reverted() {
         ),
         (
             "h_off",
-            "health=crash,sick-after-ms=5000",
+            "health=crash,sick-after-ms=15000",
             "health_check_secs = 0",
         ),
     ])
@@ -282,6 +284,13 @@ async fn healthy_children_are_confirmed_and_sick_ones_reverted() {
     b.upgrade(&ids).await;
     // The probes are visible as a phase of their own.
     until(&b.config, "h_ok", &b.log, |v| v["phase"] == "probing").await;
+    // Past the activation: a cancel is refused, the health check decides.
+    let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))
+        .args(["jobs", "cancel", "h_ok", "--config"])
+        .arg(&b.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     b.finish(proc, &ids).await;
 
     // (a) healthy: confirmed after the probe period, success.
@@ -323,11 +332,11 @@ async fn healthy_children_are_confirmed_and_sick_ones_reverted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_while_probing_resumes_the_probes_with_one_report_each() {
     let mut b = Bench::new(&[
-        ("k_ok", "", "health_check_secs = 8"),
+        ("k_ok", "", "health_check_secs = 12"),
         (
             "k_crash",
-            "health=crash,sick-after-ms=3000",
-            "health_check_secs = 8",
+            "health=crash,sick-after-ms=6000",
+            "health_check_secs = 12",
         ),
     ])
     .await;
@@ -368,4 +377,35 @@ async fn a_sigkill_while_probing_resumes_the_probes_with_one_report_each() {
     b.assert_reverted("k_crash", "rebooted by itself");
     let log = logs(&b.log);
     assert!(log.contains("resuming job from the journal"), "{log}");
+}
+
+/// A SIGKILL while the gateway reverts a hung child (its watchdog reboots
+/// it later): the restarted gateway reverts again and reads the old
+/// version back; one terminal report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_while_reverting_reverts_after_the_restart() {
+    let mut b = Bench::new(&[(
+        "r_hang",
+        "health=hang,sick-after-ms=1000,watchdog-ms=12000",
+        "health_check_secs = 30",
+    )])
+    .await;
+    let mut proc = b.start().await;
+    b.upgrade(&["r_hang"]).await;
+    until(&b.config, "r_hang", &b.log, |v| v["phase"] == "reverting").await;
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    collect(&mut b.tb, &mut b.reports);
+    assert!(terminals(&b.reports, "r_hang").is_empty());
+    let proc = b.start().await;
+    b.finish(proc, &["r_hang"]).await;
+    b.assert_reverted("r_hang", "no answer");
+    // The hung image never read the resets; its watchdog reverted it.
+    assert_eq!(b.resets("r_hang"), 1, "the test boot's reset only");
+    let log = logs(&b.log);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("resuming job from the journal") && l.contains("reverting")),
+        "{log}"
+    );
 }
