@@ -108,6 +108,19 @@ impl FailureCause {
         }
     }
 
+    /// The cause of a job waiting for a child that sleeps and wakes by
+    /// itself ([`crate::child::Child::asleep`]: an LwM2M client in queue
+    /// mode); `detail` says what it waits for.
+    pub fn asleep(detail: &str) -> Self {
+        FailureCause {
+            step: "wake".into(),
+            offset: None,
+            kind: Self::WAITING.into(),
+            device_said: None,
+            detail: detail.into(),
+        }
+    }
+
     /// Whether the job waits on this cause rather than failed with it.
     pub fn is_waiting(&self) -> bool {
         self.kind == Self::WAITING
