@@ -113,7 +113,10 @@ async fn a_job_for_a_sleeping_child_waits_visibly_until_it_wakes() {
     let mut seen = Seen::default();
     let mut opts = SimOptions::new("1.0.0", "2.0.0");
     opts.reboot_time = Duration::from_millis(200);
-    let mut reg = Registering::new(format!("127.0.0.1:{port}").parse().unwrap(), "urn:dev:sleepy");
+    let mut reg = Registering::new(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "urn:dev:sleepy",
+    );
     reg.queue = true;
     reg.awake = Duration::from_secs(5);
     opts.register = Some(reg);
