@@ -215,3 +215,53 @@ async fn a_job_for_a_sleeping_child_waits_visibly_until_it_wakes() {
     let (text, _) = status(d);
     assert!(!text.contains("waiting for the child to wake"), "{text}");
 }
+
+/// The driver's side of the wait, under paused time: a queue-mode client
+/// listens for the default 93 s after it registered; after that it sleeps
+/// (`Child::asleep` says why), time alone does not wake it, and its next
+/// Update does.
+#[tokio::test(start_paused = true)]
+async fn asleep_after_the_93_s_window_until_the_next_update() {
+    use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
+    use otabridge::child::Child;
+    use otabridge::config::{CoapAddress, Delivery};
+    let net = CoapNetwork::bind(NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 31)).unwrap();
+    let child = CoapChild::new(
+        "p_sleepy",
+        CoapAddress::Endpoint("urn:dev:nap".into()),
+        Delivery::Pull,
+        net.clone(),
+        ChildOptions::default(),
+    );
+    net.allow_endpoint("urn:dev:nap");
+    let mut opts = SimOptions::new("1.0", "2.0");
+    let mut reg = Registering::new(net.local_addr(), "urn:dev:nap");
+    reg.queue = true;
+    reg.awake = Duration::from_secs(93);
+    opts.register = Some(reg);
+    let sim = CoapChildSim::start(opts).await.unwrap();
+    let mut presence = child.presence().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), presence.wait_for(|p| *p))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(child.asleep().is_none(), "listening right after Register");
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    assert!(child.asleep().is_none(), "still within the 93 s window");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (why, wake) = child.asleep().expect("asleep after 93 s");
+    assert!(
+        why.starts_with("waiting for the child to wake: endpoint 'urn:dev:nap'"),
+        "{why}"
+    );
+    tokio::pin!(wake);
+    // Time alone does not wake it (well within its 300 s lifetime).
+    assert!(tokio::time::timeout(Duration::from_secs(100), &mut wake)
+        .await
+        .is_err());
+    sim.update();
+    tokio::time::timeout(Duration::from_secs(60), wake)
+        .await
+        .expect("woken by its Update");
+    assert!(child.asleep().is_none(), "awake after its Update");
+}
