@@ -253,7 +253,7 @@ impl Networks {
     pub fn new(c: &CoapConfig) -> Self {
         Networks {
             coap_options: coap::NetworkOptions::from_config(c),
-            coap_child: coap::ChildOptions::default(),
+            coap_child: coap::ChildOptions::from_config(c),
             coap: None,
             serial: link::port::Ports::default(),
         }
@@ -266,7 +266,7 @@ impl Networks {
         o.state_dir = Some(state_dir.to_owned());
         Networks {
             coap_options: o,
-            coap_child: coap::ChildOptions::default(),
+            coap_child: coap::ChildOptions::from_config(c),
             coap: None,
             serial: link::port::Ports::default(),
         }

@@ -196,6 +196,13 @@ pub struct CoapConfig {
     /// TS Core 1.1 §6.5 says); requests for it wait for its next
     /// Register or Update otherwise.
     pub queue_window_secs: u64,
+    /// Observe /5/0/3 and /5/0/5 (RFC 7641) while a child downloads,
+    /// instead of polling them (default true); a child that refuses is
+    /// polled.
+    pub observe: bool,
+    /// While observed, /5/0/3 is still read this often in case
+    /// notifications stop (default 60 s).
+    pub observe_check_secs: u64,
 }
 
 impl Default for CoapConfig {
@@ -205,6 +212,8 @@ impl Default for CoapConfig {
             advertise: None,
             max_concurrent_transfers: 8,
             queue_window_secs: 93,
+            observe: true,
+            observe_check_secs: 60,
         }
     }
 }
@@ -863,6 +872,7 @@ fn check_limits(d: &DownloadConfig, c: &CoapConfig, o: &OtaConfig) -> Result<(),
             c.max_concurrent_transfers as u64,
         ),
         ("coap.queue_window_secs", c.queue_window_secs),
+        ("coap.observe_check_secs", c.observe_check_secs),
         ("ota.max_concurrent_jobs", o.max_concurrent_jobs as u64),
         ("ota.version_read_timeout_secs", o.version_read_timeout_secs),
         ("ota.first_chunk_timeout_secs", o.first_chunk_timeout_secs),
