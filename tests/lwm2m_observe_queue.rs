@@ -265,3 +265,85 @@ async fn asleep_after_the_93_s_window_until_the_next_update() {
         .expect("woken by its Update");
     assert!(child.asleep().is_none(), "awake after its Update");
 }
+
+/// The job's deadline keeps running while it waits for a sleeping child:
+/// one that never wakes gets the deadline's result (6, nothing delivered),
+/// not a job stuck in its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_never_wakes_fails_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut tb = Testbed::new(d).await.unwrap();
+    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
+    let pkg_ca = d.join("pkg-ca.pem");
+    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
+    let pkg = server
+        .add(
+            "fw",
+            Source::Generated {
+                len: 10_000,
+                seed: 4,
+            },
+            Access::Bearer,
+        )
+        .unwrap();
+    let port = free_udp_port();
+    let extra = format!(
+        "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:{port}\"\n\
+         queue_window_secs = 1\n\n\
+         [[child]]\ndevice_id = \"{ID}\"\ntransport = \"coap\"\nendpoint = \"urn:dev:never\"\n",
+        pkg_ca.display().to_string(),
+    );
+    let (_daemon, log) = run_support::run(&tb, d, &extra).await;
+    let mut seen = Seen::default();
+    let mut opts = SimOptions::new("1.0.0", "2.0.0");
+    let mut reg = Registering::new(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "urn:dev:never",
+    );
+    reg.queue = true;
+    reg.awake = Duration::from_secs(1);
+    opts.register = Some(reg);
+    let sim = CoapChildSim::start(opts).await.unwrap();
+    wait(&mut tb, &mut seen, &log, |s| {
+        s.statuses.last() == Some(&Status::Online)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // expires 125 s: the job must end 5 s after the event (the engine
+    // keeps 120 s for the terminal report).
+    let ev = Event::Upgrade {
+        kind: UpgradeKind::Firmware,
+        v2: false,
+        upgrade: Upgrade {
+            version: "2.0.0".into(),
+            url: pkg.url.clone(),
+            file_size: pkg.size,
+            file_name: "fw.bin".into(),
+            access_token: Some(server.issue_token(Duration::from_secs(3600))),
+            expires: Some(125),
+            sign: Some(pkg.sha256.clone()),
+            custom_info: None,
+            task_id: Some("never-task".into()),
+            sub_device_count: Some(1),
+            task_ext_info: None,
+        },
+    };
+    tb.send(Some(ID), &ev).await.unwrap();
+    wait(&mut tb, &mut seen, &log, |s| {
+        s.progress.iter().any(|p| p.is_terminal())
+    })
+    .await;
+    let last = seen.progress.iter().rfind(|p| p.is_terminal()).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(last.result_code.get(), 6, "{last:?}\n{text}");
+    assert!(
+        last.description
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Deadline passed"),
+        "{last:?}"
+    );
+    assert!(text.contains("waiting for the child to wake"), "{text}");
+    assert_eq!(sim.stats().starts, 0, "nothing was delivered");
+}
