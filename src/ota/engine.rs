@@ -463,34 +463,46 @@ impl Engine {
     }
 
     /// [`Engine::save`] and [`Engine::report`] in one journal transaction.
+    /// While the journal's disk is full the job waits here, trying again
+    /// every second: it does not go on past a state and report that were
+    /// not written (issue 17 item 6).
     async fn save_and_report(&self, row: &JobRow, r: ProgressReport) {
-        let (id, machine, activations) = (row.id, row.machine.clone(), row.activations);
         let report = self
             .inner
             .platform
             .prepare(Some(&row.device_id), &Event::ProgressReport(r));
-        let r = self
-            .inner
-            .journal
-            .run(move |j| {
-                let tx = |j: &mut Journal, sql: &str| {
-                    j.connection().execute_batch(sql).map_err(|e| j.err(e))
-                };
-                tx(j, "BEGIN IMMEDIATE")?;
-                let r = jobs_db::save(j, id, &machine, activations, now_unix())
-                    .and_then(|()| report.push(j));
-                match r {
-                    Ok(()) => tx(j, "COMMIT"),
-                    Err(e) => {
-                        let _ = tx(j, "ROLLBACK");
-                        Err(e)
+        let mut warned = false;
+        loop {
+            let (id, machine, activations) = (row.id, row.machine.clone(), row.activations);
+            let write =
+                move |j: &mut Journal| jobs_db::save(j, id, &machine, activations, now_unix());
+            match self
+                .inner
+                .platform
+                .commit_with_report(report.clone(), write)
+                .await
+            {
+                Ok(()) => {
+                    if warned {
+                        info!(child = %row.device_id, job = row.id, "journal has room again: state and report written");
                     }
+                    return;
                 }
-            })
-            .await;
-        match r {
-            Ok(()) => self.inner.platform.queued(),
-            Err(err) => warn!(child = %row.device_id, "journal: {err}"),
+                Err(err) if err.is_disk_full() => {
+                    if !warned {
+                        warn!(
+                            child = %row.device_id, job = row.id,
+                            "journal: {err}; the job waits until the disk of state.dir has room"
+                        );
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => {
+                    warn!(child = %row.device_id, "journal: {err}");
+                    return;
+                }
+            }
         }
     }
 

@@ -16,13 +16,15 @@ mod session;
 
 pub use session::{Inbound, Session};
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use otabridge_codecs::iotda::{event, topic, Event, EventTime};
 use tokio::sync::{watch, Notify};
 
 use crate::clock::now_unix;
-use crate::journal::{JournalError, SharedJournal};
+use crate::journal::{Journal, JournalError, SharedJournal};
+use tracing::{info, warn};
 
 /// Whether the session is connected, as the daemon and `status` see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,18 @@ struct Inner {
     journal: SharedJournal,
     wake: Notify,
     link: watch::Sender<LinkState>,
+    /// Reports the journal could not take because its disk was full, oldest
+    /// first; every later report waits behind them, so that the order per
+    /// child holds. Touched only inside journal operations (which run one
+    /// at a time), so that moving them to the outbox and queueing a new
+    /// report never interleave.
+    held: Mutex<VecDeque<Prepared>>,
+}
+
+impl Inner {
+    fn held(&self) -> MutexGuard<'_, VecDeque<Prepared>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The daemon's handle on the platform link. Cheap to clone.
@@ -56,6 +70,7 @@ impl Platform {
                 journal,
                 wake: Notify::new(),
                 link: watch::Sender::new(LinkState::Down),
+                held: Mutex::default(),
             }),
         }
     }
@@ -66,7 +81,12 @@ impl Platform {
     }
 
     /// Queues an event for the platform: durable when this returns (the
-    /// outbox row is committed, off the async workers).
+    /// outbox row is committed, off the async workers), unless the
+    /// journal's disk is full: then the report is held in memory, behind
+    /// any held before it, and moved to the outbox once the journal can
+    /// grow ([`Platform::flush_held`], which the session calls while held
+    /// reports remain). A held report is lost only if the process ends
+    /// before space returns.
     /// `object_device_id` is the child's id, or `None` for the gateway itself.
     pub async fn report(
         &self,
@@ -74,15 +94,127 @@ impl Platform {
         ev: &Event,
     ) -> Result<(), JournalError> {
         let r = self.prepare(object_device_id, ev);
-        self.inner.journal.run(move |j| r.push(j)).await?;
+        let inner = self.inner.clone();
+        let held = self
+            .inner
+            .journal
+            .run(move |j| {
+                let mut held = inner.held();
+                if held.is_empty() {
+                    match r.push(j) {
+                        Ok(()) => return Ok(None),
+                        Err(e) if e.is_disk_full() => {
+                            held.push_back(r);
+                            return Ok(Some(e));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                held.push_back(r);
+                let _ = Self::move_held(j, &mut held);
+                Ok(None)
+            })
+            .await?;
+        if let Some(e) = held {
+            warn!(
+                "the journal cannot grow ({e}): reports wait in memory until the disk of \
+                 state.dir has room"
+            );
+        }
         self.queued();
         Ok(())
     }
 
-    /// A report for [`Prepared::push`] inside another journal operation, so
-    /// that it is queued in the same transaction as the state it reports
-    /// (a job's end and its report: a kill between two operations lost the
-    /// report, issue 17 item 1). Call [`Platform::queued`] once it commits.
+    /// Reports held in memory because the journal's disk was full.
+    pub fn held(&self) -> usize {
+        self.inner.held().len()
+    }
+
+    /// Moves the reports held in memory to the outbox, oldest first, as far
+    /// as the journal takes them; returns how many are still held.
+    pub async fn flush_held(&self) -> usize {
+        if self.held() == 0 {
+            return 0;
+        }
+        let inner = self.inner.clone();
+        let (moved, left) = self
+            .inner
+            .journal
+            .run(move |j| {
+                let mut held = inner.held();
+                let before = held.len();
+                let _ = Self::move_held(j, &mut held);
+                (before - held.len(), held.len())
+            })
+            .await;
+        if moved > 0 {
+            info!(
+                moved,
+                left, "the journal has room again: held reports queued"
+            );
+            self.queued();
+        }
+        left
+    }
+
+    /// Pushes `held` to the outbox of `j` from the oldest, each in its own
+    /// write, until one fails.
+    fn move_held(j: &mut Journal, held: &mut VecDeque<Prepared>) -> Result<(), JournalError> {
+        while let Some(r) = held.front() {
+            r.push(j)?;
+            held.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Runs `write` and queues `report` in one journal transaction (a job's
+    /// end and its report: a kill between two operations lost the report,
+    /// issue 17 item 1), behind the reports held in memory, which the same
+    /// transaction moves to the outbox first. Nothing is written when it
+    /// fails ([`JournalError::is_disk_full`]: the caller tries again later).
+    pub async fn commit_with_report<F>(
+        &self,
+        report: Prepared,
+        write: F,
+    ) -> Result<(), JournalError>
+    where
+        F: FnOnce(&mut Journal) -> Result<(), JournalError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.inner
+            .journal
+            .run(move |j| {
+                let mut held = inner.held();
+                let sql = |j: &mut Journal, sql: &str| {
+                    j.connection().execute_batch(sql).map_err(|e| j.err(e))
+                };
+                sql(j, "BEGIN IMMEDIATE")?;
+                let r = held
+                    .iter()
+                    .try_for_each(|h| h.push(j))
+                    .and_then(|()| write(j))
+                    .and_then(|()| report.push(j))
+                    .and_then(|()| sql(j, "COMMIT"));
+                match r {
+                    Ok(()) => {
+                        held.clear();
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // A failed COMMIT may leave the transaction open.
+                        if !j.connection().is_autocommit() {
+                            let _ = sql(j, "ROLLBACK");
+                        }
+                        Err(e)
+                    }
+                }
+            })
+            .await?;
+        self.queued();
+        Ok(())
+    }
+
+    /// A report encoded now, for [`Platform::commit_with_report`].
     pub fn prepare(&self, object_device_id: Option<&str>, ev: &Event) -> Prepared {
         let now = now_unix();
         Prepared {
