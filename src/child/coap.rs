@@ -12,7 +12,11 @@
 //!   `PUT /5/0/0`, resuming at `resume_from` after reading /5/0/3 to see
 //!   whether the child already holds the whole image; progress counts
 //!   acknowledged bytes), then polls /5/0/3 until State 2 (Downloaded). It
-//!   stops there and keeps the procedure for `activate`.
+//!   stops there and keeps the procedure for `activate`. A delivery the
+//!   journal says had begun (`resume_from > 0`, or `activate` after a
+//!   restart) reads /5/0/3 first: State 2 skips to Execute, and a pulling
+//!   child in State 1 goes on fetching from its own offset (the Package
+//!   URI is not written again, which would restart its fetch).
 //! - `activate`: continues the same procedure: `POST /5/0/2` (Execute),
 //!   then reads /3/0/3 across the reboot until it shows the target version;
 //!   /5/0/5 failures become a [`ChildError`] refused with the cause the
@@ -267,12 +271,15 @@ impl CoapChild {
     }
 
     /// The procedure for `package` by `delivery` (pull or push, resolved
-    /// by [`CoapChild::choose_delivery`]).
+    /// by [`CoapChild::choose_delivery`]); `resumed` when the job's journal
+    /// says a delivery of it to this child began before (the procedure
+    /// then reads /5/0/3 before it sends anything: issue 17).
     fn new_procedure(
         &self,
         package: &Package,
         resume_from: u64,
         delivery: Delivery,
+        resumed: bool,
     ) -> Result<UpdateProcedure, ChildError> {
         let step = Step::Deliver {
             offset: resume_from,
@@ -306,6 +313,7 @@ impl CoapChild {
             max_attempts: self.options.max_attempts,
             version_policy: self.version_policy,
             accept: Some(self.accept(false)),
+            resumed,
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
         };
         UpdateProcedure::new(cfg)
@@ -701,7 +709,9 @@ impl Child for CoapChild {
         Box::pin(async move {
             let _slot = self.net.transfer_permit().await;
             let delivery = self.choose_delivery().await;
-            let mut procedure = self.new_procedure(package, resume_from, delivery)?;
+            // A journaled offset: the gateway restarted during the delivery.
+            let resumed = resume_from > 0;
+            let mut procedure = self.new_procedure(package, resume_from, delivery, resumed)?;
             info!(child = %self.device_id, ?delivery, size = package.size, resume_from, "delivering");
             match self
                 .drive(&mut procedure, package, true, progress, delivery)
@@ -773,8 +783,10 @@ impl CoapChild {
                     None => permit.await,
                 };
                 let delivery = self.choose_delivery().await;
+                // The journal says the delivery ended: a child in State 2
+                // is executed, not sent the package again.
                 (
-                    (self.new_procedure(package, 0, delivery)?, delivery),
+                    (self.new_procedure(package, 0, delivery, true)?, delivery),
                     Some(slot),
                 )
             }
