@@ -184,6 +184,15 @@ pub(crate) enum JobsCommand {
     Resume(JobTarget),
     /// Start a failed job again (before its deadline).
     Retry(JobTarget),
+    /// Let the children of a task held by the failure policy
+    /// ([ota] halt_failures) go on.
+    Release(TaskTarget),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TaskTarget {
+    /// The platform's task id (`task_id` in `otabridge jobs list`).
+    pub(crate) task: String,
 }
 
 #[derive(Debug, Args)]

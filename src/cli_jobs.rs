@@ -30,6 +30,7 @@ pub(crate) fn jobs(args: JobsArgs) -> ExitCode {
         JobsCommand::Pause(t) => (Method::POST, format!("{}/pause", resource(t))),
         JobsCommand::Resume(t) => (Method::POST, format!("{}/resume", resource(t))),
         JobsCommand::Retry(t) => (Method::POST, format!("{}/retry", resource(t))),
+        JobsCommand::Release(t) => (Method::POST, format!("/tasks/{}/release", escape(&t.task))),
     };
     let rt = match crate::runtime() {
         Ok(rt) => rt,
@@ -56,7 +57,7 @@ pub(crate) fn jobs(args: JobsArgs) -> ExitCode {
     }
     if !args.json {
         match &args.what {
-            JobsCommand::List => print_list(&body["jobs"]),
+            JobsCommand::List | JobsCommand::Release(_) => print_list(&body["jobs"]),
             _ => print_job(&body),
         }
     }
@@ -68,8 +69,13 @@ fn resource(t: &JobTarget) -> String {
     if !t.target.is_empty() && t.target.bytes().all(|b| b.is_ascii_digit()) {
         return format!("/jobs/{}", t.target);
     }
-    let mut out = String::from("/children/");
-    for b in t.target.bytes() {
+    format!("/children/{}", escape(&t.target))
+}
+
+/// A path segment: unreserved characters as they are, the rest `%XX`.
+fn escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(b as char);
         } else {

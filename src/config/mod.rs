@@ -234,6 +234,14 @@ pub struct OtaConfig {
     pub retry_min_ms: u64,
     /// Retry backoff cap in milliseconds (default 60000).
     pub retry_max_ms: u64,
+    /// Halt on failures (issue 15): this many children of a task failing
+    /// with the same result code among its first `halt_first` hold the
+    /// task's children that did not start (default 3; 0: off).
+    pub halt_failures: u32,
+    /// The first this many children of a task that end are the ones
+    /// `halt_failures` counts (default 10); until then, at most
+    /// `halt_failures` of them are in flight at once.
+    pub halt_first: u32,
 }
 
 impl Default for OtaConfig {
@@ -248,6 +256,8 @@ impl Default for OtaConfig {
             activation_timeout_secs: 600,
             retry_min_ms: 2000,
             retry_max_ms: 60_000,
+            halt_failures: 3,
+            halt_first: 10,
         }
     }
 }
@@ -828,6 +838,16 @@ fn check_limits(d: &DownloadConfig, c: &CoapConfig, o: &OtaConfig) -> Result<(),
         return Err((
             "ota.retry_max_ms",
             "must not be below ota.retry_min_ms".into(),
+        ));
+    }
+    if o.halt_failures > 0 && o.halt_first < o.halt_failures {
+        return Err((
+            "ota.halt_first",
+            format!(
+                "must be at least ota.halt_failures ({}): K failures among fewer than K \
+                 children cannot happen",
+                o.halt_failures
+            ),
         ));
     }
     Ok(())

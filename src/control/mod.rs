@@ -8,6 +8,7 @@
 //! | `GET /jobs` | every job not ended and each child's latest job |
 //! | `GET /jobs/{id}`, `GET /children/{device_id}` | one job (a child's latest) |
 //! | `POST /jobs/{id}/{action}`, `POST /children/{device_id}/{action}` | `cancel`, `pause`, `resume`, `retry` |
+//! | `POST /tasks/{task_id}/release` | the task's jobs held by the failure policy go on |
 //!
 //! Answers are JSON: the job (`ota::control::JobView`), a list of them as
 //! `{"jobs": [...]}`, or `{"error": "..."}` with 400 (malformed request),
@@ -282,9 +283,25 @@ async fn answer(engine: &Engine, method: &Method, path: &str) -> Response<Full<B
                 Err(m) => error(StatusCode::BAD_REQUEST, m),
             }
         }
+        ["tasks", task, "release"] => {
+            if method != Method::POST {
+                return allow("POST");
+            }
+            #[derive(Serialize)]
+            struct Released {
+                jobs: Vec<crate::ota::control::JobView>,
+            }
+            match engine.release(&percent_decode(task)).await {
+                Ok(jobs) => json(StatusCode::OK, &Released { jobs }),
+                Err(e) => refused(e),
+            }
+        }
         _ => error(
             StatusCode::NOT_FOUND,
-            format!("no such resource {path}: see /jobs, /jobs/ID, /children/DEVICE_ID"),
+            format!(
+                "no such resource {path}: see /jobs, /jobs/ID, /children/DEVICE_ID, \
+                 /tasks/TASK/release"
+            ),
         ),
     }
 }

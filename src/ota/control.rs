@@ -446,8 +446,10 @@ impl JobControl {
     }
 
     /// Sets or clears the policy's hold (journaled by the caller), and
-    /// wakes the job.
-    pub fn set_held(&self, held: Option<String>) {
+    /// wakes the job. In turn with the load from the journal: a release
+    /// while the job starts is not undone by what it read before.
+    pub async fn set_held(&self, held: Option<String>) {
+        let _turn = self.order.lock().await;
         self.state().req.held = held;
         self.changed.send_replace(());
     }
@@ -705,6 +707,53 @@ impl Engine {
         let new =
             jobs_db::by_id(j, id, self.limits(), &policy)?.ok_or(ControlError::UnknownJob(id))?;
         Ok((row.id, new))
+    }
+}
+
+impl Engine {
+    /// Releases task `task` held by the failure policy (issue 15 item 3):
+    /// its held jobs go on, and the policy no longer holds any of its
+    /// children. The released jobs' views.
+    pub async fn release(&self, task: &str) -> Result<Vec<JobView>, ControlError> {
+        let t = task.to_owned();
+        let held = self
+            .journal()
+            .run(move |j| {
+                let jobs = super::halt::task_jobs(j, &t)?;
+                if jobs.all == 0 {
+                    return Err(ControlError::UnknownTask(t));
+                }
+                if jobs.held.is_empty() {
+                    let before = if jobs.released {
+                        " (it was released before)"
+                    } else {
+                        ""
+                    };
+                    return Err(ControlError::NotAllowed(format!(
+                        "no job of task {t} is held{before}"
+                    )));
+                }
+                super::halt::release(j, &t)?;
+                for id in &jobs.held {
+                    let (mut req, _) = Requests::load(j, *id)?;
+                    req.held = None;
+                    req.save(j, *id)?;
+                }
+                Ok(jobs.held)
+            })
+            .await?;
+        for id in &held {
+            if let Some(ctl) = self.controls().get(*id) {
+                ctl.set_held(None).await;
+            }
+        }
+        self.tasks_changed();
+        info!(task, jobs = held.len(), "operator: task released");
+        let mut out = Vec::with_capacity(held.len());
+        for id in held {
+            out.push(self.job(&JobRef::Id(id)).await?);
+        }
+        Ok(out)
     }
 }
 

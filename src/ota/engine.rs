@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{info, warn};
 
 use super::control::{self, Gate, JobControl, Registry, Requests};
+use super::halt::{self, HaltPolicy};
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
 use super::verdict::{verdict, Failure, FailureCause};
@@ -108,6 +109,13 @@ struct Inner {
     gate: std::sync::OnceLock<Arc<crate::image::Gate>>,
     /// Operators' and policies' requests of running jobs (issue 15).
     controls: Registry,
+    /// Halt on failures ([`halt`]).
+    halt: HaltPolicy,
+    /// Jobs this process let through the halt gate (until they end).
+    admitted: tokio::sync::Mutex<std::collections::HashSet<i64>>,
+    /// Bumped whenever a job ends or a task is released: jobs waiting at
+    /// the halt gate look again.
+    task_events: tokio::sync::watch::Sender<()>,
 }
 
 /// The upgrade engine. Cheap to clone.
@@ -151,6 +159,12 @@ impl Engine {
                 tasks: Mutex::default(),
                 gate: std::sync::OnceLock::new(),
                 controls: Registry::default(),
+                halt: HaltPolicy {
+                    failures: cfg.halt_failures,
+                    first: cfg.halt_first,
+                },
+                admitted: tokio::sync::Mutex::default(),
+                task_events: tokio::sync::watch::Sender::new(()),
             }),
         }
     }
@@ -368,6 +382,8 @@ impl Engine {
             let id = row.id;
             me.run(row, ctl).await;
             me.inner.controls.remove(id);
+            me.inner.admitted.lock().await.remove(&id);
+            me.tasks_changed();
             let mut running = me.inner.running.lock().unwrap_or_else(|p| p.into_inner());
             if running.get(&device) == Some(&id) {
                 running.remove(&device);
@@ -386,6 +402,99 @@ impl Engine {
     /// The controls of the running jobs (the control API).
     pub(super) fn controls(&self) -> &Registry {
         &self.inner.controls
+    }
+
+    /// Wakes the jobs waiting at the halt gate.
+    pub(super) fn tasks_changed(&self) {
+        self.inner.task_events.send_replace(());
+    }
+
+    /// The halt gate before job `run`'s delivery ([`halt`]): go (the job
+    /// is admitted), wait for another job of its task, or hold.
+    async fn task_gate(&self, run: &Run) -> halt::Decision {
+        let row = &run.row;
+        let Some(task) = row.upgrade.task_id.as_deref() else {
+            return halt::Decision::Go;
+        };
+        let m = &row.machine;
+        if !self.inner.halt.is_on() || m.offset > 0 || row.activations > 0 {
+            return halt::Decision::Go;
+        }
+        // Deciding and admitting under one lock: two jobs of a task
+        // cannot both take the last place in flight.
+        let mut admitted = self.inner.admitted.lock().await;
+        if admitted.contains(&row.id) {
+            return halt::Decision::Go;
+        }
+        let t = task.to_owned();
+        let jobs = match self.journal().run(move |j| halt::task_jobs(j, &t)).await {
+            Ok(j) => j,
+            Err(e) => {
+                // Without the journal's word the policy cannot judge;
+                // the job goes on rather than wait for ever.
+                warn!(child = %row.device_id, "journal: {e}");
+                return halt::Decision::Go;
+            }
+        };
+        let d = halt::decide(self.inner.halt, task, &jobs, &admitted, row.id);
+        if d == halt::Decision::Go {
+            admitted.insert(row.id);
+        }
+        d
+    }
+
+    /// Holds job `run` for `why` (the halt policy): journaled, shown by
+    /// the control API and `status`, reported upstream as progress with
+    /// the reason as its description.
+    async fn hold(&self, run: &Run, ctl: &JobControl, why: String) {
+        let row = &run.row;
+        let report = self.inner.platform.prepare(
+            Some(&row.device_id),
+            &Event::ProgressReport(ProgressReport {
+                result_code: ResultCode::SUCCESS,
+                progress: Some(row.machine.progress()),
+                version: row.machine.current_version.clone().unwrap_or_default(),
+                description: Some(format!("held: {why}")),
+            }),
+        );
+        let task = row.upgrade.task_id.clone().unwrap_or_default();
+        let (id, held) = (row.id, why.clone());
+        // One transaction, in turn with `Engine::release`: a release that
+        // came after the gate read the journal wins (the job goes on), and
+        // the hold is journaled together with its report.
+        let saved = self
+            .journal()
+            .run(move |j| {
+                let tx = |j: &mut Journal, sql: &str| {
+                    j.connection().execute_batch(sql).map_err(|e| j.err(e))
+                };
+                tx(j, "BEGIN IMMEDIATE")?;
+                let r = (|| {
+                    if halt::is_released(j, &task)? {
+                        return Ok(false);
+                    }
+                    let (mut req, _) = Requests::load(j, id)?;
+                    req.held = Some(held);
+                    req.save(j, id)?;
+                    report.push(j)?;
+                    Ok(true)
+                })();
+                match r {
+                    Ok(held) => tx(j, "COMMIT").map(|()| held),
+                    Err(e) => {
+                        let _ = tx(j, "ROLLBACK");
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        match saved {
+            Ok(false) => return,
+            Ok(true) => self.inner.platform.queued(),
+            Err(e) => warn!(child = %row.device_id, "journal: {e}"),
+        }
+        warn!(child = %row.device_id, job = row.id, "held: {why}");
+        ctl.set_held(Some(why)).await;
     }
 
     /// The job limits (to read jobs from the journal).
@@ -524,6 +633,7 @@ impl Engine {
         };
         let deadline = job_deadline(&run.row);
         let mut changed = ctl.subscribe();
+        let mut tasks = self.inner.task_events.subscribe();
         // Requests journaled before a restart are honoured at once.
         let id = run.row.id;
         let loaded = ctl
@@ -565,6 +675,28 @@ impl Engine {
                         }
                     }
                     continue;
+                }
+            }
+            // The halt policy's gate before the first byte goes to the child.
+            if matches!(work, Work::Deliver { .. }) {
+                tasks.borrow_and_update();
+                match self.task_gate(&run).await {
+                    halt::Decision::Go => {}
+                    halt::Decision::Hold(why) => {
+                        self.hold(&run, &ctl, why).await;
+                        continue;
+                    }
+                    halt::Decision::Wait => {
+                        slot = None;
+                        tokio::select! {
+                            _ = tasks.changed() => {}
+                            _ = ctl.stop_requested(&mut changed) => {}
+                            _ = tokio::time::sleep_until(deadline) => {
+                                self.feed(&mut run, Input::DeadlinePassed).await;
+                            }
+                        }
+                        continue;
+                    }
                 }
             }
             if slot.is_none() {

@@ -22,6 +22,7 @@
 
 pub mod control;
 pub mod engine;
+pub mod halt;
 pub mod job;
 pub mod jobs_db;
 pub mod status;
