@@ -523,11 +523,18 @@ async fn every_transport_survives_seeded_sigkills() {
         while !in_test_window(sim) && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
-        assert!(in_test_window(sim), "k_smp{i}: no test mark within 120 s\n{}", rig.logs());
+        assert!(
+            in_test_window(sim),
+            "k_smp{i}: no test mark within 120 s\n{}",
+            rig.logs()
+        );
         test_window_hit[i] = true;
         *hit.entry(Moment::Activation).or_default() += 1;
         rig.kill_and_restart();
-        eprintln!("kill {}: aimed between test and reset of k_smp{i}", rig.kills - 1);
+        eprintln!(
+            "kill {}: aimed between test and reset of k_smp{i}",
+            rig.kills - 1
+        );
     }
     rig.finish(&ids, Duration::from_secs(300)).await;
 

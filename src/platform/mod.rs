@@ -214,7 +214,10 @@ impl Platform {
         Ok(())
     }
 
-    /// A report encoded now, for [`Platform::commit_with_report`].
+    /// A report encoded now, for [`Platform::commit_with_report`], or for
+    /// [`Prepared::push`] inside another journal transaction (then call
+    /// [`Platform::queued`] once it commits; such a push does not wait
+    /// behind reports held in memory on a full disk).
     pub fn prepare(&self, object_device_id: Option<&str>, ev: &Event) -> Prepared {
         let now = now_unix();
         Prepared {
