@@ -17,6 +17,7 @@ mod session;
 pub use session::{Inbound, Session};
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use otabridge_codecs::iotda::{event, topic, Event, EventTime};
@@ -47,11 +48,43 @@ struct Inner {
     /// at a time), so that moving them to the outbox and queueing a new
     /// report never interleave.
     held: Mutex<VecDeque<Prepared>>,
+    /// Its length, for async readers: the lock is held across journal
+    /// writes (fsync), which no async worker may wait for.
+    held_len: AtomicUsize,
 }
 
 impl Inner {
-    fn held(&self) -> MutexGuard<'_, VecDeque<Prepared>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    /// The held reports; the guard keeps `held_len` up to date on drop.
+    fn held(&self) -> HeldGuard<'_> {
+        HeldGuard {
+            queue: self.held.lock().unwrap_or_else(|p| p.into_inner()),
+            len: &self.held_len,
+        }
+    }
+}
+
+/// [`Inner::held`]'s guard.
+struct HeldGuard<'a> {
+    queue: MutexGuard<'a, VecDeque<Prepared>>,
+    len: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for HeldGuard<'_> {
+    type Target = VecDeque<Prepared>;
+    fn deref(&self) -> &Self::Target {
+        &self.queue
+    }
+}
+
+impl std::ops::DerefMut for HeldGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.queue
+    }
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.len.store(self.queue.len(), Ordering::Release);
     }
 }
 
@@ -71,6 +104,7 @@ impl Platform {
                 wake: Notify::new(),
                 link: watch::Sender::new(LinkState::Down),
                 held: Mutex::default(),
+                held_len: AtomicUsize::new(0),
             }),
         }
     }
@@ -125,9 +159,10 @@ impl Platform {
         Ok(())
     }
 
-    /// Reports held in memory because the journal's disk was full.
+    /// Reports held in memory because the journal's disk was full (does
+    /// not wait for a journal write in progress).
     pub fn held(&self) -> usize {
-        self.inner.held().len()
+        self.inner.held_len.load(Ordering::Acquire)
     }
 
     /// Moves the reports held in memory to the outbox, oldest first, as far
