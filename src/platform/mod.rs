@@ -307,3 +307,82 @@ impl Prepared {
             .map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otabridge_codecs::iotda::event::ProgressReport;
+    use otabridge_codecs::iotda::ResultCode;
+
+    fn progress(pct: u8, description: &str) -> Event {
+        Event::ProgressReport(ProgressReport {
+            result_code: ResultCode::SUCCESS,
+            progress: Some(pct),
+            version: "1.0".into(),
+            description: Some(description.into()),
+        })
+    }
+
+    /// Caps the journal at the pages it has (SQLite's `max_page_count`):
+    /// a write that needs a new page fails with SQLITE_FULL, as on a full
+    /// disk; `None` lifts the cap.
+    async fn cap(j: &SharedJournal, on: bool) {
+        j.run(move |j| {
+            let c = j.connection();
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let max = if on { pages } else { 1 << 30 };
+            c.query_row(&format!("PRAGMA max_page_count = {max}"), [], |_| Ok(()))
+        })
+        .await
+        .unwrap();
+    }
+
+    fn outbox(j: &mut Journal) -> Vec<u8> {
+        j.outbox_after(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+                v["services"][0]["paras"]["progress"].as_u64().unwrap() as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn reports_wait_in_memory_in_order_while_the_journal_cannot_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SharedJournal::open(dir.path()).unwrap();
+        let p = Platform::new("gw", j.clone());
+        p.report(Some("c"), &progress(5, "fits")).await.unwrap();
+        cap(&j, true).await;
+        // Larger than a page: it needs a new one, which the journal refuses.
+        let big = "x".repeat(16 * 1024);
+        p.report(Some("c"), &progress(10, &big)).await.unwrap();
+        assert_eq!(p.held(), 1);
+        // A small one waits behind it (order per child), though it may fit.
+        p.report(Some("c"), &progress(20, "small")).await.unwrap();
+        assert_eq!(p.held(), 2);
+        assert_eq!(p.flush_held().await, 2, "still no room");
+        // A job's end and its report: nothing is written while held
+        // reports cannot go first.
+        let end = p.prepare(Some("c"), &progress(100, "end"));
+        let e = p
+            .commit_with_report(end.clone(), |_| Ok(()))
+            .await
+            .unwrap_err();
+        assert!(e.is_disk_full(), "{e}");
+        assert_eq!(j.run(outbox).await, [5]);
+        // Room again: the end's transaction moves the held reports first.
+        cap(&j, false).await;
+        p.commit_with_report(end, |_| Ok(())).await.unwrap();
+        assert_eq!(p.held(), 0);
+        assert_eq!(j.run(outbox).await, [5, 10, 20, 100]);
+        // And the session's flush moves them too.
+        cap(&j, true).await;
+        p.report(Some("c"), &progress(100, &big)).await.unwrap();
+        assert_eq!(p.held(), 1);
+        cap(&j, false).await;
+        assert_eq!(p.flush_held().await, 0);
+        assert_eq!(j.run(outbox).await, [5, 10, 20, 100, 100]);
+    }
+}
