@@ -9,18 +9,13 @@
 //! endpoint answers `GET`/`HEAD /metrics` and `/`; it has no authentication,
 //! so bind it to loopback or a management network.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -28,8 +23,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 use crate::child::Child;
 use crate::metrics::{Escaped, JobPhase, Metrics};
@@ -49,14 +44,6 @@ const ACTIVE_PHASES: [Phase; 6] = [
 /// The media type of the exposition (OpenMetrics 1.0 text, which
 /// Prometheus negotiates; prometheus-client writes nothing else).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Largest request head the endpoint reads (hyper's smallest buffer);
-/// a longer head is answered 431.
-const MAX_HEAD: usize = 8192;
-/// Time a client gets to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 8;
 
 /// Everything one scrape reads: the counters, the platform link and
 /// outbox, and the children's drivers.
@@ -226,52 +213,17 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
         .map_err(|source| ListenError { addr, source })
 }
 
-/// Serves scrapes on `listener` until `stop` turns true: one connection per
-/// request (no keep-alive), at most [`MAX_CONNECTIONS`] at once, each with
-/// [`HEAD_TIMEOUT`] to send its head.
+/// Serves scrapes on `listener` until `stop` turns true (the loop and its
+/// limits: [`crate::http`]).
 pub async fn serve(listener: TcpListener, exporter: Exporter, stop: watch::Receiver<bool>) {
     if let Ok(a) = listener.local_addr() {
         info!("metrics on http://{a}/metrics");
     }
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut stop = stop;
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
+    let answer = move |req: Request<hyper::body::Incoming>| {
+        let exporter = exporter.clone();
+        async move { answer(&exporter, &req).await }
     };
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                    let exporter = exporter.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let exporter = exporter.clone();
-                            async move { Ok::<_, Infallible>(answer(&exporter, &req).await) }
-                        });
-                        let served = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEAD_TIMEOUT)
-                            .max_buf_size(MAX_HEAD)
-                            .keep_alive(false)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        if let Err(e) = served {
-                            debug!(%peer, "metrics request: {e}");
-                        }
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, then go on.
-                    warn!("metrics: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
+    crate::http::serve("metrics", listener, answer, stop).await;
 }
 
 /// The answer to one request (hyper leaves out the body of a `HEAD`

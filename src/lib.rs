@@ -34,6 +34,7 @@ pub mod control;
 pub mod daemon;
 pub mod exporter;
 pub mod gateway;
+pub mod http;
 pub mod image;
 pub mod journal;
 pub mod metrics;

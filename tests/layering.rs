@@ -11,7 +11,9 @@ use std::path::Path;
 /// The layers, lowest first, as docs/design.md lists them. `codecs` is a
 /// crate of its own (it cannot name `crate::` at all), so it is not here.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "config", "journal", "metrics", "tls", "retry"],
+    &[
+        "clock", "config", "journal", "metrics", "tls", "retry", "http",
+    ],
     &["platform", "package", "child", "image"],
     &["ota", "gateway"],
     &["exporter", "control"],

@@ -21,32 +21,19 @@
 
 pub mod client;
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::UnixListener;
-use tokio::sync::{watch, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::ota::control::{Action, ControlError, JobRef};
 use crate::ota::engine::Engine;
-
-/// Largest request head read (hyper's smallest buffer).
-const MAX_HEAD: usize = 8192;
-/// Time a client gets to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once.
-const MAX_CONNECTIONS: usize = 8;
 
 /// Why the control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -126,45 +113,12 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     info!(socket = %path.display(), "control API listening");
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut stop = stop;
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
+    let answer = move |req: Request<hyper::body::Incoming>| {
+        let engine = engine.clone();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        async move { answer(&engine, &method, &path).await }
     };
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                    let engine = engine.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let engine = engine.clone();
-                            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-                            async move { Ok::<_, Infallible>(answer(&engine, &method, &path).await) }
-                        });
-                        let served = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEAD_TIMEOUT)
-                            .max_buf_size(MAX_HEAD)
-                            .keep_alive(false)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        if let Err(e) = served {
-                            debug!("control request: {e}");
-                        }
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    warn!("control API: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
+    crate::http::serve("control API", listener, answer, stop).await;
     let _ = std::fs::remove_file(&path);
 }
 
