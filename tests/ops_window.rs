@@ -41,6 +41,7 @@ fn tzif(path: &Path, offset: i32) {
 
 struct Bench {
     engine: Engine,
+    metrics: Metrics,
     server: PackageServer,
     children: HashMap<String, Arc<MemoryChild>>,
     /// Unix time at local 06:00 on the first day.
@@ -86,6 +87,8 @@ async fn bench(ids: &[&str]) -> Bench {
         .map(|id| (id.to_string(), Arc::new(MemoryChild::new(id, "1.0.0"))))
         .collect();
     let all: Vec<Arc<dyn Child>> = kids.values().map(|c| c.clone() as Arc<dyn Child>).collect();
+    let metrics = Metrics::new();
+    metrics.declare(&[], &[]);
     let engine = Engine::new(
         platform,
         journal,
@@ -93,7 +96,7 @@ async fn bench(ids: &[&str]) -> Bench {
         &all,
         Buses::new(&all),
         &OtaConfig::default(),
-        Metrics::new(),
+        metrics.clone(),
     );
     let schedule = Schedule { window, zone };
     engine.set_activation_windows(
@@ -103,6 +106,7 @@ async fn bench(ids: &[&str]) -> Bench {
     );
     Bench {
         engine,
+        metrics,
         server,
         children: kids,
         t0,
@@ -165,6 +169,20 @@ impl Bench {
         tokio::time::sleep(Duration::from_secs((t - now) as u64)).await;
     }
 
+    /// The `otabridge_jobs_waiting` gauge for `reason`.
+    fn waiting(&self, reason: &str) -> i64 {
+        let mut r = prometheus_client::registry::Registry::default();
+        self.metrics.register(&mut r);
+        let mut t = String::new();
+        prometheus_client::encoding::text::encode(&mut t, &r).unwrap();
+        let prefix = format!("otabridge_jobs_waiting{{reason=\"{reason}\"}} ");
+        t.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing from\n{t}"))
+            .parse()
+            .unwrap()
+    }
+
     fn activations(&self, id: &str) -> u32 {
         self.children[id].activations()
     }
@@ -199,6 +217,7 @@ async fn activations_wait_for_the_window_across_midnight_and_a_late_window_fails
     );
     assert_eq!(b.children["p_night"].delivery_starts(), vec![0]);
     assert_eq!(b.activations("p_night"), 0);
+    assert_eq!(b.waiting("window"), 1);
     assert!(
         b.reports()
             .iter()
@@ -240,6 +259,7 @@ async fn activations_wait_for_the_window_across_midnight_and_a_late_window_fails
         "{done} {t0}"
     );
     assert_eq!(v.waiting, None);
+    assert_eq!(b.waiting("window"), 0);
 
     // At 00:30 the next day the window is open (it crosses midnight): an
     // event then activates at once.
@@ -266,6 +286,7 @@ async fn a_job_waiting_for_its_window_can_be_paused_resumed_and_cancelled() {
         .await
         .unwrap();
     assert_eq!(v.state, "paused", "{v:?}");
+    assert_eq!((b.waiting("paused"), b.waiting("window")), (1, 0));
     let v = b
         .engine
         .control(&JobRef::Child("p_wait".into()), Action::Resume)
@@ -273,6 +294,7 @@ async fn a_job_waiting_for_its_window_can_be_paused_resumed_and_cancelled() {
         .unwrap();
     assert_ne!(v.state, "paused", "{v:?}");
     b.until("p_wait", "waiting_window").await;
+    assert_eq!((b.waiting("paused"), b.waiting("window")), (0, 1));
 
     // Nothing was activated: the cancel is allowed, and ends the job with
     // one report; the child keeps its version.
@@ -287,6 +309,7 @@ async fn a_job_waiting_for_its_window_can_be_paused_resumed_and_cancelled() {
     );
     let v = b.until("p_wait", "cancelled").await;
     assert_eq!(v.result_code, Some(255), "{v:?}");
+    assert_eq!(b.waiting("window"), 0);
     // Past the window's opening, still nothing activated.
     b.sleep_until(b.t0 + 17 * H).await;
     assert_eq!(b.activations("p_wait"), 0);

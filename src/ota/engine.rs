@@ -40,7 +40,7 @@ use crate::child::{Child, ChildError, ErrorKind, Package, Step};
 use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
 use crate::journal::{Journal, JournalError, SharedJournal};
-use crate::metrics::{Metrics, Resume};
+use crate::metrics::{Metrics, Resume, Waiting};
 use crate::package::{PackageRequest, PackageStore};
 use crate::platform::Platform;
 use crate::retry::{Backoff, RetryPolicy};
@@ -564,6 +564,7 @@ impl Engine {
             Ok(true) => self.inner.platform.queued(),
             Err(e) => warn!(child = %row.device_id, "journal: {e}"),
         }
+        self.inner.metrics.child_held();
         warn!(child = %row.device_id, job = row.id, "held: {why}");
         ctl.set_held(Some(why)).await;
     }
@@ -714,6 +715,12 @@ impl Engine {
             // A safe point: the operator's and the failure policy's requests.
             changed.borrow_and_update();
             let (gate, n) = ctl.gate_at();
+            let waits = match gate {
+                Gate::Wait if ctl.requests().held.is_some() => Some(Waiting::Held),
+                Gate::Wait => Some(Waiting::Paused),
+                _ => None,
+            };
+            self.inner.metrics.job_waiting(run.row.id, waits);
             match gate {
                 Gate::Go => ctl.honoured(n),
                 Gate::Cancel => {
@@ -794,6 +801,7 @@ impl Engine {
                         continue;
                     }
                     WindowGate::Wait(at) => {
+                        self.inner.metrics.job_waiting(run.row.id, Some(Waiting::Window));
                         slot = None;
                         tokio::select! {
                             _ = tokio::time::sleep_until(at) => {}
