@@ -342,6 +342,11 @@ pub(crate) struct CoapChildArgs {
     /// only (refuses Package URIs), 2 both.
     #[arg(long, default_value_t = 2)]
     pub(crate) delivery_method: i64,
+    /// Observe (RFC 7641) on /5/0/3 and /5/0/5: con (notifications are
+    /// confirmable), non, or refuse (answers without Observe, so the
+    /// gateway polls).
+    #[arg(long, default_value = "con")]
+    pub(crate) observe: String,
 }
 
 #[derive(Debug, Args)]

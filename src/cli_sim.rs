@@ -259,7 +259,7 @@ fn package_server(a: PackageServerArgs) -> ExitCode {
 /// SIGINT or SIGTERM and prints what the child saw.
 // Long on purpose: each flag checked in turn with its own message, then the run; splitting scatters the flag checks from the flags.
 fn coap_child(a: CoapChildArgs) -> ExitCode {
-    use otabridge::sim::coap_child::{Faults, SimOptions};
+    use otabridge::sim::coap_child::{Faults, ObserveMode, SimOptions};
     use otabridge_codecs::lwm2m::UpdateResult;
     let Some(szx) = otabridge_codecs::coap::block::size_to_szx(a.block_size) else {
         let b = a.block_size;
@@ -314,6 +314,17 @@ fn coap_child(a: CoapChildArgs) -> ExitCode {
         }
         opts.formats = formats;
     }
+    opts.observe = match a.observe.as_str() {
+        "con" => ObserveMode::Con,
+        "non" => ObserveMode::Non,
+        "refuse" => ObserveMode::Refuse,
+        other => {
+            return usage(
+                "coap-child",
+                format!("--observe: '{other}' is not con, non or refuse"),
+            )
+        }
+    };
     match otabridge_codecs::lwm2m::DeliveryMethod::from_value(a.delivery_method) {
         Ok(m) => opts.delivery_method = m,
         Err(e) => return usage("coap-child", format!("--delivery-method: {e}")),

@@ -32,12 +32,14 @@ use crate::ota::job::Phase;
 use crate::platform::{LinkState, Platform};
 
 /// The phases a running job can be in, in pipeline order.
-const ACTIVE_PHASES: [Phase; 6] = [
+const ACTIVE_PHASES: [Phase; 8] = [
     Phase::Queued,
     Phase::Downloading,
     Phase::Delivering,
     Phase::Activating,
     Phase::Verifying,
+    Phase::Probing,
+    Phase::Reverting,
     Phase::Confirming,
 ];
 

@@ -508,7 +508,10 @@ mod tests {
         for r in ["window", "held", "paused"] {
             line(&t, r, 0);
         }
-        assert!(t.lines().any(|l| l == "otabridge_children_held_total 0"), "{t}");
+        assert!(
+            t.lines().any(|l| l == "otabridge_children_held_total 0"),
+            "{t}"
+        );
         m.job_waiting(1, Some(Waiting::Window));
         m.job_waiting(1, Some(Waiting::Window));
         m.job_waiting(2, Some(Waiting::Held));
@@ -526,7 +529,10 @@ mod tests {
         line(&t, "window", 0);
         line(&t, "held", 0);
         line(&t, "paused", 1);
-        assert!(t.lines().any(|l| l == "otabridge_children_held_total 2"), "{t}");
+        assert!(
+            t.lines().any(|l| l == "otabridge_children_held_total 2"),
+            "{t}"
+        );
         m.job_stopped(3);
         line(&text(&m), "paused", 0);
     }

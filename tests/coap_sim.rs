@@ -46,6 +46,10 @@ fn child_options() -> ChildOptions {
         update_timeout: Duration::from_secs(20),
         max_attempts: 2,
         push_szx: 6,
+        // A child that reboots forgets its observations: the safety read
+        // finds out (RFC 7641 gives no other sign).
+        observe_check: Duration::from_millis(300),
+        ..ChildOptions::default()
     }
 }
 

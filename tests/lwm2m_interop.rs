@@ -109,6 +109,7 @@ async fn lwm2m_node_lib_registers_is_read_and_upgraded_by_pull() {
             update_timeout: Duration::from_secs(20),
             max_attempts: 1,
             push_szx: 6,
+            ..ChildOptions::default()
         },
     );
     let mut presence = child.presence().unwrap();

@@ -30,6 +30,10 @@ pub enum Purpose {
     Activate,
     /// A job's confirm.
     Confirm,
+    /// A job's health probe before its confirm (issue 15 item 2).
+    Probe,
+    /// A job's revert after a failed health check.
+    Revert,
     /// A job's pre-flight check ([`Child::ready`]).
     Preflight,
     /// The health check of the reconnect announcement.
@@ -46,6 +50,8 @@ impl Purpose {
             Purpose::Deliver => "deliver",
             Purpose::Activate => "activate",
             Purpose::Confirm => "confirm",
+            Purpose::Probe => "health probe",
+            Purpose::Revert => "revert",
             Purpose::Preflight => "pre-flight",
             Purpose::Announce => "health check",
             Purpose::VersionQuery => "version query",

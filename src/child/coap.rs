@@ -11,8 +11,12 @@
 //!   server; progress counts the bytes it fetched) or push (Block1
 //!   `PUT /5/0/0`, resuming at `resume_from` after reading /5/0/3 to see
 //!   whether the child already holds the whole image; progress counts
-//!   acknowledged bytes), then polls /5/0/3 until State 2 (Downloaded). It
-//!   stops there and keeps the procedure for `activate`.
+//!   acknowledged bytes), then waits for State 2 (Downloaded): it observes
+//!   /5/0/3 and /5/0/5 (RFC 7641; `coap.observe`) and moves on their
+//!   notifications, reading /5/0/3 again every `coap.observe_check_secs`
+//!   in case they stop, or polls them when the child refuses Observe. It
+//!   stops there (the observations are cancelled) and keeps the procedure
+//!   for `activate`.
 //! - `activate`: continues the same procedure: `POST /5/0/2` (Execute),
 //!   then reads /3/0/3 across the reboot until it shows the target version;
 //!   /5/0/5 failures become a [`ChildError`] refused with the cause the
@@ -65,8 +69,8 @@ use otabridge_codecs::version::Policy;
 use tracing::{debug, info, warn};
 
 pub use network::{
-    BindError, CoapNetwork, FileImage, NetworkOptions, NetworkStats, PushDone, PushHandle,
-    PushJobError, PushUpdate, PushWatch, RegistrationInfo, RequestError,
+    BindError, CoapNetwork, FileImage, NetworkOptions, NetworkStats, Observation, PushDone,
+    PushHandle, PushJobError, PushUpdate, PushWatch, RegistrationInfo, RequestError,
 };
 
 use super::{
@@ -88,6 +92,22 @@ pub struct ChildOptions {
     /// First Block1 size exponent for push (6: 1024 bytes); the child may
     /// ask for smaller blocks.
     pub push_szx: u8,
+    /// Observe /5/0/3 and /5/0/5 while waiting for State 2 (`coap.observe`).
+    pub observe: bool,
+    /// While observed, /5/0/3 is still read this often
+    /// (`coap.observe_check_secs`).
+    pub observe_check: Duration,
+}
+
+impl ChildOptions {
+    /// The daemon's settings: the defaults, with `[coap]`'s Observe keys.
+    pub fn from_config(c: &crate::config::CoapConfig) -> Self {
+        ChildOptions {
+            observe: c.observe,
+            observe_check: Duration::from_secs(c.observe_check_secs),
+            ..ChildOptions::default()
+        }
+    }
 }
 
 impl Default for ChildOptions {
@@ -106,6 +126,8 @@ impl Default for ChildOptions {
             update_timeout: d.update_timeout,
             max_attempts: d.max_attempts,
             push_szx: 6,
+            observe: d.observe,
+            observe_check: d.observe_check,
         }
     }
 }
@@ -306,6 +328,8 @@ impl CoapChild {
             max_attempts: self.options.max_attempts,
             version_policy: self.version_policy,
             accept: Some(self.accept(false)),
+            observe: self.options.observe,
+            observe_check: self.options.observe_check,
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
         };
         UpdateProcedure::new(cfg)
@@ -346,15 +370,21 @@ impl CoapChild {
             Delivery::Push => (None, None),
         };
         let mut in_flight = InFlight::Idle;
+        // Observations the child accepted; dropped (cancelled) on return.
+        let mut observing: Vec<(Path, network::Observation)> = Vec::new();
         loop {
             if let Some(stop) = self.drain_events(procedure, until_downloaded, progress) {
                 return Ok(stop);
             }
             while let Some(action) = procedure.poll_action(self.net.now()) {
+                if matches!(action, Action::StopObserving) {
+                    observing.clear();
+                    continue;
+                }
                 in_flight = self.start(action, package, step)?;
             }
             let deadline = procedure.poll_timeout().map(|t| self.net.at(t));
-            if matches!(in_flight, InFlight::Idle) && deadline.is_none() {
+            if matches!(in_flight, InFlight::Idle) && deadline.is_none() && observing.is_empty() {
                 if let Some(stop) = self.drain_events(procedure, until_downloaded, progress) {
                     return Ok(stop);
                 }
@@ -389,8 +419,36 @@ impl CoapChild {
                             self.push_ended(procedure, d, now)?;
                         }
                         Done::Push(PushNews::Closed) => return Err(closed(procedure)),
+                        Done::Observed(path, r) => {
+                            in_flight = InFlight::Idle;
+                            match r {
+                                Ok((resp, obs)) => {
+                                    if let Some(o) = obs {
+                                        observing.push((path, o));
+                                    }
+                                    procedure.handle_response(&resp, now);
+                                }
+                                Err(RequestError::Transport(t)) => procedure.handle_failure(t, now),
+                                Err(e @ (RequestError::Encode(_) | RequestError::Closed)) => {
+                                    return Err(ChildError::io(step, "request").with_source(e))
+                                }
+                                Err(e @ (RequestError::NotRegistered(_) | RequestError::QueueFull(_))) => {
+                                    return Err(ChildError::link_gone(step, "request").with_source(e))
+                                }
+                            }
+                        }
                     }
                 }
+                (i, n) = next_notification(&mut observing) => match n {
+                    Some(n) => {
+                        let path = observing[i].0;
+                        procedure.handle_notification(path, &n, self.net.now());
+                    }
+                    // Ended by the child (the procedure saw the last one).
+                    None => {
+                        observing.remove(i);
+                    }
+                },
                 b = next_served(&mut watch) => procedure.handle_served(&b, self.net.now()),
                 _ = sleep_until_opt(deadline) => procedure.handle_timeout(self.net.now()),
             }
@@ -419,6 +477,25 @@ impl CoapChild {
                 UpdateEvent::Retrying { attempt, cause } => {
                     warn!(child = %self.device_id, attempt, "{cause}; resetting /5/0/1 and retrying")
                 }
+                UpdateEvent::Observe {
+                    path,
+                    accepted: true,
+                } => {
+                    info!(child = %self.device_id, %path, "observing (RFC 7641)")
+                }
+                UpdateEvent::Observe {
+                    path,
+                    accepted: false,
+                } => info!(
+                    child = %self.device_id, %path,
+                    "the child refused Observe; polling every {} s",
+                    self.options.poll_interval.as_secs()
+                ),
+                UpdateEvent::ObservationEnded(path) => info!(
+                    child = %self.device_id, %path,
+                    "the child ended the observation; polling every {} s",
+                    self.options.poll_interval.as_secs()
+                ),
                 UpdateEvent::Finished(o) => return Some(Stop::Finished(o)),
             }
         }
@@ -436,6 +513,9 @@ impl CoapChild {
     ) -> Result<InFlight<'a>, ChildError> {
         Ok(match action {
             Action::Request(p) => InFlight::Request(Box::pin(self.request(p))),
+            Action::Observe { path, request } => {
+                InFlight::Observe(path, Box::pin(self.net.observe_to(&self.address, request)))
+            }
             Action::Push(cfg) => {
                 let image = std::fs::File::open(&package.path)
                     .map(FileImage)
@@ -454,6 +534,8 @@ impl CoapChild {
                 self.set_push(None);
                 InFlight::Idle
             }
+            // Handled by the caller, which owns the observations.
+            Action::StopObserving => InFlight::Idle,
         })
     }
 
@@ -503,12 +585,17 @@ fn closed(procedure: &UpdateProcedure) -> ChildError {
 enum InFlight<'a> {
     Idle,
     Request(BoxFuture<'a, Result<Packet, RequestError>>),
+    Observe(Path, BoxFuture<'a, ObserveAnswer>),
     Push(PushHandle),
 }
+
+/// The answer to an Observe registration, and the observation if accepted.
+type ObserveAnswer = Result<(Packet, Option<network::Observation>), RequestError>;
 
 /// What came back to the driver.
 enum Done {
     Response(Result<Packet, RequestError>),
+    Observed(Path, ObserveAnswer),
     Push(PushNews),
 }
 
@@ -518,6 +605,7 @@ impl InFlight<'_> {
         match self {
             InFlight::Idle => std::future::pending().await,
             InFlight::Request(f) => Done::Response(f.await),
+            InFlight::Observe(path, f) => Done::Observed(*path, f.await),
             InFlight::Push(h) => Done::Push(match h.next().await {
                 network::PushUpdate::Progress(acked) => PushNews::Progress(acked, h.acked().1),
                 network::PushUpdate::Done(d) => PushNews::Done(d),
@@ -532,6 +620,20 @@ enum PushNews {
     Progress(u32, Option<EngineInstant>),
     Done(PushDone),
     Closed,
+}
+
+/// The next notification of any observation, with its index in `obs`
+/// (`None`: that observation ended); pends forever when there is none.
+async fn next_notification(obs: &mut [(Path, network::Observation)]) -> (usize, Option<Packet>) {
+    std::future::poll_fn(|cx| {
+        for (i, (_, o)) in obs.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(n) = o.poll_next(cx) {
+                return std::task::Poll::Ready((i, n));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn next_served(w: &mut Option<network::ServedWatch>) -> ServedBlock {

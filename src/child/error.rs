@@ -32,6 +32,12 @@ pub enum Step {
     /// Making the verified new image permanent ([`super::Child::confirm`]:
     /// an MCUboot test image is reverted at the next boot without it).
     Confirm,
+    /// A health probe of the new image before its confirm
+    /// ([`super::Child::probe`], issue 15 item 2).
+    Probe,
+    /// Making the bootloader revert the new image after a failed health
+    /// check ([`super::Child::revert`]).
+    Revert,
 }
 
 impl Step {
@@ -43,6 +49,8 @@ impl Step {
             Step::Activate => "activate",
             Step::Verify => "verify",
             Step::Confirm => "confirm",
+            Step::Probe => "health check",
+            Step::Revert => "revert",
         }
     }
 }

@@ -145,6 +145,40 @@ pub trait Child: Send + Sync + std::fmt::Debug {
         Box::pin(async { Ok(()) })
     }
 
+    /// The health-gated confirm's settings (issue 15 item 2; the child's
+    /// `health_*` keys), when its confirm waits for health probes: the job
+    /// then runs [`Child::probe`] every `interval` for `period` after the
+    /// verification and confirms only if every probe passed, else it runs
+    /// [`Child::revert`]. The default: none (confirm at once).
+    fn health(&self) -> Option<&crate::config::health::HealthCheck> {
+        None
+    }
+
+    /// One health probe of the running `target` image before its confirm:
+    /// it must still run, unconfirmed (the old image again means the child
+    /// rebooted by itself and the bootloader reverted it: a crash loop),
+    /// and the configured health command must succeed. Any failure is a
+    /// failed health check ([`Step::Probe`]); the job does not retry it.
+    /// The default passes.
+    fn probe<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(), ChildError>> {
+        let _ = target;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// After a failed health check: has the bootloader revert the
+    /// unconfirmed `target` image (SMP: a reset; nothing when the child
+    /// already runs another image) and reads back what runs then. Returns
+    /// that version and whether it is no longer the target; never
+    /// confirms. Retried by the job like any step ([`Step::Revert`]). The
+    /// default reads the version.
+    fn revert<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(String, bool), ChildError>> {
+        Box::pin(async move {
+            let v = self.read_version().await?;
+            let reverted = !self.version_policy().same(target, &v);
+            Ok((v, reverted))
+        })
+    }
+
     /// The medium this child shares with others when only one of them can
     /// use it at a time (a serial port, an RS-485 bus), or `None`. Every
     /// caller takes a turn on it from [`Buses`] (jobs, the reconnect
@@ -219,7 +253,7 @@ impl Networks {
     pub fn new(c: &CoapConfig) -> Self {
         Networks {
             coap_options: coap::NetworkOptions::from_config(c),
-            coap_child: coap::ChildOptions::default(),
+            coap_child: coap::ChildOptions::from_config(c),
             coap: None,
             serial: link::port::Ports::default(),
         }
@@ -232,7 +266,7 @@ impl Networks {
         o.state_dir = Some(state_dir.to_owned());
         Networks {
             coap_options: o,
-            coap_child: coap::ChildOptions::default(),
+            coap_child: coap::ChildOptions::from_config(c),
             coap: None,
             serial: link::port::Ports::default(),
         }

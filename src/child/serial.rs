@@ -32,6 +32,9 @@ use std::sync::Arc;
 
 use otabridge_codecs::iotda::ResultCode;
 use otabridge_codecs::smp::activate::{Activate, ActivateConfig, ActivateError, ActivateEvent};
+use otabridge_codecs::smp::health::{
+    Probe, ProbeConfig, ProbeEvent, Revert, RevertConfig, RevertError, RevertEvent,
+};
 use otabridge_codecs::smp::message::SmpErr;
 use otabridge_codecs::smp::result;
 use otabridge_codecs::smp::serial::Console;
@@ -139,6 +142,41 @@ impl SerialChild {
             confirm: false,
             first_seq,
             ..d
+        }
+    }
+
+    /// The health probe's engine settings: each request waits `timeout_ms`
+    /// and is retried at most so often that the state read and the command
+    /// both fit in `health_probe_timeout_secs`, so that the driver's own
+    /// verdict (which request went unanswered) comes before the job's
+    /// timer.
+    fn probe_config(&self, first_seq: u8) -> ProbeConfig {
+        let o = &self.options;
+        let budget = o.health.as_ref().map_or(o.timeout, |h| h.probe_timeout / 2);
+        let per = o.timeout.as_millis().max(1);
+        let fit = u32::try_from(budget.as_millis() / per).unwrap_or(u32::MAX);
+        ProbeConfig {
+            timeout: o.timeout,
+            retries: fit.saturating_sub(1).min(o.retries),
+            version_policy: self.version_policy,
+            command: o.health.as_ref().and_then(|h| h.command.clone()),
+            first_seq,
+            ..ProbeConfig::default()
+        }
+    }
+
+    /// The revert's engine settings: the activation's waits.
+    fn revert_config(&self, first_seq: u8) -> RevertConfig {
+        let a = self.activate_config(first_seq);
+        RevertConfig {
+            timeout: a.timeout,
+            retries: a.retries,
+            reboot_wait: a.reboot_wait,
+            reboot_timeout: a.reboot_timeout,
+            reboot_retries: a.reboot_retries,
+            version_policy: self.version_policy,
+            first_seq,
+            ..RevertConfig::default()
         }
     }
 
@@ -481,6 +519,100 @@ impl Child for SerialChild {
             let version = self.run_activation(Step::Activate, make).await?;
             info!(child = %self.id(), %version, "running the new image (not confirmed yet)");
             Ok(())
+        })
+    }
+
+    fn health(&self) -> Option<&crate::config::health::HealthCheck> {
+        self.options.health.as_deref()
+    }
+
+    fn probe<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(), ChildError>> {
+        Box::pin(async move {
+            let step = Step::Probe;
+            let make = |seq, now| {
+                Ok(Console::new(Probe::new(
+                    self.probe_config(seq),
+                    target,
+                    now,
+                )))
+            };
+            let mut outcome = None;
+            self.line
+                .run(step, make, None, |ev| {
+                    outcome = Some(ev);
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            match outcome {
+                Some(ProbeEvent::Passed { version }) => {
+                    debug!(child = %self.id(), %version, "health probe passed");
+                    Ok(())
+                }
+                // Every failed probe is a failed health check: the kind
+                // only says what it was (the job retries none of them).
+                Some(ProbeEvent::Failed(e)) => Err(ChildError::refused(
+                    Cause::InstallFailed,
+                    step,
+                    e.to_string(),
+                )),
+                None => Err(ChildError::io(step, "probe ended without a verdict")),
+            }
+        })
+    }
+
+    fn revert<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<(String, bool), ChildError>> {
+        Box::pin(async move {
+            let step = Step::Revert;
+            let make = |seq, now| {
+                Ok(Console::new(Revert::new(
+                    self.revert_config(seq),
+                    target,
+                    now,
+                )))
+            };
+            let mut outcome = None;
+            self.line
+                .run(step, make, None, |ev| {
+                    match ev {
+                        RevertEvent::ResetSent { acknowledged } => {
+                            info!(child = %self.id(), acknowledged, "reset sent to revert the test image");
+                        }
+                        other => outcome = Some(other),
+                    }
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            match outcome {
+                Some(RevertEvent::Done {
+                    version,
+                    target: false,
+                    ..
+                }) => {
+                    info!(child = %self.id(), %version, "reverted: the confirmed image runs again");
+                    Ok((version, true))
+                }
+                Some(RevertEvent::Done {
+                    version,
+                    confirmed: true,
+                    ..
+                }) => Ok((version, false)),
+                Some(RevertEvent::Done { version, .. }) => Err(ChildError::unreachable(
+                    step,
+                    format!("the child still runs the unconfirmed {version} after the reset"),
+                )),
+                Some(RevertEvent::Failed(e)) => Err(match &e {
+                    RevertError::Device { err, .. } => device_error(err, step, e.to_string()),
+                    RevertError::NoAnswerAfterReset { .. } => {
+                        ChildError::unreachable(step, e.to_string())
+                    }
+                    RevertError::Malformed { .. } | RevertError::NoActiveImage => {
+                        ChildError::garbled(step, e.to_string())
+                    }
+                }),
+                Some(RevertEvent::ResetSent { .. }) | None => {
+                    Err(ChildError::io(step, "revert ended without a verdict"))
+                }
+            }
         })
     }
 

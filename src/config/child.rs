@@ -20,6 +20,7 @@ use otabridge_codecs::version::Policy;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::health::{HealthDefaults, HealthKeys};
 use super::serial::{
     Framing, SerialOptions, DEFAULT_REOPEN_TIMEOUT, MAX_BUF_SIZE, MAX_REOPEN_TIMEOUT_MS,
     MAX_WINDOW, MIN_BUF_SIZE,
@@ -334,6 +335,10 @@ struct SmpSpec {
     reboot_timeout_ms: Option<u64>,
     image: Option<toml::Value>,
     reopen_timeout_ms: Option<u64>,
+    health_check_secs: Option<u64>,
+    health_probe_interval_secs: Option<u64>,
+    health_probe_timeout_secs: Option<u64>,
+    health_command: Option<toml::Value>,
 }
 
 /// `transport = "serial"` with `protocol = "framed:<profile>"`: the line
@@ -598,6 +603,7 @@ impl Siblings {
         index: usize,
         table: &ChildTable,
         gateway: &str,
+        health: &HealthDefaults,
     ) -> Result<(String, Option<Policy>, ChildWindow, Draft, ChildImage), BadKey> {
         let (mut spec, version_match, window) = ChildSpec::from_table(table)?;
         let image = spec.take_image()?;
@@ -638,7 +644,7 @@ impl Siblings {
                     port,
                     baud,
                     protocol: SerialProtocol::Smp,
-                    options: smp_options(&s, framing)?,
+                    options: smp_options(&s, framing, health)?,
                 })
             }
             ChildSpec::Serial(SerialSpec::Framed { profile, spec }) => {
@@ -768,7 +774,26 @@ fn line(
 }
 
 /// Validates the SMP tuning keys of one child.
-fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
+impl SmpSpec {
+    fn health_keys(&self) -> HealthKeys {
+        HealthKeys {
+            check_secs: self.health_check_secs,
+            interval_secs: self.health_probe_interval_secs,
+            probe_timeout_secs: self.health_probe_timeout_secs,
+            command: self.health_command.clone(),
+        }
+    }
+}
+
+fn smp_options(
+    s: &SmpSpec,
+    framing: Framing,
+    health: &HealthDefaults,
+) -> Result<SerialOptions, BadKey> {
+    let health = health
+        .for_child(&s.health_keys())
+        .map_err(|(k, m)| BadKey::new(k, m))?
+        .map(Box::new);
     let d = SerialOptions::default();
     let buf_size = match s.buf_size {
         None => None,
@@ -805,6 +830,7 @@ fn smp_options(s: &SmpSpec, framing: Framing) -> Result<SerialOptions, BadKey> {
     Ok(SerialOptions {
         framing,
         buf_size,
+        health,
         timeout: ms(s.timeout_ms, "timeout_ms", d.timeout)?,
         first_timeout: ms(s.first_timeout_ms, "first_timeout_ms", d.first_timeout)?,
         retries,

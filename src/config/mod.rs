@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 mod child;
 mod gateway;
+pub mod health;
 mod profile;
 mod serial;
 mod window;
@@ -197,6 +198,13 @@ pub struct CoapConfig {
     /// TS Core 1.1 §6.5 says); requests for it wait for its next
     /// Register or Update otherwise.
     pub queue_window_secs: u64,
+    /// Observe /5/0/3 and /5/0/5 (RFC 7641) while a child downloads,
+    /// instead of polling them (default true); a child that refuses is
+    /// polled.
+    pub observe: bool,
+    /// While observed, /5/0/3 is still read this often in case
+    /// notifications stop (default 60 s).
+    pub observe_check_secs: u64,
 }
 
 impl Default for CoapConfig {
@@ -206,6 +214,8 @@ impl Default for CoapConfig {
             advertise: None,
             max_concurrent_transfers: 8,
             queue_window_secs: 93,
+            observe: true,
+            observe_check_secs: 60,
         }
     }
 }
@@ -256,6 +266,29 @@ pub struct OtaConfig {
     /// `timezone` read (resolved with the files).
     #[serde(skip)]
     pub zone: Zone,
+    /// Health-gated confirm of MCUboot (SMP) children: how long a child
+    /// must pass its probes after the test boot before it is confirmed;
+    /// 0 (the default) confirms at once (docs/operations.md).
+    pub health_check_secs: u64,
+    /// Time between two health probes (default 10 s).
+    pub health_probe_interval_secs: u64,
+    /// A health probe without every answer by then fails (default 10 s).
+    pub health_probe_timeout_secs: u64,
+    /// The SMP command each probe sends after its image state read:
+    /// `"echo"` or `{ group, command, op, body }` (default none).
+    pub health_command: Option<toml::Value>,
+}
+
+impl OtaConfig {
+    /// The health keys as the defaults of every SMP child.
+    fn health_keys(&self) -> health::HealthKeys {
+        health::HealthKeys {
+            check_secs: Some(self.health_check_secs),
+            interval_secs: Some(self.health_probe_interval_secs),
+            probe_timeout_secs: Some(self.health_probe_timeout_secs),
+            command: self.health_command.clone(),
+        }
+    }
 }
 
 impl Default for OtaConfig {
@@ -275,6 +308,10 @@ impl Default for OtaConfig {
             activation_window: None,
             timezone: None,
             zone: Zone::default(),
+            health_check_secs: 0,
+            health_probe_interval_secs: health::DEFAULT_INTERVAL_SECS,
+            health_probe_timeout_secs: health::DEFAULT_PROBE_TIMEOUT_SECS,
+            health_command: None,
         }
     }
 }
@@ -560,6 +597,8 @@ impl Draft {
         let platform = platform(raw.platform).map_err(invalid)?;
         check_limits(&raw.download, &raw.coap, &raw.ota).map_err(invalid)?;
         check_control(&raw.control, &raw.state).map_err(invalid)?;
+        let health = health::HealthDefaults::from_ota(raw.ota.health_keys())
+            .map_err(|(key, m)| invalid((ota_key(key), m)))?;
         let gateway =
             raw.gateway
                 .clone()
@@ -584,7 +623,7 @@ impl Draft {
                 (key, at)
             };
             let (device_id, version_match, window, draft, image) = siblings
-                .check(i, table, &platform.raw.device_id)
+                .check(i, table, &platform.raw.device_id, &health)
                 .map_err(|e| {
                     let (key, at) = located(&e.key);
                     ConfigError::Invalid {
@@ -846,6 +885,16 @@ fn read_secret(f: &Path) -> Result<Secret, String> {
     Ok(Secret::new(s))
 }
 
+/// `[ota]`'s name of a health key.
+fn ota_key(key: &str) -> &'static str {
+    match key {
+        "health_check_secs" => "ota.health_check_secs",
+        "health_probe_interval_secs" => "ota.health_probe_interval_secs",
+        "health_probe_timeout_secs" => "ota.health_probe_timeout_secs",
+        _ => "ota.health_command",
+    }
+}
+
 /// The numbers in `[download]`, `[coap]` and `[ota]` that must be positive
 /// or ordered.
 fn check_limits(d: &DownloadConfig, c: &CoapConfig, o: &OtaConfig) -> Result<(), Bad> {
@@ -856,6 +905,7 @@ fn check_limits(d: &DownloadConfig, c: &CoapConfig, o: &OtaConfig) -> Result<(),
             c.max_concurrent_transfers as u64,
         ),
         ("coap.queue_window_secs", c.queue_window_secs),
+        ("coap.observe_check_secs", c.observe_check_secs),
         ("ota.max_concurrent_jobs", o.max_concurrent_jobs as u64),
         ("ota.version_read_timeout_secs", o.version_read_timeout_secs),
         ("ota.first_chunk_timeout_secs", o.first_chunk_timeout_secs),
@@ -1123,6 +1173,7 @@ protocol = "framed:acme-rs485"
                 reboot_wait: Duration::from_millis(100),
                 reboot_timeout: Duration::from_secs(20),
                 reopen_timeout: Duration::from_millis(1500),
+                health: None,
             }
         );
         assert_eq!(c.children[1].version_match, Policy::Exact);
@@ -1295,6 +1346,82 @@ protocol = "framed:acme-rs485"
         );
         let e = err(&format!("{GOOD}image = {{ check = \"x509\" }}\n"));
         assert!(e.contains("child[1].image"), "{e}");
+    }
+
+    /// Issue 15 item 2: `[ota]` health defaults, per-child overrides, and
+    /// errors naming the key.
+    #[test]
+    fn health_keys_default_override_and_name_their_errors() {
+        let smp = |ota: &str, child: &str| {
+            let text = GOOD.replace(
+                "protocol = \"framed:acme-rs485\"",
+                &format!("protocol = \"smp\"\n{child}"),
+            );
+            text.replace("[state]", &format!("[ota]\n{ota}\n\n[state]"))
+        };
+        let health = |c: &Config| match &c.children[1].transport {
+            Transport::Serial { options, .. } => options.health.clone().map(|h| *h),
+            _ => panic!("not serial"),
+        };
+        assert_eq!(
+            health(&parse(&smp("", "")).unwrap()),
+            None,
+            "off by default"
+        );
+        let c = parse(&smp(
+            "health_check_secs = 300\nhealth_command = \"echo\"",
+            "",
+        ))
+        .unwrap();
+        let h = health(&c).unwrap();
+        assert_eq!(
+            (h.period, h.interval, h.probe_timeout),
+            (
+                Duration::from_secs(300),
+                Duration::from_secs(10),
+                Duration::from_secs(10)
+            )
+        );
+        assert_eq!(h.command.unwrap().name(), "echo");
+        let c = parse(&smp(
+            "health_check_secs = 300",
+            "health_check_secs = 20\nhealth_probe_interval_secs = 2\n\
+             health_command = { group = 64, command = 1 }",
+        ))
+        .unwrap();
+        let h = health(&c).unwrap();
+        assert_eq!(
+            (h.period, h.interval),
+            (Duration::from_secs(20), Duration::from_secs(2))
+        );
+        assert_eq!(h.command.unwrap().name(), "group 64 command 1");
+        let c = parse(&smp("health_check_secs = 300", "health_check_secs = 0")).unwrap();
+        assert_eq!(health(&c), None, "a child may turn it off");
+        for (text, key) in [
+            (
+                smp("health_probe_interval_secs = 0", ""),
+                "ota.health_probe_interval_secs",
+            ),
+            (smp("health_command = \"ping\"", ""), "ota.health_command"),
+            (
+                smp("", "health_command = { group = 1 }"),
+                "child[1].health_command",
+            ),
+            (
+                smp("", "health_probe_timeout_secs = 0"),
+                "child[1].health_probe_timeout_secs",
+            ),
+            (
+                GOOD.replace(
+                    "address = \"192.168.10.21:5683\"",
+                    "address = \"192.168.10.21:5683\"\nhealth_check_secs = 5",
+                ),
+                "child[0].health_check_secs",
+            ),
+        ] {
+            let e = err(&text);
+            assert!(e.contains(&format!(": {key}: ")), "{key}: {e}");
+        }
     }
 
     #[test]

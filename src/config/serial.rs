@@ -98,6 +98,9 @@ pub struct SerialOptions {
     /// `reboot_timeout_ms`: how long to keep asking after the reset for the
     /// device to come back (default 60000).
     pub reboot_timeout: Duration,
+    /// The health-gated confirm (SMP children; `health_*` keys, else
+    /// `[ota]`'s): `None` confirms at once.
+    pub health: Option<Box<super::health::HealthCheck>>,
 }
 
 impl Default for SerialOptions {
@@ -112,6 +115,7 @@ impl Default for SerialOptions {
             reboot_wait: Duration::from_secs(5),
             reboot_timeout: Duration::from_secs(60),
             reopen_timeout: DEFAULT_REOPEN_TIMEOUT,
+            health: None,
         }
     }
 }

@@ -207,7 +207,12 @@ pub fn committed(phase: Phase, activations: u32) -> bool {
     match phase {
         Phase::Queued | Phase::Downloading | Phase::Delivering => false,
         Phase::Activating => activations > 0,
-        Phase::Verifying | Phase::Confirming | Phase::Succeeded | Phase::Failed => true,
+        Phase::Verifying
+        | Phase::Probing
+        | Phase::Reverting
+        | Phase::Confirming
+        | Phase::Succeeded
+        | Phase::Failed => true,
     }
 }
 
@@ -494,8 +499,8 @@ pub struct JobView {
     pub task_id: Option<String>,
     /// Target version.
     pub target: String,
-    /// queued, downloading, delivering, activating, verifying,
-    /// confirming, succeeded, failed.
+    /// queued, downloading, delivering, activating, verifying, probing,
+    /// reverting, confirming, succeeded, failed.
     pub phase: String,
     /// `running`, `waiting_window` (delivered, waiting for its activation
     /// window), `paused`, `held`, `cancelling`, or once ended `succeeded`,

@@ -691,7 +691,8 @@ impl Engine {
             self.finished(&run);
             return;
         };
-        let deadline = job_deadline(&run.row);
+        run.row.machine.health = child.health().is_some();
+        let job_end = job_deadline(&run.row);
         let mut changed = ctl.subscribe();
         let mut tasks = self.inner.task_events.subscribe();
         // Requests journaled before a restart are honoured at once.
@@ -712,6 +713,12 @@ impl Engine {
             if work == Work::Done {
                 break;
             }
+            // A revert that the deadline started gets the margin kept for
+            // the report, less the time to publish it.
+            let deadline = match run.row.machine.phase {
+                Phase::Reverting => job_end + DEADLINE_MARGIN / 2,
+                _ => job_end,
+            };
             // A safe point: the operator's and the failure policy's requests.
             changed.borrow_and_update();
             let (gate, n) = ctl.gate_at();
@@ -801,7 +808,9 @@ impl Engine {
                         continue;
                     }
                     WindowGate::Wait(at) => {
-                        self.inner.metrics.job_waiting(run.row.id, Some(Waiting::Window));
+                        self.inner
+                            .metrics
+                            .job_waiting(run.row.id, Some(Waiting::Window));
                         slot = None;
                         tokio::select! {
                             _ = tokio::time::sleep_until(at) => {}
@@ -893,6 +902,11 @@ impl Engine {
             Work::Confirm => {
                 let _bus = self.bus_turn(child, Purpose::Confirm).await;
                 Some(confirm(child, &run.row.machine.target, t.version_read).await)
+            }
+            Work::Probe => Some(self.probe(run, child).await),
+            Work::Revert => {
+                let _bus = self.bus_turn(child, Purpose::Revert).await;
+                Some(revert(child, &run.row.machine.target, t.activation).await)
             }
             Work::Done => None,
         }
@@ -1038,6 +1052,53 @@ impl Engine {
             }
         };
         Some(Input::Failed(verdict(Failure::Child(&e))))
+    }
+
+    /// The health-gated confirm (issue 15 item 2): probes the child every
+    /// `interval` until `period` has passed since the job entered probing
+    /// (its journaled `updated_unix`: a restarted gateway resumes the
+    /// period, with at least one probe), each probe within
+    /// `probe_timeout` and on a bus turn of its own. The first failed
+    /// probe is the verdict: nothing is retried.
+    async fn probe(&self, run: &Run, child: &Arc<dyn Child>) -> Input {
+        let Some(h) = child.health().cloned() else {
+            return Input::Healthy;
+        };
+        let row = &run.row;
+        let target = row.machine.target.clone();
+        let since = clock::from_unix(row.machine.last_checkpoint);
+        let end = clock::now() + clock::until(since + h.period);
+        info!(
+            child = %row.device_id, job = row.id,
+            "health check: probing every {} s for {} s before the confirm",
+            h.interval.as_secs(), clock::until(since + h.period).as_secs()
+        );
+        let mut probes = 0u32;
+        loop {
+            let r = {
+                let _bus = self.bus_turn(child, Purpose::Probe).await;
+                tokio::time::timeout(h.probe_timeout, child.probe(&target)).await
+            };
+            probes += 1;
+            let what = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.detail().to_owned()),
+                Err(_) => Some(format!(
+                    "no answer to a health probe within {} s",
+                    h.probe_timeout.as_secs()
+                )),
+            };
+            if let Some(what) = what {
+                warn!(child = %row.device_id, job = row.id, probes, "health check failed: {what}");
+                return Input::Unhealthy(what);
+            }
+            let now = clock::now();
+            if now >= end {
+                info!(child = %row.device_id, job = row.id, probes, "health check passed");
+                return Input::Healthy;
+            }
+            tokio::time::sleep_until((now + h.interval).min(end)).await;
+        }
     }
 
     /// Waits for `child`'s bus (when it shares one) and holds it until the
@@ -1244,6 +1305,20 @@ async fn confirm(child: &Arc<dyn Child>, target: &str, within: Duration) -> Inpu
         Err(_) => ChildError::unreachable(
             Step::Confirm,
             format!("no confirm within {} s", within.as_secs()),
+        ),
+    };
+    Input::Failed(verdict(Failure::Child(&e)))
+}
+
+/// Has `child` revert its unconfirmed `target` image within `within` (a
+/// reset and the reboot: the activation's budget); the version read back.
+async fn revert(child: &Arc<dyn Child>, target: &str, within: Duration) -> Input {
+    let e = match tokio::time::timeout(within, child.revert(target)).await {
+        Ok(Ok((version, reverted))) => return Input::Reverted { version, reverted },
+        Ok(Err(e)) => e.in_step(Step::Revert),
+        Err(_) => ChildError::unreachable(
+            Step::Revert,
+            format!("no revert within {} s", within.as_secs()),
         ),
     };
     Input::Failed(verdict(Failure::Child(&e)))

@@ -1,11 +1,26 @@
 //! One child's upgrade job as a pure state machine: no I/O, no clock.
 //!
 //! ```text
-//! queued ──version read──► downloading ──► delivering(offset) ──► activating ──► verifying ──► confirming ──► succeeded
-//!   │ already at target ──────────────────────────────────────────────────────────────────────────────────► succeeded
-//!   │                                       activating, read first: the target already runs ─► confirming
-//!   └─ any phase: a rejection, retries exhausted, or the deadline ───────────────────────────────────────► failed(code)
+//! queued ──version read──► downloading ──► delivering(offset) ──► activating ──► verifying ──┬──────────────► confirming ──► succeeded
+//!   │ already at target ──────────────────────────────────────────────────────────────────────│─────────────────────────────► succeeded
+//!   │                                       activating, read first: the target already runs ─┤
+//!   │                                                               with a health check:      └► probing ─┬─ healthy ─► confirming
+//!   │                                                                                                    └─ unhealthy, deadline ─► reverting ─► failed(10)
+//!   └─ any phase: a rejection, retries exhausted, or the deadline ──────────────────────────────────────────────────────────────► failed(code)
 //! ```
+//!
+//! Probing (issue 15 item 2, the health-gated confirm; a child whose
+//! driver has a health check, [`crate::child::Child::health`]): the child
+//! must pass its probes for the configured time before the confirm. Its
+//! start is the phase's journal write (`updated_unix`): nothing saves the
+//! job while it probes, so a restarted gateway resumes the period where it
+//! was. Any failed probe (or the job's deadline) is judged at once, never
+//! retried: the job goes to reverting, journaled with what failed as its
+//! cause, where the driver makes the bootloader revert
+//! ([`crate::child::Child::revert`]) and the version it runs afterwards is
+//! read back; the job fails with 10, "reverted: health check failed: …".
+//! A probed image is never confirmed and no job ends with it unconfirmed
+//! but one whose revert could not be read back (said so in its report).
 //!
 //! Confirming makes the new image permanent ([`crate::child::Child::confirm`]:
 //! MCUboot reverts an unconfirmed test image at the next boot; a no-op for
@@ -46,6 +61,12 @@ pub enum Phase {
     Activating,
     /// Reading the version back after the reboot.
     Verifying,
+    /// The target runs unconfirmed; the child must pass its health probes
+    /// for the configured time before the confirm (issue 15 item 2).
+    Probing,
+    /// A health probe failed: make the bootloader revert to the confirmed
+    /// image and read its version back.
+    Reverting,
     /// The target runs; make it permanent ([`crate::child::Child::confirm`]).
     Confirming,
     /// Done: the child runs the target version.
@@ -63,6 +84,8 @@ impl Phase {
             Phase::Delivering => "delivering",
             Phase::Activating => "activating",
             Phase::Verifying => "verifying",
+            Phase::Probing => "probing",
+            Phase::Reverting => "reverting",
             Phase::Confirming => "confirming",
             Phase::Succeeded => "succeeded",
             Phase::Failed => "failed",
@@ -77,6 +100,8 @@ impl Phase {
             "delivering" => Phase::Delivering,
             "activating" => Phase::Activating,
             "verifying" => Phase::Verifying,
+            "probing" => Phase::Probing,
+            "reverting" => Phase::Reverting,
             "confirming" => Phase::Confirming,
             "succeeded" => Phase::Succeeded,
             "failed" => Phase::Failed,
@@ -105,6 +130,10 @@ pub enum Work {
     /// Read the version, and activate only if it is not the target yet: a
     /// job resumed after a crash never activates twice blindly.
     Activate,
+    /// Probe the child's health until the period ends or a probe fails.
+    Probe,
+    /// Make the bootloader revert the unconfirmed image; read back.
+    Revert,
     /// Confirm the running target image (idempotent).
     Confirm,
     /// Nothing: the job is over.
@@ -126,6 +155,18 @@ pub enum Input {
     Activated,
     /// The child confirmed the running target image.
     Confirmed,
+    /// The child passed its health probes for the whole period.
+    Healthy,
+    /// A health probe failed: what failed, in the gateway's words.
+    Unhealthy(String),
+    /// The revert is done: the version the child runs now, and whether it
+    /// is no longer the target (the bootloader reverted).
+    Reverted {
+        /// The version read back.
+        version: String,
+        /// Whether the target no longer runs.
+        reverted: bool,
+    },
     /// A step failed ([`super::verdict`] says whether to retry it and
     /// what to report if the job ends on it).
     Failed(Verdict),
@@ -200,6 +241,9 @@ pub struct Machine {
     pub last_checkpoint: i64,
     /// Limits.
     pub limits: Limits,
+    /// Whether the child's confirm waits for health probes (its driver's
+    /// [`crate::child::Child::health`]; set by the engine, not journaled).
+    pub health: bool,
 }
 
 impl Machine {
@@ -218,6 +262,7 @@ impl Machine {
             last_report: None,
             last_checkpoint: 0,
             limits,
+            health: false,
         }
     }
 
@@ -228,6 +273,8 @@ impl Machine {
             Phase::Downloading => Work::Download,
             Phase::Delivering => Work::Deliver { from: self.offset },
             Phase::Activating => Work::Activate,
+            Phase::Probing => Work::Probe,
+            Phase::Reverting => Work::Revert,
             Phase::Confirming => Work::Confirm,
             Phase::Succeeded | Phase::Failed => Work::Done,
         }
@@ -248,7 +295,7 @@ impl Machine {
                 (20.0 + 75.0 * frac.min(1.0)) as u8
             }
             Phase::Activating => 96,
-            Phase::Verifying => 98,
+            Phase::Verifying | Phase::Probing | Phase::Reverting => 98,
             Phase::Confirming => 99,
             Phase::Succeeded => 100,
             Phase::Failed => self.last_report.map_or(0, |(p, _)| p),
@@ -370,7 +417,7 @@ impl Machine {
                 // may not be confirmed yet.
                 if self.is_target(&v) {
                     self.current_version = Some(v);
-                    self.transition(Phase::Confirming, now)
+                    self.transition(self.after_verify(), now)
                 } else {
                     self.current_version = Some(v);
                     Effects::default()
@@ -379,7 +426,7 @@ impl Machine {
             Phase::Verifying => {
                 if self.is_target(&v) {
                     self.current_version = Some(v);
-                    self.transition(Phase::Confirming, now)
+                    self.transition(self.after_verify(), now)
                 } else {
                     // The child answers with another version after the
                     // reboot: MCUboot reverted or the image did not take.
@@ -395,14 +442,87 @@ impl Machine {
         }
     }
 
+    /// Where a verified target goes: the health probes, or the confirm.
+    fn after_verify(&self) -> Phase {
+        if self.health {
+            Phase::Probing
+        } else {
+            Phase::Confirming
+        }
+    }
+
+    /// What the failed probe was, kept in the cause while reverting.
+    fn unhealthy_what(&self) -> String {
+        self.cause
+            .as_ref()
+            .filter(|c| c.kind == FailureCause::UNHEALTHY)
+            .map_or_else(|| "a health probe failed".to_owned(), |c| c.detail.clone())
+    }
+
+    /// A probe failed (or the deadline came while probing): revert.
+    fn unhealthy(&mut self, what: String, now: i64) -> Effects {
+        let e = self.transition(Phase::Reverting, now);
+        self.cause = Some(FailureCause::unhealthy(&what));
+        e
+    }
+
+    /// Inputs of the health-gated confirm's two phases.
+    fn health_input(&mut self, input: Input, now: i64) -> Effects {
+        let what = self.unhealthy_what();
+        match (self.phase, input) {
+            (Phase::Probing, Input::Healthy) => self.transition(Phase::Confirming, now),
+            (Phase::Probing, Input::Unhealthy(what)) => self.unhealthy(what, now),
+            (Phase::Probing, Input::DeadlinePassed) => self.unhealthy(
+                "the job's deadline came before the health check ended".into(),
+                now,
+            ),
+            (Phase::Reverting, Input::Reverted { version, reverted }) => {
+                let v = verdict(Failure::Unhealthy {
+                    what: &what,
+                    running: &version,
+                    reverted,
+                    not_read_back: None,
+                });
+                self.current_version = Some(self.policy.as_reported(&self.target, &version));
+                self.fail(v)
+            }
+            (Phase::Reverting, Input::Failed(failed)) => {
+                let mut v = verdict(Failure::Unhealthy {
+                    what: &what,
+                    running: "",
+                    reverted: false,
+                    not_read_back: Some(&failed.cause.detail),
+                });
+                v.retry = failed.retry;
+                let e = self.retry_or_fail(v, self.limits.max_retries);
+                if !self.phase.is_terminal() {
+                    // Keep what failed for the report once the revert is read back.
+                    self.cause = Some(FailureCause::unhealthy(&what));
+                }
+                e
+            }
+            (Phase::Reverting, Input::DeadlinePassed) => self.fail(verdict(Failure::Unhealthy {
+                what: &what,
+                running: "",
+                reverted: false,
+                not_read_back: Some("the job's deadline passed"),
+            })),
+            _ => Effects::default(),
+        }
+    }
+
     /// Feeds one input at Unix time `now`.
     pub fn handle(&mut self, input: Input, now: i64) -> Effects {
         if self.phase.is_terminal() {
             return Effects::default();
         }
+        if matches!(self.phase, Phase::Probing | Phase::Reverting) {
+            return self.health_input(input, now);
+        }
         match input {
             Input::DeadlinePassed => self.fail(verdict(Failure::Deadline(self.phase))),
             Input::Failed(v) => self.retry_or_fail(v, self.limits.max_retries),
+            Input::Healthy | Input::Unhealthy(_) | Input::Reverted { .. } => Effects::default(),
             Input::Version(v) => {
                 let v = self.policy.as_reported(&self.target, &v);
                 self.version_read(v, now)
@@ -623,6 +743,106 @@ mod tests {
         assert_eq!(j.cause.unwrap().step, "confirm");
     }
 
+    /// Issue 15 item 2: with a health check the verified target is probed
+    /// before its confirm; a failed probe reverts and fails with 10.
+    #[test]
+    fn a_health_check_gates_the_confirm_and_a_failure_reverts() {
+        let mut j = m();
+        j.health = true;
+        j.phase = Phase::Verifying;
+        let e = j.handle(Input::Version("2.0.0".into()), 10);
+        assert_eq!(
+            (j.phase, j.work(), e.persist),
+            (Phase::Probing, Work::Probe, true)
+        );
+        assert_eq!(j.last_checkpoint, 10, "the period counts from here");
+        // Nothing but the probes' verdict moves it.
+        assert_eq!(j.handle(Input::Confirmed, 11), Effects::default());
+        j.handle(Input::Healthy, 20);
+        assert_eq!(j.phase, Phase::Confirming);
+        assert_eq!(
+            j.handle(Input::Confirmed, 21)
+                .report
+                .unwrap()
+                .result_code
+                .get(),
+            0
+        );
+
+        // A failed probe: reverting, with what failed kept for the report.
+        let mut j = m();
+        j.health = true;
+        j.phase = Phase::Activating; // a restart after the reset reads first
+        j.handle(Input::Version("2.0.0".into()), 0);
+        assert_eq!(j.phase, Phase::Probing);
+        let e = j.handle(
+            Input::Unhealthy("no answer to the image state read".into()),
+            5,
+        );
+        assert!(e.persist);
+        assert_eq!((j.phase, j.work()), (Phase::Reverting, Work::Revert));
+        assert_eq!(j.cause.as_ref().unwrap().kind, FailureCause::UNHEALTHY);
+        // A revert that fails is retried, keeping the health cause.
+        let silent = failed(ChildError::unreachable(
+            Step::Revert,
+            "no answer after the reset",
+        ));
+        let e = j.handle(silent, 6);
+        assert!(e.backoff && e.report.is_none());
+        assert_eq!(j.cause.as_ref().unwrap().kind, FailureCause::UNHEALTHY);
+        let e = j.handle(
+            Input::Reverted {
+                version: "1.0.0".into(),
+                reverted: true,
+            },
+            7,
+        );
+        let r = e.report.unwrap();
+        assert_eq!((r.result_code.get(), r.version.as_str()), (10, "1.0.0"));
+        let d = r.description.unwrap();
+        assert!(
+            d.contains("reverted: health check failed: no answer to the image state read")
+                && d.contains("runs 1.0.0 again"),
+            "{d}"
+        );
+        assert_eq!(j.phase, Phase::Failed);
+
+        // The deadline while probing reverts too; while reverting it ends the job.
+        let mut j = m();
+        j.health = true;
+        j.phase = Phase::Probing;
+        j.handle(Input::DeadlinePassed, 0);
+        assert_eq!(j.phase, Phase::Reverting);
+        let r = j.handle(Input::DeadlinePassed, 1).report.unwrap();
+        assert_eq!(r.result_code.get(), 10);
+        let d = r.description.unwrap();
+        assert!(d.contains("health check failed: the job's deadline"), "{d}");
+        assert!(d.contains("not read back"), "{d}");
+
+        // A child that confirmed itself cannot be reverted: said so.
+        let mut j = m();
+        j.phase = Phase::Reverting;
+        j.cause = Some(FailureCause::unhealthy("echo answered EUNKNOWN"));
+        let r = j
+            .handle(
+                Input::Reverted {
+                    version: "2.0.0".into(),
+                    reverted: false,
+                },
+                1,
+            )
+            .report
+            .unwrap();
+        assert_eq!(r.version, "V2.0.0");
+        assert!(r.description.unwrap().contains("not reverted"));
+
+        // Without a health check the verified target goes to the confirm.
+        let mut j = m();
+        j.phase = Phase::Verifying;
+        j.handle(Input::Version("2.0.0".into()), 0);
+        assert_eq!(j.phase, Phase::Confirming);
+    }
+
     #[test]
     fn failures_by_phase() {
         // (phase, input, expected code)
@@ -750,6 +970,8 @@ mod tests {
             Phase::Delivering,
             Phase::Activating,
             Phase::Verifying,
+            Phase::Probing,
+            Phase::Reverting,
             Phase::Confirming,
             Phase::Succeeded,
             Phase::Failed,

@@ -61,8 +61,8 @@ pub struct JobStatus {
     pub id: i64,
     /// Target version.
     pub target: String,
-    /// queued, downloading, delivering, activating, verifying, confirming,
-    /// succeeded, failed.
+    /// queued, downloading, delivering, activating, verifying, probing,
+    /// reverting, confirming, succeeded, failed.
     pub phase: String,
     /// What operators and policies made of it (issue 15): `running`,
     /// `waiting_window`, `paused`, `held`, `cancelling`, or once ended

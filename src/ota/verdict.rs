@@ -54,6 +54,20 @@ pub enum Failure<'a> {
     /// child runs the image it ran before. What it was doing: its phase,
     /// or `waiting for the activation window`.
     Cancelled(&'a str),
+    /// The health-gated confirm (issue 15 item 2): a probe failed (`what`)
+    /// and the job reverted the child, which runs `running` afterwards
+    /// (`reverted`: it is no longer the target), or the revert could not
+    /// be read back (`not_read_back`: why).
+    Unhealthy {
+        /// What failed, in the gateway's words.
+        what: &'a str,
+        /// The version read back after the revert.
+        running: &'a str,
+        /// Whether the target no longer runs.
+        reverted: bool,
+        /// Why nothing could be read back, if so.
+        not_read_back: Option<&'a str>,
+    },
 }
 
 /// What ota does about a failure.
@@ -111,6 +125,14 @@ impl FailureCause {
                 v.description, v.code
             ),
         }
+    }
+
+    /// `kind` of the cause a reverting job keeps: the failed health probe.
+    pub const UNHEALTHY: &'static str = "health check failed";
+
+    /// The cause of a job whose health probe failed with `what`.
+    pub fn unhealthy(what: &str) -> Self {
+        own_cause("health check", Self::UNHEALTHY, what)
     }
 
     /// Whether the job waits on this cause rather than failed with it.
@@ -242,6 +264,39 @@ pub fn verdict(f: Failure<'_>) -> Verdict {
                 description,
             }
         }
+        Failure::Unhealthy {
+            what,
+            running,
+            reverted,
+            not_read_back,
+        } => {
+            let description = match (not_read_back, reverted) {
+                (Some(why), _) => format!(
+                    "{DESC_UPDATE_FAILED}: health check failed: {what}; the revert was not read \
+                     back ({why}): MCUboot reverts the unconfirmed image at the child's next boot"
+                ),
+                (None, true) => format!(
+                    "{DESC_UPDATE_FAILED}: reverted: health check failed: {what}; the child runs \
+                     {running} again"
+                ),
+                (None, false) => format!(
+                    "{DESC_UPDATE_FAILED}: health check failed: {what}; not reverted: the child \
+                     runs {running}, which it confirmed itself"
+                ),
+            };
+            Verdict {
+                retry: false,
+                code: ResultCode::INSTALL_FAIL,
+                cause: FailureCause {
+                    step: "health check".into(),
+                    offset: None,
+                    kind: FailureCause::UNHEALTHY.into(),
+                    device_said: (!running.is_empty()).then(|| format!("version {running}")),
+                    detail: what.into(),
+                },
+                description,
+            }
+        }
         Failure::Unconfigured(id) => {
             let description = format!("child {id} is no longer configured");
             Verdict {
@@ -295,7 +350,7 @@ fn child(e: &ChildError) -> Verdict {
         // the activation is a lost connection (6), after it a failed
         // update (10).
         ErrorKind::Unreachable | ErrorKind::Garbled | ErrorKind::LinkGone => match step {
-            Step::Activate | Step::Verify | Step::Confirm => (
+            Step::Activate | Step::Verify | Step::Confirm | Step::Probe | Step::Revert => (
                 true,
                 ResultCode::INSTALL_FAIL,
                 format!("{DESC_UPDATE_FAILED}: the child did not come back after the update ({e})"),

@@ -26,6 +26,17 @@
 //!   a NAT rebinding) and de-register. In queue mode it hears requests
 //!   only for `awake` after it last sent something.
 //!
+//! - Observe (RFC 7641 server side, [`SimOptions::observe`]): a GET of
+//!   `/5/0/3` or `/5/0/5` with `Observe: 0` registers its token (at most
+//!   [`MAX_OBSERVERS`]); every change of State or Update Result is
+//!   notified (CON or NON, sequence numbers counting up, in the format the
+//!   registration's Accept chose). A RST to a notification or a GET with
+//!   `Observe: 1` ends the observation; a reboot forgets them all. CON
+//!   notifications are sent once (not retransmitted, unlike RFC 7641
+//!   §4.5): a lost one is what the gateway's safety read is for.
+//!   [`ObserveMode::Refuse`] answers such GETs without the option, as a
+//!   client without Observe does (RFC 7641 §3.1), to test the fallback.
+//!
 //! Faults sit between the device and its socket (smoltcp's seam): loss,
 //! duplication, reordering (an extra random delay lets later datagrams
 //! overtake) and delay apply to both directions; a reboot after N blocks
@@ -85,6 +96,22 @@ impl Registering {
         }
     }
 }
+
+/// How the simulated child takes Observe registrations (RFC 7641).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ObserveMode {
+    /// Accept them; notifications are confirmable (the default).
+    #[default]
+    Con,
+    /// Accept them; notifications are non-confirmable.
+    Non,
+    /// Answer without the Observe option: not observable.
+    Refuse,
+}
+
+/// Observations a simulated child keeps; further registrations are
+/// answered without Observe (RFC 7641 §4.1 allows refusing).
+pub const MAX_OBSERVERS: usize = 8;
 
 /// Faults injected at the socket seam (both directions).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -151,6 +178,8 @@ pub struct SimOptions {
     /// 4.05), push only a Package URI (a non-empty `PUT /5/0/1` gets 4.05);
     /// default both.
     pub delivery_method: DeliveryMethod,
+    /// Observe on `/5/0/3` and `/5/0/5`.
+    pub observe: ObserveMode,
 }
 
 impl SimOptions {
@@ -171,6 +200,7 @@ impl SimOptions {
             register: None,
             formats: ContentFormat::NAMES.iter().map(|(_, f)| *f).collect(),
             delivery_method: DeliveryMethod::Both,
+            observe: ObserveMode::Con,
         }
     }
 }
@@ -198,6 +228,15 @@ pub struct SimStats {
     pub updates: u32,
     /// Requests not heard because the child slept (queue mode).
     pub slept_through: u32,
+    /// GETs of /5/0/3 answered, Observe registrations included.
+    pub state_reads: u32,
+    /// Observe registrations accepted.
+    pub observations: u32,
+    /// Notifications sent.
+    pub notifications: u64,
+    /// Observations the gateway ended (RST to a notification, or a GET
+    /// with `Observe: 1`).
+    pub observe_cancelled: u32,
 }
 
 /// Why the simulator could not start.
@@ -265,6 +304,24 @@ struct Device {
     /// Its socket's address (it moves with [`CoapChildSim::rebind`]).
     addr: SocketAddr,
     reg: RegState,
+    /// Observations of /5/0/3 and /5/0/5 (RFC 7641).
+    observers: Vec<Observer>,
+}
+
+/// One observation the child serves.
+#[derive(Debug)]
+struct Observer {
+    peer: SocketAddr,
+    token: Vec<u8>,
+    /// "5/0/3" or "5/0/5".
+    path: &'static str,
+    format: ContentFormat,
+    /// The last sequence number sent (RFC 7641 §4.4).
+    seq: u32,
+    /// The value last sent.
+    value: i64,
+    /// Message ids of the notifications sent, to match a RST.
+    sent: Vec<u16>,
 }
 
 /// A registering child's side of the Registration interface.
@@ -367,6 +424,7 @@ impl CoapChildSim {
             exchange_seed,
             muted: HashSet::new(),
             readings: HashMap::new(),
+            observers: Vec::new(),
             opts,
         }));
         let (stop, stopped) = oneshot::channel();
@@ -462,6 +520,17 @@ impl CoapChildSim {
             Some(v) => d.readings.insert(key, v.to_string()),
             None => d.readings.remove(&key),
         };
+    }
+
+    /// Observations it serves now.
+    pub fn observers(&self) -> usize {
+        lock(&self.device).observers.len()
+    }
+
+    /// Forgets its observations without a word, as a child whose
+    /// observation list was lost does: notifications stop.
+    pub fn forget_observations(&self) {
+        lock(&self.device).observers.clear();
     }
 
     /// Makes a whole image with this SHA-256 carry `version`.
@@ -572,6 +641,8 @@ impl Device {
                 Dir::In if self.asleep(now) && bytes.len() > 1 && (1..32).contains(&bytes[1]) => {
                     self.stats.slept_through += 1;
                 }
+                // A RST to a notification ends its observation (RFC 7641 §3.6).
+                Dir::In if self.observation_reset(peer, &bytes) => {}
                 Dir::In => {
                     let _ = self.ex.handle_datagram(peer, &bytes, now);
                 }
@@ -585,6 +656,9 @@ impl Device {
                 break;
             }
             self.on_event(ev, now);
+        }
+        if self.rebooting.is_none() {
+            self.notify(now);
         }
         while let Some(t) = self.ex.poll_transmit() {
             self.sent(now);
@@ -731,7 +805,128 @@ impl Device {
                     self.abort_download(UpdateResult::ConnectionLost);
                 }
             }
+            // The child observes nothing itself.
+            ExchangeEvent::Notification { .. } => {}
         }
+    }
+
+    /// `bytes` is a RST (RFC 7252 §3: type 3, code 0) to a notification
+    /// it sent `peer`: that observation ends.
+    fn observation_reset(&mut self, peer: SocketAddr, bytes: &[u8]) -> bool {
+        if bytes.len() < 4 || bytes[0] >> 4 & 3 != 3 || bytes[1] != 0 {
+            return false;
+        }
+        let mid = u16::from_be_bytes([bytes[2], bytes[3]]);
+        let before = self.observers.len();
+        self.observers
+            .retain(|o| !(o.peer == peer && o.sent.contains(&mid)));
+        let ended = before - self.observers.len();
+        self.stats.observe_cancelled += ended as u32;
+        ended > 0
+    }
+
+    /// The value of an observable resource now.
+    fn observed_value(&self, path: &str) -> i64 {
+        if path == "5/0/3" {
+            self.state as i64
+        } else {
+            self.result as i64
+        }
+    }
+
+    /// Notifies every observer whose resource changed (RFC 7641 §4.2).
+    fn notify(&mut self, now: Instant) {
+        let con = self.opts.observe != ObserveMode::Non;
+        for i in 0..self.observers.len() {
+            let value = self.observed_value(self.observers[i].path);
+            let o = &mut self.observers[i];
+            if o.value == value {
+                continue;
+            }
+            o.value = value;
+            o.seq = (o.seq + 1) & 0x00ff_ffff;
+            let Ok(path) = Path::parse(o.path) else {
+                continue;
+            };
+            let item = ItemPath {
+                resource: path,
+                instance: None,
+            };
+            let Ok(body) = content::encode(o.format, &[(item, Value::Integer(value))]) else {
+                continue;
+            };
+            let mut p = otabridge_codecs::coap::observe::notification(o.seq, &body);
+            msg::set_uint(&mut p, CoapOption::ContentFormat, u32::from(o.format.0));
+            p.header.set_type(if con {
+                otabridge_codecs::coap::MessageType::Confirmable
+            } else {
+                otabridge_codecs::coap::MessageType::NonConfirmable
+            });
+            let (peer, token) = (o.peer, o.token.clone());
+            p.set_token(token);
+            let mid = self.ex.next_message_id(&peer);
+            p.header.message_id = mid;
+            let o = &mut self.observers[i];
+            o.sent.push(mid);
+            if o.sent.len() > 16 {
+                o.sent.remove(0);
+            }
+            if let Ok(bytes) = msg::encode(&p, msg::DEFAULT_MAX_MESSAGE) {
+                self.stats.notifications += 1;
+                self.sent(now);
+                self.seam.pass(Dir::Out, peer, bytes, now);
+            }
+        }
+    }
+
+    /// A GET of an observable resource: registers or deregisters an
+    /// observation as its Observe option asks (RFC 7641 §3.1, §3.6) and
+    /// answers with the value, with the Observe option when registered.
+    fn observable_read(
+        &mut self,
+        req: &IncomingRequest<SocketAddr>,
+        path: &'static str,
+        now: Instant,
+    ) {
+        let value = self.observed_value(path);
+        let observe = msg::uint(&req.packet, CoapOption::Observe).ok().flatten();
+        let (peer, token) = (req.peer, req.packet.get_token().to_vec());
+        if observe.is_some() {
+            // A new registration with the same token replaces the old
+            // one (RFC 7641 §4.1); a deregistration removes it.
+            let before = self.observers.len();
+            self.observers
+                .retain(|o| !(o.peer == peer && o.token == token));
+            if observe == Some(otabridge_codecs::coap::observe::DEREGISTER) {
+                self.stats.observe_cancelled += (before - self.observers.len()) as u32;
+            }
+        }
+        let register = observe == Some(otabridge_codecs::coap::observe::REGISTER)
+            && self.opts.observe != ObserveMode::Refuse
+            && self.observers.len() < MAX_OBSERVERS;
+        let packet = match self.read_packet(req, path, vec![(None, Value::Integer(value))]) {
+            Ok(p) => p,
+            Err(code) => return self.reply(req, code, b"", now),
+        };
+        let mut packet = packet;
+        if register {
+            let format = msg::uint(&packet, CoapOption::ContentFormat)
+                .ok()
+                .flatten()
+                .map_or(ContentFormat::TEXT_PLAIN, |f| ContentFormat(f as u16));
+            self.observers.push(Observer {
+                peer,
+                token,
+                path,
+                format,
+                seq: 0,
+                value,
+                sent: Vec::new(),
+            });
+            self.stats.observations += 1;
+            msg::set_uint(&mut packet, CoapOption::Observe, 0);
+        }
+        let _ = self.ex.respond(req, packet, now);
     }
 
     fn reply(
@@ -755,8 +950,24 @@ impl Device {
         values: Vec<(Option<u16>, Value)>,
         now: Instant,
     ) {
+        match self.read_packet(req, path, values) {
+            Ok(p) => {
+                let _ = self.ex.respond(req, p, now);
+            }
+            Err(code) => self.reply(req, code, b"", now),
+        }
+    }
+
+    /// The answer to a read of `path` (see [`Device::read_reply`]), or the
+    /// error code to answer with.
+    fn read_packet(
+        &self,
+        req: &IncomingRequest<SocketAddr>,
+        path: &str,
+        values: Vec<(Option<u16>, Value)>,
+    ) -> Result<Packet, Code> {
         let Ok(path) = Path::parse(path) else {
-            return self.reply(req, Code::NOT_FOUND, b"", now);
+            return Err(Code::NOT_FOUND);
         };
         let accept = msg::uint(&req.packet, CoapOption::Accept)
             .ok()
@@ -764,7 +975,7 @@ impl Device {
             .map(|a| ContentFormat(u16::try_from(a).unwrap_or(u16::MAX)));
         let format = match accept {
             Some(a) if self.opts.formats.contains(&a) => a,
-            Some(_) => return self.reply(req, Code::NOT_ACCEPTABLE, b"", now),
+            Some(_) => return Err(Code::NOT_ACCEPTABLE),
             None => self
                 .opts
                 .formats
@@ -789,9 +1000,9 @@ impl Device {
                 let mut p = msg::response(Code::CONTENT);
                 msg::set_uint(&mut p, CoapOption::ContentFormat, u32::from(format.0));
                 p.payload = bytes;
-                let _ = self.ex.respond(req, p, now);
+                Ok(p)
             }
-            Err(_) => self.reply(req, Code::NOT_ACCEPTABLE, b"", now),
+            Err(_) => Err(Code::NOT_ACCEPTABLE),
         }
     }
 
@@ -806,13 +1017,10 @@ impl Device {
                 self.read_reply(&req, "3/0/3", v, now)
             }
             (Code::GET, ["5", "0", "3"]) => {
-                let v = int(self.state as i64);
-                self.read_reply(&req, "5/0/3", v, now)
+                self.stats.state_reads += 1;
+                self.observable_read(&req, "5/0/3", now)
             }
-            (Code::GET, ["5", "0", "5"]) => {
-                let v = int(self.result as i64);
-                self.read_reply(&req, "5/0/5", v, now)
-            }
+            (Code::GET, ["5", "0", "5"]) => self.observable_read(&req, "5/0/5", now),
             // 5.xml /5/0/9 as configured; CoAP only (/5/0/8 one instance, 0).
             (Code::GET, ["5", "0", "9"]) => {
                 let v = int(self.opts.delivery_method as i64);
@@ -1150,6 +1358,9 @@ impl Device {
         self.pull = None;
         self.transfer = None;
         self.muted.clear();
+        // RAM: observations are forgotten (the gateway's RSTs and safety
+        // reads cope).
+        self.observers.clear();
         // An LwM2M client registers after every boot (its RAM forgot the
         // registration).
         if self.opts.register.is_some() {

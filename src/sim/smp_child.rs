@@ -12,7 +12,13 @@
 //! first chunk of each upload session, a power cycle once the device holds a
 //! given number of bytes (the session in RAM is lost, the device is silent
 //! while it boots and prints a banner), and pacing of both directions to a
-//! line rate (115200 baud 8N1 = 11520 B/s).
+//! line rate (115200 baud 8N1 = 11520 B/s). For the health-gated confirm
+//! (issue 15 item 2), a device that boots its new test image and then
+//! fails: its application hangs until a watchdog reboots it, crashes and
+//! reboots by itself, or answers its own commands (echo) with an error
+//! (`health=hang|crash|fail`, `sick-after-ms=`, `watchdog-ms=`). Every
+//! reboot of an unconfirmed test image is a revert (MCUboot), which heals
+//! it.
 //!
 //! The device reads lines through [`RxBuffers`]: `rx-bufs` line buffers
 //! (Zephyr's `CONFIG_UART_MCUMGR_RX_BUF_COUNT`, default 2) in front of a
@@ -76,6 +82,28 @@ pub struct Faults {
     /// Time the device spends on each request before answering
     /// (`work-ms=`, default 0).
     pub work: Duration,
+    /// How a new image fails after its test boot (`health=`), if it does.
+    pub sick: Option<Sickness>,
+    /// How long the new image runs well after its test boot before it
+    /// fails (`sick-after-ms=`, default 0).
+    pub sick_after: Duration,
+    /// A hung application's watchdog: the device reboots this long after
+    /// it hung (`watchdog-ms=`, default 3000).
+    pub watchdog: Duration,
+}
+
+/// How a new image fails after its test boot, while it is not confirmed
+/// (issue 15 item 2: a "boots then fails its probes" child).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sickness {
+    /// The application hangs: nothing answers until its watchdog reboots
+    /// it (`hang`).
+    Hang,
+    /// The application crashes and the device reboots by itself (`crash`).
+    Crash,
+    /// The application's own commands (echo, groups 64 and up) answer an
+    /// error (`fail`).
+    Fail,
 }
 
 impl Default for Faults {
@@ -90,6 +118,9 @@ impl Default for Faults {
             pace_baud: None,
             rx_bufs: 2,
             work: Duration::ZERO,
+            sick: None,
+            sick_after: Duration::ZERO,
+            watchdog: Duration::from_secs(3),
         }
     }
 }
@@ -102,7 +133,7 @@ pub enum FaultsError {
     NotPair(String),
     /// An unknown fault name.
     #[error(
-        "unknown fault '{0}' (drop, crc, noise, erase-ms, reboot-at, boot-ms, pace, rx-bufs, work-ms)"
+        "unknown fault '{0}' (drop, crc, noise, erase-ms, reboot-at, boot-ms, pace, rx-bufs, work-ms, health, sick-after-ms, watchdog-ms)"
     )]
     Unknown(String),
     /// A value that does not fit its fault.
@@ -152,6 +183,16 @@ impl FromStr for Faults {
                 "reboot-at" => f.reboot_at = Some(num()?),
                 "boot-ms" => f.boot_time = Duration::from_millis(num()?),
                 "work-ms" => f.work = Duration::from_millis(num()?),
+                "sick-after-ms" => f.sick_after = Duration::from_millis(num()?),
+                "watchdog-ms" => f.watchdog = Duration::from_millis(num()?),
+                "health" => {
+                    f.sick = Some(match value {
+                        "hang" => Sickness::Hang,
+                        "crash" => Sickness::Crash,
+                        "fail" => Sickness::Fail,
+                        _ => return Err(bad("is not hang, crash or fail")),
+                    })
+                }
                 "rx-bufs" => {
                     let n = num()?;
                     let n = usize::try_from(n).ok().filter(|n| (1..=64).contains(n));
@@ -222,6 +263,8 @@ pub struct SimStats {
     pub rx_bytes: u64,
     /// Bytes the device wrote to the line.
     pub tx_bytes: u64,
+    /// Times a new image fell sick after its test boot (`health=`).
+    pub sick: u64,
 }
 
 #[derive(Debug, Default)]
@@ -295,6 +338,8 @@ impl SmpChild {
                     origin: tokio::time::Instant::now(),
                     silent_until: None,
                     rebooted: false,
+                    sick_at: None,
+                    watchdog_at: None,
                 }
                 .run(in_rx),
             ),
@@ -506,6 +551,10 @@ struct Device {
     /// After a power cycle: nothing reads the UART until then.
     silent_until: Option<tokio::time::Instant>,
     rebooted: bool,
+    /// When the new test image falls sick (`health=`).
+    sick_at: Option<tokio::time::Instant>,
+    /// When the watchdog reboots a hung application.
+    watchdog_at: Option<tokio::time::Instant>,
 }
 
 impl Device {
@@ -534,6 +583,10 @@ impl Device {
                 .flatten()
                 .min()
                 .map(|t| self.tokio_at(t));
+            let wake = [wake, self.sick_at, self.watchdog_at]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 line = from_line.recv() => {
                     let Some((arrived, line)) = line else { return };
@@ -545,6 +598,7 @@ impl Device {
                     self.read_buffers(t).await;
                 }
                 _ = crate::child::sleep_until_opt(wake) => {
+                    self.health_faults().await;
                     let now = self.now();
                     self.dev.handle_timeout(now);
                     self.collect_events();
@@ -552,6 +606,57 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// The `health=` faults that are due: the new image falls sick, or a
+    /// hung one's watchdog fires.
+    async fn health_faults(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.watchdog_at.is_some_and(|t| t <= now) {
+            self.watchdog_at = None;
+            info!("smp-child: the watchdog reboots the hung application");
+            self.power_cycle().await;
+        }
+        if self.sick_at.is_none_or(|t| t > now) {
+            return;
+        }
+        self.sick_at = None;
+        if self.dev.running_confirmed() {
+            return; // confirmed before it fell sick: healthy for good
+        }
+        self.shared().stats.sick += 1;
+        match self.faults.sick {
+            Some(Sickness::Hang) => {
+                info!("smp-child: the new image hangs");
+                self.dev.set_hung(true);
+                self.watchdog_at = Some(now + self.faults.watchdog);
+            }
+            Some(Sickness::Crash) => {
+                info!("smp-child: the new image crashes; the device reboots");
+                self.power_cycle().await;
+            }
+            Some(Sickness::Fail) => {
+                info!("smp-child: the new image's commands fail");
+                self.dev.set_app_failing(true);
+            }
+            None => {}
+        }
+    }
+
+    /// Power lost (or a crash, a watchdog): the device reboots at once,
+    /// is silent for `boot-ms` and prints a banner.
+    async fn power_cycle(&mut self) {
+        self.dev.power_cycle(self.now());
+        self.collect_events();
+        self.silent_until = Some(tokio::time::Instant::now() + self.faults.boot_time);
+        self.shared().stats.power_cycles += 1;
+        let banner = b"*** Booting Zephyr OS build v3.7.0 ***\r\n".to_vec();
+        let out = self.out.clone();
+        let boot = self.faults.boot_time;
+        tokio::spawn(async move {
+            tokio::time::sleep(boot).await;
+            let _ = out.send((tokio::time::Instant::now(), banner)).await;
+        });
     }
 
     /// The device reads the lines waiting in its buffers that it gets to
@@ -587,6 +692,14 @@ impl Device {
                     s.stats.resumed_at.push(*off);
                 }
                 other => debug!("smp-child: {other:?}"),
+            }
+            if let SimEvent::Booted { reverted, .. } = &ev {
+                // A test boot of a new image (not a revert): it falls sick
+                // after a while, if it is to; any other boot heals it.
+                let test_boot = !reverted && !self.dev.running_confirmed();
+                self.sick_at = (test_boot && self.faults.sick.is_some())
+                    .then(|| tokio::time::Instant::now() + self.faults.sick_after);
+                self.watchdog_at = None;
             }
             if matches!(
                 ev,
@@ -635,17 +748,7 @@ impl Device {
                 if !self.rebooted && held >= at {
                     // Power lost before the answer left the UART.
                     self.rebooted = true;
-                    self.dev.power_cycle(self.now());
-                    self.collect_events();
-                    self.silent_until = Some(tokio::time::Instant::now() + self.faults.boot_time);
-                    self.shared().stats.power_cycles += 1;
-                    let banner = b"*** Booting Zephyr OS build v3.7.0 ***\r\n".to_vec();
-                    let out = self.out.clone();
-                    let boot = self.faults.boot_time;
-                    tokio::spawn(async move {
-                        tokio::time::sleep(boot).await;
-                        let _ = out.send((tokio::time::Instant::now(), banner)).await;
-                    });
+                    self.power_cycle().await;
                     return;
                 }
             }
@@ -733,6 +836,21 @@ mod tests {
         assert_eq!(f.boot_time, Duration::from_millis(50));
         assert_eq!(f.pace_baud, Some(115_200));
         assert_eq!("".parse::<Faults>().unwrap(), Faults::default());
+        let h: Faults = "health=crash,sick-after-ms=500,watchdog-ms=900"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (h.sick, h.sick_after, h.watchdog),
+            (
+                Some(Sickness::Crash),
+                Duration::from_millis(500),
+                Duration::from_millis(900)
+            )
+        );
+        assert!(matches!(
+            "health=sad".parse::<Faults>(),
+            Err(FaultsError::BadValue { .. })
+        ));
         assert_eq!(
             "drop".parse::<Faults>(),
             Err(FaultsError::NotPair("drop".into()))

@@ -113,6 +113,10 @@ pub enum ConfigError {
 /// Peers whose message id sequence is remembered (see `alloc_mid`).
 const MAX_MID_PEERS: usize = 65_536;
 
+/// Observation tokens kept at once ([`Exchanges::keep_token`]): bounds
+/// memory whatever the peers and users do.
+pub const MAX_OBSERVATIONS: usize = 4096;
+
 /// Identifies a request started with [`Exchanges::start_request`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
@@ -174,6 +178,17 @@ pub enum ExchangeEvent<P> {
         id: RequestId,
         /// The peer.
         peer: P,
+    },
+    /// A notification of an observation whose token request `id` left
+    /// behind ([`Exchanges::keep_token`]; RFC 7641 §3.2): already ACKed
+    /// when confirmable, reported once however often it is retransmitted.
+    Notification {
+        /// The request that registered the observation.
+        id: RequestId,
+        /// The peer.
+        peer: P,
+        /// The notification.
+        response: Packet,
     },
 }
 
@@ -260,6 +275,9 @@ pub struct Exchanges<P> {
     /// datagram (that scan was a third of a 100-child pull fan-out's
     /// instructions).
     seen_order: [VecDeque<(Instant, (P, u16))>; 2],
+    /// Tokens of established observations (RFC 7641 §3.2), to the request
+    /// that registered them.
+    observed: HashMap<(P, Vec<u8>), RequestId>,
     transmits: VecDeque<Transmit<P>>,
     events: VecDeque<ExchangeEvent<P>>,
 }
@@ -294,6 +312,7 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
             outstanding: Vec::new(),
             seen: HashMap::new(),
             seen_order: [VecDeque::new(), VecDeque::new()],
+            observed: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         })
@@ -347,8 +366,55 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
     /// answer a new request with the reply to an old one.
     pub fn peer_moved(&mut self, from: &P, to: P) {
         if let Some(m) = self.mids.get(from).copied() {
-            self.mids.insert(to, m);
+            self.mids.insert(to.clone(), m);
         }
+        // Its observations notify from the new address (the server's
+        // endpoint moved, the observation did not: RFC 7641 §3.2 matches
+        // by token and endpoint).
+        let moved: Vec<_> = self
+            .observed
+            .keys()
+            .filter(|(p, _)| p == from)
+            .cloned()
+            .collect();
+        for key in moved {
+            if let Some(id) = self.observed.remove(&key) {
+                self.observed.insert((to.clone(), key.1), id);
+            }
+        }
+    }
+
+    /// Keeps `token` of request `id` (answered by `peer`) after its
+    /// response: the peer accepted an observation (RFC 7641 §3.1), and its
+    /// notifications come out as [`ExchangeEvent::Notification`] until
+    /// [`Exchanges::forget_token`]. `false` when [`MAX_OBSERVATIONS`] are
+    /// kept already (the caller polls instead).
+    pub fn keep_token(&mut self, peer: P, token: Vec<u8>, id: RequestId) -> bool {
+        let key = (peer, token);
+        if self.observed.len() >= MAX_OBSERVATIONS && !self.observed.contains_key(&key) {
+            return false;
+        }
+        self.observed.insert(key, id);
+        true
+    }
+
+    /// Forgets the observation request `id` registered: its next
+    /// notification is rejected with RST, which cancels it at the server
+    /// (RFC 7641 §3.6).
+    pub fn forget_token(&mut self, id: RequestId) {
+        self.observed.retain(|_, v| *v != id);
+    }
+
+    /// Observations kept ([`Exchanges::keep_token`]).
+    pub fn observations(&self) -> usize {
+        self.observed.len()
+    }
+
+    /// A fresh message id for `peer`, from the same per-peer sequence as
+    /// requests (RFC 7252 §4.4): for a message the caller builds itself,
+    /// such as a server's notification (RFC 7641 §4.2; the simulators).
+    pub fn next_message_id(&mut self, peer: &P) -> u16 {
+        self.alloc_mid(peer)
     }
 
     /// Sends request `id` to `to` instead of its peer (the peer moved: an
@@ -553,12 +619,28 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
             .outstanding
             .iter()
             .position(|o| o.peer == peer && o.token == packet.get_token());
-        let reply = match (found, con) {
+        // RFC 7641 §3.2: a notification matches an observation by token
+        // and endpoint.
+        let observation = match found {
+            Some(_) => None,
+            None => self
+                .observed
+                .get(&(peer.clone(), packet.get_token().to_vec()))
+                .copied(),
+        };
+        let known = found.is_some() || observation.is_some();
+        let reply = match (known, con) {
             // RFC 7252 §5.2.2: the client ACKs a CON separate response; if it
             // comes before the empty ACK, it acknowledges the request too.
-            (Some(_), true) => Some(empty(MessageType::Acknowledgement, mid)),
+            // RFC 7641 §4.5: a CON notification is ACKed like one.
+            (true, true) => Some(empty(MessageType::Acknowledgement, mid)),
             // RFC 7252 §4.2 and §5.3.2: a CON we cannot match is rejected.
-            (None, true) => Some(empty(MessageType::Reset, mid)),
+            (false, true) => Some(empty(MessageType::Reset, mid)),
+            // RFC 7641 §3.6: a NON notification nobody observes any more is
+            // rejected too, so that the server stops sending them.
+            (false, false) if super::observe::sequence(&packet).is_some() => {
+                Some(empty(MessageType::Reset, mid))
+            }
             (_, false) => None,
         };
         self.remember((peer.clone(), mid), now, lifetime, reply.clone());
@@ -574,6 +656,12 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
             self.events.push_back(ExchangeEvent::Response {
                 id: o.id,
                 peer: o.peer,
+                response: packet,
+            });
+        } else if let Some(id) = observation {
+            self.events.push_back(ExchangeEvent::Notification {
+                id,
+                peer,
                 response: packet,
             });
         }
@@ -678,10 +766,15 @@ impl<P: Clone + Eq + Hash + Debug> Exchanges<P> {
                     t
                 }
             };
-            if !self
-                .outstanding
-                .iter()
-                .any(|o| &o.peer == peer && o.token == token)
+            // Nor an observation's token: its notifications would answer
+            // the new request (RFC 7641 §3.2).
+            let observing = !self.observed.is_empty()
+                && self.observed.contains_key(&(peer.clone(), token.clone()));
+            if !observing
+                && !self
+                    .outstanding
+                    .iter()
+                    .any(|o| &o.peer == peer && o.token == token)
             {
                 return token;
             }
@@ -1077,6 +1170,103 @@ mod tests {
         // After EXCHANGE_LIFETIME the MID is new again.
         e.handle_datagram(PEER, &get, at(247_000)).unwrap();
         assert!(matches!(e.poll_event(), Some(ExchangeEvent::Request(_))));
+    }
+
+    #[test]
+    fn notifications_of_a_kept_token_are_acked_and_reported_once() {
+        let mut e = engine();
+        let id = e
+            .start_request(PEER, request(Code::GET, &["5", "0", "3"]), at(0))
+            .unwrap();
+        let _ = drain(&mut e);
+        // ACK 2.05 Observe 1, payload "1": the observation is accepted.
+        e.handle_datagram(PEER, &h("61 45 10 00 a0 61 01 ff 31"), at(10))
+            .unwrap();
+        assert!(matches!(
+            e.poll_event(),
+            Some(ExchangeEvent::Response { .. })
+        ));
+        assert!(e.keep_token(PEER, vec![0xa0], id));
+        // CON notification, its own MID 0x5000, Observe 2, payload "2".
+        let n = h("41 45 50 00 a0 61 02 ff 32");
+        e.handle_datagram(PEER, &n, at(1000)).unwrap();
+        assert_eq!(drain(&mut e), vec![h("60 00 50 00")], "ACKed");
+        let Some(ExchangeEvent::Notification {
+            id: got, response, ..
+        }) = e.poll_event()
+        else {
+            panic!("no notification")
+        };
+        assert_eq!(got, id);
+        assert_eq!(response.payload, b"2");
+        // Its retransmission is ACKed again, not reported again.
+        e.handle_datagram(PEER, &n, at(3000)).unwrap();
+        assert_eq!(drain(&mut e), vec![h("60 00 50 00")]);
+        assert_eq!(e.poll_event(), None);
+        // A NON notification: no ACK, reported.
+        e.handle_datagram(PEER, &h("51 45 50 01 a0 61 03 ff 33"), at(4000))
+            .unwrap();
+        assert!(drain(&mut e).is_empty());
+        assert!(matches!(
+            e.poll_event(),
+            Some(ExchangeEvent::Notification { .. })
+        ));
+        // The same token from another peer is not this observation.
+        e.handle_datagram(8, &h("41 45 50 02 a0 61 04 ff 34"), at(5000))
+            .unwrap();
+        assert_eq!(drain(&mut e), vec![h("70 00 50 02")]);
+        assert_eq!(e.poll_event(), None);
+        // A new request never reuses the observation's token.
+        e.start_request(PEER, request(Code::GET, &["x"]), at(5000))
+            .unwrap();
+        let sent = drain(&mut e);
+        assert_ne!(sent[0][4], 0xa0);
+    }
+
+    #[test]
+    fn a_forgotten_token_gets_rst_con_and_non() {
+        let mut e = engine();
+        let id = e
+            .start_request(PEER, request(Code::GET, &["5", "0", "5"]), at(0))
+            .unwrap();
+        let _ = drain(&mut e);
+        e.handle_datagram(PEER, &h("61 45 10 00 a0 61 01 ff 30"), at(10))
+            .unwrap();
+        let _ = e.poll_event();
+        assert!(e.keep_token(PEER, vec![0xa0], id));
+        assert_eq!(e.observations(), 1);
+        e.forget_token(id);
+        assert_eq!(e.observations(), 0);
+        // RFC 7641 §3.6: the next notification is rejected, CON or NON.
+        e.handle_datagram(PEER, &h("41 45 60 00 a0 61 02 ff 31"), at(20))
+            .unwrap();
+        e.handle_datagram(PEER, &h("51 45 60 01 a0 61 03 ff 31"), at(30))
+            .unwrap();
+        assert_eq!(drain(&mut e), vec![h("70 00 60 00"), h("70 00 60 01")]);
+        assert_eq!(e.poll_event(), None);
+        // A late NON response without Observe is still only ignored.
+        e.handle_datagram(PEER, &h("51 45 60 02 a0 ff 31"), at(40))
+            .unwrap();
+        assert!(drain(&mut e).is_empty());
+    }
+
+    #[test]
+    fn observations_follow_a_moved_peer_and_are_bounded() {
+        let mut e = engine();
+        let id = RequestId(99);
+        assert!(e.keep_token(PEER, vec![0xee], id));
+        e.peer_moved(&PEER, 9);
+        e.handle_datagram(9, &h("51 45 70 00 ee 61 05"), at(0))
+            .unwrap();
+        assert!(matches!(
+            e.poll_event(),
+            Some(ExchangeEvent::Notification { id: got, peer: 9, .. }) if got == id
+        ));
+        for i in 0..MAX_OBSERVATIONS as u64 {
+            let _ = e.keep_token(10, i.to_be_bytes().to_vec(), RequestId(i));
+        }
+        assert_eq!(e.observations(), MAX_OBSERVATIONS);
+        assert!(!e.keep_token(11, vec![1], RequestId(1)));
     }
 
     #[test]

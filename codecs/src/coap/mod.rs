@@ -43,6 +43,7 @@
 //! - [`msg`]: strict decoding over `coap_lite::Packet`, codes, option access.
 //! - [`exchange`]: the confirmable-exchange engine.
 //! - [`peer`]: the peer engine (NSTART, held requests, pushes) on top.
+//! - [`observe`]: Observe (RFC 7641): registering, notification order.
 //! - [`push`]: the Block1 push engine.
 //! - [`serve`]: the Block2 server.
 //! - [`source`]: reading an image by offset ([`ReadAt`]).
@@ -55,6 +56,7 @@
 pub mod block;
 pub mod exchange;
 pub mod msg;
+pub mod observe;
 pub mod peer;
 pub mod push;
 pub mod serve;
@@ -67,6 +69,7 @@ pub use exchange::{
     ExchangeConfig, ExchangeEvent, Exchanges, IncomingRequest, RequestId, Transmit,
 };
 pub use msg::Code;
+pub use observe::Freshness;
 pub use peer::{OpId, PeerEvent, Peers, StartPushError};
 pub use push::{Block1Push, PushConfig, PushEvent, PushFailure, TransportFailure};
 pub use serve::{serve_block2, Block2Reply, PackageInfo, PackageStore, ServeConfig, ServedBlock};

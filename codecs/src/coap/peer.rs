@@ -13,9 +13,20 @@
 //!   after its answer (a status read during a long transfer neither waits
 //!   for the whole image nor breaks NSTART).
 //!
-//! Requests from peers (the server role: Block2 GETs of a package today,
-//! LwM2M Register/Update/De-register and Observe notifications later) come
-//! out as [`PeerEvent::Request`] and are answered with [`Peers::respond`];
+//! Requests from peers (the server role: Block2 GETs of a package, LwM2M
+//! Register/Update/De-register) come out as [`PeerEvent::Request`] and are
+//! answered with [`Peers::respond`].
+//!
+//! Observations (RFC 7641, [`super::observe`]): a request whose answer
+//! carries the Observe option (a GET with `Observe: 0` the peer accepted)
+//! stays alive after its [`PeerEvent::Response`]: the peer's notifications
+//! come out as [`PeerEvent::Notification`] with the request's [`OpId`]
+//! until [`Peers::cancel`] of that op (the next notification then gets
+//! RST, RFC 7641 §3.6) or a notification that ends it (not 2.xx, or
+//! without Observe). Notifications take no NSTART turn: they are
+//! responses, not requests of ours.
+//!
+//! Per peer,
 //! the per-peer state is where a registration's address, binding and
 //! queue-mode window will live, so that requests to a sleeping client wait
 //! in the same queue.
@@ -52,6 +63,7 @@ use super::exchange::{
     RequestError, RequestId, RespondError, Transmit,
 };
 use super::msg::{self, Code};
+use super::observe;
 use super::push::{
     Block1Push, PushConfig, PushConfigError, PushEvent, PushFailure, TransportFailure,
 };
@@ -106,6 +118,17 @@ pub enum PeerEvent<P> {
     },
     /// A new request from a peer, to be answered with [`Peers::respond`].
     Request(IncomingRequest<P>),
+    /// A notification of the observation request `op` registered (see the
+    /// module doc). Not ordered: the user applies RFC 7641 §3.4
+    /// ([`super::Freshness`]).
+    Notification {
+        /// The request that registered the observation.
+        op: OpId,
+        /// The peer.
+        peer: P,
+        /// The notification.
+        response: Packet,
+    },
 }
 
 /// Why [`Peers::start_push`] refused a push.
@@ -160,6 +183,9 @@ pub struct Peers<P, R> {
     peers: HashMap<P, Peer<R>>,
     /// Exchange ids of our requests in flight, to their peer.
     exchanges: HashMap<RequestId, P>,
+    /// Established observations: the exchange id that registered each, to
+    /// its op.
+    observing: HashMap<RequestId, OpId>,
     next_op: u64,
     events: VecDeque<PeerEvent<P>>,
 }
@@ -171,6 +197,7 @@ impl<P: Clone + Eq + Hash + Debug, R: ReadAt> Peers<P, R> {
             ex: Exchanges::new(config)?,
             peers: HashMap::new(),
             exchanges: HashMap::new(),
+            observing: HashMap::new(),
             next_op: 0,
             events: VecDeque::new(),
         })
@@ -221,6 +248,14 @@ impl<P: Clone + Eq + Hash + Debug, R: ReadAt> Peers<P, R> {
     /// Forgets request or push `op`: no more (re)transmissions for it and
     /// no more events. The peer's next request or block goes out.
     pub fn cancel(&mut self, op: OpId, now: Instant) {
+        // An observation: forget its token (RFC 7641 §3.6, reactive).
+        let ex = &mut self.ex;
+        self.observing.retain(|id, o| {
+            if *o == op {
+                ex.forget_token(*id);
+            }
+            *o != op
+        });
         let Some(peer) = self.peer_of(op) else {
             return;
         };
@@ -307,6 +342,11 @@ impl<P: Clone + Eq + Hash + Debug, R: ReadAt> Peers<P, R> {
     /// Our requests in flight, over all peers (at most one per peer).
     pub fn in_flight(&self) -> usize {
         self.exchanges.len()
+    }
+
+    /// Observations established and not cancelled, over all peers.
+    pub fn observations(&self) -> usize {
+        self.observing.len()
     }
 
     fn alloc_op(&mut self) -> OpId {
@@ -409,6 +449,18 @@ impl<P: Clone + Eq + Hash + Debug, R: ReadAt> Peers<P, R> {
                 ExchangeEvent::GaveUp { id, .. } => (id, Err(TransportFailure::GaveUp)),
                 ExchangeEvent::TimedOut { id, .. } => (id, Err(TransportFailure::TimedOut)),
                 ExchangeEvent::Reset { id, .. } => (id, Err(TransportFailure::Reset)),
+                ExchangeEvent::Notification { id, peer, response } => {
+                    let Some(&op) = self.observing.get(&id) else {
+                        continue;
+                    };
+                    if observe::ends_observation(&response) {
+                        self.observing.remove(&id);
+                        self.ex.forget_token(id);
+                    }
+                    self.events
+                        .push_back(PeerEvent::Notification { op, peer, response });
+                    continue;
+                }
             };
             let Some(peer) = self.exchanges.remove(&id) else {
                 continue; // cancelled meanwhile
@@ -426,6 +478,16 @@ impl<P: Clone + Eq + Hash + Debug, R: ReadAt> Peers<P, R> {
                     }
                 }
                 Some((i, Sent::Request(op))) if i == id => {
+                    // RFC 7641 §3.1: the peer registered an observation.
+                    if let Ok(resp) = &outcome {
+                        if observe::accepted(resp)
+                            && self
+                                .ex
+                                .keep_token(peer.clone(), resp.get_token().to_vec(), id)
+                        {
+                            self.observing.insert(id, op);
+                        }
+                    }
                     self.events.push_back(match outcome {
                         Ok(response) => PeerEvent::Response {
                             op,
@@ -598,6 +660,99 @@ mod tests {
 
     fn block_num(p: &Packet) -> Option<u32> {
         msg::block1(p).unwrap().map(|b: BlockOpt| b.num)
+    }
+
+    /// A notification of the observation with `token`: `con` or NON, its
+    /// own message id `mid`, sequence `seq`, payload `payload`.
+    fn notify(token: &[u8], con: bool, mid: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut n = observe::notification(seq, payload);
+        n.header.set_type(if con {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        });
+        n.header.message_id = mid;
+        n.set_token(token.to_vec());
+        msg::encode(&n, 1500).unwrap()
+    }
+
+    #[test]
+    fn an_accepted_observation_notifies_until_cancelled() {
+        let mut p = engine();
+        let get = observe::register(msg::request(Code::GET, &["5", "0", "3"]));
+        let op = p.request(CHILD, get, at(0)).unwrap();
+        let (_, req) = sent(&mut p).remove(0);
+        let mut answer = observe::notification(7, b"1");
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = req.header.message_id;
+        answer.set_token(req.get_token().to_vec());
+        p.handle_datagram(CHILD, &msg::encode(&answer, 1500).unwrap(), at(5))
+            .unwrap();
+        assert!(matches!(&events(&mut p)[..], [PeerEvent::Response { op: o, .. }] if *o == op));
+        assert_eq!(p.observations(), 1);
+        assert_eq!(p.in_flight(), 0, "NSTART is free again");
+        // A request to the same child goes out at once, beside the observation.
+        p.request(CHILD, msg::request(Code::GET, &["3", "0", "3"]), at(6))
+            .unwrap();
+        let (_, other) = sent(&mut p).remove(0);
+        assert_ne!(other.get_token(), req.get_token());
+        // A CON notification: ACKed, handed up with the observation's op.
+        p.handle_datagram(
+            CHILD,
+            &notify(req.get_token(), true, 0x900, 8, b"2"),
+            at(10),
+        )
+        .unwrap();
+        let acks = sent(&mut p);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(msg::mtype(&acks[0].1), MessageType::Acknowledgement);
+        let evs = events(&mut p);
+        assert!(
+            matches!(&evs[..], [PeerEvent::Notification { op: o, response, .. }] if *o == op && response.payload == b"2")
+        );
+        // Cancelled: the next notification gets RST and no event.
+        p.cancel(op, at(20));
+        assert_eq!(p.observations(), 0);
+        p.handle_datagram(
+            CHILD,
+            &notify(req.get_token(), false, 0x901, 9, b"2"),
+            at(30),
+        )
+        .unwrap();
+        let rst = sent(&mut p);
+        assert_eq!(msg::mtype(&rst[0].1), MessageType::Reset);
+        assert!(events(&mut p).is_empty());
+    }
+
+    #[test]
+    fn an_answer_without_observe_registers_nothing_and_an_error_ends_one() {
+        let mut p = engine();
+        let get = observe::register(msg::request(Code::GET, &["5", "0", "5"]));
+        p.request(CHILD, get.clone(), at(0)).unwrap();
+        let (_, req) = sent(&mut p).remove(0);
+        p.handle_datagram(CHILD, &ack(&req, Code::CONTENT), at(5))
+            .unwrap();
+        assert_eq!(events(&mut p).len(), 1);
+        assert_eq!(p.observations(), 0, "refused: the user polls");
+        // Accepted, then a 4.04 notification ends it (RFC 7641 §3.2).
+        let op = p.request(CHILD, get, at(10)).unwrap();
+        let (_, req) = sent(&mut p).remove(0);
+        let mut answer = observe::notification(1, b"0");
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = req.header.message_id;
+        answer.set_token(req.get_token().to_vec());
+        p.handle_datagram(CHILD, &msg::encode(&answer, 1500).unwrap(), at(15))
+            .unwrap();
+        let _ = events(&mut p);
+        assert_eq!(p.observations(), 1);
+        let mut gone = msg::response(Code::NOT_FOUND);
+        gone.header.set_type(MessageType::NonConfirmable);
+        gone.header.message_id = 0x77;
+        gone.set_token(req.get_token().to_vec());
+        p.handle_datagram(CHILD, &msg::encode(&gone, 1500).unwrap(), at(20))
+            .unwrap();
+        assert!(matches!(&events(&mut p)[..], [PeerEvent::Notification { op: o, .. }] if *o == op));
+        assert_eq!(p.observations(), 0);
     }
 
     #[test]

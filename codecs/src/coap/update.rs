@@ -38,6 +38,20 @@
 //! 6. A caller with a deadline of its own (the job's activation timeout)
 //!    hands it over with [`UpdateProcedure::set_deadline`]: the phase
 //!    timers end by it, so one timer decides, not the first of two.
+//! 7. Observe (RFC 7641, [`super::observe`]; `UpdateConfig::observe`):
+//!    instead of polling /5/0/3 until State 2, the procedure observes
+//!    /5/0/3 and then /5/0/5 (a GET with `Observe: 0` each, which is also
+//!    the first read) and moves on their notifications: State 2 ends the
+//!    delivery, a failure in /5/0/5 (or State 0 followed by a read of it)
+//!    fails it. Notifications older than the freshest one are dropped
+//!    (RFC 7641 §3.4, [`super::Freshness`]). A child that answers without
+//!    the Observe option or with an error is polled as before; while
+//!    observed, /5/0/3 is still read every `observe_check` in case
+//!    notifications stop (a lost NON, a child that forgot the
+//!    observation). Observations end when the delivery does
+//!    ([`Action::StopObserving`]: the driver forgets their tokens and the
+//!    next notification gets RST, RFC 7641 §3.6). After Execute the child
+//!    reboots and forgets its observations, so the version is polled.
 //!
 //! # Call order
 //! The procedure is a user of the driver's [`super::Peers`] (one path, the
@@ -47,6 +61,10 @@
 //!    [`Action::Push`] (start it with [`super::Peers::start_push`]) or
 //!    [`Action::Cancel`] (cancel the request or push in flight: its outcome
 //!    no longer matters). At most one request or push is in flight.
+//!    [`Action::Observe`] is a request too (its answer comes back like
+//!    any other), whose notifications the driver passes on with
+//!    [`UpdateProcedure::handle_notification`] until
+//!    [`Action::StopObserving`].
 //! 2. Outcomes go back in: [`UpdateProcedure::handle_response`] /
 //!    [`UpdateProcedure::handle_failure`] for a request,
 //!    [`UpdateProcedure::handle_push_event`] for the push's events (the
@@ -64,6 +82,7 @@ use std::time::Duration;
 use coap_lite::{CoapOption, Packet};
 
 use super::msg::{self, Code};
+use super::observe::{self, Freshness};
 use super::push::{
     Block1Push, PushConfig, PushConfigError, PushEvent, PushFailure, TransportFailure,
 };
@@ -118,6 +137,12 @@ pub struct UpdateConfig {
     /// answer comes in (its Content-Format) is decoded
     /// ([`crate::lwm2m::content`]).
     pub accept: Option<lwm2m::ContentFormat>,
+    /// Observe /5/0/3 and /5/0/5 while waiting for State 2 instead of
+    /// polling them (module doc, 7.); a child that refuses is polled.
+    pub observe: bool,
+    /// While observed, /5/0/3 is still read this long after the last
+    /// read or notification, in case notifications stopped.
+    pub observe_check: Duration,
 }
 
 impl UpdateConfig {
@@ -134,6 +159,8 @@ impl UpdateConfig {
             update_timeout: Duration::from_secs(10 * 60),
             max_attempts: 2,
             accept: Some(lwm2m::ContentFormat::TEXT_PLAIN),
+            observe: true,
+            observe_check: Duration::from_secs(60),
         }
     }
 }
@@ -275,6 +302,17 @@ pub enum UpdateEvent {
         /// Package length.
         total: u32,
     },
+    /// The answer to an Observe registration of `path`: `accepted` (the
+    /// child notifies) or not (it is polled).
+    Observe {
+        /// /5/0/3 or /5/0/5.
+        path: Path,
+        /// Whether the child registered the observation.
+        accepted: bool,
+    },
+    /// An observation of `path` ended from the child's side (an error
+    /// notification, or one without Observe): it is polled from now on.
+    ObservationEnded(Path),
     /// A transient failure; the procedure resets the child and tries again.
     Retrying {
         /// The attempt about to start (2 for the first retry).
@@ -297,6 +335,18 @@ pub enum Action {
     Push(PushConfig),
     /// Cancel the request or push in flight; nothing of it is fed back.
     Cancel,
+    /// Send this GET (it carries `Observe: 0`) like [`Action::Request`],
+    /// and pass the notifications it brings to
+    /// [`UpdateProcedure::handle_notification`] with `path`.
+    Observe {
+        /// The resource observed.
+        path: Path,
+        /// The request.
+        request: Packet,
+    },
+    /// End every observation (cancel their requests: their next
+    /// notification gets RST, RFC 7641 §3.6).
+    StopObserving,
 }
 
 #[derive(Debug)]
@@ -310,6 +360,10 @@ enum Step {
     Pushing,
     PollState,
     PollResult,
+    /// Observe /5/0/3 (its answer is also a read of it).
+    ObserveState,
+    /// Observe /5/0/5 (its answer is also a read of it).
+    ObserveResult,
     Execute,
     /// Execute got an error response: read /3/0/3 once before believing it,
     /// since a retransmitted Execute may have reached the child after it
@@ -338,7 +392,23 @@ pub struct UpdateProcedure {
     success_mismatches: u32,
     /// The driver must cancel what is in flight before anything else.
     cancel: bool,
+    /// Observations of /5/0/3 and /5/0/5 in this delivery.
+    state_obs: Observed,
+    result_obs: Observed,
+    /// Observe was asked for in this delivery attempt.
+    observe_tried: bool,
+    /// The driver must end the observations ([`Action::StopObserving`]).
+    stop_observing: bool,
     events: VecDeque<UpdateEvent>,
+}
+
+/// One observation of the procedure.
+#[derive(Debug, Default)]
+struct Observed {
+    /// The child notifies (it answered the registration with Observe).
+    active: bool,
+    /// The freshest notification (RFC 7641 §3.4).
+    fresh: Freshness,
 }
 
 impl UpdateProcedure {
@@ -374,6 +444,10 @@ impl UpdateProcedure {
             last_version: String::new(),
             success_mismatches: 0,
             cancel: false,
+            state_obs: Observed::default(),
+            result_obs: Observed::default(),
+            observe_tried: false,
+            stop_observing: false,
             events,
         })
     }
@@ -387,7 +461,9 @@ impl UpdateProcedure {
             | Step::CheckDownloaded
             | Step::Pushing
             | Step::PollState
-            | Step::PollResult => Phase::Delivering,
+            | Step::PollResult
+            | Step::ObserveState
+            | Step::ObserveResult => Phase::Delivering,
             Step::Execute | Step::ConfirmRefusal(_) => Phase::Downloaded,
             Step::VerifyVersion | Step::VerifyResult | Step::Finished => Phase::Updating,
         }
@@ -431,6 +507,9 @@ impl UpdateProcedure {
         if std::mem::take(&mut self.cancel) {
             return Some(Action::Cancel);
         }
+        if std::mem::take(&mut self.stop_observing) {
+            return Some(Action::StopObserving);
+        }
         if self.in_flight || self.wait_until.is_some_and(|w| now < w) {
             return None;
         }
@@ -455,6 +534,12 @@ impl UpdateProcedure {
             Step::PollState | Step::CheckDownloaded => read_request(Path::STATE, self.cfg.accept),
             Step::PollResult | Step::VerifyResult => {
                 read_request(Path::UPDATE_RESULT, self.cfg.accept)
+            }
+            Step::ObserveState | Step::ObserveResult => {
+                let path = self.current_path();
+                self.in_flight = true;
+                let request = observe::register(read_request(path, self.cfg.accept));
+                return Some(Action::Observe { path, request });
             }
             Step::Reset => write_uri(""),
             Step::WriteUri => match &self.cfg.delivery {
@@ -485,6 +570,16 @@ impl UpdateProcedure {
                 Step::VerifyVersion | Step::VerifyResult => self.wait(now, Step::VerifyVersion),
                 Step::Execute => self.step = Step::ConfirmRefusal(code),
                 Step::ConfirmRefusal(refused) => self.refused(refused, now),
+                // An Observe it will not do (4.02, 4.05...): poll instead;
+                // a resource it lacks fails there.
+                Step::ObserveState | Step::ObserveResult => {
+                    self.observe_answered(path, false);
+                    if matches!(self.step, Step::ObserveState) {
+                        self.wait(now, Step::PollState);
+                    } else {
+                        self.idle(now);
+                    }
+                }
                 _ => self.fail(UpdateFailure::Rejected { path, code }, now),
             }
             return;
@@ -506,7 +601,34 @@ impl UpdateProcedure {
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
             },
             Step::Reset => self.start_delivery(now),
-            Step::WriteUri => self.wait(now, Step::PollState),
+            Step::WriteUri => self.await_state(now),
+            Step::ObserveState => {
+                let accepted = observe::accepted(response);
+                if accepted {
+                    self.state_obs.fresh.check(observe::sequence(response), now);
+                }
+                self.observe_answered(path, accepted);
+                match State::read(format, payload) {
+                    Ok(State::Downloaded) => self.downloaded(),
+                    Ok(_) if accepted => self.step = Step::ObserveResult,
+                    Ok(_) => self.step = Step::PollResult,
+                    Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
+                }
+            }
+            Step::ObserveResult => {
+                let accepted = observe::accepted(response);
+                if accepted {
+                    self.result_obs
+                        .fresh
+                        .check(observe::sequence(response), now);
+                }
+                self.observe_answered(path, accepted);
+                match UpdateResult::read(format, payload) {
+                    Ok(r) if r.is_failure() => self.fail(UpdateFailure::Child(r), now),
+                    Ok(_) => self.idle(now),
+                    Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
+                }
+            }
             Step::PollState => match State::read(format, payload) {
                 Ok(State::Downloaded) => self.downloaded(),
                 Ok(_) => self.step = Step::PollResult,
@@ -521,7 +643,7 @@ impl UpdateProcedure {
             },
             Step::PollResult => match UpdateResult::read(format, payload) {
                 Ok(r) if r.is_failure() => self.fail(UpdateFailure::Child(r), now),
-                Ok(_) => self.wait(now, Step::PollState),
+                Ok(_) => self.idle(now),
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
             },
             Step::Execute => self.start_verify(now),
@@ -588,14 +710,18 @@ impl UpdateProcedure {
     pub fn handle_served(&mut self, block: &ServedBlock, now: Instant) {
         if !matches!(
             self.step,
-            Step::PollState | Step::PollResult | Step::WriteUri
+            Step::PollState
+                | Step::PollResult
+                | Step::WriteUri
+                | Step::ObserveState
+                | Step::ObserveResult
         ) {
             return;
         }
         if matches!(self.step, Step::WriteUri) && self.in_flight {
             self.in_flight = false;
             self.cancel = true;
-            self.wait(now, Step::PollState);
+            self.await_state(now);
         }
         let end = block
             .offset
@@ -632,12 +758,78 @@ impl UpdateProcedure {
             PushEvent::Done(_) => {
                 self.in_flight = false;
                 self.step = Step::PollState;
+                self.await_state(now);
+                self.wait_until = None;
             }
             PushEvent::Failed(f) => {
                 self.in_flight = false;
                 self.fail(UpdateFailure::Push(f.clone()), now);
             }
             PushEvent::BlockSize { .. } | PushEvent::Restarted { .. } => {}
+        }
+    }
+
+    /// A notification of the observation of `path` started by
+    /// [`Action::Observe`], at `now` (module doc, 7.). Stale ones (RFC 7641
+    /// §3.4) and those for a delivery that moved on are dropped.
+    pub fn handle_notification(&mut self, path: Path, notification: &Packet, now: Instant) {
+        let obs = match path {
+            Path::STATE => &mut self.state_obs,
+            Path::UPDATE_RESULT => &mut self.result_obs,
+            _ => return,
+        };
+        if !obs.active || !obs.fresh.check(observe::sequence(notification), now) {
+            return;
+        }
+        if observe::ends_observation(notification) {
+            obs.active = false;
+            self.events.push_back(UpdateEvent::ObservationEnded(path));
+            // Polled from now on: the next read comes at the poll interval.
+            let next = now + self.cfg.poll_interval;
+            if path == Path::STATE && self.wait_until.is_some_and(|w| w > next) {
+                self.wait_until = Some(next);
+            }
+            if !msg::code(notification).is_success() {
+                return;
+            }
+        }
+        if !matches!(
+            self.step,
+            Step::PollState | Step::PollResult | Step::ObserveResult
+        ) {
+            return;
+        }
+        let format = content_format(notification);
+        let payload = &notification.payload;
+        if path == Path::STATE {
+            match State::read(format, payload) {
+                Ok(State::Downloaded) => {
+                    self.drop_in_flight();
+                    self.downloaded();
+                }
+                // 5.xml: a failed download goes back to Idle; /5/0/5 says why.
+                Ok(State::Idle) if !self.in_flight => {
+                    self.step = Step::PollResult;
+                    self.wait_until = None;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.drop_in_flight();
+                    self.fail(UpdateFailure::BadValue { path, error }, now);
+                }
+            }
+        } else {
+            match UpdateResult::read(format, payload) {
+                Ok(r) if r.is_failure() => {
+                    self.drop_in_flight();
+                    self.fail(UpdateFailure::Child(r), now);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.drop_in_flight();
+                    self.fail(UpdateFailure::BadValue { path, error }, now);
+                }
+            }
         }
     }
 
@@ -689,8 +881,63 @@ impl UpdateProcedure {
         self.in_flight && matches!(self.step, Step::Pushing)
     }
 
+    /// A request in flight whose outcome no longer matters: the driver
+    /// cancels it.
+    fn drop_in_flight(&mut self) {
+        if std::mem::take(&mut self.in_flight) {
+            self.cancel = true;
+        }
+    }
+
+    /// The delivery waits for State 2: observe it (once per delivery, if
+    /// configured), else poll after the poll interval.
+    fn await_state(&mut self, now: Instant) {
+        if self.cfg.observe && !self.observe_tried {
+            self.observe_tried = true;
+            self.step = Step::ObserveState;
+            self.wait_until = None;
+        } else {
+            self.wait(now, Step::PollState);
+        }
+    }
+
+    /// The answer to an Observe registration of `path` came.
+    fn observe_answered(&mut self, path: Path, accepted: bool) {
+        if path == Path::STATE {
+            self.state_obs.active = accepted;
+        } else {
+            self.result_obs.active = accepted;
+        }
+        self.events
+            .push_back(UpdateEvent::Observe { path, accepted });
+    }
+
+    /// Nothing to do until the next read of /5/0/3: the poll interval, or
+    /// `observe_check` while /5/0/3 is observed.
+    fn idle(&mut self, now: Instant) {
+        let pause = if self.state_obs.active {
+            self.cfg.observe_check.max(self.cfg.poll_interval)
+        } else {
+            self.cfg.poll_interval
+        };
+        self.step = Step::PollState;
+        self.wait_until = Some(now + pause);
+    }
+
+    /// The delivery is over (done, failed, retried): its observations end.
+    fn end_observations(&mut self) {
+        if self.state_obs.active || self.result_obs.active || self.observe_tried {
+            self.stop_observing = true;
+        }
+        self.state_obs = Observed::default();
+        self.result_obs = Observed::default();
+        self.observe_tried = false;
+    }
+
     /// State 2 read: the delivery is complete.
     fn downloaded(&mut self) {
+        self.end_observations();
+        self.wait_until = None;
         self.delivered = self.cfg.total_len;
         self.events.push_back(UpdateEvent::Phase(Phase::Downloaded));
         self.deadline = None;
@@ -704,8 +951,8 @@ impl UpdateProcedure {
             }
             Step::Reset | Step::WriteUri => Path::PACKAGE_URI,
             Step::Pushing => Path::PACKAGE,
-            Step::PollState | Step::CheckDownloaded => Path::STATE,
-            Step::PollResult | Step::VerifyResult => Path::UPDATE_RESULT,
+            Step::PollState | Step::CheckDownloaded | Step::ObserveState => Path::STATE,
+            Step::PollResult | Step::VerifyResult | Step::ObserveResult => Path::UPDATE_RESULT,
             Step::Execute => Path::UPDATE,
             Step::Finished => Path::STATE,
         }
@@ -765,6 +1012,7 @@ impl UpdateProcedure {
     }
 
     fn fail(&mut self, failure: UpdateFailure, now: Instant) {
+        self.end_observations();
         self.in_flight = false;
         self.wait_until = None;
         if failure.transient() && self.attempt < self.cfg.max_attempts {
@@ -790,6 +1038,7 @@ impl UpdateProcedure {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        self.end_observations();
         self.step = Step::Finished;
         self.in_flight = false;
         self.wait_until = None;
@@ -858,6 +1107,7 @@ mod tests {
         let uri = lwm2m::package_uri("10.0.0.1:5683", "ab");
         UpdateConfig {
             poll_interval: Duration::from_secs(1),
+            observe: false,
             ..UpdateConfig::new("2.0", 100, Delivery::Pull { uri })
         }
     }
@@ -891,6 +1141,7 @@ mod tests {
         UpdateConfig {
             poll_interval: Duration::from_secs(1),
             download_timeout: Duration::from_secs(60),
+            observe: false,
             ..UpdateConfig::new(
                 "2.0",
                 100,
@@ -970,6 +1221,169 @@ mod tests {
         assert!(u.is_finished());
         assert_eq!(u.progress(), (100, 100));
         none(&mut u, 999_999);
+    }
+
+    fn observe_cfg() -> UpdateConfig {
+        UpdateConfig {
+            observe: true,
+            observe_check: Duration::from_secs(60),
+            ..pull_cfg()
+        }
+    }
+
+    /// The path of the next action, an Observe registration.
+    fn next_observe(u: &mut UpdateProcedure, now: u64) -> Path {
+        let Some(Action::Observe { path, request }) = u.poll_action(at(now)) else {
+            panic!("no observe")
+        };
+        assert_eq!(msg::code(&request), Code::GET);
+        assert_eq!(observe::sequence(&request), Some(observe::REGISTER));
+        assert_eq!(
+            uri_path(&request).unwrap().join("/"),
+            path.to_string().trim_start_matches('/')
+        );
+        path
+    }
+
+    fn notified(seq: u32, payload: &str) -> Packet {
+        observe::notification(seq, payload.as_bytes())
+    }
+
+    /// A pull procedure that wrote its URI at 20 ms and observes both
+    /// resources from 40 ms (State 1, Result 0).
+    fn observing() -> UpdateProcedure {
+        let mut u = UpdateProcedure::new(observe_cfg()).unwrap();
+        assert_eq!(next(&mut u, 0).1, "3/0/3");
+        u.handle_response(&content("1.0"), at(10));
+        assert_eq!(next(&mut u, 10).1, "5/0/1");
+        u.handle_response(&answer(Code::CHANGED, ""), at(20));
+        // No poll interval: the registration is the first read.
+        assert_eq!(next_observe(&mut u, 20), Path::STATE);
+        u.handle_response(&notified(10, "1"), at(30));
+        assert_eq!(next_observe(&mut u, 30), Path::UPDATE_RESULT);
+        u.handle_response(&notified(3, "0"), at(40));
+        u
+    }
+
+    #[test]
+    fn observed_state_2_ends_the_delivery_without_polling() {
+        let mut u = observing();
+        // Nothing to do until the safety read, observe_check later.
+        none(&mut u, 59_000);
+        assert_eq!(u.poll_timeout(), Some(at(60_040)));
+        u.handle_served(&served(0, 64), at(1000));
+        u.handle_notification(Path::STATE, &notified(11, "1"), at(1000));
+        none(&mut u, 1000);
+        // A reordered State 2 from before (seq 9 < 11) is not news.
+        u.handle_notification(Path::STATE, &notified(9, "2"), at(1500));
+        none(&mut u, 1500);
+        assert_eq!(u.phase(), Phase::Delivering);
+        u.handle_notification(Path::STATE, &notified(12, "2"), at(2000));
+        assert_eq!(u.phase(), Phase::Downloaded);
+        assert_eq!(u.poll_action(at(2000)), Some(Action::StopObserving));
+        assert_eq!(next(&mut u, 2000).1, "5/0/2");
+        // Late notifications change nothing any more.
+        u.handle_notification(Path::UPDATE_RESULT, &notified(4, "5"), at(2100));
+        let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
+        assert!(events.contains(&UpdateEvent::Observe {
+            path: Path::STATE,
+            accepted: true
+        }));
+        assert!(events.contains(&UpdateEvent::Observe {
+            path: Path::UPDATE_RESULT,
+            accepted: true
+        }));
+        assert_eq!(events.last(), Some(&UpdateEvent::Phase(Phase::Downloaded)));
+    }
+
+    #[test]
+    fn silence_while_observed_falls_back_to_a_bounded_poll() {
+        let mut u = observing();
+        u.handle_timeout(at(60_040));
+        assert_eq!(next(&mut u, 60_040).1, "5/0/3");
+        u.handle_response(&content("1"), at(60_050));
+        assert_eq!(next(&mut u, 60_050).1, "5/0/5");
+        u.handle_response(&content("0"), at(60_060));
+        // Still observed: the next safety read is observe_check away.
+        assert_eq!(u.poll_timeout(), Some(at(120_060)));
+        // The observation ends (4.04 notification): polled from now on.
+        let mut gone = msg::response(Code::NOT_FOUND);
+        msg::set_uint(&mut gone, CoapOption::Observe, 13);
+        u.handle_notification(Path::STATE, &gone, at(61_000));
+        assert_eq!(u.poll_timeout(), Some(at(62_000)));
+        u.handle_timeout(at(62_000));
+        assert_eq!(next(&mut u, 62_000).1, "5/0/3");
+        u.handle_response(&content("2"), at(62_010));
+        assert_eq!(u.poll_action(at(62_010)), Some(Action::StopObserving));
+        assert!(std::iter::from_fn(|| u.poll_event())
+            .any(|e| e == UpdateEvent::ObservationEnded(Path::STATE)));
+    }
+
+    #[test]
+    fn a_failure_notified_during_a_read_cancels_it() {
+        let mut u = observing();
+        u.handle_timeout(at(60_040));
+        assert_eq!(next(&mut u, 60_040).1, "5/0/3");
+        // /5/0/5 = 5 (integrity) arrives while the safety read is out.
+        u.handle_notification(Path::UPDATE_RESULT, &notified(4, "5"), at(60_045));
+        assert_eq!(u.poll_action(at(60_045)), Some(Action::Cancel));
+        assert_eq!(u.poll_action(at(60_045)), Some(Action::StopObserving));
+        // Transient: a reset and a new delivery, observed again.
+        let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, UpdateEvent::Retrying { attempt: 2, .. })));
+        assert_eq!(next(&mut u, 61_045).1, "5/0/1");
+        u.handle_response(&answer(Code::CHANGED, ""), at(61_050));
+        assert_eq!(next(&mut u, 61_050).1, "5/0/1");
+        u.handle_response(&answer(Code::CHANGED, ""), at(61_060));
+        assert_eq!(next_observe(&mut u, 61_060), Path::STATE);
+    }
+
+    #[test]
+    fn state_0_notified_reads_the_result_at_once() {
+        let mut u = observing();
+        u.handle_notification(Path::STATE, &notified(11, "0"), at(5000));
+        assert_eq!(next(&mut u, 5000).1, "5/0/5");
+        u.handle_response(&content("4"), at(5010));
+        assert!(std::iter::from_fn(|| u.poll_event()).any(|e| matches!(
+            e,
+            UpdateEvent::Retrying {
+                cause: UpdateFailure::Child(UpdateResult::ConnectionLost),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_child_that_refuses_observe_is_polled() {
+        let mut u = UpdateProcedure::new(observe_cfg()).unwrap();
+        assert_eq!(next(&mut u, 0).1, "3/0/3");
+        u.handle_response(&content("1.0"), at(10));
+        assert_eq!(next(&mut u, 10).1, "5/0/1");
+        u.handle_response(&answer(Code::CHANGED, ""), at(20));
+        assert_eq!(next_observe(&mut u, 20), Path::STATE);
+        // Answered without Observe (RFC 7641 §3.1: not registered).
+        u.handle_response(&content("1"), at(30));
+        assert_eq!(next(&mut u, 30).1, "5/0/5");
+        u.handle_response(&content("0"), at(40));
+        assert_eq!(u.poll_timeout(), Some(at(1040)), "the poll interval");
+        assert_eq!(next(&mut u, 1040).1, "5/0/3");
+        // An error answer is a refusal too, not a failure.
+        let mut v = UpdateProcedure::new(observe_cfg()).unwrap();
+        let _ = next(&mut v, 0);
+        v.handle_response(&content("1.0"), at(10));
+        let _ = next(&mut v, 10);
+        v.handle_response(&answer(Code::CHANGED, ""), at(20));
+        assert_eq!(next_observe(&mut v, 20), Path::STATE);
+        v.handle_response(&answer(Code::METHOD_NOT_ALLOWED, ""), at(30));
+        assert_eq!(next(&mut v, 1030).1, "5/0/3");
+        let refused = UpdateEvent::Observe {
+            path: Path::STATE,
+            accepted: false,
+        };
+        assert!(std::iter::from_fn(|| u.poll_event()).any(|e| e == refused));
+        assert!(std::iter::from_fn(|| v.poll_event()).any(|e| e == refused));
     }
 
     #[test]
@@ -1516,7 +1930,19 @@ mod tests {
                         ),
                         _ => {}
                     },
-                    Some(Action::Cancel) | None => {}
+                    // Observed or not, and a notification now and then.
+                    Some(Action::Observe { path, .. }) => {
+                        if c % 2 == 0 {
+                            let mut n = observe::notification(i as u32, BODIES[b].as_bytes());
+                            msg::set_code(&mut n, CODES[c]);
+                            u.handle_response(&n, at(now));
+                        } else {
+                            u.handle_response(&answer(CODES[c], BODIES[b]), at(now));
+                        }
+                        let seq = (i as u32).wrapping_mul(7919) % 1000;
+                        u.handle_notification(path, &observe::notification(seq, BODIES[b].as_bytes()), at(now));
+                    }
+                    Some(Action::Cancel | Action::StopObserving) | None => {}
                 }
                 now += 2_500;
             }

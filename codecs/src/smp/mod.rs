@@ -12,6 +12,7 @@
 //! - [`serial`]: `len | message | CRC` in base64 lines, streaming decoder.
 //! - [`upload`]: the image upload engine, driven by the device's `off`.
 //! - [`activate`]: test, reset, read back the version, confirm.
+//! - [`health`]: the health-gated confirm's probe and revert (issue 15).
 //! - [`read`]: the one-request read engine the two reads below share.
 //! - [`state`]: one image state read (the running version).
 //! - [`slot_info`]: the slot sizes, for the pre-flight size check.
@@ -31,6 +32,7 @@ mod exchange;
 
 pub mod activate;
 pub mod header;
+pub mod health;
 pub mod message;
 pub mod read;
 pub mod result;

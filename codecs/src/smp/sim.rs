@@ -214,6 +214,11 @@ pub struct SimDevice {
     rebooting_until: Option<Instant>,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<SimEvent>,
+    /// The application hangs: nothing answers until the next boot.
+    hung: bool,
+    /// The application's own commands (echo, groups 64 and up) fail until
+    /// the next boot.
+    app_failing: bool,
 }
 
 impl SimDevice {
@@ -234,7 +239,37 @@ impl SimDevice {
             rebooting_until: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
+            hung: false,
+            app_failing: false,
         }
+    }
+
+    /// As if `version` had been uploaded, marked for test and booted: it
+    /// runs unconfirmed, the image that ran before is in the secondary slot
+    /// (for tests of what follows a test boot).
+    pub fn test_boot(&mut self, version: ImageVersion) {
+        let new = Slot {
+            version,
+            hash: Sha256::digest(version.to_string().as_bytes()).to_vec(),
+            confirmed: false,
+            pending: false,
+            permanent: false,
+        };
+        let old = std::mem::replace(&mut self.primary, new);
+        self.secondary = Some(old);
+    }
+
+    /// The application hangs (`true`): no request is answered until the
+    /// next boot (a watchdog, a power cycle) clears it. Health-gated
+    /// confirm faults (issue 15).
+    pub fn set_hung(&mut self, hung: bool) {
+        self.hung = hung;
+    }
+
+    /// The application's own commands fail (`true`): echo and groups 64
+    /// and up answer EUNKNOWN until the next boot clears it.
+    pub fn set_app_failing(&mut self, failing: bool) {
+        self.app_failing = failing;
     }
 
     /// The version running now, as the state list reports it.
@@ -257,8 +292,8 @@ impl SimDevice {
 
     /// A request from the client (header + CBOR, unframed).
     pub fn handle_message(&mut self, msg: &[u8], now: Instant) {
-        if self.rebooting_until.is_some_and(|t| now < t) {
-            return; // Not running: nothing reads the UART.
+        if self.rebooting_until.is_some_and(|t| now < t) || self.hung {
+            return; // Not running (or hung): nothing reads the UART.
         }
         if msg.len() as u64 > self.config.buf_size.saturating_sub(PACKET_OVERHEAD as u64) {
             return self.events.push_back(SimEvent::Dropped {
@@ -275,7 +310,11 @@ impl SimDevice {
                 reason: "not a request",
             });
         };
+        let app = (h.group, h.id) == (group::OS, command::OS_ECHO) || h.group >= 64;
         let answer = match (h.group, h.id, h.op) {
+            _ if app && self.app_failing => Err(SmpErr::Legacy {
+                rc: mgmt_err::EUNKNOWN,
+            }),
             (group::OS, command::OS_ECHO, Op::Write) => match message::decode_echo(body) {
                 Ok(d) => Ok(message::echo_response_body(&d)),
                 Err(_) => Err(SmpErr::Legacy {
@@ -329,6 +368,8 @@ impl SimDevice {
         }
         self.rebooting_until = None;
         self.session = None;
+        self.hung = false;
+        self.app_failing = false;
         let mut reverted = false;
         if !self.primary.confirmed {
             // MCUboot reverts a test image that was not confirmed.

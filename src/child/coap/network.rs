@@ -43,6 +43,16 @@
 //! wait in the registry until it next wakes. Registrations are journaled
 //! ([`super::registrations`]) and restored at [`CoapNetwork::bind`];
 //! presence changes go out through [`CoapNetwork::presence`].
+//!
+//! # Observations (RFC 7641, issue 13)
+//! [`CoapNetwork::observe_to`] sends a GET with `Observe: 0`; when the
+//! child's answer carries the Observe option the caller gets an
+//! [`Observation`] besides the answer, and the peer engine's
+//! notifications for it go to that handle (at most `NOTIFY_QUEUE`
+//! waiting; more are dropped, the newest state comes with the next one
+//! or the caller's safety read). Dropping the handle cancels the
+//! observation in the engine: the child's next notification gets RST
+//! (RFC 7641 §3.6).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -54,8 +64,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use otabridge_codecs::coap::{
-    msg, serve_block2, Block1Push, Code, ExchangeConfig, OpId, PackageInfo, PackageStore, Packet,
-    PeerEvent, Peers, PushConfig, PushEvent, PushFailure, ReadAt, ReadError, ServeConfig,
+    msg, observe, serve_block2, Block1Push, Code, ExchangeConfig, OpId, PackageInfo, PackageStore,
+    Packet, PeerEvent, Peers, PushConfig, PushEvent, PushFailure, ReadAt, ReadError, ServeConfig,
     ServedBlock, StartPushError, TransportFailure,
 };
 use otabridge_codecs::lwm2m::registry::{
@@ -92,6 +102,9 @@ const WATCH_QUEUE: usize = 64;
 /// most 1/64 of the image. Liveness does not depend on it: every block's
 /// acknowledgement is readable at once through [`PushHandle::acked`].
 const PROGRESS_STEPS: u32 = 64;
+
+/// Notifications waiting per [`Observation`]; more are dropped.
+const NOTIFY_QUEUE: usize = 16;
 
 /// How the network behaves; [`NetworkOptions::from_config`] gives the
 /// daemon's values, tests shorten the timers.
@@ -242,6 +255,8 @@ enum Cmd {
         to: CoapAddress,
         packet: Packet,
         reply: Reply,
+        /// Where notifications go if the request registers an observation.
+        notify: Option<mpsc::Sender<Packet>>,
     },
     /// Accept Registers from this endpoint name.
     Allow(String),
@@ -384,6 +399,32 @@ impl Drop for CancelOnDrop {
         if self.armed {
             let _ = self.cmds.send(Cmd::Cancel(self.ticket));
         }
+    }
+}
+
+/// An observation the child accepted ([`CoapNetwork::observe_to`]):
+/// its notifications, in arrival order (RFC 7641 §3.4 ordering is the
+/// caller's, [`otabridge_codecs::coap::Freshness`]). Dropping it cancels
+/// the observation (the next notification gets RST, RFC 7641 §3.6).
+#[derive(Debug)]
+pub struct Observation {
+    notifications: mpsc::Receiver<Packet>,
+    _cancel: CancelOnDrop,
+}
+
+impl Observation {
+    /// The next notification; `None` once the observation ended (the
+    /// child ended it, or the network shut down).
+    pub async fn next(&mut self) -> Option<Packet> {
+        self.notifications.recv().await
+    }
+
+    /// [`Observation::next`] for a hand-written poll loop.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Packet>> {
+        self.notifications.poll_recv(cx)
     }
 }
 
@@ -532,6 +573,7 @@ impl CoapNetwork {
             journal,
             peers,
             waiting: HashMap::new(),
+            observers: HashMap::new(),
             jobs: HashMap::new(),
             tickets: HashMap::new(),
             shared: shared.clone(),
@@ -645,12 +687,46 @@ impl CoapNetwork {
                 to: to.clone(),
                 packet,
                 reply,
+                notify: None,
             })
             .map_err(|_| RequestError::Closed)?;
         let mut guard = self.cancel_on_drop(ticket);
         let r = rx.await.map_err(|_| RequestError::Closed);
         guard.disarm();
         r?
+    }
+
+    /// [`CoapNetwork::request_to`] of a GET with `Observe: 0` (RFC 7641
+    /// §3.1): the answer, and an [`Observation`] when the child registered
+    /// the observation (its answer carries Observe). Without one (the
+    /// child answered without the option, or with an error) the caller
+    /// polls.
+    pub async fn observe_to(
+        &self,
+        to: &CoapAddress,
+        packet: Packet,
+    ) -> Result<(Packet, Option<Observation>), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        let (tx, notifications) = mpsc::channel(NOTIFY_QUEUE);
+        let ticket = self.ticket();
+        self.inner
+            .cmds
+            .send(Cmd::Request {
+                ticket,
+                to: to.clone(),
+                packet: observe::register(packet),
+                reply,
+                notify: Some(tx),
+            })
+            .map_err(|_| RequestError::Closed)?;
+        // Armed until the observation ends: dropping it cancels.
+        let guard = self.cancel_on_drop(ticket);
+        let answer = rx.await.map_err(|_| RequestError::Closed)??;
+        let observation = observe::accepted(&answer).then_some(Observation {
+            notifications,
+            _cancel: guard,
+        });
+        Ok((answer, observation))
     }
 
     /// Runs a Block1 push of `image` to `peer` in the network task: the
@@ -997,6 +1073,7 @@ struct Held {
     ticket: u64,
     packet: Packet,
     reply: Reply,
+    notify: Option<mpsc::Sender<Packet>>,
 }
 
 /// The network task's state besides the socket.
@@ -1009,6 +1086,9 @@ struct Task {
     peers: Peers<SocketAddr, FileImage>,
     /// Callers waiting for the response to a request.
     waiting: HashMap<OpId, (u64, Reply)>,
+    /// Observations (requests with `Observe: 0`): where their
+    /// notifications go, and the caller's ticket.
+    observers: HashMap<OpId, (u64, mpsc::Sender<Packet>)>,
     jobs: HashMap<OpId, Job>,
     /// Callers' tickets of requests and pushes in the engine.
     tickets: HashMap<u64, OpId>,
@@ -1156,6 +1236,7 @@ impl Task {
                 to,
                 packet,
                 reply,
+                notify,
             } => {
                 let peer = match to {
                     CoapAddress::Static(peer) => peer,
@@ -1164,6 +1245,7 @@ impl Task {
                             ticket,
                             packet,
                             reply,
+                            notify,
                         };
                         match self.registry.route(&ep, held, now) {
                             Route::Send { peer, item } => {
@@ -1187,6 +1269,7 @@ impl Task {
                     ticket,
                     packet,
                     reply,
+                    notify,
                 };
                 self.send_request(peer, item, now);
             }
@@ -1231,6 +1314,7 @@ impl Task {
                 if let Some(op) = self.tickets.remove(&ticket) {
                     self.waiting.remove(&op);
                     self.jobs.remove(&op);
+                    self.observers.remove(&op);
                     self.peers.cancel(op, now);
                 }
             }
@@ -1243,6 +1327,9 @@ impl Task {
             Ok(op) => {
                 self.waiting.insert(op, (h.ticket, h.reply));
                 self.tickets.insert(h.ticket, op);
+                if let Some(tx) = h.notify {
+                    self.observers.insert(op, (h.ticket, tx));
+                }
             }
             Err(e) => {
                 let _ = h.reply.send(Err(RequestError::Encode(e.to_string())));
@@ -1278,15 +1365,50 @@ impl Task {
                     self.push_event(op, event);
                     continue;
                 }
-                PeerEvent::Response { op, response, .. } => (op, Ok(response)),
+                PeerEvent::Notification { op, response, .. } => {
+                    self.notification(op, response);
+                    continue;
+                }
+                PeerEvent::Response { op, response, .. } => {
+                    // RFC 7641 §3.1: an answer with Observe registered the
+                    // observation; its caller's ticket stays for the cancel.
+                    if let Some((ticket, _)) = self.observers.get(&op) {
+                        if observe::accepted(&response) {
+                            let ticket = *ticket;
+                            if let Some((_, reply)) = self.waiting.remove(&op) {
+                                let _ = reply.send(Ok(response));
+                            }
+                            self.tickets.insert(ticket, op);
+                            continue;
+                        }
+                        self.observers.remove(&op);
+                    }
+                    (op, Ok(response))
+                }
                 PeerEvent::Failed { op, why, .. } => (op, Err(RequestError::Transport(why))),
                 PeerEvent::Refused { op, error, .. } => {
                     (op, Err(RequestError::Encode(error.to_string())))
                 }
             };
+            self.observers.remove(&op);
             if let Some((ticket, reply)) = self.waiting.remove(&op) {
                 self.tickets.remove(&ticket);
                 let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// A notification of observation `op`, to its caller; one that ends
+    /// the observation (RFC 7641 §3.2) is the last.
+    fn notification(&mut self, op: OpId, response: Packet) {
+        let ends = observe::ends_observation(&response);
+        if let Some((ticket, tx)) = self.observers.get(&op) {
+            if tx.try_send(response).is_err() {
+                debug!(?op, "notification dropped: its observer is behind or gone");
+            }
+            if ends {
+                self.tickets.remove(ticket);
+                self.observers.remove(&op);
             }
         }
     }
