@@ -54,18 +54,28 @@ fn without_simulators(what: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (or `default`): comma-separated
+/// `target=level` directives and a bare default level, for example
+/// `info,otabridge::child=debug` (tracing-subscriber's `Targets`; the span
+/// and field filters of its regex-based `EnvFilter` are left out of the
+/// binary to keep it small, BENCHMARKS.md "Footprint").
 pub(crate) fn init_logs(format: LogFormat, default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .or_else(|| default.parse().ok())
+        .unwrap_or_default();
     // Colours only on a terminal: not in journald, files or pipes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => registry.with(layer.with_filter(filter)).init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(filter)).init(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! cargo build --release --bins
 //! target/release/bench_download [--runs 5] [--nginx-mib 512] [--sim-mib 256]
 //!                               [--rss-mib 64,1024] [--series nginx,sim]
+//!                               [--baseline OTHER_OTABRIDGE]
 //! ```
 //!
 //! - **nginx series** (the figure that counts): Debian's nginx serves a
@@ -17,6 +18,8 @@
 //!   of each whole command is measured; the bench prints every run, the
 //!   median and the spread (min-max) of each client, and the per-round
 //!   ratios with their median and spread.
+//!   `--baseline PATH` adds another otabridge binary (main before a
+//!   change) as a fourth client of the same rounds.
 //! - **in-process series** (labelled so; the older figure): the simulated
 //!   IoTDA package server of this crate (`otabridge::sim::package_server`,
 //!   rustls) in this process serves the package to `otabridge download` and
@@ -50,6 +53,9 @@ struct Setup {
     cfg: PathBuf,
     ca: PathBuf,
     otabridge: PathBuf,
+    /// `--baseline PATH`: another otabridge binary (main before a change),
+    /// run as a fourth client of the nginx series.
+    baseline: Option<PathBuf>,
     /// Sent by both clients (the in-process server checks it; nginx ignores it).
     token: Option<String>,
 }
@@ -60,6 +66,7 @@ enum Client {
     Otabridge,
     Curl,
     CurlSync,
+    Baseline,
 }
 
 impl Client {
@@ -68,12 +75,17 @@ impl Client {
             Client::Otabridge => "otabridge download",
             Client::Curl => "curl",
             Client::CurlSync => "curl + sync FILE",
+            Client::Baseline => "baseline otabridge",
         }
     }
 }
 
 fn otabridge_cmd(s: &Setup, p: &Pkg) -> Command {
-    let mut c = Command::new(&s.otabridge);
+    otabridge_bin_cmd(&s.otabridge, s, p)
+}
+
+fn otabridge_bin_cmd(bin: &Path, s: &Setup, p: &Pkg) -> Command {
+    let mut c = Command::new(bin);
     c.arg("download").arg("--config").arg(&s.cfg).arg(&p.url);
     if let Some(t) = &s.token {
         c.args(["--token", t]);
@@ -116,6 +128,10 @@ fn timed(client: Client, s: &Setup, p: &Pkg) -> Result<Duration> {
     let t = Instant::now();
     match client {
         Client::Otabridge => run_ok(otabridge_cmd(s, p))?,
+        Client::Baseline => {
+            let bin = s.baseline.as_deref().context("no --baseline")?;
+            run_ok(otabridge_bin_cmd(bin, s, p))?
+        }
         Client::Curl => run_ok(curl_cmd(s, p, &out))?,
         Client::CurlSync => {
             run_ok(curl_cmd(s, p, &out))?;
@@ -427,6 +443,7 @@ fn nginx_series(o: &Opts) -> Result<()> {
         dir: dir.clone(),
         ca,
         otabridge: otabridge_path()?,
+        baseline: o.baseline.clone(),
         token: None,
     };
     let version = Command::new("nginx").arg("-v").output()?;
@@ -435,12 +452,12 @@ fn nginx_series(o: &Opts) -> Result<()> {
         String::from_utf8_lossy(&version.stderr).trim()
     );
     let p = nginx.add(&dir, "throughput.bin", o.nginx_mib * MIB, 1)?;
-    series(
-        &s,
-        &p,
-        &[Client::Otabridge, Client::Curl, Client::CurlSync],
-        o.runs,
-    )?;
+    let mut clients = vec![Client::Otabridge, Client::Curl, Client::CurlSync];
+    if let Some(b) = &o.baseline {
+        println!("  baseline otabridge: {}", b.display());
+        clients.push(Client::Baseline);
+    }
+    series(&s, &p, &clients, o.runs)?;
     println!("  peak RSS of `otabridge download` from nginx (ru_maxrss):");
     for &mib in &o.rss_mib {
         let p = nginx.add(&dir, &format!("rss{mib}.bin"), mib * MIB, mib)?;
@@ -464,6 +481,7 @@ async fn sim_series(o: &Opts) -> Result<()> {
         dir: dir.clone(),
         ca,
         otabridge: otabridge_path()?,
+        baseline: None,
         token: Some(server.issue_token(Duration::from_secs(24 * 3600))),
     };
     println!(
@@ -497,6 +515,7 @@ struct Opts {
     rss_mib: Vec<u64>,
     nginx: bool,
     sim: bool,
+    baseline: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Option<Opts> {
@@ -507,6 +526,7 @@ fn parse(args: &[String]) -> Option<Opts> {
         rss_mib: vec![64, 1024],
         nginx: true,
         sim: true,
+        baseline: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -521,6 +541,7 @@ fn parse(args: &[String]) -> Option<Opts> {
             "--nginx-mib" => o.nginx_mib = v.parse().ok()?,
             "--sim-mib" => o.sim_mib = v.parse().ok()?,
             "--rss-mib" => o.rss_mib = list(v).ok()?,
+            "--baseline" => o.baseline = Some(PathBuf::from(v)),
             "--series" => {
                 o.nginx = v.split(',').any(|s| s == "nginx");
                 o.sim = v.split(',').any(|s| s == "sim");
@@ -539,7 +560,7 @@ fn main() -> ExitCode {
     let Some(o) = parse(&args) else {
         eprintln!(
             "usage: bench_download [--runs N] [--nginx-mib N] [--sim-mib N] [--rss-mib A,B] \
-             [--series nginx,sim]"
+             [--series nginx,sim] [--baseline PATH]"
         );
         return ExitCode::from(2);
     };

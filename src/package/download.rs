@@ -433,7 +433,10 @@ impl Ctx<'_> {
             };
             let len = data.len() as u64;
             self.plan.handle_data(self.now(), len)?;
-            part.append(data).await?;
+            // Copied into a chunk of the writer's and dropped here, so hyper
+            // reads the next frame into the same buffer (part.rs).
+            part.append(&data).await?;
+            drop(data);
             self.job.opts.metrics.downloaded(len);
             if self.plan.received() - self.published >= PROGRESS_STEP {
                 self.published = self.plan.received();

@@ -3,25 +3,29 @@
 //! (fsync, then the journal row) on a thread of their own.
 //!
 //! ```text
-//!  receive task ── Bytes (bounded queue) ──► writer: SHA-256, write(2) ──► sync: fsync, journal
-//!   (TLS, plan)  ◄────────────────── durable (epoch, len) ──────────────────┘
+//!  receive task ── chunks (bounded queue) ──► writer: SHA-256, write(2) ──► sync: fsync, journal
+//!   (TLS, plan)  ◄── chunks, written (spare) ──┘                              │
+//!                ◄───────────────── durable (epoch, len) ─────────────────────┘
 //! ```
 //!
 //! TLS decryption (hyper's connection task and the receive loop), SHA-256
 //! with the file writes (the writer), and fsync with the journal row (the
 //! sync thread) run side by side instead of in series on one task. The
-//! queue holds at most [`QUEUE`] buffers, each one frame of the body as
-//! hyper hands it over (no copy), so memory does not grow with the package.
-//! The download plan (`otabridge_codecs::download::Plan`) decides when a
+//! receive task copies each body frame into a chunk of [`CHUNK`] bytes and
+//! hands full chunks to the writer; the writer hashes and writes a chunk
+//! and gives it back for reuse. So the frames' buffers go back to hyper at
+//! once (hyper reads the next frame into the same allocation), a fixed set
+//! of chunks circulates, and memory does not grow with the package. The
+//! download plan (`otabridge_codecs::download::Plan`) decides when a
 //! checkpoint is due and when the file starts over; the messages keep their
-//! order, so a checkpoint covers exactly the bytes queued before it, and the
-//! journaled length is written only after the fsync that makes it true.
+//! order, so a checkpoint covers exactly the bytes queued before it (the
+//! chunk being filled is queued first), and the journaled length is
+//! written only after the fsync that makes it true.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use nix::fcntl::Flock;
 use otabridge_codecs::download::{Checkpoint, Start};
 use sha2::{Digest, Sha256};
@@ -31,16 +35,20 @@ use tokio::task::JoinHandle;
 use super::{db, DownloadError};
 use crate::journal::SharedJournal;
 
-/// Buffers queued between the receive task and the writer. Each is one
-/// body frame of at most [`super::http::READ_BUFFER`] bytes, so at most
-/// 512 KiB wait here. Chosen by measurement against nginx (BENCHMARKS.md,
-/// "Package download": 4 to 64 buffers and 16 to 256 KiB frames were within
-/// the noise of each other in throughput; 8 with 64 KiB frames kept the
-/// peak RSS lowest).
-pub(crate) const QUEUE: usize = 8;
-/// The writer gathers small frames into one write(2) of up to this size
-/// (64 KiB to 1 MiB measured; 1 MiB only added RSS).
-const WRITE_BUFFER: usize = 128 * 1024;
+/// Chunks queued between the receive task and the writer.
+pub(crate) const QUEUE: usize = 4;
+/// The size of a chunk: the receive task gathers body frames (at most
+/// [`super::http::READ_BUFFER`] bytes each) into chunks of this size, and
+/// the writer hashes and writes each in one write(2). At most `QUEUE + 2`
+/// chunks exist (queued, being written, being filled): 768 KiB.
+///
+/// Chosen by measurement against nginx (BENCHMARKS.md, "Package download"):
+/// queues of 4 to 64 and writes of 64 KiB to 1 MiB were within the noise of
+/// each other in throughput. What did cost throughput was handing hyper's
+/// frames themselves to the writer thread: each frame's 64 KiB allocation
+/// was freed there, and glibc trimmed and re-grew the heaps for it (about
+/// 800 `madvise(MADV_DONTNEED)` and the page faults after them per 512 MiB).
+pub(crate) const CHUNK: usize = 128 * 1024;
 
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> DownloadError {
     let why = format!("{what} {}: {e}", path.display());
@@ -63,7 +71,8 @@ fn gone() -> DownloadError {
 
 /// What the receive task asks of the writer, in order.
 enum Msg {
-    Data(Bytes),
+    /// A chunk of body bytes, given back through `spare` once written.
+    Data(Vec<u8>),
     Checkpoint(Checkpoint),
     /// Empty the file and record length 0 with this size and validator.
     Restart(
@@ -78,6 +87,10 @@ enum Msg {
 /// The `.part` file, as the receive task sees it.
 pub(crate) struct Part {
     tx: mpsc::Sender<Msg>,
+    /// Body bytes not queued yet (less than [`CHUNK`]).
+    fill: Vec<u8>,
+    /// Chunks the writer is done with.
+    spare: mpsc::UnboundedReceiver<Vec<u8>>,
     /// Checkpoints made durable: (epoch, length), or why one failed.
     durable: mpsc::UnboundedReceiver<Result<(u32, u64), DownloadError>>,
     /// The writer task, until its outcome was taken ([`Part::stopped`]).
@@ -120,12 +133,13 @@ impl Part {
             .await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (durable_tx, durable) = mpsc::unbounded_channel();
+        let (spare_tx, spare) = mpsc::unbounded_channel();
         let w = Writer {
             file,
             path,
             key,
             journal,
-            buf: Vec::with_capacity(WRITE_BUFFER),
+            spare: spare_tx,
             hasher,
             sync: None,
             durable: durable_tx,
@@ -133,6 +147,8 @@ impl Part {
         let writer = tokio::task::spawn_blocking(move || w.run(rx));
         Ok(Part {
             tx,
+            fill: Vec::with_capacity(CHUNK),
+            spare,
             durable,
             writer: Some(writer),
             stopped: None,
@@ -160,14 +176,42 @@ impl Part {
         Err(self.stopped().await)
     }
 
-    /// Queues body bytes (waits while the queue is full).
-    pub(crate) async fn append(&mut self, data: Bytes) -> Result<(), DownloadError> {
-        self.send(Msg::Data(data)).await
+    /// Copies body bytes into the chunk being filled, and queues each chunk
+    /// that is full (waits while the queue is full).
+    pub(crate) async fn append(&mut self, mut data: &[u8]) -> Result<(), DownloadError> {
+        while !data.is_empty() {
+            let n = data.len().min(CHUNK - self.fill.len());
+            self.fill.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.fill.len() == CHUNK {
+                self.queue_fill().await?;
+            }
+        }
+        Ok(())
     }
 
-    /// Queues a checkpoint of the bytes queued so far. The plan starts one
-    /// only when none is in flight.
+    /// Queues the chunk being filled, if it holds any bytes, and starts a
+    /// new one (a chunk the writer gave back, or a new allocation).
+    async fn queue_fill(&mut self) -> Result<(), DownloadError> {
+        if self.fill.is_empty() {
+            return Ok(());
+        }
+        let next = match self.spare.try_recv() {
+            Ok(mut v) => {
+                v.clear();
+                v
+            }
+            Err(_) => Vec::with_capacity(CHUNK),
+        };
+        let full = std::mem::replace(&mut self.fill, next);
+        self.send(Msg::Data(full)).await
+    }
+
+    /// Queues a checkpoint of the bytes received so far (the chunk being
+    /// filled is queued first). The plan starts one only when none is in
+    /// flight.
     pub(crate) async fn checkpoint(&mut self, cp: Checkpoint) -> Result<(), DownloadError> {
+        self.queue_fill().await?;
         self.send(Msg::Checkpoint(cp)).await
     }
 
@@ -196,6 +240,8 @@ impl Part {
         size: Option<u64>,
         validator: Option<&str>,
     ) -> Result<(), DownloadError> {
+        // The bytes not queued yet belong to the file being emptied.
+        self.fill.clear();
         let (ack, done) = oneshot::channel();
         self.send(Msg::Restart(size, validator.map(str::to_owned), ack))
             .await?;
@@ -205,6 +251,7 @@ impl Part {
     /// Every byte is queued: waits for the writer, and gives the file and
     /// the SHA-256 of its content.
     pub(crate) async fn finish(mut self) -> Result<(Flock<File>, String), DownloadError> {
+        self.queue_fill().await?;
         drop(self.tx);
         let Some(writer) = self.writer.take() else {
             return Err(self.stopped.unwrap_or_else(gone));
@@ -220,7 +267,8 @@ struct Writer {
     path: PathBuf,
     key: String,
     journal: SharedJournal,
-    buf: Vec<u8>,
+    /// Written chunks go back to the receive task.
+    spare: mpsc::UnboundedSender<Vec<u8>>,
     hasher: Sha256,
     /// The checkpoint in flight on its own thread.
     sync: Option<std::thread::JoinHandle<()>>,
@@ -233,7 +281,11 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> Result<(Flock<File>, Sha256), DownloadError> {
         while let Some(m) = rx.blocking_recv() {
             match m {
-                Msg::Data(b) => self.append(&b)?,
+                Msg::Data(chunk) => {
+                    self.append(&chunk)?;
+                    // The receive task may have finished: then it is freed.
+                    let _ = self.spare.send(chunk);
+                }
                 Msg::Checkpoint(cp) => self.checkpoint(cp)?,
                 Msg::Restart(size, validator, ack) => {
                     let _ = ack.send(self.restart(size, validator.as_deref()));
@@ -245,33 +297,14 @@ impl Writer {
             }
         }
         self.wait_sync();
-        self.flush()?;
         Ok((self.file, self.hasher))
     }
 
     fn append(&mut self, data: &[u8]) -> Result<(), DownloadError> {
         self.hasher.update(data);
-        if self.buf.len() + data.len() > WRITE_BUFFER {
-            self.flush()?;
-        }
-        if data.len() >= WRITE_BUFFER {
-            (&*self.file)
-                .write_all(data)
-                .map_err(|e| io_err("cannot write", &self.path, e))?;
-        } else {
-            self.buf.extend_from_slice(data);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), DownloadError> {
-        if !self.buf.is_empty() {
-            (&*self.file)
-                .write_all(&self.buf)
-                .map_err(|e| io_err("cannot write", &self.path, e))?;
-            self.buf.clear();
-        }
-        Ok(())
+        (&*self.file)
+            .write_all(data)
+            .map_err(|e| io_err("cannot write", &self.path, e))
     }
 
     fn wait_sync(&mut self) {
@@ -280,10 +313,9 @@ impl Writer {
         }
     }
 
-    /// Writes what is buffered, then fsyncs and journals on a thread of its
-    /// own while the writer goes on.
+    /// Fsyncs what was written and journals it, on a thread of its own
+    /// while the writer goes on.
     fn checkpoint(&mut self, cp: Checkpoint) -> Result<(), DownloadError> {
-        self.flush()?;
         // The plan starts one only after the last was reported: this join
         // returns at once.
         self.wait_sync();
@@ -317,7 +349,6 @@ impl Writer {
 
     fn restart(&mut self, size: Option<u64>, validator: Option<&str>) -> Result<(), DownloadError> {
         self.wait_sync();
-        self.buf.clear();
         self.file
             .set_len(0)
             .map_err(|e| io_err("cannot truncate", &self.path, e))?;
