@@ -731,6 +731,20 @@ impl Child for CoapChild {
         }
     }
 
+    fn asleep(&self) -> Option<(String, BoxFuture<'_, ()>)> {
+        let CoapAddress::Endpoint(ep) = &self.address else {
+            return None;
+        };
+        let r = self.net.registration(ep)?;
+        if r.listening(self.net.now()) {
+            return None;
+        }
+        let why = format!(
+            "waiting for the child to wake: endpoint '{ep}' sleeps (LwM2M queue mode) until its next Register or Update"
+        );
+        Some((why, Box::pin(self.net.until_awake(ep))))
+    }
+
     fn version_policy(&self) -> Policy {
         self.version_policy
     }

@@ -217,6 +217,18 @@ pub trait Child: Send + Sync + std::fmt::Debug {
     fn presence(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None
     }
+
+    /// A child that cannot be reached now and comes back by itself: an
+    /// LwM2M client in queue mode, asleep between its Updates
+    /// (docs/coap.md). Gives what it waits for, in words for
+    /// `otabridge status` and the log, and a future that resolves once the
+    /// child is reachable; the OTA engine waits on it, visibly, before a
+    /// step that must reach the child, with the job's deadline running.
+    /// `None` (the default): reachable now, as far as the driver knows.
+    /// (Added by issue 13, helper lwm2m2.)
+    fn asleep(&self) -> Option<(String, BoxFuture<'_, ()>)> {
+        None
+    }
 }
 
 /// Sleeps until `t`, or forever without one: the timer arm of a `select!`

@@ -762,6 +762,9 @@ impl Engine {
         let t = self.inner.timeouts;
         match work {
             Work::ReadVersion => {
+                // A sleeping child's version is read when it wakes (the
+                // version it last reported may be stale).
+                self.until_awake(run, child).await;
                 let _bus = self.bus_turn(child, Purpose::ReadVersion).await;
                 // After the activation, the read is the verification.
                 let step = match run.row.machine.phase {
@@ -781,6 +784,7 @@ impl Engine {
                 if let Err(input) = self.check_image(run).await {
                     return Some(input);
                 }
+                self.until_awake(run, child).await;
                 if let Err(input) = self.preflight(run, child, from).await {
                     return Some(input);
                 }
@@ -788,6 +792,7 @@ impl Engine {
                 Some(self.deliver(run, child, from).await)
             }
             Work::Activate => {
+                self.until_awake(run, child).await;
                 // The bus for the whole read-activate sequence.
                 let _bus = self.bus_turn(child, Purpose::Activate).await;
                 self.activate(run, child, ctl).await
@@ -1075,6 +1080,27 @@ impl Engine {
             info!(child = %row.device_id, job = row.id, "not ready, asking again in {} s: {e}", delay.as_secs());
             tokio::time::sleep_until(next).await;
         }
+    }
+
+    /// Waits for a child that sleeps and wakes by itself
+    /// ([`Child::asleep`]: an LwM2M client in queue mode) before a step
+    /// that must reach it. The wait is visible: the job's cause is a
+    /// waiting one meanwhile ([`FailureCause::asleep`]; `otabridge status`,
+    /// the control API's job view), put back when the child wakes. The
+    /// job's deadline, a pause and a cancel end the wait (the caller's
+    /// `select!`).
+    async fn until_awake(&self, run: &mut Run, child: &Arc<dyn Child>) {
+        let Some((why, wake)) = child.asleep() else {
+            return;
+        };
+        let before = run.row.machine.cause.clone();
+        run.row.machine.cause = Some(FailureCause::asleep(&why));
+        self.save(&run.row).await;
+        info!(child = %run.row.device_id, job = run.row.id, "{why}");
+        wake.await;
+        info!(child = %run.row.device_id, job = run.row.id, "the child woke");
+        run.row.machine.cause = before;
+        self.save(&run.row).await;
     }
 
     /// The job's package, downloaded (or waited for) once per run.

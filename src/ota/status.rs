@@ -222,7 +222,13 @@ pub fn print(cfg: &Config, json: bool) -> Result<(), JournalError> {
                 j.retries.to_string(),
                 match (&j.result_code, &j.description, &j.cause) {
                     (None, _, Some(_)) if j.waiting.is_some() => {
-                        format!("waiting: {}", j.waiting.as_deref().unwrap_or_default())
+                        let w = j.waiting.as_deref().unwrap_or_default();
+                        // "waiting for the child to wake: ..." says it already.
+                        if w.starts_with("waiting") {
+                            w.to_owned()
+                        } else {
+                            format!("waiting: {w}")
+                        }
                     }
                     (Some(c), Some(d), Some(cause)) => format!("{c} {d} ({cause})"),
                     (Some(c), Some(d), None) => format!("{c} {d}"),

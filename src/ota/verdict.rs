@@ -122,6 +122,13 @@ impl FailureCause {
         }
     }
 
+    /// The cause of a job waiting for a child that sleeps and wakes by
+    /// itself ([`crate::child::Child::asleep`]: an LwM2M client in queue
+    /// mode); `detail` says what it waits for.
+    pub fn asleep(detail: &str) -> Self {
+        own_cause("wake", Self::WAITING, detail)
+    }
+
     /// `kind` of the cause a reverting job keeps: the failed health probe.
     pub const UNHEALTHY: &'static str = "health check failed";
 

@@ -477,6 +477,10 @@ struct Shared {
     next_watch: u64,
     /// Retransmissions sent per peer (RFC 7252 §4.2), for `chunk_retries`.
     retries: HashMap<SocketAddr, Arc<AtomicU64>>,
+    /// Woken whenever a registered client may have woken (a Register, an
+    /// Update, any datagram from a queue-mode client):
+    /// [`CoapNetwork::until_awake`].
+    woke: Arc<Notify>,
 }
 
 /// What the network put on the wire (before the seam's faults, if any).
@@ -803,6 +807,27 @@ impl CoapNetwork {
             .entry(endpoint.to_owned())
             .or_insert_with(|| watch::channel(registered).0)
             .subscribe()
+    }
+
+    /// Returns once `endpoint` listens (not a queue-mode client, or one
+    /// awake: it registered, updated or sent something within
+    /// `coap.queue_window_secs`), or is not registered at all (a request
+    /// then fails as "not registered"). Cancel-safe: drop it to stop
+    /// waiting.
+    pub async fn until_awake(&self, endpoint: &str) {
+        let woke = lock(&self.inner.shared).woke.clone();
+        loop {
+            let notified = woke.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a wake-up between the check
+            // and the wait is not missed.
+            notified.as_mut().enable();
+            match self.registration(endpoint) {
+                Some(r) if !r.listening(self.now()) => {}
+                _ => return,
+            }
+            notified.await;
+        }
     }
 
     /// Remembers (and journals) the firmware version `endpoint` reported,
@@ -1203,8 +1228,13 @@ impl Task {
     fn datagram(&mut self, peer: SocketAddr, bytes: &[u8], now: EngineInstant) {
         // A queue-mode client that sends anything listens a while longer.
         if let Some((endpoint, until)) = self.registry.seen(&peer, now) {
-            if let Some(r) = lock(&self.shared).registrations.get_mut(endpoint) {
+            let mut s = lock(&self.shared);
+            if let Some(r) = s.registrations.get_mut(endpoint) {
+                let was = r.awake_until;
                 r.awake_until = Some(until);
+                if was.is_none_or(|w| w <= now) {
+                    s.woke.notify_waiters();
+                }
             }
         }
         if let Err(e) = self.peers.handle_datagram(peer, bytes, now) {
@@ -1534,6 +1564,7 @@ impl Task {
             if let Some(p) = s.presence.get(&ep) {
                 p.send_if_modified(|v| !std::mem::replace(v, true));
             }
+            s.woke.notify_waiters();
             firmware
         };
         if let Some(j) = &self.journal {
