@@ -27,6 +27,7 @@ pub mod job;
 pub mod jobs_db;
 pub mod status;
 pub mod verdict;
+pub mod window;
 
 use std::collections::HashMap;
 use std::future::Future;
