@@ -208,6 +208,7 @@ async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartE
         metrics.clone(),
     );
     engine.set_image_gate(gate);
+    engine.set_activation_windows(activation_windows(cfg, children));
     let control = match cfg.control.enabled {
         true => Some(crate::control::bind(cfg)?),
         false => None,
@@ -244,6 +245,31 @@ async fn wire(cfg: &Config, children: &[Arc<dyn Child>]) -> Result<Parts, StartE
         restart,
         control,
     })
+}
+
+/// Each child's activation window (issue 15 item 1): its `[[child]]`'s,
+/// else `[ota] activation_window` (children a test or the demo gives
+/// that are not configured take the latter).
+fn activation_windows(
+    cfg: &Config,
+    children: &[Arc<dyn Child>],
+) -> std::collections::HashMap<String, crate::ota::window::Schedule> {
+    children
+        .iter()
+        .filter_map(|c| {
+            let id = c.device_id();
+            let w = cfg
+                .children
+                .iter()
+                .find(|cc| cc.device_id == id)
+                .map_or(cfg.ota.activation_window, |cc| cc.activation_window)?;
+            let s = crate::ota::window::Schedule {
+                window: w,
+                zone: cfg.ota.zone.clone(),
+            };
+            Some((id.to_owned(), s))
+        })
+        .collect()
 }
 
 /// What the gateway's own upgrade asks of the rest of the daemon: how

@@ -66,6 +66,17 @@ pub enum JournalError {
     },
 }
 
+impl JournalError {
+    /// The journal could not grow: SQLite's `SQLITE_FULL` (the disk of
+    /// `state.dir` is full). The operation wrote nothing; the same one
+    /// succeeds once space returns (callers keep what they could not write,
+    /// docs/operations.md "What otabridge survives").
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, JournalError::Sqlite { source, .. }
+            if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
+    }
+}
+
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
 const MIGRATIONS: &[&str] = &[
     // 1: outbox, children, meta.

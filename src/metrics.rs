@@ -122,6 +122,35 @@ impl CompletedLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WaitLabels {
+    reason: &'static str,
+}
+
+/// Why a running job waits instead of working (issue 15): the
+/// `otabridge_jobs_waiting` gauge's `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Delivered, waiting for its activation window.
+    Window,
+    /// Held by the failure policy until its task is released.
+    Held,
+    /// Paused by an operator.
+    Paused,
+}
+
+impl Waiting {
+    const ALL: [Waiting; 3] = [Waiting::Window, Waiting::Held, Waiting::Paused];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Waiting::Window => "window",
+            Waiting::Held => "held",
+            Waiting::Paused => "paused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResumeLabels {
     what: &'static str,
 }
@@ -148,6 +177,10 @@ struct Inner {
     resumes: Family<ResumeLabels, Counter>,
     durations: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     downloaded: Counter,
+    /// Running jobs that wait, by journal id: why.
+    waiting_jobs: Mutex<HashMap<i64, Waiting>>,
+    waiting: Family<WaitLabels, Gauge>,
+    held: Counter,
 }
 
 impl Default for Inner {
@@ -161,6 +194,9 @@ impl Default for Inner {
             resumes: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             downloaded: Counter::default(),
+            waiting_jobs: Mutex::default(),
+            waiting: Family::default(),
+            held: Counter::default(),
         }
     }
 }
@@ -205,6 +241,9 @@ impl Metrics {
         for r in Resume::ALL {
             drop(i.resumes.get_or_create(&ResumeLabels { what: r.as_str() }));
         }
+        for w in Waiting::ALL {
+            drop(i.waiting.get_or_create(&WaitLabels { reason: w.as_str() }));
+        }
     }
 
     /// Adds every counter to `registry` under its exposition name.
@@ -239,6 +278,16 @@ impl Metrics {
             "otabridge_resumes",
             "Work continued instead of restarted: jobs after a restart, downloads with Range, deliveries from a non-zero offset.",
             i.resumes.clone(),
+        );
+        registry.register(
+            "otabridge_jobs_waiting",
+            "Upgrade jobs running in this process that wait: for their activation window, held by the failure policy, paused by an operator.",
+            i.waiting.clone(),
+        );
+        registry.register(
+            "otabridge_children_held",
+            "Children held by the failure policy (halt_failures) since start.",
+            i.held.clone(),
         );
         registry.register(
             "otabridge_phase_duration_seconds",
@@ -294,6 +343,7 @@ impl Metrics {
 
     /// Job `job` ended with `result_code`.
     pub fn job_finished(&self, job: i64, result_code: ResultCode) {
+        self.job_waiting(job, None);
         let now = Instant::now();
         if let Some(r) = self.running().remove(&job) {
             self.left(&r, now);
@@ -305,10 +355,40 @@ impl Metrics {
     /// Job `job` stopped without ending (the daemon is stopping; it resumes
     /// from the journal on the next start).
     pub fn job_stopped(&self, job: i64) {
+        self.job_waiting(job, None);
         if let Some(r) = self.running().remove(&job) {
             let labels = PhaseLabels { phase: r.phase };
             self.inner.jobs.get_or_create(&labels).dec();
         }
+    }
+
+    /// Job `job` waits for `why`, or no longer waits (`None`).
+    pub fn job_waiting(&self, job: i64, why: Option<Waiting>) {
+        let mut w = self
+            .inner
+            .waiting_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let before = match why {
+            Some(why) => w.insert(job, why),
+            None => w.remove(&job),
+        };
+        if before == why {
+            return;
+        }
+        if let Some(b) = before {
+            let labels = WaitLabels { reason: b.as_str() };
+            self.inner.waiting.get_or_create(&labels).dec();
+        }
+        if let Some(n) = why {
+            let labels = WaitLabels { reason: n.as_str() };
+            self.inner.waiting.get_or_create(&labels).inc();
+        }
+    }
+
+    /// The failure policy held a child's job.
+    pub fn child_held(&self) {
+        self.inner.held.inc();
     }
 
     /// Child `child` acknowledged `bytes` more bytes.
@@ -414,5 +494,46 @@ mod tests {
             assert!(t.lines().any(|l| l == line), "{line} missing from\n{t}");
         }
         assert!(!t.contains("phase=\"failed\""), "{t}");
+    }
+
+    #[test]
+    fn waiting_jobs_are_counted_by_reason_and_holds_add_up() {
+        let m = Metrics::new();
+        m.declare(&[], &[]);
+        let line = |t: &str, reason: &str, n: u32| {
+            let l = format!("otabridge_jobs_waiting{{reason=\"{reason}\"}} {n}");
+            assert!(t.lines().any(|x| x == l), "{l} missing from\n{t}");
+        };
+        let t = text(&m);
+        for r in ["window", "held", "paused"] {
+            line(&t, r, 0);
+        }
+        assert!(
+            t.lines().any(|l| l == "otabridge_children_held_total 0"),
+            "{t}"
+        );
+        m.job_waiting(1, Some(Waiting::Window));
+        m.job_waiting(1, Some(Waiting::Window));
+        m.job_waiting(2, Some(Waiting::Held));
+        m.child_held();
+        m.job_waiting(3, Some(Waiting::Held));
+        m.child_held();
+        let t = text(&m);
+        line(&t, "window", 1);
+        line(&t, "held", 2);
+        // Released, paused, ended, stopped.
+        m.job_waiting(2, None);
+        m.job_waiting(3, Some(Waiting::Paused));
+        m.job_finished(1, ResultCode::SUCCESS);
+        let t = text(&m);
+        line(&t, "window", 0);
+        line(&t, "held", 0);
+        line(&t, "paused", 1);
+        assert!(
+            t.lines().any(|l| l == "otabridge_children_held_total 2"),
+            "{t}"
+        );
+        m.job_stopped(3);
+        line(&text(&m), "paused", 0);
     }
 }

@@ -330,7 +330,10 @@ struct Progress {
 /// child (nordlys-uart), a CoAP push and a CoAP pull child, one package for
 /// all (an MCUboot image, so that the SMP children take it), killed
 /// `OTABRIDGE_CRASH_KILLS` times (default 100) at seeded moments aimed at
-/// download, delivery, activation and report publishing in turn.
+/// download, delivery, activation and report publishing in turn, plus,
+/// for each SMP child, one kill between its test mark and its reset (the
+/// first time it is there during the seeded kills, else one kill aimed
+/// there after them): it is still reset exactly once and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "minutes: run with --ignored; OTABRIDGE_CRASH_KILLS sets the kills (.ci/run: a share)"]
 async fn every_transport_survives_seeded_sigkills() {
@@ -378,6 +381,9 @@ async fn every_transport_survives_seeded_sigkills() {
         o.device.slot_size = 512 * 1024;
         o.faults = Faults {
             pace_baud: Some(230_400),
+            // The answer to the test mark comes 400 ms late, so that a
+            // kill aimed between test and reset lands there.
+            test_delay: Duration::from_millis(400),
             ..Faults::default()
         };
         o.seed = seed ^ i;
@@ -444,19 +450,21 @@ async fn every_transport_survives_seeded_sigkills() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    let in_test_window = |s: &SmpChild| {
+        s.test_marks() > 0 && !s.events().iter().any(|e| matches!(e, SimEvent::Resetting))
+    };
+    let mut test_window_hit = vec![false; smp.len()];
     let look = |server: &PackageServer| Progress {
         served: server.bytes_served(),
         delivered: smp.iter().map(|s| s.stats().rx_bytes).sum::<u64>()
             + framed.inspect(|c| c.device().chunk_offsets().len() as u64)
             + coap.iter().map(|c| c.stats().blocks).sum::<u64>(),
-        activating: smp.iter().any(|s| {
-            let ev = s.events();
-            ev.iter()
-                .any(|e| matches!(e, SimEvent::UploadComplete { .. }))
-                && !ev.iter().any(|e| matches!(e, SimEvent::Resetting))
-        }) || framed.inspect(|c| {
-            c.device().requests(MessageKind::Activate) > 0 && c.device().reboots() == 0
-        }),
+        // An SMP child marked for test and not reset yet (the window the
+        // 400 ms test answer widens), or a framed child told to activate.
+        activating: smp.iter().any(in_test_window)
+            || framed.inspect(|c| {
+                c.device().requests(MessageKind::Activate) > 0 && c.device().reboots() == 0
+            }),
     };
     let mut rng = Rng::new(seed);
     let mut hit: BTreeMap<Moment, usize> = BTreeMap::new();
@@ -485,6 +493,17 @@ async fn every_transport_survives_seeded_sigkills() {
                 landed = aim;
                 break;
             }
+            // Whatever the aim, the first time an SMP child is between
+            // its test mark and its reset, the kill lands there (the
+            // window comes once per child; the 400 ms late answer keeps it
+            // open long enough to see).
+            if let Some(i) =
+                (0..smp.len()).find(|&i| !test_window_hit[i] && in_test_window(&smp[i]))
+            {
+                test_window_hit[i] = true;
+                landed = Moment::Activation;
+                break;
+            }
         }
         if rig.done(&ids) {
             after_batch += 1;
@@ -492,6 +511,30 @@ async fn every_transport_survives_seeded_sigkills() {
         *hit.entry(landed).or_default() += 1;
         rig.kill_and_restart();
         eprintln!("kill {k}: aimed at {aim:?}, landed at {landed:?}");
+    }
+    // A kill point aimed between test and reset for each SMP child whose
+    // window did not open during the seeded kills (a short run ends
+    // before the activations): wait for it (bounded) and kill there.
+    for (i, sim) in smp.iter().enumerate() {
+        if test_window_hit[i] {
+            continue;
+        }
+        let until = Instant::now() + Duration::from_secs(120);
+        while !in_test_window(sim) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        assert!(
+            in_test_window(sim),
+            "k_smp{i}: no test mark within 120 s\n{}",
+            rig.logs()
+        );
+        test_window_hit[i] = true;
+        *hit.entry(Moment::Activation).or_default() += 1;
+        rig.kill_and_restart();
+        eprintln!(
+            "kill {}: aimed between test and reset of k_smp{i}",
+            rig.kills - 1
+        );
     }
     rig.finish(&ids, Duration::from_secs(300)).await;
 
@@ -564,7 +607,12 @@ async fn every_transport_survives_seeded_sigkills() {
         assert!(*f <= 3.0 + kills as f64, "{id}: {f:.2}x");
     }
     if kills >= 10 {
-        for m in [Moment::Download, Moment::Delivery, Moment::Report] {
+        for m in [
+            Moment::Download,
+            Moment::Delivery,
+            Moment::Activation,
+            Moment::Report,
+        ] {
             assert!(
                 hit.get(&m).copied().unwrap_or(0) > 0,
                 "no kill landed at {m:?}: {hit:?}"

@@ -4,7 +4,11 @@
 //! journals. The download fails with result 5 and a description that says
 //! the disk is full; the journal stays intact (`PRAGMA integrity_check`)
 //! while full and after; the gateway stays connected; when space returns
-//! the same upgrade succeeds.
+//! the same upgrade succeeds. A report made while the journal cannot grow
+//! waits in memory and arrives once space returns.
+//!
+//! Deterministic: the download stalls (the sim server holds it) until the
+//! disk is full, and every wait is for a state, bounded by 30 s.
 //!
 //! Mounting needs root (CI runs as root): without it the test says why and
 //! passes; under `OTABRIDGE_REQUIRE_INTEROP=1` as root a failed mount fails
@@ -122,9 +126,40 @@ fn progress(r: &otabridge::sim::platform::Received) -> Option<ProgressReport> {
     })
 }
 
+/// Waits (bounded by `T`) until `cond` holds; polls every 20 ms.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + T;
+    while !cond() {
+        assert!(Instant::now() < end, "{what}: not within {T:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Checkpoints the journal's WAL into the database and truncates it to
+/// nothing (from another connection, as `sqlite3` would): the gateway's
+/// next write must then grow the WAL file, so that on a full disk it
+/// fails for certain instead of reusing frames already allocated.
+fn truncate_wal(state_dir: &Path) {
+    let db = state_dir.join(otabridge::journal::FILE_NAME);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (busy, _, _): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(busy, 0, "the WAL checkpoint was blocked");
+}
+
+fn version_report(r: &otabridge::sim::platform::Received) -> Option<String> {
+    r.events.as_ref()?.iter().find_map(|i| match &i.event {
+        Event::VersionReport(v) if i.object_device_id.as_deref() == Some(CHILD) => {
+            Some(v.fw_version.clone().unwrap_or_default())
+        }
+        _ => None,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on a loaded box: 2 runs of 4 saw no version_report within 30 s after space \
-            returned (not diagnosed yet); run with --ignored"]
 async fn disk_full_while_downloading_and_journaling_then_recovery() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("TEST_LOG").unwrap_or("info,rumqttd=off,rumqttc=off".into()))
@@ -148,9 +183,10 @@ async fn disk_full_while_downloading_and_journaling_then_recovery() {
             Access::Bearer,
         )
         .unwrap();
-    // Two seconds of download, so that the disk fills during it.
+    // The download stops a quarter of the way (the connection stays open)
+    // until the disk is full: no race between the filler and the download.
     server.set_faults(Faults {
-        throttle: Some(2 << 20),
+        stall_at: Some(PACKAGE / 4),
         ..Faults::default()
     });
     let cfg = tb
@@ -160,7 +196,8 @@ async fn disk_full_while_downloading_and_journaling_then_recovery() {
         ))
         .unwrap();
     let child = Arc::new(MemoryChild::new(CHILD, "1.0"));
-    tb.start_gateway_with(cfg, vec![child.clone() as Arc<dyn Child>])
+    let handles = tb
+        .start_gateway_with(cfg, vec![child.clone() as Arc<dyn Child>])
         .await
         .unwrap();
     tb.wait_connected(T).await.unwrap();
@@ -172,16 +209,13 @@ async fn disk_full_while_downloading_and_journaling_then_recovery() {
 
     // 1. The disk fills while the package downloads.
     tb.send(Some(CHILD), &upgrade(&server)).await.unwrap();
-    let until = Instant::now() + T;
-    while server.bytes_served() < 512 * 1024 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        server.bytes_served() >= 512 * 1024,
-        "the download did not start"
-    );
+    until("the download reaches the stall", || {
+        server.bytes_served() >= PACKAGE / 4
+    })
+    .await;
     let filler = tb.state_dir.join("filler");
     fill(&filler, 32 * 1024);
+    server.resume_stalled();
     let failed = tb
         .wait_for(T, |r| progress(r).filter(|p| p.is_terminal()))
         .await
@@ -203,32 +237,49 @@ async fn disk_full_while_downloading_and_journaling_then_recovery() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
         .collect();
     assert!(parts.is_empty(), "{parts:?}");
+    // The failure report's row is deleted (its PUBACK handled) before the
+    // journal is made unable to grow.
+    until("the outbox empties", || {
+        otabridge::journal::Journal::open_read_only(&tb.state_dir)
+            .and_then(|j| j.outbox_len())
+            .is_ok_and(|n| n == 0)
+    })
+    .await;
 
-    // 2. Full to the last byte while the gateway journals (a health read
-    // and its report): the journal stays intact, the session stays up.
+    // 2. Full to the last byte while the gateway journals: the answer to a
+    // `version_query` cannot be journaled. It waits in memory (it is not
+    // lost); the journal stays intact and the session up.
+    truncate_wal(&tb.state_dir);
     fill(&tb.state_dir.join("filler2"), 0);
     tb.send(Some(CHILD), &Event::VersionQuery(VersionQuery::default()))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until("the version_report is held in memory", || {
+        handles.platform.held() >= 1
+    })
+    .await;
     assert_eq!(integrity(&tb.state_dir), "ok");
+    assert!(
+        tb.platform.try_recv().is_none(),
+        "a report arrived while the journal was full"
+    );
 
-    // 3. Space returns: the gateway answers, and the same upgrade succeeds.
+    // 3. Space returns: the held report arrives, the gateway answers again,
+    // and the same upgrade succeeds.
     std::fs::remove_file(&filler).unwrap();
     std::fs::remove_file(tb.state_dir.join("filler2")).unwrap();
+    let held = tb
+        .wait_for(T, version_report)
+        .await
+        .expect("the version_report made while the journal was full was lost");
+    assert_eq!(held, "1.0");
+    assert_eq!(handles.platform.held(), 0);
     tb.send(Some(CHILD), &Event::VersionQuery(VersionQuery::default()))
         .await
         .unwrap();
-    tb.wait_for(T, |r| {
-        r.events.as_ref()?.iter().find_map(|i| match &i.event {
-            Event::VersionReport(v) if i.object_device_id.as_deref() == Some(CHILD) => {
-                Some(v.clone())
-            }
-            _ => None,
-        })
-    })
-    .await
-    .expect("no version_report once space returned");
+    tb.wait_for(T, version_report)
+        .await
+        .expect("no version_report once space returned");
     server.set_faults(Faults::default());
     tb.send(Some(CHILD), &upgrade(&server)).await.unwrap();
     let done = tb

@@ -16,7 +16,11 @@
 //!   notifications, reading /5/0/3 again every `coap.observe_check_secs`
 //!   in case they stop, or polls them when the child refuses Observe. It
 //!   stops there (the observations are cancelled) and keeps the procedure
-//!   for `activate`.
+//!   for `activate`. A delivery the journal says had begun (`resume_from >
+//!   0`, or `activate` after a restart) reads /5/0/3 first: State 2 skips
+//!   to Execute, and a pulling child in State 1 goes on fetching from its
+//!   own offset (the Package URI is not written again, which would restart
+//!   its fetch).
 //! - `activate`: continues the same procedure: `POST /5/0/2` (Execute),
 //!   then reads /3/0/3 across the reboot until it shows the target version;
 //!   /5/0/5 failures become a [`ChildError`] refused with the cause the
@@ -289,12 +293,15 @@ impl CoapChild {
     }
 
     /// The procedure for `package` by `delivery` (pull or push, resolved
-    /// by [`CoapChild::choose_delivery`]).
+    /// by [`CoapChild::choose_delivery`]); `resumed` when the job's journal
+    /// says a delivery of it to this child began before (the procedure
+    /// then reads /5/0/3 before it sends anything: issue 17).
     fn new_procedure(
         &self,
         package: &Package,
         resume_from: u64,
         delivery: Delivery,
+        resumed: bool,
     ) -> Result<UpdateProcedure, ChildError> {
         let step = Step::Deliver {
             offset: resume_from,
@@ -328,6 +335,7 @@ impl CoapChild {
             max_attempts: self.options.max_attempts,
             version_policy: self.version_policy,
             accept: Some(self.accept(false)),
+            resumed,
             observe: self.options.observe,
             observe_check: self.options.observe_check,
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
@@ -817,7 +825,9 @@ impl Child for CoapChild {
         Box::pin(async move {
             let _slot = self.net.transfer_permit().await;
             let delivery = self.choose_delivery().await;
-            let mut procedure = self.new_procedure(package, resume_from, delivery)?;
+            // A journaled offset: the gateway restarted during the delivery.
+            let resumed = resume_from > 0;
+            let mut procedure = self.new_procedure(package, resume_from, delivery, resumed)?;
             info!(child = %self.device_id, ?delivery, size = package.size, resume_from, "delivering");
             match self
                 .drive(&mut procedure, package, true, progress, delivery)
@@ -889,8 +899,10 @@ impl CoapChild {
                     None => permit.await,
                 };
                 let delivery = self.choose_delivery().await;
+                // The journal says the delivery ended: a child in State 2
+                // is executed, not sent the package again.
                 (
-                    (self.new_procedure(package, 0, delivery)?, delivery),
+                    (self.new_procedure(package, 0, delivery, true)?, delivery),
                     Some(slot),
                 )
             }

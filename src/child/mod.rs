@@ -399,6 +399,7 @@ mod tests {
             let sim = ChildConfig {
                 device_id: "s".into(),
                 version_match: Policy::Exact,
+                activation_window: None,
                 transport: Transport::Simulated {
                     version: "1".into(),
                     online: true,
@@ -416,6 +417,7 @@ mod tests {
         let coap_child = |id: &str, port: u16| ChildConfig {
             device_id: id.into(),
             version_match: Policy::default(),
+            activation_window: None,
             transport: Transport::Coap {
                 address: crate::config::CoapAddress::Static(([127, 0, 0, 1], port).into()),
                 delivery: Delivery::Pull,

@@ -143,6 +143,9 @@ pub struct ChildConfig {
     /// How its versions are compared with a target: its own `version_match`,
     /// else `[ota] version_match` (any transport).
     pub version_match: Policy,
+    /// When it may be activated: its own `activation_window`, else
+    /// `[ota] activation_window`; `None`: at any time.
+    pub activation_window: Option<super::window::Window>,
     /// How it is reached.
     pub transport: Transport,
     /// What is checked in its packages before delivery (`image = {...}`).
@@ -380,12 +383,13 @@ const TRANSPORTS: &str = "coap or serial";
 impl ChildSpec {
     /// Reads `transport` (and a serial child's `protocol`), then the shape
     /// they select.
-    fn from_table(table: &ChildTable) -> Result<(ChildSpec, Option<Policy>), BadKey> {
+    fn from_table(table: &ChildTable) -> Result<(ChildSpec, Option<Policy>, ChildWindow), BadKey> {
         let mut values: toml::Table = table
             .iter()
             .map(|(k, v)| (k.clone(), v.get_ref().clone()))
             .collect();
         let version_match = version_match(&mut values)?;
+        let window = activation_window(&mut values)?;
         let transport = match values.remove("transport") {
             Some(toml::Value::String(t)) => t,
             Some(v) => {
@@ -413,7 +417,7 @@ impl ChildSpec {
                 format!("'{other}' is not {TRANSPORTS}"),
             )),
         }?;
-        Ok((spec, version_match))
+        Ok((spec, version_match, window))
     }
 
     /// The child's `image` table, resolved with its transport's defaults
@@ -437,6 +441,28 @@ impl ChildSpec {
             #[cfg(feature = "sim")]
             ChildSpec::Sim(s) => &s.device_id,
         }
+    }
+}
+
+/// A child's own `activation_window`: `None` when it sets none (it follows
+/// `[ota] activation_window`), `Some(None)` for `"always"`.
+pub(super) type ChildWindow = Option<Option<super::window::Window>>;
+
+/// Takes `activation_window`, which every transport has, out of a child's
+/// keys.
+fn activation_window(values: &mut toml::Table) -> Result<ChildWindow, BadKey> {
+    match values.remove("activation_window") {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => super::window::Window::parse(&s)
+            .map(Some)
+            .map_err(|m| BadKey::new("activation_window", m)),
+        Some(v) => Err(BadKey::new(
+            "activation_window",
+            format!(
+                "expected a string (\"HH:MM-HH:MM\" or \"always\"), found {}",
+                v.type_str()
+            ),
+        )),
     }
 }
 
@@ -578,8 +604,8 @@ impl Siblings {
         table: &ChildTable,
         gateway: &str,
         health: &HealthDefaults,
-    ) -> Result<(String, Option<Policy>, Draft, ChildImage), BadKey> {
-        let (mut spec, version_match) = ChildSpec::from_table(table)?;
+    ) -> Result<(String, Option<Policy>, ChildWindow, Draft, ChildImage), BadKey> {
+        let (mut spec, version_match, window) = ChildSpec::from_table(table)?;
         let image = spec.take_image()?;
         let id = spec.device_id().to_owned();
         if id.trim().is_empty() {
@@ -641,7 +667,7 @@ impl Siblings {
                 online: s.online,
             }),
         };
-        Ok((id, version_match, draft, image))
+        Ok((id, version_match, window, draft, image))
     }
 
     fn share(&mut self, index: usize, port: &PathBuf, baud: u32, f: Framing) -> Result<(), BadKey> {

@@ -18,6 +18,7 @@ mod gateway;
 pub mod health;
 mod profile;
 mod serial;
+mod window;
 
 pub use child::{
     ChildConfig, ChildImage, CoapAddress, Delivery, ImageCheck, SerialProtocol, Transport,
@@ -30,6 +31,7 @@ pub use serial::{
     Framing, Parity, SerialOptions, DEFAULT_REOPEN_TIMEOUT, DEFAULT_WINDOW, MAX_BUF_SIZE,
     MAX_REOPEN_TIMEOUT_MS, MAX_WINDOW, MIN_BUF_SIZE,
 };
+pub use window::{Window, Zone, ZONEINFO};
 
 /// A configuration that cannot be used: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +256,18 @@ pub struct OtaConfig {
     /// `halt_failures` counts (default 10); until then, at most
     /// `halt_failures` of them are in flight at once.
     pub halt_first: u32,
+    /// `activation_window`: when children may be activated, local time
+    /// `HH:MM-HH:MM` (issue 15 item 1); a `[[child]]` may set its own.
+    /// `None` (`"always"`, the default): at any time.
+    #[serde(deserialize_with = "window::de_window")]
+    pub activation_window: Option<Window>,
+    /// `timezone`: the zone windows are in, an IANA name read from
+    /// [`ZONEINFO`] or an absolute path to a TZif file; unset: the box's
+    /// `/etc/localtime` (UTC without one).
+    pub timezone: Option<String>,
+    /// `timezone` read (resolved with the files).
+    #[serde(skip)]
+    pub zone: Zone,
     /// Health-gated confirm of MCUboot (SMP) children: how long a child
     /// must pass its probes after the test boot before it is confirmed;
     /// 0 (the default) confirms at once (docs/operations.md).
@@ -293,6 +307,9 @@ impl Default for OtaConfig {
             retry_max_ms: 60_000,
             halt_failures: 3,
             halt_first: 10,
+            activation_window: None,
+            timezone: None,
+            zone: Zone::default(),
             health_check_secs: 0,
             health_probe_interval_secs: health::DEFAULT_INTERVAL_SECS,
             health_probe_timeout_secs: health::DEFAULT_PROBE_TIMEOUT_SECS,
@@ -573,6 +590,8 @@ struct DraftChild {
     device_id: String,
     /// Its own `version_match`, if it sets one.
     version_match: Option<Policy>,
+    /// Its own `activation_window`, if it sets one.
+    window: child::ChildWindow,
     draft: child::Draft,
     image: ChildImage,
     /// `child[i].protocol` and where it is written, for a profile that
@@ -639,7 +658,7 @@ impl Draft {
                 };
                 (key, at)
             };
-            let (device_id, version_match, draft, image) = siblings
+            let (device_id, version_match, window, draft, image) = siblings
                 .check(i, table, &platform.raw.device_id, &health)
                 .map_err(|e| {
                     let (key, at) = located(&e.key);
@@ -653,6 +672,7 @@ impl Draft {
             children.push(DraftChild {
                 device_id,
                 version_match,
+                window,
                 draft,
                 image,
                 protocol_key,
@@ -679,11 +699,23 @@ impl Draft {
     /// Reads what the configuration names: the secret file, the profiles
     /// directory and each framed profile (once, however many children on
     /// however many ports use it).
-    fn resolve(self) -> Result<Config, ConfigError> {
+    fn resolve(mut self) -> Result<Config, ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             file: self.file.clone(),
             key: key.to_owned(),
             message,
+        };
+        // The zone is read only when a window needs it.
+        let windows = self.ota.activation_window.is_some()
+            || self
+                .children
+                .iter()
+                .any(|c| matches!(c.window, Some(Some(_))));
+        self.ota.zone = match &self.ota.timezone {
+            Some(name) => Zone::load(name).map_err(|m| invalid("ota.timezone", m))?,
+            None if windows => Zone::system()
+                .map_err(|m| invalid("ota.timezone", format!("{m}; set ota.timezone")))?,
+            None => Zone::default(),
         };
         let auth = match self.platform.auth {
             AuthSpec::Ready(a) => a,
@@ -719,6 +751,7 @@ impl Draft {
             children.push(ChildConfig {
                 device_id: c.device_id,
                 version_match: c.version_match.unwrap_or(self.ota.version_match),
+                activation_window: c.window.unwrap_or(self.ota.activation_window),
                 transport,
                 image: c.image,
             });
@@ -1030,6 +1063,58 @@ protocol = "framed:acme-rs485"
             .children
             .iter()
             .all(|c| c.version_match == Policy::Normalised));
+    }
+
+    /// Activation windows (issue 15 item 1): `[ota]` for every child, a
+    /// `[[child]]` its own or `"always"`; the zone read from tzdata; bad
+    /// values name their key.
+    #[test]
+    fn activation_windows_and_the_timezone() {
+        let ota = |keys: &str| GOOD.replace("[state]", &format!("[ota]\n{keys}\n\n[state]"));
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.ota.activation_window, None);
+        assert_eq!(c.ota.zone.name, "UTC", "no window, no zone read");
+        let c = parse(&ota(
+            "activation_window = \"22:00-05:00\"\ntimezone = \"Europe/Berlin\"",
+        ))
+        .unwrap();
+        let w = Window::parse("22:00-05:00").unwrap();
+        assert!(c.children.iter().all(|c| c.activation_window == w));
+        assert_eq!(c.ota.zone.name, "Europe/Berlin");
+        // 2026-07-01 12:00 UTC: CEST.
+        assert_eq!(c.ota.zone.offset(1_782_907_200), 7200);
+        let c = parse(
+            &ota("activation_window = \"22:00-05:00\"\ntimezone = \"UTC\"").replace(
+                "address = \"192.168.10.21:5683\"",
+                "address = \"192.168.10.21:5683\"\nactivation_window = \"always\"",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.children[0].activation_window, None);
+        assert_eq!(c.children[1].activation_window, w);
+
+        let e = err(&ota("activation_window = \"25:00-01:00\""));
+        assert!(
+            e.starts_with(
+                "config /etc/otabridge.toml: ota.activation_window: '25:00-01:00' is not a window"
+            ),
+            "{e}"
+        );
+        let e = err(&ota(
+            "activation_window = \"22:00-05:00\"\ntimezone = \"Mars/Olympus\"",
+        ));
+        assert!(
+            e.starts_with("config /etc/otabridge.toml: ota.timezone: cannot read the zone file /usr/share/zoneinfo/Mars/Olympus"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "address = \"192.168.10.21:5683\"",
+            "address = \"192.168.10.21:5683\"\nactivation_window = \"at night\"",
+        ));
+        assert!(
+            e.starts_with("config /etc/otabridge.toml: child[0].activation_window: 'at night' is not a window"),
+            "{e}"
+        );
     }
 
     /// One key for every transport: `[ota] version_match` for all children,

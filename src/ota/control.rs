@@ -502,11 +502,15 @@ pub struct JobView {
     /// queued, downloading, delivering, activating, verifying, probing,
     /// reverting, confirming, succeeded, failed.
     pub phase: String,
-    /// `running`, `paused`, `held`, `cancelling`, or once ended
-    /// `succeeded`, `failed`, `cancelled`.
+    /// `running`, `waiting_window` (delivered, waiting for its activation
+    /// window), `paused`, `held`, `cancelling`, or once ended `succeeded`,
+    /// `failed`, `cancelled`.
     pub state: String,
     /// Why the failure policy holds it.
     pub held: Option<String>,
+    /// What it waits for (its activation window and when it opens; the
+    /// child's pre-flight refusal), while it waits.
+    pub waiting: Option<String>,
     /// Bytes the child acknowledged (last checkpoint).
     pub offset: u64,
     /// Package size.
@@ -540,6 +544,7 @@ impl JobView {
             _ if req.cancel => "cancelling",
             _ if req.paused => "paused",
             _ if req.held.is_some() => "held",
+            _ if m.cause.as_ref().is_some_and(|c| c.is_window()) => "waiting_window",
             _ => "running",
         };
         JobView {
@@ -550,6 +555,11 @@ impl JobView {
             phase: m.phase.as_str().to_owned(),
             state: state.to_owned(),
             held: req.held.clone(),
+            waiting: m
+                .cause
+                .as_ref()
+                .filter(|c| c.is_waiting() && m.result.is_none())
+                .map(|c| c.detail.clone()),
             offset: m.offset,
             size: m.size,
             progress: m.progress(),

@@ -34,12 +34,13 @@ use super::halt::{self, HaltPolicy};
 use super::job::{Effects, Input, Limits, Machine, Phase, Work};
 use super::jobs_db::{self, JobRow};
 use super::verdict::{verdict, Failure, FailureCause};
+use super::window::Schedule;
 use crate::child::bus::{Buses, Purpose, Turn};
 use crate::child::{Child, ChildError, ErrorKind, Package, Roster, Step};
 use crate::clock::{self, now_unix};
 use crate::config::OtaConfig;
 use crate::journal::{Journal, JournalError, SharedJournal};
-use crate::metrics::{Metrics, Resume};
+use crate::metrics::{Metrics, Resume, Waiting};
 use crate::package::{PackageRequest, PackageStore};
 use crate::platform::Platform;
 use crate::retry::{Backoff, RetryPolicy};
@@ -117,6 +118,9 @@ struct Inner {
     /// Bumped whenever a job ends or a task is released: jobs waiting at
     /// the halt gate look again.
     task_events: tokio::sync::watch::Sender<()>,
+    /// Each child's activation window (`super::window`), set once before jobs
+    /// run; a child without one activates at any time.
+    windows: std::sync::OnceLock<HashMap<String, Schedule>>,
 }
 
 /// The upgrade engine. Cheap to clone.
@@ -163,6 +167,7 @@ impl Engine {
                 },
                 admitted: tokio::sync::Mutex::default(),
                 task_events: tokio::sync::watch::Sender::new(()),
+                windows: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -172,6 +177,12 @@ impl Engine {
     /// ignored.
     pub fn set_image_gate(&self, gate: crate::image::Gate) {
         let _ = self.inner.gate.set(Arc::new(gate));
+    }
+
+    /// Sets each child's activation window (by device id; issue 15 item
+    /// 1). Set once, before jobs run; later calls are ignored.
+    pub fn set_activation_windows(&self, windows: HashMap<String, Schedule>) {
+        let _ = self.inner.windows.set(windows);
     }
 
     /// Resumes every job the journal holds as active (after a restart).
@@ -441,6 +452,66 @@ impl Engine {
         d
     }
 
+    /// The activation window's gate before job `run` activates (`super::window`):
+    /// go, wait until the window opens (journaled as the job's cause, shown
+    /// by `status` and the control API, reported upstream once), or fail
+    /// now when it opens too late for the deadline. Only a job that sent
+    /// no activation yet waits: one resumed after sending it reads the
+    /// version back first.
+    async fn window_gate(&self, run: &mut Run) -> WindowGate {
+        let row = &mut run.row;
+        let waiting = row.machine.cause.as_ref().is_some_and(|c| c.is_window());
+        let schedule = self.inner.windows.get().and_then(|w| w.get(&row.device_id));
+        let Some(s) = schedule.filter(|_| row.activations == 0) else {
+            return WindowGate::Go;
+        };
+        let now = now_unix();
+        if s.contains(now) {
+            if waiting {
+                // Saved with the activation count, before it is sent.
+                row.machine.cause = None;
+                info!(child = %row.device_id, job = row.id, "the activation window {} is open", s.describe());
+            }
+            return WindowGate::Go;
+        }
+        let opens = s.next_open(now);
+        // The activation and the read-back must fit before the deadline.
+        let needs = self.inner.timeouts.activation.as_secs() as i64;
+        if opens + needs > row.deadline_unix - DEADLINE_MARGIN.as_secs() as i64 {
+            let why = format!(
+                "the activation window {} opens at {}, too late for the deadline {} (the \
+                 activation may take {needs} s); the image was delivered, the child keeps \
+                 running {}",
+                s.describe(),
+                s.local(opens),
+                s.local(row.deadline_unix),
+                row.machine
+                    .current_version
+                    .as_deref()
+                    .unwrap_or("the version it ran")
+            );
+            return WindowGate::Failed(verdict(Failure::Window(&why)));
+        }
+        if !waiting {
+            let detail = format!(
+                "for the activation window {}: it opens at {}",
+                s.describe(),
+                s.local(opens)
+            );
+            info!(child = %row.device_id, job = row.id, "waiting {detail}");
+            row.machine.cause = Some(FailureCause::window(detail.clone()));
+            let report = ProgressReport {
+                result_code: ResultCode::SUCCESS,
+                progress: Some(row.machine.progress()),
+                version: row.machine.current_version.clone().unwrap_or_default(),
+                description: Some(format!("waiting {detail}")),
+            };
+            let row = row.clone();
+            self.save_and_report(&row, report).await;
+        }
+        WindowGate::Wait(clock::now() + std::time::Duration::from_secs((opens - now) as u64))
+    }
+
     /// Holds job `run` for `why` (the halt policy): journaled, shown by
     /// the control API and `status`, reported upstream as progress with
     /// the reason as its description.
@@ -491,6 +562,7 @@ impl Engine {
             Ok(true) => self.inner.platform.queued(),
             Err(e) => warn!(child = %row.device_id, "journal: {e}"),
         }
+        self.inner.metrics.child_held();
         warn!(child = %row.device_id, job = row.id, "held: {why}");
         ctl.set_held(Some(why)).await;
     }
@@ -575,34 +647,46 @@ impl Engine {
     }
 
     /// [`Engine::save`] and [`Engine::report`] in one journal transaction.
+    /// While the journal's disk is full the job waits here, trying again
+    /// every second: it does not go on past a state and report that were
+    /// not written (issue 17 item 6).
     async fn save_and_report(&self, row: &JobRow, r: ProgressReport) {
-        let (id, machine, activations) = (row.id, row.machine.clone(), row.activations);
         let report = self
             .inner
             .platform
             .prepare(Some(&row.device_id), &Event::ProgressReport(r));
-        let r = self
-            .inner
-            .journal
-            .run(move |j| {
-                let tx = |j: &mut Journal, sql: &str| {
-                    j.connection().execute_batch(sql).map_err(|e| j.err(e))
-                };
-                tx(j, "BEGIN IMMEDIATE")?;
-                let r = jobs_db::save(j, id, &machine, activations, now_unix())
-                    .and_then(|()| report.push(j));
-                match r {
-                    Ok(()) => tx(j, "COMMIT"),
-                    Err(e) => {
-                        let _ = tx(j, "ROLLBACK");
-                        Err(e)
+        let mut warned = false;
+        loop {
+            let (id, machine, activations) = (row.id, row.machine.clone(), row.activations);
+            let write =
+                move |j: &mut Journal| jobs_db::save(j, id, &machine, activations, now_unix());
+            match self
+                .inner
+                .platform
+                .commit_with_report(report.clone(), write)
+                .await
+            {
+                Ok(()) => {
+                    if warned {
+                        info!(child = %row.device_id, job = row.id, "journal has room again: state and report written");
                     }
+                    return;
                 }
-            })
-            .await;
-        match r {
-            Ok(()) => self.inner.platform.queued(),
-            Err(err) => warn!(child = %row.device_id, "journal: {err}"),
+                Err(err) if err.is_disk_full() => {
+                    if !warned {
+                        warn!(
+                            child = %row.device_id, job = row.id,
+                            "journal: {err}; the job waits until the disk of state.dir has room"
+                        );
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => {
+                    warn!(child = %row.device_id, "journal: {err}");
+                    return;
+                }
+            }
         }
     }
 
@@ -653,10 +737,21 @@ impl Engine {
             // A safe point: the operator's and the failure policy's requests.
             changed.borrow_and_update();
             let (gate, n) = ctl.gate_at();
+            let waits = match gate {
+                Gate::Wait if ctl.requests().held.is_some() => Some(Waiting::Held),
+                Gate::Wait => Some(Waiting::Paused),
+                _ => None,
+            };
+            self.inner.metrics.job_waiting(run.row.id, waits);
             match gate {
                 Gate::Go => ctl.honoured(n),
                 Gate::Cancel => {
-                    let v = verdict(Failure::Cancelled(run.row.machine.phase));
+                    let m = &run.row.machine;
+                    let doing = match &m.cause {
+                        Some(c) if c.is_window() => "waiting for the activation window",
+                        _ => m.phase.as_str(),
+                    };
+                    let v = verdict(Failure::Cancelled(doing));
                     info!(child = %run.row.device_id, job = run.row.id, "cancelled by the operator");
                     self.feed(&mut run, Input::Failed(v)).await;
                     ctl.honoured(n);
@@ -715,6 +810,30 @@ impl Engine {
                     _ = ctl.stop_requested(&mut changed) => continue,
                     _ = tokio::time::sleep_until(deadline) => {
                         self.feed(&mut run, Input::DeadlinePassed).await;
+                        continue;
+                    }
+                }
+            }
+            // The activation waits for the child's window, without its slot.
+            if work == Work::Activate {
+                match self.window_gate(&mut run).await {
+                    WindowGate::Go => {}
+                    WindowGate::Failed(v) => {
+                        self.feed(&mut run, Input::Failed(v)).await;
+                        continue;
+                    }
+                    WindowGate::Wait(at) => {
+                        self.inner
+                            .metrics
+                            .job_waiting(run.row.id, Some(Waiting::Window));
+                        slot = None;
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = ctl.stop_requested(&mut changed) => {}
+                            _ = tokio::time::sleep_until(deadline) => {
+                                self.feed(&mut run, Input::DeadlinePassed).await;
+                            }
+                        }
                         continue;
                     }
                 }
@@ -1256,4 +1375,14 @@ async fn read_version(child: &Arc<dyn Child>, within: Duration, step: Step) -> I
         }
     };
     Input::Failed(verdict(Failure::Child(&e)))
+}
+
+/// What [`Engine::window_gate`] decided.
+enum WindowGate {
+    /// Activate now.
+    Go,
+    /// Wait until this instant (the window opens).
+    Wait(clock::Instant),
+    /// The window opens too late for the deadline.
+    Failed(super::verdict::Verdict),
 }

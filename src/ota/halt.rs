@@ -66,17 +66,27 @@ pub fn task_jobs(j: &mut Journal, task: &str) -> Result<TaskJobs, JournalError> 
     let released = is_released(j, task)?;
     let conn = j.connection();
     let read = || -> rusqlite::Result<TaskJobs> {
+        // The journal's SQLite is built without its JSON functions
+        // (.cargo/config.toml): the events that hold the task id as a JSON
+        // string are found with `instr`, and their `task_id` checked here.
         let mut st = conn.prepare_cached(
-            "SELECT id, phase, result_code, control, held, acked_offset, activations
-             FROM jobs WHERE json_extract(event, '$.task_id') = ?1
+            "SELECT id, phase, result_code, control, held, acked_offset, activations, event
+             FROM jobs WHERE instr(event, ?1) > 0
              ORDER BY updated_unix, id",
         )?;
         let mut out = TaskJobs {
             released,
             ..TaskJobs::default()
         };
-        let mut rows = st.query(params![task])?;
+        let quoted = serde_json::Value::from(task).to_string();
+        let mut rows = st.query(params![quoted])?;
         while let Some(r) = rows.next()? {
+            let event: String = r.get(7)?;
+            let of_task = serde_json::from_str::<serde_json::Value>(&event)
+                .is_ok_and(|e| e.get("task_id").and_then(|t| t.as_str()) == Some(task));
+            if !of_task {
+                continue;
+            }
             let id: i64 = r.get(0)?;
             out.all += 1;
             let phase = Phase::parse(&r.get::<_, String>(1)?).unwrap_or(Phase::Failed);
@@ -287,6 +297,17 @@ mod tests {
                 )
                 .unwrap();
         }
+        // Another task whose event names "t" elsewhere is not task t's.
+        j.connection()
+            .execute(
+                "INSERT INTO jobs (device_id, kind, v2, event, received_unix, deadline_unix,
+                    target, size, phase, result_code, acked_offset, updated_unix)
+                 VALUES ('x', 'firmware', 0, ?1, 0, 99, '2', 1, 'failed', 10, 0, 99)",
+                params![
+                    r#"{"version":"2","url":"u","file_size":1,"task_id":"u","custom_info":"t"}"#
+                ],
+            )
+            .unwrap();
         let t = task_jobs(&mut j, "t").unwrap();
         assert_eq!(t.ended, vec![10]);
         assert_eq!(t.started, vec![3]);

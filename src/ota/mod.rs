@@ -28,6 +28,7 @@ pub mod jobs_db;
 pub mod onboard;
 pub mod status;
 pub mod verdict;
+pub mod window;
 
 use std::future::Future;
 use std::sync::Arc;

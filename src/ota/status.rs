@@ -65,8 +65,8 @@ pub struct JobStatus {
     /// reverting, confirming, succeeded, failed.
     pub phase: String,
     /// What operators and policies made of it (issue 15): `running`,
-    /// `paused`, `held`, `cancelling`, or once ended `succeeded`,
-    /// `failed`, `cancelled`.
+    /// `waiting_window`, `paused`, `held`, `cancelling`, or once ended
+    /// `succeeded`, `failed`, `cancelled`.
     pub state: String,
     /// Why the failure policy holds it.
     pub held: Option<String>,
@@ -250,7 +250,7 @@ pub fn print(cfg: &Config, json: bool) -> Result<(), JournalError> {
         let (phase, progress, retries, mut last) = match &s.job {
             Some(j) => (
                 match j.state.as_str() {
-                    "paused" | "held" | "cancelling" | "cancelled" => {
+                    "paused" | "held" | "cancelling" | "cancelled" | "waiting_window" => {
                         format!("{} ({}) -> {}", j.phase, j.state, j.target)
                     }
                     _ => format!("{} -> {}", j.phase, j.target),

@@ -35,6 +35,10 @@ pub enum Failure<'a> {
     ImageCheck(&'a Rejection),
     /// The job's deadline passed in this phase.
     Deadline(Phase),
+    /// The child's activation window opens too late for the event's
+    /// deadline (issue 15 item 1, `super::window`): the image was delivered
+    /// and not activated. What the job says about it.
+    Window(&'a str),
     /// After the update the child runs another version than the target
     /// (MCUboot reverted, or the image did not take).
     Reverted {
@@ -47,8 +51,9 @@ pub enum Failure<'a> {
     Unconfigured(&'a str),
     /// An operator cancelled the job through the control API (issue 15,
     /// `src/ota/control.rs`), at a safe point before the activation: the
-    /// child runs the image it ran before.
-    Cancelled(Phase),
+    /// child runs the image it ran before. What it was doing: its phase,
+    /// or `waiting for the activation window`.
+    Cancelled(&'a str),
     /// The health-gated confirm (issue 15 item 2): a probe failed (`what`)
     /// and the job reverted the child, which runs `running` afterwards
     /// (`reverted`: it is no longer the target), or the revert could not
@@ -141,6 +146,26 @@ impl FailureCause {
     pub fn is_waiting(&self) -> bool {
         self.kind == Self::WAITING
     }
+
+    /// `step` of a job's wait for its activation window (`super::window`).
+    pub const WINDOW_STEP: &'static str = "activation window";
+
+    /// The cause of a delivered job that waits for its activation window:
+    /// `detail` says which window and when it opens.
+    pub fn window(detail: String) -> Self {
+        FailureCause {
+            step: Self::WINDOW_STEP.into(),
+            offset: None,
+            kind: Self::WAITING.into(),
+            device_said: None,
+            detail,
+        }
+    }
+
+    /// Whether the job waits for its activation window.
+    pub fn is_window(&self) -> bool {
+        self.is_waiting() && self.step == Self::WINDOW_STEP
+    }
 }
 
 impl fmt::Display for FailureCause {
@@ -209,6 +234,15 @@ pub fn verdict(f: Failure<'_>) -> Verdict {
                 description,
             }
         }
+        Failure::Window(why) => {
+            let description = format!("{DESC_UPDATE_FAILED}: not activated: {why}");
+            Verdict {
+                retry: false,
+                code: ResultCode::INSTALL_FAIL,
+                cause: own_cause(FailureCause::WINDOW_STEP, "deadline before the window", why),
+                description,
+            }
+        }
         Failure::Reverted { running, target } => Verdict {
             retry: true,
             code: ResultCode::INSTALL_FAIL,
@@ -228,13 +262,12 @@ pub fn verdict(f: Failure<'_>) -> Verdict {
             // decision, so "internal exception" with the reason (§4.6 has
             // no code for a cancel).
             let description = format!(
-                "cancelled by the gateway's operator while {}; the child keeps the version it ran",
-                phase.as_str()
+                "cancelled by the gateway's operator while {phase}; the child keeps the version it ran"
             );
             Verdict {
                 retry: false,
                 code: ResultCode::INNER_ERROR,
-                cause: own_cause(phase.as_str(), "cancelled", &description),
+                cause: own_cause(phase, "cancelled", &description),
                 description,
             }
         }

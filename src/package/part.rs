@@ -47,7 +47,8 @@ pub(crate) const QUEUE: usize = 4;
 /// each other in throughput. What did cost throughput was handing hyper's
 /// frames themselves to the writer thread: each frame's 64 KiB allocation
 /// was freed there, and glibc trimmed and re-grew the heaps for it (about
-/// 800 `madvise(MADV_DONTNEED)` and the page faults after them per 512 MiB).
+/// 1 000 `madvise(MADV_DONTNEED)` more per 512 MiB, and the page faults
+/// after them).
 pub(crate) const CHUNK: usize = 128 * 1024;
 
 pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> DownloadError {

@@ -28,6 +28,9 @@ const WINDOW: usize = 32;
 /// 1 MB (docs/protocols/iotda.md §1.3); anything larger is refused by rumqttc, and payloads
 /// between the platform limit and this one reach the daemon to be logged.
 const MAX_INBOUND_PACKET: usize = 2 * 1024 * 1024;
+/// How often reports held in memory and acknowledged rows that could not be
+/// deleted are tried again while the journal's disk is full.
+const JOURNAL_FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// What the session hands to the daemon.
 #[derive(Debug, Clone)]
@@ -253,9 +256,19 @@ impl Session {
         let mut outbox = Outbox::new(self.platform.journal().clone());
         let mut bucket = Bucket::new(self.cfg.max_messages_per_sec);
         loop {
+            // While the journal's disk is full, reports wait in memory and
+            // acknowledged rows stay in the outbox: both are tried again
+            // every second (issue 17 item 6).
             let rate_wait = match outbox.fill(client, &mut bucket).await {
                 Ok(w) => w,
                 Err(ended) => return ended,
+            };
+            let full = self.platform.held() > 0 || !outbox.undeleted.is_empty();
+            let retry_full = async {
+                if !full {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(JOURNAL_FULL_RETRY).await;
             };
             let rate_sleep = async {
                 match rate_wait {
@@ -292,6 +305,13 @@ impl Session {
                 // New reports: read the outbox again.
                 _ = self.platform.woken() => outbox.drained = false,
                 _ = rate_sleep => {}
+                _ = retry_full => {
+                    self.platform.flush_held().await;
+                    outbox.drained = false;
+                    if let Err(ended) = outbox.delete_acked().await {
+                        return ended;
+                    }
+                }
                 _ = &mut *shutdown => return Ended::Shutdown,
             }
         }
@@ -314,6 +334,12 @@ struct Outbox {
     inflight: HashMap<u16, i64>,
     /// The last read found no more rows.
     drained: bool,
+    /// Acknowledged rows the journal could not delete (its disk was full),
+    /// oldest first: deleted later ([`Outbox::delete_acked`]); they are not
+    /// read again in this connection.
+    undeleted: Vec<i64>,
+    /// The full disk that kept rows in the outbox was logged.
+    undeleted_warned: bool,
 }
 
 impl Outbox {
@@ -325,6 +351,8 @@ impl Outbox {
             awaiting_pkid: VecDeque::new(),
             inflight: HashMap::new(),
             drained: false,
+            undeleted: Vec::new(),
+            undeleted_warned: false,
         }
     }
 
@@ -378,13 +406,48 @@ impl Outbox {
     /// The broker acknowledged `pkid`: its row leaves the outbox.
     async fn acked(&mut self, pkid: u16) -> Result<(), Ended> {
         if let Some(id) = self.inflight.remove(&pkid) {
-            self.journal
-                .run(move |j| j.outbox_delete(id))
-                .await
-                .map_err(|e| Ended::Failed(format!("updating the outbox: {e}")))?;
+            self.undeleted.push(id);
             debug!(id, "report acknowledged");
         }
-        Ok(())
+        self.delete_acked().await
+    }
+
+    /// Deletes the acknowledged rows. A full disk keeps them for later (a
+    /// restart before then sends them again: at least once, as QoS 1);
+    /// any other journal failure ends the connection.
+    async fn delete_acked(&mut self) -> Result<(), Ended> {
+        if self.undeleted.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.undeleted);
+        let (r, left) = self
+            .journal
+            .run(move |j| {
+                for (n, id) in ids.iter().enumerate() {
+                    if let Err(e) = j.outbox_delete(*id) {
+                        return (Err(e), ids[n..].to_vec());
+                    }
+                }
+                (Ok(()), Vec::new())
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                self.undeleted_warned = false;
+                Ok(())
+            }
+            Err(e) if e.is_disk_full() => {
+                if !self.undeleted_warned {
+                    self.undeleted_warned = true;
+                    warn!(
+                        "acknowledged reports stay in the outbox until the journal has room: {e}"
+                    );
+                }
+                self.undeleted = left;
+                Ok(())
+            }
+            Err(e) => Err(Ended::Failed(format!("updating the outbox: {e}"))),
+        }
     }
 }
 

@@ -68,7 +68,8 @@ pub struct Faults {
     /// Send at most this many body bytes per second.
     pub throttle: Option<u64>,
     /// Stop sending (and keep the connection open) when a response reaches
-    /// this offset; used up once.
+    /// this offset, for an hour or until [`PackageServer::resume_stalled`];
+    /// used up once.
     pub stall_at: Option<u64>,
     /// Answer every request with the whole package and `200`.
     pub ignore_range: bool,
@@ -149,6 +150,8 @@ struct State {
     faults: Faults,
     log: Vec<RequestLog>,
     token_counter: u64,
+    /// Wakes a response stalled by `Faults::stall_at` ([`PackageServer::resume_stalled`]).
+    resume: Arc<tokio::sync::Notify>,
 }
 
 /// The running server. Dropping it stops accepting connections.
@@ -365,6 +368,13 @@ impl PackageServer {
     /// Replaces the faults.
     pub fn set_faults(&self, faults: Faults) {
         self.state.lock().unwrap().faults = faults;
+    }
+
+    /// Lets a response stalled at `Faults::stall_at` go on sending, as a
+    /// link that comes back would (at most one; a call before the stall
+    /// releases it as soon as it stalls).
+    pub fn resume_stalled(&self) {
+        self.state.lock().unwrap().resume.notify_one();
     }
 
     /// Every request so far, in arrival order.
@@ -643,8 +653,11 @@ async fn send_body<S: AsyncWrite + Unpin>(
         }
         if stall.is_some() {
             s.flush().await?;
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            return Ok(());
+            let resume = state.lock().unwrap().resume.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => return Ok(()),
+                _ = resume.notified() => {}
+            }
         }
         if let Some(bps) = faults.throttle {
             let due = started + Duration::from_secs_f64(sent as f64 / bps as f64);

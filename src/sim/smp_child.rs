@@ -70,6 +70,11 @@ pub struct Faults {
     /// Delay before answering the first chunk of an upload session, as a
     /// device erasing its slot first (`erase-ms=`).
     pub erase_delay: Duration,
+    /// Delay before answering the image-state write that marks an image
+    /// for test, as a device writing its swap trailer (`test-ms=`); the
+    /// reset comes after the answer, so this widens the window between
+    /// test and reset (crash tests aim a kill there, issue 17).
+    pub test_delay: Duration,
     /// Power-cycle once the device holds this many bytes of an upload
     /// (`reboot-at=`); the answer to that chunk is lost.
     pub reboot_at: Option<u64>,
@@ -113,6 +118,7 @@ impl Default for Faults {
             corrupt_crc: 0.0,
             noise: 0.0,
             erase_delay: Duration::ZERO,
+            test_delay: Duration::ZERO,
             reboot_at: None,
             boot_time: Duration::from_millis(200),
             pace_baud: None,
@@ -133,7 +139,7 @@ pub enum FaultsError {
     NotPair(String),
     /// An unknown fault name.
     #[error(
-        "unknown fault '{0}' (drop, crc, noise, erase-ms, reboot-at, boot-ms, pace, rx-bufs, work-ms, health, sick-after-ms, watchdog-ms)"
+        "unknown fault '{0}' (drop, crc, noise, erase-ms, test-ms, reboot-at, boot-ms, pace, rx-bufs, work-ms, health, sick-after-ms, watchdog-ms)"
     )]
     Unknown(String),
     /// A value that does not fit its fault.
@@ -151,7 +157,7 @@ pub enum FaultsError {
 impl FromStr for Faults {
     type Err = FaultsError;
 
-    /// `drop=0.05,crc=0.02,noise=0.1,erase-ms=1500,reboot-at=65536,boot-ms=200,pace=115200,rx-bufs=2,work-ms=5`.
+    /// `drop=0.05,crc=0.02,noise=0.1,erase-ms=1500,test-ms=500,reboot-at=65536,boot-ms=200,pace=115200,rx-bufs=2,work-ms=5`.
     fn from_str(s: &str) -> Result<Faults, FaultsError> {
         let mut f = Faults::default();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -180,6 +186,7 @@ impl FromStr for Faults {
                 "crc" => f.corrupt_crc = prob()?,
                 "noise" => f.noise = prob()?,
                 "erase-ms" => f.erase_delay = Duration::from_millis(num()?),
+                "test-ms" => f.test_delay = Duration::from_millis(num()?),
                 "reboot-at" => f.reboot_at = Some(num()?),
                 "boot-ms" => f.boot_time = Duration::from_millis(num()?),
                 "work-ms" => f.work = Duration::from_millis(num()?),
@@ -276,6 +283,8 @@ struct Shared {
     events: Vec<SimEvent>,
     running: String,
     confirmed: bool,
+    /// Image-state writes that marked an image for test (not confirm).
+    test_marks: u32,
 }
 
 /// A running simulator; dropping it stops it.
@@ -369,6 +378,12 @@ impl SmpChild {
     /// The bytes of the secondary slot as the device wrote them.
     pub fn flash(&self) -> Vec<u8> {
         self.shared().flash.clone()
+    }
+
+    /// Image-state writes so far that marked an image for test (the step
+    /// before the reset).
+    pub fn test_marks(&self) -> u32 {
+        self.shared().test_marks
     }
 
     /// The device's events so far.
@@ -730,9 +745,18 @@ impl Device {
         if chunk.as_ref().is_some_and(|c| c.off == Some(0)) {
             self.shared().stats.first_chunks += 1;
         }
+        let test_mark = split_message(msg).ok().is_some_and(|(h, body)| {
+            (h.op, h.group, h.id) == (Op::Write, group::IMAGE, command::IMAGE_STATE)
+                && message::decode_state_write(body)
+                    .is_ok_and(|(hash, confirm)| hash.is_some() && !confirm)
+        });
         self.dev.handle_message(msg, at);
         let (started, _) = self.collect_events();
         let mut done = at + self.faults.work;
+        if test_mark {
+            self.shared().test_marks += 1;
+            done = done + self.faults.test_delay;
+        }
         if started && !self.faults.erase_delay.is_zero() {
             // Erasing the slot blocks the device, answers included.
             self.shared().stats.erase_delays += 1;

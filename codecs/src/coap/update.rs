@@ -20,7 +20,10 @@
 //!    [`super::Peers`] ([`Action::Push`]), then the same poll of `/5/0/3`
 //!    until State 2. A push that resumes a journaled offset reads `/5/0/3`
 //!    first: a child already in State 2 got the whole image before the
-//!    gateway stopped, and is not sent it again.
+//!    gateway stopped, and is not sent it again. So does any delivery the
+//!    caller says was begun before ([`UpdateConfig::resumed`]): a pulling
+//!    child still in State 1 goes on from its own offset (the URI is not
+//!    written again), and one in State 2 is executed.
 //! 3. `POST /5/0/2` (Execute). A child may reboot before it answers, so a
 //!    lost answer is not a failure.
 //! 4. Poll `/3/0/3` through the reboot until it equals the target version;
@@ -122,6 +125,14 @@ pub struct UpdateConfig {
     pub total_len: u32,
     /// Pull or push.
     pub delivery: Delivery,
+    /// A delivery of this package to this child began before (the
+    /// caller's journal says so: a gateway restarted during it or after
+    /// it). The first attempt reads `/5/0/3` before it sends anything: a
+    /// child in State 2 holds the image already (Execute next); a pulling
+    /// child in State 1 goes on fetching from its own offset, so the
+    /// Package URI is not written again (that would restart its fetch from
+    /// byte 0). A push with `resume_offset > 0` reads it in any case.
+    pub resumed: bool,
     /// Pause between two reads of a polled resource.
     pub poll_interval: Duration,
     /// Longest time from starting the delivery to State 2.
@@ -154,6 +165,7 @@ impl UpdateConfig {
             version_policy: Policy::default(),
             total_len,
             delivery,
+            resumed: false,
             poll_interval: Duration::from_secs(5),
             download_timeout: Duration::from_secs(30 * 60),
             update_timeout: Duration::from_secs(10 * 60),
@@ -354,7 +366,8 @@ enum Step {
     ReadVersion,
     Reset,
     WriteUri,
-    /// A resumed push: is the child in State 2 already?
+    /// A resumed delivery: is the child in State 2 already (or, pulling,
+    /// still in State 1)?
     CheckDownloaded,
     /// The Block1 push runs in the driver's [`super::Peers`].
     Pushing,
@@ -563,9 +576,9 @@ impl UpdateProcedure {
         let path = self.current_path();
         if !code.is_success() {
             match self.step {
-                // No readable state: push as planned (the resume falls back
-                // to block 0 if the child forgot the transfer).
-                Step::CheckDownloaded => self.step = Step::Pushing,
+                // No readable state: deliver as planned (a push resume falls
+                // back to block 0 if the child forgot the transfer).
+                Step::CheckDownloaded => self.step = self.first_delivery_step(),
                 // Booting children may answer 5.03 or 4.04 for a while.
                 Step::VerifyVersion | Step::VerifyResult => self.wait(now, Step::VerifyVersion),
                 Step::Execute => self.step = Step::ConfirmRefusal(code),
@@ -639,7 +652,13 @@ impl UpdateProcedure {
             // version read after Execute confirms it.
             Step::CheckDownloaded => match State::read(format, payload) {
                 Ok(State::Downloaded) => self.downloaded(),
-                _ => self.step = Step::Pushing,
+                // 5.xml: State 1, the child is fetching the URI the journal
+                // says we wrote; it owns the offset, and served blocks are
+                // the progress. Writing the URI again would restart it.
+                Ok(State::Downloading) if matches!(self.cfg.delivery, Delivery::Pull { .. }) => {
+                    self.await_state(now)
+                }
+                _ => self.step = self.first_delivery_step(),
             },
             Step::PollResult => match UpdateResult::read(format, payload) {
                 Ok(r) if r.is_failure() => self.fail(UpdateFailure::Child(r), now),
@@ -687,7 +706,7 @@ impl UpdateProcedure {
             return;
         }
         match self.step {
-            Step::CheckDownloaded => self.step = Step::Pushing,
+            Step::CheckDownloaded => self.step = self.first_delivery_step(),
             // A child may reboot before answering Execute (docs/protocols/children.md §3
             // step 6 polls "across the reboot"), and is silent while it
             // reboots.
@@ -713,6 +732,7 @@ impl UpdateProcedure {
             Step::PollState
                 | Step::PollResult
                 | Step::WriteUri
+                | Step::CheckDownloaded
                 | Step::ObserveState
                 | Step::ObserveResult
         ) {
@@ -963,16 +983,27 @@ impl UpdateProcedure {
         let own = now + self.cfg.download_timeout;
         self.deadline = Some(self.bound.map_or(own, |b| b.min(own)));
         self.delivered = 0;
-        self.step = match &self.cfg.delivery {
-            Delivery::Pull { .. } => Step::WriteUri,
-            // A first attempt that resumes an earlier push asks the child
-            // first: it may hold the whole image already (a gateway stopped
-            // during the last block, before its answer was journaled).
-            Delivery::Push { resume_offset, .. } if *resume_offset > 0 && self.attempt == 1 => {
-                Step::CheckDownloaded
-            }
-            Delivery::Push { .. } => Step::Pushing,
+        // A first attempt that resumes an earlier delivery asks the child
+        // first: it may hold the whole image already (a gateway stopped
+        // during the last block, before its answer was journaled), or be
+        // fetching it still.
+        let resumed = match &self.cfg.delivery {
+            Delivery::Push { resume_offset, .. } => *resume_offset > 0 || self.cfg.resumed,
+            Delivery::Pull { .. } => self.cfg.resumed,
         };
+        self.step = if resumed && self.attempt == 1 {
+            Step::CheckDownloaded
+        } else {
+            self.first_delivery_step()
+        };
+    }
+
+    /// The step that starts sending the package.
+    fn first_delivery_step(&self) -> Step {
+        match &self.cfg.delivery {
+            Delivery::Pull { .. } => Step::WriteUri,
+            Delivery::Push { .. } => Step::Pushing,
+        }
     }
 
     /// Execute was refused with `code` and the version is not the target.
@@ -1828,6 +1859,59 @@ mod tests {
         let _ = next(&mut u, 0);
         u.handle_response(&content("1.0"), at(0));
         assert!(matches!(u.poll_action(at(0)), Some(Action::Push(_))));
+    }
+
+    #[test]
+    fn a_resumed_pull_reads_the_state_and_does_not_restart_the_childs_fetch() {
+        // issue 17: a gateway restarted during a pull wrote the Package URI
+        // again, and the child started its fetch over (4x the image under
+        // kills). State 1: the child goes on; it is polled, not rewritten.
+        let resumed = || UpdateConfig {
+            resumed: true,
+            ..pull_cfg()
+        };
+        let mut u = UpdateProcedure::new(resumed()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/3");
+        u.handle_served(&served(40, 20), at(5));
+        u.handle_response(&content("1"), at(10));
+        none(&mut u, 10);
+        let (code, path, _) = next(&mut u, 1010);
+        assert_eq!(
+            (code, path.as_str()),
+            (Code::GET, "5/0/3"),
+            "polled after the poll interval, no URI write"
+        );
+        assert_eq!(u.progress().0, 60, "blocks served while checking count");
+        u.handle_response(&content("2"), at(1020));
+        assert_eq!(next(&mut u, 1020).1, "5/0/2", "Execute");
+        // State 2 at once: Execute, nothing fetched again.
+        let mut u = UpdateProcedure::new(resumed()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/3");
+        u.handle_response(&content("2"), at(10));
+        assert_eq!(next(&mut u, 10).1, "5/0/2");
+        // Idle (the child lost the transfer) or no answer: the URI again.
+        for answer in [Some("0"), None] {
+            let mut u = UpdateProcedure::new(resumed()).unwrap();
+            let _ = next(&mut u, 0);
+            u.handle_response(&content("1.0"), at(0));
+            assert_eq!(next(&mut u, 0).1, "5/0/3");
+            match answer {
+                Some(a) => u.handle_response(&content(a), at(10)),
+                None => u.handle_failure(TransportFailure::GaveUp, at(10)),
+            }
+            let (code, path, body) = next(&mut u, 10);
+            assert_eq!((code, path.as_str()), (Code::PUT, "5/0/1"), "{answer:?}");
+            assert_eq!(body, lwm2m::package_uri("10.0.0.1:5683", "ab").as_bytes());
+        }
+        // A fresh pull (nothing journaled) writes the URI at once.
+        let mut u = UpdateProcedure::new(pull_cfg()).unwrap();
+        let _ = next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/1");
     }
 
     #[test]
