@@ -394,6 +394,9 @@ pub struct UpdateProcedure {
     step: Step,
     in_flight: bool,
     wait_until: Option<Instant>,
+    /// When the next read of /5/0/3 is due at the latest (`idle`); a pull
+    /// whose blocks stop brings it forward (`handle_served`).
+    safety_at: Option<Instant>,
     deadline: Option<Instant>,
     /// The caller's deadline ([`UpdateProcedure::set_deadline`]).
     bound: Option<Instant>,
@@ -450,6 +453,7 @@ impl UpdateProcedure {
             step: Step::ReadVersion,
             in_flight: false,
             wait_until: None,
+            safety_at: None,
             deadline: None,
             bound: None,
             attempt: 1,
@@ -743,6 +747,15 @@ impl UpdateProcedure {
             self.cancel = true;
             self.await_state(now);
         }
+        if self.state_obs.active && matches!(self.step, Step::PollState) && !self.in_flight {
+            // Observed, a pull under way: a child that reboots mid-fetch
+            // forgets its observations and stops fetching, and nothing
+            // would tell us before the safety read. So the read comes two
+            // poll intervals after the last block served, whichever is
+            // first; every block served moves it on.
+            let stalled = now + self.cfg.poll_interval.saturating_mul(2);
+            self.wait_until = Some(self.safety_at.map_or(stalled, |s| s.min(stalled)));
+        }
         let end = block
             .offset
             .saturating_add(block.len)
@@ -942,6 +955,7 @@ impl UpdateProcedure {
         };
         self.step = Step::PollState;
         self.wait_until = Some(now + pause);
+        self.safety_at = self.wait_until;
     }
 
     /// The delivery is over (done, failed, retried): its observations end.
@@ -1325,6 +1339,26 @@ mod tests {
             accepted: true
         }));
         assert_eq!(events.last(), Some(&UpdateEvent::Phase(Phase::Downloaded)));
+    }
+
+    #[test]
+    fn a_pull_whose_blocks_stop_is_read_before_the_safety_read() {
+        let mut u = observing();
+        assert_eq!(u.poll_timeout(), Some(at(60_040)));
+        // Blocks flowing push the read on: two poll intervals after the last.
+        u.handle_served(&served(0, 32), at(1_000));
+        assert_eq!(u.poll_timeout(), Some(at(3_000)));
+        u.handle_served(&served(32, 32), at(2_500));
+        assert_eq!(u.poll_timeout(), Some(at(4_500)));
+        none(&mut u, 4_000);
+        // They stop (the child rebooted): /5/0/3 is read then, not at 60 s.
+        u.handle_timeout(at(4_500));
+        assert_eq!(next(&mut u, 4_500).1, "5/0/3");
+        u.handle_response(&content("1"), at(4_510));
+        assert_eq!(next(&mut u, 4_510).1, "5/0/5");
+        u.handle_response(&content("0"), at(4_520));
+        // Still downloading and no block since: back to the safety read.
+        assert_eq!(u.poll_timeout(), Some(at(64_520)));
     }
 
     #[test]
