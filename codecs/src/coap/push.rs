@@ -365,6 +365,15 @@ impl Block1Push {
             Ok(b) => b,
             Err(e) => return self.fail(protocol(e)),
         };
+        if code.is_success() && code != Code::CONTINUE && !f.last && b1.is_none() {
+            // RFC 7959 §2.3: a server doing block-wise answers a non-final
+            // block with Block1. A success without it comes from a server
+            // that ignored the (critical) option and took this one block
+            // as the whole payload: going on would deliver a torn image.
+            return self.fail(PushFailure::Protocol(format!(
+                "{code} without Block1 to a non-final block: the child does not take block-wise transfers"
+            )));
+        }
         if code == Code::CONTINUE || (code.is_success() && !f.last) {
             if f.last {
                 // RFC 7959 §2.3: 2.31 answers non-final blocks only.
@@ -615,6 +624,34 @@ mod tests {
             events(&mut p).last(),
             Some(&PushEvent::Failed(PushFailure::TooManyRestarts(2)))
         );
+    }
+
+    #[test]
+    fn success_without_block1_to_a_non_final_block_ends_the_push() {
+        // A child that ignores Block1 answers each block 2.04 on its own.
+        let mut img = image(100);
+        let mut p = Block1Push::new(cfg(100, 0)).unwrap();
+        let (_, more, _, _) = next(&mut p, &mut img);
+        assert!(more);
+        p.handle_response(&resp(Code::CHANGED, None, None), T0);
+        let ev = events(&mut p);
+        assert!(
+            matches!(ev.as_slice(), [PushEvent::Failed(PushFailure::Protocol(m))] if m.contains("without Block1")),
+            "{ev:?}"
+        );
+        // With Block1 echoed the same code goes on (non-atomic server).
+        let mut p = Block1Push::new(cfg(100, 0)).unwrap();
+        let _ = next(&mut p, &mut img);
+        let b = BlockOpt {
+            num: 0,
+            more: true,
+            szx: 0,
+        };
+        p.handle_response(&resp(Code::CHANGED, Some(b), None), T0);
+        assert!(matches!(
+            events(&mut p).as_slice(),
+            [PushEvent::Progress { acked: 16, .. }]
+        ));
     }
 
     #[test]
