@@ -234,3 +234,35 @@ fn the_checker_catches_arrows_against_the_order() {
         ]
     );
 }
+
+/// The simulators are a feature (`sim`, off in the Debian package's build):
+/// an integration test that uses them must say so in Cargo.toml, or the
+/// build without them (`cargo clippy --all-targets --no-default-features`,
+/// run by .ci/run) fails to compile it.
+#[test]
+fn every_test_that_uses_the_simulators_requires_the_sim_feature() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The needles are built so that this file does not match itself.
+        let uses_sim = text.contains(&["otabridge", "::sim"].concat())
+            || text.contains(&["mod run", "_support;"].concat());
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let declared = manifest.split("[[test]]").skip(1).any(|t| {
+            t.contains(&format!("name = \"{name}\"")) && t.contains("required-features = [\"sim\"]")
+        });
+        if uses_sim && !declared {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "add a [[test]] entry with required-features = [\"sim\"] to Cargo.toml for: {missing:?}"
+    );
+}
