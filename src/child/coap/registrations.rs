@@ -39,6 +39,9 @@ enum Op {
     Delete(String),
     /// Answered once everything before it is written.
     Sync(mpsc::Sender<()>),
+    /// Ends the thread: answered once everything before it is written and
+    /// the journal connection is closed.
+    Close(mpsc::Sender<()>),
 }
 
 /// The writer thread's handle; dropping it ends the thread once it has
@@ -55,6 +58,7 @@ impl std::fmt::Debug for Op {
             Op::Firmware(e, v) => write!(f, "Firmware({e}, {v})"),
             Op::Delete(e) => write!(f, "Delete({e})"),
             Op::Sync(_) => f.write_str("Sync"),
+            Op::Close(_) => f.write_str("Close"),
         }
     }
 }
@@ -270,6 +274,11 @@ pub fn spawn(mut journal: Journal) -> std::io::Result<Writer> {
                         let _ = done.send(());
                         Ok(())
                     }
+                    Op::Close(done) => {
+                        drop(journal);
+                        let _ = done.send(());
+                        return;
+                    }
                 };
                 if let Err(e) = r {
                     warn!("journal: registration {op:?}: {e}");
@@ -301,6 +310,16 @@ impl Writer {
     pub fn sync(&self) {
         let (tx, rx) = mpsc::channel();
         if self.tx.send(Op::Sync(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Blocks until everything sent before is written and the thread has
+    /// closed its journal connection. What any clone sends afterwards is
+    /// dropped.
+    pub fn close(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Op::Close(tx)).is_ok() {
             let _ = rx.recv();
         }
     }
@@ -372,7 +391,9 @@ mod tests {
             });
             w.firmware("a", "1.0.3");
             w.delete("b");
-            w.sync();
+            // Closed, not only synced: the reopen below must not meet the
+            // thread's connection while it closes (it failed once that way).
+            w.close();
         }
         let rows = open(dir.path()).unwrap().1;
         assert_eq!(rows.len(), 1);
