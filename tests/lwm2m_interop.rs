@@ -4,6 +4,12 @@
 //! It registers with our `/rd`, is read, upgraded by pull through
 //! otabridge's `CoapChild`, and de-registers on SIGTERM.
 //!
+//! lwm2m-node-lib cannot be upgraded by push (its node-coap has no Block1,
+//! docs/coap.md "lwm2m-node-lib interop"), so the push runs against a
+//! second stack not written here: a LwM2M client scripted on Python's
+//! `aiocoap` 0.4 (`tests/lwm2m/aiocoap_client.py`), whose own block-wise
+//! code reassembles the Block1 PUT (`pip install aiocoap`, by `.ci/run`).
+//!
 //! The module comes from `bash .ci/run` (`npm install --prefix
 //! /var/tmp/otabridge-tools/node lwm2m-node-lib@1.4.0`), or from
 //! `OTABRIDGE_NODE_MODULES`. Without node or the module the test passes
@@ -43,7 +49,7 @@ fn available(test: &str) -> Option<PathBuf> {
     found
 }
 
-/// The node client; killed however the test ends.
+/// A client process; killed however the test ends.
 struct Node(Proc);
 
 impl Drop for Node {
@@ -176,4 +182,107 @@ async fn lwm2m_node_lib_registers_is_read_and_upgraded_by_pull() {
         .unwrap()
         .unwrap();
     drop(node);
+}
+
+fn aiocoap_available(test: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import aiocoap"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("OTABRIDGE_REQUIRE_INTEROP").as_deref() == Ok("1") {
+            panic!("{test}: python3 aiocoap not installed and OTABRIDGE_REQUIRE_INTEROP=1");
+        }
+        eprintln!("{test}: skipped: python3 aiocoap not installed (bash .ci/run installs it)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiocoap_client_registers_and_is_upgraded_by_push() {
+    if !aiocoap_available("aiocoap_client_registers_and_is_upgraded_by_push") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 22);
+    o.registry.grace = Duration::ZERO;
+    let net = CoapNetwork::bind(o).unwrap();
+    net.allow_endpoint("aiocoap-interop");
+    let child = CoapChild::new(
+        "dev_aiocoap",
+        CoapAddress::Endpoint("aiocoap-interop".into()),
+        // What the client says in /5/0/9 (push only) decides.
+        Delivery::Auto,
+        net.clone(),
+        ChildOptions {
+            poll_interval: Duration::from_millis(100),
+            download_timeout: Duration::from_secs(30),
+            update_timeout: Duration::from_secs(20),
+            max_attempts: 1,
+            push_szx: 6,
+            ..ChildOptions::default()
+        },
+    );
+    let mut presence = child.presence().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lwm2m/aiocoap_client.py");
+    let mut p = Command::new("python3")
+        .arg(script)
+        .args([
+            "127.0.0.1",
+            &net.local_addr().port().to_string(),
+            "aiocoap-interop",
+            "v1.0.0",
+            "v2.0.0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut p);
+    let client = Node(p);
+    let reg = event(&rx, "registered").await;
+    assert!(
+        reg["location"].as_str().unwrap().starts_with("rd/"),
+        "{reg}"
+    );
+    tokio::time::timeout(BOUND, presence.wait_for(|p| *p))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(child.read_version().await.unwrap(), "v1.0.0");
+
+    // 40,000 bytes: 40 blocks of 1024, the last one short.
+    let data: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let sha256 = hex::encode(Sha256::digest(&data));
+    let path = dir.path().join(&sha256);
+    std::fs::write(&path, &data).unwrap();
+    let pkg = Package {
+        path,
+        size: data.len() as u64,
+        sha256: sha256.clone(),
+        version: "2.0.0".into(),
+    };
+    tokio::time::timeout(BOUND, async {
+        child.deliver(&pkg, 0, &|_| {}).await?;
+        child.activate(&pkg).await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let got = event(&rx, "downloaded").await;
+    assert_eq!(got["sha256"], sha256.as_str(), "{got}");
+    assert_eq!(got["bytes"], data.len());
+    event(&rx, "updated").await;
+    assert_eq!(child.read_version().await.unwrap(), "v2.0.0");
+
+    let term = Command::new("kill")
+        .args(["-TERM", &client.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    event(&rx, "deregistered").await;
+    tokio::time::timeout(BOUND, presence.wait_for(|p| !*p))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(client);
 }
