@@ -36,16 +36,21 @@ fn node_modules() -> Option<PathBuf> {
     (node.is_ok_and(|o| o.status.success()) && dir.join("lwm2m-node-lib").is_dir()).then_some(dir)
 }
 
+/// Whether a peer was `found`; without it the test is skipped with a note,
+/// or fails under `OTABRIDGE_REQUIRE_INTEROP=1`.
+fn present(test: &str, found: bool, what: &str) -> bool {
+    if !found {
+        if std::env::var("OTABRIDGE_REQUIRE_INTEROP").as_deref() == Ok("1") {
+            panic!("{test}: {what} not installed and OTABRIDGE_REQUIRE_INTEROP=1");
+        }
+        eprintln!("{test}: skipped: {what} not installed (bash .ci/run installs it)");
+    }
+    found
+}
+
 fn available(test: &str) -> Option<PathBuf> {
     let found = node_modules();
-    if found.is_none() {
-        if std::env::var("OTABRIDGE_REQUIRE_INTEROP").as_deref() == Ok("1") {
-            panic!("{test}: node or lwm2m-node-lib not installed and OTABRIDGE_REQUIRE_INTEROP=1");
-        }
-        eprintln!(
-            "{test}: skipped: node or lwm2m-node-lib not installed (bash .ci/run installs them)"
-        );
-    }
+    present(test, found.is_some(), "node or lwm2m-node-lib");
     found
 }
 
@@ -94,6 +99,55 @@ async fn event(rx: &mpsc::Receiver<serde_json::Value>, name: &str) -> serde_json
     }
 }
 
+/// Upgrades `child` with `data` as `version` (deliver + activate, within
+/// [`BOUND`]) and checks the client's word for it: the image it got, byte
+/// for byte, and the install.
+async fn upgrade(
+    child: &CoapChild,
+    rx: &mpsc::Receiver<serde_json::Value>,
+    dir: &std::path::Path,
+    data: &[u8],
+    version: &str,
+) {
+    let sha256 = hex::encode(Sha256::digest(data));
+    let path = dir.join(&sha256);
+    std::fs::write(&path, data).unwrap();
+    let pkg = Package {
+        path,
+        size: data.len() as u64,
+        sha256: sha256.clone(),
+        version: version.into(),
+    };
+    tokio::time::timeout(BOUND, async {
+        child.deliver(&pkg, 0, &|_| {}).await?;
+        child.activate(&pkg).await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let got = event(rx, "downloaded").await;
+    assert_eq!(got["sha256"], sha256.as_str(), "{got}");
+    assert_eq!(got["bytes"], data.len());
+    event(rx, "updated").await;
+}
+
+/// Sends the client SIGTERM (it de-registers and exits).
+fn sigterm(client: &Node) {
+    let term = Command::new("kill")
+        .args(["-TERM", &client.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+}
+
+/// Waits (within [`BOUND`]) until the child's presence is `online`.
+async fn presence_is(presence: &mut tokio::sync::watch::Receiver<bool>, online: bool) {
+    tokio::time::timeout(BOUND, presence.wait_for(|p| *p == online))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lwm2m_node_lib_registers_is_read_and_upgraded_by_pull() {
     let Some(modules) = available("lwm2m_node_lib_registers_is_read_and_upgraded_by_pull") else {
@@ -140,47 +194,18 @@ async fn lwm2m_node_lib_registers_is_read_and_upgraded_by_pull() {
         reg["location"].as_str().unwrap().starts_with("rd/"),
         "{reg}"
     );
-    tokio::time::timeout(BOUND, presence.wait_for(|p| *p))
-        .await
-        .unwrap()
-        .unwrap();
+    presence_is(&mut presence, true).await;
     let r = net.registration("node-interop").unwrap();
     assert!(r.reg.objects.has(3, 0) && r.reg.objects.has(5, 0), "{r:?}");
     assert_eq!(child.read_version().await.unwrap(), "1.0");
 
     let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let sha256 = hex::encode(Sha256::digest(&data));
-    let path = dir.path().join(&sha256);
-    std::fs::write(&path, &data).unwrap();
-    let pkg = Package {
-        path,
-        size: data.len() as u64,
-        sha256: sha256.clone(),
-        version: "2.0".into(),
-    };
-    tokio::time::timeout(BOUND, async {
-        child.deliver(&pkg, 0, &|_| {}).await?;
-        child.activate(&pkg).await
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let got = event(&rx, "downloaded").await;
-    assert_eq!(got["sha256"], sha256.as_str(), "{got}");
-    assert_eq!(got["bytes"], data.len());
-    event(&rx, "updated").await;
+    upgrade(&child, &rx, dir.path(), &data, "2.0").await;
     assert_eq!(child.read_version().await.unwrap(), "2.0");
 
     // SIGTERM: the client de-registers, the child goes offline.
-    let term = Command::new("kill")
-        .args(["-TERM", &node.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    tokio::time::timeout(BOUND, presence.wait_for(|p| !*p))
-        .await
-        .unwrap()
-        .unwrap();
+    sigterm(&node);
+    presence_is(&mut presence, false).await;
     drop(node);
 }
 
@@ -189,13 +214,7 @@ fn aiocoap_available(test: &str) -> bool {
         .args(["-c", "import aiocoap"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("OTABRIDGE_REQUIRE_INTEROP").as_deref() == Ok("1") {
-            panic!("{test}: python3 aiocoap not installed and OTABRIDGE_REQUIRE_INTEROP=1");
-        }
-        eprintln!("{test}: skipped: python3 aiocoap not installed (bash .ci/run installs it)");
-    }
-    found
+    present(test, found, "python3 aiocoap")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,45 +263,16 @@ async fn aiocoap_client_registers_and_is_upgraded_by_push() {
         reg["location"].as_str().unwrap().starts_with("rd/"),
         "{reg}"
     );
-    tokio::time::timeout(BOUND, presence.wait_for(|p| *p))
-        .await
-        .unwrap()
-        .unwrap();
+    presence_is(&mut presence, true).await;
     assert_eq!(child.read_version().await.unwrap(), "v1.0.0");
 
     // 40,000 bytes: 40 blocks of 1024, the last one short.
     let data: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 251) as u8).collect();
-    let sha256 = hex::encode(Sha256::digest(&data));
-    let path = dir.path().join(&sha256);
-    std::fs::write(&path, &data).unwrap();
-    let pkg = Package {
-        path,
-        size: data.len() as u64,
-        sha256: sha256.clone(),
-        version: "2.0.0".into(),
-    };
-    tokio::time::timeout(BOUND, async {
-        child.deliver(&pkg, 0, &|_| {}).await?;
-        child.activate(&pkg).await
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let got = event(&rx, "downloaded").await;
-    assert_eq!(got["sha256"], sha256.as_str(), "{got}");
-    assert_eq!(got["bytes"], data.len());
-    event(&rx, "updated").await;
+    upgrade(&child, &rx, dir.path(), &data, "2.0.0").await;
     assert_eq!(child.read_version().await.unwrap(), "v2.0.0");
 
-    let term = Command::new("kill")
-        .args(["-TERM", &client.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    sigterm(&client);
     event(&rx, "deregistered").await;
-    tokio::time::timeout(BOUND, presence.wait_for(|p| !*p))
-        .await
-        .unwrap()
-        .unwrap();
+    presence_is(&mut presence, false).await;
     drop(client);
 }
