@@ -1,7 +1,8 @@
 //! Running the box's commands: installers, version readers, the reboot.
 //!
 //! Every command runs with standard input closed, in its own process group
-//! (a timeout stops the installer and whatever it started), with
+//! (a timeout stops the installer and whatever it started; so does its exit:
+//! see [`run_lines`]), with
 //! `OTABRIDGE_SELF_UPGRADE=1` in its environment: a maintainer script can
 //! see that otabridge itself runs the install and leave restarting it to
 //! otabridge (packaging/debian/postinst does).
@@ -22,6 +23,10 @@ pub const SELF_UPGRADE_ENV: &str = "OTABRIDGE_SELF_UPGRADE";
 
 /// Longest line kept; the rest of a longer line is dropped.
 pub const MAX_LINE: usize = 4096;
+
+/// How long output is still read after the command exited, for what it
+/// wrote just before; whatever still holds its output then is stopped.
+pub const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// A command that could not be run to the end.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +89,11 @@ pub fn spawn(argv: &[String]) -> Result<Child, ProcError> {
     })
 }
 
-/// Stops `child` and everything in its process group.
-pub fn kill_group(child: &mut Child) {
-    if let Some(pid) = child.id() {
+/// Stops the process group `pgid` (a command started by [`spawn`] leads
+/// its own), and `child` if it still runs.
+fn kill_group(child: &mut Child, pgid: Option<u32>) {
+    if let Some(pid) = pgid {
+        // ESRCH (nothing left in the group) is the usual answer after an exit.
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -141,12 +148,22 @@ async fn pump(mut r: impl AsyncRead + Unpin, which: Stream, tx: mpsc::Sender<(St
 /// Runs `argv` for at most `limit`, handing every output line (standard
 /// output and error, interleaved as they come) to `on_line`. Returns the
 /// exit status.
+///
+/// The command's exit ends the run, not the end of its output: lines keep
+/// coming for at most [`EXIT_GRACE`] after it, then whatever it left running
+/// in its process group is stopped. A process it forked can outlive it and
+/// hold its output open: Debian's SWUpdate 2022.12 `-i`, refusing a corrupt
+/// image, exits with status 1 but leaves a child blocked on its notifier
+/// socket, which holds the socket's address too (the next `swupdate` fails
+/// with "Error binding notifier socket: Address already in use").
 pub async fn run_lines(
     argv: &[String],
     limit: Duration,
     mut on_line: impl FnMut(Stream, &str),
 ) -> Result<ExitStatus, ProcError> {
     let mut child = spawn(argv)?;
+    // The group's id, kept: `child.id()` is gone once the exit is reaped.
+    let pgid = child.id();
     let (tx, mut rx) = mpsc::channel(64);
     let out = child.stdout.take().map(|s| {
         let tx = tx.clone();
@@ -159,33 +176,66 @@ pub async fn run_lines(
     drop(tx);
     let program = argv[0].clone();
     let deadline = tokio::time::Instant::now() + limit;
-    // Lines until both streams end (the process, or whatever inherited its
-    // output, closed them), then the exit status.
+    let mut exited: Option<ExitStatus> = None;
+    // Until the exit: the deadline. After it: the end of the grace.
+    let mut until = deadline;
+    let mut held_open = false;
     loop {
         tokio::select! {
             l = rx.recv() => match l {
                 Some((which, line)) => on_line(which, &line),
                 None => break,
             },
-            _ = tokio::time::sleep_until(deadline) => {
-                kill_group(&mut child);
-                return Err(ProcError::Timeout { program, after: limit });
+            r = child.wait(), if exited.is_none() => {
+                let st = r.map_err(|source| ProcError::Wait { program: program.clone(), source })?;
+                exited = Some(st);
+                until = deadline.min(tokio::time::Instant::now() + EXIT_GRACE);
+            }
+            _ = tokio::time::sleep_until(until) => {
+                if exited.is_none() {
+                    kill_group(&mut child, pgid);
+                    return Err(ProcError::Timeout { program, after: limit });
+                }
+                held_open = true;
+                break;
             }
         }
     }
-    for t in [out, err].into_iter().flatten() {
-        let _ = t.await;
+    let status = match exited {
+        Some(st) => st,
+        // Both streams closed first: the exit follows.
+        None => match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(r) => r.map_err(|source| ProcError::Wait {
+                program: program.clone(),
+                source,
+            })?,
+            Err(_) => {
+                kill_group(&mut child, pgid);
+                return Err(ProcError::Timeout {
+                    program,
+                    after: limit,
+                });
+            }
+        },
+    };
+    kill_group(&mut child, pgid);
+    if held_open {
+        tracing::warn!(
+            "{program} exited ({}) but a process it started still held its output \
+             {} s later; stopped its process group",
+            describe_status(status),
+            EXIT_GRACE.as_secs()
+        );
     }
-    match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(r) => r.map_err(|source| ProcError::Wait { program, source }),
-        Err(_) => {
-            kill_group(&mut child);
-            Err(ProcError::Timeout {
-                program,
-                after: limit,
-            })
+    // The pumps end once the group is gone (or return as `rx` drops).
+    for t in [out, err].into_iter().flatten() {
+        if held_open {
+            t.abort();
+        } else {
+            let _ = t.await;
         }
     }
+    Ok(status)
 }
 
 /// What a short command printed, and how it ended.
@@ -277,27 +327,68 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ProcError::Timeout { .. }), "{e}");
-        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        // Killed with its group; bounded: the kill was sent before
+        // run_lines returned.
+        assert!(gone(&pidfile).await, "the grandchild survived the timeout");
+    }
+
+    /// The pid a script wrote to `file`, and whether that process is gone
+    /// (or a zombie waiting to be reaped), polled for at most 2 s.
+    async fn gone(file: &std::path::Path) -> bool {
+        let pid = std::fs::read_to_string(file).unwrap();
         let stat = format!("/proc/{}/stat", pid.trim());
-        // Killed with its group: gone, or a zombie waiting to be reaped.
-        // Bounded: the kill was sent before run_lines returned.
-        let mut dead = false;
         for _ in 0..100 {
-            match std::fs::read_to_string(&stat) {
-                Err(_) => dead = true,
-                Ok(s) => {
-                    dead = s
-                        .rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('Z'))
-                }
-            }
+            let dead = match std::fs::read_to_string(&stat) {
+                Err(_) => true,
+                Ok(s) => s
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')),
+            };
             if dead {
-                break;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(dead, "the grandchild survived the timeout");
+        false
+    }
+
+    #[tokio::test]
+    async fn the_exit_ends_the_run_though_a_child_holds_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // Like SWUpdate refusing an image: its verdict, its status, and a
+        // forked process left behind with the same standard output.
+        let script = format!(
+            "sleep 600 & echo $! > {}; echo 'Checksum WRONG' >&2; exit 1",
+            pidfile.display()
+        );
+        let mut seen = Vec::new();
+        let st = run_lines(&sh(&script), Duration::from_secs(600), |_, l| {
+            seen.push(l.to_owned())
+        })
+        .await
+        .unwrap();
+        assert_eq!(describe_status(st), "status 1");
+        assert_eq!(seen, ["Checksum WRONG"]);
+        assert!(gone(&pidfile).await, "the leftover process still runs");
+    }
+
+    #[tokio::test]
+    async fn what_an_exit_leaves_in_the_group_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // Its output closed: the run ends with the exit, the process is
+        // stopped all the same (it could hold a socket the next run needs).
+        let script = format!(
+            "sleep 600 >/dev/null 2>&1 & echo $! > {}; exit 0",
+            pidfile.display()
+        );
+        let st = run_lines(&sh(&script), Duration::from_secs(600), |_, _| {})
+            .await
+            .unwrap();
+        assert!(st.success());
+        assert!(gone(&pidfile).await, "the leftover process still runs");
     }
 
     #[tokio::test]
