@@ -256,10 +256,11 @@ async fn bench(o: Opts) -> Result<()> {
         let (t, m, groups) =
             tokio::task::spawn_blocking(move || one(&bin, &config, idle, map)).await??;
         println!(
-            "  run {run}: connected after {:6.1} ms; idle VmRSS {:5.1} MiB (anon {:4.1}, file {:4.1}), \
+            "  run {run}: connected after {:6.1} ms; idle VmRSS {:5.1} MiB = {} KiB (anon {:4.1}, file {:4.1}), \
              Pss {:5.1} MiB, VmHWM {:5.1} MiB, {} threads",
             t.as_secs_f64() * 1e3,
             mib(m.rss),
+            m.rss,
             mib(m.anon),
             mib(m.file),
             mib(m.pss),
@@ -277,6 +278,12 @@ async fn bench(o: Opts) -> Result<()> {
     }
     let lo = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let kib = |v: &[f64]| (median(v.to_vec()) * 1024.0).round();
+    println!(
+        "  idle VmRSS median {} KiB (goal 8 MiB = 8192 KiB), Pss median {} KiB",
+        kib(&rss),
+        kib(&pss)
+    );
     println!(
         "  median (min-max): connected after {:.1} ms ({:.1}-{:.1}); idle VmRSS {:.1} MiB ({:.1}-{:.1}); \
          Pss {:.1} MiB ({:.1}-{:.1})",
