@@ -104,7 +104,11 @@ pub(crate) enum ImageCommand {
 #[derive(Debug, Args)]
 pub(crate) struct Unavailable {
     /// Anything: this build has no simulators.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
     _args: Vec<std::ffi::OsString>,
 }
 

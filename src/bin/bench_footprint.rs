@@ -127,7 +127,9 @@ fn smaps(pid: u32) -> Result<Map> {
                 p if p.starts_with('[') => p.to_string(),
                 p => format!(
                     "{} {perms}",
-                    Path::new(p).file_name().map_or(p.into(), |f| f.to_string_lossy())
+                    Path::new(p)
+                        .file_name()
+                        .map_or(p.into(), |f| f.to_string_lossy())
                 ),
             };
             let i = match groups.iter().position(|g| g.0 == name) {
@@ -140,8 +142,7 @@ fn smaps(pid: u32) -> Result<Map> {
             current = Some(i);
             continue;
         }
-        let (Some(i), Some(v)) = (current, words.next().and_then(|v| v.parse::<u64>().ok()))
-        else {
+        let (Some(i), Some(v)) = (current, words.next().and_then(|v| v.parse::<u64>().ok())) else {
             continue;
         };
         match first {
@@ -151,7 +152,7 @@ fn smaps(pid: u32) -> Result<Map> {
         }
     }
     groups.retain(|g| g.1 > 0);
-    groups.sort_by(|a, b| b.1.cmp(&a.1));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1));
     Ok(groups)
 }
 

@@ -262,7 +262,9 @@ impl HttpClient {
                 ))
             })?;
             // Trust roots that cannot be read: a retry reads the same files.
-            let tls = self.tls().map_err(|e| FetchError::Certificate(e.to_string()))?;
+            let tls = self
+                .tls()
+                .map_err(|e| FetchError::Certificate(e.to_string()))?;
             let connector = tokio_rustls::TlsConnector::from(tls);
             match connector.connect(name, tcp).await {
                 Ok(s) => Box::new(s),
