@@ -209,7 +209,14 @@ async fn healthy_children_are_confirmed_and_sick_ones_reverted() {
             "health=hang,sick-after-ms=1000,watchdog-ms=3000",
             "",
         ),
-        ("h_crash", "health=crash,sick-after-ms=1000", ""),
+        // It crashes well inside its longer probe period: a crash before
+        // the gateway has read the new version after the test boot would
+        // be an update that never ran (reported as such), not this case.
+        (
+            "h_crash",
+            "health=crash,sick-after-ms=3000",
+            "health_check_secs = 8",
+        ),
         (
             "h_fail",
             "health=fail,sick-after-ms=1000",
