@@ -382,7 +382,15 @@ async fn storm(cli: &Cli, tb: &Testbed, pid: u32, port: u16) -> Result<()> {
         sockets.push(Arc::new(UdpSocket::bind("127.0.0.1:0").await?));
     }
     let lt = cli.lifetime;
-    let (regs, t_reg) = phase(&sockets, server, cli.window, |i| Some(register(i, lt)), n, 0).await?;
+    let (regs, t_reg) = phase(
+        &sockets,
+        server,
+        cli.window,
+        |i| Some(register(i, lt)),
+        n,
+        0,
+    )
+    .await?;
     let created = count(&regs, Code::CREATED);
     let locs: Vec<Option<String>> = regs
         .iter()
@@ -396,7 +404,10 @@ async fn storm(cli: &Cli, tb: &Testbed, pid: u32, port: u16) -> Result<()> {
     // The Updates start in a later wall-clock second than every Register,
     // so a row renewed by its Update is told apart by `renewed_unix`.
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    tokio::time::sleep(Duration::from_nanos(1_000_000_000 - u64::from(since.subsec_nanos()))).await;
+    tokio::time::sleep(Duration::from_nanos(
+        1_000_000_000 - u64::from(since.subsec_nanos()),
+    ))
+    .await;
     let update_unix = since.as_secs() as i64 + 1;
     let (ups, t_up) = phase(&sockets, server, cli.window, update, n, 0x8000).await?;
     let changed = count(&ups, Code::CHANGED);
@@ -463,7 +474,10 @@ async fn main() -> Result<()> {
     {
         return sims(*server, *count, sha256, *lifetime).await;
     }
-    ensure!(cli.pullers <= cli.endpoints, "--pullers exceeds --endpoints");
+    ensure!(
+        cli.pullers <= cli.endpoints,
+        "--pullers exceeds --endpoints"
+    );
     let bin = daemon_binary(&cli)?;
     let dir = Scratch::new()?;
     let mut tb = Testbed::new(dir.path()).await?;
@@ -510,7 +524,10 @@ async fn main() -> Result<()> {
         if r.is_err() {
             let log = std::fs::read_to_string(dir.path().join("gw.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!("daemon log (last lines, newest first):\n{}", tail.join("\n"));
+            eprintln!(
+                "daemon log (last lines, newest first):\n{}",
+                tail.join("\n")
+            );
         }
         r?;
     }
@@ -621,7 +638,10 @@ async fn pull(
         .strip_prefix("READY ")
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("clients: {ready:?}"))?;
-    ensure!(registered == p, "only {registered} of {p} clients registered");
+    ensure!(
+        registered == p,
+        "only {registered} of {p} clients registered"
+    );
     let (_, _, cpu0) = proc_mem(pid)?;
     let sampler = RssSampler::start(pid);
     let token = pkgs.issue_token(Duration::from_secs(3600));
@@ -638,9 +658,13 @@ async fn pull(
     let t_sent = t0.elapsed();
     let mut reports = Reports::default();
     let limit = Duration::from_secs(900);
+    let mut times = String::new();
     let done = loop {
         tokio::select! {
-            l = lines.next_line() => break l?.unwrap_or_default(),
+            l = lines.next_line() => match l?.unwrap_or_default() {
+                l if l.starts_with("TIMES ") => times = l,
+                l => break l,
+            },
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 reports.collect(tb);
                 // Every job ended (some failed) or too long: the clients
@@ -685,6 +709,14 @@ async fn pull(
         t_clients.as_secs_f64(),
         t_sent.as_secs_f64()
     );
+    let t: Vec<&str> = times.split_whitespace().skip(1).collect();
+    if t.len() == 6 {
+        println!(
+            "pull timeline           first block at {} / {} / {} s (first / median / last client), \
+             new version at {} / {} / {} s",
+            t[0], t[1], t[2], t[3], t[4], t[5]
+        );
+    }
     println!(
         "pull gateway CPU        {gw_cpu:.2} s = {:.4} CPU-s per MiB delivered \
          ({:.2} s more until the last report)",
@@ -711,7 +743,10 @@ async fn pull(
         println!("first failure           {id}: {why}");
     }
     if upgraded < p || sha_ok < p || reports.ok.len() < p {
-        bail!("pull: {upgraded} upgraded, {sha_ok} byte-exact, {} reported success of {p}", reports.ok.len());
+        bail!(
+            "pull: {upgraded} upgraded, {sha_ok} byte-exact, {} reported success of {p}",
+            reports.ok.len()
+        );
     }
     Ok(())
 }
@@ -756,9 +791,34 @@ async fn sims(server: SocketAddr, count: usize, sha256: &str, lifetime: u32) -> 
         c.store(true, Ordering::Relaxed);
     });
     let upgraded = |all: &[CoapChildSim]| all.iter().filter(|s| s.version() == "2.0.0").count();
+    // When each client got its first block and ran the new version,
+    // seconds after READY (sampled every 20 ms).
+    let t0 = Instant::now();
+    let mut first_block = vec![None; count];
+    let mut new_version = vec![None; count];
     while upgraded(&all) < count && !closed.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = t0.elapsed().as_secs_f64();
+        for (i, s) in all.iter().enumerate() {
+            if first_block[i].is_none() && s.stats().blocks > 0 {
+                first_block[i] = Some(t);
+            }
+            if new_version[i].is_none() && s.version() == "2.0.0" {
+                new_version[i] = Some(t);
+            }
+        }
     }
+    let spread = |v: &[Option<f64>]| {
+        let mut v: Vec<f64> = v.iter().flatten().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            v.get(((v.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or(-1.0)
+        };
+        format!("{:.2} {:.2} {:.2}", at(0.0), at(0.5), at(1.0))
+    };
+    println!("TIMES {} {}", spread(&first_block), spread(&new_version));
     let (_, _, cpu1) = proc_mem(std::process::id())?;
     let sha_ok = all
         .iter()
