@@ -20,7 +20,12 @@
 //! after its last answer with a transaction per row, BENCHMARKS.md "LwM2M
 //! registration storm"). A transaction that fails to commit (disk full) is
 //! rolled back and its operations are written one by one, so one bad row
-//! does not lose the others. `Sync` and `Close` end a batch: they are
+//! does not lose the others. While another connection holds the write
+//! lock, the writer keeps trying (about a minute) instead of dropping
+//! rows: SQLite's busy handler polls, and the daemon's journal handle,
+//! writing presence and reports back to back during a storm, held it off
+//! past one busy timeout (rows were lost that way with a transaction per
+//! row). `Sync` and `Close` end a batch: they are
 //! answered after everything before them is committed.
 
 use std::net::SocketAddr;
@@ -329,9 +334,28 @@ fn write_loop(mut journal: Journal, rx: &mpsc::Receiver<Op>, max_batch: usize) -
     commits
 }
 
-/// Writes `ops` in one transaction; if the transaction cannot be begun or
-/// committed, rolls back and writes them one by one (each its own
-/// transaction), logging each that fails.
+/// How many times the writer tries to begin a transaction while another
+/// connection holds the journal's write lock, each try waiting the
+/// journal's busy timeout (5 s): about a minute.
+const BUSY_ATTEMPTS: u32 = 12;
+
+/// Whether `e` is SQLite's "another connection holds the lock".
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Writes `ops` in one transaction. The transaction is begun with
+/// `BEGIN IMMEDIATE`, tried again while another connection holds the
+/// write lock (the daemon's own journal handle writes presence and
+/// reports at the same time, and SQLite's busy handler is not fair: a
+/// writer that commits back to back can hold it off past one busy
+/// timeout), so contention delays rows but does not lose them. Once
+/// begun, its statements and the commit need no other lock (WAL). If it
+/// cannot be begun or committed for another reason (disk full), it is
+/// rolled back and `ops` are written one by one, each logged if it fails.
 fn write_batch(j: &mut Journal, ops: &[Op]) {
     let one = |j: &mut Journal, op: &Op| {
         let r = match op {
@@ -344,9 +368,20 @@ fn write_batch(j: &mut Journal, ops: &[Op]) {
             warn!("journal: registration {op:?}: {e}");
         }
     };
-    if ops.len() > 1 {
-        let begun = j.connection().execute_batch("BEGIN IMMEDIATE");
-        if begun.is_ok() {
+    let mut begun = j.connection().execute_batch("BEGIN IMMEDIATE");
+    let mut attempt = 1;
+    while begun.as_ref().is_err_and(is_busy) && attempt < BUSY_ATTEMPTS {
+        if attempt == 1 {
+            warn!(
+                rows = ops.len(),
+                "journal: registrations wait for the journal's write lock (held by another writer)"
+            );
+        }
+        attempt += 1;
+        begun = j.connection().execute_batch("BEGIN IMMEDIATE");
+    }
+    match begun {
+        Ok(()) => {
             for op in ops {
                 one(j, op);
             }
@@ -360,8 +395,12 @@ fn write_batch(j: &mut Journal, ops: &[Op]) {
                     let _ = j.connection().execute_batch("ROLLBACK");
                 }
             }
-        } else if let Err(e) = begun {
-            warn!("journal: registrations batch not begun ({e}); writing them one by one");
+        }
+        Err(e) => {
+            warn!(
+                rows = ops.len(),
+                "journal: registrations batch not begun ({e}); writing them one by one"
+            );
         }
     }
     for op in ops {
@@ -501,6 +540,55 @@ mod tests {
         assert!(synced_rx.try_recv().is_ok(), "the Sync was not answered");
         let rows = open(dir.path()).unwrap().1;
         assert_eq!(rows, model.into_values().collect::<Vec<_>>());
+    }
+
+    /// The other connection in [`a_held_write_lock_delays_rows_but_loses_none`].
+    static HOLDER: std::sync::Mutex<Option<Journal>> = std::sync::Mutex::new(None);
+    /// Busy-handler calls seen so far in that test.
+    static BUSY_CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    /// The writer's busy handler in that test: the first three times the
+    /// lock is found held, give up at once (SQLITE_BUSY, as a busy
+    /// timeout running out would); the fourth time, the other connection
+    /// commits and SQLite tries again.
+    fn release_on_fourth(_: i32) -> bool {
+        use std::sync::atomic::Ordering;
+        if BUSY_CALLS.fetch_add(1, Ordering::SeqCst) < 3 {
+            return false;
+        }
+        if let Some(mut other) = HOLDER.lock().unwrap().take() {
+            other.connection().execute_batch("COMMIT").unwrap();
+        }
+        true
+    }
+
+    /// Another connection holds the write lock through three whole busy
+    /// waits of the writer: its rows are written when the lock comes
+    /// free, none lost (with one try per row, as before, they were).
+    #[test]
+    fn a_held_write_lock_delays_rows_but_loses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = open(dir.path()).unwrap();
+        j.connection()
+            .busy_handler(Some(release_on_fourth))
+            .unwrap();
+        let mut other = Journal::open(dir.path()).unwrap();
+        other.connection().execute_batch("BEGIN IMMEDIATE").unwrap();
+        *HOLDER.lock().unwrap() = Some(other);
+        let (tx, rx) = mpsc::channel::<Op>();
+        for i in 0..10u16 {
+            let row = Row {
+                reg: reg(&format!("ep{i}"), 6000 + i),
+                renewed_unix: i64::from(i),
+                firmware: None,
+            };
+            tx.send(Op::Upsert(Box::new(row))).unwrap();
+        }
+        drop(tx);
+        assert_eq!(write_loop(j, &rx, MAX_BATCH), 1);
+        assert_eq!(BUSY_CALLS.load(std::sync::atomic::Ordering::SeqCst), 4);
+        let rows = open(dir.path()).unwrap().1;
+        assert_eq!(rows.len(), 10, "{rows:?}");
     }
 
     #[test]
