@@ -354,7 +354,7 @@ async fn run_inner(
         let exporter = Exporter::with_coap(
             p.metrics.clone(),
             p.platform.clone(),
-            children.clone(),
+            p.engine.roster(),
             coap,
         );
         tokio::spawn(exporter::serve(l, exporter, stop_rx.clone()));

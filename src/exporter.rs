@@ -6,6 +6,10 @@
 //!
 //! This is a high layer (docs/design.md, "Layout"): it reads `ota`'s phases,
 //! the platform and the children, which the counters must not know. The
+//! children are the daemon's one list of them, the [`Roster`] the engine
+//! and the onboarding share, read at each scrape: an LwM2M client onboarded
+//! while the daemon runs appears in the per-child families at the next
+//! scrape, one deleted on the platform leaves them. The
 //! endpoint answers `GET`/`HEAD /metrics` and `/`; it has no authentication,
 //! so bind it to loopback or a management network.
 
@@ -27,7 +31,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::child::coap::{CoapNetwork, RegistryStats};
-use crate::child::Child;
+use crate::child::{Child, Roster};
 use crate::metrics::{Escaped, JobPhase, Metrics};
 use crate::ota::job::Phase;
 use crate::platform::{LinkState, Platform};
@@ -55,13 +59,18 @@ pub struct Exporter {
     registry: Arc<Registry>,
     platform: Option<Platform>,
     outbox: Arc<AtomicI64>,
+    /// The counters, whose per-child series follow `roster`.
+    metrics: Metrics,
+    /// The children driven now (shared with the engine and onboarding).
+    roster: Roster,
 }
 
 /// The values read at scrape time.
 #[derive(Debug)]
 struct Live {
     platform: Platform,
-    children: Vec<Arc<dyn Child>>,
+    /// The children driven now, read at each scrape.
+    roster: Roster,
     /// The CoAP network: its LwM2M registrations and registry counters.
     coap: Option<CoapNetwork>,
     /// The outbox depth, read from the journal (off the async workers)
@@ -70,10 +79,11 @@ struct Live {
 }
 
 impl Exporter {
-    /// An exporter over `metrics`, `platform` and `children`; every series
-    /// a dashboard expects is present from the first scrape, as zero.
-    pub fn new(metrics: Metrics, platform: Platform, children: Vec<Arc<dyn Child>>) -> Self {
-        Self::with_coap(metrics, platform, children, None)
+    /// An exporter over `metrics`, `platform` and the children of `roster`
+    /// (as they are at each scrape); every series a dashboard expects is
+    /// present from the first scrape, as zero.
+    pub fn new(metrics: Metrics, platform: Platform, roster: Roster) -> Self {
+        Self::with_coap(metrics, platform, roster, None)
     }
 
     /// [`Exporter::new`], with the LwM2M registrations of `coap` (the
@@ -81,10 +91,11 @@ impl Exporter {
     pub fn with_coap(
         metrics: Metrics,
         platform: Platform,
-        children: Vec<Arc<dyn Child>>,
+        roster: Roster,
         coap: Option<CoapNetwork>,
     ) -> Self {
         let phases = ACTIVE_PHASES.map(Phase::as_str);
+        let children = roster.all();
         let ids: Vec<&str> = children.iter().map(|c| c.device_id()).collect();
         metrics.declare(&phases, &ids);
         let mut registry = Registry::default();
@@ -92,7 +103,7 @@ impl Exporter {
         let outbox = Arc::new(AtomicI64::new(-1));
         registry.register_collector(Box::new(Live {
             platform: platform.clone(),
-            children,
+            roster: roster.clone(),
             coap,
             outbox: outbox.clone(),
         }));
@@ -100,6 +111,8 @@ impl Exporter {
             registry: Arc::new(registry),
             platform: Some(platform),
             outbox,
+            metrics,
+            roster,
         }
     }
 
@@ -115,6 +128,10 @@ impl Exporter {
             };
             self.outbox.store(n, Ordering::Relaxed);
         }
+        // The counters' per-child series follow the children driven now.
+        let children = self.roster.all();
+        let ids: Vec<&str> = children.iter().map(|c| c.device_id()).collect();
+        self.metrics.follow_children(&ids);
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -172,14 +189,15 @@ impl Collector for Live {
                 n,
             )?;
         }
+        let children: Vec<Arc<dyn Child>> = self.roster.all();
         let mut by_transport = std::collections::BTreeMap::<&str, i64>::new();
-        for c in &self.children {
+        for c in &children {
             *by_transport.entry(c.transport()).or_default() += 1;
         }
         gauges(
             &mut e,
             "otabridge_children",
-            "Configured children by transport.",
+            "Children driven now (configured, and LwM2M clients onboarded), by transport.",
             by_transport
                 .into_iter()
                 .map(|(t, n)| (vec![("transport", label(t))], n)),
@@ -190,7 +208,7 @@ impl Collector for Live {
             None,
             MetricType::Counter,
         )?;
-        for c in &self.children {
+        for c in &children {
             let labels = [
                 ("child", label(c.device_id())),
                 ("transport", label(c.transport())),
@@ -339,6 +357,8 @@ mod tests {
             registry: Arc::new(Registry::default()),
             platform: None,
             outbox: Arc::new(AtomicI64::new(-1)),
+            metrics: Metrics::default(),
+            roster: Roster::default(),
         };
         let req = Request::builder()
             .method(method)

@@ -7,9 +7,12 @@
 //!
 //! The counters are `prometheus-client` metric types, so the exporter
 //! encodes them as they are; every family a dashboard expects is declared
-//! up front with zeros by [`Metrics::declare`].
+//! up front with zeros by [`Metrics::declare`]. The per-child series
+//! follow the children the daemon drives now ([`Metrics::follow_children`],
+//! called by the exporter before each scrape with the roster's ids): an
+//! onboarded child gets its series, a deleted one loses them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -172,6 +175,12 @@ struct Inner {
     running: Mutex<HashMap<i64, Running>>,
     jobs: Family<PhaseLabels, Gauge>,
     completed: Family<CompletedLabels, Counter>,
+    /// The device ids that have series in the per-child families below
+    /// (`delivered`, `job_retries`), which `prometheus-client` cannot list:
+    /// what [`Metrics::follow_children`] looks through. Not a list of
+    /// children (`child::Roster` is): a label index. Held while those
+    /// families are written, so a series and its entry come and go together.
+    child_series: Mutex<HashSet<String>>,
     delivered: Family<ChildLabels, Counter>,
     job_retries: Family<ChildLabels, Counter>,
     resumes: Family<ResumeLabels, Counter>,
@@ -189,6 +198,7 @@ impl Default for Inner {
             running: Mutex::default(),
             jobs: Family::default(),
             completed: Family::default(),
+            child_series: Mutex::default(),
             delivered: Family::default(),
             job_retries: Family::default(),
             resumes: Family::default(),
@@ -230,10 +240,7 @@ impl Metrics {
             drop(i.jobs.get_or_create(&PhaseLabels { phase }));
             drop(i.durations.get_or_create(&PhaseLabels { phase }));
         }
-        for child in children {
-            drop(i.delivered.get_or_create(&ChildLabels::of(child)));
-            drop(i.job_retries.get_or_create(&ChildLabels::of(child)));
-        }
+        self.follow_children(children);
         drop(
             i.completed
                 .get_or_create(&CompletedLabels::of(ResultCode::SUCCESS)),
@@ -244,6 +251,39 @@ impl Metrics {
         for w in Waiting::ALL {
             drop(i.waiting.get_or_create(&WaitLabels { reason: w.as_str() }));
         }
+    }
+
+    /// Makes the per-child series (delivered bytes, job retries) those of
+    /// `children`, the device ids of the children driven now: a child new
+    /// to the list gets its series at zero, one that left (an onboarded
+    /// LwM2M client deleted on the platform) loses them. The exporter calls
+    /// it before each scrape; a running job of a child that left may write
+    /// its series again, and the next call removes it again.
+    pub fn follow_children(&self, children: &[&str]) {
+        let i = &self.inner;
+        let mut have = self.child_series();
+        have.retain(|id| {
+            let keep = children.contains(&id.as_str());
+            if !keep {
+                let labels = ChildLabels::of(id);
+                i.delivered.remove(&labels);
+                i.job_retries.remove(&labels);
+            }
+            keep
+        });
+        for &child in children {
+            if have.insert(child.to_owned()) {
+                drop(i.delivered.get_or_create(&ChildLabels::of(child)));
+                drop(i.job_retries.get_or_create(&ChildLabels::of(child)));
+            }
+        }
+    }
+
+    fn child_series(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner
+            .child_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds every counter to `registry` under its exposition name.
@@ -394,6 +434,10 @@ impl Metrics {
     /// Child `child` acknowledged `bytes` more bytes.
     pub fn delivered(&self, child: &str, bytes: u64) {
         if bytes > 0 {
+            let mut have = self.child_series();
+            if !have.contains(child) {
+                have.insert(child.to_owned());
+            }
             let labels = ChildLabels::of(child);
             self.inner.delivered.get_or_create(&labels).inc_by(bytes);
         }
@@ -401,6 +445,10 @@ impl Metrics {
 
     /// A job of `child` failed an attempt and will try again.
     pub fn job_retry(&self, child: &str) {
+        let mut have = self.child_series();
+        if !have.contains(child) {
+            have.insert(child.to_owned());
+        }
         self.inner
             .job_retries
             .get_or_create(&ChildLabels::of(child))
@@ -494,6 +542,46 @@ mod tests {
             assert!(t.lines().any(|l| l == line), "{line} missing from\n{t}");
         }
         assert!(!t.contains("phase=\"failed\""), "{t}");
+    }
+
+    #[test]
+    fn per_child_series_follow_the_children() {
+        let m = Metrics::new();
+        m.declare(&[], &["a", "b"]);
+        m.delivered("b", 10);
+        m.job_retry("b");
+        let t = text(&m);
+        assert!(
+            t.contains("otabridge_delivered_bytes_total{child=\"a\"} 0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("otabridge_job_retries_total{child=\"b\"} 1"),
+            "{t}"
+        );
+        // "c" onboarded, "b" deleted.
+        m.follow_children(&["a", "c"]);
+        let t = text(&m);
+        assert!(
+            t.contains("otabridge_delivered_bytes_total{child=\"c\"} 0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("otabridge_job_retries_total{child=\"c\"} 0"),
+            "{t}"
+        );
+        assert!(!t.contains("child=\"b\""), "{t}");
+        assert_eq!(m.job_retries("b"), 0);
+        // A job of "b" still running writes again: gone at the next call.
+        m.delivered("b", 5);
+        assert!(text(&m).contains("otabridge_delivered_bytes_total{child=\"b\"} 5"));
+        m.follow_children(&["a", "c"]);
+        let t = text(&m);
+        assert!(!t.contains("child=\"b\""), "{t}");
+        assert!(
+            t.contains("otabridge_delivered_bytes_total{child=\"a\"} 0"),
+            "{t}"
+        );
     }
 
     #[test]

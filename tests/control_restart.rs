@@ -8,85 +8,34 @@
 //! confirmed image), the retried one succeeds; every job sends exactly one
 //! terminal report.
 
+mod run_support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child as Proc, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use otabridge::sim::package_server::{Access, Faults, PackageServer, Source};
 use otabridge::sim::smp_child::{mcuboot_image, parse_version, SmpChild, SmpChildOptions};
 use otabridge::sim::testbed::{config_text, Testbed};
-use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
 use otabridge_codecs::smp::sim::SimEvent;
+use run_support::{collect, jobs, spawn, terminals, until_job, Reports};
 use serde_json::Value;
 
 const IMAGE: usize = 64 * 1024;
 
-fn spawn(config: &Path, log: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_otabridge"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info,rumqttc=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-/// `otabridge jobs --json ARGS --config CONFIG`: exit status and answer.
-fn jobs(config: &Path, args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))
-        .arg("jobs")
-        .args(args)
-        .args(["--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), v)
-}
-
-/// Asks `otabridge jobs show CHILD` until `done` holds (bounded: 60 s).
-async fn until(config: &Path, child: &str, log: &Path, done: impl Fn(&Value) -> bool) -> Value {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, v) = jobs(config, &["show", child]);
-        if code == 0 && done(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "{child}: {v}\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn collect(tb: &mut Testbed, reports: &mut BTreeMap<String, Vec<ProgressReport>>) {
-    while let Some(r) = tb.platform.try_recv() {
-        for inc in r.events.unwrap_or_default() {
-            if let (Some(id), Event::ProgressReport(p)) = (inc.object_device_id, inc.event) {
-                reports.entry(id).or_default().push(p);
-            }
-        }
-    }
-}
-
-fn terminals(reports: &BTreeMap<String, Vec<ProgressReport>>, id: &str) -> Vec<u8> {
-    reports
-        .get(id)
-        .into_iter()
-        .flatten()
-        .filter(|r| r.is_terminal())
+/// The codes of `id`'s terminal reports, in order.
+fn codes(reports: &Reports, id: &str) -> Vec<u8> {
+    terminals(reports, id)
+        .iter()
         .map(|r| r.result_code.get())
         .collect()
+}
+
+/// `otabridge jobs show CHILD` until `done` holds (bounded: 60 s).
+async fn until(config: &Path, child: &str, log: &Path, done: impl Fn(&Value) -> bool) -> Value {
+    until_job(config, child, log, Duration::from_secs(60), done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +184,7 @@ async fn pause_cancel_and_retry_survive_sigkill_with_one_terminal_report_each() 
         let outbox = otabridge::journal::Journal::open_read_only(&tb.state_dir)
             .and_then(|j| j.outbox_len())
             .unwrap_or(1);
-        if outbox == 0 && terminals(&reports, "p_pause").len() == 1 || Instant::now() > quiet {
+        if outbox == 0 && codes(&reports, "p_pause").len() == 1 || Instant::now() > quiet {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -247,18 +196,14 @@ async fn pause_cancel_and_retry_survive_sigkill_with_one_terminal_report_each() 
     collect(&mut tb, &mut reports);
     let logs = std::fs::read_to_string(&log).unwrap();
 
+    assert_eq!(codes(&reports, "p_pause"), vec![0], "{reports:#?}\n{logs}");
     assert_eq!(
-        terminals(&reports, "p_pause"),
-        vec![0],
-        "{reports:#?}\n{logs}"
-    );
-    assert_eq!(
-        terminals(&reports, "p_cancel"),
+        codes(&reports, "p_cancel"),
         vec![255],
         "{reports:#?}\n{logs}"
     );
     assert_eq!(
-        terminals(&reports, "p_retry"),
+        codes(&reports, "p_retry"),
         vec![7, 0],
         "{reports:#?}\n{logs}"
     );

@@ -11,40 +11,24 @@
 //!   100; `.ci/run` runs a bounded share). docs/operations.md, "What
 //!   otabridge survives", has the figures.
 
+mod run_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child as Proc, Command, Stdio};
+use std::process::{Child as Proc, Command};
 use std::time::{Duration, Instant};
 
 use otabridge::sim::package_server::{Access, PackageServer, Source};
 use otabridge::sim::smp_child::{mcuboot_image, parse_version, Faults, SmpChild, SmpChildOptions};
 use otabridge::sim::testbed::{config_text, Testbed};
-use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
 use otabridge_codecs::rng::Rng;
 use otabridge_codecs::smp::sim::SimEvent;
+use run_support::{collect, spawn, Reports};
 
 const CHILDREN: usize = 3;
 const KILLS: usize = 10;
 const IMAGE: usize = 96 * 1024;
-
-fn spawn(config: &Path, log: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_otabridge"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info,rumqttc=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-type Reports = BTreeMap<String, Vec<ProgressReport>>;
 
 /// One gateway binary over a batch: started, killed, started again.
 struct Rig {
@@ -88,16 +72,7 @@ impl Rig {
 
     /// Takes the reports that arrived; returns how many.
     fn collect(&mut self) -> usize {
-        let mut n = 0;
-        while let Some(r) = self.tb.platform.try_recv() {
-            for inc in r.events.unwrap_or_default() {
-                if let (Some(id), Event::ProgressReport(p)) = (inc.object_device_id, inc.event) {
-                    self.reports.entry(id).or_default().push(p);
-                    n += 1;
-                }
-            }
-        }
-        n
+        collect(&mut self.tb, &mut self.reports)
     }
 
     /// SIGKILL; then, while no process holds it, the journal must pass

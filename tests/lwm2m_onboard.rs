@@ -4,7 +4,9 @@
 //! LwM2M clients over UDP:
 //! - an unknown endpoint is added as a sub-device, reported ONLINE,
 //!   upgraded, remembered across a gateway restart, and removed by
-//!   `delete_sub_device_notify`;
+//!   `delete_sub_device_notify`, the metrics endpoint's per-child families
+//!   following it (present once adopted, after the restart, gone once
+//!   deleted);
 //! - one the platform refuses stays refused (4.03) with a log line;
 //! - without `[lwm2m]`, an unknown endpoint gets 4.03 and a log line.
 //!
@@ -131,8 +133,10 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
         )
         .unwrap();
     let port = free_udp_port();
+    let mport = free_tcp_port();
     let extra = format!(
         "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
          [ota]\nretry_min_ms = 200\nretry_max_ms = 1000\n\n\
          [lwm2m]\nonboard_product_id = \"{PRODUCT}\"\n",
         pkg_ca.display().to_string(),
@@ -140,6 +144,10 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
     let (daemon, log) = run_support::run(&tb, d, &extra).await;
     let id = format!("{PRODUCT}_{NEW_EP}");
     let mut seen = Seen::default();
+    // No child yet: no per-child series.
+    let text = scrape(mport);
+    assert_eq!(per_child(&text, &id), PerChild::default(), "{text}");
+    assert_eq!(sample(&text, COAP_CHILDREN), None, "{text}");
 
     // 1. An unknown endpoint registers: added, adopted, ONLINE.
     let sim = CoapChildSim::start(registering(port, NEW_EP))
@@ -151,6 +159,14 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
     assert_eq!(nodes, &[NEW_EP.to_string()]);
     assert_eq!(products, &[PRODUCT.to_string()]);
     assert_eq!(sim.last_registry_code(), Some(Code::CREATED));
+    // Adopted: its series are there, at zero.
+    let text = scrape(mport);
+    let fresh = |p: PerChild| {
+        // CoAP retransmissions (chunk retries) may happen on a loaded box.
+        p.delivered == Some(0.0) && p.job_retries == Some(0.0) && p.chunk_retries.is_some()
+    };
+    assert!(fresh(per_child(&text, &id)), "{text}");
+    assert_eq!(sample(&text, COAP_CHILDREN), Some(1.0), "{text}");
 
     // 2. One the platform refuses: its registration ends, and it gets
     //    4.03 from then on.
@@ -206,6 +222,9 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
         "{last:?}"
     );
     assert_eq!(sim.version(), "2.0.0");
+    // The image's bytes are counted under its id.
+    let text = scrape(mport);
+    assert_eq!(per_child(&text, &id).delivered, Some(30_000.0), "{text}");
     // `otabridge status` lists it with its registration.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
         .args(["status", "--json", "--config"])
@@ -247,6 +266,10 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
     );
     sim.update();
     assert_eq!(seen.adds.len(), adds, "{seen:#?}");
+    // The restarted exporter has it too (built from the journal).
+    let text = scrape(mport);
+    assert!(fresh(per_child(&text, &id)), "{text}");
+    assert_eq!(sample(&text, COAP_CHILDREN), Some(1.0), "{text}");
 
     // 5. Deleted on the platform: no longer a child, its registration
     //    ended, refused from then on.
@@ -267,7 +290,47 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
     .await;
     sim.update();
     until(&log, || sim.last_registry_code() == Some(Code(0x83))).await;
+    // Its series are gone from the next scrape.
+    let text = scrape(mport);
+    assert_eq!(per_child(&text, &id), PerChild::default(), "{text}");
+    assert!(!text.contains(&id), "{text}");
+    assert_eq!(sample(&text, COAP_CHILDREN), None, "{text}");
     drop(daemon);
+}
+
+const COAP_CHILDREN: &str = "otabridge_children{transport=\"coap\"}";
+
+/// One child's series in the metrics endpoint's per-child families.
+#[derive(Debug, Default, PartialEq)]
+struct PerChild {
+    delivered: Option<f64>,
+    job_retries: Option<f64>,
+    chunk_retries: Option<f64>,
+}
+
+fn per_child(text: &str, id: &str) -> PerChild {
+    PerChild {
+        delivered: sample(
+            text,
+            &format!("otabridge_delivered_bytes_total{{child=\"{id}\"}}"),
+        ),
+        job_retries: sample(
+            text,
+            &format!("otabridge_job_retries_total{{child=\"{id}\"}}"),
+        ),
+        chunk_retries: sample(
+            text,
+            &format!("otabridge_chunk_retries_total{{child=\"{id}\",transport=\"coap\"}}"),
+        ),
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The metrics endpoint's text (`GET /metrics`).
@@ -293,11 +356,7 @@ async fn without_onboarding_an_unknown_endpoint_gets_4_03_and_a_log_line() {
     let d = dir.path();
     let mut tb = Testbed::new(d).await.unwrap();
     let port = free_udp_port();
-    let mport = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let mport = free_tcp_port();
     let extra = format!(
         "[coap]\nlisten = \"127.0.0.1:{port}\"\n\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n\
          [[child]]\ndevice_id = \"p_known\"\ntransport = \"coap\"\nendpoint = \"urn:dev:known\"\n"

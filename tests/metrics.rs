@@ -326,9 +326,13 @@ async fn the_endpoint_is_scraped_during_a_transfer() {
             }
         }
     }
+    // The job is counted as completed after its last report is queued
+    // (the engine releases the package in between): wait for that too.
     let (text, m) = scrape_until(addr, "the finished batch", |m| {
         m.get("otabridge_outbox_reports") == Some(&0.0)
             && m.get("otabridge_jobs{phase=\"verifying\"}") == Some(&0.0)
+            && m.get("otabridge_jobs_completed_total{outcome=\"succeeded\",result_code=\"0\"}")
+                == Some(&1.0)
     })
     .await;
     python_parses(&text);

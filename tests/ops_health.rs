@@ -8,9 +8,11 @@
 //! SIGKILL of the gateway while it probes is followed by the probes'
 //! resumption and exactly one terminal report per child.
 
+mod run_support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child as Proc, Command, Stdio};
+use std::process::{Child as Proc, Command};
 use std::time::{Duration, Instant};
 
 use otabridge::sim::package_server::{Access, PackageServer, Served, Source};
@@ -19,73 +21,14 @@ use otabridge::sim::testbed::{config_text, Testbed};
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
 use otabridge_codecs::smp::sim::SimEvent;
+use run_support::{collect, log_text as logs, spawn, terminals, until_job, Reports};
 use serde_json::Value;
 
 const IMAGE: usize = 16 * 1024;
 
-fn spawn(config: &Path, log: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_otabridge"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info,rumqttc=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-/// `otabridge jobs --json show CHILD --config CONFIG`.
-fn show(config: &Path, child: &str) -> Option<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))
-        .args(["jobs", "show", child, "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-fn logs(log: &Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
-}
-
-/// Asks until `done` holds for `child`'s job (bounded: 90 s).
+/// `otabridge jobs show CHILD` until `done` holds (bounded: 90 s).
 async fn until(config: &Path, child: &str, log: &Path, done: impl Fn(&Value) -> bool) -> Value {
-    let until = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = show(config, child).filter(|v| done(v)) {
-            return v;
-        }
-        assert!(Instant::now() < until, "{child}\n{}", logs(log));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn collect(tb: &mut Testbed, reports: &mut BTreeMap<String, Vec<ProgressReport>>) {
-    while let Some(r) = tb.platform.try_recv() {
-        for inc in r.events.unwrap_or_default() {
-            if let (Some(id), Event::ProgressReport(p)) = (inc.object_device_id, inc.event) {
-                reports.entry(id).or_default().push(p);
-            }
-        }
-    }
-}
-
-fn terminals(reports: &BTreeMap<String, Vec<ProgressReport>>, id: &str) -> Vec<ProgressReport> {
-    reports
-        .get(id)
-        .into_iter()
-        .flatten()
-        .filter(|r| r.is_terminal())
-        .cloned()
-        .collect()
+    until_job(config, child, log, Duration::from_secs(90), done).await
 }
 
 /// A gateway with these SMP children (`(id, sim faults, child keys)`), a
@@ -100,7 +43,7 @@ struct Bench {
     sims: BTreeMap<&'static str, SmpChild>,
     config: std::path::PathBuf,
     log: std::path::PathBuf,
-    reports: BTreeMap<String, Vec<ProgressReport>>,
+    reports: Reports,
     _dir: tempfile::TempDir,
 }
 

@@ -171,7 +171,8 @@ pub struct SimOptions {
     /// The content formats it writes its reads in (OMA TS Core 1.1 §7.3):
     /// a read whose Accept names one of them is answered in it, one with
     /// an Accept it lacks gets 4.06 Not Acceptable (RFC 7252 §5.10.4), one
-    /// without Accept the first. Default: text/plain first, then every
+    /// without Accept the first that can carry the value (a
+    /// multiple-instance resource skips text/plain). Default: text/plain first, then every
     /// other format `lwm2m::content` writes.
     pub formats: Vec<ContentFormat>,
     /// `/5/0/9` (5.xml): pull only refuses a push (`PUT /5/0/0` gets
@@ -973,16 +974,6 @@ impl Device {
             .ok()
             .flatten()
             .map(|a| ContentFormat(u16::try_from(a).unwrap_or(u16::MAX)));
-        let format = match accept {
-            Some(a) if self.opts.formats.contains(&a) => a,
-            Some(_) => return Err(Code::NOT_ACCEPTABLE),
-            None => self
-                .opts
-                .formats
-                .first()
-                .copied()
-                .unwrap_or(ContentFormat::TEXT_PLAIN),
-        };
         let items: Vec<_> = values
             .into_iter()
             .map(|(instance, v)| {
@@ -995,14 +986,33 @@ impl Device {
                 )
             })
             .collect();
-        match content::encode(format, &items) {
-            Ok(bytes) => {
+        // Without Accept the client's preferred format that can carry the
+        // value (text/plain cannot carry a multiple-instance resource:
+        // OMA TS Core 1.1 §7.4.1).
+        let encoded = match accept {
+            Some(a) if self.opts.formats.contains(&a) => {
+                content::encode(a, &items).ok().map(|b| (a, b))
+            }
+            Some(_) => None,
+            None if self.opts.formats.is_empty() => {
+                content::encode(ContentFormat::TEXT_PLAIN, &items)
+                    .ok()
+                    .map(|b| (ContentFormat::TEXT_PLAIN, b))
+            }
+            None => self
+                .opts
+                .formats
+                .iter()
+                .find_map(|f| content::encode(*f, &items).ok().map(|b| (*f, b))),
+        };
+        match encoded {
+            Some((format, bytes)) => {
                 let mut p = msg::response(Code::CONTENT);
                 msg::set_uint(&mut p, CoapOption::ContentFormat, u32::from(format.0));
                 p.payload = bytes;
                 Ok(p)
             }
-            Err(_) => Err(Code::NOT_ACCEPTABLE),
+            None => Err(Code::NOT_ACCEPTABLE),
         }
     }
 

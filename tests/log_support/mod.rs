@@ -5,8 +5,20 @@
 #![allow(dead_code)] // each test file uses the waits it needs
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use tracing::subscriber::NoSubscriber;
+use tracing::Dispatch;
+
+/// An idle dispatch that lives as long as the test binary. While exactly
+/// one dispatch exists, tracing-core caches a callsite's interest from the
+/// default of whichever thread reaches it first (tokio-rs/tracing#3611): a
+/// line first written on a thread without this capture (a blocking-pool or
+/// writer thread) would be dropped for good, on the test's thread too. A
+/// second dispatch keeps tracing on its general path, where each event
+/// asks the current thread's subscriber.
+static SECOND_DISPATCH: OnceLock<Dispatch> = OnceLock::new();
 
 #[derive(Clone, Default)]
 pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
@@ -15,6 +27,7 @@ impl Logs {
     /// Captures this thread's log lines until the guard is dropped;
     /// `TEST_LOG` overrides the filter.
     pub(crate) fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        SECOND_DISPATCH.get_or_init(|| Dispatch::new(NoSubscriber::default()));
         let logs = Logs::default();
         let w = logs.clone();
         let sub = tracing_subscriber::fmt()

@@ -4,7 +4,10 @@
 // Pull delivery: a write of /5/0/1 fetches the URI with node-coap's Block2
 // client; Execute /5/0/2 "installs" it (/3/0/3 becomes NEXT_VERSION).
 //
-// usage: node node_client.js HOST PORT ENDPOINT VERSION NEXT_VERSION
+// usage: node node_client.js HOST PORT ENDPOINT VERSION NEXT_VERSION [METHOD PROTOCOL]
+// METHOD and PROTOCOL, when given, are /5/0/9 Delivery Method and the one
+// /5/0/8 Protocol Support value; without them the object has neither
+// (both are optional in 5.xml).
 // Prints one JSON line per event on stdout.
 'use strict';
 
@@ -12,7 +15,7 @@ const crypto = require('crypto');
 const coap = require('coap');
 const lwm2m = require('lwm2m-node-lib');
 
-const [host, port, endpoint, version, nextVersion] = process.argv.slice(2);
+const [host, port, endpoint, version, nextVersion, method, protocol] = process.argv.slice(2);
 const client = lwm2m.client;
 const reg = client.registry;
 const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
@@ -67,6 +70,10 @@ async function main() {
   await set('/5/0', '1', '');
   await set('/5/0', '3', 0);
   await set('/5/0', '5', 0);
+  if (method !== undefined) await set('/5/0', '9', method);
+  // The library keeps one value per resource: a read of /5/0/8 is
+  // answered as text/plain, which the gateway takes as one instance.
+  if (protocol !== undefined) await set('/5/0', '8', protocol);
   client.register(host, Number(port), null, endpoint, (err, device) => {
     if (err) {
       say({ event: 'register_failed', error: String(err && (err.message || err.name || err)) });

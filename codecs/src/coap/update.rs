@@ -968,11 +968,22 @@ impl UpdateProcedure {
         self.observe_tried = false;
     }
 
-    /// State 2 read: the delivery is complete.
+    /// State 2 read: the delivery is complete. The child holds the whole
+    /// image, which is what its progress says from now on: a pull's last
+    /// blocks may be served after the State 2 that ends the wait (or not
+    /// be seen at all: a child that had the image), and a watcher of
+    /// [`UpdateEvent::Progress`] (the job, the delivered-bytes counter)
+    /// would stop short of the size.
     fn downloaded(&mut self) {
         self.end_observations();
         self.wait_until = None;
-        self.delivered = self.cfg.total_len;
+        if self.delivered < self.cfg.total_len {
+            self.delivered = self.cfg.total_len;
+            self.events.push_back(UpdateEvent::Progress {
+                delivered: self.delivered,
+                total: self.cfg.total_len,
+            });
+        }
         self.events.push_back(UpdateEvent::Phase(Phase::Downloaded));
         self.deadline = None;
         self.step = Step::Execute;
@@ -1256,6 +1267,12 @@ mod tests {
                 UpdateEvent::Phase(Phase::Delivering),
                 UpdateEvent::Progress {
                     delivered: 64,
+                    total: 100
+                },
+                // State 2: the child has it all, its last block served or
+                // not (yet).
+                UpdateEvent::Progress {
+                    delivered: 100,
                     total: 100
                 },
                 UpdateEvent::Phase(Phase::Downloaded),
