@@ -80,8 +80,16 @@ pub(crate) fn init_logs(format: LogFormat, default: &str) {
 }
 
 /// The tokio runtime, or exit status 1 with the reason on stderr.
+///
+/// One async thread (tokio's current-thread scheduler) for every command:
+/// the daemon's tasks wait on sockets, serial lines and timers, and what
+/// costs CPU or blocks runs on tokio's blocking pool, started on demand
+/// (journal writes, the download's hashing writer, the package and image
+/// checks, the framed driver's image digest; docs/design.md "Which thread
+/// runs what?"). The multi-thread scheduler would add two idle workers and
+/// link libm for its poll-time average (BENCHMARKS.md, "Footprint").
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| {

@@ -357,6 +357,87 @@ async fn reports_left_in_the_outbox_are_sent_after_a_restart() {
     tb.stop_gateway().await.unwrap();
 }
 
+/// Waits for `n` progress reports at the simulated platform; their values.
+async fn progress_reports(tb: &mut Testbed, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let r = tb.platform.recv(T).await.expect("a report");
+        if let Some(p) = progress_of(&r) {
+            got.push(p);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_clean_stop_waits_for_the_acks_of_what_it_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tb = Testbed::new(dir.path()).await.unwrap();
+    let (_c, children) = kids(&[("p_node1", "1.0")]);
+    let h = tb.start_gateway(children).await.unwrap();
+    connect_statuses(&mut tb).await;
+    // A slow uplink: each PUBACK comes 100 ms late, one after the other.
+    tb.edge.delay_pubacks(Some(Duration::from_millis(100)));
+    for i in 0..5u8 {
+        h.platform
+            .report(Some("p_node1"), &progress(i))
+            .await
+            .unwrap();
+    }
+    // All five published (the platform has them); stop before their
+    // PUBACKs are back: the stop waits for them and deletes the rows.
+    assert_eq!(progress_reports(&mut tb, 5).await, [0, 1, 2, 3, 4]);
+    tb.stop_gateway().await.unwrap();
+    assert_eq!(
+        Journal::open(&tb.state_dir).unwrap().outbox_len().unwrap(),
+        0,
+        "acknowledged reports left in the outbox (sent again at the next start)"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_without_acks_keeps_the_reports_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tb = Testbed::new(dir.path()).await.unwrap();
+    let (_c, children) = kids(&[("p_node1", "1.0")]);
+    let h = tb.start_gateway(children.clone()).await.unwrap();
+    connect_statuses(&mut tb).await;
+    // PUBACKs that never come in time: the stop gives up after its drain
+    // and the reports stay queued.
+    tb.edge.delay_pubacks(Some(Duration::from_secs(3600)));
+    for i in 0..3u8 {
+        h.platform
+            .report(Some("p_node1"), &progress(i))
+            .await
+            .unwrap();
+    }
+    assert_eq!(progress_reports(&mut tb, 3).await, [0, 1, 2]);
+    tokio::time::timeout(Duration::from_secs(60), tb.stop_gateway())
+        .await
+        .expect("the stop waits for acknowledgements a bounded time")
+        .unwrap();
+    assert_eq!(
+        Journal::open(&tb.state_dir).unwrap().outbox_len().unwrap(),
+        3
+    );
+    // At least once: the next start sends them again, and this time the
+    // platform acknowledges them.
+    tb.edge.delay_pubacks(None);
+    tb.edge.cut();
+    tb.start_gateway(children).await.unwrap();
+    assert_eq!(progress_reports(&mut tb, 3).await, [0, 1, 2]);
+    let mut left = u64::MAX;
+    for _ in 0..200 {
+        left = tb.handles().unwrap().platform.outbox_len().await.unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(left, 0);
+    tb.stop_gateway().await.unwrap();
+}
+
 #[tokio::test]
 async fn refused_credentials_are_logged_and_not_hammered() {
     let (logs, _guard) = Logs::capture();

@@ -16,7 +16,11 @@
 //! - the start-up time to "connected": from the spawn to the daemon's log
 //!   line `connected to the platform` (TLS handshake and CONNACK included);
 //! - after `--idle-s` seconds idle: VmRSS (with RssAnon, RssFile), VmHWM
-//!   and the thread count from `/proc/PID/status`;
+//!   and the thread count from `/proc/PID/status`, and the proportional set
+//!   size (Pss, `/proc/PID/smaps_rollup`: shared pages such as libc's count
+//!   divided by the number of processes mapping them);
+//! - for the last run, where the resident pages are: Rss and Pss per mapped
+//!   file and segment (`/proc/PID/smaps`), and the daemon's anonymous memory;
 //! - the size of the binary.
 //!
 //! The daemon's environment is this process's: run it as
@@ -66,6 +70,7 @@ struct Mem {
     file: u64,
     hwm: u64,
     threads: u64,
+    pss: u64,
 }
 
 fn proc_status(pid: u32) -> Result<Mem> {
@@ -90,7 +95,65 @@ fn proc_status(pid: u32) -> Result<Mem> {
             _ => {}
         }
     }
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    m.pss = field_kib(&rollup, "Pss").unwrap_or(0);
     Ok(m)
+}
+
+/// The first `NAME:  N kB` line's N.
+fn field_kib(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == name).then(|| v.split_whitespace().next()?.parse().ok())?
+    })
+}
+
+/// Rss and Pss (KiB) per mapping of `/proc/PID/smaps`, grouped by file
+/// name and permissions ("[anon]" for the heap, stacks and anonymous
+/// mappings together), largest first.
+fn smaps(pid: u32) -> Result<Map> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut groups: Vec<(String, u64, u64)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        // A mapping's header: `start-end perms offset dev inode [path]`.
+        if first.contains('-') && !first.ends_with(':') {
+            let perms = words.next().unwrap_or("");
+            let path = words.nth(3).unwrap_or("");
+            let name = match path {
+                "" | "[heap]" | "[stack]" => "[anon]".to_string(),
+                p if p.starts_with('[') => p.to_string(),
+                p => format!(
+                    "{} {perms}",
+                    Path::new(p)
+                        .file_name()
+                        .map_or(p.into(), |f| f.to_string_lossy())
+                ),
+            };
+            let i = match groups.iter().position(|g| g.0 == name) {
+                Some(i) => i,
+                None => {
+                    groups.push((name, 0, 0));
+                    groups.len() - 1
+                }
+            };
+            current = Some(i);
+            continue;
+        }
+        let (Some(i), Some(v)) = (current, words.next().and_then(|v| v.parse::<u64>().ok())) else {
+            continue;
+        };
+        match first {
+            "Rss:" => groups[i].1 += v,
+            "Pss:" => groups[i].2 += v,
+            _ => {}
+        }
+    }
+    groups.retain(|g| g.1 > 0);
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1));
+    Ok(groups)
 }
 
 /// Kills the daemon however the run ends.
@@ -103,8 +166,12 @@ impl Drop for Daemon {
     }
 }
 
-/// One start: the time to "connected" and the memory after the idle wait.
-fn one(bin: &Path, config: &Path, idle: Duration) -> Result<(Duration, Mem)> {
+/// Resident KiB per mapping: (file and permissions, Rss, Pss).
+type Map = Vec<(String, u64, u64)>;
+
+/// One start: the time to "connected", the memory after the idle wait and
+/// (with `map`) where it is.
+fn one(bin: &Path, config: &Path, idle: Duration, map: bool) -> Result<(Duration, Mem, Map)> {
     let t0 = Instant::now();
     let mut d = Daemon(
         Command::new(bin)
@@ -134,7 +201,8 @@ fn one(bin: &Path, config: &Path, idle: Duration) -> Result<(Duration, Mem)> {
         .context("no `connected to the platform` within 60 s")?;
     std::thread::sleep(idle);
     let m = proc_status(d.0.id())?;
-    Ok((connected, m))
+    let groups = if map { smaps(d.0.id())? } else { Vec::new() };
+    Ok((connected, m, groups))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -181,32 +249,54 @@ async fn bench(o: Opts) -> Result<()> {
     );
     let mut starts = Vec::new();
     let mut rss = Vec::new();
+    let mut pss = Vec::new();
+    let mut last = Vec::new();
     for run in 1..=o.runs {
         let (bin, config, idle) = (bin.clone(), config.clone(), o.idle);
-        let (t, m) = tokio::task::spawn_blocking(move || one(&bin, &config, idle)).await??;
+        let map = run == o.runs;
+        let (t, m, groups) =
+            tokio::task::spawn_blocking(move || one(&bin, &config, idle, map)).await??;
         println!(
-            "  run {run}: connected after {:6.1} ms; idle VmRSS {:5.1} MiB (anon {:4.1}, file {:4.1}), \
-             VmHWM {:5.1} MiB, {} threads",
+            "  run {run}: connected after {:6.1} ms; idle VmRSS {:5.1} MiB = {} KiB (anon {:4.1}, file {:4.1}), \
+             Pss {:5.1} MiB, VmHWM {:5.1} MiB, {} threads",
             t.as_secs_f64() * 1e3,
             mib(m.rss),
+            m.rss,
             mib(m.anon),
             mib(m.file),
+            mib(m.pss),
             mib(m.hwm),
             m.threads
         );
         starts.push(t.as_secs_f64() * 1e3);
         rss.push(mib(m.rss));
+        pss.push(mib(m.pss));
+        last = groups;
+    }
+    println!("  run {}: resident KiB per mapping (Rss, Pss):", o.runs);
+    for (name, r, p) in &last {
+        println!("    {r:6} {p:6}  {name}");
     }
     let lo = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let kib = |v: &[f64]| (median(v.to_vec()) * 1024.0).round();
     println!(
-        "  median (min-max): connected after {:.1} ms ({:.1}-{:.1}); idle VmRSS {:.1} MiB ({:.1}-{:.1})",
+        "  idle VmRSS median {} KiB (goal 8 MiB = 8192 KiB), Pss median {} KiB",
+        kib(&rss),
+        kib(&pss)
+    );
+    println!(
+        "  median (min-max): connected after {:.1} ms ({:.1}-{:.1}); idle VmRSS {:.1} MiB ({:.1}-{:.1}); \
+         Pss {:.1} MiB ({:.1}-{:.1})",
         median(starts.clone()),
         lo(&starts),
         hi(&starts),
         median(rss.clone()),
         lo(&rss),
-        hi(&rss)
+        hi(&rss),
+        median(pss.clone()),
+        lo(&pss),
+        hi(&pss)
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

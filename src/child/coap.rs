@@ -42,9 +42,11 @@
 //!
 //! # Delivery chosen by the child (issue 13 item 6)
 //! `delivery = "auto"` (the default for children that register) reads
-//! `/5/0/9` Delivery Method and `/5/0/8` Protocol Support before each
-//! delivery: pull when the child pulls and lists CoAP, push when it only
-//! takes pushes or lists no CoAP, pull when it says nothing (`auto.rs`).
+//! `/5/0/9` Delivery Method and `/5/0/8` Protocol Support in each
+//! delivery, after the version: pull when the child pulls and lists CoAP,
+//! push when it only takes pushes or lists no CoAP, pull when it says
+//! nothing (`auto.rs`). Both are optional resources, so an unanswered
+//! read costs `CoapNetwork::optional_read_wait` (21 s), not 93 s.
 //!
 //! # Layout
 //! - [`network`]: the socket, the peer-engine task, the Block2 server, the
@@ -292,8 +294,8 @@ impl CoapChild {
         }
     }
 
-    /// The procedure for `package` by `delivery` (pull or push, resolved
-    /// by [`CoapChild::choose_delivery`]); `resumed` when the job's journal
+    /// The procedure for `package` by `delivery` (pull, push, or auto:
+    /// the procedure reads /5/0/9 and /5/0/8, `auto.rs`); `resumed` when the job's journal
     /// says a delivery of it to this child began before (the procedure
     /// then reads /5/0/3 before it sends anything: issue 17).
     fn new_procedure(
@@ -313,20 +315,23 @@ impl CoapChild {
                 format!("{} bytes: LwM2M /5/0/0 carries at most 4 GiB", package.size),
             )
         })?;
+        let uri = |child: &Self| {
+            let to = child.current(step)?;
+            let gw = child.net.gateway_for(to).map_err(|e| {
+                ChildError::io(step, format!("no local address towards {to}")).with_source(e)
+            })?;
+            Ok::<_, ChildError>(lwm2m::package_uri(&gw.to_string(), &package.sha256))
+        };
+        let szx = self.options.push_szx;
+        let resume_offset = u32::try_from(resume_from.min(package.size)).unwrap_or(0);
         let delivery = match delivery {
-            Delivery::Pull | Delivery::Auto => {
-                let to = self.current(step)?;
-                let gw = self.net.gateway_for(to).map_err(|e| {
-                    ChildError::io(step, format!("no local address towards {to}")).with_source(e)
-                })?;
-                EngineDelivery::Pull {
-                    uri: lwm2m::package_uri(&gw.to_string(), &package.sha256),
-                }
-            }
-            Delivery::Push => EngineDelivery::Push {
-                szx: self.options.push_szx,
-                resume_offset: u32::try_from(resume_from.min(package.size)).unwrap_or(0),
+            Delivery::Pull => EngineDelivery::Pull { uri: uri(self)? },
+            Delivery::Auto => EngineDelivery::Auto {
+                uri: uri(self)?,
+                szx,
+                resume_offset,
             },
+            Delivery::Push => EngineDelivery::Push { szx, resume_offset },
         };
         let cfg = UpdateConfig {
             poll_interval: self.options.poll_interval,
@@ -338,6 +343,8 @@ impl CoapChild {
             resumed,
             observe: self.options.observe,
             observe_check: self.options.observe_check,
+            optional_read_timeout: self.net.optional_read_wait(),
+            protocol_support_accept: self.protocol_support_accept(),
             ..UpdateConfig::new(package.version.clone(), total_len, delivery)
         };
         UpdateProcedure::new(cfg)
@@ -504,6 +511,13 @@ impl CoapChild {
                     "the child ended the observation; polling every {} s",
                     self.options.poll_interval.as_secs()
                 ),
+                UpdateEvent::OptionalUnanswered { path, waited } => warn!(
+                    child = %self.device_id, %path,
+                    "delivery = auto: the read of {path} went unanswered in {} s \
+                     (an optional resource: not the whole exchange); going on without it",
+                    waited.as_secs()
+                ),
+                UpdateEvent::DeliveryChosen(c) => self.log_choice(&c),
                 UpdateEvent::Finished(o) => return Some(Stop::Finished(o)),
             }
         }
@@ -824,7 +838,7 @@ impl Child for CoapChild {
     ) -> BoxFuture<'a, Result<(), ChildError>> {
         Box::pin(async move {
             let _slot = self.net.transfer_permit().await;
-            let delivery = self.choose_delivery().await;
+            let delivery = self.delivery;
             // A journaled offset: the gateway restarted during the delivery.
             let resumed = resume_from > 0;
             let mut procedure = self.new_procedure(package, resume_from, delivery, resumed)?;
@@ -898,7 +912,7 @@ impl CoapChild {
                     })?,
                     None => permit.await,
                 };
-                let delivery = self.choose_delivery().await;
+                let delivery = self.delivery;
                 // The journal says the delivery ended: a child in State 2
                 // is executed, not sent the package again.
                 (

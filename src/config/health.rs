@@ -147,7 +147,11 @@ fn parse_command(v: &toml::Value) -> Result<HealthCommand, BadHealthKey> {
     let int = |name: &str, max: i64| -> Result<i64, BadHealthKey> {
         match t.get(name) {
             Some(toml::Value::Integer(i)) if (0..=max).contains(i) => Ok(*i),
-            Some(v) => Err((KEY, format!("{name}: {v} is not a number in 0..={max}"))),
+            Some(toml::Value::Integer(i)) => Err((KEY, format!("{name}: {i} is not in 0..={max}"))),
+            Some(v) => Err((
+                KEY,
+                format!("{name}: a {} is not a number in 0..={max}", v.type_str()),
+            )),
             None => Err((KEY, format!("{name} is required"))),
         }
     };

@@ -826,7 +826,17 @@ fn retired(text: &str, file: &Path) -> Result<(), ConfigError> {
 /// The TOML into its sections; an unknown key or a wrong type names the
 /// key path, the line and the column.
 fn deserialize(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
-    let de = toml::Deserializer::new(text);
+    // Text that is not TOML fails here, before any key is known.
+    let syntax = |inner: toml::de::Error| ConfigError::Syntax {
+        file: file.to_owned(),
+        key: "(top level)".into(),
+        message: format!(
+            "{}{}",
+            inner.message().trim_end(),
+            inner.span().map(|s| at(text, s.start)).unwrap_or_default()
+        ),
+    };
+    let de = toml::Deserializer::parse(text).map_err(syntax)?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = key_path(e.path());
         let inner = e.into_inner();

@@ -6,7 +6,8 @@
 //! `client::conn` API (rather than a pooled client) keeps the dependency
 //! tree small and lets the downloader own every timeout.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -176,30 +177,56 @@ impl Drop for Exchange {
 /// The download client: TLS settings from `[download]`.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClient {
-    tls: Arc<ClientConfig>,
+    /// `download.ca_file`, trusted besides the system's roots.
+    ca_file: Option<PathBuf>,
+    verify_hostname: bool,
+    /// The TLS configuration while a connection uses it: built for the
+    /// first connection and freed after the last one ended. It holds the
+    /// system's trust store (about 300 KiB of heap for Debian's ~150
+    /// roots), which an idle gateway does not need (BENCHMARKS.md,
+    /// "Footprint").
+    tls: Arc<Mutex<Weak<ClientConfig>>>,
     connect_timeout: Duration,
 }
 
 impl HttpClient {
-    /// Builds the TLS configuration: the system roots plus `download.ca_file`;
-    /// with `verify_hostname = false`, the chain is still verified but the
-    /// name is not (docs/protocols/iotda.md §4.7: v1 URLs name a bare IP address).
+    /// The client of `[download]`: `download.ca_file` is read now (a bad
+    /// file is an error at start); the system's roots are read when a
+    /// connection needs them ([`HttpClient::tls`]).
     pub(crate) fn new(
         cfg: &DownloadConfig,
         connect_timeout: Duration,
     ) -> Result<HttpClient, DownloadError> {
-        let tls_err = |e: crate::tls::TlsError| DownloadError::Tls(e.to_string());
-        let roots = crate::tls::system_roots_plus(cfg.ca_file.as_deref()).map_err(tls_err)?;
-        let mut tls = if cfg.verify_hostname {
-            crate::tls::client_config(roots, None).map_err(tls_err)?
-        } else {
-            crate::tls::client_config_any_name(roots).map_err(tls_err)?
-        };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if let Some(f) = &cfg.ca_file {
+            crate::tls::load_certs(f).map_err(|e| DownloadError::Tls(e.to_string()))?;
+        }
         Ok(HttpClient {
-            tls: Arc::new(tls),
+            ca_file: cfg.ca_file.clone(),
+            verify_hostname: cfg.verify_hostname,
+            tls: Arc::default(),
             connect_timeout,
         })
+    }
+
+    /// The TLS configuration, shared with the connections that are open:
+    /// the system roots plus `download.ca_file`; with `verify_hostname =
+    /// false`, the chain is still verified but the name is not
+    /// (docs/protocols/iotda.md §4.7: v1 URLs name a bare IP address).
+    fn tls(&self) -> Result<Arc<ClientConfig>, crate::tls::TlsError> {
+        let mut cached = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tls) = cached.upgrade() {
+            return Ok(tls);
+        }
+        let roots = crate::tls::system_roots_plus(self.ca_file.as_deref())?;
+        let mut tls = if self.verify_hostname {
+            crate::tls::client_config(roots, None)?
+        } else {
+            crate::tls::client_config_any_name(roots)?
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = Arc::new(tls);
+        *cached = Arc::downgrade(&tls);
+        Ok(tls)
     }
 
     /// Sends `GET target` with `headers` and returns once the response head
@@ -234,7 +261,11 @@ impl HttpClient {
                     target.host
                 ))
             })?;
-            let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+            // Trust roots that cannot be read: a retry reads the same files.
+            let tls = self
+                .tls()
+                .map_err(|e| FetchError::Certificate(e.to_string()))?;
+            let connector = tokio_rustls::TlsConnector::from(tls);
             match connector.connect(name, tcp).await {
                 Ok(s) => Box::new(s),
                 Err(e) => {

@@ -31,6 +31,10 @@ const MAX_INBOUND_PACKET: usize = 2 * 1024 * 1024;
 /// How often reports held in memory and acknowledged rows that could not be
 /// deleted are tried again while the journal's disk is full.
 const JOURNAL_FULL_RETRY: Duration = Duration::from_secs(1);
+/// How long a clean stop waits for the PUBACKs of reports already
+/// published, so that the next start does not send them again. Reports
+/// not yet published stay in the outbox untouched.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// What the session hands to the daemon.
 #[derive(Debug, Clone)]
@@ -312,10 +316,43 @@ impl Session {
                         return ended;
                     }
                 }
-                _ = &mut *shutdown => return Ended::Shutdown,
+                _ = &mut *shutdown => return drain(eventloop, &mut outbox).await,
             }
         }
     }
+}
+
+/// A clean stop: waits (at most [`SHUTDOWN_DRAIN`]) for the PUBACKs of
+/// what this connection published, deleting their rows, and publishes
+/// nothing new. Rows still unacknowledged then are sent again at the next
+/// start (at least once, as after a power cut). Inbound publishes that
+/// arrive meanwhile are not handed on: the dispatcher is stopping.
+async fn drain(eventloop: &mut EventLoop, outbox: &mut Outbox) -> Ended {
+    let until = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+    while !(outbox.awaiting_pkid.is_empty() && outbox.inflight.is_empty()) {
+        match tokio::time::timeout_at(until, eventloop.poll()).await {
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => outbox.published(pkid),
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                if outbox.acked(ack.pkid).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                info!("stopping: the connection ended while waiting for acknowledgements: {e}");
+                break;
+            }
+            Err(_) => {
+                info!(
+                    unacknowledged = outbox.awaiting_pkid.len() + outbox.inflight.len(),
+                    "stopping: reports not acknowledged within {} s are sent again at the next start",
+                    SHUTDOWN_DRAIN.as_secs()
+                );
+                break;
+            }
+        }
+    }
+    Ended::Shutdown
 }
 
 /// The outbox as one connection publishes it: rows read from the journal,

@@ -138,6 +138,10 @@ pub struct Faults {
     /// never hears it (a gateway stopped during the last block; issue 17,
     /// defect 4).
     pub lose_final_block_answers: bool,
+    /// Requests for these paths (`"5/0/9"`) get no answer at all, their
+    /// retransmissions neither: a client that drops what it cannot parse
+    /// (node-coap), or a buggy one.
+    pub silent_on: Vec<String>,
 }
 
 /// How the simulated child behaves.
@@ -238,6 +242,9 @@ pub struct SimStats {
     /// Observations the gateway ended (RST to a notification, or a GET
     /// with `Observe: 1`).
     pub observe_cancelled: u32,
+    /// Requests left unanswered ([`Faults::silent_on`]), retransmissions
+    /// not counted.
+    pub ignored: u32,
 }
 
 /// Why the simulator could not start.
@@ -1020,6 +1027,10 @@ impl Device {
         let path = msg::uri_path(&req.packet).unwrap_or_default();
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         let method = msg::code(&req.packet);
+        if self.opts.faults.silent_on.contains(&path.join("/")) {
+            self.stats.ignored += 1;
+            return;
+        }
         let int = |v: i64| vec![(None, Value::Integer(v))];
         match (method, path.as_slice()) {
             (Code::GET, ["3", "0", "3"]) => {

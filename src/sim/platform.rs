@@ -72,6 +72,8 @@ struct EdgeState {
     refuse_until: Option<tokio::time::Instant>,
     connects: u32,
     refused: u32,
+    /// PUBACKs to gateways wait this long on the way down.
+    puback_delay: Option<Duration>,
 }
 
 /// The device access point. See the module documentation.
@@ -236,6 +238,13 @@ impl Edge {
         self.state.lock().unwrap().refuse_until = Some(tokio::time::Instant::now() + d);
     }
 
+    /// Holds every PUBACK the broker sends to a gateway for `d` (and
+    /// what follows it on that connection), as a slow uplink would;
+    /// `None` ends the delay for later PUBACKs.
+    pub fn delay_pubacks(&self, d: Option<Duration>) {
+        self.state.lock().unwrap().puback_delay = d;
+    }
+
     /// Successful CONNECTs so far.
     pub fn connects(&self) -> u32 {
         self.state.lock().unwrap().connects
@@ -317,6 +326,12 @@ impl Edge {
                     },
                     Some(p) = inject_rx.recv() => p,
                 };
+                if matches!(p, Packet::PubAck(_)) {
+                    let delay = self.state.lock().unwrap().puback_delay;
+                    if let Some(d) = delay {
+                        tokio::time::sleep(d).await;
+                    }
+                }
                 write_packet(&mut cw, &p).await?;
             }
             Ok::<_, std::io::Error>(())

@@ -55,6 +55,18 @@
 //!    ([`Action::StopObserving`]: the driver forgets their tokens and the
 //!    next notification gets RST, RFC 7641 §3.6). After Execute the child
 //!    reboots and forgets its observations, so the version is polled.
+//! 8. [`Delivery::Auto`] (docs/coap.md "delivery auto"): after /3/0/3,
+//!    `GET /5/0/9` Delivery Method and, when that leaves the choice open
+//!    (both, or unreadable), `GET /5/0/8` Protocol Support decide pull or
+//!    push ([`choose`], [`UpdateEvent::DeliveryChosen`]). Both resources
+//!    are optional in 5.xml, so each read waits at most
+//!    [`UpdateConfig::optional_read_timeout`] (21 s by default,
+//!    [`optional_read_wait`]) instead of the whole exchange (93 s): one
+//!    that goes unanswered is cancelled ([`Action::Cancel`],
+//!    [`UpdateEvent::OptionalUnanswered`]) and counts as unreadable. Reads
+//!    of mandatory resources (/3/0/3, /5/0/3, /5/0/5) wait for the
+//!    exchange as before. The choice holds for the retries of the
+//!    procedure.
 //!
 //! # Call order
 //! The procedure is a user of the driver's [`super::Peers`] (one path, the
@@ -111,7 +123,144 @@ pub enum Delivery {
         /// Bytes the child acknowledged before a gateway restart.
         resume_offset: u32,
     },
+    /// Pull or push, as the child's `/5/0/9` Delivery Method and `/5/0/8`
+    /// Protocol Support say ([`choose`]; module doc, 8.): the settings of
+    /// both, one of which is used.
+    Auto {
+        /// The Package URI, if pull is chosen.
+        uri: String,
+        /// First block size exponent, if push is chosen.
+        szx: u8,
+        /// Bytes acknowledged before a gateway restart, if push is chosen.
+        resume_offset: u32,
+    },
 }
+
+/// What `delivery = auto` chose ([`choose`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// The child fetches the package from the Package URI.
+    Pull,
+    /// The gateway writes it to /5/0/0.
+    Push,
+}
+
+/// What a read of an optional resource (`/5/0/9`, `/5/0/8`: 5.xml marks
+/// both optional) gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionalRead<T> {
+    /// A 2.05 with a value.
+    Value(T),
+    /// Another code than 2.05 (4.04: the child does not expose it).
+    Refused(Code),
+    /// No answer within [`UpdateConfig::optional_read_timeout`] (or the
+    /// exchange failed before: RST, retransmissions exhausted).
+    Unanswered,
+    /// The payload was not a value of the resource.
+    Unusable(ValueError),
+}
+
+impl<T: std::fmt::Debug> std::fmt::Display for OptionalRead<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionalRead::Value(v) => write!(f, "{v:?}"),
+            OptionalRead::Refused(c) => write!(f, "answered {c}"),
+            OptionalRead::Unanswered => write!(f, "no answer"),
+            OptionalRead::Unusable(e) => write!(f, "unusable value: {e}"),
+        }
+    }
+}
+
+impl<T> OptionalRead<T> {
+    fn value(&self) -> Option<&T> {
+        match self {
+            OptionalRead::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// The choice of `delivery = auto`, with what each read gave (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoChoice {
+    /// Pull or push.
+    pub chosen: Chosen,
+    /// Why, in words.
+    pub why: &'static str,
+    /// The read of `/5/0/9`.
+    pub method: OptionalRead<lwm2m::DeliveryMethod>,
+    /// The read of `/5/0/8`; `None`: not read (`/5/0/9` decided).
+    pub protocols: Option<OptionalRead<Vec<i64>>>,
+}
+
+/// The decision of `delivery = auto` (docs/coap.md "delivery auto"):
+/// `method` is `/5/0/9` (0 pull only, 1 push only, 2 both), `coap_listed`
+/// whether `/5/0/8` lists 0 (CoAP); `None`: unreadable. The gateway serves
+/// `coap://` only, so pull needs CoAP listed (5.xml: "the server must not
+/// write a URI with an unsupported scheme"); pull is preferred when both
+/// work (resumable from any block).
+///
+/// | /5/0/9 | /5/0/8 lists 0 | chosen |
+/// |---|---|---|
+/// | 0 pull only | any (not read) | pull |
+/// | 1 push only | any (not read) | push |
+/// | 2 both, or unreadable | yes, or unreadable | pull |
+/// | 2 both, or unreadable | no | push |
+pub fn choose(
+    method: Option<lwm2m::DeliveryMethod>,
+    coap_listed: Option<bool>,
+) -> (Chosen, &'static str) {
+    use lwm2m::DeliveryMethod as M;
+    match (method, coap_listed) {
+        (Some(M::Push), _) => (Chosen::Push, "/5/0/9 says push only"),
+        (Some(M::Pull), _) => (Chosen::Pull, "/5/0/9 says pull only"),
+        (Some(M::Both), Some(false)) => (
+            Chosen::Push,
+            "/5/0/9 says both, /5/0/8 does not list CoAP (0): the gateway serves coap:// only",
+        ),
+        (Some(M::Both), Some(true)) => (
+            Chosen::Pull,
+            "/5/0/9 says both, /5/0/8 lists CoAP (0): pull preferred (resumable)",
+        ),
+        (Some(M::Both), None) => (
+            Chosen::Pull,
+            "/5/0/9 says both, /5/0/8 unreadable: pull preferred (resumable)",
+        ),
+        (None, Some(false)) => (
+            Chosen::Push,
+            "/5/0/9 unreadable, /5/0/8 does not list CoAP (0): the gateway serves coap:// only",
+        ),
+        (None, Some(true)) => (
+            Chosen::Pull,
+            "/5/0/9 unreadable, /5/0/8 lists CoAP (0): pull",
+        ),
+        (None, None) => (
+            Chosen::Pull,
+            "neither /5/0/9 nor /5/0/8 readable (both optional in 5.xml): pull, the default",
+        ),
+    }
+}
+
+/// How long a read of an optional resource waits for its answer by
+/// default: the time a CoAP exchange with `exchange`'s ACK_TIMEOUT and
+/// ACK_RANDOM_FACTOR would wait with MAX_RETRANSMIT = 2 instead of its own
+/// (RFC 7252 §4.8.2: MAX_TRANSMIT_WAIT = ACK_TIMEOUT × (2^(MAX_RETRANSMIT+1)
+/// − 1) × ACK_RANDOM_FACTOR): 2 s × 7 × 1.5 = 21 s with RFC 7252's
+/// defaults, against 93 s for a whole exchange. Every transmission a
+/// 3-transmission exchange makes has gone out and had its time to be
+/// answered (the retransmissions are due at most 3, 9 and 21 s after the
+/// first), so a child that merely lost a datagram still answers; a child
+/// that never answers (it drops what it cannot parse, it sleeps, it is
+/// buggy) costs 21 s, not 93.
+pub fn optional_read_wait(exchange: &super::ExchangeConfig) -> Duration {
+    exchange
+        .ack_timeout
+        .saturating_mul((1 << (OPTIONAL_RETRANSMITS + 1)) - 1)
+        .mul_f64(exchange.ack_random_factor.max(1.0))
+}
+
+/// The retransmissions an optional read waits for ([`optional_read_wait`]).
+pub const OPTIONAL_RETRANSMITS: u32 = 2;
 
 /// One child's update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +303,17 @@ pub struct UpdateConfig {
     /// While observed, /5/0/3 is still read this long after the last
     /// read or notification, in case notifications stopped.
     pub observe_check: Duration,
+    /// [`Delivery::Auto`]: how long a read of the optional `/5/0/9` and
+    /// `/5/0/8` waits for an answer before the choice goes on without it
+    /// (default [`optional_read_wait`] of RFC 7252's parameters, 21 s).
+    /// Reads of mandatory resources wait for the whole exchange.
+    pub optional_read_timeout: Duration,
+    /// [`Delivery::Auto`]: the Accept of the `/5/0/8` read (a
+    /// multiple-instance resource). `None` (the default) sends none: the
+    /// client answers in the format it prefers, which is decoded. Set it
+    /// only to a format the client declared (`ct` in its registration):
+    /// some stacks drop a request whose Accept they cannot parse.
+    pub protocol_support_accept: Option<lwm2m::ContentFormat>,
 }
 
 impl UpdateConfig {
@@ -173,6 +333,8 @@ impl UpdateConfig {
             accept: Some(lwm2m::ContentFormat::TEXT_PLAIN),
             observe: true,
             observe_check: Duration::from_secs(60),
+            optional_read_timeout: optional_read_wait(&super::ExchangeConfig::default()),
+            protocol_support_accept: None,
         }
     }
 }
@@ -325,6 +487,16 @@ pub enum UpdateEvent {
     /// An observation of `path` ended from the child's side (an error
     /// notification, or one without Observe): it is polled from now on.
     ObservationEnded(Path),
+    /// A read of the optional `path` (`/5/0/9`, `/5/0/8`) got no answer
+    /// in `waited`; the choice goes on without it.
+    OptionalUnanswered {
+        /// The resource.
+        path: Path,
+        /// How long the read waited.
+        waited: Duration,
+    },
+    /// [`Delivery::Auto`] chose pull or push.
+    DeliveryChosen(AutoChoice),
     /// A transient failure; the procedure resets the child and tries again.
     Retrying {
         /// The attempt about to start (2 for the first retry).
@@ -364,6 +536,10 @@ pub enum Action {
 #[derive(Debug)]
 enum Step {
     ReadVersion,
+    /// [`Delivery::Auto`]: read the optional /5/0/9 (bounded wait).
+    ReadDeliveryMethod,
+    /// [`Delivery::Auto`]: read the optional /5/0/8 (bounded wait).
+    ReadProtocolSupport,
     Reset,
     WriteUri,
     /// A resumed delivery: is the child in State 2 already (or, pulling,
@@ -415,6 +591,10 @@ pub struct UpdateProcedure {
     observe_tried: bool,
     /// The driver must end the observations ([`Action::StopObserving`]).
     stop_observing: bool,
+    /// An optional read in flight: when it was sent and when it is given up.
+    optional: Option<(Instant, Instant)>,
+    /// [`Delivery::Auto`]: what /5/0/9 gave.
+    auto_method: Option<OptionalRead<lwm2m::DeliveryMethod>>,
     events: VecDeque<UpdateEvent>,
 }
 
@@ -445,6 +625,16 @@ impl UpdateProcedure {
                 // Validate now rather than when the push starts.
                 Block1Push::new(push_config(&cfg, *szx, *resume_offset))?;
             }
+            Delivery::Auto {
+                uri,
+                szx,
+                resume_offset,
+            } => {
+                if uri.len() > 255 {
+                    return Err(UpdateConfigError::UriTooLong(uri.len()));
+                }
+                Block1Push::new(push_config(&cfg, *szx, *resume_offset))?;
+            }
         }
         let mut events = VecDeque::new();
         events.push_back(UpdateEvent::Phase(Phase::Checking));
@@ -465,6 +655,8 @@ impl UpdateProcedure {
             result_obs: Observed::default(),
             observe_tried: false,
             stop_observing: false,
+            optional: None,
+            auto_method: None,
             events,
         })
     }
@@ -474,7 +666,9 @@ impl UpdateProcedure {
         match self.step {
             Step::ReadVersion => Phase::Checking,
             Step::Reset => Phase::Resetting,
-            Step::WriteUri
+            Step::ReadDeliveryMethod
+            | Step::ReadProtocolSupport
+            | Step::WriteUri
             | Step::CheckDownloaded
             | Step::Pushing
             | Step::PollState
@@ -548,6 +742,15 @@ impl UpdateProcedure {
             Step::ReadVersion | Step::VerifyVersion | Step::ConfirmRefusal(_) => {
                 read_request(Path::FIRMWARE_VERSION, self.cfg.accept)
             }
+            // The optional reads: bounded by `optional_read_timeout`.
+            Step::ReadDeliveryMethod => {
+                self.optional = Some((now, now + self.cfg.optional_read_timeout));
+                read_request(Path::DELIVERY_METHOD, self.cfg.accept)
+            }
+            Step::ReadProtocolSupport => {
+                self.optional = Some((now, now + self.cfg.optional_read_timeout));
+                read_request(Path::PROTOCOL_SUPPORT, self.cfg.protocol_support_accept)
+            }
             Step::PollState | Step::CheckDownloaded => read_request(Path::STATE, self.cfg.accept),
             Step::PollResult | Step::VerifyResult => {
                 read_request(Path::UPDATE_RESULT, self.cfg.accept)
@@ -561,7 +764,7 @@ impl UpdateProcedure {
             Step::Reset => write_uri(""),
             Step::WriteUri => match &self.cfg.delivery {
                 Delivery::Pull { uri } => write_uri(uri),
-                Delivery::Push { .. } => return None,
+                Delivery::Push { .. } | Delivery::Auto { .. } => return None,
             },
             // LwM2M Execute is a CoAP POST (OMA TS Transport §8.4.2.4).
             Step::Execute => msg::request(Code::POST, &Path::UPDATE.segments()),
@@ -578,6 +781,18 @@ impl UpdateProcedure {
         }
         let code = msg::code(response);
         let path = self.current_path();
+        if matches!(
+            self.step,
+            Step::ReadDeliveryMethod | Step::ReadProtocolSupport
+        ) {
+            let read = if code == Code::CONTENT {
+                Ok((content_format(response), response.payload.as_slice()))
+            } else {
+                Err(code)
+            };
+            self.optional_read(read);
+            return;
+        }
         if !code.is_success() {
             match self.step {
                 // No readable state: deliver as planned (a push resume falls
@@ -699,6 +914,7 @@ impl UpdateProcedure {
                 Ok(_) => self.wait(now, Step::VerifyVersion),
                 Err(error) => self.fail(UpdateFailure::BadValue { path, error }, now),
             },
+            Step::ReadDeliveryMethod | Step::ReadProtocolSupport => {} // above
             Step::Pushing | Step::Finished => {}
         }
     }
@@ -710,6 +926,7 @@ impl UpdateProcedure {
             return;
         }
         match self.step {
+            Step::ReadDeliveryMethod | Step::ReadProtocolSupport => self.optional_unanswered(now),
             Step::CheckDownloaded => self.step = self.first_delivery_step(),
             // A child may reboot before answering Execute (docs/protocols/children.md §3
             // step 6 polls "across the reboot"), and is silent while it
@@ -876,6 +1093,12 @@ impl UpdateProcedure {
             self.in_flight = false;
             self.cancel = true;
         }
+        // An optional read does not wait for the whole exchange.
+        if self.optional_until().is_some_and(|until| now >= until) {
+            self.in_flight = false;
+            self.cancel = true;
+            self.optional_unanswered(now);
+        }
         // The caller's deadline does not wait for a request in flight.
         if self.in_flight && self.bound.is_some_and(|b| now >= b) {
             self.in_flight = false;
@@ -896,7 +1119,10 @@ impl UpdateProcedure {
             return None;
         }
         if self.in_flight {
-            return self.bound;
+            return match (self.bound, self.optional_until()) {
+                (Some(b), Some(o)) => Some(b.min(o)),
+                (b, o) => b.or(o),
+            };
         }
         match (self.wait_until, self.deadline.or(self.bound)) {
             (Some(w), Some(d)) => Some(w.min(d)),
@@ -908,6 +1134,16 @@ impl UpdateProcedure {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<UpdateEvent> {
         self.events.pop_front()
+    }
+
+    /// When the optional read in flight is given up, if one is.
+    fn optional_until(&self) -> Option<Instant> {
+        let reading = self.in_flight
+            && matches!(
+                self.step,
+                Step::ReadDeliveryMethod | Step::ReadProtocolSupport
+            );
+        self.optional.filter(|_| reading).map(|(_, until)| until)
     }
 
     fn pushing(&self) -> bool {
@@ -994,6 +1230,8 @@ impl UpdateProcedure {
             Step::ReadVersion | Step::VerifyVersion | Step::ConfirmRefusal(_) => {
                 Path::FIRMWARE_VERSION
             }
+            Step::ReadDeliveryMethod => Path::DELIVERY_METHOD,
+            Step::ReadProtocolSupport => Path::PROTOCOL_SUPPORT,
             Step::Reset | Step::WriteUri => Path::PACKAGE_URI,
             Step::Pushing => Path::PACKAGE,
             Step::PollState | Step::CheckDownloaded | Step::ObserveState => Path::STATE,
@@ -1008,13 +1246,22 @@ impl UpdateProcedure {
         let own = now + self.cfg.download_timeout;
         self.deadline = Some(self.bound.map_or(own, |b| b.min(own)));
         self.delivered = 0;
+        if matches!(self.cfg.delivery, Delivery::Auto { .. }) {
+            self.step = Step::ReadDeliveryMethod;
+            return;
+        }
+        self.begin_delivery();
+    }
+
+    /// The delivery's first step once pull or push is known.
+    fn begin_delivery(&mut self) {
         // A first attempt that resumes an earlier delivery asks the child
         // first: it may hold the whole image already (a gateway stopped
         // during the last block, before its answer was journaled), or be
         // fetching it still.
         let resumed = match &self.cfg.delivery {
             Delivery::Push { resume_offset, .. } => *resume_offset > 0 || self.cfg.resumed,
-            Delivery::Pull { .. } => self.cfg.resumed,
+            Delivery::Pull { .. } | Delivery::Auto { .. } => self.cfg.resumed,
         };
         self.step = if resumed && self.attempt == 1 {
             Step::CheckDownloaded
@@ -1026,9 +1273,98 @@ impl UpdateProcedure {
     /// The step that starts sending the package.
     fn first_delivery_step(&self) -> Step {
         match &self.cfg.delivery {
-            Delivery::Pull { .. } => Step::WriteUri,
+            Delivery::Pull { .. } | Delivery::Auto { .. } => Step::WriteUri,
             Delivery::Push { .. } => Step::Pushing,
         }
+    }
+
+    /// The answer to an optional read (module doc, 8.): the payload and
+    /// its format, or the code of another answer than 2.05.
+    fn optional_read(&mut self, read: Result<(Option<lwm2m::ContentFormat>, &[u8]), Code>) {
+        self.optional = None;
+        match self.step {
+            Step::ReadDeliveryMethod => {
+                let got = match read {
+                    Ok((f, p)) => match lwm2m::DeliveryMethod::read(f, p) {
+                        Ok(m) => OptionalRead::Value(m),
+                        Err(e) => OptionalRead::Unusable(e),
+                    },
+                    Err(code) => OptionalRead::Refused(code),
+                };
+                self.method_read(got);
+            }
+            Step::ReadProtocolSupport => {
+                let got = match read {
+                    Ok((f, p)) => match lwm2m::read_integers(f, Path::PROTOCOL_SUPPORT, p) {
+                        Ok(v) => OptionalRead::Value(v),
+                        Err(e) => OptionalRead::Unusable(e),
+                    },
+                    Err(code) => OptionalRead::Refused(code),
+                };
+                self.auto_decided(Some(got));
+            }
+            _ => {}
+        }
+    }
+
+    /// The optional read in flight got no answer (silence, or its bound
+    /// passed): the choice goes on without it.
+    fn optional_unanswered(&mut self, now: Instant) {
+        let sent = self.optional.take().map_or(now, |(sent, _)| sent);
+        let path = self.current_path();
+        self.events.push_back(UpdateEvent::OptionalUnanswered {
+            path,
+            waited: now.saturating_duration_since(sent),
+        });
+        match self.step {
+            Step::ReadDeliveryMethod => self.method_read(OptionalRead::Unanswered),
+            Step::ReadProtocolSupport => self.auto_decided(Some(OptionalRead::Unanswered)),
+            _ => {}
+        }
+    }
+
+    /// /5/0/9 gave `got`: decided, or /5/0/8 next.
+    fn method_read(&mut self, got: OptionalRead<lwm2m::DeliveryMethod>) {
+        let open = matches!(got, OptionalRead::Value(lwm2m::DeliveryMethod::Both))
+            || got.value().is_none();
+        self.auto_method = Some(got);
+        if open {
+            self.step = Step::ReadProtocolSupport;
+        } else {
+            self.auto_decided(None);
+        }
+    }
+
+    /// Both reads done: pull or push, then the delivery.
+    fn auto_decided(&mut self, protocols: Option<OptionalRead<Vec<i64>>>) {
+        let method = self.auto_method.take().unwrap_or(OptionalRead::Unanswered);
+        let coap_listed = protocols
+            .as_ref()
+            .and_then(|p| p.value())
+            .map(|p| p.contains(&0));
+        let (chosen, why) = choose(method.value().copied(), coap_listed);
+        if let Delivery::Auto {
+            uri,
+            szx,
+            resume_offset,
+        } = &self.cfg.delivery
+        {
+            self.cfg.delivery = match chosen {
+                Chosen::Pull => Delivery::Pull { uri: uri.clone() },
+                Chosen::Push => Delivery::Push {
+                    szx: *szx,
+                    resume_offset: *resume_offset,
+                },
+            };
+        }
+        self.events
+            .push_back(UpdateEvent::DeliveryChosen(AutoChoice {
+                chosen,
+                why,
+                method,
+                protocols,
+            }));
+        self.begin_delivery();
     }
 
     /// Execute was refused with `code` and the version is not the target.
@@ -2084,5 +2420,127 @@ mod tests {
             proptest::prop_assert!(u.is_finished(), "still running at {} ms", now);
             proptest::prop_assert!(finished(&mut u).is_some());
         }
+    }
+
+    fn auto_cfg() -> UpdateConfig {
+        let uri = lwm2m::package_uri("10.0.0.1:5683", "ab");
+        UpdateConfig {
+            poll_interval: Duration::from_secs(1),
+            observe: false,
+            ..UpdateConfig::new(
+                "2.0",
+                100,
+                Delivery::Auto {
+                    uri,
+                    szx: 6,
+                    resume_offset: 0,
+                },
+            )
+        }
+    }
+
+    fn chosen(u: &mut UpdateProcedure) -> AutoChoice {
+        std::iter::from_fn(|| u.poll_event())
+            .find_map(|e| match e {
+                UpdateEvent::DeliveryChosen(c) => Some(c),
+                _ => None,
+            })
+            .expect("a choice")
+    }
+
+    #[test]
+    fn the_choice_table() {
+        use lwm2m::DeliveryMethod as M;
+        let d = |m, l| choose(m, l).0;
+        assert_eq!(d(Some(M::Pull), Some(true)), Chosen::Pull);
+        assert_eq!(d(Some(M::Pull), Some(false)), Chosen::Pull);
+        assert_eq!(d(Some(M::Push), Some(true)), Chosen::Push);
+        assert_eq!(d(Some(M::Both), Some(true)), Chosen::Pull);
+        assert_eq!(d(Some(M::Both), None), Chosen::Pull);
+        assert_eq!(d(Some(M::Both), Some(false)), Chosen::Push);
+        assert_eq!(d(None, None), Chosen::Pull);
+        assert_eq!(d(None, Some(true)), Chosen::Pull);
+        assert_eq!(d(None, Some(false)), Chosen::Push);
+    }
+
+    #[test]
+    fn the_optional_read_wait_is_the_exchange_with_two_retransmissions() {
+        let d = crate::coap::ExchangeConfig::default();
+        assert_eq!(optional_read_wait(&d), Duration::from_secs(21));
+        let short = crate::coap::ExchangeConfig {
+            ack_timeout: Duration::from_millis(100),
+            ..d
+        };
+        assert_eq!(optional_read_wait(&short), Duration::from_millis(1050));
+        assert_eq!(auto_cfg().optional_read_timeout, Duration::from_secs(21));
+    }
+
+    #[test]
+    fn auto_push_only_is_pushed_without_reading_5_0_8() {
+        let mut u = UpdateProcedure::new(auto_cfg()).unwrap();
+        assert_eq!(next(&mut u, 0).1, "3/0/3");
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/9");
+        u.handle_response(&content("1"), at(10));
+        let c = chosen(&mut u);
+        assert_eq!((c.chosen, c.protocols), (Chosen::Push, None));
+        assert!(matches!(u.poll_action(at(10)), Some(Action::Push(_))));
+    }
+
+    #[test]
+    fn auto_4_04_on_5_0_9_reads_5_0_8_at_once() {
+        let mut u = UpdateProcedure::new(auto_cfg()).unwrap();
+        next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 0).1, "5/0/9");
+        u.handle_response(&answer(Code::NOT_FOUND, ""), at(5));
+        let Some(Action::Request(r)) = u.poll_action(at(5)) else {
+            panic!("no request")
+        };
+        assert_eq!(uri_path(&r).unwrap().join("/"), "5/0/8");
+        assert_eq!(
+            msg::uint(&r, CoapOption::Accept),
+            Ok(None),
+            "no guessed Accept"
+        );
+        let mut only_coaps = answer(Code::CONTENT, "1");
+        msg::set_uint(&mut only_coaps, CoapOption::ContentFormat, 0);
+        u.handle_response(&only_coaps, at(6));
+        let c = chosen(&mut u);
+        assert_eq!(c.chosen, Chosen::Push, "{c:?}");
+        assert_eq!(c.method, OptionalRead::Refused(Code::NOT_FOUND));
+    }
+
+    #[test]
+    fn an_unanswered_optional_read_is_cancelled_at_its_bound() {
+        let mut u = UpdateProcedure::new(auto_cfg()).unwrap();
+        next(&mut u, 0);
+        u.handle_response(&content("1.0"), at(0));
+        assert_eq!(next(&mut u, 1000).1, "5/0/9");
+        assert_eq!(u.poll_timeout(), Some(at(22_000)));
+        u.handle_timeout(at(21_999));
+        none(&mut u, 21_999);
+        u.handle_timeout(at(22_000));
+        assert_eq!(u.poll_action(at(22_000)), Some(Action::Cancel));
+        let events: Vec<_> = std::iter::from_fn(|| u.poll_event()).collect();
+        assert!(
+            events.contains(&UpdateEvent::OptionalUnanswered {
+                path: Path::DELIVERY_METHOD,
+                waited: Duration::from_secs(21),
+            }),
+            "{events:?}"
+        );
+        assert_eq!(next(&mut u, 22_000).1, "5/0/8");
+        // A late answer to the cancelled read changes nothing; the failure
+        // of /5/0/8's exchange (RST) counts as unanswered too.
+        u.handle_failure(TransportFailure::Reset, at(23_000));
+        let c = chosen(&mut u);
+        assert_eq!(c.chosen, Chosen::Pull);
+        assert_eq!(c.protocols, Some(OptionalRead::Unanswered));
+        assert_eq!(next(&mut u, 23_000).1, "5/0/1");
+        // The mandatory reads that follow wait for their exchange.
+        u.handle_response(&answer(Code::CHANGED, ""), at(23_000));
+        assert_eq!(next(&mut u, 24_000).1, "5/0/3");
+        assert_eq!(u.poll_timeout(), None, "no bound on a mandatory read");
     }
 }

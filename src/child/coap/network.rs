@@ -63,6 +63,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use otabridge_codecs::coap::update::optional_read_wait;
 use otabridge_codecs::coap::{
     msg, observe, serve_block2, Block1Push, Code, ExchangeConfig, OpId, PackageInfo, PackageStore,
     Packet, PeerEvent, Peers, PushConfig, PushEvent, PushFailure, ReadAt, ReadError, ServeConfig,
@@ -536,6 +537,9 @@ struct Inner {
     transfers: Arc<Semaphore>,
     shared: Arc<Mutex<Shared>>,
     origin: tokio::time::Instant,
+    /// How long a read of an optional resource waits (from the exchange's
+    /// timers: `update::optional_read_wait`).
+    optional_read_wait: Duration,
 }
 
 /// A handle on the CoAP network; clones share the socket and the task. The
@@ -622,8 +626,17 @@ impl CoapNetwork {
                 transfers: Arc::new(Semaphore::new(options.max_concurrent_transfers)),
                 shared,
                 origin,
+                optional_read_wait: optional_read_wait(&options.exchange),
             }),
         })
+    }
+
+    /// How long a read of an optional resource (`/5/0/9`, `/5/0/8`) waits
+    /// for its answer: the exchange with MAX_RETRANSMIT 2 instead of its
+    /// own, 21 s with RFC 7252's timers
+    /// ([`otabridge_codecs::coap::update::optional_read_wait`]).
+    pub fn optional_read_wait(&self) -> Duration {
+        self.inner.optional_read_wait
     }
 
     /// The bound local address.

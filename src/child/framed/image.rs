@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
+use std::io::Read;
+
 use otabridge_codecs::framed::{ImageDigest, ImageInfo};
-use tokio::io::AsyncReadExt;
 
 use crate::child::Package;
 
@@ -44,24 +45,21 @@ pub enum ImageError {
 const PIECE: usize = 64 * 1024;
 
 /// Size, CRC-32 and SHA-256 of `package`'s file, checked against the size
-/// and SHA-256 the package store recorded.
+/// and SHA-256 the package store recorded. The file is read and hashed on
+/// tokio's blocking pool: the daemon's tasks share one async thread
+/// (docs/design.md, "Which thread runs what?"), which hashing megabytes
+/// would hold.
 pub async fn digest(package: &Package) -> Result<ImageInfo, ImageError> {
-    let path = &package.path;
+    let path = package.path.clone();
     let read_err = |source| ImageError::Read {
-        path: path.clone(),
+        path: package.path.clone(),
         source,
     };
-    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
-    let mut d = ImageDigest::new();
-    let mut buf = vec![0u8; PIECE];
-    loop {
-        let n = file.read(&mut buf).await.map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        d.update(&buf[..n]);
-    }
-    let (size, crc32, sha256) = d.finish();
+    let (size, crc32, sha256) = tokio::task::spawn_blocking(move || hash_file(&path))
+        .await
+        .map_err(|e| read_err(std::io::Error::other(e)))?
+        .map_err(read_err)?;
+    let path = &package.path;
     if size != package.size || !hex::encode(sha256).eq_ignore_ascii_case(&package.sha256) {
         return Err(ImageError::Mismatch {
             path: path.clone(),
@@ -83,4 +81,22 @@ pub async fn digest(package: &Package) -> Result<ImageInfo, ImageError> {
         sha256,
         version: package.version.clone(),
     })
+}
+
+/// Size, CRC-32 and SHA-256 of the file at `path`, read `PIECE` bytes at a
+/// time. Blocks: call it off the async thread.
+fn hash_file(path: &std::path::Path) -> std::io::Result<(u64, u32, [u8; 32])> {
+    let mut file = std::fs::File::open(path)?;
+    let mut d = ImageDigest::new();
+    let mut buf = vec![0u8; PIECE];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        d.update(&buf[..n]);
+    }
+    Ok(d.finish())
 }
