@@ -4,11 +4,13 @@
 //! the child's socket seam. Every random choice is seeded; timers are short
 //! so each test takes a second or two; nothing asserts on time.
 
-use std::path::Path;
+mod lwm2m_support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lwm2m_support::package;
 use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
 use otabridge::child::{Child, ChildError, ErrorKind, Package};
 use otabridge::config::Delivery;
@@ -16,7 +18,6 @@ use otabridge::ota::verdict::{verdict, Failure, Verdict};
 use otabridge::sim::coap_child::{CoapChildSim, Faults, SimOptions};
 use otabridge_codecs::coap::ExchangeConfig;
 use otabridge_codecs::lwm2m::UpdateResult;
-use sha2::{Digest, Sha256};
 
 /// Every test ends within this bound or fails (a hang is a failure, not a
 /// timing assertion).
@@ -70,22 +71,6 @@ fn lossy() -> Faults {
         reorder_pct: 10.0,
         delay: Duration::from_millis(1),
         ..Faults::default()
-    }
-}
-
-/// A package of `len` bytes on disk, as the package store keeps it.
-fn package(dir: &Path, len: usize, seed: u8) -> Package {
-    let data: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect();
-    let sha256 = hex::encode(Sha256::digest(&data));
-    let path = dir.join(&sha256);
-    std::fs::write(&path, &data).unwrap();
-    Package {
-        path,
-        size: len as u64,
-        sha256,
-        version: "2.0".into(),
     }
 }
 

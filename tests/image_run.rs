@@ -7,7 +7,6 @@
 mod image_support;
 mod run_support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use image_support::{app, imgtool_available, keygen, sign};
@@ -15,21 +14,8 @@ use otabridge::sim::coap_child::{CoapChildSim, SimOptions};
 use otabridge::sim::package_server::{Access, PackageServer, Source};
 use otabridge::sim::smp_child::{parse_version, SmpChild, SmpChildOptions};
 use otabridge::sim::testbed::Testbed;
-use otabridge_codecs::iotda::event::ProgressReport;
-use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
-use run_support::Daemon;
-
-type Reports = BTreeMap<String, Vec<ProgressReport>>;
-
-fn collect(tb: &mut Testbed, reports: &mut Reports) {
-    while let Some(r) = tb.platform.try_recv() {
-        for inc in r.events.unwrap_or_default() {
-            if let (Some(id), Event::ProgressReport(p)) = (inc.object_device_id, inc.event) {
-                reports.entry(id).or_default().push(p);
-            }
-        }
-    }
-}
+use otabridge_codecs::iotda::Event;
+use run_support::{collect, Daemon, Reports};
 
 /// Waits (bounded) until each of `ids` has `n` terminal reports.
 async fn terminal(tb: &mut Testbed, reports: &mut Reports, ids: &[&str], n: usize, log: &str) {
@@ -39,16 +25,10 @@ async fn terminal(tb: &mut Testbed, reports: &mut Reports, ids: &[&str], n: usiz
                 .is_some_and(|v| v.iter().filter(|p| p.is_terminal()).count() >= n)
         })
     };
-    let until = Instant::now() + Duration::from_secs(120);
-    while !done(reports) && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        collect(tb, reports);
-    }
-    assert!(
-        done(reports),
-        "{reports:#?}\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    let collect = |tb: &mut Testbed, r: &mut Reports| {
+        collect(tb, r);
+    };
+    run_support::wait_for(tb, reports, log, collect, done).await
 }
 
 fn upgrade(server: &PackageServer, url: &str, size: u64, sha: &str) -> Event {
@@ -57,23 +37,7 @@ fn upgrade(server: &PackageServer, url: &str, size: u64, sha: &str) -> Event {
 
 /// An upgrade event whose deadline is `expires` seconds away.
 fn upgrade_within(server: &PackageServer, url: &str, size: u64, sha: &str, expires: u64) -> Event {
-    Event::Upgrade {
-        kind: UpgradeKind::Firmware,
-        v2: false,
-        upgrade: Upgrade {
-            version: "2.0.0".into(),
-            url: url.to_owned(),
-            file_size: size,
-            file_name: "fw.bin".into(),
-            access_token: Some(server.issue_token(Duration::from_secs(3600))),
-            expires: Some(expires),
-            sign: Some(sha.to_owned()),
-            custom_info: None,
-            task_id: Some("image-task".into()),
-            sub_device_count: Some(2),
-            task_ext_info: None,
-        },
-    }
+    run_support::upgrade_event(server, (url, size, sha), "image-task", 2, expires)
 }
 
 /// Starts `otabridge run` on the testbed with `extra` config; returns the
@@ -93,9 +57,7 @@ async fn a_foreign_image_reaches_no_child_and_the_vendors_upgrades_both() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut tb = Testbed::new(d).await.unwrap();
-    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-    let pkg_ca = d.join("pkg-ca.pem");
-    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
+    let (server, pkg_ca) = run_support::package_server(d).await;
 
     let input = app(d, "app", 24_000, 3);
     let (vendor, vendor_pub) = keygen(d, "vendor", "ecdsa-p256");
@@ -189,9 +151,7 @@ async fn a_child_that_cannot_take_the_image_now_gets_none_of_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut tb = Testbed::new(d).await.unwrap();
-    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-    let pkg_ca = d.join("pkg-ca.pem");
-    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
+    let (server, pkg_ca) = run_support::package_server(d).await;
 
     let (vendor, vendor_pub) = keygen(d, "vendor", "ed25519");
     let big = sign(
@@ -297,21 +257,7 @@ async fn a_child_that_cannot_take_the_image_now_gets_none_of_it() {
     }
     assert!(asked(&log) > before, "the second job waits for the battery");
     // `otabridge status` says why it waits (journaled before the log line).
-    let lw_job = |d: &std::path::Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
-            .args(["status", "--json", "--config"])
-            .arg(d.join("gw.toml"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["device_id"] == "p_lwm2m")
-            .unwrap()["job"]
-            .clone()
-    };
+    let lw_job = |d: &std::path::Path| run_support::status_of(d, "p_lwm2m")["job"].clone();
     let job = lw_job(d);
     let waiting = job["waiting"].as_str().unwrap_or_default();
     assert!(
@@ -320,12 +266,7 @@ async fn a_child_that_cannot_take_the_image_now_gets_none_of_it() {
         "{job}"
     );
     assert_eq!(job["cause"]["kind"], "waiting", "{job}");
-    let text = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
-        .args(["status", "--config"])
-        .arg(d.join("gw.toml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = run_support::status_text(d);
     assert!(text.contains("waiting: low battery"), "{text}");
     coap.set_reading("/3/0/9", Some(80));
     terminal(&mut tb, &mut reports, &ids, 2, &log).await;

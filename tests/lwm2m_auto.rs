@@ -8,30 +8,17 @@
 //! clock's (deterministic), not the machine's.
 
 mod log_support;
+mod lwm2m_support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use log_support::Logs;
+use lwm2m_support::package;
 use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
-use otabridge::child::{Child, Package};
+use otabridge::child::Child;
 use otabridge::config::Delivery;
 use otabridge::sim::coap_child::{CoapChildSim, SimOptions};
 use otabridge_codecs::lwm2m::DeliveryMethod;
-use sha2::{Digest, Sha256};
-
-fn package(dir: &Path, len: usize) -> Package {
-    let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31)).collect();
-    let sha256 = hex::encode(Sha256::digest(&data));
-    let path = dir.join(&sha256);
-    std::fs::write(&path, &data).unwrap();
-    Package {
-        path,
-        size: len as u64,
-        sha256,
-        version: "2.0".into(),
-    }
-}
 
 /// Upgrades a child that ignores every request for `silent` with
 /// `delivery = auto`; gives the paused clock's time of the delivery, the
@@ -42,7 +29,7 @@ async fn upgrade_ignoring(
 ) -> (Duration, CoapChildSim, String) {
     let (logs, _guard) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
-    let pkg = package(dir.path(), 4 * 1024);
+    let pkg = package(dir.path(), 4 * 1024, 31);
     let mut opts = SimOptions::new("1.0", "2.0");
     opts.seed = 7;
     opts.delivery_method = method;
@@ -123,7 +110,7 @@ async fn a_child_silent_on_both_optional_reads_is_pulled_after_42_s() {
 #[tokio::test(start_paused = true)]
 async fn a_silent_mandatory_read_still_waits_the_whole_exchange() {
     let dir = tempfile::tempdir().unwrap();
-    let pkg = package(dir.path(), 1024);
+    let pkg = package(dir.path(), 1024, 31);
     let mut opts = SimOptions::new("1.0", "2.0");
     opts.faults.silent_on = vec!["3/0/3".into()];
     let sim = CoapChildSim::start(opts).await.unwrap();

@@ -8,34 +8,18 @@
 //! notification, and the child counts the reads of /5/0/3 it answered.
 //! Every wait is bounded; nothing asserts on time.
 
-use std::path::Path;
+mod lwm2m_support;
+
 use std::process::{Child as Process, Command, Stdio};
 use std::time::Duration;
 
+use lwm2m_support::{bounded, package, until};
 use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
 use otabridge::child::{Child, Package};
 use otabridge::config::{CoapAddress, Delivery};
 use otabridge::sim::coap_child::{CoapChildSim, ObserveMode, SimOptions};
 use otabridge_codecs::coap::{msg, observe, Code, ExchangeConfig, Freshness};
 use otabridge_codecs::time::Instant;
-use sha2::{Digest, Sha256};
-
-const BOUND: Duration = Duration::from_secs(60);
-
-async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("test did not finish within its bound")
-}
-
-async fn until(mut f: impl FnMut() -> bool) {
-    bounded(async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-}
 
 fn network(seed: u64) -> CoapNetwork {
     let mut o = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), seed);
@@ -72,19 +56,6 @@ fn sim_options(seed: u64, mode: ObserveMode) -> SimOptions {
     }
 }
 
-fn package(dir: &Path, len: usize) -> Package {
-    let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(29)).collect();
-    let sha256 = hex::encode(Sha256::digest(&data));
-    let path = dir.join(&sha256);
-    std::fs::write(&path, &data).unwrap();
-    Package {
-        path,
-        size: len as u64,
-        sha256,
-        version: "2.0".into(),
-    }
-}
-
 async fn upgrade(child: &CoapChild, pkg: &Package) {
     let progress = |_: u64| {};
     bounded(child.deliver(pkg, 0, &progress)).await.unwrap();
@@ -94,7 +65,7 @@ async fn upgrade(child: &CoapChild, pkg: &Package) {
 #[tokio::test]
 async fn notifications_drive_the_pull_and_no_state_is_polled() {
     let dir = tempfile::tempdir().unwrap();
-    let pkg = package(dir.path(), 8 * 1024);
+    let pkg = package(dir.path(), 8 * 1024, 29);
     for (seed, mode) in [(1, ObserveMode::Con), (2, ObserveMode::Non)] {
         let sim = CoapChildSim::start(sim_options(seed, mode)).await.unwrap();
         let child = CoapChild::new(
@@ -117,7 +88,7 @@ async fn notifications_drive_the_pull_and_no_state_is_polled() {
 #[tokio::test]
 async fn the_observation_ends_with_the_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let pkg = package(dir.path(), 4 * 1024);
+    let pkg = package(dir.path(), 4 * 1024, 29);
     let sim = CoapChildSim::start(sim_options(3, ObserveMode::Con))
         .await
         .unwrap();
@@ -154,7 +125,7 @@ async fn the_observation_ends_with_the_delivery() {
 #[tokio::test]
 async fn a_child_that_refuses_observe_is_polled() {
     let dir = tempfile::tempdir().unwrap();
-    let pkg = package(dir.path(), 4 * 1024);
+    let pkg = package(dir.path(), 4 * 1024, 29);
     let sim = CoapChildSim::start(sim_options(4, ObserveMode::Refuse))
         .await
         .unwrap();
@@ -175,7 +146,7 @@ async fn a_child_that_refuses_observe_is_polled() {
 #[tokio::test]
 async fn notifications_that_stop_are_covered_by_the_safety_read() {
     let dir = tempfile::tempdir().unwrap();
-    let pkg = package(dir.path(), 16 * 1024);
+    let pkg = package(dir.path(), 16 * 1024, 29);
     let sim = CoapChildSim::start(sim_options(5, ObserveMode::Con))
         .await
         .unwrap();
@@ -209,7 +180,7 @@ async fn notifications_that_stop_are_covered_by_the_safety_read() {
 #[tokio::test]
 async fn a_registering_child_is_observed_at_its_registered_address() {
     let dir = tempfile::tempdir().unwrap();
-    let pkg = package(dir.path(), 8 * 1024);
+    let pkg = package(dir.path(), 8 * 1024, 29);
     let net = network(16);
     let child = CoapChild::new(
         "reg-obs",

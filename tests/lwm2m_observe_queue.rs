@@ -10,121 +10,77 @@ mod run_support;
 use std::time::{Duration, Instant};
 
 use otabridge::sim::coap_child::{CoapChildSim, Registering, SimOptions};
-use otabridge::sim::package_server::{Access, PackageServer, Source};
+use otabridge::sim::package_server::{PackageServer, Served};
 use otabridge::sim::testbed::Testbed;
-use otabridge_codecs::iotda::event::{ProgressReport, Status, VersionQuery};
-use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::event::{Status, VersionQuery};
+use otabridge_codecs::iotda::Event;
+use run_support::{free_udp_port, registering, upgrade_event, upgrade_to, Seen};
 
 const ID: &str = "p_sleepy";
 
-#[derive(Debug, Default)]
-struct Seen {
-    progress: Vec<ProgressReport>,
-    statuses: Vec<Status>,
-    versions: Vec<String>,
-}
-
-fn collect(tb: &mut Testbed, seen: &mut Seen) {
-    while let Some(r) = tb.platform.try_recv() {
-        for inc in r.events.unwrap_or_default() {
-            let mine = inc.object_device_id.as_deref() == Some(ID);
-            match inc.event {
-                Event::ProgressReport(p) if mine => seen.progress.push(p),
-                Event::VersionReport(v) if mine => {
-                    seen.versions.extend(v.fw_version);
-                }
-                Event::UpdateStatus(u) => seen.statuses.extend(
-                    u.device_statuses
-                        .into_iter()
-                        .filter(|d| d.device_id == ID)
-                        .map(|d| d.status),
-                ),
-                _ => {}
-            }
-        }
-    }
-}
-
+/// Waits (bounded) until `done` holds for what the platform received.
 async fn wait(tb: &mut Testbed, seen: &mut Seen, log: &str, done: impl Fn(&Seen) -> bool) {
-    let until = Instant::now() + Duration::from_secs(120);
-    while !done(seen) && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        collect(tb, seen);
-    }
-    assert!(
-        done(seen),
-        "{seen:#?}\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    run_support::wait_child(tb, ID, seen, log, done).await
 }
 
 /// `otabridge status` on the test's config: (text, JSON).
 fn status(dir: &std::path::Path) -> (String, serde_json::Value) {
-    let run = |json: bool| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"));
-        c.args(["status", "--config"]).arg(dir.join("gw.toml"));
-        if json {
-            c.arg("--json");
-        }
-        let out = c.output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        out.stdout
-    };
-    let text = String::from_utf8(run(false)).unwrap();
-    let json = serde_json::from_slice(&run(true)).unwrap();
-    (text, json)
+    (run_support::status_text(dir), run_support::status_json(dir))
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A testbed in `d`, a package of `len` bytes on a package server, a
+/// gateway whose `[coap]` listens on a free port with `queue_window_secs`
+/// and has the queue-mode child `ID` registering as `endpoint`, and a
+/// simulated client for it that listens `awake` after each Register or
+/// Update, ONLINE: the testbed, the server, the package, the daemon, its
+/// log and the client.
+async fn sleepy(
+    d: &std::path::Path,
+    len: u64,
+    window: u64,
+    endpoint: &str,
+    awake: Duration,
+) -> (
+    Testbed,
+    PackageServer,
+    Served,
+    run_support::Daemon,
+    String,
+    CoapChildSim,
+    Seen,
+) {
+    let mut tb = Testbed::new(d).await.unwrap();
+    let (server, pkg_ca) = run_support::package_server(d).await;
+    let pkg = run_support::generated(&server, len, 3);
+    let port = free_udp_port();
+    let extra = format!(
+        "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:{port}\"\n\
+         queue_window_secs = {window}\n\n\
+         [ota]\nretry_min_ms = 200\nretry_max_ms = 1000\n\n\
+         [[child]]\ndevice_id = \"{ID}\"\ntransport = \"coap\"\nendpoint = \"{endpoint}\"\n",
+        pkg_ca.display().to_string(),
+    );
+    let (daemon, log) = run_support::run(&tb, d, &extra).await;
+    let mut seen = Seen::default();
+    let mut opts = registering(port, endpoint);
+    if let Some(reg) = opts.register.as_mut() {
+        reg.queue = true;
+        reg.awake = awake;
+    }
+    let sim = CoapChildSim::start(opts).await.unwrap();
+    wait(&mut tb, &mut seen, &log, |s| {
+        s.statuses.last() == Some(&Status::Online)
+    })
+    .await;
+    (tb, server, pkg, daemon, log, sim, seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_for_a_sleeping_child_waits_visibly_until_it_wakes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut tb = Testbed::new(d).await.unwrap();
-    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-    let pkg_ca = d.join("pkg-ca.pem");
-    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
-    let pkg = server
-        .add(
-            "fw",
-            Source::Generated {
-                len: 30_000,
-                seed: 3,
-            },
-            Access::Bearer,
-        )
-        .unwrap();
-    let port = free_udp_port();
-    let extra = format!(
-        "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:{port}\"\n\
-         queue_window_secs = 5\n\n\
-         [ota]\nretry_min_ms = 200\nretry_max_ms = 1000\n\n\
-         [[child]]\ndevice_id = \"{ID}\"\ntransport = \"coap\"\nendpoint = \"urn:dev:sleepy\"\n",
-        pkg_ca.display().to_string(),
-    );
-    let (_daemon, log) = run_support::run(&tb, d, &extra).await;
-    let mut seen = Seen::default();
-    let mut opts = SimOptions::new("1.0.0", "2.0.0");
-    opts.reboot_time = Duration::from_millis(200);
-    let mut reg = Registering::new(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        "urn:dev:sleepy",
-    );
-    reg.queue = true;
-    reg.awake = Duration::from_secs(5);
-    opts.register = Some(reg);
-    let sim = CoapChildSim::start(opts).await.unwrap();
-    wait(&mut tb, &mut seen, &log, |s| {
-        s.statuses.last() == Some(&Status::Online)
-    })
-    .await;
+    let (mut tb, server, pkg, _daemon, log, sim, mut seen) =
+        sleepy(d, 30_000, 5, "urn:dev:sleepy", Duration::from_secs(5)).await;
     // Awake (it just registered, and listens 5 s): a version query reads
     // it, and the gateway remembers what it said.
     tb.send(Some(ID), &Event::VersionQuery(VersionQuery::default()))
@@ -152,23 +108,7 @@ async fn a_job_for_a_sleeping_child_waits_visibly_until_it_wakes() {
     );
 
     // The job waits for it to wake, visibly.
-    let ev = Event::Upgrade {
-        kind: UpgradeKind::Firmware,
-        v2: false,
-        upgrade: Upgrade {
-            version: "2.0.0".into(),
-            url: pkg.url.clone(),
-            file_size: pkg.size,
-            file_name: "fw.bin".into(),
-            access_token: Some(server.issue_token(Duration::from_secs(3600))),
-            expires: Some(86_400),
-            sign: Some(pkg.sha256.clone()),
-            custom_info: None,
-            task_id: Some("sleepy-task".into()),
-            sub_device_count: Some(1),
-            task_ext_info: None,
-        },
-    };
+    let ev = upgrade_to(&server, &pkg, "sleepy-task");
     tb.send(Some(ID), &ev).await.unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     let (text, json) = loop {
@@ -196,11 +136,7 @@ async fn a_job_for_a_sleeping_child_waits_visibly_until_it_wakes() {
 
     // It wakes (an Update): the job goes on and ends well.
     sim.update();
-    wait(&mut tb, &mut seen, &log, |s| {
-        s.progress.iter().any(|p| p.is_terminal())
-    })
-    .await;
-    let last = seen.progress.iter().rfind(|p| p.is_terminal()).unwrap();
+    let last = run_support::terminal_of(&mut tb, ID, &mut seen, &log).await;
     assert_eq!(
         (last.result_code.get(), last.version.as_str()),
         (0, "2.0.0"),
@@ -273,68 +209,20 @@ async fn asleep_after_the_93_s_window_until_the_next_update() {
 async fn a_child_that_never_wakes_fails_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut tb = Testbed::new(d).await.unwrap();
-    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-    let pkg_ca = d.join("pkg-ca.pem");
-    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
-    let pkg = server
-        .add(
-            "fw",
-            Source::Generated {
-                len: 10_000,
-                seed: 4,
-            },
-            Access::Bearer,
-        )
-        .unwrap();
-    let port = free_udp_port();
-    let extra = format!(
-        "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:{port}\"\n\
-         queue_window_secs = 1\n\n\
-         [[child]]\ndevice_id = \"{ID}\"\ntransport = \"coap\"\nendpoint = \"urn:dev:never\"\n",
-        pkg_ca.display().to_string(),
-    );
-    let (_daemon, log) = run_support::run(&tb, d, &extra).await;
-    let mut seen = Seen::default();
-    let mut opts = SimOptions::new("1.0.0", "2.0.0");
-    let mut reg = Registering::new(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        "urn:dev:never",
-    );
-    reg.queue = true;
-    reg.awake = Duration::from_secs(1);
-    opts.register = Some(reg);
-    let sim = CoapChildSim::start(opts).await.unwrap();
-    wait(&mut tb, &mut seen, &log, |s| {
-        s.statuses.last() == Some(&Status::Online)
-    })
-    .await;
+    let (mut tb, server, pkg, _daemon, log, sim, mut seen) =
+        sleepy(d, 10_000, 1, "urn:dev:never", Duration::from_secs(1)).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     // expires 125 s: the job must end 5 s after the event (the engine
     // keeps 120 s for the terminal report).
-    let ev = Event::Upgrade {
-        kind: UpgradeKind::Firmware,
-        v2: false,
-        upgrade: Upgrade {
-            version: "2.0.0".into(),
-            url: pkg.url.clone(),
-            file_size: pkg.size,
-            file_name: "fw.bin".into(),
-            access_token: Some(server.issue_token(Duration::from_secs(3600))),
-            expires: Some(125),
-            sign: Some(pkg.sha256.clone()),
-            custom_info: None,
-            task_id: Some("never-task".into()),
-            sub_device_count: Some(1),
-            task_ext_info: None,
-        },
-    };
+    let ev = upgrade_event(
+        &server,
+        (&pkg.url, pkg.size, &pkg.sha256),
+        "never-task",
+        1,
+        125,
+    );
     tb.send(Some(ID), &ev).await.unwrap();
-    wait(&mut tb, &mut seen, &log, |s| {
-        s.progress.iter().any(|p| p.is_terminal())
-    })
-    .await;
-    let last = seen.progress.iter().rfind(|p| p.is_terminal()).unwrap();
+    let last = run_support::terminal_of(&mut tb, ID, &mut seen, &log).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(last.result_code.get(), 6, "{last:?}\n{text}");
     assert!(

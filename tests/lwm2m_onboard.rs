@@ -16,15 +16,15 @@ mod run_support;
 
 use std::time::{Duration, Instant};
 
-use otabridge::sim::coap_child::{CoapChildSim, Registering, SimOptions};
-use otabridge::sim::package_server::{Access, PackageServer, Source};
+use otabridge::sim::coap_child::CoapChildSim;
 use otabridge::sim::platform::AddAnswers;
 use otabridge::sim::testbed::Testbed;
 use otabridge_codecs::coap::Code;
 use otabridge_codecs::iotda::event::{
     DeviceInfo, ProgressReport, Status, SubDeviceNotify, VersionQuery,
 };
-use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
+use otabridge_codecs::iotda::Event;
+use run_support::{free_udp_port, registering, upgrade_to};
 
 const PRODUCT: &str = "prod42";
 const NEW_EP: &str = "urn:dev:new-1";
@@ -66,16 +66,7 @@ fn collect(tb: &mut Testbed, seen: &mut Seen) {
 
 /// Waits (bounded) until `done` holds; the assertion shows the log.
 async fn wait(tb: &mut Testbed, seen: &mut Seen, log: &str, done: impl Fn(&Seen) -> bool) {
-    let until = Instant::now() + Duration::from_secs(120);
-    while !done(seen) && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        collect(tb, seen);
-    }
-    assert!(
-        done(seen),
-        "{seen:#?}\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    run_support::wait_for(tb, seen, log, collect, done).await
 }
 
 async fn until(log: &str, mut f: impl FnMut() -> bool) {
@@ -84,24 +75,6 @@ async fn until(log: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(f(), "{}", std::fs::read_to_string(log).unwrap_or_default());
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn registering(port: u16, ep: &str) -> SimOptions {
-    let mut opts = SimOptions::new("1.0.0", "2.0.0");
-    opts.reboot_time = Duration::from_millis(200);
-    opts.register = Some(Registering::new(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        ep,
-    ));
-    opts
 }
 
 fn online(s: &Seen, id: &str) -> bool {
@@ -119,19 +92,8 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
     tb.platform.answer_add_sub_devices(AddAnswers {
         refuse: vec![BAD_EP.into()],
     });
-    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-    let pkg_ca = d.join("pkg-ca.pem");
-    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
-    let pkg = server
-        .add(
-            "fw",
-            Source::Generated {
-                len: 30_000,
-                seed: 3,
-            },
-            Access::Bearer,
-        )
-        .unwrap();
+    let (server, pkg_ca) = run_support::package_server(d).await;
+    let pkg = run_support::generated(&server, 30_000, 3);
     let port = free_udp_port();
     let mport = free_tcp_port();
     let extra = format!(
@@ -189,23 +151,7 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
     until(&log, || bad.last_registry_code() == Some(Code(0x83))).await;
 
     // 3. The onboarded child is upgraded like a configured one.
-    let ev = Event::Upgrade {
-        kind: UpgradeKind::Firmware,
-        v2: false,
-        upgrade: Upgrade {
-            version: "2.0.0".into(),
-            url: pkg.url.clone(),
-            file_size: pkg.size,
-            file_name: "fw.bin".into(),
-            access_token: Some(server.issue_token(Duration::from_secs(3600))),
-            expires: Some(86_400),
-            sign: Some(pkg.sha256.clone()),
-            custom_info: None,
-            task_id: Some("onboard-task".into()),
-            sub_device_count: Some(1),
-            task_ext_info: None,
-        },
-    };
+    let ev = upgrade_to(&server, &pkg, "onboard-task");
     tb.send(Some(&id), &ev).await.unwrap();
     wait(&mut tb, &mut seen, &log, |s| {
         s.progress.iter().any(|(w, p)| *w == id && p.is_terminal())
@@ -226,21 +172,9 @@ async fn an_unknown_endpoint_is_onboarded_upgraded_remembered_and_deleted() {
     let text = scrape(mport);
     assert_eq!(per_child(&text, &id).delivered, Some(30_000.0), "{text}");
     // `otabridge status` lists it with its registration.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
-        .args(["status", "--json", "--config"])
-        .arg(d.join("gw.toml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let me = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["device_id"] == id.as_str())
-        .unwrap_or_else(|| panic!("{all}"));
-    assert_eq!(me["registration"]["endpoint"], NEW_EP, "{all}");
-    assert_eq!(me["transport"], "coap", "{all}");
+    let me = run_support::status_of(d, &id);
+    assert_eq!(me["registration"]["endpoint"], NEW_EP, "{me}");
+    assert_eq!(me["transport"], "coap", "{me}");
 
     // 4. A restarted gateway remembers it: no new request, and it answers
     //    a version_query for it.

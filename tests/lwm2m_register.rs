@@ -6,19 +6,18 @@
 //! registrations (a real SQLite file), refusals. Every wait is bounded;
 //! nothing asserts on time.
 
+mod lwm2m_support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lwm2m_support::{bounded, package, until};
 use otabridge::child::coap::{ChildOptions, CoapChild, CoapNetwork, NetworkOptions};
 use otabridge::child::{Child, ErrorKind, Package};
 use otabridge::config::{CoapAddress, Delivery};
 use otabridge::sim::coap_child::{CoapChildSim, Registering, SimOptions};
 use otabridge_codecs::coap::{Code, ExchangeConfig};
-use sha2::{Digest, Sha256};
-
-/// Every test ends within this bound or fails.
-const BOUND: Duration = Duration::from_secs(60);
 
 fn exchange(seed: u64) -> ExchangeConfig {
     ExchangeConfig {
@@ -67,35 +66,6 @@ fn sim_options(server: std::net::SocketAddr, endpoint: &str, seed: u64) -> SimOp
         seed,
         register: Some(Registering::new(server, endpoint)),
         ..SimOptions::new("1.0", "2.0")
-    }
-}
-
-async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .expect("bounded wait exceeded")
-}
-
-/// Waits until `f` holds, checking every 10 ms (bounded by [`BOUND`]).
-async fn until(mut f: impl FnMut() -> bool) {
-    bounded(async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-}
-
-fn package(dir: &std::path::Path, len: usize) -> Package {
-    let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(37)).collect();
-    let sha256 = hex::encode(Sha256::digest(&data));
-    let path = dir.join(&sha256);
-    std::fs::write(&path, &data).unwrap();
-    Package {
-        path,
-        size: len as u64,
-        sha256,
-        version: "2.0".into(),
     }
 }
 
@@ -156,7 +126,7 @@ async fn nat_rebinding_in_the_middle_of_a_pull_upgrade() {
     let sim = CoapChildSim::start(opts).await.unwrap();
     let mut presence = c.presence().unwrap();
     bounded(presence.wait_for(|p| *p)).await.unwrap();
-    let pkg = package(dir.path(), 48 * 1024);
+    let pkg = package(dir.path(), 48 * 1024, 37);
     let seen = Arc::new(AtomicU64::new(0));
     let upgrade = {
         let (c, pkg, seen) = (c.clone(), pkg.clone(), seen.clone());

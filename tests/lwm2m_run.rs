@@ -6,61 +6,14 @@
 
 mod run_support;
 
-use std::time::{Duration, Instant};
-
-use otabridge::sim::coap_child::{CoapChildSim, Registering, SimOptions};
-use otabridge::sim::package_server::{Access, PackageServer, Source};
+use otabridge::sim::coap_child::CoapChildSim;
 use otabridge::sim::testbed::Testbed;
-use otabridge_codecs::iotda::event::{ProgressReport, Status};
-use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
-
-#[derive(Debug, Default)]
-struct Seen {
-    progress: Vec<ProgressReport>,
-    statuses: Vec<Status>,
-}
-
-fn collect(tb: &mut Testbed, id: &str, seen: &mut Seen) {
-    while let Some(r) = tb.platform.try_recv() {
-        for inc in r.events.unwrap_or_default() {
-            match inc.event {
-                Event::ProgressReport(p) if inc.object_device_id.as_deref() == Some(id) => {
-                    seen.progress.push(p)
-                }
-                Event::UpdateStatus(u) => seen.statuses.extend(
-                    u.device_statuses
-                        .into_iter()
-                        .filter(|d| d.device_id == id)
-                        .map(|d| d.status),
-                ),
-                _ => {}
-            }
-        }
-    }
-}
+use otabridge_codecs::iotda::event::Status;
+use run_support::{free_udp_port, registering, upgrade_to, Seen};
 
 /// Waits (bounded) until `done` holds for what the platform received.
 async fn wait(tb: &mut Testbed, seen: &mut Seen, log: &str, done: impl Fn(&Seen) -> bool) {
-    let until = Instant::now() + Duration::from_secs(120);
-    while !done(seen) && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        collect(tb, "p_reg", seen);
-    }
-    assert!(
-        done(seen),
-        "{seen:#?}\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
-/// A UDP port free right now on 127.0.0.1 (the client must know the
-/// server's port before the gateway prints it).
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    run_support::wait_child(tb, "p_reg", seen, log, done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,19 +21,8 @@ async fn a_registering_child_is_announced_upgraded_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut tb = Testbed::new(d).await.unwrap();
-    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-    let pkg_ca = d.join("pkg-ca.pem");
-    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
-    let pkg = server
-        .add(
-            "fw",
-            Source::Generated {
-                len: 40_000,
-                seed: 9,
-            },
-            Access::Bearer,
-        )
-        .unwrap();
+    let (server, pkg_ca) = run_support::package_server(d).await;
+    let pkg = run_support::generated(&server, 40_000, 9);
     let port = free_udp_port();
     let extra = format!(
         "[download]\nca_file = {:?}\n\n[coap]\nlisten = \"127.0.0.1:{port}\"\n\n\
@@ -95,41 +37,17 @@ async fn a_registering_child_is_announced_upgraded_and_dropped() {
         s.statuses.contains(&Status::Offline)
     })
     .await;
-    let mut opts = SimOptions::new("1.0.0", "2.0.0");
-    opts.reboot_time = Duration::from_millis(200);
-    opts.register = Some(Registering::new(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        "urn:dev:reg-1",
-    ));
-    let sim = CoapChildSim::start(opts).await.unwrap();
+    let sim = CoapChildSim::start(registering(port, "urn:dev:reg-1"))
+        .await
+        .unwrap();
     wait(&mut tb, &mut seen, &log, |s| {
         s.statuses.last() == Some(&Status::Online)
     })
     .await;
 
-    let ev = Event::Upgrade {
-        kind: UpgradeKind::Firmware,
-        v2: false,
-        upgrade: Upgrade {
-            version: "2.0.0".into(),
-            url: pkg.url.clone(),
-            file_size: pkg.size,
-            file_name: "fw.bin".into(),
-            access_token: Some(server.issue_token(Duration::from_secs(3600))),
-            expires: Some(86_400),
-            sign: Some(pkg.sha256.clone()),
-            custom_info: None,
-            task_id: Some("reg-task".into()),
-            sub_device_count: Some(1),
-            task_ext_info: None,
-        },
-    };
+    let ev = upgrade_to(&server, &pkg, "reg-task");
     tb.send(Some("p_reg"), &ev).await.unwrap();
-    wait(&mut tb, &mut seen, &log, |s| {
-        s.progress.iter().any(|p| p.is_terminal())
-    })
-    .await;
-    let last = seen.progress.iter().rfind(|p| p.is_terminal()).unwrap();
+    let last = run_support::terminal_of(&mut tb, "p_reg", &mut seen, &log).await;
     assert_eq!(
         (last.result_code.get(), last.version.as_str()),
         (0, "2.0.0"),
@@ -143,13 +61,7 @@ async fn a_registering_child_is_announced_upgraded_and_dropped() {
     // It registered again after the update's reboot.
     assert!(sim.stats().registrations >= 2, "{:?}", sim.stats());
     // `otabridge status` shows the registration (issue 13 item 8).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otabridge"))
-        .args(["status", "--json", "--config"])
-        .arg(d.join("gw.toml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = run_support::status_json(d);
     let reg = &all[0]["registration"];
     assert_eq!(reg["endpoint"], "urn:dev:reg-1", "{all}");
     assert_eq!(reg["address"], sim.addr().to_string(), "{all}");
@@ -166,7 +78,7 @@ async fn a_registering_child_is_announced_upgraded_and_dropped() {
         s.statuses.len() > n && s.statuses.last() == Some(&Status::Offline)
     })
     .await;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = run_support::log_text(log.as_ref());
     assert!(text.contains("LwM2M client registered"), "{text}");
     assert!(text.contains("LwM2M client de-registered"), "{text}");
     // No `delivery` key: a registering child's delivery is `auto`; the sim

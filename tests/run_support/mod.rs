@@ -1,16 +1,19 @@
 //! The real `otabridge run` as a child process against a [`Testbed`]'s
 //! simulated IoTDA, for end-to-end tests of the shipped binary: starting
-//! it, asking `otabridge jobs`, and collecting the reports it made.
+//! it, asking `otabridge jobs` and `otabridge status`, sending upgrade
+//! events, and collecting the reports it made.
 #![allow(dead_code)] // each test file uses the parts it needs
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child as Proc, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use otabridge::sim::coap_child::{Registering, SimOptions};
+use otabridge::sim::package_server::{Access, PackageServer, Served, Source};
 use otabridge::sim::testbed::{config_text, Testbed};
-use otabridge_codecs::iotda::event::ProgressReport;
-use otabridge_codecs::iotda::Event;
+use otabridge_codecs::iotda::event::{ProgressReport, Status};
+use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
 use serde_json::Value;
 
 /// Starts `otabridge run --config CONFIG`, its log appended to `log` (a
@@ -134,4 +137,188 @@ pub(crate) async fn run(tb: &Testbed, dir: &Path, extra: &str) -> (Daemon, Strin
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     (daemon, log)
+}
+
+/// `otabridge status [--json] --config DIR/gw.toml`'s standard output
+/// (the assertion shows the run when it fails).
+fn status_out(dir: &Path, json: bool) -> Vec<u8> {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_otabridge"));
+    c.args(["status", "--config"]).arg(dir.join("gw.toml"));
+    if json {
+        c.arg("--json");
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+/// `otabridge status` on the config [`run`] wrote in `dir`: its text.
+pub(crate) fn status_text(dir: &Path) -> String {
+    String::from_utf8_lossy(&status_out(dir, false)).into_owned()
+}
+
+/// `otabridge status --json` on the config [`run`] wrote in `dir`.
+pub(crate) fn status_json(dir: &Path) -> Value {
+    serde_json::from_slice(&status_out(dir, true)).unwrap()
+}
+
+/// The entry of child `id` in `otabridge status --json` (the assertion
+/// shows them all when it is missing).
+pub(crate) fn status_of(dir: &Path, id: &str) -> Value {
+    let all = status_json(dir);
+    all.as_array()
+        .and_then(|a| a.iter().find(|c| c["device_id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {id} in {all}"))
+}
+
+/// A UDP port free right now on 127.0.0.1 (a registering client must know
+/// the gateway's `coap.listen` port before the gateway prints it).
+pub(crate) fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTPS package server for 127.0.0.1, its CA written to
+/// `dir/pkg-ca.pem` (for `[download] ca_file`).
+pub(crate) async fn package_server(dir: &Path) -> (PackageServer, PathBuf) {
+    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
+    let ca = dir.join("pkg-ca.pem");
+    std::fs::write(&ca, server.ca_pem()).unwrap();
+    (server, ca)
+}
+
+/// A generated package `fw` of `len` bytes (`seed`) behind a bearer token.
+pub(crate) fn generated(server: &PackageServer, len: u64, seed: u64) -> Served {
+    server
+        .add("fw", Source::Generated { len, seed }, Access::Bearer)
+        .unwrap()
+}
+
+/// An IoTDA firmware upgrade event to 2.0.0 for the package at `url`
+/// (`size` bytes, SHA-256 `sha`), with a fresh token of `server`, task
+/// `task` for `sub_devices` children, and a deadline `expires` seconds away.
+pub(crate) fn upgrade_event(
+    server: &PackageServer,
+    (url, size, sha): (&str, u64, &str),
+    task: &str,
+    sub_devices: u32,
+    expires: u64,
+) -> Event {
+    Event::Upgrade {
+        kind: UpgradeKind::Firmware,
+        v2: false,
+        upgrade: Upgrade {
+            version: "2.0.0".into(),
+            url: url.to_owned(),
+            file_size: size,
+            file_name: "fw.bin".into(),
+            access_token: Some(server.issue_token(Duration::from_secs(3600))),
+            expires: Some(expires),
+            sign: Some(sha.to_owned()),
+            custom_info: None,
+            task_id: Some(task.into()),
+            sub_device_count: Some(sub_devices),
+            task_ext_info: None,
+        },
+    }
+}
+
+/// [`upgrade_event`] for a package of [`generated`], one child, a day.
+pub(crate) fn upgrade_to(server: &PackageServer, pkg: &Served, task: &str) -> Event {
+    upgrade_event(server, (&pkg.url, pkg.size, &pkg.sha256), task, 1, 86_400)
+}
+
+/// Moves what the platform received into `seen` with `collect` every
+/// 100 ms until `done` holds (bounded: 120 s; the assertion shows `seen`
+/// and the log).
+pub(crate) async fn wait_for<S: std::fmt::Debug>(
+    tb: &mut Testbed,
+    seen: &mut S,
+    log: &str,
+    collect: impl Fn(&mut Testbed, &mut S),
+    done: impl Fn(&S) -> bool,
+) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while !done(seen) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        collect(tb, seen);
+    }
+    assert!(done(seen), "{seen:#?}\n{}", log_text(Path::new(log)));
+}
+
+/// A simulated LwM2M child running 1.0.0 (any image makes it 2.0.0, a
+/// reboot takes 200 ms) that registers as `endpoint` with the gateway on
+/// 127.0.0.1:`port`.
+pub(crate) fn registering(port: u16, endpoint: &str) -> SimOptions {
+    let mut opts = SimOptions::new("1.0.0", "2.0.0");
+    opts.reboot_time = Duration::from_millis(200);
+    opts.register = Some(Registering::new(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        endpoint,
+    ));
+    opts
+}
+
+/// What the platform heard about one child.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// Its progress reports.
+    pub(crate) progress: Vec<ProgressReport>,
+    /// Its ONLINE/OFFLINE statuses.
+    pub(crate) statuses: Vec<Status>,
+    /// The versions it was reported with.
+    pub(crate) versions: Vec<String>,
+}
+
+impl Seen {
+    /// Its last terminal report, if any.
+    pub(crate) fn terminal(&self) -> Option<&ProgressReport> {
+        self.progress.iter().rfind(|p| p.is_terminal())
+    }
+}
+
+/// Moves what the platform received about child `id` into `seen`.
+pub(crate) fn collect_child(tb: &mut Testbed, id: &str, seen: &mut Seen) {
+    while let Some(r) = tb.platform.try_recv() {
+        for inc in r.events.unwrap_or_default() {
+            let mine = inc.object_device_id.as_deref() == Some(id);
+            match inc.event {
+                Event::ProgressReport(p) if mine => seen.progress.push(p),
+                Event::VersionReport(v) if mine => seen.versions.extend(v.fw_version),
+                Event::UpdateStatus(u) => seen.statuses.extend(
+                    u.device_statuses
+                        .into_iter()
+                        .filter(|d| d.device_id == id)
+                        .map(|d| d.status),
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// [`wait_for`] with [`collect_child`] for child `id`.
+pub(crate) async fn wait_child(
+    tb: &mut Testbed,
+    id: &str,
+    seen: &mut Seen,
+    log: &str,
+    done: impl Fn(&Seen) -> bool,
+) {
+    wait_for(tb, seen, log, |tb, s| collect_child(tb, id, s), done).await
+}
+
+/// Waits (bounded) for child `id`'s terminal report and gives it.
+pub(crate) async fn terminal_of(
+    tb: &mut Testbed,
+    id: &str,
+    seen: &mut Seen,
+    log: &str,
+) -> ProgressReport {
+    wait_child(tb, id, seen, log, |s| s.terminal().is_some()).await;
+    seen.terminal().cloned().expect("waited for it")
 }
