@@ -685,7 +685,7 @@ async fn pull(
         .collect::<Result<_, _>>()?;
     ensure!(f.len() == 4, "clients: {done:?}");
     let (upgraded, sha_ok, blocks, sims_cpu) = (f[0] as usize, f[1] as usize, f[2], f[3]);
-    while reports.ended() < p && t0.elapsed() < t_clients + Duration::from_secs(300) {
+    while reports.ended() < p && t0.elapsed() < t_clients + Duration::from_secs(600) {
         if let Some(r) = tb.platform.recv(Duration::from_millis(200)).await {
             reports.add(r);
         }
