@@ -103,8 +103,12 @@ fn the_example_configurations_are_valid() {
     );
 }
 
-/// The packaged manual pages are what the command line says today: a
-/// changed option without regenerated pages fails here.
+/// The packaged manual pages are what the packaged command line (the
+/// build without simulators, whose `demo` and `sim` only say so) says
+/// today: a changed option without regenerated pages fails here. Checked
+/// in that build (`.ci/run` runs `cargo test --no-default-features --test
+/// cli`); a build with the simulators documents more subcommands.
+#[cfg(not(feature = "sim"))]
 #[test]
 fn the_packaged_man_pages_are_current() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,7 +130,8 @@ fn the_packaged_man_pages_are_current() {
     let fresh = names(dir.path());
     assert!(fresh.contains(&"otabridge.1".to_owned()), "{fresh:?}");
     assert!(fresh.contains(&"otabridge-run.1".to_owned()), "{fresh:?}");
-    let regenerate = "regenerate them: cargo run -- man --dir packaging/man";
+    let regenerate =
+        "regenerate them: rm packaging/man/*.1; cargo run --no-default-features -- man --dir packaging/man";
     assert_eq!(names(&packaged), fresh, "{regenerate}");
     for name in &fresh {
         let want = std::fs::read_to_string(dir.path().join(name)).unwrap();
