@@ -17,14 +17,16 @@
 //! message when `mosquitto` is not installed, failed instead under
 //! `OTABRIDGE_REQUIRE_INTEROP=1`.
 
+mod run_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child as Proc, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use otabridge::sim::coap_child::{CoapChildSim, SimOptions};
-use otabridge::sim::package_server::{Access, PackageServer, Source};
-use otabridge::sim::smp_child::{mcuboot_image, parse_version, Faults, SmpChild, SmpChildOptions};
+use otabridge::sim::package_server::PackageServer;
+use otabridge::sim::smp_child::{parse_version, Faults, SmpChild, SmpChildOptions};
 use otabridge_codecs::iotda::event::{self, ProgressReport, Status};
 use otabridge_codecs::iotda::{Event, EventTime, Upgrade, UpgradeKind};
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
@@ -281,15 +283,8 @@ async fn mosquitto_stopped_mid_batch_loses_no_report() {
     mq.start().await;
     let (app, mut rx) = platform(mq.plain_port);
 
-    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-    let pkg_ca = dir.path().join("pkg-ca.pem");
-    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
-    let image = mcuboot_image(parse_version("2.0.0").unwrap(), IMAGE, 3);
-    let file = dir.path().join("fw.bin");
-    std::fs::write(&file, &image).unwrap();
-    let served = server
-        .add("fw", Source::File(file), Access::Bearer)
-        .unwrap();
+    let (server, pkg_ca) = run_support::package_server(dir.path()).await;
+    let (image, served) = run_support::mcuboot_package(&server, dir.path(), IMAGE, 3);
 
     // Two SMP children on slow lines: one ends during the outage, one is
     // still uploading when the broker returns (the reconnect's health

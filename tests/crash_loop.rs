@@ -24,7 +24,7 @@ use otabridge::sim::testbed::{config_text, Testbed};
 use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
 use otabridge_codecs::rng::Rng;
 use otabridge_codecs::smp::sim::SimEvent;
-use run_support::{collect, spawn, Reports};
+use run_support::{collect, mcuboot_package, package_server, spawn, Reports};
 
 const CHILDREN: usize = 3;
 const KILLS: usize = 10;
@@ -175,16 +175,8 @@ fn upgrade(
 async fn sigkill_at_random_moments_never_strands_or_double_activates_a_child() {
     let dir = tempfile::tempdir().unwrap();
     let tb = Testbed::new(dir.path()).await.unwrap();
-    let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-    let pkg_ca = dir.path().join("pkg-ca.pem");
-    std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
-
-    let image = mcuboot_image(parse_version("2.0.0").unwrap(), IMAGE, 5);
-    let file = dir.path().join("fw.bin");
-    std::fs::write(&file, &image).unwrap();
-    let served = server
-        .add("fw", Source::File(file), Access::Bearer)
-        .unwrap();
+    let (server, pkg_ca) = package_server(dir.path()).await;
+    let (image, served) = mcuboot_package(&server, dir.path(), IMAGE, 5);
 
     let mut sims = Vec::new();
     let mut children_toml = String::new();

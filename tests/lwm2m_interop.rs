@@ -181,18 +181,22 @@ async fn lwm2m_node_lib_saying_both_is_pulled_with_delivery_auto() {
     }
 }
 
-/// Registers the node client (`fw`: its /5/0/9 and /5/0/8, when given),
-/// reads it, upgrades it with `delivery`, and sees it de-register on
-/// SIGTERM.
-async fn upgrade_node_client(modules: PathBuf, delivery: Delivery, fw: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut o = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 21);
+/// A gateway network on a free loopback port (`seed` for its message ids)
+/// that admits `endpoint`, and the child `id` that registers as it, with
+/// short polls and a single attempt.
+fn registering_child(
+    seed: u64,
+    id: &str,
+    endpoint: &str,
+    delivery: Delivery,
+) -> (CoapNetwork, CoapChild) {
+    let mut o = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), seed);
     o.registry.grace = Duration::ZERO;
     let net = CoapNetwork::bind(o).unwrap();
-    net.allow_endpoint("node-interop");
+    net.allow_endpoint(endpoint);
     let child = CoapChild::new(
-        "dev_node",
-        CoapAddress::Endpoint("node-interop".into()),
+        id,
+        CoapAddress::Endpoint(endpoint.into()),
         delivery,
         net.clone(),
         ChildOptions {
@@ -204,6 +208,15 @@ async fn upgrade_node_client(modules: PathBuf, delivery: Delivery, fw: &[&str]) 
             ..ChildOptions::default()
         },
     );
+    (net, child)
+}
+
+/// Registers the node client (`fw`: its /5/0/9 and /5/0/8, when given),
+/// reads it, upgrades it with `delivery`, and sees it de-register on
+/// SIGTERM.
+async fn upgrade_node_client(modules: PathBuf, delivery: Delivery, fw: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (net, child) = registering_child(21, "dev_node", "node-interop", delivery);
     let mut presence = child.presence().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lwm2m/node_client.js");
     let mut p = Command::new("node")
@@ -256,25 +269,8 @@ async fn aiocoap_client_registers_and_is_upgraded_by_push() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut o = NetworkOptions::new("127.0.0.1:0".parse().unwrap(), 22);
-    o.registry.grace = Duration::ZERO;
-    let net = CoapNetwork::bind(o).unwrap();
-    net.allow_endpoint("aiocoap-interop");
-    let child = CoapChild::new(
-        "dev_aiocoap",
-        CoapAddress::Endpoint("aiocoap-interop".into()),
-        // What the client says in /5/0/9 (push only) decides.
-        Delivery::Auto,
-        net.clone(),
-        ChildOptions {
-            poll_interval: Duration::from_millis(100),
-            download_timeout: Duration::from_secs(30),
-            update_timeout: Duration::from_secs(20),
-            max_attempts: 1,
-            push_szx: 6,
-            ..ChildOptions::default()
-        },
-    );
+    // What the client says in /5/0/9 (push only) decides.
+    let (net, child) = registering_child(22, "dev_aiocoap", "aiocoap-interop", Delivery::Auto);
     let mut presence = child.presence().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lwm2m/aiocoap_client.py");
     let mut p = Command::new("python3")

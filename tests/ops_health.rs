@@ -15,13 +15,16 @@ use std::path::Path;
 use std::process::{Child as Proc, Command};
 use std::time::{Duration, Instant};
 
-use otabridge::sim::package_server::{Access, PackageServer, Served, Source};
-use otabridge::sim::smp_child::{mcuboot_image, parse_version, SmpChild, SmpChildOptions};
+use otabridge::sim::package_server::{PackageServer, Served};
+use otabridge::sim::smp_child::{parse_version, SmpChild, SmpChildOptions};
 use otabridge::sim::testbed::{config_text, Testbed};
 use otabridge_codecs::iotda::event::ProgressReport;
 use otabridge_codecs::iotda::{Event, Upgrade, UpgradeKind};
 use otabridge_codecs::smp::sim::SimEvent;
-use run_support::{collect, log_text as logs, spawn, terminals, until_job, Reports};
+use run_support::{
+    collect, log_text as logs, mcuboot_package, package_server, spawn, terminals, until_job,
+    Reports,
+};
 use serde_json::Value;
 
 const IMAGE: usize = 16 * 1024;
@@ -51,15 +54,8 @@ impl Bench {
     async fn new(children: &[(&'static str, &str, &str)]) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         let tb = Testbed::new(dir.path()).await.unwrap();
-        let server = PackageServer::start(&["127.0.0.1"]).await.unwrap();
-        let pkg_ca = dir.path().join("pkg-ca.pem");
-        std::fs::write(&pkg_ca, server.ca_pem()).unwrap();
-        let image = mcuboot_image(parse_version("2.0.0").unwrap(), IMAGE, 9);
-        let file = dir.path().join("fw.bin");
-        std::fs::write(&file, &image).unwrap();
-        let served = server
-            .add("fw", Source::File(file), Access::Bearer)
-            .unwrap();
+        let (server, pkg_ca) = package_server(dir.path()).await;
+        let (image, served) = mcuboot_package(&server, dir.path(), IMAGE, 9);
         let mut sims = BTreeMap::new();
         let mut children_toml = String::new();
         for (i, (id, faults, keys)) in children.iter().enumerate() {

@@ -191,6 +191,24 @@ pub(crate) async fn package_server(dir: &Path) -> (PackageServer, PathBuf) {
     (server, ca)
 }
 
+/// A signed MCUboot image of version 2.0.0 (`len` bytes, `seed`), written
+/// to `dir/fw.bin` and served as package `fw` behind a bearer token.
+pub(crate) fn mcuboot_package(
+    server: &PackageServer,
+    dir: &Path,
+    len: usize,
+    seed: u64,
+) -> (Vec<u8>, Served) {
+    use otabridge::sim::smp_child::{mcuboot_image, parse_version};
+    let image = mcuboot_image(parse_version("2.0.0").unwrap(), len, seed);
+    let file = dir.join("fw.bin");
+    std::fs::write(&file, &image).unwrap();
+    let served = server
+        .add("fw", Source::File(file), Access::Bearer)
+        .unwrap();
+    (image, served)
+}
+
 /// A generated package `fw` of `len` bytes (`seed`) behind a bearer token.
 pub(crate) fn generated(server: &PackageServer, len: u64, seed: u64) -> Served {
     server
