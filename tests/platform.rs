@@ -342,26 +342,16 @@ async fn reports_left_in_the_outbox_are_sent_after_a_restart() {
 
     // Second run, same state directory, reachable platform.
     tb.start_gateway(children).await.unwrap();
-    let mut got = Vec::new();
-    while got.len() < 5 {
-        let r = tb
-            .platform
-            .recv(T)
-            .await
-            .expect("queued reports not sent after restart");
-        if let Some(p) = progress_of(&r) {
-            got.push(p);
-        }
-    }
-    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    assert_eq!(progress_reports(&mut tb, 5).await, [0, 1, 2, 3, 4]);
     tb.stop_gateway().await.unwrap();
 }
 
-/// Waits for `n` progress reports at the simulated platform; their values.
+/// Waits for `n` progress reports at the simulated platform (at most `T`
+/// for each); their values.
 async fn progress_reports(tb: &mut Testbed, n: usize) -> Vec<u8> {
     let mut got = Vec::new();
     while got.len() < n {
-        let r = tb.platform.recv(T).await.expect("a report");
+        let r = tb.platform.recv(T).await.expect("a report did not arrive");
         if let Some(p) = progress_of(&r) {
             got.push(p);
         }
