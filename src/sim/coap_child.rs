@@ -107,6 +107,9 @@ pub enum ObserveMode {
     Non,
     /// Answer without the Observe option: not observable.
     Refuse,
+    /// Accept them and never notify, as a child that lost its
+    /// observation list right after registering it.
+    Silent,
 }
 
 /// Observations a simulated child keeps; further registrations are
@@ -535,12 +538,6 @@ impl CoapChildSim {
         lock(&self.device).observers.len()
     }
 
-    /// Forgets its observations without a word, as a child whose
-    /// observation list was lost does: notifications stop.
-    pub fn forget_observations(&self) {
-        lock(&self.device).observers.clear();
-    }
-
     /// Makes a whole image with this SHA-256 carry `version`.
     pub fn add_image(&self, sha256_hex: &str, version: &str) {
         lock(&self.device)
@@ -844,6 +841,9 @@ impl Device {
 
     /// Notifies every observer whose resource changed (RFC 7641 §4.2).
     fn notify(&mut self, now: Instant) {
+        if self.opts.observe == ObserveMode::Silent {
+            return;
+        }
         let con = self.opts.observe != ObserveMode::Non;
         for i in 0..self.observers.len() {
             let value = self.observed_value(self.observers[i].path);
