@@ -218,7 +218,8 @@ impl Ctx<'_> {
             check_limits(job, size, start.offset)?;
         }
         let (key, journal) = (job.key.clone(), job.journal.clone());
-        let mut part = Part::open(file, self.part_path.clone(), key, journal, &start).await?;
+        let path = self.part_path.clone();
+        let mut part = Part::open(file, path, key, journal, &start, job.opts.direct_io).await?;
         if start.offset > 0 {
             info!(key = %job.key, offset = start.offset, "resuming from the journaled length");
         }
@@ -455,7 +456,9 @@ impl Ctx<'_> {
     async fn verify(&mut self, part: Part) -> Result<Verified, DownloadError> {
         let job = self.job;
         let size = self.plan.received();
-        let (file, actual) = part.finish().await?;
+        let done = part.finish().await?;
+        debug!(key = %job.key, direct = done.written.direct, buffered = done.written.buffered, "package written");
+        let (file, actual) = (done.file, done.sha256);
         if let Some(expected) = &self.expected_sha {
             if *expected != actual {
                 return Err(DownloadError::Integrity {
