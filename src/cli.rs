@@ -248,6 +248,11 @@ pub(crate) struct DownloadArgs {
     /// Expected size in bytes.
     #[arg(long)]
     pub(crate) size: Option<u64>,
+    /// Keep the verified package at this path, like `curl -o` (moved out of
+    /// the state directory). Without it the package is removed once
+    /// verified: the command checks, it does not stock packages.
+    #[arg(long, short)]
+    pub(crate) output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -186,6 +186,7 @@ fn download(logs: LogFormat, args: DownloadArgs) -> ExitCode {
         sha256: args.sha256,
         size: args.size,
         progress_every: std::time::Duration::from_secs(1),
+        output: args.output,
     };
     match rt.block_on(otabridge::package::cli::download(&cfg, args)) {
         Ok(s) => {
@@ -194,8 +195,13 @@ fn download(logs: LogFormat, args: DownloadArgs) -> ExitCode {
             } else {
                 String::new()
             };
+            let kept = s
+                .output
+                .as_ref()
+                .map(|p| format!(", kept at {}", p.display()))
+                .unwrap_or_default();
             println!(
-                "ok: {} bytes, sha256 {}, {:.2} s, {:.1} MiB/s{resumed}",
+                "ok: {} bytes, sha256 {}, {:.2} s, {:.1} MiB/s{resumed}{kept}",
                 s.size,
                 s.sha256,
                 s.elapsed.as_secs_f64(),

@@ -898,6 +898,39 @@ async fn the_download_command_exits_with_the_reason() {
     assert!(err.contains(result::DESC_INTEGRITY), "{err}");
     let (code, err) = run(&[&s.url, "--sha256", &s.sha256, "--size", "200000"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(
+        env.files().is_empty(),
+        "checked, not kept: {:?}",
+        env.files()
+    );
+    // --output keeps the verified package there, like curl -o, and leaves
+    // the store empty; a directory that does not exist is refused before
+    // any byte is fetched.
+    let served = env.server.bytes_served();
+    let nowhere = env.dir.path().join("no/such/dir/fw.bin");
+    let (code, err) = run(&[&s.url, "--output", nowhere.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--output") && err.contains("no/such/dir"),
+        "{err}"
+    );
+    let (code, err) = run(&[&s.url, "-o", env.dir.path().to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a directory"), "{err}");
+    assert_eq!(
+        env.server.bytes_served(),
+        served,
+        "refused before the download"
+    );
+    let kept = env.dir.path().join("fw.bin");
+    let (code, err) = run(&[&s.url, "--sha256", &s.sha256, "-o", kept.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(sha256_file(&kept), s.sha256);
+    assert!(
+        env.files().is_empty(),
+        "moved out of the store: {:?}",
+        env.files()
+    );
     let missing = std::fs::write(env.dir.path().join("bad.toml"), "nope");
     missing.unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))

@@ -1,13 +1,16 @@
-//! `otabridge download --config FILE URL [--token T] [--sha256 HEX] [--size N]`:
-//! the gateway's own download path from the command line, so that an
-//! operator can check reachability, TLS settings and speed from the box.
+//! `otabridge download --config FILE URL [--token T] [--sha256 HEX] [--size N]
+//! [--output PATH]`: the gateway's own download path from the command line,
+//! so that an operator can check reachability, TLS settings and speed from
+//! the box.
 //!
 //! It uses the package store in `state.dir/packages` like the daemon: an
 //! interrupted run resumes when run again. After a successful check the
-//! package is released (and so removed): the command verifies, it does not
-//! stock packages.
+//! package is released: with `--output` it is moved there first (like
+//! `curl -o`), otherwise it is removed (the command verifies, it does not
+//! stock packages).
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{db, DownloadError, DownloadState, PackageRequest, PackageStore, StoreError};
@@ -31,6 +34,10 @@ pub struct DownloadArgs {
     pub size: Option<u64>,
     /// Print progress to stderr about this often.
     pub progress_every: Duration,
+    /// Keep the verified package here (moved out of the state directory,
+    /// or copied when it is on another file system); otherwise it is
+    /// removed once verified.
+    pub output: Option<PathBuf>,
 }
 
 /// The outcome of a successful run.
@@ -44,6 +51,8 @@ pub struct Summary {
     pub resumed_from: u64,
     /// Time this run took.
     pub elapsed: Duration,
+    /// Where the package was kept (`--output`).
+    pub output: Option<PathBuf>,
 }
 
 impl Summary {
@@ -130,6 +139,64 @@ async fn print_progress(
     }
 }
 
+/// Refuses an `--output` whose directory does not exist, before anything
+/// is downloaded.
+fn check_output(out: &Path) -> Result<(), CliError> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if out.is_dir() {
+        return Err(CliError::Usage(format!(
+            "--output {}: is a directory (name the file)",
+            out.display()
+        )));
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(CliError::Usage(format!(
+            "--output {}: {} is not a directory",
+            out.display(),
+            dir.display()
+        ))),
+        Err(e) => Err(CliError::Usage(format!(
+            "--output {}: {}: {e}",
+            out.display(),
+            dir.display()
+        ))),
+    }
+}
+
+/// Moves the verified package to `out` (a copy across file systems), and
+/// makes that durable: the copy's data, then the directory entry.
+async fn keep(from: &Path, out: &Path) -> Result<(), CliError> {
+    let (from, out) = (from.to_owned(), out.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let fail = |what: &str, e: std::io::Error| {
+            CliError::State(format!("--output {}: cannot {what}: {e}", out.display()))
+        };
+        match std::fs::rename(&from, &out) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+                std::fs::copy(&from, &out).map_err(|e| fail("copy the package", e))?;
+                std::fs::File::open(&out)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| fail("fsync", e))?;
+            }
+            Err(e) => return Err(fail("move the package there", e)),
+        }
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail("fsync its directory", e))
+    })
+    .await
+    .map_err(|e| CliError::State(e.to_string()))?
+}
+
 /// Runs the download, printing progress to stderr.
 pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliError> {
     let req = PackageRequest {
@@ -145,6 +212,9 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
         .map_err(|e| CliError::Usage(format!("--sha256: {e}")))?;
     super::http::parse_url(&req.url, cfg.download.allow_http)
         .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(out) = &args.output {
+        check_output(out)?;
+    }
     let journal =
         SharedJournal::open(&cfg.state.dir).map_err(|e| CliError::State(e.to_string()))?;
     let store = PackageStore::open(
@@ -184,12 +254,18 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
     printer.abort();
     match r {
         Ok(p) => {
+            let kept = match &args.output {
+                Some(out) => keep(&p.path, out).await,
+                None => Ok(()),
+            };
             store.release(JOB, &key).await;
+            kept?;
             Ok(Summary {
                 size: p.size,
                 sha256: p.sha256,
                 resumed_from,
                 elapsed: started.elapsed(),
+                output: args.output,
             })
         }
         Err(error @ DownloadError::Store(_)) => {
