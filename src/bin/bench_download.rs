@@ -234,7 +234,7 @@ fn series(s: &Setup, p: &Pkg, clients: &[Client], rounds: usize) -> Result<()> {
             let d = timed(clients[i], s, p)?;
             let r = mibps(p.size, d);
             println!(
-                "  round {}: {:18} {r:7.1} MiB/s ({:.2} s)",
+                "  round {}: {:20} {r:7.1} MiB/s ({:.2} s)",
                 round + 1,
                 clients[i].name(),
                 d.as_secs_f64()
@@ -248,7 +248,7 @@ fn series(s: &Setup, p: &Pkg, clients: &[Client], rounds: usize) -> Result<()> {
     );
     for (c, r) in clients.iter().zip(&rates) {
         let (lo, hi) = spread(r);
-        println!("    {:18} {:7.1} ({lo:.1}-{hi:.1})", c.name(), median(r));
+        println!("    {:20} {:7.1} ({lo:.1}-{hi:.1})", c.name(), median(r));
     }
     let ours = &rates[0];
     for (c, r) in clients.iter().zip(&rates).skip(1) {
