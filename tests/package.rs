@@ -931,6 +931,32 @@ async fn the_download_command_exits_with_the_reason() {
         "moved out of the store: {:?}",
         env.files()
     );
+    // A place the package cannot be put (/proc takes no files): the run
+    // fails with the reason and the verified package stays in the store,
+    // so the next run only moves it, across file systems by a copy.
+    let (code, err) = run(&[
+        &s.url,
+        "--sha256",
+        &s.sha256,
+        "-o",
+        "/proc/otabridge-test.bin",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--output /proc/otabridge-test.bin: cannot"),
+        "{err}"
+    );
+    assert_eq!(env.files().len(), 1, "{:?}", env.files());
+    let served = env.server.bytes_served();
+    let shm = Path::new("/dev/shm");
+    let other_fs = if shm.is_dir() { shm } else { env.dir.path() };
+    let copy = other_fs.join(format!("otabridge-test-{}.bin", std::process::id()));
+    let (code, err) = run(&[&s.url, "--sha256", &s.sha256, "-o", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(sha256_file(&copy), s.sha256);
+    let _ = std::fs::remove_file(&copy);
+    assert_eq!(env.server.bytes_served(), served, "not fetched again");
+    assert!(env.files().is_empty(), "{:?}", env.files());
     let missing = std::fs::write(env.dir.path().join("bad.toml"), "nope");
     missing.unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_otabridge"))

@@ -254,12 +254,12 @@ pub async fn download(cfg: &Config, args: DownloadArgs) -> Result<Summary, CliEr
     printer.abort();
     match r {
         Ok(p) => {
-            let kept = match &args.output {
-                Some(out) => keep(&p.path, out).await,
-                None => Ok(()),
-            };
+            if let Some(out) = &args.output {
+                // A package that cannot be put there stays in the store,
+                // claimed: the next run finds it verified and only moves it.
+                keep(&p.path, out).await?;
+            }
             store.release(JOB, &key).await;
-            kept?;
             Ok(Summary {
                 size: p.size,
                 sha256: p.sha256,
